@@ -1,0 +1,500 @@
+"""Plan files (TOML) -> a validated :class:`Plan` -> expanded runs (a DAG with content-hash ids).
+
+Plans are data: they are parsed with ``tomllib`` and checked key by key, never evaluated.
+Expansion order (also the queue's "plan order"): synth stages; each intermediate x its seeds; then
+each starting point (every intermediate run, plus "none" when ``baseline``) x each target x its
+seeds x its grid. A run's id hashes its fully resolved config, its parent's id included, so adding a
+plan twice queues nothing new and editing one target's grid queues only the new runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stilts_tui import tasks
+from stilts_tui.errors import PlanError, UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+STAGES = ("synth", "intermediate", "target")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+# ---- the schema: name -> (check, what is expected) ---------------------------------------------
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _int(lo: int, hi: int | None = None):
+    what = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+    return (lambda v: _is_int(v) and v >= lo and (hi is None or v <= hi)), what
+
+
+def _num(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+    lo_s, hi_s = (">" if lo_open else ">="), ("<" if hi_open else "<=")
+    what = f"a number {lo_s} {lo:g}" + (f" and {hi_s} {hi:g}" if hi is not None else "")
+
+    def ok(v: object) -> bool:
+        if not _is_num(v):
+            return False
+        above = v > lo if lo_open else v >= lo
+        below = hi is None or (v < hi if hi_open else v <= hi)
+        return above and below
+
+    return ok, what
+
+
+def _one_of(*choices: str):
+    return (lambda v: v in choices), "one of " + ", ".join(f'"{c}"' for c in choices)
+
+
+def _str():
+    return (lambda v: isinstance(v, str) and v.strip() != ""), "a non-empty string"
+
+
+def _bool():
+    return (lambda v: isinstance(v, bool)), "true or false"
+
+
+def _str_list():
+    return (lambda v: isinstance(v, list) and v and all(isinstance(x, str) and x for x in v)), (
+        "a non-empty list of strings"
+    )
+
+
+def _int_list():
+    return (lambda v: isinstance(v, list) and v and all(_is_int(x) for x in v)), (
+        "a non-empty list of integers"
+    )
+
+
+HYPER = {
+    "lr": _num(0, 1, lo_open=True),
+    "batch_size": _int(1, 65536),
+    "warmup": _num(0, 1, hi_open=True),
+    "epochs": _int(1, 1000),
+    "max_len": _int(8, 8192),
+    "weight_decay": _num(0),
+    "grad_accum": _int(1, 4096),
+    "precision": _one_of("auto", "fp32", "bf16", "fp16"),
+    "transfer": _one_of("all", "encoder"),
+    "eval_batch_size": _int(1, 65536),
+    "max_train_samples": _int(1),
+    "max_dev_samples": _int(1),
+}
+DEFAULTS = {
+    "lr": 1e-5, "batch_size": 8, "warmup": 0.1, "epochs": 3, "max_len": 128,
+    "weight_decay": 0.0, "grad_accum": 1, "precision": "auto", "transfer": "all",
+}
+DATA_KEYS = {"task": _str(), "data_dir": _str(), "train_file": _str(), "dev_file": _str()}
+STAGE_KEYS = {
+    "intermediate": {**DATA_KEYS, **HYPER, "seeds": _int_list(), "seed": _int(0), "keep_checkpoint": _bool()},
+    "target": {**DATA_KEYS, **HYPER, "seeds": _int_list(), "grid": (lambda v: isinstance(v, dict), "a table"),
+               "keep_checkpoint": _bool()},
+}
+SYNTH_KEYS = {
+    "corpus": _one_of("squad"), "corpus_file": _str(), "generator": _str(), "n": _int(1),
+    "fakes": _int(1, 64), "top_p": _num(0, 1, lo_open=True), "top_k": _int(0),
+    "temperature": _num(0, lo_open=True), "seed": _int(0), "dev": _int(0), "batch_size": _int(1, 4096),
+}
+SYNTH_DEFAULTS = {
+    "corpus": "squad", "generator": "gpt2-medium", "n": 30000, "fakes": 3, "top_p": 0.9, "top_k": 0,
+    "temperature": 1.0, "seed": 42, "dev": 0, "batch_size": 64,
+}
+CUSTOM_KEYS = {
+    "format": _one_of("jsonl", "csv", "tsv"), "train": _str(), "dev": _str(),
+    "kind": _one_of(*tasks.KINDS), "text_fields": _str_list(), "label_field": _str(),
+    "choices_field": _str(), "choice_fields": _str_list(), "labels": _str_list(),
+    "metric": _one_of(*tasks.METRICS),
+}
+TOP_KEYS = {
+    "name": _str(), "model": _str(), "description": (lambda v: isinstance(v, str), "a string"),
+    "baseline": _bool(), "target_seeds": _int_list(),
+    "defaults": (lambda v: isinstance(v, dict), "a table"),
+    "synth": (lambda v: isinstance(v, dict), "a table of [synth.NAME] stages"),
+    "intermediate": (lambda v: isinstance(v, dict), "a table of [intermediate.NAME] stages"),
+    "target": (lambda v: isinstance(v, dict), "a table of [target.NAME] stages"),
+    "tasks": (lambda v: isinstance(v, dict), "a table of [tasks.NAME] custom tasks"),
+}
+
+
+# ---- the model ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One run of an expanded plan: what the ledger records and the trainer reads."""
+
+    id: str
+    plan: str
+    stage: str  # synth | intermediate | target
+    name: str  # the stage's name in the plan ([target.rte] -> "rte")
+    task: str
+    intermediate: str | None  # the starting point: intermediate stage name, "none", or None (synth)
+    seed: int | None
+    params: dict
+    grid: dict  # the grid values that vary across this target's runs
+    parent: str | None
+    order: int
+    task_spec: dict = field(default_factory=dict)  # resolved data paths, for spec.json
+    model: dict = field(default_factory=dict)
+
+    def record(self) -> dict:
+        """The ledger's view of this run (spec.json holds the rest)."""
+        return {
+            "id": self.id, "plan": self.plan, "stage": self.stage, "name": self.name, "task": self.task,
+            "intermediate": self.intermediate, "seed": self.seed, "params": self.params, "grid": self.grid,
+            "parent": self.parent, "order": self.order,
+        }
+
+
+@dataclass
+class Plan:
+    name: str
+    path: Path
+    model: str
+    baseline: bool
+    target_seeds: list[int]
+    defaults: dict
+    synth: dict[str, dict]
+    intermediate: dict[str, dict]
+    target: dict[str, dict]
+    tasks: dict[str, dict]
+    text: str = ""
+
+    @property
+    def dir(self) -> Path:
+        return self.path.parent
+
+
+# ---- loading and validation --------------------------------------------------------------------
+
+
+def _line_of(text: str, path: list[str]) -> int | None:
+    """Best-effort line of a dotted key in the TOML text (tomllib gives no positions)."""
+    header_re = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    lines = text.splitlines()
+    for cut in range(len(path) - 1, -1, -1):
+        header, key = ".".join(path[:cut]), path[cut]
+        current = ""
+        key_re = re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*=")
+        for n, line in enumerate(lines, 1):
+            m = header_re.match(line)
+            if m:
+                current = m.group(1).replace('"', "").replace(" ", "")
+                if current == ".".join(path[: cut + 1]):
+                    return n
+                continue
+            if current == header and key_re.match(line):
+                return n
+    return None
+
+
+class _Checker:
+    def __init__(self, path: Path, text: str):
+        self.path, self.text = path, text
+
+    def fail(self, key: str, message: str):
+        raise PlanError(self.path, message, key=key, line=_line_of(self.text, key.split(".")))
+
+    def table(self, where: str, data: dict, schema: dict, required: tuple[str, ...] = ()) -> None:
+        for k in required:
+            if k not in data:
+                self.fail(f"{where}.{k}".lstrip("."), "is required")
+        for k, v in data.items():
+            key = f"{where}.{k}".lstrip(".")
+            if k not in schema:
+                self.fail(key, f"unknown key (expected one of: {', '.join(schema)})")
+            ok, what = schema[k]
+            if not ok(v):
+                self.fail(key, f"expected {what}, got {v!r}")
+
+
+def load(path: str | Path) -> Plan:
+    """Read and validate a plan file. Every problem is a :class:`PlanError` naming file and key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PlanError(path, "plan file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PlanError(path, f"cannot read the plan ({e})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
+        raise PlanError(path, f"TOML syntax error: {msg}" + (f" (column {m.group(2)})" if m else ""),
+                        line=int(m.group(1)) if m else None) from None
+    c = _Checker(path, text)
+    c.table("", data, TOP_KEYS, required=("name", "model"))
+    defaults = data.get("defaults", {})
+    c.table("defaults", defaults, HYPER)
+    custom = data.get("tasks", {})
+    for tname, tdef in custom.items():
+        _check_custom(c, tname, tdef)
+    synth = data.get("synth", {})
+    for sname, sdef in synth.items():
+        _check_name(c, f"synth.{sname}", sname)
+        if not isinstance(sdef, dict):
+            c.fail(f"synth.{sname}", "expected a table")
+        c.table(f"synth.{sname}", sdef, SYNTH_KEYS)
+    stages = {}
+    for kind in ("intermediate", "target"):
+        stages[kind] = data.get(kind, {})
+        for sname, sdef in stages[kind].items():
+            where = f"{kind}.{sname}"
+            _check_name(c, where, sname)
+            if not isinstance(sdef, dict):
+                c.fail(where, "expected a table")
+            c.table(where, sdef, STAGE_KEYS[kind])
+            _check_task(c, where, sdef.get("task", sname), custom, synth)
+            for gk, gv in sdef.get("grid", {}).items():
+                gkey = f"{where}.grid.{gk}"
+                if gk not in HYPER:
+                    c.fail(gkey, f"unknown hyperparameter (expected one of: {', '.join(HYPER)})")
+                if not isinstance(gv, list) or not gv:
+                    c.fail(gkey, "expected a non-empty list of values (an empty grid expands to no runs)")
+                ok, what = HYPER[gk]
+                for v in gv:
+                    if not ok(v):
+                        c.fail(gkey, f"expected values that are {what}, got {v!r}")
+    if not stages["target"]:
+        c.fail("target", "a plan needs at least one [target.NAME] stage")
+    return Plan(
+        name=data["name"], path=path.resolve(), model=data["model"], baseline=data.get("baseline", True),
+        target_seeds=data.get("target_seeds", [42]), defaults=defaults, synth=synth,
+        intermediate=stages["intermediate"], target=stages["target"], tasks=custom, text=text,
+    )
+
+
+def _check_name(c: _Checker, where: str, name: str) -> None:
+    if not NAME_RE.match(name):
+        c.fail(where, "stage names are letters, digits, '_', '-' and '.', starting with a letter or digit")
+
+
+def _check_custom(c: _Checker, tname: str, tdef: object) -> None:
+    where = f"tasks.{tname}"
+    _check_name(c, where, tname)
+    if not isinstance(tdef, dict):
+        c.fail(where, "expected a table")
+    c.table(where, tdef, CUSTOM_KEYS, required=("format", "train", "dev", "kind"))
+    if tasks.is_builtin(tname):
+        c.fail(where, f"'{tname}' is a built-in task; give the custom task another name")
+    if tdef["kind"] == "multiple_choice":
+        if not (tdef.get("choices_field") or tdef.get("choice_fields")):
+            c.fail(where, "a multiple_choice task needs choices_field or choice_fields")
+    elif not tdef.get("text_fields"):
+        c.fail(f"{where}.text_fields", "is required (one or two fields)")
+    elif len(tdef["text_fields"]) > 2:
+        c.fail(f"{where}.text_fields", "expected one or two fields (a sentence or a sentence pair)")
+
+
+def _check_task(c: _Checker, where: str, name: str, custom: dict, synth: dict) -> None:
+    if name.startswith("synth:"):
+        if name[6:] not in synth:
+            c.fail(f"{where}.task", f"no [synth.{name[6:]}] stage in this plan")
+    elif name not in custom and not tasks.is_builtin(name):
+        known = ", ".join(tasks.names() + list(custom))
+        c.fail(f"{where}.task", f"unknown task '{name}' (known: {known})")
+
+
+# ---- expansion ---------------------------------------------------------------------------------
+
+
+def run_id(config: dict) -> str:
+    """The short content hash of a run's resolved config."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _resolve(base: Path, value: str | None) -> str | None:
+    if not value:
+        return None
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def task_spec(plan: Plan, stage: dict, default_name: str, synth_ids: dict[str, str]) -> tuple[dict, dict]:
+    """(the resolved task entry for spec.json, the part of it that goes into the run's id)."""
+    name = stage.get("task", default_name)
+    data_dir = _resolve(plan.dir, stage.get("data_dir"))
+    file_base = Path(data_dir) if data_dir else plan.dir
+    spec: dict = {"custom": None, "from_run": None}
+    if name.startswith("synth:"):
+        t = tasks.get("syngpt2")
+        spec["from_run"] = synth_ids[name[6:]]
+        name = t.name
+    elif name in plan.tasks:
+        cdef = plan.tasks[name]
+        t = None
+        spec["custom"] = {k: v for k, v in cdef.items() if k not in ("train", "dev")}
+        spec.update(kind=cdef["kind"], labels=cdef.get("labels"), num_choices=None,
+                    metric=cdef.get("metric", "pearson" if cdef["kind"] == "regression" else "acc"),
+                    hub=None, hub_splits=None,
+                    train_file=_resolve(plan.dir, cdef["train"]), dev_file=_resolve(plan.dir, cdef["dev"]))
+        spec["metrics"] = [spec["metric"]] + (["spearman"] if cdef["kind"] == "regression" else [])
+    else:
+        t = tasks.get(name)
+        name = t.name
+    if t is not None:
+        spec.update(kind=t.kind, labels=list(t.labels) if t.labels else None, num_choices=t.num_choices,
+                    metric=t.metric, metrics=list(t.metrics), hub=list(t.hub) if t.hub else None,
+                    hub_splits=list(t.hub_splits))
+        spec["train_file"] = _resolve(file_base, stage.get("train_file"))
+        spec["dev_file"] = _resolve(file_base, stage.get("dev_file"))
+    spec["name"] = name
+    spec["data_dir"] = data_dir
+    hashed = {k: stage.get(k) for k in ("data_dir", "train_file", "dev_file") if stage.get(k)}
+    hashed["task"] = name
+    if spec["custom"]:
+        hashed["custom"] = plan.tasks[name]
+    if spec["from_run"]:
+        hashed["from_run"] = spec["from_run"]
+    return spec, hashed
+
+
+def _params(plan: Plan, stage: dict) -> dict:
+    p = {**DEFAULTS, **plan.defaults}
+    p.update({k: v for k, v in stage.items() if k in HYPER})
+    return p
+
+
+def _model(plan: Plan) -> dict:
+    value = plan.model
+    looks_local = value.startswith((".", "/", "~")) or (plan.dir / value).exists()
+    return {"name": value, "path": _resolve(plan.dir, value) if looks_local else None}
+
+
+def expand(plan: Plan) -> list[Run]:
+    """All runs of the plan in plan order, parents before children."""
+    runs: list[Run] = []
+    model = _model(plan)
+
+    def add(stage: str, name: str, task: str, inter: str | None, seed: int | None, params: dict,
+            grid: dict, parent: str | None, spec: dict, hashed: dict) -> Run:
+        config = {"plan": plan.name, "stage": stage, "name": name, "task": hashed, "model": model["name"],
+                  "params": params, "seed": seed, "parent": parent}
+        r = Run(run_id(config), plan.name, stage, name, task, inter, seed, params, grid, parent,
+                len(runs), spec, model)
+        runs.append(r)
+        return r
+
+    synth_ids: dict[str, str] = {}
+    for sname, sdef in plan.synth.items():
+        params = {**SYNTH_DEFAULTS, **sdef}
+        if "corpus_file" in params:
+            params["corpus_file"] = _resolve(plan.dir, params["corpus_file"])
+            params.pop("corpus")
+        spec = {"name": "synth", "kind": "synth", "out": "data"}
+        r = add("synth", sname, "synth", None, params["seed"], params, {}, None, spec,
+                {"task": "synth", "corpus_file": sdef.get("corpus_file")})
+        synth_ids[sname] = r.id
+
+    starts: list[tuple[str, str | None]] = [("none", None)] if plan.baseline else []
+    for iname, idef in plan.intermediate.items():
+        spec, hashed = task_spec(plan, idef, iname, synth_ids)
+        params = _params(plan, idef)
+        params["keep_checkpoint"] = True  # children start from it
+        seeds = idef.get("seeds") or [idef.get("seed", 42)]
+        for seed in seeds:
+            r = add("intermediate", iname, spec["name"], iname, seed, params, {}, spec["from_run"], spec, hashed)
+            starts.append((iname, r.id))
+
+    for tname, tdef in plan.target.items():
+        spec, hashed = task_spec(plan, tdef, tname, synth_ids)
+        base = _params(plan, tdef)
+        if tdef.get("keep_checkpoint"):
+            base["keep_checkpoint"] = True
+        grid = tdef.get("grid", {})
+        combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())] or [{}]
+        seeds = tdef.get("seeds") or plan.target_seeds
+        for inter, parent in starts:
+            for seed in seeds:
+                for combo in combos:
+                    add("target", tname, spec["name"], inter, seed, {**base, **combo}, combo, parent, spec, hashed)
+    return runs
+
+
+# ---- summaries ---------------------------------------------------------------------------------
+
+
+def counts(runs: list[Run]) -> dict[str, int]:
+    return {s: sum(r.stage == s for r in runs) for s in STAGES}
+
+
+def matrix(runs: list[Run]) -> dict[str, dict[str, int]]:
+    """Target runs by starting point (rows: "none" and each intermediate) and target (columns)."""
+    out: dict[str, dict[str, int]] = {}
+    for r in runs:
+        if r.stage == "target":
+            row = out.setdefault(r.intermediate or "none", {})
+            row[r.name] = row.get(r.name, 0) + 1
+    return out
+
+
+def missing_data(plan: Plan, runs: list[Run]) -> list[str]:
+    """One line per local data file (or model folder) that the plan names but that is not there."""
+    seen: set[str] = set()
+    out = []
+    for r in runs:
+        if r.stage == "synth":
+            f = r.params.get("corpus_file")
+            files = [Path(f)] if f and not Path(f).is_file() else []
+        elif r.task_spec.get("from_run"):
+            files = []
+        else:
+            files = tasks.missing_files(r.task_spec)
+        for f in files:
+            line = f"{plan.path}: [{r.stage}.{r.name}] data file not found: {f}"
+            if line not in seen:
+                seen.add(line)
+                out.append(line)
+    mpath = _model(plan)["path"]
+    if mpath and not Path(mpath).exists():
+        out.append(f"{plan.path}: model folder not found: {mpath}")
+    return out
+
+
+def load_and_expand(path: str | Path) -> tuple[Plan, list[Run]]:
+    plan = load(path)
+    try:
+        return plan, expand(plan)
+    except UserError as e:
+        raise PlanError(plan.path, str(e)) from None
+
+
+def spec_for(run: Run, plan: Plan, runs_root: Path) -> dict:
+    """Everything the trainer needs for one run: the contents of ``<run dir>/spec.json``."""
+    task = dict(run.task_spec)
+    if task.get("from_run"):  # the output of a synth run of this plan
+        task["data_dir"] = str(Path(runs_root) / task["from_run"] / "data")
+    if run.parent:
+        model = {"source": "parent", "parent": run.parent, "name": plan.model,
+                 "path": str(Path(runs_root) / run.parent / "checkpoint")}
+    else:
+        model = {"source": "path" if run.model.get("path") else "hub", **run.model}
+    if run.stage == "synth":
+        task = {"name": "synth"}
+    return {
+        "run_id": run.id, "plan": plan.name, "plan_file": str(plan.path), "stage": run.stage,
+        "name": run.name, "intermediate": run.intermediate, "task": task, "model": model,
+        "params": run.params, "seed": run.seed, "parent": run.parent,
+        "precision": run.params.get("precision", "auto"),
+        "keep_checkpoint": bool(run.params.get("keep_checkpoint", run.stage == "intermediate")),
+    }

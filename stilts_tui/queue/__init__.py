@@ -1,0 +1,1 @@
+"""The queue: adding plans, and (later) the daemon that runs them."""

@@ -1,0 +1,111 @@
+"""The ledger under several writing processes, and a writer killed mid-write."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stilts_tui.ledger import Ledger, LedgerError
+
+WRITER = r"""
+import sys
+from stilts_tui.ledger import Ledger
+root, prefix, n, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+ledger = Ledger(root)
+for start in range(0, n, batch):
+    recs = [{"id": f"{prefix}{i:06d}", "plan": prefix, "stage": "target", "order": i, "pad": "x" * 200}
+            for i in range(start, min(n, start + batch))]
+    ledger.add_runs(recs)
+    for r in recs:
+        ledger.update(r["id"], status="running")  # a read-modify-write per run
+    print(recs[-1]["id"], flush=True)  # committed: the transaction returned
+"""
+
+
+def _writer(root: Path, prefix: str, n: int, batch: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(root), prefix, str(n), str(batch)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_four_processes_adding_200_runs_each_leave_800_records(tmp_path):
+    procs = [_writer(tmp_path, f"w{k}", 200, 10) for k in range(4)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    data = json.loads((tmp_path / "ledger.json").read_text())  # valid JSON
+    runs = data["runs"]
+    assert len(runs) == 800
+    assert {r["id"] for r in runs.values()} == {f"w{k}{i:06d}" for k in range(4) for i in range(200)}
+    assert all(r["status"] == "running" for r in runs.values())  # no update was lost
+    assert len(Ledger(tmp_path).runs()) == 800
+
+
+def test_a_writer_killed_mid_write_leaves_a_valid_ledger_with_every_committed_record(tmp_path):
+    # grow the file so that each write takes a while, then kill the writer at arbitrary moments
+    Ledger(tmp_path).add_runs([{"id": f"base{i:08d}", "plan": "base", "pad": "y" * 400} for i in range(5000)])
+    for attempt in range(4):
+        proc = _writer(tmp_path, f"k{attempt}", 100000, 5)
+        committed: list[str] = []
+        deadline = time.time() + 0.5 + 0.3 * attempt
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            if line:
+                committed.append(line.strip())
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        committed += [x.strip() for x in proc.stdout.read().splitlines() if x.strip()]
+        data = json.loads((tmp_path / "ledger.json").read_text())  # parses
+        ids = set(data["runs"])
+        assert committed, "the writer committed nothing before it was killed"
+        last = int(committed[-1][2:])
+        assert all(f"k{attempt}{i:06d}" in ids for i in range(last + 1))
+        assert sum(1 for i in ids if i.startswith("base")) == 5000
+
+
+def test_a_failed_transaction_changes_nothing(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.add_runs([{"id": "a" * 12, "plan": "p"}])
+    before = (tmp_path / "ledger.json").read_bytes()
+    with pytest.raises(RuntimeError):
+        with ledger.transaction() as tx:
+            tx.update_run("a" * 12, status="done")
+            raise RuntimeError("boom")
+    assert (tmp_path / "ledger.json").read_bytes() == before
+    assert ledger.get("a" * 12)["status"] == "queued"  # the in-process cache was dropped too
+
+
+def test_a_second_instance_sees_the_first_ones_writes(tmp_path):
+    a, b = Ledger(tmp_path), Ledger(tmp_path)
+    a.add_runs([{"id": "b" * 12, "plan": "p"}])
+    assert b.get("b" * 12)["status"] == "queued"
+    b.update("b" * 12, status="running")
+    assert a.get("b" * 12)["status"] == "running"
+    a.update("b" * 12, score=0.5)  # a's cache must not overwrite b's change
+    assert Ledger(tmp_path).get("b" * 12) | {} == a.get("b" * 12)
+    assert a.get("b" * 12)["status"] == "running"
+
+
+def test_a_corrupt_ledger_is_a_clear_error_not_a_traceback(tmp_path):
+    (tmp_path / "ledger.json").write_text("{not json")
+    with pytest.raises(LedgerError, match="not valid JSON"):
+        Ledger(tmp_path).runs()
+
+
+def test_incremental_encoding_matches_the_whole_state(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.add_runs([{"id": f"{i:012x}", "plan": "p", "order": i} for i in range(50)])
+    for i in range(0, 50, 7):
+        ledger.update(f"{i:012x}", status="done", score=i / 100)
+    ledger.set_meta("paused", True)
+    ledger.add_runs([{"id": "f" * 12, "plan": "q"}])
+    ledger.update("f" * 12, status="failed")
+    on_disk = json.loads((tmp_path / "ledger.json").read_text())
+    assert on_disk["runs"] == {r["id"]: r for r in Ledger(tmp_path).runs()}
+    assert on_disk["runs"]["00000000000e"]["score"] == 0.14 and on_disk["meta"]["paused"] == {"value": True}
+    assert Ledger(tmp_path).meta("paused") is True
