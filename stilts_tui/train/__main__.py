@@ -1,0 +1,58 @@
+"""``python -m stilts_tui.train RUN_DIR [RUN_DIR...]``: train each run folder, one after another.
+
+Exit status 0 when every run is done, 1 when any failed (each failure is in its ``result.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stilts_tui.train", description=__doc__.splitlines()[0])
+    ap.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    ap.add_argument("--device", default=os.environ.get("STILTS_DEVICE", "auto"), help="auto | cpu | cuda")
+    ap.add_argument("--compile", default=os.environ.get("STILTS_COMPILE", "auto"),
+                    choices=("auto", "off", "cudagraphs", "inductor"))
+    ap.add_argument("--pad", default=os.environ.get("STILTS_PAD", "auto"),
+                    choices=("auto", "max", "buckets", "longest"))
+    ap.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"))
+    args = ap.parse_args(argv)
+
+    # compiled kernels are cached beside the runs, shared by every worker (70 s cold -> ~13 s warm)
+    cache = args.run_dirs[0].resolve().parent / ".cache"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from stilts_tui.train.loop import Settings, Worker, train_run
+
+    hf_logging.set_verbosity_error()  # no weight-loading reports or progress bars in train.log
+    hf_logging.disable_progress_bar()
+
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    worker = Worker(Settings(device=device, compile=args.compile, pad=args.pad, attn=args.attn))
+    statuses = []
+    for run_dir in args.run_dirs:
+        if not run_dir.is_dir():
+            print(f"stilts_tui.train: {run_dir}: no such run folder", file=sys.stderr)
+            statuses.append("failed")
+            continue
+        statuses.append(train_run(worker, run_dir)["status"])
+    return 0 if all(s == "done" for s in statuses) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Tokenized task data, cached under the runs-dir, and the batches a run trains and evaluates on.
+
+A grid of 1008 runs reads each (tokenizer, task files, split, max_len) once: the first run
+tokenizes with ``datasets.map`` and saves the result under ``<runs-dir>/.cache/tokenized/<key>``
+(built under a file lock, so parallel workers do it once); every later run, in any process,
+loads it from there. Inside one process the arrays are also kept in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+from stilts_tui import tasks
+from stilts_tui.tasks.inputs import SEP
+
+
+@dataclass
+class Split:
+    """One split as fixed-width arrays: ``ids`` [N, (C,) max_len] (pad id beyond ``lengths``);
+    ``types`` the token type ids where the tokenizer makes them (BERT pairs), else None."""
+
+    ids: np.ndarray
+    types: np.ndarray | None
+    lengths: np.ndarray  # [N] longest sequence of the example (over its choices)
+    labels: np.ndarray
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def tokenizer_fingerprint(tok) -> str:
+    backend = getattr(tok, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _files_fingerprint(spec: dict) -> list:
+    out = []
+    for p in tasks.required_files(spec):
+        st = p.stat()
+        out.append([str(p), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def cache_key(spec: dict, split: str, tok_fp: str, max_len: int, limit: int | None) -> str:
+    task = {k: spec.get(k) for k in ("name", "hub", "hub_splits", "custom", "labels", "kind")}
+    blob = json.dumps([task, _files_fingerprint(spec), split, tok_fp, max_len, limit, 2], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _fill_sep(text: str | None, sep: str) -> str | None:
+    return None if text is None else text.replace(SEP, sep)
+
+
+def _tokenize_fn(tok, kind: str, max_len: int):
+    sep = tok.sep_token or ""
+    keys = ["input_ids"] + (["token_type_ids"] if "token_type_ids" in tok.model_input_names else [])
+
+    def encode(a: list, b: list) -> dict[str, list]:
+        a = [_fill_sep(x, sep) for x in a]
+        if all(x is None for x in b):
+            enc = tok(a, truncation=True, max_length=max_len)
+        elif any(x is None for x in b):  # mixed: encode one by one
+            encs = [tok(x, _fill_sep(y, sep), truncation=True, max_length=max_len) for x, y in zip(a, b, strict=True)]
+            return {k: [e[k] for e in encs] for k in keys}
+        else:
+            enc = tok(a, [_fill_sep(x, sep) for x in b], truncation="longest_first", max_length=max_len)
+        return {k: enc[k] for k in keys}
+
+    def fn(batch: dict) -> dict:
+        if kind != "multiple_choice":
+            return encode(batch["a"], batch["b"])
+        flat = encode([x for row in batch["a"] for x in row], [x for row in batch["b"] for x in row])
+        out: dict[str, list] = {k: [] for k in keys}
+        i = 0
+        for row in batch["a"]:
+            for k in keys:
+                out[k].append(flat[k][i : i + len(row)])
+            i += len(row)
+        return out
+
+    return fn
+
+
+def _pack(rows: list, kind: str, max_len: int, fill: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged token lists -> a padded array and each example's longest length."""
+    n = len(rows)
+    if kind == "multiple_choice":
+        c = max(len(r) for r in rows)
+        out = np.full((n, c, max_len), fill, dtype=np.int64)
+        lengths = np.zeros(n, dtype=np.int64)
+        for i, choices in enumerate(rows):
+            if len(choices) != c:
+                raise ValueError(f"example {i + 1} has {len(choices)} choices, others have {c}")
+            for j, seq in enumerate(choices):
+                out[i, j, : len(seq)] = seq
+                lengths[i] = max(lengths[i], len(seq))
+        return out, lengths
+    out = np.full((n, max_len), fill, dtype=np.int64)
+    lengths = np.zeros(n, dtype=np.int64)
+    for i, seq in enumerate(rows):
+        out[i, : len(seq)] = seq
+        lengths[i] = len(seq)
+    return out, lengths
+
+
+def _to_arrays(ds, kind: str, max_len: int, pad_id: int) -> Split:
+    labels = np.asarray(ds["label"], dtype=np.float32 if kind == "regression" else np.int64)
+    ids, lengths = _pack(ds["input_ids"], kind, max_len, pad_id)
+    types = _pack(ds["token_type_ids"], kind, max_len, 0)[0] if "token_type_ids" in ds.column_names else None
+    return Split(ids, types, lengths, labels, pad_id)
+
+
+_MEMORY: dict[str, Split] = {}
+
+
+def load_split(spec: dict, split: str, tok, tok_fp: str, max_len: int, cache_root: Path,
+               limit: int | None = None, labels: list[str] | None = None) -> Split:
+    """The tokenized split, from memory, the on-disk cache, or tokenized now (and cached)."""
+    key = cache_key(spec, split, tok_fp, max_len, limit)
+    if key in _MEMORY:
+        return _MEMORY[key]
+    import datasets
+
+    datasets.disable_progress_bars()
+    folder = cache_root / key
+    cache_root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / "dataset_info.json").exists():
+            examples = tasks.load_examples(spec, split, limit=limit)
+            ds = datasets.Dataset.from_list(examples)
+            ds = ds.map(_tokenize_fn(tok, spec["kind"], max_len), batched=True, batch_size=1000,
+                        remove_columns=["a", "b"], load_from_cache_file=False, desc=None)
+            tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+            ds.save_to_disk(str(tmp))
+            os.replace(tmp, folder)
+        ds = datasets.load_from_disk(str(folder))
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    out = _to_arrays(ds, spec["kind"], max_len, pad_id)
+    _MEMORY[key] = out
+    return out
+
+
+# ---- batches -----------------------------------------------------------------------------------
+
+
+def buckets_for(max_len: int, n: int = 4, multiple: int = 8) -> list[int]:
+    """A few fixed padded lengths (few shapes: few compiled graphs)."""
+    out = sorted({min(max_len, -(-(max_len * k // n) // multiple) * multiple) for k in range(1, n + 1)})
+    return [b for b in out if b > 0]
+
+
+def train_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group: bool) -> list[np.ndarray]:
+    """One epoch's batches of example indices, seeded by (seed, epoch).
+
+    ``group``: examples of similar length go together (sorted inside chunks of 64 batches, the
+    batches then shuffled), so that most batches pad to a short bucket.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    perm = rng.permutation(len(lengths))
+    if not group:
+        return [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
+    chunk = batch_size * 64
+    batches = []
+    for s in range(0, len(perm), chunk):
+        part = perm[s : s + chunk]
+        part = part[np.argsort(-lengths[part], kind="stable")]
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def eval_order(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    idx = np.argsort(-lengths, kind="stable")
+    return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+
+
+def pad_length(longest: int, pad: str, max_len: int, buckets: list[int]) -> int:
+    if pad == "max":
+        return max_len
+    if pad == "buckets":
+        return next(b for b in buckets if b >= longest)
+    return int(longest)

@@ -1,0 +1,45 @@
+"""What a run writes while it trains: ``train.log`` (for people), ``events.jsonl`` (for the TUI and
+queue), and ``result.json`` (written last, atomically)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from stilts_tui.rundir import write_json_atomic
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+class RunLog:
+    """Appends to one run folder's ``train.log`` and ``events.jsonl``."""
+
+    def __init__(self, run_dir: Path, echo: bool | None = None):
+        self.dir = run_dir
+        self.echo = sys.stdout.isatty() if echo is None else echo
+        self._log = open(run_dir / "train.log", "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        self._events = open(run_dir / "events.jsonl", "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+
+    def line(self, text: str) -> None:
+        stamped = f"[{time.strftime('%H:%M:%S')}] {text}"
+        self._log.write(stamped + "\n")
+        if self.echo:
+            print(f"{self.dir.name} {stamped}", flush=True)
+
+    def event(self, name: str, **fields) -> None:
+        self._events.write(json.dumps({"t": time.time(), "event": name, **fields}) + "\n")
+
+    def close(self) -> None:
+        self._log.close()
+        self._events.close()
+
+
+def write_result(run_dir: Path, result: dict) -> None:
+    write_json_atomic(run_dir / "result.json", result)
