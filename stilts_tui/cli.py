@@ -161,6 +161,40 @@ def queue_ls(
     typer.echo(f"{len(runs)} runs", err=True)
 
 
+@app.command("scores")
+def scores(
+    ctx: typer.Context,
+    plan: Annotated[str, typer.Argument(help="a queued plan's name (or its file)", show_default=False)],
+    metric: Annotated[str | None, typer.Option("--metric", help="a metric in the runs' results (default: each "
+                                               "target's primary metric)")] = None,
+    by_seed: Annotated[bool, typer.Option("--by-seed", help="one row per starting point and seed")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="table | csv | md | latex | json | png")] = "table",
+    out: Annotated[Path | None, typer.Option("-o", "--output", help="write to this file")] = None,
+) -> None:
+    """The score table of a plan: mean/std/median/max/min per (intermediate, target), gain over "none"."""
+    from stilts_tui import results
+
+    if fmt not in results.FORMATS:
+        raise UserError(f"--format: '{fmt}' is not one of {', '.join(results.FORMATS)}")
+    if fmt == "png" and out is None:
+        raise UserError("--format png needs -o FILE.png")
+    table = results.build(_root(ctx), plan, metric=metric, by_seed=by_seed)
+    if fmt == "png":
+        results.to_png(table, out)
+    elif fmt == "table":
+        if out is not None:
+            raise UserError("--format table prints to the terminal; choose csv, md, latex or json for -o")
+        _console().print(results.to_rich(table))
+        return
+    else:
+        text = results.render(table, fmt)
+        if out is None:
+            typer.echo(text, nl=False)
+            return
+        out.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote {out}", err=True)
+
+
 def main() -> None:
     """Console entry point: bad input becomes one line on stderr and exit status 2."""
     try:
