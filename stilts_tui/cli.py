@@ -23,8 +23,12 @@ app = typer.Typer(
 )
 plan_app = typer.Typer(help="Validate and inspect plan files.", no_args_is_help=True)
 queue_app = typer.Typer(help="Add plans to the queue and list its runs.", no_args_is_help=True)
+daemon_app = typer.Typer(help="Start, stop and inspect the queue daemon.", no_args_is_help=True)
 app.add_typer(plan_app, name="plan")
 app.add_typer(queue_app, name="queue")
+app.add_typer(daemon_app, name="daemon")
+NoDaemon = Annotated[bool, typer.Option("--no-daemon", envvar="STILTS_NO_DAEMON",
+                                        help="do not start the queue daemon if it is not running")]
 
 PlanPath = Annotated[Path, typer.Argument(help="a plan file (TOML)", show_default=False)]
 JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output (see README)")]
@@ -115,13 +119,135 @@ def queue_add(
     ctx: typer.Context,
     path: PlanPath,
     priority: Annotated[int, typer.Option("--priority", help="higher runs first")] = 0,
+    no_daemon: NoDaemon = False,
 ) -> None:
     """Queue every run of a plan not queued before (re-adding a plan queues nothing new)."""
-    from stilts_tui.queue.ops import add_plan
+    from stilts_tui.queue import ops
 
-    plan, runs, added = add_plan(path, _root(ctx), priority=priority)
+    plan, runs, added = ops.add_plan(path, _root(ctx), priority=priority)
     typer.echo(f"{plan.name}: {len(added)} runs queued, {len(runs) - len(added)} already in the ledger "
                f"({_root(ctx)})")
+    if not no_daemon and ops.daemon_status(_root(ctx)) is None:
+        info = ops.start_daemon(_root(ctx), [])
+        typer.echo(f"started the queue daemon (pid {info['pid']}); `stilts-tui daemon status` shows it")
+
+
+RunIds = Annotated[list[str] | None, typer.Argument(help="run ids (as `queue ls` shows)", show_default=False)]
+PlanOpt = Annotated[str | None, typer.Option("--plan", help="every run of this plan")]
+
+
+@queue_app.command("cancel")
+def queue_cancel(ctx: typer.Context, run_ids: RunIds = None, plan: PlanOpt = None,
+                 grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = 10.0) -> None:
+    """Cancel runs: queued ones never start; running ones are stopped (their whole process group)."""
+    from stilts_tui.queue import ops
+
+    done = ops.cancel(_root(ctx), run_ids or [], plan=plan, grace=grace)
+    typer.echo(f"cancelled {len(done)} runs" + (f": {' '.join(done)}" if len(done) <= 10 else ""))
+
+
+@queue_app.command("retry")
+def queue_retry(ctx: typer.Context, run_ids: RunIds = None,
+                failed: Annotated[bool, typer.Option("--failed", help="every failed run")] = False) -> None:
+    """Queue failed or cancelled runs again (their blocked children follow once they succeed)."""
+    from stilts_tui.queue import ops
+
+    if not run_ids and not failed:
+        raise UserError("name run ids, or --failed")
+    done = ops.retry(_root(ctx), run_ids or [], failed=failed)
+    typer.echo(f"requeued {len(done)} runs")
+
+
+@queue_app.command("priority")
+def queue_priority(ctx: typer.Context, priority: Annotated[int, typer.Argument(help="higher runs first")],
+                   run_ids: RunIds = None, plan: PlanOpt = None) -> None:
+    """Set the priority of runs (or of every run of a plan)."""
+    from stilts_tui.queue import ops
+
+    done = ops.set_priority(_root(ctx), run_ids or [], priority=priority, plan=plan)
+    typer.echo(f"priority {priority} for {len(done)} runs")
+
+
+@queue_app.command("pause")
+def queue_pause(ctx: typer.Context) -> None:
+    """Start no new runs (running ones go on)."""
+    from stilts_tui.queue import ops
+
+    ops.set_paused(_root(ctx), True)
+    typer.echo("queue paused")
+
+
+@queue_app.command("resume")
+def queue_resume(ctx: typer.Context) -> None:
+    """Start runs again."""
+    from stilts_tui.queue import ops
+
+    ops.set_paused(_root(ctx), False)
+    typer.echo("queue resumed")
+
+
+@daemon_app.command("start")
+def daemon_start(
+    ctx: typer.Context,
+    gpus: Annotated[str | None, typer.Option("--gpus", help="GPU indices to use, e.g. 0,1 (default: all)")] = None,
+    per_gpu: Annotated[int, typer.Option("--per-gpu", help="at most this many processes a GPU")] = 4,
+    cpu_slots: Annotated[int, typer.Option("--cpu-slots", help="concurrent runs where there is no GPU")] = 1,
+    max_retries: Annotated[int, typer.Option("--max-retries", help="relaunches of a run whose process "
+                                             "vanished")] = 2,
+    worker_runs: Annotated[int, typer.Option("--worker-runs", help="ready runs of one shape trained in "
+                                             "sequence by one process")] = 4,
+    mps: Annotated[bool, typer.Option("--mps", help="run NVIDIA MPS for the daemon's lifetime")] = False,
+    executor: Annotated[str, typer.Option("--executor", help="local")] = "local",
+    interval: Annotated[float, typer.Option("--interval", help="seconds between ticks")] = 1.0,
+) -> None:
+    """Start the queue daemon for this runs-dir, detached from the terminal."""
+    from stilts_tui.queue import ops
+    from stilts_tui.queue.daemon import parse_gpus
+
+    if executor != "local":
+        raise UserError(f"--executor: '{executor}' is not available (local)")
+    parse_gpus(gpus)
+    for name, value in (("--per-gpu", per_gpu), ("--cpu-slots", cpu_slots), ("--worker-runs", worker_runs)):
+        if value < 1:
+            raise UserError(f"{name}: expected an integer >= 1, got {value}")
+    args = ["--per-gpu", str(per_gpu), "--cpu-slots", str(cpu_slots), "--max-retries", str(max_retries),
+            "--worker-runs", str(worker_runs), "--interval", str(interval)]
+    if gpus:
+        args += ["--gpus", gpus]
+    if mps:
+        args.append("--mps")
+    info = ops.start_daemon(_root(ctx), args)
+    typer.echo(f"daemon started (pid {info['pid']}) on {_root(ctx)}; log: {_root(ctx) / 'daemon.log'}")
+
+
+@daemon_app.command("stop")
+def daemon_stop(ctx: typer.Context) -> None:
+    """Stop the daemon. Running runs go on; the next daemon adopts them."""
+    from stilts_tui.queue import ops
+
+    pid = ops.stop_daemon(_root(ctx))
+    typer.echo("no daemon was running" if pid is None else f"daemon stopped (pid {pid})")
+
+
+@daemon_app.command("status")
+def daemon_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Is the daemon running, with which settings, and the queue's totals."""
+    from stilts_tui.queue import ops
+
+    info = ops.daemon_status(_root(ctx))
+    ledger = Ledger(_root(ctx))
+    counts: dict[str, int] = {}
+    for r in ledger.runs():
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    if as_json:
+        typer.echo(json.dumps({"running": info is not None, "daemon": info, "counts": counts,
+                               "paused": bool(ledger.meta("paused"))}, indent=2))
+        return
+    if info is None:
+        typer.echo(f"no daemon is running on {_root(ctx)}")
+    else:
+        typer.echo(f"daemon running (pid {info.get('pid')}) on {_root(ctx)}: {info.get('settings')}")
+    typer.echo(("paused; " if ledger.meta("paused") else "") + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
 SHORT_PARAMS = {"lr": "lr", "batch_size": "bs", "warmup": "wu", "epochs": "ep", "max_len": "len"}
@@ -193,6 +319,71 @@ def scores(
             return
         out.write_text(text, encoding="utf-8")
     typer.echo(f"wrote {out}", err=True)
+
+
+@app.command("logs")
+def logs(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="a run id", show_default=False)],
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="keep printing until the run ends")] = False,
+) -> None:
+    """Print a run's train.log (and follow it)."""
+    import time
+
+    root = _root(ctx)
+    d = rundir.run_dir(root, run_id)
+    ledger = Ledger(root)
+    if ledger.get(run_id) is None and not d.is_dir():
+        raise UserError(f"no run '{run_id}' in {ledger.path}")
+    path = d / "train.log"
+    pos = 0
+    while True:
+        if path.exists():
+            with open(path, encoding="utf-8", errors="replace") as f:
+                f.seek(pos)
+                chunk = f.read()
+                pos = f.tell()
+            if chunk:
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+        run = ledger.get(run_id) or {}
+        if not follow or run.get("status") in ("done", "failed", "cancelled", "blocked"):
+            return
+        time.sleep(0.5)
+
+
+@app.command("doctor")
+def doctor(ctx: typer.Context) -> None:
+    """Check GPUs, driver, MPS, hub reachability, disk and the daemon; each line ok or what to do."""
+    import shutil
+    import socket
+
+    from stilts_tui.queue import gpus as gpu_info
+    from stilts_tui.queue import ops
+
+    root = _root(ctx)
+    found = gpu_info.list_gpus()
+    if found:
+        for g in found:
+            typer.echo(f"ok    GPU {g.index}: {g.name}, {g.free_gb:.1f} of {g.total_gb:.1f} GiB free")
+        typer.echo(f"ok    driver {gpu_info.driver_version()}")
+    else:
+        typer.echo("warn  no GPU found (NVML): runs train on the CPU; install the NVIDIA driver for GPUs")
+    mps = shutil.which("nvidia-cuda-mps-control")
+    typer.echo("ok    MPS can start (nvidia-cuda-mps-control found)" if mps else
+               "info  MPS unavailable (nvidia-cuda-mps-control not on PATH); --mps will not work")
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        typer.echo("ok    Hugging Face Hub reachable")
+    except OSError:
+        typer.echo("warn  Hugging Face Hub unreachable: set data_dir and local model folders in plans")
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free / 2**30
+    typer.echo(f"{'ok  ' if free > 20 else 'warn'}  {free:.0f} GiB free in {root}"
+               + ("" if free > 20 else " (intermediate checkpoints need ~1.5 GB each for RoBERTa-large)"))
+    info = ops.daemon_status(root)
+    typer.echo(f"ok    daemon running (pid {info.get('pid')})" if info else
+               "info  no daemon running: `stilts-tui daemon start` (queue add starts one)")
 
 
 def main() -> None:

@@ -276,6 +276,8 @@ def load(path: str | Path) -> Plan:
                         c.fail(gkey, f"expected values that are {what}, got {v!r}")
     if not stages["target"]:
         c.fail("target", "a plan needs at least one [target.NAME] stage")
+    if not data.get("baseline", True) and not stages["intermediate"]:
+        c.fail("baseline", "with baseline = false and no [intermediate.NAME] stage the plan has no target runs")
     return Plan(
         name=data["name"], path=path.resolve(), model=data["model"], baseline=data.get("baseline", True),
         target_seeds=data.get("target_seeds", [42]), defaults=defaults, synth=synth,

@@ -19,7 +19,7 @@ def cli(*args: str, runs_dir: Path | None = None, cwd: Path | None = None, env: 
         timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the installed ``stilts-tui`` console script in a subprocess."""
     cmd = [str(CONSOLE)] if CONSOLE.exists() else [sys.executable, "-m", "stilts_tui.cli"]
-    full_env = {**os.environ, **(env or {})}
+    full_env = {**os.environ, "STILTS_NO_DAEMON": "1", **(env or {})}
     if runs_dir is not None:
         full_env["STILTS_RUNS_DIR"] = str(runs_dir)
     return subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=cwd, env=full_env,

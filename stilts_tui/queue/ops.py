@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,3 +35,142 @@ def add_plan(plan_path: str | Path, root: Path, priority: int = 0) -> tuple[plan
     added = ledger.add_runs([r.record() for r in fresh], priority=priority)
     ledger.set_plan(plan.name, {"file": str(plan.path), "updated": time.time(), "runs": len(runs)})
     return plan, runs, added
+
+
+# ---- acting on runs (the CLI and the TUI call these; they need no daemon) ---------------------
+
+
+def _select(ledger: Ledger, run_ids: list[str], plan: str | None, statuses: tuple[str, ...] | None) -> list[dict]:
+    if run_ids:
+        runs = []
+        for rid in run_ids:
+            r = ledger.get(rundir.check_id(rid))
+            if r is None:
+                raise UserError(f"no run '{rid}' in {ledger.path}")
+            runs.append(r)
+        return runs
+    if plan is not None:
+        if plan not in ledger.plans():
+            raise UserError(f"no plan named '{plan}' in {ledger.path}")
+        return [r for r in ledger.runs(plan=plan) if statuses is None or r["status"] in statuses]
+    if statuses is not None:
+        return [r for r in ledger.runs() if r["status"] in statuses]
+    raise UserError("name run ids (or a plan)")
+
+
+def cancel(root: Path, run_ids: list[str], plan: str | None = None, grace: float = 10.0) -> list[str]:
+    """Cancel queued, blocked and running runs; a running one's process group gets SIGTERM, then
+    SIGKILL after ``grace`` seconds. Other runs sharing its worker process go back to the queue."""
+    from stilts_tui.queue.executors import local
+
+    ledger = Ledger(root)
+    targets = _select(ledger, run_ids, plan, ("queued", "blocked", "running"))
+    to_kill: dict[int, float | None] = {}
+    done = []
+    with ledger.transaction() as tx:
+        ids = {r["id"] for r in targets}
+        for r in targets:
+            cur = tx.get_run(r["id"])
+            if cur["status"] not in ("queued", "blocked", "running"):
+                continue
+            if cur["status"] == "running" and cur.get("pid"):
+                to_kill[cur["pid"]] = cur.get("pid_started")
+                for other in tx.runs.all():  # siblings in the same worker: back to the queue
+                    if (other.get("worker") == cur.get("worker") and other["status"] == "running"
+                            and other["id"] not in ids):
+                        tx.update_run(other["id"], status="queued", pid=None, gpu=None,
+                                      attempts=max(0, other.get("attempts", 1) - 1))
+            tx.update_run(r["id"], status="cancelled", finished=time.time())
+            done.append(r["id"])
+    for pid, started in to_kill.items():
+        local.stop(pid, started, grace=grace)
+    return done
+
+
+def retry(root: Path, run_ids: list[str], failed: bool = False) -> list[str]:
+    """Queue failed, cancelled (or blocked) runs again, as fresh attempts."""
+    ledger = Ledger(root)
+    targets = _select(ledger, run_ids, None, ("failed",) if failed else None)
+    done = []
+    with ledger.transaction() as tx:
+        for r in targets:
+            cur = tx.get_run(r["id"])
+            if cur["status"] not in ("failed", "cancelled", "blocked"):
+                continue
+            res = rundir.run_dir(root, r["id"]) / "result.json"
+            if res.exists():
+                os.replace(res, res.with_name(f"result.attempt{cur.get('attempts', 0)}.json"))
+            tx.update_run(r["id"], status="queued", attempts=0, alone=False, error=None, score=None, pid=None,
+                          gpu=None)
+            done.append(r["id"])
+    return done
+
+
+def set_priority(root: Path, run_ids: list[str], priority: int | None = None, delta: int = 0,
+                 plan: str | None = None) -> list[str]:
+    ledger = Ledger(root)
+    targets = _select(ledger, run_ids, plan, None)
+    with ledger.transaction() as tx:
+        for r in targets:
+            cur = tx.get_run(r["id"])
+            tx.update_run(r["id"], priority=priority if priority is not None else cur.get("priority", 0) + delta)
+    return [r["id"] for r in targets]
+
+
+def set_paused(root: Path, paused: bool) -> None:
+    Ledger(root).set_meta("paused", paused)
+
+
+# ---- the daemon ---------------------------------------------------------------------------------
+
+
+def daemon_status(root: Path) -> dict | None:
+    from stilts_tui.queue.daemon import running_daemon
+
+    return running_daemon(root)
+
+
+def start_daemon(root: Path, args: list[str], wait: float = 15.0) -> dict:
+    """Start the daemon detached (own session, output to <runs-dir>/daemon.log); its daemon.json."""
+    from stilts_tui.queue.daemon import info_path, running_daemon
+
+    other = running_daemon(root)
+    if other is not None:
+        raise UserError(f"a daemon is already running on {root} (pid {other.get('pid')})")
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "daemon.log", "ab") as log:
+        proc = subprocess.Popen(  # an argument list, never a shell
+            [sys.executable, "-m", "stilts_tui.queue.daemon", "--runs-dir", str(root), *args],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    deadline = time.time() + wait
+    while time.time() < deadline:
+        try:
+            info = json.loads(info_path(root).read_text())
+            if info.get("pid") == proc.pid:
+                return info
+        except (FileNotFoundError, ValueError):
+            pass
+        if proc.poll() is not None:
+            tail = (root / "daemon.log").read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise UserError(f"the daemon did not start: {tail[0]}")
+        time.sleep(0.05)
+    raise UserError(f"the daemon did not start within {wait:.0f} s (see {root / 'daemon.log'})")
+
+
+def stop_daemon(root: Path, wait: float = 15.0) -> int | None:
+    """SIGTERM the daemon; runs go on (a new daemon adopts them). Its pid, or None if none ran."""
+    from stilts_tui.queue.daemon import running_daemon
+
+    info = running_daemon(root)
+    if info is None or not info.get("pid"):
+        return None
+    pid = info["pid"]
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return None
+    deadline = time.time() + wait
+    while time.time() < deadline and running_daemon(root) is not None:
+        time.sleep(0.05)
+    return pid

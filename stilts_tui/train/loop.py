@@ -327,6 +327,11 @@ def _train(worker: Worker, run_dir: Path, spec: dict, log: RunLog) -> dict:
     log.line(f"train {len(train)} / dev {len(dev)} examples, {epochs} epochs x {steps_per_epoch} steps = {total}, "
              f"batch {bs}x{accum}, lr {p['lr']}, warmup {warmup} steps, {device.type} "
              f"{str(amp).replace('torch.', '') if amp else 'fp32'}, pad {pad}, compile {model.mode}")
+    if debug.get("spawn_sleeper"):  # a child in the run's process group (cancel must stop it too)
+        import subprocess
+
+        child = subprocess.Popen(["sleep", "600"])
+        (run_dir / "sleeper.pid").write_text(str(child.pid))
     log.event("begin", total_steps=total, epochs=epochs, n_train=len(train), n_dev=len(dev), device=device.type)
 
     eval_bs = int(p.get("eval_batch_size") or max(bs, 32))
@@ -370,7 +375,10 @@ def _train(worker: Worker, run_dir: Path, spec: dict, log: RunLog) -> dict:
             opt.zero_grad(set_to_none=True)
             step += 1
             if oom_at is not None and step >= int(oom_at):
-                raise torch.OutOfMemoryError("test hook: CUDA out of memory (spec debug.oom_at_step)")
+                marker = run_dir / "oom_hook.done"
+                if not (debug.get("oom_once") and marker.exists()):
+                    marker.touch()
+                    raise torch.OutOfMemoryError("test hook: CUDA out of memory (spec debug.oom_at_step)")
             if debug.get("sleep_per_step"):
                 time.sleep(float(debug["sleep_per_step"]))
             if step % log_every == 0 or step == total:

@@ -1,0 +1,388 @@
+"""The queue daemon: one per runs-dir. Each tick it reaps finished processes, blocks and unblocks
+children, and launches ready runs on devices with room. It owns no state of its own: everything
+is in the ledger and the run folders, so a restarted daemon adopts the processes still alive.
+
+    python -m stilts_tui.queue.daemon --runs-dir DIR [--gpus 0,1] [--per-gpu N] [--mps] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from stilts_tui import rundir
+from stilts_tui.errors import UserError
+from stilts_tui.ledger import Ledger
+from stilts_tui.queue import gpus as gpu_info
+from stilts_tui.queue import placement
+from stilts_tui.queue.executors import local
+
+FINAL_RESULT = ("done", "failed", "oom")
+
+
+@dataclass
+class Settings:
+    gpus: list[int] | None = None  # None: every GPU found
+    per_gpu: int = 4
+    cpu_slots: int = 1  # concurrent runs where there is no GPU
+    max_retries: int = 2
+    worker_runs: int = 4  # ready runs of one shape given to one process, trained in sequence
+    mps: bool = False
+    interval: float = 1.0
+    executor: str = "local"
+
+
+def lock_path(root: Path) -> Path:
+    return root / "daemon.lock"
+
+
+def info_path(root: Path) -> Path:
+    return root / "daemon.json"
+
+
+def running_daemon(root: Path) -> dict | None:
+    """The daemon serving ``root`` (its daemon.json), or None when none holds the lock."""
+    root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path(root)), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            return json.loads(info_path(root).read_text())
+        except (FileNotFoundError, ValueError):
+            return {"pid": None}
+    lock.release()
+    return None
+
+
+class Daemon:
+    def __init__(self, root: Path, settings: Settings):
+        self.root, self.s = Path(root), settings
+        self.ledger = Ledger(self.root)
+        self._specs: dict[str, dict] = {}
+        self._stop = False
+        self.mps_dir: Path | None = None
+        self.log_file = open(self.root / "daemon.log", "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+
+    def log(self, text: str) -> None:
+        self.log_file.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}\n")
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def spec(self, run_id: str) -> dict:
+        if run_id not in self._specs:
+            try:
+                self._specs[run_id] = json.loads((self.root / run_id / "spec.json").read_text())
+            except (OSError, ValueError):
+                self._specs[run_id] = {}
+        return self._specs[run_id]
+
+    def result(self, run_id: str) -> dict | None:
+        try:
+            return json.loads((self.root / run_id / "result.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _retire_result(self, run_id: str, attempt: int) -> None:
+        """Keep a finished attempt's result beside the run, out of the way of the next attempt."""
+        src = self.root / run_id / "result.json"
+        if src.exists():
+            os.replace(src, src.with_name(f"result.attempt{attempt}.json"))
+
+    def devices(self, runs: list[dict]) -> list[placement.Device]:
+        found = gpu_info.list_gpus()
+        if self.s.gpus is not None:
+            found = [g for g in found if g.index in self.s.gpus]
+        devs = [placement.Device(g.index, g.total_gb, g.free_gb, self.s.per_gpu) for g in found]
+        if not devs:
+            devs = [placement.Device(None, float("inf"), float("inf"), self.s.cpu_slots)]
+        by_index = {d.index: d for d in devs}
+        workers: set[str] = set()
+        for r in runs:
+            if r["status"] != "running":
+                continue
+            d = by_index.get(r.get("gpu"))
+            if d is None:
+                continue
+            if r.get("worker") not in workers:  # runs of one worker take one process, its largest estimate
+                workers.add(r.get("worker"))
+                d.procs += 1
+                d.reserved_gb += max((x.get("est_gb") or 0) for x in runs
+                                     if x["status"] == "running" and x.get("worker") == r.get("worker"))
+            d.alone = d.alone or bool(r.get("alone"))
+            d.run_ids.append(r["id"])
+        return devs
+
+    def estimate(self, run: dict, learned: dict[str, float]) -> tuple[float, str]:
+        spec = self.spec(run["id"])
+        key = placement.shape_key(run, spec)
+        if key in learned:
+            return round(learned[key] * placement.MARGIN + 0.25, 2), key
+        return placement.formula_gb(spec), key
+
+    # -- one tick ---------------------------------------------------------------------------------
+
+    def tick(self) -> dict:
+        """Reap, block/unblock, launch. Returns counts of what it did."""
+        stats = {"reaped": 0, "requeued": 0, "blocked": 0, "unblocked": 0, "launched": 0}
+        runs = self.ledger.runs()
+        status = {r["id"]: r["status"] for r in runs}
+        changes: dict[str, tuple[str, dict]] = {}  # id -> (status it had, new fields)
+
+        # 1. reap
+        for r in runs:
+            if r["status"] != "running":
+                continue
+            res = self.result(r["id"])
+            attempt = r.get("attempts", 1)
+            if res and res.get("status") in FINAL_RESULT:
+                fields = {"finished": time.time(), "score": res.get("score"), "error": res.get("error"),
+                          "peak_gpu_mem_gb": res.get("peak_gpu_mem_gb"), "pid": None}
+                if res["status"] == "oom" and not r.get("alone"):
+                    self._retire_result(r["id"], attempt)
+                    fields.update(status="queued", alone=True, gpu=None)
+                    stats["requeued"] += 1
+                    self.log(f"{r['id']}: out of memory on GPU {r.get('gpu')}; requeued to run alone")
+                else:
+                    fields["status"] = "done" if res["status"] == "done" else "failed"
+                    stats["reaped"] += 1
+                changes[r["id"]] = ("running", fields)
+            elif not local.alive(r.get("pid"), r.get("pid_started")):
+                if not r.get("pid"):
+                    found = local.find_worker(self.root / r["id"])
+                    if found or time.time() - r.get("started", 0) < 30:
+                        if found:  # launched just before a crash: adopt it
+                            changes[r["id"]] = ("running", {"pid": found[0], "pid_started": found[1]})
+                        continue
+                why = "process exited without result" + self._last_line(r)
+                if attempt <= self.s.max_retries:
+                    self._retire_result(r["id"], attempt)
+                    fields = {"status": "queued", "error": why, "pid": None, "gpu": None}
+                    stats["requeued"] += 1
+                else:
+                    fields = {"status": "failed", "error": why, "pid": None, "finished": time.time()}
+                    stats["reaped"] += 1
+                self.log(f"{r['id']}: {why} (attempt {attempt}) -> {fields['status']}")
+                changes[r["id"]] = ("running", fields)
+        for rid, (_, f) in changes.items():
+            if "status" in f:
+                status[rid] = f["status"]
+
+        # 2. a failed or cancelled parent blocks its children; a retried one unblocks them
+        for r in runs:
+            st, parent = status[r["id"]], r.get("parent")
+            if not parent or st not in ("queued", "blocked"):
+                continue
+            pst = status.get(parent)
+            if st == "queued" and pst in ("failed", "cancelled", "blocked"):
+                changes[r["id"]] = (r["status"], {**changes.get(r["id"], ("", {}))[1], "status": "blocked"})
+                status[r["id"]] = "blocked"
+                stats["blocked"] += 1
+            elif st == "blocked" and pst in ("queued", "running", "done"):
+                changes[r["id"]] = (r["status"], {**changes.get(r["id"], ("", {}))[1], "status": "queued"})
+                status[r["id"]] = "queued"
+                stats["unblocked"] += 1
+        if changes:
+            self._commit(changes)
+
+        # 3. launch ready runs where they fit
+        if self.ledger.meta("paused"):
+            return stats
+        runs = self.ledger.runs()
+        status = {r["id"]: r["status"] for r in runs}
+        devs = self.devices(runs)
+        if not any(d.procs < d.slots and not d.alone for d in devs):
+            return stats
+        learned: dict[str, float] = {}
+        for r in runs:
+            if r["status"] == "done" and r.get("peak_gpu_mem_gb") and r.get("shape"):
+                learned[r["shape"]] = max(learned.get(r["shape"], 0.0), r["peak_gpu_mem_gb"])
+        ready = [r for r in runs
+                 if r["status"] == "queued" and (not r.get("parent") or status.get(r["parent"]) == "done")]
+        taken: set[str] = set()
+        for r in ready:
+            if r["id"] in taken:
+                continue
+            if not any(d.procs < d.slots and not d.alone for d in devs):
+                break
+            est, key = self.estimate(r, learned)
+            dev = placement.choose(devs, est, bool(r.get("alone")))
+            if dev is None:
+                continue
+            group = [r]
+            if not r.get("alone"):
+                for other in ready:
+                    if len(group) >= self.s.worker_runs:
+                        break
+                    if other["id"] in taken or other is r or other.get("alone"):
+                        continue
+                    if self.estimate(other, learned)[1] == key:
+                        group.append(other)
+            taken.update(x["id"] for x in group)
+            if self._launch(group, dev, est, key):
+                stats["launched"] += len(group)
+        return stats
+
+    def _last_line(self, run: dict) -> str:
+        for path in (self.root / ".workers" / f"{run.get('worker')}.log", self.root / run["id"] / "train.log"):
+            try:
+                lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
+            except OSError:
+                continue
+            if lines:
+                return f": {lines[-1].strip()[:200]}"
+        return ""
+
+    def _commit(self, changes: dict[str, tuple[str, dict]]) -> None:
+        """Apply the tick's decisions to runs whose status is still what the decision saw."""
+        with self.ledger.transaction() as tx:
+            for rid, (seen, fields) in changes.items():
+                cur = tx.get_run(rid)
+                if cur is not None and (cur["status"] == seen or not seen):
+                    tx.update_run(rid, **fields)
+
+    def _launch(self, group: list[dict], dev: placement.Device, est: float, key: str) -> bool:
+        worker = uuid.uuid4().hex[:10]
+        now = time.time()
+        with self.ledger.transaction() as tx:  # mark first: a crash after this adopts, never relaunches
+            fresh = [r for r in group if (tx.get_run(r["id"]) or {}).get("status") == "queued"]
+            for r in fresh:
+                cur = tx.get_run(r["id"])
+                tx.update_run(r["id"], status="running", gpu=dev.index, worker=worker, started=now, pid=None,
+                              pid_started=None, attempts=cur.get("attempts", 0) + 1, est_gb=est, shape=key,
+                              error=None, score=None)
+            if fresh:
+                tx.put(tx.db.table("placements"), f"{now:.6f}-{worker}", {
+                    "t": now, "gpu": dev.index, "runs": [r["id"] for r in fresh], "est_gb": est,
+                    "reserved_before_gb": dev.reserved_gb, "procs_before": dev.procs, "slots": dev.slots,
+                    "total_gb": None if dev.index is None else dev.total_gb, "alone": bool(fresh[0].get("alone")),
+                    "others_on_gpu": list(dev.run_ids)})
+        if not fresh:
+            return False
+        env = {"PYTHONUNBUFFERED": "1"}
+        if dev.index is None or gpu_info.fake_spec() is not None:
+            env["STILTS_DEVICE"] = "cpu"
+        if dev.index is None:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, self.s.cpu_slots)))
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = str(dev.index)
+        if self.mps_dir is not None:
+            env["CUDA_MPS_PIPE_DIRECTORY"] = str(self.mps_dir / "pipe")
+            env["CUDA_MPS_LOG_DIRECTORY"] = str(self.mps_dir / "log")
+        dirs = [self.root / r["id"] for r in fresh]
+        log = dirs[0] / "train.log" if len(dirs) == 1 else self.root / ".workers" / f"{worker}.log"
+        pid, started = local.launch(dirs, env, log)
+        with self.ledger.transaction() as tx:
+            for r in fresh:
+                tx.update_run(r["id"], pid=pid, pid_started=started)
+            cancelled = [r["id"] for r in fresh if tx.get_run(r["id"])["status"] != "running"]
+        if cancelled and len(cancelled) == len(fresh):
+            local.stop(pid, started, grace=5)
+        dev.procs += 1
+        dev.reserved_gb += est
+        dev.run_ids.extend(r["id"] for r in fresh)
+        dev.alone = dev.alone or bool(fresh[0].get("alone"))
+        where = "CPU" if dev.index is None else f"GPU {dev.index}"
+        self.log(f"launched {', '.join(r['id'] for r in fresh)} on {where} (pid {pid}, est {est} GB)")
+        return True
+
+    # -- lifetime ---------------------------------------------------------------------------------
+
+    def start_mps(self) -> None:
+        exe = shutil.which("nvidia-cuda-mps-control")
+        if exe is None:
+            raise UserError("--mps: nvidia-cuda-mps-control not found (MPS needs the NVIDIA driver's MPS tools)")
+        self.mps_dir = self.root / ".mps"
+        (self.mps_dir / "pipe").mkdir(parents=True, exist_ok=True)
+        (self.mps_dir / "log").mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(self.mps_dir / "pipe"),
+               "CUDA_MPS_LOG_DIRECTORY": str(self.mps_dir / "log")}
+        subprocess.run([exe, "-d"], env=env, check=True, timeout=30)
+        self.log(f"MPS control daemon started ({self.mps_dir})")
+
+    def stop_mps(self) -> None:
+        exe = shutil.which("nvidia-cuda-mps-control")
+        if self.mps_dir is None or exe is None:
+            return
+        env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(self.mps_dir / "pipe"),
+               "CUDA_MPS_LOG_DIRECTORY": str(self.mps_dir / "log")}
+        subprocess.run([exe], input="quit\n", text=True, env=env, timeout=30, check=False)
+        self.log("MPS control daemon stopped")
+
+    def serve(self) -> int:
+        lock = FileLock(str(lock_path(self.root)), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            other = running_daemon(self.root) or {}
+            print(f"stilts-tui: error: a daemon is already running on {self.root} (pid {other.get('pid')})",
+                  file=sys.stderr)
+            return 2
+        try:
+            signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
+            signal.signal(signal.SIGINT, lambda *_: setattr(self, "_stop", True))
+            if self.s.mps:
+                self.start_mps()
+            info = {"pid": os.getpid(), "started": time.time(), "settings": asdict(self.s)}
+            rundir.write_json_atomic(info_path(self.root), info)
+            self.log(f"daemon started (pid {os.getpid()}, settings {asdict(self.s)})")
+            while not self._stop:
+                t = time.time()
+                try:
+                    stats = self.tick()
+                    if any(stats.values()):
+                        self.log(f"tick {1000 * (time.time() - t):.0f} ms: {stats}")
+                except UserError as e:
+                    self.log(f"tick failed: {e}")
+                time.sleep(max(0.05, self.s.interval - (time.time() - t)))
+            self.log("daemon stopping (running runs go on; a new daemon adopts them)")
+            self.stop_mps()
+            info_path(self.root).unlink(missing_ok=True)
+            return 0
+        finally:
+            lock.release()
+
+
+def parse_gpus(value: str | None) -> list[int] | None:
+    if value in (None, "", "all"):
+        return None
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--gpus: expected indices like 0,1, got '{value}'") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stilts_tui.queue.daemon")
+    ap.add_argument("--runs-dir", type=Path, default=None)
+    ap.add_argument("--gpus", default=None)
+    ap.add_argument("--per-gpu", type=int, default=4)
+    ap.add_argument("--cpu-slots", type=int, default=1)
+    ap.add_argument("--max-retries", type=int, default=2)
+    ap.add_argument("--worker-runs", type=int, default=4)
+    ap.add_argument("--mps", action="store_true")
+    ap.add_argument("--interval", type=float, default=1.0)
+    a = ap.parse_args(argv)
+    try:
+        s = Settings(gpus=parse_gpus(a.gpus), per_gpu=a.per_gpu, cpu_slots=a.cpu_slots, max_retries=a.max_retries,
+                     worker_runs=a.worker_runs, mps=a.mps, interval=a.interval)
+        return Daemon(rundir.runs_dir(a.runs_dir), s).serve()
+    except UserError as e:
+        print(f"stilts-tui: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

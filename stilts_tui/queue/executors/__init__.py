@@ -1,0 +1,1 @@
+"""Executors: how the queue starts, watches and stops training processes."""

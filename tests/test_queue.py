@@ -1,0 +1,263 @@
+"""The queue daemon with fake GPUs and tiny real runs: real subprocesses, a real ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import cli, write_jsonl, write_text
+from synthdata import pair_rows
+
+from stilts_tui.ledger import Ledger
+
+PLAN = """name = "q"
+model = "{model}"
+baseline = {baseline}
+target_seeds = [1]
+[defaults]
+epochs = 1
+batch_size = 16
+max_len = 24
+[tasks.pair]
+format = "jsonl"
+train = "data/tr.jsonl"
+dev = "data/dv.jsonl"
+kind = "classification"
+text_fields = ["s1", "s2"]
+{stages}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from stilts_tui.train import workload
+
+    return workload.build_model(tmp_path_factory.mktemp("tiny") / "model", "tiny")
+
+
+@pytest.fixture
+def queue_env(runs_dir):
+    env = {"STILTS_FAKE_GPUS": "2x24", "OMP_NUM_THREADS": "1"}
+    yield env
+    cli("daemon", "stop", runs_dir=runs_dir, env=env)
+    for r in Ledger(runs_dir).runs():  # leave no training process behind
+        if r.get("pid"):
+            try:
+                os.killpg(r["pid"], signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def make_plan(tmp_path: Path, model: Path, stages: str, baseline: bool = False) -> Path:
+    write_jsonl(tmp_path / "data/tr.jsonl", pair_rows(48, 1))
+    write_jsonl(tmp_path / "data/dv.jsonl", pair_rows(16, 2))
+    return write_text(tmp_path / "q.toml", PLAN.format(model=model, baseline=str(baseline).lower(), stages=stages))
+
+
+def add(plan: Path, runs_dir: Path, env: dict) -> list[dict]:
+    out = cli("queue", "add", str(plan), "--no-daemon", runs_dir=runs_dir, env=env)
+    assert out.returncode == 0, out.stderr
+    return Ledger(runs_dir).runs()
+
+
+def start(runs_dir: Path, env: dict, *args: str) -> dict:
+    out = cli("daemon", "start", "--interval", "0.2", *args, runs_dir=runs_dir, env=env)
+    assert out.returncode == 0, out.stderr
+    return json.loads((runs_dir / "daemon.json").read_text())
+
+
+def wait(cond, timeout: float = 150, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def statuses(runs_dir: Path) -> dict[str, str]:
+    return {r["id"]: r["status"] for r in Ledger(runs_dir).runs()}
+
+
+def all_final(runs_dir: Path) -> bool:
+    return all(s in ("done", "failed", "cancelled", "blocked") for s in statuses(runs_dir).values())
+
+
+def set_debug(runs_dir: Path, run_id: str, **debug) -> None:
+    path = runs_dir / run_id / "spec.json"
+    spec = json.loads(path.read_text())
+    spec["debug"] = debug
+    path.write_text(json.dumps(spec))
+
+
+def placements(runs_dir: Path) -> list[dict]:
+    data = json.loads((runs_dir / "ledger.json").read_text())
+    return sorted(data.get("placements", {}).values(), key=lambda p: p["t"])
+
+
+STAGES = """[intermediate.i]
+task = "pair"
+[target.t]
+task = "pair"
+grid = { lr = [1e-4, 2e-4] }
+"""
+
+
+def test_a_plan_runs_to_the_end_in_dependency_order(tmp_path, runs_dir, tiny_model, queue_env):
+    runs = add(make_plan(tmp_path, tiny_model, STAGES, baseline=True), runs_dir, queue_env)
+    assert len(runs) == 5
+    start(runs_dir, queue_env, "--per-gpu", "2", "--worker-runs", "2")
+    wait(lambda: all_final(runs_dir), what="every run to finish")
+    runs = {r["id"]: r for r in Ledger(runs_dir).runs()}
+    assert {r["status"] for r in runs.values()} == {"done"}
+    for r in runs.values():
+        assert r["gpu"] in (0, 1) and isinstance(r["score"], float) and r["attempts"] == 1
+        if r["parent"]:
+            assert r["started"] >= runs[r["parent"]]["finished"] - 0.5  # children start after the parent
+        assert json.loads((runs_dir / r["id"] / "result.json").read_text())["status"] == "done"
+    out = cli("scores", "q", "--format", "json", runs_dir=runs_dir)
+    assert out.returncode == 0 and len(json.loads(out.stdout)["cells"]) == 2
+
+
+def test_a_failing_parent_blocks_its_children_and_retrying_it_unblocks_them(tmp_path, runs_dir, tiny_model,
+                                                                            queue_env):
+    runs = add(make_plan(tmp_path, tiny_model, STAGES), runs_dir, queue_env)
+    parent = next(r for r in runs if r["stage"] == "intermediate")
+    spec_path = runs_dir / parent["id"] / "spec.json"
+    good = spec_path.read_text()
+    spec = json.loads(good)
+    spec["task"]["train_file"] = str(tmp_path / "data/missing.jsonl")
+    spec_path.write_text(json.dumps(spec))
+    start(runs_dir, queue_env, "--worker-runs", "1")
+    wait(lambda: statuses(runs_dir)[parent["id"]] == "failed", what="the parent to fail")
+    wait(lambda: sorted(statuses(runs_dir).values()) == ["blocked", "blocked", "failed"], what="children blocked")
+    assert "data file not found" in Ledger(runs_dir).get(parent["id"])["error"]
+    spec_path.write_text(good)  # fix the cause, then retry the parent
+    out = cli("queue", "retry", parent["id"], runs_dir=runs_dir, env=queue_env)
+    assert out.returncode == 0 and "requeued 1 runs" in out.stdout
+    wait(lambda: set(statuses(runs_dir).values()) == {"done"}, what="the plan to finish after the retry")
+    assert (runs_dir / parent["id"] / "result.attempt1.json").exists()  # the failed attempt is kept
+
+
+def test_per_gpu_and_memory_limits_are_never_exceeded(tmp_path, runs_dir, tiny_model, queue_env):
+    stages = "[target.t]\ntask = \"pair\"\ngrid = { lr = [1e-4, 2e-4, 3e-4, 4e-4, 5e-4, 6e-4] }\n"
+    add(make_plan(tmp_path, tiny_model, stages, baseline=True), runs_dir, queue_env)
+    env = {**queue_env, "STILTS_FAKE_GPUS": "2x2.2"}  # room for two 1 GB estimates a GPU (95% of 2.2 GiB)
+    start(runs_dir, env, "--per-gpu", "3", "--worker-runs", "1")
+    wait(lambda: all_final(runs_dir), what="every run to finish")
+    runs = Ledger(runs_dir).runs()
+    assert {r["status"] for r in runs} == {"done"}
+    history = placements(runs_dir)
+    assert len(history) == 6
+    for p in history:
+        assert p["procs_before"] < p["slots"] == 3
+        assert p["reserved_before_gb"] + p["est_gb"] <= 0.95 * p["total_gb"]
+    for gpu in (0, 1):  # and from the runs' own start/finish times
+        spans = [(r["started"], r["finished"]) for r in runs if r["gpu"] == gpu]
+        peak = max(sum(s <= t < f for s, f in spans) for t, _ in spans)
+        assert 1 <= peak <= 2
+
+
+def test_cancel_kills_the_whole_process_group(tmp_path, runs_dir, tiny_model, queue_env):
+    runs = add(make_plan(tmp_path, tiny_model, "[target.t]\ntask = \"pair\"\n", baseline=True), runs_dir, queue_env)
+    (run,) = runs
+    set_debug(runs_dir, run["id"], sleep_per_step=5, spawn_sleeper=True)
+    start(runs_dir, queue_env, "--worker-runs", "1")
+    sleeper = runs_dir / run["id"] / "sleeper.pid"
+    wait(sleeper.exists, what="the run to start its child")
+    pid, child = Ledger(runs_dir).get(run["id"])["pid"], int(sleeper.read_text())
+    assert psutil.pid_exists(pid) and psutil.pid_exists(child) and os.getpgid(child) == pid
+    out = cli("queue", "cancel", run["id"], "--grace", "3", runs_dir=runs_dir, env=queue_env)
+    assert out.returncode == 0 and "cancelled 1 runs" in out.stdout
+    wait(lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE,
+         timeout=10, what="the child to die")
+    assert Ledger(runs_dir).get(run["id"])["status"] == "cancelled"
+    time.sleep(1)  # the daemon leaves a cancelled run alone
+    assert Ledger(runs_dir).get(run["id"])["status"] == "cancelled"
+
+
+def test_a_daemon_killed_mid_plan_and_restarted_loses_no_run_and_starts_none_twice(tmp_path, runs_dir, tiny_model,
+                                                                                   queue_env):
+    stages = "[target.t]\ntask = \"pair\"\ngrid = { lr = [1e-4, 2e-4, 3e-4] }\n"
+    runs = add(make_plan(tmp_path, tiny_model, stages, baseline=True), runs_dir, queue_env)
+    for r in runs:
+        set_debug(runs_dir, r["id"], sleep_per_step=1.5)
+    info = start(runs_dir, queue_env, "--per-gpu", "1", "--worker-runs", "1")
+    wait(lambda: list(statuses(runs_dir).values()).count("running") == 2, what="two runs running")
+    wait(lambda: all(r.get("pid") for r in Ledger(runs_dir).runs() if r["status"] == "running"), what="pids")
+    before = {r["id"]: (r["pid"], r["pid_started"]) for r in Ledger(runs_dir).runs() if r["status"] == "running"}
+    os.kill(info["pid"], signal.SIGKILL)
+    wait(lambda: not psutil.pid_exists(info["pid"]) or psutil.Process(info["pid"]).status() == "zombie",
+         what="the daemon to die")
+    assert all(psutil.pid_exists(pid) for pid, _ in before.values())  # runs outlive the daemon
+    again = cli("daemon", "start", "--interval", "0.2", "--per-gpu", "1", "--worker-runs", "1",
+                runs_dir=runs_dir, env=queue_env)
+    assert again.returncode == 0, again.stderr
+    time.sleep(1.5)
+    after = {r["id"]: (r["pid"], r["pid_started"]) for r in Ledger(runs_dir).runs() if r["id"] in before}
+    assert after == before  # adopted, not relaunched
+    wait(lambda: all_final(runs_dir), what="every run to finish")
+    final = Ledger(runs_dir).runs()
+    assert {r["status"] for r in final} == {"done"} and all(r["attempts"] == 1 for r in final)
+    launched = [rid for p in placements(runs_dir) for rid in p["runs"]]
+    assert sorted(launched) == sorted(r["id"] for r in final)  # each run launched exactly once
+
+
+def test_two_daemons_on_one_runs_dir_cannot_start(runs_dir, queue_env):
+    info = start(runs_dir, queue_env)
+    second = cli("daemon", "start", runs_dir=runs_dir, env=queue_env)
+    assert second.returncode == 2 and f"a daemon is already running on {runs_dir} (pid {info['pid']})" in second.stderr
+    direct = subprocess.run([sys.executable, "-m", "stilts_tui.queue.daemon", "--runs-dir", str(runs_dir)],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, **queue_env})
+    assert direct.returncode == 2 and "already running" in direct.stderr
+    status = json.loads(cli("daemon", "status", "--json", runs_dir=runs_dir, env=queue_env).stdout)
+    assert status["running"] and status["daemon"]["pid"] == info["pid"]
+    assert cli("daemon", "stop", runs_dir=runs_dir, env=queue_env).returncode == 0
+    assert json.loads(cli("daemon", "status", "--json", runs_dir=runs_dir, env=queue_env).stdout)["running"] is False
+
+
+def test_a_run_out_of_memory_is_requeued_to_run_alone(tmp_path, runs_dir, tiny_model, queue_env):
+    stages = "[target.t]\ntask = \"pair\"\ngrid = { lr = [1e-4, 2e-4, 3e-4] }\n"
+    runs = add(make_plan(tmp_path, tiny_model, stages, baseline=True), runs_dir, queue_env)
+    oom = runs[0]["id"]
+    set_debug(runs_dir, oom, oom_at_step=1, oom_once=True)
+    env = {**queue_env, "STILTS_FAKE_GPUS": "1x24"}
+    start(runs_dir, env, "--per-gpu", "3", "--worker-runs", "1")
+    wait(lambda: all_final(runs_dir), what="every run to finish")
+    final = {r["id"]: r for r in Ledger(runs_dir).runs()}
+    assert {r["status"] for r in final.values()} == {"done"}
+    assert final[oom]["alone"] is True and final[oom]["attempts"] == 2
+    assert json.loads((runs_dir / oom / "result.attempt1.json").read_text())["status"] == "oom"
+    history = placements(runs_dir)
+    first, second = [p for p in history if oom in p["runs"]]
+    assert second["alone"] and second["others_on_gpu"] == [] and second["procs_before"] == 0
+    # nothing else was placed on the GPU while it ran alone
+    assert not [p for p in history if second["t"] < p["t"] < final[oom]["finished"]]
+
+
+def test_pause_resume_priority_and_logs(tmp_path, runs_dir, tiny_model, queue_env):
+    stages = "[target.t]\ntask = \"pair\"\ngrid = { lr = [1e-4, 2e-4] }\n"
+    runs = add(make_plan(tmp_path, tiny_model, stages, baseline=True), runs_dir, queue_env)
+    assert cli("queue", "pause", runs_dir=runs_dir, env=queue_env).returncode == 0
+    last = runs[-1]["id"]
+    assert cli("queue", "priority", "5", last, runs_dir=runs_dir, env=queue_env).returncode == 0
+    assert Ledger(runs_dir).runs()[0]["id"] == last  # higher priority first
+    start(runs_dir, queue_env, "--per-gpu", "1", "--gpus", "0", "--worker-runs", "1")
+    time.sleep(1.5)
+    assert set(statuses(runs_dir).values()) == {"queued"}  # paused: nothing starts
+    assert cli("queue", "resume", runs_dir=runs_dir, env=queue_env).returncode == 0
+    wait(lambda: all_final(runs_dir), what="every run to finish")
+    final = {r["id"]: r for r in Ledger(runs_dir).runs()}
+    assert final[last]["started"] < min(r["started"] for r in final.values() if r["id"] != last)
+    out = cli("logs", last, runs_dir=runs_dir)
+    assert out.returncode == 0 and "eval epoch 1: acc" in out.stdout
+    bad = cli("logs", "../../etc/passwd", runs_dir=runs_dir)
+    assert bad.returncode == 2 and "is not a run id" in bad.stderr
