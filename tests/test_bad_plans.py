@@ -39,7 +39,9 @@ CASES = {
     "no-target": (('[target.rte]\ntask = "rte"\nepochs = 2\ngrid = { lr = [1e-5, 2e-5] }\n', ""),
                   "key 'target': a plan needs at least one", None),
     "bad-stage-name": (("[target.rte]", '[target."../x"]'), "key 'target.../x'", None),
-    "no-starting-point": (('[intermediate.inter]\ntask = "synth:syn"\n', 'baseline = false\n'),
+    "no-starting-point": (('target_seeds = [1]\n\n[defaults]\nlr = 1e-5\n\n[synth.syn]\nn = 10\n\n'
+                           '[intermediate.inter]\ntask = "synth:syn"\n',
+                           'target_seeds = [1]\nbaseline = false\n\n[defaults]\nlr = 1e-5\n'),
                           "key 'baseline': with baseline = false and no [intermediate.NAME] stage", None),
     "bad-seeds": (("target_seeds = [1]", 'target_seeds = ["a"]'), "key 'target_seeds': expected", 3),
 }

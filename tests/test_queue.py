@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import cli, write_jsonl, write_text
-from synthdata import pair_rows
 
+from stilts_tui.demo import pair_rows
 from stilts_tui.ledger import Ledger
 
 PLAN = """name = "q"

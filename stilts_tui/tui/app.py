@@ -1,0 +1,115 @@
+"""The stilts-tui app: the queue screen first; logs, scores and the plan builder a key away;
+every action in the command palette as "area: action"; F1 or ? lists every key."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+from textual.app import App
+from textual.binding import Binding
+from textual.command import Hit, Hits, Provider
+
+from stilts_tui.tui.keymap import load_keymap
+from stilts_tui.tui.screens.queue import QueueScreen
+
+PALETTE = [  # (title, help, action on the app)
+    ("queue: cancel selected", "cancel the selected or marked runs", "screen_action('cancel')"),
+    ("queue: retry selected", "queue failed or cancelled runs again", "screen_action('retry')"),
+    ("queue: raise priority", "run the selection sooner", "screen_action('priority(1)')"),
+    ("queue: lower priority", "run the selection later", "screen_action('priority(-1)')"),
+    ("queue: pause / resume", "start no new runs, or start them again", "screen_action('toggle_pause')"),
+    ("queue: add a plan", "queue a plan file", "screen_action('add_plan')"),
+    ("queue: filter runs", "show only matching runs", "screen_action('filter')"),
+    ("queue: sort", "cycle the sort order", "screen_action('sort')"),
+    ("logs: open selected", "follow the selected runs' logs", "screen_action('logs')"),
+    ("scores: show matrix", "the intermediate x target matrix", "scores"),
+    ("scores: export as csv", "write <runs-dir>/exports/PLAN.csv", "export('csv')"),
+    ("scores: export as markdown", "write <runs-dir>/exports/PLAN.md", "export('md')"),
+    ("scores: export as LaTeX", "write <runs-dir>/exports/PLAN.tex", "export('latex')"),
+    ("scores: export as json", "write <runs-dir>/exports/PLAN.json", "export('json')"),
+    ("scores: export as png", "write <runs-dir>/exports/PLAN.png", "export('png')"),
+    ("plan: build a new plan", "pick tasks, seeds and a grid", "builder"),
+    ("help: keys", "every key of every screen", "help"),
+]
+
+
+class StiltsCommands(Provider):
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for title, text, action in PALETTE:
+            score = matcher.match(title)
+            if score > 0:
+                yield Hit(score, matcher.highlight(title), partial(self.app.run_action, action), help=text)
+
+
+class StiltsApp(App):
+    TITLE = "stilts-tui"
+    COMMANDS = App.COMMANDS | {StiltsCommands}
+    BINDINGS = [
+        Binding("q", "quit", "Quit", id="app.quit"),
+        Binding("f1,question_mark", "help", "Keys", id="app.help"),
+        Binding("o", "scores", "Scores", id="app.scores"),
+        Binding("b", "builder", "Plan builder", id="app.builder"),
+    ]
+
+    def __init__(self, root: Path, keymap: dict[str, str] | None = None):
+        super().__init__()
+        self.root = Path(root)
+        self._keymap = keymap if keymap is not None else load_keymap()
+
+    def on_mount(self) -> None:
+        if self._keymap:
+            self.set_keymap(self._keymap)
+        self.push_screen(QueueScreen())
+
+    def open_logs(self, run_ids: list[str]) -> None:
+        from stilts_tui.tui.screens.logs import LogsScreen
+
+        self.push_screen(LogsScreen(run_ids))
+
+    def action_scores(self) -> None:
+        from stilts_tui.tui.screens.scores import ScoresScreen
+
+        self.push_screen(ScoresScreen())
+
+    def action_builder(self) -> None:
+        from stilts_tui.tui.screens.builder import BuilderScreen
+
+        self.push_screen(BuilderScreen())
+
+    async def action_screen_action(self, action: str) -> None:
+        while not isinstance(self.screen, QueueScreen) and len(self.screen_stack) > 2:
+            self.pop_screen()
+        if isinstance(self.screen, QueueScreen):
+            await self.screen.run_action(action)
+
+    def action_export(self, fmt: str) -> None:
+        from stilts_tui.tui.screens.scores import ScoresScreen
+
+        screen = self.screen if isinstance(self.screen, ScoresScreen) else None
+        if screen is None or screen.table_data is None:
+            self.notify("open the scores screen (o) first", severity="warning")
+            return
+        screen.export(fmt)
+
+    def key_sections(self) -> list[tuple[str, list[tuple[str, str, str]]]]:
+        from stilts_tui.tui.screens.builder import BuilderScreen
+        from stilts_tui.tui.screens.logs import LogsScreen
+        from stilts_tui.tui.screens.scores import ScoresScreen
+
+        def rows(bindings):
+            return [(self._keymap.get(b.id, b.key), b.description, b.id or "") for b in bindings]
+
+        return [("everywhere", rows(self.BINDINGS) + [("ctrl+p", "command palette", "")]),
+                ("queue", rows(QueueScreen.BINDINGS)), ("logs", rows(LogsScreen.BINDINGS)),
+                ("scores", rows(ScoresScreen.BINDINGS)), ("plan builder", rows(BuilderScreen.BINDINGS))]
+
+    def action_help(self) -> None:
+        from stilts_tui.tui.screens.help import HelpScreen
+
+        self.push_screen(HelpScreen(self.key_sections()))
+
+
+def run(root: Path) -> None:
+    StiltsApp(root).run()

@@ -1,0 +1,133 @@
+"""What the screens show, read from the ledger and run folders (in workers, never on the UI thread)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stilts_tui.ledger import Ledger
+from stilts_tui.queue import gpus as gpu_info
+
+SHORT = {"lr": "lr", "batch_size": "bs", "warmup": "wu", "epochs": "ep", "max_len": "len"}
+
+
+def grid_text(grid: dict | None) -> str:
+    parts = []
+    for k, v in (grid or {}).items():
+        parts.append(f"{SHORT.get(k, k)}={v:g}" if isinstance(v, float) else f"{SHORT.get(k, k)}={v}")
+    return " ".join(parts)
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+    eta_s: float | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        return self.step / self.total if self.total else None
+
+
+@dataclass
+class Snapshot:
+    runs: list[dict]
+    progress: dict[str, Progress]
+    gpus: list
+    counts: dict[str, int]
+    paused: bool
+    eta_s: float | None
+    taken: float = field(default_factory=time.time)
+
+
+class ProgressReader:
+    """The last step event of each running run, reading only what was appended since last time."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._state: dict[str, tuple[int, Progress]] = {}
+
+    def read(self, run_id: str) -> Progress:
+        path = self.root / run_id / "events.jsonl"
+        pos, prog = self._state.get(run_id, (0, Progress()))
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return prog
+        if size < pos:  # the file was replaced (a retried run): start over
+            pos, prog = 0, Progress()
+        if size > pos:
+            with open(path, "rb") as f:
+                f.seek(max(pos, size - 65536))
+                chunk = f.read()
+            for line in chunk.splitlines():
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue
+                if e.get("event") == "step":
+                    prog = Progress(e.get("step", 0), e.get("total_steps", 0), e.get("loss"), e.get("eta_s"))
+                elif e.get("event") == "begin":
+                    prog = Progress(0, e.get("total_steps", 0))
+            pos = size
+        self._state[run_id] = (pos, prog)
+        return prog
+
+
+def load_snapshot(root: Path, reader: ProgressReader) -> Snapshot:
+    ledger = Ledger(root)
+    runs = ledger.runs()
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    progress = {r["id"]: reader.read(r["id"]) for r in runs if r["status"] == "running"}
+    progress = {k: v for k, v in progress.items() if v.total}
+    durations = [r["finished"] - r["started"] for r in runs if r["status"] == "done" and r.get("finished")
+                 and r.get("started")]
+    eta = None
+    running = [r for r in runs if r["status"] == "running"]
+    if durations and (running or counts.get("queued")):
+        per = sum(durations) / len(durations)
+        slots = max(1, len({r.get("worker") for r in running}))
+        left = max((progress[r["id"]].eta_s or 0) for r in running if r["id"] in progress) if any(
+            r["id"] in progress for r in running) else 0
+        eta = left + per * counts.get("queued", 0) / slots
+    try:
+        gpus = gpu_info.list_gpus()
+    except Exception:  # noqa: BLE001 - a GPU query must never take the app down
+        gpus = []
+    return Snapshot(runs, progress, gpus, counts, bool(ledger.meta("paused")), eta)
+
+
+def fmt_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def tail_lines(path: Path, pos: int) -> tuple[list[str], int]:
+    """New complete lines of a log since byte ``pos``; a ``\\r`` progress update keeps its last state."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return [], pos
+    if size < pos:
+        pos = 0
+    if size == pos:
+        return [], pos
+    with open(path, "rb") as f:
+        f.seek(pos)
+        chunk = f.read(min(size - pos, 4 << 20))
+    end = chunk.rfind(b"\n")
+    if end < 0:
+        return [], pos
+    text = chunk[: end + 1].decode("utf-8", errors="replace")
+    lines = [line.rsplit("\r", 1)[-1] if "\r" in line else line for line in text.split("\n")[:-1]]
+    return lines, pos + end + 1

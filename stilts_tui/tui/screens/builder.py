@@ -1,0 +1,133 @@
+"""The plan builder: pick model, tasks, seeds and grid values; see how many runs the plan expands
+to as you type; save a valid TOML plan to plans/ and queue it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Label, SelectionList, Static
+
+from stilts_tui import plan as plans
+from stilts_tui import tasks
+from stilts_tui.errors import UserError
+
+FIELDS = [  # id, label, default
+    ("name", "plan name", "my-study"),
+    ("model", "model (hub id or local folder)", "roberta-large"),
+    ("seeds", "target seeds", "12, 42"),
+    ("lr", "grid: learning rates", "5e-6, 1e-5, 2e-5"),
+    ("batch_size", "grid: batch sizes", "8, 16, 32"),
+    ("warmup", "grid: warmup ratios", "0.0, 0.2"),
+    ("epochs", "epochs", "3"),
+    ("max_len", "max_len", "128"),
+]
+
+
+def _numbers(text: str) -> list[str]:
+    return [x for x in re.split(r"[,\s]+", text.strip()) if x]
+
+
+def _toml_value(x: str) -> str:
+    try:
+        float(x)
+        return x
+    except ValueError:
+        return json.dumps(x)
+
+
+def build_toml(values: dict[str, str], inters: list[str], targets: list[str]) -> str:
+    """A plan's TOML from the builder's fields (strings are quoted with JSON, which TOML accepts)."""
+    lines = [f"name = {json.dumps(values['name'])}", f"model = {json.dumps(values['model'])}", "baseline = true",
+             f"target_seeds = [{', '.join(_numbers(values['seeds']))}]", "", "[defaults]",
+             f"epochs = {values['epochs'] or 3}", f"max_len = {values['max_len'] or 128}", ""]
+    for t in inters:
+        lines += [f"[intermediate.{t}]", f"task = {json.dumps(t)}", ""]
+    grid = ", ".join(f"{k} = [{', '.join(_toml_value(x) for x in _numbers(values[k]))}]"
+                     for k in ("lr", "batch_size", "warmup") if _numbers(values[k]))
+    for t in targets:
+        lines += [f"[target.{t}]", f"task = {json.dumps(t)}"] + ([f"grid = {{ {grid} }}"] if grid else []) + [""]
+    return "\n".join(lines)
+
+
+class BuilderScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back", id="builder.back"),
+        Binding("ctrl+s", "save", "Save and queue", id="builder.save"),
+    ]
+    DEFAULT_CSS = """
+    BuilderScreen Horizontal { height: 1fr; }
+    BuilderScreen SelectionList { height: 1fr; width: 1fr; border: round $primary; }
+    BuilderScreen #form { width: 50; }
+    BuilderScreen #count { height: 3; padding: 0 1; }
+    """
+
+    def compose(self) -> ComposeResult:
+        names = tasks.names()
+        with Vertical():
+            yield Static("", id="count")
+            with Horizontal():
+                with VerticalScroll(id="form"):
+                    for fid, label, default in FIELDS:
+                        yield Label(label)
+                        yield Input(value=default, id=f"f-{fid}")
+                inters = SelectionList[str](*[(n, n) for n in names], id="inters")
+                inters.border_title = "intermediate tasks"
+                yield inters
+                targets = SelectionList[str](*[(n, n, n == "rte") for n in names], id="targets")
+                targets.border_title = "target tasks"
+                yield targets
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.update_count()
+
+    def values(self) -> dict[str, str]:
+        return {fid: self.query_one(f"#f-{fid}", Input).value for fid, _, _ in FIELDS}
+
+    def text(self) -> str:
+        return build_toml(self.values(), list(self.query_one("#inters", SelectionList).selected),
+                          list(self.query_one("#targets", SelectionList).selected))
+
+    def plans_dir(self) -> Path:
+        return Path.cwd() / "plans"
+
+    def check(self) -> tuple[plans.Plan, list[plans.Run]]:
+        path = self.plans_dir() / f"{self.values()['name'] or 'plan'}.toml"
+        plan = plans.parse(self.text(), path)
+        return plan, plans.expand(plan)
+
+    @on(Input.Changed)
+    @on(SelectionList.SelectedChanged)
+    def update_count(self) -> None:
+        try:
+            _, runs = self.check()
+        except UserError as e:
+            self.query_one("#count").update(f"[red]{e}[/red]")
+            return
+        c = plans.counts(runs)
+        self.query_one("#count").update(f"[b]{len(runs)} runs[/b]: {c['intermediate']} intermediate, "
+                                        f"{c['target']} target — ctrl+s saves to plans/ and queues it")
+
+    def action_save(self) -> None:
+        from stilts_tui.queue import ops
+
+        try:
+            plan, _ = self.check()
+            if not plans.NAME_RE.match(plan.name):
+                raise UserError("plan name: letters, digits, '_', '-' and '.' only")
+            path = self.plans_dir() / f"{plan.name}.toml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.text(), encoding="utf-8")
+            _, runs, added = ops.add_plan(path, self.app.root)
+        except UserError as e:
+            self.notify(str(e), severity="error", timeout=10)
+            return
+        self.notify(f"saved {path}; {len(added)} runs queued")
+        self.app.pop_screen()

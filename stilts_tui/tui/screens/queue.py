@@ -1,0 +1,254 @@
+"""The queue screen (opens first): every run with its status, GPU, progress, loss, ETA and score."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Static
+
+from stilts_tui.errors import UserError
+from stilts_tui.tui.data import ProgressReader, Snapshot, fmt_eta, grid_text, load_snapshot
+
+STATUS_STYLE = {"queued": "cyan", "running": "bold yellow", "done": "green", "failed": "bold red",
+                "cancelled": "magenta", "blocked": "red"}
+COLUMNS = ("id", "plan", "stage", "task", "from", "seed", "grid", "status", "gpu", "progress", "loss", "eta",
+           "score")
+WIDTHS = (12, 10, 12, 12, 10, 4, 20, 11, 3, 15, 7, 8, 7)  # fixed: no re-measuring 1,000 rows each second
+SORTS = ("queue", "status", "score", "task")
+
+
+def bar(fraction: float | None, width: int = 10) -> str:
+    if fraction is None:
+        return ""
+    full = int(round(fraction * width))
+    return "█" * full + "░" * (width - full) + f" {100 * fraction:3.0f}%"
+
+
+class QueueScreen(Screen):
+    DEFAULT_CSS = """
+    QueueScreen #filter { display: none; }
+    QueueScreen #filter.visible { display: block; }
+    QueueScreen #totals { height: 1; background: $boost; }
+    QueueScreen DataTable { height: 1fr; }
+    """
+    BINDINGS = [
+        Binding("slash", "filter", "Filter", id="queue.filter"),
+        Binding("s", "sort", "Sort", id="queue.sort"),
+        Binding("a", "add_plan", "Add plan", id="queue.add"),
+        Binding("c", "cancel", "Cancel", id="queue.cancel"),
+        Binding("r", "retry", "Retry", id="queue.retry"),
+        Binding("plus,equals_sign", "priority(1)", "Priority +", id="queue.priority_up", show=False),
+        Binding("minus", "priority(-1)", "Priority -", id="queue.priority_down", show=False),
+        Binding("p", "toggle_pause", "Pause/resume", id="queue.pause"),
+        Binding("space", "mark", "Mark", id="queue.mark", show=False),
+        Binding("l,enter", "logs", "Logs", id="queue.logs"),
+    ]
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.snapshot: Snapshot | None = None
+        self.filter = ""
+        self.sort = "queue"
+        self.marked: list[str] = []
+        self._shown: list[str] = []
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static("", id="gpus")
+            yield Static("loading…", id="totals")
+            yield Input(placeholder="filter runs (id, plan, task, status, …); enter to apply", id="filter")
+            yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for c, w in zip(COLUMNS, WIDTHS, strict=True):
+            table.add_column(c, key=c, width=w)
+        table.focus()
+        self.reader = ProgressReader(self.app.root)
+        self.refresh_data()
+        self.set_interval(1.0, self.refresh_data)
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def refresh_data(self) -> None:
+        self.load()
+
+    @work(thread=True, exclusive=True, group="queue-refresh", exit_on_error=False)
+    def load(self) -> None:
+        snap = load_snapshot(self.app.root, self.reader)
+        self.app.call_from_thread(self.show, snap)
+
+    def rows(self, snap: Snapshot) -> list[dict]:
+        runs = snap.runs
+        if self.filter:
+            f = self.filter.lower()
+            runs = [r for r in runs if f in " ".join(str(r.get(k, "")) for k in
+                                                     ("id", "plan", "stage", "task", "intermediate", "status",
+                                                      "name")).lower() or f in grid_text(r.get("grid")).lower()]
+        if self.sort == "status":
+            order = {s: i for i, s in enumerate(("running", "failed", "queued", "blocked", "done", "cancelled"))}
+            runs = sorted(runs, key=lambda r: order.get(r["status"], 9))
+        elif self.sort == "score":
+            runs = sorted(runs, key=lambda r: -(r.get("score") if isinstance(r.get("score"), float) else -1))
+        elif self.sort == "task":
+            runs = sorted(runs, key=lambda r: (r["task"], r.get("intermediate") or ""))
+        return runs
+
+    def cells(self, r: dict, snap: Snapshot) -> list:
+        prog = snap.progress.get(r["id"])
+        status = Text(r["status"], style=STATUS_STYLE.get(r["status"], ""))
+        if r["id"] in self.marked:
+            status.append(" ●", style="bold")
+        score = f"{r['score']:.4f}" if isinstance(r.get("score"), (int, float)) else ""
+        return [r["id"], r["plan"], r["stage"], r["task"], r.get("intermediate") or "", str(r.get("seed", "")),
+                grid_text(r.get("grid")), status, "" if r.get("gpu") is None else str(r["gpu"]),
+                bar(prog.fraction) if prog and r["status"] == "running" else ("✓" if r["status"] == "done" else ""),
+                f"{prog.loss:.4f}" if prog and prog.loss is not None and r["status"] == "running" else "",
+                fmt_eta(prog.eta_s) if prog and r["status"] == "running" else "", score]
+
+    def show(self, snap: Snapshot) -> None:
+        self.snapshot = snap
+        gpus = "  ".join(f"GPU{g.index} {g.util or 0:.0f}% {g.total_gb - g.free_gb:.1f}/{g.total_gb:.0f} GiB"
+                         for g in snap.gpus if not g.fake) or ""
+        self.query_one("#gpus").update(gpus)
+        self.query_one("#gpus").display = bool(gpus)
+        c = snap.counts
+        totals = (f"{c.get('done', 0)} done · {c.get('running', 0)} running · {c.get('queued', 0)} queued · "
+                  f"{c.get('failed', 0)} failed · {c.get('blocked', 0)} blocked · {c.get('cancelled', 0)} cancelled")
+        if snap.eta_s is not None:
+            totals += f" · ETA {fmt_eta(snap.eta_s)}"
+        if snap.paused:
+            totals += " · PAUSED"
+        totals += f" · sort: {self.sort}" + (f" · filter: {self.filter}" if self.filter else "")
+        self.query_one("#totals").update(totals)
+        table = self.query_one(DataTable)
+        rows = self.rows(snap)
+        ids = [r["id"] for r in rows]
+        if ids != self._shown:  # the set or order changed: rebuild, keeping the cursor on its run
+            current = self.current_id()
+            table.clear()
+            for r in rows:
+                table.add_row(*self.cells(r, snap), key=r["id"])
+            self._shown = ids
+            if current in ids:
+                table.move_cursor(row=ids.index(current), animate=False)
+            return
+        for r in rows:  # same rows: update only the cells that changed
+            old = table.get_row(r["id"])
+            for col, (before, after) in enumerate(zip(old, self.cells(r, snap), strict=True)):
+                if str(before) != str(after):
+                    table.update_cell(r["id"], COLUMNS[col], after)
+
+    def current_id(self) -> str | None:
+        table = self.query_one(DataTable)
+        if table.row_count == 0:
+            return None
+        try:
+            return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        except Exception:  # noqa: BLE001 - empty or moving
+            return None
+
+    def selected(self) -> list[str]:
+        return list(self.marked) or ([self.current_id()] if self.current_id() else [])
+
+    # -- actions --------------------------------------------------------------------------------
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("visible")
+        box.value = self.filter
+        box.focus()
+
+    @on(Input.Submitted, "#filter")
+    def apply_filter(self, event: Input.Submitted) -> None:
+        self.filter = event.value.strip()
+        event.input.remove_class("visible")
+        self.query_one(DataTable).focus()
+        if self.snapshot:
+            self.show(self.snapshot)
+
+    def action_sort(self) -> None:
+        self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+        if self.snapshot:
+            self.show(self.snapshot)
+
+    def action_mark(self) -> None:
+        rid = self.current_id()
+        if rid is None:
+            return
+        if rid in self.marked:
+            self.marked.remove(rid)
+        else:
+            self.marked.append(rid)
+        if self.snapshot:
+            self._shown = []
+            self.show(self.snapshot)
+
+    def _act(self, what: str, fn) -> None:
+        ids = self.selected()
+        if not ids:
+            return
+        try:
+            done = fn(ids)
+        except UserError as e:
+            self.notify(str(e), severity="error")
+            return
+        self.notify(f"{what} {len(done)} run(s)")
+        self.marked = []
+        self.refresh_data()
+
+    def action_cancel(self) -> None:
+        from stilts_tui.queue import ops
+
+        self._act("cancelled", lambda ids: ops.cancel(self.app.root, ids, grace=10))
+
+    def action_retry(self) -> None:
+        from stilts_tui.queue import ops
+
+        self._act("requeued", lambda ids: ops.retry(self.app.root, ids))
+
+    def action_priority(self, delta: int) -> None:
+        from stilts_tui.queue import ops
+
+        self._act(f"priority {'+' if delta > 0 else ''}{delta} for",
+                  lambda ids: ops.set_priority(self.app.root, ids, delta=delta))
+
+    def action_toggle_pause(self) -> None:
+        from stilts_tui.queue import ops
+
+        paused = not (self.snapshot.paused if self.snapshot else False)
+        ops.set_paused(self.app.root, paused)
+        self.notify("queue paused" if paused else "queue resumed")
+        self.refresh_data()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_logs()
+
+    def action_logs(self) -> None:
+        ids = self.selected()[:4]
+        if ids:
+            self.app.open_logs(ids)
+
+    def action_add_plan(self) -> None:
+        from stilts_tui.tui.screens.prompt import PromptScreen
+
+        def added(path: str | None) -> None:
+            if not path:
+                return
+            from stilts_tui.queue import ops
+
+            try:
+                plan, runs, new = ops.add_plan(path, self.app.root)
+            except UserError as e:
+                self.notify(str(e), severity="error", timeout=10)
+                return
+            self.notify(f"{plan.name}: {len(new)} runs queued, {len(runs) - len(new)} already in the ledger")
+            self.refresh_data()
+
+        self.app.push_screen(PromptScreen("Queue a plan file (TOML):", "plans/"), added)

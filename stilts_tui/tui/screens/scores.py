@@ -1,0 +1,195 @@
+"""The intermediate x target matrix of a plan, coloured by the gain over "none"; a cell opens the
+distribution of its runs; exports from a key."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import DataTable, Footer, OptionList, Static
+
+from stilts_tui import results
+from stilts_tui.errors import UserError
+from stilts_tui.ledger import Ledger
+
+VIEWS = ("mean", "max", "best")
+
+
+def cell_text(c: results.Cell | None, view: str) -> Text:
+    if c is None:
+        return Text("–", style="dim")
+    if c.mean is None:
+        return Text(f"missing {c.missing}", style="dim")
+    value = {"mean": c.mean, "max": c.max, "best": c.best_of_grid}[view]
+    text = f"{100 * value:.1f}" + (f" ± {100 * c.std:.1f}" if view == "mean" else "")
+    text += f"  n={c.n}" + (f"/{c.n + c.missing}" if c.missing else "")
+    style = ""
+    if c.gain is not None:
+        text += f"  {'+' if c.gain >= 0 else ''}{100 * c.gain:.1f}" + ("†" if c.gain_significant else "")
+        style = ("bold " if c.gain_significant else "") + ("green" if c.gain > 0 else "red")
+    return Text(text, style=style)
+
+
+def distribution(c: results.Cell, width: int = 60) -> str:
+    """A dot plot of a cell's runs in the terminal: one row of marks per run value bin."""
+    if not c.values:
+        return "no finished runs"
+    lo, hi = min(c.values), max(c.values)
+    span = (hi - lo) or 1e-9
+    bins = [0] * width
+    for v in c.values:
+        bins[min(width - 1, int((v - lo) / span * (width - 1)))] += 1
+    rows = []
+    for level in range(max(bins), 0, -1):
+        rows.append("".join("●" if b >= level else " " for b in bins))
+    axis = f"{100 * lo:.1f}".ljust(width - 6) + f"{100 * hi:.1f}"
+    stats = (f"n={c.n} missing={c.missing}  mean {100 * c.mean:.2f}  std {100 * c.std:.2f} (ddof 0)  "
+             f"median {100 * c.median:.2f}  min {100 * c.min:.2f}  max {100 * c.max:.2f}  "
+             f"best-of-grid {100 * c.best_of_grid:.2f}")
+    if c.gain is not None:
+        lo_ci, hi_ci = c.gain_ci or (float("nan"), float("nan"))
+        stats += f"\ngain over none {100 * c.gain:+.2f} (95% CI {100 * lo_ci:+.2f} … {100 * hi_ci:+.2f})"
+    return "\n".join(rows + ["─" * width, axis, "", stats])
+
+
+class CellScreen(ModalScreen):
+    BINDINGS = [Binding("escape,q,enter", "app.pop_screen", "Close", id="cell.close")]
+    DEFAULT_CSS = """
+    CellScreen { align: center middle; }
+    CellScreen > Vertical { width: 90; height: auto; border: round $accent; background: $panel; padding: 1 2; }
+    """
+
+    def __init__(self, cell: results.Cell):
+        super().__init__()
+        self.cell = cell
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(f"[b]{self.cell.intermediate} → {self.cell.target}[/b]")
+            yield Static(distribution(self.cell), id="plot")
+
+
+class ExportScreen(ModalScreen[str | None]):
+    BINDINGS = [Binding("escape", "dismiss_none", "Close", id="export.close")]
+    DEFAULT_CSS = """
+    ExportScreen { align: center middle; }
+    ExportScreen > OptionList { width: 40; height: auto; border: round $accent; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield OptionList(*[f for f in results.FORMATS if f != "table"])
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(str(event.option.prompt))
+
+    def action_dismiss_none(self) -> None:
+        self.dismiss(None)
+
+
+class ScoresScreen(Screen):
+    BINDINGS = [
+        Binding("escape,q", "app.pop_screen", "Back", id="scores.back"),
+        Binding("m", "toggle_view", "Mean/max/best", id="scores.view"),
+        Binding("left_square_bracket,right_square_bracket", "next_plan", "Plan", id="scores.plan"),
+        Binding("enter", "open_cell", "Distribution", id="scores.cell"),
+        Binding("e", "export", "Export", id="scores.export"),
+    ]
+
+    def __init__(self, plan: str | None = None, **kw):
+        super().__init__(**kw)
+        self.plan, self.view, self.table_data = plan, "mean", None
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static("", id="title")
+            yield DataTable(id="matrix", cursor_type="cell")
+            yield Static(results.STD_NOTE + "; † 95% bootstrap interval of the gain excludes 0", id="note")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        plans = list(Ledger(self.app.root).plans())
+        if self.plan is None and plans:
+            self.plan = plans[-1]
+        self.load()
+        self.set_interval(5.0, self.load)
+
+    @work(thread=True, exclusive=True, group="scores", exit_on_error=False)
+    def load(self) -> None:
+        if self.plan is None:
+            self.app.call_from_thread(self.query_one("#title").update, "no plan queued yet")
+            return
+        try:
+            data = results.build(self.app.root, self.plan)
+        except UserError as e:
+            self.app.call_from_thread(self.query_one("#title").update, str(e))
+            return
+        self.app.call_from_thread(self.show, data)
+
+    def show(self, data: results.ScoreTable) -> None:
+        self.table_data = data
+        self.query_one("#title").update(f"[b]{data.plan}[/b] — {self.view} (x100), gain over none   "
+                                        "[dim]m: mean/max/best-of-grid · [ ]: plan · enter: distribution · "
+                                        "e: export[/dim]")
+        table = self.query_one(DataTable)
+        cursor = table.cursor_coordinate
+        table.clear(columns=True)
+        table.add_column("from \\ target", key="row")
+        for t in data.targets:
+            table.add_column(f"{t} ({data.metrics.get(t, '')})", key=t)
+        for r in data.rows:
+            table.add_row(r, *(cell_text(data.cell(r, t), self.view) for t in data.targets), key=r)
+        if cursor.row < table.row_count and cursor.column < len(table.columns):
+            table.cursor_coordinate = cursor
+
+    def action_toggle_view(self) -> None:
+        self.view = VIEWS[(VIEWS.index(self.view) + 1) % len(VIEWS)]
+        if self.table_data:
+            self.show(self.table_data)
+
+    def action_next_plan(self) -> None:
+        plans = list(Ledger(self.app.root).plans())
+        if plans:
+            self.plan = plans[(plans.index(self.plan) + 1) % len(plans)] if self.plan in plans else plans[0]
+            self.load()
+
+    def selected_cell(self) -> results.Cell | None:
+        if not self.table_data:
+            return None
+        table = self.query_one(DataTable)
+        row, col = table.cursor_coordinate
+        if col == 0 or row >= len(self.table_data.rows):
+            return None
+        return self.table_data.cell(self.table_data.rows[row], self.table_data.targets[col - 1])
+
+    def on_data_table_cell_selected(self, event: DataTable.CellSelected) -> None:
+        event.stop()
+        self.action_open_cell()
+
+    def action_open_cell(self) -> None:
+        cell = self.selected_cell()
+        if cell is not None:
+            self.app.push_screen(CellScreen(cell))
+
+    def action_export(self) -> None:
+        def chosen(fmt: str | None) -> None:
+            if fmt and self.table_data:
+                self.export(fmt)
+
+        self.app.push_screen(ExportScreen(), chosen)
+
+    def export(self, fmt: str) -> None:
+        ext = {"latex": "tex"}.get(fmt, fmt)
+        out = self.app.root / "exports" / f"{self.table_data.plan}.{ext}"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if fmt == "png":
+                results.to_png(self.table_data, out)
+            else:
+                out.write_text(results.render(self.table_data, fmt), encoding="utf-8")
+        except UserError as e:
+            self.notify(str(e), severity="error")
+            return
+        self.notify(f"wrote {out}")

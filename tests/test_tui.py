@@ -1,0 +1,411 @@
+"""The terminal app: Pilot tests of each screen's keys, SVG snapshots, and the real app in tmux."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import CONSOLE, cli, write_text
+from textual.widgets import DataTable, Input, Log, SelectionList
+
+from stilts_tui.ledger import Ledger
+from stilts_tui.tui.app import StiltsApp
+from stilts_tui.tui.screens.builder import BuilderScreen
+from stilts_tui.tui.screens.help import HelpScreen
+from stilts_tui.tui.screens.logs import LogsScreen
+from stilts_tui.tui.screens.queue import QueueScreen
+from stilts_tui.tui.screens.scores import CellScreen, ScoresScreen
+from stilts_tui.tui.widgets.log_pane import ErrorHighlighter, LogPane
+
+PLAN = """name = "study"
+model = "roberta-large"
+baseline = true
+target_seeds = [1, 2]
+[intermediate.hs]
+task = "hellaswag"
+[target.rte]
+task = "rte"
+grid = { lr = [1e-5, 2e-5] }
+[target.cola]
+task = "cola"
+"""
+LOG = "".join(f"[10:00:{i:02d}] epoch 1/1 step {i}/20 loss 0.{70 - i:02d}00 lr 1e-05 50.0 samples/s "
+              f"ETA 0:00:{20 - i:02d}\n" for i in range(1, 11))
+
+
+@pytest.fixture
+def prepared(tmp_path, runs_dir) -> Path:
+    """A runs-dir with a queued plan; some runs done with scores, one running, one failed, logs written."""
+    plan = write_text(tmp_path / "plans" / "study.toml", PLAN)
+    assert cli("queue", "add", str(plan), runs_dir=runs_dir).returncode == 0
+    runs = Ledger(runs_dir).runs()
+    inter = next(r for r in runs if r["stage"] == "intermediate")
+    targets = [r for r in runs if r["stage"] == "target"]
+    with Ledger(runs_dir).transaction() as tx:
+        tx.update_run(inter["id"], status="done", score=0.81, gpu=0, started=1000.0, finished=1100.0)
+        for i, r in enumerate(targets):
+            if r["task"] == "rte":
+                score = 0.6 + 0.05 * i if r["intermediate"] == "none" else 0.75 + 0.05 * (i % 4)
+                tx.update_run(r["id"], status="done", score=score, gpu=i % 2, started=1100.0 + i, finished=1150.0 + i)
+                (runs_dir / r["id"] / "result.json").write_text(json.dumps(
+                    {"status": "done", "score": score, "metrics": {"acc": score}, "primary_metric": "acc"}))
+        cola = [r for r in targets if r["task"] == "cola"]
+        tx.update_run(cola[0]["id"], status="running", gpu=1, started=time.time(), pid=None)
+        tx.update_run(cola[1]["id"], status="failed", error="data file not found")
+    (runs_dir / cola[0]["id"] / "train.log").write_text(LOG)
+    (runs_dir / cola[0]["id"] / "events.jsonl").write_text(json.dumps(
+        {"t": 1, "event": "step", "step": 10, "total_steps": 20, "epoch": 1, "loss": 0.6, "lr": 1e-5,
+         "samples_per_s": 50.0, "eta_s": 20}) + "\n")
+    return runs_dir
+
+
+def app_for(root: Path, keymap: dict | None = None) -> StiltsApp:
+    return StiltsApp(root, keymap=keymap or {})
+
+
+async def ready(pilot) -> QueueScreen:
+    for _ in range(50):
+        await pilot.pause(0.1)
+        screen = pilot.app.screen
+        if isinstance(screen, QueueScreen) and screen.query_one(DataTable).row_count:
+            return screen
+    raise AssertionError("the queue screen never filled")
+
+
+async def to_queued(pilot, screen: QueueScreen, root: Path) -> str:
+    """Put the cursor on the first queued target run; its id."""
+    ids = row_ids(screen)
+    rid = next(i for i in ids if Ledger(root).get(i)["status"] == "queued" and Ledger(root).get(i)["stage"] == "target")
+    screen.query_one(DataTable).move_cursor(row=ids.index(rid))
+    await pilot.pause(0.1)
+    return rid
+
+
+def row_ids(screen: QueueScreen) -> list[str]:
+    table = screen.query_one(DataTable)
+    return [table.coordinate_to_cell_key((i, 0)).row_key.value for i in range(table.row_count)]
+
+
+async def test_queue_screen_lists_runs_with_totals_progress_and_filter(prepared):
+    async with app_for(prepared).run_test(size=(170, 40)) as pilot:
+        screen = await ready(pilot)
+        assert len(row_ids(screen)) == 13  # 1 intermediate + (none, hs) x (rte: 2 seeds x 2 lr + cola: 2 seeds)
+        totals = str(screen.query_one("#totals").render())
+        assert "9 done · 1 running · 2 queued · 1 failed" in totals
+        running = next(r for r in Ledger(prepared).runs() if r["status"] == "running")
+        row = screen.query_one(DataTable).get_row(running["id"])
+        assert "50%" in str(row[9]) and row[10] == "0.6000" and row[11] == "0:20"
+        await pilot.press("slash")
+        await pilot.press(*"cola")
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert len(row_ids(screen)) == 4 and all(Ledger(prepared).get(i)["task"] == "cola" for i in row_ids(screen))
+        await pilot.press("s")  # sort: by status
+        await pilot.pause(0.2)
+        assert Ledger(prepared).get(row_ids(screen)[0])["status"] == "running"
+        assert "sort: status" in str(screen.query_one("#totals").render())
+
+
+async def test_queue_keys_cancel_retry_priority_pause(prepared):
+    async with app_for(prepared).run_test(size=(170, 40)) as pilot:
+        screen = await ready(pilot)
+        target = await to_queued(pilot, screen, prepared)
+        await pilot.press("c")
+        await pilot.pause(0.2)
+        assert Ledger(prepared).get(target)["status"] == "cancelled"
+        await pilot.press("r")
+        await pilot.pause(0.2)
+        assert Ledger(prepared).get(target)["status"] == "queued"
+        await pilot.press("plus")
+        await pilot.pause(0.2)
+        assert Ledger(prepared).get(target)["priority"] == 1
+        await pilot.press("minus", "minus")
+        await pilot.pause(0.2)
+        assert Ledger(prepared).get(target)["priority"] == -1
+        await pilot.press("p")
+        await pilot.pause(0.3)
+        assert Ledger(prepared).meta("paused") is True
+        await pilot.press("p")
+        await pilot.pause(0.3)
+        assert Ledger(prepared).meta("paused") is False
+
+
+async def test_a_keymap_remaps_a_binding_by_id(prepared):
+    async with app_for(prepared, keymap={"queue.cancel": "x"}).run_test(size=(170, 40)) as pilot:
+        screen = await ready(pilot)
+        target = await to_queued(pilot, screen, prepared)
+        await pilot.press("c")  # no longer bound
+        await pilot.pause(0.2)
+        assert Ledger(prepared).get(target)["status"] == "queued"
+        await pilot.press("x")
+        await pilot.pause(0.2)
+        assert Ledger(prepared).get(target)["status"] == "cancelled"
+
+
+async def test_log_panes_follow_filter_and_keep_following_a_restarted_run(prepared):
+    running = next(r for r in Ledger(prepared).runs() if r["status"] == "running")["id"]
+    done = next(r for r in Ledger(prepared).runs() if r["status"] == "done")["id"]
+    (prepared / done / "train.log").write_text("[10:00:00] eval epoch 1: acc 0.8100\n")
+    async with app_for(prepared).run_test(size=(170, 40)) as pilot:
+        screen = await ready(pilot)
+        ids = row_ids(screen)
+        for rid in (running, done):  # mark two runs, open both
+            screen.query_one(DataTable).move_cursor(row=ids.index(rid))
+            await pilot.press("space")
+        await pilot.press("l")
+        await pilot.pause(0.8)
+        assert isinstance(pilot.app.screen, LogsScreen)
+        panes = list(pilot.app.screen.query(LogPane))
+        assert [p.run_id for p in panes] == [running, done]
+        log = panes[0].query_one(Log)
+        assert log.line_count == 10 and "step 10/20" in log.lines[-1]
+        with open(prepared / running / "train.log", "a") as f:  # appended live; \r progress collapses
+            f.write("progress 10%\rprogress 50%\rprogress 100%\n[10:00:11] Traceback (most recent call last):\n")
+        await pilot.pause(0.8)
+        assert log.lines[-2] == "progress 100%" and "Traceback" in log.lines[-1]
+        panes[0].toggle_filter()
+        await pilot.pause(0.1)
+        panes[0].query_one(Input).value = "step 1"
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert list(log.lines) == [x for x in LOG.splitlines() if "step 1" in x]
+        (prepared / running / "train.log").write_text("[11:00:00] restarted: step 1/20\n")  # a new attempt
+        await pilot.pause(0.8)
+        assert log.lines[-1] == "[11:00:00] restarted: step 1/20"
+        await pilot.press("escape")
+        await pilot.pause(0.1)
+        assert isinstance(pilot.app.screen, QueueScreen)
+
+
+def test_error_lines_are_highlighted():
+    from rich.text import Text
+
+    t = Text("RuntimeError: CUDA out of memory")
+    ErrorHighlighter().highlight(t)
+    assert t.spans and "red" in str(t.spans[0].style)
+    t = Text("epoch 1/3 step 5/10 loss 0.5")
+    ErrorHighlighter().highlight(t)
+    assert not t.spans
+
+
+async def test_scores_screen_views_cell_distribution_and_export(prepared):
+    async with app_for(prepared).run_test(size=(170, 40)) as pilot:
+        await ready(pilot)
+        await pilot.press("o")
+        screen = pilot.app.screen
+        assert isinstance(screen, ScoresScreen)
+        for _ in range(50):
+            await pilot.pause(0.1)
+            if screen.table_data:
+                break
+        table = screen.query_one(DataTable)
+        assert table.row_count == 2
+        none_rte = str(table.get_cell_at((0, 1)))
+        assert none_rte.startswith("67.5 ± ") and "n=4" in none_rte
+        hs_rte = str(table.get_cell_at((1, 1)))
+        assert hs_rte.startswith("82.5 ± 5.6") and "+15.0" in hs_rte
+        assert str(table.get_cell_at((0, 2))) == "missing 2"
+        await pilot.press("m")  # max
+        await pilot.pause(0.1)
+        assert str(table.get_cell_at((1, 1))).startswith("90.0  n=4")
+        table.cursor_coordinate = (1, 1)
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert isinstance(pilot.app.screen, CellScreen)
+        plot = str(pilot.app.screen.query_one("#plot").render())
+        assert "●" in plot and "gain over none +15.00" in plot and "ddof 0" in plot
+        await pilot.press("escape")
+        await pilot.press("e")
+        await pilot.pause(0.2)
+        await pilot.press("down", "enter")  # the second format: md
+        await pilot.pause(0.3)
+        out = prepared / "exports" / "study.md"
+        assert out.exists() and "| hs | 82.5 ± 5.6 (+15.0" in out.read_text()
+
+
+async def test_plan_builder_counts_as_you_type_saves_and_queues(prepared, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with app_for(prepared).run_test(size=(170, 45)) as pilot:
+        await ready(pilot)
+        await pilot.press("b")
+        screen = pilot.app.screen
+        assert isinstance(screen, BuilderScreen)
+        await pilot.pause(0.2)
+        count = lambda: str(screen.query_one("#count").render())  # noqa: E731
+        assert "36 runs" in count()  # none x rte x 2 seeds x 3 lr x 3 bs x 2 warmup
+        screen.query_one("#inters", SelectionList).select("hellaswag")
+        await pilot.pause(0.2)
+        assert "73 runs" in count() and "1 intermediate, 72 target" in count()
+        screen.query_one("#f-seeds", Input).value = "1"
+        await pilot.pause(0.2)
+        assert "37 runs" in count()
+        screen.query_one("#f-lr", Input).value = "-1"
+        await pilot.pause(0.2)
+        assert "key 'target.rte.grid.lr'" in count()
+        screen.query_one("#f-lr", Input).value = "1e-5"
+        screen.query_one("#f-name", Input).value = "built"
+        await pilot.pause(0.2)
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.5)
+        assert (tmp_path / "plans" / "built.toml").exists()
+        assert "built" in Ledger(prepared).plans()
+        assert len(Ledger(prepared).runs(plan="built")) == 1 + 2 * 1 * 3 * 2
+
+
+async def test_help_lists_every_key_with_its_id(prepared):
+    async with app_for(prepared).run_test(size=(170, 50)) as pilot:
+        await ready(pilot)
+        await pilot.press("f1")
+        await pilot.pause(0.2)
+        assert isinstance(pilot.app.screen, HelpScreen)
+        text = str(pilot.app.screen.query_one("Static").render())
+        for bid in ("queue.cancel", "queue.retry", "queue.filter", "logs.filter", "scores.export", "builder.save"):
+            assert bid in text
+
+
+async def test_palette_commands_read_area_action(prepared):
+    from stilts_tui.tui.app import PALETTE
+
+    assert all(":" in title and title.split(":")[0] in ("queue", "logs", "scores", "plan", "help")
+               for title, _, _ in PALETTE)
+    async with app_for(prepared).run_test(size=(170, 40)) as pilot:
+        screen = await ready(pilot)
+        target = await to_queued(pilot, screen, prepared)
+        await pilot.app.run_action("screen_action('cancel')")
+        await pilot.pause(0.2)
+        assert Ledger(prepared).get(target)["status"] == "cancelled"
+
+
+# ---- snapshots: each screen, with a ledger and run folders prepared by the test ---------------
+
+SIZE = (150, 32)
+
+
+@pytest.fixture
+def frozen(prepared) -> Path:
+    """Snapshots need fixed content: no clock-dependent ETA."""
+    with Ledger(prepared).transaction() as tx:
+        for r in tx.runs.all():
+            if r["status"] == "running":
+                tx.update_run(r["id"], started=2000.0)
+    return prepared
+
+
+async def _settle(pilot, screen_type=QueueScreen):
+    for _ in range(60):
+        await pilot.pause(0.1)
+        s = pilot.app.screen
+        if isinstance(s, screen_type) and (not isinstance(s, QueueScreen) or s.query_one(DataTable).row_count):
+            if isinstance(s, ScoresScreen) and not s.table_data:
+                continue
+            break
+    await pilot.pause(0.3)
+
+
+def test_snapshot_queue(frozen, snap_compare):
+    async def run_before(pilot):
+        await _settle(pilot)
+
+    assert snap_compare(app_for(frozen), terminal_size=SIZE, run_before=run_before)
+
+
+def test_snapshot_logs(frozen, snap_compare):
+    running = next(r for r in Ledger(frozen).runs() if r["status"] == "running")["id"]
+
+    async def run_before(pilot):
+        await _settle(pilot)
+        pilot.app.open_logs([running])
+        await pilot.pause(1.0)
+
+    assert snap_compare(app_for(frozen), terminal_size=SIZE, run_before=run_before)
+
+
+def test_snapshot_scores(frozen, snap_compare):
+    async def run_before(pilot):
+        await _settle(pilot)
+        await pilot.press("o")
+        await _settle(pilot, ScoresScreen)
+
+    assert snap_compare(app_for(frozen), terminal_size=SIZE, run_before=run_before)
+
+
+def test_snapshot_builder(frozen, snap_compare, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    async def run_before(pilot):
+        await _settle(pilot)
+        await pilot.press("b")
+        await pilot.pause(0.5)
+
+    assert snap_compare(app_for(frozen), terminal_size=(150, 40), run_before=run_before)
+
+
+def test_snapshot_help(frozen, snap_compare):
+    async def run_before(pilot):
+        await _settle(pilot)
+        await pilot.press("f1")
+        await pilot.pause(0.3)
+
+    assert snap_compare(app_for(frozen), terminal_size=(150, 50), run_before=run_before)
+
+
+# ---- the real app in a real terminal ----------------------------------------------------------
+
+
+def tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True).stdout
+
+
+def test_real_tui_in_tmux_moves_opens_logs_and_cancels(prepared):
+    session = f"stilts-{prepared.parent.name}"[:40]
+    cmd = [str(CONSOLE) if CONSOLE.exists() else f"{sys.executable} -m stilts_tui.cli", "--no-daemon",
+           "--runs-dir", str(prepared)]
+    tmux("new-session", "-d", "-s", session, "-x", "170", "-y", "40", "env", "TERM=xterm-256color", *cmd)
+    try:
+        def screen() -> str:
+            return tmux("capture-pane", "-p", "-t", session)
+
+        deadline = time.time() + 30
+        while "running" not in screen() and time.time() < deadline:
+            time.sleep(0.2)
+        assert "9 done · 1 running · 2 queued · 1 failed" in screen()
+        runs = {r["id"]: r for r in Ledger(prepared).runs()}
+        order = [line.split()[0] for line in screen().splitlines() if line.strip()[:12] in runs]
+        # move to the running run, open its log
+        target = next(i for i in order if runs[i]["status"] == "running")
+        for _ in range(order.index(target)):
+            tmux("send-keys", "-t", session, "Down")
+        time.sleep(0.3)
+        tmux("send-keys", "-t", session, "l")
+        deadline = time.time() + 10
+        while "step 10/20" not in screen() and time.time() < deadline:
+            time.sleep(0.2)
+        assert target in screen() and "step 10/20 loss 0.6000" in screen()
+        tmux("send-keys", "-t", session, "Escape")
+        time.sleep(0.8)
+        # cancel the next queued run
+        victim = next(i for i in order[order.index(target):] if runs[i]["status"] == "queued")
+        for _ in range(order.index(victim) - order.index(target)):
+            tmux("send-keys", "-t", session, "Down")
+        time.sleep(0.3)
+        tmux("send-keys", "-t", session, "c")
+        deadline = time.time() + 10
+        while Ledger(prepared).get(victim)["status"] != "cancelled" and time.time() < deadline:
+            time.sleep(0.2)
+        assert Ledger(prepared).get(victim)["status"] == "cancelled"
+        time.sleep(1.5)
+        assert "1 cancelled" in screen()
+        tmux("send-keys", "-t", session, "q")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_tui_modules_import_without_torch():
+    code = ("import sys, stilts_tui.tui.app, stilts_tui.tui.screens.scores, stilts_tui.tui.screens.builder, "
+            "stilts_tui.tui.screens.logs\nprint([m for m in ('torch', 'transformers') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
