@@ -61,14 +61,10 @@ def root(
 
 
 def _open_tui(root: Path, no_daemon: bool) -> None:
-    from stilts_tui.queue import ops
-
-    root.mkdir(parents=True, exist_ok=True)
-    if not no_daemon and ops.daemon_status(root) is None:
-        ops.start_daemon(root, [])
     from stilts_tui.tui.app import StiltsApp
 
-    StiltsApp(root).run()
+    root.mkdir(parents=True, exist_ok=True)
+    StiltsApp(root, start_daemon=not no_daemon).run()
 
 
 @app.command("demo")

@@ -20,3 +20,9 @@ def test_readme_main_command_names_files_that_exist():
     main = re.findall(r"```bash\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S)[0]
     for path in re.findall(r"plans/\S+\.toml", main):
         assert (ROOT / path).is_file()
+
+
+def test_the_committed_demo_plan_is_the_one_the_demo_writes():
+    from stilts_tui.demo import DEMO_PLAN
+
+    assert (ROOT / "plans" / "demo.toml").read_text() == DEMO_PLAN

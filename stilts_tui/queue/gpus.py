@@ -29,19 +29,27 @@ def fake_spec() -> tuple[int, float] | None:
     return int(m.group(1)), float(m.group(2))
 
 
+_NO_NVML = False  # NVML failed once in this process: do not ask again every tick
+
+
 def list_gpus() -> list[GPU]:
     """Every GPU with its memory now; [] where there is none (or NVML cannot be loaded)."""
+    global _NO_NVML
     fake = fake_spec()
     if fake is not None:
         n, gb = fake
         return [GPU(i, "fake GPU", gb, gb, None, fake=True) for i in range(n)]
+    if _NO_NVML:
+        return []
     try:
         import pynvml
     except ImportError:
+        _NO_NVML = True
         return []
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError:
+        _NO_NVML = True
         return []
     out = []
     try:

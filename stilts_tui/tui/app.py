@@ -6,6 +6,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+from textual import work
 from textual.app import App
 from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
@@ -53,15 +54,31 @@ class StiltsApp(App):
         Binding("b", "builder", "Plan builder", id="app.builder"),
     ]
 
-    def __init__(self, root: Path, keymap: dict[str, str] | None = None):
+    def __init__(self, root: Path, keymap: dict[str, str] | None = None, start_daemon: bool = False):
         super().__init__()
         self.root = Path(root)
         self._keymap = keymap if keymap is not None else load_keymap()
+        self._start_daemon = start_daemon
 
     def on_mount(self) -> None:
         if self._keymap:
             self.set_keymap(self._keymap)
         self.push_screen(QueueScreen())
+        if self._start_daemon:
+            self.ensure_daemon()
+
+    @work(thread=True, exclusive=True, group="daemon", exit_on_error=False)
+    def ensure_daemon(self) -> None:
+        """Start the queue daemon if none serves this runs-dir (off the UI thread: no wait at launch)."""
+        from stilts_tui.errors import UserError
+        from stilts_tui.queue import ops
+
+        try:
+            if ops.daemon_status(self.root) is None:
+                info = ops.start_daemon(self.root, [])
+                self.call_from_thread(self.notify, f"started the queue daemon (pid {info['pid']})")
+        except UserError as e:
+            self.call_from_thread(self.notify, str(e), severity="error", timeout=10)
 
     def open_logs(self, run_ids: list[str]) -> None:
         from stilts_tui.tui.screens.logs import LogsScreen
@@ -111,5 +128,3 @@ class StiltsApp(App):
         self.push_screen(HelpScreen(self.key_sections()))
 
 
-def run(root: Path) -> None:
-    StiltsApp(root).run()

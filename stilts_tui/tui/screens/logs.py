@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Footer
+from textual.widgets import Log, Static
 
 from stilts_tui.tui.widgets.log_pane import LogPane
 
@@ -15,8 +15,12 @@ class LogsScreen(Screen):
     BINDINGS = [
         Binding("escape,q", "app.pop_screen", "Back", id="logs.back"),
         Binding("f", "filter", "Filter lines", id="logs.filter"),
-        Binding("tab", "focus_next", "Next pane", id="logs.next", show=False),
+        Binding("tab", "next_pane(1)", "Next pane", id="logs.next"),
+        Binding("shift+tab", "next_pane(-1)", "Previous pane", id="logs.previous", show=False),
     ]
+    DEFAULT_CSS = """
+    LogsScreen #hints { height: 1; background: $footer-background; }
+    """
 
     def __init__(self, run_ids: list[str], titles: dict[str, str] | None = None, **kw):
         super().__init__(**kw)
@@ -27,10 +31,30 @@ class LogsScreen(Screen):
         with Horizontal():
             for rid in self.run_ids:
                 yield LogPane(self.app.root, rid, self.titles.get(rid, rid), id=f"pane-{rid}")
-        yield Footer()
+        # a static key bar, not a Footer: panes trade focus often, and a Footer rebuilds on each change
+        yield Static("", id="hints")
+
+    def on_mount(self) -> None:
+        self.query(Log).first().focus()
+
+    def on_descendant_focus(self) -> None:
+        pane = self.focused_pane()
+        keys = "  ".join(f"[b]{b.key.split(',')[0]}[/b] {b.description}" for b in self.BINDINGS if b.show)
+        # a fixed-size bar: no layout pass (which would re-render every pane)
+        self.query_one("#hints", Static).update(f"{keys}   focus: {pane.run_id if pane else '-'}", layout=False)
+
+    def focused_pane(self) -> LogPane | None:
+        node = self.focused
+        while node is not None and not isinstance(node, LogPane):
+            node = node.parent
+        return node
+
+    def action_next_pane(self, step: int) -> None:
+        panes = list(self.query(LogPane))
+        current = self.focused_pane()
+        i = panes.index(current) if current in panes else -1
+        panes[(i + step) % len(panes)].query_one(Log).focus()
 
     def action_filter(self) -> None:
-        focused = self.focused
-        panes = list(self.query(LogPane))
-        pane = next((p for p in panes if focused is not None and focused in p.walk_children()), panes[0])
+        pane = self.focused_pane() or self.query(LogPane).first()
         pane.toggle_filter()

@@ -33,6 +33,7 @@ class QueueScreen(Screen):
     QueueScreen #filter { display: none; }
     QueueScreen #filter.visible { display: block; }
     QueueScreen #totals { height: 1; background: $boost; }
+    QueueScreen #gpus { height: 1; }
     QueueScreen DataTable { height: 1fr; }
     """
     BINDINGS = [
@@ -55,6 +56,7 @@ class QueueScreen(Screen):
         self.sort = "queue"
         self.marked: list[str] = []
         self._shown: list[str] = []
+        self._state: dict[str, tuple] = {}
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -76,7 +78,8 @@ class QueueScreen(Screen):
     # -- data -----------------------------------------------------------------------------------
 
     def refresh_data(self) -> None:
-        self.load()
+        if self.is_current or self.snapshot is None:  # nothing to do while another screen is on top
+            self.load()
 
     @work(thread=True, exclusive=True, group="queue-refresh", exit_on_error=False)
     def load(self) -> None:
@@ -107,7 +110,8 @@ class QueueScreen(Screen):
         score = f"{r['score']:.4f}" if isinstance(r.get("score"), (int, float)) else ""
         return [r["id"], r["plan"], r["stage"], r["task"], r.get("intermediate") or "", str(r.get("seed", "")),
                 grid_text(r.get("grid")), status, "" if r.get("gpu") is None else str(r["gpu"]),
-                bar(prog.fraction) if prog and r["status"] == "running" else ("✓" if r["status"] == "done" else ""),
+                (bar(prog.fraction) if prog else "starting…") if r["status"] == "running"
+                else ("✓" if r["status"] == "done" else ""),
                 f"{prog.loss:.4f}" if prog and prog.loss is not None and r["status"] == "running" else "",
                 fmt_eta(prog.eta_s) if prog and r["status"] == "running" else "", score]
 
@@ -115,8 +119,10 @@ class QueueScreen(Screen):
         self.snapshot = snap
         gpus = "  ".join(f"GPU{g.index} {g.util or 0:.0f}% {g.total_gb - g.free_gb:.1f}/{g.total_gb:.0f} GiB"
                          for g in snap.gpus if not g.fake) or ""
-        self.query_one("#gpus").update(gpus)
-        self.query_one("#gpus").display = bool(gpus)
+        gpu_bar = self.query_one("#gpus", Static)
+        if gpu_bar.display != bool(gpus):
+            gpu_bar.display = bool(gpus)
+        gpu_bar.update(gpus, layout=False)
         c = snap.counts
         totals = (f"{c.get('done', 0)} done · {c.get('running', 0)} running · {c.get('queued', 0)} queued · "
                   f"{c.get('failed', 0)} failed · {c.get('blocked', 0)} blocked · {c.get('cancelled', 0)} cancelled")
@@ -125,24 +131,35 @@ class QueueScreen(Screen):
         if snap.paused:
             totals += " · PAUSED"
         totals += f" · sort: {self.sort}" + (f" · filter: {self.filter}" if self.filter else "")
-        self.query_one("#totals").update(totals)
+        self.query_one("#totals", Static).update(totals, layout=False)
         table = self.query_one(DataTable)
         rows = self.rows(snap)
         ids = [r["id"] for r in rows]
         if ids != self._shown:  # the set or order changed: rebuild, keeping the cursor on its run
             current = self.current_id()
             table.clear()
+            self._state = {}
             for r in rows:
                 table.add_row(*self.cells(r, snap), key=r["id"])
+                self._state[r["id"]] = self.state_of(r, snap)
             self._shown = ids
             if current in ids:
                 table.move_cursor(row=ids.index(current), animate=False)
             return
-        for r in rows:  # same rows: update only the cells that changed
+        for r in rows:  # same rows: touch only the runs whose shown state changed
+            state = self.state_of(r, snap)
+            if self._state.get(r["id"]) == state:
+                continue
+            self._state[r["id"]] = state
             old = table.get_row(r["id"])
             for col, (before, after) in enumerate(zip(old, self.cells(r, snap), strict=True)):
                 if str(before) != str(after):
                     table.update_cell(r["id"], COLUMNS[col], after)
+
+    def state_of(self, r: dict, snap: Snapshot) -> tuple:
+        p = snap.progress.get(r["id"])
+        return (r["status"], r.get("gpu"), r.get("score"), r["id"] in self.marked,
+                (p.step, p.total, p.loss, p.eta_s) if p else None)
 
     def current_id(self) -> str | None:
         table = self.query_one(DataTable)

@@ -1,0 +1,171 @@
+"""The terminal app's speed: launch to first frame, and key-to-repaint latency while 16 runs each
+write 200 log lines a second (memory watched over a minute). Measured on the real app in tmux:
+a key goes in with send-keys, the repaint is seen with capture-pane (about 4 ms of that is tmux).
+The key moves focus between four live log panes (tab); the key bar shows which pane has it.
+
+Reference, in the same invocation: a minimal Textual app launched the same way (the floor for
+start-up), and the same key presses with no run writing (the floor for latency).
+
+    python bench/tui.py [--seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from stilts_tui.ledger import Ledger
+
+HELLO = "from textual.app import App\nfrom textual.widgets import Footer, Static\n" \
+        "class A(App):\n    def compose(self):\n        yield Static('hello')\n        yield Footer()\nA().run()\n"
+
+
+def first_frame(cmd: list[str], marker: str, env: dict, repeat: int = 5) -> float:
+    """Median seconds from launching ``cmd`` in a tmux pane to ``marker`` on screen."""
+    times = []
+    for i in range(repeat):
+        session = f"bench-tui-{os.getpid()}-{i}"
+        t = time.perf_counter()
+        subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "40", "env",
+                        *[f"{k}={v}" for k, v in env.items()], *cmd], check=True)
+        try:
+            while True:
+                out = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+                                     text=True).stdout
+                if marker in out:
+                    times.append(time.perf_counter() - t)
+                    break
+                if time.perf_counter() - t > 30:
+                    raise RuntimeError(f"no first frame: {out[-300:]}")
+                time.sleep(0.005)
+        finally:
+            subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    return statistics.median(times)
+
+
+WRITER = r"""
+import json, sys, time
+from pathlib import Path
+root, ids, rate, seconds = Path(sys.argv[1]), sys.argv[2].split(","), int(sys.argv[3]), float(sys.argv[4])
+logs = [open(root / i / "train.log", "a", buffering=1) for i in ids]
+events = [open(root / i / "events.jsonl", "a", buffering=1) for i in ids]
+t0, n = time.time(), 0
+while time.time() - t0 < seconds:
+    n += 1
+    for f in logs:
+        f.write(f"[bench] epoch 1/3 step {n}/100000 loss {1 / n:.4f} lr 1e-05 123.4 samples/s ETA 0:10:00\n")
+    if n % rate == 0:
+        for e in events:
+            e.write(json.dumps({"t": time.time(), "event": "step", "step": n, "total_steps": 100000, "epoch": 1,
+                                "loss": 1 / n, "lr": 1e-5, "samples_per_s": 123.4, "eta_s": 600}) + "\n")
+    time.sleep(max(0.0, t0 + n / rate - time.time()))
+"""
+
+
+def prepare(root: Path, n_runs: int) -> list[str]:
+    recs = [{"id": f"{i:012x}", "plan": "bench", "stage": "target", "name": "t", "task": "rte",
+             "intermediate": "none", "seed": 1, "params": {}, "grid": {"lr": 1e-5 * (i + 1)}, "parent": None,
+             "order": i} for i in range(1000)]
+    Ledger(root).add_runs(recs)
+    with Ledger(root).transaction() as tx:
+        for r in recs[:n_runs]:
+            tx.update_run(r["id"], status="running", gpu=0, started=time.time())
+    for r in recs[:n_runs]:
+        (root / r["id"]).mkdir(parents=True, exist_ok=True)
+    return [r["id"] for r in recs[:n_runs]]
+
+
+def tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True).stdout
+
+
+def wait_screen(session: str, cond, timeout: float = 10.0) -> float:
+    t = time.perf_counter()
+    while time.perf_counter() - t < timeout:
+        if cond(tmux("capture-pane", "-p", "-t", session)):
+            return time.perf_counter() - t
+        time.sleep(0.002)
+    raise RuntimeError("the screen never showed the change")
+
+
+def latency(session: str, seconds: float, presses: int, ids: list[str]) -> tuple[list[float], list[float]]:
+    """Move focus between the four log panes (tab) and time each key until the key bar shows it."""
+    lat, rss = [], []
+    proc = psutil.Process(int(tmux("display", "-p", "-t", session, "#{pane_pid}").strip()))
+    t_end = time.time() + seconds
+    k = 0
+    while len(lat) < presses or time.time() < t_end:
+        k = (k + 1) % 4
+        t = time.perf_counter()
+        tmux("send-keys", "-t", session, "Tab")
+        wait_screen(session, lambda out, rid=ids[k]: f"focus: {rid}" in out)
+        lat.append(time.perf_counter() - t)
+        if len(lat) % 4 == 0:
+            rss.append(proc.memory_info().rss / 2**20)
+        time.sleep(0.1)
+    return lat, rss
+
+
+def summary(lat: list[float]) -> tuple[float, float]:
+    lat = sorted(lat)
+    return 1000 * statistics.median(lat), 1000 * lat[int(0.95 * (len(lat) - 1))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--runs", type=int, default=16)
+    ap.add_argument("--rate", type=int, default=200)
+    args = ap.parse_args()
+    exe = str(Path(sys.executable).parent / "stilts-tui")
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d) / "runs"
+        ids = prepare(root, args.runs)
+        env = {"STILTS_NO_DAEMON": "1", "STILTS_RUNS_DIR": str(root), "TERM": "xterm-256color"}
+        ours = first_frame([exe], "Filter", env)
+        hello = Path(d) / "hello.py"
+        hello.write_text(HELLO)
+        ref = first_frame([sys.executable, str(hello)], "hello", env)
+        print(f"launch to first frame: stilts-tui {1000 * ours:.0f} ms, minimal Textual app {1000 * ref:.0f} ms "
+              f"(ratio {ours / ref:.2f}); 1,000 runs in the ledger", flush=True)
+        session = f"bench-tui-{os.getpid()}"
+        tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "45", "env",
+             *[f"{k}={v}" for k, v in env.items()], exe)
+        try:
+            wait_screen(session, lambda out: "16 running" in out, 30)
+            for _ in range(4):  # mark four running runs, open their logs
+                tmux("send-keys", "-t", session, "Space")
+                tmux("send-keys", "-t", session, "Down")
+            tmux("send-keys", "-t", session, "l")
+            wait_screen(session, lambda out: ids[3] in out)
+            wait_screen(session, lambda out: f"focus: {ids[0]}" in out)
+            idle, _ = latency(session, 0, 40, ids)
+            writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), ",".join(ids), str(args.rate),
+                                       str(args.seconds + 30)])
+            time.sleep(2)
+            busy, rss = latency(session, args.seconds, 40, ids)
+            writer.terminate()
+            writer.wait()
+        finally:
+            tmux("kill-session", "-t", session)
+    im, ip = summary(idle)
+    bm, bp = summary(busy)
+    print(f"key-to-repaint (tmux, send-keys to capture-pane), idle: median {im:.1f} ms, p95 {ip:.1f} ms")
+    print(f"key-to-repaint, {args.runs} runs x {args.rate} lines/s, 4 panes shown: median {bm:.1f} ms, "
+          f"p95 {bp:.1f} ms over {len(busy)} keys (ratio to idle {bm / im:.2f})")
+    print(f"memory of the app over {args.seconds:.0f} s: {rss[0]:.0f} MB -> {rss[-1]:.0f} MB (max {max(rss):.0f} MB)")
+    print(json.dumps({"first_frame_s": ours, "reference_first_frame_s": ref, "idle_ms": [im, ip],
+                      "busy_ms": [bm, bp], "rss_mb": [rss[0], rss[-1], max(rss)]}))
+
+
+if __name__ == "__main__":
+    main()
