@@ -1,7 +1,8 @@
 """The terminal app's speed: launch to first frame, and key-to-repaint latency while 16 runs each
 write 200 log lines a second (memory watched over a minute). Measured on the real app in tmux:
 a key goes in with send-keys, the repaint is seen with capture-pane (about 4 ms of that is tmux).
-The key moves focus between four live log panes (tab); the key bar shows which pane has it.
+Two keys: the queue table's cursor (down; the totals bar shows the row) and focus moving between
+four live log panes (tab; the key bar shows which pane has it).
 
 Reference, in the same invocation: a minimal Textual app launched the same way (the floor for
 start-up), and the same key presses with no run writing (the floor for latency).
@@ -51,6 +52,40 @@ def first_frame(cmd: list[str], marker: str, env: dict, repeat: int = 5) -> floa
             subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
     return statistics.median(times)
 
+
+# minimal Textual apps doing the same two things: the floor a Textual app has on this machine
+REF_TABLE = """from textual.app import App
+from textual.widgets import DataTable, Static
+class A(App):
+    def compose(self):
+        yield Static("", id="s")
+        yield DataTable(cursor_type="row")
+    def on_mount(self):
+        t = self.query_one(DataTable)
+        t.add_columns(*[f"c{i}" for i in range(13)])
+        for r in range(1000):
+            t.add_row(*[f"{r}-{i}" for i in range(13)])
+        t.focus()
+    def on_data_table_row_highlighted(self, e):
+        self.query_one("#s").update(f"ref · row {e.cursor_row + 1}/1000", layout=False)
+A().run()
+"""
+REF_LOGS = """from textual.app import App
+from textual.containers import Horizontal
+from textual.widgets import Log, Static
+class A(App):
+    CSS = "Log { border: round $primary; height: 1fr; } #hints { height: 1; }"
+    def compose(self):
+        with Horizontal():
+            for i in range(4):
+                yield Log(id=f"p{i}")
+        yield Static("", id="hints")
+    def on_mount(self):
+        self.query_one("#p0").focus()
+    def on_descendant_focus(self, e):
+        self.query_one("#hints").update(f"focus: {self.focused.id}", layout=False)
+A().run()
+"""
 
 WRITER = r"""
 import json, sys, time
@@ -115,6 +150,21 @@ def latency(session: str, seconds: float, presses: int, ids: list[str]) -> tuple
     return lat, rss
 
 
+def cursor_latency(session: str, seconds: float, presses: int) -> list[float]:
+    """Move the queue table's cursor (down) and time each key until the totals bar shows the new row."""
+    lat = []
+    row = int(tmux("capture-pane", "-p", "-t", session).split(" · row ")[1].split("/")[0])
+    t_end = time.time() + seconds
+    while len(lat) < presses or time.time() < t_end:
+        row += 1
+        t = time.perf_counter()
+        tmux("send-keys", "-t", session, "Down")
+        wait_screen(session, lambda out, r=row: f" · row {r}/" in out)
+        lat.append(time.perf_counter() - t)
+        time.sleep(0.1)
+    return lat
+
+
 def summary(lat: list[float]) -> tuple[float, float]:
     lat = sorted(lat)
     return 1000 * statistics.median(lat), 1000 * lat[int(0.95 * (len(lat) - 1))]
@@ -142,6 +192,16 @@ def main() -> None:
              *[f"{k}={v}" for k, v in env.items()], exe)
         try:
             wait_screen(session, lambda out: "16 running" in out, 30)
+            time.sleep(1)
+            q_idle = cursor_latency(session, 0, 40)
+            writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), ",".join(ids), str(args.rate),
+                                       str(args.seconds + 60)])
+            time.sleep(2)
+            q_busy = cursor_latency(session, args.seconds / 2, 40)
+            writer.terminate()
+            writer.wait()
+            tmux("send-keys", "-t", session, "Home")
+            time.sleep(0.5)
             for _ in range(4):  # mark four running runs, open their logs
                 tmux("send-keys", "-t", session, "Space")
                 tmux("send-keys", "-t", session, "Down")
@@ -157,13 +217,42 @@ def main() -> None:
             writer.wait()
         finally:
             tmux("kill-session", "-t", session)
+    qm, qp = summary(q_idle)
+    qbm, qbp = summary(q_busy)
+    print(f"key-to-repaint, queue cursor (down), idle: median {qm:.1f} ms, p95 {qp:.1f} ms; while {args.runs} runs "
+          f"x {args.rate} lines/s: median {qbm:.1f} ms, p95 {qbp:.1f} ms (ratio {qbm / qm:.2f})")
+    refs = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name, code, marker in (("table", REF_TABLE, "ref · row"), ("logs", REF_LOGS, "focus: p0")):
+            path = Path(d) / f"{name}.py"
+            path.write_text(code)
+            session = f"bench-ref-{name}-{os.getpid()}"
+            tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "45", sys.executable, str(path))
+            try:
+                if name == "table":
+                    wait_screen(session, lambda out: "999-0" in out or "row 1/1000" in out, 30)
+                    tmux("send-keys", "-t", session, "Down")
+                    wait_screen(session, lambda out, m=marker: m in out)
+                    time.sleep(0.5)
+                    refs[name] = summary(cursor_latency(session, 0, 40))
+                else:
+                    wait_screen(session, lambda out, m=marker: m in out, 30)
+                    time.sleep(0.5)
+                    refs[name] = summary(latency(session, 0, 40, ["p0", "p1", "p2", "p3"])[0])
+            finally:
+                tmux("kill-session", "-t", session)
+    print(f"  minimal Textual app, a 1,000-row table's cursor: median {refs['table'][0]:.1f} ms "
+          f"(stilts idle / minimal: {qm / refs['table'][0]:.2f})")
     im, ip = summary(idle)
     bm, bp = summary(busy)
-    print(f"key-to-repaint (tmux, send-keys to capture-pane), idle: median {im:.1f} ms, p95 {ip:.1f} ms")
+    print(f"  minimal Textual app, four Log widgets, tab: median {refs['logs'][0]:.1f} ms "
+          f"(stilts idle / minimal: {im / refs['logs'][0]:.2f})")
+    print(f"key-to-repaint, log panes (tab moves focus), idle: median {im:.1f} ms, p95 {ip:.1f} ms")
     print(f"key-to-repaint, {args.runs} runs x {args.rate} lines/s, 4 panes shown: median {bm:.1f} ms, "
           f"p95 {bp:.1f} ms over {len(busy)} keys (ratio to idle {bm / im:.2f})")
     print(f"memory of the app over {args.seconds:.0f} s: {rss[0]:.0f} MB -> {rss[-1]:.0f} MB (max {max(rss):.0f} MB)")
-    print(json.dumps({"first_frame_s": ours, "reference_first_frame_s": ref, "idle_ms": [im, ip],
+    print(json.dumps({"first_frame_s": ours, "reference_first_frame_s": ref, "queue_idle_ms": [qm, qp],
+                      "queue_busy_ms": [qbm, qbp], "idle_ms": [im, ip],
                       "busy_ms": [bm, bp], "rss_mb": [rss[0], rss[-1], max(rss)]}))
 
 

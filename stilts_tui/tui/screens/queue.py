@@ -57,6 +57,7 @@ class QueueScreen(Screen):
         self.marked: list[str] = []
         self._shown: list[str] = []
         self._state: dict[str, tuple] = {}
+        self._totals = ""
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -131,7 +132,8 @@ class QueueScreen(Screen):
         if snap.paused:
             totals += " · PAUSED"
         totals += f" · sort: {self.sort}" + (f" · filter: {self.filter}" if self.filter else "")
-        self.query_one("#totals", Static).update(totals, layout=False)
+        self._totals = totals
+        self.show_totals()
         table = self.query_one(DataTable)
         rows = self.rows(snap)
         ids = [r["id"] for r in rows]
@@ -155,6 +157,15 @@ class QueueScreen(Screen):
             for col, (before, after) in enumerate(zip(old, self.cells(r, snap), strict=True)):
                 if str(before) != str(after):
                     table.update_cell(r["id"], COLUMNS[col], after)
+
+    def show_totals(self) -> None:
+        table = self.query_one(DataTable)
+        where = f" · row {table.cursor_row + 1}/{table.row_count}" if table.row_count else ""
+        self.query_one("#totals", Static).update(self._totals + where, layout=False)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if self._totals:
+            self.show_totals()
 
     def state_of(self, r: dict, snap: Snapshot) -> tuple:
         p = snap.progress.get(r["id"])
