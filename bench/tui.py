@@ -57,6 +57,7 @@ def first_frame(cmd: list[str], marker: str, env: dict, repeat: int = 5) -> floa
 REF_TABLE = """from textual.app import App
 from textual.widgets import DataTable, Static
 class A(App):
+    CSS = "#s { height: 1; } DataTable { height: 1fr; }"
     def compose(self):
         yield Static("", id="s")
         yield DataTable(cursor_type="row")
@@ -193,6 +194,9 @@ def main() -> None:
         try:
             wait_screen(session, lambda out: "16 running" in out, 30)
             time.sleep(1)
+            for _ in range(4):  # mark four running runs (their logs open later); space moves down
+                tmux("send-keys", "-t", session, "Space")
+            wait_screen(session, lambda out: " · row 5/" in out)
             q_idle = cursor_latency(session, 0, 40)
             writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), ",".join(ids), str(args.rate),
                                        str(args.seconds + 60)])
@@ -200,11 +204,6 @@ def main() -> None:
             q_busy = cursor_latency(session, args.seconds / 2, 40)
             writer.terminate()
             writer.wait()
-            tmux("send-keys", "-t", session, "Home")
-            time.sleep(0.5)
-            for _ in range(4):  # mark four running runs, open their logs
-                tmux("send-keys", "-t", session, "Space")
-                tmux("send-keys", "-t", session, "Down")
             tmux("send-keys", "-t", session, "l")
             wait_screen(session, lambda out: ids[3] in out)
             wait_screen(session, lambda out: f"focus: {ids[0]}" in out)

@@ -213,9 +213,12 @@ class QueueScreen(Screen):
             self.marked.remove(rid)
         else:
             self.marked.append(rid)
-        if self.snapshot:
-            self._shown = []
-            self.show(self.snapshot)
+        if self.snapshot:  # only this row's status cell changes
+            run = next((r for r in self.snapshot.runs if r["id"] == rid), None)
+            if run is not None:
+                self.query_one(DataTable).update_cell(rid, "status", self.cells(run, self.snapshot)[7])
+                self._state[rid] = self.state_of(run, self.snapshot)
+        self.query_one(DataTable).action_cursor_down()
 
     def _act(self, what: str, fn) -> None:
         ids = self.selected()
