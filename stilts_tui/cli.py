@@ -91,6 +91,38 @@ def demo_cmd(
         _open_tui(root, no_daemon=True)
 
 
+@app.command("synth")
+def synth_cmd(
+    out: Annotated[Path, typer.Option("--out", help="folder for SynGPT2_train.jsonl (and _dev)")],
+    corpus: Annotated[str | None, typer.Option("--corpus", help="squad: SQuAD v1.1 train from the hub")] = None,
+    corpus_file: Annotated[Path | None, typer.Option("--corpus-file", help="train-v1.1.json, or text with one "
+                                                     "paragraph a line")] = None,
+    generator: Annotated[str, typer.Option("--generator", help="hub id or local folder")] = "gpt2-medium",
+    n: Annotated[int, typer.Option("--n", min=1)] = 30000,
+    fakes: Annotated[int, typer.Option("--fakes", min=1, max=64)] = 3,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 0.9,
+    top_k: Annotated[int, typer.Option("--top-k", min=0, help="0: disabled")] = 0,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0)] = 1.0,
+    seed: Annotated[int, typer.Option("--seed")] = 42,
+    dev: Annotated[int, typer.Option("--dev", min=0, help="further pairs for SynGPT2_dev.jsonl")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+) -> None:
+    """Synthesise the real-vs-fake SynGPT2 task with GPT-2 (resumes from an interrupted --out)."""
+    if (corpus is None) == (corpus_file is None):
+        raise UserError("name one corpus: --corpus squad or --corpus-file PATH")
+    if corpus not in (None, "squad"):
+        raise UserError(f"--corpus: '{corpus}' is not known (squad)")
+    import subprocess
+
+    params = {"corpus": corpus, "corpus_file": str(corpus_file) if corpus_file else None, "generator": generator,
+              "n": n, "fakes": fakes, "top_p": top_p, "top_k": top_k, "temperature": temperature, "seed": seed,
+              "dev": dev, "batch_size": batch_size}
+    # the synthesis imports torch: it runs as its own process (the CLI and the TUI never import torch)
+    code = subprocess.run([sys.executable, "-m", "stilts_tui.synth", "--cli", json.dumps(params), str(out)]).returncode
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command("tasks")
 def tasks_cmd(as_json: JsonFlag = False) -> None:
     """List the built-in tasks."""

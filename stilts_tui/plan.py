@@ -492,7 +492,7 @@ def spec_for(run: Run, plan: Plan, runs_root: Path) -> dict:
     task = dict(run.task_spec)
     if task.get("from_run"):  # the output of a synth run of this plan
         task["data_dir"] = str(Path(runs_root) / task["from_run"] / "data")
-    if run.parent:
+    if run.parent and run.stage == "target":  # an intermediate's parent (a synth run) gives data, not weights
         model = {"source": "parent", "parent": run.parent, "name": plan.model,
                  "path": str(Path(runs_root) / run.parent / "checkpoint")}
     else:

@@ -221,11 +221,11 @@ class Daemon:
             if dev is None:
                 continue
             group = [r]
-            if not r.get("alone"):
+            if not r.get("alone") and r["stage"] != "synth":
                 for other in ready:
                     if len(group) >= self.s.worker_runs:
                         break
-                    if other["id"] in taken or other is r or other.get("alone"):
+                    if other["id"] in taken or other is r or other.get("alone") or other["stage"] == "synth":
                         continue
                     if self.estimate(other, learned)[1] == key:
                         group.append(other)
@@ -283,7 +283,8 @@ class Daemon:
             env["CUDA_MPS_LOG_DIRECTORY"] = str(self.mps_dir / "log")
         dirs = [self.root / r["id"] for r in fresh]
         log = dirs[0] / "train.log" if len(dirs) == 1 else self.root / ".workers" / f"{worker}.log"
-        pid, started = local.launch(dirs, env, log)
+        module = "stilts_tui.synth" if fresh[0]["stage"] == "synth" else "stilts_tui.train"
+        pid, started = local.launch(dirs, env, log, module)
         with self.ledger.transaction() as tx:
             for r in fresh:
                 tx.update_run(r["id"], pid=pid, pid_started=started)

@@ -13,12 +13,14 @@ from pathlib import Path
 import psutil
 
 
-def launch(run_dirs: list[Path], env: dict[str, str], log_path: Path) -> tuple[int, float]:
-    """Start ``python -m stilts_tui.train RUN_DIR...`` in its own session; (pid, start time)."""
+def launch(run_dirs: list[Path], env: dict[str, str], log_path: Path, module: str = "stilts_tui.train"
+           ) -> tuple[int, float]:
+    """Start ``python -m MODULE RUN_DIR...`` (the trainer, or the synthesis) in its own session;
+    (pid, start time)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(  # an argument list, never a shell
-            [sys.executable, "-m", "stilts_tui.train", *map(str, run_dirs)],
+            [sys.executable, "-m", module, *map(str, run_dirs)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, **env}, cwd=str(run_dirs[0].parent),
         )
@@ -93,6 +95,6 @@ def find_worker(run_dir: Path) -> tuple[int, float] | None:
     target = str(run_dir)
     for p in psutil.process_iter(["pid", "cmdline", "create_time"]):
         cmd = p.info.get("cmdline") or []
-        if "stilts_tui.train" in cmd and target in cmd:
+        if ("stilts_tui.train" in cmd or "stilts_tui.synth" in cmd) and target in cmd:
             return p.info["pid"], p.info["create_time"]
     return None

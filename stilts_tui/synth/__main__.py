@@ -1,0 +1,92 @@
+"""``python -m stilts_tui.synth RUN_DIR``: a plan's synth stage as a run (log, events, result).
+
+Exit status 0 when done, 1 when it failed (the reason is in ``result.json``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+def cli(params: dict, out: Path) -> int:
+    """``stilts-tui synth``: a progress bar, one line at the end; bad input is one line and exit 2."""
+    from rich.progress import Progress
+    from transformers.utils import logging as hf_logging
+
+    from stilts_tui.errors import UserError
+    from stilts_tui.synth.run import synthesize
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with Progress(transient=True) as bar:
+            ids: dict[str, int] = {}
+
+            def progress(split: str, done: int, total: int) -> None:
+                if split not in ids:
+                    ids[split] = bar.add_task(f"{split} prompts", total=total)
+                bar.update(ids[split], completed=done)
+
+            info = synthesize(params, out, progress)
+    except UserError as e:
+        print(f"stilts-tui: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {', '.join(f'{v} {k}' for k, v in info['counts'].items())} examples to {out} "
+          f"({info['prompts_per_s']:.1f} prompts/s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    if len(args) == 3 and args[0] == "--cli":
+        return cli(json.loads(args[1]), Path(args[2]))
+    if len(args) != 1:
+        print("usage: python -m stilts_tui.synth RUN_DIR", file=sys.stderr)
+        return 2
+    run_dir = Path(args[0])
+    from transformers.utils import logging as hf_logging
+
+    from stilts_tui.errors import UserError
+    from stilts_tui.synth.run import synthesize
+    from stilts_tui.train.events import RunLog, write_result
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    t0 = time.time()
+    log = RunLog(run_dir)
+    result = {"status": "failed", "metrics": {}, "primary_metric": None, "score": None, "error": None}
+    try:
+        spec = json.loads((run_dir / "spec.json").read_text())
+        log.event("start", run_id=spec.get("run_id"))
+        log.line(f"synthesis {spec.get('name')}: {spec['params']}")
+        last = [0.0]
+
+        def progress(split: str, done: int, total: int) -> None:
+            if time.time() - last[0] > 2 or done == total:
+                last[0] = time.time()
+                log.line(f"{split}: {done}/{total} prompts")
+                log.event("step", step=done, total_steps=total, epoch=1, split=split, loss=None, lr=None,
+                          samples_per_s=done / max(time.time() - t0, 1e-9))
+
+        info = synthesize(spec["params"], run_dir / "data", progress)
+        result.update(status="done", metrics={"prompts_per_s": info["prompts_per_s"]}, counts=info["counts"])
+        log.line(f"done: {info['counts']} in {info['seconds']:.0f} s ({info['prompts_per_s']:.1f} prompts/s)")
+    except (UserError, OSError, ValueError, KeyError) as e:
+        result["error"] = (str(e).splitlines() or [type(e).__name__])[0][:300]
+    except Exception as e:  # noqa: BLE001 - the run fails with one line; the log has the rest
+        result["error"] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+        log.line("".join(traceback.format_exception(e)).rstrip())
+    result["wall_seconds"] = round(time.time() - t0, 3)
+    if result["status"] != "done":
+        log.line(f"run failed: {result['error']}")
+    log.event("end", status=result["status"], error=result["error"])
+    log.close()
+    write_result(run_dir, result)
+    return 0 if result["status"] == "done" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

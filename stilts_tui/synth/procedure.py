@@ -1,0 +1,82 @@
+"""The reference procedure's text rules: contexts -> sentences -> (context, real ending) pairs.
+
+- paragraphs: SQuAD v1.1 train contexts de-duplicated in order (hub or ``train-v1.1.json``), or a
+  text file with one paragraph a line;
+- split each paragraph on the literal ". ";
+- keep a sentence's first 30 whitespace-separated words; drop sentences of fewer than 20 words;
+- context = the first half of the words (integer half); real ending = the rest without its last word;
+- shuffle all pairs with the seed and keep the first n (then ``dev`` further pairs).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from stilts_tui.errors import UserError
+
+MAX_WORDS = 30
+MIN_WORDS = 20
+
+
+def pair_of(sentence: str) -> tuple[str, str] | None:
+    """(context, real ending) of one sentence, or None when it has fewer than 20 words."""
+    words = sentence.split()[:MAX_WORDS]
+    if len(words) < MIN_WORDS:
+        return None
+    half = len(words) // 2
+    return " ".join(words[:half]), " ".join(words[half:-1])
+
+
+def pairs_of(paragraphs: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for p in paragraphs:
+        for sentence in p.split(". "):
+            pair = pair_of(sentence)
+            if pair is not None:
+                out.append(pair)
+    return out
+
+
+def select(pairs: list[tuple[str, str]], n: int, dev: int, seed: int) -> tuple[list, list]:
+    """Shuffle with the seed; the first n are train, the next ``dev`` are dev."""
+    pairs = list(pairs)
+    random.Random(seed).shuffle(pairs)
+    if len(pairs) < n + dev:
+        raise UserError(f"the corpus gives {len(pairs)} sentences of {MIN_WORDS}+ words; n={n} and dev={dev} "
+                        f"need {n + dev}")
+    return pairs[:n], pairs[n : n + dev]
+
+
+def read_corpus(corpus: str | None, corpus_file: str | None) -> list[str]:
+    """Paragraphs from SQuAD v1.1 train (hub), a ``train-v1.1.json`` file, or a text file."""
+    if corpus_file:
+        path = Path(corpus_file)
+        if not path.is_file():
+            raise UserError(f"--corpus-file: {path} not found")
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            try:
+                data = json.loads(text)["data"]
+                paras = [p["context"] for article in data for p in article["paragraphs"]]
+            except (ValueError, KeyError, TypeError):
+                raise UserError(f"{path}: not a SQuAD v1.1 file (data -> paragraphs -> context)") from None
+        else:
+            paras = [line.strip() for line in text.splitlines() if line.strip()]
+    elif corpus == "squad":
+        try:
+            import datasets
+
+            ds = datasets.load_dataset("rajpurkar/squad", split="train")
+        except Exception as e:  # noqa: BLE001 - any hub failure ends in the same advice
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(f"could not load SQuAD v1.1 from the Hugging Face Hub ({reason}); download "
+                            "train-v1.1.json and pass --corpus-file (or corpus_file in the plan)") from None
+        paras = list(ds["context"])
+    else:
+        raise UserError("name a corpus: --corpus squad or --corpus-file PATH")
+    paras = list(dict.fromkeys(paras))  # de-duplicated, in order
+    if not paras:
+        raise UserError("the corpus is empty")
+    return paras
