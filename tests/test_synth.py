@@ -159,15 +159,17 @@ def _children(pid: int) -> list[int]:
     ("short", "gives 0 sentences of 20+ words"),
     ("generator", "unknown or unreachable generator"),
     ("both", "name one corpus"),
+    ("hub", "could not load SQuAD v1.1 from the Hugging Face Hub"),
 ])
 def test_bad_input_is_one_line_and_exit_2(gpt2, tmp_path, setup, message):
     corpus = write_text(tmp_path / "c.txt", {"empty": "\n", "short": "too short. sentences here.\n"}.get(
         setup, words(25) + "\n"))
-    args = ["synth", "--corpus-file", str(corpus), "--generator",
-            str(tmp_path / "nope") if setup == "generator" else str(gpt2), "--out", str(tmp_path / "o"), "--n", "1"]
+    source = ["--corpus", "squad"] if setup == "hub" else ["--corpus-file", str(corpus)]
+    args = ["synth", *source, "--generator", str(tmp_path / "nope") if setup == "generator" else str(gpt2),
+            "--out", str(tmp_path / "o"), "--n", "1"]
     if setup == "both":
         args += ["--corpus", "squad"]
-    out = cli(*args, env={"HF_HUB_OFFLINE": "1"})
+    out = cli(*args, env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1 and message in out.stderr
 
