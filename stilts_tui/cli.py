@@ -315,9 +315,6 @@ def daemon_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     typer.echo(("paused; " if ledger.meta("paused") else "") + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
-SHORT_PARAMS = {"lr": "lr", "batch_size": "bs", "warmup": "wu", "epochs": "ep", "max_len": "len"}
-
-
 @queue_app.command("ls")
 def queue_ls(
     ctx: typer.Context,
@@ -343,8 +340,7 @@ def queue_ls(
 
     table = Table("id", "plan", "stage", "task", "from", "seed", "grid", "status", "gpu", "score", box=None)
     for r in runs:
-        grid = " ".join(f"{SHORT_PARAMS.get(k, k)}={v:g}" if isinstance(v, float) else f"{SHORT_PARAMS.get(k, k)}={v}"
-                        for k, v in (r.get("grid") or {}).items())
+        grid = plans.grid_text(r.get("grid"))
         score = f"{r['score']:.4f}" if isinstance(r.get("score"), (int, float)) else ""
         table.add_row(r["id"], r["plan"], r["stage"], r["task"], r.get("intermediate") or "", str(r.get("seed", "")),
                       grid, r["status"], "" if r.get("gpu") is None else str(r["gpu"]), score)

@@ -1,6 +1,11 @@
 """Errors that reach the user as one line and exit status 2 (bad input), never a traceback."""
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's message cut to its first line (or its type's name), for one-line errors."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
 class UserError(Exception):
     """Bad input from the user: a plan, a task, a run id, a flag. The message is one line."""
 

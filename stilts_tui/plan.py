@@ -442,6 +442,15 @@ def expand(plan: Plan) -> list[Run]:
 # ---- summaries ---------------------------------------------------------------------------------
 
 
+SHORT_PARAMS = {"lr": "lr", "batch_size": "bs", "warmup": "wu", "epochs": "ep", "max_len": "len"}
+
+
+def grid_text(grid: dict | None) -> str:
+    """A run's grid values, short: ``lr=1e-05 bs=16 wu=0.2``."""
+    return " ".join(f"{SHORT_PARAMS.get(k, k)}={v:g}" if isinstance(v, float) else f"{SHORT_PARAMS.get(k, k)}={v}"
+                    for k, v in (grid or {}).items())
+
+
 def counts(runs: list[Run]) -> dict[str, int]:
     return {s: sum(r.stage == s for r in runs) for s in STAGES}
 

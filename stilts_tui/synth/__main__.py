@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(args[0])
     from transformers.utils import logging as hf_logging
 
-    from stilts_tui.errors import UserError
+    from stilts_tui.errors import UserError, first_line
     from stilts_tui.synth.run import synthesize
     from stilts_tui.train.events import RunLog, write_result
 
@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         result.update(status="done", metrics={"prompts_per_s": info["prompts_per_s"]}, counts=info["counts"])
         log.line(f"done: {info['counts']} in {info['seconds']:.0f} s ({info['prompts_per_s']:.1f} prompts/s)")
     except (UserError, OSError, ValueError, KeyError) as e:
-        result["error"] = (str(e).splitlines() or [type(e).__name__])[0][:300]
+        result["error"] = first_line(e, 300)
     except Exception as e:  # noqa: BLE001 - the run fails with one line; the log has the rest
-        result["error"] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+        result["error"] = f"{type(e).__name__}: {first_line(e, 300)}"
         log.line("".join(traceback.format_exception(e)).rstrip())
     result["wall_seconds"] = round(time.time() - t0, 3)
     if result["status"] != "done":

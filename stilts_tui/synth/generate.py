@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from stilts_tui.errors import UserError
+from stilts_tui.errors import UserError, first_line
 
 DELAY = float(os.environ.get("STILTS_TEST_SYNTH_DELAY", "0") or 0)
 
@@ -26,8 +26,8 @@ def load_generator(name: str, device: torch.device):
         tok = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name).to(device).eval()
     except OSError as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(f"unknown or unreachable generator '{name}' ({reason}); pass a local model folder") from None
+        raise UserError(f"unknown or unreachable generator '{name}' ({first_line(e)}); "
+                        "pass a local model folder") from None
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

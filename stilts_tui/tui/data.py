@@ -11,15 +11,6 @@ from pathlib import Path
 from stilts_tui.ledger import Ledger
 from stilts_tui.queue import gpus as gpu_info
 
-SHORT = {"lr": "lr", "batch_size": "bs", "warmup": "wu", "epochs": "ep", "max_len": "len"}
-
-
-def grid_text(grid: dict | None) -> str:
-    parts = []
-    for k, v in (grid or {}).items():
-        parts.append(f"{SHORT.get(k, k)}={v:g}" if isinstance(v, float) else f"{SHORT.get(k, k)}={v}")
-    return " ".join(parts)
-
 
 @dataclass
 class Progress:

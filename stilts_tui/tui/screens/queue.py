@@ -11,7 +11,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from stilts_tui.errors import UserError
-from stilts_tui.tui.data import ProgressReader, Snapshot, fmt_eta, grid_text, load_snapshot
+from stilts_tui.plan import grid_text
+from stilts_tui.tui.data import ProgressReader, Snapshot, fmt_eta, load_snapshot
 
 STATUS_STYLE = {"queued": "cyan", "running": "bold yellow", "done": "green", "failed": "bold red",
                 "cancelled": "magenta", "blocked": "red"}
