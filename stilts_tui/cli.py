@@ -6,6 +6,7 @@ Exit status: 0 on success, 2 on bad input (one line on stderr, no traceback), 1 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -262,15 +263,47 @@ def daemon_start(
     worker_runs: Annotated[int, typer.Option("--worker-runs", help="ready runs of one shape trained in "
                                              "sequence by one process")] = 4,
     mps: Annotated[bool, typer.Option("--mps", help="run NVIDIA MPS for the daemon's lifetime")] = False,
-    executor: Annotated[str, typer.Option("--executor", help="local")] = "local",
+    executor: Annotated[str, typer.Option("--executor", help="local (this machine's GPUs) or slurm (sbatch)")
+                        ] = "local",
     interval: Annotated[float, typer.Option("--interval", help="seconds between ticks")] = 1.0,
+    partition: Annotated[str | None, typer.Option("--partition", help="slurm: partition")] = None,
+    account: Annotated[str | None, typer.Option("--account", help="slurm: account")] = None,
+    qos: Annotated[str | None, typer.Option("--qos", help="slurm: QOS")] = None,
+    time_limit: Annotated[str | None, typer.Option("--time", help="slurm: time limit a run, e.g. 4:00:00")] = None,
+    gpus_per_run: Annotated[int | None, typer.Option("--gpus-per-run", help="slurm: GPUs a run (default 1)")
+                            ] = None,
+    cpus_per_run: Annotated[int | None, typer.Option("--cpus-per-run", help="slurm: CPUs a run (default 4)")
+                            ] = None,
+    mem: Annotated[str | None, typer.Option("--mem", help="slurm: memory a run, e.g. 32G")] = None,
+    sbatch_arg: Annotated[list[str] | None, typer.Option("--sbatch-arg", help="slurm: one more sbatch option, "
+                          "e.g. --sbatch-arg=--exclude=node7 (repeatable; never through a shell)")] = None,
+    max_jobs: Annotated[int, typer.Option("--max-jobs", help="slurm: at most this many jobs in Slurm at once")
+                        ] = 1000,
 ) -> None:
     """Start the queue daemon for this runs-dir, detached from the terminal."""
+    from stilts_tui.plan import slurm_problem
     from stilts_tui.queue import ops
     from stilts_tui.queue.daemon import parse_gpus
 
-    if executor != "local":
-        raise UserError(f"--executor: '{executor}' is not available (local)")
+    if executor not in ("local", "slurm"):
+        raise UserError(f"--executor: expected local or slurm, got '{executor}'")
+    slurm = {k: v for k, v in (("partition", partition), ("account", account), ("qos", qos), ("time", time_limit),
+                               ("gpus", gpus_per_run), ("cpus", cpus_per_run), ("mem", mem),
+                               ("sbatch_args", sbatch_arg)) if v is not None}
+    if slurm and executor != "slurm":
+        raise UserError(f"--{next(iter(slurm)).replace('_', '-')}: a Slurm setting needs --executor slurm")
+    for key, value in slurm.items():
+        problem = slurm_problem(key, value)
+        if problem:
+            flag = {"time": "--time", "gpus": "--gpus-per-run", "cpus": "--cpus-per-run",
+                    "sbatch_args": "--sbatch-arg"}.get(key, f"--{key}")
+            raise UserError(f"{flag}: {problem}")
+    if executor == "slurm" and mps:
+        raise UserError("--mps: MPS is for the local executor (on Slurm, ask the cluster for it with --sbatch-arg)")
+    if executor == "slurm" and shutil.which("sbatch") is None:
+        raise UserError("--executor slurm: sbatch not found on PATH (run the daemon where Slurm's commands are)")
+    if max_jobs < 1:
+        raise UserError(f"--max-jobs: expected an integer >= 1, got {max_jobs}")
     parse_gpus(gpus)
     for name, value in (("--per-gpu", per_gpu), ("--cpu-slots", cpu_slots), ("--worker-runs", worker_runs)):
         if value < 1:
@@ -281,6 +314,8 @@ def daemon_start(
         args += ["--gpus", gpus]
     if mps:
         args.append("--mps")
+    if executor == "slurm":
+        args += ["--executor", "slurm", "--slurm", json.dumps(slurm), "--max-jobs", str(max_jobs)]
     info = ops.start_daemon(_root(ctx), args)
     typer.echo(f"daemon started (pid {info['pid']}) on {_root(ctx)}; log: {_root(ctx) / 'daemon.log'}")
 

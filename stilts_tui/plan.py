@@ -122,6 +122,50 @@ CUSTOM_KEYS = {
     "choices_field": _str(), "choice_fields": _str_list(), "labels": _str_list(),
     "metric": _one_of(*tasks.METRICS),
 }
+SLURM_NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
+SLURM_TIME_RE = re.compile(r"^(\d+-\d{1,2}(:\d{2}){0,2}|\d+(:\d{2}){0,2})$")  # sbatch --time formats
+SLURM_MEM_RE = re.compile(r"^\d+[KMGT]?$")
+SLURM_FLAG_RE = re.compile(r"^--[a-z][a-z0-9-]*(=[^\x00\n]*)?$")
+# sbatch options the executor sets itself: giving them again would break tracking or dependencies
+SLURM_MANAGED = {"job-name", "output", "error", "open-mode", "dependency", "kill-on-invalid-dep", "parsable",
+                 "wrap", "chdir", "array", "gres", "gpus", "partition", "account", "time", "mem", "cpus-per-task",
+                 "qos", "hold", "test-only", "wait"}
+
+
+def _slurm_flags(v: object) -> bool:
+    if not isinstance(v, list):
+        return False
+    for flag in v:
+        if not isinstance(flag, str) or not SLURM_FLAG_RE.match(flag):
+            return False
+        if flag[2:].split("=", 1)[0] in SLURM_MANAGED:
+            return False
+    return True
+
+
+SLURM_KEYS = {
+    "partition": ((lambda v: isinstance(v, str) and bool(SLURM_NAME_RE.match(v))), "a partition name"),
+    "account": ((lambda v: isinstance(v, str) and bool(SLURM_NAME_RE.match(v))), "an account name"),
+    "qos": ((lambda v: isinstance(v, str) and bool(SLURM_NAME_RE.match(v))), "a QOS name"),
+    "time": ((lambda v: isinstance(v, str) and bool(SLURM_TIME_RE.match(v))),
+             'a time limit like "90", "4:00:00" or "1-12:00:00"'),
+    "gpus": _int(0, 64),
+    "cpus": _int(1, 1024),
+    "mem": ((lambda v: isinstance(v, str) and bool(SLURM_MEM_RE.match(v))), 'a memory size like "32G" or "16000M"'),
+    "sbatch_args": (_slurm_flags, 'a list of "--flag" or "--flag=value" sbatch options other than those the '
+                    "executor sets (" + ", ".join(sorted(SLURM_MANAGED)) + ")"),
+}
+SLURM_DEFAULTS = {"gpus": 1, "cpus": 4}
+
+
+def slurm_problem(key: str, value: object) -> str | None:
+    """What is wrong with one Slurm setting (from a plan's [slurm] table or the command line), or None."""
+    if key not in SLURM_KEYS:
+        return f"unknown Slurm setting (expected one of: {', '.join(SLURM_KEYS)})"
+    ok, what = SLURM_KEYS[key]
+    return None if ok(value) else f"expected {what}, got {value!r}"
+
+
 TOP_KEYS = {
     "name": _str(), "model": _str(), "description": (lambda v: isinstance(v, str), "a string"),
     "baseline": _bool(), "target_seeds": _int_list(),
@@ -130,6 +174,7 @@ TOP_KEYS = {
     "intermediate": (lambda v: isinstance(v, dict), "a table of [intermediate.NAME] stages"),
     "target": (lambda v: isinstance(v, dict), "a table of [target.NAME] stages"),
     "tasks": (lambda v: isinstance(v, dict), "a table of [tasks.NAME] custom tasks"),
+    "slurm": (lambda v: isinstance(v, dict), "a table of Slurm settings"),
 }
 
 
@@ -176,6 +221,7 @@ class Plan:
     target: dict[str, dict]
     tasks: dict[str, dict]
     text: str = ""
+    slurm: dict = field(default_factory=dict)  # sbatch settings for this plan's runs (not part of run ids)
 
     @property
     def dir(self) -> Path:
@@ -251,6 +297,7 @@ def parse(text: str, path: str | Path) -> Plan:
     c.table("", data, TOP_KEYS, required=("name", "model"))
     defaults = data.get("defaults", {})
     c.table("defaults", defaults, HYPER)
+    c.table("slurm", data.get("slurm", {}), SLURM_KEYS)
     custom = data.get("tasks", {})
     for tname, tdef in custom.items():
         _check_custom(c, tname, tdef)
@@ -288,6 +335,7 @@ def parse(text: str, path: str | Path) -> Plan:
         name=data["name"], path=path.resolve(), model=data["model"], baseline=data.get("baseline", True),
         target_seeds=data.get("target_seeds", [42]), defaults=defaults, synth=synth,
         intermediate=stages["intermediate"], target=stages["target"], tasks=custom, text=text,
+        slurm=data.get("slurm", {}),
     )
 
 
@@ -514,4 +562,5 @@ def spec_for(run: Run, plan: Plan, runs_root: Path) -> dict:
         "params": run.params, "seed": run.seed, "parent": run.parent,
         "precision": run.params.get("precision", "auto"),
         "keep_checkpoint": bool(run.params.get("keep_checkpoint", run.stage == "intermediate")),
+        "slurm": dict(plan.slurm),
     }

@@ -44,6 +44,12 @@ CASES = {
                            'target_seeds = [1]\nbaseline = false\n\n[defaults]\nlr = 1e-5\n'),
                           "key 'baseline': with baseline = false and no [intermediate.NAME] stage", None),
     "bad-seeds": (("target_seeds = [1]", 'target_seeds = ["a"]'), "key 'target_seeds': expected", 3),
+    "slurm-time": (("target_seeds = [1]\n", 'target_seeds = [1]\n[slurm]\ntime = "soon"\n'),
+                   "key 'slurm.time': expected a time limit", 5),
+    "slurm-managed-flag": (("target_seeds = [1]\n", 'target_seeds = [1]\n[slurm]\nsbatch_args = ["--output=/x"]\n'),
+                           "key 'slurm.sbatch_args': expected a list of", 5),
+    "slurm-unknown-key": (("target_seeds = [1]\n", 'target_seeds = [1]\n[slurm]\npartitions = "gpu"\n'),
+                          "key 'slurm.partitions': unknown key", 5),
 }
 
 
@@ -105,3 +111,18 @@ def test_bad_run_id_never_becomes_a_path():
         with pytest.raises(UserError):
             rundir.run_dir("/tmp/runs", bad)
     assert str(rundir.run_dir("/tmp/runs", "0123456789ab")) == "/tmp/runs/0123456789ab"
+
+
+def test_bad_slurm_settings_on_the_command_line_are_one_line_and_exit_2(runs_dir):
+    for args, needle in ((["--time", "soon"], "--time: expected a time limit"),
+                         (["--sbatch-arg", "--output=/etc/passwd"], "--sbatch-arg: expected a list"),
+                         (["--sbatch-arg", "; rm -rf /"], "--sbatch-arg: expected a list"),
+                         (["--mem", "lots"], "--mem: expected a memory size"),
+                         (["--partition", "a b"], "--partition: expected a partition name"),
+                         (["--cpus-per-run", "0"], "--cpus-per-run: expected an integer >= 1")):
+        out = cli("daemon", "start", "--executor", "slurm", *args, runs_dir=runs_dir)
+        assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1
+    out = cli("daemon", "start", "--partition", "gpu", runs_dir=runs_dir)
+    assert out.returncode == 2 and "needs --executor slurm" in out.stderr
+    assert not (runs_dir / "daemon.json").exists()  # no daemon started

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -24,9 +24,11 @@ from filelock import FileLock, Timeout
 from stilts_tui import rundir
 from stilts_tui.errors import UserError
 from stilts_tui.ledger import Ledger
+from stilts_tui.plan import SLURM_DEFAULTS
 from stilts_tui.queue import gpus as gpu_info
 from stilts_tui.queue import placement
 from stilts_tui.queue.executors import local
+from stilts_tui.queue.executors import slurm as slurm_exec
 
 FINAL_RESULT = ("done", "failed", "oom")
 
@@ -40,7 +42,9 @@ class Settings:
     worker_runs: int = 4  # ready runs of one shape given to one process, trained in sequence
     mps: bool = False
     interval: float = 1.0
-    executor: str = "local"
+    executor: str = "local"  # local | slurm
+    slurm: dict = field(default_factory=dict)  # sbatch settings from the command line (a plan's [slurm] wins)
+    max_jobs: int = 1000  # Slurm: at most this many of our jobs in Slurm at once (clusters cap submissions)
 
 
 def lock_path(root: Path) -> Path:
@@ -135,6 +139,8 @@ class Daemon:
 
     def tick(self) -> dict:
         """Reap, block/unblock, launch. Returns counts of what it did."""
+        if self.s.executor == "slurm":
+            return self.tick_slurm()
         stats = {"reaped": 0, "requeued": 0, "blocked": 0, "unblocked": 0, "launched": 0}
         runs = self.ledger.runs()
         status = {r["id"]: r["status"] for r in runs}
@@ -299,6 +305,142 @@ class Daemon:
         self.log(f"launched {', '.join(r['id'] for r in fresh)} on {where} (pid {pid}, est {est} GB)")
         return True
 
+    # -- the Slurm executor -----------------------------------------------------------------------
+
+    def tick_slurm(self) -> dict:
+        """Track submitted jobs, block children of failed parents, submit ready runs.
+
+        A run is "running" from the moment it is marked for submission until its result is in; its
+        ``job_id`` is recorded after sbatch answers, and a daemon that died in between finds the job
+        by name rather than submitting it again. A child is submitted while its parent is still in
+        Slurm, with ``--dependency=afterok``, so Slurm holds it and cancels it if the parent fails.
+        """
+        stats = {"reaped": 0, "requeued": 0, "blocked": 0, "unblocked": 0, "launched": 0}
+        runs = self.ledger.runs()
+        status = {r["id"]: r["status"] for r in runs}
+        active = [r for r in runs if r["status"] == "running"]
+        jobs = slurm_exec.states([r["job_id"] for r in active if r.get("job_id")])
+        changes: dict[str, tuple[str, dict]] = {}
+
+        # 1. reap: result.json first, Slurm's state when there is none
+        for r in active:
+            res, job = self.result(r["id"]), r.get("job_id")
+            if not job:
+                found = slurm_exec.find(r["id"], self.root, r.get("started", 0))
+                if found:
+                    changes[r["id"]] = ("running", {"job_id": found})
+                    self.log(f"{r['id']}: found job {found} submitted before a restart")
+                elif time.time() - r.get("started", 0) > 30:  # marked, never submitted
+                    changes[r["id"]] = ("running", {"status": "queued", "attempts": max(0, r.get("attempts", 1) - 1)})
+                    stats["requeued"] += 1
+                continue
+            st = jobs.get(job, slurm_exec.JobState("UNKNOWN"))
+            if res and res.get("status") in FINAL_RESULT:
+                changes[r["id"]] = ("running", {
+                    "status": "done" if res["status"] == "done" else "failed", "finished": time.time(),
+                    "score": res.get("score"), "error": res.get("error"), "slurm_state": st.state,
+                    "peak_gpu_mem_gb": res.get("peak_gpu_mem_gb")})
+                stats["reaped"] += 1
+            elif st.active and st.reason != slurm_exec.NEVER:
+                if (st.state, st.reason) != (r.get("slurm_state"), r.get("slurm_reason")):
+                    changes[r["id"]] = ("running", {"slurm_state": st.state, "slurm_reason": st.reason})
+            elif st.reason == slurm_exec.NEVER or status.get(r.get("parent")) in ("failed", "cancelled", "blocked"):
+                if st.active:
+                    slurm_exec.cancel([job], wait=0)
+                changes[r["id"]] = ("running", {"status": "blocked", "slurm_state": "CANCELLED",
+                                                "slurm_reason": slurm_exec.NEVER})
+                stats["blocked"] += 1
+                self.log(f"{r['id']}: parent failed; Slurm job {job} cancelled, run blocked")
+            else:
+                why = f"Slurm job {job} ended {st.state}" + (f" ({st.reason})" if st.reason else "")
+                why += " without a result" + self._last_line(r)
+                retry = st.state in ("UNKNOWN", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL") and \
+                    r.get("attempts", 1) <= self.s.max_retries
+                fields = {"status": "queued" if retry else "failed", "error": why, "job_id": None,
+                          "slurm_state": st.state, "slurm_reason": st.reason}
+                if not retry:
+                    fields["finished"] = time.time()
+                changes[r["id"]] = ("running", fields)
+                stats["requeued" if retry else "reaped"] += 1
+                self.log(f"{r['id']}: {why} -> {fields['status']}")
+        for rid, (_, f) in changes.items():
+            if "status" in f:
+                status[rid] = f["status"]
+
+        # 2. block children of failed parents (cancelling any job already waiting on them); unblock
+        for r in runs:
+            st, parent = status[r["id"]], r.get("parent")
+            if not parent or st not in ("queued", "blocked"):
+                continue
+            pst = status.get(parent)
+            if st == "queued" and pst in ("failed", "cancelled", "blocked"):
+                changes[r["id"]] = (r["status"], {**changes.get(r["id"], ("", {}))[1], "status": "blocked"})
+                status[r["id"]] = "blocked"
+                stats["blocked"] += 1
+            elif st == "blocked" and pst in ("queued", "running", "done"):
+                changes[r["id"]] = (r["status"], {**changes.get(r["id"], ("", {}))[1], "status": "queued"})
+                status[r["id"]] = "queued"
+                stats["unblocked"] += 1
+        if changes:
+            self._commit(changes)
+
+        # 3. submit ready runs: no parent, a parent done, or a parent whose job Slurm holds
+        if self.ledger.meta("paused"):
+            return stats
+        runs = self.ledger.runs()
+        by_id = {r["id"]: r for r in runs}
+        room = self.s.max_jobs - sum(1 for r in runs if r["status"] == "running")
+        for r in runs:
+            if room <= 0:
+                break
+            if r["status"] != "queued":
+                continue
+            parent = by_id.get(r.get("parent")) if r.get("parent") else None
+            dependency = None
+            if parent is not None and parent["status"] != "done":
+                if parent["status"] != "running" or not parent.get("job_id"):
+                    continue
+                dependency = parent["job_id"]
+            if self._submit(r, dependency):
+                stats["launched"] += 1
+                room -= 1
+                if dependency is None:
+                    by_id[r["id"]] = self.ledger.get(r["id"]) or r
+            else:
+                by_id[r["id"]] = self.ledger.get(r["id"]) or r
+        return stats
+
+    def _submit(self, run: dict, dependency: str | None) -> bool:
+        now = time.time()
+        with self.ledger.transaction() as tx:  # mark first: a crash after this finds the job, never resubmits
+            cur = tx.get_run(run["id"])
+            if (cur or {}).get("status") != "queued":
+                return False
+            tx.update_run(run["id"], status="running", executor="slurm", gpu=None, started=now, pid=None,
+                          job_id=None, slurm_state="SUBMITTING", slurm_reason="", attempts=cur.get("attempts", 0) + 1,
+                          error=None, score=None)
+        settings = {**SLURM_DEFAULTS, **self.s.slurm, **(self.spec(run["id"]).get("slurm") or {})}
+        module = "stilts_tui.synth" if run["stage"] == "synth" else "stilts_tui.train"
+        try:
+            job = slurm_exec.submit(run["id"], self.root / run["id"], settings, module, dependency)
+        except UserError as e:
+            # e.g. the parent's job left Slurm between our read and sbatch: try again next tick
+            with self.ledger.transaction() as tx:
+                cur = tx.get_run(run["id"])
+                if cur and cur["status"] == "running" and not cur.get("job_id"):
+                    tx.update_run(run["id"], status="queued", slurm_state=None, error=str(e),
+                                  attempts=max(0, cur.get("attempts", 1) - 1))
+            self.log(f"{run['id']}: not submitted: {e}")
+            return False
+        with self.ledger.transaction() as tx:
+            tx.update_run(run["id"], job_id=job, slurm_state="PENDING")
+            cancelled = tx.get_run(run["id"])["status"] == "cancelled"
+        if cancelled:  # cancelled while sbatch ran
+            slurm_exec.cancel([job], wait=0)
+        self.log(f"submitted {run['id']} as Slurm job {job}"
+                 + (f" (after job {dependency})" if dependency else ""))
+        return True
+
     # -- lifetime ---------------------------------------------------------------------------------
 
     def start_mps(self) -> None:
@@ -375,10 +517,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker-runs", type=int, default=4)
     ap.add_argument("--mps", action="store_true")
     ap.add_argument("--interval", type=float, default=1.0)
+    ap.add_argument("--executor", default="local", choices=("local", "slurm"))
+    ap.add_argument("--slurm", default="{}", help="sbatch settings as JSON (validated by the CLI)")
+    ap.add_argument("--max-jobs", type=int, default=1000)
     a = ap.parse_args(argv)
     try:
         s = Settings(gpus=parse_gpus(a.gpus), per_gpu=a.per_gpu, cpu_slots=a.cpu_slots, max_retries=a.max_retries,
-                     worker_runs=a.worker_runs, mps=a.mps, interval=a.interval)
+                     worker_runs=a.worker_runs, mps=a.mps, interval=a.interval, executor=a.executor,
+                     slurm=json.loads(a.slurm), max_jobs=a.max_jobs)
         return Daemon(rundir.runs_dir(a.runs_dir), s).serve()
     except UserError as e:
         print(f"stilts-tui: error: {e}", file=sys.stderr)

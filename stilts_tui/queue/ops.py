@@ -66,6 +66,7 @@ def cancel(root: Path, run_ids: list[str], plan: str | None = None, grace: float
     ledger = Ledger(root)
     targets = _select(ledger, run_ids, plan, ("queued", "blocked", "running"))
     to_kill: dict[int, float | None] = {}
+    jobs: list[str] = []
     done = []
     with ledger.transaction() as tx:
         ids = {r["id"] for r in targets}
@@ -73,7 +74,9 @@ def cancel(root: Path, run_ids: list[str], plan: str | None = None, grace: float
             cur = tx.get_run(r["id"])
             if cur["status"] not in ("queued", "blocked", "running"):
                 continue
-            if cur["status"] == "running" and cur.get("pid"):
+            if cur["status"] == "running" and cur.get("job_id"):  # a Slurm job (pending or running)
+                jobs.append(cur["job_id"])
+            elif cur["status"] == "running" and cur.get("pid"):
                 to_kill[cur["pid"]] = cur.get("pid_started")
                 for other in tx.runs.all():  # siblings in the same worker: back to the queue
                     if (other.get("worker") == cur.get("worker") and other["status"] == "running"
@@ -84,6 +87,13 @@ def cancel(root: Path, run_ids: list[str], plan: str | None = None, grace: float
             done.append(r["id"])
     for pid, started in to_kill.items():
         local.stop(pid, started, grace=grace)
+    if jobs:
+        from stilts_tui.queue.executors import slurm
+
+        left = [j for j, s in slurm.cancel(jobs, wait=grace).items() if s.active]
+        if left:
+            raise UserError(f"scancel did not stop Slurm job(s) {', '.join(left)} within {grace:.0f} s "
+                            "(the runs are marked cancelled; check squeue)")
     return done
 
 

@@ -110,9 +110,15 @@ class QueueScreen(Screen):
         if r["id"] in self.marked:
             status.append(" ●", style="bold")
         score = f"{r['score']:.4f}" if isinstance(r.get("score"), (int, float)) else ""
+        where = "" if r.get("gpu") is None else str(r["gpu"])
+        waiting = "starting…"
+        if r.get("job_id") and r.get("executor") == "slurm":  # on Slurm: the job, and why it waits
+            where = f"job {r['job_id']}"
+            if r.get("slurm_state") in ("PENDING", "SUBMITTING"):
+                waiting = f"pending ({r.get('slurm_reason')})" if r.get("slurm_reason") else "pending"
         return [r["id"], r["plan"], r["stage"], r["task"], r.get("intermediate") or "", str(r.get("seed", "")),
-                grid_text(r.get("grid")), status, "" if r.get("gpu") is None else str(r["gpu"]),
-                (bar(prog.fraction) if prog else "starting…") if r["status"] == "running"
+                grid_text(r.get("grid")), status, where,
+                (bar(prog.fraction) if prog else waiting) if r["status"] == "running"
                 else ("✓" if r["status"] == "done" else ""),
                 f"{prog.loss:.4f}" if prog and prog.loss is not None and r["status"] == "running" else "",
                 fmt_eta(prog.eta_s) if prog and r["status"] == "running" else "", score]
@@ -170,8 +176,8 @@ class QueueScreen(Screen):
 
     def state_of(self, r: dict, snap: Snapshot) -> tuple:
         p = snap.progress.get(r["id"])
-        return (r["status"], r.get("gpu"), r.get("score"), r["id"] in self.marked,
-                (p.step, p.total, p.loss, p.eta_s) if p else None)
+        return (r["status"], r.get("gpu"), r.get("job_id"), r.get("slurm_state"), r.get("score"),
+                r["id"] in self.marked, (p.step, p.total, p.loss, p.eta_s) if p else None)
 
     def current_id(self) -> str | None:
         table = self.query_one(DataTable)

@@ -1,0 +1,175 @@
+"""The Slurm executor against a real single-node Slurm cluster (munged, slurmctld, slurmd started by
+``ci/slurm/start.sh``; ``.ci/run`` starts it) with tiny real runs.
+
+Where no cluster answers these tests skip, saying why, except under ``STILTS_REQUIRE_SLURM=1`` (CI),
+where they fail instead."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import cli
+from test_queue import add, make_plan, set_debug, statuses, wait
+
+from stilts_tui.ledger import Ledger
+
+
+def _cluster_up() -> str | None:
+    """None when a Slurm node answers idle or busy, else why not."""
+    if shutil.which("sinfo") is None:
+        return ("Slurm is not installed (apt-get install slurmctld slurmd slurm-client munge, then "
+                "bash ci/slurm/start.sh)")
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer"
+    states = out.stdout.split()
+    if out.returncode != 0 or not any(s.rstrip("*") in ("idle", "mixed", "allocated") for s in states):
+        return f"no Slurm node is up ({(out.stderr or out.stdout).strip()[:100]}); run bash ci/slurm/start.sh"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    why = _cluster_up()
+    if why and os.environ.get("STILTS_REQUIRE_SLURM") == "1":
+        pytest.fail(f"STILTS_REQUIRE_SLURM=1 but {why}")
+    if why:
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from stilts_tui.train import workload
+
+    return workload.build_model(tmp_path_factory.mktemp("tiny") / "model", "tiny")
+
+
+@pytest.fixture
+def slurm_env(runs_dir):
+    env = {"OMP_NUM_THREADS": "1"}
+    yield env
+    cli("daemon", "stop", runs_dir=runs_dir, env=env)
+    jobs = [r["job_id"] for r in Ledger(runs_dir).runs() if r.get("job_id")]
+    if jobs:  # leave no job of this test in the cluster
+        subprocess.run(["scancel", *jobs], capture_output=True, timeout=30)
+
+
+STAGES = """[intermediate.i]
+task = "pair"
+[target.t]
+task = "pair"
+grid = { lr = [1e-4, 2e-4] }
+"""
+
+
+def start_slurm(runs_dir: Path, env: dict, *extra: str) -> dict:
+    out = cli("daemon", "start", "--executor", "slurm", "--interval", "0.3", "--gpus-per-run", "1",
+              "--cpus-per-run", "1", "--mem", "2G", "--time", "10:00", *extra, runs_dir=runs_dir, env=env)
+    assert out.returncode == 0, out.stderr
+    return json.loads((runs_dir / "daemon.json").read_text())
+
+
+def job_of(runs_dir: Path, run_id: str) -> str | None:
+    return (Ledger(runs_dir).get(run_id) or {}).get("job_id")
+
+
+def slurm_state(job: str) -> tuple[str, str]:
+    """(state, reason) as Slurm itself reports it."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=30)
+    fields = dict(kv.split("=", 1) for kv in out.stdout.split() if "=" in kv)
+    return fields.get("JobState", "?"), fields.get("Reason", "?")
+
+
+def jobs_named(run_id: str, runs_dir: Path) -> list[str]:
+    """Slurm's jobs for this run of this runs-dir (another test may hold the same run id)."""
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-n", run_id, "-o", "%i|%Z"], capture_output=True,
+                         text=True, timeout=30)
+    return [x.split("|")[0] for x in out.stdout.split() if x.split("|")[1] == str(runs_dir)]
+
+
+def split(runs: list[dict]) -> tuple[dict, list[dict]]:
+    parent = next(r for r in runs if r["stage"] == "intermediate")
+    return parent, [r for r in runs if r["stage"] == "target"]
+
+
+def test_a_plan_runs_to_the_end_through_slurm_with_children_held_on_their_parent(tmp_path, runs_dir, tiny_model,
+                                                                                 slurm_env):
+    parent, children = split(add(make_plan(tmp_path, tiny_model, STAGES), runs_dir, slurm_env))
+    set_debug(runs_dir, parent["id"], sleep_per_step=1.0)  # long enough to watch the children wait
+    start_slurm(runs_dir, slurm_env)
+    wait(lambda: all(job_of(runs_dir, c["id"]) for c in children), 60, "children submitted while the parent runs")
+    assert Ledger(runs_dir).get(parent["id"])["status"] == "running"
+    for c in children:  # Slurm, not our daemon, holds them
+        assert slurm_state(job_of(runs_dir, c["id"])) == ("PENDING", "Dependency")
+    wait(lambda: set(statuses(runs_dir).values()) == {"done"}, 240, "every run done")
+    runs = {r["id"]: r for r in Ledger(runs_dir).runs()}
+    for r in runs.values():
+        assert r["executor"] == "slurm" and r["attempts"] == 1 and isinstance(r["score"], float)
+        job = r["job_id"]
+        wait(lambda j=job: slurm_state(j)[0] == "COMPLETED", 30, "the job to complete")  # exit status 0
+        assert jobs_named(r["id"], runs_dir) == [r["job_id"]]  # one job each
+        assert json.loads((runs_dir / r["id"] / "result.json").read_text())["status"] == "done"
+        log = (runs_dir / r["id"] / "train.log").read_text()
+        assert "step" in log  # sbatch --output is the run's own log
+    for c in children:  # each child ran after its parent's checkpoint was written
+        assert runs[c["id"]]["started"] <= runs[parent["id"]]["finished"]  # submitted early...
+        events = [json.loads(x) for x in (runs_dir / c["id"] / "events.jsonl").read_text().splitlines()]
+        assert events[0]["t"] >= runs[parent["id"]]["finished"] - 2  # ...but started only once the parent ended
+    out = cli("scores", "q", "--format", "json", runs_dir=runs_dir)
+    assert out.returncode == 0 and len(json.loads(out.stdout)["cells"]) == 1
+
+
+def test_a_failing_parent_leaves_its_children_blocked_and_cancelled_in_slurm(tmp_path, runs_dir, tiny_model,
+                                                                           slurm_env):
+    parent, children = split(add(make_plan(tmp_path, tiny_model, STAGES), runs_dir, slurm_env))
+    spec_path = runs_dir / parent["id"] / "spec.json"
+    spec = json.loads(spec_path.read_text())
+    spec["task"]["train_file"] = str(tmp_path / "data/missing.jsonl")
+    spec["debug"] = {"sleep_per_step": 0.5}
+    spec_path.write_text(json.dumps(spec))
+    start_slurm(runs_dir, slurm_env)
+    wait(lambda: all(job_of(runs_dir, c["id"]) for c in children), 60, "children submitted")
+    wait(lambda: sorted(statuses(runs_dir).values()) == ["blocked", "blocked", "failed"], 120, "children blocked")
+    assert "data file not found" in Ledger(runs_dir).get(parent["id"])["error"]
+    for c in children:
+        assert slurm_state(job_of(runs_dir, c["id"])) == ("CANCELLED", "DependencyNeverSatisfied")
+        assert not (runs_dir / c["id"] / "result.json").exists()  # never ran
+
+
+def test_queue_cancel_cancels_the_slurm_job(tmp_path, runs_dir, tiny_model, slurm_env):
+    parent, children = split(add(make_plan(tmp_path, tiny_model, STAGES), runs_dir, slurm_env))
+    set_debug(runs_dir, parent["id"], sleep_per_step=5.0)
+    start_slurm(runs_dir, slurm_env)
+    wait(lambda: job_of(runs_dir, parent["id"]) and slurm_state(job_of(runs_dir, parent["id"]))[0] == "RUNNING",
+         60, "the parent's job running")
+    job = job_of(runs_dir, parent["id"])
+    out = cli("queue", "cancel", parent["id"], runs_dir=runs_dir, env=slurm_env)
+    assert out.returncode == 0, out.stderr
+    assert slurm_state(job)[0] == "CANCELLED"
+    assert Ledger(runs_dir).get(parent["id"])["status"] == "cancelled"
+    wait(lambda: sorted(statuses(runs_dir).values()) == ["blocked", "blocked", "cancelled"], 60,
+         "the children blocked")
+
+
+def test_a_daemon_killed_mid_plan_and_restarted_submits_nothing_twice(tmp_path, runs_dir, tiny_model, slurm_env):
+    parent, children = split(add(make_plan(tmp_path, tiny_model, STAGES), runs_dir, slurm_env))
+    set_debug(runs_dir, parent["id"], sleep_per_step=0.5)
+    info = start_slurm(runs_dir, slurm_env)
+    wait(lambda: job_of(runs_dir, parent["id"]), 60, "the parent submitted")
+    os.kill(info["pid"], signal.SIGKILL)
+    # as if it died between sbatch and recording the job id: the job is in Slurm, its id not in the ledger
+    with Ledger(runs_dir).transaction() as tx:
+        tx.update_run(parent["id"], job_id=None)
+    start_slurm(runs_dir, slurm_env)
+    wait(lambda: set(statuses(runs_dir).values()) == {"done"}, 240, "every run done after the restart")
+    for r in Ledger(runs_dir).runs():
+        assert jobs_named(r["id"], runs_dir) == [r["job_id"]], f"{r['id']}: {jobs_named(r['id'], runs_dir)}"
+        assert r["attempts"] == 1
+    assert f"{parent['id']}: found job" in (runs_dir / "daemon.log").read_text()
