@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pad", default=os.environ.get("STILTS_PAD", "auto"),
                     choices=("auto", "max", "buckets", "longest"))
     ap.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"))
+    ap.add_argument("--fuse", type=int, default=int(os.environ.get("STILTS_FUSE", "0") or 0), metavar="K",
+                    help="train runs of one shape as arrays of up to K runs (0 or 1: each run alone)")
     args = ap.parse_args(argv)
 
     # compiled kernels are cached beside the runs, shared by every worker (70 s cold -> ~13 s warm)
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
+    from stilts_tui.train import fused
     from stilts_tui.train.loop import Settings, Worker, train_run
 
     hf_logging.set_verbosity_error()  # no weight-loading reports or progress bars in train.log
@@ -49,8 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         if not run_dir.is_dir():
             print(f"stilts_tui.train: {run_dir}: no such run folder", file=sys.stderr)
             statuses.append("failed")
-            continue
-        statuses.append(train_run(worker, run_dir)["status"])
+    dirs = [d for d in args.run_dirs if d.is_dir()]
+    groups = fused.arrays(dirs, args.fuse) if args.fuse > 1 else [[d] for d in dirs]
+    for group in groups:
+        if len(group) > 1 and fused.can_fuse(group[0]):
+            statuses += [r["status"] for r in fused.train_array(worker, group)]
+        else:
+            statuses += [train_run(worker, d)["status"] for d in group]
     return 0 if all(s == "done" for s in statuses) else 1
 
 

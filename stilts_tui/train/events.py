@@ -36,6 +36,10 @@ class RunLog:
     def event(self, name: str, **fields) -> None:
         self._events.write(json.dumps({"t": time.time(), "event": name, **fields}) + "\n")
 
+    @property
+    def closed(self) -> bool:
+        return self._log.closed
+
     def close(self) -> None:
         self._log.close()
         self._events.close()

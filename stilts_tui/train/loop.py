@@ -260,19 +260,26 @@ def train_run(worker: Worker, run_dir: Path) -> dict:
     return result
 
 
-def _train(worker: Worker, run_dir: Path, spec: dict, log: RunLog) -> dict:
-    s = worker.s
-    device = s.device
+@dataclass
+class Prepared:
+    """A run's data and its model with the run's starting weights in place."""
+
+    tok: object
+    labels: list[str] | None
+    train: data.Split
+    dev: data.Split
+    kind: str
+    n_out: int
+    model: Model
+    location: str
+
+
+def prepare(worker: Worker, run_dir: Path, spec: dict, log: RunLog) -> Prepared:
+    """Tokenized data (cached) and the shared model with this run's starting weights copied in."""
     p = spec["params"]
-    seed = int(spec["seed"])
-    debug = spec.get("debug") or {}
     task = spec["task"]
     kind = task["kind"]
-    max_len, bs, accum = int(p["max_len"]), int(p["batch_size"]), int(p.get("grad_accum", 1))
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-
-    # data
+    max_len = int(p["max_len"])
     location = transfer.model_location(spec["model"])
     tok, tok_fp = worker.tokenizer(location)
     labels = labels_for(task)
@@ -283,22 +290,59 @@ def _train(worker: Worker, run_dir: Path, spec: dict, log: RunLog) -> dict:
     dev = data.load_split(task, "dev", tok, tok_fp, max_len, cache, p.get("max_dev_samples"), labels)
     n_out = len(labels) if kind == "classification" else 1
 
-    # model: the shared module, with this run's starting weights copied in
     model = worker.model(location, kind, n_out)
     module = model.module
     source = worker.source(spec["model"])
     taken, new = transfer.match(module, source, p.get("transfer", "all"))
     std = getattr(module.config, "initializer_range", 0.02)
-    transfer.apply(module, source, taken, new, seed, std)
+    transfer.apply(module, source, taken, new, int(spec["seed"]), std)
     src_name = spec["model"].get("parent") or spec["model"]["name"]
     log.line(f"model {spec['model']['name']} ({kind}, {n_out if kind != 'multiple_choice' else 'choice'} outputs) "
              f"from {src_name}: {len(taken)} weights loaded, {len(new)} new: {', '.join(new) or 'none'}")
     log.event("transfer", source=src_name, loaded=len(taken), new=new)
-    if debug.get("dump_initial_weights"):
+    if (spec.get("debug") or {}).get("dump_initial_weights"):
         from safetensors.torch import save_file
 
         save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
                   str(run_dir / "initial_weights.safetensors"))
+    return Prepared(tok, labels, train, dev, kind, n_out, model, location)
+
+
+@dataclass
+class Schedule:
+    """Steps, warmup and the learning-rate factor of a run: linear warmup, then linear decay to 0."""
+
+    epochs: int
+    steps_per_epoch: int
+    total: int
+    warmup: int
+
+    @classmethod
+    def of(cls, p: dict, n_train: int) -> Schedule:
+        bs, accum, epochs = int(p["batch_size"]), int(p.get("grad_accum", 1)), int(p["epochs"])
+        steps_per_epoch = math.ceil(math.ceil(n_train / bs) / accum)
+        total = steps_per_epoch * epochs
+        return cls(epochs, steps_per_epoch, total, int(float(p.get("warmup", 0.0)) * total))
+
+    def factor(self, step: int) -> float:
+        if step < self.warmup:
+            return step / max(1, self.warmup)
+        return max(0.0, (self.total - step) / max(1, self.total - self.warmup))
+
+
+def _train(worker: Worker, run_dir: Path, spec: dict, log: RunLog) -> dict:
+    s = worker.s
+    device = s.device
+    p = spec["params"]
+    seed = int(spec["seed"])
+    debug = spec.get("debug") or {}
+    task = spec["task"]
+    max_len, bs, accum = int(p["max_len"]), int(p["batch_size"]), int(p.get("grad_accum", 1))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    prep = prepare(worker, run_dir, spec, log)
+    tok, labels, train, dev, kind, model = prep.tok, prep.labels, prep.train, prep.dev, prep.kind, prep.model
+    module = model.module
 
     # optimisation
     _seed_everything(seed)
@@ -310,18 +354,9 @@ def _train(worker: Worker, run_dir: Path, spec: dict, log: RunLog) -> dict:
     pad = s.resolved_pad()
     group = s.group_by_length if s.group_by_length is not None else pad == "buckets"
     buckets = data.buckets_for(max_len)
-    epochs = int(p["epochs"])
-    batches_per_epoch = math.ceil(len(train) / bs)
-    steps_per_epoch = math.ceil(batches_per_epoch / accum)
-    total = steps_per_epoch * epochs
-    warmup = int(float(p.get("warmup", 0.0)) * total)
-
-    def lr_factor(step: int) -> float:  # linear warmup, then linear decay to 0
-        if step < warmup:
-            return step / max(1, warmup)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    plan = Schedule.of(p, len(train))
+    epochs, steps_per_epoch, total, warmup = plan.epochs, plan.steps_per_epoch, plan.total, plan.warmup
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, plan.factor)
     amp = _amp_dtype(spec.get("precision", p.get("precision", "auto")), device)
     scaler = torch.amp.GradScaler(enabled=amp == torch.float16)
     log.line(f"train {len(train)} / dev {len(dev)} examples, {epochs} epochs x {steps_per_epoch} steps = {total}, "

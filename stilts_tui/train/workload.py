@@ -18,8 +18,9 @@ SIZES = {  # name: (hidden, layers, heads, intermediate)
 VOCAB = 5000
 
 
-def build_model(folder: Path, size: str = "large", seed: int = 0) -> Path:
-    """A random-init RoBERTa of the given size with a word-level tokenizer, saved as a HF folder."""
+def build_model(folder: Path, size: str = "large", seed: int = 0, dropout: float | None = None) -> Path:
+    """A random-init RoBERTa of the given size with a word-level tokenizer, saved as a HF folder
+    (``dropout``: hidden and attention dropout, RoBERTa's 0.1 when None)."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaForSequenceClassification
@@ -42,6 +43,8 @@ def build_model(folder: Path, size: str = "large", seed: int = 0) -> Path:
     config = RobertaConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
                            num_attention_heads=heads, intermediate_size=inter, max_position_embeddings=514,
                            pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1)
+    if dropout is not None:
+        config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
     torch.manual_seed(seed)
     model = RobertaForSequenceClassification(config)
     folder.mkdir(parents=True, exist_ok=True)
