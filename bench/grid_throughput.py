@@ -4,10 +4,13 @@ A 16-run grid (4 learning rates x 4 seeds, batch 16, 1 epoch) of a randomly init
 (large by default) on synthetic RTE-like pairs (2,500 examples, lengths log-normal around 60
 tokens, max_len 128). Reference: the runs one after another, each its own process, reference-style
 (fp32, eager attention, pad to max_len; bench/reference_train.py). Stilts: `queue add` then the
-daemon on one GPU (`--per-gpu`, `--worker-runs`, optional `--mps`). Wall time of each, start-up
-included, their ratio, and the mean dev accuracy of both side by side.
+daemon on one GPU, in one or more modes measured in the same invocation: `queue` (processes packed
+by `--per-gpu`, `--worker-runs` runs a process, optional `--mps`) and `fused` (the same daemon with
+`--fuse K|auto`: ready runs of one shape train as one array of stacked weights). Wall time of each,
+start-up included, the ratio to the reference, and the mean dev accuracy side by side.
 
-    python bench/grid_throughput.py [--size large] [--runs 16] [--per-gpu 4] [--worker-runs 4] [--mps]
+    python bench/grid_throughput.py [--size large] [--runs 16] [--modes queue,fused] [--fuse auto]
+                                    [--per-gpu 4] [--worker-runs 4] [--mps]
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ baseline = true
 target_seeds = {seeds}
 [defaults]
 batch_size = {batch}
-epochs = 1
+epochs = {epochs}
 max_len = {max_len}
 warmup = 0.1
 [tasks.pairs]
@@ -65,10 +68,15 @@ def main() -> None:
     ap.add_argument("--dev", type=int, default=500)
     ap.add_argument("--runs", type=int, default=16, help="a multiple of 4: 4 learning rates x runs/4 seeds")
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--lrs", default="5e-6,1e-5,2e-5,3e-5", help="the grid's 4 learning rates")
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--per-gpu", type=int, default=4)
     ap.add_argument("--worker-runs", type=int, default=4)
     ap.add_argument("--mps", action="store_true")
+    ap.add_argument("--modes", default="queue,fused", help="comma-separated: queue, fused")
+    ap.add_argument("--fuse", default="auto", help="array size for the fused mode (auto: as many as fit a GPU)")
+    ap.add_argument("--gpus", default="0", help="the daemon's --gpus (empty: the CPU)")
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
@@ -78,8 +86,10 @@ def main() -> None:
     train, dev = workload.build_data(work / "data", args.samples, args.dev, max_len=args.max_len)
     plan = work / "grid.toml"
     plan.write_text(PLAN.format(model=model, seeds=list(range(1, args.runs // 4 + 1)), batch=args.batch,
-                                max_len=args.max_len, train=train, dev=dev, lrs=[5e-6, 1e-5, 2e-5, 3e-5]))
-    print(f"grid: {args.runs} runs of RoBERTa-{args.size} (random init), {args.samples} pairs, 1 epoch, batch "
+                                max_len=args.max_len, train=train, dev=dev, epochs=args.epochs,
+                                lrs=[float(x) for x in args.lrs.split(",")]))
+    print(f"grid: {args.runs} runs of RoBERTa-{args.size} (random init), {args.samples} pairs, {args.epochs} epochs, "
+          f"lrs {args.lrs}, batch "
           f"{args.batch}, max_len {args.max_len}", flush=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "STILTS_NO_DAEMON": "1"}
 
@@ -97,27 +107,37 @@ def main() -> None:
                                   for r in runs)
         print(f"reference: {ref_wall:.1f} s, mean dev acc {ref_acc:.4f}", flush=True)
 
-    root = work / "stilts"
-    stilts("queue", "add", str(plan), "--no-daemon", root=root)
-    daemon = ["daemon", "start", "--gpus", "0", "--per-gpu", str(args.per_gpu), "--worker-runs",
-              str(args.worker_runs), "--interval", "0.5"] + (["--mps"] if args.mps else [])
-    t = time.time()
-    stilts(*daemon, root=root)
-    try:
-        while True:
-            runs = Ledger(root).runs()
-            if all(r["status"] in ("done", "failed", "cancelled", "blocked") for r in runs):
-                break
-            time.sleep(0.5)
-        wall = time.time() - t
-    finally:
-        stilts("daemon", "stop", root=root)
-    failed = [r["id"] for r in runs if r["status"] != "done"]
-    acc = statistics.mean(r["score"] for r in runs if r["status"] == "done") if len(failed) < len(runs) else None
-    print(f"stilts (daemon, per-gpu {args.per_gpu}, worker-runs {args.worker_runs}{', mps' if args.mps else ''}): "
-          f"{wall:.1f} s, mean dev acc {acc}" + (f"; {len(failed)} runs not done: {failed}" if failed else ""))
-    if ref_wall:
-        print(f"ratio (reference wall / stilts wall): {ref_wall / wall:.2f}x; dev acc {ref_acc:.4f} vs {acc:.4f}")
+    results = {}
+    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+        root = work / f"stilts-{mode}"
+        stilts("queue", "add", str(plan), "--no-daemon", root=root)
+        daemon = ["daemon", "start", "--per-gpu", str(args.per_gpu), "--worker-runs", str(args.worker_runs),
+                  "--interval", "0.5"] + (["--gpus", args.gpus] if args.gpus else []) + (["--mps"] if args.mps else [])
+        if mode == "fused":
+            daemon += ["--fuse", args.fuse]
+        t = time.time()
+        stilts(*daemon, root=root)
+        try:
+            while True:
+                runs = Ledger(root).runs()
+                if all(r["status"] in ("done", "failed", "cancelled", "blocked") for r in runs):
+                    break
+                time.sleep(0.5)
+            wall = time.time() - t
+        finally:
+            stilts("daemon", "stop", root=root)
+        failed = [r["id"] for r in runs if r["status"] != "done"]
+        acc = statistics.mean(r["score"] for r in runs if r["status"] == "done") if len(failed) < len(runs) else None
+        arrays = sorted({(r.get("worker"), r.get("fused") or 1) for r in runs}, key=lambda x: -x[1])
+        how = (f"fuse {args.fuse}: arrays of {[k for _, k in arrays if k > 1] or 'none'}" if mode == "fused"
+               else f"per-gpu {args.per_gpu}, worker-runs {args.worker_runs}")
+        results[mode] = (wall, acc)
+        print(f"stilts {mode} ({how}{', mps' if args.mps else ''}): {wall:.1f} s, mean dev acc {acc}"
+              + (f"; {len(failed)} runs not done: {failed}" if failed else ""), flush=True)
+    for mode, (wall, acc) in results.items():
+        if ref_wall and acc is not None:
+            print(f"{mode}: ratio (reference wall / stilts wall) {ref_wall / wall:.2f}x; mean dev acc reference "
+                  f"{ref_acc:.4f} vs stilts {acc:.4f}")
 
 
 if __name__ == "__main__":

@@ -279,11 +279,13 @@ def daemon_start(
                           "e.g. --sbatch-arg=--exclude=node7 (repeatable; never through a shell)")] = None,
     max_jobs: Annotated[int, typer.Option("--max-jobs", help="slurm: at most this many jobs in Slurm at once")
                         ] = 1000,
+    fuse: Annotated[str, typer.Option("--fuse", help="train ready runs of one shape as fused arrays: off, auto "
+                                      "(as many as fit a GPU) or K runs an array")] = "off",
 ) -> None:
     """Start the queue daemon for this runs-dir, detached from the terminal."""
     from stilts_tui.plan import slurm_problem
     from stilts_tui.queue import ops
-    from stilts_tui.queue.daemon import parse_gpus
+    from stilts_tui.queue.daemon import parse_fuse, parse_gpus
 
     if executor not in ("local", "slurm"):
         raise UserError(f"--executor: expected local or slurm, got '{executor}'")
@@ -305,11 +307,14 @@ def daemon_start(
     if max_jobs < 1:
         raise UserError(f"--max-jobs: expected an integer >= 1, got {max_jobs}")
     parse_gpus(gpus)
+    parse_fuse(fuse)
+    if fuse != "off" and executor == "slurm":
+        raise UserError("--fuse: fused arrays run on the local executor (each Slurm job is one run)")
     for name, value in (("--per-gpu", per_gpu), ("--cpu-slots", cpu_slots), ("--worker-runs", worker_runs)):
         if value < 1:
             raise UserError(f"{name}: expected an integer >= 1, got {value}")
     args = ["--per-gpu", str(per_gpu), "--cpu-slots", str(cpu_slots), "--max-retries", str(max_retries),
-            "--worker-runs", str(worker_runs), "--interval", str(interval)]
+            "--worker-runs", str(worker_runs), "--interval", str(interval), "--fuse", fuse]
     if gpus:
         args += ["--gpus", gpus]
     if mps:

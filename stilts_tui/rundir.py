@@ -11,6 +11,7 @@ from pathlib import Path
 from stilts_tui.errors import UserError
 
 RUN_ID_RE = re.compile(r"^[0-9a-f]{12}$")
+CANCEL_FILE = "cancel.request"  # `queue cancel` writes it into a run of a fused array; the array drops the run
 
 
 def runs_dir(value: str | Path | None = None) -> Path:
@@ -44,3 +45,17 @@ def write_json_atomic(path: Path, obj: object) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def array_key(spec: dict) -> str | None:
+    """Runs with one key can train as one array: same task and data, tokenizer (model source), length,
+    batch, steps and precision. None for runs that always train alone."""
+    p = spec.get("params") or {}
+    if spec.get("stage") not in ("intermediate", "target") or p.get("precision") == "fp16":
+        return None
+    model = spec.get("model") or {}
+    return json.dumps({"task": spec.get("task") or {}, "base": model.get("name"), "max_len": p.get("max_len"),
+                       "batch_size": p.get("batch_size"), "grad_accum": p.get("grad_accum", 1),
+                       "epochs": p.get("epochs"), "precision": p.get("precision", "auto"),
+                       "max_train_samples": p.get("max_train_samples"), "max_dev_samples": p.get("max_dev_samples"),
+                       "eval_batch_size": p.get("eval_batch_size")}, sort_keys=True, default=str)

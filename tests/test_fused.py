@@ -187,3 +187,47 @@ def test_a_run_cancelled_inside_an_array_ends_alone_and_the_others_finish(tmp_pa
     out = _train([solo / dirs[0].name])
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads((solo / dirs[0].name / "result.json").read_text())["epoch_metrics"] == results[0]["epoch_metrics"]
+
+
+def test_the_queue_fuses_ready_runs_of_one_shape_and_cancels_one_run_of_an_array(tmp_path, runs_dir, tiny_setup):
+    from conftest import cli
+    from test_queue import add, make_plan, set_debug, statuses, wait
+
+    from stilts_tui.ledger import Ledger
+
+    model, _ = tiny_setup
+    stages = '[target.t]\ntask = "pair"\nepochs = 4\ngrid = { lr = [1e-4, 2e-4, 3e-4, 4e-4] }\n'
+    runs = add(make_plan(tmp_path, model, stages, baseline=True), runs_dir, {})
+    assert len(runs) == 4
+    for r in runs:
+        set_debug(runs_dir, r["id"], sleep_per_step=1.5)  # 12 steps: time to cancel one mid-array
+    env = {"STILTS_FAKE_GPUS": "1x24", "OMP_NUM_THREADS": "1"}
+    out = cli("daemon", "start", "--interval", "0.2", "--fuse", "3", runs_dir=runs_dir, env=env)
+    assert out.returncode == 0, out.stderr
+    try:
+        def array_running() -> list[dict]:
+            return [r for r in Ledger(runs_dir).runs() if r["status"] == "running" and r.get("fused")]
+
+        array = wait(lambda: len(array_running()) == 3 and array_running(), 60, "an array of 3 launched")
+        assert len({r["worker"] for r in array}) == 1 and {r["fused"] for r in array} == {3}
+        victim = array[1]["id"]
+        wait(lambda: (runs_dir / victim / "events.jsonl").exists() and _steps(runs_dir / victim), 120,
+             "the array training")
+        out = cli("queue", "cancel", victim, runs_dir=runs_dir, env=env)
+        assert out.returncode == 0 and "cancelled 1 runs" in out.stdout, (out.stdout, out.stderr)
+        assert Ledger(runs_dir).get(victim)["status"] == "cancelled"
+        wait(lambda: set(statuses(runs_dir).values()) <= {"done", "cancelled"}, 240, "every run to end")
+        final = {r["id"]: r for r in Ledger(runs_dir).runs()}
+        assert final[victim]["status"] == "cancelled"
+        assert json.loads((runs_dir / victim / "result.json").read_text())["status"] == "cancelled"
+        assert len(_steps(runs_dir / victim)) < 12
+        for r in array:
+            if r["id"] != victim:  # the array's other runs went on in the same process and finished
+                assert final[r["id"]]["status"] == "done" and final[r["id"]]["attempts"] == 1
+                assert final[r["id"]]["worker"] == array[0]["worker"]
+                assert json.loads((runs_dir / r["id"] / "result.json").read_text())["fused"] == 3
+        fourth = next(r for r in final.values() if r["id"] not in {a["id"] for a in array})
+        assert fourth["status"] == "done" and not fourth.get("fused")  # left alone, it trained alone
+        assert "fused as one array of 3" in (runs_dir / "daemon.log").read_text()
+    finally:
+        cli("daemon", "stop", runs_dir=runs_dir, env=env)

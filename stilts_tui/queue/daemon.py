@@ -31,6 +31,7 @@ from stilts_tui.queue.executors import local
 from stilts_tui.queue.executors import slurm as slurm_exec
 
 FINAL_RESULT = ("done", "failed", "oom")
+MAX_ARRAY = 16  # --fuse auto: at most this many runs in one array
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Settings:
     interval: float = 1.0
     executor: str = "local"  # local | slurm
     slurm: dict = field(default_factory=dict)  # sbatch settings from the command line (a plan's [slurm] wins)
+    fuse: str = "off"  # off | auto | K: ready runs of one shape and batch train as one array of up to K runs
     max_jobs: int = 1000  # Slurm: at most this many of our jobs in Slurm at once (clusters cap submissions)
 
 
@@ -212,8 +214,8 @@ class Daemon:
             return stats
         learned: dict[str, float] = {}
         for r in runs:
-            if r["status"] == "done" and r.get("peak_gpu_mem_gb") and r.get("shape"):
-                learned[r["shape"]] = max(learned.get(r["shape"], 0.0), r["peak_gpu_mem_gb"])
+            if r["status"] == "done" and r.get("peak_gpu_mem_gb") and r.get("shape"):  # an array's peak is K runs'
+                learned[r["shape"]] = max(learned.get(r["shape"], 0.0), r["peak_gpu_mem_gb"] / (r.get("fused") or 1))
         ready = [r for r in runs
                  if r["status"] == "queued" and (not r.get("parent") or status.get(r["parent"]) == "done")]
         taken: set[str] = set()
@@ -223,22 +225,50 @@ class Daemon:
             if not any(d.procs < d.slots and not d.alone for d in devs):
                 break
             est, key = self.estimate(r, learned)
-            dev = placement.choose(devs, est, bool(r.get("alone")))
+            group, dev = self._array(r, ready, taken, devs, est)
+            fused = len(group) if dev is not None else 0
             if dev is None:
-                continue
-            group = [r]
-            if not r.get("alone") and r["stage"] != "synth":
-                for other in ready:
-                    if len(group) >= self.s.worker_runs:
-                        break
-                    if other["id"] in taken or other is r or other.get("alone") or other["stage"] == "synth":
-                        continue
-                    if self.estimate(other, learned)[1] == key:
-                        group.append(other)
+                dev = placement.choose(devs, est, bool(r.get("alone")))
+                if dev is None:
+                    continue
+                group = [r]
+                if not r.get("alone") and r["stage"] != "synth":  # runs of one shape, trained in sequence
+                    for other in ready:
+                        if len(group) >= self.s.worker_runs:
+                            break
+                        if other["id"] in taken or other is r or other.get("alone") or other["stage"] == "synth":
+                            continue
+                        if self.estimate(other, learned)[1] == key:
+                            group.append(other)
+            else:
+                est = round(est * len(group), 2)
             taken.update(x["id"] for x in group)
-            if self._launch(group, dev, est, key):
+            if self._launch(group, dev, est, key, fused):
                 stats["launched"] += len(group)
         return stats
+
+    def _array(self, r: dict, ready: list[dict], taken: set[str], devs: list[placement.Device], est: float
+               ) -> tuple[list[dict], placement.Device | None]:
+        """Ready runs to train with ``r`` as one fused array, and the device they fit on together:
+        up to K runs (``--fuse K``), or as many as fit in the free memory (``--fuse auto``, GPUs only)."""
+        if self.s.fuse == "off" or r.get("alone"):
+            return [r], None
+        key = rundir.array_key(self.spec(r["id"]))
+        if key is None:
+            return [r], None
+        mates = [r] + [o for o in ready if o is not r and o["id"] not in taken and not o.get("alone")
+                       and rundir.array_key(self.spec(o["id"])) == key]
+        if self.s.fuse == "auto":
+            if all(d.index is None for d in devs):
+                return [r], None  # on the CPU an array gains little: runs go alone
+            size = min(len(mates), MAX_ARRAY)
+        else:
+            size = min(len(mates), int(self.s.fuse))
+        for k in range(size, 1, -1):  # the largest array that fits somewhere
+            dev = placement.choose(devs, est * k, False)
+            if dev is not None:
+                return mates[:k], dev
+        return [r], None
 
     def _last_line(self, run: dict) -> str:
         for path in (self.root / ".workers" / f"{run.get('worker')}.log", self.root / run["id"] / "train.log"):
@@ -258,7 +288,7 @@ class Daemon:
                 if cur is not None and (cur["status"] == seen or not seen):
                     tx.update_run(rid, **fields)
 
-    def _launch(self, group: list[dict], dev: placement.Device, est: float, key: str) -> bool:
+    def _launch(self, group: list[dict], dev: placement.Device, est: float, key: str, fused: int = 0) -> bool:
         worker = uuid.uuid4().hex[:10]
         now = time.time()
         with self.ledger.transaction() as tx:  # mark first: a crash after this adopts, never relaunches
@@ -267,7 +297,7 @@ class Daemon:
                 cur = tx.get_run(r["id"])
                 tx.update_run(r["id"], status="running", gpu=dev.index, worker=worker, started=now, pid=None,
                               pid_started=None, attempts=cur.get("attempts", 0) + 1, est_gb=est, shape=key,
-                              error=None, score=None)
+                              error=None, score=None, fused=fused, executor="local")
             if fresh:
                 tx.put(tx.db.table("placements"), f"{now:.6f}-{worker}", {
                     "t": now, "gpu": dev.index, "runs": [r["id"] for r in fresh], "est_gb": est,
@@ -276,7 +306,9 @@ class Daemon:
                     "others_on_gpu": list(dev.run_ids)})
         if not fresh:
             return False
-        env = {"PYTHONUNBUFFERED": "1"}
+        env = {"PYTHONUNBUFFERED": "1", "STILTS_FUSE": str(len(fresh) if fused else 0)}
+        for r in fresh:  # a cancel request left from an earlier attempt must not stop this one
+            (self.root / r["id"] / rundir.CANCEL_FILE).unlink(missing_ok=True)
         if dev.index is None or gpu_info.fake_spec() is not None:
             env["STILTS_DEVICE"] = "cpu"
         if dev.index is None:
@@ -302,7 +334,8 @@ class Daemon:
         dev.run_ids.extend(r["id"] for r in fresh)
         dev.alone = dev.alone or bool(fresh[0].get("alone"))
         where = "CPU" if dev.index is None else f"GPU {dev.index}"
-        self.log(f"launched {', '.join(r['id'] for r in fresh)} on {where} (pid {pid}, est {est} GB)")
+        how = f", fused as one array of {len(fresh)}" if fused else ""
+        self.log(f"launched {', '.join(r['id'] for r in fresh)} on {where} (pid {pid}, est {est} GB{how})")
         return True
 
     # -- the Slurm executor -----------------------------------------------------------------------
@@ -498,6 +531,15 @@ class Daemon:
             lock.release()
 
 
+def parse_fuse(value: str) -> str:
+    """--fuse: off, auto, or an array size K >= 2 (1 means off)."""
+    if value in ("off", "auto", "0", "1"):
+        return "off" if value in ("0", "1") else value
+    if value.isdigit() and int(value) >= 2:
+        return value
+    raise UserError(f"--fuse: expected off, auto or an array size K >= 2, got '{value}'")
+
+
 def parse_gpus(value: str | None) -> list[int] | None:
     if value in (None, "", "all"):
         return None
@@ -520,11 +562,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--executor", default="local", choices=("local", "slurm"))
     ap.add_argument("--slurm", default="{}", help="sbatch settings as JSON (validated by the CLI)")
     ap.add_argument("--max-jobs", type=int, default=1000)
+    ap.add_argument("--fuse", default="off")
     a = ap.parse_args(argv)
     try:
         s = Settings(gpus=parse_gpus(a.gpus), per_gpu=a.per_gpu, cpu_slots=a.cpu_slots, max_retries=a.max_retries,
                      worker_runs=a.worker_runs, mps=a.mps, interval=a.interval, executor=a.executor,
-                     slurm=json.loads(a.slurm), max_jobs=a.max_jobs)
+                     slurm=json.loads(a.slurm), max_jobs=a.max_jobs, fuse=parse_fuse(a.fuse))
         return Daemon(rundir.runs_dir(a.runs_dir), s).serve()
     except UserError as e:
         print(f"stilts-tui: error: {e}", file=sys.stderr)

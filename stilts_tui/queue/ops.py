@@ -60,7 +60,9 @@ def _select(ledger: Ledger, run_ids: list[str], plan: str | None, statuses: tupl
 
 def cancel(root: Path, run_ids: list[str], plan: str | None = None, grace: float = 10.0) -> list[str]:
     """Cancel queued, blocked and running runs; a running one's process group gets SIGTERM, then
-    SIGKILL after ``grace`` seconds. Other runs sharing its worker process go back to the queue."""
+    SIGKILL after ``grace`` seconds, and other runs sharing its worker process go back to the queue.
+    A run of a fused array is dropped from the array (a request file its trainer reads each step),
+    and the array's other runs go on. A Slurm job is scancel'ed, and its state checked after."""
     from stilts_tui.queue.executors import local
 
     ledger = Ledger(root)
@@ -74,9 +76,18 @@ def cancel(root: Path, run_ids: list[str], plan: str | None = None, grace: float
             cur = tx.get_run(r["id"])
             if cur["status"] not in ("queued", "blocked", "running"):
                 continue
-            if cur["status"] == "running" and cur.get("job_id"):  # a Slurm job (pending or running)
+            if cur["status"] == "running" and cur.get("executor") == "slurm":  # a Slurm job (pending or running)
+                if not cur.get("job_id"):
+                    raise UserError(f"run {r['id']} is being submitted to Slurm right now; cancel it again in a moment")
                 jobs.append(cur["job_id"])
             elif cur["status"] == "running" and cur.get("pid"):
+                mates = [o["id"] for o in tx.runs.all()
+                         if o.get("worker") == cur.get("worker") and o["status"] == "running" and o["id"] not in ids]
+                if cur.get("fused") and mates:  # one run of a fused array: the array drops it, the others go on
+                    (rundir.run_dir(root, r["id"]) / rundir.CANCEL_FILE).touch()
+                    tx.update_run(r["id"], status="cancelled", finished=time.time())
+                    done.append(r["id"])
+                    continue
                 to_kill[cur["pid"]] = cur.get("pid_started")
                 for other in tx.runs.all():  # siblings in the same worker: back to the queue
                     if (other.get("worker") == cur.get("worker") and other["status"] == "running"

@@ -27,13 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stilts_tui import rundir
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.tasks.metrics import compute as compute_metrics
 from stilts_tui.train import data, loop
 from stilts_tui.train.events import RunLog, fmt_duration, write_result
 
 FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert")
-CANCEL_FILE = "cancel.request"  # written by `queue cancel` into a run folder of a fused array
+CANCEL_FILE = rundir.CANCEL_FILE
 
 
 def supported(config) -> bool:
@@ -238,21 +239,6 @@ class ArrayAdamW:
 # ---- which runs can share an array ---------------------------------------------------------------
 
 
-def array_key(spec: dict) -> str | None:
-    """Runs with one key can train as one array: same task and data, tokenizer (model source), length,
-    batch, steps and precision. None for runs that always train alone."""
-    p = spec.get("params") or {}
-    if spec.get("stage") not in ("intermediate", "target") or p.get("precision") == "fp16":
-        return None
-    task = {k: v for k, v in (spec.get("task") or {}).items()}
-    model = spec.get("model") or {}
-    return json.dumps({"task": task, "base": model.get("name"), "max_len": p.get("max_len"),
-                       "batch_size": p.get("batch_size"), "grad_accum": p.get("grad_accum", 1),
-                       "epochs": p.get("epochs"), "precision": p.get("precision", "auto"),
-                       "max_train_samples": p.get("max_train_samples"), "max_dev_samples": p.get("max_dev_samples"),
-                       "eval_batch_size": p.get("eval_batch_size")}, sort_keys=True, default=str)
-
-
 def arrays(run_dirs: list[Path], size: int) -> list[list[Path]]:
     """Split the run folders into arrays of up to ``size`` runs of one key, in their order; a run
     that cannot be fused (or a spec that cannot be read) is an array of one."""
@@ -260,7 +246,7 @@ def arrays(run_dirs: list[Path], size: int) -> list[list[Path]]:
     out: list[list[Path]] = []
     for d in run_dirs:
         try:
-            key = array_key(json.loads((Path(d) / "spec.json").read_text()))
+            key = rundir.array_key(json.loads((Path(d) / "spec.json").read_text()))
         except (OSError, ValueError):
             key = None
         if key is None:
@@ -379,7 +365,8 @@ def _train_array(worker: loop.Worker, members: list[Member]) -> None:
         others = len(joined) - 1
         m.log.line(f"train {len(train)} / dev {len(dev)} examples, {epochs} epochs x {sched.steps_per_epoch} steps "
                    f"= {total}, batch {bs}x{accum}, lr {base_lr[i]}, warmup {m.schedule.warmup} steps, {device.type} "
-                   f"{str(amp).replace('torch.', '') if amp else 'fp32'}, pad {pad}, fused with {others} other runs")
+                   f"{str(amp).replace('torch.', '') if amp else 'fp32'}, pad {pad}, compile "
+                   f"{'inductor' if s.resolved_compile() != 'off' else 'off'}, fused with {others} other runs")
         m.log.event("begin", total_steps=total, epochs=epochs, n_train=len(train), n_dev=len(dev),
                     device=device.type, fused=len(joined))
     debug_sleep = max(float((m.spec.get("debug") or {}).get("sleep_per_step") or 0) for m in joined)
@@ -391,6 +378,9 @@ def _train_array(worker: loop.Worker, members: list[Member]) -> None:
     t_mark, seen_mark = t_train, 0
     primary = joined[0].spec["task"].get("metric", "acc")
     live = list(joined)  # the runs still in the array, in the order of the array's rows
+    # on CUDA, inductor fuses the elementwise work (LayerNorm, GELU, dropout) around the batched matmuls;
+    # no CUDA graphs: the stacked weights are graph inputs, and a graph would copy them every step
+    loss_fn = torch.compile(fused.loss, dynamic=True) if s.resolved_compile() != "off" else fused.loss
 
     def drop(gone: list[Member], status: str, why: str) -> None:
         nonlocal live, base_lr
@@ -418,7 +408,17 @@ def _train_array(worker: loop.Worker, members: list[Member]) -> None:
             parts = [loop._batch(train, i, length, device, None) for i in idx]
             ids, types, mask, y, w = (None if parts[0][j] is None else torch.stack([q[j] for q in parts])
                                       for j in range(5))
-            total_loss, each = fused.loss(ids, types, mask, y, w, amp)
+            try:
+                total_loss, each = loss_fn(ids, types, mask, y, w, amp)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a compiler failure must not cost the runs
+                if loss_fn is fused.loss:
+                    raise
+                for m in live:
+                    m.log.line(f"compile failed ({type(e).__name__}: {first_line(e, 200)}); going on without it")
+                loss_fn = fused.loss
+                total_loss, each = loss_fn(ids, types, mask, y, w, amp)
             (total_loss / accum).backward()
             each = each.tolist()
             for m, value in zip(live, each, strict=True):
@@ -481,7 +481,8 @@ def _train_array(worker: loop.Worker, members: list[Member]) -> None:
                        f"({len(live)} runs at the end)")
             m.result.update(metrics=m.epoch_metrics[-1], score=scores[-1], best_epoch=best, best_score=max(scores),
                             epoch_metrics=m.epoch_metrics, train_seconds=round(train_seconds, 3),
-                            samples_per_s=round(seen / train_seconds, 2), steps=step, compile="off", pad=pad,
+                            samples_per_s=round(seen / train_seconds, 2), steps=step,
+                            compile="off" if loss_fn is fused.loss else "inductor", pad=pad,
                             fused=len(joined))
             _finish(m, "done", None, worker)
         except Exception as e:  # noqa: BLE001 - e.g. a full disk while saving one checkpoint
