@@ -273,8 +273,6 @@ class Member:
     state: dict = field(default_factory=dict)
     schedule: loop.Schedule | None = None
     epoch_metrics: list = field(default_factory=list)
-    running: float = 0.0
-    running_n: int = 0
 
 
 def _finish(m: Member, status: str, error: str | None, worker: loop.Worker) -> dict:
@@ -382,12 +380,16 @@ def _train_array(worker: loop.Worker, members: list[Member]) -> None:
     # no CUDA graphs: the stacked weights are graph inputs, and a graph would copy them every step
     loss_fn = torch.compile(fused.loss, dynamic=True) if s.resolved_compile() != "off" else fused.loss
 
+    running = torch.zeros(len(live), device=device)  # each run's summed loss since its last log line
+    running_n = 0
+
     def drop(gone: list[Member], status: str, why: str) -> None:
-        nonlocal live, base_lr
+        nonlocal live, base_lr, running
         rows = [i for i, m in enumerate(live) if m not in gone]
         for m in gone:
             _finish(m, status, why, worker)
         base_lr = [base_lr[i] for i in rows]
+        running = running[rows]
         live = [live[i] for i in rows]
         if live:
             fused.keep(rows)
@@ -420,10 +422,8 @@ def _train_array(worker: loop.Worker, members: list[Member]) -> None:
                 loss_fn = fused.loss
                 total_loss, each = loss_fn(ids, types, mask, y, w, amp)
             (total_loss / accum).backward()
-            each = each.tolist()
-            for m, value in zip(live, each, strict=True):
-                m.running += value
-                m.running_n += 1
+            running += each  # stays on the device: no sync until a log line
+            running_n += 1
             seen += len(idx[0])
             if (b + 1) % accum and b + 1 != len(orders[0]):
                 continue
@@ -441,9 +441,10 @@ def _train_array(worker: loop.Worker, members: list[Member]) -> None:
                 now = time.time()
                 rate = (seen - seen_mark) / max(now - t_mark, 1e-9)
                 eta = (total - step) * (now - t_train) / step
-                for lr, m in zip(base_lr, live, strict=True):
-                    mean_loss = m.running / max(1, m.running_n)
-                    m.running, m.running_n = 0.0, 0
+                means = (running / max(1, running_n)).tolist()
+                running.zero_()
+                running_n = 0
+                for lr, m, mean_loss in zip(base_lr, live, means, strict=True):
                     lr_used = lr * m.schedule.factor(step)  # what LambdaLR reports after its step
                     m.log.line(f"epoch {epoch}/{epochs} step {step}/{total} loss {mean_loss:.4f} lr {lr_used:.3g} "
                                f"{rate:.1f} samples/s ETA {fmt_duration(eta)}")
