@@ -1,11 +1,14 @@
 """The terminal app's speed: launch to first frame, and key-to-repaint latency while 16 runs each
 write 200 log lines a second (memory watched over a minute). Measured on the real app in tmux:
-a key goes in with send-keys, the repaint is seen with capture-pane (about 4 ms of that is tmux).
-Two keys: the queue table's cursor (down; the totals bar shows the row) and focus moving between
-four live log panes (tab; the key bar shows which pane has it).
+a key goes in with send-keys, and the repaint is seen in the bytes the app writes to its terminal
+(tmux pipe-pane into a file, read by a poll loop that spawns no process: polling with capture-pane
+would take a core of this 2-core machine and slow what it measures). Two keys: the queue table's
+cursor (down; the totals bar shows the row) and focus moving between four live log panes (tab; the
+key bar shows which pane has it).
 
 Reference, in the same invocation: a minimal Textual app launched the same way (the floor for
-start-up), and the same key presses with no run writing (the floor for latency).
+start-up), and minimal Textual apps pressed with the same keys, idle and under the same load (16
+writers' worth of log lines a second on the machine): the floor Textual itself has here.
 
     python bench/tui.py [--seconds 60]
 """
@@ -133,7 +136,35 @@ def wait_screen(session: str, cond, timeout: float = 10.0) -> float:
     raise RuntimeError("the screen never showed the change")
 
 
-def latency(session: str, seconds: float, presses: int, ids: list[str]) -> tuple[list[float], list[float]]:
+class PaneOutput:
+    """What the app in a tmux pane writes to its terminal, streamed to a file by pipe-pane."""
+
+    def __init__(self, session: str, folder: Path):
+        self.path = folder / f"{session}.out"
+        self.path.write_bytes(b"")
+        tmux("pipe-pane", "-o", "-t", session, f"cat >> {self.path}")
+        self.f = open(self.path, "rb")  # noqa: SIM115
+        time.sleep(0.2)
+
+    def wait(self, marker: str, timeout: float = 10.0) -> None:
+        """Until ``marker`` shows up in what the app writes from now on."""
+        needle, buf, t = marker.encode(), b"", time.perf_counter()
+        while time.perf_counter() - t < timeout:
+            chunk = self.f.read()
+            if chunk:
+                buf = buf[-len(needle):] + chunk
+                if needle in buf:
+                    return
+            else:
+                time.sleep(0.0005)
+        raise RuntimeError(f"the app never wrote {marker!r}")
+
+    def skip(self) -> None:
+        self.f.read()
+
+
+def latency(session: str, seconds: float, presses: int, ids: list[str], out: PaneOutput
+            ) -> tuple[list[float], list[float]]:
     """Move focus between the four log panes (tab) and time each key until the key bar shows it."""
     lat, rss = [], []
     proc = psutil.Process(int(tmux("display", "-p", "-t", session, "#{pane_pid}").strip()))
@@ -141,9 +172,10 @@ def latency(session: str, seconds: float, presses: int, ids: list[str]) -> tuple
     k = 0
     while len(lat) < presses or time.time() < t_end:
         k = (k + 1) % 4
+        out.skip()
         t = time.perf_counter()
         tmux("send-keys", "-t", session, "Tab")
-        wait_screen(session, lambda out, rid=ids[k]: f"focus: {rid}" in out)
+        out.wait(f"focus: {ids[k]}")
         lat.append(time.perf_counter() - t)
         if len(lat) % 4 == 0:
             rss.append(proc.memory_info().rss / 2**20)
@@ -151,16 +183,17 @@ def latency(session: str, seconds: float, presses: int, ids: list[str]) -> tuple
     return lat, rss
 
 
-def cursor_latency(session: str, seconds: float, presses: int) -> list[float]:
+def cursor_latency(session: str, seconds: float, presses: int, out: PaneOutput) -> list[float]:
     """Move the queue table's cursor (down) and time each key until the totals bar shows the new row."""
     lat = []
     row = int(tmux("capture-pane", "-p", "-t", session).split(" · row ")[1].split("/")[0])
     t_end = time.time() + seconds
     while len(lat) < presses or time.time() < t_end:
         row += 1
+        out.skip()
         t = time.perf_counter()
         tmux("send-keys", "-t", session, "Down")
-        wait_screen(session, lambda out, r=row: f" · row {r}/" in out)
+        out.wait(f" · row {row}/")
         lat.append(time.perf_counter() - t)
         time.sleep(0.1)
     return lat
@@ -197,31 +230,27 @@ def main() -> None:
             for _ in range(4):  # mark four running runs (their logs open later); space moves down
                 tmux("send-keys", "-t", session, "Space")
             wait_screen(session, lambda out: " · row 5/" in out)
-            q_idle = cursor_latency(session, 0, 40)
+            out = PaneOutput(session, Path(d))
+            q_idle = cursor_latency(session, 0, 40, out)
             writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), ",".join(ids), str(args.rate),
                                        str(args.seconds + 60)])
             time.sleep(2)
-            q_busy = cursor_latency(session, args.seconds / 2, 40)
+            q_busy = cursor_latency(session, args.seconds / 2, 40, out)
             writer.terminate()
             writer.wait()
             tmux("send-keys", "-t", session, "l")
             wait_screen(session, lambda out: ids[3] in out)
             wait_screen(session, lambda out: f"focus: {ids[0]}" in out)
-            idle, _ = latency(session, 0, 40, ids)
+            idle, _ = latency(session, 0, 40, ids, out)
             writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), ",".join(ids), str(args.rate),
                                        str(args.seconds + 30)])
             time.sleep(2)
-            busy, rss = latency(session, args.seconds, 40, ids)
+            busy, rss = latency(session, args.seconds, 40, ids, out)
             writer.terminate()
             writer.wait()
         finally:
             tmux("kill-session", "-t", session)
-    qm, qp = summary(q_idle)
-    qbm, qbp = summary(q_busy)
-    print(f"key-to-repaint, queue cursor (down), idle: median {qm:.1f} ms, p95 {qp:.1f} ms; while {args.runs} runs "
-          f"x {args.rate} lines/s: median {qbm:.1f} ms, p95 {qbp:.1f} ms (ratio {qbm / qm:.2f})")
-    refs = {}
-    with tempfile.TemporaryDirectory() as d:
+        refs = {}
         for name, code, marker in (("table", REF_TABLE, "ref · row"), ("logs", REF_LOGS, "focus: p0")):
             path = Path(d) / f"{name}.py"
             path.write_text(code)
@@ -231,28 +260,48 @@ def main() -> None:
                 if name == "table":
                     wait_screen(session, lambda out: "999-0" in out or "row 1/1000" in out, 30)
                     tmux("send-keys", "-t", session, "Down")
-                    wait_screen(session, lambda out, m=marker: m in out)
-                    time.sleep(0.5)
-                    refs[name] = summary(cursor_latency(session, 0, 40))
                 else:
                     wait_screen(session, lambda out, m=marker: m in out, 30)
-                    time.sleep(0.5)
-                    refs[name] = summary(latency(session, 0, 40, ["p0", "p1", "p2", "p3"])[0])
+                wait_screen(session, lambda out, m=marker: m in out)
+                time.sleep(0.5)
+                out = PaneOutput(session, Path(d))
+                for load in ("idle", "busy"):
+                    writer = None
+                    if load == "busy":  # the same writers, into the same run folders: the same load
+                        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), ",".join(ids),
+                                                   str(args.rate), str(args.seconds + 30)])
+                        time.sleep(2)
+                    if name == "table":
+                        lat = cursor_latency(session, args.seconds / 4 if writer else 0, 40, out)
+                    else:
+                        lat = latency(session, args.seconds / 4 if writer else 0, 40, ["p0", "p1", "p2", "p3"],
+                                      out)[0]
+                    refs[(name, load)] = summary(lat)
+                    if writer:
+                        writer.terminate()
+                        writer.wait()
             finally:
                 tmux("kill-session", "-t", session)
-    print(f"  minimal Textual app, a 1,000-row table's cursor: median {refs['table'][0]:.1f} ms "
-          f"(stilts idle / minimal: {qm / refs['table'][0]:.2f})")
+    qm, qp = summary(q_idle)
+    qbm, qbp = summary(q_busy)
+    print(f"key-to-repaint, queue cursor (down), idle: median {qm:.1f} ms, p95 {qp:.1f} ms; while {args.runs} runs "
+          f"x {args.rate} lines/s: median {qbm:.1f} ms, p95 {qbp:.1f} ms (ratio {qbm / qm:.2f})")
+    print(f"  minimal Textual app, a 1,000-row table's cursor: idle median {refs['table', 'idle'][0]:.1f} ms, "
+          f"under the same load {refs['table', 'busy'][0]:.1f} ms (stilts / minimal: idle "
+          f"{qm / refs['table', 'idle'][0]:.2f}, loaded {qbm / refs['table', 'busy'][0]:.2f})")
     im, ip = summary(idle)
     bm, bp = summary(busy)
-    print(f"  minimal Textual app, four Log widgets, tab: median {refs['logs'][0]:.1f} ms "
-          f"(stilts idle / minimal: {im / refs['logs'][0]:.2f})")
+    print(f"  minimal Textual app, four Log widgets, tab: idle median {refs['logs', 'idle'][0]:.1f} ms, under the "
+          f"same load {refs['logs', 'busy'][0]:.1f} ms (stilts / minimal: idle {im / refs['logs', 'idle'][0]:.2f}, "
+          f"loaded {bm / refs['logs', 'busy'][0]:.2f})")
     print(f"key-to-repaint, log panes (tab moves focus), idle: median {im:.1f} ms, p95 {ip:.1f} ms")
     print(f"key-to-repaint, {args.runs} runs x {args.rate} lines/s, 4 panes shown: median {bm:.1f} ms, "
           f"p95 {bp:.1f} ms over {len(busy)} keys (ratio to idle {bm / im:.2f})")
     print(f"memory of the app over {args.seconds:.0f} s: {rss[0]:.0f} MB -> {rss[-1]:.0f} MB (max {max(rss):.0f} MB)")
     print(json.dumps({"first_frame_s": ours, "reference_first_frame_s": ref, "queue_idle_ms": [qm, qp],
                       "queue_busy_ms": [qbm, qbp], "idle_ms": [im, ip],
-                      "busy_ms": [bm, bp], "rss_mb": [rss[0], rss[-1], max(rss)]}))
+                      "busy_ms": [bm, bp], "rss_mb": [rss[0], rss[-1], max(rss)],
+                      "reference_ms": {f"{k[0]}_{k[1]}": v for k, v in refs.items()}}))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 from stilts_tui.errors import UserError
 from stilts_tui.plan import grid_text
 from stilts_tui.tui.data import ProgressReader, Snapshot, fmt_eta, load_snapshot
+from stilts_tui.tui.widgets.run_table import RunTable
 
 STATUS_STYLE = {"queued": "cyan", "running": "bold yellow", "done": "green", "failed": "bold red",
                 "cancelled": "magenta", "blocked": "red"}
@@ -65,7 +66,7 @@ class QueueScreen(Screen):
             yield Static("", id="gpus")
             yield Static("loading…", id="totals")
             yield Input(placeholder="filter runs (id, plan, task, status, …); enter to apply", id="filter")
-            yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+            yield RunTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -73,6 +74,7 @@ class QueueScreen(Screen):
         for c, w in zip(COLUMNS, WIDTHS, strict=True):
             table.add_column(c, key=c, width=w)
         table.focus()
+        table.on_cursor = lambda _row: self._totals and self.show_totals()  # same frame as the cursor
         self.reader = ProgressReader(self.app.root)
         self.refresh_data()
         self.set_interval(1.0, self.refresh_data)
@@ -140,7 +142,6 @@ class QueueScreen(Screen):
             totals += " · PAUSED"
         totals += f" · sort: {self.sort}" + (f" · filter: {self.filter}" if self.filter else "")
         self._totals = totals
-        self.show_totals()
         table = self.query_one(DataTable)
         rows = self.rows(snap)
         ids = [r["id"] for r in rows]
@@ -154,6 +155,7 @@ class QueueScreen(Screen):
             self._shown = ids
             if current in ids:
                 table.move_cursor(row=ids.index(current), animate=False)
+            self.show_totals()
             return
         for r in rows:  # same rows: touch only the runs whose shown state changed
             state = self.state_of(r, snap)
@@ -164,15 +166,12 @@ class QueueScreen(Screen):
             for col, (before, after) in enumerate(zip(old, self.cells(r, snap), strict=True)):
                 if str(before) != str(after):
                     table.update_cell(r["id"], COLUMNS[col], after)
+        self.show_totals()
 
     def show_totals(self) -> None:
         table = self.query_one(DataTable)
         where = f" · row {table.cursor_row + 1}/{table.row_count}" if table.row_count else ""
         self.query_one("#totals", Static).update(self._totals + where, layout=False)
-
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if self._totals:
-            self.show_totals()
 
     def state_of(self, r: dict, snap: Snapshot) -> tuple:
         p = snap.progress.get(r["id"])
