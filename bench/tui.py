@@ -211,6 +211,17 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=200)
     args = ap.parse_args()
     exe = str(Path(sys.executable).parent / "stilts-tui")
+    # one session kept for the whole bench, so the tmux server never exits between the sessions below
+    # (a new session started while the server is exiting fails with "server exited unexpectedly")
+    anchor = f"bench-anchor-{os.getpid()}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", anchor, "sleep", "3600"], check=True)
+    try:
+        run(args, exe)
+    finally:
+        tmux("kill-session", "-t", anchor)
+
+
+def run(args: argparse.Namespace, exe: str) -> None:
     with tempfile.TemporaryDirectory() as d:
         root = Path(d) / "runs"
         ids = prepare(root, args.runs)

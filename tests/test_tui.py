@@ -176,6 +176,24 @@ async def test_log_panes_follow_filter_and_keep_following_a_restarted_run(prepar
         (prepared / running / "train.log").write_text("[11:00:00] restarted: step 1/20\n")  # a new attempt
         await pilot.pause(0.8)
         assert log.lines[-1] == "[11:00:00] restarted: step 1/20"
+        # one pane is active: tab moves it (titles and key bar say which); scrolling keys go to it
+        logs = pilot.app.screen
+        assert logs.focused_pane() is panes[0] and panes[0].query_one(".title").has_class("active")
+        await pilot.press("tab")
+        assert logs.focused_pane() is panes[1] and panes[1].query_one(".title").has_class("active")
+        assert not panes[0].query_one(".title").has_class("active")
+        await pilot.press("tab")
+        assert logs.focused_pane() is panes[0]
+        with open(prepared / running / "train.log", "a") as f:
+            f.write("".join(f"[11:00:{i % 60:02d}] step 1 line {i}\n" for i in range(200)))  # the filter is on
+        await pilot.pause(0.8)
+        assert log.max_scroll_y > 0 and log.scroll_y == log.max_scroll_y  # following the end
+        await pilot.press("home")
+        await pilot.pause(0.1)
+        assert log.scroll_y == 0 and panes[1].query_one(Log).scroll_y == 0
+        await pilot.press("end")
+        await pilot.pause(0.1)
+        assert log.scroll_y == log.max_scroll_y
         await pilot.press("escape")
         await pilot.pause(0.1)
         assert isinstance(pilot.app.screen, QueueScreen)

@@ -22,6 +22,7 @@ from stilts_tui.tui.data import tail_lines
 
 ERROR_RE = re.compile(r"(error|traceback|exception|failed|out of memory|\boom\b)", re.IGNORECASE)
 MAX_LINES = 5000
+FLUSH_S = 0.5  # twice a second: each flush scrolls (repaints) the whole pane
 
 
 class ErrorHighlighter(Highlighter):
@@ -36,6 +37,7 @@ class LogPane(Vertical):
     DEFAULT_CSS = """
     LogPane { border: round $primary; height: 1fr; }
     LogPane > .title { height: 1; background: $boost; }
+    LogPane > .title.active { background: $accent; color: $text; text-style: bold; }
     LogPane > Log { height: 1fr; }
     LogPane > Input { display: none; }
     LogPane > Input.visible { display: block; }
@@ -55,6 +57,7 @@ class LogPane(Vertical):
     def compose(self) -> ComposeResult:
         yield Static(self.title_text, classes="title")
         log = Log(max_lines=MAX_LINES, highlight=True, auto_scroll=True)
+        log.can_focus = False  # the screen routes keys to the active pane (see screens/logs.py)
         log.highlighter = ErrorHighlighter()
         yield log
         yield Input(placeholder="filter lines (enter to apply, empty to clear)", classes="filter")
@@ -62,7 +65,7 @@ class LogPane(Vertical):
     def on_mount(self) -> None:
         self._thread = threading.Thread(target=self._watch, daemon=True, name=f"tail-{self.run_id}")
         self._thread.start()
-        self.set_interval(0.25, self.flush)
+        self.set_interval(FLUSH_S, self.flush)
 
     def on_unmount(self) -> None:
         self._stop.set()
@@ -97,11 +100,23 @@ class LogPane(Vertical):
         except Exception:  # noqa: BLE001 - not mounted
             return False
 
+    def show_active(self, active: bool) -> None:
+        """Mark this pane as the one with focus, on its title alone: restyling a title line is cheap,
+        restyling a Log (a focus tint) repaints every line it shows."""
+        self.query_one(".title", Static).set_class(active, "active")
+
     def toggle_filter(self) -> None:
         box = self.query_one(Input)
         box.toggle_class("visible")
         if box.has_class("visible"):
             box.focus()
+        else:
+            self.screen.set_focus(None)
+
+    def on_click(self) -> None:
+        activate = getattr(self.screen, "activate", None)
+        if activate is not None:
+            activate(self)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
@@ -111,7 +126,7 @@ class LogPane(Vertical):
         lines = [x for x in self._lines if self.filter.lower() in x.lower()] if self.filter else list(self._lines)
         log.write_lines(lines)
         self.query_one(Input).remove_class("visible")
-        log.focus()
+        self.screen.set_focus(None)  # keys go back to the screen (and to the active pane)
 
     def lines(self) -> list[str]:
         return list(self._lines)
