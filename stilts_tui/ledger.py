@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
-from filelock import FileLock, Timeout
 from tinydb import TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Document, Table
@@ -96,7 +95,8 @@ class Ledger:
     def __init__(self, runs_dir: str | Path, lock_timeout: float = 120.0):
         self.dir = Path(runs_dir)
         self.path = self.dir / "ledger.json"
-        self._lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout)
+        self._lock_timeout = lock_timeout
+        self._lock_obj = None  # made on the first transaction: readers (the TUI's first frame) never import filelock
         self._cache: dict = {}
         self._stamp: tuple | None = None
         self._frags: dict[str, bytes] | None = None  # run id -> its encoded `"id":{...}`
@@ -150,8 +150,12 @@ class Ledger:
     def transaction(self) -> Iterator[Tx]:
         """Hold the ledger's lock, hand out its tables, write once (atomically) at the end."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        from filelock import FileLock, Timeout
+
+        if self._lock_obj is None:
+            self._lock_obj = FileLock(str(self.path) + ".lock", timeout=self._lock_timeout)
         try:
-            self._lock.acquire()
+            self._lock_obj.acquire()
         except Timeout:
             raise LedgerError(f"{self.path}: could not lock the ledger (held by another process)") from None
         try:
@@ -168,7 +172,7 @@ class Ledger:
                 # when TinyDB itself wrote, any document may have changed: encode everything again
                 self._write(storage.data, None if storage.tinydb_wrote else tx.changed_runs)
         finally:
-            self._lock.release()
+            self._lock_obj.release()
 
     def _encode(self, data: dict, changed: set[str] | None) -> list[bytes]:
         """The file's bytes, in pieces. Each run's encoding is kept, so a commit that changed a few

@@ -11,7 +11,6 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from stilts_tui.errors import UserError
-from stilts_tui.plan import grid_text
 from stilts_tui.tui.data import ProgressReader, Snapshot, fmt_eta, load_snapshot
 from stilts_tui.tui.widgets.run_table import RunTable
 
@@ -21,6 +20,12 @@ COLUMNS = ("id", "plan", "stage", "task", "from", "seed", "grid", "status", "gpu
            "score")
 WIDTHS = (12, 10, 12, 12, 10, 4, 20, 11, 3, 15, 7, 8, 7)  # fixed: no re-measuring 1,000 rows each second
 SORTS = ("queue", "status", "score", "task")
+
+
+def grid_text(grid: dict | None) -> str:
+    from stilts_tui.plan import grid_text as text  # the plan layer loads after the first frame
+
+    return text(grid)
 
 
 def bar(fraction: float | None, width: int = 10) -> str:
@@ -76,7 +81,8 @@ class QueueScreen(Screen):
         table.focus()
         table.on_cursor = lambda _row: self._totals and self.show_totals()  # same frame as the cursor
         self.reader = ProgressReader(self.app.root)
-        self.refresh_data()
+        # the first frame paints before the runs are read and added (1,000 rows take a while to add)
+        self.call_after_refresh(self.refresh_data)
         self.set_interval(1.0, self.refresh_data)
 
     # -- data -----------------------------------------------------------------------------------
