@@ -215,6 +215,13 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=200)
     args = ap.parse_args()
     exe = str(Path(sys.executable).parent / "stilts-tui")
+    # the package's bytecode, as any install but an editable one under PYTHONDONTWRITEBYTECODE has it
+    # (this machine sets that variable: each launch would otherwise compile the app's modules again)
+    import compileall
+
+    import stilts_tui
+
+    compileall.compile_dir(str(Path(stilts_tui.__file__).parent), quiet=1)
     # one session kept for the whole bench, so the tmux server never exits between the sessions below
     # (a new session started while the server is exiting fails with "server exited unexpectedly")
     anchor = f"bench-anchor-{os.getpid()}"
