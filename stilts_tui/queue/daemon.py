@@ -183,26 +183,8 @@ class Daemon:
                     stats["reaped"] += 1
                 self.log(f"{r['id']}: {why} (attempt {attempt}) -> {fields['status']}")
                 changes[r["id"]] = ("running", fields)
-        for rid, (_, f) in changes.items():
-            if "status" in f:
-                status[rid] = f["status"]
-
         # 2. a failed or cancelled parent blocks its children; a retried one unblocks them
-        for r in runs:
-            st, parent = status[r["id"]], r.get("parent")
-            if not parent or st not in ("queued", "blocked"):
-                continue
-            pst = status.get(parent)
-            if st == "queued" and pst in ("failed", "cancelled", "blocked"):
-                changes[r["id"]] = (r["status"], {**changes.get(r["id"], ("", {}))[1], "status": "blocked"})
-                status[r["id"]] = "blocked"
-                stats["blocked"] += 1
-            elif st == "blocked" and pst in ("queued", "running", "done"):
-                changes[r["id"]] = (r["status"], {**changes.get(r["id"], ("", {}))[1], "status": "queued"})
-                status[r["id"]] = "queued"
-                stats["unblocked"] += 1
-        if changes:
-            self._commit(changes)
+        self._block_and_commit(runs, status, changes, stats)
 
         # 3. launch ready runs where they fit
         if self.ledger.meta("paused"):
@@ -279,6 +261,28 @@ class Daemon:
             if lines:
                 return f": {lines[-1].strip()[:200]}"
         return ""
+
+    def _block_and_commit(self, runs: list[dict], status: dict[str, str], changes: dict[str, tuple[str, dict]],
+                          stats: dict) -> None:
+        """Block queued children of a failed, cancelled or blocked parent; unblock blocked children of a
+        parent queued again (retried), running or done; then commit the tick's decisions."""
+        for rid, (_, f) in changes.items():
+            if "status" in f:
+                status[rid] = f["status"]
+        for r in runs:
+            st, parent = status[r["id"]], r.get("parent")
+            if not parent or st not in ("queued", "blocked"):
+                continue
+            pst = status.get(parent)
+            new = ("blocked" if st == "queued" and pst in ("failed", "cancelled", "blocked") else
+                   "queued" if st == "blocked" and pst in ("queued", "running", "done") else None)
+            if new is None:
+                continue
+            changes[r["id"]] = (r["status"], {**changes.get(r["id"], ("", {}))[1], "status": new})
+            status[r["id"]] = new
+            stats["blocked" if new == "blocked" else "unblocked"] += 1
+        if changes:
+            self._commit(changes)
 
     def _commit(self, changes: dict[str, tuple[str, dict]]) -> None:
         """Apply the tick's decisions to runs whose status is still what the decision saw."""
@@ -396,26 +400,8 @@ class Daemon:
                 changes[r["id"]] = ("running", fields)
                 stats["requeued" if retry else "reaped"] += 1
                 self.log(f"{r['id']}: {why} -> {fields['status']}")
-        for rid, (_, f) in changes.items():
-            if "status" in f:
-                status[rid] = f["status"]
-
-        # 2. block children of failed parents (cancelling any job already waiting on them); unblock
-        for r in runs:
-            st, parent = status[r["id"]], r.get("parent")
-            if not parent or st not in ("queued", "blocked"):
-                continue
-            pst = status.get(parent)
-            if st == "queued" and pst in ("failed", "cancelled", "blocked"):
-                changes[r["id"]] = (r["status"], {**changes.get(r["id"], ("", {}))[1], "status": "blocked"})
-                status[r["id"]] = "blocked"
-                stats["blocked"] += 1
-            elif st == "blocked" and pst in ("queued", "running", "done"):
-                changes[r["id"]] = (r["status"], {**changes.get(r["id"], ("", {}))[1], "status": "queued"})
-                status[r["id"]] = "queued"
-                stats["unblocked"] += 1
-        if changes:
-            self._commit(changes)
+        # 2. block queued children of failed parents (those already in Slurm were handled above); unblock
+        self._block_and_commit(runs, status, changes, stats)
 
         # 3. submit ready runs: no parent, a parent done, or a parent whose job Slurm holds
         if self.ledger.meta("paused"):
