@@ -77,6 +77,7 @@ class Daemon:
         self.root, self.s = Path(root), settings
         self.ledger = Ledger(self.root)
         self._specs: dict[str, dict] = {}
+        self._array_keys: dict[str, str | None] = {}
         self._stop = False
         self.mps_dir: Path | None = None
         self.log_file = open(self.root / "daemon.log", "a", encoding="utf-8", buffering=1)  # noqa: SIM115
@@ -201,13 +202,19 @@ class Daemon:
         ready = [r for r in runs
                  if r["status"] == "queued" and (not r.get("parent") or status.get(r["parent"]) == "done")]
         taken: set[str] = set()
+        by_key: dict[str, list[dict]] = {}  # ready runs that may share an array, once a tick (not once a run)
+        if self.s.fuse != "off":
+            for r in ready:
+                k = self.array_key(r["id"])
+                if k is not None and not r.get("alone"):
+                    by_key.setdefault(k, []).append(r)
         for r in ready:
             if r["id"] in taken:
                 continue
             if not any(d.procs < d.slots and not d.alone for d in devs):
                 break
             est, key = self.estimate(r, learned)
-            group, dev = self._array(r, ready, taken, devs, est)
+            group, dev = self._array(r, by_key, taken, devs, est)
             fused = len(group) if dev is not None else 0
             if dev is None:
                 dev = placement.choose(devs, est, bool(r.get("alone")))
@@ -229,17 +236,21 @@ class Daemon:
                 stats["launched"] += len(group)
         return stats
 
-    def _array(self, r: dict, ready: list[dict], taken: set[str], devs: list[placement.Device], est: float
-               ) -> tuple[list[dict], placement.Device | None]:
+    def array_key(self, run_id: str) -> str | None:
+        if run_id not in self._array_keys:
+            self._array_keys[run_id] = rundir.array_key(self.spec(run_id))
+        return self._array_keys[run_id]
+
+    def _array(self, r: dict, by_key: dict[str, list[dict]], taken: set[str], devs: list[placement.Device],
+               est: float) -> tuple[list[dict], placement.Device | None]:
         """Ready runs to train with ``r`` as one fused array, and the device they fit on together:
         up to K runs (``--fuse K``), or as many as fit in the free memory (``--fuse auto``, GPUs only)."""
         if self.s.fuse == "off" or r.get("alone"):
             return [r], None
-        key = rundir.array_key(self.spec(r["id"]))
+        key = self.array_key(r["id"])
         if key is None:
             return [r], None
-        mates = [r] + [o for o in ready if o is not r and o["id"] not in taken and not o.get("alone")
-                       and rundir.array_key(self.spec(o["id"])) == key]
+        mates = [r] + [o for o in by_key.get(key, []) if o is not r and o["id"] not in taken]
         if self.s.fuse == "auto":
             if all(d.index is None for d in devs):
                 return [r], None  # on the CPU an array gains little: runs go alone

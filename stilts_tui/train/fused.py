@@ -31,7 +31,7 @@ from stilts_tui import rundir
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.tasks.metrics import compute as compute_metrics
 from stilts_tui.train import data, loop
-from stilts_tui.train.events import RunLog, fmt_duration, write_result
+from stilts_tui.train.events import RunLog, fmt_duration
 
 FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert")
 CANCEL_FILE = rundir.CANCEL_FILE
@@ -277,15 +277,7 @@ class Member:
 
 def _finish(m: Member, status: str, error: str | None, worker: loop.Worker) -> dict:
     m.result.update(status=status, error=error)
-    if worker.s.device.type == "cuda":
-        m.result["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-    m.result["wall_seconds"] = round(time.time() - m.t0, 3)
-    if status != "done":
-        m.log.line(f"run {status}: {error}")
-    m.log.event("end", status=status, score=m.result.get("score"), error=error)
-    m.log.close()
-    write_result(m.dir, m.result)
-    return m.result
+    return loop.finish_run(worker, m.dir, m.log, m.result, m.t0)
 
 
 def train_array(worker: loop.Worker, run_dirs: list[Path]) -> list[dict]:
@@ -296,8 +288,7 @@ def train_array(worker: loop.Worker, run_dirs: list[Path]) -> list[dict]:
     for d in run_dirs:
         d = Path(d)
         m = Member(d, RunLog(d, echo=worker.s.echo), time.time())
-        m.result = {"status": "failed", "metrics": {}, "primary_metric": None, "score": None, "best_epoch": None,
-                    "train_seconds": None, "wall_seconds": None, "peak_gpu_mem_gb": None, "error": None}
+        m.result = loop.new_result()
         try:
             m.spec = loop.read_spec(d)
             m.result["primary_metric"] = m.spec["task"].get("metric")
@@ -333,7 +324,7 @@ def _train_array(worker: loop.Worker, members: list[Member]) -> None:
     prep = None
     for m in members:
         try:
-            prep = loop.prepare(worker, m.dir, m.spec, m.log)
+            prep = loop.prepare(worker, m.dir, m.spec, m.log, same_data=prep)  # one key: one task and data
             m.state = {n: t.detach().to("cpu", copy=True) for n, t in prep.model.module.named_parameters()}
             m.schedule = loop.Schedule.of(m.spec["params"], len(prep.train))
             joined.append(m)

@@ -233,8 +233,7 @@ def train_run(worker: Worker, run_dir: Path) -> dict:
     t0 = time.time()
     run_dir = Path(run_dir)
     log = RunLog(run_dir, echo=worker.s.echo)
-    result: dict = {"status": "failed", "metrics": {}, "primary_metric": None, "score": None, "best_epoch": None,
-                    "train_seconds": None, "wall_seconds": None, "peak_gpu_mem_gb": None, "error": None}
+    result = new_result()
     try:
         spec = read_spec(run_dir)
         result["primary_metric"] = spec["task"].get("metric")
@@ -249,12 +248,23 @@ def train_run(worker: Worker, run_dir: Path) -> dict:
     except Exception as e:  # noqa: BLE001 - the run fails, the process goes on to the next run
         result["error"] = f"{type(e).__name__}: {first_line(e, 300)}"
         log.line("".join(traceback.format_exception(e)).rstrip())
+    return finish_run(worker, run_dir, log, result, t0)
+
+
+def new_result() -> dict:
+    """A run's result before it has one: failed until it is done."""
+    return {"status": "failed", "metrics": {}, "primary_metric": None, "score": None, "best_epoch": None,
+            "train_seconds": None, "wall_seconds": None, "peak_gpu_mem_gb": None, "error": None}
+
+
+def finish_run(worker: Worker, run_dir: Path, log: RunLog, result: dict, t0: float) -> dict:
+    """End a run: peak memory, wall time, the end event and the log closed, then ``result.json``."""
     if worker.s.device.type == "cuda":
         result["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     result["wall_seconds"] = round(time.time() - t0, 3)
     if result["status"] != "done":
         log.line(f"run {result['status']}: {result['error']}")
-    log.event("end", status=result["status"], score=result["score"], error=result["error"])
+    log.event("end", status=result["status"], score=result.get("score"), error=result["error"])
     log.close()
     write_result(run_dir, result)
     return result
@@ -274,20 +284,24 @@ class Prepared:
     location: str
 
 
-def prepare(worker: Worker, run_dir: Path, spec: dict, log: RunLog) -> Prepared:
-    """Tokenized data (cached) and the shared model with this run's starting weights copied in."""
+def prepare(worker: Worker, run_dir: Path, spec: dict, log: RunLog, same_data: Prepared | None = None) -> Prepared:
+    """Tokenized data (cached) and the shared model with this run's starting weights copied in.
+    ``same_data``: a run of the same task, tokenizer and lengths (a fused array): its data is reused."""
     p = spec["params"]
     task = spec["task"]
     kind = task["kind"]
     max_len = int(p["max_len"])
     location = transfer.model_location(spec["model"])
-    tok, tok_fp = worker.tokenizer(location)
-    labels = labels_for(task)
-    if kind == "classification" and not labels:
-        raise SpecError(f"{run_dir / 'spec.json'}: classification task '{task['name']}' has no labels")
-    cache = run_dir.parent / ".cache" / "tokenized"
-    train = data.load_split(task, "train", tok, tok_fp, max_len, cache, p.get("max_train_samples"), labels)
-    dev = data.load_split(task, "dev", tok, tok_fp, max_len, cache, p.get("max_dev_samples"), labels)
+    if same_data is not None:
+        tok, labels, train, dev = same_data.tok, same_data.labels, same_data.train, same_data.dev
+    else:
+        tok, tok_fp = worker.tokenizer(location)
+        labels = labels_for(task)
+        if kind == "classification" and not labels:
+            raise SpecError(f"{run_dir / 'spec.json'}: classification task '{task['name']}' has no labels")
+        cache = run_dir.parent / ".cache" / "tokenized"
+        train = data.load_split(task, "train", tok, tok_fp, max_len, cache, p.get("max_train_samples"), labels)
+        dev = data.load_split(task, "dev", tok, tok_fp, max_len, cache, p.get("max_dev_samples"), labels)
     n_out = len(labels) if kind == "classification" else 1
 
     model = worker.model(location, kind, n_out)
