@@ -313,8 +313,9 @@ class Daemon:
             dev = placement.choose(devs, est * k, False) if len(group) == k else None
             if dev is not None:
                 size = (f"{measured.share_gb:.2f} GB a run measured by {measured.share_from}"
-                        if measured.share_gb is not None else f"no run of this shape measured yet (at most "
-                        f"{placement.PROBE_ARRAY} while auto sizing), formula {est} GB a run")
+                        if measured.share_gb is not None else "no run of this shape measured yet"
+                        + (f" (at most {placement.PROBE_ARRAY} until one is)" if sizing == "auto" else "")
+                        + f", formula {est} GB a run")
                 return group, dev, f"{why}; {k} runs: {size}" + (f"; capped at {cap} after an OOM" if cap < MAX_ARRAY
                                                                     else "")
         return [r], None, ""
