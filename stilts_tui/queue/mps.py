@@ -24,7 +24,8 @@ import psutil
 from stilts_tui import rundir
 
 EXE = "nvidia-cuda-mps-control"
-CALL_TIMEOUT = 5.0  # seconds for one call of the control program (it answers at once when healthy)
+CALL_TIMEOUT = 3.0  # seconds a call of the control program may take (a healthy one answers at once; the
+# CLI waits 15 s for a starting daemon, and a start may take four calls)
 SOCKET_MAX = 107  # sun_path holds 108 bytes, the last one a NUL
 SOCKET_NAMES = ("control", "control_privileged")  # the longest names the control daemon puts in its pipe dir
 STATUS_FILE = "mps.json"
@@ -131,13 +132,13 @@ def _end(procs: list[psutil.Process]) -> None:
             p.terminate()
         except psutil.NoSuchProcess:
             continue
-    _, alive = psutil.wait_procs(procs, timeout=3)
+    _, alive = psutil.wait_procs(procs, timeout=2)
     for p in alive:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             continue
-    psutil.wait_procs(alive, timeout=3)
+    psutil.wait_procs(alive, timeout=2)
 
 
 def _clear_pipe(base: Path) -> None:
