@@ -481,6 +481,10 @@ def doctor(ctx: typer.Context) -> None:
     mps_line = mps.describe(root, (info or {}).get("pid"))
     if mps_line:
         typer.echo(f"{'ok  ' if mps_line.startswith('MPS on') else 'warn'}  the daemon's {mps_line}")
+    elif info is None and mps.control_daemons(mps.base_dir(root)):
+        left = ", ".join(str(p.pid) for p in mps.control_daemons(mps.base_dir(root)))
+        typer.echo(f"warn  an MPS control daemon is left running for this runs-dir (pid {left}); "
+                   "`daemon start --mps` reuses or replaces it")
     elif shutil.which(mps.EXE):
         typer.echo(f"ok    MPS can start ({mps.EXE} found)")
     else:

@@ -132,6 +132,8 @@ def test_a_hanging_mps_control_times_out_and_the_daemon_goes_on(fake_mps, runs_d
 
 def test_a_live_control_daemon_left_by_a_crash_is_reused_and_quit_at_the_end(fake_mps, runs_dir):
     left = fake_mps.leave_control_daemon()
+    assert f"an MPS control daemon is left running for this runs-dir (pid {left.pid})" in \
+        cli("doctor", runs_dir=runs_dir).stdout
     before = len(fake_mps.calls())
     d = in_process_daemon(runs_dir, mps=True)
     d.start_mps()

@@ -117,6 +117,7 @@ class Measurements:
 
     def __init__(self) -> None:
         self._seen: dict[str, tuple] = {}  # run id -> (finished, shape, peak_gb, k, samples/s)
+        self._shapes: dict[str, Shape] = {}
 
     def update(self, runs: list[dict], read_result) -> None:
         for r in runs:
@@ -131,7 +132,7 @@ class Measurements:
             rate = res.get("samples_per_s")
             self._seen[r["id"]] = (*mark, peak if _num(peak) else None, array_size(res, r.get("fused")),
                                    rate if _num(rate) else None)
-        self._shapes: dict[str, Shape] = {}
+        self._shapes = {}
         for rid, (_, shape, peak, k, rate) in self._seen.items():
             sh = self._shapes.setdefault(shape, Shape())
             if peak is not None and peak > 0 and (sh.share_gb is None or peak / k > sh.share_gb):
@@ -142,7 +143,7 @@ class Measurements:
                 (sh.fused_rates if k > 1 else sh.alone_rates).append(rate)
 
     def shape(self, key: str) -> Shape:
-        return getattr(self, "_shapes", {}).get(key) or Shape()
+        return self._shapes.get(key) or Shape()
 
     def packing_reason(self, key: str) -> str | None:
         """Why separate processes beat an array for this shape, or None (fuse) until both are measured."""
