@@ -294,7 +294,8 @@ def test_an_nvml_error_on_one_gpu_leaves_it_out_and_runs_go_to_the_other(tmp_pat
         log = (runs_dir / r["id"] / "train.log").read_text()
         assert "queue: placed on GPU 0 (CUDA_VISIBLE_DEVICES=0, --device cuda)" in log
         # the child was asked for CUDA and failed, instead of training on the CPU
-        assert r["error"] and "eval epoch" not in log and "cpu" not in log.split("queue: placed", 1)[1].lower()
+        assert "CUDA is not available" in r["error"] and "eval epoch" not in log
+        assert "cpu" not in log.split("queue: placed", 1)[1].lower()
     assert psutil.pid_exists(info["pid"]) and cli("daemon", "status", runs_dir=runs_dir, env=env).stdout.startswith(
         "daemon running")
     assert "GPU 1 unusable, left out: NVMLError_GpuIsLost: GPU is lost" in (runs_dir / "daemon.log").read_text()

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     dirs = [d for d in args.run_dirs if d.is_dir()]
     if device.type == "cuda" and not torch.cuda.is_available():  # never train a GPU placement on the CPU
         why = (f"CUDA is not available in this process (CUDA_VISIBLE_DEVICES="
-               f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): not training on the CPU instead")
+               f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); a run placed on a GPU trains there or not at all")
         for d in dirs:
             fail_run(Worker(Settings(device=torch.device("cpu"))), d, why)
         print(f"stilts_tui.train: {why}", file=sys.stderr)
