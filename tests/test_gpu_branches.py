@@ -150,3 +150,50 @@ def test_a_gpu_placement_whose_process_has_no_cuda_fails_instead_of_training_on_
     r = result_of(d)
     assert r["status"] == "failed" and "CUDA is not available" in r["error"]
     assert "step" not in (d / "events.jsonl").read_text()
+
+
+def test_cuda_graphs_are_off_under_gradient_accumulation_and_settings_override_the_spec():
+    import torch
+
+    from stilts_tui.train.loop import Settings
+    from stilts_tui.train.step import resolve_setup
+
+    cuda = Settings(device=torch.device("cuda"))
+    spec = {"precision": "fp32"}
+    one = resolve_setup(cuda, {"grad_accum": 1}, spec, 1)
+    assert (one.compile, one.cuda_graphs, one.pad, one.batching) == ("inductor", True, "buckets", "random")
+    # graphs own their outputs: gradients accumulated over micro-batches would be overwritten by a replay
+    assert resolve_setup(cuda, {"grad_accum": 2}, spec, 2).cuda_graphs is False
+    cpu = Settings(device=torch.device("cpu"), compile="inductor", pad="longest", group="on")
+    s = resolve_setup(cpu, {"batching": "random", "pad": "max", "clip": "micro_batch"}, {}, 1)
+    # a flag other than auto wins over the spec; compiled code never pads to each batch's longest
+    assert (s.precision, s.batching, s.pad, s.clip, s.cuda_graphs) == ("fp32", "grouped", "buckets", "micro_batch",
+                                                                       False)
+    assert resolve_setup(Settings(device=torch.device("cpu")), {"pad": "max"}, {}, 1).pad == "max"
+
+
+def _array_optimizer_ops(layers: int) -> int:
+    import torch
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from stilts_tui.train.fused import ArrayAdamW, FusedEncoder
+
+    config = RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=20, pad_token_id=1, type_vocab_size=1)
+    models = [RobertaForSequenceClassification(config) for _ in range(3)]
+    fused = FusedEncoder(config, "classification", "roberta", [dict(m.named_parameters()) for m in models],
+                         torch.device("cpu"))
+    opt = ArrayAdamW(fused, [0.0, 0.1, 0.0], [1e-3, 2e-3, 3e-3], [2, 0, 1], total=10)
+    fused.G.normal_()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.clip(1.0)
+        opt.step()
+        opt.zero_grad()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::") and e.cpu_parent is None)
+
+
+def test_the_array_optimizer_is_a_few_whole_buffer_operations_whatever_the_model_size():
+    # one AdamW update, clipping and zeroing of every run's every weight: the same few operations for 2
+    # layers (~40 parameters) as for 6 (~100); a per-parameter loop would grow with the model
+    small, big = _array_optimizer_ops(2), _array_optimizer_ops(6)
+    assert small == big and small < 60, (small, big)  # per parameter it would be ~6 x 40 for the small one
