@@ -58,6 +58,17 @@ def load_rows(spec: dict, split: str) -> tuple[list[dict], str]:
     return hub_rows(spec, split), "the Hugging Face Hub"
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick check: transformers and datasets retry for about a minute before giving up."""
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def hub_rows(spec: dict, split: str) -> list[dict]:
     """Rows from ``datasets.load_dataset``; an unreachable hub becomes one clear message."""
     name, hub = spec["name"], spec.get("hub")
