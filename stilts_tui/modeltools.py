@@ -146,7 +146,7 @@ def build_generator(folder: Path, texts: list[str]) -> None:
                                   unk_token=GPT2_EOS)
     eos = tok.convert_tokens_to_ids(GPT2_EOS)
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2,
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=1024, n_embd=32, n_layer=2, n_head=2,
                                        bos_token_id=eos, eos_token_id=eos))
     model.save_pretrained(str(folder), safe_serialization=True)
     tok.save_pretrained(str(folder))

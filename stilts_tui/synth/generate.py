@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from stilts_tui.errors import UserError, first_line
+from stilts_tui.synth import procedure
 
 DELAY = float(os.environ.get("STILTS_TEST_SYNTH_DELAY", "0") or 0)
 
@@ -40,7 +41,7 @@ WINDOW_BATCHES = 16  # batches sampled before their rows are written, in the shu
 
 def clean(tok, ids: list[int]) -> str:
     """Decoded as the reference did under transformers 4.3: spaces before punctuation cleaned up."""
-    return tok.decode(ids, clean_up_tokenization_spaces=True)
+    return procedure.clean_up_spaces(tok.decode(ids, clean_up_tokenization_spaces=False))
 
 
 def plan_batches(items: list[dict], batch_size: int) -> list[list[int]]:

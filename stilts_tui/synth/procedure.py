@@ -21,6 +21,16 @@ MAX_WORDS = 30
 MIN_WORDS = 20
 
 
+def clean_up_spaces(text: str) -> str:
+    """transformers 4.3's ``clean_up_tokenization`` (``decode``'s default then, as the reference
+    decoded with): the space before punctuation and English contractions removed. Written out here
+    because transformers 5 skips it for BPE tokenizers such as GPT-2's."""
+    for old, new in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                     (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(old, new)
+    return text
+
+
 def pair_of(sentence: str) -> tuple[str, str] | None:
     """(context, real ending) of one sentence, or None when it has fewer than 20 words."""
     words = sentence.split()[:MAX_WORDS]
