@@ -55,7 +55,7 @@ def _int(lo: int, hi: int | None = None):
 
 def _num(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
     lo_s, hi_s = (">" if lo_open else ">="), ("<" if hi_open else "<=")
-    what = f"a finite number {lo_s} {lo:g}" + (f" and {hi_s} {hi:g}" if hi is not None else "")
+    what = f"a number {lo_s} {lo:g}" + (f" and {hi_s} {hi:g}" if hi is not None else "")
 
     def ok(v: object) -> bool:
         if not _is_num(v) or not math.isfinite(v):
