@@ -191,6 +191,30 @@ def plan_validate(path: PlanPath, max_runs: MaxRuns = None) -> None:
                f"{c['target']} target)")
 
 
+@plan_app.command("rehearse")
+def plan_rehearse(
+    ctx: typer.Context,
+    path: PlanPath,
+    examples: Annotated[int, typer.Option("--examples", help="the first N examples of each task", min=1)] = 8,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="a folder with one sub-folder per stage (named "
+                                                  "as the stage) holding its files in the task's layout")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="the rehearsal's own runs-dir (default: a new "
+                                             "temporary folder)")] = None,
+    full_grid: Annotated[bool, typer.Option("--full-grid", help="every target run, not one per cell")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for the runs")] = 1800.0,
+) -> None:
+    """Run every stage of a plan end to end through the queue on tiny models, on the CPU, first."""
+    from stilts_tui import rehearse
+
+    if data_dir is not None and not data_dir.is_dir():
+        raise UserError(f"--data-dir: {data_dir} is not a folder")
+    if out is not None and out.resolve() == _root(ctx).resolve():
+        raise UserError(f"--out: {out} is the real runs-dir; a rehearsal needs a runs-dir of its own")
+    opts = rehearse.Options(examples=examples, data_dir=data_dir, out=out, full_grid=full_grid, timeout=timeout)
+    if not rehearse.rehearse(path, opts, typer.echo):
+        raise typer.Exit(1)
+
+
 @plan_app.command("show")
 def plan_show(path: PlanPath, as_json: JsonFlag = False) -> None:
     """Counts by stage and the intermediate x target matrix of a plan."""
