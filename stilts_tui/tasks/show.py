@@ -40,7 +40,9 @@ def examples(spec: dict, split: str, n: int) -> list[dict]:
         missing = data.missing_files(spec)
         if missing:
             raise TaskDataError(f"data file not found: {missing[0]} (expected the official layout in --data-dir)")
-    elif spec.get("hub"):
+    elif not spec.get("hub"):
+        raise TaskDataError(f"task '{spec['name']}' has no Hugging Face Hub copy: {_hub_advice(spec)}")
+    else:
         if not data.hub_reachable():
             raise TaskDataError(f"the Hugging Face Hub is unreachable, so task '{spec['name']}' cannot be read "
                                 f"from it; {_hub_advice(spec)}")
