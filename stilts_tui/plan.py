@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stilts_tui import tasks
+from stilts_tui import rundir, tasks
 from stilts_tui.errors import PlanError, UserError
 
 if sys.version_info >= (3, 11):
@@ -687,11 +687,12 @@ def load_and_expand(path: str | Path, max_runs: int | None = None) -> tuple[Plan
 def spec_for(run: Run, plan: Plan, runs_root: Path) -> dict:
     """Everything the trainer needs for one run: the contents of ``<run dir>/spec.json``."""
     task = dict(run.task_spec)
+    # paths inside the runs-dir are built from run ids only (checked: never from names in the plan)
     if task.get("from_run"):  # the output of a synth run of this plan
-        task["data_dir"] = str(Path(runs_root) / task["from_run"] / "data")
+        task["data_dir"] = str(rundir.run_dir(runs_root, task["from_run"]) / "data")
     if run.parent and run.stage == "target":  # an intermediate's parent (a synth run) gives data, not weights
         model = {"source": "parent", "parent": run.parent, "name": plan.model,
-                 "path": str(Path(runs_root) / run.parent / "checkpoint")}
+                 "path": str(rundir.run_dir(runs_root, run.parent) / "checkpoint")}
     else:
         model = {"source": "path" if run.model.get("path") else "hub", **run.model}
     if run.stage == "synth":

@@ -228,7 +228,7 @@ def stage_lines(root: Path, runs: list[dict]) -> tuple[list[str], bool]:
         bad = [r for r in members if r["status"] != "done"]
         if not bad:
             secs = sum((r.get("finished") or 0) - (r.get("started") or 0) for r in members)
-            lines.append(f"ok    {key}: {len(members)} run{'s' * (len(members) != 1)} ({secs:.0f} s)")
+            lines.append(f"ok    {key}: {len(members)} run{'s' * (len(members) != 1)} ({secs:.0f} s of runs)")
             continue
         ok = False
         first = next((r for r in bad if r["status"] == "failed"), bad[0])

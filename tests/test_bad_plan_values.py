@@ -144,3 +144,15 @@ def test_the_run_limit_is_configurable_and_the_user_can_ask_for_more(tmp_path, r
     ok = cli("plan", "validate", str(path), "--max-runs", "12", env=low, runs_dir=runs_dir)
     assert ok.returncode == 0 and "12 runs" in ok.stdout, ok.stderr
     assert cli("queue", "add", str(path), runs_dir=runs_dir).returncode == 0  # the default limit: 100,000
+
+
+def test_a_local_only_task_without_files_is_named_with_its_missing_split(tmp_path, runs_dir):
+    path = write_text(tmp_path / "p.toml", GOOD.replace('task = "rte"', 'task = "mednli"'))
+    warned = cli("plan", "validate", str(path), runs_dir=runs_dir)
+    assert warned.returncode == 0
+    assert "[target.rte] task 'mednli' has no train split" in warned.stderr
+    assert "[target.rte] task 'mednli' has no dev split" in warned.stderr and "set data_dir" in warned.stderr
+    refused = cli("queue", "add", str(path), runs_dir=runs_dir)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "task 'mednli' has no train split" in refused.stderr
+    assert list(runs_dir.iterdir()) == []
