@@ -124,9 +124,15 @@ def synth_cmd(
         raise typer.Exit(code)
 
 
-@app.command("tasks")
-def tasks_cmd(as_json: JsonFlag = False) -> None:
-    """List the built-in tasks."""
+tasks_app = typer.Typer(help="List the built-in tasks; show a task's examples as the model receives them.")
+app.add_typer(tasks_app, name="tasks")
+
+
+@tasks_app.callback(invoke_without_command=True)
+def tasks_cmd(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """List the built-in tasks (`tasks show TASK`: its first examples as the model receives them)."""
+    if ctx.invoked_subcommand is not None:
+        return
     rows = [
         {"name": t.name, "aliases": list(t.aliases), "kind": t.kind, "metric": t.metric,
          "hub": "/".join(x for x in t.hub if x) if t.hub else None,
@@ -145,15 +151,68 @@ def tasks_cmd(as_json: JsonFlag = False) -> None:
     _console().print(table)
 
 
+@tasks_app.command("show")
+def tasks_show(
+    task: Annotated[str, typer.Argument(help="a built-in task (or alias)", show_default=False)],
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="the task's local files, in the official "
+                                                  "layout (default: the Hugging Face Hub)")] = None,
+    model: Annotated[str, typer.Option("--model", help="whose tokenizer: hub id or local folder")] = "roberta-large",
+    n: Annotated[int, typer.Option("-n", help="how many examples", min=1)] = 3,
+    split: Annotated[str, typer.Option("--split", help="train or dev")] = "train",
+    max_len: Annotated[int, typer.Option("--max-len", help="truncate as a run with this max_len", min=8)] = 512,
+    as_json: JsonFlag = False,
+) -> None:
+    """The first N examples of a task as the model receives them: text, label, tokens and ids."""
+    from stilts_tui.tasks import show
+
+    if split not in ("train", "dev"):
+        raise UserError(f"--split: expected train or dev, got '{split}'")
+    spec = show.spec_for(task, data_dir)
+    exs = show.examples(spec, split, n)
+    recs = show.records(spec, exs, show.encode(model, spec["kind"], max_len, exs))
+    if as_json:
+        typer.echo("\n".join(json.dumps(r, ensure_ascii=False) for r in recs))
+    else:
+        typer.echo(show.render(spec, recs))
+
+
+MaxRuns = Annotated[int | None, typer.Option("--max-runs", help="accept a plan of up to this many runs (default "
+                                             f"{plans.MAX_RUNS:,}, or ${plans.MAX_RUNS_ENV})")]
+
+
 @plan_app.command("validate")
-def plan_validate(path: PlanPath) -> None:
+def plan_validate(path: PlanPath, max_runs: MaxRuns = None) -> None:
     """Check a plan: exit 0 if it is valid (missing local data files are warnings)."""
-    plan, runs = plans.load_and_expand(path)
+    plan, runs = plans.load_and_expand(path, max_runs=max_runs)
     for line in plans.missing_data(plan, runs):
         typer.echo(f"warning: {line}", err=True)
     c = plans.counts(runs)
     typer.echo(f"{path}: ok — {len(runs)} runs ({c['synth']} synth, {c['intermediate']} intermediate, "
                f"{c['target']} target)")
+
+
+@plan_app.command("rehearse")
+def plan_rehearse(
+    ctx: typer.Context,
+    path: PlanPath,
+    examples: Annotated[int, typer.Option("--examples", help="the first N examples of each task", min=1)] = 8,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="a folder with one sub-folder per stage (named "
+                                                  "as the stage) holding its files in the task's layout")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="the rehearsal's own runs-dir (default: a new "
+                                             "temporary folder)")] = None,
+    full_grid: Annotated[bool, typer.Option("--full-grid", help="every target run, not one per cell")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for the runs")] = 1800.0,
+) -> None:
+    """Run every stage of a plan end to end through the queue on tiny models, on the CPU, first."""
+    from stilts_tui import rehearse
+
+    if data_dir is not None and not data_dir.is_dir():
+        raise UserError(f"--data-dir: {data_dir} is not a folder")
+    if out is not None and out.resolve() == _root(ctx).resolve():
+        raise UserError(f"--out: {out} is the real runs-dir; a rehearsal needs a runs-dir of its own")
+    opts = rehearse.Options(examples=examples, data_dir=data_dir, out=out, full_grid=full_grid, timeout=timeout)
+    if not rehearse.rehearse(path, opts, typer.echo):
+        raise typer.Exit(1)
 
 
 @plan_app.command("show")

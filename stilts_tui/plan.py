@@ -12,12 +12,15 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
+import os
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stilts_tui import tasks
+from stilts_tui import rundir, tasks
 from stilts_tui.errors import PlanError, UserError
 
 if sys.version_info >= (3, 11):
@@ -27,6 +30,11 @@ else:  # pragma: no cover
 
 STAGES = ("synth", "intermediate", "target")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+INT64_MAX = 2**63 - 1
+MAX_DEPTH = 16  # tables and lists inside each other; a plan needs 3
+MAX_PLAN_BYTES = 4 * 2**20
+MAX_RUNS = 100_000  # a plan expanding to more is refused unless the user raises the limit (--max-runs)
+MAX_RUNS_ENV = "STILTS_MAX_RUNS"
 
 
 # ---- the schema: name -> (check, what is expected) ---------------------------------------------
@@ -50,7 +58,7 @@ def _num(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: boo
     what = f"a number {lo_s} {lo:g}" + (f" and {hi_s} {hi:g}" if hi is not None else "")
 
     def ok(v: object) -> bool:
-        if not _is_num(v):
+        if not _is_num(v) or not math.isfinite(v):
             return False
         above = v > lo if lo_open else v >= lo
         below = hi is None or (v < hi if hi_open else v <= hi)
@@ -78,9 +86,8 @@ def _str_list():
 
 
 def _int_list():
-    return (lambda v: isinstance(v, list) and v and all(_is_int(x) for x in v)), (
-        "a non-empty list of integers"
-    )
+    return (lambda v: isinstance(v, list) and v and all(_is_int(x) and x >= 0 for x in v)
+            and len(set(v)) == len(v)), "a non-empty list of distinct integers >= 0"
 
 
 HYPER = {
@@ -92,14 +99,21 @@ HYPER = {
     "weight_decay": _num(0),
     "grad_accum": _int(1, 4096),
     "precision": _one_of("auto", "fp32", "bf16", "fp16"),
+    "batching": _one_of("random", "grouped"),
+    "pad": _one_of("auto", "max", "buckets", "longest"),
+    "clip": _one_of("step", "micro_batch"),
+    "fuse": _bool(),
     "transfer": _one_of("all", "encoder"),
     "eval_batch_size": _int(1, 65536),
     "max_train_samples": _int(1),
     "max_dev_samples": _int(1),
 }
+# The reference's settings are the defaults (fp32, uniformly random batches, one clip a step);
+# anything faster is an opt-in named in the plan (see docs/plans.md).
 DEFAULTS = {
     "lr": 1e-5, "batch_size": 8, "warmup": 0.1, "epochs": 3, "max_len": 128,
-    "weight_decay": 0.0, "grad_accum": 1, "precision": "auto", "transfer": "all",
+    "weight_decay": 0.0, "grad_accum": 1, "precision": "fp32", "batching": "random", "pad": "auto",
+    "clip": "step", "fuse": False, "transfer": "all",
 }
 DATA_KEYS = {"task": _str(), "data_dir": _str(), "train_file": _str(), "dev_file": _str()}
 STAGE_KEYS = {
@@ -112,9 +126,11 @@ SYNTH_KEYS = {
     "fakes": _int(1, 64), "top_p": _num(0, 1, lo_open=True), "top_k": _int(0),
     "temperature": _num(0, lo_open=True), "seed": _int(0), "dev": _int(0), "batch_size": _int(1, 4096),
 }
+# dev: pairs taken from beyond the first n of the seeded shuffle (the reference never evaluated
+# SynGPT2, but the trainer evaluates every epoch; the first n stay exactly the reference's).
 SYNTH_DEFAULTS = {
     "corpus": "squad", "generator": "gpt2-medium", "n": 30000, "fakes": 3, "top_p": 0.9, "top_k": 0,
-    "temperature": 1.0, "seed": 42, "dev": 0, "batch_size": 64,
+    "temperature": 1.0, "seed": 42, "dev": 1000, "batch_size": 64,
 }
 CUSTOM_KEYS = {
     "format": _one_of("jsonl", "csv", "tsv"), "train": _str(), "dev": _str(),
@@ -275,12 +291,54 @@ def load(path: str | Path) -> Plan:
     """Read and validate a plan file. Every problem is a :class:`PlanError` naming file and key."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        st = path.stat()
     except FileNotFoundError:
         raise PlanError(path, "plan file not found") from None
+    except (OSError, RuntimeError) as e:  # a symlink loop, a path through a file, no permission
+        raise PlanError(path, f"cannot read the plan ({e})") from None
+    # a FIFO would block and /dev/zero never ends: only regular files of a sane size are read
+    if not stat.S_ISREG(st.st_mode):
+        raise PlanError(path, "not a regular file (a plan is a TOML file)")
+    if st.st_size > MAX_PLAN_BYTES:
+        raise PlanError(path, f"the plan is {st.st_size} bytes; plans are at most {MAX_PLAN_BYTES} bytes")
+    try:
+        with open(path, "rb") as f:
+            text = f.read(MAX_PLAN_BYTES + 1).decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise PlanError(path, f"cannot read the plan ({e})") from None
     return parse(text, path)
+
+
+def name_problem(name: object) -> str | None:
+    """The one rule for plan and stage names (they become labels, file names and paths): what is
+    wrong with ``name``, or None. Letters, digits, '_', '-' and '.', at most 64, starting with a
+    letter or digit: no path separator, no '..', no control character, no space."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        return ("names are 1-64 letters, digits, '_', '-' and '.', starting with a letter or digit, "
+                f"without '..' (got {_shown(name)})")
+    return None
+
+
+def _shown(value: object) -> str:
+    """A value for a one-line message: control characters escaped, long values cut."""
+    text = ascii(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_values(c: _Checker, where: str, value: object, depth: int = 0) -> None:
+    """Every value in the TOML tree: integers fit int64, floats are finite, nesting is shallow."""
+    if depth > MAX_DEPTH:
+        c.fail(where or "(top)", f"nested more than {MAX_DEPTH} levels deep")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_values(c, f"{where}.{k}".lstrip("."), v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _check_values(c, where, v, depth + 1)
+    elif _is_int(value) and not -INT64_MAX - 1 <= value <= INT64_MAX:
+        c.fail(where, f"integer out of range (at most {INT64_MAX})")
+    elif isinstance(value, float) and not math.isfinite(value):
+        c.fail(where, f"expected a finite number, got {value}")
 
 
 def parse(text: str, path: str | Path) -> Plan:
@@ -293,8 +351,15 @@ def parse(text: str, path: str | Path) -> Plan:
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
         raise PlanError(path, f"TOML syntax error: {msg}" + (f" (column {m.group(2)})" if m else ""),
                         line=int(m.group(1)) if m else None) from None
+    except RecursionError:
+        raise PlanError(path, f"TOML nested too deeply (at most {MAX_DEPTH} levels)") from None
     c = _Checker(path, text)
+    _check_values(c, "", data)
     c.table("", data, TOP_KEYS, required=("name", "model"))
+    problem = name_problem(data["name"])
+    if problem:
+        c.fail("name", problem)
+    _check_path(c, "model", path.parent, data["model"])
     defaults = data.get("defaults", {})
     c.table("defaults", defaults, HYPER)
     c.table("slurm", data.get("slurm", {}), SLURM_KEYS)
@@ -307,6 +372,8 @@ def parse(text: str, path: str | Path) -> Plan:
         if not isinstance(sdef, dict):
             c.fail(f"synth.{sname}", "expected a table")
         c.table(f"synth.{sname}", sdef, SYNTH_KEYS)
+        if sdef.get("corpus_file"):
+            _check_path(c, f"synth.{sname}.corpus_file", path.parent, sdef["corpus_file"])
     stages = {}
     for kind in ("intermediate", "target"):
         stages[kind] = data.get(kind, {})
@@ -317,16 +384,14 @@ def parse(text: str, path: str | Path) -> Plan:
                 c.fail(where, "expected a table")
             c.table(where, sdef, STAGE_KEYS[kind])
             _check_task(c, where, sdef.get("task", sname), custom, synth)
-            for gk, gv in sdef.get("grid", {}).items():
-                gkey = f"{where}.grid.{gk}"
-                if gk not in HYPER:
-                    c.fail(gkey, f"unknown hyperparameter (expected one of: {', '.join(HYPER)})")
-                if not isinstance(gv, list) or not gv:
-                    c.fail(gkey, "expected a non-empty list of values (an empty grid expands to no runs)")
-                ok, what = HYPER[gk]
-                for v in gv:
-                    if not ok(v):
-                        c.fail(gkey, f"expected values that are {what}, got {v!r}")
+            _check_grid(c, where, sdef.get("grid", {}))
+            base = path.parent
+            if sdef.get("data_dir"):
+                base = _check_path(c, f"{where}.data_dir", base, sdef["data_dir"])
+            for key in ("train_file", "dev_file"):
+                if sdef.get(key):
+                    _check_path(c, f"{where}.{key}", base, sdef[key])
+            _check_dev_split(c, where, sdef.get("task", sname), synth)
     if not stages["target"]:
         c.fail("target", "a plan needs at least one [target.NAME] stage")
     if not data.get("baseline", True) and not stages["intermediate"]:
@@ -340,8 +405,44 @@ def parse(text: str, path: str | Path) -> Plan:
 
 
 def _check_name(c: _Checker, where: str, name: str) -> None:
-    if not NAME_RE.match(name):
-        c.fail(where, "stage names are letters, digits, '_', '-' and '.', starting with a letter or digit")
+    problem = name_problem(name)
+    if problem:
+        c.fail(where, problem)
+
+
+def _check_grid(c: _Checker, where: str, grid: dict) -> None:
+    for gk, gv in grid.items():
+        gkey = f"{where}.grid.{gk}"
+        if gk not in HYPER:
+            c.fail(gkey, f"unknown hyperparameter (expected one of: {', '.join(HYPER)})")
+        if not isinstance(gv, list) or not gv:
+            c.fail(gkey, "expected a non-empty list of values (an empty grid expands to no runs)")
+        ok, what = HYPER[gk]
+        for v in gv:
+            if not ok(v):
+                c.fail(gkey, f"expected values that are {what}, got {v!r}")
+        if len(set(gv)) != len(gv):  # a repeated value would expand to the same run id twice
+            dup = next(v for i, v in enumerate(gv) if v in gv[:i])
+            c.fail(gkey, f"the value {dup!r} is listed twice")
+
+
+def _check_path(c: _Checker, key: str, base: Path, value: str) -> Path:
+    """A path named by the plan, resolved (a symlink loop is refused here, not at queue time)."""
+    p = Path(value).expanduser()
+    try:
+        return (p if p.is_absolute() else base / p).resolve()
+    except (OSError, RuntimeError) as e:
+        c.fail(key, f"cannot resolve the path {_shown(value)} ({e})")
+        raise  # unreachable: fail raises
+
+
+def _check_dev_split(c: _Checker, where: str, task: str, synth: dict) -> None:
+    """The trainer evaluates on dev every epoch: a synth stage feeding a stage must write one."""
+    if task.startswith("synth:") and task[6:] in synth:
+        dev = synth[task[6:]].get("dev", SYNTH_DEFAULTS["dev"])
+        if dev == 0:
+            c.fail(f"{where}.task", f"task '{task}' has no dev split: [synth.{task[6:]}] dev = 0 writes no "
+                   "SynGPT2_dev.jsonl (set dev to a number of pairs, taken beyond the first n)")
 
 
 def _check_custom(c: _Checker, tname: str, tdef: object) -> None:
@@ -350,6 +451,8 @@ def _check_custom(c: _Checker, tname: str, tdef: object) -> None:
     if not isinstance(tdef, dict):
         c.fail(where, "expected a table")
     c.table(where, tdef, CUSTOM_KEYS, required=("format", "train", "dev", "kind"))
+    for key in ("train", "dev"):
+        _check_path(c, f"{where}.{key}", c.path.parent, tdef[key])
     if tasks.is_builtin(tname):
         c.fail(where, f"'{tname}' is a built-in task; give the custom task another name")
     if tdef["kind"] == "multiple_choice":
@@ -525,6 +628,13 @@ def missing_data(plan: Plan, runs: list[Run]) -> list[str]:
             files = []
         else:
             files = tasks.missing_files(r.task_spec)
+            for split in ("train", "dev") if not r.task_spec.get("hub") else ():
+                if tasks.file_for(r.task_spec, split) is None:
+                    line = (f"{plan.path}: [{r.stage}.{r.name}] task '{r.task}' has no {split} split: it has no "
+                            f"Hugging Face Hub copy; set data_dir (or {split}_file) to its local files")
+                    if line not in seen:
+                        seen.add(line)
+                        out.append(line)
         for f in files:
             line = f"{plan.path}: [{r.stage}.{r.name}] data file not found: {f}"
             if line not in seen:
@@ -536,8 +646,38 @@ def missing_data(plan: Plan, runs: list[Run]) -> list[str]:
     return out
 
 
-def load_and_expand(path: str | Path) -> tuple[Plan, list[Run]]:
+def count_runs(plan: Plan) -> int:
+    """How many runs the plan expands to, without expanding it."""
+    inter = sum(len(d.get("seeds") or [0]) for d in plan.intermediate.values())
+    starts = inter + (1 if plan.baseline else 0)
+    targets = 0
+    for d in plan.target.values():
+        combos = math.prod(len(v) for v in d.get("grid", {}).values())
+        targets += len(d.get("seeds") or plan.target_seeds) * combos
+    return len(plan.synth) + inter + starts * targets
+
+
+def max_runs_limit(value: int | None = None) -> int:
+    """The largest plan accepted: ``value``, else $STILTS_MAX_RUNS, else 100,000."""
+    if value is not None:
+        return value
+    env = os.environ.get(MAX_RUNS_ENV, "").strip()
+    if env:
+        try:
+            return int(env)
+        except ValueError:
+            raise UserError(f"${MAX_RUNS_ENV}: expected an integer, got {env!r}") from None
+    return MAX_RUNS
+
+
+def load_and_expand(path: str | Path, max_runs: int | None = None) -> tuple[Plan, list[Run]]:
+    """Load, validate and expand a plan; one refusing more than ``max_runs`` runs (see ``max_runs_limit``)."""
     plan = load(path)
+    limit, n = max_runs_limit(max_runs), count_runs(plan)
+    if n > limit:
+        raise PlanError(plan.path, f"the plan expands to {n:,} runs, more than the limit of {limit:,} "
+                        f"(check seeds and grids; to mean it, pass --max-runs {n} or set ${MAX_RUNS_ENV})",
+                        key="target")
     try:
         return plan, expand(plan)
     except UserError as e:
@@ -547,11 +687,12 @@ def load_and_expand(path: str | Path) -> tuple[Plan, list[Run]]:
 def spec_for(run: Run, plan: Plan, runs_root: Path) -> dict:
     """Everything the trainer needs for one run: the contents of ``<run dir>/spec.json``."""
     task = dict(run.task_spec)
+    # paths inside the runs-dir are built from run ids only (checked: never from names in the plan)
     if task.get("from_run"):  # the output of a synth run of this plan
-        task["data_dir"] = str(Path(runs_root) / task["from_run"] / "data")
+        task["data_dir"] = str(rundir.run_dir(runs_root, task["from_run"]) / "data")
     if run.parent and run.stage == "target":  # an intermediate's parent (a synth run) gives data, not weights
         model = {"source": "parent", "parent": run.parent, "name": plan.model,
-                 "path": str(Path(runs_root) / run.parent / "checkpoint")}
+                 "path": str(rundir.run_dir(runs_root, run.parent) / "checkpoint")}
     else:
         model = {"source": "path" if run.model.get("path") else "hub", **run.model}
     if run.stage == "synth":

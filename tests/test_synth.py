@@ -50,7 +50,9 @@ def test_selection_is_seeded_and_checks_the_corpus_is_long_enough():
     assert a == procedure.select(pairs, 6, 2, seed=1) and a != procedure.select(pairs, 6, 2, seed=2)
     assert len(a[0]) == 6 and len(a[1]) == 2 and not set(a[0]) & set(a[1])
     with pytest.raises(UserError, match="gives 10 sentences"):
-        procedure.select(pairs, 9, 2, seed=1)
+        procedure.select(pairs, 10, 2, seed=1)
+    train, dev = procedure.select(pairs, 8, 5, seed=1)  # dev takes what is left beyond the first n
+    assert train[:6] == a[0] and len(train) == 8 and len(dev) == 2 and not set(train) & set(dev)
 
 
 @pytest.fixture(scope="module")
@@ -124,12 +126,12 @@ def test_the_same_seed_gives_the_same_task_and_another_seed_another(gpt2, corpus
 
 
 def test_a_killed_synthesis_resumes_to_the_same_result(gpt2, corpus, tmp_path):
-    args = ("--n", "60", "--fakes", "2", "--batch-size", "4")
+    args = ("--n", "60", "--fakes", "2", "--batch-size", "1")  # rows are written a window (16 batches) at a time
     assert synth(gpt2, corpus, tmp_path / "whole", *args).returncode == 0
     out = tmp_path / "killed" / "SynGPT2_train.jsonl"
     proc = synth(gpt2, corpus, tmp_path / "killed", *args, env={"STILTS_TEST_SYNTH_DELAY": "0.2"}, wait=False)
     deadline = time.time() + 60
-    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 12):
+    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 16):
         time.sleep(0.05)
     for p in _children(proc.pid) + [proc.pid]:
         try:
@@ -138,7 +140,7 @@ def test_a_killed_synthesis_resumes_to_the_same_result(gpt2, corpus, tmp_path):
             pass
     proc.wait()
     partial = len(out.read_text().splitlines())
-    assert 12 <= partial < 60
+    assert 16 <= partial < 60
     with open(out, "a") as f:  # a torn last line, as a kill mid-write would leave
         f.write('{"ctx": "w1 w2')
     assert synth(gpt2, corpus, tmp_path / "killed", *args).returncode == 0
@@ -174,7 +176,8 @@ def test_bad_input_is_one_line_and_exit_2(gpt2, tmp_path, setup, message):
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1 and message in out.stderr
 
 
-def test_a_synth_stage_feeds_an_intermediate_run_through_the_queue(gpt2, corpus, tmp_path, runs_dir):
+def test_a_synth_stage_at_its_defaults_feeds_an_intermediate_run_through_the_queue(gpt2, corpus, tmp_path,
+                                                                                    runs_dir):
     from stilts_tui.ledger import Ledger
     from stilts_tui.train import workload
 
@@ -186,7 +189,6 @@ baseline = false
 corpus_file = "{corpus}"
 generator = "{gpt2}"
 n = 24
-dev = 8
 fakes = 3
 batch_size = 8
 [intermediate.i]
@@ -217,9 +219,11 @@ task = "rte"
     assert final["synth"]["status"] == "done", (runs_dir / final["synth"]["id"] / "train.log").read_text()
     assert final["intermediate"]["status"] == "done", final["intermediate"].get("error")
     data = runs_dir / final["synth"]["id"] / "data"
-    assert len(rows(data / "SynGPT2_train.jsonl")) == 24 and len(rows(data / "SynGPT2_dev.jsonl")) == 8
+    # dev left at its default: up to 1000 pairs from beyond the first n (here what the corpus has left)
+    n_dev = min(1000, len(procedure.pairs_of(procedure.read_corpus(None, str(corpus)))) - 24)
+    assert len(rows(data / "SynGPT2_train.jsonl")) == 24 and len(rows(data / "SynGPT2_dev.jsonl")) == n_dev
     assert final["intermediate"]["started"] >= final["synth"]["finished"] - 0.5
     log = (runs_dir / final["intermediate"]["id"] / "train.log").read_text()
-    assert "train 24 / dev 8 examples" in log
-    assert json.loads((runs_dir / final["synth"]["id"] / "result.json").read_text())["counts"] == {"train": 24,
-                                                                                                  "dev": 8}
+    assert f"train 24 / dev {n_dev} examples" in log
+    assert json.loads((runs_dir / final["synth"]["id"] / "result.json").read_text())["counts"] == {
+        "train": 24, "dev": n_dev}

@@ -68,7 +68,7 @@ def test_wic(tmp_path):
                    "carry\tV\t2-1\tYou must carry your camping gear .\tSound carries well over water .\n")
         write_text(tmp_path / f"{split}/{split}.gold.txt", "F\n")
     train, _, _ = both(tmp_path, "wic")
-    assert train == [{"a": f"carry {SEP} You must carry your camping gear .",
+    assert train == [{"a": f"carry{SEP}You must carry your camping gear .",
                       "b": "Sound carries well over water .", "label": 0}]
 
 
@@ -117,7 +117,7 @@ def test_siqa_reads_the_labels_file_and_alias_iqa(tmp_path):
         write_jsonl(tmp_path / f"{split}.jsonl", [row, row])
         write_text(tmp_path / f"{split}-labels.lst", "1\n3\n")
     train, _, spec = both(tmp_path, "iqa")
-    a = f"Tracy went to the store. {SEP} Why?"
+    a = f"Tracy went to the store.{SEP}Why?"
     assert train == [{"a": [a] * 3, "b": ["buy", "sell", "sleep"], "label": 0},
                      {"a": [a] * 3, "b": ["buy", "sell", "sleep"], "label": 2}]
 
@@ -128,7 +128,7 @@ def test_winogrande_fills_every_blank_with_the_option(tmp_path):
     write_jsonl(tmp_path / "train_xs.jsonl", [row])
     write_jsonl(tmp_path / "dev.jsonl", [row])
     train, _, _ = both(tmp_path, "winogrande-xs")
-    assert train == [{"a": ["Sarah was a much better surgeon than Maria so"] * 2,
+    assert train == [{"a": ["Sarah was a much better surgeon than Maria so "] * 2,  # trailing space kept
                       "b": ["Sarah always got the harder cases.", "Maria always got the harder cases."],
                       "label": 1}]
 
@@ -148,7 +148,7 @@ def test_cosmosqa_csv(tmp_path):
     write_text(tmp_path / "train.csv", text)
     write_text(tmp_path / "valid.csv", text)
     train, _, _ = both(tmp_path, "cosmosqa")
-    assert train == [{"a": [f"It rained, a lot. {SEP} What happened?"] * 4,
+    assert train == [{"a": [f"It rained, a lot.{SEP}What happened?"] * 4,
                       "b": ["rain", "sun", "snow", "none, really"], "label": 2}]
 
 

@@ -5,7 +5,8 @@
 - split each paragraph on the literal ". ";
 - keep a sentence's first 30 whitespace-separated words; drop sentences of fewer than 20 words;
 - context = the first half of the words (integer half); real ending = the rest without its last word;
-- shuffle all pairs with the seed and keep the first n (then ``dev`` further pairs).
+- shuffle all pairs with the seed and keep the first n, in that order (then up to ``dev`` further pairs
+  for the dev split, which the reference did not have).
 """
 
 from __future__ import annotations
@@ -18,6 +19,16 @@ from stilts_tui.errors import UserError, first_line
 
 MAX_WORDS = 30
 MIN_WORDS = 20
+
+
+def clean_up_spaces(text: str) -> str:
+    """transformers 4.3's ``clean_up_tokenization`` (``decode``'s default then, as the reference
+    decoded with): the space before punctuation and English contractions removed. Written out here
+    because transformers 5 skips it for BPE tokenizers such as GPT-2's."""
+    for old, new in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                     (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(old, new)
+    return text
 
 
 def pair_of(sentence: str) -> tuple[str, str] | None:
@@ -40,12 +51,15 @@ def pairs_of(paragraphs: list[str]) -> list[tuple[str, str]]:
 
 
 def select(pairs: list[tuple[str, str]], n: int, dev: int, seed: int) -> tuple[list, list]:
-    """Shuffle with the seed; the first n are train, the next ``dev`` are dev."""
+    """Shuffle with the seed (``random.Random(seed).shuffle``, as the reference's ``random.seed``
+    then ``random.shuffle``); the first n are train, in that order, and dev takes up to ``dev`` of the
+    pairs after them (fewer when the corpus has fewer; at least one when ``dev`` asks for any)."""
     pairs = list(pairs)
     random.Random(seed).shuffle(pairs)
-    if len(pairs) < n + dev:
-        raise UserError(f"the corpus gives {len(pairs)} sentences of {MIN_WORDS}+ words; n={n} and dev={dev} "
-                        f"need {n + dev}")
+    need = n + (1 if dev else 0)
+    if len(pairs) < need:
+        raise UserError(f"the corpus gives {len(pairs)} sentences of {MIN_WORDS}+ words; n={n}"
+                        + (f" and a dev split (dev={dev})" if dev else "") + f" need at least {need}")
     return pairs[:n], pairs[n : n + dev]
 
 

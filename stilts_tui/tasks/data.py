@@ -58,6 +58,22 @@ def load_rows(spec: dict, split: str) -> tuple[list[dict], str]:
     return hub_rows(spec, split), "the Hugging Face Hub"
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick check of $HF_ENDPOINT (default huggingface.co): transformers and datasets retry for
+    about a minute before they give up on a dead network."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def hub_rows(spec: dict, split: str) -> list[dict]:
     """Rows from ``datasets.load_dataset``; an unreachable hub becomes one clear message."""
     name, hub = spec["name"], spec.get("hub")

@@ -5,8 +5,10 @@ An example is a dict:
 - multiple choice: ``{"a": [str, ...], "b": [str | None, ...], "label": int}`` (one entry per choice)
 
 ``SEP`` marks where the reference inserted the tokenizer's separator token inside one segment
-(WiC's "word + sep + sentence1", SocialIQA's and CosmosQA's "context + sep + question"); the
-trainer replaces it with the tokenizer's own ``sep_token``.
+(WiC's "word + sep + sentence1", SocialIQA's and CosmosQA's "context + sep + question"), with no
+spaces around it, as the reference's ``a + tokenizer.sep_token + b``; the trainer replaces it with
+the tokenizer's own ``sep_token`` (a byte-level BPE would turn a space beside it into a token of its
+own and change the first word's token after it).
 """
 
 from __future__ import annotations
@@ -33,8 +35,14 @@ def choices(a: list[str], b: list[str | None], label: int) -> dict:
 
 
 def joined(*parts: str) -> str:
-    """Segments joined with the separator token, as the reference built them."""
-    return f" {SEP} ".join(parts)
+    """Segments joined with the separator token and no spaces, as the reference built them."""
+    return SEP.join(parts)
+
+
+def fill_sep(text: str | None, sep_token: str | None) -> str | None:
+    """The text the tokenizer receives: each ``SEP`` becomes ``sep_token`` exactly (no spaces added);
+    a tokenizer without a separator token gets a space, so that the two parts stay two words."""
+    return None if text is None else text.replace(SEP, sep_token or " ")
 
 
 def label_index(value: object, labels: tuple[str, ...], where: str = "") -> int:
@@ -101,7 +109,8 @@ def winogrande(row: dict) -> dict:
     cut = sentence.find("_")
     if cut < 0:
         raise TaskDataError(f"winogrande sentence has no '_': {sentence[:60]!r}")
-    before, rest = sentence[:cut].rstrip(), sentence[cut + 1 :].strip()
+    # the reference: context = sentence[:idx] (its trailing space kept), option = "_ " + the rest stripped
+    before, rest = sentence[:cut], sentence[cut + 1 :].strip()
     options = [str(field(row, "option1")), str(field(row, "option2"))]
     seconds = [("_ " + rest).replace("_", opt) for opt in options]
     return choices([before] * 2, seconds, int(str(field(row, "answer")).strip()) - 1)

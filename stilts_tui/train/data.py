@@ -18,7 +18,7 @@ import numpy as np
 from filelock import FileLock
 
 from stilts_tui import tasks
-from stilts_tui.tasks.inputs import SEP
+from stilts_tui.tasks.inputs import fill_sep
 
 
 @dataclass
@@ -52,12 +52,12 @@ def _files_fingerprint(spec: dict) -> list:
 
 def cache_key(spec: dict, split: str, tok_fp: str, max_len: int, limit: int | None) -> str:
     task = {k: spec.get(k) for k in ("name", "hub", "hub_splits", "custom", "labels", "kind")}
-    blob = json.dumps([task, _files_fingerprint(spec), split, tok_fp, max_len, limit, 2], sort_keys=True)
+    blob = json.dumps([task, _files_fingerprint(spec), split, tok_fp, max_len, limit, 3], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 def _fill_sep(text: str | None, sep: str) -> str | None:
-    return None if text is None else text.replace(SEP, sep)
+    return fill_sep(text, sep)  # one rule for the trainer and `tasks show` (tasks/inputs.py)
 
 
 def _tokenize_fn(tok, kind: str, max_len: int):

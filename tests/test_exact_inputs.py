@@ -1,0 +1,235 @@
+"""The model receives exactly the reference's input text (terarachang/Rethinking_STILT utils.py and
+run_gpt2_synth_dataset.py), checked on token ids from a RoBERTa-style byte-level BPE tokenizer built
+here: with it, a space beside the separator is a token of its own and changes the next word's token,
+so a spaced join cannot pass. Expected strings are written by hand from the reference's rules."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from conftest import cli, write_jsonl, write_text
+
+from stilts_tui import plan as plans
+from stilts_tui.train import data
+
+MAX_LEN = 64
+CORPUS = [
+    "carry You must carry your camping gear . Sound carries well over water .",
+    "Tracy went to the store. Why did Tracy do this? buy milk sell eggs sleep",
+    "It rained, a lot. What happened? rain sun snow none, really",
+    "Sarah was a much better surgeon than Maria so always got the harder cases.",
+    "The river , which runs north , floods every spring and the farmers along its banks plant late",
+    "Most towns in the valley were built before 1900 and many of them still have old stone bridges , mills",
+]
+
+
+def build_roberta_bpe(folder: Path):
+    """A RoBERTa-style tokenizer: byte-level BPE, <s> A </s></s> B </s>, sep_token </s>."""
+    from tokenizers import ByteLevelBPETokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(CORPUS * 3, vocab_size=500, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
+    bpe._tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
+                                  sep_token="</s>", cls_token="<s>", pad_token="<pad>", unk_token="<unk>",
+                                  mask_token="<mask>")
+    tok.save_pretrained(str(folder))
+    return tok
+
+
+@pytest.fixture(scope="module")
+def bpe(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bpe") / "tok"
+    return build_roberta_bpe(folder), folder
+
+
+def task_spec(tmp_path: Path, task: str) -> dict:
+    text = f'name = "t"\nmodel = "m"\n[target.x]\ntask = "{task}"\ndata_dir = "{tmp_path}"\n'
+    return plans.load_and_expand(write_text(tmp_path / "plan.toml", text))[1][0].task_spec
+
+
+def trainer_ids(tmp_path: Path, task: str, tok) -> list:
+    """The ids of the first training example, through the trainer's own tokenization and cache."""
+    spec = task_spec(tmp_path, task)
+    split = data.load_split(spec, "train", tok, data.tokenizer_fingerprint(tok), MAX_LEN, tmp_path / "cache")
+    ids = split.ids[0]
+    if ids.ndim == 1:
+        return ids[ids != tok.pad_token_id].tolist()
+    return [row[row != tok.pad_token_id].tolist() for row in ids]
+
+
+def expect(tok, a: str, b: str | None) -> list[int]:
+    return tok(a, b, truncation="longest_first", max_length=MAX_LEN)["input_ids"]
+
+
+def test_the_tokenizer_tells_a_spaced_separator_apart(bpe):
+    tok, _ = bpe
+    assert expect(tok, "carry</s>You must", None) != expect(tok, "carry </s> You must", None)
+
+
+def write_wic(d: Path) -> None:
+    for split in ("train", "dev"):
+        write_text(d / f"{split}/{split}.data.txt",
+                   "carry\tV\t2-1\tYou must carry your camping gear .\tSound carries well over water .\n")
+        write_text(d / f"{split}/{split}.gold.txt", "T\n")
+
+
+def test_wic_is_word_sep_sentence1_paired_with_sentence2(tmp_path, bpe):
+    tok, _ = bpe
+    write_wic(tmp_path)
+    ids = trainer_ids(tmp_path, "wic", tok)
+    assert ids == expect(tok, "carry</s>You must carry your camping gear .", "Sound carries well over water .")
+    assert ids != expect(tok, "carry </s> You must carry your camping gear .", "Sound carries well over water .")
+
+
+def test_siqa_is_context_sep_question_paired_with_each_answer(tmp_path, bpe):
+    tok, _ = bpe
+    row = {"context": "Tracy went to the store.", "question": "Why did Tracy do this?", "answerA": "buy milk",
+           "answerB": "sell eggs", "answerC": "sleep"}
+    for split in ("train", "dev"):
+        write_jsonl(tmp_path / f"{split}.jsonl", [row])
+        write_text(tmp_path / f"{split}-labels.lst", "2\n")
+    ids = trainer_ids(tmp_path, "siqa", tok)
+    a = "Tracy went to the store.</s>Why did Tracy do this?"
+    assert ids == [expect(tok, a, "buy milk"), expect(tok, a, "sell eggs"), expect(tok, a, "sleep")]
+    assert ids[0] != expect(tok, "Tracy went to the store. </s> Why did Tracy do this?", "buy milk")
+
+
+def test_cosmosqa_is_context_sep_question_paired_with_each_answer(tmp_path, bpe):
+    tok, _ = bpe
+    text = ('id,context,question,answer0,answer1,answer2,answer3,label\n'
+            'q1,"It rained, a lot.",What happened?,rain,sun,snow,"none, really",2\n')
+    write_text(tmp_path / "train.csv", text)
+    write_text(tmp_path / "valid.csv", text)
+    ids = trainer_ids(tmp_path, "cosmosqa", tok)
+    a = "It rained, a lot.</s>What happened?"
+    assert ids == [expect(tok, a, x) for x in ("rain", "sun", "snow", "none, really")]
+
+
+def test_winogrande_context_keeps_its_trailing_space(tmp_path, bpe):
+    tok, _ = bpe
+    row = {"sentence": "Sarah was a much better surgeon than Maria so _ always got the harder cases.",
+           "option1": "Sarah", "option2": "Maria", "answer": "2"}
+    write_jsonl(tmp_path / "train_xs.jsonl", [row])
+    write_jsonl(tmp_path / "dev.jsonl", [row])
+    ids = trainer_ids(tmp_path, "winogrande-xs", tok)
+    a = "Sarah was a much better surgeon than Maria so "  # sentence[:idx], its space kept
+    assert ids == [expect(tok, a, "Sarah always got the harder cases."),
+                   expect(tok, a, "Maria always got the harder cases.")]
+    assert ids[0] != expect(tok, a.rstrip(), "Sarah always got the harder cases.")
+
+
+def test_tasks_show_prints_the_ids_the_trainer_uses(tmp_path, bpe):
+    tok, folder = bpe
+    write_wic(tmp_path / "wic")
+    out = cli("tasks", "show", "wic", "--data-dir", str(tmp_path / "wic"), "--model", str(folder), "--json")
+    assert out.returncode == 0, out.stderr
+    rec = json.loads(out.stdout.strip().splitlines()[0])
+    assert rec["text"] == ["carry</s>You must carry your camping gear .", "Sound carries well over water ."]
+    assert rec["label"] == 1 and rec["label_name"] == "T"
+    assert rec["input_ids"] == trainer_ids(tmp_path / "wic", "wic", tok)
+    shown = cli("tasks", "show", "wic", "--data-dir", str(tmp_path / "wic"), "--model", str(folder), "-n", "1")
+    assert shown.returncode == 0 and '"carry</s>You must carry your camping gear ."' in shown.stdout
+    assert " ".join(map(str, rec["input_ids"])) in shown.stdout
+
+
+def test_tasks_show_multiple_choice_gives_a_list_per_choice(tmp_path, bpe):
+    _, folder = bpe
+    row = {"context": "Tracy went to the store.", "question": "Why?", "answerA": "a", "answerB": "b",
+           "answerC": "c"}
+    for split in ("train", "dev"):
+        write_jsonl(tmp_path / f"{split}.jsonl", [row, row])
+        write_text(tmp_path / f"{split}-labels.lst", "3\n1\n")
+    out = cli("tasks", "show", "iqa", "--data-dir", str(tmp_path), "--model", str(folder), "--json", "-n", "5")
+    assert out.returncode == 0, out.stderr
+    recs = [json.loads(x) for x in out.stdout.strip().splitlines()]
+    assert [r["label"] for r in recs] == [2, 0]
+    assert len(recs[0]["input_ids"]) == 3 and all(isinstance(x, list) for x in recs[0]["input_ids"])
+    assert recs[0]["text"][1] == ["Tracy went to the store.</s>Why?", "b"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["rte"], "Hugging Face Hub is unreachable"),
+    (["rte", "--data-dir", "{tmp}/nope"], "--data-dir"),
+    (["nosuchtask"], "unknown task 'nosuchtask'"),
+    (["rte", "--data-dir", "{tmp}/rte", "--model", "{tmp}/no-model"], "cannot load the tokenizer"),
+])
+def test_tasks_show_bad_input_is_one_line(tmp_path, args, needle):
+    write_text(tmp_path / "rte/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\tentailment\n")
+    write_text(tmp_path / "rte/dev.tsv", "index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\tentailment\n")
+    out = cli("tasks", "show", *[a.format(tmp=tmp_path) for a in args],
+              env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")})
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr and "Traceback" not in out.stderr
+    if "unreachable" in needle:
+        assert "--data-dir" in out.stderr
+
+
+# ---- synthesis: exact text and order -----------------------------------------------------------
+
+PARAGRAPHS = [  # one sentence each (no ". " inside); 22 and 24 words
+    "The river , which runs north , floods every spring and the farmers along its banks plant late in "
+    "the season .",
+    "Most towns in the valley were built before 1900 and many of them still have old stone bridges , mills "
+    "and churches today .",
+]
+# by hand: context = the first half of the words, real ending = the rest less the last word, both
+# decoded with clean-up of the space before punctuation
+EXPECTED = [
+    ("The river, which runs north, floods every spring and",
+     "the farmers along its banks plant late in the season"),
+    ("Most towns in the valley were built before 1900 and many of",
+     "them still have old stone bridges, mills and churches today"),
+]
+
+
+def build_gpt2(folder: Path) -> Path:
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(PARAGRAPHS * 3, vocab_size=600, min_frequency=1, special_tokens=["<|endoftext|>"],
+                            show_progress=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
+                                  bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=32, n_layer=2, n_head=2,
+                                       bos_token_id=0, eos_token_id=0))
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def test_synthesis_text_and_order_are_the_references(tmp_path, bpe):
+    tok, _ = bpe
+    gen = build_gpt2(tmp_path / "gen")
+    # six paragraphs: each of the two sentences three times, with a marker word so each pair is its own
+    paras = [p.replace("spring", f"spring{k}") if i == 0 else p.replace("1900", f"190{k}")
+             for k in range(3) for i, p in enumerate(PARAGRAPHS)]
+    corpus = write_text(tmp_path / "corpus.txt", "\n".join(paras) + "\n")
+    out = cli("synth", "--corpus-file", str(corpus), "--generator", str(gen), "--out", str(tmp_path / "o"),
+              "--n", "4", "--dev", "2", "--fakes", "2", "--batch-size", "2", "--seed", "7")
+    assert out.returncode == 0, out.stderr
+    expected = [(c.replace("spring", f"spring{k}"), e) if i == 0 else (c.replace("1900", f"190{k}"), e)
+                for k in range(3) for i, (c, e) in enumerate(EXPECTED)]
+    random.Random(7).shuffle(expected)  # the reference: random.seed(seed); random.shuffle(data)
+    rows = [json.loads(x) for x in (tmp_path / "o/SynGPT2_train.jsonl").read_text().splitlines()]
+    dev = [json.loads(x) for x in (tmp_path / "o/SynGPT2_dev.jsonl").read_text().splitlines()]
+    assert [(r["ctx"], r["endings"][0]) for r in rows] == expected[:4]  # the first n, in the shuffled order
+    assert [(r["ctx"], r["endings"][0]) for r in dev] == expected[4:]  # dev: beyond the first n
+    for r in rows + dev:
+        assert len(r["endings"]) == 3 and r["label"] == 0
+        for fake in r["endings"][1:]:
+            assert fake == fake.strip() and " ," not in fake and " ." not in fake  # cleaned up, as the reference
+    # and the trainer reads them as the reference did: ctx paired with each ending
+    spec = {"name": "syngpt2", "kind": "multiple_choice", "labels": None, "hub": None, "hub_splits": ["train", "dev"],
+            "data_dir": str(tmp_path / "o"), "train_file": None, "dev_file": None, "custom": None}
+    split = data.load_split(spec, "train", tok, data.tokenizer_fingerprint(tok), MAX_LEN, tmp_path / "cache")
+    first = split.ids[0][0]
+    assert first[first != tok.pad_token_id].tolist() == expect(tok, *expected[0])
