@@ -395,30 +395,44 @@ def scores(
     metric: Annotated[str | None, typer.Option("--metric", help="a metric in the runs' results (default: each "
                                                "target's primary metric)")] = None,
     by_seed: Annotated[bool, typer.Option("--by-seed", help="one row per starting point and seed")] = False,
-    fmt: Annotated[str, typer.Option("--format", help="table | csv | md | latex | json | png")] = "table",
+    fmt: Annotated[str | None, typer.Option("--format", help="table | csv | md | latex | json | png (default: "
+                                            "from -o's extension, else table)")] = None,
     out: Annotated[Path | None, typer.Option("-o", "--output", help="write to this file")] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing -o file")] = False,
+    alpha: Annotated[float, typer.Option("--alpha", help="level of the paired sign-flip test")] = 0.05,
+    without_failed: Annotated[bool, typer.Option("--without-failed", help="show the mean and std without the "
+                                                 "failed runs (at or below the majority-class score)")] = False,
 ) -> None:
-    """The score table of a plan: mean/std/median/max/min per (intermediate, target), gain over "none"."""
+    """The score table of a plan: mean/std/median/max/min per (intermediate, target), failed-run rate,
+    gain over "none" with a paired test."""
     from stilts_tui import results
 
+    named = results.format_for(out) if out is not None else None
+    if fmt is None:
+        fmt = named or ("table" if out is None else "")
+        if not fmt:
+            raise UserError(f"-o {out}: name the format with --format (csv, md, latex, json, png) or use one of "
+                            "the extensions .csv .md .tex .json .png")
     if fmt not in results.FORMATS:
         raise UserError(f"--format: '{fmt}' is not one of {', '.join(results.FORMATS)}")
     if fmt == "png" and out is None:
         raise UserError("--format png needs -o FILE.png")
-    table = results.build(_root(ctx), plan, metric=metric, by_seed=by_seed)
-    if fmt == "png":
-        results.to_png(table, out)
-    elif fmt == "table":
-        if out is not None:
-            raise UserError("--format table prints to the terminal; choose csv, md, latex or json for -o")
+    if fmt == "table" and out is not None:
+        raise UserError("--format table prints to the terminal; choose csv, md, latex or json for -o")
+    if out is not None and out.suffix and named != fmt:
+        raise UserError(f"-o {out}: the extension '{out.suffix}' does not match --format {fmt} "
+                        f"(use .{results.EXTENSIONS[fmt]})")
+    if out is not None and out.is_file() and not force:
+        raise UserError(f"-o {out}: the file exists; add --force to overwrite it")
+    table = results.build(_root(ctx), plan, metric=metric, by_seed=by_seed, alpha=alpha,
+                          without_failed=without_failed)
+    if fmt == "table":
         _console().print(results.to_rich(table))
         return
-    else:
-        text = results.render(table, fmt)
-        if out is None:
-            typer.echo(text, nl=False)
-            return
-        out.write_text(text, encoding="utf-8")
+    if out is None:
+        typer.echo(results.render(table, fmt), nl=False)
+        return
+    results.write_output(out, results.export_bytes(table, fmt), force=force)
     typer.echo(f"wrote {out}", err=True)
 
 
