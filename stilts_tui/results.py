@@ -20,6 +20,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import warnings
 from collections import Counter
@@ -246,11 +248,11 @@ def _compute_majority(task: dict, metric: str, limit: int | None) -> tuple[float
     from stilts_tui import tasks
     from stilts_tui.tasks import metrics as task_metrics
 
-    if task.get("hub") and not tasks.required_files(task):  # never download here: the local cache only
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     try:
-        labels = [e["label"] for e in tasks.load_examples(task, "dev", limit=limit)]
+        if task.get("hub") and not tasks.required_files(task):
+            labels = _hub_labels(task, limit)
+        else:
+            labels = [e["label"] for e in tasks.load_examples(task, "dev", limit=limit)]
     except Exception as e:  # noqa: BLE001 - unreadable dev labels: the rate is unknown, the table goes on
         return None, first_line(e)
     counts = Counter(labels)
@@ -263,6 +265,26 @@ def _compute_majority(task: dict, metric: str, limit: int | None) -> tuple[float
             return None, f"metric '{metric}': {first_line(e)}"
         best = value if best is None else max(best, value)
     return best, None
+
+
+_HUB_LABELS = """
+import json, sys
+from stilts_tui import tasks
+task, limit = json.loads(sys.argv[1])
+print(json.dumps([e["label"] for e in tasks.load_examples(task, "dev", limit=limit)]))
+"""
+
+
+def _hub_labels(task: dict, limit: int | None) -> list:
+    """Dev labels of a hub dataset from the local datasets cache only: a child process in offline mode, so
+    this process's hub settings stay as they are and a score table never downloads."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", _HUB_LABELS, json.dumps([task, limit])], capture_output=True,
+                          text=True, env=env, timeout=120)
+    if proc.returncode:
+        raise UserError("its hub dev set is not in the local datasets cache (the table reads the hub offline; "
+                        "data_dir with local files gives the rate)")
+    return json.loads(proc.stdout)
 
 
 def _failed(c: Cell, majority: float | None) -> None:
@@ -474,7 +496,7 @@ def to_json(t: ScoreTable) -> str:
         d["min_attainable_p"] = d.pop("min_p")
         cells.append(d)
     return json.dumps({"plan": t.plan, "metric": t.metric, "metrics": t.metrics, "by_seed": t.by_seed,
-                       "std": STD_NOTE, "bootstrap": BOOT, "failed_rule": FAILED_NOTE, "test": _test_note(t),
+                       "std": STD_NOTE, "bootstrap": BOOT, "failed_rule": FAILED_NOTE, "test": test_note(t),
                        "alpha": t.alpha, "without_failed": t.without_failed, "rows": t.rows, "targets": t.targets,
                        "notes": t.notes, "cells": cells}, indent=2)
 
@@ -483,7 +505,7 @@ FAILED_NOTE = (f"a run failed when its dev score is at or below the majority-cla
                f"set (regression: at or below {REGRESSION_FAIL_THRESHOLD:g})")
 
 
-def _test_note(t: ScoreTable) -> str:
+def test_note(t: ScoreTable) -> str:
     return (f"gain paired by (seed, grid point) with 'none': two-sided sign-flip permutation test, exact up to "
             f"{EXACT_MAX_PAIRS} pairs, else {MC_RESAMPLES} seeded Monte Carlo patterns; marked at p < {t.alpha:g} "
             f"only where the pairs can reach it (smallest exact p 2/2^n), else '{TOO_FEW}'")
