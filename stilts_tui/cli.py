@@ -281,6 +281,9 @@ def daemon_start(
                         ] = 1000,
     fuse: Annotated[str, typer.Option("--fuse", help="train ready runs of one shape as fused arrays: off, auto "
                                       "(as many as fit a GPU) or K runs an array")] = "off",
+    on_finish: Annotated[str | None, typer.Option("--on-finish", help="a command to run when a plan finishes or a "
+                         "run fails, e.g. --on-finish 'notify-send stilts'; split into words, run without a shell; "
+                         "what happened is in its environment (docs/results.md)")] = None,
 ) -> None:
     """Start the queue daemon for this runs-dir, detached from the terminal."""
     from stilts_tui.plan import slurm_problem
@@ -321,8 +324,30 @@ def daemon_start(
         args.append("--mps")
     if executor == "slurm":
         args += ["--executor", "slurm", "--slurm", json.dumps(slurm), "--max-jobs", str(max_jobs)]
+    if on_finish is not None:
+        _set_on_finish(on_finish)
     info = ops.start_daemon(_root(ctx), args)
     typer.echo(f"daemon started (pid {info['pid']}) on {_root(ctx)}; log: {_root(ctx) / 'daemon.log'}")
+
+
+def _set_on_finish(value: str) -> None:
+    """Check --on-finish and hand it to the daemon process in its environment (a JSON argument list)."""
+    import os
+    import shlex
+
+    from stilts_tui.queue import notify
+
+    try:
+        cmd = json.loads(value) if value.lstrip().startswith("[") else shlex.split(value)
+    except ValueError as e:
+        raise UserError(f"--on-finish: cannot split '{value}' into words ({e})") from None
+    if not isinstance(cmd, list) or not cmd or not all(isinstance(x, str) and x for x in cmd):
+        raise UserError(f"--on-finish: expected a command, got '{value}'")
+    if "/" in cmd[0]:  # the daemon runs it from the runs-dir: a relative path must not change meaning
+        cmd[0] = str(Path(cmd[0]).expanduser().resolve())
+    if shutil.which(cmd[0]) is None:
+        raise UserError(f"--on-finish: '{cmd[0]}' is not an executable program on PATH (nor a path to one)")
+    os.environ[notify.ENV_VAR] = json.dumps(cmd)
 
 
 @daemon_app.command("stop")

@@ -11,6 +11,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
 
+from stilts_tui.queue.notify import PlanWatch
 from stilts_tui.tui.keymap import load_keymap
 from stilts_tui.tui.screens.queue import QueueScreen
 
@@ -59,6 +60,7 @@ class StiltsApp(App):
         self.root = Path(root)
         self._keymap = keymap if keymap is not None else load_keymap()
         self._start_daemon = start_daemon
+        self.plan_watch = PlanWatch()
 
     def on_mount(self) -> None:
         if self._keymap:
@@ -66,6 +68,26 @@ class StiltsApp(App):
         self.push_screen(QueueScreen())
         if self._start_daemon:
             self.ensure_daemon()
+        self.set_interval(1.0, self.watch_plans)
+
+    @work(thread=True, exclusive=True, group="plans", exit_on_error=False)
+    def watch_plans(self) -> None:
+        """The terminal bell and a note when a plan finishes (no queued or running run left)."""
+        from stilts_tui.ledger import Ledger
+
+        try:
+            runs = Ledger(self.root).runs()
+        except Exception:  # noqa: BLE001 - the queue screen shows ledger errors; the bell just waits
+            return
+        for event in self.plan_watch.update(runs):
+            if event["event"] == "plan_finished":
+                self.call_from_thread(self.plan_finished, event)
+
+    def plan_finished(self, event: dict) -> None:
+        c = event["counts"]
+        self.bell()
+        self.notify(f"plan {event['plan']!r} finished: {c['done']} done, {c['failed']} failed, "
+                    f"{c['cancelled']} cancelled, {c['blocked']} blocked", timeout=30)
 
     @work(thread=True, exclusive=True, group="daemon", exit_on_error=False)
     def ensure_daemon(self) -> None:
