@@ -157,14 +157,23 @@ def plan_validate(path: PlanPath) -> None:
 
 
 @plan_app.command("show")
-def plan_show(path: PlanPath, as_json: JsonFlag = False) -> None:
-    """Counts by stage and the intermediate x target matrix of a plan."""
+def plan_show(ctx: typer.Context, path: PlanPath, as_json: JsonFlag = False,
+              cost: Annotated[bool, typer.Option("--cost", help="training steps and estimated GPU-hours per stage, "
+                                                 "from throughput measured in the runs-dir's ledger")] = False,
+              ) -> None:
+    """Counts by stage and the intermediate x target matrix of a plan (and with --cost what it will take)."""
     plan, runs = plans.load_and_expand(path)
     warnings = plans.missing_data(plan, runs)
     counts, matrix = plans.counts(runs), plans.matrix(runs)
+    estimate = None
+    if cost:
+        from stilts_tui import cost as costs
+
+        estimate = costs.estimate(plan, runs, costs.measured(_root(ctx)))
     if as_json:
         typer.echo(json.dumps({"name": plan.name, "model": plan.model, "counts": counts, "matrix": matrix,
-                               "runs": len(runs), "warnings": warnings}, indent=2))
+                               "runs": len(runs), "warnings": warnings,
+                               **({"cost": estimate.as_dict()} if estimate else {})}, indent=2))
         return
     from rich.table import Table
 
@@ -178,6 +187,22 @@ def plan_show(path: PlanPath, as_json: JsonFlag = False) -> None:
     for row, cells in matrix.items():
         table.add_row(row, *(str(cells.get(t, 0)) for t in targets), str(sum(cells.values())))
     con.print(table)
+    if estimate is not None:
+        _print_cost(con, estimate)
+
+
+def _print_cost(con, estimate) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table("stage", "runs", "training steps", "samples", "GPU-hours", "timed from", title="estimated cost")
+    for s in [*(s for s in estimate.stages.values() if s.runs), estimate.total]:
+        how = ", ".join(f"{n} {w}" for n, w in ((s.measured, "measured"), (s.default, "default"),
+                                               (s.unknown, "unknown size")) if n)
+        table.add_row(s.stage, str(s.runs), f"{s.steps:,}", f"{s.samples:,}", f"{s.gpu_hours:.2f}", how)
+    con.print(table)
+    for note in estimate.notes:
+        con.print(Text(note, style="dim"))
 
 
 @queue_app.command("add")
