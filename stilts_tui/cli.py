@@ -518,37 +518,55 @@ def logs(
 
 
 @app.command("doctor")
-def doctor(ctx: typer.Context) -> None:
-    """Check GPUs, driver, MPS, hub reachability, disk and the daemon; each line ok or what to do."""
+def doctor(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Check GPUs (and the run behind each GPU process), driver, MPS, hub reachability, disk and the daemon;
+    each line ok or what to do."""
     import shutil
     import socket
 
-    from stilts_tui.queue import gpus as gpu_info
-    from stilts_tui.queue import ops
+    from stilts_tui.queue import gpu_procs, ops
 
     root = _root(ctx)
-    found = gpu_info.list_gpus()
-    if found:
-        for g in found:
-            typer.echo(f"ok    GPU {g.index}: {g.name}, {g.free_gb:.1f} of {g.total_gb:.1f} GiB free")
-        typer.echo(f"ok    driver {gpu_info.driver_version()}")
+    checks: list[tuple[str, str]] = []
+    report = gpu_procs.snapshot(root)
+    for g in report.gpus:
+        used = "?" if g.used_gb is None else f"{g.used_gb:.1f}"
+        util = "" if g.util is None else f", {g.util:.0f}% busy"
+        checks.append(("ok", f"GPU {g.index}: {g.name}, {used} of {g.total_gb:.1f} GiB used{util}, "
+                             f"{len(g.procs)} processes"))
+        for p in g.procs:
+            who = (f"run {' '.join(p.run_ids)} ({p.plan}, {p.stage})" if p.ours else
+                   f"not ours: user {p.user or '?'}, {p.command or '?'}")
+            checks.append(("info", f"  pid {p.pid} on GPU {g.index}: {who}"))
+    if report.gpus:
+        checks.append(("ok", f"driver {report.driver}"))
     else:
-        typer.echo("warn  no GPU found (NVML): runs train on the CPU; install the NVIDIA driver for GPUs")
+        checks.append(("warn", f"no GPU found ({report.reason}): runs train on the CPU; install the NVIDIA driver "
+                               "for GPUs"))
     mps = shutil.which("nvidia-cuda-mps-control")
-    typer.echo("ok    MPS can start (nvidia-cuda-mps-control found)" if mps else
-               "info  MPS unavailable (nvidia-cuda-mps-control not on PATH); --mps will not work")
+    checks.append(("ok", "MPS can start (nvidia-cuda-mps-control found)") if mps else
+                  ("info", "MPS unavailable (nvidia-cuda-mps-control not on PATH); --mps will not work"))
     try:
         socket.create_connection(("huggingface.co", 443), timeout=3).close()
-        typer.echo("ok    Hugging Face Hub reachable")
+        hub = True
+        checks.append(("ok", "Hugging Face Hub reachable"))
     except OSError:
-        typer.echo("warn  Hugging Face Hub unreachable: set data_dir and local model folders in plans")
+        hub = False
+        checks.append(("warn", "Hugging Face Hub unreachable: set data_dir and local model folders in plans"))
     root.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(root).free / 2**30
-    typer.echo(f"{'ok  ' if free > 20 else 'warn'}  {free:.0f} GiB free in {root}"
-               + ("" if free > 20 else " (intermediate checkpoints need ~1.5 GB each for RoBERTa-large)"))
+    checks.append(("ok" if free > 20 else "warn", f"{free:.0f} GiB free in {root}" + (
+        "" if free > 20 else " (intermediate checkpoints need ~1.5 GB each for RoBERTa-large)")))
     info = ops.daemon_status(root)
-    typer.echo(f"ok    daemon running (pid {info.get('pid')})" if info else
-               "info  no daemon running: `stilts-tui daemon start` (queue add starts one)")
+    checks.append(("ok", f"daemon running (pid {info.get('pid')})") if info else
+                  ("info", "no daemon running: `stilts-tui daemon start` (queue add starts one)"))
+    if as_json:
+        typer.echo(json.dumps({**report.as_dict(), "mps": bool(mps), "hub_reachable": hub,
+                               "disk_free_gb": round(free, 1), "runs_dir": str(root), "daemon": info,
+                               "checks": [{"level": lv, "text": t} for lv, t in checks]}, indent=2))
+        return
+    for level, text in checks:
+        typer.echo(f"{level:<5} {text}")
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ PALETTE = [  # (title, help, action on the app)
     ("scores: export as json", "write <runs-dir>/exports/PLAN.json", "export('json')"),
     ("scores: export as png", "write <runs-dir>/exports/PLAN.png", "export('png')"),
     ("plan: build a new plan", "pick tasks, seeds and a grid", "builder"),
+    ("queue: show GPUs", "memory, utilization and the run behind each GPU process", "gpus"),
     ("help: keys", "every key of every screen", "help"),
 ]
 
@@ -53,6 +54,7 @@ class StiltsApp(App):
         Binding("f1,question_mark", "help", "Keys", id="app.help"),
         Binding("o", "scores", "Scores", id="app.scores"),
         Binding("b", "builder", "Plan builder", id="app.builder"),
+        Binding("g", "gpus", "GPUs", id="app.gpus"),
     ]
 
     def __init__(self, root: Path, keymap: dict[str, str] | None = None, start_daemon: bool = False):
@@ -112,6 +114,11 @@ class StiltsApp(App):
 
         self.push_screen(ScoresScreen())
 
+    def action_gpus(self) -> None:
+        from stilts_tui.tui.screens.gpus import GpuScreen
+
+        self.push_screen(GpuScreen())
+
     def action_builder(self) -> None:
         from stilts_tui.tui.screens.builder import BuilderScreen
 
@@ -134,6 +141,7 @@ class StiltsApp(App):
 
     def key_sections(self) -> list[tuple[str, list[tuple[str, str, str]]]]:
         from stilts_tui.tui.screens.builder import BuilderScreen
+        from stilts_tui.tui.screens.gpus import GpuScreen
         from stilts_tui.tui.screens.logs import LogsScreen
         from stilts_tui.tui.screens.scores import ScoresScreen
 
@@ -142,7 +150,8 @@ class StiltsApp(App):
 
         return [("everywhere", rows(self.BINDINGS) + [("ctrl+p", "command palette", "")]),
                 ("queue", rows(QueueScreen.BINDINGS)), ("logs", rows(LogsScreen.BINDINGS)),
-                ("scores", rows(ScoresScreen.BINDINGS)), ("plan builder", rows(BuilderScreen.BINDINGS))]
+                ("scores", rows(ScoresScreen.BINDINGS)), ("plan builder", rows(BuilderScreen.BINDINGS)),
+                ("gpus", rows(GpuScreen.BINDINGS))]
 
     def action_help(self) -> None:
         from stilts_tui.tui.screens.help import HelpScreen
