@@ -282,7 +282,7 @@ def _hub_labels(task: dict, limit: int | None) -> list:
     proc = subprocess.run([sys.executable, "-c", _HUB_LABELS, json.dumps([task, limit])], capture_output=True,
                           text=True, env=env, timeout=120)
     if proc.returncode:
-        raise UserError("its hub dev set is not in the local datasets cache (the table reads the hub offline; "
+        raise UserError("its hub dev set is not in the local datasets cache (read offline here; "
                         "data_dir with local files gives the rate)")
     return json.loads(proc.stdout)
 
@@ -438,7 +438,7 @@ def _majorities(root: Path, runs: list[dict], metrics: dict[str, str], notes: li
         limit = params.get("max_dev_samples") if isinstance(params.get("max_dev_samples"), int) else None
         value, why = majority_score(spec["task"], metric, limit)
         if value is None:
-            notes.append(f"failed runs of {target}: majority-class score unknown ({why})")
+            notes.append(f"failed runs of {target}: majority-class score unknown: {why}")
         else:
             out[target] = value
     return out
