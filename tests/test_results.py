@@ -8,6 +8,7 @@ import io
 import json
 import math
 
+import numpy as np
 import pytest
 from conftest import cli, write_text
 
@@ -230,6 +231,19 @@ def test_exact_sign_flip_p_values_by_hand():
     assert results.sign_flip_test([0.1] * 6)[0] == pytest.approx(2 / 64)
     assert results.min_attainable_p([0.1] * 5) == pytest.approx(2 / 32)
     assert results.min_attainable_p([0.1, 0.0, 0.2]) == pytest.approx(2 / 4)  # a zero difference cannot flip
+
+
+@pytest.mark.parametrize("d", [
+    [0.02, -0.01, 0.03, 0.05, -0.02, 0.04, 0.01, 0.03, -0.03, 0.02],  # many tied sums (scores in steps of 1/100)
+    [0.1, 0.1, 0.1, -0.1, 0.2, 0.0, 0.3],
+    list(np.random.default_rng(3).normal(0.01, 0.03, 16)),
+])
+def test_the_exact_test_agrees_with_scipy_permutation_test(d):
+    from scipy import stats
+
+    ref = stats.permutation_test((np.asarray(d),), np.mean, permutation_type="samples", n_resamples=2**16,
+                                 vectorized=True)
+    assert results.sign_flip_test(d) == (pytest.approx(ref.pvalue), "exact")
 
 
 def test_monte_carlo_beyond_sixteen_pairs_is_seeded():
