@@ -343,3 +343,24 @@ def test_export_paths_stay_in_the_runs_dir_whatever_the_plan_name(tmp_path):
         assert path.parent == (tmp_path / "exports").resolve() and path.name.endswith(".md")
         assert not path.name.startswith(".")
     assert results.export_path(tmp_path, "ok-name.v2", "latex").name == "ok-name.v2.tex"
+
+
+async def test_the_app_exports_inside_the_runs_dir_whatever_the_plan_name(scored, tmp_path):
+    from stilts_tui.tui.app import StiltsApp
+    from stilts_tui.tui.screens.scores import ScoresScreen
+
+    async with StiltsApp(scored, keymap={}).run_test(size=(170, 40)) as pilot:
+        await pilot.pause(0.3)
+        await pilot.press("o")
+        screen = pilot.app.screen
+        assert isinstance(screen, ScoresScreen)
+        for _ in range(100):
+            await pilot.pause(0.1)
+            if screen.table_data:
+                break
+        screen.table_data.plan = "../../escape"  # what an unchecked plan name would make of the path
+        screen.export("md")
+        await pilot.pause(0.1)
+    written = list((scored / "exports").iterdir())
+    assert [p.name for p in written] == ["_.._escape.md"] and "| none |" in written[0].read_text()
+    assert not list(tmp_path.parent.glob("escape*")) and not list(tmp_path.glob("escape*"))
