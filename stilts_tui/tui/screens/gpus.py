@@ -43,7 +43,8 @@ def render(report: gpu_procs.GpuReport, history: dict[int, deque]) -> Group | Te
         hist = list(history.get(g.index, []))
         mem = "?" if g.used_gb is None else f"{g.used_gb:.1f}"
         util = "n/a" if g.util is None else f"{g.util:.0f}%"
-        head = Text.assemble((f"GPU {g.index}", "bold"), f"  {g.name}{' (fake)' if g.fake else ''}   memory ",
+        name = g.name + (" (fake)" if g.fake and "fake" not in g.name else "")
+        head = Text.assemble((f"GPU {g.index}", "bold"), f"  {name}   memory ",
                              (f"{mem} / {g.total_gb:.1f} GiB ", "bold"), (spark([m for m, _ in hist], g.total_gb),
                                                                           "cyan"),
                              "   utilization ", (f"{util} ", "bold"), (spark([u for _, u in hist], 100.0), "green"))
