@@ -216,14 +216,23 @@ def plan_rehearse(
 
 
 @plan_app.command("show")
-def plan_show(path: PlanPath, as_json: JsonFlag = False) -> None:
-    """Counts by stage and the intermediate x target matrix of a plan."""
+def plan_show(ctx: typer.Context, path: PlanPath, as_json: JsonFlag = False,
+              cost: Annotated[bool, typer.Option("--cost", help="training steps and estimated GPU-hours per stage, "
+                                                 "from throughput measured in the runs-dir's ledger")] = False,
+              ) -> None:
+    """Counts by stage and the intermediate x target matrix of a plan (and with --cost what it will take)."""
     plan, runs = plans.load_and_expand(path)
     warnings = plans.missing_data(plan, runs)
     counts, matrix = plans.counts(runs), plans.matrix(runs)
+    estimate = None
+    if cost:
+        from stilts_tui import cost as costs
+
+        estimate = costs.estimate(plan, runs, costs.measured(_root(ctx)))
     if as_json:
         typer.echo(json.dumps({"name": plan.name, "model": plan.model, "counts": counts, "matrix": matrix,
-                               "runs": len(runs), "warnings": warnings}, indent=2))
+                               "runs": len(runs), "warnings": warnings,
+                               **({"cost": estimate.as_dict()} if estimate else {})}, indent=2))
         return
     from rich.table import Table
 
@@ -237,6 +246,22 @@ def plan_show(path: PlanPath, as_json: JsonFlag = False) -> None:
     for row, cells in matrix.items():
         table.add_row(row, *(str(cells.get(t, 0)) for t in targets), str(sum(cells.values())))
     con.print(table)
+    if estimate is not None:
+        _print_cost(con, estimate)
+
+
+def _print_cost(con, estimate) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table("stage", "runs", "training steps", "samples", "GPU-hours", "timed from", title="estimated cost")
+    for s in [*(s for s in estimate.stages.values() if s.runs), estimate.total]:
+        how = ", ".join(f"{n} {w}" for n, w in ((s.measured, "measured"), (s.default, "default"),
+                                               (s.unknown, "unknown size")) if n)
+        table.add_row(s.stage, str(s.runs), f"{s.steps:,}", f"{s.samples:,}", f"{s.gpu_hours:.2f}", how)
+    con.print(table)
+    for note in estimate.notes:
+        con.print(Text(note, style="dim"))
 
 
 @queue_app.command("add")
@@ -340,6 +365,9 @@ def daemon_start(
                         ] = 1000,
     fuse: Annotated[str, typer.Option("--fuse", help="train ready runs of one shape as fused arrays: off, auto "
                                       "(as many as fit a GPU) or K runs an array")] = "off",
+    on_finish: Annotated[str | None, typer.Option("--on-finish", help="a command to run when a plan finishes or a "
+                         "run fails, e.g. --on-finish 'notify-send stilts'; split into words, run without a shell; "
+                         "what happened is in its environment (docs/results.md)")] = None,
 ) -> None:
     """Start the queue daemon for this runs-dir, detached from the terminal."""
     from stilts_tui.plan import slurm_problem
@@ -380,8 +408,30 @@ def daemon_start(
         args.append("--mps")
     if executor == "slurm":
         args += ["--executor", "slurm", "--slurm", json.dumps(slurm), "--max-jobs", str(max_jobs)]
+    if on_finish is not None:
+        _set_on_finish(on_finish)
     info = ops.start_daemon(_root(ctx), args)
     typer.echo(f"daemon started (pid {info['pid']}) on {_root(ctx)}; log: {_root(ctx) / 'daemon.log'}")
+
+
+def _set_on_finish(value: str) -> None:
+    """Check --on-finish and hand it to the daemon process in its environment (a JSON argument list)."""
+    import os
+    import shlex
+
+    from stilts_tui.queue import notify
+
+    try:
+        cmd = json.loads(value) if value.lstrip().startswith("[") else shlex.split(value)
+    except ValueError as e:
+        raise UserError(f"--on-finish: cannot split '{value}' into words ({e})") from None
+    if not isinstance(cmd, list) or not cmd or not all(isinstance(x, str) and x for x in cmd):
+        raise UserError(f"--on-finish: expected a command, got '{value}'")
+    if "/" in cmd[0]:  # the daemon runs it from the runs-dir: a relative path must not change meaning
+        cmd[0] = str(Path(cmd[0]).expanduser().resolve())
+    if shutil.which(cmd[0]) is None:
+        raise UserError(f"--on-finish: '{cmd[0]}' is not an executable program on PATH (nor a path to one)")
+    os.environ[notify.ENV_VAR] = json.dumps(cmd)
 
 
 @daemon_app.command("stop")
@@ -457,30 +507,44 @@ def scores(
     metric: Annotated[str | None, typer.Option("--metric", help="a metric in the runs' results (default: each "
                                                "target's primary metric)")] = None,
     by_seed: Annotated[bool, typer.Option("--by-seed", help="one row per starting point and seed")] = False,
-    fmt: Annotated[str, typer.Option("--format", help="table | csv | md | latex | json | png")] = "table",
+    fmt: Annotated[str | None, typer.Option("--format", help="table | csv | md | latex | json | png (default: "
+                                            "from -o's extension, else table)")] = None,
     out: Annotated[Path | None, typer.Option("-o", "--output", help="write to this file")] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing -o file")] = False,
+    alpha: Annotated[float, typer.Option("--alpha", help="level of the paired sign-flip test")] = 0.05,
+    without_failed: Annotated[bool, typer.Option("--without-failed", help="show the mean and std without the "
+                                                 "failed runs (at or below the majority-class score)")] = False,
 ) -> None:
-    """The score table of a plan: mean/std/median/max/min per (intermediate, target), gain over "none"."""
+    """The score table of a plan: mean/std/median/max/min per (intermediate, target), failed-run rate,
+    gain over "none" with a paired test."""
     from stilts_tui import results
 
+    named = results.format_for(out) if out is not None else None
+    if fmt is None:
+        fmt = named or ("table" if out is None else "")
+        if not fmt:
+            raise UserError(f"-o {out}: name the format with --format (csv, md, latex, json, png) or use one of "
+                            "the extensions .csv .md .tex .json .png")
     if fmt not in results.FORMATS:
         raise UserError(f"--format: '{fmt}' is not one of {', '.join(results.FORMATS)}")
     if fmt == "png" and out is None:
         raise UserError("--format png needs -o FILE.png")
-    table = results.build(_root(ctx), plan, metric=metric, by_seed=by_seed)
-    if fmt == "png":
-        results.to_png(table, out)
-    elif fmt == "table":
-        if out is not None:
-            raise UserError("--format table prints to the terminal; choose csv, md, latex or json for -o")
+    if fmt == "table" and out is not None:
+        raise UserError("--format table prints to the terminal; choose csv, md, latex or json for -o")
+    if out is not None and out.suffix and named != fmt:
+        raise UserError(f"-o {out}: the extension '{out.suffix}' does not match --format {fmt} "
+                        f"(use .{results.EXTENSIONS[fmt]})")
+    if out is not None and out.is_file() and not force:
+        raise UserError(f"-o {out}: the file exists; add --force to overwrite it")
+    table = results.build(_root(ctx), plan, metric=metric, by_seed=by_seed, alpha=alpha,
+                          without_failed=without_failed)
+    if fmt == "table":
         _console().print(results.to_rich(table))
         return
-    else:
-        text = results.render(table, fmt)
-        if out is None:
-            typer.echo(text, nl=False)
-            return
-        out.write_text(text, encoding="utf-8")
+    if out is None:
+        typer.echo(results.render(table, fmt), nl=False)
+        return
+    results.write_output(out, results.export_bytes(table, fmt), force=force)
     typer.echo(f"wrote {out}", err=True)
 
 
@@ -516,49 +580,73 @@ def logs(
 
 
 @app.command("doctor")
-def doctor(ctx: typer.Context) -> None:
-    """Check GPUs, driver, MPS, hub reachability, disk and the daemon; each line ok or what to do."""
+def doctor(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Check GPUs (and the run behind each GPU process), driver, MPS, hub reachability, disk and the daemon;
+    each line ok or what to do."""
     import shutil
     import socket
 
+    from stilts_tui.queue import gpu_procs, mps, ops
     from stilts_tui.queue import gpus as gpu_info
-    from stilts_tui.queue import mps, ops
 
     root = _root(ctx)
+    checks: list[tuple[str, str]] = []
     probe = gpu_info.probe()
     for g in probe.gpus:
-        typer.echo(f"fail  GPU {g.index}: NVML fails on it ({g.error}); the queue leaves it out" if g.error else
-                   f"ok    GPU {g.index}: {g.name}, {g.free_gb:.1f} of {g.total_gb:.1f} GiB free")
+        if g.error:
+            checks.append(("fail", f"GPU {g.index}: NVML fails on it ({g.error}); the queue leaves it out"))
     if probe.error:
-        typer.echo(f"fail  {probe.error}: the queue places no run until NVML answers")
-    elif probe.gpus:
-        typer.echo(f"ok    driver {gpu_info.driver_version()}")
-    else:
-        typer.echo("warn  no GPU found (NVML" + (f": {probe.absent}" if probe.absent else "")
-                   + "): runs train on the CPU; install the NVIDIA driver for GPUs")
+        checks.append(("fail", f"{probe.error}: the queue places no run until NVML answers"))
+    report = gpu_procs.snapshot(root)
+    for g in report.gpus:
+        used = "?" if g.used_gb is None else f"{g.used_gb:.1f}"
+        util = "" if g.util is None else f", {g.util:.0f}% busy"
+        checks.append(("ok", f"GPU {g.index}: {g.name}, {used} of {g.total_gb:.1f} GiB used{util}, "
+                             f"{len(g.procs)} processes"))
+        for pr in g.procs:
+            who = (f"run {' '.join(pr.run_ids)} ({pr.plan}, {pr.stage})" if pr.ours else
+                   f"not ours: user {pr.user or '?'}, {pr.command or '?'}")
+            checks.append(("info", f"  pid {pr.pid} on GPU {g.index}: {who}"))
+    if report.gpus:
+        checks.append(("ok", f"driver {report.driver}"))
+    elif not probe.error and not probe.gpus:
+        checks.append(("warn", f"no GPU found ({report.reason}): runs train on the CPU; install the NVIDIA driver "
+                               "for GPUs"))
     info = ops.daemon_status(root)
     mps_line = mps.describe(root, (info or {}).get("pid"))
+    mps_ok = bool(shutil.which(mps.EXE))
     if mps_line:
-        typer.echo(f"{'ok  ' if mps_line.startswith('MPS on') else 'warn'}  the daemon's {mps_line}")
+        checks.append(("ok" if mps_line.startswith("MPS on") else "warn", f"the daemon's {mps_line}"))
     elif info is None and mps.control_daemons(mps.base_dir(root)):
-        left = ", ".join(str(p.pid) for p in mps.control_daemons(mps.base_dir(root)))
-        typer.echo(f"warn  an MPS control daemon is left running for this runs-dir (pid {left}); "
-                   "`daemon start --mps` reuses or replaces it")
-    elif shutil.which(mps.EXE):
-        typer.echo(f"ok    MPS can start ({mps.EXE} found)")
+        left = ", ".join(str(pr.pid) for pr in mps.control_daemons(mps.base_dir(root)))
+        checks.append(("warn", f"an MPS control daemon is left running for this runs-dir (pid {left}); "
+                               "`daemon start --mps` reuses or replaces it"))
+    elif mps_ok:
+        checks.append(("ok", f"MPS can start ({mps.EXE} found)"))
     else:
-        typer.echo(f"info  MPS unavailable ({mps.EXE} not on PATH); --mps will not work")
+        checks.append(("info", f"MPS unavailable ({mps.EXE} not on PATH); --mps will not work"))
     try:
         socket.create_connection(("huggingface.co", 443), timeout=3).close()
-        typer.echo("ok    Hugging Face Hub reachable")
+        hub = True
+        checks.append(("ok", "Hugging Face Hub reachable"))
     except OSError:
-        typer.echo("warn  Hugging Face Hub unreachable: set data_dir and local model folders in plans")
+        hub = False
+        checks.append(("warn", "Hugging Face Hub unreachable: set data_dir and local model folders in plans"))
     root.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(root).free / 2**30
-    typer.echo(f"{'ok  ' if free > 20 else 'warn'}  {free:.0f} GiB free in {root}"
-               + ("" if free > 20 else " (intermediate checkpoints need ~1.5 GB each for RoBERTa-large)"))
-    typer.echo(f"ok    daemon running (pid {info.get('pid')})" if info else
-               "info  no daemon running: `stilts-tui daemon start` (queue add starts one)")
+    checks.append(("ok" if free > 20 else "warn", f"{free:.0f} GiB free in {root}" + (
+        "" if free > 20 else " (intermediate checkpoints need ~1.5 GB each for RoBERTa-large)")))
+    checks.append(("ok", f"daemon running (pid {info.get('pid')})") if info else
+                  ("info", "no daemon running: `stilts-tui daemon start` (queue add starts one)"))
+    if as_json:
+        typer.echo(json.dumps({**report.as_dict(), "mps": mps_ok, "mps_state": mps_line, "hub_reachable": hub,
+                               "disk_free_gb": round(free, 1), "runs_dir": str(root), "daemon": info,
+                               "checks": [{"level": lv, "text": t} for lv, t in checks]}, indent=2))
+        return
+    for level, text in checks:
+        typer.echo(f"{level:<5} {text}")
+
+
 
 
 def main() -> None:

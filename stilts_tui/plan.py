@@ -191,6 +191,7 @@ TOP_KEYS = {
     "target": (lambda v: isinstance(v, dict), "a table of [target.NAME] stages"),
     "tasks": (lambda v: isinstance(v, dict), "a table of [tasks.NAME] custom tasks"),
     "slurm": (lambda v: isinstance(v, dict), "a table of Slurm settings"),
+    "on_finish": _str_list(),  # a command run when the plan finishes or a run fails (queue/notify.py)
 }
 
 

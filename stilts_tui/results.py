@@ -3,28 +3,55 @@
 Ground truth is each run's ``result.json`` (a run is done when its result says so); the ledger
 says which runs belong to the plan. Per cell, over the target's primary metric (or ``metric``)
 pooled over seeds x grid: n, mean, std (population, ddof 0, as the reference computes it),
-median, max, min; "best of grid" per seed averaged over seeds; and the gain of the mean over the
-"none" row with a seeded 95% bootstrap interval (scipy), marked where it excludes zero. Runs not
-done are counted as missing, never as zero. Textual-free; matplotlib only for png.
+median, max, min; "best of grid" per seed averaged over seeds; the failed-run rate (runs at or
+below the majority-class score of the target's dev set) with the mean without them; and the gain
+over the "none" row: the difference of means with a seeded 95% bootstrap interval, and the paired
+analysis over (seed, grid point) pairs: a paired bootstrap interval and an exact sign-flip test.
+A cell is marked only when that test can reach the chosen level with the pairs it has. Runs not
+done (or whose score is not a finite number) are counted as missing, never as zero.
+Textual-free; matplotlib only for png. docs/results.md states every statistic.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from stilts_tui import rundir
-from stilts_tui.errors import UserError
+from stilts_tui.errors import UserError, first_line
 from stilts_tui.ledger import Ledger
 
 FORMATS = ("table", "csv", "md", "latex", "json", "png")
+EXTENSIONS = {"csv": "csv", "md": "md", "latex": "tex", "json": "json", "png": "png"}
 STD_NOTE = "std: population standard deviation (ddof 0), as the reference computes it"
 BOOT = {"n_resamples": 10000, "confidence": 0.95, "seed": 0}
+ALPHA = 0.05  # the test's default level (two-sided)
+EXACT_MAX_PAIRS = 16  # up to 2^16 sign patterns enumerated; beyond, a seeded Monte Carlo
+MC_RESAMPLES = 100_000
+MC_SEED = 0
+REGRESSION_FAIL_THRESHOLD = 0.0  # the correlation of any constant prediction (what metrics.compute gives it)
+TOO_FEW = "too few pairs"
+SETUP_KEYS = ("precision", "tf32", "batching", "pad", "clip", "compile", "fused")
+
+
+class WriteError(UserError):
+    """An export could not be written (a full disk, a directory in the way): a failure, exit 1."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -41,9 +68,27 @@ class Cell:
     max: float | None = None
     min: float | None = None
     best_of_grid: float | None = None
-    gain: float | None = None
-    gain_ci: tuple[float, float] | None = None
-    gain_significant: bool = False
+    gain: float | None = None  # mean(cell) - mean(none), all done runs
+    gain_ci: tuple[float, float] | None = None  # bootstrap of that difference (unpaired resampling)
+    gain_significant: bool = False  # the paired test's verdict is "significant"
+    # failed runs: dev score at or below the majority-class score of the target's dev set
+    majority: float | None = None
+    failed: int | None = None
+    failed_rate: float | None = None
+    n_ok: int | None = None
+    mean_ok: float | None = None
+    std_ok: float | None = None
+    # the paired analysis over (seed, grid point) pairs with the "none" row
+    pairs: int = 0
+    paired_gain: float | None = None
+    paired_ci: tuple[float, float] | None = None
+    p_value: float | None = None
+    test: str | None = None  # "exact" | "monte carlo"
+    min_p: float | None = None  # the smallest p the exact test can give with these pairs
+    verdict: str | None = None  # "significant" | "not significant" | "too few pairs"
+    setups: list[dict] = field(default_factory=list, repr=False)  # distinct result["setup"]s recorded
+    setup_note: str | None = None  # why the cell is marked "*": mixed setups, or not what the plan asked
+    keyed: dict = field(default_factory=dict, repr=False)  # (seed, grid) -> value, for pairing
 
 
 @dataclass
@@ -55,6 +100,9 @@ class ScoreTable:
     rows: list[str]
     targets: list[str]
     cells: list[Cell]
+    alpha: float = ALPHA
+    without_failed: bool = False  # show the mean and std without the failed runs
+    notes: list[str] = field(default_factory=list)  # e.g. a majority score that could not be computed
 
     def cell(self, intermediate: str, target: str, seed: int | None = None) -> Cell | None:
         for c in self.cells:
@@ -63,23 +111,49 @@ class ScoreTable:
         return None
 
 
-def _read_result(root: Path, run_id: str) -> dict | None:
+def _read_json(path: Path) -> dict | None:
+    """A JSON object from a file, or None (missing, unreadable, not JSON, not an object)."""
     try:
-        return json.loads((rundir.run_dir(root, run_id) / "result.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_run_file(root: Path, run_id: str, name: str) -> dict | None:
+    try:
+        return _read_json(rundir.run_dir(root, run_id) / name)
+    except UserError:  # a ledger row whose id is not a run id: nothing to read
+        return None
+
+
+def _read_result(root: Path, run_id: str) -> dict | None:
+    return _read_run_file(root, run_id, "result.json")
+
+
+def _number(v: object) -> float | None:
+    """A finite number, or None: a string, a bool, NaN or inf in a result is not a score."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v) if math.isfinite(v) else None
 
 
 def _value(result: dict | None, metric: str | None) -> float | None:
     if not result or result.get("status") != "done":
         return None
     if metric is None:
-        return result.get("score")
-    return (result.get("metrics") or {}).get(metric)
+        return _number(result.get("score"))
+    metrics = result.get("metrics")
+    return _number(metrics.get(metric)) if isinstance(metrics, dict) else None
 
 
 def bootstrap_gain(x: list[float], base: list[float], seed: int = BOOT["seed"]) -> tuple[float, float] | None:
     """95% percentile-bootstrap interval of mean(x) - mean(base), repeatable for a seed."""
+    return _bootstrap_gain(tuple(map(float, x)), tuple(map(float, base)), seed)
+
+
+@functools.lru_cache(maxsize=4096)
+def _bootstrap_gain(x: tuple[float, ...], base: tuple[float, ...], seed: int) -> tuple[float, float] | None:
     if len(x) < 2 or len(base) < 2:
         return None
     from scipy import stats
@@ -91,6 +165,190 @@ def bootstrap_gain(x: list[float], base: list[float], seed: int = BOOT["seed"]) 
         vectorized=True, rng=np.random.default_rng(seed),
     )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def paired_bootstrap(d: list[float], seed: int = BOOT["seed"]) -> tuple[float, float] | None:
+    """95% percentile-bootstrap interval of the mean paired difference (pairs resampled), seeded."""
+    return _paired_bootstrap(tuple(float(x) for x in d), seed)
+
+
+@functools.lru_cache(maxsize=4096)
+def _paired_bootstrap(d: tuple[float, ...], seed: int) -> tuple[float, float] | None:
+    if len(d) < 2:
+        return None
+    from scipy import stats
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # identical differences: a degenerate (but right) interval
+        res = stats.bootstrap((np.asarray(d, float),), np.mean, n_resamples=BOOT["n_resamples"],
+                              confidence_level=BOOT["confidence"], method="percentile", vectorized=True,
+                              rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def sign_flip_test(d: list[float], seed: int = MC_SEED) -> tuple[float, str]:
+    """Two-sided paired sign-flip permutation test of mean(d) = 0: (p, "exact" | "monte carlo").
+
+    Exact: all 2^n sign patterns when n <= EXACT_MAX_PAIRS, p = #{|sum(s*d)| >= |sum(d)|} / 2^n.
+    Otherwise MC_RESAMPLES seeded random patterns, p = (#{...} + 1) / (MC_RESAMPLES + 1). Sums that
+    differ from the observed one by float rounding only (1e-9 of sum|d|) count as reaching it.
+    (numpy rather than scipy.stats.permutation_test: the same p, a hundred times faster, which the app's
+    reloads need; tests check both against each other.)
+    """
+    return _sign_flip(tuple(float(x) for x in d), seed)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sign_flip(d: tuple[float, ...], seed: int) -> tuple[float, str]:
+    a = np.asarray(d, float)
+    n = len(a)
+    if n < 2:  # one pair (or none): every sign pattern reaches |d|
+        return 1.0, "exact"
+    observed = abs(a.sum()) - 1e-9 * np.abs(a).sum()
+    if n <= EXACT_MAX_PAIRS:
+        signs = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2.0 - 1.0
+        return float(np.mean(np.abs(signs @ a) >= observed)), "exact"
+    rng, hits, left = np.random.default_rng(seed), 0, MC_RESAMPLES
+    while left:
+        k = min(left, 10_000)
+        signs = rng.integers(0, 2, size=(k, n)) * 2.0 - 1.0
+        hits += int(np.sum(np.abs(signs @ a) >= observed))
+        left -= k
+    return (hits + 1) / (MC_RESAMPLES + 1), "monte carlo"
+
+
+def min_attainable_p(d: list[float]) -> float:
+    """The smallest two-sided p the exact sign-flip test can give: 2 / 2^m over the m nonzero pairs
+    (zero differences cannot change sign), and 1 with none."""
+    m = sum(1 for x in d if x != 0)
+    return min(1.0, 2.0 / 2**m)
+
+
+def paired(c: Cell, base: Cell, alpha: float) -> None:
+    """Fill ``c``'s paired analysis from the runs it shares a (seed, grid point) with ``base``."""
+    keys = [k for k in c.keyed if k in base.keyed]
+    c.pairs = len(keys)
+    if not keys:
+        return
+    d = [c.keyed[k] - base.keyed[k] for k in keys]
+    c.paired_gain = float(np.mean(d))
+    c.paired_ci = paired_bootstrap(d)
+    c.min_p = min_attainable_p(d)
+    c.p_value, c.test = sign_flip_test(d)
+    if c.min_p > alpha and c.test == "exact":
+        c.verdict = TOO_FEW
+    else:
+        c.verdict = "significant" if c.p_value < alpha else "not significant"
+    c.gain_significant = c.verdict == "significant"
+
+
+# ---- failed runs: the majority-class score of a target's dev set -------------------------------
+
+_MAJORITY: dict[str, tuple[float | None, str | None]] = {}  # memo per process (the app reloads often)
+
+
+def majority_score(task: dict, metric: str, limit: int | None = None) -> tuple[float | None, str | None]:
+    """(the score of predicting the dev set's most frequent label with ``metric``, why it is None).
+
+    Read from the dev labels through the tasks layer (``limit``: the runs' max_dev_samples). For
+    regression: REGRESSION_FAIL_THRESHOLD. Hub data is read from the local datasets cache only.
+    """
+    if task.get("kind") == "regression":
+        return REGRESSION_FAIL_THRESHOLD, None
+    files = []
+    try:
+        from stilts_tui import tasks
+
+        files = [(str(f), f.stat().st_mtime) for f in tasks.required_files(task) if f.exists()]
+    except Exception:  # noqa: BLE001 - a fingerprint only
+        pass
+    key = json.dumps([task, metric, limit, files], sort_keys=True, default=str)
+    if key not in _MAJORITY:
+        _MAJORITY[key] = _compute_majority(task, metric, limit)
+    return _MAJORITY[key]
+
+
+def _compute_majority(task: dict, metric: str, limit: int | None) -> tuple[float | None, str | None]:
+    from stilts_tui import tasks
+    from stilts_tui.tasks import metrics as task_metrics
+
+    try:
+        if task.get("hub") and not tasks.required_files(task):
+            labels = _hub_labels(task, limit)
+        else:
+            labels = [e["label"] for e in tasks.load_examples(task, "dev", limit=limit)]
+    except Exception as e:  # noqa: BLE001 - unreadable dev labels: the rate is unknown, the table goes on
+        return None, first_line(e)
+    counts = Counter(labels)
+    top = max(counts.values())
+    best = None
+    for label in (x for x, k in counts.items() if k == top):  # ties: the best-scoring majority class
+        try:
+            value = task_metrics.compute([metric], [label] * len(labels), labels)[metric]
+        except (ValueError, TypeError) as e:
+            return None, f"metric '{metric}': {first_line(e)}"
+        best = value if best is None else max(best, value)
+    return best, None
+
+
+_HUB_LABELS = """
+import json, sys
+from stilts_tui import tasks
+task, limit = json.loads(sys.argv[1])
+print(json.dumps([e["label"] for e in tasks.load_examples(task, "dev", limit=limit)]))
+"""
+
+
+def _hub_labels(task: dict, limit: int | None) -> list:
+    """Dev labels of a hub dataset from the local datasets cache only: a child process in offline mode, so
+    this process's hub settings stay as they are and a score table never downloads."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", _HUB_LABELS, json.dumps([task, limit])], capture_output=True,
+                          text=True, env=env, timeout=120)
+    if proc.returncode:
+        raise UserError("its hub dev set is not in the local datasets cache (read offline here; "
+                        "data_dir with local files gives the rate)")
+    return json.loads(proc.stdout)
+
+
+def _failed(c: Cell, majority: float | None) -> None:
+    c.majority = majority
+    if majority is None or not c.values:
+        return
+    ok = [v for v in c.values if v > majority + 1e-12]
+    c.failed = len(c.values) - len(ok)
+    c.failed_rate = c.failed / len(c.values)
+    c.n_ok = len(ok)
+    if ok:
+        c.mean_ok, c.std_ok = float(np.mean(ok)), float(np.std(ok, ddof=0))
+
+
+# ---- training setups (result["setup"], written by the trainer) ---------------------------------
+
+
+def _setup_of(result: dict | None) -> dict | None:
+    setup = (result or {}).get("setup")
+    return {k: setup.get(k) for k in SETUP_KEYS if k in setup} if isinstance(setup, dict) else None
+
+
+def _asked(spec: dict | None) -> dict:
+    """The setup a run's plan asked for explicitly (not "auto")."""
+    p = (spec or {}).get("params")
+    p = p if isinstance(p, dict) else {}
+    return {k: p[k] for k in ("precision", "batching", "pad", "clip") if p.get(k) not in (None, "auto")}
+
+
+def _setup_note(setups: list[dict], off_plan: list[str]) -> str | None:
+    notes = []
+    if len(setups) > 1:
+        differ = [k for k in SETUP_KEYS if len({json.dumps(s.get(k)) for s in setups}) > 1]
+        notes.append("; ".join(f"{k} " + "/".join(sorted({str(s.get(k)) for s in setups})) for k in differ))
+    if off_plan:
+        notes.append("not as the plan asked: " + ", ".join(sorted(set(off_plan))))
+    return "; ".join(notes) or None
+
+
+# ---- the table ---------------------------------------------------------------------------------
 
 
 def find_plan(root: Path, plan: str) -> str:
@@ -111,58 +369,111 @@ def find_plan(root: Path, plan: str) -> str:
     raise UserError(f"unknown plan '{plan}' (plans in {ledger.path}: {names})")
 
 
-def build(root: Path, plan: str, metric: str | None = None, by_seed: bool = False) -> ScoreTable:
+def _well_formed(r: object) -> bool:
+    """A ledger row the table can group: damaged rows are left out rather than crash the table."""
+    return (isinstance(r, dict) and r.get("stage") == "target" and isinstance(r.get("id"), str)
+            and isinstance(r.get("intermediate"), str) and isinstance(r.get("name"), str)
+            and (r.get("seed") is None or isinstance(r.get("seed"), int)))
+
+
+def _pair_key(r: dict) -> tuple:
+    return r.get("seed"), json.dumps(r.get("grid") or {}, sort_keys=True, default=str)
+
+
+def build(root: Path, plan: str, metric: str | None = None, by_seed: bool = False, alpha: float = ALPHA,
+          without_failed: bool = False) -> ScoreTable:
     """The score table of a queued plan. Raises UserError for an unknown metric or no finished runs."""
+    if not 0 < alpha < 1:
+        raise UserError(f"--alpha: expected a level between 0 and 1, got {alpha}")
     name = find_plan(root, plan)
-    runs = [r for r in Ledger(root).runs(plan=name) if r["stage"] == "target"]
-    runs.sort(key=lambda r: r.get("order", 0))
+    runs = [r for r in Ledger(root).runs(plan=name) if _well_formed(r)]
+    runs.sort(key=lambda r: r["order"] if isinstance(r.get("order"), int) else 0)
     results = {r["id"]: _read_result(root, r["id"]) for r in runs}
     done = [res for res in results.values() if res and res.get("status") == "done"]
     if not done:
         raise UserError(f"plan '{name}' has no finished target runs yet ({len(runs)} queued)")
     if metric is not None:
-        available = sorted({k for res in done for k in (res.get("metrics") or {})})
+        available = sorted({k for res in done if isinstance(res.get("metrics"), dict) for k in res["metrics"]})
         if metric not in available:
             raise UserError(f"--metric: '{metric}' is not in the runs' results (available: {', '.join(available)})")
     rows = list(dict.fromkeys(["none"] * any(r["intermediate"] == "none" for r in runs)
                               + [r["intermediate"] for r in runs]))
     targets = list(dict.fromkeys(r["name"] for r in runs))
-    metrics = {}
+    metrics: dict[str, str] = {}
     for r in runs:
         res = results[r["id"]]
         if res and res.get("status") == "done":
-            metrics.setdefault(r["name"], metric or res.get("primary_metric") or "score")
+            pm = res.get("primary_metric")
+            metrics.setdefault(r["name"], metric or (pm if isinstance(pm, str) else "score"))
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault((r["intermediate"], r["name"], r["seed"] if by_seed else None), []).append(r)
-    cells = []
+    table = ScoreTable(name, metric or "primary", metrics, by_seed, rows, targets, [], alpha, without_failed)
+    majority = _majorities(root, runs, metrics, table.notes)
     for (inter, target, seed), members in groups.items():
-        values = [v for v in (_value(results[m["id"]], metric) for m in members) if v is not None]
-        cell = Cell(inter, target, seed, len(values), len(members) - len(values), values)
-        if values:
-            a = np.asarray(values, dtype=float)
-            cell.mean, cell.std = float(a.mean()), float(a.std(ddof=0))
-            cell.median, cell.max, cell.min = float(np.median(a)), float(a.max()), float(a.min())
-            per_seed: dict = {}
-            for m in members:
-                v = _value(results[m["id"]], metric)
-                if v is not None:
-                    per_seed[m["seed"]] = max(per_seed.get(m["seed"], -np.inf), v)
-            cell.best_of_grid = float(np.mean(list(per_seed.values())))
-        cells.append(cell)
-    for c in cells:
-        base = next((b for b in cells if (b.intermediate, b.target, b.seed) == ("none", c.target, c.seed)), None)
+        table.cells.append(_cell(root, inter, target, seed, members, results, metric, majority.get(target)))
+    for c in table.cells:
+        base = table.cell("none", c.target, c.seed)
         if c.intermediate != "none" and base is not None and c.values and base.values:
             c.gain = c.mean - base.mean
             c.gain_ci = bootstrap_gain(c.values, base.values)
-            c.gain_significant = bool(c.gain_ci and (c.gain_ci[0] > 0 or c.gain_ci[1] < 0))
-    return ScoreTable(name, metric or "primary", metrics, by_seed, rows, targets, cells)
+            paired(c, base, alpha)
+    return table
+
+
+def _cell(root: Path, inter: str, target: str, seed: int | None, members: list[dict], results: dict,
+          metric: str | None, majority: float | None) -> Cell:
+    values, keyed, setups, off_plan, per_seed = [], {}, [], [], {}
+    for m in members:
+        v = _value(results[m["id"]], metric)
+        if v is None:
+            continue
+        values.append(v)
+        keyed[_pair_key(m)] = v
+        per_seed[m["seed"]] = max(per_seed.get(m["seed"], -np.inf), v)
+        setup = _setup_of(results[m["id"]])
+        if setup is not None:
+            if setup not in setups:
+                setups.append(setup)
+            asked = _asked(_read_run_file(root, m["id"], "spec.json"))
+            off_plan += [f"{k} {asked[k]}->{setup.get(k)}" for k in asked if k in setup and setup[k] != asked[k]]
+    cell = Cell(inter, target, seed, len(values), len(members) - len(values), values, keyed=keyed, setups=setups)
+    if values:
+        a = np.asarray(values, dtype=float)
+        cell.mean, cell.std = float(a.mean()), float(a.std(ddof=0))
+        cell.median, cell.max, cell.min = float(np.median(a)), float(a.max()), float(a.min())
+        cell.best_of_grid = float(np.mean(list(per_seed.values())))
+    cell.setup_note = _setup_note(setups, off_plan)
+    _failed(cell, majority)
+    return cell
+
+
+def _majorities(root: Path, runs: list[dict], metrics: dict[str, str], notes: list[str]) -> dict[str, float]:
+    """Each target's majority-class score on its dev set (targets whose labels cannot be read: a note)."""
+    out: dict[str, float] = {}
+    for target, metric in metrics.items():
+        spec = next((s for r in runs if r["name"] == target
+                     for s in [_read_run_file(root, r["id"], "spec.json")] if s and isinstance(s.get("task"), dict)),
+                    None)
+        if spec is None:
+            notes.append(f"failed runs of {target}: no spec.json to find its dev set")
+            continue
+        params = spec.get("params") if isinstance(spec.get("params"), dict) else {}
+        limit = params.get("max_dev_samples") if isinstance(params.get("max_dev_samples"), int) else None
+        value, why = majority_score(spec["task"], metric, limit)
+        if value is None:
+            notes.append(f"failed runs of {target}: majority-class score unknown: {why}")
+        else:
+            out[target] = value
+    return out
 
 
 # ---- exports -----------------------------------------------------------------------------------
 
 CSV_FIELDS = ["intermediate", "target", "seed", "metric", "n", "missing", "mean", "std_ddof0", "median", "max",
-              "min", "best_of_grid", "gain", "gain_ci_low", "gain_ci_high", "gain_significant"]
+              "min", "best_of_grid", "gain", "gain_ci_low", "gain_ci_high", "gain_significant", "majority_score",
+              "failed", "failed_rate", "mean_without_failed", "std_without_failed", "pairs", "paired_gain",
+              "paired_ci_low", "paired_ci_high", "p_value", "test", "min_attainable_p", "verdict", "setup_note"]
 
 
 def _row_keys(t: ScoreTable) -> list[tuple[str, int | None]]:
@@ -174,16 +485,23 @@ def _pct(v: float | None, digits: int = 1) -> str:
     return "–" if v is None else f"{100 * v:.{digits}f}"
 
 
+def _csv_value(v: object) -> str:
+    return "" if v is None else repr(v) if isinstance(v, float) else str(v)
+
+
 def to_csv(t: ScoreTable) -> str:
     out = io.StringIO()
     w = csv.writer(out)
     w.writerow(CSV_FIELDS)
     for c in t.cells:
         lo, hi = c.gain_ci or (None, None)
+        plo, phi = c.paired_ci or (None, None)
         w.writerow([c.intermediate, c.target, "" if c.seed is None else c.seed, t.metrics.get(c.target, ""), c.n,
-                    c.missing, *("" if v is None else repr(v) for v in (c.mean, c.std, c.median, c.max, c.min,
-                                                                          c.best_of_grid, c.gain, lo, hi)),
-                    str(c.gain_significant).lower()])
+                    c.missing, *map(_csv_value, (c.mean, c.std, c.median, c.max, c.min, c.best_of_grid, c.gain,
+                                                 lo, hi)),
+                    str(c.gain_significant).lower(),
+                    *map(_csv_value, (c.majority, c.failed, c.failed_rate, c.mean_ok, c.std_ok, c.pairs,
+                                      c.paired_gain, plo, phi, c.p_value, c.test, c.min_p, c.verdict, c.setup_note))])
     return out.getvalue()
 
 
@@ -191,26 +509,67 @@ def to_json(t: ScoreTable) -> str:
     cells = []
     for c in t.cells:
         d = asdict(c)
+        d.pop("keyed")
         d["std_ddof"] = 0
         d["metric"] = t.metrics.get(c.target)
         d["gain_ci"] = list(c.gain_ci) if c.gain_ci else None
+        d["paired_ci"] = list(c.paired_ci) if c.paired_ci else None
+        d["mean_without_failed"], d["std_without_failed"] = d.pop("mean_ok"), d.pop("std_ok")
+        d["n_without_failed"] = d.pop("n_ok")
+        d["majority_score"] = d.pop("majority")
+        d["min_attainable_p"] = d.pop("min_p")
         cells.append(d)
     return json.dumps({"plan": t.plan, "metric": t.metric, "metrics": t.metrics, "by_seed": t.by_seed,
-                       "std": STD_NOTE, "bootstrap": BOOT, "rows": t.rows, "targets": t.targets,
-                       "cells": cells}, indent=2)
+                       "std": STD_NOTE, "bootstrap": BOOT, "failed_rule": FAILED_NOTE, "test": test_note(t),
+                       "alpha": t.alpha, "without_failed": t.without_failed, "rows": t.rows, "targets": t.targets,
+                       "notes": t.notes, "cells": cells}, indent=2)
 
 
-def _cell_text(c: Cell | None, latex: bool = False) -> str:
+FAILED_NOTE = (f"a run failed when its dev score is at or below the majority-class score of the target's dev "
+               f"set (regression: at or below {REGRESSION_FAIL_THRESHOLD:g})")
+
+
+def test_note(t: ScoreTable) -> str:
+    return (f"gain paired by (seed, grid point) with 'none': two-sided sign-flip permutation test, exact up to "
+            f"{EXACT_MAX_PAIRS} pairs, else {MC_RESAMPLES} seeded Monte Carlo patterns; marked at p < {t.alpha:g} "
+            f"only where the pairs can reach it (smallest exact p 2/2^n), else '{TOO_FEW}'")
+
+
+def _shown(c: Cell, without_failed: bool) -> tuple[float | None, float | None]:
+    return (c.mean_ok, c.std_ok) if without_failed and c.failed is not None else (c.mean, c.std)
+
+
+def gain_text(c: Cell, dagger: str = "†") -> str:
+    """The gain part of a cell: ``+20.0† p=0.031``, ``+2.0 p=0.41``, ``+20.0, too few pairs``."""
+    if c.gain is None:
+        return ""
+    text = f"{'+' if c.gain >= 0 else ''}{_pct(c.gain)}"
+    if c.verdict == TOO_FEW:
+        return text + f", {TOO_FEW}"
+    if c.verdict is not None:
+        return text + (dagger if c.gain_significant else "") + f" p={c.p_value:.2g}"
+    return text
+
+
+def failed_text(c: Cell) -> str:
+    return "" if c.failed is None else f" fail {c.failed}/{c.n}"
+
+
+LATEX_DAGGER = r"$^\dagger$"
+
+
+def _cell_text(c: Cell | None, latex: bool = False, without_failed: bool = False) -> str:
     if c is None:
         return "–"
     if c.mean is None:
         return f"missing {c.missing}"
     pm = r"$\pm$" if latex else "±"
-    text = f"{_pct(c.mean)} {pm} {_pct(c.std)}"
+    mean, std = _shown(c, without_failed)
+    star = "*" if c.setup_note else ""
+    text = f"{_pct(mean)}{star} {pm} {_pct(std)}"
     if c.gain is not None:
-        mark = (r"$^\dagger$" if latex else "†") if c.gain_significant else ""
-        text += f" ({'+' if c.gain >= 0 else ''}{_pct(c.gain)}{mark})"
-    text += f" n={c.n}" + (f"/{c.n + c.missing}" if c.missing else "")
+        text += " (" + gain_text(c, LATEX_DAGGER if latex else "†") + ")"
+    text += f" n={c.n}" + (f"/{c.n + c.missing}" if c.missing else "") + failed_text(c)
     return text
 
 
@@ -218,18 +577,30 @@ def _row_label(inter: str, seed: int | None) -> str:
     return inter if seed is None else f"{inter} (seed {seed})"
 
 
+def footnotes(t: ScoreTable) -> list[str]:
+    """Lines under the table: mixed training setups, majority scores that could not be computed."""
+    lines = []
+    mixed = [c for c in t.cells if c.setup_note]
+    if mixed:
+        lines.append("cells marked * mix training setups: " + "; ".join(
+            f"{_row_label(c.intermediate, c.seed)} -> {c.target}: {c.setup_note}" for c in mixed))
+    return lines + t.notes
+
+
 def _legend(t: ScoreTable) -> str:
-    return (f"{t.plan}: mean {'' if t.by_seed else 'over seeds x grid '}x100 ± std; (gain over 'none'); "
-            f"† 95% bootstrap interval of the gain excludes 0; n=done/all; {STD_NOTE}")
+    shown = "mean without failed runs" if t.without_failed else "mean"
+    return (f"{t.plan}: {shown} {'' if t.by_seed else 'over seeds x grid '}x100 ± std; (gain of the mean over "
+            f"'none'; † paired sign-flip test p < {t.alpha:g}; '{TOO_FEW}': the pairs cannot reach p < {t.alpha:g}); "
+            f"n=done/all; fail k/n: {FAILED_NOTE}; {STD_NOTE}")
 
 
 def to_markdown(t: ScoreTable) -> str:
     head = ["from \\ target"] + [f"{tg} ({t.metrics.get(tg, '')})" for tg in t.targets]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for inter, seed in _row_keys(t):
-        cells = [_cell_text(t.cell(inter, tg, seed)) for tg in t.targets]
+        cells = [_cell_text(t.cell(inter, tg, seed), without_failed=t.without_failed) for tg in t.targets]
         lines.append("| " + " | ".join([_row_label(inter, seed), *cells]) + " |")
-    return "\n".join(lines) + f"\n\n{_legend(t)}\n"
+    return "\n".join(lines) + f"\n\n{_legend(t)}\n" + "".join(f"\n{line}\n" for line in footnotes(t))
 
 
 def _tex(s: str) -> str:
@@ -237,40 +608,46 @@ def _tex(s: str) -> str:
 
 
 def to_latex(t: ScoreTable) -> str:
-    lines = [f"% {_tex(_legend(t))}", r"\begin{tabular}{l" + "c" * len(t.targets) + "}", r"\toprule",
+    lines = [f"% {_tex(_legend(t))}", *(f"% {_tex(line)}" for line in footnotes(t)),
+             r"\begin{tabular}{l" + "c" * len(t.targets) + "}", r"\toprule",
              " & ".join(["from"] + [_tex(f"{tg} ({t.metrics.get(tg, '')})") for tg in t.targets]) + r" \\",
              r"\midrule"]
     for inter, seed in _row_keys(t):
-        cells = [_cell_text(t.cell(inter, tg, seed), latex=True).replace(" n=", r" \tiny{n=") for tg in t.targets]
+        cells = [_cell_text(t.cell(inter, tg, seed), latex=True, without_failed=t.without_failed)
+                 .replace(" n=", r" \tiny{n=") for tg in t.targets]
         cells = [c + "}" if r"\tiny{" in c else c for c in cells]
         lines.append(" & ".join([_tex(_row_label(inter, seed)), *cells]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
+def gain_style(c: Cell | None) -> str:
+    if c is None or c.gain is None:
+        return ""
+    return ("bold " if c.gain_significant else "") + ("green" if c.gain > 0 else "red")
+
+
 def to_rich(t: ScoreTable):
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"{t.plan} — {t.metric} (x100), mean ± std over "
-                  f"{'grid' if t.by_seed else 'seeds x grid'}; gain over 'none'", caption=STD_NOTE)
+    shown = "mean without failed runs" if t.without_failed else "mean"
+    over = "grid" if t.by_seed else "seeds x grid"
+    table = Table(title=Text(f"{t.plan} — {t.metric} (x100), {shown} ± std over {over}; gain over 'none'"),
+                  caption=Text("\n".join([_legend(t), *footnotes(t)])))
     table.add_column("from \\ target")
     for tg in t.targets:
-        table.add_column(f"{tg}\n({t.metrics.get(tg, '')})", justify="right")
+        table.add_column(Text(f"{tg}\n({t.metrics.get(tg, '')})"), justify="right")
     for inter, seed in _row_keys(t):
         row = [Text(_row_label(inter, seed))]
         for tg in t.targets:
             c = t.cell(inter, tg, seed)
-            style = ""
-            if c is not None and c.gain is not None:
-                style = ("bold green" if c.gain > 0 else "bold red") if c.gain_significant else (
-                    "green" if c.gain > 0 else "red")
-            row.append(Text(_cell_text(c), style=style))
+            row.append(Text(_cell_text(c, without_failed=t.without_failed), style=gain_style(c)))
         table.add_row(*row)
     return table
 
 
-def to_png(t: ScoreTable, path: Path) -> None:
+def png_bytes(t: ScoreTable) -> bytes:
     """One panel per target: per-intermediate distributions (violin with the points), as the study's figure."""
     try:
         import matplotlib
@@ -294,13 +671,81 @@ def to_png(t: ScoreTable, path: Path) -> None:
             for p, (_, v) in zip(pos, data, strict=True):
                 ax.scatter(p + rng.uniform(-0.08, 0.08, len(v)), v, s=8, color="black", zorder=3)
             ax.set_xticks(pos, [r for r, _ in data], rotation=30, ha="right")
+        majority = next((c.majority for c in t.cells if c.target == tg and c.majority is not None), None)
+        if majority is not None:  # runs on or under this line failed
+            ax.axhline(100 * majority, color="grey", linestyle=":", linewidth=1)
         ax.set_title(tg)
         ax.set_ylabel(f"{t.metrics.get(tg, t.metric)} (x100)")
     fig.suptitle(t.plan)
     fig.tight_layout()
-    fig.savefig(path, metadata={"Title": f"{t.plan} scores", "Description": f"panels: {n}"})
+    failed = ", ".join(f"{c.intermediate}->{c.target} {c.failed}/{c.n}" for c in t.cells if c.failed)
+    buf = io.BytesIO()
+    meta = {"Title": f"{t.plan} scores", "Description": f"panels: {n}",
+            "Comment": f"failed runs (dotted line: majority class): {failed or 'none'}"}
+    fig.savefig(buf, format="png", metadata=meta)
     plt.close(fig)
+    return buf.getvalue()
+
+
+def to_png(t: ScoreTable, path: Path) -> None:
+    write_output(Path(path), png_bytes(t), force=True)
 
 
 def render(t: ScoreTable, fmt: str) -> str:
     return {"csv": to_csv, "md": to_markdown, "latex": to_latex, "json": to_json}[fmt](t)
+
+
+def export_bytes(t: ScoreTable, fmt: str) -> bytes:
+    return png_bytes(t) if fmt == "png" else render(t, fmt).encode("utf-8")
+
+
+# ---- where exports go --------------------------------------------------------------------------
+
+
+def format_for(path: Path) -> str | None:
+    """The export format a file name's extension names (``x.tex`` -> latex), or None."""
+    ext = path.suffix.lower().lstrip(".")
+    return next((f for f, e in EXTENSIONS.items() if e == ext or f == ext), None)
+
+
+def safe_name(name: str) -> str:
+    """A plan name as one file name: anything but letters, digits, '_', '-', '.' becomes '_', no leading dot."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:100]
+    return cleaned or "plan"
+
+
+def export_path(root: Path, plan: str, fmt: str) -> Path:
+    """``<runs-dir>/exports/<plan>.<ext>``: inside the runs-dir whatever the plan name."""
+    base = (Path(root) / "exports").resolve()
+    path = (base / f"{safe_name(plan)}.{EXTENSIONS[fmt]}").resolve()
+    if path.parent != base:  # cannot happen after safe_name; checked because it must never happen
+        raise UserError(f"plan name '{plan}' does not make a file name under {base}")
+    return path
+
+
+def write_output(path: Path, data: bytes, force: bool = False) -> None:
+    """Write ``data`` to exactly ``path``: atomically for a regular file (a temporary file beside it, then a
+    rename), straight for a device or pipe (/dev/stdout). An existing regular file needs ``force``."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"-o {path}: is a directory; give a file name")
+    special = path.exists() and not path.is_file()
+    if path.is_file() and not force:
+        raise UserError(f"-o {path}: the file exists; add --force to overwrite it")
+    try:
+        if special:
+            with open(path, "wb") as f:
+                f.write(data)
+            return
+        if not path.parent.is_dir():
+            raise UserError(f"-o {path}: no folder {path.parent}")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {e.strerror or first_line(e)}") from None

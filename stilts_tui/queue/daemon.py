@@ -24,7 +24,7 @@ from stilts_tui.errors import UserError
 from stilts_tui.ledger import Ledger
 from stilts_tui.plan import SLURM_DEFAULTS
 from stilts_tui.queue import gpus as gpu_info
-from stilts_tui.queue import mps, placement
+from stilts_tui.queue import mps, notify, placement
 from stilts_tui.queue.executors import local
 from stilts_tui.queue.executors import slurm as slurm_exec
 
@@ -607,10 +607,12 @@ class Daemon:
             info = {"pid": os.getpid(), "started": time.time(), "settings": asdict(self.s)}
             rundir.write_json_atomic(info_path(self.root), info)
             self.log(f"daemon started (pid {os.getpid()}, settings {asdict(self.s)})")
+            notifier = notify.Notifier(self.root, self.log)  # --on-finish and plans' on_finish
             while not self._stop:
                 t = time.time()
                 try:
                     stats = self.tick()
+                    notifier.check(self.ledger)
                     if any(stats.values()):
                         self.log(f"tick {1000 * (time.time() - t):.0f} ms: {stats}")
                 except UserError as e:

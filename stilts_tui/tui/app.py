@@ -11,6 +11,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
 
+from stilts_tui.queue.notify import PlanWatch
 from stilts_tui.tui.keymap import load_keymap
 from stilts_tui.tui.screens.queue import QueueScreen
 
@@ -31,6 +32,7 @@ PALETTE = [  # (title, help, action on the app)
     ("scores: export as json", "write <runs-dir>/exports/PLAN.json", "export('json')"),
     ("scores: export as png", "write <runs-dir>/exports/PLAN.png", "export('png')"),
     ("plan: build a new plan", "pick tasks, seeds and a grid", "builder"),
+    ("queue: show GPUs", "memory, utilization and the run behind each GPU process", "gpus"),
     ("help: keys", "every key of every screen", "help"),
 ]
 
@@ -52,6 +54,7 @@ class StiltsApp(App):
         Binding("f1,question_mark", "help", "Keys", id="app.help"),
         Binding("o", "scores", "Scores", id="app.scores"),
         Binding("b", "builder", "Plan builder", id="app.builder"),
+        Binding("g", "gpus", "GPUs", id="app.gpus"),
     ]
 
     def __init__(self, root: Path, keymap: dict[str, str] | None = None, start_daemon: bool = False):
@@ -59,6 +62,7 @@ class StiltsApp(App):
         self.root = Path(root)
         self._keymap = keymap if keymap is not None else load_keymap()
         self._start_daemon = start_daemon
+        self.plan_watch = PlanWatch()
 
     def on_mount(self) -> None:
         if self._keymap:
@@ -66,6 +70,26 @@ class StiltsApp(App):
         self.push_screen(QueueScreen())
         if self._start_daemon:
             self.ensure_daemon()
+        self.set_interval(1.0, self.watch_plans)
+
+    @work(thread=True, exclusive=True, group="plans", exit_on_error=False)
+    def watch_plans(self) -> None:
+        """The terminal bell and a note when a plan finishes (no queued or running run left)."""
+        from stilts_tui.ledger import Ledger
+
+        try:
+            runs = Ledger(self.root).runs()
+        except Exception:  # noqa: BLE001 - the queue screen shows ledger errors; the bell just waits
+            return
+        for event in self.plan_watch.update(runs):
+            if event["event"] == "plan_finished":
+                self.call_from_thread(self.plan_finished, event)
+
+    def plan_finished(self, event: dict) -> None:
+        c = event["counts"]
+        self.bell()
+        self.notify(f"plan {event['plan']!r} finished: {c['done']} done, {c['failed']} failed, "
+                    f"{c['cancelled']} cancelled, {c['blocked']} blocked", timeout=30)
 
     @work(thread=True, exclusive=True, group="daemon", exit_on_error=False)
     def ensure_daemon(self) -> None:
@@ -90,6 +114,11 @@ class StiltsApp(App):
 
         self.push_screen(ScoresScreen())
 
+    def action_gpus(self) -> None:
+        from stilts_tui.tui.screens.gpus import GpuScreen
+
+        self.push_screen(GpuScreen())
+
     def action_builder(self) -> None:
         from stilts_tui.tui.screens.builder import BuilderScreen
 
@@ -112,6 +141,7 @@ class StiltsApp(App):
 
     def key_sections(self) -> list[tuple[str, list[tuple[str, str, str]]]]:
         from stilts_tui.tui.screens.builder import BuilderScreen
+        from stilts_tui.tui.screens.gpus import GpuScreen
         from stilts_tui.tui.screens.logs import LogsScreen
         from stilts_tui.tui.screens.scores import ScoresScreen
 
@@ -120,7 +150,8 @@ class StiltsApp(App):
 
         return [("everywhere", rows(self.BINDINGS) + [("ctrl+p", "command palette", "")]),
                 ("queue", rows(QueueScreen.BINDINGS)), ("logs", rows(LogsScreen.BINDINGS)),
-                ("scores", rows(ScoresScreen.BINDINGS)), ("plan builder", rows(BuilderScreen.BINDINGS))]
+                ("scores", rows(ScoresScreen.BINDINGS)), ("plan builder", rows(BuilderScreen.BINDINGS)),
+                ("gpus", rows(GpuScreen.BINDINGS))]
 
     def action_help(self) -> None:
         from stilts_tui.tui.screens.help import HelpScreen

@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -85,8 +85,21 @@ class BuilderScreen(Screen):
                 yield targets
         yield Footer()
 
+    rates: dict = {}  # throughput measured by finished runs in the ledger (stilts_tui.cost)
+
     def on_mount(self) -> None:
         self.update_count()
+        self.measure()
+
+    @work(thread=True, exclusive=True, group="builder-cost", exit_on_error=False)
+    def measure(self) -> None:
+        """Read the ledger's finished runs once (off the UI thread), then show the cost from them."""
+        from stilts_tui import cost
+
+        rates = cost.measured(self.app.root)
+        if rates:
+            self.rates = rates
+            self.app.call_from_thread(self.update_count)
 
     def values(self) -> dict[str, str]:
         return {fid: self.query_one(f"#f-{fid}", Input).value for fid, _, _ in FIELDS}
@@ -107,13 +120,16 @@ class BuilderScreen(Screen):
     @on(SelectionList.SelectedChanged)
     def update_count(self) -> None:
         try:
-            _, runs = self.check()
+            plan, runs = self.check()
         except UserError as e:
             self.query_one("#count").update(f"[red]{e}[/red]")
             return
+        from stilts_tui import cost
+
         c = plans.counts(runs)
         self.query_one("#count").update(f"[b]{len(runs)} runs[/b]: {c['intermediate']} intermediate, "
-                                        f"{c['target']} target — ctrl+s saves to plans/ and queues it")
+                                        f"{c['target']} target — ctrl+s saves to plans/ and queues it\n"
+                                        f"cost: {cost.summary(cost.estimate(plan, runs, self.rates))}")
 
     def action_save(self) -> None:
         from stilts_tui.queue import ops

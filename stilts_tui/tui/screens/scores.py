@@ -18,19 +18,19 @@ from stilts_tui.ledger import Ledger
 VIEWS = ("mean", "max", "best")
 
 
-def cell_text(c: results.Cell | None, view: str) -> Text:
+def cell_text(c: results.Cell | None, view: str, without_failed: bool = False) -> Text:
     if c is None:
         return Text("–", style="dim")
     if c.mean is None:
         return Text(f"missing {c.missing}", style="dim")
-    value = {"mean": c.mean, "max": c.max, "best": c.best_of_grid}[view]
-    text = f"{100 * value:.1f}" + (f" ± {100 * c.std:.1f}" if view == "mean" else "")
-    text += f"  n={c.n}" + (f"/{c.n + c.missing}" if c.missing else "")
-    style = ""
+    mean, std = (c.mean_ok, c.std_ok) if without_failed and c.failed is not None else (c.mean, c.std)
+    value = {"mean": mean, "max": c.max, "best": c.best_of_grid}[view]
+    text = ("–" if value is None else f"{100 * value:.1f}") + ("*" if c.setup_note else "")
+    text += (f" ± {100 * std:.1f}" if view == "mean" and std is not None else "")
+    text += f"  n={c.n}" + (f"/{c.n + c.missing}" if c.missing else "") + results.failed_text(c)
     if c.gain is not None:
-        text += f"  {'+' if c.gain >= 0 else ''}{100 * c.gain:.1f}" + ("†" if c.gain_significant else "")
-        style = ("bold " if c.gain_significant else "") + ("green" if c.gain > 0 else "red")
-    return Text(text, style=style)
+        text += "  " + results.gain_text(c)
+    return Text(text, style=results.gain_style(c))
 
 
 def distribution(c: results.Cell, width: int = 60) -> str:
@@ -49,9 +49,20 @@ def distribution(c: results.Cell, width: int = 60) -> str:
     stats = (f"n={c.n} missing={c.missing}  mean {100 * c.mean:.2f}  std {100 * c.std:.2f} (ddof 0)  "
              f"median {100 * c.median:.2f}  min {100 * c.min:.2f}  max {100 * c.max:.2f}  "
              f"best-of-grid {100 * c.best_of_grid:.2f}")
+    if c.failed is not None:
+        ok = "–" if c.mean_ok is None else f"{100 * c.mean_ok:.2f} ± {100 * c.std_ok:.2f}"
+        stats += (f"\nfailed {c.failed}/{c.n} ({100 * c.failed_rate:.0f}%: at or below the majority-class score "
+                  f"{100 * c.majority:.2f}); without them {ok}")
     if c.gain is not None:
         lo_ci, hi_ci = c.gain_ci or (float("nan"), float("nan"))
         stats += f"\ngain over none {100 * c.gain:+.2f} (95% CI {100 * lo_ci:+.2f} … {100 * hi_ci:+.2f})"
+    if c.pairs:
+        plo, phi = c.paired_ci or (float("nan"), float("nan"))
+        stats += (f"\npaired by (seed, grid point): {c.pairs} pairs, mean difference {100 * c.paired_gain:+.2f} "
+                  f"(95% CI {100 * plo:+.2f} … {100 * phi:+.2f}); sign-flip test ({c.test}) p={c.p_value:.3g}, "
+                  f"smallest attainable p {c.min_p:.3g}: {c.verdict}")
+    if c.setup_note:
+        stats += f"\n* mixed training setups: {c.setup_note}"
     return "\n".join(rows + ["─" * width, axis, "", stats])
 
 
@@ -68,7 +79,7 @@ class CellScreen(ModalScreen):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(f"[b]{self.cell.intermediate} → {self.cell.target}[/b]")
+            yield Static(Text(f"{self.cell.intermediate} → {self.cell.target}", style="bold"))
             yield Static(distribution(self.cell), id="plot")
 
 
@@ -93,6 +104,7 @@ class ScoresScreen(Screen):
     BINDINGS = [
         Binding("escape,q", "app.pop_screen", "Back", id="scores.back"),
         Binding("m", "toggle_view", "Mean/max/best", id="scores.view"),
+        Binding("f", "toggle_failed", "With/without failed", id="scores.failed"),
         Binding("left_square_bracket,right_square_bracket", "next_plan", "Plan", id="scores.plan"),
         Binding("enter", "open_cell", "Distribution", id="scores.cell"),
         Binding("e", "export", "Export", id="scores.export"),
@@ -101,12 +113,13 @@ class ScoresScreen(Screen):
     def __init__(self, plan: str | None = None, **kw):
         super().__init__(**kw)
         self.plan, self.view, self.table_data = plan, "mean", None
+        self.without_failed = False
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Static("", id="title")
             yield DataTable(id="matrix", cursor_type="cell")
-            yield Static(results.STD_NOTE + "; † 95% bootstrap interval of the gain excludes 0", id="note")
+            yield Static("", id="note")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -130,9 +143,14 @@ class ScoresScreen(Screen):
 
     def show(self, data: results.ScoreTable) -> None:
         self.table_data = data
-        self.query_one("#title").update(f"[b]{data.plan}[/b] — {self.view} (x100), gain over none   "
-                                        "[dim]m: mean/max/best-of-grid · [ ]: plan · enter: distribution · "
-                                        "e: export[/dim]")
+        data.without_failed = self.without_failed
+        title = Text(data.plan, style="bold")
+        title.append(f" — {self.view}{' without failed runs' if self.without_failed else ''} (x100), gain over none  ")
+        title.append(" m: mean/max/best-of-grid · f: with/without failed · [ ]: plan · enter: distribution · "
+                     "e: export", style="dim")
+        self.query_one("#title").update(title)
+        self.query_one("#note").update(Text("\n".join([results.STD_NOTE, results.FAILED_NOTE, results.test_note(data),
+                                                       *results.footnotes(data)])))
         table = self.query_one(DataTable)
         cursor = table.cursor_coordinate
         table.clear(columns=True)
@@ -140,12 +158,18 @@ class ScoresScreen(Screen):
         for t in data.targets:
             table.add_column(f"{t} ({data.metrics.get(t, '')})", key=t)
         for r in data.rows:
-            table.add_row(r, *(cell_text(data.cell(r, t), self.view) for t in data.targets), key=r)
+            table.add_row(r, *(cell_text(data.cell(r, t), self.view, self.without_failed) for t in data.targets),
+                          key=r)
         if cursor.row < table.row_count and cursor.column < len(table.columns):
             table.cursor_coordinate = cursor
 
     def action_toggle_view(self) -> None:
         self.view = VIEWS[(VIEWS.index(self.view) + 1) % len(VIEWS)]
+        if self.table_data:
+            self.show(self.table_data)
+
+    def action_toggle_failed(self) -> None:
+        self.without_failed = not self.without_failed
         if self.table_data:
             self.show(self.table_data)
 
@@ -181,14 +205,13 @@ class ScoresScreen(Screen):
         self.app.push_screen(ExportScreen(), chosen)
 
     def export(self, fmt: str) -> None:
-        ext = {"latex": "tex"}.get(fmt, fmt)
-        out = self.app.root / "exports" / f"{self.table_data.plan}.{ext}"
-        out.parent.mkdir(parents=True, exist_ok=True)
         try:
-            if fmt == "png":
-                results.to_png(self.table_data, out)
-            else:
-                out.write_text(results.render(self.table_data, fmt), encoding="utf-8")
+            out = results.export_path(self.app.root, self.table_data.plan, fmt)  # inside the runs-dir, always
+            out.parent.mkdir(parents=True, exist_ok=True)
+            results.write_output(out, results.export_bytes(self.table_data, fmt), force=True)
+        except OSError as e:
+            self.notify(f"cannot write the export: {e.strerror or e}", severity="error")
+            return
         except UserError as e:
             self.notify(str(e), severity="error")
             return

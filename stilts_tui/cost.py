@@ -1,0 +1,230 @@
+"""What a plan costs before it is queued: runs, training steps and GPU-hours per stage and in total.
+
+A run's time is its training samples (train examples x epochs) over a throughput, plus a start-up
+overhead (model load, data, evaluation outside the training loop):
+- measured: the median ``samples_per_s`` and median ``wall_seconds - train_seconds`` of the finished
+  runs in the ledger of the same shape (model, max_len, batch size, precision, task kind and choices);
+  a run trained in a fused array of K shares its GPU with K-1 others, so it counts 1/K of its time;
+- else a stated default per model size (DEFAULT_THROUGHPUT: one GPU, fp32, at max_len 128, scaled by
+  128/max_len and divided by the number of choices of a multiple-choice task), plus DEFAULT_OVERHEAD_S.
+Train sizes come from the local files (rows counted), else KNOWN_TRAIN_SIZES for hub tasks, else a
+synth stage's ``n``. Synthesis: a measured synth run with the same generator, else SYNTH_SECONDS_PER_TEXT.
+No torch; reads only files and the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stilts_tui import plan as plans
+from stilts_tui.queue import placement
+
+# (parameters up to, samples/s) on one GPU in fp32 at max_len 128: RoBERTa-large measured 186-214 on an
+# H100 (docs/design), base-size models ~3x that, MiniLM-size ~8x. Stated guesses, replaced by measurements.
+DEFAULT_THROUGHPUT = ((30e6, 1600.0), (150e6, 600.0), (math.inf, 200.0))
+DEFAULT_OVERHEAD_S = 30.0
+SYNTH_SECONDS_PER_TEXT = 0.02  # GPT-2 medium sampling in batches of 64, one text = a context's ending
+# train examples of the built-in tasks' official train splits (for hub data that is not on disk)
+KNOWN_TRAIN_SIZES = {
+    "rte": 2490, "mrpc": 3668, "cola": 8551, "sst2": 67349, "stsb": 5749, "qnli": 104743, "mnli": 392702,
+    "wic": 5428, "mednli": 11232, "hellaswag": 39905, "hellaswag-p": 39905, "siqa": 33410,
+    "winogrande-xs": 160, "winogrande-s": 640, "winogrande-m": 2558, "winogrande-l": 10234,
+    "winogrande-xl": 40398, "cosmosqa": 25262, "boolq": 9427, "copa": 400, "commonsenseqa": 9741,
+}
+
+
+@dataclass
+class StageCost:
+    stage: str
+    runs: int = 0
+    steps: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+    measured: int = 0  # runs timed from measured throughput
+    default: int = 0  # runs timed from the default per model size
+    unknown: int = 0  # runs whose train size is unknown (not counted in steps or time)
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.seconds / 3600
+
+
+@dataclass
+class Cost:
+    stages: dict[str, StageCost]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> StageCost:
+        t = StageCost("total")
+        for s in self.stages.values():
+            for k in ("runs", "steps", "samples", "seconds", "measured", "default", "unknown"):
+                setattr(t, k, getattr(t, k) + getattr(s, k))
+        return t
+
+    def as_dict(self) -> dict:
+        rows = [*self.stages.values(), self.total]
+        return {"stages": {s.stage: {"runs": s.runs, "steps": s.steps, "samples": s.samples,
+                                     "gpu_hours": round(s.gpu_hours, 4), "measured": s.measured,
+                                     "default": s.default, "unknown_size": s.unknown} for s in rows},
+                "notes": self.notes}
+
+
+@dataclass
+class Rate:
+    samples_per_s: float
+    overhead_s: float
+    runs: int  # how many finished runs it was measured from
+
+
+def shape(spec: dict) -> str:
+    """Runs of one shape train at one speed: model, max_len, batch, precision, task kind and choices."""
+    p = spec.get("params") if isinstance(spec.get("params"), dict) else {}
+    task = spec.get("task") if isinstance(spec.get("task"), dict) else {}
+    model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
+    return json.dumps([model.get("name"), p.get("max_len"), p.get("batch_size"), p.get("grad_accum", 1),
+                       p.get("precision", "auto"), task.get("kind"), task.get("num_choices")], default=str)
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _num(v: object) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def measured(root: Path | None) -> dict[str, Rate]:
+    """Throughput by shape from the finished runs in the ledger (an empty dict without a ledger)."""
+    if root is None or not (Path(root) / "ledger.json").exists():
+        return {}
+    from stilts_tui import rundir
+    from stilts_tui.errors import UserError
+    from stilts_tui.ledger import Ledger
+
+    try:
+        runs = Ledger(root).runs()
+    except UserError:
+        return {}
+    found: dict[str, list[tuple[float, float]]] = {}
+    for r in runs:
+        if not isinstance(r, dict) or r.get("status") != "done" or r.get("stage") == "synth":
+            continue
+        try:
+            d = rundir.run_dir(root, r.get("id"))
+        except UserError:
+            continue
+        res, spec = _read(d / "result.json"), _read(d / "spec.json")
+        if not res or not spec:
+            continue
+        rate, wall, train = (_num(res.get(k)) for k in ("samples_per_s", "wall_seconds", "train_seconds"))
+        if not rate or rate <= 0 or wall is None or train is None:
+            continue
+        setup = res.get("setup") if isinstance(res.get("setup"), dict) else {}
+        k = _num(setup.get("fused", res.get("fused"))) or 1
+        found.setdefault(shape(spec), []).append((rate * k, max(0.0, wall - train)))
+    return {key: Rate(statistics.median(x for x, _ in v), statistics.median(o for _, o in v), len(v))
+            for key, v in found.items()}
+
+
+def default_rate(spec: dict) -> tuple[float, str]:
+    """(samples/s, how it was chosen) for a run without a measurement."""
+    params = placement.model_params(spec.get("model") or {})
+    base = next(rate for limit, rate in DEFAULT_THROUGHPUT if params <= limit)
+    p = spec.get("params") or {}
+    choices = (spec.get("task") or {}).get("num_choices") or (4 if (spec.get("task") or {}).get("kind") ==
+                                                                "multiple_choice" else 1)
+    rate = base * 128 / max(8, int(p.get("max_len", 128))) / choices
+    return rate, f"{base:g} samples/s at max_len 128 for ~{params / 1e6:.0f}M parameters"
+
+
+_ROWS: dict[tuple[str, float], int] = {}
+
+
+def _count_rows(task: dict) -> int | None:
+    from stilts_tui.tasks import data as task_data
+
+    path = task_data.file_for(task, "train")
+    if path is None or not path.is_file():
+        return None
+    key = (str(path), path.stat().st_mtime)
+    if key not in _ROWS:
+        try:
+            _ROWS[key] = len(task_data.load_rows(task, "train")[0])
+        except Exception:  # noqa: BLE001 - an unreadable file: size unknown (plan validate says why)
+            return None
+    return _ROWS[key]
+
+
+def train_size(run: plans.Run, plan: plans.Plan) -> int | None:
+    """Train examples a run sees an epoch: the files, else the known size, else a synth stage's n."""
+    task = run.task_spec
+    if task.get("from_run"):
+        synth = next((s for s in plan.synth.values() if s), None)
+        n = {**plans.SYNTH_DEFAULTS, **(synth or {})}.get("n")
+    else:
+        n = _count_rows(task) or KNOWN_TRAIN_SIZES.get(run.task)
+    limit = run.params.get("max_train_samples")
+    return min(n, limit) if n and isinstance(limit, int) else n
+
+
+def estimate(plan: plans.Plan, runs: list[plans.Run], rates: dict[str, Rate] | None = None) -> Cost:
+    """Runs, steps and GPU-hours per stage of an expanded plan; ``rates`` from :func:`measured`."""
+    rates = rates or {}
+    cost = Cost({s: StageCost(s) for s in plans.STAGES})
+    defaults: set[str] = set()
+    for r in runs:
+        sc = cost.stages[r.stage]
+        sc.runs += 1
+        if r.stage == "synth":
+            texts = r.params.get("n", 0) * (1 + r.params.get("fakes", 3)) + r.params.get("dev", 0)
+            sc.seconds += texts * SYNTH_SECONDS_PER_TEXT + DEFAULT_OVERHEAD_S
+            sc.default += 1
+            continue
+        n = train_size(r, plan)
+        if not n:
+            sc.unknown += 1
+            continue
+        p = r.params
+        epochs, bs, accum = int(p.get("epochs", 3)), int(p.get("batch_size", 8)), int(p.get("grad_accum", 1))
+        sc.steps += epochs * math.ceil(math.ceil(n / bs) / accum)
+        sc.samples += n * epochs
+        spec = {"model": {"name": plan.model, **r.model}, "params": p, "task": r.task_spec}
+        rate = rates.get(shape(spec))
+        if rate is not None:
+            sc.seconds += n * epochs / rate.samples_per_s + rate.overhead_s
+            sc.measured += 1
+        else:
+            value, why = default_rate(spec)
+            sc.seconds += n * epochs / value + DEFAULT_OVERHEAD_S
+            sc.default += 1
+            defaults.add(why)
+    total = cost.total
+    if total.measured:
+        n_shapes = len({shape({"model": {"name": plan.model}, "params": r.params, "task": r.task_spec})
+                        for r in runs if r.stage != "synth"} & set(rates))
+        cost.notes.append(f"{total.measured} runs timed from throughput measured by finished runs of the same "
+                          f"shape in the ledger ({n_shapes} shapes)")
+    for why in sorted(defaults):
+        cost.notes.append(f"default throughput (no finished run of the same shape): {why}, one GPU, fp32, "
+                          f"+{DEFAULT_OVERHEAD_S:g} s a run")
+    if cost.stages["synth"].runs:
+        cost.notes.append(f"synthesis: {SYNTH_SECONDS_PER_TEXT:g} s a generated text (default)")
+    if total.unknown:
+        cost.notes.append(f"{total.unknown} runs have no known train size (hub data not on disk): not counted")
+    return cost
+
+
+def summary(cost: Cost) -> str:
+    """One line: the total, for the plan builder."""
+    t = cost.total
+    how = "measured" if t.measured and not t.default else "defaults" if not t.measured else "measured + defaults"
+    return f"{t.steps:,} steps, ~{t.gpu_hours:.1f} GPU-hours ({how})"

@@ -1,0 +1,191 @@
+"""Word when a plan ends: the daemon runs the user's command when a plan finishes or a run fails.
+
+The command is an argument list, run without a shell (no pipes, no variables): the daemon's
+``--on-finish`` (passed to the daemon process as ``$STILTS_ON_FINISH``, a JSON list) and a plan's
+own ``on_finish = ["cmd", "arg", ...]`` key. Its environment says what happened:
+
+    STILTS_EVENT        plan_finished | run_failed
+    STILTS_PLAN         the plan's name
+    STILTS_RUNS_DIR     the runs-dir
+    STILTS_TOTAL, STILTS_DONE, STILTS_FAILED, STILTS_CANCELLED, STILTS_BLOCKED, STILTS_QUEUED, STILTS_RUNNING
+    STILTS_COUNTS       the same counts as one JSON object
+    STILTS_FAILED_RUNS  the ids of the runs that failed since the last word, space-separated
+    STILTS_SCORES       the plan's score table as json (<runs-dir>/exports/PLAN.json), "" when it has none yet
+    STILTS_SCORES_MD    the same as markdown
+
+A plan is finished when none of its runs is queued or running. Commands start detached (their own
+session, output appended to <runs-dir>/notify.log) and the daemon never waits on them. The app rings
+the terminal bell from the same :class:`PlanWatch`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ENV_VAR = "STILTS_ON_FINISH"
+LOG_NAME = "notify.log"
+STATUSES = ("done", "failed", "cancelled", "blocked", "queued", "running")
+
+
+def command_from_env() -> list[str] | None:
+    """The daemon's --on-finish command, or None (unset, or not a JSON list of strings)."""
+    value = os.environ.get(ENV_VAR, "").strip()
+    if not value:
+        return None
+    try:
+        cmd = json.loads(value)
+    except ValueError:
+        return None
+    return cmd if isinstance(cmd, list) and cmd and all(isinstance(x, str) and x for x in cmd) else None
+
+
+class PlanWatch:
+    """Per plan: its counts by status, whether it is finished, and which runs failed. ``update`` returns
+    what changed since the last call (nothing on the first: that is the baseline)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[bool, set[str]]] | None = None
+
+    @staticmethod
+    def summarise(runs: list) -> dict[str, tuple[dict[str, int], set[str]]]:
+        out: dict[str, tuple[dict[str, int], set[str]]] = {}
+        for r in runs:
+            if not isinstance(r, dict) or not isinstance(r.get("plan"), str):
+                continue  # a damaged row says nothing about a plan
+            counts, failed = out.setdefault(r["plan"], ({s: 0 for s in STATUSES}, set()))
+            status = r.get("status")
+            if status in counts:
+                counts[status] += 1
+            if status == "failed":
+                failed.add(str(r.get("id")))
+        return out
+
+    def update(self, runs: list) -> list[dict]:
+        """Events since the last call: {"event", "plan", "counts", "failed_runs"}, one a plan at most."""
+        now = self.summarise(runs)
+        state = {p: (c["queued"] + c["running"] == 0, f) for p, (c, f) in now.items()}
+        before, self.seen = self.seen, state
+        if before is None:
+            return []
+        events = []
+        for plan, (counts, failed) in now.items():
+            was_finished, was_failed = before.get(plan, (False, set()))
+            new_failed = sorted(failed - was_failed)
+            if state[plan][0] and not was_finished:
+                event = "plan_finished"
+            elif new_failed:
+                event = "run_failed"
+            else:
+                continue
+            events.append({"event": event, "plan": plan, "counts": {"total": sum(counts.values()), **counts},
+                           "failed_runs": new_failed})
+        return events
+
+
+def plan_command(root: Path, plan: str) -> list[str] | None:
+    """A plan's own ``on_finish`` list, read from its file as the ledger recorded it (None without one)."""
+    from stilts_tui.ledger import Ledger
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    info = Ledger(root).plans().get(plan) or {}
+    try:
+        data = tomllib.loads(Path(info["file"]).read_text(encoding="utf-8"))
+    except (KeyError, TypeError, OSError, ValueError):
+        return None
+    cmd = data.get("on_finish")
+    if not (isinstance(cmd, list) and cmd and all(isinstance(x, str) and x for x in cmd)):
+        return None
+    if "/" in cmd[0]:  # relative to the plan's folder, as every path in a plan is
+        cmd[0] = str((Path(info["file"]).parent / cmd[0]).expanduser().resolve())
+    return cmd
+
+
+def write_scores(root: Path, plan: str) -> tuple[str, str]:
+    """The plan's score table written as json and markdown under <runs-dir>/exports ("" when it has none)."""
+    from stilts_tui import results
+    from stilts_tui.errors import UserError
+
+    try:
+        table = results.build(root, plan)
+    except UserError:
+        return "", ""
+    paths = []
+    for fmt in ("json", "md"):
+        path = results.export_path(root, plan, fmt)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        results.write_output(path, results.export_bytes(table, fmt), force=True)
+        paths.append(str(path))
+    return paths[0], paths[1]
+
+
+def environment(root: Path, event: dict, scores: tuple[str, str]) -> dict[str, str]:
+    counts = event["counts"]
+    env = {"STILTS_EVENT": event["event"], "STILTS_PLAN": event["plan"], "STILTS_RUNS_DIR": str(root),
+           "STILTS_COUNTS": json.dumps(counts), "STILTS_FAILED_RUNS": " ".join(event["failed_runs"]),
+           "STILTS_SCORES": scores[0], "STILTS_SCORES_MD": scores[1]}
+    env.update({f"STILTS_{k.upper()}": str(v) for k, v in counts.items()})
+    return env
+
+
+class Notifier:
+    """The daemon's side: each tick, :meth:`check` the ledger and run the commands for what changed."""
+
+    def __init__(self, root: Path, log: Callable[[str], None], command: list[str] | None = None):
+        self.root, self.log = Path(root), log
+        self.command = command if command is not None else command_from_env()
+        self.watch = PlanWatch()
+        self.procs: list[tuple[subprocess.Popen, list[str]]] = []
+        if self.command:
+            self.log(f"on-finish: {self.command} (when a plan finishes or a run fails)")
+
+    def check(self, ledger) -> list[dict]:
+        """Run the commands for this tick's events. Never raises: word of an end must not stop the queue."""
+        try:
+            return self._check(ledger)
+        except Exception as e:  # noqa: BLE001 - logged; the daemon goes on
+            self.log(f"on-finish: {type(e).__name__}: {e}")
+            return []
+
+    def _check(self, ledger) -> list[dict]:
+        self._reap()
+        events = self.watch.update(ledger.runs())
+        for event in events:
+            commands = [c for c in (self.command, plan_command(self.root, event["plan"])) if c]
+            if not commands:
+                continue
+            scores = write_scores(self.root, event["plan"])
+            env = {**os.environ, **environment(self.root, event, scores)}
+            env.pop(ENV_VAR, None)
+            for cmd in commands:
+                self._start(cmd, env, event)
+        return events
+
+    def _start(self, cmd: list[str], env: dict[str, str], event: dict) -> None:
+        try:
+            with open(self.root / LOG_NAME, "ab") as out:
+                out.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {event['event']} {event['plan']}: "
+                          f"{cmd}\n".encode())
+                proc = subprocess.Popen(cmd, env=env, cwd=self.root, stdin=subprocess.DEVNULL, stdout=out,
+                                        stderr=subprocess.STDOUT, start_new_session=True)  # a list, never a shell
+        except OSError as e:
+            self.log(f"on-finish: cannot run {cmd}: {e.strerror or e}")
+            return
+        self.procs.append((proc, cmd))
+        self.log(f"on-finish: {event['event']} {event['plan']}: started {cmd} (pid {proc.pid})")
+
+    def _reap(self) -> None:
+        for proc, cmd in list(self.procs):
+            code = proc.poll()
+            if code is not None:
+                self.procs.remove((proc, cmd))
+                if code:
+                    self.log(f"on-finish: {cmd} exited with status {code} (its output: {self.root / LOG_NAME})")

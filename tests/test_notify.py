@@ -1,0 +1,169 @@
+"""Word when a plan ends: a real command, run by the real daemon (fake GPUs, tiny real runs), writes a
+file with what happened; the app rings the bell when a plan finishes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import cli, write_jsonl, write_text
+
+from stilts_tui.demo import pair_rows
+from stilts_tui.ledger import Ledger
+from stilts_tui.queue.notify import PlanWatch
+from stilts_tui.tui.app import StiltsApp
+
+# a real program: writes its STILTS_* environment to DIR/<event>-<tag>.json
+WRITER = ("import json, os, sys; env = {k: v for k, v in os.environ.items() if k.startswith('STILTS_')}; "
+          "open(os.path.join(sys.argv[1], env['STILTS_EVENT'] + '-' + sys.argv[2] + '.json'), 'w')"
+          ".write(json.dumps(env))")
+
+PLAN = """name = "n"
+model = "{model}"
+baseline = true
+target_seeds = [1]
+on_finish = {hook}
+[defaults]
+epochs = 1
+batch_size = 16
+max_len = 24
+[tasks.pair]
+format = "jsonl"
+train = "data/tr.jsonl"
+dev = "data/dv.jsonl"
+kind = "classification"
+text_fields = ["s1", "s2"]
+[target.t]
+task = "pair"
+grid = {{ lr = [1e-4, 2e-4] }}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from stilts_tui.train import workload
+
+    return workload.build_model(tmp_path_factory.mktemp("tiny") / "model", "tiny")
+
+
+def wait(cond, timeout: float = 120, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def env(runs_dir):
+    env = {"STILTS_FAKE_GPUS": "2x24", "OMP_NUM_THREADS": "1"}
+    yield env
+    cli("daemon", "stop", runs_dir=runs_dir, env=env)
+    for r in Ledger(runs_dir).runs():
+        if r.get("pid"):
+            try:
+                os.killpg(r["pid"], signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def test_a_finished_plan_and_a_failed_run_run_the_commands(tmp_path, runs_dir, tiny_model, env):
+    out_dir = tmp_path / "word"
+    out_dir.mkdir()
+    write_jsonl(tmp_path / "data/tr.jsonl", pair_rows(32, 1))
+    write_jsonl(tmp_path / "data/dv.jsonl", pair_rows(16, 2))
+    hook = json.dumps([sys.executable, "-c", WRITER, str(out_dir), "plan"])
+    plan = write_text(tmp_path / "n.toml", PLAN.format(model=tiny_model, hook=hook))
+    assert cli("queue", "add", str(plan), runs_dir=runs_dir, env=env).returncode == 0
+    bad, good = Ledger(runs_dir).runs()
+    spec = json.loads((runs_dir / bad["id"] / "spec.json").read_text())
+    spec["task"]["train_file"] = str(tmp_path / "data/missing.jsonl")  # this run fails
+    (runs_dir / bad["id"] / "spec.json").write_text(json.dumps(spec))
+    daemon_cmd = shlex.join([sys.executable, "-c", WRITER, str(out_dir), "daemon"])
+    started = cli("daemon", "start", "--interval", "0.2", "--worker-runs", "1", "--on-finish", daemon_cmd,
+                  runs_dir=runs_dir, env=env)
+    assert started.returncode == 0, started.stderr
+    for tag in ("daemon", "plan"):  # both commands: the daemon's and the plan's own
+        done = wait(lambda tag=tag: (out_dir / f"plan_finished-{tag}.json").exists(), what=f"the {tag} command")
+        assert done
+    word = wait(lambda: _read(out_dir / "plan_finished-daemon.json"), what="the file written")
+    assert word["STILTS_PLAN"] == "n" and word["STILTS_RUNS_DIR"] == str(runs_dir)
+    assert (word["STILTS_TOTAL"], word["STILTS_DONE"], word["STILTS_FAILED"]) == ("2", "1", "1")
+    assert json.loads(word["STILTS_COUNTS"])["failed"] == 1
+    scores = json.loads(Path(word["STILTS_SCORES"]).read_text())  # the table, written before the command ran
+    assert scores["plan"] == "n" and Path(word["STILTS_SCORES"]).parent == runs_dir / "exports"
+    assert Path(word["STILTS_SCORES_MD"]).read_text().startswith("| from \\ target |")
+    failed_word = [_read(p) for p in out_dir.glob("*-daemon.json")]  # the failure: its own word or the end's
+    assert any(bad["id"] in w["STILTS_FAILED_RUNS"].split() for w in failed_word)
+    assert "on-finish:" in (runs_dir / "daemon.log").read_text()
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def test_on_finish_that_is_not_a_program_is_one_line_and_exit_2(runs_dir):
+    out = cli("daemon", "start", "--on-finish", "no-such-program-xyz --flag", runs_dir=runs_dir)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "--on-finish: 'no-such-program-xyz' is not an executable program" in out.stderr
+    assert not (runs_dir / "daemon.json").exists()
+
+
+def test_a_plan_on_finish_that_is_not_a_list_of_strings_is_refused(tmp_path):
+    plan = write_text(tmp_path / "p.toml", 'name = "p"\nmodel = "m"\non_finish = "echo hi"\n[target.t]\ntask = "rte"\n')
+    out = cli("plan", "validate", str(plan))
+    assert out.returncode == 2 and "key 'on_finish': expected a non-empty list of strings" in out.stderr
+
+
+def test_plan_watch_reports_each_end_and_each_new_failure_once():
+    watch = PlanWatch()
+    runs = [{"id": "a", "plan": "p", "status": "running"}, {"id": "b", "plan": "p", "status": "queued"}]
+    assert watch.update(runs) == []  # the baseline
+    runs[0]["status"] = "failed"
+    (event,) = watch.update(runs)
+    assert (event["event"], event["failed_runs"], event["counts"]["failed"]) == ("run_failed", ["a"], 1)
+    assert watch.update(runs) == []
+    runs[1]["status"] = "done"
+    (event,) = watch.update(runs)
+    assert event["event"] == "plan_finished" and event["counts"] == {
+        "total": 2, "done": 1, "failed": 1, "cancelled": 0, "blocked": 0, "queued": 0, "running": 0}
+    assert watch.update(runs + [7, {"plan": None}]) == []  # damaged rows are ignored
+
+
+class BellApp(StiltsApp):
+    rings = 0
+
+    def bell(self) -> None:  # the terminal's bell, counted
+        self.rings += 1
+
+
+async def test_the_app_rings_the_bell_when_a_plan_finishes(tmp_path, runs_dir):
+    plan = write_text(tmp_path / "b.toml", 'name = "b"\nmodel = "m"\n[target.t]\ntask = "rte"\n')
+    assert cli("queue", "add", str(plan), runs_dir=runs_dir).returncode == 0
+    (run,) = Ledger(runs_dir).runs()
+    app = BellApp(runs_dir, keymap={})
+    async with app.run_test(size=(120, 30)) as pilot:
+        for _ in range(30):
+            await pilot.pause(0.1)
+            if app.plan_watch.seen is not None:
+                break
+        assert app.rings == 0
+        with Ledger(runs_dir).transaction() as tx:
+            tx.update_run(run["id"], status="done", score=0.5)
+        for _ in range(60):
+            await pilot.pause(0.1)
+            if app.rings:
+                break
+        assert app.rings == 1
+        assert any("plan 'b' finished" in n.message for n in app._notifications)
