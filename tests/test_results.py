@@ -291,10 +291,12 @@ def test_cells_mixing_training_setups_are_marked(scored):
     for r, (v, precision) in zip(cell, [(0.7, "fp32"), (0.9, "bf16"), (0.8, "fp32"), (1.0, "fp32")], strict=True):
         write_result(scored, r["id"], v, setup={"precision": precision, "batching": "random", "fused": 0})
     t = results.build(scored, "sc")
-    assert t.cell("a", "t1").setup_note == "precision bf16/fp32" and t.cell("none", "t1").setup_note is None
+    # the plan asks for fp32 (the default): a bf16 run both mixes the cell and differs from the plan
+    note = "precision bf16/fp32; not as the plan asked: precision fp32->bf16"
+    assert t.cell("a", "t1").setup_note == note and t.cell("none", "t1").setup_note is None
     md = cli("scores", "sc", "--format", "md", runs_dir=scored).stdout
     assert "| a | 85.0* ± 11.2" in md
-    assert "cells marked * mix training setups: a -> t1: precision bf16/fp32" in md
+    assert f"cells marked * mix training setups: a -> t1: {note}" in md
 
 
 def test_damaged_results_are_missing_not_a_crash(scored):
