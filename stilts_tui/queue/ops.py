@@ -203,11 +203,25 @@ def start_daemon(root: Path, args: list[str], wait: float = 15.0) -> dict:
         except (FileNotFoundError, ValueError):
             pass
         if proc.poll() is not None:
-            lines = (root / "daemon.log").read_text(errors="replace").strip().splitlines()
-            tail = [x for x in lines if x.startswith("stilts-tui: error:")][-1:] or lines[-1:] or ["no output"]
-            raise Failure(f"the daemon did not start: {tail[0].removeprefix('stilts-tui: error: ')}")
+            raise Failure(f"the daemon did not start: {_why_not_started(root, proc.returncode)}")
         time.sleep(0.05)
     raise UserError(f"the daemon did not start within {wait:.0f} s (see {root / 'daemon.log'})")
+
+
+def _why_not_started(root: Path, code: int) -> str:
+    """The daemon's last error line in daemon.log, or what kept it from writing one."""
+    try:
+        lines = (root / "daemon.log").read_text(errors="replace").strip().splitlines()
+    except OSError:
+        lines = []
+    tail = [x for x in lines if x.startswith("stilts-tui: error:")][-1:]
+    if tail:
+        return tail[0].removeprefix("stilts-tui: error: ")
+    import shutil
+
+    if shutil.disk_usage(root).free < 1 << 20:
+        return f"no space left on the device holding {root} (free some space and start it again)"
+    return lines[-1] if lines else f"it exited with status {code} and wrote nothing to {root / 'daemon.log'}"
 
 
 def stop_daemon(root: Path, wait: float = 15.0) -> int | None:
