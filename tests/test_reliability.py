@@ -248,3 +248,34 @@ def test_an_interrupted_cancel_is_finished_by_the_daemon(tmp_path, runs_dir, tin
     wait(lambda: statuses(runs_dir)[rid] == "cancelled", 60, "the daemon to finish the cancel")
     wait(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 30,
          "the run's process stopped")
+
+
+# -- defect 8: the app shows a damaged ledger instead of "loading…" forever -----------------------------
+
+
+async def test_the_app_shows_a_damaged_ledger_and_recovers_once_it_is_restored(runs_dir, small_plan):
+    from textual.widgets import DataTable
+
+    from stilts_tui.tui.app import StiltsApp
+    from stilts_tui.tui.screens.queue import QueueScreen
+
+    assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
+    assert cli("queue", "pause", runs_dir=runs_dir).returncode == 0
+    ledger = runs_dir / "ledger.json"
+    ledger.write_text("null")
+    async with StiltsApp(runs_dir, keymap={}).run_test(size=(170, 40)) as pilot:
+        screen = pilot.app.screen
+        assert isinstance(screen, QueueScreen)
+        for _ in range(50):
+            await pilot.pause(0.1)
+            if "error:" in str(screen.query_one("#totals").render()):
+                break
+        totals = str(screen.query_one("#totals").render())
+        assert "error:" in totals and "ledger.json" in totals and "loading" not in totals
+        os.replace(ledger.with_name("ledger.json.bak"), ledger)
+        for _ in range(50):
+            await pilot.pause(0.1)
+            if screen.query_one(DataTable).row_count:
+                break
+        assert screen.query_one(DataTable).row_count == 13
+        assert "13 queued" in str(screen.query_one("#totals").render())
