@@ -21,7 +21,6 @@ Per-step metrics stay out of the ledger: they live in each run's ``events.jsonl`
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
@@ -109,6 +108,7 @@ class Ledger:
         self._stamp: tuple | None = None
         self._frags: dict[str, bytes] | None = None  # run id -> its encoded `"id":{...}`
         self._swept = False  # stale temporary files removed (once per instance, under the lock)
+        self._problems: dict[str, dict[str, str]] | None = None  # run id -> run_problems, for this version
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -153,8 +153,17 @@ class Ledger:
         problem = shape_problem(data)
         if problem:
             raise LedgerError(f"{self.path}: not a ledger: {problem}; {self.recovery()}")
-        self._cache, self._stamp, self._frags = data, stamp, None
+        self._cache, self._stamp, self._frags, self._problems = data, stamp, None, None
         return data
+
+    def problems(self) -> dict[str, dict[str, str]]:
+        """Runs whose fields do not hold what the queue expects (:func:`run_problems`), by id. Kept per
+        version of the file and updated for the runs a commit of this process changed, so the daemon's
+        tick does not check 10,000 rows each time."""
+        data = self._load()
+        if self._problems is None:
+            self._problems = {k: p for k, v in data.get("runs", {}).items() if (p := run_problems(v))}
+        return self._problems
 
     def runs(self, plan: str | None = None, status: str | None = None) -> list[dict]:
         """Runs in queue order (priority, stage, plan order), optionally filtered."""
@@ -282,6 +291,16 @@ class Ledger:
             if isinstance(e, OSError):
                 raise _io_error(e, "writing the ledger") from None
             raise
+        if self._problems is not None and changed is not None:
+            runs = data.get("runs", {})
+            for k in changed:
+                p = run_problems(runs[k])
+                if p:
+                    self._problems[k] = p
+                else:
+                    self._problems.pop(k, None)
+        else:
+            self._problems = None
         self._cache, self._stamp = data, (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _keep_backup(self) -> None:
@@ -397,20 +416,19 @@ RUN_FIELDS = {"priority": _NUM, "attempts": _INT, "pid": _INT, "pid_started": _N
 
 def run_problems(run: dict) -> dict[str, str]:
     """Fields of a run that do not hold what the queue expects: ``{field: what is wrong}``. Integers
-    must fit in 64 bits, numbers be finite, a pid be one the system can have."""
+    must fit in 64 bits, numbers be finite, a pid be one the system can have. (Called on every run each
+    daemon tick: the common cases are decided by type alone.)"""
     bad = {}
     for name, kind in RUN_FIELDS.items():
         v = run.get(name)
-        if v is None:
+        t = type(v)
+        if v is None or (t is str and kind is _STR):
             continue
-        if kind == _STR:
-            ok = isinstance(v, str)
-        else:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and -INT64 <= v < INT64
-            if kind == _INT:
-                ok = ok and isinstance(v, int)
-        if name == "pid" and ok:
-            ok = 0 < v < 2**22  # the kernel's pid_max limit
-        if not ok:
-            bad[name] = f"{name} = {str(v)[:40]!r} is not {kind}" + (" in range" if kind != _STR else "")
+        if kind is not _STR:
+            if t is int and -INT64 <= v < INT64 and (name != "pid" or 0 < v < 2**22):
+                continue
+            if t is float and kind is _NUM and -INT64 <= v < INT64:  # also false for NaN; inf is out of range
+                continue
+        what = f"{kind} in range" if kind is not _STR else kind
+        bad[name] = f"{name} = {str(v)[:40]!r} is not {what}"
     return bad

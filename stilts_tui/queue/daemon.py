@@ -183,9 +183,12 @@ class Daemon:
         (an integer beyond 64 bits, a pid that is text...) is failed with the reason; a finished one is
         used with those fields left out."""
         runs = self.ledger.runs()
+        problems = self.ledger.problems()
+        if not problems:
+            return runs
         out = []
         for r in runs:
-            bad = run_problems(r)
+            bad = problems.get(r["id"])
             if bad and r["status"] not in FINAL:
                 self.fail_run(r["id"], "ledger row damaged: " + "; ".join(bad.values()), clear=list(bad))
                 r = {**r, **{k: ROW_DEFAULTS.get(k) for k in bad}, "status": "failed"}
