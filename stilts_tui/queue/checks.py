@@ -32,7 +32,7 @@ def spec_problem(spec: object) -> str | None:
     for key in ("params", "task", "model", "slurm", "debug"):
         if key in spec and spec[key] is not None and not isinstance(spec[key], dict):
             return f"spec.json: '{key}' is {type(spec[key]).__name__}, not an object"
-    if not isinstance(spec.get("stage"), str):
+    if spec.get("stage") is not None and not isinstance(spec["stage"], str):
         return f"spec.json: 'stage' is {spec.get('stage')!r}, not a string"
     params = spec.get("params") or {}
     for key in _SPEC_INTS:

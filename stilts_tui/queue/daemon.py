@@ -112,8 +112,8 @@ def is_daemon(info: dict, root: Path) -> bool:
         started, cmd = p.create_time(), p.cmdline()
     except (psutil.Error, OSError):
         return False
-    if not checks.is_num(info.get("pid_started")) or abs(started - info["pid_started"]) > 1.0:
-        return False
+    if "pid_started" in info and not (checks.is_num(info["pid_started"]) and abs(started - info["pid_started"]) <= 1.0):
+        return False  # (a daemon.json from before pid_started was recorded is judged by its command line)
     if "stilts_tui.queue.daemon" not in cmd or "--runs-dir" not in cmd[:-1]:
         return False
     try:
