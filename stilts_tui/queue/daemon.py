@@ -265,49 +265,8 @@ class Daemon:
         status = {r["id"]: r["status"] for r in runs}
         changes: dict[str, tuple[str, dict]] = {}  # id -> (status it had, new fields)
 
-        # 1. reap (a finished attempt's result.json is retired when the run is launched again, not here:
-        # a daemon killed between the two steps must find the result, never a run without one)
-        for r in runs:
-            if r["status"] != "running":
-                continue
-            self._current = r["id"]
-            if r.get("cancel_requested"):  # `queue cancel` is stopping it, or was interrupted doing so
-                if local.alive(r.get("pid"), r.get("pid_started")):
-                    if time.time() - _num(r["cancel_requested"]) < CANCEL_WAIT_S:
-                        continue
-                    local.stop(r["pid"], r.get("pid_started"), grace=5)
-                changes[r["id"]] = ("running", {"status": "cancelled", "finished": time.time(), "pid": None})
-                continue
-            res = self.result(r["id"])
-            attempt = r.get("attempts") or 1
-            if res and res.get("status") in FINAL_RESULT:
-                fields = {"finished": time.time(), "score": checks.clean_score(res.get("score")),
-                          "error": res.get("error"), "peak_gpu_mem_gb": res.get("peak_gpu_mem_gb"), "pid": None}
-                if res["status"] == "oom" and not r.get("alone"):
-                    fields.update(status="queued", alone=True, gpu=None)
-                    stats["requeued"] += 1
-                    self.log(f"{r['id']}: out of memory on GPU {r.get('gpu')}; requeued to run alone")
-                else:
-                    fields["status"] = "done" if res["status"] == "done" else "failed"
-                    stats["reaped"] += 1
-                changes[r["id"]] = ("running", fields)
-            elif not local.alive(r.get("pid"), r.get("pid_started")):
-                if not r.get("pid"):
-                    found = local.find_worker(self.root / r["id"])
-                    if found or time.time() - (r.get("started") or 0) < 30:
-                        if found:  # launched just before a crash: adopt it
-                            changes[r["id"]] = ("running", {"pid": found[0], "pid_started": found[1]})
-                        continue
-                why = "process exited without result" + self._last_line(r)
-                if attempt <= self.s.max_retries:
-                    fields = {"status": "queued", "error": why, "pid": None, "gpu": None}
-                    stats["requeued"] += 1
-                else:
-                    fields = {"status": "failed", "error": why, "pid": None, "finished": time.time()}
-                    stats["reaped"] += 1
-                self.log(f"{r['id']}: {why} (attempt {attempt}) -> {fields['status']}")
-                changes[r["id"]] = ("running", fields)
-        self._current = None
+        # 1. reap
+        changes.update(self._reap(runs, stats))
         # 2. a failed or cancelled parent blocks its children; a retried one unblocks them
         self._block_and_commit(runs, status, changes, stats)
 
@@ -361,6 +320,54 @@ class Daemon:
                 stats["launched"] += len(group)
         self._current = None
         return stats
+
+    def _reap(self, runs: list[dict], stats: dict) -> dict[str, tuple[str, dict]]:
+        """What to change for running runs that ended (or whose cancel is to be finished). A finished
+        attempt's result.json is retired when the run is launched again, not here: a daemon killed between
+        the two steps must find the result, never a run without one."""
+        changes: dict[str, tuple[str, dict]] = {}
+        for r in runs:
+            if r["status"] != "running":
+                continue
+            self._current = r["id"]
+            if r.get("cancel_requested"):  # `queue cancel` is stopping it, or was interrupted doing so
+                if local.alive(r.get("pid"), r.get("pid_started")):
+                    if time.time() - _num(r["cancel_requested"]) < CANCEL_WAIT_S:
+                        continue
+                    local.stop(r["pid"], r.get("pid_started"), grace=5)
+                changes[r["id"]] = ("running", {"status": "cancelled", "finished": time.time(), "pid": None})
+                continue
+            res = self.result(r["id"])
+            attempt = r.get("attempts") or 1
+            if res and res.get("status") in FINAL_RESULT:
+                fields = {"finished": time.time(), "score": checks.clean_score(res.get("score")),
+                          "error": res.get("error"), "peak_gpu_mem_gb": res.get("peak_gpu_mem_gb"), "pid": None}
+                if res["status"] == "oom" and not r.get("alone"):
+                    fields.update(status="queued", alone=True, gpu=None)
+                    stats["requeued"] += 1
+                    self.log(f"{r['id']}: out of memory on GPU {r.get('gpu')}; requeued to run alone")
+                else:
+                    fields["status"] = "done" if res["status"] == "done" else "failed"
+                    stats["reaped"] += 1
+                changes[r["id"]] = ("running", fields)
+            elif not local.alive(r.get("pid"), r.get("pid_started")):
+                if not r.get("pid"):
+                    found = local.find_worker(self.root / r["id"])
+                    if found or time.time() - (r.get("started") or 0) < 30:
+                        if found:  # launched just before a crash: adopt it
+                            changes[r["id"]] = ("running", {"pid": found[0], "pid_started": found[1]})
+                        continue
+                why = "process exited without result" + self._last_line(r)
+                if attempt <= self.s.max_retries:
+                    fields = {"status": "queued", "error": why, "pid": None, "gpu": None}
+                    stats["requeued"] += 1
+                else:
+                    fields = {"status": "failed", "error": why, "pid": None, "finished": time.time()}
+                    stats["reaped"] += 1
+                self.log(f"{r['id']}: {why} (attempt {attempt}) -> {fields['status']}")
+                changes[r["id"]] = ("running", fields)
+        self._current = None
+        return changes
 
     def array_key(self, run_id: str) -> str | None:
         if run_id not in self._array_keys:
@@ -498,6 +505,43 @@ class Daemon:
         changes: dict[str, tuple[str, dict]] = {}
 
         # 1. reap: result.json first (even for a run whose job id was never recorded), Slurm's state else
+        changes.update(self._reap_slurm(active, status, jobs, stats))
+        # 2. block queued children of failed parents (those already in Slurm were handled above); unblock
+        self._block_and_commit(runs, status, changes, stats)
+
+        # 3. submit ready runs: no parent, a parent done, or a parent whose job Slurm holds
+        if self.ledger.meta("paused"):
+            return stats
+        runs = self.checked_runs()
+        by_id = {r["id"]: r for r in runs}
+        room = self.s.max_jobs - sum(1 for r in runs if r["status"] == "running")
+        for r in runs:
+            if room <= 0:
+                break
+            if r["status"] != "queued":
+                continue
+            self._current = r["id"]
+            parent = by_id.get(r.get("parent")) if r.get("parent") else None
+            dependency = None
+            if parent is not None and parent["status"] != "done":
+                if parent["status"] != "running" or not parent.get("job_id"):
+                    continue
+                dependency = parent["job_id"]
+            if self._submit(r, dependency):
+                stats["launched"] += 1
+                room -= 1
+                if dependency is None:
+                    by_id[r["id"]] = self.ledger.get(r["id"]) or r
+            else:
+                by_id[r["id"]] = self.ledger.get(r["id"]) or r
+        self._current = None
+        return stats
+
+    def _reap_slurm(self, active: list[dict], status: dict[str, str], jobs: dict[str, slurm_exec.JobState],
+                    stats: dict) -> dict[str, tuple[str, dict]]:
+        """What to change for runs in Slurm: ended (from result.json, else the job's state), blocked by a
+        failed parent, pending for good (``stuck``: reported, left pending), or a cancel to finish."""
+        changes: dict[str, tuple[str, dict]] = {}
         for r in active:
             self._current = r["id"]
             res, job = self.result(r["id"]), r.get("job_id")
@@ -542,36 +586,7 @@ class Daemon:
             else:
                 changes[r["id"]] = ("running", self._slurm_ended(r, job, st, stats))
         self._current = None
-        # 2. block queued children of failed parents (those already in Slurm were handled above); unblock
-        self._block_and_commit(runs, status, changes, stats)
-
-        # 3. submit ready runs: no parent, a parent done, or a parent whose job Slurm holds
-        if self.ledger.meta("paused"):
-            return stats
-        runs = self.checked_runs()
-        by_id = {r["id"]: r for r in runs}
-        room = self.s.max_jobs - sum(1 for r in runs if r["status"] == "running")
-        for r in runs:
-            if room <= 0:
-                break
-            if r["status"] != "queued":
-                continue
-            self._current = r["id"]
-            parent = by_id.get(r.get("parent")) if r.get("parent") else None
-            dependency = None
-            if parent is not None and parent["status"] != "done":
-                if parent["status"] != "running" or not parent.get("job_id"):
-                    continue
-                dependency = parent["job_id"]
-            if self._submit(r, dependency):
-                stats["launched"] += 1
-                room -= 1
-                if dependency is None:
-                    by_id[r["id"]] = self.ledger.get(r["id"]) or r
-            else:
-                by_id[r["id"]] = self.ledger.get(r["id"]) or r
-        self._current = None
-        return stats
+        return changes
 
     def _slurm_ended(self, r: dict, job: str, st: slurm_exec.JobState, stats: dict) -> dict:
         """The fields of a run whose job left Slurm without a result: requeued (node failure, preemption,

@@ -14,20 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stilts_tui.errors import UserError
+from stilts_tui.slurm_options import MANAGED, option_problem  # noqa: F401 - re-exported for the CLI and daemon
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
           "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
 NEVER = "DependencyNeverSatisfied"  # the reason Slurm gives a child whose parent failed
 TIMEOUT_S = 60
 
-
-# sbatch options the executor sets or that would break how it tracks a job. sbatch (getopt_long) takes any
-# unambiguous abbreviation of a long option (--depend=, --arr=, --out=, --chd=, --hol, --test), so an
-# option is refused when its name is a prefix of one of these, not only when it equals one.
-MANAGED = ("job-name", "output", "error", "input", "open-mode", "dependency", "kill-on-invalid-dep", "parsable",
-           "wrap", "chdir", "array", "gres", "gpus", "partition", "account", "time", "mem", "cpus-per-task",
-           "qos", "hold", "test-only", "wait", "export-file", "batch", "clusters", "cluster-constraint",
-           "get-user-env", "uid", "gid", "help", "usage", "version", "ignore-pbs")
 
 # pending reasons that do not clear by waiting: {reason prefix: what to change}
 STUCK = {
@@ -55,20 +48,6 @@ STUCK = {
 
 class SlurmError(UserError):
     """A Slurm command failed (its one-line message)."""
-
-
-def option_problem(arg: object) -> str | None:
-    """What is wrong with one extra sbatch argument, or None. Only ``--name`` or ``--name=value``, never
-    an option the executor manages, under any abbreviation sbatch would accept."""
-    if not isinstance(arg, str) or not arg.startswith("--") or len(arg) < 3 or any(c in arg for c in "\n\r\x00"):
-        return f"{str(arg)[:60]!r} is not a --name or --name=value sbatch option"
-    name = arg[2:].split("=", 1)[0]
-    hit = [m for m in MANAGED if m.startswith(name)]
-    if hit:
-        return (f"{arg[:60]!r}: sbatch reads it as --{hit[0]}, which the Slurm executor sets itself"
-                if len(hit) == 1 else f"{arg[:60]!r}: an abbreviation of options the executor sets "
-                f"({', '.join('--' + h for h in hit[:4])})")
-    return None
 
 
 def settings_problem(settings: dict) -> str | None:
