@@ -391,6 +391,8 @@ def daemon_start(
         raise UserError("--mps: MPS is for the local executor (on Slurm, ask the cluster for it with --sbatch-arg)")
     if executor == "slurm" and shutil.which("sbatch") is None:
         raise UserError("--executor slurm: sbatch not found on PATH (run the daemon where Slurm's commands are)")
+    if executor == "slurm":
+        _check_slurm_fit(slurm)
     if max_jobs < 1:
         raise UserError(f"--max-jobs: expected an integer >= 1, got {max_jobs}")
     parse_gpus(gpus)
@@ -432,6 +434,20 @@ def _set_on_finish(value: str) -> None:
     if shutil.which(cmd[0]) is None:
         raise UserError(f"--on-finish: '{cmd[0]}' is not an executable program on PATH (nor a path to one)")
     os.environ[notify.ENV_VAR] = json.dumps(cmd)
+
+
+def _check_slurm_fit(slurm: dict) -> None:
+    """Refuse Slurm settings no node of the partition can run (a job would pend forever), in one line."""
+    from stilts_tui.plan import SLURM_DEFAULTS
+    from stilts_tui.queue.executors import slurm as slurm_exec
+
+    for arg in slurm.get("sbatch_args") or []:
+        problem = slurm_exec.option_problem(arg)
+        if problem:
+            raise UserError(f"--sbatch-arg: {problem}")
+    problem = slurm_exec.fit_problem({**SLURM_DEFAULTS, **slurm})
+    if problem:
+        raise UserError(problem)
 
 
 @daemon_app.command("stop")
@@ -485,8 +501,9 @@ def queue_ls(
     runs = ledger.runs(plan=plan, status=status)
     if as_json:
         keys = ("id", "plan", "stage", "name", "task", "intermediate", "seed", "params", "grid", "parent",
-                "status", "gpu", "score", "priority")
+                "status", "gpu", "score", "priority", "error", "stuck")
         typer.echo(json.dumps([{k: r.get(k) for k in keys} for r in runs], indent=1))
+        _warn_stuck(runs)
         return
     from rich.table import Table
 
@@ -498,6 +515,14 @@ def queue_ls(
                       grid, r["status"], "" if r.get("gpu") is None else str(r["gpu"]), score)
     _console().print(table)
     typer.echo(f"{len(runs)} runs", err=True)
+    _warn_stuck(runs)
+
+
+def _warn_stuck(runs: list[dict]) -> None:
+    from stilts_tui.queue.executors.slurm import stuck_lines
+
+    for line in stuck_lines(runs):
+        typer.echo(f"warning: {line}", err=True)
 
 
 @app.command("scores")
@@ -638,6 +663,15 @@ def doctor(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         "" if free > 20 else " (intermediate checkpoints need ~1.5 GB each for RoBERTa-large)")))
     checks.append(("ok", f"daemon running (pid {info.get('pid')})") if info else
                   ("info", "no daemon running: `stilts-tui daemon start` (queue add starts one)"))
+    try:
+        runs = Ledger(root).runs()
+        checks.append(("ok", f"ledger readable ({len(runs)} runs)"))
+    except UserError as e:
+        runs = []
+        checks.append(("fail", str(e)))
+    from stilts_tui.queue.executors.slurm import stuck_lines
+
+    checks += [("fail", line) for line in stuck_lines(runs)]
     if as_json:
         typer.echo(json.dumps({**report.as_dict(), "mps": mps_ok, "mps_state": mps_line, "hub_reachable": hub,
                                "disk_free_gb": round(free, 1), "runs_dir": str(root), "daemon": info,
@@ -647,15 +681,15 @@ def doctor(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         typer.echo(f"{level:<5} {text}")
 
 
-
-
 def main() -> None:
-    """Console entry point: bad input becomes one line on stderr and exit status 2."""
+    """Console entry point: bad input becomes one line on stderr and exit status 2; a failure of the
+    machine (a full disk, a permission, a read-only file system) one line and exit status 1."""
+    from stilts_tui.errors import report
+
     try:
         app()
-    except UserError as e:
-        typer.echo(f"stilts-tui: error: {e}", err=True)
-        sys.exit(e.exit_code)
+    except (UserError, OSError) as e:
+        sys.exit(report(e))
     except KeyboardInterrupt:
         sys.exit(130)
 

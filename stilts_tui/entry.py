@@ -34,7 +34,7 @@ def main() -> None:
         cli_main()
         return
     from stilts_tui import rundir
-    from stilts_tui.errors import UserError
+    from stilts_tui.errors import UserError, report
 
     try:
         root = rundir.runs_dir(bare[0])
@@ -42,6 +42,5 @@ def main() -> None:
         from stilts_tui.tui.app import StiltsApp
 
         StiltsApp(root, start_daemon=not bare[1]).run()
-    except UserError as e:
-        print(f"stilts-tui: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+    except (UserError, OSError) as e:
+        sys.exit(report(e))

@@ -1,4 +1,11 @@
-"""Errors that reach the user as one line and exit status 2 (bad input), never a traceback."""
+"""Errors that reach the user as one line, never a traceback: exit status 2 for bad input, 1 for a failure
+(a full disk, a permission, a damaged file the program did not write that way). :func:`report` is the one
+printer of ``stilts-tui: error: ...`` lines."""
+
+from __future__ import annotations
+
+import errno
+import sys
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:
@@ -7,9 +14,23 @@ def first_line(e: BaseException, limit: int = 200) -> str:
 
 
 class UserError(Exception):
-    """Bad input from the user: a plan, a task, a run id, a flag. The message is one line."""
+    """Bad input from the user: a plan, a task, a run id, a flag. The message is one line.
+
+    ``exit_code`` may be given per instance (a :class:`Failure` is a UserError with exit status 1, so
+    every ``except UserError`` that prints one line also catches failures)."""
 
     exit_code = 2
+
+    def __init__(self, *args: object, exit_code: int | None = None):
+        super().__init__(*args)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class Failure(UserError):
+    """Not the user's input but the machine: no space left, no permission, a read-only disk. Exit 1."""
+
+    exit_code = 1
 
 
 class PlanError(UserError):
@@ -24,3 +45,39 @@ class PlanError(UserError):
 
 class TaskDataError(UserError):
     """A task's data cannot be found or read (missing file, unknown field, unreachable hub)."""
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "no space left on the device; free some space and run the command again (nothing was lost)",
+    errno.EDQUOT: "disk quota exceeded; free some space and run the command again (nothing was lost)",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EISDIR: "is a directory, not a file",
+    errno.ENOTDIR: "a part of the path is not a directory",
+}
+
+
+def os_error_line(e: OSError, doing: str = "") -> str:
+    """One line for an OSError: what was being done, on which path, and what to do."""
+    what = _OS_HINTS.get(e.errno or 0, e.strerror or type(e).__name__)
+    path = e.filename if e.filename is not None else ""
+    head = " ".join(x for x in (doing, str(path)) if x)
+    return f"{head}: {what}" if head else what
+
+
+def failure_from_os(e: OSError, doing: str = "") -> Failure:
+    """An OSError as a one-line :class:`Failure` (exit 1); a path that is a directory is bad input (2)."""
+    return Failure(os_error_line(e, doing), exit_code=2 if e.errno in (errno.EISDIR, errno.ENOTDIR) else 1)
+
+
+def report(e: BaseException, prog: str = "stilts-tui") -> int:
+    """Print ``PROG: error: ONE LINE`` on stderr for a UserError or an OSError; its exit status."""
+    if isinstance(e, UserError):
+        line, code = first_line(e, 500), e.exit_code
+    elif isinstance(e, OSError):
+        line, code = os_error_line(e), 1
+    else:
+        line, code = f"{type(e).__name__}: {first_line(e)}", 1
+    print(f"{prog}: error: {line}", file=sys.stderr)
+    return code

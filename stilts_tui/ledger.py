@@ -4,18 +4,23 @@ The TUI, the daemon, the CLI and a second SSH session all write it. TinyDB has n
 writes in place, so:
 - every read-modify-write is a :meth:`Ledger.transaction` that holds an inter-process
   ``filelock`` for its whole length and reads the file fresh (TinyDB instances never outlive one);
-- the transaction's changes are written once, at its end, to a temporary file that then replaces
-  the ledger with ``os.replace``: a process killed mid-write leaves the old file, never a torn one;
+- the transaction's changes are written once, at its end, to a temporary file (fsync'ed) that then
+  replaces the ledger with ``os.replace``: a process killed mid-write, or a power loss, leaves the old
+  file, never a torn one; the file keeps its mode;
+- the version it replaces stays as ``ledger.json.bak`` (a hard link: no copy), the last good ledger;
+- a file that cannot be read (empty, not JSON, not the ledger's shape) is an error naming the file and
+  how to recover, never read as an empty queue (a write would then lose every run);
 - readers take no lock: they always see one whole committed version.
 
 Documents are keyed by run id (a string doc id), so looking up one run costs no scan. The parsed
 file is cached per process and reused while the file's inode/mtime/size are unchanged.
 Per-step metrics stay out of the ledger: they live in each run's ``events.jsonl``.
-Set ``STILTS_LEDGER_FSYNC=1`` to also fsync every commit.
+``STILTS_LEDGER_FSYNC=0`` turns the fsync off (faster commits, safe against a killed process only).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -28,18 +33,20 @@ from tinydb import TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Document, Table
 
-from stilts_tui.errors import UserError
+from stilts_tui.errors import UserError, failure_from_os, first_line
+from stilts_tui.rundir import new_file_mode
 
-# os.replace alone is atomic against a killed process; an fsync per commit (~10 ms for 10,000 runs)
-# adds safety against power loss on filesystems without ext4's rename-over flush. Opt in.
-FSYNC = os.environ.get("STILTS_LEDGER_FSYNC", "") not in ("", "0")
+# fsync the new file and its folder on every commit, so that a power loss never leaves an empty
+# ledger (ext4 without auto_da_alloc, xfs, NFS...). bench/ledger.py measures the cost.
+FSYNC = os.environ.get("STILTS_LEDGER_FSYNC", "1") not in ("", "0")
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "blocked")
 FINAL = ("done", "failed", "cancelled")
+INT64 = 2**63
 
 
 class LedgerError(UserError):
-    """The ledger cannot be read or locked."""
+    """The ledger cannot be read, locked or written (one line: the file, what is wrong, what to do)."""
 
 
 class KeyedTable(Table):
@@ -100,28 +107,63 @@ class Ledger:
         self._cache: dict = {}
         self._stamp: tuple | None = None
         self._frags: dict[str, bytes] | None = None  # run id -> its encoded `"id":{...}`
+        self._swept = False  # stale temporary files removed (once per instance, under the lock)
+        self._problems: dict[str, dict[str, str]] | None = None  # run id -> run_problems, for this version
 
     # -- reading --------------------------------------------------------------------------------
 
+    @property
+    def backup(self) -> Path:
+        """The last good ledger: the version the latest commit replaced."""
+        return self.path.with_name(self.path.name + ".bak")
+
+    def recovery(self) -> str:
+        """What to do about a ledger that cannot be read."""
+        if _readable_ledger(self.backup):
+            return (f"restore the last good copy: cp {self.backup} {self.path} (it lacks at most the last "
+                    "change; see docs/reliability.md)")
+        return (f"move it aside (mv {self.path} {self.path}.damaged) to start an empty ledger; run folders "
+                "stay, and `queue add` of their plans records them again (see docs/reliability.md)")
+
     def _load(self) -> dict:
-        """The whole file, parsed; reused while the file on disk is the same one."""
+        """The whole file, parsed and checked; reused while the file on disk is the same one."""
         try:
             f = open(self.path, "rb")  # noqa: SIM115
         except FileNotFoundError:
             self._cache, self._stamp, self._frags = {}, None, None
             return self._cache
-        with f:
-            st = os.fstat(f.fileno())
-            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-            if stamp == self._stamp:
-                return self._cache
-            raw = f.read()
+        except OSError as e:
+            raise _io_error(e, "reading the ledger") from None
         try:
-            data = orjson.loads(raw) if raw.strip() else {}
+            with f:
+                st = os.fstat(f.fileno())
+                stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+                if stamp == self._stamp:
+                    return self._cache
+                raw = f.read()
+        except OSError as e:
+            raise _io_error(e, "reading the ledger") from None
+        if not raw.strip():
+            raise LedgerError(f"{self.path}: the ledger is empty ({len(raw)} bytes; a crash or a power loss "
+                              f"can leave this) and was left as it is; {self.recovery()}")
+        try:
+            data = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
-            raise LedgerError(f"{self.path}: the ledger is not valid JSON ({e})") from None
-        self._cache, self._stamp, self._frags = data, stamp, None
+            raise LedgerError(f"{self.path}: the ledger is not valid JSON ({e}); {self.recovery()}") from None
+        problem = shape_problem(data)
+        if problem:
+            raise LedgerError(f"{self.path}: not a ledger: {problem}; {self.recovery()}")
+        self._cache, self._stamp, self._frags, self._problems = data, stamp, None, None
         return data
+
+    def problems(self) -> dict[str, dict[str, str]]:
+        """Runs whose fields do not hold what the queue expects (:func:`run_problems`), by id. Kept per
+        version of the file and updated for the runs a commit of this process changed, so the daemon's
+        tick does not check 10,000 rows each time."""
+        data = self._load()
+        if self._problems is None:
+            self._problems = {k: p for k, v in data.get("runs", {}).items() if (p := run_problems(v))}
+        return self._problems
 
     def runs(self, plan: str | None = None, status: str | None = None) -> list[dict]:
         """Runs in queue order (priority, stage, plan order), optionally filtered."""
@@ -149,16 +191,21 @@ class Ledger:
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         """Hold the ledger's lock, hand out its tables, write once (atomically) at the end."""
-        self.dir.mkdir(parents=True, exist_ok=True)
         from filelock import FileLock, Timeout
 
-        if self._lock_obj is None:
-            self._lock_obj = FileLock(str(self.path) + ".lock", timeout=self._lock_timeout)
         try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if self._lock_obj is None:
+                self._lock_obj = FileLock(str(self.path) + ".lock", timeout=self._lock_timeout)
             self._lock_obj.acquire()
         except Timeout:
-            raise LedgerError(f"{self.path}: could not lock the ledger (held by another process)") from None
+            raise LedgerError(f"{self.path}: could not lock the ledger (held by another process)",
+                              exit_code=1) from None
+        except OSError as e:
+            raise _io_error(e, "locking the ledger") from None
         try:
+            if not self._swept:
+                self._sweep()
             storage = _MemoryStorage(self._load())
             db = TinyDB(storage=lambda: storage)
             db.table_class = KeyedTable
@@ -174,17 +221,41 @@ class Ledger:
         finally:
             self._lock_obj.release()
 
+    def _sweep(self) -> None:
+        """Remove temporary files a killed commit left (under the lock: no commit is writing one now)."""
+        self._swept = True
+        for tmp in self.dir.glob(".ledger.*.tmp"):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+    def _fragment(self, key: str, doc: dict) -> bytes:
+        try:
+            body = orjson.dumps(doc)
+        except TypeError:  # an integer beyond 64 bits (orjson's limit): the standard library keeps it
+            try:
+                body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+            except (TypeError, ValueError) as e:
+                raise LedgerError(f"{self.path}: run '{key}' cannot be stored ({first_line(e)}); nothing was "
+                                  "written", exit_code=1) from None
+        return b'"%s":%s,' % (key.encode(), body)
+
     def _encode(self, data: dict, changed: set[str] | None) -> list[bytes]:
         """The file's bytes, in pieces. Each run's encoding is kept, so a commit that changed a few
         runs through :meth:`Tx.update_run` re-encodes only those (a status update stays cheap with
         10,000 runs); pieces are written one after another rather than joined (no big copies)."""
         runs = data.get("runs", {})
         if changed is None or self._frags is None:
-            self._frags = {k: b'"%s":%s,' % (k.encode(), orjson.dumps(v)) for k, v in runs.items()}
+            self._frags = {k: self._fragment(k, v) for k, v in runs.items()}
         else:
             for k in changed:
-                self._frags[k] = b'"%s":%s,' % (k.encode(), orjson.dumps(runs[k]))
-        rest = orjson.dumps({k: v for k, v in data.items() if k != "runs"})
+                self._frags[k] = self._fragment(k, runs[k])
+        try:
+            rest = orjson.dumps({k: v for k, v in data.items() if k != "runs"})
+        except TypeError as e:
+            raise LedgerError(f"{self.path}: cannot be stored ({first_line(e)}); nothing was written",
+                              exit_code=1) from None
         pieces = [b'{"runs":{', *self._frags.values()]
         if len(pieces) > 1:
             pieces[-1] = pieces[-1][:-1]  # no comma after the last run
@@ -192,24 +263,59 @@ class Ledger:
         return pieces
 
     def _write(self, data: dict, changed: set[str] | None = None) -> None:
-        pieces = self._encode(data, changed)
-        fd, tmp = tempfile.mkstemp(prefix=".ledger.", suffix=".tmp", dir=self.dir)
+        """Encode, write a temporary file (fsync'ed), keep the old file as the backup, rename over.
+        Any failure leaves the file as it was and drops the cache (which holds the failed change)."""
+        tmp = None
         try:
+            pieces = self._encode(data, changed)
+            fd, tmp = tempfile.mkstemp(prefix=".ledger.", suffix=".tmp", dir=self.dir)
+            os.fchmod(fd, new_file_mode(self.path))
             with open(fd, "wb", buffering=1 << 20) as f:
                 f.writelines(pieces)
                 if FSYNC:
                     f.flush()
                     os.fsync(f.fileno())
+            self._keep_backup()
             os.replace(tmp, self.path)
-        except BaseException:
+            tmp = None
+            if FSYNC:
+                _fsync_dir(self.dir)
+            st = os.stat(self.path)
+        except BaseException as e:
             self._stamp, self._frags = None, None
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+            if isinstance(e, OSError):
+                raise _io_error(e, "writing the ledger") from None
             raise
-        st = os.stat(self.path)
+        if self._problems is not None and changed is not None:
+            runs = data.get("runs", {})
+            for k in changed:
+                p = run_problems(runs[k])
+                if p:
+                    self._problems[k] = p
+                else:
+                    self._problems.pop(k, None)
+        else:
+            self._problems = None
         self._cache, self._stamp = data, (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _keep_backup(self) -> None:
+        """The file about to be replaced becomes ``ledger.json.bak`` (a second name for it, no copy)."""
+        if self._stamp is None:  # not the version this process read and checked: keep the old backup
+            return
+        link = self.dir / f".ledger.{os.getpid()}.bak.tmp"
+        try:
+            link.unlink(missing_ok=True)
+            os.link(self.path, link)
+            os.replace(link, self.backup)
+        except FileNotFoundError:
+            pass
+        except OSError:  # a file system without hard links: no backup rather than no commit
+            link.unlink(missing_ok=True)
 
     # -- the common operations ------------------------------------------------------------------
 
@@ -246,7 +352,83 @@ class Ledger:
 STAGE_ORDER = {"synth": 0, "intermediate": 1, "target": 2}
 
 
+def _num(x: object) -> float:
+    """A number to sort by; anything else (a damaged field) sorts as 0 rather than stopping a reader."""
+    return x if isinstance(x, (int, float)) and not isinstance(x, bool) and x == x else 0
+
+
 def queue_order(run: dict) -> tuple:
     """Priority (higher first), then stage (synth, intermediate, target), then plan order."""
-    return (-run.get("priority", 0), STAGE_ORDER.get(run.get("stage"), 3), run.get("added", 0),
-            run.get("order", 0))
+    return (-_num(run.get("priority", 0)), STAGE_ORDER.get(run.get("stage"), 3), _num(run.get("added", 0)),
+            _num(run.get("order", 0)))
+
+
+def _io_error(e: OSError, doing: str) -> UserError:
+    err = failure_from_os(e, doing)
+    return LedgerError(str(err), exit_code=err.exit_code)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (the new name survives a power loss)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _readable_ledger(path: Path) -> bool:
+    try:
+        return shape_problem(orjson.loads(path.read_bytes())) is None
+    except (OSError, orjson.JSONDecodeError):
+        return False
+
+
+def shape_problem(data: object) -> str | None:
+    """What makes parsed JSON not a ledger, or None: an object of tables, each an object of objects;
+    every run with its own id, a known status, and a plan, stage and task that are strings."""
+    if not isinstance(data, dict):
+        return f"the file holds {type(data).__name__ if data is not None else 'null'}, not an object of tables"
+    for name, table in data.items():
+        if not isinstance(table, dict):
+            return f"table '{name}' is {type(table).__name__}, not an object"
+        for key, doc in table.items():
+            if not isinstance(doc, dict):
+                return f"{name} '{key}' is {type(doc).__name__}, not an object"
+    for key, run in data.get("runs", {}).items():
+        if run.get("id") != key:
+            return f"run '{key}' has id {run.get('id')!r}"
+        if run.get("status") not in STATUSES:
+            return f"run '{key}' has status {run.get('status')!r} (expected one of {', '.join(STATUSES)})"
+        for field in ("plan", "stage", "task"):
+            if field in run and not isinstance(run[field], str):
+                return f"run '{key}': {field} is {run.get(field)!r}, not a string"
+    return None
+
+
+# fields the queue reads from a run, with what each must hold (None is always allowed)
+_INT, _NUM, _STR = "an integer", "a number", "a string"
+RUN_FIELDS = {"priority": _NUM, "attempts": _INT, "pid": _INT, "pid_started": _NUM, "started": _NUM,
+              "finished": _NUM, "added": _NUM, "order": _NUM, "gpu": _INT, "est_gb": _NUM,
+              "peak_gpu_mem_gb": _NUM, "fused": _INT, "score": _NUM, "job_id": _STR, "parent": _STR,
+              "worker": _STR, "error": _STR, "shape": _STR, "slurm_state": _STR, "slurm_reason": _STR}
+
+
+def run_problems(run: dict) -> dict[str, str]:
+    """Fields of a run that do not hold what the queue expects: ``{field: what is wrong}``. Integers
+    must fit in 64 bits, numbers be finite, a pid be one the system can have. (Called on every run each
+    daemon tick: the common cases are decided by type alone.)"""
+    bad = {}
+    for name, kind in RUN_FIELDS.items():
+        v = run.get(name)
+        t = type(v)
+        if v is None or (t is str and kind is _STR):
+            continue
+        if kind is not _STR:
+            if t is int and -INT64 <= v < INT64 and (name != "pid" or 0 < v < 2**22):
+                continue
+            if t is float and kind is _NUM and -INT64 <= v < INT64:  # also false for NaN; inf is out of range
+                continue
+        what = f"{kind} in range" if kind is not _STR else kind
+        bad[name] = f"{name} = {str(v)[:40]!r} is not {what}"
+    return bad

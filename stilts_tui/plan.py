@@ -22,6 +22,7 @@ from pathlib import Path
 
 from stilts_tui import rundir, tasks
 from stilts_tui.errors import PlanError, UserError
+from stilts_tui.slurm_options import option_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -154,7 +155,7 @@ def _slurm_flags(v: object) -> bool:
     for flag in v:
         if not isinstance(flag, str) or not SLURM_FLAG_RE.match(flag):
             return False
-        if flag[2:].split("=", 1)[0] in SLURM_MANAGED:
+        if option_problem(flag):  # managed options under any abbreviation sbatch accepts
             return False
     return True
 

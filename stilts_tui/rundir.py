@@ -10,7 +10,7 @@ from pathlib import Path
 
 from stilts_tui.errors import UserError
 
-RUN_ID_RE = re.compile(r"^[0-9a-f]{12}$")
+RUN_ID_RE = re.compile(r"[0-9a-f]{12}")  # used with fullmatch: `$` would accept a trailing newline
 CANCEL_FILE = "cancel.request"  # `queue cancel` writes it into a run of a fused array; the array drops the run
 
 
@@ -21,8 +21,8 @@ def runs_dir(value: str | Path | None = None) -> Path:
 
 def check_id(run_id: str) -> str:
     """A run id is 12 lowercase hex digits; anything else never becomes a path."""
-    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id):
-        raise UserError(f"'{run_id}' is not a run id (12 hex digits, as `queue ls` shows)")
+    if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id):
+        raise UserError(f"{run_id!r} is not a run id (12 hex digits, as `queue ls` shows)")
     return run_id
 
 
@@ -30,14 +30,36 @@ def run_dir(root: str | Path, run_id: str) -> Path:
     return Path(root) / check_id(run_id)
 
 
-def write_json_atomic(path: Path, obj: object) -> None:
-    """Write JSON to a temporary file beside ``path``, then rename it over ``path``."""
+_UMASK: int | None = None
+
+
+def new_file_mode(path: Path) -> int:
+    """The mode a rewritten file keeps: its present mode, else what a plain ``open`` would give it
+    (0666 less the umask), so an atomic write never narrows a file to mkstemp's 0600."""
+    global _UMASK
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        pass
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)  # read it: os.umask only reads by setting (once per process)
+        os.umask(_UMASK)
+    return 0o666 & ~_UMASK
+
+
+def write_json_atomic(path: Path, obj: object, fsync: bool = False) -> None:
+    """Write JSON to a temporary file beside ``path``, then rename it over ``path`` (keeping its mode).
+    A failure (a full disk, a value JSON cannot hold) leaves ``path`` as it was and no temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"  # encoded before any file is touched
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode(path))
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
+            f.write(text)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

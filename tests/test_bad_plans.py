@@ -48,6 +48,9 @@ CASES = {
                    "key 'slurm.time': expected a time limit", 5),
     "slurm-managed-flag": (("target_seeds = [1]\n", 'target_seeds = [1]\n[slurm]\nsbatch_args = ["--output=/x"]\n'),
                            "key 'slurm.sbatch_args': expected a list of", 5),
+    "slurm-abbreviated-managed-flag": (("target_seeds = [1]\n",
+                                        'target_seeds = [1]\n[slurm]\nsbatch_args = ["--depend=afterok:1"]\n'),
+                                       "key 'slurm.sbatch_args': expected a list of", 5),
     "slurm-unknown-key": (("target_seeds = [1]\n", 'target_seeds = [1]\n[slurm]\npartitions = "gpu"\n'),
                           "key 'slurm.partitions': unknown key", 5),
 }

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,80 @@ def test_a_daemon_killed_mid_plan_and_restarted_submits_nothing_twice(tmp_path, 
         assert jobs_named(r["id"], runs_dir) == [r["job_id"]], f"{r['id']}: {jobs_named(r['id'], runs_dir)}"
         assert r["attempts"] == 1
     assert f"{parent['id']}: found job" in (runs_dir / "daemon.log").read_text()
+
+
+# -- issue 14: settings no node can run, options the executor manages, jobs that can never start -----------
+
+
+def test_daemon_start_refuses_what_no_node_of_the_partition_can_run(runs_dir, slurm_env):
+    node = subprocess.run(["sinfo", "-h", "-N", "-o", "%c|%m|%G"], capture_output=True, text=True,
+                          timeout=30).stdout.split()[0].split("|")
+    cpus, mem = int(node[0]), int(node[1])
+    cases = [(("--cpus-per-run", str(cpus + 2)), f"--cpus-per-run {cpus + 2}: no node can run it"),
+             (("--mem", f"{mem // 1024 + 64}G"), f"--mem {mem // 1024 + 64}G: no node can run it"),
+             (("--gpus-per-run", "9"), "--gpus-per-run 9: no node can run it"),
+             (("--partition", "nosuchpart"), "no partition 'nosuchpart'")]
+    for args, needle in cases:
+        out = cli("daemon", "start", "--executor", "slurm", "--cpus-per-run", "1", *args, runs_dir=runs_dir,
+                  env=slurm_env)
+        assert out.returncode == 2 and needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, \
+            (args, out.stderr)
+        assert not (runs_dir / "daemon.json").exists()
+
+
+@pytest.mark.parametrize("arg", ["--depend=afterok:1", "--arr=1-3", "--out=/tmp/stilts-escape.log", "--chd=/",
+                                 "--hol", "--test", "--kill-on=no", "-o/tmp/x", "--j=name"])
+def test_sbatch_options_the_executor_sets_are_refused_under_any_abbreviation(runs_dir, slurm_env, arg):
+    out = cli("daemon", "start", "--executor", "slurm", "--cpus-per-run", "1", f"--sbatch-arg={arg}",
+              runs_dir=runs_dir, env=slurm_env)
+    assert out.returncode == 2 and "--sbatch-arg" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_managed_option_in_a_run_spec_fails_that_run_and_submits_nothing(tmp_path, runs_dir, tiny_model, slurm_env):
+    parent, children = split(add(make_plan(tmp_path, tiny_model, STAGES), runs_dir, slurm_env))
+    path = runs_dir / parent["id"] / "spec.json"
+    spec = json.loads(path.read_text())
+    spec["slurm"] = {"sbatch_args": ["--out=/tmp/stilts-escape.log"]}
+    path.write_text(json.dumps(spec))
+    start_slurm(runs_dir, slurm_env)
+    wait(lambda: sorted(statuses(runs_dir).values()) == ["blocked", "blocked", "failed"], 60, "the run failed")
+    error = Ledger(runs_dir).get(parent["id"])["error"]
+    assert "--output" in error and "\n" not in error
+    assert jobs_named(parent["id"], runs_dir) == [] and not Path("/tmp/stilts-escape.log").exists()
+
+
+def test_a_job_that_can_never_start_is_reported_in_queue_ls_and_doctor_within_a_minute(tmp_path, runs_dir, tiny_model,
+                                                                                       slurm_env):
+    parent, _ = split(add(make_plan(tmp_path, tiny_model, STAGES), runs_dir, slurm_env))
+    cpus = int(subprocess.run(["sinfo", "-h", "-N", "-o", "%c"], capture_output=True, text=True,
+                              timeout=30).stdout.split()[0])
+    path = runs_dir / parent["id"] / "spec.json"
+    spec = json.loads(path.read_text())
+    spec["slurm"] = {"cpus": cpus + 2}  # a plan's [slurm] table asking for more than the node has
+    path.write_text(json.dumps(spec))
+    t0 = time.time()
+    start_slurm(runs_dir, slurm_env)
+
+    def warned() -> str | None:
+        out = cli("queue", "ls", runs_dir=runs_dir, env=slurm_env)
+        return out.stderr if "PartitionConfig" in out.stderr else None
+
+    text = wait(warned, 60, "queue ls to report the stuck job")
+    assert time.time() - t0 < 60 and "--cpus-per-run" in text and parent["id"] in text
+    doctor = cli("doctor", runs_dir=runs_dir, env=slurm_env)
+    assert any(x.startswith("fail") and "PartitionConfig" in x for x in doctor.stdout.splitlines()), doctor.stdout
+    assert Ledger(runs_dir).get(parent["id"])["status"] == "running"  # reported, not given up: an admin may fix it
+
+
+def test_a_finished_run_whose_job_id_was_never_recorded_is_read_from_its_result_not_resubmitted(
+        tmp_path, runs_dir, tiny_model, slurm_env):
+    parent, _ = split(add(make_plan(tmp_path, tiny_model, STAGES), runs_dir, slurm_env))
+    assert cli("queue", "pause", runs_dir=runs_dir).returncode == 0
+    with Ledger(runs_dir).transaction() as tx:  # submitted, finished and gone from squeue before the id was kept
+        tx.update_run(parent["id"], status="running", executor="slurm", job_id=None, started=time.time() - 600,
+                      attempts=1)
+    (runs_dir / parent["id"] / "result.json").write_text(json.dumps({"status": "done", "score": 0.75}))
+    start_slurm(runs_dir, slurm_env)
+    wait(lambda: statuses(runs_dir)[parent["id"]] == "done", 30, "the run reaped from its result")
+    run = Ledger(runs_dir).get(parent["id"])
+    assert run["score"] == 0.75 and run["attempts"] == 1 and jobs_named(parent["id"], runs_dir) == []

@@ -13,23 +13,42 @@ import os
 import signal
 import sys
 import time
+import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import psutil
 from filelock import FileLock, Timeout
 
 from stilts_tui import rundir
-from stilts_tui.errors import UserError
-from stilts_tui.ledger import Ledger
+from stilts_tui.errors import UserError, first_line, report
+from stilts_tui.ledger import FINAL, Ledger, LedgerError, run_problems
 from stilts_tui.plan import SLURM_DEFAULTS
+from stilts_tui.queue import checks, mps, notify, placement
 from stilts_tui.queue import gpus as gpu_info
-from stilts_tui.queue import mps, notify, placement
 from stilts_tui.queue.executors import local
 from stilts_tui.queue.executors import slurm as slurm_exec
 
 FINAL_RESULT = ("done", "failed", "oom")
 MAX_ARRAY = placement.MAX_ARRAY  # --fuse auto: at most this many runs in one array
+ROW_DEFAULTS = {"attempts": 0, "priority": 0, "order": 0, "added": 0}  # a damaged row field is reset to these
+MAX_BACKOFF_S = 60.0  # a tick that keeps failing is retried at most this far apart
+CANCEL_WAIT_S = 60.0  # a cancel request this old whose process still runs was interrupted: the daemon ends it
+SUBMIT_TRIES = 5  # sbatch refusing one run this many times in a row fails the run
+
+
+def _num(x: object) -> float:
+    return x if checks.is_num(x) else 0.0
+
+
+class BadRun(Exception):
+    """A run the daemon cannot handle (a damaged spec.json or result.json, a ledger row of the wrong
+    types): that run is failed with the one-line reason; the queue goes on."""
+
+    def __init__(self, run_id: str, reason: str):
+        super().__init__(f"{run_id}: {reason}")
+        self.run_id, self.reason = run_id, reason
 
 
 @dataclass
@@ -56,18 +75,50 @@ def info_path(root: Path) -> Path:
 
 
 def running_daemon(root: Path) -> dict | None:
-    """The daemon serving ``root`` (its daemon.json), or None when none holds the lock."""
-    root.mkdir(parents=True, exist_ok=True)
+    """The daemon serving ``root`` (its daemon.json), or None when none holds the lock. Where the lock
+    cannot be taken at all (a read-only runs-dir), daemon.json is believed only if its process checks out."""
     lock = FileLock(str(lock_path(root)), timeout=0)
     try:
+        root.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except Timeout:
-        try:
-            return json.loads(info_path(root).read_text())
-        except (FileNotFoundError, ValueError):
-            return {"pid": None}
+        return read_info(root) or {"pid": None}
+    except OSError:
+        info = read_info(root)
+        return info if info is not None and is_daemon(info, root) else None
     lock.release()
     return None
+
+
+def read_info(root: Path) -> dict | None:
+    """daemon.json, if it holds an object."""
+    try:
+        info = json.loads(info_path(root).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def is_daemon(info: dict, root: Path) -> bool:
+    """Is the process daemon.json names this runs-dir's daemon: same pid, same process start time, and
+    a command line that is the daemon's for this runs-dir? (A stale file's pid may now be anyone's.)"""
+    pid = info.get("pid")
+    if not checks.is_int(pid) or not 0 < pid < 2**22:
+        return False
+    try:
+        p = psutil.Process(pid)
+        started, cmd = p.create_time(), p.cmdline()
+    except (psutil.Error, OSError):
+        return False
+    if "pid_started" in info and not (checks.is_num(info["pid_started"]) and abs(started - info["pid_started"]) <= 1.0):
+        return False  # (a daemon.json from before pid_started was recorded is judged by its command line)
+    if "stilts_tui.queue.daemon" not in cmd or "--runs-dir" not in cmd[:-1]:
+        return False
+    try:
+        where = Path(p.cwd()) / cmd[cmd.index("--runs-dir") + 1]
+        return where.resolve() == Path(root).resolve()
+    except (psutil.Error, OSError):
+        return False
 
 
 class Daemon:
@@ -77,33 +128,98 @@ class Daemon:
         self._specs: dict[str, dict] = {}
         self._array_keys: dict[str, str | None] = {}
         self._stop = False
+        self._current: str | None = None  # the run the tick is handling: an error there is that run's
         self.mps_dir: Path | None = None
         self.log_file = open(self.root / "daemon.log", "a", encoding="utf-8", buffering=1)  # noqa: SIM115
 
     def log(self, text: str) -> None:
-        self.log_file.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}\n")
+        try:
+            self.log_file.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}\n")
+        except (OSError, ValueError):  # a full disk must not stop the queue through its log
+            pass
 
     # -- helpers ----------------------------------------------------------------------------------
 
     def spec(self, run_id: str) -> dict:
+        """The run's spec.json, checked; a missing, unreadable or damaged one is a :class:`BadRun`."""
         if run_id not in self._specs:
+            path = self.root / run_id / "spec.json"
             try:
-                self._specs[run_id] = json.loads((self.root / run_id / "spec.json").read_text())
-            except (OSError, ValueError):
-                self._specs[run_id] = {}
+                spec = json.loads(path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise BadRun(run_id, f"{path} is missing (`queue add` of its plan writes it again)") from None
+            except (OSError, ValueError) as e:
+                raise BadRun(run_id, f"{path} cannot be read: {first_line(e)}") from None
+            problem = checks.spec_problem(spec)
+            if problem:
+                raise BadRun(run_id, problem)
+            self._specs[run_id] = spec
         return self._specs[run_id]
 
     def result(self, run_id: str) -> dict | None:
+        """The run's result.json, checked; None while there is none. A damaged one is a :class:`BadRun`."""
+        path = self.root / run_id / "result.json"
         try:
-            return json.loads((self.root / run_id / "result.json").read_text())
-        except (FileNotFoundError, ValueError):
+            res = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
             return None
+        except (OSError, ValueError) as e:
+            raise BadRun(run_id, f"{path} cannot be read: {first_line(e)}") from None
+        problem = checks.result_problem(res)
+        if problem:
+            raise BadRun(run_id, problem)
+        return res
 
     def _retire_result(self, run_id: str, attempt: int) -> None:
         """Keep a finished attempt's result beside the run, out of the way of the next attempt."""
         src = self.root / run_id / "result.json"
         if src.exists():
             os.replace(src, src.with_name(f"result.attempt{attempt}.json"))
+
+    def checked_runs(self) -> list[dict]:
+        """The ledger's runs, each row's fields checked: an unfinished run with fields of the wrong type
+        (an integer beyond 64 bits, a pid that is text...) is failed with the reason; a finished one is
+        used with those fields left out."""
+        runs = self.ledger.runs()
+        problems = self.ledger.problems()
+        if not problems:
+            return runs
+        out = []
+        for r in runs:
+            bad = problems.get(r["id"])
+            if bad and r["status"] not in FINAL:
+                self.fail_run(r["id"], "ledger row damaged: " + "; ".join(bad.values()), clear=list(bad))
+                r = {**r, **{k: ROW_DEFAULTS.get(k) for k in bad}, "status": "failed"}
+            elif bad:
+                r = {**r, **{k: ROW_DEFAULTS.get(k) for k in bad}}
+            out.append(r)
+        return out
+
+    def fail_run(self, run_id: str, reason: str, clear: list[str] | None = None) -> None:
+        """Fail one run the daemon cannot handle: stop its process or Slurm job (first, so that no process
+        goes on unseen), then record the one-line reason. Fields named in ``clear`` are reset."""
+        reason = " ".join(reason.split())[:300]
+        cur = self.ledger.get(run_id)
+        if cur is None or cur.get("status") in FINAL:
+            return
+        bad = run_problems(cur)
+        if cur.get("status") == "running":
+            if cur.get("job_id") and "job_id" not in bad:
+                try:
+                    slurm_exec.cancel([cur["job_id"]], wait=0)
+                except UserError as e:
+                    self.log(f"{run_id}: scancel failed: {e}")
+            elif cur.get("pid") and "pid" not in bad and "pid_started" not in bad:
+                local.stop(cur["pid"], cur.get("pid_started"), grace=5)
+        with self.ledger.transaction() as tx:
+            now = tx.get_run(run_id)
+            if now is not None and now.get("status") not in FINAL:
+                reset = {k: ROW_DEFAULTS.get(k) for k in [*(clear or []), *bad]}
+                tx.update_run(run_id, **reset, status="failed",
+                              error=reason, finished=time.time(), pid=None)
+        self._specs.pop(run_id, None)
+        self._array_keys.pop(run_id, None)
+        self.log(f"{run_id}: failed by the daemon: {reason}")
 
     def devices(self, runs: list[dict]) -> list[placement.Device]:
         """The devices runs may go to now, with what this queue already runs on each. A GPU NVML cannot
@@ -170,51 +286,19 @@ class Daemon:
         if self.s.executor == "slurm":
             return self.tick_slurm()
         stats = {"reaped": 0, "requeued": 0, "blocked": 0, "unblocked": 0, "launched": 0}
-        runs = self.ledger.runs()
+        runs = self.checked_runs()
         status = {r["id"]: r["status"] for r in runs}
         changes: dict[str, tuple[str, dict]] = {}  # id -> (status it had, new fields)
 
         # 1. reap
-        for r in runs:
-            if r["status"] != "running":
-                continue
-            res = self.result(r["id"])
-            attempt = r.get("attempts", 1)
-            if res and res.get("status") in FINAL_RESULT:
-                fields = {"finished": time.time(), "score": res.get("score"), "error": res.get("error"),
-                          "peak_gpu_mem_gb": res.get("peak_gpu_mem_gb"), "pid": None}
-                if res["status"] == "oom" and not r.get("alone"):
-                    self._retire_result(r["id"], attempt)
-                    fields.update(self._after_oom(r))
-                    stats["requeued"] += 1
-                else:
-                    fields["status"] = "done" if res["status"] == "done" else "failed"
-                    stats["reaped"] += 1
-                changes[r["id"]] = ("running", fields)
-            elif not local.alive(r.get("pid"), r.get("pid_started")):
-                if not r.get("pid"):
-                    found = local.find_worker(self.root / r["id"])
-                    if found or time.time() - r.get("started", 0) < 30:
-                        if found:  # launched just before a crash: adopt it
-                            changes[r["id"]] = ("running", {"pid": found[0], "pid_started": found[1]})
-                        continue
-                why = "process exited without result" + self._last_line(r)
-                if attempt <= self.s.max_retries:
-                    self._retire_result(r["id"], attempt)
-                    fields = {"status": "queued", "error": why, "pid": None, "gpu": None}
-                    stats["requeued"] += 1
-                else:
-                    fields = {"status": "failed", "error": why, "pid": None, "finished": time.time()}
-                    stats["reaped"] += 1
-                self.log(f"{r['id']}: {why} (attempt {attempt}) -> {fields['status']}")
-                changes[r["id"]] = ("running", fields)
+        changes.update(self._reap(runs, stats))
         # 2. a failed or cancelled parent blocks its children; a retried one unblocks them
         self._block_and_commit(runs, status, changes, stats)
 
         # 3. launch ready runs where they fit
         if self.ledger.meta("paused"):
             return stats
-        runs = self.ledger.runs()
+        runs = self.checked_runs()
         status = {r["id"]: r["status"] for r in runs}
         devs = self.devices(runs)
         if not any(d.procs < d.slots and not d.alone for d in devs):
@@ -229,6 +313,7 @@ class Daemon:
                 continue
             if not any(d.procs < d.slots and not d.alone for d in devs):
                 break
+            self._current = r["id"]
             est, key = self.estimate(r, learned)
             group, dev, why = self._array(r, by_key, taken, devs, est, learned)
             fused = len(group) if dev is not None else 0
@@ -250,7 +335,55 @@ class Daemon:
             taken.update(x["id"] for x in group)
             if self._launch(group, dev, est, key, fused, why):
                 stats["launched"] += len(group)
+        self._current = None
         return stats
+
+    def _reap(self, runs: list[dict], stats: dict) -> dict[str, tuple[str, dict]]:
+        """What to change for running runs that ended (or whose cancel is to be finished). A finished
+        attempt's result.json is retired when the run is launched again, not here: a daemon killed between
+        the two steps must find the result, never a run without one."""
+        changes: dict[str, tuple[str, dict]] = {}
+        for r in runs:
+            if r["status"] != "running":
+                continue
+            self._current = r["id"]
+            if r.get("cancel_requested"):  # `queue cancel` is stopping it, or was interrupted doing so
+                if local.alive(r.get("pid"), r.get("pid_started")):
+                    if time.time() - _num(r["cancel_requested"]) < CANCEL_WAIT_S:
+                        continue
+                    local.stop(r["pid"], r.get("pid_started"), grace=5)
+                changes[r["id"]] = ("running", {"status": "cancelled", "finished": time.time(), "pid": None})
+                continue
+            res = self.result(r["id"])
+            attempt = r.get("attempts") or 1
+            if res and res.get("status") in FINAL_RESULT:
+                fields = {"finished": time.time(), "score": checks.clean_score(res.get("score")),
+                          "error": res.get("error"), "peak_gpu_mem_gb": res.get("peak_gpu_mem_gb"), "pid": None}
+                if res["status"] == "oom" and not r.get("alone"):
+                    fields.update(self._after_oom(r))
+                    stats["requeued"] += 1
+                else:
+                    fields["status"] = "done" if res["status"] == "done" else "failed"
+                    stats["reaped"] += 1
+                changes[r["id"]] = ("running", fields)
+            elif not local.alive(r.get("pid"), r.get("pid_started")):
+                if not r.get("pid"):
+                    found = local.find_worker(self.root / r["id"])
+                    if found or time.time() - (r.get("started") or 0) < 30:
+                        if found:  # launched just before a crash: adopt it
+                            changes[r["id"]] = ("running", {"pid": found[0], "pid_started": found[1]})
+                        continue
+                why = "process exited without result" + self._last_line(r)
+                if attempt <= self.s.max_retries:
+                    fields = {"status": "queued", "error": why, "pid": None, "gpu": None}
+                    stats["requeued"] += 1
+                else:
+                    fields = {"status": "failed", "error": why, "pid": None, "finished": time.time()}
+                    stats["reaped"] += 1
+                self.log(f"{r['id']}: {why} (attempt {attempt}) -> {fields['status']}")
+                changes[r["id"]] = ("running", fields)
+        self._current = None
+        return changes
 
     def array_key(self, run_id: str) -> str | None:
         if run_id not in self._array_keys:
@@ -384,7 +517,7 @@ class Daemon:
             for r in fresh:
                 cur = tx.get_run(r["id"])
                 tx.update_run(r["id"], status="running", gpu=dev.index, worker=worker, started=now, pid=None,
-                              pid_started=None, attempts=cur.get("attempts", 0) + 1, est_gb=est, shape=key,
+                              pid_started=None, attempts=(cur.get("attempts") or 0) + 1, est_gb=est, shape=key,
                               error=None, score=None, fused=fused, fuse_why=why or None, executor="local")
             if fresh:
                 tx.put(tx.db.table("placements"), f"{now:.6f}-{worker}", {
@@ -395,8 +528,9 @@ class Daemon:
         if not fresh:
             return False
         env, args, note = self._run_env(dev, fused)
-        for r in fresh:  # a cancel request left from an earlier attempt must not stop this one
+        for r in fresh:  # a cancel request or a result left from an earlier attempt must not end this one
             (self.root / r["id"] / rundir.CANCEL_FILE).unlink(missing_ok=True)
+            self._retire_result(r["id"], r.get("attempts") or 0)
             _append_line(self.root / r["id"] / "train.log", note)
         dirs = [self.root / r["id"] for r in fresh]
         log = dirs[0] / "train.log" if len(dirs) == 1 else self.root / ".workers" / f"{worker}.log"
@@ -455,60 +589,21 @@ class Daemon:
         Slurm, with ``--dependency=afterok``, so Slurm holds it and cancels it if the parent fails.
         """
         stats = {"reaped": 0, "requeued": 0, "blocked": 0, "unblocked": 0, "launched": 0}
-        runs = self.ledger.runs()
+        runs = self.checked_runs()
         status = {r["id"]: r["status"] for r in runs}
         active = [r for r in runs if r["status"] == "running"]
         jobs = slurm_exec.states([r["job_id"] for r in active if r.get("job_id")])
         changes: dict[str, tuple[str, dict]] = {}
 
-        # 1. reap: result.json first, Slurm's state when there is none
-        for r in active:
-            res, job = self.result(r["id"]), r.get("job_id")
-            if not job:
-                found = slurm_exec.find(r["id"], self.root, r.get("started", 0))
-                if found:
-                    changes[r["id"]] = ("running", {"job_id": found})
-                    self.log(f"{r['id']}: found job {found} submitted before a restart")
-                elif time.time() - r.get("started", 0) > 30:  # marked, never submitted
-                    changes[r["id"]] = ("running", {"status": "queued", "attempts": max(0, r.get("attempts", 1) - 1)})
-                    stats["requeued"] += 1
-                continue
-            st = jobs.get(job, slurm_exec.JobState("UNKNOWN"))
-            if res and res.get("status") in FINAL_RESULT:
-                changes[r["id"]] = ("running", {
-                    "status": "done" if res["status"] == "done" else "failed", "finished": time.time(),
-                    "score": res.get("score"), "error": res.get("error"), "slurm_state": st.state,
-                    "peak_gpu_mem_gb": res.get("peak_gpu_mem_gb")})
-                stats["reaped"] += 1
-            elif st.active and st.reason != slurm_exec.NEVER:
-                if (st.state, st.reason) != (r.get("slurm_state"), r.get("slurm_reason")):
-                    changes[r["id"]] = ("running", {"slurm_state": st.state, "slurm_reason": st.reason})
-            elif st.reason == slurm_exec.NEVER or status.get(r.get("parent")) in ("failed", "cancelled", "blocked"):
-                if st.active:
-                    slurm_exec.cancel([job], wait=0)
-                changes[r["id"]] = ("running", {"status": "blocked", "slurm_state": "CANCELLED",
-                                                "slurm_reason": slurm_exec.NEVER})
-                stats["blocked"] += 1
-                self.log(f"{r['id']}: parent failed; Slurm job {job} cancelled, run blocked")
-            else:
-                why = f"Slurm job {job} ended {st.state}" + (f" ({st.reason})" if st.reason else "")
-                why += " without a result" + self._last_line(r)
-                retry = st.state in ("UNKNOWN", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL") and \
-                    r.get("attempts", 1) <= self.s.max_retries
-                fields = {"status": "queued" if retry else "failed", "error": why, "job_id": None,
-                          "slurm_state": st.state, "slurm_reason": st.reason}
-                if not retry:
-                    fields["finished"] = time.time()
-                changes[r["id"]] = ("running", fields)
-                stats["requeued" if retry else "reaped"] += 1
-                self.log(f"{r['id']}: {why} -> {fields['status']}")
+        # 1. reap: result.json first (even for a run whose job id was never recorded), Slurm's state else
+        changes.update(self._reap_slurm(active, status, jobs, stats))
         # 2. block queued children of failed parents (those already in Slurm were handled above); unblock
         self._block_and_commit(runs, status, changes, stats)
 
         # 3. submit ready runs: no parent, a parent done, or a parent whose job Slurm holds
         if self.ledger.meta("paused"):
             return stats
-        runs = self.ledger.runs()
+        runs = self.checked_runs()
         by_id = {r["id"]: r for r in runs}
         room = self.s.max_jobs - sum(1 for r in runs if r["status"] == "running")
         for r in runs:
@@ -516,6 +611,7 @@ class Daemon:
                 break
             if r["status"] != "queued":
                 continue
+            self._current = r["id"]
             parent = by_id.get(r.get("parent")) if r.get("parent") else None
             dependency = None
             if parent is not None and parent["status"] != "done":
@@ -529,32 +625,110 @@ class Daemon:
                     by_id[r["id"]] = self.ledger.get(r["id"]) or r
             else:
                 by_id[r["id"]] = self.ledger.get(r["id"]) or r
+        self._current = None
         return stats
 
+    def _reap_slurm(self, active: list[dict], status: dict[str, str], jobs: dict[str, slurm_exec.JobState],
+                    stats: dict) -> dict[str, tuple[str, dict]]:
+        """What to change for runs in Slurm: ended (from result.json, else the job's state), blocked by a
+        failed parent, pending for good (``stuck``: reported, left pending), or a cancel to finish."""
+        changes: dict[str, tuple[str, dict]] = {}
+        for r in active:
+            self._current = r["id"]
+            res, job = self.result(r["id"]), r.get("job_id")
+            st = jobs.get(job, slurm_exec.JobState("UNKNOWN")) if job else slurm_exec.JobState("UNKNOWN")
+            if r.get("cancel_requested") and (not st.active or
+                                              time.time() - _num(r["cancel_requested"]) >= CANCEL_WAIT_S):
+                if job and st.active:  # `queue cancel` was interrupted before its scancel
+                    slurm_exec.cancel([job], wait=0)
+                changes[r["id"]] = ("running", {"status": "cancelled", "finished": time.time()})
+            elif r.get("cancel_requested"):
+                pass  # `queue cancel` is stopping it now
+            elif res and res.get("status") in FINAL_RESULT:
+                changes[r["id"]] = ("running", {
+                    "status": "done" if res["status"] == "done" else "failed", "finished": time.time(),
+                    "score": checks.clean_score(res.get("score")), "error": res.get("error"),
+                    "slurm_state": st.state if job else None, "peak_gpu_mem_gb": res.get("peak_gpu_mem_gb"),
+                    "stuck": None})
+                stats["reaped"] += 1
+            elif not job:
+                found = slurm_exec.find(r["id"], self.root, r.get("started") or 0)
+                if found:
+                    changes[r["id"]] = ("running", {"job_id": found})
+                    self.log(f"{r['id']}: found job {found} submitted before a restart")
+                elif time.time() - (r.get("started") or 0) > 30:  # marked, never submitted
+                    changes[r["id"]] = ("running", {"status": "queued",
+                                                    "attempts": max(0, (r.get("attempts") or 1) - 1)})
+                    stats["requeued"] += 1
+            elif st.active and st.reason != slurm_exec.NEVER:
+                stuck = slurm_exec.stuck_hint(st) if st.state == "PENDING" else None
+                if (st.state, st.reason, stuck) != (r.get("slurm_state"), r.get("slurm_reason"), r.get("stuck")):
+                    changes[r["id"]] = ("running", {"slurm_state": st.state, "slurm_reason": st.reason,
+                                                    "stuck": stuck})
+                    if stuck and stuck != r.get("stuck"):
+                        self.log(f"{r['id']}: Slurm job {job} {stuck}")
+            elif st.reason == slurm_exec.NEVER or status.get(r.get("parent")) in ("failed", "cancelled", "blocked"):
+                if st.active:
+                    slurm_exec.cancel([job], wait=0)
+                changes[r["id"]] = ("running", {"status": "blocked", "slurm_state": "CANCELLED",
+                                                "slurm_reason": slurm_exec.NEVER, "stuck": None})
+                stats["blocked"] += 1
+                self.log(f"{r['id']}: parent failed; Slurm job {job} cancelled, run blocked")
+            else:
+                changes[r["id"]] = ("running", self._slurm_ended(r, job, st, stats))
+        self._current = None
+        return changes
+
+    def _slurm_ended(self, r: dict, job: str, st: slurm_exec.JobState, stats: dict) -> dict:
+        """The fields of a run whose job left Slurm without a result: requeued (node failure, preemption,
+        a job Slurm forgot) while retries are left, else failed."""
+        why = f"Slurm job {job} ended {st.state}" + (f" ({st.reason})" if st.reason else "")
+        why += " without a result" + self._last_line(r)
+        retry = st.state in ("UNKNOWN", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL") and \
+            (r.get("attempts") or 1) <= self.s.max_retries
+        fields = {"status": "queued" if retry else "failed", "error": why, "job_id": None,
+                  "slurm_state": st.state, "slurm_reason": st.reason, "stuck": None}
+        if not retry:
+            fields["finished"] = time.time()
+        stats["requeued" if retry else "reaped"] += 1
+        self.log(f"{r['id']}: {why} -> {fields['status']}")
+        return fields
+
     def _submit(self, run: dict, dependency: str | None) -> bool:
+        settings = {**SLURM_DEFAULTS, **self.s.slurm, **(self.spec(run["id"]).get("slurm") or {})}
+        problem = slurm_exec.settings_problem(settings)
+        if problem:  # e.g. a plan's [slurm] sbatch_args naming an option the executor manages
+            self.fail_run(run["id"], f"not submitted to Slurm: {problem}")
+            return False
         now = time.time()
         with self.ledger.transaction() as tx:  # mark first: a crash after this finds the job, never resubmits
             cur = tx.get_run(run["id"])
             if (cur or {}).get("status") != "queued":
                 return False
             tx.update_run(run["id"], status="running", executor="slurm", gpu=None, started=now, pid=None,
-                          job_id=None, slurm_state="SUBMITTING", slurm_reason="", attempts=cur.get("attempts", 0) + 1,
-                          error=None, score=None)
-        settings = {**SLURM_DEFAULTS, **self.s.slurm, **(self.spec(run["id"]).get("slurm") or {})}
+                          job_id=None, slurm_state="SUBMITTING", slurm_reason="", stuck=None,
+                          attempts=(cur.get("attempts") or 0) + 1, error=None, score=None)
+        self._retire_result(run["id"], cur.get("attempts") or 0)  # a result left from an earlier attempt
         module = "stilts_tui.synth" if run["stage"] == "synth" else "stilts_tui.train"
         try:
             job = slurm_exec.submit(run["id"], self.root / run["id"], settings, module, dependency)
         except UserError as e:
-            # e.g. the parent's job left Slurm between our read and sbatch: try again next tick
+            # e.g. the parent's job left Slurm between our read and sbatch: try again next tick; an sbatch
+            # that keeps refusing the run (a bad account, QOS...) fails it after SUBMIT_TRIES
+            tries = (cur.get("submit_failures") or 0) + 1
             with self.ledger.transaction() as tx:
                 cur = tx.get_run(run["id"])
                 if cur and cur["status"] == "running" and not cur.get("job_id"):
-                    tx.update_run(run["id"], status="queued", slurm_state=None, error=str(e),
-                                  attempts=max(0, cur.get("attempts", 1) - 1))
+                    fields = {"status": "queued", "slurm_state": None, "error": str(e), "submit_failures": tries,
+                              "attempts": max(0, (cur.get("attempts") or 1) - 1)}
+                    if tries >= SUBMIT_TRIES:
+                        fields.update(status="failed", finished=time.time(),
+                                      error=f"sbatch refused the run {tries} times: {e}")
+                    tx.update_run(run["id"], **fields)
             self.log(f"{run['id']}: not submitted: {e}")
             return False
         with self.ledger.transaction() as tx:
-            tx.update_run(run["id"], job_id=job, slurm_state="PENDING")
+            tx.update_run(run["id"], job_id=job, slurm_state="PENDING", submit_failures=0)
             cancelled = tx.get_run(run["id"])["status"] == "cancelled"
         if cancelled:  # cancelled while sbatch ran
             slurm_exec.cancel([job], wait=0)
@@ -591,6 +765,8 @@ class Daemon:
         self.mps_dir = None
 
     def serve(self) -> int:
+        """Hold the runs-dir's lock and tick until SIGTERM. Nothing a tick meets ends the daemon; its
+        clean-up (MPS, daemon.json) runs whatever ends it."""
         lock = FileLock(str(lock_path(self.root)), timeout=0)
         try:
             lock.acquire()
@@ -599,31 +775,81 @@ class Daemon:
             print(f"stilts-tui: error: a daemon is already running on {self.root} (pid {other.get('pid')})",
                   file=sys.stderr)
             return 2
+        except OSError as e:
+            return report(e)
         try:
             signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
             signal.signal(signal.SIGINT, lambda *_: setattr(self, "_stop", True))
             if self.s.mps:
                 self.start_mps()
-            info = {"pid": os.getpid(), "started": time.time(), "settings": asdict(self.s)}
+            me = psutil.Process()
+            info = {"pid": me.pid, "pid_started": me.create_time(), "cmdline": me.cmdline(),
+                    "started": time.time(), "settings": asdict(self.s)}
             rundir.write_json_atomic(info_path(self.root), info)
             self.log(f"daemon started (pid {os.getpid()}, settings {asdict(self.s)})")
-            notifier = notify.Notifier(self.root, self.log)  # --on-finish and plans' on_finish
-            while not self._stop:
-                t = time.time()
-                try:
-                    stats = self.tick()
-                    notifier.check(self.ledger)
-                    if any(stats.values()):
-                        self.log(f"tick {1000 * (time.time() - t):.0f} ms: {stats}")
-                except UserError as e:
-                    self.log(f"tick failed: {e}")
-                time.sleep(max(0.05, self.s.interval - (time.time() - t)))
+            self.loop(notify.Notifier(self.root, self.log))  # --on-finish and plans' on_finish
             self.log("daemon stopping (running runs go on; a new daemon adopts them)")
-            self.stop_mps()
-            info_path(self.root).unlink(missing_ok=True)
             return 0
+        except (UserError, OSError) as e:  # could not start: one line
+            self.log(f"daemon could not start: {first_line(e)}")
+            return report(e)
         finally:
+            try:
+                self.stop_mps()
+            except Exception as e:  # noqa: BLE001 - clean-up goes on
+                self.log(f"stopping MPS failed: {first_line(e)}")
+            if (read_info(self.root) or {}).get("pid") == os.getpid():
+                info_path(self.root).unlink(missing_ok=True)
             lock.release()
+
+    def loop(self, notifier: notify.Notifier | None = None) -> None:
+        """Tick every interval. A damaged run is failed and the tick goes on; any other error is logged
+        with its traceback (once while it repeats) and the tick retried with back-off. After each tick the
+        notifier (never raising) runs the commands of plans that finished."""
+        failures, last = 0, ""
+        while not self._stop:
+            t = time.time()
+            delay = self.s.interval
+            try:
+                stats = self.tick()
+                if notifier is not None:
+                    notifier.check(self.ledger)
+                if any(stats.values()):
+                    self.log(f"tick {1000 * (time.time() - t):.0f} ms: {stats}")
+                if failures:
+                    self.log(f"tick works again after {failures} failures")
+                failures, last = 0, ""
+            except BadRun as e:
+                self._current = None
+                if self._blame(e.run_id, e.reason):
+                    delay = 0.05  # that run is out of the way: go on at once
+                else:
+                    failures += 1
+            except Exception as e:  # noqa: BLE001 - nothing a tick meets may end the daemon
+                run_id, self._current = self._current, None
+                failures += 1
+                line = f"{type(e).__name__}: {first_line(e)}"
+                if line != last:
+                    self.log(f"tick failed: {line}\n{traceback.format_exc().rstrip()}")
+                else:
+                    self.log(f"tick failed again ({failures} in a row): {line}")
+                last = line
+                if run_id and not isinstance(e, (OSError, LedgerError)):  # the run's data, not the machine
+                    self._blame(run_id, f"the daemon could not handle this run: {line}")
+            if failures:
+                delay = min(MAX_BACKOFF_S, self.s.interval * 2 ** min(failures, 10))
+            deadline = t + delay
+            while not self._stop and time.time() < deadline:
+                time.sleep(min(0.1, max(0.01, deadline - time.time())))
+
+    def _blame(self, run_id: str, reason: str) -> bool:
+        """Fail one run; False if even that failed (the ledger cannot be written: the tick backs off)."""
+        try:
+            self.fail_run(run_id, reason)
+            return True
+        except Exception as e:  # noqa: BLE001
+            self.log(f"{run_id}: could not mark it failed ({first_line(e)}); reason was: {reason}")
+            return False
 
 
 def _append_line(path: Path, text: str) -> None:
@@ -673,9 +899,8 @@ def main(argv: list[str] | None = None) -> int:
                      worker_runs=a.worker_runs, mps=a.mps, interval=a.interval, executor=a.executor,
                      slurm=json.loads(a.slurm), max_jobs=a.max_jobs, fuse=parse_fuse(a.fuse))
         return Daemon(rundir.runs_dir(a.runs_dir), s).serve()
-    except UserError as e:
-        print(f"stilts-tui: error: {e}", file=sys.stderr)
-        return 2
+    except (UserError, OSError, ValueError) as e:  # bad settings, an unwritable runs-dir: one line
+        return report(e)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from stilts_tui import plan as plans
 from stilts_tui import rundir
-from stilts_tui.errors import UserError
+from stilts_tui.errors import Failure, UserError
 from stilts_tui.ledger import Ledger
 
 
@@ -62,13 +62,19 @@ def cancel(root: Path, run_ids: list[str], plan: str | None = None, grace: float
     """Cancel queued, blocked and running runs; a running one's process group gets SIGTERM, then
     SIGKILL after ``grace`` seconds, and other runs sharing its worker process go back to the queue.
     A run of a fused array is dropped from the array (a request file its trainer reads each step),
-    and the array's other runs go on. A Slurm job is scancel'ed, and its state checked after."""
+    and the array's other runs go on. A Slurm job is scancel'ed, and its state checked after.
+
+    A running run is cancelled in two steps: the request is recorded (``cancel_requested``), the process
+    or job is stopped, then the run is recorded cancelled. A cancel interrupted in between leaves the
+    request, and the daemon finishes it (stops what still runs, records the cancel): no process goes on
+    that the queue no longer counts."""
     from stilts_tui.queue.executors import local
 
     ledger = Ledger(root)
     targets = _select(ledger, run_ids, plan, ("queued", "blocked", "running"))
     to_kill: dict[int, float | None] = {}
     jobs: list[str] = []
+    requested: list[str] = []
     done = []
     with ledger.transaction() as tx:
         ids = {r["id"] for r in targets}
@@ -89,22 +95,46 @@ def cancel(root: Path, run_ids: list[str], plan: str | None = None, grace: float
                     done.append(r["id"])
                     continue
                 to_kill[cur["pid"]] = cur.get("pid_started")
-                for other in tx.runs.all():  # siblings in the same worker: back to the queue
-                    if (other.get("worker") == cur.get("worker") and other["status"] == "running"
-                            and other["id"] not in ids):
-                        tx.update_run(other["id"], status="queued", pid=None, gpu=None,
-                                      attempts=max(0, other.get("attempts", 1) - 1))
-            tx.update_run(r["id"], status="cancelled", finished=time.time())
-            done.append(r["id"])
+            if cur["status"] == "running":
+                tx.update_run(r["id"], cancel_requested=time.time())
+                requested.append(r["id"])
+            else:
+                tx.update_run(r["id"], status="cancelled", finished=time.time())
+                done.append(r["id"])
     for pid, started in to_kill.items():
         local.stop(pid, started, grace=grace)
+    left: list[str] = []
     if jobs:
         from stilts_tui.queue.executors import slurm
 
         left = [j for j, s in slurm.cancel(jobs, wait=grace).items() if s.active]
-        if left:
-            raise UserError(f"scancel did not stop Slurm job(s) {', '.join(left)} within {grace:.0f} s "
-                            "(the runs are marked cancelled; check squeue)")
+    done += _record_cancels(ledger, requested, to_kill)
+    if left:
+        raise UserError(f"scancel did not stop Slurm job(s) {', '.join(left)} within {grace:.0f} s "
+                        "(the runs are marked cancelled; check squeue)")
+    return done
+
+
+def _record_cancels(ledger: Ledger, requested: list[str], killed: dict[int, float | None]) -> list[str]:
+    """The second step of a cancel: the runs whose process or job was stopped are cancelled; other runs
+    that shared a killed worker process go back to the queue."""
+    done = []
+    with ledger.transaction() as tx:
+        for rid in requested:
+            cur = tx.get_run(rid)
+            if cur is None or not cur.get("cancel_requested"):
+                continue  # the daemon finished this cancel already
+            if cur["status"] in ("running", "queued"):
+                tx.update_run(rid, status="cancelled", finished=time.time(), cancel_requested=None)
+            else:
+                tx.update_run(rid, cancel_requested=None)
+            done.append(rid)
+        workers = {tx.get_run(rid).get("worker") for rid in requested if tx.get_run(rid)}
+        for other in tx.runs.all():  # siblings in a killed worker process: back to the queue
+            if (other.get("worker") in workers and other["status"] == "running" and other.get("pid") in killed
+                    and not other.get("cancel_requested")):
+                tx.update_run(other["id"], status="queued", pid=None, gpu=None,
+                              attempts=max(0, (other.get("attempts") or 1) - 1))
     return done
 
 
@@ -168,24 +198,53 @@ def start_daemon(root: Path, args: list[str], wait: float = 15.0) -> dict:
     while time.time() < deadline:
         try:
             info = json.loads(info_path(root).read_text())
-            if info.get("pid") == proc.pid:
+            if isinstance(info, dict) and info.get("pid") == proc.pid and proc.poll() is None:
                 return info
         except (FileNotFoundError, ValueError):
             pass
         if proc.poll() is not None:
-            tail = (root / "daemon.log").read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise UserError(f"the daemon did not start: {tail[0]}")
+            raise Failure(f"the daemon did not start: {_why_not_started(root, proc.returncode)}")
         time.sleep(0.05)
     raise UserError(f"the daemon did not start within {wait:.0f} s (see {root / 'daemon.log'})")
 
 
+def _why_not_started(root: Path, code: int) -> str:
+    """The daemon's last error line in daemon.log, or what kept it from writing one."""
+    try:
+        lines = (root / "daemon.log").read_text(errors="replace").strip().splitlines()
+    except OSError:
+        lines = []
+    tail = [x for x in lines if x.startswith("stilts-tui: error:")][-1:]
+    if tail:
+        return tail[0].removeprefix("stilts-tui: error: ")
+    import shutil
+
+    if shutil.disk_usage(root).free < 1 << 20:
+        return f"no space left on the device holding {root} (free some space and start it again)"
+    return lines[-1] if lines else f"it exited with status {code} and wrote nothing to {root / 'daemon.log'}"
+
+
 def stop_daemon(root: Path, wait: float = 15.0) -> int | None:
-    """SIGTERM the daemon; runs go on (a new daemon adopts them). Its pid, or None if none ran."""
-    from stilts_tui.queue.daemon import running_daemon
+    """SIGTERM the daemon; runs go on (a new daemon adopts them). Its pid, or None if none ran.
+
+    Only the daemon this runs-dir's daemon.json describes is signalled, and only once the process with
+    that pid is checked to be it (same process start time, the daemon's command line for this runs-dir):
+    a stale daemon.json's pid may belong to any process by now."""
+    from stilts_tui.queue.daemon import is_daemon, read_info, running_daemon
 
     info = running_daemon(root)
-    if info is None or not info.get("pid"):
+    if info is None:
         return None
+    deadline = time.time() + min(wait, 5.0)
+    while not is_daemon(info, root):  # a new daemon holds the lock and has not written daemon.json yet
+        if time.time() > deadline:
+            raise Failure(f"{root / 'daemon.json'} names pid {info.get('pid')}, which is not this runs-dir's "
+                          "daemon (a stale file; the daemon holding the lock has not rewritten it): nothing was "
+                          "signalled; try again in a moment")
+        time.sleep(0.1)
+        info = read_info(root) or {}
+        if running_daemon(root) is None:
+            return None
     pid = info["pid"]
     try:
         os.kill(pid, signal.SIGTERM)

@@ -101,8 +101,11 @@ class StiltsApp(App):
             if ops.daemon_status(self.root) is None:
                 info = ops.start_daemon(self.root, [])
                 self.call_from_thread(self.notify, f"started the queue daemon (pid {info['pid']})")
-        except UserError as e:
-            self.call_from_thread(self.notify, str(e), severity="error", timeout=10)
+        except (UserError, OSError) as e:  # e.g. a read-only runs-dir: say it, never fail silently
+            from stilts_tui.errors import failure_from_os
+
+            line = str(failure_from_os(e, "starting the daemon") if isinstance(e, OSError) else e)
+            self.call_from_thread(self.notify, line, severity="error", timeout=10)
 
     def open_logs(self, run_ids: list[str]) -> None:
         from stilts_tui.tui.screens.logs import LogsScreen

@@ -33,6 +33,7 @@ class Snapshot:
     paused: bool
     eta_s: float | None
     taken: float = field(default_factory=time.time)
+    problems: list[str] = field(default_factory=list)  # one line each: runs stuck in Slurm, ...
 
 
 class ProgressReader:
@@ -70,6 +71,8 @@ class ProgressReader:
 
 
 def load_snapshot(root: Path, reader: ProgressReader) -> Snapshot:
+    """Everything the queue screen shows. A ledger that cannot be read raises LedgerError (one line,
+    with how to recover), which the screen shows in place of the totals."""
     ledger = Ledger(root)
     runs = ledger.runs()
     counts: dict[str, int] = {}
@@ -91,7 +94,9 @@ def load_snapshot(root: Path, reader: ProgressReader) -> Snapshot:
         gpus = gpu_info.list_gpus()
     except Exception:  # noqa: BLE001 - a GPU query must never take the app down
         gpus = []
-    return Snapshot(runs, progress, gpus, counts, bool(ledger.meta("paused")), eta)
+    from stilts_tui.queue.executors.slurm import stuck_lines
+
+    return Snapshot(runs, progress, gpus, counts, bool(ledger.meta("paused")), eta, problems=stuck_lines(runs))
 
 
 def fmt_eta(seconds: float | None) -> str:

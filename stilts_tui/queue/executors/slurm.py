@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stilts_tui.errors import UserError
+from stilts_tui.slurm_options import MANAGED, option_problem  # noqa: F401 - re-exported for the CLI and daemon
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
           "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
@@ -21,8 +22,52 @@ NEVER = "DependencyNeverSatisfied"  # the reason Slurm gives a child whose paren
 TIMEOUT_S = 60
 
 
+# pending reasons that do not clear by waiting: {reason prefix: what to change}
+STUCK = {
+    "PartitionConfig": "asks for more CPUs, memory or GPUs than a node of its partition has: lower --cpus-per-run, "
+                       "--mem or --gpus-per-run (or the plan's [slurm] cpus, mem, gpus)",
+    "PartitionTimeLimit": "asks for more time than its partition allows: lower --time (or the plan's [slurm] time)",
+    "PartitionNodeLimit": "asks for more nodes than its partition allows: check --sbatch-arg and the plan's [slurm]",
+    "PartitionDown": "waits on a partition that is down: choose another --partition or ask the cluster's admins",
+    "PartitionInactive": "waits on an inactive partition: choose another --partition or ask the cluster's admins",
+    "ReqNodeNotAvail": "needs nodes that are down, drained or reserved (sinfo shows them): choose another "
+                       "--partition or ask the cluster's admins",
+    "BadConstraints": "asks for features or resources no node has: check --sbatch-arg (--constraint) and "
+                      "--gpus-per-run",
+    "InvalidAccount": "names an account Slurm does not know: fix --account (or the plan's [slurm] account)",
+    "InvalidQOS": "names a QOS Slurm does not know: fix --qos (or the plan's [slurm] qos)",
+    "AccountNotAllowed": "uses an account the partition refuses: fix --account or --partition",
+    "QOSNotAllowed": "uses a QOS the partition refuses: fix --qos or --partition",
+    "QOSMaxCpuPerJobLimit": "asks for more CPUs than its QOS allows a job: lower --cpus-per-run or change --qos",
+    "QOSMaxGRESPerJob": "asks for more GPUs than its QOS allows a job: lower --gpus-per-run or change --qos",
+    "QOSMaxMemoryPerJob": "asks for more memory than its QOS allows a job: lower --mem or change --qos",
+    "QOSMaxWallDurationPerJobLimit": "asks for more time than its QOS allows: lower --time or change --qos",
+    "JobHeldAdmin": "is held by an administrator: ask the cluster's admins (scontrol release)",
+}
+
+
 class SlurmError(UserError):
     """A Slurm command failed (its one-line message)."""
+
+
+def settings_problem(settings: dict) -> str | None:
+    """The first problem with a run's sbatch settings (their extra arguments), or None."""
+    extra = settings.get("sbatch_args") or []
+    if not isinstance(extra, list):
+        return "sbatch_args is not a list"
+    for arg in extra:
+        problem = option_problem(arg)
+        if problem:
+            return problem
+    return None
+
+
+def stuck_hint(state: JobState) -> str | None:
+    """For a pending job whose reason never clears by waiting: one line with the reason and what to change."""
+    for reason, hint in STUCK.items():
+        if state.reason.startswith(reason):
+            return f"cannot start ({state.reason}): it {hint}"
+    return None
 
 
 @dataclass
@@ -73,7 +118,11 @@ def sbatch_args(run_id: str, run_dir: Path, settings: dict, dependency: str | No
     for key in ("partition", "account", "qos", "time", "mem"):
         if settings.get(key):
             args.append(f"--{key}={settings[key]}")
-    args += list(settings.get("sbatch_args") or [])
+    extra = list(settings.get("sbatch_args") or [])
+    problem = settings_problem({"sbatch_args": extra})
+    if problem:  # checked again here: no managed option reaches sbatch, whatever the caller checked
+        raise SlurmError(f"sbatch option {problem}")
+    args += extra
     if dependency:
         args += [f"--dependency=afterok:{dependency}", "--kill-on-invalid-dep=yes"]
     return args
@@ -162,3 +211,82 @@ def cancel(job_ids: list[str], wait: float = 15.0) -> dict[str, JobState]:
         if not any(s.active for s in now.values()) or time.time() > deadline:
             return now
         time.sleep(0.3)
+
+
+def stuck_lines(runs: list[dict]) -> list[str]:
+    """One line per distinct reason that keeps runs pending in Slurm for good (with the setting to change),
+    from the ``stuck`` field the daemon records; for `queue ls`, `doctor` and the app."""
+    by_reason: dict[str, list[str]] = {}
+    for r in runs:
+        if r.get("status") == "running" and isinstance(r.get("stuck"), str):
+            by_reason.setdefault(r["stuck"], []).append(str(r.get("id")))
+    return [f"{len(ids)} run(s) pending in Slurm ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}) "
+            f"{why}" for why, ids in by_reason.items()]
+
+
+@dataclass
+class Node:
+    name: str
+    cpus: int
+    mem_mb: int
+    gpus: int
+
+
+def partition_nodes(partition: str | None) -> tuple[str, list[Node]]:
+    """The nodes of a partition (the default one when None), as sinfo reports them: (partition, nodes)."""
+    args = ["sinfo", "-h", "-N", "-o", "%P|%N|%c|%m|%G"]
+    out = _run(args + (["-p", partition] if partition else []))
+    if out.returncode != 0:
+        raise SlurmError(f"sinfo: {_one_line(out)}")
+    nodes, default = [], None
+    for line in out.stdout.splitlines():
+        part, name, cpus, mem, gres = (line.strip().split("|") + ["", "", "", ""])[:5]
+        if not partition:
+            if not part.endswith("*"):
+                continue
+            default = part.rstrip("*")
+        nodes.append(Node(name, _int(cpus), _int(mem), _gpus(gres)))
+    return (partition or default or "(default)"), nodes
+
+
+def _int(text: str) -> int:
+    digits = "".join(c for c in text.split("+")[0] if c.isdigit())
+    return int(digits) if digits else 0
+
+
+def _gpus(gres: str) -> int:
+    """GPUs in an sinfo %G field such as ``gpu:2``, ``gpu:a100:4(S:0-1)`` or ``(null)``."""
+    total = 0
+    for item in gres.split(","):
+        parts = item.split("(")[0].split(":")
+        if parts[0] == "gpu" and len(parts) >= 2 and parts[-1].isdigit():
+            total += int(parts[-1])
+    return total
+
+
+def mem_mb(text: str) -> int:
+    """sbatch's --mem value in MB (a bare number is MB)."""
+    units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+    unit = text[-1].upper() if text and text[-1].isalpha() else "M"
+    return int(float(text.rstrip("KMGTkmgt")) * units.get(unit, 1))
+
+
+def fit_problem(settings: dict) -> str | None:
+    """None when some node of the partition can run one job with these CPUs, memory and GPUs; else one
+    line naming the setting that no node meets and the largest node."""
+    partition, nodes = partition_nodes(settings.get("partition"))
+    if not nodes:
+        return f"--partition: Slurm knows no partition '{partition}' (sinfo lists none of its nodes)"
+    cpus, gpus = int(settings.get("cpus", 4)), int(settings.get("gpus", 1))
+    mem = mem_mb(settings["mem"]) if settings.get("mem") else 0
+    if any(n.cpus >= cpus and n.mem_mb >= mem and n.gpus >= gpus for n in nodes):
+        return None
+    big = max(nodes, key=lambda n: (n.cpus, n.mem_mb, n.gpus))
+    have = f"the largest node of partition '{partition}' has {big.cpus} CPUs, {big.mem_mb} MB, {big.gpus} GPUs"
+    if not any(n.cpus >= cpus for n in nodes):
+        return f"--cpus-per-run {cpus}: no node can run it ({have})"
+    if not any(n.mem_mb >= mem for n in nodes):
+        return f"--mem {settings['mem']}: no node can run it ({have})"
+    if not any(n.gpus >= gpus for n in nodes):
+        return f"--gpus-per-run {gpus}: no node can run it ({have})"
+    return f"--cpus-per-run {cpus}, --mem {settings.get('mem')}, --gpus-per-run {gpus}: no one node has all ({have})"

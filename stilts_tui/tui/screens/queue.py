@@ -65,6 +65,7 @@ class QueueScreen(Screen):
         self._shown: list[str] = []
         self._state: dict[str, tuple] = {}
         self._totals = ""
+        self._told: set[str] = set()
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -93,8 +94,21 @@ class QueueScreen(Screen):
 
     @work(thread=True, exclusive=True, group="queue-refresh", exit_on_error=False)
     def load(self) -> None:
-        snap = load_snapshot(self.app.root, self.reader)
+        try:
+            snap = load_snapshot(self.app.root, self.reader)
+        except (UserError, OSError) as e:  # a damaged or unreadable ledger: say so, never "loading…" forever
+            from stilts_tui.errors import failure_from_os
+
+            line = str(failure_from_os(e, "reading the ledger") if isinstance(e, OSError) else e)
+            self.app.call_from_thread(self.show_error, line)
+            return
         self.app.call_from_thread(self.show, snap)
+
+    def show_error(self, line: str) -> None:
+        self.query_one("#totals", Static).update(f"error: {line}")
+        if line != getattr(self, "_error", None):
+            self._error = line
+            self.notify(line, severity="error", timeout=20)
 
     def rows(self, snap: Snapshot) -> list[dict]:
         runs = snap.runs
@@ -133,6 +147,11 @@ class QueueScreen(Screen):
 
     def show(self, snap: Snapshot) -> None:
         self.snapshot = snap
+        self._error = None
+        for line in snap.problems:  # e.g. runs Slurm will never start: each said once
+            if line not in self._told:
+                self._told.add(line)
+                self.notify(line, severity="warning", timeout=20)
         gpus = "  ".join(f"GPU{g.index} {g.util or 0:.0f}% {g.total_gb - g.free_gb:.1f}/{g.total_gb:.0f} GiB"
                          for g in snap.gpus if not g.fake) or ""
         gpu_bar = self.query_one("#gpus", Static)
