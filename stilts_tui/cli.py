@@ -270,11 +270,13 @@ def queue_add(
     path: PlanPath,
     priority: Annotated[int, typer.Option("--priority", help="higher runs first")] = 0,
     no_daemon: NoDaemon = False,
+    max_runs: Annotated[int | None, typer.Option("--max-runs", help="accept a plan of more runs than the limit "
+                                                 "(100,000, or $STILTS_MAX_RUNS)", min=1)] = None,
 ) -> None:
     """Queue every run of a plan not queued before (re-adding a plan queues nothing new)."""
     from stilts_tui.queue import ops
 
-    plan, runs, added = ops.add_plan(path, _root(ctx), priority=priority)
+    plan, runs, added = ops.add_plan(path, _root(ctx), priority=priority, max_runs=max_runs)
     typer.echo(f"{plan.name}: {len(added)} runs queued, {len(runs) - len(added)} already in the ledger "
                f"({_root(ctx)})")
     if not no_daemon and ops.daemon_status(_root(ctx)) is None:

@@ -156,3 +156,26 @@ def test_a_local_only_task_without_files_is_named_with_its_missing_split(tmp_pat
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     assert "task 'mednli' has no train split" in refused.stderr
     assert list(runs_dir.iterdir()) == []
+
+
+def test_an_interrupted_add_leaves_no_orphans_and_max_runs_lets_a_big_plan_in(tmp_path, small_plan):
+    from conftest import cli
+
+    from stilts_tui.ledger import Ledger
+
+    runs_dir = tmp_path / "runs"
+    plan = small_plan("[1e-5, 2e-5]")
+    # an earlier add of an older version of the plan, killed after writing a folder and before the ledger
+    orphan = runs_dir / "0123456789ab"
+    orphan.mkdir(parents=True)
+    (orphan / "spec.json").write_text('{"plan": "small", "run_id": "0123456789ab"}')
+    ran = runs_dir / "ba9876543210"  # a folder where something ran is never removed
+    ran.mkdir()
+    (ran / "spec.json").write_text('{"plan": "small"}')
+    (ran / "train.log").write_text("x")
+    out = cli("queue", "add", str(plan), "--no-daemon", "--max-runs", "1000", runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr
+    ids = {r["id"] for r in Ledger(runs_dir).runs()}
+    assert not orphan.exists() and ran.exists() and all((runs_dir / i / "spec.json").exists() for i in ids)
+    out = cli("queue", "add", str(plan), "--no-daemon", "--max-runs", "3", runs_dir=runs_dir)
+    assert out.returncode == 2 and "more than the limit of 3" in out.stderr and len(out.stderr.splitlines()) == 1

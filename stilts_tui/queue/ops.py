@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,25 +17,43 @@ from stilts_tui.errors import Failure, UserError
 from stilts_tui.ledger import Ledger
 
 
-def add_plan(plan_path: str | Path, root: Path, priority: int = 0) -> tuple[plans.Plan, list, list[str]]:
+def add_plan(plan_path: str | Path, root: Path, priority: int = 0,
+             max_runs: int | None = None) -> tuple[plans.Plan, list, list[str]]:
     """Queue every run of a plan that the ledger does not hold yet.
 
     Each new run's folder and ``spec.json`` are written before the ledger records it, so a queued
-    run always has a spec (and can be rerun by hand with ``python -m stilts_tui.train RUN_DIR``).
+    run always has a spec (and can be rerun by hand with ``python -m stilts_tui.train RUN_DIR``). An
+    add interrupted between the two leaves folders the ledger does not know: the next add of the plan
+    removes those that are not runs of the plan any more (the others it records).
     """
-    plan, runs = plans.load_and_expand(plan_path)
+    plan, runs = plans.load_and_expand(plan_path, max_runs=max_runs)
     missing = plans.missing_data(plan, runs)
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise UserError(missing[0] + more)
     ledger = Ledger(root)
-    known = {r["id"] for r in ledger.runs(plan=plan.name)}
+    known = {r["id"] for r in ledger.runs()}
     fresh = [r for r in runs if r.id not in known]
     for r in fresh:
         rundir.write_json_atomic(rundir.run_dir(root, r.id) / "spec.json", plans.spec_for(r, plan, root))
     added = ledger.add_runs([r.record() for r in fresh], priority=priority)
     ledger.set_plan(plan.name, {"file": str(plan.path), "updated": time.time(), "runs": len(runs)})
+    _remove_orphans(root, plan.name, known | {r.id for r in runs})
     return plan, runs, added
+
+
+def _remove_orphans(root: Path, plan_name: str, keep: set[str]) -> None:
+    """Folders an interrupted add left: a spec.json of this plan and nothing else, unknown to the ledger."""
+    for d in root.iterdir():
+        if d.name in keep or not d.is_dir() or d.name.startswith("."):
+            continue
+        try:
+            if [x.name for x in d.iterdir()] != ["spec.json"]:
+                continue  # something ran here, or it is not ours: keep it
+            if json.loads((d / "spec.json").read_text()).get("plan") == plan_name:
+                shutil.rmtree(d)
+        except (OSError, ValueError, AttributeError):
+            continue
 
 
 # ---- acting on runs (the CLI and the TUI call these; they need no daemon) ---------------------
@@ -217,7 +236,6 @@ def _why_not_started(root: Path, code: int) -> str:
     tail = [x for x in lines if x.startswith("stilts-tui: error:")][-1:]
     if tail:
         return tail[0].removeprefix("stilts-tui: error: ")
-    import shutil
 
     if shutil.disk_usage(root).free < 1 << 20:
         return f"no space left on the device holding {root} (free some space and start it again)"
