@@ -13,7 +13,10 @@ on the discordant pairs) and Fisher's exact test on the counts.
 Workload: a random-init RoBERTa (``--size``) on the synthetic marker-word pair task
 (stilts_tui.train.workload). Default invocation (2 trainer processes at a time, OMP_NUM_THREADS=1):
 
-    python bench/fused_equivalence.py [--seeds 32] [--fuse 8] [--json out.json]
+    python bench/fused_equivalence.py [--seeds 32] [--first-seed 1] [--fuse 8] [--json out.json]
+    python bench/fused_equivalence.py --pool a.json b.json   # several invocations' seeds together
+
+Measured figures: docs/fused.md.
 """
 
 from __future__ import annotations
@@ -108,9 +111,22 @@ def report(name: str, lr: float, r: dict, margin: float) -> None:
     print(f"  target (interval contains 0, within +-{TARGET}): {'met' if r['target_met'] else 'MISSED'}")
 
 
+def pool(files: list[Path], margin: float) -> None:
+    """The figures of several invocations (other seeds of one workload) together."""
+    runs = [json.loads(f.read_text()) for f in files]
+    if len({r["majority"] for r in runs}) != 1:
+        sys.exit("fused_equivalence: --pool: the files are of different workloads")
+    for name in runs[0]["configs"]:
+        alone = np.concatenate([r["configs"][name]["alone"] for r in runs])
+        fused = np.concatenate([r["configs"][name]["fused"] for r in runs])
+        report(name, float(runs[0]["args"][f"{name}_lr"]), compare(alone, fused, runs[0]["majority"], margin, 17),
+               margin)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=32)
+    ap.add_argument("--first-seed", type=int, default=1, help="seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--fuse", type=int, default=8)
     ap.add_argument("--size", default="tiny", choices=sorted(workload.SIZES))
     ap.add_argument("--dropout", type=float, default=0.1)
@@ -126,7 +142,11 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=2, help="trainer processes at a time")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--pool", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="train nothing: report the seeds of earlier invocations' --json files pooled")
     args = ap.parse_args()
+    if args.pool:
+        return pool(args.pool, args.fail_margin)
 
     t0 = time.time()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fused_equiv_"))
@@ -136,7 +156,7 @@ def main() -> None:
     task = workload.task_spec(train_file, dev_file)
     labels = [json.loads(x)["label"] for x in dev_file.read_text().splitlines()]
     majority = max(labels.count(v) for v in set(labels)) / len(labels)
-    seeds = list(range(1, args.seeds + 1))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     configs = {"stable": args.stable_lr, "unstable": args.unstable_lr}
     dirs = {name: write_runs(work / name, model, task, name, lr, seeds, args) for name, lr in configs.items()}
     jobs = []
