@@ -96,8 +96,8 @@ def test_an_array_of_one_draws_the_masks_of_the_model_alone_so_equals_it_in_trai
 
 
 class Masks:
-    """torch.nn.functional.dropout drawing explicit inverted-dropout masks, recorded (``record``) or
-    replayed one member's slice at a time (``replay``): the seam that forces the same masks on both sides."""
+    """torch.nn.functional.dropout drawing explicit inverted-dropout masks: recorded while ``member`` is
+    None, then replayed as that member's slice: the seam that forces the same masks on both sides."""
 
     def __init__(self):
         self.drawn: list[tuple[float, torch.Tensor]] = []
