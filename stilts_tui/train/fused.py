@@ -177,6 +177,8 @@ class FusedEncoder:
         first = x.view(k, n, t, -1)[:, :, 0]  # the <s> / [CLS] token of each sequence: [K, N, H]
         drop = cfg.classifier_dropout if getattr(cfg, "classifier_dropout", None) is not None \
             else cfg.hidden_dropout_prob
+        if self.roberta and self.kind == "multiple_choice":  # RobertaForMultipleChoice (and XLM-R's,
+            drop = cfg.hidden_dropout_prob  # CamemBERT's) ignore classifier_dropout, unlike BERT's heads
         if f"{pre}.pooler.dense.weight" in self.p:  # BERT heads, and RoBERTa's multiple-choice head
             pooled = torch.tanh(self._lin(first, f"{pre}.pooler.dense"))
             logits = self._lin(self._drop(pooled, drop), "classifier")
