@@ -130,28 +130,40 @@ def _nvml_report() -> GpuReport:
         driver = pynvml.nvmlSystemGetDriverVersion()
         out = GpuReport([], None, driver.decode() if isinstance(driver, bytes) else driver)
         for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
             try:
-                util = float(pynvml.nvmlDeviceGetUtilizationRates(h).gpu)
-            except pynvml.NVMLError:
-                util = None
-            name = pynvml.nvmlDeviceGetName(h)
-            g = GpuState(i, name.decode() if isinstance(name, bytes) else name, mem.total / 2**30,
-                         mem.used / 2**30, util)
-            try:
-                listed = pynvml.nvmlDeviceGetComputeRunningProcesses(h)
-            except pynvml.NVMLError:
-                listed = []
-            for x in listed:
-                used = getattr(x, "usedGpuMemory", None)
-                g.procs.append(GpuProc(int(x.pid), None if not isinstance(used, int) else used / 2**30))
-            out.gpus.append(g)
+                out.gpus.append(_nvml_gpu(pynvml, i))
+            except pynvml.NVMLError:  # a GPU NVML fails on is left out here; `doctor` names it from the probe
+                continue
         if not out.gpus:
-            out.reason = "NVML sees no GPU"
+            out.reason = "NVML sees no GPU it can query"
         return out
+    except pynvml.NVMLError as e:
+        return GpuReport([], f"NVML failed ({type(e).__name__}: {e})")
     finally:
-        pynvml.nvmlShutdown()
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
+
+
+def _nvml_gpu(pynvml, i: int) -> GpuState:
+    """One GPU's memory, utilization and compute processes (raises NVMLError where NVML fails on it)."""
+    h = pynvml.nvmlDeviceGetHandleByIndex(i)
+    mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+    try:
+        util = float(pynvml.nvmlDeviceGetUtilizationRates(h).gpu)
+    except pynvml.NVMLError:
+        util = None
+    name = pynvml.nvmlDeviceGetName(h)
+    g = GpuState(i, name.decode() if isinstance(name, bytes) else name, mem.total / 2**30, mem.used / 2**30, util)
+    try:
+        listed = pynvml.nvmlDeviceGetComputeRunningProcesses(h)
+    except pynvml.NVMLError:
+        listed = []
+    for x in listed:
+        used = getattr(x, "usedGpuMemory", None)
+        g.procs.append(GpuProc(int(x.pid), None if not isinstance(used, int) else used / 2**30))
+    return g
 
 
 def _fake_report(running: list[dict]) -> GpuReport:
