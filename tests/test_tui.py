@@ -98,7 +98,7 @@ async def test_queue_screen_lists_runs_with_totals_progress_and_filter(prepared)
         assert "9 done · 1 running · 2 queued · 1 failed" in totals
         running = next(r for r in Ledger(prepared).runs() if r["status"] == "running")
         row = screen.query_one(DataTable).get_row(running["id"])
-        assert "50%" in str(row[9]) and row[10] == "0.6000" and row[11] == "0:20"
+        assert [str(c) for c in row[9:12]] == ["█████░░░░░  50%", "0.6000", "0:20"]
         await pilot.press("slash")
         await pilot.press(*"cola")
         await pilot.press("enter")
