@@ -6,6 +6,11 @@ would take a core of this 2-core machine and slow what it measures). Two keys: t
 cursor (down; the totals bar shows the row) and focus moving between four live log panes (tab; the
 key bar shows which pane has it).
 
+Work in flight, in a second app on its own 1,000-run ledger: the same cursor key pressed while a
+cancel waits out its 10 s grace period (the run's process ignores SIGTERM, so the cancel waits it
+all and then kills it) and while the reference plan (1,008 target runs; every spec.json written) is
+added from the app's prompt. Both must repaint within 50 ms: the app does that work in workers.
+
 Reference, in the same invocation: a minimal Textual app launched the same way (the floor for
 start-up), and minimal Textual apps pressed with the same keys, idle and under the same load (16
 writers' worth of log lines a second on the machine): the floor Textual itself has here.
@@ -127,6 +132,13 @@ def prepare(root: Path, n_runs: int) -> list[str]:
     return [r["id"] for r in recs[:n_runs]]
 
 
+# a run's process that ignores SIGTERM: a cancel waits out its grace period, then kills it
+SLOW_TO_STOP = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\n" \
+               "time.sleep(600)\n"
+REFERENCE_PLAN = Path(__file__).resolve().parent.parent / "plans" / "chang_lu_2021.toml"
+ADDS = 2  # plan adds measured (each with other target seeds, so 1,008 new runs each)
+
+
 def tmux(*args: str) -> str:
     return subprocess.run(["tmux", *args], capture_output=True, text=True).stdout
 
@@ -203,6 +215,92 @@ def cursor_latency(session: str, seconds: float, presses: int, out: PaneOutput) 
     return lat
 
 
+def reference_plan(folder: Path, k: int) -> Path:
+    """The reference plan with target seeds shifted by ``k`` (1,008 runs new to the ledger), and
+    empty stand-ins for the local MedNLI files it names (an add checks they exist, reads nothing)."""
+    text = REFERENCE_PLAN.read_text().replace("target_seeds = [12, 42]", f"target_seeds = [{12 + 1000 * k}, "
+                                                                       f"{42 + 1000 * k}]")
+    path = folder / "plans" / f"reference-{k}.toml"
+    (path.parent / "data" / "mednli").mkdir(parents=True, exist_ok=True)
+    for name in ("mli_train_v1.jsonl", "mli_dev_v1.jsonl"):
+        (path.parent / "data" / "mednli" / name).touch()
+    path.write_text(text)
+    return path
+
+
+def keys_while(session: str, out: PaneOutput, busy, gap: float) -> list[float]:
+    """Cursor-key latencies (as ``cursor_latency``) for as long as ``busy()`` holds."""
+    lat = []
+    row = int(tmux("capture-pane", "-p", "-t", session).split(" · row ")[1].split("/")[0])
+    while busy():
+        row += 1
+        out.skip()
+        t = time.perf_counter()
+        tmux("send-keys", "-t", session, "Down")
+        out.wait(f" · row {row}/", timeout=60)
+        lat.append(time.perf_counter() - t)
+        time.sleep(gap)
+    return lat
+
+
+def type_into_prompt(session: str, text: str) -> None:
+    """Replace the prompt's text with ``text`` (again if keys sent before its input took focus were lost)."""
+    for _ in range(5):
+        tmux("send-keys", "-t", session, "C-u")
+        tmux("send-keys", "-t", session, "-l", text)
+        try:
+            wait_screen(session, lambda s: text[-30:] in s, 2)
+            return
+        except RuntimeError:
+            continue
+    raise RuntimeError("the prompt never showed the typed text")
+
+
+def in_flight(exe: str, env: dict, folder: Path) -> dict[str, tuple[list[float], float]]:
+    """Cursor keys while a cancel waits out its 10 s grace, and while the reference plan is added:
+    {what: (latencies, seconds the work took)}, measured in an app of its own."""
+    root = folder / "in-flight"
+    ids = prepare(root, 16)
+    slow = subprocess.Popen([sys.executable, "-c", SLOW_TO_STOP], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as the daemon starts runs
+    slow.stdout.readline()
+    # the first row; a worker of its own, so that the cancel sends no other running run back to the queue
+    Ledger(root).update(ids[0], pid=slow.pid, pid_started=psutil.Process(slow.pid).create_time(), worker="slow")
+    session = f"bench-tui-flight-{os.getpid()}"
+    tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "45", "env",
+         *[f"{k}={v}" for k, v in {**env, "STILTS_RUNS_DIR": str(root)}.items()], exe)
+    found: dict[str, tuple[list[float], float]] = {}
+    try:
+        wait_screen(session, lambda out: "16 running" in out and " · row 1/" in out, 30)
+        out = PaneOutput(session, folder)
+        t = time.perf_counter()
+        tmux("send-keys", "-t", session, "c")
+        out.wait("cancelling")
+        lat = keys_while(session, out, lambda: slow.poll() is None, 0.1)
+        found["cancel"] = (lat, time.perf_counter() - t)
+        ledger = root / "ledger.json"
+        adds: list[float] = []
+        took = 0.0
+        for k in range(ADDS):
+            plan = reference_plan(folder, k)
+            tmux("send-keys", "-t", session, "a")
+            wait_screen(session, lambda s: "Queue a plan file" in s)
+            type_into_prompt(session, str(plan))
+            stamp = ledger.stat().st_mtime_ns
+            t = time.perf_counter()
+            tmux("send-keys", "-t", session, "Enter")
+            out.wait("queueing")
+            adds += keys_while(session, out, lambda s=stamp: ledger.stat().st_mtime_ns == s, 0.02)
+            took += time.perf_counter() - t
+            wait_screen(session, lambda s, n=k: f"/{1000 + 1012 + 1008 * n}" in s, 30)  # the new runs shown
+        found["add"] = (adds, took / ADDS)
+    finally:
+        tmux("kill-session", "-t", session)
+        slow.kill()
+        slow.wait()
+    return found
+
+
 def summary(lat: list[float]) -> tuple[float, float]:
     lat = sorted(lat)
     return 1000 * statistics.median(lat), 1000 * lat[int(0.95 * (len(lat) - 1))]
@@ -273,6 +371,7 @@ def run(args: argparse.Namespace, exe: str) -> None:
             writer.wait()
         finally:
             tmux("kill-session", "-t", session)
+        flight = in_flight(exe, env, Path(d))
         refs = {}
         for name, code, marker in (("table", REF_TABLE, "ref · row"), ("logs", REF_LOGS, "focus: p0")):
             path = Path(d) / f"{name}.py"
@@ -321,9 +420,17 @@ def run(args: argparse.Namespace, exe: str) -> None:
     print(f"key-to-repaint, {args.runs} runs x {args.rate} lines/s, 4 panes shown: median {bm:.1f} ms, "
           f"p95 {bp:.1f} ms over {len(busy)} keys (ratio to idle {bm / im:.2f})")
     print(f"memory of the app over {args.seconds:.0f} s: {rss[0]:.0f} MB -> {rss[-1]:.0f} MB (max {max(rss):.0f} MB)")
+    for what, label in (("cancel", "a cancel waiting out its 10 s grace (the process ignores SIGTERM)"),
+                        ("add", f"adding the 1,008-target-run reference plan ({ADDS} adds)")):
+        lat, took = flight[what]
+        m, p95 = summary(lat)
+        print(f"key-to-repaint, queue cursor, while {label}: median {m:.1f} ms, p95 {p95:.1f} ms over {len(lat)} keys "
+              f"({'within' if p95 <= 50 else 'OVER'} 50 ms; the work took {took:.1f} s)")
     print(json.dumps({"first_frame_s": ours, "rows_shown_s": rows, "reference_first_frame_s": ref,
                       "queue_idle_ms": [qm, qp], "queue_busy_ms": [qbm, qbp], "idle_ms": [im, ip],
                       "busy_ms": [bm, bp], "rss_mb": [rss[0], rss[-1], max(rss)],
+                      "during_cancel_ms": list(summary(flight["cancel"][0])),
+                      "during_add_ms": list(summary(flight["add"][0])),
                       "reference_ms": {f"{k[0]}_{k[1]}": v for k, v in refs.items()}}))
 
 

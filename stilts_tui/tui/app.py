@@ -112,10 +112,11 @@ class StiltsApp(App):
 
     @work(thread=True, group="queue-ops", exit_on_error=False, name="cancel")
     def cancel_runs(self, run_ids: list[str]) -> None:
-        """Cancel runs; a running one's process has ``cancel_grace`` seconds to stop (the UI goes on)."""
-        from stilts_tui.queue import ops
+        """Cancel runs; a running one's process has ``cancel_grace`` seconds to stop (the UI goes on:
+        the cancel waits in a process of its own, see tui/apart.py)."""
+        from stilts_tui.tui import apart
 
-        done = ops.cancel(self.root, run_ids, grace=self.cancel_grace)
+        done = apart.run("cancel", self.root, run_ids=run_ids, grace=self.cancel_grace)["done"]
         self.post_message(QueueChanged(f"cancelled {len(done)} run(s)"))
 
     @work(thread=True, group="queue-ops", exit_on_error=False, name="retry")
@@ -141,12 +142,13 @@ class StiltsApp(App):
 
     @work(thread=True, group="queue-add", exit_on_error=False, name="adding a plan")
     def add_plan(self, path: str | Path) -> None:
-        """Queue a plan file (a 1,008-run plan writes 1,008 spec.json files: seconds, off the UI thread)."""
-        from stilts_tui.queue import ops
+        """Queue a plan file (a 1,008-run plan writes 1,008 spec.json files: seconds, in a process of its
+        own, see tui/apart.py)."""
+        from stilts_tui.tui import apart
 
-        plan, runs, new = ops.add_plan(path, self.root)
-        self.post_message(QueueChanged(f"{plan.name}: {len(new)} runs queued, "
-                                       f"{len(runs) - len(new)} already in the ledger"))
+        r = apart.run("add", self.root, path=str(path))
+        self.post_message(QueueChanged(f"{r['plan']}: {r['new']} runs queued, "
+                                       f"{r['runs'] - r['new']} already in the ledger"))
 
     def on_queue_changed(self, message: QueueChanged) -> None:
         self.notify(message.summary)

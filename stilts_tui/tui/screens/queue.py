@@ -165,7 +165,7 @@ class QueueScreen(Screen):
         table = self.query_one(DataTable)
         rows = self.rows(snap)
         ids = [r["id"] for r in rows]
-        if ids != self._shown:  # the set or order changed: rebuild, keeping the cursor on its run
+        if ids[:len(self._shown)] != self._shown:  # the set or order changed: rebuild, keeping the cursor on its run
             current = self.current_id()
             table.clear()
             self._state = {}
@@ -177,7 +177,11 @@ class QueueScreen(Screen):
                 table.move_cursor(row=ids.index(current), animate=False)
             self.show_totals()
             return
-        for r in rows:  # same rows: touch only the runs whose shown state changed
+        for r in rows[len(self._shown):]:  # runs added at the end (a plan queued): add only those
+            table.add_row(*self.cells(r, snap), key=r["id"])
+            self._state[r["id"]] = self.state_of(r, snap)
+        self._shown = ids
+        for r in rows:  # the rows shown before: touch only the runs whose shown state changed
             state = self.state_of(r, snap)
             if self._state.get(r["id"]) == state:
                 continue
