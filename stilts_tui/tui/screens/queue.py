@@ -20,6 +20,7 @@ COLUMNS = ("id", "plan", "stage", "task", "from", "seed", "grid", "status", "gpu
            "score")
 WIDTHS = (12, 10, 12, 12, 10, 4, 20, 11, 3, 15, 7, 8, 7)  # fixed: no re-measuring 1,000 rows each second
 SORTS = ("queue", "status", "score", "task")
+APPEND_ROWS = 100  # new rows added a frame (1,008 at once keep a key waiting a quarter of a second)
 
 
 def grid_text(grid: dict | None) -> str:
@@ -177,11 +178,14 @@ class QueueScreen(Screen):
                 table.move_cursor(row=ids.index(current), animate=False)
             self.show_totals()
             return
-        for r in rows[len(self._shown):]:  # runs added at the end (a plan queued): add only those
+        shown = len(self._shown)
+        for r in rows[shown:shown + APPEND_ROWS]:  # runs added at the end (a plan queued): only those, in chunks
             table.add_row(*self.cells(r, snap), key=r["id"])
             self._state[r["id"]] = self.state_of(r, snap)
-        self._shown = ids
-        for r in rows:  # the rows shown before: touch only the runs whose shown state changed
+        self._shown = ids[:shown + APPEND_ROWS]
+        if len(self._shown) < len(ids):  # the next chunk after this frame: a key waits for one chunk at most
+            self.call_after_refresh(lambda: self.snapshot and self.show(self.snapshot))
+        for r in rows[:shown]:  # the rows shown before: touch only the runs whose shown state changed
             state = self.state_of(r, snap)
             if self._state.get(r["id"]) == state:
                 continue
