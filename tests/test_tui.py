@@ -232,6 +232,27 @@ async def test_keys_are_answered_while_a_plan_is_added(prepared, tmp_path):
         holder.wait()
 
 
+async def test_runs_added_in_between_are_shown_in_queue_order_with_the_cursor_on_its_run(prepared, tmp_path):
+    """More runs than one chunk (100 a frame), some sorting before the rows shown: one sort places them."""
+    lrs = ", ".join(f"{i}e-6" for i in range(1, 31))  # 1 intermediate + (none, hs) x 2 seeds x 30 lr = 121 runs
+    plan = write_text(tmp_path / "plans" / "wide.toml", PLAN.replace('"study"', '"wide"').replace(
+        "grid = { lr = [1e-5, 2e-5] }", f"grid = {{ lr = [{lrs}] }}").replace("[target.cola]\ntask = \"cola\"\n", ""))
+    notes: list[tuple[str, str]] = []
+    async with app_for(prepared).run_test(size=(170, 40), message_hook=recorder(notes)) as pilot:
+        screen = await ready(pilot)
+        table = screen.query_one(DataTable)
+        target = await to_queued(pilot, screen, prepared)
+        await pilot.press("a")
+        await until(pilot, lambda: isinstance(pilot.app.screen, PromptScreen), "the prompt")
+        pilot.app.screen.query_one(Input).value = str(plan)
+        await pilot.press("enter")
+        await until(pilot, lambda: ("information", "wide: 121 runs queued, 0 already in the ledger") in notes, "added")
+        await until(pilot, lambda: table.row_count == 13 + 121, "every new run shown")
+        # the new intermediate run sorts before the first plan's targets: one sort put it there
+        await until(pilot, lambda: row_ids(screen) == [r["id"] for r in Ledger(prepared).runs()], "queue order")
+        assert screen.current_id() == target
+
+
 async def test_a_failed_worker_is_shown_once_in_place_of_loading_and_the_screen_recovers(prepared, tmp_path):
     ledger = Ledger(prepared).path
     good = ledger.read_bytes()

@@ -166,28 +166,24 @@ class QueueScreen(Screen):
         table = self.query_one(DataTable)
         rows = self.rows(snap)
         ids = [r["id"] for r in rows]
-        if ids[:len(self._shown)] != self._shown:  # the set or order changed: rebuild, keeping the cursor on its run
-            current = self.current_id()
-            table.clear()
-            self._state = {}
-            for r in rows:
-                table.add_row(*self.cells(r, snap), key=r["id"])
-                self._state[r["id"]] = self.state_of(r, snap)
-            self._shown = ids
-            if current in ids:
-                table.move_cursor(row=ids.index(current), animate=False)
-            self.show_totals()
+        had = set(self._shown)
+        if had - set(ids):  # runs left (a filter): rebuild
+            self.rebuild(table, rows, snap)
             return
-        shown = len(self._shown)
-        for r in rows[shown:shown + APPEND_ROWS]:  # runs added at the end (a plan queued): only those, in chunks
+        # runs added (a plan queued, a filter cleared): appended a chunk a frame, then one sort puts
+        # every row in place (also when only the order changed)
+        new = [r for r in rows if r["id"] not in had]
+        for r in new[:APPEND_ROWS]:
             table.add_row(*self.cells(r, snap), key=r["id"])
             self._state[r["id"]] = self.state_of(r, snap)
-        self._shown = ids[:shown + APPEND_ROWS]
-        if len(self._shown) < len(ids):  # the next chunk after this frame: a key waits for one chunk at most
+        self._shown += [r["id"] for r in new[:APPEND_ROWS]]
+        if len(new) > APPEND_ROWS:  # the next chunk after this frame: a key waits for one chunk at most
             self.call_after_refresh(lambda: self.snapshot and self.show(self.snapshot))
-        for r in rows[:shown]:  # the rows shown before: touch only the runs whose shown state changed
+        elif self._shown != ids:
+            self.sort_into_place(table, ids)
+        for r in rows:  # the rows shown before: touch only the runs whose shown state changed
             state = self.state_of(r, snap)
-            if self._state.get(r["id"]) == state:
+            if r["id"] not in had or self._state.get(r["id"]) == state:
                 continue
             self._state[r["id"]] = state
             old = table.get_row(r["id"])
@@ -195,6 +191,28 @@ class QueueScreen(Screen):
                 if str(before) != str(after):
                     table.update_cell(r["id"], COLUMNS[col], after)
         self.show_totals()
+
+    def rebuild(self, table: DataTable, rows: list[dict], snap: Snapshot) -> None:
+        """Every row again (runs gone: a filter), keeping the cursor on its run."""
+        current = self.current_id()
+        table.clear()
+        self._state = {}
+        for r in rows:
+            table.add_row(*self.cells(r, snap), key=r["id"])
+            self._state[r["id"]] = self.state_of(r, snap)
+        self._shown = [r["id"] for r in rows]
+        if current in self._shown:
+            table.move_cursor(row=self._shown.index(current), animate=False)
+        self.show_totals()
+
+    def sort_into_place(self, table: DataTable, ids: list[str]) -> None:
+        """Rows in the order ``ids`` has them (one sort), keeping the cursor on its run."""
+        current = self.current_id()
+        where = {rid: n for n, rid in enumerate(ids)}
+        table.sort("id", key=lambda cell: where[str(cell)])
+        self._shown = list(ids)
+        if current in where:
+            table.move_cursor(row=where[current], animate=False)
 
     def show_totals(self) -> None:
         table = self.query_one(DataTable)
