@@ -6,6 +6,11 @@ would take a core of this 2-core machine and slow what it measures). Two keys: t
 cursor (down; the totals bar shows the row) and focus moving between four live log panes (tab; the
 key bar shows which pane has it).
 
+Work in flight, in a second app on its own 1,000-run ledger: the same cursor key pressed while a
+cancel waits out its 10 s grace period (the run's process ignores SIGTERM, so the cancel waits it
+all and then kills it) and while the reference plan (1,008 target runs; every spec.json written) is
+added from the app's prompt. Both must repaint within 50 ms: the app does that work in workers.
+
 Reference, in the same invocation: a minimal Textual app launched the same way (the floor for
 start-up), and minimal Textual apps pressed with the same keys, idle and under the same load (16
 writers' worth of log lines a second on the machine): the floor Textual itself has here.
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -127,6 +133,13 @@ def prepare(root: Path, n_runs: int) -> list[str]:
     return [r["id"] for r in recs[:n_runs]]
 
 
+# a run's process that ignores SIGTERM: a cancel waits out its grace period, then kills it
+SLOW_TO_STOP = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\n" \
+               "time.sleep(600)\n"
+REFERENCE_PLAN = Path(__file__).resolve().parent.parent / "plans" / "chang_lu_2021.toml"
+ADDS = 2  # plan adds measured (each with other target seeds, so 1,008 new runs each)
+
+
 def tmux(*args: str) -> str:
     return subprocess.run(["tmux", *args], capture_output=True, text=True).stdout
 
@@ -162,6 +175,20 @@ class PaneOutput:
             else:
                 time.sleep(0.0005)
         raise RuntimeError(f"the app never wrote {marker!r}")
+
+    def wait_row(self, before: int, timeout: float = 60.0) -> int:
+        """Until the totals bar shows a cursor row other than ``before``; that row."""
+        buf, t = b"", time.perf_counter()
+        while time.perf_counter() - t < timeout:
+            chunk = self.f.read()
+            if chunk:
+                buf = buf[-40:] + chunk
+                rows = [int(m) for m in re.findall(rb" \xc2\xb7 row (\d+)/", buf)]
+                if any(r != before for r in rows):
+                    return next(r for r in rows if r != before)
+            else:
+                time.sleep(0.0005)
+        raise RuntimeError(f"the app never showed a row other than {before}")
 
     def skip(self) -> None:
         self.f.read()
@@ -203,6 +230,94 @@ def cursor_latency(session: str, seconds: float, presses: int, out: PaneOutput) 
     return lat
 
 
+def reference_plan(folder: Path, k: int) -> Path:
+    """The reference plan with target seeds shifted by ``k`` (1,008 runs new to the ledger), and
+    empty stand-ins for the local MedNLI files it names (an add checks they exist, reads nothing)."""
+    text = REFERENCE_PLAN.read_text().replace("target_seeds = [12, 42]", f"target_seeds = [{12 + 1000 * k}, "
+                                                                       f"{42 + 1000 * k}]")
+    path = folder / "plans" / f"reference-{k}.toml"
+    (path.parent / "data" / "mednli").mkdir(parents=True, exist_ok=True)
+    for name in ("mli_train_v1.jsonl", "mli_dev_v1.jsonl"):
+        (path.parent / "data" / "mednli" / name).touch()
+    path.write_text(text)
+    return path
+
+
+def keys_while(session: str, out: PaneOutput, busy, gap: float) -> list[float]:
+    """Cursor-key latencies (as ``cursor_latency``) for as long as ``busy()`` holds. The runs a plan
+    adds may sort before the cursor's run (the table keeps the cursor on its run), so the key's
+    repaint is the totals bar showing any other row."""
+    lat = []
+    row = int(tmux("capture-pane", "-p", "-t", session).split(" · row ")[1].split("/")[0])
+    while busy():
+        out.skip()
+        t = time.perf_counter()
+        tmux("send-keys", "-t", session, "Down")
+        row = out.wait_row(row)
+        lat.append(time.perf_counter() - t)
+        time.sleep(gap)
+    return lat
+
+
+def type_into_prompt(session: str, text: str) -> None:
+    """Replace the prompt's text with ``text`` (again if keys sent before its input took focus were lost)."""
+    for _ in range(5):
+        tmux("send-keys", "-t", session, "C-u")
+        tmux("send-keys", "-t", session, "-l", text)
+        try:
+            wait_screen(session, lambda s: text[-30:] in s, 2)
+            return
+        except RuntimeError:
+            continue
+    raise RuntimeError("the prompt never showed the typed text")
+
+
+def in_flight(exe: str, env: dict, folder: Path) -> dict[str, tuple[list[float], float]]:
+    """Cursor keys while a cancel waits out its 10 s grace, and while the reference plan is added:
+    {what: (latencies, seconds the work took)}, measured in an app of its own."""
+    root = folder / "in-flight"
+    ids = prepare(root, 16)
+    slow = subprocess.Popen([sys.executable, "-c", SLOW_TO_STOP], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as the daemon starts runs
+    slow.stdout.readline()
+    # the first row; a worker of its own, so that the cancel sends no other running run back to the queue
+    Ledger(root).update(ids[0], pid=slow.pid, pid_started=psutil.Process(slow.pid).create_time(), worker="slow")
+    session = f"bench-tui-flight-{os.getpid()}"
+    tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "45", "env",
+         *[f"{k}={v}" for k, v in {**env, "STILTS_RUNS_DIR": str(root)}.items()], exe)
+    found: dict[str, tuple[list[float], float]] = {}
+    try:
+        wait_screen(session, lambda out: "16 running" in out and " · row 1/" in out, 30)
+        out = PaneOutput(session, folder)
+        t = time.perf_counter()
+        tmux("send-keys", "-t", session, "c")
+        out.wait("cancelling")
+        lat = keys_while(session, out, lambda: slow.poll() is None, 0.1)
+        found["cancel"] = (lat, time.perf_counter() - t)
+        ledger = root / "ledger.json"
+        adds: list[float] = []
+        took = 0.0
+        for k in range(ADDS):
+            plan = reference_plan(folder, k)
+            tmux("send-keys", "-t", session, "a")
+            wait_screen(session, lambda s: "Queue a plan file" in s)
+            time.sleep(0.5)  # the prompt's input takes focus after its first frame: keys before it go to the queue
+            type_into_prompt(session, str(plan))
+            stamp = ledger.stat().st_mtime_ns
+            t = time.perf_counter()
+            tmux("send-keys", "-t", session, "Enter")
+            out.wait("queueing")
+            adds += keys_while(session, out, lambda s=stamp: ledger.stat().st_mtime_ns == s, 0.02)
+            took += time.perf_counter() - t
+            wait_screen(session, lambda s, n=k: f"/{1000 + 1012 + 1008 * n}" in s, 30)  # the new runs shown
+        found["add"] = (adds, took / ADDS)
+    finally:
+        tmux("kill-session", "-t", session)
+        slow.kill()
+        slow.wait()
+    return found
+
+
 def summary(lat: list[float]) -> tuple[float, float]:
     lat = sorted(lat)
     return 1000 * statistics.median(lat), 1000 * lat[int(0.95 * (len(lat) - 1))]
@@ -237,93 +352,125 @@ def run(args: argparse.Namespace, exe: str) -> None:
         root = Path(d) / "runs"
         ids = prepare(root, args.runs)
         env = {"STILTS_NO_DAEMON": "1", "STILTS_RUNS_DIR": str(root), "TERM": "xterm-256color"}
-        ours = first_frame([exe], "Filter", env, Path(d))
-        rows = first_frame([exe], ids[0], env, Path(d))  # the first run's row on screen: the ledger read and shown
-        hello = Path(d) / "hello.py"
-        hello.write_text(HELLO)
-        ref = first_frame([sys.executable, str(hello)], "hello", env, Path(d))
-        print(f"launch to first frame: stilts-tui {1000 * ours:.0f} ms, minimal Textual app {1000 * ref:.0f} ms "
-              f"(ratio {ours / ref:.2f}); to the runs shown (1,000 in the ledger): {1000 * rows:.0f} ms", flush=True)
-        session = f"bench-tui-{os.getpid()}"
-        tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "45", "env",
-             *[f"{k}={v}" for k, v in env.items()], exe)
+        launch = launch_figures(exe, env, ids, Path(d))
+        ours = our_keys(args, exe, env, root, ids, Path(d))
+        flight = in_flight(exe, env, Path(d))
+        refs = reference_keys(args, root, ids, Path(d))
+    report(args, launch, ours, flight, refs)
+
+
+def launch_figures(exe: str, env: dict, ids: list[str], folder: Path) -> dict[str, float]:
+    """Seconds to the first frame and to the runs shown, and a minimal Textual app's first frame."""
+    ours = first_frame([exe], "Filter", env, folder)
+    rows = first_frame([exe], ids[0], env, folder)  # the first run's row on screen: the ledger read and shown
+    hello = folder / "hello.py"
+    hello.write_text(HELLO)
+    ref = first_frame([sys.executable, str(hello)], "hello", env, folder)
+    print(f"launch to first frame: stilts-tui {1000 * ours:.0f} ms, minimal Textual app {1000 * ref:.0f} ms "
+          f"(ratio {ours / ref:.2f}); to the runs shown (1,000 in the ledger): {1000 * rows:.0f} ms", flush=True)
+    return {"first_frame_s": ours, "rows_shown_s": rows, "reference_first_frame_s": ref}
+
+
+def writers(args: argparse.Namespace, root: Path, ids: list[str], seconds: float) -> subprocess.Popen:
+    """The load: ``args.runs`` runs each writing ``args.rate`` log lines a second (started 2 s ago)."""
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), ",".join(ids), str(args.rate), str(seconds)])
+    time.sleep(2)
+    return writer
+
+
+def stop(writer: subprocess.Popen) -> None:
+    writer.terminate()
+    writer.wait()
+
+
+def our_keys(args: argparse.Namespace, exe: str, env: dict, root: Path, ids: list[str], folder: Path) -> dict:
+    """The app's queue cursor and log-pane keys, idle and under load; its memory under load."""
+    session = f"bench-tui-{os.getpid()}"
+    tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "45", "env",
+         *[f"{k}={v}" for k, v in env.items()], exe)
+    try:
+        wait_screen(session, lambda out: "16 running" in out, 30)
+        time.sleep(1)
+        for _ in range(4):  # mark four running runs (their logs open later); space moves down
+            tmux("send-keys", "-t", session, "Space")
+        wait_screen(session, lambda out: " · row 5/" in out)
+        out = PaneOutput(session, folder)
+        q_idle = cursor_latency(session, 0, 40, out)
+        writer = writers(args, root, ids, args.seconds + 60)
+        q_busy = cursor_latency(session, args.seconds / 2, 40, out)
+        stop(writer)
+        tmux("send-keys", "-t", session, "l")
+        wait_screen(session, lambda out: ids[3] in out)
+        wait_screen(session, lambda out: f"focus: {ids[0]}" in out)
+        idle, _ = latency(session, 0, 40, ids, out)
+        writer = writers(args, root, ids, args.seconds + 30)
+        busy, rss = latency(session, args.seconds, 40, ids, out)
+        stop(writer)
+    finally:
+        tmux("kill-session", "-t", session)
+    return {"q_idle": q_idle, "q_busy": q_busy, "idle": idle, "busy": busy, "rss": rss}
+
+
+def reference_keys(args: argparse.Namespace, root: Path, ids: list[str], folder: Path) -> dict:
+    """Minimal Textual apps pressed with the same keys, idle and under the same load."""
+    refs = {}
+    for name, code, marker in (("table", REF_TABLE, "ref · row"), ("logs", REF_LOGS, "focus: p0")):
+        path = folder / f"{name}.py"
+        path.write_text(code)
+        session = f"bench-ref-{name}-{os.getpid()}"
+        tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "45", sys.executable, str(path))
         try:
-            wait_screen(session, lambda out: "16 running" in out, 30)
-            time.sleep(1)
-            for _ in range(4):  # mark four running runs (their logs open later); space moves down
-                tmux("send-keys", "-t", session, "Space")
-            wait_screen(session, lambda out: " · row 5/" in out)
-            out = PaneOutput(session, Path(d))
-            q_idle = cursor_latency(session, 0, 40, out)
-            writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), ",".join(ids), str(args.rate),
-                                       str(args.seconds + 60)])
-            time.sleep(2)
-            q_busy = cursor_latency(session, args.seconds / 2, 40, out)
-            writer.terminate()
-            writer.wait()
-            tmux("send-keys", "-t", session, "l")
-            wait_screen(session, lambda out: ids[3] in out)
-            wait_screen(session, lambda out: f"focus: {ids[0]}" in out)
-            idle, _ = latency(session, 0, 40, ids, out)
-            writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), ",".join(ids), str(args.rate),
-                                       str(args.seconds + 30)])
-            time.sleep(2)
-            busy, rss = latency(session, args.seconds, 40, ids, out)
-            writer.terminate()
-            writer.wait()
+            if name == "table":
+                wait_screen(session, lambda out: "999-0" in out or "row 1/1000" in out, 30)
+                tmux("send-keys", "-t", session, "Down")
+            else:
+                wait_screen(session, lambda out, m=marker: m in out, 30)
+            wait_screen(session, lambda out, m=marker: m in out)
+            time.sleep(0.5)
+            out = PaneOutput(session, folder)
+            for load in ("idle", "busy"):
+                # the same writers, into the same run folders: the same load
+                writer = writers(args, root, ids, args.seconds + 30) if load == "busy" else None
+                if name == "table":
+                    lat = cursor_latency(session, args.seconds / 4 if writer else 0, 40, out)
+                else:
+                    lat = latency(session, args.seconds / 4 if writer else 0, 40, ["p0", "p1", "p2", "p3"], out)[0]
+                refs[(name, load)] = summary(lat)
+                if writer:
+                    stop(writer)
         finally:
             tmux("kill-session", "-t", session)
-        refs = {}
-        for name, code, marker in (("table", REF_TABLE, "ref · row"), ("logs", REF_LOGS, "focus: p0")):
-            path = Path(d) / f"{name}.py"
-            path.write_text(code)
-            session = f"bench-ref-{name}-{os.getpid()}"
-            tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "45", sys.executable, str(path))
-            try:
-                if name == "table":
-                    wait_screen(session, lambda out: "999-0" in out or "row 1/1000" in out, 30)
-                    tmux("send-keys", "-t", session, "Down")
-                else:
-                    wait_screen(session, lambda out, m=marker: m in out, 30)
-                wait_screen(session, lambda out, m=marker: m in out)
-                time.sleep(0.5)
-                out = PaneOutput(session, Path(d))
-                for load in ("idle", "busy"):
-                    writer = None
-                    if load == "busy":  # the same writers, into the same run folders: the same load
-                        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), ",".join(ids),
-                                                   str(args.rate), str(args.seconds + 30)])
-                        time.sleep(2)
-                    if name == "table":
-                        lat = cursor_latency(session, args.seconds / 4 if writer else 0, 40, out)
-                    else:
-                        lat = latency(session, args.seconds / 4 if writer else 0, 40, ["p0", "p1", "p2", "p3"],
-                                      out)[0]
-                    refs[(name, load)] = summary(lat)
-                    if writer:
-                        writer.terminate()
-                        writer.wait()
-            finally:
-                tmux("kill-session", "-t", session)
-    qm, qp = summary(q_idle)
-    qbm, qbp = summary(q_busy)
+    return refs
+
+
+def report(args: argparse.Namespace, launch: dict, ours: dict, flight: dict, refs: dict) -> None:
+    qm, qp = summary(ours["q_idle"])
+    qbm, qbp = summary(ours["q_busy"])
     print(f"key-to-repaint, queue cursor (down), idle: median {qm:.1f} ms, p95 {qp:.1f} ms; while {args.runs} runs "
           f"x {args.rate} lines/s: median {qbm:.1f} ms, p95 {qbp:.1f} ms (ratio {qbm / qm:.2f})")
     print(f"  minimal Textual app, a 1,000-row table's cursor: idle median {refs['table', 'idle'][0]:.1f} ms, "
           f"under the same load {refs['table', 'busy'][0]:.1f} ms (stilts / minimal: idle "
           f"{qm / refs['table', 'idle'][0]:.2f}, loaded {qbm / refs['table', 'busy'][0]:.2f})")
-    im, ip = summary(idle)
-    bm, bp = summary(busy)
+    im, ip = summary(ours["idle"])
+    bm, bp = summary(ours["busy"])
+    rss = ours["rss"]
     print(f"  minimal Textual app, four Log widgets, tab: idle median {refs['logs', 'idle'][0]:.1f} ms, under the "
           f"same load {refs['logs', 'busy'][0]:.1f} ms (stilts / minimal: idle {im / refs['logs', 'idle'][0]:.2f}, "
           f"loaded {bm / refs['logs', 'busy'][0]:.2f})")
     print(f"key-to-repaint, log panes (tab moves focus), idle: median {im:.1f} ms, p95 {ip:.1f} ms")
     print(f"key-to-repaint, {args.runs} runs x {args.rate} lines/s, 4 panes shown: median {bm:.1f} ms, "
-          f"p95 {bp:.1f} ms over {len(busy)} keys (ratio to idle {bm / im:.2f})")
+          f"p95 {bp:.1f} ms over {len(ours['busy'])} keys (ratio to idle {bm / im:.2f})")
     print(f"memory of the app over {args.seconds:.0f} s: {rss[0]:.0f} MB -> {rss[-1]:.0f} MB (max {max(rss):.0f} MB)")
-    print(json.dumps({"first_frame_s": ours, "rows_shown_s": rows, "reference_first_frame_s": ref,
-                      "queue_idle_ms": [qm, qp], "queue_busy_ms": [qbm, qbp], "idle_ms": [im, ip],
+    for what, label in (("cancel", "a cancel waiting out its 10 s grace (the process ignores SIGTERM)"),
+                        ("add", f"adding the 1,008-target-run reference plan ({ADDS} adds)")):
+        lat, took = flight[what]
+        m, p95 = summary(lat)
+        print(f"key-to-repaint, queue cursor, while {label}: median {m:.1f} ms, p95 {p95:.1f} ms over {len(lat)} keys "
+              f"({'within' if p95 <= 50 else 'OVER'} 50 ms; the work took {took:.1f} s)")
+    print(json.dumps({**launch, "queue_idle_ms": [qm, qp], "queue_busy_ms": [qbm, qbp], "idle_ms": [im, ip],
                       "busy_ms": [bm, bp], "rss_mb": [rss[0], rss[-1], max(rss)],
+                      "during_cancel_ms": list(summary(flight["cancel"][0])),
+                      "during_add_ms": list(summary(flight["add"][0])),
                       "reference_ms": {f"{k[0]}_{k[1]}": v for k, v in refs.items()}}))
 
 

@@ -8,15 +8,19 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import CONSOLE, cli, write_text
+from textual.notifications import Notify
 from textual.widgets import DataTable, Input, Log, SelectionList
+from textual.worker import Worker, WorkerState
 
 from stilts_tui.ledger import Ledger
 from stilts_tui.tui.app import StiltsApp
 from stilts_tui.tui.screens.builder import BuilderScreen
 from stilts_tui.tui.screens.help import HelpScreen
 from stilts_tui.tui.screens.logs import LogsScreen
+from stilts_tui.tui.screens.prompt import PromptScreen
 from stilts_tui.tui.screens.queue import QueueScreen
 from stilts_tui.tui.screens.scores import CellScreen, ScoresScreen
 from stilts_tui.tui.widgets.log_pane import ErrorHighlighter, LogPane
@@ -63,8 +67,27 @@ def prepared(tmp_path, runs_dir) -> Path:
     return runs_dir
 
 
-def app_for(root: Path, keymap: dict | None = None) -> StiltsApp:
-    return StiltsApp(root, keymap=keymap or {})
+def app_for(root: Path, keymap: dict | None = None, **kw) -> StiltsApp:
+    return StiltsApp(root, keymap=keymap or {}, **kw)
+
+
+async def until(pilot, cond, what: str, timeout: float = 10.0) -> None:
+    """Let the app run until ``cond()`` holds (a condition, never a fixed pause)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await pilot.pause(0.02)
+
+
+def recorder(notes: list[tuple[str, str]], errors: list[Worker] | None = None):
+    """A message hook keeping the app's notifications (severity, text) and its failed workers."""
+    def hook(message) -> None:
+        if isinstance(message, Notify):
+            notes.append((message.notification.severity, message.notification.message))
+        elif errors is not None and isinstance(message, Worker.StateChanged) and message.state == WorkerState.ERROR:
+            errors.append(message.worker)
+    return hook
 
 
 async def ready(pilot) -> QueueScreen:
@@ -80,8 +103,9 @@ async def to_queued(pilot, screen: QueueScreen, root: Path) -> str:
     """Put the cursor on the first queued target run; its id."""
     ids = row_ids(screen)
     rid = next(i for i in ids if Ledger(root).get(i)["status"] == "queued" and Ledger(root).get(i)["stage"] == "target")
-    screen.query_one(DataTable).move_cursor(row=ids.index(rid))
-    await pilot.pause(0.1)
+    table = screen.query_one(DataTable)
+    table.move_cursor(row=ids.index(rid))
+    await until(pilot, lambda: table.cursor_row == ids.index(rid), "the cursor on the queued run")
     return rid
 
 
@@ -98,7 +122,7 @@ async def test_queue_screen_lists_runs_with_totals_progress_and_filter(prepared)
         assert "9 done · 1 running · 2 queued · 1 failed" in totals
         running = next(r for r in Ledger(prepared).runs() if r["status"] == "running")
         row = screen.query_one(DataTable).get_row(running["id"])
-        assert "50%" in str(row[9]) and row[10] == "0.6000" and row[11] == "0:20"
+        assert [str(c) for c in row[9:12]] == ["█████░░░░░  50%", "0.6000", "0:20"]
         await pilot.press("slash")
         await pilot.press(*"cola")
         await pilot.press("enter")
@@ -111,39 +135,161 @@ async def test_queue_screen_lists_runs_with_totals_progress_and_filter(prepared)
 
 
 async def test_queue_keys_cancel_retry_priority_pause(prepared):
-    async with app_for(prepared).run_test(size=(170, 40)) as pilot:
+    notes: list[tuple[str, str]] = []
+    async with app_for(prepared).run_test(size=(170, 40), message_hook=recorder(notes)) as pilot:
         screen = await ready(pilot)
         target = await to_queued(pilot, screen, prepared)
+        run = lambda: Ledger(prepared).get(target)  # noqa: E731
         await pilot.press("c")
-        await pilot.pause(0.2)
-        assert Ledger(prepared).get(target)["status"] == "cancelled"
+        await until(pilot, lambda: ("information", "cancelled 1 run(s)") in notes, "the cancel's note")
+        assert run()["status"] == "cancelled"
+        await until(pilot, lambda: "cancelled" in str(screen.query_one(DataTable).get_row(target)[7]),
+                    "the table showing the cancel")
         await pilot.press("r")
-        await pilot.pause(0.2)
-        assert Ledger(prepared).get(target)["status"] == "queued"
+        await until(pilot, lambda: run()["status"] == "queued", "the run requeued")
         await pilot.press("plus")
-        await pilot.pause(0.2)
-        assert Ledger(prepared).get(target)["priority"] == 1
-        await pilot.press("minus", "minus")
-        await pilot.pause(0.2)
-        assert Ledger(prepared).get(target)["priority"] == -1
+        await until(pilot, lambda: run()["priority"] == 1, "priority +1")
+        await pilot.press("minus")
+        await until(pilot, lambda: run()["priority"] == 0, "priority 0")
+        await pilot.press("minus")
+        await until(pilot, lambda: run()["priority"] == -1, "priority -1")
         await pilot.press("p")
-        await pilot.pause(0.3)
-        assert Ledger(prepared).meta("paused") is True
+        await until(pilot, lambda: Ledger(prepared).meta("paused") is True, "the queue paused")
+        assert "PAUSED" in str(screen.query_one("#totals").render())
         await pilot.press("p")
-        await pilot.pause(0.3)
-        assert Ledger(prepared).meta("paused") is False
+        await until(pilot, lambda: Ledger(prepared).meta("paused") is False, "the queue resumed")
+        assert not [n for n in notes if n[0] == "error"]
+
+
+# a run's process that ignores SIGTERM: a cancel waits out its whole grace period, then kills it
+SLOW_TO_STOP = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\n"
+                "time.sleep(120)\n")
+
+
+async def test_keys_are_answered_while_a_cancel_waits_out_its_grace_period(prepared):
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_TO_STOP], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as the daemon starts runs
+    try:
+        assert proc.stdout.readline() == "ready\n"  # SIGTERM is ignored from here on
+        running = next(r for r in Ledger(prepared).runs() if r["status"] == "running")["id"]
+        Ledger(prepared).update(running, pid=proc.pid, pid_started=psutil.Process(proc.pid).create_time())
+        notes: list[tuple[str, str]] = []
+        grace = 3.0
+        async with app_for(prepared, cancel_grace=grace).run_test(size=(170, 40), message_hook=recorder(notes)) \
+                as pilot:
+            screen = await ready(pilot)
+            table = screen.query_one(DataTable)
+            row = row_ids(screen).index(running)
+            table.move_cursor(row=row)
+            await until(pilot, lambda: table.cursor_row == row, "the cursor on the running run")
+            t0 = time.monotonic()
+            await pilot.press("c")
+            await until(pilot, lambda: Ledger(prepared).get(running)["status"] == "cancelled", "the run cancelled")
+            await pilot.press("down")  # handled while the cancel waits for the process
+            await until(pilot, lambda: table.cursor_row == row + 1, "the cursor moved")
+            assert f"row {row + 2}/" in str(screen.query_one("#totals").render())
+            assert proc.poll() is None and time.monotonic() - t0 < grace  # the cancel is still waiting
+            await until(pilot, lambda: ("information", "cancelled 1 run(s)") in notes, "the cancel's note", 20)
+            assert time.monotonic() - t0 >= grace - 0.5
+            assert proc.wait(timeout=10) == -9  # killed once the grace period was over
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# another process (a daemon's tick, say) holding the ledger's lock until it reads a line
+LOCK_HOLDER = ("import sys\nfrom filelock import FileLock\nlock = FileLock(sys.argv[1])\nlock.acquire()\n"
+               "print('locked', flush=True)\nsys.stdin.readline()\n")
+
+
+async def test_keys_are_answered_while_a_plan_is_added(prepared, tmp_path):
+    plan = write_text(tmp_path / "plans" / "other.toml", PLAN.replace('"study"', '"other"'))
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, f"{Ledger(prepared).path}.lock"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        notes: list[tuple[str, str]] = []
+        async with app_for(prepared).run_test(size=(170, 40), message_hook=recorder(notes)) as pilot:
+            screen = await ready(pilot)
+            table = screen.query_one(DataTable)
+            await pilot.press("a")
+            await until(pilot, lambda: isinstance(pilot.app.screen, PromptScreen), "the prompt")
+            pilot.app.screen.query_one(Input).value = str(plan)
+            await pilot.press("enter")
+            await until(pilot, lambda: ("information", f"queueing {plan}…") in notes, "the add started")
+            specs = lambda: len(list(prepared.glob("*/spec.json")))  # noqa: E731
+            await until(pilot, lambda: specs() == 26, "the new runs' specs written")  # then it waits on the lock
+            await pilot.press("down")
+            await until(pilot, lambda: table.cursor_row == 1, "the cursor moved while the add waits")
+            assert "other" not in Ledger(prepared).plans() and table.row_count == 13
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            await until(pilot, lambda: ("information", "other: 13 runs queued, 0 already in the ledger") in notes,
+                        "the add's note")
+            await until(pilot, lambda: table.row_count == 26, "the table showing the new runs")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+async def test_runs_added_in_between_are_shown_in_queue_order_with_the_cursor_on_its_run(prepared, tmp_path):
+    """More runs than one chunk (100 a frame), some sorting before the rows shown: one sort places them."""
+    lrs = ", ".join(f"{i}e-6" for i in range(1, 31))  # 1 intermediate + (none, hs) x 2 seeds x 30 lr = 121 runs
+    plan = write_text(tmp_path / "plans" / "wide.toml", PLAN.replace('"study"', '"wide"').replace(
+        "grid = { lr = [1e-5, 2e-5] }", f"grid = {{ lr = [{lrs}] }}").replace("[target.cola]\ntask = \"cola\"\n", ""))
+    notes: list[tuple[str, str]] = []
+    async with app_for(prepared).run_test(size=(170, 40), message_hook=recorder(notes)) as pilot:
+        screen = await ready(pilot)
+        table = screen.query_one(DataTable)
+        target = await to_queued(pilot, screen, prepared)
+        await pilot.press("a")
+        await until(pilot, lambda: isinstance(pilot.app.screen, PromptScreen), "the prompt")
+        pilot.app.screen.query_one(Input).value = str(plan)
+        await pilot.press("enter")
+        await until(pilot, lambda: ("information", "wide: 121 runs queued, 0 already in the ledger") in notes, "added")
+        await until(pilot, lambda: table.row_count == 13 + 121, "every new run shown")
+        # the new intermediate run sorts before the first plan's targets: one sort put it there
+        await until(pilot, lambda: row_ids(screen) == [r["id"] for r in Ledger(prepared).runs()], "queue order")
+        assert screen.current_id() == target
+
+
+async def test_a_failed_worker_is_shown_once_in_place_of_loading_and_the_screen_recovers(prepared, tmp_path):
+    ledger = Ledger(prepared).path
+    good = ledger.read_bytes()
+    ledger.unlink()
+    ledger.mkdir()  # reading it fails with an error no layer below expects (IsADirectoryError)
+    notes: list[tuple[str, str]] = []
+    failed: list[Worker] = []
+    async with app_for(prepared).run_test(size=(170, 40), message_hook=recorder(notes, failed)) as pilot:
+        screen = pilot.app.queue_screen
+        totals = lambda: str(screen.query_one("#totals").render())  # noqa: E731
+        await until(pilot, lambda: len(failed) >= 3, "three failed reads")  # one a second
+        assert totals().startswith("error: reading the queue failed: IsADirectoryError: ")
+        assert [n for n in notes if n[0] == "error"] == [("error", totals().removeprefix("error: "))]  # said once
+        ledger.rmdir()
+        ledger.write_bytes(good)
+        await ready(pilot)
+        assert totals().startswith("9 done · 1 running")
+        # an operation's failure goes to the same handler: a plan file that is not there
+        await pilot.press("a")
+        await until(pilot, lambda: isinstance(pilot.app.screen, PromptScreen), "the prompt")
+        pilot.app.screen.query_one(Input).value = str(tmp_path / "nope.toml")
+        await pilot.press("enter")
+        await until(pilot, lambda: len([n for n in notes if n[0] == "error"]) == 2, "the add's error")
+        assert "nope.toml" in notes[-1][1] and "\n" not in notes[-1][1]
 
 
 async def test_a_keymap_remaps_a_binding_by_id(prepared):
-    async with app_for(prepared, keymap={"queue.cancel": "x"}).run_test(size=(170, 40)) as pilot:
+    notes: list[tuple[str, str]] = []
+    async with app_for(prepared, keymap={"queue.cancel": "x"}).run_test(size=(170, 40),
+                                                                         message_hook=recorder(notes)) as pilot:
         screen = await ready(pilot)
         target = await to_queued(pilot, screen, prepared)
         await pilot.press("c")  # no longer bound
-        await pilot.pause(0.2)
-        assert Ledger(prepared).get(target)["status"] == "queued"
         await pilot.press("x")
-        await pilot.pause(0.2)
+        await until(pilot, lambda: ("information", "cancelled 1 run(s)") in notes, "x cancels")
         assert Ledger(prepared).get(target)["status"] == "cancelled"
+        assert notes.count(("information", "cancelling 1 run(s)…")) == 1  # c started nothing
 
 
 async def test_log_panes_follow_filter_and_keep_following_a_restarted_run(prepared):
@@ -268,9 +414,8 @@ async def test_plan_builder_counts_as_you_type_saves_and_queues(prepared, tmp_pa
         screen.query_one("#f-name", Input).value = "built"
         await pilot.pause(0.2)
         await pilot.press("ctrl+s")
-        await pilot.pause(0.5)
         assert (tmp_path / "plans" / "built.toml").exists()
-        assert "built" in Ledger(prepared).plans()
+        await until(pilot, lambda: "built" in Ledger(prepared).plans(), "the built plan queued")
         assert len(Ledger(prepared).runs(plan="built")) == 1 + 2 * 1 * 3 * 2
 
 
@@ -294,8 +439,7 @@ async def test_palette_commands_read_area_action(prepared):
         screen = await ready(pilot)
         target = await to_queued(pilot, screen, prepared)
         await pilot.app.run_action("screen_action('cancel')")
-        await pilot.pause(0.2)
-        assert Ledger(prepared).get(target)["status"] == "cancelled"
+        await until(pilot, lambda: Ledger(prepared).get(target)["status"] == "cancelled", "the palette's cancel")
 
 
 # ---- snapshots: each screen, with a ledger and run folders prepared by the test ---------------

@@ -6,14 +6,20 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from textual import work
+from textual import on, work
 from textual.app import App
 from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
+from textual.message import Message
+from textual.worker import Worker, WorkerState
 
+from stilts_tui.errors import UserError, first_line
 from stilts_tui.queue.notify import PlanWatch
+from stilts_tui.tui.data import load_snapshot
 from stilts_tui.tui.keymap import load_keymap
-from stilts_tui.tui.screens.queue import QueueScreen
+from stilts_tui.tui.screens.queue import QueueRead, QueueScreen
+
+CANCEL_GRACE = 10.0  # seconds a cancelled run's process has to stop before it is killed
 
 PALETTE = [  # (title, help, action on the app)
     ("queue: cancel selected", "cancel the selected or marked runs", "screen_action('cancel')"),
@@ -46,7 +52,19 @@ class StiltsCommands(Provider):
                 yield Hit(score, matcher.highlight(title), partial(self.app.run_action, action), help=text)
 
 
+class QueueChanged(Message):
+    """A queue operation ended; ``summary`` says what it did, in one line."""
+
+    def __init__(self, summary: str) -> None:
+        super().__init__()
+        self.summary = summary
+
+
 class StiltsApp(App):
+    """Every read and every queue operation runs in a worker of the app (off the UI thread, so a
+    key is answered while a cancel waits out its grace period or a 1,008-run plan is written); each
+    reports back by message, and a worker that fails is shown by one handler, ``show_worker_error``."""
+
     TITLE = "stilts-tui"
     COMMANDS = App.COMMANDS | {StiltsCommands}
     BINDINGS = [
@@ -57,17 +75,21 @@ class StiltsApp(App):
         Binding("g", "gpus", "GPUs", id="app.gpus"),
     ]
 
-    def __init__(self, root: Path, keymap: dict[str, str] | None = None, start_daemon: bool = False):
+    def __init__(self, root: Path, keymap: dict[str, str] | None = None, start_daemon: bool = False,
+                 cancel_grace: float = CANCEL_GRACE):
         super().__init__()
         self.root = Path(root)
+        self.cancel_grace = cancel_grace
         self._keymap = keymap if keymap is not None else load_keymap()
         self._start_daemon = start_daemon
         self.plan_watch = PlanWatch()
+        self.queue_screen = QueueScreen()
+        self._said: dict[str, str] = {}  # the error last shown for a repeated read, by worker group
 
     def on_mount(self) -> None:
         if self._keymap:
             self.set_keymap(self._keymap)
-        self.push_screen(QueueScreen())
+        self.push_screen(self.queue_screen)
         if self._start_daemon:
             self.ensure_daemon()
         self.set_interval(1.0, self.watch_plans)
@@ -106,6 +128,77 @@ class StiltsApp(App):
 
             line = str(failure_from_os(e, "starting the daemon") if isinstance(e, OSError) else e)
             self.call_from_thread(self.notify, line, severity="error", timeout=10)
+
+    # -- workers: reads and queue operations, off the UI thread --------------------------------------
+
+    @work(thread=True, exclusive=True, group="queue-read", exit_on_error=False, name="reading the queue")
+    def read_queue(self) -> None:
+        """Read what the queue screen shows; the screen gets it as a QueueRead message."""
+        screen = self.queue_screen
+        screen.post_message(QueueRead(load_snapshot(self.root, screen.reader)))
+
+    @work(thread=True, group="queue-ops", exit_on_error=False, name="cancel")
+    def cancel_runs(self, run_ids: list[str]) -> None:
+        """Cancel runs; a running one's process has ``cancel_grace`` seconds to stop (the UI goes on:
+        the cancel waits in a process of its own, see tui/apart.py)."""
+        from stilts_tui.tui import apart
+
+        done = apart.run("cancel", self.root, run_ids=run_ids, grace=self.cancel_grace)["done"]
+        self.post_message(QueueChanged(f"cancelled {len(done)} run(s)"))
+
+    @work(thread=True, group="queue-ops", exit_on_error=False, name="retry")
+    def retry_runs(self, run_ids: list[str]) -> None:
+        from stilts_tui.queue import ops
+
+        done = ops.retry(self.root, run_ids)
+        self.post_message(QueueChanged(f"requeued {len(done)} run(s)"))
+
+    @work(thread=True, group="queue-ops", exit_on_error=False, name="priority")
+    def change_priority(self, run_ids: list[str], delta: int) -> None:
+        from stilts_tui.queue import ops
+
+        done = ops.set_priority(self.root, run_ids, delta=delta)
+        self.post_message(QueueChanged(f"priority {delta:+d} for {len(done)} run(s)"))
+
+    @work(thread=True, group="queue-ops", exit_on_error=False, name="pause")
+    def pause_queue(self, paused: bool) -> None:
+        from stilts_tui.queue import ops
+
+        ops.set_paused(self.root, paused)
+        self.post_message(QueueChanged("queue paused" if paused else "queue resumed"))
+
+    @work(thread=True, group="queue-add", exit_on_error=False, name="adding a plan")
+    def add_plan(self, path: str | Path) -> None:
+        """Queue a plan file (a 1,008-run plan writes 1,008 spec.json files: seconds, in a process of its
+        own, see tui/apart.py)."""
+        from stilts_tui.tui import apart
+
+        r = apart.run("add", self.root, path=str(path))
+        self.post_message(QueueChanged(f"{r['plan']}: {r['new']} runs queued, "
+                                       f"{r['runs'] - r['new']} already in the ledger"))
+
+    def on_queue_changed(self, message: QueueChanged) -> None:
+        self.notify(message.summary)
+        self.read_queue()
+
+    @on(Worker.StateChanged)
+    def show_worker_error(self, event: Worker.StateChanged) -> None:
+        """Any worker of the app that fails: a notification with the error in one line, and, for the
+        queue's read, the line in place of the screen's totals ("loading…" until a first read)."""
+        group = event.worker.group
+        if event.state == WorkerState.SUCCESS:
+            self._said.pop(group, None)
+        if event.state != WorkerState.ERROR:
+            return
+        error = event.worker.error
+        line = first_line(error) if isinstance(error, UserError) else \
+            f"{event.worker.name} failed: {type(error).__name__}: {first_line(error)}"
+        if group == "queue-read":
+            if self._said.get(group) == line:  # a read repeats every second: say its error once
+                return
+            self._said[group] = line
+            self.queue_screen.show_error(line)
+        self.notify(line, severity="error", timeout=10)
 
     def open_logs(self, run_ids: list[str]) -> None:
         from stilts_tui.tui.screens.logs import LogsScreen

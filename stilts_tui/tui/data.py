@@ -1,4 +1,5 @@
-"""What the screens show, read from the ledger and run folders (in workers, never on the UI thread)."""
+"""What the queue screen and the log panes show, read from the ledger and run folders (called from
+the app's workers and the panes' watcher threads; the UI thread only shows what they read)."""
 
 from __future__ import annotations
 

@@ -132,8 +132,7 @@ class BuilderScreen(Screen):
                                         f"cost: {cost.summary(cost.estimate(plan, runs, self.rates))}")
 
     def action_save(self) -> None:
-        from stilts_tui.queue import ops
-
+        """Save the plan file, then queue it in the app's worker (a large plan writes a spec per run)."""
         try:
             plan, _ = self.check()
             if not plans.NAME_RE.match(plan.name):
@@ -141,9 +140,9 @@ class BuilderScreen(Screen):
             path = self.plans_dir() / f"{plan.name}.toml"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(self.text(), encoding="utf-8")
-            _, runs, added = ops.add_plan(path, self.app.root)
         except UserError as e:
             self.notify(str(e), severity="error", timeout=10)
             return
-        self.notify(f"saved {path}; {len(added)} runs queued")
+        self.notify(f"saved {path}; queueing it…")
+        self.app.add_plan(path)
         self.app.pop_screen()

@@ -33,16 +33,15 @@ class LogsScreen(Screen):
     LogsScreen #hints { height: 1; background: $footer-background; }
     """
 
-    def __init__(self, run_ids: list[str], titles: dict[str, str] | None = None, **kw):
+    def __init__(self, run_ids: list[str], **kw):
         super().__init__(**kw)
         self.run_ids = run_ids[:4]
-        self.titles = titles or {}
         self._active: LogPane | None = None
 
     def compose(self) -> ComposeResult:
         with Horizontal():
             for rid in self.run_ids:
-                yield LogPane(self.app.root, rid, self.titles.get(rid, rid), id=f"pane-{rid}")
+                yield LogPane(self.app.root, rid, id=f"pane-{rid}")
         # a static key bar, not a Footer: it changes with every switch, and a Footer rebuilds on each
         yield Static("", id="hints")
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
-from stilts_tui.errors import UserError
-from stilts_tui.tui.data import ProgressReader, Snapshot, fmt_eta, load_snapshot
+from stilts_tui.tui.data import ProgressReader, Snapshot, fmt_eta
 from stilts_tui.tui.widgets.run_table import RunTable
 
 STATUS_STYLE = {"queued": "cyan", "running": "bold yellow", "done": "green", "failed": "bold red",
@@ -20,6 +20,7 @@ COLUMNS = ("id", "plan", "stage", "task", "from", "seed", "grid", "status", "gpu
            "score")
 WIDTHS = (12, 10, 12, 12, 10, 4, 20, 11, 3, 15, 7, 8, 7)  # fixed: no re-measuring 1,000 rows each second
 SORTS = ("queue", "status", "score", "task")
+APPEND_ROWS = 100  # new rows added a frame (1,008 at once keep a key waiting a quarter of a second)
 
 
 def grid_text(grid: dict | None) -> str:
@@ -35,7 +36,18 @@ def bar(fraction: float | None, width: int = 10) -> str:
     return "█" * full + "░" * (width - full) + f" {100 * fraction:3.0f}%"
 
 
+class QueueRead(Message):
+    """What the queue screen shows, read from the ledger and the run folders (by the app's worker)."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+
 class QueueScreen(Screen):
+    """The runs, and the keys that act on them. It reads nothing itself: the app's workers read the
+    ledger and carry out the keys' operations (see StiltsApp), and the screen shows what comes back."""
+
     DEFAULT_CSS = """
     QueueScreen #filter { display: none; }
     QueueScreen #filter.visible { display: block; }
@@ -90,25 +102,15 @@ class QueueScreen(Screen):
 
     def refresh_data(self) -> None:
         if self.is_current or self.snapshot is None:  # nothing to do while another screen is on top
-            self.load()
+            self.app.read_queue()
 
-    @work(thread=True, exclusive=True, group="queue-refresh", exit_on_error=False)
-    def load(self) -> None:
-        try:
-            snap = load_snapshot(self.app.root, self.reader)
-        except (UserError, OSError) as e:  # a damaged or unreadable ledger: say so, never "loading…" forever
-            from stilts_tui.errors import failure_from_os
-
-            line = str(failure_from_os(e, "reading the ledger") if isinstance(e, OSError) else e)
-            self.app.call_from_thread(self.show_error, line)
-            return
-        self.app.call_from_thread(self.show, snap)
+    def on_queue_read(self, message: QueueRead) -> None:
+        self.show(message.snapshot)
 
     def show_error(self, line: str) -> None:
-        self.query_one("#totals", Static).update(f"error: {line}")
-        if line != getattr(self, "_error", None):
-            self._error = line
-            self.notify(line, severity="error", timeout=20)
+        """A read that failed: its line in place of the totals (the table keeps the last runs read)."""
+        self._totals = f"error: {line}"
+        self.show_totals()
 
     def rows(self, snap: Snapshot) -> list[dict]:
         runs = snap.runs
@@ -170,21 +172,24 @@ class QueueScreen(Screen):
         table = self.query_one(DataTable)
         rows = self.rows(snap)
         ids = [r["id"] for r in rows]
-        if ids != self._shown:  # the set or order changed: rebuild, keeping the cursor on its run
-            current = self.current_id()
-            table.clear()
-            self._state = {}
-            for r in rows:
-                table.add_row(*self.cells(r, snap), key=r["id"])
-                self._state[r["id"]] = self.state_of(r, snap)
-            self._shown = ids
-            if current in ids:
-                table.move_cursor(row=ids.index(current), animate=False)
-            self.show_totals()
+        had = set(self._shown)
+        if had - set(ids):  # runs left (a filter): rebuild
+            self.rebuild(table, rows, snap)
             return
-        for r in rows:  # same rows: touch only the runs whose shown state changed
+        # runs added (a plan queued, a filter cleared): appended a chunk a frame, then one sort puts
+        # every row in place (also when only the order changed)
+        new = [r for r in rows if r["id"] not in had]
+        for r in new[:APPEND_ROWS]:
+            table.add_row(*self.cells(r, snap), key=r["id"])
+            self._state[r["id"]] = self.state_of(r, snap)
+        self._shown += [r["id"] for r in new[:APPEND_ROWS]]
+        if len(new) > APPEND_ROWS:  # the next chunk after this frame: a key waits for one chunk at most
+            self.call_after_refresh(lambda: self.snapshot and self.show(self.snapshot))
+        elif self._shown != ids:
+            self.sort_into_place(table, ids)
+        for r in rows:  # the rows shown before: touch only the runs whose shown state changed
             state = self.state_of(r, snap)
-            if self._state.get(r["id"]) == state:
+            if r["id"] not in had or self._state.get(r["id"]) == state:
                 continue
             self._state[r["id"]] = state
             old = table.get_row(r["id"])
@@ -192,6 +197,28 @@ class QueueScreen(Screen):
                 if str(before) != str(after):
                     table.update_cell(r["id"], COLUMNS[col], after)
         self.show_totals()
+
+    def rebuild(self, table: DataTable, rows: list[dict], snap: Snapshot) -> None:
+        """Every row again (runs gone: a filter), keeping the cursor on its run."""
+        current = self.current_id()
+        table.clear()
+        self._state = {}
+        for r in rows:
+            table.add_row(*self.cells(r, snap), key=r["id"])
+            self._state[r["id"]] = self.state_of(r, snap)
+        self._shown = [r["id"] for r in rows]
+        if current in self._shown:
+            table.move_cursor(row=self._shown.index(current), animate=False)
+        self.show_totals()
+
+    def sort_into_place(self, table: DataTable, ids: list[str]) -> None:
+        """Rows in the order ``ids`` has them (one sort), keeping the cursor on its run."""
+        current = self.current_id()
+        where = {rid: n for n, rid in enumerate(ids)}
+        table.sort("id", key=lambda cell: where[str(cell)])
+        self._shown = list(ids)
+        if current in where:
+            table.move_cursor(row=where[current], animate=False)
 
     def show_totals(self) -> None:
         table = self.query_one(DataTable)
@@ -251,42 +278,37 @@ class QueueScreen(Screen):
                 self._state[rid] = self.state_of(run, self.snapshot)
         self.query_one(DataTable).action_cursor_down()
 
-    def _act(self, what: str, fn) -> None:
+    def _take_selection(self) -> list[str]:
+        """The runs a key acts on (the marked ones, else the cursor's); the marks are used up."""
         ids = self.selected()
-        if not ids:
-            return
-        try:
-            done = fn(ids)
-        except UserError as e:
-            self.notify(str(e), severity="error")
-            return
-        self.notify(f"{what} {len(done)} run(s)")
-        self.marked = []
-        self.refresh_data()
+        if self.marked:
+            self.marked = []
+            if self.snapshot:
+                self.show(self.snapshot)
+        return ids
 
     def action_cancel(self) -> None:
-        from stilts_tui.queue import ops
-
-        self._act("cancelled", lambda ids: ops.cancel(self.app.root, ids, grace=10))
+        ids = self._take_selection()
+        if ids:
+            self.notify(f"cancelling {len(ids)} run(s)…")
+            self.app.cancel_runs(ids)
 
     def action_retry(self) -> None:
-        from stilts_tui.queue import ops
-
-        self._act("requeued", lambda ids: ops.retry(self.app.root, ids))
+        ids = self._take_selection()
+        if ids:
+            self.app.retry_runs(ids)
 
     def action_priority(self, delta: int) -> None:
-        from stilts_tui.queue import ops
-
-        self._act(f"priority {'+' if delta > 0 else ''}{delta} for",
-                  lambda ids: ops.set_priority(self.app.root, ids, delta=delta))
+        ids = self._take_selection()
+        if ids:
+            self.app.change_priority(ids, delta)
 
     def action_toggle_pause(self) -> None:
-        from stilts_tui.queue import ops
-
-        paused = not (self.snapshot.paused if self.snapshot else False)
-        ops.set_paused(self.app.root, paused)
-        self.notify("queue paused" if paused else "queue resumed")
-        self.refresh_data()
+        if self.snapshot is None:
+            return
+        self.snapshot.paused = not self.snapshot.paused  # shown as asked until the next read says
+        self.show(self.snapshot)
+        self.app.pause_queue(self.snapshot.paused)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
@@ -301,16 +323,8 @@ class QueueScreen(Screen):
         from stilts_tui.tui.screens.prompt import PromptScreen
 
         def added(path: str | None) -> None:
-            if not path:
-                return
-            from stilts_tui.queue import ops
-
-            try:
-                plan, runs, new = ops.add_plan(path, self.app.root)
-            except UserError as e:
-                self.notify(str(e), severity="error", timeout=10)
-                return
-            self.notify(f"{plan.name}: {len(new)} runs queued, {len(runs) - len(new)} already in the ledger")
-            self.refresh_data()
+            if path:
+                self.notify(f"queueing {path}…")
+                self.app.add_plan(path)
 
         self.app.push_screen(PromptScreen("Queue a plan file (TOML):", "plans/"), added)

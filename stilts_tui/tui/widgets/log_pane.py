@@ -43,9 +43,9 @@ class LogPane(Vertical):
     LogPane > Input.visible { display: block; }
     """
 
-    def __init__(self, root: Path, run_id: str, title: str = "", **kw):
+    def __init__(self, root: Path, run_id: str, **kw):
         super().__init__(**kw)
-        self.root, self.run_id, self.title_text = root, run_id, title or run_id
+        self.root, self.run_id = root, run_id
         self.path = root / run_id / "train.log"
         self._lines: deque[str] = deque(maxlen=MAX_LINES)
         self._pending: list[str] = []
@@ -55,7 +55,7 @@ class LogPane(Vertical):
         self.filter = ""
 
     def compose(self) -> ComposeResult:
-        yield Static(self.title_text, classes="title")
+        yield Static(self.run_id, classes="title")
         log = Log(max_lines=MAX_LINES, highlight=True, auto_scroll=True)
         log.can_focus = False  # the screen routes keys to the active pane (see screens/logs.py)
         log.highlighter = ErrorHighlighter()
@@ -101,8 +101,9 @@ class LogPane(Vertical):
             return False
 
     def show_active(self, active: bool) -> None:
-        """Mark this pane as the one with focus, on its title alone: restyling a title line is cheap,
-        restyling a Log (a focus tint) repaints every line it shows."""
+        """Mark this pane as the active one (the screen sends it the scrolling keys; no pane takes
+        focus), on its title alone: restyling a title line is cheap, restyling a Log repaints every
+        line it shows."""
         self.query_one(".title", Static).set_class(active, "active")
 
     def toggle_filter(self) -> None:
@@ -127,6 +128,3 @@ class LogPane(Vertical):
         log.write_lines(lines)
         self.query_one(Input).remove_class("visible")
         self.screen.set_focus(None)  # keys go back to the screen (and to the active pane)
-
-    def lines(self) -> list[str]:
-        return list(self._lines)

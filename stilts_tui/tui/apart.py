@@ -1,0 +1,64 @@
+"""The app's long queue operations in a process of their own; its worker thread only waits.
+
+Adding a 1,008-run plan (expanding it, a spec.json per run, the ledger) and a cancel's wait for a
+process to stop (a scan of the process table ten times a second, for up to the grace period) are
+Python work that holds the GIL for seconds: in a thread of the app, every key waits on it (bench/tui.py
+measured 110 ms a key while adding). In a child process the UI thread keeps the GIL to itself.
+
+    python -m stilts_tui.tui.apart OP '{"root": ..., ...}'  ->  a JSON result on stdout; bad input:
+    its one line on stderr and exit status 2
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from stilts_tui.errors import UserError, first_line
+
+
+def add(root: str, path: str) -> dict:
+    from stilts_tui.queue import ops
+
+    plan, runs, added = ops.add_plan(path, Path(root))
+    return {"plan": plan.name, "runs": len(runs), "new": len(added)}
+
+
+def cancel(root: str, run_ids: list[str], grace: float) -> dict:
+    from stilts_tui.queue import ops
+
+    return {"done": ops.cancel(Path(root), run_ids, grace=grace)}
+
+
+OPS = {"add": add, "cancel": cancel}
+
+
+def run(op: str, root: Path, **kwargs) -> dict:
+    """``OPS[op](root, **kwargs)`` in a child process; its UserError is raised here as a UserError."""
+    proc = subprocess.run([sys.executable, "-m", "stilts_tui.tui.apart", op,
+                           json.dumps({"root": str(root), **kwargs})], capture_output=True, text=True)
+    if proc.returncode == 0:
+        return json.loads(proc.stdout)
+    line = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+    if proc.returncode == 2:
+        raise UserError(line)
+    raise RuntimeError(line)
+
+
+def main(argv: list[str]) -> int:
+    os.nice(10)  # background work: the app's own process (keys, repaints) comes first for the CPU
+    op, args = argv[0], json.loads(argv[1])
+    try:
+        result = OPS[op](**args)
+    except UserError as e:
+        print(first_line(e, limit=1000), file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
