@@ -19,6 +19,7 @@ from stilts_tui.tui.data import load_snapshot
 from stilts_tui.tui.keymap import load_keymap
 from stilts_tui.tui.screens.queue import QueueRead, QueueScreen
 
+REPEATING = ("queue-read", "scores")  # worker groups that run on a timer
 CANCEL_GRACE = 10.0  # seconds a cancelled run's process has to stop before it is killed
 
 PALETTE = [  # (title, help, action on the app)
@@ -193,10 +194,11 @@ class StiltsApp(App):
         error = event.worker.error
         line = first_line(error) if isinstance(error, UserError) else \
             f"{event.worker.name} failed: {type(error).__name__}: {first_line(error)}"
-        if group == "queue-read":
-            if self._said.get(group) == line:  # a read repeats every second: say its error once
+        if group in REPEATING:
+            if self._said.get(group) == line:  # a read repeats every few seconds: say its error once
                 return
             self._said[group] = line
+        if group == "queue-read":
             self.queue_screen.show_error(line)
         self.notify(line, severity="error", timeout=10)
 

@@ -4,12 +4,13 @@ distribution of its runs; exports from a key."""
 from __future__ import annotations
 
 from rich.text import Text
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, OptionList, Static
+from textual.worker import Worker
 
 from stilts_tui import results
 from stilts_tui.errors import UserError
@@ -123,14 +124,21 @@ class ScoresScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        plans = list(Ledger(self.app.root).plans())
-        if self.plan is None and plans:
-            self.plan = plans[-1]
         self.load()
         self.set_interval(5.0, self.load)
 
+    @on(Worker.StateChanged)
+    def forward_worker_errors(self, event: Worker.StateChanged) -> None:
+        """This screen's workers fail where the app shows every worker's error."""
+        self.app.show_worker_error(event)
+
     @work(thread=True, exclusive=True, group="scores", exit_on_error=False)
-    def load(self) -> None:
+    def load(self, advance: bool = False) -> None:
+        """Read the plans and build the table off the UI thread (``advance``: the next plan first)."""
+        plans = list(Ledger(self.app.root).plans())
+        if plans and (self.plan is None or advance):
+            self.plan = (plans[(plans.index(self.plan) + 1) % len(plans)] if advance and self.plan in plans
+                         else plans[-1] if self.plan is None else plans[0])
         if self.plan is None:
             self.app.call_from_thread(self.query_one("#title").update, "no plan queued yet")
             return
@@ -174,10 +182,7 @@ class ScoresScreen(Screen):
             self.show(self.table_data)
 
     def action_next_plan(self) -> None:
-        plans = list(Ledger(self.app.root).plans())
-        if plans:
-            self.plan = plans[(plans.index(self.plan) + 1) % len(plans)] if self.plan in plans else plans[0]
-            self.load()
+        self.load(advance=True)
 
     def selected_cell(self) -> results.Cell | None:
         if not self.table_data:
@@ -204,15 +209,17 @@ class ScoresScreen(Screen):
 
         self.app.push_screen(ExportScreen(), chosen)
 
+    @work(thread=True, group="scores-export", exit_on_error=False, name="export")
     def export(self, fmt: str) -> None:
+        """Write an export off the UI thread (a png draws a figure: seconds)."""
         try:
             out = results.export_path(self.app.root, self.table_data.plan, fmt)  # inside the runs-dir, always
             out.parent.mkdir(parents=True, exist_ok=True)
             results.write_output(out, results.export_bytes(self.table_data, fmt), force=True)
         except OSError as e:
-            self.notify(f"cannot write the export: {e.strerror or e}", severity="error")
+            self.app.call_from_thread(self.notify, f"cannot write the export: {e.strerror or e}", severity="error")
             return
         except UserError as e:
-            self.notify(str(e), severity="error")
+            self.app.call_from_thread(self.notify, str(e), severity="error")
             return
-        self.notify(f"wrote {out}")
+        self.app.call_from_thread(self.notify, f"wrote {out}")
