@@ -337,21 +337,24 @@ def daemon_stop(ctx: typer.Context) -> None:
 @daemon_app.command("status")
 def daemon_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Is the daemon running, with which settings, and the queue's totals."""
-    from stilts_tui.queue import ops
+    from stilts_tui.queue import mps, ops
 
     info = ops.daemon_status(_root(ctx))
     ledger = Ledger(_root(ctx))
     counts: dict[str, int] = {}
     for r in ledger.runs():
         counts[r["status"]] = counts.get(r["status"], 0) + 1
+    mps_line = mps.describe(_root(ctx), (info or {}).get("pid"))
     if as_json:
         typer.echo(json.dumps({"running": info is not None, "daemon": info, "counts": counts,
-                               "paused": bool(ledger.meta("paused"))}, indent=2))
+                               "paused": bool(ledger.meta("paused")), "mps": mps_line}, indent=2))
         return
     if info is None:
         typer.echo(f"no daemon is running on {_root(ctx)}")
     else:
         typer.echo(f"daemon running (pid {info.get('pid')}) on {_root(ctx)}: {info.get('settings')}")
+    if mps_line:
+        typer.echo(mps_line)
     typer.echo(("paused; " if ledger.meta("paused") else "") + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
@@ -460,19 +463,32 @@ def doctor(ctx: typer.Context) -> None:
     import socket
 
     from stilts_tui.queue import gpus as gpu_info
-    from stilts_tui.queue import ops
+    from stilts_tui.queue import mps, ops
 
     root = _root(ctx)
-    found = gpu_info.list_gpus()
-    if found:
-        for g in found:
-            typer.echo(f"ok    GPU {g.index}: {g.name}, {g.free_gb:.1f} of {g.total_gb:.1f} GiB free")
+    probe = gpu_info.probe()
+    for g in probe.gpus:
+        typer.echo(f"fail  GPU {g.index}: NVML fails on it ({g.error}); the queue leaves it out" if g.error else
+                   f"ok    GPU {g.index}: {g.name}, {g.free_gb:.1f} of {g.total_gb:.1f} GiB free")
+    if probe.error:
+        typer.echo(f"fail  {probe.error}: the queue places no run until NVML answers")
+    elif probe.gpus:
         typer.echo(f"ok    driver {gpu_info.driver_version()}")
     else:
-        typer.echo("warn  no GPU found (NVML): runs train on the CPU; install the NVIDIA driver for GPUs")
-    mps = shutil.which("nvidia-cuda-mps-control")
-    typer.echo("ok    MPS can start (nvidia-cuda-mps-control found)" if mps else
-               "info  MPS unavailable (nvidia-cuda-mps-control not on PATH); --mps will not work")
+        typer.echo("warn  no GPU found (NVML" + (f": {probe.absent}" if probe.absent else "")
+                   + "): runs train on the CPU; install the NVIDIA driver for GPUs")
+    info = ops.daemon_status(root)
+    mps_line = mps.describe(root, (info or {}).get("pid"))
+    if mps_line:
+        typer.echo(f"{'ok  ' if mps_line.startswith('MPS on') else 'warn'}  the daemon's {mps_line}")
+    elif info is None and mps.control_daemons(mps.base_dir(root)):
+        left = ", ".join(str(p.pid) for p in mps.control_daemons(mps.base_dir(root)))
+        typer.echo(f"warn  an MPS control daemon is left running for this runs-dir (pid {left}); "
+                   "`daemon start --mps` reuses or replaces it")
+    elif shutil.which(mps.EXE):
+        typer.echo(f"ok    MPS can start ({mps.EXE} found)")
+    else:
+        typer.echo(f"info  MPS unavailable ({mps.EXE} not on PATH); --mps will not work")
     try:
         socket.create_connection(("huggingface.co", 443), timeout=3).close()
         typer.echo("ok    Hugging Face Hub reachable")
@@ -482,7 +498,6 @@ def doctor(ctx: typer.Context) -> None:
     free = shutil.disk_usage(root).free / 2**30
     typer.echo(f"{'ok  ' if free > 20 else 'warn'}  {free:.0f} GiB free in {root}"
                + ("" if free > 20 else " (intermediate checkpoints need ~1.5 GB each for RoBERTa-large)"))
-    info = ops.daemon_status(root)
     typer.echo(f"ok    daemon running (pid {info.get('pid')})" if info else
                "info  no daemon running: `stilts-tui daemon start` (queue add starts one)")
 

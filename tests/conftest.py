@@ -85,3 +85,47 @@ def small_plan(tmp_path: Path):
         return write_text(tmp_path / "small.toml", SMALL_PLAN.format(cola_lrs=cola_lrs))
 
     return write
+
+
+def train(dirs: list[Path], *flags: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real trainer process on run folders (CPU, one thread: the suite runs in parallel)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "STILTS_DEVICE": "cpu"}
+    return subprocess.run([sys.executable, "-m", "stilts_tui.train", *flags, *map(str, dirs)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def result_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "result.json").read_text())
+
+
+def step_losses(run_dir: Path) -> list[tuple[int, float]]:
+    events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+    return [(e["step"], e["loss"]) for e in events if e["event"] == "step"]
+
+
+@pytest.fixture(scope="session")
+def tiny_workload(tmp_path_factory):
+    """A tiny random-init RoBERTa (dropout off, so runs compare number for number) and a learnable pair
+    task of 37 train / 16 dev examples: 37 is no multiple of any batch size, so last batches are short."""
+    from stilts_tui.train import workload
+
+    work = tmp_path_factory.mktemp("tiny")
+    model = workload.build_model(work / "model", "tiny", dropout=0.0)
+    train_file, dev_file = workload.build_data(work / "data", 37, 16, max_len=40, median=20)
+    return model, workload.task_spec(train_file, dev_file)
+
+
+def write_tiny_run(runs_dir: Path, run_id: str, workload_: tuple, seed: int = 1, debug: dict | None = None,
+                   **params) -> Path:
+    """A run folder of the tiny workload; ``params`` override lr 1e-3, batch 8, 2 epochs, max_len 40, fp32."""
+    from stilts_tui.train import workload
+
+    model, task = workload_
+    p = {"lr": 1e-3, "batch_size": 8, "warmup": 0.1, "epochs": 2, "max_len": 40, "weight_decay": 0.0,
+         "grad_accum": 1, "precision": "fp32", "transfer": "all", **params}
+    d = workload.write_run(runs_dir, run_id, model, task, p, seed)
+    if debug:
+        spec = json.loads((d / "spec.json").read_text())
+        spec["debug"] = debug
+        (d / "spec.json").write_text(json.dumps(spec))
+    return d

@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -26,12 +24,12 @@ from stilts_tui.errors import UserError
 from stilts_tui.ledger import Ledger
 from stilts_tui.plan import SLURM_DEFAULTS
 from stilts_tui.queue import gpus as gpu_info
-from stilts_tui.queue import placement
+from stilts_tui.queue import mps, placement
 from stilts_tui.queue.executors import local
 from stilts_tui.queue.executors import slurm as slurm_exec
 
 FINAL_RESULT = ("done", "failed", "oom")
-MAX_ARRAY = 16  # --fuse auto: at most this many runs in one array
+MAX_ARRAY = placement.MAX_ARRAY  # --fuse auto: at most this many runs in one array
 
 
 @dataclass
@@ -108,11 +106,15 @@ class Daemon:
             os.replace(src, src.with_name(f"result.attempt{attempt}.json"))
 
     def devices(self, runs: list[dict]) -> list[placement.Device]:
-        found = gpu_info.list_gpus()
+        """The devices runs may go to now, with what this queue already runs on each. A GPU NVML cannot
+        query is left out (the others are used); the CPU stands in only on a machine without GPUs."""
+        probe = gpu_info.probe()
+        self._report_gpus(probe)
+        found = probe.usable
         if self.s.gpus is not None:
             found = [g for g in found if g.index in self.s.gpus]
         devs = [placement.Device(g.index, g.total_gb, g.free_gb, self.s.per_gpu) for g in found]
-        if not devs:
+        if not devs and not probe.gpus and probe.error is None and not probe.seen_gpus:
             devs = [placement.Device(None, float("inf"), float("inf"), self.s.cpu_slots)]
         by_index = {d.index: d for d in devs}
         workers: set[str] = set()
@@ -131,11 +133,34 @@ class Daemon:
             d.run_ids.append(r["id"])
         return devs
 
-    def estimate(self, run: dict, learned: dict[str, float]) -> tuple[float, str]:
+    def _report_gpus(self, probe: gpu_info.Probe) -> None:
+        """Log NVML's failures when they change (not every tick)."""
+        lines = [f"GPU {g.index} unusable, left out: {g.error}" for g in probe.gpus if g.error]
+        if probe.error:
+            lines.append(f"{probe.error}; no run is placed until NVML answers" if probe.seen_gpus or self.s.gpus
+                         else probe.error)
+        if self.s.gpus is not None and probe.gpus and not [g for g in probe.usable if g.index in self.s.gpus]:
+            lines.append(f"no usable GPU among --gpus {','.join(map(str, self.s.gpus))}")
+        if lines != getattr(self, "_gpu_problems", []):
+            for line in lines or ["every GPU answers NVML again"]:
+                self.log(line)
+            self._gpu_problems = lines
+
+    def _measure(self, runs: list[dict]) -> placement.Measurements:
+        """What finished runs measured (peak memory a run, samples/s fused and alone), by shape."""
+        if not hasattr(self, "_measurements"):
+            self._measurements = placement.Measurements()
+        self._measurements.update(runs, self.result)
+        return self._measurements
+
+    def estimate(self, run: dict, learned: placement.Measurements) -> tuple[float, str]:
+        """A run's memory estimate (GB) and its shape: the measured peak a run of its shape (an
+        array's peak / K) with a margin, else the formula."""
         spec = self.spec(run["id"])
         key = placement.shape_key(run, spec)
-        if key in learned:
-            return round(learned[key] * placement.MARGIN + 0.25, 2), key
+        share = learned.shape(key).share_gb
+        if share is not None:
+            return round(share * placement.MARGIN + 0.25, 2), key
         return placement.formula_gb(spec), key
 
     # -- one tick ---------------------------------------------------------------------------------
@@ -160,9 +185,8 @@ class Daemon:
                           "peak_gpu_mem_gb": res.get("peak_gpu_mem_gb"), "pid": None}
                 if res["status"] == "oom" and not r.get("alone"):
                     self._retire_result(r["id"], attempt)
-                    fields.update(status="queued", alone=True, gpu=None)
+                    fields.update(self._after_oom(r))
                     stats["requeued"] += 1
-                    self.log(f"{r['id']}: out of memory on GPU {r.get('gpu')}; requeued to run alone")
                 else:
                     fields["status"] = "done" if res["status"] == "done" else "failed"
                     stats["reaped"] += 1
@@ -195,26 +219,18 @@ class Daemon:
         devs = self.devices(runs)
         if not any(d.procs < d.slots and not d.alone for d in devs):
             return stats
-        learned: dict[str, float] = {}
-        for r in runs:
-            if r["status"] == "done" and r.get("peak_gpu_mem_gb") and r.get("shape"):  # an array's peak is K runs'
-                learned[r["shape"]] = max(learned.get(r["shape"], 0.0), r["peak_gpu_mem_gb"] / (r.get("fused") or 1))
+        learned = self._measure(runs)
         ready = [r for r in runs
                  if r["status"] == "queued" and (not r.get("parent") or status.get(r["parent"]) == "done")]
         taken: set[str] = set()
-        by_key: dict[str, list[dict]] = {}  # ready runs that may share an array, once a tick (not once a run)
-        if self.s.fuse != "off":
-            for r in ready:
-                k = self.array_key(r["id"])
-                if k is not None and not r.get("alone"):
-                    by_key.setdefault(k, []).append(r)
+        by_key = self._array_mates(ready)  # ready runs that may share an array, once a tick (not once a run)
         for r in ready:
             if r["id"] in taken:
                 continue
             if not any(d.procs < d.slots and not d.alone for d in devs):
                 break
             est, key = self.estimate(r, learned)
-            group, dev = self._array(r, by_key, taken, devs, est)
+            group, dev, why = self._array(r, by_key, taken, devs, est, learned)
             fused = len(group) if dev is not None else 0
             if dev is None:
                 dev = placement.choose(devs, est, bool(r.get("alone")))
@@ -232,7 +248,7 @@ class Daemon:
             else:
                 est = round(est * len(group), 2)
             taken.update(x["id"] for x in group)
-            if self._launch(group, dev, est, key, fused):
+            if self._launch(group, dev, est, key, fused, why):
                 stats["launched"] += len(group)
         return stats
 
@@ -241,27 +257,81 @@ class Daemon:
             self._array_keys[run_id] = rundir.array_key(self.spec(run_id))
         return self._array_keys[run_id]
 
+    def fuse_mode(self, run: dict) -> tuple[str, str] | None:
+        """How a run may be fused: (sizing "auto" or "K", why), or None when it trains in its own process.
+        A plan's ``fuse = true`` asks for it (sized as the daemon's --fuse says, auto when off); an
+        explicit daemon --fuse fuses every run of a shape, the operator's override."""
+        asked = (self.spec(run["id"]).get("params") or {}).get("fuse") is True
+        if asked:
+            sizing = "auto" if self.s.fuse == "off" else self.s.fuse
+            return sizing, f"the plan asks (fuse = true), --fuse {sizing} sizing"
+        if self.s.fuse != "off":
+            return self.s.fuse, f"daemon --fuse {self.s.fuse} (the operator's override: the plan did not ask)"
+        return None
+
+    def _array_mates(self, ready: list[dict]) -> dict[str, list[dict]]:
+        """Ready runs that may share an array, by array key (runs that must be alone, never)."""
+        by_key: dict[str, list[dict]] = {}
+        for r in ready:
+            if r.get("alone") or (r.get("fuse_max") or MAX_ARRAY) < 2 or self.fuse_mode(r) is None:
+                continue
+            k = self.array_key(r["id"])
+            if k is not None:
+                by_key.setdefault(k, []).append(r)
+        return by_key
+
     def _array(self, r: dict, by_key: dict[str, list[dict]], taken: set[str], devs: list[placement.Device],
-               est: float) -> tuple[list[dict], placement.Device | None]:
-        """Ready runs to train with ``r`` as one fused array, and the device they fit on together:
-        up to K runs (``--fuse K``), or as many as fit in the free memory (``--fuse auto``, GPUs only)."""
-        if self.s.fuse == "off" or r.get("alone"):
-            return [r], None
+               est: float, learned: placement.Measurements | None = None
+               ) -> tuple[list[dict], placement.Device | None, str]:
+        """Ready runs to train with ``r`` as one fused array, the device they fit on together, and why:
+        up to K runs (``--fuse K``), or as many as fit by the measured peak a run (``--fuse auto``, GPUs
+        only; at most PROBE_ARRAY before a run of the shape has finished, and packing where fused runs
+        measured slower). An OOM halves the array a run may join (its ``fuse_max``)."""
+        mode = self.fuse_mode(r)
         key = self.array_key(r["id"])
-        if key is None:
-            return [r], None
-        mates = [r] + [o for o in by_key.get(key, []) if o is not r and o["id"] not in taken]
-        if self.s.fuse == "auto":
+        cap = r.get("fuse_max") or MAX_ARRAY
+        if mode is None or key is None or r.get("alone") or cap < 2:
+            return [r], None, ""
+        sizing, why = mode
+        shape = placement.shape_key(r, self.spec(r["id"]))
+        measured = (learned or placement.Measurements()).shape(shape)
+        if sizing == "auto":
             if all(d.index is None for d in devs):
-                return [r], None  # on the CPU an array gains little: runs go alone
-            size = min(len(mates), MAX_ARRAY)
+                return [r], None, ""  # on the CPU an array gains little: runs go alone
+            pack = (learned or placement.Measurements()).packing_reason(shape)
+            if pack:
+                if pack != getattr(self, "_packing", {}).get(shape):
+                    self._packing = {**getattr(self, "_packing", {}), shape: pack}
+                    self.log(f"{shape}: {pack}")
+                return [r], None, pack
+            limit = MAX_ARRAY if measured.share_gb is not None else placement.PROBE_ARRAY
         else:
-            size = min(len(mates), int(self.s.fuse))
-        for k in range(size, 1, -1):  # the largest array that fits somewhere
-            dev = placement.choose(devs, est * k, False)
+            limit = int(sizing)
+        mates = [r] + [o for o in by_key.get(key, []) if o is not r and o["id"] not in taken]
+        for k in range(min(len(mates), limit, cap), 1, -1):  # the largest array that fits somewhere
+            group = [m for m in mates if (m.get("fuse_max") or MAX_ARRAY) >= k][:k]
+            dev = placement.choose(devs, est * k, False) if len(group) == k else None
             if dev is not None:
-                return mates[:k], dev
-        return [r], None
+                size = (f"{measured.share_gb:.2f} GB a run measured by {measured.share_from}"
+                        if measured.share_gb is not None else "no run of this shape measured yet"
+                        + (f" (at most {placement.PROBE_ARRAY} until one is)" if sizing == "auto" else "")
+                        + f", formula {est} GB a run")
+                return group, dev, f"{why}; {k} runs: {size}" + (f"; capped at {cap} after an OOM" if cap < MAX_ARRAY
+                                                                    else "")
+        return [r], None, ""
+
+    def _after_oom(self, r: dict) -> dict:
+        """The fields of a run whose process ran out of memory: an array's runs are requeued to join
+        arrays of half its size (down to 1: alone on a GPU); a run alone in its process, to run alone."""
+        k = r.get("fused") or 0
+        half = k // 2
+        if half >= 2:
+            self.log(f"{r['id']}: out of memory in an array of {k} on GPU {r.get('gpu')}; requeued for arrays "
+                     f"of at most {half}")
+            return {"status": "queued", "gpu": None, "fuse_max": half}
+        self.log(f"{r['id']}: out of memory on GPU {r.get('gpu')}"
+                 + (f" in an array of {k}" if k > 1 else "") + "; requeued to run alone")
+        return {"status": "queued", "gpu": None, "alone": True, "fuse_max": 1}
 
     def _last_line(self, run: dict) -> str:
         for path in (self.root / ".workers" / f"{run.get('worker')}.log", self.root / run["id"] / "train.log"):
@@ -303,41 +373,36 @@ class Daemon:
                 if cur is not None and (cur["status"] == seen or not seen):
                     tx.update_run(rid, **fields)
 
-    def _launch(self, group: list[dict], dev: placement.Device, est: float, key: str, fused: int = 0) -> bool:
+    def _launch(self, group: list[dict], dev: placement.Device, est: float, key: str, fused: int = 0,
+                why: str = "") -> bool:
+        """Mark the runs running (and the placement) in the ledger, then start their process."""
         worker = uuid.uuid4().hex[:10]
         now = time.time()
         with self.ledger.transaction() as tx:  # mark first: a crash after this adopts, never relaunches
             fresh = [r for r in group if (tx.get_run(r["id"]) or {}).get("status") == "queued"]
+            fused = len(fresh) if fused and len(fresh) > 1 else 0
             for r in fresh:
                 cur = tx.get_run(r["id"])
                 tx.update_run(r["id"], status="running", gpu=dev.index, worker=worker, started=now, pid=None,
                               pid_started=None, attempts=cur.get("attempts", 0) + 1, est_gb=est, shape=key,
-                              error=None, score=None, fused=fused, executor="local")
+                              error=None, score=None, fused=fused, fuse_why=why or None, executor="local")
             if fresh:
                 tx.put(tx.db.table("placements"), f"{now:.6f}-{worker}", {
                     "t": now, "gpu": dev.index, "runs": [r["id"] for r in fresh], "est_gb": est,
                     "reserved_before_gb": dev.reserved_gb, "procs_before": dev.procs, "slots": dev.slots,
                     "total_gb": None if dev.index is None else dev.total_gb, "alone": bool(fresh[0].get("alone")),
-                    "others_on_gpu": list(dev.run_ids)})
+                    "others_on_gpu": list(dev.run_ids), "fused": fused, "fuse_why": why or None})
         if not fresh:
             return False
-        env = {"PYTHONUNBUFFERED": "1", "STILTS_FUSE": str(len(fresh) if fused else 0)}
+        env, args, note = self._run_env(dev, fused)
         for r in fresh:  # a cancel request left from an earlier attempt must not stop this one
             (self.root / r["id"] / rundir.CANCEL_FILE).unlink(missing_ok=True)
-        if dev.index is None or gpu_info.fake_spec() is not None:
-            env["STILTS_DEVICE"] = "cpu"
-        if dev.index is None:
-            env["CUDA_VISIBLE_DEVICES"] = ""
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, self.s.cpu_slots)))
-        else:
-            env["CUDA_VISIBLE_DEVICES"] = str(dev.index)
-        if self.mps_dir is not None:
-            env["CUDA_MPS_PIPE_DIRECTORY"] = str(self.mps_dir / "pipe")
-            env["CUDA_MPS_LOG_DIRECTORY"] = str(self.mps_dir / "log")
+            _append_line(self.root / r["id"] / "train.log", note)
         dirs = [self.root / r["id"] for r in fresh]
         log = dirs[0] / "train.log" if len(dirs) == 1 else self.root / ".workers" / f"{worker}.log"
-        module = "stilts_tui.synth" if fresh[0]["stage"] == "synth" else "stilts_tui.train"
-        pid, started = local.launch(dirs, env, log, module)
+        synth = fresh[0]["stage"] == "synth"
+        pid, started = self._spawn(dirs, env, log, "stilts_tui.synth" if synth else "stilts_tui.train",
+                                   [] if synth else args)
         with self.ledger.transaction() as tx:
             for r in fresh:
                 tx.update_run(r["id"], pid=pid, pid_started=started)
@@ -349,9 +414,35 @@ class Daemon:
         dev.run_ids.extend(r["id"] for r in fresh)
         dev.alone = dev.alone or bool(fresh[0].get("alone"))
         where = "CPU" if dev.index is None else f"GPU {dev.index}"
-        how = f", fused as one array of {len(fresh)}" if fused else ""
-        self.log(f"launched {', '.join(r['id'] for r in fresh)} on {where} (pid {pid}, est {est} GB{how})")
+        how = f", fused as one array of {fused}" if fused else ""
+        self.log(f"launched {', '.join(r['id'] for r in fresh)} on {where} (pid {pid}, est {est} GB{how})"
+                 + (f" [{why}]" if why else ""))
         return True
+
+    def _run_env(self, dev: placement.Device, fused: int) -> tuple[dict[str, str], list[str], str]:
+        """The environment, trainer flags and a train.log line for a process placed on ``dev``. A real
+        GPU placement asks for ``--device cuda``: a CUDA failure then fails the run instead of training
+        on the CPU unnoticed. NVML and CUDA number GPUs alike only in PCI bus order."""
+        env = {"PYTHONUNBUFFERED": "1", "STILTS_FUSE": str(fused), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        if dev.index is None:
+            env.update(STILTS_DEVICE="cpu", CUDA_VISIBLE_DEVICES="",
+                       OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // max(1, self.s.cpu_slots))))
+            return env, ["--device", "cpu"], "queue: placed on the CPU (no GPU on this machine)"
+        env["CUDA_VISIBLE_DEVICES"] = str(dev.index)
+        if self.mps_dir is not None:
+            env.update(mps.environment(self.mps_dir))
+        if gpu_info.fake_spec() is not None:
+            env["STILTS_DEVICE"] = "cpu"
+            return env, ["--device", "cpu"], (f"queue: placed on fake GPU {dev.index} (STILTS_FAKE_GPUS="
+                                              f"{os.environ.get('STILTS_FAKE_GPUS')}): training on the CPU")
+        env["STILTS_DEVICE"] = "cuda"
+        return env, ["--device", "cuda"], (f"queue: placed on GPU {dev.index} (CUDA_VISIBLE_DEVICES={dev.index}, "
+                                           f"--device cuda{', under MPS' if self.mps_dir else ''})")
+
+    def _spawn(self, dirs: list[Path], env: dict[str, str], log: Path, module: str, args: list[str]
+               ) -> tuple[int, float]:
+        """Start the process (the local executor); (pid, start time)."""
+        return local.launch(dirs, env, log, module, args)
 
     # -- the Slurm executor -----------------------------------------------------------------------
 
@@ -474,25 +565,30 @@ class Daemon:
     # -- lifetime ---------------------------------------------------------------------------------
 
     def start_mps(self) -> None:
-        exe = shutil.which("nvidia-cuda-mps-control")
-        if exe is None:
-            raise UserError("--mps: nvidia-cuda-mps-control not found (MPS needs the NVIDIA driver's MPS tools)")
-        self.mps_dir = self.root / ".mps"
-        (self.mps_dir / "pipe").mkdir(parents=True, exist_ok=True)
-        (self.mps_dir / "log").mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(self.mps_dir / "pipe"),
-               "CUDA_MPS_LOG_DIRECTORY": str(self.mps_dir / "log")}
-        subprocess.run([exe, "-d"], env=env, check=True, timeout=30)
-        self.log(f"MPS control daemon started ({self.mps_dir})")
+        """Run MPS for the daemon's lifetime where it can start; never raises. On failure the daemon goes
+        on without MPS and says why (daemon.log, ``daemon status``, ``doctor``)."""
+        try:
+            state, notes = mps.start(self.root)
+        except Exception as e:  # noqa: BLE001 - MPS is an optimisation: nothing in it may end the daemon
+            state, notes = mps.State(False, f"{type(e).__name__}: {e}"), []
+        for line in notes:
+            self.log(line)
+        self.mps_dir = mps.base_dir(self.root) if state.on else None
+        mps.write_status(self.root, mps.stamp(state))
+        self.log(f"MPS on: {state.reason} (pipe {state.pipe_dir})" if state.on else
+                 f"MPS off, runs go on without it: {state.reason}")
 
     def stop_mps(self) -> None:
-        exe = shutil.which("nvidia-cuda-mps-control")
-        if self.mps_dir is None or exe is None:
+        """Ask the MPS control daemon to quit; never raises."""
+        if self.mps_dir is None:
             return
-        env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(self.mps_dir / "pipe"),
-               "CUDA_MPS_LOG_DIRECTORY": str(self.mps_dir / "log")}
-        subprocess.run([exe], input="quit\n", text=True, env=env, timeout=30, check=False)
-        self.log("MPS control daemon stopped")
+        try:
+            how = mps.stop(self.mps_dir)
+            mps.write_status(self.root, mps.stamp(mps.State(False, f"the daemon stopped it ({how})")))
+            self.log(f"MPS control daemon: {how}")
+        except Exception as e:  # noqa: BLE001 - a daemon on its way out must get there
+            self.log(f"MPS stop failed: {type(e).__name__}: {e}")
+        self.mps_dir = None
 
     def serve(self) -> int:
         lock = FileLock(str(lock_path(self.root)), timeout=0)
@@ -526,6 +622,15 @@ class Daemon:
             return 0
         finally:
             lock.release()
+
+
+def _append_line(path: Path, text: str) -> None:
+    """One stamped line in a run's train.log (the trainer appends after it)."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"[{time.strftime('%H:%M:%S')}] {text}\n")
+    except OSError:
+        pass  # the log line is a courtesy; the launch goes on
 
 
 def parse_fuse(value: str) -> str:

@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
                     choices=("auto", "off", "cudagraphs", "inductor"))
     ap.add_argument("--pad", default=os.environ.get("STILTS_PAD", "auto"),
                     choices=("auto", "max", "buckets", "longest"))
+    ap.add_argument("--group", default=os.environ.get("STILTS_GROUP", "auto"), choices=("auto", "on", "off"),
+                    help="length-grouped batches: auto (the spec's batching), on, off (uniformly random)")
     ap.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"))
     ap.add_argument("--fuse", type=int, default=int(os.environ.get("STILTS_FUSE", "0") or 0), metavar="K",
                     help="train runs of one shape as arrays of up to K runs (0 or 1: each run alone)")
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     from stilts_tui.train import fused
-    from stilts_tui.train.loop import Settings, Worker, train_run
+    from stilts_tui.train.loop import Settings, Worker, fail_run, train_group, train_run
 
     hf_logging.set_verbosity_error()  # no weight-loading reports or progress bars in train.log
     hf_logging.disable_progress_bar()
@@ -46,17 +48,24 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    worker = Worker(Settings(device=device, compile=args.compile, pad=args.pad, attn=args.attn))
     statuses = []
     for run_dir in args.run_dirs:
         if not run_dir.is_dir():
             print(f"stilts_tui.train: {run_dir}: no such run folder", file=sys.stderr)
             statuses.append("failed")
     dirs = [d for d in args.run_dirs if d.is_dir()]
+    if device.type == "cuda" and not torch.cuda.is_available():  # never train a GPU placement on the CPU
+        why = (f"CUDA is not available in this process (CUDA_VISIBLE_DEVICES="
+               f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); a run placed on a GPU trains there or not at all")
+        for d in dirs:
+            fail_run(Worker(Settings(device=torch.device("cpu"))), d, why)
+        print(f"stilts_tui.train: {why}", file=sys.stderr)
+        return 1
+    worker = Worker(Settings(device=device, compile=args.compile, pad=args.pad, attn=args.attn, group=args.group))
     groups = fused.arrays(dirs, args.fuse) if args.fuse > 1 else [[d] for d in dirs]
     for group in groups:
         if len(group) > 1 and fused.can_fuse(group[0]):
-            statuses += [r["status"] for r in fused.train_array(worker, group)]
+            statuses += [r["status"] for r in train_group(worker, group, fuse=True)]
         else:
             statuses += [train_run(worker, d)["status"] for d in group]
     return 0 if all(s == "done" for s in statuses) else 1

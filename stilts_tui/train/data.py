@@ -158,24 +158,35 @@ def buckets_for(max_len: int, n: int = 4, multiple: int = 8) -> list[int]:
     return [b for b in out if b > 0]
 
 
-def train_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group: bool) -> list[np.ndarray]:
+def train_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, batching: str,
+                buckets: list[int]) -> list[np.ndarray]:
     """One epoch's batches of example indices, seeded by (seed, epoch).
 
-    ``group``: examples of similar length go together (sorted inside chunks of 64 batches, the
-    batches then shuffled), so that most batches pad to a short bucket.
+    ``random``: uniformly random batches (the reference's RandomSampler), the last one short.
+    ``grouped``: every batch holds examples of one length bucket (so it pads to that bucket): each
+    bucket's examples in the seeded order, cut into batches (each bucket's last one short); the order
+    in which the buckets come is drawn from the epoch and the bucket sizes alone, not the seed, so runs
+    of one data set step through the same buckets at the same steps: a fused array pads every member
+    to one bucket, and a run trains on the same batches alone as in an array.
     """
     rng = np.random.default_rng([seed, epoch])
     perm = rng.permutation(len(lengths))
-    if not group:
+    if batching == "random":
         return [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
-    chunk = batch_size * 64
-    batches = []
-    for s in range(0, len(perm), chunk):
-        part = perm[s : s + chunk]
-        part = part[np.argsort(-lengths[part], kind="stable")]
-        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
-    order = rng.permutation(len(batches))
-    return [batches[i] for i in order]
+    if batching != "grouped":
+        raise ValueError(f"batching must be random or grouped, not {batching!r}")
+    which = np.searchsorted(np.asarray(buckets), lengths[perm])  # bucket of each example, in seeded order
+    per_bucket = [perm[which == j] for j in range(len(buckets))]
+    batches = [[part[i : i + batch_size] for i in range(0, len(part), batch_size)] for part in per_bucket]
+    sequence = np.concatenate([np.full(len(b), j) for j, b in enumerate(batches)] or [np.zeros(0, int)])
+    shared = np.random.default_rng([epoch, len(lengths), batch_size, 0x57117])  # not the run's seed
+    sequence = sequence[shared.permutation(len(sequence))]
+    taken = [0] * len(batches)
+    out = []
+    for j in sequence:
+        out.append(batches[j][taken[j]])
+        taken[j] += 1
+    return out
 
 
 def eval_order(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:

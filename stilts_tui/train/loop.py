@@ -1,4 +1,6 @@
-"""Training one run: config, data, model, optimizer, loop, evaluation, checkpoint — one straight path.
+"""Training runs: config, data, model, optimizer, loop, evaluation, checkpoint — one straight path,
+the same for a run alone and for a fused array of runs (an *engine* holds what differs: the model's
+forward and the optimizer).
 
 A :class:`Worker` holds what several runs of one process share: tokenizers, starting weights,
 tokenized data, and one model object per architecture whose compiled step is reused (a new run
@@ -7,26 +9,29 @@ copies its starting weights into it in place, so compiled code and CUDA graphs s
 
 from __future__ import annotations
 
+import gc
+import json
 import math
 import os
 import random
 import shutil
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stilts_tui import rundir
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.tasks import labels_for
 from stilts_tui.tasks.metrics import compute as compute_metrics
 from stilts_tui.train import data, transfer
 from stilts_tui.train.events import RunLog, fmt_duration, write_result
+from stilts_tui.train.step import Hooks, Setup, StepLog, is_oom, live_tensor_mb, make_batch, resolve_setup
 
-COMPILE_MODES = ("auto", "off", "cudagraphs", "inductor")
 _VOLATILE = {"_name_or_path", "architectures", "id2label", "label2id", "problem_type", "transformers_version",
              "dtype", "torch_dtype", "num_labels", "_attn_implementation_autoset"}
 
@@ -37,51 +42,47 @@ class SpecError(UserError):
 
 @dataclass
 class Settings:
+    """The trainer's flags. Anything but ``auto`` overrides the run's spec (recorded in result.json)."""
+
     device: torch.device
     compile: str = "auto"  # auto | off | cudagraphs | inductor
     pad: str = "auto"  # auto | max | buckets | longest
     attn: str = "sdpa"  # sdpa | eager
-    group_by_length: bool | None = None  # None: on where padding is by bucket
+    group: str = "auto"  # auto (the spec's batching) | on (grouped) | off (random)
     echo: bool | None = None
-
-    def resolved_compile(self) -> str:
-        if self.compile != "auto":
-            return self.compile
-        return "inductor" if self.device.type == "cuda" else "off"
-
-    def resolved_pad(self) -> str:
-        """Compiled code needs few shapes: never pad to each batch's longest when compiling."""
-        if self.pad == "longest" and self.resolved_compile() != "off":
-            return "buckets"
-        if self.pad != "auto":
-            return self.pad
-        return "buckets" if self.device.type == "cuda" or self.resolved_compile() != "off" else "longest"
 
 
 class Model:
-    """One task model on the device with its (possibly compiled) training step."""
+    """One task model on the device, with its training loss (compiled per setup, cached)."""
 
-    def __init__(self, module: torch.nn.Module, kind: str, settings: Settings):
+    def __init__(self, module: torch.nn.Module, kind: str):
         self.module, self.kind = module, kind
-        mode = settings.resolved_compile()
-        self.fixed_shapes = mode != "off"  # partial batches are padded to full size (weight 0)
-        self.loss_fn = self._loss
-        if mode == "inductor":
-            # one compilation for every length bucket (dynamic sizes); CUDA graphs recorded per shape
-            self.loss_fn = torch.compile(self._loss, mode="reduce-overhead", dynamic=True)
-        elif mode == "cudagraphs":
-            self.loss_fn = torch.compile(self._loss, backend="cudagraphs", dynamic=False)
-        self.mode = mode
+        self._compiled: dict[tuple, object] = {}
 
-    def disable_compile(self) -> None:
-        self.loss_fn, self.mode = self._loss, "off"
+    def loss_fn(self, setup: Setup, backend=None):
+        """The loss for ``setup``: eager, or compiled (CUDA graphs per shape where ``setup.cuda_graphs``)."""
+        if setup.compile == "off":
+            return self._loss
+        if backend is not None:  # a test's failing compiler: never cached
+            return torch.compile(self._loss, backend=backend, dynamic=True)
+        key = (setup.compile, setup.cuda_graphs)
+        if key not in self._compiled:
+            if setup.compile == "cudagraphs" and setup.cuda_graphs:
+                fn = torch.compile(self._loss, backend="cudagraphs", dynamic=False)
+            else:  # one compilation for every length bucket (dynamic sizes)
+                fn = torch.compile(self._loss, mode="reduce-overhead" if setup.cuda_graphs else None, dynamic=True)
+            self._compiled[key] = fn
+        return self._compiled[key]
 
-    def _loss(self, ids, types, mask, labels, weights, amp_dtype: torch.dtype | None):
+    def _forward(self, ids, types, mask, amp_dtype):
         with torch.autocast(ids.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             kwargs = {"input_ids": ids, "attention_mask": mask}
             if types is not None:
                 kwargs["token_type_ids"] = types
-            logits = self.module(**kwargs).logits.float()
+            return self.module(**kwargs).logits.float()
+
+    def _loss(self, ids, types, mask, labels, weights, amp_dtype: torch.dtype | None):
+        logits = self._forward(ids, types, mask, amp_dtype)
         if self.kind == "regression":
             per = (logits.squeeze(-1) - labels) ** 2
         else:
@@ -90,11 +91,7 @@ class Model:
 
     @torch.no_grad()
     def logits(self, ids, types, mask, amp_dtype):
-        with torch.autocast(ids.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            kwargs = {"input_ids": ids, "attention_mask": mask}
-            if types is not None:
-                kwargs["token_type_ids"] = types
-            return self.module(**kwargs).logits.float()
+        return self._forward(ids, types, mask, amp_dtype)
 
 
 class Worker:
@@ -142,77 +139,23 @@ class Worker:
             cls = AutoModelForMultipleChoice if kind == "multiple_choice" else AutoModelForSequenceClassification
             with torch.device(self.s.device):
                 module = cls.from_config(config, attn_implementation=self.s.attn)
-            self._models[key] = Model(module.float(), kind, self.s)
+            self._models[key] = Model(module.float(), kind)
         return self._models[key]
 
-    def forget_models(self) -> None:
+    def free_memory(self) -> float:
+        """After an out-of-memory error (called outside the ``except`` block, so no traceback keeps the
+        tensors alive): drop models, starting weights, compiled code and CUDA-graph pools. Returns the
+        MB of tensors still alive on the device."""
         self._models.clear()
+        self._source.clear()
+        torch._dynamo.reset()  # compiled graphs and their CUDA-graph memory pools
+        gc.collect()
         if self.s.device.type == "cuda":
             torch.cuda.empty_cache()
-
-
-def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    return None
-
-
-def _batch(split: data.Split, idx: np.ndarray, length: int, device, fill_to: int | None):
-    """Tensors for one batch padded to ``length`` (and, for fixed shapes, to ``fill_to`` rows)."""
-    ids = split.ids[idx, ..., :length]
-    types = split.types[idx, ..., :length] if split.types is not None else None
-    labels = split.labels[idx]
-    weights = np.ones(len(idx), dtype=np.float32)
-    if fill_to and len(idx) < fill_to:
-        extra = fill_to - len(idx)
-        ids = np.concatenate([ids, np.full((extra, *ids.shape[1:]), split.pad_id, dtype=ids.dtype)])
-        if types is not None:
-            types = np.concatenate([types, np.zeros((extra, *types.shape[1:]), dtype=types.dtype)])
-        labels = np.concatenate([labels, np.zeros(extra, dtype=labels.dtype)])
-        weights = np.concatenate([weights, np.zeros(extra, dtype=np.float32)])
-        ids[len(idx):, ..., 0] = split.ids[idx[0], ..., 0]  # a real first token keeps attention non-empty
-    t_ids = torch.from_numpy(ids).to(device, non_blocking=True)
-    mask = (t_ids != split.pad_id).long()
-    mask[..., 0] = 1
-    t_types = torch.from_numpy(types).to(device, non_blocking=True) if types is not None else None
-    return (t_ids, t_types, mask, torch.from_numpy(labels).to(device, non_blocking=True),
-            torch.from_numpy(weights).to(device, non_blocking=True))
-
-
-def _optimizer(module: torch.nn.Module, lr: float, weight_decay: float, fused: bool):
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        lname = name.lower()
-        (no_decay if name.endswith("bias") or "layernorm" in lname or "layer_norm" in lname else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def evaluate(model: Model, split: data.Split, batch_size: int, pad: str, max_len: int, buckets, amp, device,
-             kind: str) -> tuple[np.ndarray, np.ndarray]:
-    model.module.eval()
-    preds = np.zeros(len(split), dtype=np.float32 if kind == "regression" else np.int64)
-    for idx in data.eval_order(split.lengths, batch_size):
-        length = data.pad_length(int(split.lengths[idx].max()), pad, max_len, buckets)
-        ids, types, mask, _, _ = _batch(split, idx, length, device, None)
-        logits = model.logits(ids, types, mask, amp)
-        out = logits.squeeze(-1) if kind == "regression" else logits.argmax(-1)
-        preds[idx] = out.cpu().numpy()
-    model.module.train()
-    return preds, split.labels
+        return live_tensor_mb(self.s.device)
 
 
 def read_spec(run_dir: Path) -> dict:
-    import json
-
     path = run_dir / "spec.json"
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
@@ -220,35 +163,19 @@ def read_spec(run_dir: Path) -> dict:
         raise SpecError(f"{path}: no spec.json (queue the run with `stilts-tui queue add`)") from None
     except (OSError, ValueError) as e:
         raise SpecError(f"{path}: not a valid spec ({e})") from None
+    if not isinstance(spec, dict):
+        raise SpecError(f"{path}: a spec is a JSON object, not {type(spec).__name__}")
     for key in ("run_id", "stage", "task", "model", "params", "seed"):
         if key not in spec:
             raise SpecError(f"{path}: spec has no '{key}'")
     if spec["stage"] == "synth":
         raise SpecError(f"{path}: a synth run is run by `stilts-tui synth`, not the trainer")
+    if not isinstance(spec["params"], dict) or not isinstance(spec["task"], dict):
+        raise SpecError(f"{path}: 'params' and 'task' must be JSON objects")
+    for key in ("batch_size", "epochs", "max_len"):
+        if not isinstance(spec["params"].get(key), int) or isinstance(spec["params"].get(key), bool):
+            raise SpecError(f"{path}: params.{key} must be an integer, not {spec['params'].get(key)!r}")
     return spec
-
-
-def train_run(worker: Worker, run_dir: Path) -> dict:
-    """Train one run folder to its ``result.json``. Never raises for a failure of the run itself."""
-    t0 = time.time()
-    run_dir = Path(run_dir)
-    log = RunLog(run_dir, echo=worker.s.echo)
-    result = new_result()
-    try:
-        spec = read_spec(run_dir)
-        result["primary_metric"] = spec["task"].get("metric")
-        log.event("start", run_id=spec["run_id"], pid=os.getpid(), device=str(worker.s.device))
-        result.update(_train(worker, run_dir, spec, log))
-        result["status"] = "done"
-    except torch.OutOfMemoryError as e:
-        result.update(status="oom", error=f"CUDA out of memory: {str(e).splitlines()[0][:300]}")
-        worker.forget_models()
-    except UserError as e:
-        result["error"] = str(e)
-    except Exception as e:  # noqa: BLE001 - the run fails, the process goes on to the next run
-        result["error"] = f"{type(e).__name__}: {first_line(e, 300)}"
-        log.line("".join(traceback.format_exception(e)).rstrip())
-    return finish_run(worker, run_dir, log, result, t0)
 
 
 def new_result() -> dict:
@@ -270,6 +197,13 @@ def finish_run(worker: Worker, run_dir: Path, log: RunLog, result: dict, t0: flo
     return result
 
 
+def fail_run(worker: Worker, run_dir: Path, why: str) -> dict:
+    """End a run that cannot start with a failed ``result.json`` saying why."""
+    result = new_result()
+    result["error"] = why
+    return finish_run(worker, run_dir, RunLog(run_dir, echo=worker.s.echo), result, time.time())
+
+
 @dataclass
 class Prepared:
     """A run's data and its model with the run's starting weights in place."""
@@ -284,7 +218,8 @@ class Prepared:
     location: str
 
 
-def prepare(worker: Worker, run_dir: Path, spec: dict, log: RunLog, same_data: Prepared | None = None) -> Prepared:
+def prepare(worker: Worker, run_dir: Path, spec: dict, log: RunLog, same_data: Prepared | None = None,
+            dump_weights: bool = False) -> Prepared:
     """Tokenized data (cached) and the shared model with this run's starting weights copied in.
     ``same_data``: a run of the same task, tokenizer and lengths (a fused array): its data is reused."""
     p = spec["params"]
@@ -314,7 +249,7 @@ def prepare(worker: Worker, run_dir: Path, spec: dict, log: RunLog, same_data: P
     log.line(f"model {spec['model']['name']} ({kind}, {n_out if kind != 'multiple_choice' else 'choice'} outputs) "
              f"from {src_name}: {len(taken)} weights loaded, {len(new)} new: {', '.join(new) or 'none'}")
     log.event("transfer", source=src_name, loaded=len(taken), new=new)
-    if (spec.get("debug") or {}).get("dump_initial_weights"):
+    if dump_weights:
         from safetensors.torch import save_file
 
         save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
@@ -324,7 +259,11 @@ def prepare(worker: Worker, run_dir: Path, spec: dict, log: RunLog, same_data: P
 
 @dataclass
 class Schedule:
-    """Steps, warmup and the learning-rate factor of a run: linear warmup, then linear decay to 0."""
+    """Steps, warmup and the learning-rate factor of a run: linear warmup, then linear decay to 0.
+
+    With gradient accumulation, as the reference: an optimizer step every ``grad_accum`` micro-batches
+    of an epoch; the leftover micro-batches' gradients carry into the next epoch's first step (those
+    of the last epoch are never applied); ``floor(batches / grad_accum)`` steps an epoch."""
 
     epochs: int
     steps_per_epoch: int
@@ -334,7 +273,7 @@ class Schedule:
     @classmethod
     def of(cls, p: dict, n_train: int) -> Schedule:
         bs, accum, epochs = int(p["batch_size"]), int(p.get("grad_accum", 1)), int(p["epochs"])
-        steps_per_epoch = math.ceil(math.ceil(n_train / bs) / accum)
+        steps_per_epoch = max(1, math.ceil(n_train / bs) // accum)
         total = steps_per_epoch * epochs
         return cls(epochs, steps_per_epoch, total, int(float(p.get("warmup", 0.0)) * total))
 
@@ -344,122 +283,366 @@ class Schedule:
         return max(0.0, (self.total - step) / max(1, self.total - self.warmup))
 
 
-def _train(worker: Worker, run_dir: Path, spec: dict, log: RunLog) -> dict:
-    s = worker.s
-    device = s.device
-    p = spec["params"]
-    seed = int(spec["seed"])
-    debug = spec.get("debug") or {}
-    task = spec["task"]
-    max_len, bs, accum = int(p["max_len"]), int(p["batch_size"]), int(p.get("grad_accum", 1))
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    prep = prepare(worker, run_dir, spec, log)
-    tok, labels, train, dev, kind, model = prep.tok, prep.labels, prep.train, prep.dev, prep.kind, prep.model
-    module = model.module
+def optimizer(module: torch.nn.Module, lr: float, weight_decay: float, fused: bool):
+    """AdamW as the reference: betas 0.9/0.999, eps 1e-8, no decay on biases and LayerNorm."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        (no_decay if not decays(name) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
 
-    # optimisation
-    _seed_everything(seed)
-    if device.type == "cuda":
+
+def decays(name: str) -> bool:
+    """Does weight decay apply to this parameter? (Not to biases and LayerNorm weights.)"""
+    lname = name.lower()
+    return not (name.endswith("bias") or "layernorm" in lname or "layer_norm" in lname)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-    module.train()
-    module.zero_grad(set_to_none=True)
-    opt = _optimizer(module, float(p["lr"]), float(p.get("weight_decay", 0.0)), fused=device.type == "cuda")
-    pad = s.resolved_pad()
-    group = s.group_by_length if s.group_by_length is not None else pad == "buckets"
+
+
+class AloneEngine:
+    """One Hugging Face model and torch's AdamW with its LambdaLR schedule."""
+
+    k = 1
+
+    def __init__(self, prep: Prepared, member: Member, setup: Setup, hooks: Hooks, device):
+        p = member.spec["params"]
+        self.model, self.module, self.setup = prep.model, prep.model.module, setup
+        self.opt = optimizer(self.module, float(p["lr"]), float(p.get("weight_decay", 0.0)),
+                             fused=device.type == "cuda")
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, member.schedule.factor)
+        self.scaler = torch.amp.GradScaler(enabled=setup.amp == torch.float16)
+        if self.scaler.is_enabled() and setup.clip == "micro_batch":
+            raise UserError("clip = \"micro_batch\" is not available with fp16 (loss scaling unscales once a step)")
+        self.loss_fn = self.model.loss_fn(setup, hooks.backend())
+        self.mode = setup.compile
+        self.fill_to = int(p["batch_size"]) if self.mode != "off" else None  # few shapes when compiled
+
+    def disable_compile(self) -> None:
+        self.loss_fn, self.mode, self.fill_to = self.model._loss, "off", None
+
+    def loss(self, parts: list, amp) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.setup.cuda_graphs and self.mode != "off":
+            torch.compiler.cudagraph_mark_step_begin()
+        loss = self.loss_fn(*parts[0], amp)
+        return loss, loss.detach().view(1)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def clip(self) -> None:
+        self.scaler.unscale_(self.opt)
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
+
+    def step(self) -> None:
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+
+    def zero_grad(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+
+    def lrs(self, step: int) -> list[float]:
+        return [self.sched.get_last_lr()[0]]
+
+    def predict(self, batch, amp) -> torch.Tensor:
+        ids, types, mask, _, _ = batch
+        return self.model.logits(ids, types, mask, amp).unsqueeze(0)
+
+    def train(self, on: bool) -> None:
+        self.module.train(on)
+
+    def state(self, i: int) -> dict[str, torch.Tensor]:
+        return self.module.state_dict()
+
+    def keep(self, rows: list[int]) -> None:  # an engine of one run has nothing to drop
+        pass
+
+
+# ---- the runs of one call: alone, or as a fused array ----------------------------------------------------
+
+
+@dataclass
+class Member:
+    """One run of the call: its folder, log, spec and, as it trains, its schedule and metrics."""
+
+    dir: Path
+    log: RunLog
+    t0: float
+    spec: dict = field(default_factory=dict)
+    result: dict = field(default_factory=dict)
+    schedule: Schedule | None = None
+    epoch_metrics: list = field(default_factory=list)
+    done: bool = False
+
+    def finish(self, worker: Worker, status: str, error: str | None) -> dict:
+        self.result.update(status=status, error=error)
+        self.done = True
+        return finish_run(worker, self.dir, self.log, self.result, self.t0)
+
+
+def train_run(worker: Worker, run_dir: Path) -> dict:
+    """Train one run folder to its ``result.json``. Never raises for a failure of the run itself."""
+    return train_group(worker, [Path(run_dir)], fuse=False)[0]
+
+
+def train_group(worker: Worker, run_dirs: list[Path], fuse: bool) -> list[dict]:
+    """Train the runs (as one fused array when ``fuse``); each ends with its own ``result.json``.
+    Runs that cannot join (their spec or setup fails) end at once; the others go on."""
+    everyone: list[Member] = []
+    for d in map(Path, run_dirs):
+        m = Member(d, RunLog(d, echo=worker.s.echo), time.time(), result=new_result())
+        everyone.append(m)
+        try:
+            m.spec = read_spec(d)
+            m.result["primary_metric"] = m.spec["task"].get("metric")
+            m.log.event("start", run_id=m.spec["run_id"], pid=os.getpid(), device=str(worker.s.device))
+        except UserError as e:
+            m.finish(worker, "failed", str(e))
+    members = [m for m in everyone if not m.done]
+    if worker.s.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    oom = None
+    try:
+        _train_members(worker, members, fuse)
+    except Exception as e:  # noqa: BLE001 - the runs still training fail (or end oom); the process goes on
+        if is_oom(e):
+            oom = f"CUDA out of memory: {first_line(e, 300)}"
+        else:
+            why = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {first_line(e, 300)}"
+            for m in members:
+                if not m.done:
+                    if not isinstance(e, UserError):
+                        m.log.line("".join(traceback.format_exception(e)).rstrip())
+                    m.finish(worker, "failed", why)
+    if oom:  # outside the except block: its traceback no longer holds the step's tensors
+        left = worker.free_memory()
+        for m in members:
+            if not m.done:
+                m.log.line(f"out of memory; after clean-up {left:.1f} MB of tensors alive on {worker.s.device.type}")
+                m.result["mem_after_cleanup_mb"] = round(left, 3)
+                m.finish(worker, "oom", oom)
+    return [m.result for m in everyone]
+
+
+def _train_members(worker: Worker, members: list[Member], fuse: bool) -> None:
+    if not members:
+        return
+    hooks = Hooks.of([m.spec for m in members])
+    joined: list[Member] = []
+    prep = None
+    states = []
+    for m in members:
+        try:
+            prep = prepare(worker, m.dir, m.spec, m.log, same_data=prep if fuse else None,
+                           dump_weights=hooks.dump_initial_weights)
+            m.schedule = Schedule.of(m.spec["params"], len(prep.train))
+            if fuse:
+                states.append({n: t.detach().to("cpu", copy=True) for n, t in prep.model.module.named_parameters()})
+            joined.append(m)
+        except UserError as e:
+            m.finish(worker, "failed", str(e))
+    if not joined:
+        return
+    p0 = joined[0].spec["params"]
+    setup = resolve_setup(worker.s, p0, joined[0].spec, int(p0.get("grad_accum", 1)))
+    if fuse:
+        from stilts_tui.train import fused
+
+        setup.fused = len(joined)
+        engine = fused.ArrayEngine(prep, joined, states, setup, hooks, worker.s.device)
+    else:
+        engine = AloneEngine(prep, joined[0], setup, hooks, worker.s.device)
+    fit(worker, joined, engine, prep, setup, hooks)
+
+
+def fit(worker: Worker, members: list[Member], engine, prep: Prepared, setup: Setup, hooks: Hooks) -> None:
+    """The loop: epochs of batches, forward, backward, clipping, optimizer step, logging, evaluation."""
+    device = worker.s.device
+    p0 = members[0].spec["params"]
+    max_len, bs, accum = int(p0["max_len"]), int(p0["batch_size"]), int(p0.get("grad_accum", 1))
+    seed_everything(int(members[0].spec["seed"]))  # an array's dropout masks: one stream
+    sched = members[0].schedule
     buckets = data.buckets_for(max_len)
-    plan = Schedule.of(p, len(train))
-    epochs, steps_per_epoch, total, warmup = plan.epochs, plan.steps_per_epoch, plan.total, plan.warmup
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, plan.factor)
-    amp = _amp_dtype(spec.get("precision", p.get("precision", "auto")), device)
-    scaler = torch.amp.GradScaler(enabled=amp == torch.float16)
-    log.line(f"train {len(train)} / dev {len(dev)} examples, {epochs} epochs x {steps_per_epoch} steps = {total}, "
-             f"batch {bs}x{accum}, lr {p['lr']}, warmup {warmup} steps, {device.type} "
-             f"{str(amp).replace('torch.', '') if amp else 'fp32'}, pad {pad}, compile {model.mode}")
-    if debug.get("spawn_sleeper"):  # a child in the run's process group (cancel must stop it too)
+    _log_begin(members, prep, setup, sched, bs, accum, device)
+    if hooks.spawn_sleeper:  # a child in the run's process group (cancel must stop it too)
         import subprocess
 
         child = subprocess.Popen(["sleep", "600"])
-        (run_dir / "sleeper.pid").write_text(str(child.pid))
-    log.event("begin", total_steps=total, epochs=epochs, n_train=len(train), n_dev=len(dev), device=device.type)
-
-    eval_bs = int(p.get("eval_batch_size") or max(bs, 32))
-    step, seen, t_train = 0, 0, time.time()
-    t_mark, seen_mark = t_train, 0
-    log_every = max(1, min(50, total // 20))
-    running = torch.zeros((), device=device)
-    running_n = 0
-    epoch_metrics: list[dict] = []
-    primary = task.get("metric", "acc")
-    oom_at = debug.get("oom_at_step")
-    for epoch in range(1, epochs + 1):
-        order = data.train_order(train.lengths, bs, seed, epoch, group)
-        for b, idx in enumerate(order):
-            length = data.pad_length(int(train.lengths[idx].max()), pad, max_len, buckets)
-            ids, types, mask, y, w = _batch(train, idx, length, device, bs if model.fixed_shapes else None)
-            if model.mode != "off" and device.type == "cuda":
-                torch.compiler.cudagraph_mark_step_begin()
-            try:
-                loss = model.loss_fn(ids, types, mask, y, w, amp)
-            except torch.OutOfMemoryError:
-                raise
-            except Exception as e:  # noqa: BLE001 - a compiler failure must not cost the run
-                if model.mode == "off":
-                    raise
-                log.line(f"compile {model.mode} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                         "going on without compilation")
-                model.disable_compile()
-                loss = model.loss_fn(ids, types, mask, y, w, amp)
-            scaler.scale(loss / accum).backward()
-            running += loss.detach()
-            running_n += 1
-            seen += len(idx)
-            if (b + 1) % accum and b + 1 != len(order):
+        (members[0].dir / "sleeper.pid").write_text(str(child.pid))
+    live = list(members)
+    steplog = StepLog([m.log for m in live], sched.total, sched.epochs, device)
+    eval_bs = int(p0.get("eval_batch_size") or max(bs, 32))
+    engine.train(True)
+    engine.zero_grad()
+    step = 0
+    window: list[list] = []  # this step's micro-batches (replayed if the compiled backward fails)
+    for epoch in range(1, sched.epochs + 1):
+        orders = [data.train_order(prep.train.lengths, bs, int(m.spec["seed"]), epoch, setup.batching, buckets)
+                  for m in live]
+        for b in range(len(orders[0])):
+            if len(live) > 1:
+                live, orders = _drop_cancelled(worker, engine, steplog, live, orders)
+                if not live:
+                    return
+            idx = [o[b] for o in orders]
+            length = max(data.pad_length(int(prep.train.lengths[i].max()), setup.pad, max_len, buckets) for i in idx)
+            parts = [make_batch(prep.train, i, length, device, engine.fill_to) for i in idx]
+            window.append(parts)
+            each = _micro_step(engine, parts, window, setup, accum, live)
+            steplog.add(each, len(idx[0]))
+            last = b + 1 == len(orders[0])
+            if (b + 1) % accum and not (last and len(orders[0]) < accum):
                 continue
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            if setup.clip == "step":
+                engine.clip()
+            engine.step()
+            engine.zero_grad()
+            window = []
             step += 1
-            if oom_at is not None and step >= int(oom_at):
-                marker = run_dir / "oom_hook.done"
-                if not (debug.get("oom_once") and marker.exists()):
-                    marker.touch()
-                    raise torch.OutOfMemoryError("test hook: CUDA out of memory (spec debug.oom_at_step)")
-            if debug.get("sleep_per_step"):
-                time.sleep(float(debug["sleep_per_step"]))
-            if step % log_every == 0 or step == total:
-                now = time.time()
-                mean_loss = (running / running_n).item()
-                running.zero_()
-                running_n = 0
-                rate = (seen - seen_mark) / max(now - t_mark, 1e-9)
-                eta = (total - step) * (now - t_train) / step
-                lr_now = sched.get_last_lr()[0]
-                log.line(f"epoch {epoch}/{epochs} step {step}/{total} loss {mean_loss:.4f} lr {lr_now:.3g} "
-                         f"{rate:.1f} samples/s ETA {fmt_duration(eta)}")
-                log.event("step", step=step, total_steps=total, epoch=epoch, loss=mean_loss, lr=lr_now,
-                          samples_per_s=rate, eta_s=eta)
-                t_mark, seen_mark = now, seen
-        preds, gold = evaluate(model, dev, eval_bs, pad, max_len, buckets, amp, device, kind)
-        metrics = compute_metrics(task.get("metrics") or [primary], preds, gold)
-        epoch_metrics.append(metrics)
-        log.line(f"eval epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        log.event("eval", epoch=epoch, metrics=metrics)
-    train_seconds = time.time() - t_train
+            hooks.after_step(step, live[0].dir)
+            steplog.step(step, epoch, engine.lrs(step))
+        live = _evaluate_epoch(worker, engine, live, steplog, prep, setup, epoch, eval_bs, max_len, buckets)
+        if not live:
+            return
+    _summarise(worker, engine, live, prep, setup, steplog, step)
 
-    if spec.get("keep_checkpoint"):
-        save_checkpoint(module, tok, run_dir / "checkpoint", labels)
-        log.line(f"checkpoint saved to {run_dir / 'checkpoint'}")
-    scores = [m[primary] for m in epoch_metrics]
-    best = int(np.argmax(scores)) + 1
-    log.line(f"done: {primary} {scores[-1]:.4f} (last epoch; best {max(scores):.4f} at epoch {best}) "
-             f"in {fmt_duration(train_seconds)}, {seen / train_seconds:.1f} samples/s")
-    return {"metrics": epoch_metrics[-1], "score": scores[-1], "best_epoch": best, "best_score": max(scores),
-            "epoch_metrics": epoch_metrics, "train_seconds": round(train_seconds, 3),
-            "samples_per_s": round(seen / train_seconds, 2), "steps": step, "compile": model.mode, "pad": pad}
+
+def _log_begin(members, prep, setup, sched, bs, accum, device) -> None:
+    others = len(members) - 1
+    for m in members:
+        m.log.line(f"train {len(prep.train)} / dev {len(prep.dev)} examples, {sched.epochs} epochs x "
+                   f"{sched.steps_per_epoch} steps = {sched.total}, batch {bs}x{accum}, lr {m.spec['params']['lr']}, "
+                   f"warmup {m.schedule.warmup} steps, {device.type} {setup.line()}"
+                   + (f", fused with {others} other runs" if others else ""))
+        m.log.event("begin", total_steps=sched.total, epochs=sched.epochs, n_train=len(prep.train),
+                    n_dev=len(prep.dev), device=device.type, setup=setup.record(),
+                    **({"fused": len(members)} if others else {}))
+
+
+def _micro_step(engine, parts, window, setup: Setup, accum: int, live: list[Member]) -> torch.Tensor:
+    """Forward and backward of one micro-batch; a compiler failure falls back to eager, recorded."""
+    try:
+        total, each = engine.loss(parts, setup.amp)
+    except Exception as e:  # noqa: BLE001 - a compiler failure must not cost the runs
+        if engine.mode == "off" or is_oom(e):
+            raise
+        _fallback(engine, live, "forward", e)
+        total, each = engine.loss(parts, setup.amp)
+    try:
+        engine.backward(total / accum)
+    except Exception as e:  # noqa: BLE001 - the backward is compiled at its first call
+        if engine.mode == "off" or is_oom(e):
+            raise
+        _fallback(engine, live, "backward", e)
+        engine.zero_grad()  # redo this step's micro-batches eagerly: no gradient counted twice or lost
+        for earlier in window:
+            total, each = engine.loss(earlier, setup.amp)
+            engine.backward(total / accum)
+            if setup.clip == "micro_batch" and earlier is not parts:
+                engine.clip()
+    if setup.clip == "micro_batch":
+        engine.clip()
+    return each
+
+
+def _fallback(engine, live: list[Member], where: str, e: Exception) -> None:
+    why = f"{where}: {type(e).__name__}: {first_line(e, 200)}"
+    for m in live:
+        m.log.line(f"compile {engine.mode} failed in the {why.split(': ', 1)[0]} ({why.split(': ', 1)[1]}); "
+                   "going on without compilation")
+        m.result["compile_fallback"] = why
+    engine.disable_compile()
+
+
+def _drop(worker: Worker, engine, steplog: StepLog, live: list[Member], gone: list[Member], status: str,
+          why: str) -> list[int]:
+    rows = [i for i, m in enumerate(live) if m not in gone]
+    for m in gone:
+        m.finish(worker, status, why)
+    if rows:
+        engine.keep(rows)
+        steplog.keep(rows)
+    return rows
+
+
+def _drop_cancelled(worker, engine, steplog, live, orders):
+    gone = [m for m in live if (m.dir / rundir.CANCEL_FILE).exists()]
+    if not gone:
+        return live, orders
+    rows = _drop(worker, engine, steplog, live, gone, "cancelled", "cancelled while training in a fused array")
+    return [live[i] for i in rows], [orders[i] for i in rows]
+
+
+def _evaluate_epoch(worker, engine, live, steplog, prep, setup, epoch, eval_bs, max_len, buckets) -> list[Member]:
+    preds = evaluate(engine, prep.dev, eval_bs, setup, max_len, buckets, worker.s.device, prep.kind)
+    failed = []
+    for i, m in enumerate(live):
+        try:
+            metrics = compute_metrics(m.spec["task"].get("metrics") or [_primary(m)], preds[i], prep.dev.labels)
+        except Exception as e:  # noqa: BLE001 - this run fails, the others go on
+            m.result["error_detail"] = repr(e)
+            failed.append(m)
+            continue
+        m.epoch_metrics.append(metrics)
+        m.log.line(f"eval epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        m.log.event("eval", epoch=epoch, metrics=metrics)
+    if not failed:
+        return live
+    if len(live) == 1:
+        raise RuntimeError(f"evaluation failed: {failed[0].result['error_detail']}")
+    rows = _drop(worker, engine, steplog, live, failed, "failed", "evaluation failed")
+    return [live[i] for i in rows]
+
+
+def _primary(m: Member) -> str:
+    return m.spec["task"].get("metric", "acc")
+
+
+def evaluate(engine, split: data.Split, batch_size: int, setup: Setup, max_len: int, buckets, device,
+             kind: str) -> np.ndarray:
+    """Every run's predictions on ``split`` [K, N] (the inputs are shared by the runs of an array)."""
+    engine.train(False)
+    preds = np.zeros((engine.k, len(split)), dtype=np.float32 if kind == "regression" else np.int64)
+    for idx in data.eval_order(split.lengths, batch_size):
+        length = data.pad_length(int(split.lengths[idx].max()), setup.pad, max_len, buckets)
+        logits = engine.predict(make_batch(split, idx, length, device), setup.amp)
+        out = logits.squeeze(-1) if kind == "regression" else logits.argmax(-1)
+        preds[:, idx] = out.cpu().numpy()
+    engine.train(True)
+    return preds
+
+
+def _summarise(worker, engine, live, prep, setup: Setup, steplog: StepLog, step: int) -> None:
+    seconds = steplog.seconds
+    rate = steplog.seen / max(seconds, 1e-9)
+    for i, m in enumerate(live):
+        try:
+            if m.spec.get("keep_checkpoint"):
+                if engine.k > 1:
+                    prep.model.module.load_state_dict(engine.state(i), strict=False)
+                save_checkpoint(prep.model.module, prep.tok, m.dir / "checkpoint", prep.labels)
+                m.log.line(f"checkpoint saved to {m.dir / 'checkpoint'}")
+            scores = [x[_primary(m)] for x in m.epoch_metrics]
+            best = int(np.argmax(scores)) + 1
+            how = f", fused ({len(live)} runs at the end)" if setup.fused else ""
+            m.log.line(f"done: {_primary(m)} {scores[-1]:.4f} (last epoch; best {max(scores):.4f} at epoch {best}) "
+                       f"in {fmt_duration(seconds)}, {rate:.1f} samples/s{how}")
+            m.result.update(metrics=m.epoch_metrics[-1], score=scores[-1], best_epoch=best, best_score=max(scores),
+                            epoch_metrics=m.epoch_metrics, train_seconds=round(seconds, 3),
+                            samples_per_s=round(rate, 2), steps=step, compile=engine.mode, pad=setup.pad,
+                            setup=setup.record())
+            if setup.fused:
+                m.result["fused"] = setup.fused
+            m.finish(worker, "done", None)
+        except Exception as e:  # noqa: BLE001 - e.g. a full disk while saving one checkpoint
+            m.finish(worker, "failed", f"{type(e).__name__}: {first_line(e, 300)}")
 
 
 def save_checkpoint(module: torch.nn.Module, tok, folder: Path, labels: list[str] | None) -> None:

@@ -13,14 +13,14 @@ from pathlib import Path
 import psutil
 
 
-def launch(run_dirs: list[Path], env: dict[str, str], log_path: Path, module: str = "stilts_tui.train"
-           ) -> tuple[int, float]:
-    """Start ``python -m MODULE RUN_DIR...`` (the trainer, or the synthesis) in its own session;
+def launch(run_dirs: list[Path], env: dict[str, str], log_path: Path, module: str = "stilts_tui.train",
+           args: list[str] | None = None) -> tuple[int, float]:
+    """Start ``python -m MODULE [ARGS] RUN_DIR...`` (the trainer, or the synthesis) in its own session;
     (pid, start time)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(  # an argument list, never a shell
-            [sys.executable, "-m", module, *map(str, run_dirs)],
+            [sys.executable, "-m", module, *(args or []), *map(str, run_dirs)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, **env}, cwd=str(run_dirs[0].parent),
         )

@@ -1,0 +1,223 @@
+"""What a run alone and a fused array share: how a run trains (:class:`Setup`, recorded in every
+result.json), batches as tensors, the test hooks, the step logger, and telling an out-of-memory
+error from other failures."""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stilts_tui.train import data
+from stilts_tui.train.events import RunLog, fmt_duration
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
+@dataclass
+class Setup:
+    """How a run trains: the numerics and batching that decide its scores, and the speed settings that
+    should not (compile, padding). Written to result.json as ``setup``."""
+
+    precision: str  # fp32 | bf16 | fp16 (resolved)
+    tf32: bool  # TF32 matmuls (CUDA, fp32): what torch 1.7 on Ampere did for the reference
+    batching: str  # random | grouped
+    pad: str  # max | buckets | longest
+    clip: str  # step | micro_batch
+    compile: str  # off | inductor | cudagraphs (what was asked; the result says what ran)
+    cuda_graphs: bool = False
+    fused: int = 0  # runs in the array; 0 alone
+
+    @property
+    def amp(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def record(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        return (f"{self.precision}{' (tf32 matmuls)' if self.tf32 else ''}, {self.batching} batches, pad {self.pad}, "
+                f"clip per {self.clip.replace('_', '-')}, compile {self.compile}")
+
+
+def resolve_setup(settings, params: dict, spec: dict, accum: int) -> Setup:
+    """The run's setup from its spec, the trainer's flags (anything but ``auto`` overrides the spec:
+    for debugging, and so the CPU can take the GPU's branches) and the device."""
+    device = settings.device
+    cuda = device.type == "cuda"
+    precision = str(spec.get("precision") or params.get("precision") or "fp32")
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    compile_mode = settings.compile if settings.compile != "auto" else ("inductor" if cuda else "off")
+    pad = settings.pad if settings.pad != "auto" else str(params.get("pad") or "auto")
+    if pad == "auto":
+        pad = "buckets" if cuda or compile_mode != "off" else "longest"
+    if pad == "longest" and compile_mode != "off":
+        pad = "buckets"  # compiled code needs few shapes: never a new length every step
+    group = getattr(settings, "group", "auto")
+    batching = {"on": "grouped", "off": "random"}.get(group) or str(params.get("batching") or "random")
+    clip = str(params.get("clip") or "step")
+    # CUDA graphs own their outputs: gradients accumulated over micro-batches would be overwritten by the
+    # next replay, so accumulation compiles without graphs
+    graphs = cuda and compile_mode in ("inductor", "cudagraphs") and accum == 1
+    tf32 = cuda and precision == "fp32" and torch.backends.cuda.matmul.allow_tf32
+    return Setup(precision, tf32, batching, pad, clip, compile_mode, graphs)
+
+
+def make_batch(split: data.Split, idx: np.ndarray, length: int, device, fill_to: int | None = None):
+    """Tensors ``(ids, types, mask, labels, weights)`` for one batch padded to ``length`` (and, for
+    fixed shapes, to ``fill_to`` rows of weight 0)."""
+    ids = split.ids[idx, ..., :length]
+    types = split.types[idx, ..., :length] if split.types is not None else None
+    labels = split.labels[idx]
+    weights = np.ones(len(idx), dtype=np.float32)
+    if fill_to and len(idx) < fill_to:
+        extra = fill_to - len(idx)
+        ids = np.concatenate([ids, np.full((extra, *ids.shape[1:]), split.pad_id, dtype=ids.dtype)])
+        if types is not None:
+            types = np.concatenate([types, np.zeros((extra, *types.shape[1:]), dtype=types.dtype)])
+        labels = np.concatenate([labels, np.zeros(extra, dtype=labels.dtype)])
+        weights = np.concatenate([weights, np.zeros(extra, dtype=np.float32)])
+        ids[len(idx):, ..., 0] = split.ids[idx[0], ..., 0]  # a real first token keeps attention non-empty
+    t_ids = torch.from_numpy(ids).to(device, non_blocking=True)
+    mask = (t_ids != split.pad_id).long()
+    mask[..., 0] = 1
+    t_types = torch.from_numpy(types).to(device, non_blocking=True) if types is not None else None
+    return (t_ids, t_types, mask, torch.from_numpy(labels).to(device, non_blocking=True),
+            torch.from_numpy(weights).to(device, non_blocking=True))
+
+
+# ---- failures ---------------------------------------------------------------------------------------
+
+_OOM_TEXT = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "cudaErrorMemoryAllocation")
+
+
+def is_oom(e: BaseException) -> bool:
+    """Out of memory, however it was raised: torch's OutOfMemoryError, or a plain RuntimeError from
+    cuBLAS, cuDNN, CUDA context creation, or a compiler that ran out while compiling."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(t in text for t in _OOM_TEXT)
+
+
+def live_tensor_mb(device: torch.device) -> float:
+    """Memory held by live tensors on ``device``: the allocator's count on CUDA, else a scan of the heap."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    total = 0
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, torch.Tensor) and obj.device.type == device.type and not obj.is_meta:
+                total += obj.untyped_storage().nbytes()
+        except Exception:  # noqa: BLE001, S112 - objects that die or lie while scanned are skipped
+            continue
+    return total / 2**20
+
+
+# ---- test hooks -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Hooks:
+    """Failures and delays a test asks for in a spec's ``debug`` table; built once per run or array,
+    never read inside the step. Empty (all off) for every real run."""
+
+    oom_at_step: int | None = None  # raise an out-of-memory error after this optimizer step
+    oom_once: bool = False  # ... only the first time (a marker file in the run folder)
+    oom_kind: str = "torch"  # torch (OutOfMemoryError) | runtime (a cuBLAS allocation failure)
+    sleep_per_step: float = 0.0
+    compile_fail: str | None = None  # forward | backward: the compiler fails there
+    spawn_sleeper: bool = False
+    dump_initial_weights: bool = False
+
+    @classmethod
+    def of(cls, specs: list[dict]) -> Hooks:
+        debugs = [s.get("debug") or {} for s in specs]
+        ooms = [int(d["oom_at_step"]) for d in debugs if d.get("oom_at_step") is not None]
+        kinds = [d.get("compile_fail") for d in debugs if d.get("compile_fail")]
+        return cls(oom_at_step=min(ooms, default=None), oom_once=any(d.get("oom_once") for d in debugs),
+                   oom_kind=next((d["oom_kind"] for d in debugs if d.get("oom_kind")), "torch"),
+                   sleep_per_step=max((float(d.get("sleep_per_step") or 0) for d in debugs), default=0.0),
+                   compile_fail=kinds[0] if kinds else None,
+                   spawn_sleeper=any(d.get("spawn_sleeper") for d in debugs),
+                   dump_initial_weights=any(d.get("dump_initial_weights") for d in debugs))
+
+    def after_step(self, step: int, run_dir: Path) -> None:
+        if self.sleep_per_step:
+            time.sleep(self.sleep_per_step)
+        if self.oom_at_step is None or step < self.oom_at_step:
+            return
+        marker = run_dir / "oom_hook.done"
+        if self.oom_once and marker.exists():
+            return
+        marker.touch()
+        if self.oom_kind == "runtime":
+            raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)` "
+                               "(test hook: spec debug.oom_at_step)")
+        raise torch.OutOfMemoryError("test hook: CUDA out of memory (spec debug.oom_at_step)")
+
+    def backend(self):
+        """A compiler backend that fails where asked (None: the real one)."""
+        if not self.compile_fail:
+            return None
+
+        def fail(gm, example_inputs):
+            raise RuntimeError(f"test hook: the compiler fails in {self.compile_fail} (spec debug.compile_fail)")
+
+        if self.compile_fail == "forward":
+            return fail
+        from torch._dynamo.backends.common import aot_autograd
+
+        return aot_autograd(fw_compiler=lambda gm, example_inputs: gm, bw_compiler=fail)
+
+
+# ---- the step logger ----------------------------------------------------------------------------------
+
+
+class StepLog:
+    """The logging cadence of a run or an array: running losses stay on the device (no sync a step)
+    until a log line, then one line and one ``step`` event for each run."""
+
+    def __init__(self, logs: list[RunLog], total: int, epochs: int, device):
+        self.logs, self.total, self.epochs = logs, total, epochs
+        self.every = max(1, min(50, total // 20))
+        self.running = torch.zeros(len(logs), device=device)
+        self.n = 0
+        self.seen = 0
+        self.t0 = self.t_mark = time.time()
+        self.seen_mark = 0
+
+    def add(self, each: torch.Tensor, rows: int) -> None:
+        self.running += each
+        self.n += 1
+        self.seen += rows
+
+    def keep(self, rows: list[int]) -> None:
+        self.logs = [self.logs[i] for i in rows]
+        self.running = self.running[rows]
+
+    def step(self, step: int, epoch: int, lrs: list[float]) -> None:
+        if step % self.every and step != self.total:
+            return
+        now = time.time()
+        rate = (self.seen - self.seen_mark) / max(now - self.t_mark, 1e-9)
+        eta = (self.total - step) * (now - self.t0) / step
+        means = (self.running / max(1, self.n)).tolist()
+        self.running.zero_()
+        self.n = 0
+        fused = {"fused": len(self.logs)} if len(self.logs) > 1 else {}
+        for log, mean, lr in zip(self.logs, means, lrs, strict=True):
+            log.line(f"epoch {epoch}/{self.epochs} step {step}/{self.total} loss {mean:.4f} lr {lr:.3g} "
+                     f"{rate:.1f} samples/s ETA {fmt_duration(eta)}")
+            log.event("step", step=step, total_steps=self.total, epoch=epoch, loss=mean, lr=lr,
+                      samples_per_s=rate, eta_s=eta, **fused)
+        self.t_mark, self.seen_mark = now, self.seen
+
+    @property
+    def seconds(self) -> float:
+        return time.time() - self.t0

@@ -1,0 +1,152 @@
+"""The branches a GPU takes, taken on the CPU: length buckets with grouped batches, inductor
+compilation (and gradient accumulation under it), fused arrays on buckets with short last batches,
+compiler failures in the forward and the backward, out-of-memory errors mid-run and mid-array, and a
+GPU placement whose process has no CUDA. Real trainer processes on a tiny real model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import result_of, step_losses, train, write_tiny_run
+
+from stilts_tui.train import data
+from stilts_tui.train.loop import Schedule
+
+BUCKETS = [16, 24, 32, 40]
+
+
+def _lengths(n: int = 203, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(3, 41, n)
+
+
+def test_grouped_batches_hold_one_bucket_and_every_seed_steps_through_the_same_buckets():
+    lengths = _lengths()
+    orders = {seed: data.train_order(lengths, 8, seed, 1, "grouped", BUCKETS) for seed in (1, 2, 3)}
+    sequences = []
+    for seed, order in orders.items():
+        assert sorted(np.concatenate(order).tolist()) == list(range(len(lengths)))  # every example once
+        buckets = [{data.pad_length(int(x), "buckets", 40, BUCKETS) for x in lengths[b]} for b in order]
+        assert all(len(b) == 1 for b in buckets), f"seed {seed}: a batch spans buckets"
+        sequences.append([(b.pop(), len(idx)) for b, idx in zip(buckets, order, strict=True)])
+    # the same bucket and the same batch size at every step, whatever the seed: a fused array pads
+    # every member to one bucket and stacks batches of one size
+    assert sequences[0] == sequences[1] == sequences[2]
+    assert not all(np.array_equal(a, b) for a, b in zip(orders[1], orders[2], strict=True))  # the seed matters
+    assert data.train_order(lengths, 8, 1, 2, "grouped", BUCKETS)[0].tolist() != orders[1][0].tolist()
+
+
+def test_random_batches_are_uniform_over_the_epoch_with_one_short_batch_at_the_end():
+    lengths = _lengths()
+    order = data.train_order(lengths, 8, 5, 1, "random", BUCKETS)
+    assert [len(b) for b in order] == [8] * 25 + [3]
+    assert sorted(np.concatenate(order).tolist()) == list(range(len(lengths)))
+    # not sorted by length: random batches mix lengths (the reference's RandomSampler)
+    assert np.mean([np.ptp(lengths[b]) for b in order[:-1]]) > 10
+
+
+def test_gradient_accumulation_steps_as_the_reference_leftovers_carry():
+    # 37 examples, batch 4: 10 micro-batches an epoch; accumulation 4: 2 steps an epoch (floor), the
+    # 2 leftover micro-batches carry into the next epoch's first step
+    s = Schedule.of({"batch_size": 4, "grad_accum": 4, "epochs": 3, "warmup": 0.5}, 37)
+    assert (s.steps_per_epoch, s.total, s.warmup) == (2, 6, 3)
+    assert Schedule.of({"batch_size": 8, "epochs": 2}, 37).total == 10
+    assert Schedule.of({"batch_size": 8, "grad_accum": 8, "epochs": 2}, 37).steps_per_epoch == 1  # fewer than accum
+
+
+def test_a_fused_array_on_buckets_with_short_last_batches_equals_each_run_alone(tmp_path, tiny_workload):
+    runs = [("a", 1e-3, 0.0, 1), ("b", 3e-3, 0.1, 2), ("c", 2e-3, 0.0, 3)]
+
+    def write(where: str) -> list:
+        return [write_tiny_run(tmp_path / where, f"{n}0000000000{n}", tiny_workload, seed=seed, lr=lr,
+                               weight_decay=wd, warmup=0.3) for n, lr, wd, seed in runs]
+
+    alone, fused = write("alone"), write("fused")
+    flags = ("--pad", "buckets", "--group", "on")
+    out = train(alone, *flags)
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = train(fused, *flags, "--fuse", "3")
+    assert out.returncode == 0, out.stderr[-2000:]
+    for a, f in zip(alone, fused, strict=True):
+        ra, rf = result_of(a), result_of(f)
+        assert ra["status"] == rf["status"] == "done"
+        assert rf["setup"] == {**ra["setup"], "fused": 3}
+        assert ra["setup"] == {"precision": "fp32", "tf32": False, "batching": "grouped", "pad": "buckets",
+                               "clip": "step", "compile": "off", "cuda_graphs": False, "fused": 0}
+        la, lf = step_losses(a), step_losses(f)
+        assert [s for s, _ in la] == [s for s, _ in lf] and len(la) >= 5
+        assert np.allclose([x for _, x in la], [x for _, x in lf], atol=1e-5)
+        assert ra["metrics"] == rf["metrics"]
+
+
+def test_inductor_compiles_on_the_cpu_with_and_without_gradient_accumulation(tmp_path, tiny_workload):
+    eager = [write_tiny_run(tmp_path / "eager", f"e{i}0000000000e", tiny_workload, grad_accum=i) for i in (1, 2)]
+    comp = [write_tiny_run(tmp_path / "comp", f"c{i}0000000000c", tiny_workload, grad_accum=i) for i in (1, 2)]
+    assert train(eager, "--pad", "buckets").returncode == 0
+    out = train(comp, "--compile", "inductor")
+    assert out.returncode == 0, out.stderr[-2000:]
+    for e, c in zip(eager, comp, strict=True):
+        rc = result_of(c)
+        assert rc["status"] == "done" and rc["compile"] == "inductor" and "compile_fallback" not in rc
+        assert rc["setup"]["compile"] == "inductor" and rc["setup"]["pad"] == "buckets"
+        # the compiled step computes the same losses as the eager one (to float rounding)
+        assert np.allclose([x for _, x in step_losses(e)], [x for _, x in step_losses(c)], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("fuse", [False, True], ids=["alone", "array"])
+def test_a_compiler_failure_in_forward_or_backward_falls_back_and_the_result_says_so(tmp_path, tiny_workload,
+                                                                                    fuse):
+    where = ("forward", "backward") if not fuse else ("backward",)
+    eager = [write_tiny_run(tmp_path / "eager", f"e{i}0000000000e", tiny_workload, seed=i, grad_accum=2)
+             for i in range(len(where) + fuse)]
+    failing = [write_tiny_run(tmp_path / "fail", f"f{i}0000000000f", tiny_workload, seed=i, grad_accum=2,
+                              debug={"compile_fail": where[min(i, len(where) - 1)]})
+               for i in range(len(where) + fuse)]
+    fuse_flags = ("--fuse", "2") if fuse else ()
+    assert train(eager, "--pad", "buckets", *fuse_flags).returncode == 0
+    out = train(failing, "--compile", "inductor", *fuse_flags)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for i, (e, f) in enumerate(zip(eager, failing, strict=True)):
+        rf = result_of(f)
+        assert rf["status"] == "done"
+        assert rf["compile"] == "off" and rf["setup"]["compile"] == "inductor"  # asked for, and what ran
+        assert rf["compile_fallback"].startswith(where[min(i, len(where) - 1)] + ": ")
+        assert "going on without compilation" in (f / "train.log").read_text()
+        # the failed step is redone eagerly: no gradient lost or counted twice
+        assert np.allclose([x for _, x in step_losses(e)], [x for _, x in step_losses(f)], atol=1e-6)
+
+
+def test_out_of_memory_mid_worker_frees_the_memory_and_the_next_run_trains(tmp_path, tiny_workload):
+    dirs = [write_tiny_run(tmp_path, "a0000000000a", tiny_workload, debug={"oom_at_step": 2}),
+            write_tiny_run(tmp_path, "b0000000000b", tiny_workload, debug={"oom_at_step": 1, "oom_kind": "runtime"}),
+            write_tiny_run(tmp_path, "c0000000000c", tiny_workload)]
+    out = train(dirs)
+    assert out.returncode == 1  # not every run is done
+    ra, rb, rc = map(result_of, dirs)
+    assert ra["status"] == "oom" and rb["status"] == "oom", (ra["error"], rb["error"])
+    assert "CUBLAS_STATUS_ALLOC_FAILED" in rb["error"]  # a cuBLAS allocation failure is an OOM, not a failure
+    # clean-up ran outside the except block: the model, its gradients and the optimizer's state are gone
+    # (the tiny model alone holds ~1.4 MB of weights, ~5 MB with gradients and AdamW's moments)
+    assert ra["mem_after_cleanup_mb"] < 0.2 and rb["mem_after_cleanup_mb"] < 0.2
+    assert rc["status"] == "done" and rc["score"] is not None
+
+
+def test_out_of_memory_mid_array_ends_its_runs_oom_and_the_next_run_trains(tmp_path, tiny_workload):
+    array = [write_tiny_run(tmp_path, f"{n}0000000000{n}", tiny_workload, seed=i,
+                            debug={"oom_at_step": 3} if n == "b" else None) for i, n in enumerate("abc")]
+    after = write_tiny_run(tmp_path, "d0000000000d", tiny_workload, batch_size=4)  # another shape: alone
+    out = train([*array, after], "--fuse", "3", "--pad", "buckets", "--group", "on")
+    assert out.returncode == 1
+    for d in array:
+        r = result_of(d)
+        assert r["status"] == "oom" and r["mem_after_cleanup_mb"] < 0.2
+    assert result_of(after)["status"] == "done"
+    assert "fused with 2 other runs" in (array[0] / "train.log").read_text()
+
+
+def test_a_gpu_placement_whose_process_has_no_cuda_fails_instead_of_training_on_the_cpu(tmp_path, tiny_workload):
+    d = write_tiny_run(tmp_path, "a0000000000a", tiny_workload)
+    out = train([d], "--device", "cuda")
+    assert out.returncode == 1
+    r = result_of(d)
+    assert r["status"] == "failed" and "CUDA is not available" in r["error"]
+    assert "step" not in (d / "events.jsonl").read_text()
