@@ -60,8 +60,9 @@ ENDED = ("done", "failed", "cancelled", "blocked")
 
 
 def stilts(*args: str, root: Path) -> str:
-    exe = Path(sys.executable).parent / "stilts-tui"
-    out = subprocess.run([str(exe), "--runs-dir", str(root), *args], capture_output=True, text=True)
+    # the CLI as a module: a GPU box with the package on PYTHONPATH has no stilts-tui script
+    out = subprocess.run([sys.executable, "-m", "stilts_tui.cli", "--runs-dir", str(root), *args],
+                         capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"stilts-tui {' '.join(args)}: {out.stderr.strip()}")
     return out.stdout

@@ -13,7 +13,7 @@ sentence pairs; 3 runs (seeds 1-3), lr 5e-5, batch 16, 3 epochs, max_len 48, fp3
 ``--gpu-flags``: both sides' fastest flags for a GPU: HF bf16, torch_compile, group_by_length;
 stilts ``--compile inductor --pad buckets --group on`` with precision bf16 in the spec.
 
-    python bench/vs_hf_trainer.py [--size minilm] [--runs 3] [--samples 256] [--repeat 1] [--gpu-flags]
+    python bench/vs_hf_trainer.py [--size minilm] [--runs 3] [--samples 128] [--repeat 1] [--gpu-flags]
 """
 
 from __future__ import annotations
@@ -157,8 +157,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="minilm", choices=("minilm", "tiny", "base", "large"))
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--samples", type=int, default=256, help="training pairs")
-    ap.add_argument("--dev", type=int, default=128, help="dev pairs")
+    ap.add_argument("--samples", type=int, default=128, help="training pairs")
+    ap.add_argument("--dev", type=int, default=64, help="dev pairs")
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=3)
