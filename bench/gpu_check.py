@@ -100,7 +100,7 @@ class Env:
             (d / "spec.json").write_text(json.dumps(spec))
         return d
 
-    def train(self, dirs: list[Path], *flags: str, timeout: float = 240) -> list[dict]:
+    def train(self, dirs: list[Path], *flags: str, timeout: float = 600) -> list[dict]:
         device = "cuda" if self.cuda else "cpu"
         subprocess.run([sys.executable, "-m", "stilts_tui.train", "--device", device, *flags, *map(str, dirs)],
                        env=self.env, capture_output=True, text=True, timeout=timeout)
