@@ -102,10 +102,11 @@ class Env:
 
     def train(self, dirs: list[Path], *flags: str, timeout: float = 600) -> list[dict]:
         device = "cuda" if self.cuda else "cpu"
-        subprocess.run([sys.executable, "-m", "stilts_tui.train", "--device", device, *flags, *map(str, dirs)],
-                       env=self.env, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run([sys.executable, "-m", "stilts_tui.train", "--device", device, *flags,
+                              *map(str, dirs)], env=self.env, capture_output=True, text=True, timeout=timeout)
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1][:300]
         return [json.loads((d / "result.json").read_text()) if (d / "result.json").exists()
-                else {"status": "no result.json"} for d in dirs]
+                else {"status": "no result.json", "error": f"trainer exit {out.returncode}: {last}"} for d in dirs]
 
     def cli(self, *args: str, root: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "stilts_tui.cli", "--runs-dir", str(root or self.runs), *args],
@@ -152,7 +153,7 @@ def oom_then_next(e: Env) -> str | None:
     hit, nxt = e.run_dir("oom-hit", debug={"oom_at_step": 2}), e.run_dir("oom-next")
     a, b = e.train([hit, nxt], *GPU_FLAGS)
     if a.get("status") != "oom":
-        return f"the injected OOM ended the run as {a.get('status')} ({a.get('error')}), not oom"
+        return f"the injected OOM ended the run as '{a.get('status')}' ({a.get('error')}), not oom"
     problem = setup_problem(b, compile="inductor")
     if problem or not e.cuda:
         return problem
