@@ -4,13 +4,14 @@ A 16-run grid (4 learning rates x 4 seeds, batch 16, 1 epoch) of a randomly init
 (large by default) on synthetic RTE-like pairs (2,500 examples, lengths log-normal around 60
 tokens, max_len 128). Reference: the runs one after another, each its own process, reference-style
 (fp32, eager attention, pad to max_len; bench/reference_train.py). Stilts: `queue add` then the
-daemon on one GPU, in one or more modes measured in the same invocation: `queue` (processes packed
-by `--per-gpu`, `--worker-runs` runs a process, optional `--mps`) and `fused` (the same daemon with
-`--fuse K|auto`: ready runs of one shape train as one array of stacked weights). Wall time of each,
-start-up included, the ratio to the reference, and the mean dev accuracy side by side.
+daemon on one GPU, in modes measured in the same invocation: `reference`, `queue` (processes packed
+by `--per-gpu`, `--worker-runs` runs a process), `queue+mps` (the same under NVIDIA MPS; "n/a" with the
+reason where MPS cannot start) and `fused` (the daemon with `--fuse K|auto`: ready runs of one shape
+train as one array of stacked weights). Wall time of each, start-up included, the ratio to the
+reference, each run's dev accuracy and how many runs learned, so speed and learning show side by side.
 
-    python bench/grid_throughput.py [--size large] [--runs 16] [--modes queue,fused] [--fuse auto]
-                                    [--per-gpu 4] [--worker-runs 4] [--mps]
+    python bench/grid_throughput.py [--size large] [--runs 16] [--modes reference,queue,queue+mps,fused]
+                                    [--fuse auto] [--per-gpu 4] [--worker-runs 4] [--gpus 0]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -53,9 +55,14 @@ grid = {{ lr = {lrs} }}
 """
 
 
+MODES = ("reference", "queue", "queue+mps", "fused")
+ENDED = ("done", "failed", "cancelled", "blocked")
+
+
 def stilts(*args: str, root: Path) -> str:
-    exe = Path(sys.executable).parent / "stilts-tui"
-    out = subprocess.run([str(exe), "--runs-dir", str(root), *args], capture_output=True, text=True)
+    # the CLI as a module: a GPU box with the package on PYTHONPATH has no stilts-tui script
+    out = subprocess.run([sys.executable, "-m", "stilts_tui.cli", "--runs-dir", str(root), *args],
+                         capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"stilts-tui {' '.join(args)}: {out.stderr.strip()}")
     return out.stdout
@@ -66,7 +73,7 @@ def learned(scores: list[float], above: float = 0.75) -> str:
     return f"{sum(s > above for s in scores)}/{len(scores)} runs above {above} (learned)"
 
 
-def main() -> None:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="large", choices=sorted(workload.SIZES))
     ap.add_argument("--samples", type=int, default=2500)
@@ -80,72 +87,118 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--per-gpu", type=int, default=4)
     ap.add_argument("--worker-runs", type=int, default=4)
-    ap.add_argument("--mps", action="store_true")
-    ap.add_argument("--modes", default="queue,fused", help="comma-separated: queue, fused")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of: {', '.join(MODES)}")
     ap.add_argument("--fuse", default="auto", help="array size for the fused mode (auto: as many as fit a GPU)")
     ap.add_argument("--gpus", default="0", help="the daemon's --gpus (empty: the CPU)")
-    ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--timeout", type=float, default=3600, help="give up on a mode after this many seconds")
     ap.add_argument("--workdir", type=Path, default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in args.modes if m not in MODES]
+    if bad or args.runs % 4:
+        ap.error(f"--modes: unknown {bad}" if bad else "--runs: a multiple of 4")
+    return args
 
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="stilts-grid-"))
+
+def write_plan(work: Path, args: argparse.Namespace) -> Path:
     model = workload.build_model(work / "model", args.size, dropout=args.dropout)
     train, dev = workload.build_data(work / "data", args.samples, args.dev, max_len=args.max_len)
     plan = work / "grid.toml"
     plan.write_text(PLAN.format(model=model, seeds=list(range(1, args.runs // 4 + 1)), batch=args.batch,
                                 max_len=args.max_len, train=train, dev=dev, epochs=args.epochs,
                                 lrs=[float(x) for x in args.lrs.split(",")]))
-    print(f"grid: {args.runs} runs of RoBERTa-{args.size} (random init), {args.samples} pairs, {args.epochs} epochs, "
-          f"lrs {args.lrs}, batch "
-          f"{args.batch}, max_len {args.max_len}", flush=True)
+    return plan
+
+
+def run_reference(plan: Path, root: Path) -> tuple[float, list[float]]:
+    """The reference's shell loop: one process per run, one after another."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "STILTS_NO_DAEMON": "1"}
+    stilts("queue", "add", str(plan), "--no-daemon", root=root)
+    runs = Ledger(root).runs()
+    t = time.time()
+    for r in runs:
+        subprocess.run([sys.executable, str(HERE / "reference_train.py"), str(root / r["id"])], check=True, env=env)
+    wall = time.time() - t
+    return wall, [json.loads((root / r["id"] / "reference.json").read_text())["dev_acc"] for r in runs]
 
-    ref_wall = ref_acc = None
-    if not args.skip_reference:
-        ref_root = work / "reference"
-        stilts("queue", "add", str(plan), "--no-daemon", root=ref_root)
-        runs = Ledger(ref_root).runs()
-        t = time.time()
-        for r in runs:  # the reference's shell loop: one process per run, one after another
-            subprocess.run([sys.executable, str(HERE / "reference_train.py"), str(ref_root / r["id"])], check=True,
-                           env=env)
-        ref_wall = time.time() - t
-        ref_scores = [json.loads((ref_root / r["id"] / "reference.json").read_text())["dev_acc"] for r in runs]
-        ref_acc = statistics.mean(ref_scores)
-        print(f"reference: {ref_wall:.1f} s, mean dev acc {ref_acc:.4f}, {learned(ref_scores)}", flush=True)
 
-    results = {}
-    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-        root = work / f"stilts-{mode}"
-        stilts("queue", "add", str(plan), "--no-daemon", root=root)
-        daemon = ["daemon", "start", "--per-gpu", str(args.per_gpu), "--worker-runs", str(args.worker_runs),
-                  "--interval", "0.5"] + (["--gpus", args.gpus] if args.gpus else []) + (["--mps"] if args.mps else [])
-        if mode == "fused":
-            daemon += ["--fuse", args.fuse]
-        t = time.time()
-        stilts(*daemon, root=root)
-        try:
-            while True:
-                runs = Ledger(root).runs()
-                if all(r["status"] in ("done", "failed", "cancelled", "blocked") for r in runs):
-                    break
-                time.sleep(0.5)
-            wall = time.time() - t
-        finally:
-            stilts("daemon", "stop", root=root)
-        failed = [r["id"] for r in runs if r["status"] != "done"]
-        acc = statistics.mean(r["score"] for r in runs if r["status"] == "done") if len(failed) < len(runs) else None
-        arrays = sorted({(r.get("worker"), r.get("fused") or 1) for r in runs}, key=lambda x: -x[1])
-        how = (f"fuse {args.fuse}: arrays of {[k for _, k in arrays if k > 1] or 'none'}" if mode == "fused"
-               else f"per-gpu {args.per_gpu}, worker-runs {args.worker_runs}")
-        results[mode] = (wall, acc)
-        scores = [r["score"] for r in runs if r["status"] == "done"]
-        print(f"stilts {mode} ({how}{', mps' if args.mps else ''}): {wall:.1f} s, mean dev acc {acc}, {learned(scores)}"
-              + (f"; {len(failed)} runs not done: {failed}" if failed else ""), flush=True)
-    for mode, (wall, acc) in results.items():
-        if ref_wall and acc is not None:
-            print(f"{mode}: ratio (reference wall / stilts wall) {ref_wall / wall:.2f}x; mean dev acc reference "
-                  f"{ref_acc:.4f} vs stilts {acc:.4f}")
+def mps_missing(args: argparse.Namespace) -> str | None:
+    """Why MPS cannot run here, or None."""
+    if not args.gpus:
+        return "no GPU (the daemon runs on the CPU)"
+    if shutil.which("nvidia-cuda-mps-control") is None:
+        return "nvidia-cuda-mps-control not on PATH"
+    return None
+
+
+def wait_for(root: Path, timeout: float) -> list[dict]:
+    """Poll the ledger until every run has ended (or the daemon died, or the timeout passed)."""
+    from stilts_tui.queue import ops
+
+    deadline = time.time() + timeout
+    while True:
+        runs = Ledger(root).runs()
+        if all(r["status"] in ENDED for r in runs):
+            return runs
+        if time.time() > deadline or ops.daemon_status(root) is None:
+            tail = (root / "daemon.log").read_text(errors="replace").strip().splitlines()[-1:] or ["no log"]
+            raise RuntimeError(f"runs not ended after {timeout:.0f} s or the daemon exited: {tail[0]}")
+        time.sleep(0.5)
+
+
+def run_daemon(plan: Path, root: Path, mode: str, args: argparse.Namespace) -> tuple[float, list[dict]]:
+    """`queue add` then the daemon in one mode; wall time from the daemon's start to the last run's end."""
+    stilts("queue", "add", str(plan), "--no-daemon", root=root)
+    daemon = ["daemon", "start", "--per-gpu", str(args.per_gpu), "--worker-runs", str(args.worker_runs),
+              "--interval", "0.5"] + (["--gpus", args.gpus] if args.gpus else [])
+    daemon += ["--mps"] if mode == "queue+mps" else ["--fuse", args.fuse] if mode == "fused" else []
+    t = time.time()
+    stilts(*daemon, root=root)
+    try:
+        runs = wait_for(root, args.timeout)
+        return time.time() - t, runs
+    finally:
+        stilts("daemon", "stop", root=root)
+
+
+def report(mode: str, wall: float, scores: list[float], ref_wall: float | None, extra: str = "") -> None:
+    ratio = f", {ref_wall / wall:.2f}x the reference" if ref_wall else ""
+    mean = f"{statistics.mean(scores):.4f}" if scores else "none"
+    print(f"{mode}: {wall:.1f} s{ratio}; mean dev acc {mean}, {learned(scores)}{extra}", flush=True)
+    print(f"  {mode} scores: {[round(s, 4) for s in scores]}", flush=True)
+
+
+def daemon_mode(plan: Path, work: Path, mode: str, args: argparse.Namespace, ref_wall: float | None) -> None:
+    why = mps_missing(args) if mode == "queue+mps" else None
+    if why:
+        print(f"{mode}: n/a (no MPS: {why})", flush=True)
+        return
+    try:
+        wall, runs = run_daemon(plan, work / f"stilts-{mode.replace('+', '-')}", mode, args)
+    except (SystemExit, RuntimeError) as e:
+        if mode != "queue+mps":
+            raise
+        print(f"{mode}: n/a (no MPS: {e})", flush=True)
+        return
+    failed = [f"{r['id']} ({r['status']})" for r in runs if r["status"] != "done"]
+    arrays = sorted({r.get("fused") or 1 for r in runs}, reverse=True)
+    how = f"fuse {args.fuse}, array sizes {arrays}" if mode == "fused" else f"per-gpu {args.per_gpu}"
+    report(f"{mode} ({how})", wall, [r["score"] for r in runs if r["status"] == "done"], ref_wall,
+           f"; {len(failed)} runs not done: {failed}" if failed else "")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="stilts-grid-"))
+    plan = write_plan(work, args)
+    print(f"grid: {args.runs} runs of RoBERTa-{args.size} (random init), {args.samples} pairs, {args.epochs} epochs, "
+          f"lrs {args.lrs}, batch {args.batch}, max_len {args.max_len}, modes {','.join(args.modes)}", flush=True)
+    ref_wall = None
+    if "reference" in args.modes:
+        ref_wall, scores = run_reference(plan, work / "reference")
+        report("reference (one process a run)", ref_wall, scores, None)
+    for mode in [m for m in args.modes if m != "reference"]:
+        daemon_mode(plan, work, mode, args, ref_wall)
 
 
 if __name__ == "__main__":

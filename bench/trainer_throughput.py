@@ -42,7 +42,7 @@ def final_loss(run_dir: Path) -> float:
     return statistics.mean(losses[-3:]) if losses else float("nan")
 
 
-def main() -> None:
+def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="large", choices=sorted(workload.SIZES))
     ap.add_argument("--samples", type=int, default=2500)
@@ -56,37 +56,28 @@ def main() -> None:
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="stilts-bench-"))
+
+def run_reference(work: Path, model: Path, task: dict, params: list[dict], env: dict) -> dict:
+    """The reference loop: one process per run, one after another."""
+    runs = len(params)
+    ref_dirs = [workload.write_run(work / "reference", f"ref{i:09d}", model, task, params[i], 42) for i in range(runs)]
     t = time.time()
-    model = workload.build_model(work / "model", args.size)
-    train, dev = workload.build_data(work / "data", args.samples, args.dev, max_len=args.max_len)
-    task = workload.task_spec(train, dev)
-    print(f"workload: RoBERTa-{args.size} random init, {args.samples} train / {args.dev} dev pairs, "
-          f"max_len {args.max_len}, batch {args.batch}, {args.runs} runs (set up in {time.time() - t:.0f} s)",
-          flush=True)
-    lrs = [1e-5, 2e-5, 5e-6, 3e-5, 1.5e-5, 7e-6, 2.5e-5, 4e-5]
-    params = [{"lr": lrs[i % len(lrs)], "batch_size": args.batch, "warmup": 0.1, "epochs": 1,
-               "max_len": args.max_len, "weight_decay": 0.0, "grad_accum": 1, "precision": "auto"}
-              for i in range(args.runs)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    figures: dict = {"size": args.size, "samples": args.samples, "runs": args.runs}
+    for d in ref_dirs:
+        subprocess.run([sys.executable, str(HERE / "reference_train.py"), str(d)], check=True, env=env)
+    ref_wall = time.time() - t
+    ref = [json.loads((d / "reference.json").read_text()) for d in ref_dirs]
+    figures = {"wall_s": ref_wall, "samples_per_s": statistics.median(r["samples_per_s"] for r in ref),
+               "final_loss": [r["final_loss"] for r in ref], "dev_acc": [r["dev_acc"] for r in ref],
+               "peak_gpu_mem_gb": ref[0]["peak_gpu_mem_gb"]}
+    print(f"reference: {ref_wall:.1f} s for {runs} runs, {figures['samples_per_s']:.1f} samples/s steady", flush=True)
+    return figures
 
-    if not args.skip_reference:
-        ref_dirs = [workload.write_run(work / "reference", f"ref{i:09d}", model, task, params[i], 42)
-                    for i in range(args.runs)]
-        t = time.time()
-        for d in ref_dirs:
-            subprocess.run([sys.executable, str(HERE / "reference_train.py"), str(d)], check=True, env=env)
-        ref_wall = time.time() - t
-        ref = [json.loads((d / "reference.json").read_text()) for d in ref_dirs]
-        figures["reference"] = {"wall_s": ref_wall, "samples_per_s": statistics.median(r["samples_per_s"] for r in ref),
-                                "final_loss": [r["final_loss"] for r in ref], "dev_acc": [r["dev_acc"] for r in ref],
-                                "peak_gpu_mem_gb": ref[0]["peak_gpu_mem_gb"]}
-        print(f"reference: {ref_wall:.1f} s for {args.runs} runs, {figures['reference']['samples_per_s']:.1f} "
-              f"samples/s steady", flush=True)
 
+def run_stilts(work: Path, model: Path, task: dict, params: list[dict], env: dict, args: argparse.Namespace,
+               figures: dict) -> None:
+    """The stilts trainer, one process for all the runs, in each compile mode asked for."""
     modes = args.modes.split(",")
     runs_plan = [(m, f"stilts-{m}", None) for m in modes]
     if args.warm:
@@ -113,6 +104,8 @@ def main() -> None:
         print(f"stilts {name}: {wall:.1f} s for {args.runs} runs, {figures[name]['samples_per_s']:.1f} samples/s "
               f"steady (compile {results[0].get('compile')}, pad {results[0].get('pad')})", flush=True)
 
+
+def table(figures: dict) -> None:
     ref = figures.get("reference")
     print()
     print(f"{'':28} {'steady samples/s':>16} {'ratio':>7} {'wall (s)':>9} {'ratio':>7}  final loss / dev acc per run")
@@ -124,6 +117,28 @@ def main() -> None:
         losses = " ".join(f"{x:.3f}" for x in f["final_loss"])
         accs = " ".join(f"{x:.3f}" for x in f["dev_acc"])
         print(f"{name:28} {f['samples_per_s']:16.1f} {r1:>7} {f['wall_s']:9.1f} {r2:>7}  {losses} / {accs}")
+
+
+def main() -> None:
+    args = parse()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="stilts-bench-"))
+    t = time.time()
+    model = workload.build_model(work / "model", args.size)
+    train, dev = workload.build_data(work / "data", args.samples, args.dev, max_len=args.max_len)
+    task = workload.task_spec(train, dev)
+    print(f"workload: RoBERTa-{args.size} random init, {args.samples} train / {args.dev} dev pairs, "
+          f"max_len {args.max_len}, batch {args.batch}, {args.runs} runs (set up in {time.time() - t:.0f} s)",
+          flush=True)
+    lrs = [1e-5, 2e-5, 5e-6, 3e-5, 1.5e-5, 7e-6, 2.5e-5, 4e-5]
+    params = [{"lr": lrs[i % len(lrs)], "batch_size": args.batch, "warmup": 0.1, "epochs": 1,
+               "max_len": args.max_len, "weight_decay": 0.0, "grad_accum": 1, "precision": "auto"}
+              for i in range(args.runs)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    figures: dict = {"size": args.size, "samples": args.samples, "runs": args.runs}
+    if not args.skip_reference:
+        figures["reference"] = run_reference(work, model, task, params, env)
+    run_stilts(work, model, task, params, env, args, figures)
+    table(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

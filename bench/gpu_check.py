@@ -1,0 +1,268 @@
+"""Every CUDA branch of the trainer and queue, once, with one line each; driven by bench/gpu_check.sh.
+
+Lines: ``PASS name``, ``FAIL name: why``, ``INFO name: ...`` (a branch this machine cannot take, never a
+failure), ``FIGURE name: ...`` (a measurement). ``--smoke``: the CPU with tiny sizes, where each
+CUDA-only branch takes its CPU equivalent (inductor compiles with the C compiler; buckets and
+length grouping are plain flags); NVML and MPS are INFO lines there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FAILED: list[str] = []
+
+
+@dataclass
+class Sizes:
+    """What each check trains; GPU sizes fit the whole script in about 5 minutes on one H100."""
+
+    model: str
+    n_train: int  # no multiple of the batch: last batches are short (ragged)
+    n_dev: int
+    batch: int
+    max_len: int
+    grid: list[str]
+    single: list[str]
+    hf: list[str]
+    synth: list[str]
+
+
+SMOKE = Sizes("tiny", 37, 16, 8, 40,
+              grid=["--size", "tiny", "--runs", "4", "--samples", "64", "--dev", "16", "--max-len", "40",
+                    "--batch", "8", "--gpus", "", "--fuse", "4"],
+              single=["--size", "tiny", "--runs", "1", "--samples", "64", "--dev", "16", "--max-len", "40",
+                      "--batch", "8", "--modes", "off"],  # the CPU: inductor is checked above, once
+              hf=["--size", "tiny", "--runs", "1", "--samples", "64", "--dev", "16", "--epochs", "1",
+                  "--max-len", "40", "--batch", "8"],
+              synth=["--size", "tiny", "--prompts", "8", "--single", "4", "--batch-size", "8"])
+GPU = Sizes("large", 203, 64, 16, 128,
+            grid=["--size", "large", "--runs", "16", "--samples", "160", "--dev", "64", "--max-len", "128",
+                  "--gpus", "0", "--fuse", "auto"],
+            single=["--size", "large", "--runs", "1", "--samples", "800", "--dev", "64", "--modes", "inductor"],
+            hf=["--size", "large", "--runs", "1", "--samples", "800", "--dev", "64", "--epochs", "1",
+                "--max-len", "128"],
+            synth=["--size", "medium", "--prompts", "128", "--single", "8", "--batch-size", "64"])
+
+
+def say(kind: str, name: str, text: str = "") -> None:
+    if kind == "FAIL":
+        FAILED.append(name)
+    print(f"{kind} {name}" + (f": {text}" if text else ""), flush=True)
+
+
+def check(name: str, fn, *a) -> None:
+    """Run one branch check: None from ``fn`` is a PASS, a string the reason it failed."""
+    try:
+        why = fn(*a)
+    except subprocess.TimeoutExpired as e:
+        why = f"timed out after {e.timeout:.0f} s"
+    except Exception as e:  # noqa: BLE001 - one branch's failure must not hide the others
+        why = f"{type(e).__name__}: {str(e).strip().splitlines()[-1:] or ['']}"
+    say("PASS", name) if why is None else say("FAIL", name, why)
+
+
+class Env:
+    """The check's work folder, model, data and how to call the trainer and the CLI."""
+
+    def __init__(self, sizes: Sizes, cuda: bool, work: Path):
+        from stilts_tui.train import workload
+
+        self.sizes, self.cuda, self.work = sizes, cuda, work
+        self.model = workload.build_model(work / "model", sizes.model)
+        train, dev = workload.build_data(work / "data", sizes.n_train, sizes.n_dev, max_len=sizes.max_len,
+                                         median=max(8, sizes.max_len // 2))
+        self.task = workload.task_spec(train, dev)
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+                    "TORCHINDUCTOR_CACHE_DIR": str(work / ".inductor"), "TRITON_CACHE_DIR": str(work / ".triton")}
+        self.runs = work / "runs"
+
+    def run_dir(self, run_id: str, seed: int = 1, debug: dict | None = None, **params) -> Path:
+        from stilts_tui.train import workload
+
+        p = {"lr": 5e-5 if self.cuda else 1e-3, "batch_size": self.sizes.batch, "warmup": 0.1, "epochs": 1,
+             "max_len": self.sizes.max_len, "weight_decay": 0.0, "grad_accum": 1, "precision": "bf16", **params}
+        d = workload.write_run(self.runs, run_id, self.model, self.task, p, seed)
+        if debug:
+            spec = json.loads((d / "spec.json").read_text())
+            spec["debug"] = debug
+            (d / "spec.json").write_text(json.dumps(spec))
+        return d
+
+    def train(self, dirs: list[Path], *flags: str, timeout: float = 600) -> list[dict]:
+        device = "cuda" if self.cuda else "cpu"
+        out = subprocess.run([sys.executable, "-m", "stilts_tui.train", "--device", device, *flags,
+                              *map(str, dirs)], env=self.env, capture_output=True, text=True, timeout=timeout)
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        return [json.loads((d / "result.json").read_text()) if (d / "result.json").exists()
+                else {"status": "no result.json", "error": f"trainer exit {out.returncode}: {last}"} for d in dirs]
+
+    def cli(self, *args: str, root: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "stilts_tui.cli", "--runs-dir", str(root or self.runs), *args],
+                              env=self.env, capture_output=True, text=True, timeout=timeout)
+
+
+GPU_FLAGS = ["--compile", "inductor", "--pad", "buckets", "--group", "on"]
+
+
+def setup_problem(r: dict, **want) -> str | None:
+    """Why a result is not done with the setup asked for (None: it is)."""
+    if r.get("status") != "done":
+        return f"status {r.get('status')}: {r.get('error')}"
+    setup = r.get("setup") or {}
+    wrong = {k: setup.get(k) for k, v in want.items() if setup.get(k) != v}
+    if wrong:
+        return f"setup {wrong} where {want} was asked" + (f" (compile fallback: {r['compile_fallback']})"
+                                                          if r.get("compile_fallback") else "")
+    return None
+
+
+def trainer_compiled(e: Env) -> str | None:
+    [r] = e.train([e.run_dir("alone")], *GPU_FLAGS)
+    return setup_problem(r, compile="inductor", pad="buckets", batching="grouped", precision="bf16")
+
+
+def grad_accum_compiled(e: Env, mode: str) -> str | None:
+    [r] = e.train([e.run_dir(f"accum-{mode}", grad_accum=2)], "--compile", mode, "--pad", "buckets", "--group", "on")
+    return setup_problem(r, compile=mode, pad="buckets")
+
+
+def fused_ragged(e: Env) -> str | None:
+    dirs = [e.run_dir(f"fused{s}", seed=s) for s in (1, 2, 3)]  # grouped orders differ: short batches at other steps
+    results = e.train(dirs, "--fuse", "3", *GPU_FLAGS)
+    bad = [setup_problem(r, pad="buckets", batching="grouped") for r in results]
+    if any(bad):
+        return next(b for b in bad if b)
+    sizes = [(r.get("setup") or {}).get("fused", r.get("fused")) for r in results]
+    return None if sizes == [3, 3, 3] else f"trained as arrays of {sizes}, not one array of 3"
+
+
+def oom_then_next(e: Env) -> str | None:
+    """An OOM injected in the first run; the second, in the same process, trains with its memory back."""
+    hit, nxt = e.run_dir("oom-hit", debug={"oom_at_step": 2}), e.run_dir("oom-next")
+    a, b = e.train([hit, nxt], *GPU_FLAGS)
+    if a.get("status") != "oom":
+        return f"the injected OOM ended the run as '{a.get('status')}' ({a.get('error')}), not oom"
+    problem = setup_problem(b, compile="inductor")
+    if problem or not e.cuda:
+        return problem
+    alone = json.loads((e.runs / "alone" / "result.json").read_text())["peak_gpu_mem_gb"]
+    if b["peak_gpu_mem_gb"] > 1.15 * alone:
+        return f"the next run peaked at {b['peak_gpu_mem_gb']} GB against {alone} GB alone: memory not back"
+    return None
+
+
+def nvml(e: Env) -> str | None:
+    out = e.cli("doctor")
+    gpus = [ln for ln in out.stdout.splitlines() if re.match(r"ok\s+GPU \d+:", ln)]
+    return None if gpus else f"doctor listed no GPU: {out.stdout.strip().splitlines()[:2]} {out.stderr.strip()[-200:]}"
+
+
+def mps(e: Env) -> str | None:
+    root = e.work / "mps"
+    out = e.cli("daemon", "start", "--mps", "--gpus", "0", root=root)
+    if out.returncode:
+        return f"daemon start --mps: {out.stderr.strip()}"
+    status = json.loads(e.cli("daemon", "status", "--json", root=root).stdout)
+    stop = e.cli("daemon", "stop", root=root)
+    log = (root / "daemon.log").read_text(errors="replace")
+    if not status["running"] or not (status["daemon"] or {}).get("settings", {}).get("mps"):
+        return f"daemon status after start --mps: {status}"
+    if stop.returncode or "MPS control daemon stopped" not in log:
+        return f"daemon stop: {stop.stderr.strip()} (log ends {log.strip().splitlines()[-1:]})"
+    return None
+
+
+def figure(name: str, cmd: list[str], env: Env, timeout: float, keep=lambda ln: True) -> None:
+    """Run one bench script and print its figure lines (or FAIL with its last line)."""
+    try:
+        out = subprocess.run([sys.executable, *cmd], env=env.env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        say("FAIL", name, f"timed out after {timeout:.0f} s")
+        return
+    lines = [ln.strip() for ln in out.stdout.splitlines() if ln.strip() and keep(ln)]
+    if out.returncode or not lines:
+        say("FAIL", name, (out.stderr.strip().splitlines() or ["no output"])[-1][:300])
+        return
+    for ln in lines:
+        say("FIGURE", name, ln)
+
+
+def peak_memory(e: Env) -> None:
+    from stilts_tui.queue.placement import formula_gb
+
+    if not (e.runs / "alone" / "result.json").exists():
+        say("INFO", "peak_memory", "n/a: the branch checks did not run (--only figures)")
+        return
+    r = json.loads((e.runs / "alone" / "result.json").read_text())
+    estimate = formula_gb(json.loads((e.runs / "alone" / "spec.json").read_text()))
+    peak = r.get("peak_gpu_mem_gb")
+    measured = f"{peak:.2f} GB measured ({peak / estimate:.2f}x the estimate)" if peak else "n/a on the CPU"
+    say("FIGURE", "peak_memory", f"queue estimate (placement.formula_gb) {estimate:.2f} GB; peak {measured}")
+
+
+def branches(e: Env) -> None:
+    check("trainer_inductor_buckets_grouped_bf16", trainer_compiled, e)
+    check("grad_accum2_inductor", grad_accum_compiled, e, "inductor")
+    if e.cuda:
+        check("grad_accum2_cudagraphs", grad_accum_compiled, e, "cudagraphs")
+    else:
+        say("INFO", "grad_accum2_cudagraphs", "skipped on CPU: no GPU (CUDA graphs need one)")
+    check("fused3_ragged_buckets", fused_ragged, e)
+    check("oom_then_next_run", oom_then_next, e)
+    for name, fn in (("nvml_doctor", nvml), ("mps_start_stop", mps)):
+        if not e.cuda:
+            say("INFO", name, "skipped on CPU: no GPU")
+        elif name == "mps_start_stop" and shutil.which("nvidia-cuda-mps-control") is None:
+            say("INFO", name, "n/a: nvidia-cuda-mps-control not on PATH (no MPS on this machine)")
+        else:
+            check(name, fn, e)
+
+
+def figures(e: Env, s: Sizes) -> None:
+    gpu = [] if not e.cuda else ["--gpu-flags"]
+    peak_memory(e)
+    figure("single_run_vs_reference", [str(HERE / "trainer_throughput.py"), *s.single, "--workdir",
+                                       str(e.work / "single")], e, 300, keep=lambda ln: ln[:1] != " ")
+    figure("single_run_vs_hf_trainer", [str(HERE / "vs_hf_trainer.py"), *s.hf, *gpu, "--workdir",
+                                        str(e.work / "hf")], e, 300, keep=lambda ln: not ln.startswith(" "))
+    figure("grid", [str(HERE / "grid_throughput.py"), *s.grid, "--workdir", str(e.work / "grid")], e, 600)
+    figure("synth", [str(HERE / "synth.py"), *s.synth], e, 120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="the CPU, tiny sizes (CI)")
+    ap.add_argument("--only", choices=("branches", "figures"), default=None)
+    args = ap.parse_args(argv)
+    import torch
+
+    cuda = torch.cuda.is_available() and not args.smoke
+    sizes = GPU if cuda else SMOKE
+    t = time.time()
+    gpu = torch.cuda.get_device_name(0) if cuda else "none (CPU)"
+    print(f"# gpu_check: {'GPU' if cuda else 'smoke (CPU)'}; GPU {gpu}; torch {torch.__version__}; "
+          f"RoBERTa-{sizes.model} random init", flush=True)
+    with tempfile.TemporaryDirectory(prefix="stilts-gpu-check-") as d:
+        e = Env(sizes, cuda, Path(d))
+        if args.only != "figures":
+            branches(e)
+        if args.only != "branches":
+            figures(e, sizes)
+    print(f"# gpu_check: {len(FAILED)} failed {FAILED} in {time.time() - t:.0f} s", flush=True)
+    return 1 if FAILED else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One check of every CUDA branch, to run once wherever a GPU is at hand (about 5 minutes on one H100,
+# offline): random-init RoBERTa-large built in code, one PASS/FAIL line per branch, and the figures
+# (single run vs the reference loop and HF Trainer, a 16-run grid, synth, peak memory vs the estimate).
+#
+#   bash bench/gpu_check.sh            # on the GPU box (after bash bench/fetch_wheels.sh here; carry .whl/)
+#   bash bench/gpu_check.sh --smoke    # the same on the CPU with tiny sizes (CI: tests/test_gpu_check.py)
+#
+# PYTHON picks the interpreter (default python3). The package's dependencies that the box lacks are
+# installed from .whl/ (pip --no-index) when they do not import. With OUT set, all output also goes
+# to $OUT/gpu_check.log. Exit status 1 when any line is a FAIL.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+export HF_HUB_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
+if [ -n "${OUT:-}" ]; then
+  exec > >(tee "$OUT/gpu_check.log") 2>&1
+fi
+if ! "$PY" -c "import textual, tinydb, datasets, orjson" 2>/dev/null; then
+  site=$(mktemp -d /tmp/stilts-site.XXXXXX)
+  if ! ls .whl/*.whl >/dev/null 2>&1; then
+    echo "FAIL wheels: the package's dependencies do not import and .whl/ is empty (run bench/fetch_wheels.sh)"
+    exit 1
+  fi
+  if ! "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+      .whl/*.whl; then
+    echo "FAIL wheels: pip could not install .whl/*.whl"
+    exit 1
+  fi
+  export PYTHONPATH="$PYTHONPATH:$site"
+  echo "INFO wheels: installed $(ls .whl/*.whl | wc -l) wheels from .whl/ into $site"
+fi
+"$PY" bench/gpu_check.py "$@"
