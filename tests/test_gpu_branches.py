@@ -81,9 +81,12 @@ def test_a_fused_array_on_buckets_with_short_last_batches_equals_each_run_alone(
 def test_inductor_compiles_on_the_cpu_with_and_without_gradient_accumulation(tmp_path, tiny_workload):
     eager = [write_tiny_run(tmp_path / "eager", f"e{i}0000000000e", tiny_workload, grad_accum=i) for i in (1, 2)]
     comp = [write_tiny_run(tmp_path / "comp", f"c{i}0000000000c", tiny_workload, grad_accum=i) for i in (1, 2)]
+    # then an out-of-memory error in the same process, with the compiler's (fake) tensors still about
+    oom = write_tiny_run(tmp_path / "comp", "d0000000000d", tiny_workload, debug={"oom_at_step": 1})
     assert train(eager, "--pad", "buckets").returncode == 0
-    out = train(comp, "--compile", "inductor")
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = train([*comp, oom], "--compile", "inductor")
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert result_of(oom)["status"] == "oom" and result_of(oom)["mem_after_cleanup_mb"] < 0.2
     for e, c in zip(eager, comp, strict=True):
         rc = result_of(c)
         assert rc["status"] == "done" and rc["compile"] == "inductor" and "compile_fallback" not in rc

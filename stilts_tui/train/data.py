@@ -137,8 +137,10 @@ def load_split(spec: dict, split: str, tok, tok_fp: str, max_len: int, cache_roo
         if not (folder / "dataset_info.json").exists():
             examples = tasks.load_examples(spec, split, limit=limit)
             ds = datasets.Dataset.from_list(examples)
+            # the cache key names the result: no fingerprint of the function and tokenizer (dill-hashing
+            # them took seconds a split for a file datasets never writes here)
             ds = ds.map(_tokenize_fn(tok, spec["kind"], max_len), batched=True, batch_size=1000,
-                        remove_columns=["a", "b"], load_from_cache_file=False, desc=None)
+                        remove_columns=["a", "b"], load_from_cache_file=False, desc=None, new_fingerprint=key)
             tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
             ds.save_to_disk(str(tmp))
             os.replace(tmp, folder)

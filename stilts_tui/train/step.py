@@ -109,14 +109,19 @@ def live_tensor_mb(device: torch.device) -> float:
     """Memory held by live tensors on ``device``: the allocator's count on CUDA, else a scan of the heap."""
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device) / 2**20
-    total = 0
+    storages: dict[int, int] = {}  # each storage once, however many views share it
     for obj in gc.get_objects():
         try:
             if isinstance(obj, torch.Tensor) and obj.device.type == device.type and not obj.is_meta:
-                total += obj.untyped_storage().nbytes()
+                if type(obj).__name__ == "FakeTensor":  # the compiler's stand-ins hold no memory
+                    continue
+                storage = obj.untyped_storage()
+                n, ptr = storage.nbytes(), storage.data_ptr()
+                if type(n) is int and n and ptr:
+                    storages[ptr] = n
         except Exception:  # noqa: BLE001, S112 - objects that die or lie while scanned are skipped
             continue
-    return total / 2**20
+    return float(sum(storages.values())) / 2**20
 
 
 # ---- test hooks -------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def source_state(model: dict) -> dict[str, torch.Tensor]:
         base = AutoModel.from_pretrained(where, dtype=torch.float32)
     except OSError as e:
         raise hub_error(where, e) from None
-    return {k: v.detach().clone() for k, v in base.state_dict().items()}
+    return {k: v.detach() for k, v in base.state_dict().items()}  # the model goes; its tensors stay (no copy)
 
 
 def match(target: torch.nn.Module, source: dict[str, torch.Tensor], transfer: str = "all"):
