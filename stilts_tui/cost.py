@@ -195,7 +195,7 @@ def estimate(plan: plans.Plan, runs: list[plans.Run], rates: dict[str, Rate] | N
             continue
         p = r.params
         epochs, bs, accum = int(p.get("epochs", 3)), int(p.get("batch_size", 8)), int(p.get("grad_accum", 1))
-        sc.steps += epochs * math.ceil(math.ceil(n / bs) / accum)
+        sc.steps += epochs * max(1, math.ceil(n / bs) // accum)  # as the trainer: leftovers carry over
         sc.samples += n * epochs
         spec = {"model": {"name": plan.model, **r.model}, "params": p, "task": r.task_spec}
         rate = rates.get(shape(spec))
