@@ -372,29 +372,12 @@ def daemon_start(
                          "what happened is in its environment (docs/results.md)")] = None,
 ) -> None:
     """Start the queue daemon for this runs-dir, detached from the terminal."""
-    from stilts_tui.plan import slurm_problem
     from stilts_tui.queue import ops
     from stilts_tui.queue.daemon import parse_fuse, parse_gpus
 
-    if executor not in ("local", "slurm"):
-        raise UserError(f"--executor: expected local or slurm, got '{executor}'")
-    slurm = {k: v for k, v in (("partition", partition), ("account", account), ("qos", qos), ("time", time_limit),
-                               ("gpus", gpus_per_run), ("cpus", cpus_per_run), ("mem", mem),
-                               ("sbatch_args", sbatch_arg)) if v is not None}
-    if slurm and executor != "slurm":
-        raise UserError(f"--{next(iter(slurm)).replace('_', '-')}: a Slurm setting needs --executor slurm")
-    for key, value in slurm.items():
-        problem = slurm_problem(key, value)
-        if problem:
-            flag = {"time": "--time", "gpus": "--gpus-per-run", "cpus": "--cpus-per-run",
-                    "sbatch_args": "--sbatch-arg"}.get(key, f"--{key}")
-            raise UserError(f"{flag}: {problem}")
-    if executor == "slurm" and mps:
-        raise UserError("--mps: MPS is for the local executor (on Slurm, ask the cluster for it with --sbatch-arg)")
-    if executor == "slurm" and shutil.which("sbatch") is None:
-        raise UserError("--executor slurm: sbatch not found on PATH (run the daemon where Slurm's commands are)")
-    if executor == "slurm":
-        _check_slurm_fit(slurm)
+    slurm = _slurm_settings(executor, mps, {"partition": partition, "account": account, "qos": qos,
+                                            "time": time_limit, "gpus": gpus_per_run, "cpus": cpus_per_run,
+                                            "mem": mem, "sbatch_args": sbatch_arg})
     if max_jobs < 1:
         raise UserError(f"--max-jobs: expected an integer >= 1, got {max_jobs}")
     parse_gpus(gpus)
@@ -416,6 +399,31 @@ def daemon_start(
         _set_on_finish(on_finish)
     info = ops.start_daemon(_root(ctx), args)
     typer.echo(f"daemon started (pid {info['pid']}) on {_root(ctx)}; log: {_root(ctx) / 'daemon.log'}")
+
+
+def _slurm_settings(executor: str, mps: bool, given: dict) -> dict:
+    """The Slurm settings given on the command line, each checked (one line and exit 2 for a bad one),
+    and checked against what the partition's nodes can run."""
+    from stilts_tui.plan import slurm_problem
+
+    if executor not in ("local", "slurm"):
+        raise UserError(f"--executor: expected local or slurm, got '{executor}'")
+    slurm = {k: v for k, v in given.items() if v is not None}
+    if slurm and executor != "slurm":
+        raise UserError(f"--{next(iter(slurm)).replace('_', '-')}: a Slurm setting needs --executor slurm")
+    for key, value in slurm.items():
+        problem = slurm_problem(key, value)
+        if problem:
+            flag = {"time": "--time", "gpus": "--gpus-per-run", "cpus": "--cpus-per-run",
+                    "sbatch_args": "--sbatch-arg"}.get(key, f"--{key}")
+            raise UserError(f"{flag}: {problem}")
+    if executor == "slurm" and mps:
+        raise UserError("--mps: MPS is for the local executor (on Slurm, ask the cluster for it with --sbatch-arg)")
+    if executor == "slurm" and shutil.which("sbatch") is None:
+        raise UserError("--executor slurm: sbatch not found on PATH (run the daemon where Slurm's commands are)")
+    if executor == "slurm":
+        _check_slurm_fit(slurm)
+    return slurm
 
 
 def _set_on_finish(value: str) -> None:
@@ -606,17 +614,11 @@ def logs(
         time.sleep(0.5)
 
 
-@app.command("doctor")
-def doctor(ctx: typer.Context, as_json: JsonFlag = False) -> None:
-    """Check GPUs (and the run behind each GPU process), driver, MPS, hub reachability, disk and the daemon;
-    each line ok or what to do."""
-    import shutil
-    import socket
-
-    from stilts_tui.queue import gpu_procs, mps, ops
+def _gpu_checks(root: Path) -> tuple[list[tuple[str, str]], object]:
+    """doctor's GPU lines: each GPU NVML fails on, each GPU with its processes (ours by run), the driver."""
+    from stilts_tui.queue import gpu_procs
     from stilts_tui.queue import gpus as gpu_info
 
-    root = _root(ctx)
     checks: list[tuple[str, str]] = []
     probe = gpu_info.probe()
     for g in probe.gpus:
@@ -639,7 +641,13 @@ def doctor(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     elif not probe.error and not probe.gpus:
         checks.append(("warn", f"no GPU found ({report.reason}): runs train on the CPU; install the NVIDIA driver "
                                "for GPUs"))
-    info = ops.daemon_status(root)
+    return checks, report
+
+
+def _mps_check(root: Path, info: dict | None, checks: list[tuple[str, str]]) -> tuple[str | None, bool]:
+    """doctor's MPS line: the running daemon's MPS state, a control daemon left over, or whether it can start."""
+    from stilts_tui.queue import mps
+
     mps_line = mps.describe(root, (info or {}).get("pid"))
     mps_ok = bool(shutil.which(mps.EXE))
     if mps_line:
@@ -652,6 +660,22 @@ def doctor(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         checks.append(("ok", f"MPS can start ({mps.EXE} found)"))
     else:
         checks.append(("info", f"MPS unavailable ({mps.EXE} not on PATH); --mps will not work"))
+    return mps_line, mps_ok
+
+
+@app.command("doctor")
+def doctor(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Check GPUs (and the run behind each GPU process), driver, MPS, hub reachability, disk and the daemon;
+    each line ok or what to do."""
+    import shutil
+    import socket
+
+    from stilts_tui.queue import ops
+
+    root = _root(ctx)
+    info = ops.daemon_status(root)
+    checks, report = _gpu_checks(root)
+    mps_line, mps_ok = _mps_check(root, info, checks)
     try:
         socket.create_connection(("huggingface.co", 443), timeout=3).close()
         hub = True

@@ -52,12 +52,11 @@ def _cli_commands() -> dict[tuple[str, ...], set[str]]:
     return out
 
 
-def _readme_commands() -> dict[tuple[str, ...], set[str]]:
-    """The command table: ``stilts-tui WORDS [flags]`` lines (``a|b`` alternatives), continuation lines
-    indented under them."""
+def _readme_commands() -> list[tuple[list[tuple[str, ...]], set[str]]]:
+    """The command table, a line at a time: (the commands a ``stilts-tui WORDS [flags]`` line names, with
+    ``a|b`` alternatives, and the flags on it and its indented continuation lines)."""
     table = next(b for b in BLOCKS if b.lstrip().startswith("stilts-tui"))
-    out: dict[tuple[str, ...], set[str]] = {}
-    current: list[tuple[str, ...]] = []
+    out: list[tuple[list[tuple[str, ...]], set[str]]] = []
     for line in table.splitlines():
         if line.startswith("stilts-tui"):
             words: list[list[str]] = []
@@ -66,27 +65,22 @@ def _readme_commands() -> dict[tuple[str, ...], set[str]]:
                 if not re.fullmatch(r"[a-z][a-z|]*", tok):
                     break
                 words.append(tok.split("|"))
-            current = [()]
+            names: list[tuple[str, ...]] = [()]
             for alternatives in words:
-                current = [(*c, a) for c in current for a in alternatives]
-            for c in current:
-                out.setdefault(c, set())
-        elif not line.startswith(" ") or not current:
-            current = []
+                names = [(*c, a) for c in names for a in alternatives]
+            out.append((names, set()))
+        elif not line.startswith(" ") or not out:
             continue
         flags = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", line))
-        for c in current:
-            out[c] |= flags
+        out[-1][1].update(flags)
     return out
 
 
 def test_the_readme_command_table_and_the_cli_agree():
-    cli, readme = _cli_commands(), _readme_commands()
-    assert set(readme) - set(cli) == set(), "the README lists commands the CLI does not have"
-    assert set(cli) - set(readme) == set(), "the CLI has commands the README does not list"
-    groups: dict[tuple[str, ...], set[str]] = {}
-    for words, flags in readme.items():  # a line "daemon start|stop|status [--gpus]": flags of any of them
-        groups.setdefault(tuple(sorted(flags)), set()).add(words)
-    for flags, members in groups.items():
-        known = set().union(*(cli[w] for w in members)) | cli[()]
-        assert set(flags) <= known, f"{sorted(members)}: the README names flags the CLI lacks: {set(flags) - known}"
+    cli, lines = _cli_commands(), _readme_commands()
+    readme = {name for names, _ in lines for name in names}
+    assert readme - set(cli) == set(), "the README lists commands the CLI does not have"
+    assert set(cli) - readme == set(), "the CLI has commands the README does not list"
+    for names, flags in lines:  # "daemon start|stop|status [--gpus ...]": each flag of one of them
+        known = set().union(*(cli[n] for n in names)) | cli[()]
+        assert flags <= known, f"{names}: the README names flags the CLI lacks: {flags - known}"
