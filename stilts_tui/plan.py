@@ -380,20 +380,7 @@ def parse(text: str, path: str | Path) -> Plan:
     for kind in ("intermediate", "target"):
         stages[kind] = data.get(kind, {})
         for sname, sdef in stages[kind].items():
-            where = f"{kind}.{sname}"
-            _check_name(c, where, sname)
-            if not isinstance(sdef, dict):
-                c.fail(where, "expected a table")
-            c.table(where, sdef, STAGE_KEYS[kind])
-            _check_task(c, where, sdef.get("task", sname), custom, synth)
-            _check_grid(c, where, sdef.get("grid", {}))
-            base = path.parent
-            if sdef.get("data_dir"):
-                base = _check_path(c, f"{where}.data_dir", base, sdef["data_dir"])
-            for key in ("train_file", "dev_file"):
-                if sdef.get(key):
-                    _check_path(c, f"{where}.{key}", base, sdef[key])
-            _check_dev_split(c, where, sdef.get("task", sname), synth)
+            _check_stage(c, kind, sname, sdef, path.parent, custom, synth)
     if not stages["target"]:
         c.fail("target", "a plan needs at least one [target.NAME] stage")
     if not data.get("baseline", True) and not stages["intermediate"]:
@@ -404,6 +391,25 @@ def parse(text: str, path: str | Path) -> Plan:
         intermediate=stages["intermediate"], target=stages["target"], tasks=custom, text=text,
         slurm=data.get("slurm", {}),
     )
+
+
+def _check_stage(c: _Checker, kind: str, sname: str, sdef: object, plan_dir: Path, custom: dict,
+                 synth: dict) -> None:
+    """One [intermediate.NAME] or [target.NAME] table: its name, keys, task, grid, files and dev split."""
+    where = f"{kind}.{sname}"
+    _check_name(c, where, sname)
+    if not isinstance(sdef, dict):
+        c.fail(where, "expected a table")
+    c.table(where, sdef, STAGE_KEYS[kind])
+    _check_task(c, where, sdef.get("task", sname), custom, synth)
+    _check_grid(c, where, sdef.get("grid", {}))
+    base = plan_dir
+    if sdef.get("data_dir"):
+        base = _check_path(c, f"{where}.data_dir", base, sdef["data_dir"])
+    for key in ("train_file", "dev_file"):
+        if sdef.get(key):
+            _check_path(c, f"{where}.{key}", base, sdef[key])
+    _check_dev_split(c, where, sdef.get("task", sname), synth)
 
 
 def _check_name(c: _Checker, where: str, name: str) -> None:

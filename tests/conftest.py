@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +131,104 @@ def write_tiny_run(runs_dir: Path, run_id: str, workload_: tuple, seed: int = 1,
         spec["debug"] = debug
         (d / "spec.json").write_text(json.dumps(spec))
     return d
+
+
+def wait(cond, timeout: float = 150, what: str = "condition"):
+    """Poll ``cond`` until it is truthy (its value) or fail after ``timeout`` seconds naming ``what``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random-init RoBERTa folder (model, config, word-level tokenizer), built once."""
+    from stilts_tui.train import workload
+
+    return workload.build_model(tmp_path_factory.mktemp("tiny") / "model", "tiny")
+
+
+@pytest.fixture
+def queue_env(runs_dir):
+    """Fake GPUs; afterwards no daemon and no training process of the test is left."""
+    from stilts_tui.ledger import Ledger
+
+    env = {"STILTS_FAKE_GPUS": "2x24", "OMP_NUM_THREADS": "1"}
+    yield env
+    cli("daemon", "stop", runs_dir=runs_dir, env=env)
+    for r in Ledger(runs_dir).runs() if (runs_dir / "ledger.json").is_file() else []:
+        if isinstance(r.get("pid"), int):
+            try:
+                os.killpg(r["pid"], signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+# ---- a queue with a tiny plan, for the daemon tests --------------------------------------------------
+
+QUEUE_PLAN = """name = "q"
+model = "{model}"
+baseline = {baseline}
+target_seeds = [1]
+[defaults]
+epochs = 1
+batch_size = 16
+max_len = 24
+[tasks.pair]
+format = "jsonl"
+train = "data/tr.jsonl"
+dev = "data/dv.jsonl"
+kind = "classification"
+text_fields = ["s1", "s2"]
+{stages}
+"""
+
+
+def make_plan(tmp_path: Path, model: Path, stages: str, baseline: bool = False) -> Path:
+    """A plan of custom pair-task stages (``stages``: TOML) on ``model``, with its data written."""
+    from stilts_tui.demo import pair_rows
+
+    write_jsonl(tmp_path / "data/tr.jsonl", pair_rows(48, 1))
+    write_jsonl(tmp_path / "data/dv.jsonl", pair_rows(16, 2))
+    text = QUEUE_PLAN.format(model=model, baseline=str(baseline).lower(), stages=stages)
+    return write_text(tmp_path / "q.toml", text)
+
+
+def add(plan: Path, runs_dir: Path, env: dict) -> list[dict]:
+    from stilts_tui.ledger import Ledger
+
+    out = cli("queue", "add", str(plan), "--no-daemon", runs_dir=runs_dir, env=env)
+    assert out.returncode == 0, out.stderr
+    return Ledger(runs_dir).runs()
+
+
+def start(runs_dir: Path, env: dict, *args: str) -> dict:
+    out = cli("daemon", "start", "--interval", "0.2", *args, runs_dir=runs_dir, env=env)
+    assert out.returncode == 0, out.stderr
+    return json.loads((runs_dir / "daemon.json").read_text())
+
+
+def statuses(runs_dir: Path) -> dict[str, str]:
+    from stilts_tui.ledger import Ledger
+
+    return {r["id"]: r["status"] for r in Ledger(runs_dir).runs()}
+
+
+def all_final(runs_dir: Path) -> bool:
+    return all(s in ("done", "failed", "cancelled", "blocked") for s in statuses(runs_dir).values())
+
+
+def set_debug(runs_dir: Path, run_id: str, **debug) -> None:
+    path = runs_dir / run_id / "spec.json"
+    spec = json.loads(path.read_text())
+    spec["debug"] = debug
+    path.write_text(json.dumps(spec))
+
+
+def placements(runs_dir: Path) -> list[dict]:
+    data = json.loads((runs_dir / "ledger.json").read_text())
+    return sorted(data.get("placements", {}).values(), key=lambda p: p["t"])

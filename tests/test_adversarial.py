@@ -19,8 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import cli
-from test_queue import add, make_plan, set_debug, start, statuses, wait
+from conftest import add, cli, make_plan, set_debug, start, statuses, wait
 
 from stilts_tui.ledger import Ledger
 
@@ -124,13 +123,6 @@ def _disk(tmp_path: Path, size: str, err: int):
             if (p.info.get("cwd") or "").startswith(str(path)):
                 p.kill()
         subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from stilts_tui.train import workload
-
-    return workload.build_model(tmp_path_factory.mktemp("tiny") / "model", "tiny")
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ROOT, cli, write_jsonl, write_text
+from conftest import ROOT, cli, wait, write_jsonl, write_text
 
 from stilts_tui.demo import pair_rows
 from stilts_tui.ledger import Ledger
@@ -26,16 +26,6 @@ from stilts_tui.queue import daemon as qd
 from stilts_tui.queue import gpus, mps, ops
 
 FAKES = Path(__file__).parent / "fakes"
-
-
-def wait(cond, timeout: float = 60, what: str = "condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- MPS ------------------------------------------------------------------------------------------------
@@ -214,13 +204,6 @@ def make_plan(folder: Path, model: str, lrs: list[float], name: str = "g", max_l
     write_jsonl(folder / "data/dv.jsonl", pair_rows(16, 2))
     text = PLAN.format(model=model, lrs=json.dumps(lrs), max_len=max_len).replace('name = "g"', f'name = "{name}"')
     return write_text(folder / f"{name}.toml", text)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from stilts_tui.train import workload
-
-    return workload.build_model(tmp_path_factory.mktemp("tiny") / "model", "tiny")
 
 
 @pytest.fixture

@@ -8,11 +8,10 @@ import os
 import shlex
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import cli, write_jsonl, write_text
+from conftest import cli, wait, write_jsonl, write_text
 
 from stilts_tui.demo import pair_rows
 from stilts_tui.ledger import Ledger
@@ -43,23 +42,6 @@ text_fields = ["s1", "s2"]
 task = "pair"
 grid = {{ lr = [1e-4, 2e-4] }}
 """
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from stilts_tui.train import workload
-
-    return workload.build_model(tmp_path_factory.mktemp("tiny") / "model", "tiny")
-
-
-def wait(cond, timeout: float = 120, what: str = "condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -15,32 +15,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import cli
+from conftest import add, cli, make_plan, set_debug, start, statuses, wait
 from filelock import FileLock
-from test_queue import add, make_plan, set_debug, start, statuses, wait
 
 from stilts_tui.ledger import Ledger, LedgerError
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from stilts_tui.train import workload
-
-    return workload.build_model(tmp_path_factory.mktemp("tiny") / "model", "tiny")
-
-
-@pytest.fixture
-def queue_env(runs_dir):
-    """Fake GPUs; afterwards no daemon and no training process of the test is left."""
-    env = {"STILTS_FAKE_GPUS": "2x24", "OMP_NUM_THREADS": "1"}
-    yield env
-    cli("daemon", "stop", runs_dir=runs_dir, env=env)
-    for r in Ledger(runs_dir).runs() if (runs_dir / "ledger.json").is_file() else []:
-        if isinstance(r.get("pid"), int):
-            try:
-                os.killpg(r["pid"], signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 GRID4 = "[target.t]\ntask = \"pair\"\ngrid = { lr = [1e-4, 2e-4, 3e-4, 4e-4] }\n"
 GRID2 = "[target.t]\ntask = \"pair\"\ngrid = { lr = [1e-4, 2e-4] }\n"

@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli
-from test_queue import add, make_plan, set_debug, statuses, wait
+from conftest import add, cli, make_plan, set_debug, statuses, wait
 
 from stilts_tui.ledger import Ledger
 
@@ -43,13 +42,6 @@ def cluster():
         pytest.fail(f"STILTS_REQUIRE_SLURM=1 but {why}")
     if why:
         pytest.skip(why)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from stilts_tui.train import workload
-
-    return workload.build_model(tmp_path_factory.mktemp("tiny") / "model", "tiny")
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from conftest import cli, write_jsonl, write_text
 
 from stilts_tui.demo import choice_rows, pair_rows
@@ -168,13 +167,6 @@ def test_an_intermediate_checkpoint_feeds_its_targets(tmp_path, runs_dir):
     assert sorted(transfer_event("enc")["new"]) == ["classifier.bias", "classifier.weight"]
     log = (runs_dir / targets["pair"]["id"] / "train.log").read_text()
     assert f"from {inter['id']}:" in log and "new: classifier.weight, classifier.bias" in log
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from stilts_tui.train import workload
-
-    return workload.build_model(tmp_path_factory.mktemp("tiny") / "model", "tiny")
 
 
 def test_same_spec_and_seed_give_the_same_score_and_one_process_equals_alone(tmp_path, runs_dir, tiny_model):
