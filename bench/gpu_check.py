@@ -22,6 +22,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FAILED: list[str] = []
+START = time.time()
+DEADLINE = [float("inf")]  # --deadline: seconds from START after which nothing new starts
+
+
+def left() -> float:
+    """Seconds left before the deadline."""
+    return DEADLINE[0] - (time.time() - START)
 
 
 @dataclass
@@ -47,10 +54,14 @@ SMOKE = Sizes("tiny", 37, 16, 8, 40,
               hf=["--size", "tiny", "--runs", "1", "--samples", "64", "--dev", "16", "--epochs", "1",
                   "--max-len", "40", "--batch", "8"],
               synth=["--size", "tiny", "--prompts", "8", "--single", "4", "--batch-size", "8"])
-GPU = Sizes("large", 203, 64, 16, 128,
-            grid=["--size", "large", "--runs", "16", "--samples", "160", "--dev", "64", "--max-len", "128",
-                  "--gpus", "0", "--fuse", "auto"],
-            single=["--size", "large", "--runs", "1", "--samples", "800", "--dev", "64", "--modes", "inductor"],
+# The branch checks use the tiny RoBERTa: on one H100 (2026-11-26) the four compiled runs of
+# RoBERTa-base took 191 s and the fused array of 3 over 138 s, nearly all of it inductor compiling; the
+# branches do not depend on the size. The grid is 8 runs of RoBERTa-base, the single-run figures
+# RoBERTa-large, so that the whole script fits one 7-minute device call.
+GPU = Sizes("tiny", 203, 64, 16, 128,
+            grid=["--size", "base", "--runs", "8", "--samples", "320", "--dev", "64", "--max-len", "128",
+                  "--gpus", "0", "--fuse", "auto", "--modes", "reference,queue,fused"],
+            single=["--size", "large", "--runs", "1", "--samples", "800", "--dev", "64", "--modes", "off,inductor"],
             hf=["--size", "large", "--runs", "1", "--samples", "800", "--dev", "64", "--epochs", "1",
                 "--max-len", "128"],
             synth=["--size", "medium", "--prompts", "128", "--single", "8", "--batch-size", "64"])
@@ -59,11 +70,14 @@ GPU = Sizes("large", 203, 64, 16, 128,
 def say(kind: str, name: str, text: str = "") -> None:
     if kind == "FAIL":
         FAILED.append(name)
-    print(f"{kind} {name}" + (f": {text}" if text else ""), flush=True)
+    print(f"{kind} {name}" + (f": {text}" if text else "") + f"  [{time.time() - START:.0f} s]", flush=True)
 
 
 def check(name: str, fn, *a) -> None:
     """Run one branch check: None from ``fn`` is a PASS, a string the reason it failed."""
+    if left() < 20:
+        say("INFO", name, "not run: past the --deadline")
+        return
     try:
         why = fn(*a)
     except subprocess.TimeoutExpired as e:
@@ -103,8 +117,22 @@ class Env:
     def train(self, dirs: list[Path], *flags: str, timeout: float = 600) -> list[dict]:
         device = "cuda" if self.cuda else "cpu"
         out = subprocess.run([sys.executable, "-m", "stilts_tui.train", "--device", device, *flags,
-                              *map(str, dirs)], env=self.env, capture_output=True, text=True, timeout=timeout)
+                              *map(str, dirs)], env=self.env, capture_output=True, text=True,
+                             timeout=min(timeout, max(left(), 30)))
         last = (out.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        failed = [d.name for d in dirs if not (d / "result.json").exists()
+                  or json.loads((d / "result.json").read_text()).get("status") != "done"]
+        for d in dirs:  # what each run took, to read compile costs off the log
+            if (d / "result.json").exists():
+                r = json.loads((d / "result.json").read_text())
+                print(f"  run {d.name}: {r.get('status')} train {r.get('train_seconds')} s wall "
+                      f"{r.get('wall_seconds')} s, {r.get('samples_per_s')} samples/s, compile {r.get('compile')}"
+                      f"{' fallback ' + str(r['compile_fallback']) if r.get('compile_fallback') else ''}, "
+                      f"peak {r.get('peak_gpu_mem_gb')} GB, score {r.get('score')}", flush=True)
+        if out.returncode or failed:  # the trainer's own words, for whoever reads the log afterwards
+            print(f"  trainer {' '.join(flags)} exit {out.returncode}; not done: {failed}", flush=True)
+            for ln in out.stderr.strip().splitlines()[-25:]:
+                print(f"  | {ln[:400]}", flush=True)
         return [json.loads((d / "result.json").read_text()) if (d / "result.json").exists()
                 else {"status": "no result.json", "error": f"trainer exit {out.returncode}: {last}"} for d in dirs]
 
@@ -193,16 +221,26 @@ def mps(e: Env) -> str | None:
     log = (root / "daemon.log").read_text(errors="replace")
     if not status["running"] or not (status["daemon"] or {}).get("settings", {}).get("mps"):
         return f"daemon status after start --mps: {status}"
-    if stop.returncode or "MPS control daemon stopped" not in log:
+    if "MPS on:" not in log:
+        return f"the daemon ran without MPS: {[ln for ln in log.splitlines() if 'MPS' in ln][:2]}"
+    if stop.returncode or "MPS control daemon: stopped" not in log:  # the daemon's words (Daemon.stop_mps)
         return f"daemon stop: {stop.stderr.strip()} (log ends {log.strip().splitlines()[-1:]})"
     return None
 
 
 def figure(name: str, cmd: list[str], env: Env, timeout: float, keep=lambda ln: True) -> None:
     """Run one bench script and print its figure lines (or FAIL with its last line)."""
+    if left() < 30:
+        say("INFO", name, "not run: past the --deadline")
+        return
+    timeout = min(timeout, left())
     try:
         out = subprocess.run([sys.executable, *cmd], env=env.env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as e:
+        partial = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        for ln in partial.splitlines():  # what it measured before the cut
+            if ln.strip() and keep(ln):
+                say("FIGURE", name, ln.strip())
         say("FAIL", name, f"timed out after {timeout:.0f} s")
         return
     lines = [ln.strip() for ln in out.stdout.splitlines() if ln.strip() and keep(ln)]
@@ -247,11 +285,11 @@ def branches(e: Env) -> None:
 def figures(e: Env, s: Sizes) -> None:
     gpu = [] if not e.cuda else ["--gpu-flags"]
     peak_memory(e)
+    figure("grid", [str(HERE / "grid_throughput.py"), *s.grid, "--workdir", str(e.work / "grid")], e, 600)
     figure("single_run_vs_reference", [str(HERE / "trainer_throughput.py"), *s.single, "--workdir",
                                        str(e.work / "single")], e, 300, keep=lambda ln: ln[:1] != " ")
     figure("single_run_vs_hf_trainer", [str(HERE / "vs_hf_trainer.py"), *s.hf, *gpu, "--workdir",
                                         str(e.work / "hf")], e, 300, keep=lambda ln: not ln.startswith(" "))
-    figure("grid", [str(HERE / "grid_throughput.py"), *s.grid, "--workdir", str(e.work / "grid")], e, 600)
     figure("synth", [str(HERE / "synth.py"), *s.synth], e, 120)
 
 
@@ -259,12 +297,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="the CPU, tiny sizes (CI)")
     ap.add_argument("--only", choices=("branches", "figures"), default=None)
+    ap.add_argument("--deadline", type=float, default=float("inf"),
+                    help="seconds after which nothing new starts and running figures are cut (a device lease)")
     args = ap.parse_args(argv)
+    DEADLINE[0] = args.deadline
     import torch
 
     cuda = torch.cuda.is_available() and not args.smoke
     sizes = GPU if cuda else SMOKE
-    t = time.time()
     gpu = torch.cuda.get_device_name(0) if cuda else "none (CPU)"
     print(f"# gpu_check: {'GPU' if cuda else 'smoke (CPU)'}; GPU {gpu}; torch {torch.__version__}; "
           f"RoBERTa-{sizes.model} random init", flush=True)
@@ -274,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             branches(e)
         if args.only != "branches":
             figures(e, sizes)
-    print(f"# gpu_check: {len(FAILED)} failed {FAILED} in {time.time() - t:.0f} s", flush=True)
+    print(f"# gpu_check: {len(FAILED)} failed {FAILED} in {time.time() - START:.0f} s", flush=True)
     return 1 if FAILED else 0
 
 
