@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One check of every CUDA branch, to run once wherever a GPU is at hand (about 5 minutes on one H100,
-# offline): random-init RoBERTa-large built in code, one PASS/FAIL line per branch, and the figures
-# (single run vs the reference loop and HF Trainer, a 16-run grid, synth, peak memory vs the estimate).
+# One check of every CUDA branch, to run once wherever a GPU is at hand (offline; on one H100 the
+# branches take about 3 minutes, the figures longer: pass --deadline to fit a lease): random-init
+# RoBERTas built in code, one PASS/FAIL line per branch, and the figures (an 8-run grid, single run vs
+# the reference loop and HF Trainer, synth, peak memory vs the estimate).
 #
 #   bash bench/gpu_check.sh            # on the GPU box (after bash bench/fetch_wheels.sh here; carry .whl/)
 #   bash bench/gpu_check.sh --smoke    # the same on the CPU with tiny sizes (CI: tests/test_gpu_check.py)

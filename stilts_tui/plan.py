@@ -103,6 +103,7 @@ HYPER = {
     "batching": _one_of("random", "grouped"),
     "pad": _one_of("auto", "max", "buckets", "longest"),
     "clip": _one_of("step", "micro_batch"),
+    "compile": _one_of("auto", "off", "inductor", "cudagraphs"),
     "fuse": _bool(),
     "transfer": _one_of("all", "encoder"),
     "eval_batch_size": _int(1, 65536),

@@ -56,6 +56,7 @@ CASES = {
     "bad-clip": (("epochs = 2", 'epochs = 2\nclip = "always"'), "key 'target.rte.clip'", '"micro_batch"'),
     "bad-fuse": (("epochs = 2", 'epochs = 2\nfuse = "yes"'), "key 'target.rte.fuse'", "true or false"),
     "bad-pad": (("epochs = 2", 'epochs = 2\npad = "none"'), "key 'target.rte.pad'", '"buckets"'),
+    "bad-compile": (("epochs = 2", 'epochs = 2\ncompile = "fast"'), "key 'target.rte.compile'", '"inductor"'),
 }
 
 

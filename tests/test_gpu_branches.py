@@ -80,11 +80,14 @@ def test_a_fused_array_on_buckets_with_short_last_batches_equals_each_run_alone(
 
 def test_inductor_compiles_on_the_cpu_with_and_without_gradient_accumulation(tmp_path, tiny_workload):
     eager = [write_tiny_run(tmp_path / "eager", f"e{i}0000000000e", tiny_workload, grad_accum=i) for i in (1, 2)]
-    comp = [write_tiny_run(tmp_path / "comp", f"c{i}0000000000c", tiny_workload, grad_accum=i) for i in (1, 2)]
+    # compiled because the plan says so (`compile = "inductor"`), with the trainer's flag left at auto
+    comp = [write_tiny_run(tmp_path / "comp", f"c{i}0000000000c", tiny_workload, grad_accum=i, compile="inductor")
+            for i in (1, 2)]
     # then an out-of-memory error in the same process, with the compiler's (fake) tensors still about
-    oom = write_tiny_run(tmp_path / "comp", "d0000000000d", tiny_workload, debug={"oom_at_step": 1})
+    oom = write_tiny_run(tmp_path / "comp", "d0000000000d", tiny_workload, debug={"oom_at_step": 1},
+                         compile="inductor")
     assert train(eager, "--pad", "buckets").returncode == 0
-    out = train([*comp, oom], "--compile", "inductor")
+    out = train([*comp, oom])
     assert out.returncode == 1, out.stderr[-2000:]
     assert result_of(oom)["status"] == "oom" and result_of(oom)["mem_after_cleanup_mb"] < 0.2
     for e, c in zip(eager, comp, strict=True):
@@ -173,6 +176,26 @@ def test_cuda_graphs_are_off_under_gradient_accumulation_and_settings_override_t
     assert (s.precision, s.batching, s.pad, s.clip, s.cuda_graphs) == ("fp32", "grouped", "buckets", "micro_batch",
                                                                        False)
     assert resolve_setup(Settings(device=torch.device("cpu")), {"pad": "max"}, {}, 1).pad == "max"
+
+
+def test_auto_compiles_only_runs_long_enough_to_pay_for_the_compile():
+    import torch
+
+    from stilts_tui.train.loop import Settings
+    from stilts_tui.train.step import AUTO_COMPILE_MIN_STEPS as LEAST
+    from stilts_tui.train.step import resolve_setup
+
+    cuda, cpu = Settings(device=torch.device("cuda")), Settings(device=torch.device("cpu"))
+    compiled = lambda s, p=None, **kw: resolve_setup(s, p or {}, {}, 1, **kw).compile  # noqa: E731
+    assert compiled(cuda, steps=LEAST - 1) == "off" and compiled(cuda, steps=LEAST) == "inductor"
+    assert compiled(cuda, steps=LEAST, fused=True) == "off"
+    assert compiled(cuda, steps=3 * LEAST, fused=True) == "inductor"
+    assert compiled(cuda, steps=None) == "inductor" and compiled(cpu, steps=10 * LEAST) == "off"
+    # the plan's key wins over auto, the trainer's flag over the plan
+    assert compiled(cuda, {"compile": "off"}, steps=10 * LEAST) == "off"
+    assert compiled(cpu, {"compile": "inductor"}, steps=1) == "inductor"
+    flagged = Settings(device=torch.device("cuda"), compile="cudagraphs")
+    assert compiled(flagged, {"compile": "off"}, steps=1) == "cudagraphs"
 
 
 def _array_optimizer_ops(layers: int) -> int:

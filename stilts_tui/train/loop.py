@@ -455,7 +455,8 @@ def _train_members(worker: Worker, members: list[Member], fuse: bool) -> None:
     if not joined:
         return
     p0 = joined[0].spec["params"]
-    setup = resolve_setup(worker.s, p0, joined[0].spec, int(p0.get("grad_accum", 1)))
+    setup = resolve_setup(worker.s, p0, joined[0].spec, int(p0.get("grad_accum", 1)), joined[0].schedule.total,
+                          fused=bool(fuse))
     if fuse:
         from stilts_tui.train import fused
 

@@ -44,15 +44,37 @@ class Setup:
                 f"clip per {self.clip.replace('_', '-')}, compile {self.compile}")
 
 
-def resolve_setup(settings, params: dict, spec: dict, accum: int) -> Setup:
+# ``compile = "auto"`` compiles on CUDA only when a run has enough optimizer steps to pay the compile
+# back. Measured on one H100 (2026-11-26, bench/results/gpu_check-h100-*): a cold inductor compile of
+# the loss took 20-26 s for a 2-layer RoBERTa, tens of seconds for RoBERTa-base, and a fused array's
+# 2.6x that (68 s for 3 tiny members; over 138 s for 3 of RoBERTa-base); a recompile with inductor's
+# cache warm took 6 s. What a compiled step saves on the GPU is not measured yet; at a generous 30 ms
+# a step, 400 steps pay for a warm compile plus part of a cold one. Short grids train eagerly.
+AUTO_COMPILE_MIN_STEPS = 400
+AUTO_COMPILE_MIN_STEPS_FUSED = 3 * AUTO_COMPILE_MIN_STEPS
+
+
+def auto_compile(cuda: bool, steps: int | None, fused: bool) -> str:
+    """What ``compile = "auto"`` means for a run of ``steps`` optimizer steps (None: unknown, compile)."""
+    if not cuda:
+        return "off"
+    least = AUTO_COMPILE_MIN_STEPS_FUSED if fused else AUTO_COMPILE_MIN_STEPS
+    return "inductor" if steps is None or steps >= least else "off"
+
+
+def resolve_setup(settings, params: dict, spec: dict, accum: int, steps: int | None = None,
+                  fused: bool = False) -> Setup:
     """The run's setup from its spec, the trainer's flags (anything but ``auto`` overrides the spec:
-    for debugging, and so the CPU can take the GPU's branches) and the device."""
+    for debugging, and so the CPU can take the GPU's branches) and the device; ``steps``, the run's
+    optimizer steps, decides whether ``compile = "auto"`` compiles."""
     device = settings.device
     cuda = device.type == "cuda"
     precision = str(spec.get("precision") or params.get("precision") or "fp32")
     if precision == "auto":
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    compile_mode = settings.compile if settings.compile != "auto" else ("inductor" if cuda else "off")
+    compile_mode = settings.compile if settings.compile != "auto" else str(params.get("compile") or "auto")
+    if compile_mode == "auto":
+        compile_mode = auto_compile(cuda, steps, fused)
     pad = settings.pad if settings.pad != "auto" else str(params.get("pad") or "auto")
     if pad == "auto":
         pad = "buckets" if cuda or compile_mode != "off" else "longest"
