@@ -120,19 +120,17 @@ class Env:
                               *map(str, dirs)], env=self.env, capture_output=True, text=True,
                              timeout=min(timeout, max(left(), 30)))
         last = (out.stderr.strip().splitlines() or ["no output"])[-1][:300]
-        failed = [d.name for d in dirs if not (d / "result.json").exists()
-                  or json.loads((d / "result.json").read_text()).get("status") != "done"]
-        for d in dirs:  # what each run took, to read compile costs off the log
-            if (d / "result.json").exists():
-                r = json.loads((d / "result.json").read_text())
-                print(f"  run {d.name}: {r.get('status')} train {r.get('train_seconds')} s wall "
-                      f"{r.get('wall_seconds')} s, {r.get('samples_per_s')} samples/s, compile {r.get('compile')}"
-                      f"{' fallback ' + str(r['compile_fallback']) if r.get('compile_fallback') else ''}, "
-                      f"peak {r.get('peak_gpu_mem_gb')} GB, score {r.get('score')}", flush=True)
-        if out.returncode or failed:  # the trainer's own words, for whoever reads the log afterwards
-            print(f"  trainer {' '.join(flags)} exit {out.returncode}; not done: {failed}", flush=True)
-            for ln in out.stderr.strip().splitlines()[-25:]:
-                print(f"  | {ln[:400]}", flush=True)
+        results = {d.name: json.loads((d / "result.json").read_text()) for d in dirs if (d / "result.json").exists()}
+        for name, r in results.items():  # what each run took, to read compile costs off the log
+            say("INFO", f"run_{name}", f"{r.get('status')}, train {r.get('train_seconds')} s, wall "
+                f"{r.get('wall_seconds')} s, {r.get('samples_per_s')} samples/s, compile {r.get('compile')}"
+                f"{' (fallback ' + str(r['compile_fallback']) + ')' if r.get('compile_fallback') else ''}, "
+                f"peak {r.get('peak_gpu_mem_gb')} GB, score {r.get('score')}")
+        unexpected = [d.name for d in dirs if (results.get(d.name) or {}).get("status") not in ("done", "oom")]
+        if out.returncode not in (0, 1) or unexpected:  # the trainer's own words, for whoever reads the log
+            say("INFO", "trainer", f"{' '.join(flags)}: exit {out.returncode}; not done: {unexpected}")
+            for ln in [x for x in out.stderr.strip().splitlines() if x.strip()][-25:]:
+                say("INFO", "trainer", ln[:400])
         return [json.loads((d / "result.json").read_text()) if (d / "result.json").exists()
                 else {"status": "no result.json", "error": f"trainer exit {out.returncode}: {last}"} for d in dirs]
 

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 LINE = re.compile(r"^(PASS [\w.+-]+|FAIL [\w.+-]+: .+|INFO [\w.+-]+: .+|FIGURE [\w.+-]+: .+|# .+)$")
 BRANCHES = ["trainer_inductor_buckets_grouped_bf16", "grad_accum2_inductor", "fused3_ragged_buckets",
@@ -21,6 +23,7 @@ BRANCHES = ["trainer_inductor_buckets_grouped_bf16", "grad_accum2_inductor", "fu
 FIGURES = ["peak_memory", "single_run_vs_reference", "single_run_vs_hf_trainer", "grid", "synth"]
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_passes_every_branch_and_prints_the_figures(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
     out = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--smoke"], capture_output=True, text=True,

@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REFERENCE_PLAN, cli, write_jsonl, write_text
 
 from stilts_tui import plan as plans
@@ -25,6 +26,7 @@ STAGES = ["synth.syngpt2", "intermediate.hellaswag", "intermediate.hellaswag-p",
           "target.winogrande-m"]
 
 
+@pytest.mark.slow
 def test_the_reference_plan_rehearses_end_to_end(tmp_path, runs_dir):
     out_dir = tmp_path / "rehearsal"
     out = cli("plan", "rehearse", str(REFERENCE_PLAN), "--data-dir", str(FIXTURES), "--examples", "6", "--out",

@@ -118,6 +118,7 @@ def test_output_format_counts_and_fake_lengths(gpt2, corpus, tmp_path):
             assert len(tok(fake, add_special_tokens=False)["input_ids"]) <= limit
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_task_and_another_seed_another(gpt2, corpus, tmp_path):
     for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
         assert synth(gpt2, corpus, tmp_path / name, "--n", "8", "--seed", seed).returncode == 0
@@ -125,6 +126,7 @@ def test_the_same_seed_gives_the_same_task_and_another_seed_another(gpt2, corpus
     assert a == b and a != c
 
 
+@pytest.mark.slow
 def test_a_killed_synthesis_resumes_to_the_same_result(gpt2, corpus, tmp_path):
     args = ("--n", "60", "--fakes", "2", "--batch-size", "1")  # rows are written a window (16 batches) at a time
     assert synth(gpt2, corpus, tmp_path / "whole", *args).returncode == 0

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import cli, write_jsonl, write_text
 
 from stilts_tui.demo import choice_rows, pair_rows
@@ -83,6 +84,7 @@ def set_debug(run_dir: Path, **debug) -> None:
     (run_dir / "spec.json").write_text(json.dumps(spec))
 
 
+@pytest.mark.slow
 def test_minilm_learns_a_sentence_pair_task(tmp_path, runs_dir):
     runs = queue(make_plan(tmp_path, "[target.pair]\ntask = \"pair\""), runs_dir)
     (run,) = runs
@@ -104,6 +106,7 @@ def test_minilm_learns_a_sentence_pair_task(tmp_path, runs_dir):
     assert not (d / "checkpoint").exists()  # target runs keep no weights by default
 
 
+@pytest.mark.slow
 def test_minilm_learns_a_multiple_choice_task(tmp_path, runs_dir):
     runs = queue(make_plan(tmp_path, "[target.mc]\ntask = \"mc\""), runs_dir)
     d = runs_dir / runs[0]["id"]
