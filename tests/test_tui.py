@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import CONSOLE, cli, write_text
+from conftest import CONSOLE, cli, wait, write_text
 from textual.notifications import Notify
 from textual.widgets import DataTable, Input, Log, SelectionList
 from textual.worker import Worker, WorkerState
@@ -539,36 +539,26 @@ def test_real_tui_in_tmux_moves_opens_logs_and_cancels(prepared):
         def screen() -> str:
             return tmux("capture-pane", "-p", "-t", session)
 
-        deadline = time.time() + 30
-        while "running" not in screen() and time.time() < deadline:
-            time.sleep(0.2)
+        wait(lambda: "running" in screen(), 30, "the app's queue screen")
         assert "9 done · 1 running · 2 queued · 1 failed" in screen()
         runs = {r["id"]: r for r in Ledger(prepared).runs()}
         order = [line.split()[0] for line in screen().splitlines() if line.strip()[:12] in runs]
-        # move to the running run, open its log
+        # move to the running run, open its log (tmux delivers the keys in order, the app handles them so)
         target = next(i for i in order if runs[i]["status"] == "running")
         for _ in range(order.index(target)):
             tmux("send-keys", "-t", session, "Down")
-        time.sleep(0.3)
         tmux("send-keys", "-t", session, "l")
-        deadline = time.time() + 10
-        while "step 10/20" not in screen() and time.time() < deadline:
-            time.sleep(0.2)
+        wait(lambda: "step 10/20" in screen(), 10, "the run's log pane")
         assert target in screen() and "step 10/20 loss 0.6000" in screen()
         tmux("send-keys", "-t", session, "Escape")
-        time.sleep(0.8)
+        wait(lambda: "step 10/20" not in screen() and "9 done" in screen(), 10, "the queue screen back")
         # cancel the next queued run
         victim = next(i for i in order[order.index(target):] if runs[i]["status"] == "queued")
         for _ in range(order.index(victim) - order.index(target)):
             tmux("send-keys", "-t", session, "Down")
-        time.sleep(0.3)
         tmux("send-keys", "-t", session, "c")
-        deadline = time.time() + 10
-        while Ledger(prepared).get(victim)["status"] != "cancelled" and time.time() < deadline:
-            time.sleep(0.2)
-        assert Ledger(prepared).get(victim)["status"] == "cancelled"
-        time.sleep(1.5)
-        assert "1 cancelled" in screen()
+        wait(lambda: Ledger(prepared).get(victim)["status"] == "cancelled", 10, "the run cancelled in the ledger")
+        wait(lambda: "1 cancelled" in screen(), 10, "the app to show the cancel")
         tmux("send-keys", "-t", session, "q")
     finally:
         subprocess.run(["tmux", "-L", TMUX_SOCKET, "kill-server"], capture_output=True)
