@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import step_losses, write_tiny_run
+from conftest import result_of, step_losses, write_tiny_run
 
 from stilts_tui.train.fused import FusedEncoder
 
@@ -195,6 +195,34 @@ def test_a_fused_array_of_one_trains_as_the_run_alone_with_dropout_on(tmp_path, 
     assert [s for s, _ in a] == [s for s, _ in f]
     assert np.allclose([x for _, x in a], [x for _, x in f], atol=1e-4)
 
+
+
+@pytest.mark.parametrize(("pad", "batching"), [("max", "random"), ("buckets", "grouped")])
+def test_each_member_of_a_fused_array_trains_as_its_run_alone_with_dropout_on(tmp_path, dropout_workload, pad,
+                                                                              batching):
+    """Through the real loop, eager: each member draws its masks from its own run's stream (hidden,
+    attention and head dropout), so an array of 3 (seeds and learning rates differ) gives every run
+    the losses, metrics and score of the run trained alone, dropout and all — where its batches have
+    the shapes they have alone: padding to max_len, or buckets with grouped batches (every member in
+    the same bucket at a step). (Padded to each batch's longest, an array pads its members to the
+    longest of all of them: other shapes, so other masks, of the same distribution.)"""
+    from stilts_tui.train.loop import train_group, train_run
+
+    runs = [(3, 1e-3), (4, 2e-3), (5, 5e-4)]
+    alone = [write_tiny_run(tmp_path / "alone", f"a{i}000000000a", dropout_workload, seed=s, lr=lr, pad=pad,
+                            batching=batching) for i, (s, lr) in enumerate(runs)]
+    fused = [write_tiny_run(tmp_path / "fused", f"a{i}000000000a", dropout_workload, seed=s, lr=lr, pad=pad,
+                            batching=batching) for i, (s, lr) in enumerate(runs)]
+    worker = _worker()
+    for d in alone:
+        assert train_run(worker, d)["status"] == "done"
+    results = train_group(worker, fused, fuse=True)
+    assert [r["status"] for r in results] == ["done"] * 3 and results[0]["setup"]["fused"] == 3
+    for a, f, r in zip(alone, fused, results, strict=True):
+        la, lf = step_losses(a), step_losses(f)
+        assert [s for s, _ in la] == [s for s, _ in lf]
+        assert np.allclose([x for _, x in la], [x for _, x in lf], atol=1e-4), (la, lf)
+        assert r["metrics"] == result_of(a)["metrics"]
 
 
 SHIFT_MEMBERS = 256

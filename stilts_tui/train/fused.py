@@ -11,9 +11,11 @@ events, evaluation, result and checkpoint, exactly as if it ran alone: the runs 
 since the loss is the sum of the runs' losses and each weight slice belongs to one run.
 
 BERT/RoBERTa-style encoders (the reference's family) are covered; other architectures train alone.
-Dropout draws its masks from one generator for the whole array, so with dropout on, a fused run's
-masks differ from those of the run alone (the same distribution; docs/fused.md); with dropout off the
-results are the same within floating-point tolerance (tests/test_fused.py). The training loop itself
+Dropout: eager, each member draws its masks from its own stream, the one its run alone draws from
+(:class:`MemberStreams`), so a fused run drops exactly what the run alone drops and, on the CPU, equals
+it with dropout on (tests/test_fused_dropout.py); compiled, the array draws from one stream (the same
+distribution, other masks: docs/fused.md). With dropout off the results are the same within
+floating-point tolerance (tests/test_fused.py). The training loop itself
 is :func:`stilts_tui.train.loop.fit`, shared with runs alone; :class:`ArrayEngine` is what differs.
 """
 
@@ -60,6 +62,35 @@ def can_fuse(run_dir: Path) -> bool:
 # ---- the batched model ----------------------------------------------------------------------------
 
 
+class MemberStreams:
+    """Each member's own random stream: the global generator state its run alone has at the start of
+    training (seeded with its seed, as :func:`loop.seed_everything` does), swapped in around each of the
+    member's draws and saved after. A run alone draws from that stream only for dropout, in forward order,
+    so each member draws the very masks of its run alone. Eager only: a compiled graph cannot swap states."""
+
+    def __init__(self, seeds: list[int], device: torch.device):
+        self.cuda = device if device.type == "cuda" else None
+        self.states = []
+        for seed in seeds:
+            torch.manual_seed(seed)  # the CPU generator and every CUDA one
+            self.states.append((torch.get_rng_state(),
+                                torch.cuda.get_rng_state(self.cuda) if self.cuda is not None else None))
+
+    def draw(self, i: int, fn, *args, **kwargs) -> torch.Tensor:
+        """``fn(*args, **kwargs)`` with member i's stream as the global one."""
+        cpu, cuda = self.states[i]
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, self.cuda)
+        out = fn(*args, **kwargs)
+        self.states[i] = (torch.get_rng_state(),
+                          torch.cuda.get_rng_state(self.cuda) if self.cuda is not None else None)
+        return out
+
+    def keep(self, rows: list[int]) -> None:
+        self.states = [self.states[r] for r in rows]
+
+
 class FusedEncoder:
     """K copies of one BERT/RoBERTa-style task model, as stacked weights and a batched forward."""
 
@@ -86,6 +117,7 @@ class FusedEncoder:
 
         self.act = ACT2FN[config.hidden_act]
         self.training = True
+        self.streams: MemberStreams | None = None  # None: one stream for the whole array
 
     def _views(self) -> None:
         """Each parameter as a leaf view of its columns of ``W``, its gradient the same view of ``G``
@@ -109,6 +141,8 @@ class FusedEncoder:
     def keep(self, rows: list[int]) -> None:
         """Drop every run not in ``rows`` (a run cancelled or failed: the others go on)."""
         index = torch.tensor(rows, device=self.W.device)
+        if self.streams is not None:
+            self.streams.keep(rows)
         self.W = self.W.index_select(0, index)
         self.G = self.G.index_select(0, index)
         self._views()
@@ -125,7 +159,22 @@ class FusedEncoder:
         return y * self.p[name + ".weight"].unsqueeze(1) + self.p[name + ".bias"].unsqueeze(1)
 
     def _drop(self, x: torch.Tensor, p: float | None) -> torch.Tensor:
-        return F.dropout(x, p, training=True) if self.training and p else x
+        if not (self.training and p):
+            return x
+        if self.streams is None:
+            return F.dropout(x, p, training=True)
+        return torch.stack([self.streams.draw(i, F.dropout, x[i], p, training=True) for i in range(x.shape[0])])
+
+    def _attention(self, q, kk, v, attn_mask, p: float, k: int) -> torch.Tensor:
+        """SDPA over the K runs' heads at once; with member streams and attention dropout, one call a
+        member, each under its own stream (SDPA draws its mask inside)."""
+        if not p or self.streams is None:
+            return F.scaled_dot_product_attention(q, kk, v, attn_mask=attn_mask, dropout_p=p)
+        n = q.shape[0] // k
+        return torch.cat([self.streams.draw(i, F.scaled_dot_product_attention, q[i * n:(i + 1) * n],
+                                            kk[i * n:(i + 1) * n], v[i * n:(i + 1) * n],
+                                            attn_mask=attn_mask[i * n:(i + 1) * n], dropout_p=p)
+                          for i in range(k)])
 
     def _embed(self, name: str, ids: torch.Tensor) -> torch.Tensor:
         """Row ``ids[k, n]`` of run k's table ``name``: one gather over the stacked [K*V, H] table."""
@@ -166,7 +215,7 @@ class FusedEncoder:
             q = split(self._lin(x, f"{layer}.attention.self.query"))
             kk = split(self._lin(x, f"{layer}.attention.self.key"))
             v = split(self._lin(x, f"{layer}.attention.self.value"))
-            ctx = F.scaled_dot_product_attention(q, kk, v, attn_mask=attn_mask, dropout_p=attn_p)
+            ctx = self._attention(q, kk, v, attn_mask, attn_p, k)
             ctx = ctx.transpose(1, 2).reshape(k, n * t, cfg.hidden_size)
             a = self._drop(self._lin(ctx, f"{layer}.attention.output.dense"), cfg.hidden_dropout_prob)
             x = self._ln(a + x, f"{layer}.attention.output.LayerNorm")
@@ -315,6 +364,8 @@ class ArrayEngine:
         self.loss_fn = self.fused.loss
         if compiled:
             self.loss_fn = torch.compile(self.fused.loss, dynamic=True, backend=hooks.backend() or "inductor")
+        else:  # each member drops what its run alone drops
+            self.fused.streams = MemberStreams([int(m.spec["seed"]) for m in members], torch.device(device))
         self.mode = setup.compile if compiled else "off"
         self.k = self.fused.k
 
