@@ -30,7 +30,7 @@ from stilts_tui.queue import gpus as gpu_info
 from stilts_tui.queue.executors import local
 from stilts_tui.queue.executors import slurm as slurm_exec
 
-FINAL_RESULT = ("done", "failed", "oom")
+FINAL_RESULT = checks.RESULT_STATUSES  # a result.json in one of these ends the attempt
 MAX_ARRAY = placement.MAX_ARRAY  # --fuse auto: at most this many runs in one array
 ROW_DEFAULTS = {"attempts": 0, "priority": 0, "order": 0, "added": 0}  # a damaged row field is reset to these
 MAX_BACKOFF_S = 60.0  # a tick that keeps failing is retried at most this far apart

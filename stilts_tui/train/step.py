@@ -15,8 +15,6 @@ import torch
 from stilts_tui.train import data
 from stilts_tui.train.events import RunLog, fmt_duration
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-
 
 @dataclass
 class Setup:
