@@ -772,9 +772,7 @@ class Daemon:
             lock.acquire()
         except Timeout:
             other = running_daemon(self.root) or {}
-            print(f"stilts-tui: error: a daemon is already running on {self.root} (pid {other.get('pid')})",
-                  file=sys.stderr)
-            return 2
+            return report(UserError(f"a daemon is already running on {self.root} (pid {other.get('pid')})"))
         except OSError as e:
             return report(e)
         try:

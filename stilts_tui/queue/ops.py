@@ -13,7 +13,7 @@ from pathlib import Path
 
 from stilts_tui import plan as plans
 from stilts_tui import rundir
-from stilts_tui.errors import Failure, UserError
+from stilts_tui.errors import PREFIX, Failure, UserError
 from stilts_tui.ledger import Ledger
 
 
@@ -233,9 +233,9 @@ def _why_not_started(root: Path, code: int) -> str:
         lines = (root / "daemon.log").read_text(errors="replace").strip().splitlines()
     except OSError:
         lines = []
-    tail = [x for x in lines if x.startswith("stilts-tui: error:")][-1:]
+    tail = [x for x in lines if x.startswith(PREFIX)][-1:]
     if tail:
-        return tail[0].removeprefix("stilts-tui: error: ")
+        return tail[0].removeprefix(PREFIX)
 
     if shutil.disk_usage(root).free < 1 << 20:
         return f"no space left on the device holding {root} (free some space and start it again)"
