@@ -28,6 +28,7 @@ daemon_app = typer.Typer(help="Start, stop and inspect the queue daemon.", no_ar
 app.add_typer(plan_app, name="plan")
 app.add_typer(queue_app, name="queue")
 app.add_typer(daemon_app, name="daemon")
+# entry.py reads the bare command's --no-daemon by hand (the app opens without importing typer)
 NoDaemon = Annotated[bool, typer.Option("--no-daemon", envvar="STILTS_NO_DAEMON",
                                         help="do not start the queue daemon if it is not running")]
 
@@ -52,8 +53,7 @@ def root(
         Path | None,
         typer.Option("--runs-dir", envvar="STILTS_RUNS_DIR", help="where run folders and the ledger live"),
     ] = None,
-    no_daemon: Annotated[bool, typer.Option("--no-daemon", envvar="STILTS_NO_DAEMON",
-                                            help="open the app without starting the queue daemon")] = False,
+    no_daemon: NoDaemon = False,
 ) -> None:
     """Plan, queue, watch and score STILTs studies. With no command, opens the terminal app."""
     ctx.obj = {"runs_dir": rundir.runs_dir(runs_dir)}
