@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stilts_tui import plan as plans
-from stilts_tui import tasks
+from stilts_tui import rundir, tasks
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.ledger import FINAL, Ledger
 from stilts_tui.tasks import data as task_data
@@ -211,10 +211,7 @@ def _run_daemon(root: Path, plan_name: str, opts: Options) -> list[dict]:
 
 
 def _error_of(root: Path, run: dict) -> str:
-    try:
-        err = json.loads((root / run["id"] / "result.json").read_text()).get("error")
-    except (OSError, ValueError, AttributeError):
-        err = None
+    err = (rundir.read_run_file(root, run["id"]) or {}).get("error")
     return first_line(Exception(err or run.get("error") or run["status"]), 300)
 
 
