@@ -17,6 +17,10 @@ from stilts_tui import plan as plans
 from stilts_tui import rundir, tasks
 from stilts_tui.errors import UserError
 from stilts_tui.ledger import STATUSES, Ledger
+from stilts_tui.queue.settings import DEFAULTS as DAEMON
+from stilts_tui.queue.settings import EXECUTORS, parse_fuse, parse_gpus
+from stilts_tui.queue.settings import help_of as _dh
+from stilts_tui.synth.settings import COMMAND_DEFAULTS as SYNTH
 
 app = typer.Typer(
     name="stilts-tui", no_args_is_help=False, add_completion=False, pretty_exceptions_enable=False,
@@ -28,6 +32,7 @@ daemon_app = typer.Typer(help="Start, stop and inspect the queue daemon.", no_ar
 app.add_typer(plan_app, name="plan")
 app.add_typer(queue_app, name="queue")
 app.add_typer(daemon_app, name="daemon")
+# entry.py reads the bare command's --no-daemon by hand (the app opens without importing typer)
 NoDaemon = Annotated[bool, typer.Option("--no-daemon", envvar="STILTS_NO_DAEMON",
                                         help="do not start the queue daemon if it is not running")]
 
@@ -52,8 +57,7 @@ def root(
         Path | None,
         typer.Option("--runs-dir", envvar="STILTS_RUNS_DIR", help="where run folders and the ledger live"),
     ] = None,
-    no_daemon: Annotated[bool, typer.Option("--no-daemon", envvar="STILTS_NO_DAEMON",
-                                            help="open the app without starting the queue daemon")] = False,
+    no_daemon: NoDaemon = False,
 ) -> None:
     """Plan, queue, watch and score STILTs studies. With no command, opens the terminal app."""
     ctx.obj = {"runs_dir": rundir.runs_dir(runs_dir)}
@@ -87,7 +91,7 @@ def demo_cmd(
     plan, runs, added = ops.add_plan(plan_path, root)
     typer.echo(f"{plan.name}: {len(added)} runs queued ({plan_path}, runs in {root})")
     if ops.daemon_status(root) is None:
-        ops.start_daemon(root, ["--cpu-slots", "1", "--worker-runs", "4"])
+        ops.start_daemon(root, [])  # at the daemon's defaults
     if not no_tui:
         _open_tui(root, no_daemon=True)
 
@@ -95,29 +99,32 @@ def demo_cmd(
 @app.command("synth")
 def synth_cmd(
     out: Annotated[Path, typer.Option("--out", help="folder for SynGPT2_train.jsonl (and _dev)")],
-    corpus: Annotated[str | None, typer.Option("--corpus", help="squad: SQuAD v1.1 train from the hub")] = None,
+    corpus: Annotated[str | None, typer.Option("--corpus", help="squad: SQuAD v1.1 train from the hub")
+                      ] = SYNTH["corpus"],
     corpus_file: Annotated[Path | None, typer.Option("--corpus-file", help="train-v1.1.json, or text with one "
                                                      "paragraph a line")] = None,
-    generator: Annotated[str, typer.Option("--generator", help="hub id or local folder")] = "gpt2-medium",
-    n: Annotated[int, typer.Option("--n", min=1)] = 30000,
-    fakes: Annotated[int, typer.Option("--fakes", min=1, max=64)] = 3,
-    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 0.9,
-    top_k: Annotated[int, typer.Option("--top-k", min=0, help="0: disabled")] = 0,
-    temperature: Annotated[float, typer.Option("--temperature", min=0.0)] = 1.0,
-    seed: Annotated[int, typer.Option("--seed")] = 42,
-    dev: Annotated[int, typer.Option("--dev", min=0, help="further pairs for SynGPT2_dev.jsonl")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    generator: Annotated[str, typer.Option("--generator", help="hub id or local folder")] = SYNTH["generator"],
+    n: Annotated[int, typer.Option("--n")] = SYNTH["n"],
+    fakes: Annotated[int, typer.Option("--fakes")] = SYNTH["fakes"],
+    top_p: Annotated[float, typer.Option("--top-p")] = SYNTH["top_p"],
+    top_k: Annotated[int, typer.Option("--top-k", help="0: disabled")] = SYNTH["top_k"],
+    temperature: Annotated[float, typer.Option("--temperature")] = SYNTH["temperature"],
+    seed: Annotated[int, typer.Option("--seed")] = SYNTH["seed"],
+    dev: Annotated[int, typer.Option("--dev", help="further pairs for SynGPT2_dev.jsonl")] = SYNTH["dev"],
+    batch_size: Annotated[int, typer.Option("--batch-size")] = SYNTH["batch_size"],
 ) -> None:
     """Synthesise the real-vs-fake SynGPT2 task with GPT-2 (resumes from an interrupted --out)."""
     if (corpus is None) == (corpus_file is None):
         raise UserError("name one corpus: --corpus squad or --corpus-file PATH")
-    if corpus not in (None, "squad"):
-        raise UserError(f"--corpus: '{corpus}' is not known (squad)")
     import subprocess
 
     params = {"corpus": corpus, "corpus_file": str(corpus_file) if corpus_file else None, "generator": generator,
               "n": n, "fakes": fakes, "top_p": top_p, "top_k": top_k, "temperature": temperature, "seed": seed,
               "dev": dev, "batch_size": batch_size}
+    for key, value in params.items():  # the ranges a plan's [synth.NAME] stage is held to
+        ok, what = plans.SYNTH_KEYS[key]
+        if value is not None and not ok(value):
+            raise UserError(f"--{key.replace('_', '-')}: expected {what}, got {value!r}")
     # the synthesis imports torch: it runs as its own process (the CLI and the TUI never import torch)
     code = subprocess.run([sys.executable, "-m", "stilts_tui.synth", "--cli", json.dumps(params), str(out)]).returncode
     if code:
@@ -341,39 +348,35 @@ def queue_resume(ctx: typer.Context) -> None:
 @daemon_app.command("start")
 def daemon_start(
     ctx: typer.Context,
-    gpus: Annotated[str | None, typer.Option("--gpus", help="GPU indices to use, e.g. 0,1 (default: all)")] = None,
-    per_gpu: Annotated[int, typer.Option("--per-gpu", help="at most this many processes a GPU")] = 4,
-    cpu_slots: Annotated[int, typer.Option("--cpu-slots", help="concurrent runs where there is no GPU")] = 1,
-    max_retries: Annotated[int, typer.Option("--max-retries", help="relaunches of a run whose process "
-                                             "vanished")] = 2,
-    worker_runs: Annotated[int, typer.Option("--worker-runs", help="ready runs of one shape trained in "
-                                             "sequence by one process")] = 4,
-    mps: Annotated[bool, typer.Option("--mps", help="run NVIDIA MPS for the daemon's lifetime")] = False,
-    executor: Annotated[str, typer.Option("--executor", help="local (this machine's GPUs) or slurm (sbatch)")
-                        ] = "local",
-    interval: Annotated[float, typer.Option("--interval", help="seconds between ticks")] = 1.0,
+    gpus: Annotated[str | None, typer.Option("--gpus", help=_dh("gpus"))] = None,
+    per_gpu: Annotated[int, typer.Option("--per-gpu", help=_dh("per_gpu"))] = DAEMON.per_gpu,
+    cpu_slots: Annotated[int, typer.Option("--cpu-slots", help=_dh("cpu_slots"))] = DAEMON.cpu_slots,
+    max_retries: Annotated[int, typer.Option("--max-retries", help=_dh("max_retries"))] = DAEMON.max_retries,
+    worker_runs: Annotated[int, typer.Option("--worker-runs", help=_dh("worker_runs"))] = DAEMON.worker_runs,
+    mps: Annotated[bool, typer.Option("--mps", help=_dh("mps"))] = DAEMON.mps,
+    executor: Annotated[str, typer.Option("--executor", help=_dh("executor"))] = DAEMON.executor,
+    interval: Annotated[float, typer.Option("--interval", help=_dh("interval"))] = DAEMON.interval,
     partition: Annotated[str | None, typer.Option("--partition", help="slurm: partition")] = None,
     account: Annotated[str | None, typer.Option("--account", help="slurm: account")] = None,
     qos: Annotated[str | None, typer.Option("--qos", help="slurm: QOS")] = None,
     time_limit: Annotated[str | None, typer.Option("--time", help="slurm: time limit a run, e.g. 4:00:00")] = None,
-    gpus_per_run: Annotated[int | None, typer.Option("--gpus-per-run", help="slurm: GPUs a run (default 1)")
+    gpus_per_run: Annotated[int | None, typer.Option("--gpus-per-run", help="slurm: GPUs a run (default "
+                            f"{plans.SLURM_DEFAULTS['gpus']})")
                             ] = None,
-    cpus_per_run: Annotated[int | None, typer.Option("--cpus-per-run", help="slurm: CPUs a run (default 4)")
+    cpus_per_run: Annotated[int | None, typer.Option("--cpus-per-run", help="slurm: CPUs a run (default "
+                            f"{plans.SLURM_DEFAULTS['cpus']})")
                             ] = None,
     mem: Annotated[str | None, typer.Option("--mem", help="slurm: memory a run, e.g. 32G")] = None,
     sbatch_arg: Annotated[list[str] | None, typer.Option("--sbatch-arg", help="slurm: one more sbatch option, "
                           "e.g. --sbatch-arg=--exclude=node7 (repeatable; never through a shell)")] = None,
-    max_jobs: Annotated[int, typer.Option("--max-jobs", help="slurm: at most this many jobs in Slurm at once")
-                        ] = 1000,
-    fuse: Annotated[str, typer.Option("--fuse", help="train ready runs of one shape as fused arrays: off, auto "
-                                      "(as many as fit a GPU) or K runs an array")] = "off",
+    max_jobs: Annotated[int, typer.Option("--max-jobs", help=_dh("max_jobs"))] = DAEMON.max_jobs,
+    fuse: Annotated[str, typer.Option("--fuse", help=_dh("fuse"))] = DAEMON.fuse,
     on_finish: Annotated[str | None, typer.Option("--on-finish", help="a command to run when a plan finishes or a "
                          "run fails, e.g. --on-finish 'notify-send stilts'; split into words, run without a shell; "
                          "what happened is in its environment (docs/results.md)")] = None,
 ) -> None:
     """Start the queue daemon for this runs-dir, detached from the terminal."""
     from stilts_tui.queue import ops
-    from stilts_tui.queue.daemon import parse_fuse, parse_gpus
 
     slurm = _slurm_settings(executor, mps, {"partition": partition, "account": account, "qos": qos,
                                             "time": time_limit, "gpus": gpus_per_run, "cpus": cpus_per_run,
@@ -406,8 +409,8 @@ def _slurm_settings(executor: str, mps: bool, given: dict) -> dict:
     and checked against what the partition's nodes can run."""
     from stilts_tui.plan import slurm_problem
 
-    if executor not in ("local", "slurm"):
-        raise UserError(f"--executor: expected local or slurm, got '{executor}'")
+    if executor not in EXECUTORS:
+        raise UserError(f"--executor: expected {' or '.join(EXECUTORS)}, got '{executor}'")
     slurm = {k: v for k, v in given.items() if v is not None}
     if slurm and executor != "slurm":
         raise UserError(f"--{next(iter(slurm)).replace('_', '-')}: a Slurm setting needs --executor slurm")

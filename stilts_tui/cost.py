@@ -90,14 +90,6 @@ def shape(spec: dict) -> str:
                        p.get("precision", "auto"), task.get("kind"), task.get("num_choices")], default=str)
 
 
-def _read(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _num(v: object) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
@@ -122,7 +114,7 @@ def measured(root: Path | None) -> dict[str, Rate]:
             d = rundir.run_dir(root, r.get("id"))
         except UserError:
             continue
-        res, spec = _read(d / "result.json"), _read(d / "spec.json")
+        res, spec = rundir.read_json(d / "result.json"), rundir.read_json(d / "spec.json")
         if not res or not spec:
             continue
         rate, wall, train = (_num(res.get(k)) for k in ("samples_per_s", "wall_seconds", "train_seconds"))

@@ -7,6 +7,9 @@ from __future__ import annotations
 import errno
 import sys
 
+PROG = "stilts-tui"
+PREFIX = f"{PROG}: error: "  # what :func:`report` puts before the line; readers of a child's stderr strip it
+
 
 def first_line(e: BaseException, limit: int = 200) -> str:
     """An exception's message cut to its first line (or its type's name), for one-line errors."""
@@ -71,7 +74,7 @@ def failure_from_os(e: OSError, doing: str = "") -> Failure:
     return Failure(os_error_line(e, doing), exit_code=2 if e.errno in (errno.EISDIR, errno.ENOTDIR) else 1)
 
 
-def report(e: BaseException, prog: str = "stilts-tui") -> int:
+def report(e: BaseException, prog: str = PROG) -> int:
     """Print ``PROG: error: ONE LINE`` on stderr for a UserError or an OSError; its exit status."""
     if isinstance(e, UserError):
         line, code = first_line(e, 500), e.exit_code

@@ -41,7 +41,7 @@ from stilts_tui.rundir import new_file_mode
 FSYNC = os.environ.get("STILTS_LEDGER_FSYNC", "1") not in ("", "0")
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "blocked")
-FINAL = ("done", "failed", "cancelled")
+FINAL = ("done", "failed", "cancelled")  # a run in these never changes again unless retried
 INT64 = 2**63
 
 

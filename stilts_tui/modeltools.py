@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from stilts_tui.errors import UserError, first_line
+from stilts_tui.errors import UserError, first_line, report
 from stilts_tui.tasks.data import hub_reachable
 
 ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
@@ -166,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(info))
             return 0
     except UserError as e:
-        print(f"stilts-tui: error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     print("usage: python -m stilts_tui.modeltools encode MODEL KIND MAX_LEN | tiny OUT MODEL TEXTS.json",
           file=sys.stderr)
     return 2

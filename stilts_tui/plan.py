@@ -23,6 +23,7 @@ from pathlib import Path
 from stilts_tui import rundir, tasks
 from stilts_tui.errors import PlanError, UserError
 from stilts_tui.slurm_options import option_problem
+from stilts_tui.synth.settings import DEFAULTS as SYNTH_DEFAULTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -127,12 +128,6 @@ SYNTH_KEYS = {
     "corpus": _one_of("squad"), "corpus_file": _str(), "generator": _str(), "n": _int(1),
     "fakes": _int(1, 64), "top_p": _num(0, 1, lo_open=True), "top_k": _int(0),
     "temperature": _num(0, lo_open=True), "seed": _int(0), "dev": _int(0), "batch_size": _int(1, 4096),
-}
-# dev: pairs taken from beyond the first n of the seeded shuffle (the reference never evaluated
-# SynGPT2, but the trainer evaluates every epoch; the first n stay exactly the reference's).
-SYNTH_DEFAULTS = {
-    "corpus": "squad", "generator": "gpt2-medium", "n": 30000, "fakes": 3, "top_p": 0.9, "top_k": 0,
-    "temperature": 1.0, "seed": 42, "dev": 1000, "batch_size": 64,
 }
 CUSTOM_KEYS = {
     "format": _one_of("jsonl", "csv", "tsv"), "train": _str(), "dev": _str(),

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stilts_tui import plan as plans
-from stilts_tui import tasks
+from stilts_tui import rundir, tasks
 from stilts_tui.errors import UserError, first_line
-from stilts_tui.ledger import Ledger
+from stilts_tui.ledger import FINAL, Ledger
 from stilts_tui.tasks import data as task_data
 from stilts_tui.tasks import inputs
 
@@ -37,7 +37,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-FINAL = ("done", "failed", "cancelled", "blocked")
+SETTLED = (*FINAL, "blocked")  # a rehearsal is over when no run can still change (blocked waits on a retry)
 SYNTH_N = 8  # pairs a rehearsed synth stage writes for train (and half as many for dev)
 FILLER = ("the a of and to in was for on with as by at from that it he she they were is river town "
           "market winter north people water house school road city country history music").split()
@@ -184,7 +184,7 @@ def _wait(root: Path, plan_name: str, timeout: float) -> list[dict]:
     deadline = time.time() + timeout
     while True:
         runs = Ledger(root).runs(plan=plan_name)
-        if all(r["status"] in FINAL for r in runs) or time.time() > deadline:
+        if all(r["status"] in SETTLED for r in runs) or time.time() > deadline:
             return runs
         time.sleep(0.5)
 
@@ -211,10 +211,7 @@ def _run_daemon(root: Path, plan_name: str, opts: Options) -> list[dict]:
 
 
 def _error_of(root: Path, run: dict) -> str:
-    try:
-        err = json.loads((root / run["id"] / "result.json").read_text()).get("error")
-    except (OSError, ValueError, AttributeError):
-        err = None
+    err = (rundir.read_run_file(root, run["id"]) or {}).get("error")
     return first_line(Exception(err or run.get("error") or run["status"]), 300)
 
 
@@ -286,7 +283,7 @@ def rehearse(plan_path: Path, opts: Options, echo: Callable[[str], None]) -> boo
     lines, ok = stage_lines(root, final)
     for line in lines:
         echo(line)
-    if all(r["stage"] != "target" or r["status"] in FINAL for r in final):
+    if all(r["stage"] != "target" or r["status"] in SETTLED for r in final):
         line, scored = score_line(root, plan.name)
         echo(line)
         ok = ok and scored

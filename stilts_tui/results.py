@@ -111,26 +111,6 @@ class ScoreTable:
         return None
 
 
-def _read_json(path: Path) -> dict | None:
-    """A JSON object from a file, or None (missing, unreadable, not JSON, not an object)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _read_run_file(root: Path, run_id: str, name: str) -> dict | None:
-    try:
-        return _read_json(rundir.run_dir(root, run_id) / name)
-    except UserError:  # a ledger row whose id is not a run id: nothing to read
-        return None
-
-
-def _read_result(root: Path, run_id: str) -> dict | None:
-    return _read_run_file(root, run_id, "result.json")
-
-
 def _number(v: object) -> float | None:
     """A finite number, or None: a string, a bool, NaN or inf in a result is not a score."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -388,7 +368,7 @@ def build(root: Path, plan: str, metric: str | None = None, by_seed: bool = Fals
     name = find_plan(root, plan)
     runs = [r for r in Ledger(root).runs(plan=name) if _well_formed(r)]
     runs.sort(key=lambda r: r["order"] if isinstance(r.get("order"), int) else 0)
-    results = {r["id"]: _read_result(root, r["id"]) for r in runs}
+    results = {r["id"]: rundir.read_run_file(root, r["id"]) for r in runs}
     done = [res for res in results.values() if res and res.get("status") == "done"]
     if not done:
         raise UserError(f"plan '{name}' has no finished target runs yet ({len(runs)} queued)")
@@ -435,7 +415,7 @@ def _cell(root: Path, inter: str, target: str, seed: int | None, members: list[d
         if setup is not None:
             if setup not in setups:
                 setups.append(setup)
-            asked = _asked(_read_run_file(root, m["id"], "spec.json"))
+            asked = _asked(rundir.read_run_file(root, m["id"], "spec.json"))
             off_plan += [f"{k} {asked[k]}->{setup.get(k)}" for k in asked if k in setup and setup[k] != asked[k]]
     cell = Cell(inter, target, seed, len(values), len(members) - len(values), values, keyed=keyed, setups=setups)
     if values:
@@ -452,9 +432,8 @@ def _majorities(root: Path, runs: list[dict], metrics: dict[str, str], notes: li
     """Each target's majority-class score on its dev set (targets whose labels cannot be read: a note)."""
     out: dict[str, float] = {}
     for target, metric in metrics.items():
-        spec = next((s for r in runs if r["name"] == target
-                     for s in [_read_run_file(root, r["id"], "spec.json")] if s and isinstance(s.get("task"), dict)),
-                    None)
+        specs = (rundir.read_run_file(root, r["id"], "spec.json") for r in runs if r["name"] == target)
+        spec = next((s for s in specs if s and isinstance(s.get("task"), dict)), None)
         if spec is None:
             notes.append(f"failed runs of {target}: no spec.json to find its dev set")
             continue

@@ -1,4 +1,4 @@
-"""Run folders under the runs-dir: safe paths from run ids, atomic JSON writes."""
+"""Run folders under the runs-dir: safe paths from run ids, atomic JSON writes, tolerant JSON reads."""
 
 from __future__ import annotations
 
@@ -28,6 +28,24 @@ def check_id(run_id: str) -> str:
 
 def run_dir(root: str | Path, run_id: str) -> Path:
     return Path(root) / check_id(run_id)
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object from a file, or None (missing, unreadable, not JSON, not an object)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_run_file(root: str | Path, run_id: str, name: str = "result.json") -> dict | None:
+    """A run folder's JSON file (its ``result.json`` by default) as an object, or None: missing, damaged, or a
+    ledger row whose id is not a run id. For readers that show what there is; the daemon checks its own."""
+    try:
+        return read_json(run_dir(root, run_id) / name)
+    except UserError:
+        return None
 
 
 _UMASK: int | None = None

@@ -1,1 +1,2 @@
-"""The queue: adding plans, and (later) the daemon that runs them."""
+"""The queue: the client operations on it (ops) and the daemon that runs it (placement, executors,
+GPUs, MPS)."""

@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import psutil
@@ -29,8 +29,9 @@ from stilts_tui.queue import checks, mps, notify, placement
 from stilts_tui.queue import gpus as gpu_info
 from stilts_tui.queue.executors import local
 from stilts_tui.queue.executors import slurm as slurm_exec
+from stilts_tui.queue.settings import EXECUTORS, Settings, help_of, parse_fuse, parse_gpus
 
-FINAL_RESULT = ("done", "failed", "oom")
+FINAL_RESULT = checks.RESULT_STATUSES  # a result.json in one of these ends the attempt
 MAX_ARRAY = placement.MAX_ARRAY  # --fuse auto: at most this many runs in one array
 ROW_DEFAULTS = {"attempts": 0, "priority": 0, "order": 0, "added": 0}  # a damaged row field is reset to these
 MAX_BACKOFF_S = 60.0  # a tick that keeps failing is retried at most this far apart
@@ -49,21 +50,6 @@ class BadRun(Exception):
     def __init__(self, run_id: str, reason: str):
         super().__init__(f"{run_id}: {reason}")
         self.run_id, self.reason = run_id, reason
-
-
-@dataclass
-class Settings:
-    gpus: list[int] | None = None  # None: every GPU found
-    per_gpu: int = 4
-    cpu_slots: int = 1  # concurrent runs where there is no GPU
-    max_retries: int = 2
-    worker_runs: int = 4  # ready runs of one shape given to one process, trained in sequence
-    mps: bool = False
-    interval: float = 1.0
-    executor: str = "local"  # local | slurm
-    slurm: dict = field(default_factory=dict)  # sbatch settings from the command line (a plan's [slurm] wins)
-    fuse: str = "off"  # off | auto | K: ready runs of one shape and batch train as one array of up to K runs
-    max_jobs: int = 1000  # Slurm: at most this many of our jobs in Slurm at once (clusters cap submissions)
 
 
 def lock_path(root: Path) -> Path:
@@ -772,9 +758,7 @@ class Daemon:
             lock.acquire()
         except Timeout:
             other = running_daemon(self.root) or {}
-            print(f"stilts-tui: error: a daemon is already running on {self.root} (pid {other.get('pid')})",
-                  file=sys.stderr)
-            return 2
+            return report(UserError(f"a daemon is already running on {self.root} (pid {other.get('pid')})"))
         except OSError as e:
             return report(e)
         try:
@@ -861,44 +845,35 @@ def _append_line(path: Path, text: str) -> None:
         pass  # the log line is a courtesy; the launch goes on
 
 
-def parse_fuse(value: str) -> str:
-    """--fuse: off, auto, or an array size K >= 2 (1 means off)."""
-    if value in ("off", "auto", "0", "1"):
-        return "off" if value in ("0", "1") else value
-    if value.isdigit() and int(value) >= 2:
-        return value
-    raise UserError(f"--fuse: expected off, auto or an array size K >= 2, got '{value}'")
+def arg_parser() -> argparse.ArgumentParser:
+    """The daemon's command line: one flag a setting, its default and help from :class:`Settings`."""
+    ap = argparse.ArgumentParser(prog="python -m stilts_tui.queue.daemon")
+    ap.add_argument("--runs-dir", type=Path, default=None)
+    for f in fields(Settings):
+        flag, default, text = "--" + f.name.replace("_", "-"), getattr(Settings(), f.name), help_of(f.name)
+        if f.name == "gpus":
+            ap.add_argument(flag, default=None, help=text)  # parsed by parse_gpus
+        elif f.name == "slurm":
+            ap.add_argument(flag, default="{}", help=text)
+        elif isinstance(default, bool):
+            ap.add_argument(flag, action="store_true", help=text)
+        else:
+            ap.add_argument(flag, type=type(default), default=default, help=text,
+                            choices=EXECUTORS if f.name == "executor" else None)
+    return ap
 
 
-def parse_gpus(value: str | None) -> list[int] | None:
-    if value in (None, "", "all"):
-        return None
-    try:
-        return [int(x) for x in value.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"--gpus: expected indices like 0,1, got '{value}'") from None
+def parse_settings(argv: list[str] | None) -> tuple[Path, Settings]:
+    """The runs-dir and settings a command line gives (bad ones: UserError or ValueError)."""
+    a = vars(arg_parser().parse_args(argv))
+    s = Settings(**{f.name: a[f.name] for f in fields(Settings)})
+    s.gpus, s.slurm, s.fuse = parse_gpus(a["gpus"]), json.loads(a["slurm"]), parse_fuse(a["fuse"])
+    return rundir.runs_dir(a["runs_dir"]), s
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m stilts_tui.queue.daemon")
-    ap.add_argument("--runs-dir", type=Path, default=None)
-    ap.add_argument("--gpus", default=None)
-    ap.add_argument("--per-gpu", type=int, default=4)
-    ap.add_argument("--cpu-slots", type=int, default=1)
-    ap.add_argument("--max-retries", type=int, default=2)
-    ap.add_argument("--worker-runs", type=int, default=4)
-    ap.add_argument("--mps", action="store_true")
-    ap.add_argument("--interval", type=float, default=1.0)
-    ap.add_argument("--executor", default="local", choices=("local", "slurm"))
-    ap.add_argument("--slurm", default="{}", help="sbatch settings as JSON (validated by the CLI)")
-    ap.add_argument("--max-jobs", type=int, default=1000)
-    ap.add_argument("--fuse", default="off")
-    a = ap.parse_args(argv)
     try:
-        s = Settings(gpus=parse_gpus(a.gpus), per_gpu=a.per_gpu, cpu_slots=a.cpu_slots, max_retries=a.max_retries,
-                     worker_runs=a.worker_runs, mps=a.mps, interval=a.interval, executor=a.executor,
-                     slurm=json.loads(a.slurm), max_jobs=a.max_jobs, fuse=parse_fuse(a.fuse))
-        return Daemon(rundir.runs_dir(a.runs_dir), s).serve()
+        return Daemon(*parse_settings(argv)).serve()
     except (UserError, OSError, ValueError) as e:  # bad settings, an unwritable runs-dir: one line
         return report(e)
 

@@ -38,7 +38,6 @@ class Probe:
     gpus: list[GPU]
     error: str | None = None  # NVML itself failed (init, device count): no GPU is known this time
     seen_gpus: bool = False  # NVML listed a GPU earlier in this process: a failure now is not "no GPU"
-    absent: str | None = None  # why there is no GPU on this machine (no NVML library, no driver loaded)
 
     @property
     def usable(self) -> list[GPU]:
@@ -75,14 +74,14 @@ def probe() -> Probe:
         return Probe([])
     if _INIT_ERROR is not None and time.time() - _INIT_FAILED_AT < NVML_RETRY:
         if any(name in _INIT_ERROR for name in NO_DRIVER) and not _SEEN_GPUS:
-            return Probe([], None, False, _INIT_ERROR)
+            return Probe([])
         return Probe([], _INIT_ERROR, _SEEN_GPUS)
     try:
         pynvml.nvmlInit()
     except Exception as e:  # noqa: BLE001 - NVMLError, or a library that cannot be loaded
         _INIT_FAILED_AT, _INIT_ERROR = time.time(), f"NVML init failed: {_nvml_error(e)}"
         if type(e).__name__ in NO_DRIVER and not _SEEN_GPUS:
-            return Probe([], None, False, _INIT_ERROR)
+            return Probe([])
         return Probe([], _INIT_ERROR, _SEEN_GPUS)
     _INIT_ERROR = None
     try:
@@ -119,19 +118,3 @@ def _device(pynvml, i: int) -> GPU:
 def list_gpus() -> list[GPU]:
     """The usable GPUs with their memory now; [] where there is none (or NVML cannot be loaded)."""
     return probe().usable
-
-
-def driver_version() -> str | None:
-    if fake_spec() is not None:
-        return "fake"
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            v = pynvml.nvmlSystemGetDriverVersion()
-            return v.decode() if isinstance(v, bytes) else v
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 - no driver, no library: no GPUs
-        return None

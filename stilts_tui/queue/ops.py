@@ -13,7 +13,7 @@ from pathlib import Path
 
 from stilts_tui import plan as plans
 from stilts_tui import rundir
-from stilts_tui.errors import Failure, UserError
+from stilts_tui.errors import PREFIX, Failure, UserError
 from stilts_tui.ledger import Ledger
 
 
@@ -202,7 +202,7 @@ def daemon_status(root: Path) -> dict | None:
 
 def start_daemon(root: Path, args: list[str], wait: float = 15.0) -> dict:
     """Start the daemon detached (own session, output to <runs-dir>/daemon.log); its daemon.json."""
-    from stilts_tui.queue.daemon import info_path, running_daemon
+    from stilts_tui.queue.daemon import read_info, running_daemon
 
     other = running_daemon(root)
     if other is not None:
@@ -215,12 +215,9 @@ def start_daemon(root: Path, args: list[str], wait: float = 15.0) -> dict:
         )
     deadline = time.time() + wait
     while time.time() < deadline:
-        try:
-            info = json.loads(info_path(root).read_text())
-            if isinstance(info, dict) and info.get("pid") == proc.pid and proc.poll() is None:
-                return info
-        except (FileNotFoundError, ValueError):
-            pass
+        info = read_info(root)
+        if info is not None and info.get("pid") == proc.pid and proc.poll() is None:
+            return info
         if proc.poll() is not None:
             raise Failure(f"the daemon did not start: {_why_not_started(root, proc.returncode)}")
         time.sleep(0.05)
@@ -233,9 +230,9 @@ def _why_not_started(root: Path, code: int) -> str:
         lines = (root / "daemon.log").read_text(errors="replace").strip().splitlines()
     except OSError:
         lines = []
-    tail = [x for x in lines if x.startswith("stilts-tui: error:")][-1:]
+    tail = [x for x in lines if x.startswith(PREFIX)][-1:]
     if tail:
-        return tail[0].removeprefix("stilts-tui: error: ")
+        return tail[0].removeprefix(PREFIX)
 
     if shutil.disk_usage(root).free < 1 << 20:
         return f"no space left on the device holding {root} (free some space and start it again)"

@@ -16,7 +16,7 @@ def cli(params: dict, out: Path) -> int:
     from rich.progress import Progress
     from transformers.utils import logging as hf_logging
 
-    from stilts_tui.errors import UserError
+    from stilts_tui.errors import UserError, report
     from stilts_tui.synth.run import synthesize
 
     hf_logging.set_verbosity_error()
@@ -32,8 +32,7 @@ def cli(params: dict, out: Path) -> int:
 
             info = synthesize(params, out, progress)
     except UserError as e:
-        print(f"stilts-tui: error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     print(f"wrote {', '.join(f'{v} {k}' for k, v in info['counts'].items())} examples to {out} "
           f"({info['prompts_per_s']:.1f} prompts/s)")
     return 0

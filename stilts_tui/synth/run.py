@@ -10,9 +10,7 @@ from pathlib import Path
 import torch
 
 from stilts_tui.synth import generate, procedure
-
-DEFAULTS = {"corpus": "squad", "corpus_file": None, "generator": "gpt2-medium", "n": 30000, "fakes": 3,
-            "top_p": 0.9, "top_k": 0, "temperature": 1.0, "seed": 42, "dev": 1000, "batch_size": 64}
+from stilts_tui.synth.settings import DEFAULTS
 
 
 def device() -> torch.device:

@@ -7,7 +7,7 @@ Importing this module imports neither torch nor `datasets`; the hub is only touc
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from stilts_tui.errors import TaskDataError, UserError
@@ -36,7 +36,6 @@ class TaskDef:
     aliases: tuple[str, ...] = ()
     companions: tuple[tuple[str, str], ...] = ()  # (suffix, replacement): label files beside data
     description: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 # ---- local readers: file -> rows in the hub's schema -------------------------------------------

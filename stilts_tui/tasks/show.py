@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stilts_tui.errors import TaskDataError, UserError
+from stilts_tui.errors import PREFIX, TaskDataError, UserError
 from stilts_tui.tasks import data, registry
 
 
@@ -55,7 +55,7 @@ def encode(model: str, kind: str, max_len: int, exs: list[dict]) -> list[dict]:
                           input=json.dumps(exs), capture_output=True, text=True)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or ["no output"]
-        line = lines[-1].removeprefix("stilts-tui: error: ")
+        line = lines[-1].removeprefix(PREFIX)
         raise UserError(line) if proc.returncode == 2 else RuntimeError(line)
     return json.loads(proc.stdout)
 

@@ -10,6 +10,10 @@ import os
 import sys
 from pathlib import Path
 
+from stilts_tui.errors import Failure, UserError, report
+
+PROG = "stilts_tui.train"
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m stilts_tui.train", description=__doc__.splitlines()[0])
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     statuses = []
     for run_dir in args.run_dirs:
         if not run_dir.is_dir():
-            print(f"stilts_tui.train: {run_dir}: no such run folder", file=sys.stderr)
+            report(UserError(f"{run_dir}: no such run folder"), prog=PROG)
             statuses.append("failed")
     dirs = [d for d in args.run_dirs if d.is_dir()]
     if device.type == "cuda" and not torch.cuda.is_available():  # never train a GPU placement on the CPU
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); a run placed on a GPU trains there or not at all")
         for d in dirs:
             fail_run(Worker(Settings(device=torch.device("cpu"))), d, why)
-        print(f"stilts_tui.train: {why}", file=sys.stderr)
+        report(Failure(why), prog=PROG)
         return 1
     worker = Worker(Settings(device=device, compile=args.compile, pad=args.pad, attn=args.attn, group=args.group))
     groups = fused.arrays(dirs, args.fuse) if args.fuse > 1 else [[d] for d in dirs]

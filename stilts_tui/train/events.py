@@ -11,13 +11,6 @@ from pathlib import Path
 from stilts_tui.rundir import write_json_atomic
 
 
-def fmt_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}"
-
-
 class RunLog:
     """Appends to one run folder's ``train.log`` and ``events.jsonl``."""
 

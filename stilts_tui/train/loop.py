@@ -26,10 +26,11 @@ import torch.nn.functional as F
 
 from stilts_tui import rundir
 from stilts_tui.errors import UserError, first_line
+from stilts_tui.fmt import duration
 from stilts_tui.tasks import labels_for
 from stilts_tui.tasks.metrics import compute as compute_metrics
 from stilts_tui.train import data, transfer
-from stilts_tui.train.events import RunLog, fmt_duration, write_result
+from stilts_tui.train.events import RunLog, write_result
 from stilts_tui.train.step import Hooks, Setup, StepLog, is_oom, live_tensor_mb, make_batch, resolve_setup
 
 _VOLATILE = {"_name_or_path", "architectures", "id2label", "label2id", "problem_type", "transformers_version",
@@ -638,7 +639,7 @@ def _summarise(worker, engine, live, prep, setup: Setup, steplog: StepLog, step:
             best = int(np.argmax(scores)) + 1
             how = f", fused ({len(live)} runs at the end)" if setup.fused else ""
             m.log.line(f"done: {_primary(m)} {scores[-1]:.4f} (last epoch; best {max(scores):.4f} at epoch {best}) "
-                       f"in {fmt_duration(seconds)}, {rate:.1f} samples/s{how}")
+                       f"in {duration(seconds)}, {rate:.1f} samples/s{how}")
             m.result.update(metrics=m.epoch_metrics[-1], score=scores[-1], best_epoch=best, best_score=max(scores),
                             epoch_metrics=m.epoch_metrics, train_seconds=round(seconds, 3),
                             samples_per_s=round(rate, 2), steps=step, compile=engine.mode, pad=setup.pad,

@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stilts_tui.fmt import duration
 from stilts_tui.train import data
-from stilts_tui.train.events import RunLog, fmt_duration
-
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+from stilts_tui.train.events import RunLog
 
 
 @dataclass
@@ -240,7 +239,7 @@ class StepLog:
         fused = {"fused": len(self.logs)} if len(self.logs) > 1 else {}
         for log, mean, lr in zip(self.logs, means, lrs, strict=True):
             log.line(f"epoch {epoch}/{self.epochs} step {step}/{self.total} loss {mean:.4f} lr {lr:.3g} "
-                     f"{rate:.1f} samples/s ETA {fmt_duration(eta)}")
+                     f"{rate:.1f} samples/s ETA {duration(eta)}")
             log.event("step", step=step, total_steps=self.total, epoch=epoch, loss=mean, lr=lr,
                       samples_per_s=rate, eta_s=eta, **fused)
         self.t_mark, self.seen_mark = now, self.seen

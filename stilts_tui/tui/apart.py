@@ -5,8 +5,8 @@ process to stop (a scan of the process table ten times a second, for up to the g
 Python work that holds the GIL for seconds: in a thread of the app, every key waits on it (bench/tui.py
 measured 110 ms a key while adding). In a child process the UI thread keeps the GIL to itself.
 
-    python -m stilts_tui.tui.apart OP '{"root": ..., ...}'  ->  a JSON result on stdout; bad input:
-    its one line on stderr and exit status 2
+    python -m stilts_tui.tui.apart OP '{"root": ..., ...}'  ->  a JSON result on stdout; bad input or
+    a failure: its one ``stilts-tui: error:`` line on stderr and exit status 2 or 1
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stilts_tui.errors import UserError, first_line
+from stilts_tui.errors import PREFIX, UserError, report
 
 
 def add(root: str, path: str) -> dict:
@@ -43,8 +43,8 @@ def run(op: str, root: Path, **kwargs) -> dict:
     if proc.returncode == 0:
         return json.loads(proc.stdout)
     line = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-    if proc.returncode == 2:
-        raise UserError(line)
+    if line.startswith(PREFIX):  # the child's UserError (or Failure), said in one line
+        raise UserError(line.removeprefix(PREFIX), exit_code=proc.returncode)
     raise RuntimeError(line)
 
 
@@ -54,8 +54,7 @@ def main(argv: list[str]) -> int:
     try:
         result = OPS[op](**args)
     except UserError as e:
-        print(first_line(e, limit=1000), file=sys.stderr)
-        return 2
+        return report(e)
     print(json.dumps(result))
     return 0
 

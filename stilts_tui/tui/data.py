@@ -100,15 +100,6 @@ def load_snapshot(root: Path, reader: ProgressReader) -> Snapshot:
     return Snapshot(runs, progress, gpus, counts, bool(ledger.meta("paused")), eta, problems=stuck_lines(runs))
 
 
-def fmt_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 def tail_lines(path: Path, pos: int) -> tuple[list[str], int]:
     """New complete lines of a log since byte ``pos``; a ``\\r`` progress update keeps its last state."""
     try:

@@ -11,7 +11,8 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
-from stilts_tui.tui.data import ProgressReader, Snapshot, fmt_eta
+from stilts_tui.fmt import duration
+from stilts_tui.tui.data import ProgressReader, Snapshot
 from stilts_tui.tui.widgets.run_table import RunTable
 
 STATUS_STYLE = {"queued": "cyan", "running": "bold yellow", "done": "green", "failed": "bold red",
@@ -145,7 +146,7 @@ class QueueScreen(Screen):
                 (bar(prog.fraction) if prog else waiting) if r["status"] == "running"
                 else ("✓" if r["status"] == "done" else ""),
                 f"{prog.loss:.4f}" if prog and prog.loss is not None and r["status"] == "running" else "",
-                fmt_eta(prog.eta_s) if prog and r["status"] == "running" else "", score]
+                duration(prog.eta_s) if prog and r["status"] == "running" else "", score]
 
     def show(self, snap: Snapshot) -> None:
         self.snapshot = snap
@@ -164,7 +165,7 @@ class QueueScreen(Screen):
         totals = (f"{c.get('done', 0)} done · {c.get('running', 0)} running · {c.get('queued', 0)} queued · "
                   f"{c.get('failed', 0)} failed · {c.get('blocked', 0)} blocked · {c.get('cancelled', 0)} cancelled")
         if snap.eta_s is not None:
-            totals += f" · ETA {fmt_eta(snap.eta_s)}"
+            totals += f" · ETA {duration(snap.eta_s)}"
         if snap.paused:
             totals += " · PAUSED"
         totals += f" · sort: {self.sort}" + (f" · filter: {self.filter}" if self.filter else "")
