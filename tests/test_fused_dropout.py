@@ -197,15 +197,15 @@ def test_a_fused_array_of_one_trains_as_the_run_alone_with_dropout_on(tmp_path, 
 
 
 
-@pytest.mark.parametrize(("pad", "batching"), [("max", "random"), ("buckets", "grouped")])
+@pytest.mark.parametrize(("pad", "batching"), [("longest", "random"), ("buckets", "random"), ("max", "random"),
+                                              ("buckets", "grouped")])
 def test_each_member_of_a_fused_array_trains_as_its_run_alone_with_dropout_on(tmp_path, dropout_workload, pad,
                                                                               batching):
     """Through the real loop, eager: each member draws its masks from its own run's stream (hidden,
     attention and head dropout), so an array of 3 (seeds and learning rates differ) gives every run
-    the losses, metrics and score of the run trained alone, dropout and all — where its batches have
-    the shapes they have alone: padding to max_len, or buckets with grouped batches (every member in
-    the same bucket at a step). (Padded to each batch's longest, an array pads its members to the
-    longest of all of them: other shapes, so other masks, of the same distribution.)"""
+    the losses, metrics and score of the run trained alone, dropout and all, however its batches are
+    padded: the array pads every member to the longest of them, and each member's masks cover only
+    the positions its batch has alone."""
     from stilts_tui.train.loop import train_group, train_run
 
     runs = [(3, 1e-3), (4, 2e-3), (5, 5e-4)]

@@ -118,6 +118,7 @@ class FusedEncoder:
         self.act = ACT2FN[config.hidden_act]
         self.training = True
         self.streams: MemberStreams | None = None  # None: one stream for the whole array
+        self.lengths: list[int] | None = None  # with streams: each member's own padded length, this batch
 
     def _views(self) -> None:
         """Each parameter as a leaf view of its columns of ``W``, its gradient the same view of ``G``
@@ -158,23 +159,40 @@ class FusedEncoder:
         y = F.layer_norm(x, x.shape[-1:], eps=self.config.layer_norm_eps)
         return y * self.p[name + ".weight"].unsqueeze(1) + self.p[name + ".bias"].unsqueeze(1)
 
-    def _drop(self, x: torch.Tensor, p: float | None) -> torch.Tensor:
+    def _drop(self, x: torch.Tensor, p: float | None, t: int | None = None) -> torch.Tensor:
+        """Dropout over x [K, N, H]: one draw for the array, or with member streams one a member, over
+        the positions its batch has alone (x read as [K, N/t, t, H], its first ``lengths[i]`` of each t:
+        the rest is padding the array added, which no real position sees)."""
         if not (self.training and p):
             return x
         if self.streams is None:
             return F.dropout(x, p, training=True)
-        return torch.stack([self.streams.draw(i, F.dropout, x[i], p, training=True) for i in range(x.shape[0])])
+        out = []
+        for i in range(x.shape[0]):
+            own = self.lengths[i] if self.lengths is not None and t is not None else None
+            if own is None or own >= t:
+                out.append(self.streams.draw(i, F.dropout, x[i], p, training=True))
+                continue
+            rows = x[i].view(-1, t, x.shape[-1])
+            kept = self.streams.draw(i, F.dropout, rows[:, :own].contiguous(), p, training=True)
+            out.append(torch.cat([kept, rows[:, own:]], dim=1).view_as(x[i]))
+        return torch.stack(out)
 
     def _attention(self, q, kk, v, attn_mask, p: float, k: int) -> torch.Tensor:
         """SDPA over the K runs' heads at once; with member streams and attention dropout, one call a
-        member, each under its own stream (SDPA draws its mask inside)."""
+        member over the positions its batch has alone, under its own stream (SDPA draws its mask
+        inside); the padded positions' outputs are zeros (masked out as keys; no loss reads them)."""
         if not p or self.streams is None:
             return F.scaled_dot_product_attention(q, kk, v, attn_mask=attn_mask, dropout_p=p)
-        n = q.shape[0] // k
-        return torch.cat([self.streams.draw(i, F.scaled_dot_product_attention, q[i * n:(i + 1) * n],
-                                            kk[i * n:(i + 1) * n], v[i * n:(i + 1) * n],
-                                            attn_mask=attn_mask[i * n:(i + 1) * n], dropout_p=p)
-                          for i in range(k)])
+        n, t = q.shape[0] // k, q.shape[2]
+        out = []
+        for i in range(k):
+            own = min(self.lengths[i], t) if self.lengths is not None else t
+            rows = slice(i * n, (i + 1) * n)
+            ctx = self.streams.draw(i, F.scaled_dot_product_attention, q[rows, :, :own], kk[rows, :, :own],
+                                    v[rows, :, :own], attn_mask=attn_mask[rows, ..., :own], dropout_p=p)
+            out.append(F.pad(ctx, (0, 0, 0, t - own)) if own < t else ctx)
+        return torch.cat(out)
 
     def _embed(self, name: str, ids: torch.Tensor) -> torch.Tensor:
         """Row ``ids[k, n]`` of run k's table ``name``: one gather over the stacked [K*V, H] table."""
@@ -200,7 +218,7 @@ class FusedEncoder:
         e = f"{pre}.embeddings"
         x = (self._embed(f"{e}.word_embeddings.weight", ids) + self._embed(f"{e}.token_type_embeddings.weight", types)
              + self._embed(f"{e}.position_embeddings.weight", pos)).reshape(k, n * t, -1)
-        x = self._drop(self._ln(x, f"{e}.LayerNorm"), cfg.hidden_dropout_prob)
+        x = self._drop(self._ln(x, f"{e}.LayerNorm"), cfg.hidden_dropout_prob, t)
 
         heads = cfg.num_attention_heads
         hd = cfg.hidden_size // heads
@@ -217,10 +235,10 @@ class FusedEncoder:
             v = split(self._lin(x, f"{layer}.attention.self.value"))
             ctx = self._attention(q, kk, v, attn_mask, attn_p, k)
             ctx = ctx.transpose(1, 2).reshape(k, n * t, cfg.hidden_size)
-            a = self._drop(self._lin(ctx, f"{layer}.attention.output.dense"), cfg.hidden_dropout_prob)
+            a = self._drop(self._lin(ctx, f"{layer}.attention.output.dense"), cfg.hidden_dropout_prob, t)
             x = self._ln(a + x, f"{layer}.attention.output.LayerNorm")
             h = self.act(self._lin(x, f"{layer}.intermediate.dense"))
-            h = self._drop(self._lin(h, f"{layer}.output.dense"), cfg.hidden_dropout_prob)
+            h = self._drop(self._lin(h, f"{layer}.output.dense"), cfg.hidden_dropout_prob, t)
             x = self._ln(h + x, f"{layer}.output.LayerNorm")
 
         first = x.view(k, n, t, -1)[:, :, 0]  # the <s> / [CLS] token of each sequence: [K, N, H]
@@ -375,6 +393,8 @@ class ArrayEngine:
     def loss(self, parts: list, amp) -> tuple[torch.Tensor, torch.Tensor]:
         ids, types, mask, y, w = (None if parts[0][j] is None else torch.stack([q[j] for q in parts])
                                   for j in range(5))
+        if self.fused.streams is not None:  # eager: the members' own lengths decide their masks
+            self.fused.lengths = getattr(parts, "lengths", None)
         return self.loss_fn(ids, types, mask, y, w, amp)
 
     def backward(self, loss: torch.Tensor) -> None:

@@ -31,7 +31,7 @@ from stilts_tui.tasks import labels_for
 from stilts_tui.tasks.metrics import compute as compute_metrics
 from stilts_tui.train import data, transfer
 from stilts_tui.train.events import RunLog, write_result
-from stilts_tui.train.step import Hooks, Setup, StepLog, is_oom, live_tensor_mb, make_batch, resolve_setup
+from stilts_tui.train.step import Hooks, Parts, Setup, StepLog, is_oom, live_tensor_mb, make_batch, resolve_setup
 
 _VOLATILE = {"_name_or_path", "architectures", "id2label", "label2id", "problem_type", "transformers_version",
              "dtype", "torch_dtype", "num_labels", "_attn_implementation_autoset"}
@@ -498,8 +498,8 @@ def fit(worker: Worker, members: list[Member], engine, prep: Prepared, setup: Se
                 if not live:
                     return
             idx = [o[b] for o in orders]
-            length = max(data.pad_length(int(prep.train.lengths[i].max()), setup.pad, max_len, buckets) for i in idx)
-            parts = [make_batch(prep.train, i, length, device, engine.fill_to) for i in idx]
+            own = [data.pad_length(int(prep.train.lengths[i].max()), setup.pad, max_len, buckets) for i in idx]
+            parts = Parts([make_batch(prep.train, i, max(own), device, engine.fill_to) for i in idx], own)
             window.append(parts)
             each = _micro_step(engine, parts, window, setup, accum, live)
             steplog.add(each, len(idx[0]))

@@ -89,6 +89,15 @@ def resolve_setup(settings, params: dict, spec: dict, accum: int, steps: int | N
     return Setup(precision, tf32, batching, pad, clip, compile_mode, graphs)
 
 
+class Parts(list):
+    """One micro-batch's batches, one a member (:func:`make_batch`'s tuples, all padded to one length),
+    with each member's ``lengths``: the length its batch pads to alone (what its dropout masks cover)."""
+
+    def __init__(self, batches: list, lengths: list[int]):
+        super().__init__(batches)
+        self.lengths = lengths
+
+
 def make_batch(split: data.Split, idx: np.ndarray, length: int, device, fill_to: int | None = None):
     """Tensors ``(ids, types, mask, labels, weights)`` for one batch padded to ``length`` (and, for
     fixed shapes, to ``fill_to`` rows of weight 0)."""
