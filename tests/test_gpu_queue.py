@@ -24,6 +24,7 @@ from stilts_tui.demo import pair_rows
 from stilts_tui.ledger import Ledger
 from stilts_tui.queue import daemon as qd
 from stilts_tui.queue import gpus, mps, ops
+from stilts_tui.queue.executors.local import LocalExecutor
 
 FAKES = Path(__file__).parent / "fakes"
 
@@ -89,7 +90,7 @@ def test_mps_starts_under_a_short_private_path_and_quits_with_the_daemon(fake_mp
     for sub in ("", "pipe", "log"):  # private: another user cannot reach the sockets
         assert stat.S_IMODE((fake_mps.base / sub).stat().st_mode) == 0o700
     (left,) = mps.control_daemons(fake_mps.base)
-    env, _, _ = d._run_env(qd.placement.Device(0, 24, 24, 4), 0)
+    env, _, _ = d.executor.run_env(qd.placement.Device(0, 24, 24, 4), 0)
     assert env["CUDA_MPS_PIPE_DIRECTORY"] == str(fake_mps.base / "pipe")
     assert mps.describe(runs_dir, os.getpid()).startswith("MPS on (started")
     d.stop_mps()
@@ -105,7 +106,7 @@ def test_a_missing_mps_control_leaves_the_daemon_without_mps_and_says_why(runs_d
     assert d.mps_dir is None
     assert "MPS off, runs go on without it: nvidia-cuda-mps-control not found on PATH" in \
         (runs_dir / "daemon.log").read_text()
-    env, _, _ = d._run_env(qd.placement.Device(0, 24, 24, 4), 0)
+    env, _, _ = d.executor.run_env(qd.placement.Device(0, 24, 24, 4), 0)
     assert "CUDA_MPS_PIPE_DIRECTORY" not in env
     d.stop_mps()  # nothing to stop: no call, no error
 
@@ -313,10 +314,10 @@ def test_probe_reports_the_failing_device_and_keeps_the_others(fake_nvml, monkey
 def test_nvml_init_failing_after_gpus_were_seen_places_nothing_rather_than_the_cpu(fake_nvml, runs_dir,
                                                                                    monkeypatch):
     d = in_process_daemon(runs_dir)
-    assert [x.index for x in d.devices([])] == [0, 1]
+    assert [x.index for x in d.executor.devices([])] == [0, 1]
     monkeypatch.setenv("FAKE_NVML_INIT", "fail")
     monkeypatch.setattr(gpus, "_INIT_ERROR", None)
-    assert d.devices([]) == []  # not the CPU: RoBERTa-large must not train there because NVML hiccupped
+    assert d.executor.devices([]) == []  # not the CPU: RoBERTa-large must not train there because NVML hiccupped
     assert "NVML init failed: NVMLError_Unknown: Unknown Error; no run is placed until NVML answers" in \
         (runs_dir / "daemon.log").read_text()
 
@@ -324,26 +325,37 @@ def test_nvml_init_failing_after_gpus_were_seen_places_nothing_rather_than_the_c
 # -- Daemon.tick() in-process: placement decisions ----------------------------------------------------
 
 
-class TickDaemon(qd.Daemon):
-    """The real daemon; its processes are ``sleep`` standing in for the trainer (what a launch gets is kept)."""
+class StandIn(LocalExecutor):
+    """The real local executor; its processes are ``sleep`` standing in for the trainer (what a launch
+    gets is kept)."""
 
-    launches: list[dict]
+    def __init__(self, daemon: qd.Daemon):
+        super().__init__(daemon)
+        self.launched: list[dict] = []
+        self.procs: list[subprocess.Popen] = []
 
-    def _spawn(self, dirs, env, log, module, args):
+    def spawn(self, dirs, env, log, module, args):
         proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
         self.procs.append(proc)
-        self.launches.append({"runs": [d.name for d in dirs], "env": env, "args": args, "module": module})
+        self.launched.append({"runs": [d.name for d in dirs], "env": env, "args": args, "module": module})
         return proc.pid, psutil.Process(proc.pid).create_time()
+
+
+def stand_in_daemon(root: Path, settings: qd.Settings) -> qd.Daemon:
+    """The real daemon with the stand-in executor; ``d.launches`` and ``d.procs`` are the executor's."""
+    d = qd.Daemon(root, settings)
+    d.executor = StandIn(d)
+    d.launches, d.procs = d.executor.launched, d.executor.procs
+    return d
 
 
 @pytest.fixture
 def tick_daemon(runs_dir, monkeypatch):
     monkeypatch.setenv("STILTS_FAKE_GPUS", "2x24")
-    made: list[TickDaemon] = []
+    made: list[qd.Daemon] = []
 
-    def make(**settings) -> TickDaemon:
-        d = TickDaemon(runs_dir, qd.Settings(interval=0, **{"worker_runs": 1, **settings}))
-        d.launches, d.procs = [], []
+    def make(**settings) -> qd.Daemon:
+        d = stand_in_daemon(runs_dir, qd.Settings(interval=0, **{"worker_runs": 1, **settings}))
         made.append(d)
         return d
 
@@ -373,7 +385,7 @@ def placements(root: Path) -> list[dict]:
     return sorted(data.get("placements", {}).values(), key=lambda p: p["t"])
 
 
-def finish(d: TickDaemon, root: Path, run_ids: list[str], status: str = "done", peak: float | None = None,
+def finish(d: qd.Daemon, root: Path, run_ids: list[str], status: str = "done", peak: float | None = None,
            rate: float | None = None) -> None:
     """What the trainer leaves for each run: result.json (its process then ends)."""
     ledger = Ledger(root)
@@ -494,8 +506,7 @@ def test_a_real_gpu_placement_asks_the_trainer_for_cuda_and_skips_a_failing_gpu(
                                                                                  monkeypatch, fake_mps):
     monkeypatch.setenv("FAKE_NVML_BAD", "0")
     add_runs(tmp_path, runs_dir, 2)
-    d = TickDaemon(runs_dir, qd.Settings(per_gpu=4, worker_runs=1, mps=True))
-    d.launches, d.procs = [], []
+    d = stand_in_daemon(runs_dir, qd.Settings(per_gpu=4, worker_runs=1, mps=True))
     try:
         d.start_mps()
         assert d.tick()["launched"] == 2
