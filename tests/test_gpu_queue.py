@@ -333,9 +333,10 @@ class StandIn(LocalExecutor):
         super().__init__(daemon)
         self.launched: list[dict] = []
         self.procs: list[subprocess.Popen] = []
+        self.cmd = ["sleep", "300"]
 
     def spawn(self, dirs, env, log, module, args):
-        proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        proc = subprocess.Popen(self.cmd, start_new_session=True)
         self.procs.append(proc)
         self.launched.append({"runs": [d.name for d in dirs], "env": env, "args": args, "module": module})
         return proc.pid, psutil.Process(proc.pid).create_time()
@@ -524,3 +525,49 @@ def test_a_real_gpu_placement_asks_the_trainer_for_cuda_and_skips_a_failing_gpu(
         for p in d.procs:
             p.kill()
             p.wait()
+
+
+# -- the tick carries out clients' cancel requests -------------------------------------------------------
+
+
+def test_tick_carries_out_a_cancel_request_sigterm_then_sigkill_once_the_grace_is_over(tmp_path, runs_dir,
+                                                                                       tick_daemon):
+    (rid,) = add_runs(tmp_path, runs_dir, 1)
+    d = tick_daemon()
+    d.executor.cmd = ["sh", "-c", "trap '' TERM; sleep 300"]  # ignores SIGTERM (sleep inherits that)
+    assert d.tick()["launched"] == 1
+    (proc,) = d.procs
+    wait(lambda: psutil.Process(proc.pid).children(), 10, "the stand-in's trap set")
+    out = ops.cancel(runs_dir, [rid], grace=1.0)
+    assert out.requested == [rid] and out.done == [] and not out.daemon  # asked, nothing signalled
+    assert proc.poll() is None
+    d.tick()
+    signalled = Ledger(runs_dir).get(rid)["cancel_signalled"]
+    assert signalled and proc.poll() is None and Ledger(runs_dir).get(rid)["status"] == "running"
+    wait(lambda: d.tick()["cancelled"] == 1, 10, "the run cancelled once its process is gone")
+    assert proc.wait(timeout=5) == -signal.SIGKILL and time.time() - signalled >= 1.0  # killed after the grace
+    row = Ledger(runs_dir).get(rid)
+    assert row["status"] == "cancelled" and row["cancel_requested"] is None and row["pid"] is None
+
+
+def test_tick_cancel_of_one_run_of_a_worker_requeues_the_runs_waiting_in_it(tmp_path, runs_dir, tick_daemon):
+    first, second = add_runs(tmp_path, runs_dir, 2)
+    d = tick_daemon(worker_runs=2)
+    assert d.tick()["launched"] == 2 and len(d.procs) == 1  # one process trains both, in sequence
+    ops.set_paused(runs_dir, True)  # nothing relaunched: the requeue itself is what is checked
+    ops.cancel(runs_dir, [first], grace=5.0)
+    wait(lambda: d.tick() is not None and Ledger(runs_dir).get(first)["status"] == "cancelled", 10, "the cancel")
+    assert d.procs[0].wait(timeout=5) == -signal.SIGTERM
+    other = Ledger(runs_dir).get(second)
+    assert other["status"] == "queued" and other["attempts"] == 0 and other["pid"] is None
+
+
+def test_tick_cancel_of_one_run_of_a_fused_array_drops_it_and_the_array_goes_on(tmp_path, runs_dir, tick_daemon):
+    ids = add_runs(tmp_path, runs_dir, 3)
+    d = tick_daemon(fuse="3")
+    assert d.tick()["launched"] == 3 and len(d.procs) == 1
+    ops.cancel(runs_dir, [ids[1]])
+    assert d.tick()["cancelled"] == 1
+    assert (runs_dir / ids[1] / "cancel.request").exists()  # the trainer drops that run's slice
+    assert d.procs[0].poll() is None  # the array's process goes on
+    assert [Ledger(runs_dir).get(i)["status"] for i in ids] == ["running", "cancelled", "running"]

@@ -252,7 +252,11 @@ class Daemon:
         if self._carry_out_requests(runs, stats):
             runs = self.checked_runs()
         status = {r["id"]: r["status"] for r in runs}
-        changes = self.executor.reap(runs, status, stats)
+        # a process being stopped for a cancel is the requests' step's, with every run it holds
+        stopping = {(r["pid"], r.get("pid_started")) for r in runs
+                    if r["status"] == "running" and r.get("cancel_requested") and r.get("pid")}
+        changes = self.executor.reap([r for r in runs if (r.get("pid"), r.get("pid_started")) not in stopping],
+                                     status, stats)
         self._block_and_commit(runs, status, changes, stats)
         if self.ledger.meta("paused"):
             return stats
