@@ -309,6 +309,10 @@ def queue_cancel(ctx: typer.Context, run_ids: RunIds = None, plan: PlanOpt = Non
         return
     wait_s = grace + 30.0  # SIGKILL comes after the grace; a tick or two to see it and record it
     left = ops.wait_cancelled(root, out.requested, wait_s)
+    if left and ops.daemon_status(root) is None:
+        typer.echo(f"cancelled {len(out.done)} runs; {len(left)} running run(s) wait for the daemon to stop them: "
+                   f"the daemon on {root} stopped first (the next `stilts-tui daemon start` carries the cancel out)")
+        return
     if left:
         raise Failure(f"the daemon has not stopped {' '.join(left[:10])} within {wait_s:.0f} s; the cancel request "
                       f"stands (see {root / 'daemon.log'})")

@@ -1,7 +1,9 @@
-"""Client-side queue operations on the ledger and run folders (no daemon needed)."""
+"""Client-side queue operations on the ledger and run folders. They never signal a run's process:
+what needs one (cancelling a running run) is written as a request that the daemon carries out."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -57,7 +59,7 @@ def _remove_orphans(root: Path, plan_name: str, keep: set[str]) -> None:
             continue
 
 
-# ---- acting on runs (the CLI and the TUI call these; they need no daemon) ---------------------
+# ---- acting on runs (the CLI and the TUI call these; the daemon carries out what needs a process) --
 
 
 def _select(ledger: Ledger, run_ids: list[str], plan: str | None, statuses: tuple[str, ...] | None) -> list[dict]:
@@ -114,13 +116,13 @@ def cancel(root: Path, run_ids: list[str], plan: str | None = None, grace: float
 
 def wait_cancelled(root: Path, run_ids: list[str], timeout: float) -> list[str]:
     """Wait (polling the ledger) until the daemon has carried out the cancel of these runs; the runs
-    whose request is still open after ``timeout`` seconds."""
+    whose request is still open after ``timeout`` seconds, or as soon as no daemon runs any more."""
     ledger = Ledger(root)
     deadline = time.time() + timeout
-    while True:
+    for polls in itertools.count():
         rows = [(rid, ledger.get(rid) or {}) for rid in run_ids]
         open_ = [rid for rid, r in rows if r.get("status") == "running" and r.get("cancel_requested")]
-        if not open_ or time.time() > deadline:
+        if not open_ or time.time() > deadline or (polls % 10 == 9 and daemon_status(root) is None):
             return open_
         time.sleep(0.1)
 
