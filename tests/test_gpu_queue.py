@@ -571,3 +571,16 @@ def test_tick_cancel_of_one_run_of_a_fused_array_drops_it_and_the_array_goes_on(
     assert (runs_dir / ids[1] / "cancel.request").exists()  # the trainer drops that run's slice
     assert d.procs[0].poll() is None  # the array's process goes on
     assert [Ledger(runs_dir).get(i)["status"] for i in ids] == ["running", "cancelled", "running"]
+
+
+def test_tick_cancel_reaches_a_process_whose_pid_was_never_recorded(tmp_path, runs_dir, tick_daemon):
+    (rid,) = add_runs(tmp_path, runs_dir, 1)
+    d = tick_daemon()
+    # a stand-in with the trainer's command line for this run folder (how a process is found by it)
+    d.executor.cmd = [sys.executable, "-c", "import time; time.sleep(300)", "stilts_tui.train", str(runs_dir / rid)]
+    assert d.tick()["launched"] == 1
+    (proc,) = d.procs
+    Ledger(runs_dir).update(rid, pid=None, pid_started=None)  # as if the daemon died before recording it
+    ops.cancel(runs_dir, [rid])
+    wait(lambda: d.tick()["cancelled"] == 1, 10, "the cancel carried out")
+    assert proc.wait(timeout=5) == -signal.SIGTERM  # found by its command line and stopped, not left running

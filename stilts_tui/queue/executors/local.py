@@ -142,13 +142,20 @@ class LocalExecutor:
         """Nothing to query ahead: ``alive`` asks the process table directly."""
 
     def alive(self, run: dict) -> bool:
-        return alive(run.get("pid"), run.get("pid_started"))
+        return alive(*self._process(run))
 
     def pending_reason(self, run: dict) -> str | None:
         return None  # a local run is started at once or not at all
 
     def cancel(self, run: dict, kill: bool = False) -> None:
-        signal_group(run.get("pid"), run.get("pid_started"), signal.SIGKILL if kill else signal.SIGTERM)
+        signal_group(*self._process(run), signal.SIGKILL if kill else signal.SIGTERM)
+
+    def _process(self, run: dict) -> tuple[int | None, float | None]:
+        """The run's process (pid, start time); one launched just before a crash, before its pid was
+        recorded, is found by its command line."""
+        if run.get("pid") or run.get("status") != "running":
+            return run.get("pid"), run.get("pid_started")
+        return find_worker(self.d.root / run["id"]) or (None, None)
 
     # -- reap ------------------------------------------------------------------------------------------
 
@@ -164,7 +171,7 @@ class LocalExecutor:
             res = self.d.result(r["id"])
             if res and res.get("status") in FINAL_RESULT:
                 changes[r["id"]] = ("running", self._finished(r, res, stats))
-            elif not self.alive(r):
+            elif not alive(r.get("pid"), r.get("pid_started")):
                 if not r.get("pid"):
                     found = find_worker(self.d.root / r["id"])
                     if found or time.time() - (r.get("started") or 0) < 30:
