@@ -297,12 +297,37 @@ PlanOpt = Annotated[str | None, typer.Option("--plan", help="every run of this p
 
 @queue_app.command("cancel")
 def queue_cancel(ctx: typer.Context, run_ids: RunIds = None, plan: PlanOpt = None,
-                 grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = 10.0) -> None:
-    """Cancel runs: queued ones never start; running ones are stopped (their whole process group)."""
+                 grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = 10.0,
+                 no_wait: Annotated[bool, typer.Option("--no-wait", help="return once the daemon is asked")] = False
+                 ) -> None:
+    """Cancel runs: queued ones never start; running ones are stopped by the daemon (their whole process
+    group, or their Slurm job). Waits for the daemon to do it unless --no-wait."""
+    from stilts_tui.errors import Failure
     from stilts_tui.queue import ops
 
-    done = ops.cancel(_root(ctx), run_ids or [], plan=plan, grace=grace)
-    typer.echo(f"cancelled {len(done)} runs" + (f": {' '.join(done)}" if len(done) <= 10 else ""))
+    root = _root(ctx)
+    out = ops.cancel(root, run_ids or [], plan=plan, grace=grace)
+    if out.requested and not out.daemon:
+        typer.echo(f"cancelled {len(out.done)} runs; {len(out.requested)} running run(s) wait for the daemon to "
+                   f"stop them: no daemon runs on {root} (`stilts-tui daemon start` carries the cancel out first)")
+        return
+    if out.requested and no_wait:
+        typer.echo(f"cancelled {len(out.done)} runs; the daemon is stopping {len(out.requested)} running run(s)")
+        return
+    wait_s = grace + 30.0  # SIGKILL comes after the grace; a tick or two to see it and record it
+    left = ops.wait_cancelled(root, out.requested, wait_s)
+    if left and ops.daemon_status(root) is None:
+        typer.echo(f"cancelled {len(out.done)} runs; {len(left)} running run(s) wait for the daemon to stop them: "
+                   f"the daemon on {root} stopped first (the next `stilts-tui daemon start` carries the cancel out)")
+        return
+    if left:
+        raise Failure(f"the daemon has not stopped {' '.join(left[:10])} within {wait_s:.0f} s; the cancel request "
+                      f"stands (see {root / 'daemon.log'})")
+    ledger = Ledger(root)
+    done = out.done + [rid for rid in out.requested if (ledger.get(rid) or {}).get("status") == "cancelled"]
+    ended = len(out.done) + len(out.requested) - len(done)
+    typer.echo(f"cancelled {len(done)} runs" + (f": {' '.join(done)}" if len(done) <= 10 else "")
+               + (f" ({ended} ended before the cancel)" if ended else ""))
 
 
 @queue_app.command("retry")

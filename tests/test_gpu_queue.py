@@ -24,6 +24,7 @@ from stilts_tui.demo import pair_rows
 from stilts_tui.ledger import Ledger
 from stilts_tui.queue import daemon as qd
 from stilts_tui.queue import gpus, mps, ops
+from stilts_tui.queue.executors.local import LocalExecutor
 
 FAKES = Path(__file__).parent / "fakes"
 
@@ -89,7 +90,7 @@ def test_mps_starts_under_a_short_private_path_and_quits_with_the_daemon(fake_mp
     for sub in ("", "pipe", "log"):  # private: another user cannot reach the sockets
         assert stat.S_IMODE((fake_mps.base / sub).stat().st_mode) == 0o700
     (left,) = mps.control_daemons(fake_mps.base)
-    env, _, _ = d._run_env(qd.placement.Device(0, 24, 24, 4), 0)
+    env, _, _ = d.executor.run_env(qd.placement.Device(0, 24, 24, 4), 0)
     assert env["CUDA_MPS_PIPE_DIRECTORY"] == str(fake_mps.base / "pipe")
     assert mps.describe(runs_dir, os.getpid()).startswith("MPS on (started")
     d.stop_mps()
@@ -105,7 +106,7 @@ def test_a_missing_mps_control_leaves_the_daemon_without_mps_and_says_why(runs_d
     assert d.mps_dir is None
     assert "MPS off, runs go on without it: nvidia-cuda-mps-control not found on PATH" in \
         (runs_dir / "daemon.log").read_text()
-    env, _, _ = d._run_env(qd.placement.Device(0, 24, 24, 4), 0)
+    env, _, _ = d.executor.run_env(qd.placement.Device(0, 24, 24, 4), 0)
     assert "CUDA_MPS_PIPE_DIRECTORY" not in env
     d.stop_mps()  # nothing to stop: no call, no error
 
@@ -313,10 +314,10 @@ def test_probe_reports_the_failing_device_and_keeps_the_others(fake_nvml, monkey
 def test_nvml_init_failing_after_gpus_were_seen_places_nothing_rather_than_the_cpu(fake_nvml, runs_dir,
                                                                                    monkeypatch):
     d = in_process_daemon(runs_dir)
-    assert [x.index for x in d.devices([])] == [0, 1]
+    assert [x.index for x in d.executor.devices([])] == [0, 1]
     monkeypatch.setenv("FAKE_NVML_INIT", "fail")
     monkeypatch.setattr(gpus, "_INIT_ERROR", None)
-    assert d.devices([]) == []  # not the CPU: RoBERTa-large must not train there because NVML hiccupped
+    assert d.executor.devices([]) == []  # not the CPU: RoBERTa-large must not train there because NVML hiccupped
     assert "NVML init failed: NVMLError_Unknown: Unknown Error; no run is placed until NVML answers" in \
         (runs_dir / "daemon.log").read_text()
 
@@ -324,26 +325,38 @@ def test_nvml_init_failing_after_gpus_were_seen_places_nothing_rather_than_the_c
 # -- Daemon.tick() in-process: placement decisions ----------------------------------------------------
 
 
-class TickDaemon(qd.Daemon):
-    """The real daemon; its processes are ``sleep`` standing in for the trainer (what a launch gets is kept)."""
+class StandIn(LocalExecutor):
+    """The real local executor; its processes are ``sleep`` standing in for the trainer (what a launch
+    gets is kept)."""
 
-    launches: list[dict]
+    def __init__(self, daemon: qd.Daemon):
+        super().__init__(daemon)
+        self.launched: list[dict] = []
+        self.procs: list[subprocess.Popen] = []
+        self.cmd = ["sleep", "300"]
 
-    def _spawn(self, dirs, env, log, module, args):
-        proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    def spawn(self, dirs, env, log, module, args):
+        proc = subprocess.Popen(self.cmd, start_new_session=True)
         self.procs.append(proc)
-        self.launches.append({"runs": [d.name for d in dirs], "env": env, "args": args, "module": module})
+        self.launched.append({"runs": [d.name for d in dirs], "env": env, "args": args, "module": module})
         return proc.pid, psutil.Process(proc.pid).create_time()
+
+
+def stand_in_daemon(root: Path, settings: qd.Settings) -> qd.Daemon:
+    """The real daemon with the stand-in executor; ``d.launches`` and ``d.procs`` are the executor's."""
+    d = qd.Daemon(root, settings)
+    d.executor = StandIn(d)
+    d.launches, d.procs = d.executor.launched, d.executor.procs
+    return d
 
 
 @pytest.fixture
 def tick_daemon(runs_dir, monkeypatch):
     monkeypatch.setenv("STILTS_FAKE_GPUS", "2x24")
-    made: list[TickDaemon] = []
+    made: list[qd.Daemon] = []
 
-    def make(**settings) -> TickDaemon:
-        d = TickDaemon(runs_dir, qd.Settings(interval=0, **{"worker_runs": 1, **settings}))
-        d.launches, d.procs = [], []
+    def make(**settings) -> qd.Daemon:
+        d = stand_in_daemon(runs_dir, qd.Settings(interval=0, **{"worker_runs": 1, **settings}))
         made.append(d)
         return d
 
@@ -373,7 +386,7 @@ def placements(root: Path) -> list[dict]:
     return sorted(data.get("placements", {}).values(), key=lambda p: p["t"])
 
 
-def finish(d: TickDaemon, root: Path, run_ids: list[str], status: str = "done", peak: float | None = None,
+def finish(d: qd.Daemon, root: Path, run_ids: list[str], status: str = "done", peak: float | None = None,
            rate: float | None = None) -> None:
     """What the trainer leaves for each run: result.json (its process then ends)."""
     ledger = Ledger(root)
@@ -494,8 +507,7 @@ def test_a_real_gpu_placement_asks_the_trainer_for_cuda_and_skips_a_failing_gpu(
                                                                                  monkeypatch, fake_mps):
     monkeypatch.setenv("FAKE_NVML_BAD", "0")
     add_runs(tmp_path, runs_dir, 2)
-    d = TickDaemon(runs_dir, qd.Settings(per_gpu=4, worker_runs=1, mps=True))
-    d.launches, d.procs = [], []
+    d = stand_in_daemon(runs_dir, qd.Settings(per_gpu=4, worker_runs=1, mps=True))
     try:
         d.start_mps()
         assert d.tick()["launched"] == 2
@@ -513,3 +525,62 @@ def test_a_real_gpu_placement_asks_the_trainer_for_cuda_and_skips_a_failing_gpu(
         for p in d.procs:
             p.kill()
             p.wait()
+
+
+# -- the tick carries out clients' cancel requests -------------------------------------------------------
+
+
+def test_tick_carries_out_a_cancel_request_sigterm_then_sigkill_once_the_grace_is_over(tmp_path, runs_dir,
+                                                                                       tick_daemon):
+    (rid,) = add_runs(tmp_path, runs_dir, 1)
+    d = tick_daemon()
+    d.executor.cmd = ["sh", "-c", "trap '' TERM; sleep 300"]  # ignores SIGTERM (sleep inherits that)
+    assert d.tick()["launched"] == 1
+    (proc,) = d.procs
+    wait(lambda: psutil.Process(proc.pid).children(), 10, "the stand-in's trap set")
+    out = ops.cancel(runs_dir, [rid], grace=1.0)
+    assert out.requested == [rid] and out.done == [] and not out.daemon  # asked, nothing signalled
+    assert proc.poll() is None
+    d.tick()
+    signalled = Ledger(runs_dir).get(rid)["cancel_signalled"]
+    assert signalled and proc.poll() is None and Ledger(runs_dir).get(rid)["status"] == "running"
+    wait(lambda: d.tick()["cancelled"] == 1, 10, "the run cancelled once its process is gone")
+    assert proc.wait(timeout=5) == -signal.SIGKILL and time.time() - signalled >= 1.0  # killed after the grace
+    row = Ledger(runs_dir).get(rid)
+    assert row["status"] == "cancelled" and row["cancel_requested"] is None and row["pid"] is None
+
+
+def test_tick_cancel_of_one_run_of_a_worker_requeues_the_runs_waiting_in_it(tmp_path, runs_dir, tick_daemon):
+    first, second = add_runs(tmp_path, runs_dir, 2)
+    d = tick_daemon(worker_runs=2)
+    assert d.tick()["launched"] == 2 and len(d.procs) == 1  # one process trains both, in sequence
+    ops.set_paused(runs_dir, True)  # nothing relaunched: the requeue itself is what is checked
+    ops.cancel(runs_dir, [first], grace=5.0)
+    wait(lambda: d.tick() is not None and Ledger(runs_dir).get(first)["status"] == "cancelled", 10, "the cancel")
+    assert d.procs[0].wait(timeout=5) == -signal.SIGTERM
+    other = Ledger(runs_dir).get(second)
+    assert other["status"] == "queued" and other["attempts"] == 0 and other["pid"] is None
+
+
+def test_tick_cancel_of_one_run_of_a_fused_array_drops_it_and_the_array_goes_on(tmp_path, runs_dir, tick_daemon):
+    ids = add_runs(tmp_path, runs_dir, 3)
+    d = tick_daemon(fuse="3")
+    assert d.tick()["launched"] == 3 and len(d.procs) == 1
+    ops.cancel(runs_dir, [ids[1]])
+    assert d.tick()["cancelled"] == 1
+    assert (runs_dir / ids[1] / "cancel.request").exists()  # the trainer drops that run's slice
+    assert d.procs[0].poll() is None  # the array's process goes on
+    assert [Ledger(runs_dir).get(i)["status"] for i in ids] == ["running", "cancelled", "running"]
+
+
+def test_tick_cancel_reaches_a_process_whose_pid_was_never_recorded(tmp_path, runs_dir, tick_daemon):
+    (rid,) = add_runs(tmp_path, runs_dir, 1)
+    d = tick_daemon()
+    # a stand-in with the trainer's command line for this run folder (how a process is found by it)
+    d.executor.cmd = [sys.executable, "-c", "import time; time.sleep(300)", "stilts_tui.train", str(runs_dir / rid)]
+    assert d.tick()["launched"] == 1
+    (proc,) = d.procs
+    Ledger(runs_dir).update(rid, pid=None, pid_started=None)  # as if the daemon died before recording it
+    ops.cancel(runs_dir, [rid])
+    wait(lambda: d.tick()["cancelled"] == 1, 10, "the cancel carried out")
+    assert proc.wait(timeout=5) == -signal.SIGTERM  # found by its command line and stopped, not left running

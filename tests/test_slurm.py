@@ -243,3 +243,42 @@ def test_a_finished_run_whose_job_id_was_never_recorded_is_read_from_its_result_
     wait(lambda: statuses(runs_dir)[parent["id"]] == "done", 30, "the run reaped from its result")
     run = Ledger(runs_dir).get(parent["id"])
     assert run["score"] == 0.75 and run["attempts"] == 1 and jobs_named(parent["id"], runs_dir) == []
+
+
+def _sbatch(runs_dir: Path, *args: str) -> str:
+    """A job standing in for a run's: sleep, in this runs-dir."""
+    out = subprocess.run(["sbatch", "--parsable", f"--chdir={runs_dir}", "--output=/dev/null", "--gres=gpu:1",
+                          "--cpus-per-task=1", "--mem=100M", *args, "--wrap", "sleep 300"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().split(";")[0]
+
+
+def test_the_slurm_executor_reads_job_states_cancels_and_reaps(tmp_path, runs_dir, tiny_model, slurm_env):
+    from stilts_tui.queue import daemon as qd
+    from stilts_tui.queue.executor import new_stats
+
+    parent, (a, b) = split(add(make_plan(tmp_path, tiny_model, STAGES), runs_dir, slurm_env))
+    ex = qd.Daemon(runs_dir, qd.Settings(executor="slurm")).executor
+    assert ex.name == "slurm"
+    held, later, done = _sbatch(runs_dir), _sbatch(runs_dir, "--begin=now+1hour"), _sbatch(runs_dir)
+    with Ledger(runs_dir).transaction() as tx:  # the ledger rows the submission wrote for each job
+        for run, job in ((parent, held), (a, later), (b, done)):
+            tx.update_run(run["id"], status="running", executor="slurm", job_id=job, attempts=1, started=time.time())
+    (runs_dir / b["id"] / "result.json").write_text(json.dumps({"status": "done", "score": 0.5}))
+    runs = {r["id"]: r for r in Ledger(runs_dir).runs()}
+    ex.observe(list(runs.values()))
+    assert ex.alive(runs[a["id"]]) and ex.pending_reason(runs[a["id"]]) == "BeginTime"
+
+    ex.cancel(runs[parent["id"]])  # scancel, never waiting
+    wait(lambda: slurm_state(held)[0] == "CANCELLED", 30, "Slurm to cancel the job")
+    ex.observe(list(runs.values()))
+    assert not ex.alive(runs[parent["id"]]) and ex.alive(runs[a["id"]])
+    stats = new_stats()
+    changes = ex.reap(list(runs.values()), {k: r["status"] for k, r in runs.items()}, stats)
+    assert changes[b["id"]][1]["status"] == "done" and changes[b["id"]][1]["score"] == 0.5  # its result first
+    assert changes[parent["id"]][1]["status"] == "failed"  # left Slurm without a result, not a node failure
+    assert f"Slurm job {held} ended CANCELLED" in changes[parent["id"]][1]["error"]
+    assert changes[a["id"]][1] == {"slurm_state": "PENDING", "slurm_reason": "BeginTime", "stuck": None}
+    assert stats == {**new_stats(), "reaped": 2}
+    subprocess.run(["scancel", later, done], capture_output=True, timeout=30)

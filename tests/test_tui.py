@@ -162,7 +162,7 @@ async def test_queue_keys_cancel_retry_priority_pause(prepared):
         assert not [n for n in notes if n[0] == "error"]
 
 
-# a run's process that ignores SIGTERM: a cancel waits out its whole grace period, then kills it
+# a run's process that ignores SIGTERM: the daemon carries out the cancel, waiting out its whole grace period
 SLOW_TO_STOP = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\n"
                 "time.sleep(120)\n")
 
@@ -174,6 +174,8 @@ async def test_keys_are_answered_while_a_cancel_waits_out_its_grace_period(prepa
         assert proc.stdout.readline() == "ready\n"  # SIGTERM is ignored from here on
         running = next(r for r in Ledger(prepared).runs() if r["status"] == "running")["id"]
         Ledger(prepared).update(running, pid=proc.pid, pid_started=psutil.Process(proc.pid).create_time())
+        assert cli("queue", "pause", runs_dir=prepared).returncode == 0  # the daemon launches nothing else
+        assert cli("daemon", "start", "--interval", "0.2", runs_dir=prepared).returncode == 0  # it adopts proc
         notes: list[tuple[str, str]] = []
         grace = 3.0
         async with app_for(prepared, cancel_grace=grace).run_test(size=(170, 40), message_hook=recorder(notes)) \
@@ -185,8 +187,8 @@ async def test_keys_are_answered_while_a_cancel_waits_out_its_grace_period(prepa
             await until(pilot, lambda: table.cursor_row == row, "the cursor on the running run")
             t0 = time.monotonic()
             await pilot.press("c")
-            # the cancel is recorded as asked at once, then waits for the process (the run is cancelled after)
-            await until(pilot, lambda: Ledger(prepared).get(running).get("cancel_requested"), "the cancel asked")
+            # the cancel is asked at once; the daemon sends SIGTERM, and SIGKILL once the grace is over
+            await until(pilot, lambda: Ledger(prepared).get(running).get("cancel_signalled"), "the daemon's SIGTERM")
             await pilot.press("down")  # handled while the cancel waits for the process
             await until(pilot, lambda: table.cursor_row == row + 1, "the cursor moved")
             assert f"row {row + 2}/" in str(screen.query_one("#totals").render())
@@ -196,6 +198,7 @@ async def test_keys_are_answered_while_a_cancel_waits_out_its_grace_period(prepa
             assert proc.wait(timeout=10) == -9  # killed once the grace period was over
             assert Ledger(prepared).get(running)["status"] == "cancelled"
     finally:
+        cli("daemon", "stop", runs_dir=prepared)
         proc.kill()
         proc.wait()
 

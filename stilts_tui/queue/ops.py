@@ -1,7 +1,9 @@
-"""Client-side queue operations on the ledger and run folders (no daemon needed)."""
+"""Client-side queue operations on the ledger and run folders. They never signal a run's process:
+what needs one (cancelling a running run) is written as a request that the daemon carries out."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -9,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from stilts_tui import plan as plans
@@ -56,7 +59,7 @@ def _remove_orphans(root: Path, plan_name: str, keep: set[str]) -> None:
             continue
 
 
-# ---- acting on runs (the CLI and the TUI call these; they need no daemon) ---------------------
+# ---- acting on runs (the CLI and the TUI call these; the daemon carries out what needs a process) --
 
 
 def _select(ledger: Ledger, run_ids: list[str], plan: str | None, statuses: tuple[str, ...] | None) -> list[dict]:
@@ -77,84 +80,51 @@ def _select(ledger: Ledger, run_ids: list[str], plan: str | None, statuses: tupl
     raise UserError("name run ids (or a plan)")
 
 
-def cancel(root: Path, run_ids: list[str], plan: str | None = None, grace: float = 10.0) -> list[str]:
-    """Cancel queued, blocked and running runs; a running one's process group gets SIGTERM, then
-    SIGKILL after ``grace`` seconds, and other runs sharing its worker process go back to the queue.
-    A run of a fused array is dropped from the array (a request file its trainer reads each step),
-    and the array's other runs go on. A Slurm job is scancel'ed, and its state checked after.
+@dataclass
+class CancelOutcome:
+    """What `cancel` did: runs cancelled at once (nothing ran them), and running runs whose cancel it
+    asked the daemon for (the daemon stops them); ``daemon`` says whether one serves the runs-dir now."""
 
-    A running run is cancelled in two steps: the request is recorded (``cancel_requested``), the process
-    or job is stopped, then the run is recorded cancelled. A cancel interrupted in between leaves the
-    request, and the daemon finishes it (stops what still runs, records the cancel): no process goes on
-    that the queue no longer counts."""
-    from stilts_tui.queue.executors import local
+    done: list[str] = field(default_factory=list)
+    requested: list[str] = field(default_factory=list)
+    daemon: bool = False
 
+
+def cancel(root: Path, run_ids: list[str], plan: str | None = None, grace: float = 10.0) -> CancelOutcome:
+    """Cancel queued, blocked and running runs. A queued or blocked run is cancelled here (no process
+    holds it). For a running run this only writes a request to the ledger (``cancel_requested``, and
+    ``cancel_grace``: seconds between SIGTERM and SIGKILL); the daemon carries it out on its next tick
+    (stops the process group or scancels the job, then records the cancel), so no client ever signals a
+    process. With no daemon running the request waits for the next one, which carries it out first."""
     ledger = Ledger(root)
     targets = _select(ledger, run_ids, plan, ("queued", "blocked", "running"))
-    to_kill: dict[int, float | None] = {}
-    jobs: list[str] = []
-    requested: list[str] = []
-    done = []
+    out = CancelOutcome()
+    now = time.time()
     with ledger.transaction() as tx:
-        ids = {r["id"] for r in targets}
         for r in targets:
             cur = tx.get_run(r["id"])
-            if cur["status"] not in ("queued", "blocked", "running"):
-                continue
-            if cur["status"] == "running" and cur.get("executor") == "slurm":  # a Slurm job (pending or running)
-                if not cur.get("job_id"):
-                    raise UserError(f"run {r['id']} is being submitted to Slurm right now; cancel it again in a moment")
-                jobs.append(cur["job_id"])
-            elif cur["status"] == "running" and cur.get("pid"):
-                mates = [o["id"] for o in tx.runs.all()
-                         if o.get("worker") == cur.get("worker") and o["status"] == "running" and o["id"] not in ids]
-                if cur.get("fused") and mates:  # one run of a fused array: the array drops it, the others go on
-                    (rundir.run_dir(root, r["id"]) / rundir.CANCEL_FILE).touch()
-                    tx.update_run(r["id"], status="cancelled", finished=time.time())
-                    done.append(r["id"])
-                    continue
-                to_kill[cur["pid"]] = cur.get("pid_started")
             if cur["status"] == "running":
-                tx.update_run(r["id"], cancel_requested=time.time())
-                requested.append(r["id"])
-            else:
-                tx.update_run(r["id"], status="cancelled", finished=time.time())
-                done.append(r["id"])
-    for pid, started in to_kill.items():
-        local.stop(pid, started, grace=grace)
-    left: list[str] = []
-    if jobs:
-        from stilts_tui.queue.executors import slurm
-
-        left = [j for j, s in slurm.cancel(jobs, wait=grace).items() if s.active]
-    done += _record_cancels(ledger, requested, to_kill)
-    if left:
-        raise UserError(f"scancel did not stop Slurm job(s) {', '.join(left)} within {grace:.0f} s "
-                        "(the runs are marked cancelled; check squeue)")
-    return done
+                if not cur.get("cancel_requested"):
+                    tx.update_run(r["id"], cancel_requested=now, cancel_grace=float(grace))
+                out.requested.append(r["id"])
+            elif cur["status"] in ("queued", "blocked"):
+                tx.update_run(r["id"], status="cancelled", finished=now)
+                out.done.append(r["id"])
+    out.daemon = bool(out.requested) and daemon_status(root) is not None
+    return out
 
 
-def _record_cancels(ledger: Ledger, requested: list[str], killed: dict[int, float | None]) -> list[str]:
-    """The second step of a cancel: the runs whose process or job was stopped are cancelled; other runs
-    that shared a killed worker process go back to the queue."""
-    done = []
-    with ledger.transaction() as tx:
-        for rid in requested:
-            cur = tx.get_run(rid)
-            if cur is None or not cur.get("cancel_requested"):
-                continue  # the daemon finished this cancel already
-            if cur["status"] in ("running", "queued"):
-                tx.update_run(rid, status="cancelled", finished=time.time(), cancel_requested=None)
-            else:
-                tx.update_run(rid, cancel_requested=None)
-            done.append(rid)
-        workers = {tx.get_run(rid).get("worker") for rid in requested if tx.get_run(rid)}
-        for other in tx.runs.all():  # siblings in a killed worker process: back to the queue
-            if (other.get("worker") in workers and other["status"] == "running" and other.get("pid") in killed
-                    and not other.get("cancel_requested")):
-                tx.update_run(other["id"], status="queued", pid=None, gpu=None,
-                              attempts=max(0, (other.get("attempts") or 1) - 1))
-    return done
+def wait_cancelled(root: Path, run_ids: list[str], timeout: float) -> list[str]:
+    """Wait (polling the ledger) until the daemon has carried out the cancel of these runs; the runs
+    whose request is still open after ``timeout`` seconds, or as soon as no daemon runs any more."""
+    ledger = Ledger(root)
+    deadline = time.time() + timeout
+    for polls in itertools.count():
+        rows = [(rid, ledger.get(rid) or {}) for rid in run_ids]
+        open_ = [rid for rid, r in rows if r.get("status") == "running" and r.get("cancel_requested")]
+        if not open_ or time.time() > deadline or (polls % 10 == 9 and daemon_status(root) is None):
+            return open_
+        time.sleep(0.1)
 
 
 def retry(root: Path, run_ids: list[str], failed: bool = False) -> list[str]:

@@ -1,11 +1,15 @@
 """Where a run may go: memory estimates (learned from finished runs of the same shape, a safe
-formula before any) and the choice of a GPU with room."""
+formula before any), the choice of a GPU with room, and the grouping of ready runs into launches
+(workers trained in sequence, fused arrays; one run a job on Slurm)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from stilts_tui import rundir
 
 # parameter counts of common encoders, for the first estimate of a hub model
 KNOWN_PARAMS = {
@@ -160,3 +164,186 @@ class Measurements:
 
 def _num(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+# -- what one launch starts, and the grouping of ready runs ---------------------------------------------
+
+
+@dataclass
+class Launch:
+    """Runs started as one process (a worker trained in sequence, or a fused array) on ``device``, or one
+    run submitted to Slurm (``device`` None, after the parent's job in ``dependency``). The executor sets
+    ``ok`` (and ``job_id`` for Slurm) once it started them: the grouping of later runs depends on it."""
+
+    runs: list[dict]
+    device: Device | None = None
+    est_gb: float = 0.0
+    shape: str = ""
+    fused: int = 0
+    why: str = ""
+    dependency: str | None = None
+    ok: bool = False
+    job_id: str | None = None
+
+
+def ready(runs: list[dict]) -> list[dict]:
+    """Queued runs whose parent (if any) is done, in the ledger's order."""
+    status = {r["id"]: r["status"] for r in runs}
+    return [r for r in runs if r["status"] == "queued" and (not r.get("parent") or status.get(r["parent"]) == "done")]
+
+
+def slurm_launches(runs: list[dict], max_jobs: int) -> Iterator[Launch]:
+    """The trivial placement of the Slurm executor: each queued run alone, Slurm places it. A run whose
+    parent is done goes as is; one whose parent's job is in Slurm goes after it (``--dependency``); at
+    most ``max_jobs`` of our runs in Slurm at once."""
+    by_id = {r["id"]: r for r in runs}
+    room = max_jobs - sum(1 for r in runs if r["status"] == "running")
+    for r in runs:
+        if room <= 0:
+            return
+        if r["status"] != "queued":
+            continue
+        parent = by_id.get(r.get("parent")) if r.get("parent") else None
+        dependency = None
+        if parent is not None and parent["status"] != "done":
+            if parent["status"] != "running" or not parent.get("job_id"):
+                continue
+            dependency = parent["job_id"]
+        launch = Launch([r], dependency=dependency)
+        yield launch
+        if launch.ok:
+            room -= 1
+            if dependency is None:  # its children may follow in this tick, after its job
+                by_id[r["id"]] = {**r, "status": "running", "job_id": launch.job_id}
+
+
+class Grouper:
+    """Which ready runs share a process and where it goes: runs of one shape trained in sequence by one
+    worker (up to ``worker_runs``), or fused as one array (``--fuse`` / a plan's ``fuse = true``), on the
+    device with most room. ``spec`` reads a run's checked spec.json; ``log`` writes daemon.log."""
+
+    def __init__(self, spec: Callable[[str], dict], fuse: str, worker_runs: int, log: Callable[[str], None]):
+        self.spec, self.fuse, self.worker_runs, self.log = spec, fuse, worker_runs, log
+        self.learned = Measurements()
+        self._array_keys: dict[str, str | None] = {}
+        self._packing: dict[str, str] = {}
+
+    def forget(self, run_id: str) -> None:
+        """Drop what is cached of a run (its spec changed or it failed)."""
+        self._array_keys.pop(run_id, None)
+
+    def estimate(self, run: dict) -> tuple[float, str]:
+        """A run's memory estimate (GB) and its shape: the measured peak a run of its shape (an array's
+        peak / K) with a margin, else the formula."""
+        spec = self.spec(run["id"])
+        key = shape_key(run, spec)
+        share = self.learned.shape(key).share_gb
+        if share is not None:
+            return round(share * MARGIN + 0.25, 2), key
+        return formula_gb(spec), key
+
+    def array_key(self, run_id: str) -> str | None:
+        if run_id not in self._array_keys:
+            self._array_keys[run_id] = rundir.array_key(self.spec(run_id))
+        return self._array_keys[run_id]
+
+    def fuse_mode(self, run: dict) -> tuple[str, str] | None:
+        """How a run may be fused: (sizing "auto" or "K", why), or None when it trains in its own process.
+        A plan's ``fuse = true`` asks for it (sized as the daemon's --fuse says, auto when off); an
+        explicit daemon --fuse fuses every run of a shape, the operator's override."""
+        asked = (self.spec(run["id"]).get("params") or {}).get("fuse") is True
+        if asked:
+            sizing = "auto" if self.fuse == "off" else self.fuse
+            return sizing, f"the plan asks (fuse = true), --fuse {sizing} sizing"
+        if self.fuse != "off":
+            return self.fuse, f"daemon --fuse {self.fuse} (the operator's override: the plan did not ask)"
+        return None
+
+    def array_mates(self, ready: list[dict]) -> dict[str, list[dict]]:
+        """Ready runs that may share an array, by array key (runs that must be alone, never)."""
+        by_key: dict[str, list[dict]] = {}
+        for r in ready:
+            if r.get("alone") or (r.get("fuse_max") or MAX_ARRAY) < 2 or self.fuse_mode(r) is None:
+                continue
+            k = self.array_key(r["id"])
+            if k is not None:
+                by_key.setdefault(k, []).append(r)
+        return by_key
+
+    def array(self, r: dict, by_key: dict[str, list[dict]], taken: set[str], devs: list[Device], est: float
+              ) -> tuple[list[dict], Device | None, str]:
+        """Ready runs to train with ``r`` as one fused array, the device they fit on together, and why:
+        up to K runs (``--fuse K``), or as many as fit by the measured peak a run (``--fuse auto``, GPUs
+        only; at most PROBE_ARRAY before a run of the shape has finished, and packing where fused runs
+        measured slower). An OOM halves the array a run may join (its ``fuse_max``)."""
+        mode, key, cap = self.fuse_mode(r), self.array_key(r["id"]), r.get("fuse_max") or MAX_ARRAY
+        if mode is None or key is None or r.get("alone") or cap < 2:
+            return [r], None, ""
+        sizing, why = mode
+        shape = shape_key(r, self.spec(r["id"]))
+        measured = self.learned.shape(shape)
+        if sizing == "auto":
+            if all(d.index is None for d in devs):
+                return [r], None, ""  # on the CPU an array gains little: runs go alone
+            pack = self.learned.packing_reason(shape)
+            if pack:
+                if pack != self._packing.get(shape):
+                    self._packing[shape] = pack
+                    self.log(f"{shape}: {pack}")
+                return [r], None, pack
+            limit = MAX_ARRAY if measured.share_gb is not None else PROBE_ARRAY
+        else:
+            limit = int(sizing)
+        mates = [r] + [o for o in by_key.get(key, []) if o is not r and o["id"] not in taken]
+        for k in range(min(len(mates), limit, cap), 1, -1):  # the largest array that fits somewhere
+            group = [m for m in mates if (m.get("fuse_max") or MAX_ARRAY) >= k][:k]
+            dev = choose(devs, est * k, False) if len(group) == k else None
+            if dev is not None:
+                size = (f"{measured.share_gb:.2f} GB a run measured by {measured.share_from}"
+                        if measured.share_gb is not None else "no run of this shape measured yet"
+                        + (f" (at most {PROBE_ARRAY} until one is)" if sizing == "auto" else "")
+                        + f", formula {est} GB a run")
+                return group, dev, f"{why}; {k} runs: {size}" + (f"; capped at {cap} after an OOM" if cap < MAX_ARRAY
+                                                                    else "")
+        return [r], None, ""
+
+    def worker_group(self, r: dict, ready: list[dict], taken: set[str], key: str) -> list[dict]:
+        """``r`` and ready runs of its shape for one worker to train in sequence (up to ``worker_runs``)."""
+        group = [r]
+        if r.get("alone") or r["stage"] == "synth":
+            return group
+        for other in ready:
+            if len(group) >= self.worker_runs:
+                break
+            if other["id"] in taken or other is r or other.get("alone") or other["stage"] == "synth":
+                continue
+            if self.estimate(other)[1] == key:
+                group.append(other)
+        return group
+
+    def launches(self, runs: list[dict], devs: list[Device], mark: Callable[[str], None] = lambda _: None
+                 ) -> Iterator[Launch]:
+        """The local placement: each ready run, in order, with its array or worker mates, on the device
+        with most room where it fits; runs that fit nowhere wait. The launcher updates ``devs``; ``mark``
+        hears which run is handled (an error in its spec is blamed on it)."""
+        ready_runs = ready(runs)
+        taken: set[str] = set()
+        by_key = self.array_mates(ready_runs)  # once a tick, not once a run
+        for r in ready_runs:
+            if r["id"] in taken:
+                continue
+            if not any(d.procs < d.slots and not d.alone for d in devs):
+                return
+            mark(r["id"])
+            est, key = self.estimate(r)
+            group, dev, why = self.array(r, by_key, taken, devs, est)
+            fused = len(group) if dev is not None else 0
+            if dev is None:
+                dev = choose(devs, est, bool(r.get("alone")))
+                if dev is None:
+                    continue
+                group = self.worker_group(r, ready_runs, taken, key)
+            else:
+                est = round(est * len(group), 2)
+            taken.update(x["id"] for x in group)
+            yield Launch(group, dev, est, key, fused, why)

@@ -1,7 +1,7 @@
 """The app's long queue operations in a process of their own; its worker thread only waits.
 
-Adding a 1,008-run plan (expanding it, a spec.json per run, the ledger) and a cancel's wait for a
-process to stop (a scan of the process table ten times a second, for up to the grace period) are
+Adding a 1,008-run plan (expanding it, a spec.json per run, the ledger) and a cancel's wait for the
+daemon to stop a process (reading the ledger ten times a second, for up to the grace period) are
 Python work that holds the GIL for seconds: in a thread of the app, every key waits on it (bench/tui.py
 measured 110 ms a key while adding). In a child process the UI thread keeps the GIL to itself.
 
@@ -28,9 +28,14 @@ def add(root: str, path: str) -> dict:
 
 
 def cancel(root: str, run_ids: list[str], grace: float) -> dict:
+    """Ask for the cancel and wait (polling the ledger) for the daemon to carry it out; with no daemon
+    running, return at once (the request waits for the next daemon)."""
     from stilts_tui.queue import ops
 
-    return {"done": ops.cancel(Path(root), run_ids, grace=grace)}
+    out = ops.cancel(Path(root), run_ids, grace=grace)
+    left = ops.wait_cancelled(Path(root), out.requested, grace + 30.0) if out.daemon else out.requested
+    return {"done": out.done + [rid for rid in out.requested if rid not in left], "waiting": left,
+            "daemon": out.daemon}
 
 
 OPS = {"add": add, "cancel": cancel}

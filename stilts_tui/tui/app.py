@@ -140,12 +140,16 @@ class StiltsApp(App):
 
     @work(thread=True, group="queue-ops", exit_on_error=False, name="cancel")
     def cancel_runs(self, run_ids: list[str]) -> None:
-        """Cancel runs; a running one's process has ``cancel_grace`` seconds to stop (the UI goes on:
-        the cancel waits in a process of its own, see tui/apart.py)."""
+        """Cancel runs; the daemon stops a running one's process (``cancel_grace`` seconds between SIGTERM
+        and SIGKILL). The UI goes on: the wait for the daemon is in a process of its own (tui/apart.py)."""
         from stilts_tui.tui import apart
 
-        done = apart.run("cancel", self.root, run_ids=run_ids, grace=self.cancel_grace)["done"]
-        self.post_message(QueueChanged(f"cancelled {len(done)} run(s)"))
+        out = apart.run("cancel", self.root, run_ids=run_ids, grace=self.cancel_grace)
+        line = f"cancelled {len(out['done'])} run(s)"
+        if out["waiting"]:
+            line += (f"; {len(out['waiting'])} running run(s) wait for the daemon to stop them"
+                     + ("" if out["daemon"] else " (no daemon is running)"))
+        self.post_message(QueueChanged(line))
 
     @work(thread=True, group="queue-ops", exit_on_error=False, name="retry")
     def retry_runs(self, run_ids: list[str]) -> None:

@@ -1,5 +1,7 @@
 """The local executor: training processes on this machine, detached from the daemon and the
-terminal (own session, output to the run folder), identified by pid *and* process start time."""
+terminal (own session, output to the run folder), identified by pid *and* process start time.
+`LocalExecutor` is the daemon's executor (see `queue/executor.py`); the functions below it are the
+process-level steps."""
 
 from __future__ import annotations
 
@@ -8,9 +10,21 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
+
+from stilts_tui import rundir
+from stilts_tui.queue import checks, mps, placement
+from stilts_tui.queue import gpus as gpu_info
+from stilts_tui.queue.executor import FINAL_RESULT, Changes
+from stilts_tui.queue.placement import Launch
+
+if TYPE_CHECKING:
+    from stilts_tui.queue.daemon import Daemon
 
 
 def launch(run_dirs: list[Path], env: dict[str, str], log_path: Path, module: str = "stilts_tui.train",
@@ -53,6 +67,18 @@ def alive(pid: int | None, started: float | None) -> bool:
         return p.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
+
+
+def signal_group(pid: int | None, started: float | None, sig: int) -> bool:
+    """Send ``sig`` to the run's whole process group, if this exact process (pid and start time) still
+    runs: a reused pid is never signalled. True if it was sent."""
+    if not pid or not alive(pid, started):
+        return False
+    try:
+        os.killpg(pid, sig)  # the worker leads its own session and group
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def stop(pid: int, started: float | None, grace: float = 10.0) -> bool:
@@ -98,3 +124,237 @@ def find_worker(run_dir: Path) -> tuple[int, float] | None:
         if ("stilts_tui.train" in cmd or "stilts_tui.synth" in cmd) and target in cmd:
             return p.info["pid"], p.info["create_time"]
     return None
+
+
+class LocalExecutor:
+    """Runs on this machine's GPUs (or its CPU): placed by memory estimate and NVML's free memory, each
+    launch one detached process (a worker training runs of one shape in sequence, or a fused array)."""
+
+    name = "local"
+
+    def __init__(self, daemon: Daemon):
+        self.d = daemon
+        self._gpu_problems: list[str] = []
+
+    # -- state queries ---------------------------------------------------------------------------------
+
+    def observe(self, runs: list[dict]) -> None:
+        """Nothing to query ahead: ``alive`` asks the process table directly."""
+
+    def alive(self, run: dict) -> bool:
+        return alive(*self._process(run))
+
+    def pending_reason(self, run: dict) -> str | None:
+        return None  # a local run is started at once or not at all
+
+    def cancel(self, run: dict, kill: bool = False) -> None:
+        signal_group(*self._process(run), signal.SIGKILL if kill else signal.SIGTERM)
+
+    def _process(self, run: dict) -> tuple[int | None, float | None]:
+        """The run's process (pid, start time); one launched just before a crash, before its pid was
+        recorded, is found by its command line."""
+        if run.get("pid") or run.get("status") != "running":
+            return run.get("pid"), run.get("pid_started")
+        return find_worker(self.d.root / run["id"]) or (None, None)
+
+    # -- reap ------------------------------------------------------------------------------------------
+
+    def reap(self, runs: list[dict], status: dict[str, str], stats: dict) -> Changes:
+        """What to change for running runs that ended. A finished attempt's result.json is retired when
+        the run is launched again, not here: a daemon killed between the two steps must find the result,
+        never a run without one. A run whose cancel was asked is the requests' step's, not this one's."""
+        changes: Changes = {}
+        for r in runs:
+            if r["status"] != "running" or r.get("cancel_requested"):
+                continue
+            self.d.mark(r["id"])
+            res = self.d.result(r["id"])
+            if res and res.get("status") in FINAL_RESULT:
+                changes[r["id"]] = ("running", self._finished(r, res, stats))
+            elif not alive(r.get("pid"), r.get("pid_started")):
+                if not r.get("pid"):
+                    found = find_worker(self.d.root / r["id"])
+                    if found or time.time() - (r.get("started") or 0) < 30:
+                        if found:  # launched just before a crash: adopt it
+                            changes[r["id"]] = ("running", {"pid": found[0], "pid_started": found[1]})
+                        continue
+                changes[r["id"]] = ("running", self._vanished(r, stats))
+        self.d.mark(None)
+        return changes
+
+    def _finished(self, r: dict, res: dict, stats: dict) -> dict:
+        fields = {"finished": time.time(), "score": checks.clean_score(res.get("score")),
+                  "error": res.get("error"), "peak_gpu_mem_gb": res.get("peak_gpu_mem_gb"), "pid": None}
+        if res["status"] == "oom" and not r.get("alone"):
+            fields.update(self._after_oom(r))
+            stats["requeued"] += 1
+        else:
+            fields["status"] = "done" if res["status"] == "done" else "failed"
+            stats["reaped"] += 1
+        return fields
+
+    def _vanished(self, r: dict, stats: dict) -> dict:
+        """A process that exited without a result: requeued while retries are left, else failed."""
+        attempt = r.get("attempts") or 1
+        why = "process exited without result" + self.d.last_line(r)
+        if attempt <= self.d.s.max_retries:
+            fields = {"status": "queued", "error": why, "pid": None, "gpu": None}
+            stats["requeued"] += 1
+        else:
+            fields = {"status": "failed", "error": why, "pid": None, "finished": time.time()}
+            stats["reaped"] += 1
+        self.d.log(f"{r['id']}: {why} (attempt {attempt}) -> {fields['status']}")
+        return fields
+
+    def _after_oom(self, r: dict) -> dict:
+        """The fields of a run whose process ran out of memory: an array's runs are requeued to join
+        arrays of half its size (down to 1: alone on a GPU); a run alone in its process, to run alone."""
+        k = r.get("fused") or 0
+        half = k // 2
+        if half >= 2:
+            self.d.log(f"{r['id']}: out of memory in an array of {k} on GPU {r.get('gpu')}; requeued for arrays "
+                       f"of at most {half}")
+            return {"status": "queued", "gpu": None, "fuse_max": half}
+        self.d.log(f"{r['id']}: out of memory on GPU {r.get('gpu')}"
+                   + (f" in an array of {k}" if k > 1 else "") + "; requeued to run alone")
+        return {"status": "queued", "gpu": None, "alone": True, "fuse_max": 1}
+
+    # -- placement ---------------------------------------------------------------------------------------
+
+    def launches(self, runs: list[dict]) -> Iterator[Launch]:
+        devs = self.devices(runs)
+        if not any(d.procs < d.slots and not d.alone for d in devs):
+            return
+        self.d.grouper.learned.update(runs, self.d.result)
+        yield from self.d.grouper.launches(runs, devs, self.d.mark)
+
+    def devices(self, runs: list[dict]) -> list[placement.Device]:
+        """The devices runs may go to now, with what this queue already runs on each. A GPU NVML cannot
+        query is left out (the others are used); the CPU stands in only on a machine without GPUs."""
+        s = self.d.s
+        probe = gpu_info.probe()
+        self._report_gpus(probe)
+        found = probe.usable
+        if s.gpus is not None:
+            found = [g for g in found if g.index in s.gpus]
+        devs = [placement.Device(g.index, g.total_gb, g.free_gb, s.per_gpu) for g in found]
+        if not devs and not probe.gpus and probe.error is None and not probe.seen_gpus:
+            devs = [placement.Device(None, float("inf"), float("inf"), s.cpu_slots)]
+        by_index = {d.index: d for d in devs}
+        running = [r for r in runs if r["status"] == "running"]
+        workers: set[str] = set()
+        for r in running:
+            d = by_index.get(r.get("gpu"))
+            if d is None:
+                continue
+            if r.get("worker") not in workers:  # runs of one worker take one process, its largest estimate
+                workers.add(r.get("worker"))
+                d.procs += 1
+                d.reserved_gb += max((x.get("est_gb") or 0) for x in running if x.get("worker") == r.get("worker"))
+            d.alone = d.alone or bool(r.get("alone"))
+            d.run_ids.append(r["id"])
+        return devs
+
+    def _report_gpus(self, probe: gpu_info.Probe) -> None:
+        """Log NVML's failures when they change (not every tick)."""
+        gpus = self.d.s.gpus
+        lines = [f"GPU {g.index} unusable, left out: {g.error}" for g in probe.gpus if g.error]
+        if probe.error:
+            lines.append(f"{probe.error}; no run is placed until NVML answers" if probe.seen_gpus or gpus
+                         else probe.error)
+        if gpus is not None and probe.gpus and not [g for g in probe.usable if g.index in gpus]:
+            lines.append(f"no usable GPU among --gpus {','.join(map(str, gpus))}")
+        if lines != self._gpu_problems:
+            for line in lines or ["every GPU answers NVML again"]:
+                self.d.log(line)
+            self._gpu_problems = lines
+
+    # -- launch ------------------------------------------------------------------------------------------
+
+    def launch(self, launch: Launch) -> bool:
+        """Mark the runs running (and the placement) in the ledger, then start their process."""
+        dev, worker = launch.device, uuid.uuid4().hex[:10]
+        fresh = self._mark(launch, worker)
+        if not fresh:
+            return False
+        fused = len(fresh) if launch.fused and len(fresh) > 1 else 0
+        env, args, note = self.run_env(dev, fused)
+        for r in fresh:  # a cancel request or a result left from an earlier attempt must not end this one
+            (self.d.root / r["id"] / rundir.CANCEL_FILE).unlink(missing_ok=True)
+            self.d.retire_result(r["id"], r.get("attempts") or 0)
+            _append_line(self.d.root / r["id"] / "train.log", note)
+        dirs = [self.d.root / r["id"] for r in fresh]
+        log = dirs[0] / "train.log" if len(dirs) == 1 else self.d.root / ".workers" / f"{worker}.log"
+        synth = fresh[0]["stage"] == "synth"
+        pid, started = self.spawn(dirs, env, log, "stilts_tui.synth" if synth else "stilts_tui.train",
+                                  [] if synth else args)
+        with self.d.ledger.transaction() as tx:
+            for r in fresh:
+                tx.update_run(r["id"], pid=pid, pid_started=started)
+            cancelled = [r["id"] for r in fresh if tx.get_run(r["id"])["status"] != "running"]
+        if cancelled and len(cancelled) == len(fresh):
+            stop(pid, started, grace=5)
+        dev.procs += 1
+        dev.reserved_gb += launch.est_gb
+        dev.run_ids.extend(r["id"] for r in fresh)
+        dev.alone = dev.alone or bool(fresh[0].get("alone"))
+        where = "CPU" if dev.index is None else f"GPU {dev.index}"
+        how = f", fused as one array of {fused}" if fused else ""
+        self.d.log(f"launched {', '.join(r['id'] for r in fresh)} on {where} (pid {pid}, est {launch.est_gb} GB{how})"
+                   + (f" [{launch.why}]" if launch.why else ""))
+        return True
+
+    def _mark(self, launch: Launch, worker: str) -> list[dict]:
+        """Mark the launch's runs that are still queued as running, and record the placement; those runs.
+        Marked first: a daemon that dies after this adopts the process, never launches it twice."""
+        dev, now, why = launch.device, time.time(), launch.why or None
+        with self.d.ledger.transaction() as tx:
+            fresh = [r for r in launch.runs if (tx.get_run(r["id"]) or {}).get("status") == "queued"]
+            fused = len(fresh) if launch.fused and len(fresh) > 1 else 0
+            for r in fresh:
+                cur = tx.get_run(r["id"])
+                tx.update_run(r["id"], status="running", gpu=dev.index, worker=worker, started=now, pid=None,
+                              pid_started=None, attempts=(cur.get("attempts") or 0) + 1, est_gb=launch.est_gb,
+                              shape=launch.shape, error=None, score=None, fused=fused, fuse_why=why,
+                              executor=self.name, cancel_requested=None, cancel_signalled=None)
+            if fresh:
+                tx.put(tx.db.table("placements"), f"{now:.6f}-{worker}", {
+                    "t": now, "gpu": dev.index, "runs": [r["id"] for r in fresh], "est_gb": launch.est_gb,
+                    "reserved_before_gb": dev.reserved_gb, "procs_before": dev.procs, "slots": dev.slots,
+                    "total_gb": None if dev.index is None else dev.total_gb, "alone": bool(fresh[0].get("alone")),
+                    "others_on_gpu": list(dev.run_ids), "fused": fused, "fuse_why": why})
+        return fresh
+
+    def run_env(self, dev: placement.Device, fused: int) -> tuple[dict[str, str], list[str], str]:
+        """The environment, trainer flags and a train.log line for a process placed on ``dev``. A real
+        GPU placement asks for ``--device cuda``: a CUDA failure then fails the run instead of training
+        on the CPU unnoticed. NVML and CUDA number GPUs alike only in PCI bus order."""
+        env = {"PYTHONUNBUFFERED": "1", "STILTS_FUSE": str(fused), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        if dev.index is None:
+            env.update(STILTS_DEVICE="cpu", CUDA_VISIBLE_DEVICES="",
+                       OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // max(1, self.d.s.cpu_slots))))
+            return env, ["--device", "cpu"], "queue: placed on the CPU (no GPU on this machine)"
+        env["CUDA_VISIBLE_DEVICES"] = str(dev.index)
+        if self.d.mps_dir is not None:
+            env.update(mps.environment(self.d.mps_dir))
+        if gpu_info.fake_spec() is not None:
+            env["STILTS_DEVICE"] = "cpu"
+            return env, ["--device", "cpu"], (f"queue: placed on fake GPU {dev.index} (STILTS_FAKE_GPUS="
+                                              f"{os.environ.get('STILTS_FAKE_GPUS')}): training on the CPU")
+        env["STILTS_DEVICE"] = "cuda"
+        return env, ["--device", "cuda"], (f"queue: placed on GPU {dev.index} (CUDA_VISIBLE_DEVICES={dev.index}, "
+                                           f"--device cuda{', under MPS' if self.d.mps_dir else ''})")
+
+    def spawn(self, dirs: list[Path], env: dict[str, str], log: Path, module: str, args: list[str]
+              ) -> tuple[int, float]:
+        """Start the process; (pid, start time). (Tests replace this to start a stand-in.)"""
+        return launch(dirs, env, log, module, args)
+
+
+def _append_line(path: Path, text: str) -> None:
+    """One stamped line in a run's train.log (the trainer appends after it)."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"[{time.strftime('%H:%M:%S')}] {text}\n")
+    except OSError:
+        pass  # the log line is a courtesy; the launch goes on

@@ -1,7 +1,8 @@
 """The Slurm executor: each run is one batch job. Every Slurm command is an argument list (never a
 shell); the run's ``result.json`` stays the ground truth, Slurm's job state says what happened when
 there is none. Accounting is often off on clusters, so state comes from ``squeue`` and ``scontrol``
-(finished jobs leave both after MinJobAge), and ``sacct`` only where it answers."""
+(finished jobs leave both after MinJobAge), and ``sacct`` only where it answers. `SlurmExecutor` (at the
+end) is the daemon's executor (see `queue/executor.py`)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,20 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stilts_tui.errors import UserError
+from stilts_tui.plan import SLURM_DEFAULTS
+from stilts_tui.queue import checks, placement
+from stilts_tui.queue.executor import FINAL_RESULT, Changes
+from stilts_tui.queue.placement import Launch
 from stilts_tui.slurm_options import MANAGED, option_problem  # noqa: F401 - re-exported for the CLI and daemon
+
+if TYPE_CHECKING:
+    from stilts_tui.queue.daemon import Daemon
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
           "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
@@ -290,3 +300,173 @@ def fit_problem(settings: dict) -> str | None:
     if not any(n.gpus >= gpus for n in nodes):
         return f"--gpus-per-run {gpus}: no node can run it ({have})"
     return f"--cpus-per-run {cpus}, --mem {settings.get('mem')}, --gpus-per-run {gpus}: no one node has all ({have})"
+
+
+# -- the daemon's Slurm executor -------------------------------------------------------------------------
+
+SUBMIT_TRIES = 5  # sbatch refusing one run this many times in a row fails the run
+RETRY_STATES = ("UNKNOWN", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL")  # a job that ended so is requeued
+
+
+class SlurmExecutor:
+    """Each run one batch job. A run is "running" from the moment it is marked for submission until its
+    result is in; its ``job_id`` is recorded after sbatch answers, and a daemon that died in between finds
+    the job by name rather than submitting it again. A child is submitted while its parent is still in
+    Slurm, with ``--dependency=afterok``, so Slurm holds it and cancels it if the parent fails."""
+
+    name = "slurm"
+
+    def __init__(self, daemon: Daemon):
+        self.d = daemon
+        self.jobs: dict[str, JobState] = {}
+
+    # -- state queries ---------------------------------------------------------------------------------
+
+    def observe(self, runs: list[dict]) -> None:
+        self.jobs = states([r["job_id"] for r in runs if r["status"] == "running" and r.get("job_id")])
+
+    def state(self, run: dict) -> JobState:
+        job = run.get("job_id")
+        return self.jobs.get(job, JobState("UNKNOWN")) if job else JobState("UNKNOWN")
+
+    def alive(self, run: dict) -> bool:
+        if not run.get("job_id"):  # submitted before a restart, its id never recorded
+            return self._found(run) is not None
+        return self.state(run).active
+
+    def pending_reason(self, run: dict) -> str | None:
+        st = self.state(run)
+        return st.reason if st.state == "PENDING" else None
+
+    def cancel(self, run: dict, kill: bool = False) -> None:
+        """scancel the run's job (Slurm sends SIGTERM, then SIGKILL after its KillWait); never waits."""
+        job = run.get("job_id") or self._found(run)
+        if job:
+            cancel([job], wait=0)
+
+    def _found(self, run: dict) -> str | None:
+        return find(run["id"], self.d.root, run.get("started") or 0)
+
+    # -- reap ------------------------------------------------------------------------------------------
+
+    def reap(self, runs: list[dict], status: dict[str, str], stats: dict) -> Changes:
+        """What to change for runs in Slurm: ended (from result.json, else the job's state), blocked by a
+        failed parent, or pending for good (``stuck``: reported, left pending)."""
+        changes: Changes = {}
+        for r in runs:
+            if r["status"] != "running" or r.get("cancel_requested"):
+                continue
+            self.d.mark(r["id"])
+            res, job, st = self.d.result(r["id"]), r.get("job_id"), self.state(r)
+            if res and res.get("status") in FINAL_RESULT:
+                changes[r["id"]] = ("running", {
+                    "status": "done" if res["status"] == "done" else "failed", "finished": time.time(),
+                    "score": checks.clean_score(res.get("score")), "error": res.get("error"),
+                    "slurm_state": st.state if job else None, "peak_gpu_mem_gb": res.get("peak_gpu_mem_gb"),
+                    "stuck": None})
+                stats["reaped"] += 1
+            elif not job:
+                self._unrecorded(r, changes, stats)
+            elif st.active and st.reason != NEVER:
+                self._pending(r, st, changes)
+            elif st.reason == NEVER or status.get(r.get("parent")) in ("failed", "cancelled", "blocked"):
+                if st.active:
+                    cancel([job], wait=0)
+                changes[r["id"]] = ("running", {"status": "blocked", "slurm_state": "CANCELLED",
+                                                "slurm_reason": NEVER, "stuck": None})
+                stats["blocked"] += 1
+                self.d.log(f"{r['id']}: parent failed; Slurm job {job} cancelled, run blocked")
+            else:
+                changes[r["id"]] = ("running", self._ended(r, job, st, stats))
+        self.d.mark(None)
+        return changes
+
+    def _unrecorded(self, r: dict, changes: Changes, stats: dict) -> None:
+        """A run marked for submission whose job id was never recorded: find its job, or queue it again."""
+        found = self._found(r)
+        if found:
+            changes[r["id"]] = ("running", {"job_id": found})
+            self.d.log(f"{r['id']}: found job {found} submitted before a restart")
+        elif time.time() - (r.get("started") or 0) > 30:  # marked, never submitted
+            changes[r["id"]] = ("running", {"status": "queued", "attempts": max(0, (r.get("attempts") or 1) - 1)})
+            stats["requeued"] += 1
+
+    def _pending(self, r: dict, st: JobState, changes: Changes) -> None:
+        """Record a job's state as it changes; a pending reason that never clears is reported once."""
+        stuck = stuck_hint(st) if st.state == "PENDING" else None
+        if (st.state, st.reason, stuck) != (r.get("slurm_state"), r.get("slurm_reason"), r.get("stuck")):
+            changes[r["id"]] = ("running", {"slurm_state": st.state, "slurm_reason": st.reason, "stuck": stuck})
+            if stuck and stuck != r.get("stuck"):
+                self.d.log(f"{r['id']}: Slurm job {r['job_id']} {stuck}")
+
+    def _ended(self, r: dict, job: str, st: JobState, stats: dict) -> dict:
+        """The fields of a run whose job left Slurm without a result: requeued (node failure, preemption,
+        a job Slurm forgot) while retries are left, else failed."""
+        why = f"Slurm job {job} ended {st.state}" + (f" ({st.reason})" if st.reason else "")
+        why += " without a result" + self.d.last_line(r)
+        retry = st.state in RETRY_STATES and (r.get("attempts") or 1) <= self.d.s.max_retries
+        fields = {"status": "queued" if retry else "failed", "error": why, "job_id": None,
+                  "slurm_state": st.state, "slurm_reason": st.reason, "stuck": None}
+        if not retry:
+            fields["finished"] = time.time()
+        stats["requeued" if retry else "reaped"] += 1
+        self.d.log(f"{r['id']}: {why} -> {fields['status']}")
+        return fields
+
+    # -- placement and submission ------------------------------------------------------------------------
+
+    def launches(self, runs: list[dict]) -> Iterator[Launch]:
+        yield from placement.slurm_launches(runs, self.d.s.max_jobs)
+
+    def launch(self, launch: Launch) -> bool:
+        """Submit the launch's one run (after its parent's job, if any); sets ``launch.job_id``."""
+        (run,) = launch.runs
+        settings = {**SLURM_DEFAULTS, **self.d.s.slurm, **(self.d.spec(run["id"]).get("slurm") or {})}
+        problem = settings_problem(settings)
+        if problem:  # e.g. a plan's [slurm] sbatch_args naming an option the executor manages
+            self.d.fail_run(run["id"], f"not submitted to Slurm: {problem}")
+            return False
+        cur = self._mark(run)
+        if cur is None:
+            return False
+        self.d.retire_result(run["id"], cur.get("attempts") or 0)  # a result left from an earlier attempt
+        module = "stilts_tui.synth" if run["stage"] == "synth" else "stilts_tui.train"
+        try:
+            job = submit(run["id"], self.d.root / run["id"], settings, module, launch.dependency)
+        except UserError as e:
+            self._refused(run, cur, e)
+            return False
+        with self.d.ledger.transaction() as tx:
+            tx.update_run(run["id"], job_id=job, slurm_state="PENDING", submit_failures=0)
+        launch.job_id = job
+        self.d.log(f"submitted {run['id']} as Slurm job {job}"
+                   + (f" (after job {launch.dependency})" if launch.dependency else ""))
+        return True
+
+    def _mark(self, run: dict) -> dict | None:
+        """Mark the run running before sbatch (a crash after this finds the job, never resubmits); its row
+        as it was, or None if it is no longer queued."""
+        with self.d.ledger.transaction() as tx:
+            cur = tx.get_run(run["id"])
+            if (cur or {}).get("status") != "queued":
+                return None
+            tx.update_run(run["id"], status="running", executor=self.name, gpu=None, started=time.time(), pid=None,
+                          job_id=None, slurm_state="SUBMITTING", slurm_reason="", stuck=None,
+                          attempts=(cur.get("attempts") or 0) + 1, error=None, score=None,
+                          cancel_requested=None, cancel_signalled=None)
+        return cur
+
+    def _refused(self, run: dict, before: dict, e: UserError) -> None:
+        """sbatch refused the run (e.g. the parent's job left Slurm between our read and sbatch): queued to
+        try again next tick; an sbatch that keeps refusing it (a bad account, QOS...) fails it."""
+        tries = (before.get("submit_failures") or 0) + 1
+        with self.d.ledger.transaction() as tx:
+            cur = tx.get_run(run["id"])
+            if cur and cur["status"] == "running" and not cur.get("job_id"):
+                fields = {"status": "queued", "slurm_state": None, "error": str(e), "submit_failures": tries,
+                          "attempts": max(0, (cur.get("attempts") or 1) - 1)}
+                if tries >= SUBMIT_TRIES:
+                    fields.update(status="failed", finished=time.time(),
+                                  error=f"sbatch refused the run {tries} times: {e}")
+                tx.update_run(run["id"], **fields)
+        self.d.log(f"{run['id']}: not submitted: {e}")
