@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE = re.compile(r"^(PASS [\w.+-]+|FAIL [\w.+-]+: .+|INFO [\w.+-]+: .+|FIGURE [\w.+-]+: .+|# .+)$")
+# each PASS/FAIL/INFO/FIGURE line ends with the seconds since the check began: "  [12 s]"
+LINE = re.compile(r"^((PASS [\w.+-]+|FAIL [\w.+-]+: .+|INFO [\w.+-]+: .+|FIGURE [\w.+-]+: .+)  \[\d+ s\]|# .+)$")
 BRANCHES = ["trainer_inductor_buckets_grouped_bf16", "grad_accum2_inductor", "fused3_ragged_buckets",
             "oom_then_next_run"]
 FIGURES = ["peak_memory", "single_run_vs_reference", "single_run_vs_hf_trainer", "grid", "synth"]
@@ -29,13 +30,14 @@ def test_gpu_check_smoke_passes_every_branch_and_prints_the_figures(tmp_path: Pa
     out = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--smoke"], capture_output=True, text=True,
                          env=env, timeout=3000)
     lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
+    bare = [re.sub(r"  \[\d+ s\]$", "", ln) for ln in lines]  # without the seconds
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert not [ln for ln in lines if ln.startswith("FAIL")], out.stdout
     assert [ln for ln in lines if not LINE.match(ln)] == [], "every line is PASS/FAIL/INFO/FIGURE or a # header"
     for name in BRANCHES:
-        assert f"PASS {name}" in lines, f"{name} did not pass:\n{out.stdout}"
+        assert f"PASS {name}" in bare, f"{name} did not pass:\n{out.stdout}"
     for name in ("nvml_doctor", "mps_start_stop"):
-        assert f"INFO {name}: skipped on CPU: no GPU" in lines
+        assert f"INFO {name}: skipped on CPU: no GPU" in bare
     for name in FIGURES:
         assert any(ln.startswith(f"FIGURE {name}: ") for ln in lines), f"no {name} figure:\n{out.stdout}"
     grid = "\n".join(ln for ln in lines if ln.startswith("FIGURE grid: "))
