@@ -3,9 +3,11 @@
 N seeds of two configs (a stable learning rate and an unstable, high one where some runs fail), each
 seed trained alone and as a member of a fused array (``--fuse K``), by the real trainer
 (``python -m stilts_tui.train``), with dropout 0.1. Alone and fused runs of one seed share their
-starting weights and data order; only the dropout masks differ (an array draws them from one stream).
-Per config it prints: the mean of each, the paired mean difference (fused - alone, paired by seed)
-with a seeded BCa bootstrap 95% interval (scipy.stats.bootstrap), the Wilcoxon signed-rank and paired
+starting weights and data order. With ``--dropout-streams member`` (the trainer's default for an
+eager array) each member draws its run's own masks, so the pairs should agree to float rounding;
+``--dropout-streams one`` (one stream for the array, what a compiled array draws) measures the
+distributions. Per config it prints: the mean of each, the paired mean difference (fused - alone,
+paired by seed) with a seeded BCa bootstrap 95% interval (scipy.stats.bootstrap), the Wilcoxon signed-rank and paired
 t tests (scipy.stats), and the failed-run counts (dev score at most the majority-class score plus
 ``--fail-margin``) with McNemar's exact test on the paired failed/not-failed outcomes (a binomial test
 on the discordant pairs) and Fisher's exact test on the counts.
@@ -139,6 +141,9 @@ def main() -> None:
     ap.add_argument("--stable-lr", type=float, default=1e-3)
     ap.add_argument("--unstable-lr", type=float, default=5e-3)
     ap.add_argument("--fail-margin", type=float, default=0.05)
+    ap.add_argument("--dropout-streams", default="member", choices=("member", "one"),
+                    help="the arrays' masks: each member its run's own (the eager default) or one stream for the "
+                         "array (what a compiled array draws)")
     ap.add_argument("--parallel", type=int, default=2, help="trainer processes at a time")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -163,10 +168,12 @@ def main() -> None:
     for name in configs:  # the alone runs in 2 processes a config, each array size K in one
         alone = [str(d) for d in dirs[name]["alone"]]
         jobs += [alone[: len(alone) // 2], alone[len(alone) // 2 :]]
-        jobs.append(["--fuse", str(args.fuse), *map(str, dirs[name]["fused"])])
+        jobs.append(["--fuse", str(args.fuse), "--dropout-streams", args.dropout_streams,
+                     *map(str, dirs[name]["fused"])])
     print(f"workload: random-init RoBERTa {args.size}, dropout {args.dropout}, marker pairs {args.train} train / "
           f"{args.dev} dev (majority class {majority:.3f}), batch {args.batch}, {args.epochs} epochs, "
-          f"max_len {args.max_len}, fp32, CPU; {args.seeds} seeds alone and in arrays of {args.fuse}; in {work}",
+          f"max_len {args.max_len}, fp32, CPU; {args.seeds} seeds alone and in arrays of {args.fuse} "
+          f"(dropout streams: {args.dropout_streams}); in {work}",
           flush=True)
     run_all([j for j in jobs if j], args.parallel)
     out = {"args": {k: str(v) for k, v in vars(args).items()}, "majority": majority, "configs": {}}

@@ -218,11 +218,21 @@ def test_each_member_of_a_fused_array_trains_as_its_run_alone_with_dropout_on(tm
         assert train_run(worker, d)["status"] == "done"
     results = train_group(worker, fused, fuse=True)
     assert [r["status"] for r in results] == ["done"] * 3 and results[0]["setup"]["fused"] == 3
+    assert results[0]["setup"]["dropout_streams"] == "member"
     for a, f, r in zip(alone, fused, results, strict=True):
         la, lf = step_losses(a), step_losses(f)
         assert [s for s, _ in la] == [s for s, _ in lf]
         assert np.allclose([x for _, x in la], [x for _, x in lf], atol=1e-4), (la, lf)
         assert r["metrics"] == result_of(a)["metrics"]
+    if pad == "buckets" and batching == "grouped":  # one stream for the array (what a compiled one draws)
+        from stilts_tui.train.loop import Settings, Worker
+
+        one = [write_tiny_run(tmp_path / "one", f"a{i}000000000a", dropout_workload, seed=s, lr=lr, pad=pad,
+                              batching=batching) for i, (s, lr) in enumerate(runs)]
+        worker = Worker(Settings(device=CPU, compile="off", echo=False, dropout_streams="one"))
+        assert train_group(worker, one, fuse=True)[0]["setup"]["dropout_streams"] == "one"
+        assert not np.allclose([x for _, x in step_losses(one[1])], [x for _, x in step_losses(alone[1])],
+                               atol=1e-4), "one stream for the array should draw other masks than the run alone"
 
 
 SHIFT_MEMBERS = 256

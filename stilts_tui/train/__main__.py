@@ -15,7 +15,7 @@ from stilts_tui.errors import Failure, UserError, report
 PROG = "stilts_tui.train"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m stilts_tui.train", description=__doc__.splitlines()[0])
     ap.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     ap.add_argument("--device", default=os.environ.get("STILTS_DEVICE", "auto"), help="auto | cpu | cuda")
@@ -26,9 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--group", default=os.environ.get("STILTS_GROUP", "auto"), choices=("auto", "on", "off"),
                     help="length-grouped batches: auto (the spec's batching), on, off (uniformly random)")
     ap.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"))
+    ap.add_argument("--dropout-streams", default="member", choices=("member", "one"),
+                    help="fused arrays, eager: each member draws its run's own dropout masks, or one stream for all")
     ap.add_argument("--fuse", type=int, default=int(os.environ.get("STILTS_FUSE", "0") or 0), metavar="K",
                     help="train runs of one shape as arrays of up to K runs (0 or 1: each run alone)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     # compiled kernels are cached beside the runs, shared by every worker (70 s cold -> ~13 s warm)
     cache = args.run_dirs[0].resolve().parent / ".cache"
@@ -65,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             fail_run(Worker(Settings(device=torch.device("cpu"))), d, why)
         report(Failure(why), prog=PROG)
         return 1
-    worker = Worker(Settings(device=device, compile=args.compile, pad=args.pad, attn=args.attn, group=args.group))
+    worker = Worker(Settings(device=device, compile=args.compile, pad=args.pad, attn=args.attn, group=args.group,
+                             dropout_streams=args.dropout_streams))
     groups = fused.arrays(dirs, args.fuse) if args.fuse > 1 else [[d] for d in dirs]
     for group in groups:
         if len(group) > 1 and fused.can_fuse(group[0]):

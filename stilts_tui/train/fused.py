@@ -382,7 +382,7 @@ class ArrayEngine:
         self.loss_fn = self.fused.loss
         if compiled:
             self.loss_fn = torch.compile(self.fused.loss, dynamic=True, backend=hooks.backend() or "inductor")
-        else:  # each member drops what its run alone drops
+        elif setup.dropout_streams == "member":  # each member drops what its run alone drops
             self.fused.streams = MemberStreams([int(m.spec["seed"]) for m in members], torch.device(device))
         self.mode = setup.compile if compiled else "off"
         self.k = self.fused.k

@@ -50,6 +50,7 @@ class Settings:
     pad: str = "auto"  # auto | max | buckets | longest
     attn: str = "sdpa"  # sdpa | eager
     group: str = "auto"  # auto (the spec's batching) | on (grouped) | off (random)
+    dropout_streams: str = "member"  # fused arrays, eager: member (each its run's own) | one (the array's)
     echo: bool | None = None
 
 
@@ -462,6 +463,8 @@ def _train_members(worker: Worker, members: list[Member], fuse: bool) -> None:
         from stilts_tui.train import fused
 
         setup.fused = len(joined)
+        # a compiled graph cannot swap generator states: compiled arrays draw from one stream
+        setup.dropout_streams = "one" if setup.compile != "off" else worker.s.dropout_streams
         engine = fused.ArrayEngine(prep, joined, states, setup, hooks, worker.s.device)
     else:
         engine = AloneEngine(prep, joined[0], setup, hooks, worker.s.device)
