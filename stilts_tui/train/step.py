@@ -30,7 +30,7 @@ class Setup:
     compile: str  # off | inductor | cudagraphs (what was asked; the result says what ran)
     cuda_graphs: bool = False
     fused: int = 0  # runs in the array; 0 alone
-    dropout_streams: str = ""  # arrays: member (each member draws its run's own masks) | one (one stream)
+    dropout_streams: str = "own"  # own (a run alone) | member (each member of an array its run's own) | one
 
     @property
     def amp(self) -> torch.dtype | None:
