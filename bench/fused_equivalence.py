@@ -125,7 +125,7 @@ def pool(files: list[Path], margin: float) -> None:
                margin)
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=32)
     ap.add_argument("--first-seed", type=int, default=1, help="seeds first-seed .. first-seed + seeds - 1")
@@ -149,7 +149,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--pool", type=Path, nargs="+", default=None, metavar="JSON",
                     help="train nothing: report the seeds of earlier invocations' --json files pooled")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if args.pool:
         return pool(args.pool, args.fail_margin)
 
