@@ -44,8 +44,9 @@ def write_runs(work: Path, model: Path, task: dict, name: str, lr: float, seeds:
     """Run folders of one config: the same specs under alone/ and fused/ (paired by seed)."""
     params = {"lr": lr, "batch_size": args.batch, "warmup": 0.1, "epochs": args.epochs, "max_len": args.max_len,
               "weight_decay": 0.01, "grad_accum": 1, "precision": "fp32", "transfer": "all"}
+    modes = ("alone", "fused", "eager") if args.baseline else ("alone", "fused")
     return {mode: [workload.write_run(work / mode, f"{name}-s{s}", model, task, params, s) for s in seeds]
-            for mode in ("alone", "fused")}
+            for mode in modes}
 
 
 def run_all(jobs: list[list[str]], parallel: int) -> None:
@@ -144,6 +145,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--dropout-streams", default="member", choices=("member", "one"),
                     help="the arrays' masks: each member its run's own (the eager default) or one stream for the "
                          "array (what a compiled array draws)")
+    ap.add_argument("--baseline", action="store_true",
+                    help="also train each seed alone with eager attention (the same masks, other rounding): how far "
+                         "a run alone moves under a mere change of arithmetic, to read the fused difference against")
     ap.add_argument("--parallel", type=int, default=2, help="trainer processes at a time")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -174,6 +178,9 @@ def main() -> None:
         jobs += [alone[: len(alone) // 2], alone[len(alone) // 2 :]]
         jobs.append(["--fuse", str(args.fuse), "--dropout-streams", args.dropout_streams,
                      *map(str, dirs[name]["fused"])])
+        if args.baseline:  # the runs alone again, with eager attention: the same masks, other rounding
+            eager = [str(d) for d in dirs[name]["eager"]]
+            jobs += [["--attn", "eager", *eager[: len(eager) // 2]], ["--attn", "eager", *eager[len(eager) // 2 :]]]
     print(f"workload: random-init RoBERTa {args.size}, dropout {args.dropout}, marker pairs {args.train} train / "
           f"{args.dev} dev (majority class {majority:.3f}), batch {args.batch}, {args.epochs} epochs, "
           f"max_len {args.max_len}, fp32, CPU; {args.seeds} seeds alone and in arrays of {args.fuse} "
@@ -186,6 +193,14 @@ def main() -> None:
         fused = np.array([score(d) for d in dirs[name]["fused"]])
         out["configs"][name] = r = compare(alone, fused, majority, args.fail_margin, seed=17)
         report(name, lr, r, args.fail_margin)
+        if args.baseline:
+            eager = np.array([score(d) for d in dirs[name]["eager"]])
+            r["baseline"] = b = compare(alone, eager, majority, args.fail_margin, seed=17)
+            print(f"  baseline, alone with eager attention - alone (the same masks, other rounding): "
+                  f"{b['diff_mean']:+.4f} (sd {b['diff_sd']:.4f}), interval [{b['ci95'][0]:+.4f}, "
+                  f"{b['ci95'][1]:+.4f}], paired t p = {b['paired_t_p']:.3f}; failed {b['failed_fused']}; "
+                  f"{int(np.sum(eager != alone))} of {len(alone)} scores differ (fused: "
+                  f"{int(np.sum(fused != alone))})")
     out["wall_seconds"] = round(time.time() - t0, 1)
     print(f"\nwall time {out['wall_seconds']:.0f} s")
     if args.json:
