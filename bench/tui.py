@@ -288,6 +288,10 @@ def in_flight(exe: str, env: dict, folder: Path) -> dict[str, tuple[list[float],
     found: dict[str, tuple[list[float], float]] = {}
     try:
         wait_screen(session, lambda out: "16 running" in out and " · row 1/" in out, 30)
+        # only the daemon signals runs: a paused one adopts the slow process and carries out the cancel
+        for args in (["queue", "pause"], ["daemon", "start", "--interval", "0.2"]):
+            subprocess.run([sys.executable, "-m", "stilts_tui.cli", "--runs-dir", str(root), *args], check=True,
+                           env={k: v for k, v in env.items() if k != "STILTS_NO_DAEMON"}, capture_output=True)
         out = PaneOutput(session, folder)
         t = time.perf_counter()
         tmux("send-keys", "-t", session, "c")
@@ -313,6 +317,8 @@ def in_flight(exe: str, env: dict, folder: Path) -> dict[str, tuple[list[float],
         found["add"] = (adds, took / ADDS)
     finally:
         tmux("kill-session", "-t", session)
+        subprocess.run([sys.executable, "-m", "stilts_tui.cli", "--runs-dir", str(root), "daemon", "stop"],
+                       capture_output=True)
         slow.kill()
         slow.wait()
     return found
