@@ -555,11 +555,34 @@ def test_tick_cancel_of_one_run_of_a_worker_requeues_the_runs_waiting_in_it(tmp_
     d = tick_daemon(worker_runs=2)
     assert d.tick()["launched"] == 2 and len(d.procs) == 1  # one process trains both, in sequence
     ops.set_paused(runs_dir, True)  # nothing relaunched: the requeue itself is what is checked
+    _begins(runs_dir, first, d.procs[0].pid)  # the worker is training the first run
     ops.cancel(runs_dir, [first], grace=5.0)
     wait(lambda: d.tick() is not None and Ledger(runs_dir).get(first)["status"] == "cancelled", 10, "the cancel")
     assert d.procs[0].wait(timeout=5) == -signal.SIGTERM
     other = Ledger(runs_dir).get(second)
     assert other["status"] == "queued" and other["attempts"] == 0 and other["pid"] is None
+
+
+def _begins(runs_dir, run_id: str, pid: int) -> None:
+    """The trainer's start event for a run its process begins (what the daemon reads a worker's turn from)."""
+    with open(runs_dir / run_id / "events.jsonl", "a") as f:
+        f.write(json.dumps({"t": time.time(), "event": "start", "run_id": run_id, "pid": pid}) + "\n")
+
+
+def test_tick_cancel_of_a_run_waiting_in_a_worker_spares_the_run_it_is_training(tmp_path, runs_dir, tick_daemon):
+    first, second = add_runs(tmp_path, runs_dir, 2)
+    d = tick_daemon(worker_runs=2)
+    assert d.tick()["launched"] == 2 and len(d.procs) == 1
+    # an earlier attempt's start event (another pid) does not count as this worker having begun it
+    _begins(runs_dir, second, d.procs[0].pid + 100000)
+    _begins(runs_dir, first, d.procs[0].pid)  # the worker is training the first; the second waits its turn
+    ops.cancel(runs_dir, [second], grace=1.0)
+    assert d.tick()["cancelled"] == 1
+    assert (runs_dir / second / "cancel.request").exists()  # the worker skips it when its turn comes
+    time.sleep(1.5)  # past the grace: still no signal
+    d.tick()
+    assert d.procs[0].poll() is None and Ledger(runs_dir).get(first)["status"] == "running"
+    assert Ledger(runs_dir).get(second)["status"] == "cancelled"
 
 
 def test_tick_cancel_of_one_run_of_a_fused_array_drops_it_and_the_array_goes_on(tmp_path, runs_dir, tick_daemon):

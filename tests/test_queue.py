@@ -172,3 +172,31 @@ def test_pause_resume_priority_and_logs(tmp_path, runs_dir, tiny_model, queue_en
     assert out.returncode == 0 and "eval epoch 1: acc" in out.stdout
     bad = cli("logs", "../../etc/passwd", runs_dir=runs_dir)
     assert bad.returncode == 2 and "is not a run id" in bad.stderr
+
+
+def _started(runs_dir, run_id: str) -> bool:
+    events = runs_dir / run_id / "events.jsonl"
+    return events.exists() and '"start"' in events.read_text()
+
+
+def test_cancelling_a_run_that_waits_in_a_worker_spares_the_run_the_worker_trains(tmp_path, runs_dir, tiny_model,
+                                                                                  queue_env):
+    """Three runs in one worker process; the second is cancelled while the first trains: the worker is not
+    signalled, the first finishes on its first attempt, the second is skipped, the third trains."""
+    stages = "[target.t]\ntask = \"pair\"\ngrid = { lr = [1e-4, 2e-4, 3e-4] }\n"
+    runs = add(make_plan(tmp_path, tiny_model, stages, baseline=True), runs_dir, queue_env)
+    for r in runs:
+        set_debug(runs_dir, r["id"], sleep_per_step=0.4)
+    start(runs_dir, queue_env, "--worker-runs", "3")
+    first = wait(lambda: next((r["id"] for r in runs if _started(runs_dir, r["id"])), None), 60, "a run to begin")
+    pid, worker = Ledger(runs_dir).get(first)["pid"], Ledger(runs_dir).get(first)["worker"]
+    waiting = [r["id"] for r in runs if r["id"] != first]
+    assert all(Ledger(runs_dir).get(i)["pid"] == pid for i in waiting)  # one worker holds all three
+    out = cli("queue", "cancel", waiting[0], runs_dir=runs_dir, env=queue_env)
+    assert out.returncode == 0 and "cancelled 1 runs" in out.stdout, out.stdout + out.stderr
+    assert Ledger(runs_dir).get(first)["status"] == "running" and psutil.pid_exists(pid)
+    wait(lambda: all_final(runs_dir), 120, "the worker to finish")
+    final = {i: Ledger(runs_dir).get(i) for i in (first, *waiting)}
+    assert final[first]["status"] == "done" and final[first]["attempts"] == 1  # never restarted
+    assert final[waiting[0]]["status"] == "cancelled" and not _started(runs_dir, waiting[0])
+    assert final[waiting[1]]["status"] == "done" and final[waiting[1]]["worker"] == worker  # by the same worker

@@ -256,7 +256,8 @@ class Daemon:
 
     def _carry_out_requests(self, runs: list[dict], stats: dict) -> bool:
         """Cancels that clients asked for (``cancel_requested`` on a running run): a run of a fused array
-        whose process goes on is dropped from the array (a request file its trainer reads each step);
+        whose process goes on is dropped from the array (a request file its trainer reads each step), and
+        a run still waiting its turn in a worker is skipped by it (the same file, read before it starts);
         otherwise the process group gets SIGTERM (Slurm: scancel), SIGKILL once the request's grace
         period has passed, and the run is cancelled once its process is gone (runs that waited in the
         same worker process go back to the queue). Never waits: each tick takes the next step.
@@ -270,7 +271,9 @@ class Daemon:
             mates = [o for o in running if o is not r and r.get("pid") and o.get("pid") == r.get("pid")
                      and o.get("pid_started") == r.get("pid_started") and not o.get("cancel_requested")]
             if self.executor.alive(r):
-                if r.get("fused") and mates:  # one run of a live array: the array drops it, the others go on
+                # one run of a live array (the array drops it), or one still waiting its turn in a worker
+                # (the worker skips it): the process and the runs it is training go on
+                if mates and (r.get("fused") or not self._began(r)):
                     (self.root / r["id"] / rundir.CANCEL_FILE).touch()
                     changes[r["id"]] = ("running", self._cancelled(r, stats))
                 else:
@@ -285,6 +288,22 @@ class Daemon:
         if changes:
             self._commit(changes)
         return bool(changes)
+
+    def _began(self, r: dict) -> bool:
+        """Has the run's process begun training it (a start event from that pid in events.jsonl)? A run
+        that waits in a worker has none yet; one from an earlier attempt names another pid."""
+        try:
+            lines = (self.root / r["id"] / "events.jsonl").read_text(errors="replace").splitlines()
+        except OSError:
+            return False
+        for line in reversed(lines):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("event") == "start":
+                return event.get("pid") == r.get("pid")
+        return False
 
     def _signal(self, r: dict, changes: Changes) -> None:
         """The next step of stopping a cancelled run still alive: SIGTERM once, SIGKILL after the grace."""

@@ -405,6 +405,9 @@ def train_group(worker: Worker, run_dirs: list[Path], fuse: bool) -> list[dict]:
     for d in map(Path, run_dirs):
         m = Member(d, RunLog(d, echo=worker.s.echo), time.time(), result=new_result())
         everyone.append(m)
+        if (d / rundir.CANCEL_FILE).exists():  # cancelled while it waited in this worker: never begun
+            m.finish(worker, "cancelled", "cancelled while it waited for its turn in the worker")
+            continue
         try:
             m.spec = read_spec(d)
             m.result["primary_metric"] = m.spec["task"].get("metric")
@@ -496,10 +499,10 @@ def fit(worker: Worker, members: list[Member], engine, prep: Prepared, setup: Se
         orders = [data.train_order(prep.train.lengths, bs, int(m.spec["seed"]), epoch, setup.batching, buckets)
                   for m in live]
         for b in range(len(orders[0])):
-            if len(live) > 1:
-                live, orders = _drop_cancelled(worker, engine, steplog, live, orders)
-                if not live:
-                    return
+            # a run alone too: a cancel that found it still waiting may land just as it began
+            live, orders = _drop_cancelled(worker, engine, steplog, live, orders)
+            if not live:
+                return
             idx = [o[b] for o in orders]
             own = [data.pad_length(int(prep.train.lengths[i].max()), setup.pad, max_len, buckets) for i in idx]
             parts = Parts([make_batch(prep.train, i, max(own), device, engine.fill_to) for i in idx], own)
@@ -585,7 +588,7 @@ def _drop_cancelled(worker, engine, steplog, live, orders):
     gone = [m for m in live if (m.dir / rundir.CANCEL_FILE).exists()]
     if not gone:
         return live, orders
-    rows = _drop(worker, engine, steplog, live, gone, "cancelled", "cancelled while training in a fused array")
+    rows = _drop(worker, engine, steplog, live, gone, "cancelled", "cancelled while training")
     return [live[i] for i in rows], [orders[i] for i in rows]
 
 
