@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stilts_tui import rundir
 from stilts_tui.errors import UserError
 from stilts_tui.plan import SLURM_DEFAULTS
 from stilts_tui.queue import checks, placement
@@ -430,6 +431,7 @@ class SlurmExecutor:
         if cur is None:
             return False
         self.d.retire_result(run["id"], cur.get("attempts") or 0)  # a result left from an earlier attempt
+        (self.d.root / run["id"] / rundir.CANCEL_FILE).unlink(missing_ok=True)  # ... or a cancel request
         module = "stilts_tui.synth" if run["stage"] == "synth" else "stilts_tui.train"
         try:
             job = submit(run["id"], self.d.root / run["id"], settings, module, launch.dependency)
