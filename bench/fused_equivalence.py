@@ -124,6 +124,23 @@ def pool(files: list[Path], margin: float) -> None:
         fused = np.concatenate([r["configs"][name]["fused"] for r in runs])
         report(name, float(runs[0]["args"][f"{name}_lr"]), compare(alone, fused, runs[0]["majority"], margin, 17),
                margin)
+        if all("baseline" in r["configs"][name] for r in runs):
+            eager = np.concatenate([r["configs"][name]["baseline"]["fused"] for r in runs])
+            report_baseline(alone, fused, eager, runs[0]["majority"], margin)
+
+
+def report_baseline(alone: np.ndarray, fused: np.ndarray, eager: np.ndarray, majority: float, margin: float) -> dict:
+    """The run alone against itself with eager attention (the same masks, other rounding), and the fused
+    runs against that variant: is fused further from the run alone than its own arithmetic moves it?"""
+    b = compare(alone, eager, majority, margin, seed=17)
+    v = compare(eager, fused, majority, margin, seed=17)
+    print(f"  baseline, alone with eager attention - alone (the same masks, other rounding): "
+          f"{b['diff_mean']:+.4f} (sd {b['diff_sd']:.4f}), interval [{b['ci95'][0]:+.4f}, {b['ci95'][1]:+.4f}], "
+          f"paired t p = {b['paired_t_p']:.3f}; failed {b['failed_fused']}; {int(np.sum(eager != alone))} of "
+          f"{len(alone)} scores differ (fused: {int(np.sum(fused != alone))})")
+    print(f"  fused - alone with eager attention: {v['diff_mean']:+.4f} (sd {v['diff_sd']:.4f}), interval "
+          f"[{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}], paired t p = {v['paired_t_p']:.3f}")
+    return b
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -195,12 +212,7 @@ def main() -> None:
         report(name, lr, r, args.fail_margin)
         if args.baseline:
             eager = np.array([score(d) for d in dirs[name]["eager"]])
-            r["baseline"] = b = compare(alone, eager, majority, args.fail_margin, seed=17)
-            print(f"  baseline, alone with eager attention - alone (the same masks, other rounding): "
-                  f"{b['diff_mean']:+.4f} (sd {b['diff_sd']:.4f}), interval [{b['ci95'][0]:+.4f}, "
-                  f"{b['ci95'][1]:+.4f}], paired t p = {b['paired_t_p']:.3f}; failed {b['failed_fused']}; "
-                  f"{int(np.sum(eager != alone))} of {len(alone)} scores differ (fused: "
-                  f"{int(np.sum(fused != alone))})")
+            r["baseline"] = report_baseline(alone, fused, eager, majority, args.fail_margin)
     out["wall_seconds"] = round(time.time() - t0, 1)
     print(f"\nwall time {out['wall_seconds']:.0f} s")
     if args.json:
