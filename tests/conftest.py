@@ -174,6 +174,7 @@ QUEUE_PLAN = """name = "q"
 model = "{model}"
 baseline = {baseline}
 target_seeds = [1]
+{header}
 [defaults]
 epochs = 1
 batch_size = 16
@@ -188,13 +189,14 @@ text_fields = ["s1", "s2"]
 """
 
 
-def make_plan(tmp_path: Path, model: Path, stages: str, baseline: bool = False) -> Path:
-    """A plan of custom pair-task stages (``stages``: TOML) on ``model``, with its data written."""
+def make_plan(tmp_path: Path, model: Path, stages: str, baseline: bool = False, header: str = "") -> Path:
+    """A plan of custom pair-task stages (``stages``: TOML) on ``model``, with its data written
+    (``header``: more top-level keys, e.g. ``on_finish``)."""
     from stilts_tui.demo import pair_rows
 
     write_jsonl(tmp_path / "data/tr.jsonl", pair_rows(48, 1))
     write_jsonl(tmp_path / "data/dv.jsonl", pair_rows(16, 2))
-    text = QUEUE_PLAN.format(model=model, baseline=str(baseline).lower(), stages=stages)
+    text = QUEUE_PLAN.format(model=model, baseline=str(baseline).lower(), stages=stages, header=header)
     return write_text(tmp_path / "q.toml", text)
 
 

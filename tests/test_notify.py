@@ -4,16 +4,12 @@ file with what happened; the app rings the bell when a plan finishes."""
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import signal
 import sys
 from pathlib import Path
 
-import pytest
-from conftest import cli, wait, write_jsonl, write_text
+from conftest import cli, make_plan, wait, write_text
 
-from stilts_tui.demo import pair_rows
 from stilts_tui.ledger import Ledger
 from stilts_tui.queue.notify import PlanWatch
 from stilts_tui.tui.app import StiltsApp
@@ -23,47 +19,13 @@ WRITER = ("import json, os, sys; env = {k: v for k, v in os.environ.items() if k
           "open(os.path.join(sys.argv[1], env['STILTS_EVENT'] + '-' + sys.argv[2] + '.json'), 'w')"
           ".write(json.dumps(env))")
 
-PLAN = """name = "n"
-model = "{model}"
-baseline = true
-target_seeds = [1]
-on_finish = {hook}
-[defaults]
-epochs = 1
-batch_size = 16
-max_len = 24
-[tasks.pair]
-format = "jsonl"
-train = "data/tr.jsonl"
-dev = "data/dv.jsonl"
-kind = "classification"
-text_fields = ["s1", "s2"]
-[target.t]
-task = "pair"
-grid = {{ lr = [1e-4, 2e-4] }}
-"""
-
-
-@pytest.fixture
-def env(runs_dir):
-    env = {"STILTS_FAKE_GPUS": "2x24", "OMP_NUM_THREADS": "1"}
-    yield env
-    cli("daemon", "stop", runs_dir=runs_dir, env=env)
-    for r in Ledger(runs_dir).runs():
-        if r.get("pid"):
-            try:
-                os.killpg(r["pid"], signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-
-def test_a_finished_plan_and_a_failed_run_run_the_commands(tmp_path, runs_dir, tiny_model, env):
+def test_a_finished_plan_and_a_failed_run_run_the_commands(tmp_path, runs_dir, tiny_model, queue_env):
+    env = queue_env
     out_dir = tmp_path / "word"
     out_dir.mkdir()
-    write_jsonl(tmp_path / "data/tr.jsonl", pair_rows(32, 1))
-    write_jsonl(tmp_path / "data/dv.jsonl", pair_rows(16, 2))
     hook = json.dumps([sys.executable, "-c", WRITER, str(out_dir), "plan"])
-    plan = write_text(tmp_path / "n.toml", PLAN.format(model=tiny_model, hook=hook))
+    plan = make_plan(tmp_path, tiny_model, '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4] }\n',
+                     baseline=True, header=f"on_finish = {hook}")
     assert cli("queue", "add", str(plan), runs_dir=runs_dir, env=env).returncode == 0
     bad, good = Ledger(runs_dir).runs()
     spec = json.loads((runs_dir / bad["id"] / "spec.json").read_text())
@@ -77,11 +39,11 @@ def test_a_finished_plan_and_a_failed_run_run_the_commands(tmp_path, runs_dir, t
         done = wait(lambda tag=tag: (out_dir / f"plan_finished-{tag}.json").exists(), what=f"the {tag} command")
         assert done
     word = wait(lambda: _read(out_dir / "plan_finished-daemon.json"), what="the file written")
-    assert word["STILTS_PLAN"] == "n" and word["STILTS_RUNS_DIR"] == str(runs_dir)
+    assert word["STILTS_PLAN"] == "q" and word["STILTS_RUNS_DIR"] == str(runs_dir)
     assert (word["STILTS_TOTAL"], word["STILTS_DONE"], word["STILTS_FAILED"]) == ("2", "1", "1")
     assert json.loads(word["STILTS_COUNTS"])["failed"] == 1
     scores = json.loads(Path(word["STILTS_SCORES"]).read_text())  # the table, written before the command ran
-    assert scores["plan"] == "n" and Path(word["STILTS_SCORES"]).parent == runs_dir / "exports"
+    assert scores["plan"] == "q" and Path(word["STILTS_SCORES"]).parent == runs_dir / "exports"
     assert Path(word["STILTS_SCORES_MD"]).read_text().startswith("| from \\ target |")
     failed_word = [_read(p) for p in out_dir.glob("*-daemon.json")]  # the failure: its own word or the end's
     assert any(bad["id"] in w["STILTS_FAILED_RUNS"].split() for w in failed_word)

@@ -69,22 +69,22 @@ class MemberStreams:
     so each member draws the very masks of its run alone. Eager only: a compiled graph cannot swap states."""
 
     def __init__(self, seeds: list[int], device: torch.device):
-        self.cuda = device if device.type == "cuda" else None
+        # only the generator of the device the masks are drawn on (dropout on CUDA never reads the CPU's)
+        if device.type == "cuda":
+            self.gen = torch.cuda.default_generators[device.index if device.index is not None
+                                                     else torch.cuda.current_device()]
+        else:
+            self.gen = torch.default_generator
         self.states = []
         for seed in seeds:
-            torch.manual_seed(seed)  # the CPU generator and every CUDA one
-            self.states.append((torch.get_rng_state(),
-                                torch.cuda.get_rng_state(self.cuda) if self.cuda is not None else None))
+            self.gen.manual_seed(seed)  # what torch.manual_seed(seed) gives this generator
+            self.states.append(self.gen.get_state())
 
     def draw(self, i: int, fn, *args, **kwargs) -> torch.Tensor:
-        """``fn(*args, **kwargs)`` with member i's stream as the global one."""
-        cpu, cuda = self.states[i]
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state(cuda, self.cuda)
+        """``fn(*args, **kwargs)`` with member i's stream as the device's global one."""
+        self.gen.set_state(self.states[i])
         out = fn(*args, **kwargs)
-        self.states[i] = (torch.get_rng_state(),
-                          torch.cuda.get_rng_state(self.cuda) if self.cuda is not None else None)
+        self.states[i] = self.gen.get_state()
         return out
 
     def keep(self, rows: list[int]) -> None:
