@@ -131,8 +131,8 @@ class Env:
             say("INFO", "trainer", f"{' '.join(flags)}: exit {out.returncode}; not done: {unexpected}")
             for ln in [x for x in out.stderr.strip().splitlines() if x.strip()][-25:]:
                 say("INFO", "trainer", ln[:400])
-        return [json.loads((d / "result.json").read_text()) if (d / "result.json").exists()
-                else {"status": "no result.json", "error": f"trainer exit {out.returncode}: {last}"} for d in dirs]
+        return [results.get(d.name) or {"status": "no result.json", "error": f"trainer exit {out.returncode}: {last}"}
+                for d in dirs]
 
     def cli(self, *args: str, root: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "stilts_tui.cli", "--runs-dir", str(root or self.runs), *args],

@@ -234,3 +234,19 @@ def set_debug(runs_dir: Path, run_id: str, **debug) -> None:
 def placements(runs_dir: Path) -> list[dict]:
     data = json.loads((runs_dir / "ledger.json").read_text())
     return sorted(data.get("placements", {}).values(), key=lambda p: p["t"])
+
+
+def fused_inputs(family: str, kind: str, k: int, b: int = 5, t: int = 12):
+    """Different inputs for each of k models (ids, types, mask, labels), most sequences padded at the end."""
+    import torch
+
+    pad = 1 if family == "roberta" else 0
+    gen = torch.Generator().manual_seed(7)
+    shape = (k, b, 3, t) if kind == "multiple_choice" else (k, b, t)
+    ids = torch.randint(4, 60, shape, generator=gen)
+    lengths = torch.randint(4, t + 1, shape[:-1], generator=gen)
+    mask = (torch.arange(t) < lengths.unsqueeze(-1)).long()
+    ids = torch.where(mask.bool(), ids, torch.full_like(ids, pad))
+    types = (torch.arange(t) >= (lengths // 2).unsqueeze(-1)).long() * mask if family == "bert" else None
+    labels = torch.randint(0, 3, (k, b), generator=gen)
+    return ids, types, mask, labels

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import fused_inputs
 
 from stilts_tui.train import workload
 
@@ -45,21 +46,6 @@ def _models(kind: str, family: str, k: int):
     return config, out
 
 
-def _inputs(family: str, kind: str, k: int, b: int = 5, t: int = 12):
-    """Different inputs for each run, with padding at the end of most sequences."""
-    pad = 1 if family == "roberta" else 0
-    gen = torch.Generator().manual_seed(7)
-    shape = (k, b, 3, t) if kind == "multiple_choice" else (k, b, t)
-    ids = torch.randint(4, 60, shape, generator=gen)
-    lengths = torch.randint(4, t + 1, shape[:-1], generator=gen)
-    mask = (torch.arange(t) < lengths.unsqueeze(-1)).long()
-    ids = torch.where(mask.bool(), ids, torch.full_like(ids, pad))
-    types = None
-    if family == "bert":
-        types = (torch.arange(t) >= (lengths // 2).unsqueeze(-1)).long() * mask
-    labels = torch.randint(0, 3, (k, b), generator=gen)
-    return ids, types, mask, labels
-
 
 @pytest.mark.parametrize("family", ["roberta", "bert"])
 @pytest.mark.parametrize("kind", ["classification", "multiple_choice"])
@@ -70,7 +56,7 @@ def test_fused_logits_and_gradients_equal_each_model_alone(family, kind):
 
     k = 3
     config, models = _models(kind, family, k)
-    ids, types, mask, labels = _inputs(family, kind, k)
+    ids, types, mask, labels = fused_inputs(family, kind, k)
     fused = FusedEncoder(config, kind, models[0].base_model_prefix,
                          [dict(m.named_parameters()) for m in models], torch.device("cpu"))
     weights = torch.ones(labels.shape)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import result_of, step_losses, write_tiny_run
+from conftest import fused_inputs, result_of, step_losses, write_tiny_run
 
 from stilts_tui.train.fused import FusedEncoder
 
@@ -41,19 +41,6 @@ def _models(family: str, kind: str, k: int, p_attn: float = P_ATTN, attn: str = 
     return config, out
 
 
-def _inputs(family: str, kind: str, k: int, b: int = 5, t: int = 12):
-    """Different inputs for each member, most sequences padded at the end."""
-    pad = 1 if family == "roberta" else 0
-    gen = torch.Generator().manual_seed(7)
-    shape = (k, b, 3, t) if kind == "multiple_choice" else (k, b, t)
-    ids = torch.randint(4, 60, shape, generator=gen)
-    lengths = torch.randint(4, t + 1, shape[:-1], generator=gen)
-    mask = (torch.arange(t) < lengths.unsqueeze(-1)).long()
-    ids = torch.where(mask.bool(), ids, torch.full_like(ids, pad))
-    types = (torch.arange(t) >= (lengths // 2).unsqueeze(-1)).long() * mask if family == "bert" else None
-    labels = torch.randint(0, 3, (k, b), generator=gen)
-    return ids, types, mask, labels
-
 
 def _alone_loss(model, ids, types, mask, labels) -> torch.Tensor:
     kw = {"input_ids": ids, "attention_mask": mask, **({"token_type_ids": types} if types is not None else {})}
@@ -81,7 +68,7 @@ def test_an_array_of_one_draws_the_masks_of_the_model_alone_so_equals_it_in_trai
     same 1/(1-p) scale gives the same loss and gradients. RoBERTa's multiple-choice head drops with
     hidden_dropout_prob, every other head with classifier_dropout (here 0.3, not 0.1)."""
     config, (model,) = _models(family, kind, 1, attn=attn)
-    ids, types, mask, labels = _inputs(family, kind, 1)
+    ids, types, mask, labels = fused_inputs(family, kind, 1)
     fused = _fused(config, kind, [model])
     torch.manual_seed(11)
     total, _ = fused.loss(ids, types, mask, labels, torch.ones(labels.shape), None)
@@ -125,7 +112,7 @@ def test_each_member_equals_its_model_alone_under_its_slice_of_the_arrays_masks(
     dropout is SDPA's own draw, off here; the array-of-one test covers it.)"""
     k = 3
     config, models = _models(family, kind, k, p_attn=0.0)
-    ids, types, mask, labels = _inputs(family, kind, k)
+    ids, types, mask, labels = fused_inputs(family, kind, k)
     fused = _fused(config, kind, models)
     masks = Masks()
     monkeypatch.setattr(torch.nn.functional, "dropout", masks)
@@ -145,7 +132,7 @@ def test_each_member_equals_its_model_alone_under_its_slice_of_the_arrays_masks(
 @pytest.mark.parametrize(("family", "kind"), CASES)
 def test_evaluation_runs_without_dropout_and_training_resumes_with_it(family, kind):
     config, models = _models(family, kind, 2)
-    ids, types, mask, _ = _inputs(family, kind, 2)
+    ids, types, mask, _ = fused_inputs(family, kind, 2)
     fused = _fused(config, kind, models)
     torch.manual_seed(1)
     first = fused.logits(ids, types, mask, None)
@@ -249,7 +236,7 @@ def training_loss_samples(members: int = SHIFT_MEMBERS) -> tuple[np.ndarray, np.
     model.classifier.dropout.p = P_HIDDEN
     with torch.no_grad():
         model.classifier.out_proj.weight.mul_(30)
-    ids, _, mask, labels = _inputs("roberta", "classification", 1, b=8)
+    ids, _, mask, labels = fused_inputs("roberta", "classification", 1, b=8)
     fused = _fused(config, "classification", [model] * members)
     with torch.no_grad():
         torch.manual_seed(5)
