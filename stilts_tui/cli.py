@@ -15,8 +15,9 @@ import typer
 
 from stilts_tui import plan as plans
 from stilts_tui import rundir, tasks
+from stilts_tui.contract import CANCEL_GRACE_S, SETTLED, STATUSES, TRAIN_LOG
 from stilts_tui.errors import UserError
-from stilts_tui.ledger import STATUSES, Ledger
+from stilts_tui.ledger import Ledger
 from stilts_tui.queue.settings import DEFAULTS as DAEMON
 from stilts_tui.queue.settings import EXECUTORS, parse_fuse, parse_gpus
 from stilts_tui.queue.settings import help_of as _dh
@@ -297,7 +298,7 @@ PlanOpt = Annotated[str | None, typer.Option("--plan", help="every run of this p
 
 @queue_app.command("cancel")
 def queue_cancel(ctx: typer.Context, run_ids: RunIds = None, plan: PlanOpt = None,
-                 grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = 10.0,
+                 grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = CANCEL_GRACE_S,
                  no_wait: Annotated[bool, typer.Option("--no-wait", help="return once the daemon is asked")] = False
                  ) -> None:
     """Cancel runs: queued ones never start; running ones are stopped by the daemon (their whole process
@@ -625,7 +626,7 @@ def logs(
     ledger = Ledger(root)
     if ledger.get(run_id) is None and not d.is_dir():
         raise UserError(f"no run '{run_id}' in {ledger.path}")
-    path = d / "train.log"
+    path = d / TRAIN_LOG
     pos = 0
     while True:
         if path.exists():
@@ -637,7 +638,7 @@ def logs(
                 sys.stdout.write(chunk)
                 sys.stdout.flush()
         run = ledger.get(run_id) or {}
-        if not follow or run.get("status") in ("done", "failed", "cancelled", "blocked"):
+        if not follow or run.get("status") in SETTLED:
             return
         time.sleep(0.5)
 

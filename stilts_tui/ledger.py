@@ -33,6 +33,8 @@ from tinydb import TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Document, Table
 
+from stilts_tui.contract import FINAL as FINAL  # re-exported: older callers read ledger.FINAL / STATUSES
+from stilts_tui.contract import LEDGER_FILE, STATUSES
 from stilts_tui.errors import UserError, failure_from_os, first_line
 from stilts_tui.rundir import new_file_mode
 
@@ -40,8 +42,6 @@ from stilts_tui.rundir import new_file_mode
 # ledger (ext4 without auto_da_alloc, xfs, NFS...). bench/ledger.py measures the cost.
 FSYNC = os.environ.get("STILTS_LEDGER_FSYNC", "1") not in ("", "0")
 
-STATUSES = ("queued", "running", "done", "failed", "cancelled", "blocked")
-FINAL = ("done", "failed", "cancelled")  # a run in these never changes again unless retried
 INT64 = 2**63
 
 
@@ -101,7 +101,7 @@ class Ledger:
 
     def __init__(self, runs_dir: str | Path, lock_timeout: float = 120.0):
         self.dir = Path(runs_dir)
-        self.path = self.dir / "ledger.json"
+        self.path = self.dir / LEDGER_FILE
         self._lock_timeout = lock_timeout
         self._lock_obj = None  # made on the first transaction: readers (the TUI's first frame) never import filelock
         self._cache: dict = {}

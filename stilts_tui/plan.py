@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stilts_tui import rundir, tasks
+from stilts_tui import contract, rundir, tasks
 from stilts_tui.errors import PlanError, UserError
 from stilts_tui.slurm_options import option_problem
 from stilts_tui.synth.settings import DEFAULTS as SYNTH_DEFAULTS
@@ -111,13 +111,7 @@ HYPER = {
     "max_train_samples": _int(1),
     "max_dev_samples": _int(1),
 }
-# The reference's settings are the defaults (fp32, uniformly random batches, one clip a step);
-# anything faster is an opt-in named in the plan (see docs/plans.md).
-DEFAULTS = {
-    "lr": 1e-5, "batch_size": 8, "warmup": 0.1, "epochs": 3, "max_len": 128,
-    "weight_decay": 0.0, "grad_accum": 1, "precision": "fp32", "batching": "random", "pad": "auto",
-    "clip": "step", "fuse": False, "transfer": "all",
-}
+DEFAULTS = contract.TRAINING_DEFAULTS  # the reference's settings; the run contract holds them
 DATA_KEYS = {"task": _str(), "data_dir": _str(), "train_file": _str(), "dev_file": _str()}
 STAGE_KEYS = {
     "intermediate": {**DATA_KEYS, **HYPER, "seeds": _int_list(), "seed": _int(0), "keep_checkpoint": _bool()},
@@ -564,7 +558,7 @@ def expand(plan: Plan) -> list[Run]:
         if "corpus_file" in params:
             params["corpus_file"] = _resolve(plan.dir, params["corpus_file"])
             params.pop("corpus")
-        spec = {"name": "synth", "kind": "synth", "out": "data"}
+        spec = {"name": "synth", "kind": "synth", "out": contract.SYNTH_DATA_DIR}
         r = add("synth", sname, "synth", None, params["seed"], params, {}, None, spec,
                 {"task": "synth", "corpus_file": sdef.get("corpus_file")})
         synth_ids[sname] = r.id
@@ -693,10 +687,10 @@ def spec_for(run: Run, plan: Plan, runs_root: Path) -> dict:
     task = dict(run.task_spec)
     # paths inside the runs-dir are built from run ids only (checked: never from names in the plan)
     if task.get("from_run"):  # the output of a synth run of this plan
-        task["data_dir"] = str(rundir.run_dir(runs_root, task["from_run"]) / "data")
+        task["data_dir"] = str(rundir.run_dir(runs_root, task["from_run"]) / contract.SYNTH_DATA_DIR)
     if run.parent and run.stage == "target":  # an intermediate's parent (a synth run) gives data, not weights
         model = {"source": "parent", "parent": run.parent, "name": plan.model,
-                 "path": str(rundir.run_dir(runs_root, run.parent) / "checkpoint")}
+                 "path": str(rundir.run_dir(runs_root, run.parent) / contract.CHECKPOINT_DIR)}
     else:
         model = {"source": "path" if run.model.get("path") else "hub", **run.model}
     if run.stage == "synth":

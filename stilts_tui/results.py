@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from stilts_tui import rundir
+from stilts_tui.contract import SPEC_FILE
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.ledger import Ledger
 
@@ -415,7 +416,7 @@ def _cell(root: Path, inter: str, target: str, seed: int | None, members: list[d
         if setup is not None:
             if setup not in setups:
                 setups.append(setup)
-            asked = _asked(rundir.read_run_file(root, m["id"], "spec.json"))
+            asked = _asked(rundir.read_run_file(root, m["id"], SPEC_FILE))
             off_plan += [f"{k} {asked[k]}->{setup.get(k)}" for k in asked if k in setup and setup[k] != asked[k]]
     cell = Cell(inter, target, seed, len(values), len(members) - len(values), values, keyed=keyed, setups=setups)
     if values:
@@ -432,7 +433,7 @@ def _majorities(root: Path, runs: list[dict], metrics: dict[str, str], notes: li
     """Each target's majority-class score on its dev set (targets whose labels cannot be read: a note)."""
     out: dict[str, float] = {}
     for target, metric in metrics.items():
-        specs = (rundir.read_run_file(root, r["id"], "spec.json") for r in runs if r["name"] == target)
+        specs = (rundir.read_run_file(root, r["id"], SPEC_FILE) for r in runs if r["name"] == target)
         spec = next((s for s in specs if s and isinstance(s.get("task"), dict)), None)
         if spec is None:
             notes.append(f"failed runs of {target}: no spec.json to find its dev set")

@@ -8,10 +8,11 @@ import re
 import tempfile
 from pathlib import Path
 
+from stilts_tui.contract import CANCEL_FILE as CANCEL_FILE  # re-exported: rundir.CANCEL_FILE is the older name
+from stilts_tui.contract import RESULT_FILE, attempt_result_name
 from stilts_tui.errors import UserError
 
 RUN_ID_RE = re.compile(r"[0-9a-f]{12}")  # used with fullmatch: `$` would accept a trailing newline
-CANCEL_FILE = "cancel.request"  # `queue cancel` writes it into a run of a fused array; the array drops the run
 
 
 def runs_dir(value: str | Path | None = None) -> Path:
@@ -39,13 +40,23 @@ def read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def read_run_file(root: str | Path, run_id: str, name: str = "result.json") -> dict | None:
+def read_run_file(root: str | Path, run_id: str, name: str = RESULT_FILE) -> dict | None:
     """A run folder's JSON file (its ``result.json`` by default) as an object, or None: missing, damaged, or a
     ledger row whose id is not a run id. For readers that show what there is; the daemon checks its own."""
     try:
         return read_json(run_dir(root, run_id) / name)
     except UserError:
         return None
+
+
+def retire_result(run_folder: Path, attempt: int) -> None:
+    """Keep a finished attempt's ``result.json`` beside the run (``result.attemptN.json``), out of the way
+    of the next attempt; nothing when there is none."""
+    src = run_folder / RESULT_FILE
+    try:
+        os.replace(src, run_folder / attempt_result_name(attempt))
+    except FileNotFoundError:
+        pass
 
 
 _UMASK: int | None = None

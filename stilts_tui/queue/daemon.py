@@ -23,8 +23,21 @@ import psutil
 from filelock import FileLock, Timeout
 
 from stilts_tui import rundir
+from stilts_tui.contract import (
+    BLOCKING,
+    CANCEL_FILE,
+    CANCEL_GRACE_S,
+    EVENTS_FILE,
+    FINAL,
+    RESULT_FILE,
+    SPEC_FILE,
+    TRAIN_LOG,
+    UNBLOCKING,
+    WORKERS_DIR,
+    Status,
+)
 from stilts_tui.errors import UserError, first_line, report
-from stilts_tui.ledger import FINAL, Ledger, LedgerError, run_problems
+from stilts_tui.ledger import Ledger, LedgerError, run_problems
 from stilts_tui.queue import checks, mps, notify, placement
 from stilts_tui.queue.executor import Changes, Executor, new_stats
 from stilts_tui.queue.executors import local
@@ -34,7 +47,6 @@ from stilts_tui.queue.settings import EXECUTORS, Settings, help_of, parse_fuse, 
 MAX_ARRAY = placement.MAX_ARRAY  # --fuse auto: at most this many runs in one array
 ROW_DEFAULTS = {"attempts": 0, "priority": 0, "order": 0, "added": 0}  # a damaged row field is reset to these
 MAX_BACKOFF_S = 60.0  # a tick that keeps failing is retried at most this far apart
-CANCEL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL for a cancel request that names none
 
 
 def _num(x: object) -> float:
@@ -138,7 +150,7 @@ class Daemon:
     def spec(self, run_id: str) -> dict:
         """The run's spec.json, checked; a missing, unreadable or damaged one is a :class:`BadRun`."""
         if run_id not in self._specs:
-            path = self.root / run_id / "spec.json"
+            path = self.root / run_id / SPEC_FILE
             try:
                 spec = json.loads(path.read_text(encoding="utf-8"))
             except FileNotFoundError:
@@ -153,7 +165,7 @@ class Daemon:
 
     def result(self, run_id: str) -> dict | None:
         """The run's result.json, checked; None while there is none. A damaged one is a :class:`BadRun`."""
-        path = self.root / run_id / "result.json"
+        path = self.root / run_id / RESULT_FILE
         try:
             res = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -167,13 +179,11 @@ class Daemon:
 
     def retire_result(self, run_id: str, attempt: int) -> None:
         """Keep a finished attempt's result beside the run, out of the way of the next attempt."""
-        src = self.root / run_id / "result.json"
-        if src.exists():
-            os.replace(src, src.with_name(f"result.attempt{attempt}.json"))
+        rundir.retire_result(self.root / run_id, attempt)
 
     def last_line(self, run: dict) -> str:
         """": " and the last line its worker or the run wrote, for an error; "" when there is none."""
-        for path in (self.root / ".workers" / f"{run.get('worker')}.log", self.root / run["id"] / "train.log"):
+        for path in (self.root / WORKERS_DIR / f"{run.get('worker')}.log", self.root / run["id"] / TRAIN_LOG):
             try:
                 lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
             except OSError:
@@ -274,7 +284,7 @@ class Daemon:
                 # one run of a live array (the array drops it), or one still waiting its turn in a worker
                 # (the worker skips it): the process and the runs it is training go on
                 if mates and (r.get("fused") or not self._began(r)):
-                    (self.root / r["id"] / rundir.CANCEL_FILE).touch()
+                    (self.root / r["id"] / CANCEL_FILE).touch()
                     changes[r["id"]] = ("running", self._cancelled(r, stats))
                 else:
                     self._signal(r, changes)
@@ -293,7 +303,7 @@ class Daemon:
         """Has the run's process begun training it (a start event from that pid in events.jsonl)? A run
         that waits in a worker has none yet; one from an earlier attempt names another pid."""
         try:
-            lines = (self.root / r["id"] / "events.jsonl").read_text(errors="replace").splitlines()
+            lines = (self.root / r["id"] / EVENTS_FILE).read_text(errors="replace").splitlines()
         except OSError:
             return False
         for line in reversed(lines):
@@ -307,7 +317,7 @@ class Daemon:
 
     def _signal(self, r: dict, changes: Changes) -> None:
         """The next step of stopping a cancelled run still alive: SIGTERM once, SIGKILL after the grace."""
-        grace = _num(r.get("cancel_grace")) if r.get("cancel_grace") is not None else CANCEL_GRACE
+        grace = _num(r.get("cancel_grace")) if r.get("cancel_grace") is not None else CANCEL_GRACE_S
         if not r.get("cancel_signalled"):
             self.executor.cancel(r)
             changes[r["id"]] = ("running", {"cancel_signalled": time.time()})
@@ -329,16 +339,16 @@ class Daemon:
                 status[rid] = f["status"]
         for r in runs:
             st, parent = status[r["id"]], r.get("parent")
-            if not parent or st not in ("queued", "blocked"):
+            if not parent or st not in (Status.QUEUED, Status.BLOCKED):
                 continue
             pst = status.get(parent)
-            new = ("blocked" if st == "queued" and pst in ("failed", "cancelled", "blocked") else
-                   "queued" if st == "blocked" and pst in ("queued", "running", "done") else None)
+            new = (Status.BLOCKED if st == Status.QUEUED and pst in BLOCKING else
+                   Status.QUEUED if st == Status.BLOCKED and pst in UNBLOCKING else None)
             if new is None:
                 continue
             changes[r["id"]] = (r["status"], {**changes.get(r["id"], ("", {}))[1], "status": new})
             status[r["id"]] = new
-            stats["blocked" if new == "blocked" else "unblocked"] += 1
+            stats["blocked" if new == Status.BLOCKED else "unblocked"] += 1
         if changes:
             self._commit(changes)
 

@@ -28,9 +28,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from stilts_tui.contract import ACTIVE, STATUSES, Status
+
 ENV_VAR = "STILTS_ON_FINISH"
 LOG_NAME = "notify.log"
-STATUSES = ("done", "failed", "cancelled", "blocked", "queued", "running")
 
 
 def command_from_env() -> list[str] | None:
@@ -62,14 +63,14 @@ class PlanWatch:
             status = r.get("status")
             if status in counts:
                 counts[status] += 1
-            if status == "failed":
+            if status == Status.FAILED:
                 failed.add(str(r.get("id")))
         return out
 
     def update(self, runs: list) -> list[dict]:
         """Events since the last call: {"event", "plan", "counts", "failed_runs"}, one a plan at most."""
         now = self.summarise(runs)
-        state = {p: (c["queued"] + c["running"] == 0, f) for p, (c, f) in now.items()}
+        state = {p: (sum(c[s] for s in ACTIVE) == 0, f) for p, (c, f) in now.items()}
         before, self.seen = self.seen, state
         if before is None:
             return []

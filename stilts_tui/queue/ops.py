@@ -16,6 +16,7 @@ from pathlib import Path
 
 from stilts_tui import plan as plans
 from stilts_tui import rundir
+from stilts_tui.contract import CANCEL_GRACE_S, CANCELLABLE, RETRYABLE, SPEC_FILE, Status
 from stilts_tui.errors import PREFIX, Failure, UserError
 from stilts_tui.ledger import Ledger
 
@@ -38,7 +39,7 @@ def add_plan(plan_path: str | Path, root: Path, priority: int = 0,
     known = {r["id"] for r in ledger.runs()}
     fresh = [r for r in runs if r.id not in known]
     for r in fresh:
-        rundir.write_json_atomic(rundir.run_dir(root, r.id) / "spec.json", plans.spec_for(r, plan, root))
+        rundir.write_json_atomic(rundir.run_dir(root, r.id) / SPEC_FILE, plans.spec_for(r, plan, root))
     added = ledger.add_runs([r.record() for r in fresh], priority=priority)
     ledger.set_plan(plan.name, {"file": str(plan.path), "updated": time.time(), "runs": len(runs)})
     _remove_orphans(root, plan.name, known | {r.id for r in runs})
@@ -51,9 +52,9 @@ def _remove_orphans(root: Path, plan_name: str, keep: set[str]) -> None:
         if d.name in keep or not d.is_dir() or d.name.startswith("."):
             continue
         try:
-            if [x.name for x in d.iterdir()] != ["spec.json"]:
+            if [x.name for x in d.iterdir()] != [SPEC_FILE]:
                 continue  # something ran here, or it is not ours: keep it
-            if json.loads((d / "spec.json").read_text()).get("plan") == plan_name:
+            if json.loads((d / SPEC_FILE).read_text()).get("plan") == plan_name:
                 shutil.rmtree(d)
         except (OSError, ValueError, AttributeError):
             continue
@@ -90,14 +91,14 @@ class CancelOutcome:
     daemon: bool = False
 
 
-def cancel(root: Path, run_ids: list[str], plan: str | None = None, grace: float = 10.0) -> CancelOutcome:
+def cancel(root: Path, run_ids: list[str], plan: str | None = None, grace: float = CANCEL_GRACE_S) -> CancelOutcome:
     """Cancel queued, blocked and running runs. A queued or blocked run is cancelled here (no process
     holds it). For a running run this only writes a request to the ledger (``cancel_requested``, and
     ``cancel_grace``: seconds between SIGTERM and SIGKILL); the daemon carries it out on its next tick
     (stops the process group or scancels the job, then records the cancel), so no client ever signals a
     process. With no daemon running the request waits for the next one, which carries it out first."""
     ledger = Ledger(root)
-    targets = _select(ledger, run_ids, plan, ("queued", "blocked", "running"))
+    targets = _select(ledger, run_ids, plan, tuple(CANCELLABLE))
     out = CancelOutcome()
     now = time.time()
     with ledger.transaction() as tx:
@@ -107,7 +108,7 @@ def cancel(root: Path, run_ids: list[str], plan: str | None = None, grace: float
                 if not cur.get("cancel_requested"):
                     tx.update_run(r["id"], cancel_requested=now, cancel_grace=float(grace))
                 out.requested.append(r["id"])
-            elif cur["status"] in ("queued", "blocked"):
+            elif cur["status"] in (Status.QUEUED, Status.BLOCKED):
                 tx.update_run(r["id"], status="cancelled", finished=now)
                 out.done.append(r["id"])
     out.daemon = bool(out.requested) and daemon_status(root) is not None
@@ -130,16 +131,14 @@ def wait_cancelled(root: Path, run_ids: list[str], timeout: float) -> list[str]:
 def retry(root: Path, run_ids: list[str], failed: bool = False) -> list[str]:
     """Queue failed, cancelled (or blocked) runs again, as fresh attempts."""
     ledger = Ledger(root)
-    targets = _select(ledger, run_ids, None, ("failed",) if failed else None)
+    targets = _select(ledger, run_ids, None, (Status.FAILED,) if failed else None)
     done = []
     with ledger.transaction() as tx:
         for r in targets:
             cur = tx.get_run(r["id"])
-            if cur["status"] not in ("failed", "cancelled", "blocked"):
+            if cur["status"] not in RETRYABLE:
                 continue
-            res = rundir.run_dir(root, r["id"]) / "result.json"
-            if res.exists():
-                os.replace(res, res.with_name(f"result.attempt{cur.get('attempts', 0)}.json"))
+            rundir.retire_result(rundir.run_dir(root, r["id"]), cur.get("attempts") or 0)
             tx.update_run(r["id"], status="queued", attempts=0, alone=False, error=None, score=None, pid=None,
                           gpu=None)
             done.append(r["id"])

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stilts_tui.contract import EVENTS_FILE
 from stilts_tui.ledger import Ledger
 from stilts_tui.queue import gpus as gpu_info
 
@@ -45,7 +46,7 @@ class ProgressReader:
         self._state: dict[str, tuple[int, Progress]] = {}
 
     def read(self, run_id: str) -> Progress:
-        path = self.root / run_id / "events.jsonl"
+        path = self.root / run_id / EVENTS_FILE
         pos, prog = self._state.get(run_id, (0, Progress()))
         try:
             size = path.stat().st_size

@@ -11,9 +11,13 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
+from stilts_tui.contract import Status
 from stilts_tui.fmt import duration
 from stilts_tui.tui.data import ProgressReader, Snapshot
 from stilts_tui.tui.widgets.run_table import RunTable
+
+# sorting by status: what needs attention first (running, then failed), what is over last
+STATUS_SORT = (Status.RUNNING, Status.FAILED, Status.QUEUED, Status.BLOCKED, Status.DONE, Status.CANCELLED)
 
 STATUS_STYLE = {"queued": "cyan", "running": "bold yellow", "done": "green", "failed": "bold red",
                 "cancelled": "magenta", "blocked": "red"}
@@ -121,8 +125,8 @@ class QueueScreen(Screen):
                                                      ("id", "plan", "stage", "task", "intermediate", "status",
                                                       "name")).lower() or f in grid_text(r.get("grid")).lower()]
         if self.sort == "status":
-            order = {s: i for i, s in enumerate(("running", "failed", "queued", "blocked", "done", "cancelled"))}
-            runs = sorted(runs, key=lambda r: order.get(r["status"], 9))
+            order = {s: i for i, s in enumerate(STATUS_SORT)}
+            runs = sorted(runs, key=lambda r: order.get(r["status"], len(order)))
         elif self.sort == "score":
             runs = sorted(runs, key=lambda r: -(r.get("score") if isinstance(r.get("score"), float) else -1))
         elif self.sort == "task":

@@ -18,6 +18,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Input, Log, Static
 
+from stilts_tui.contract import TRAIN_LOG
 from stilts_tui.tui.data import tail_lines
 
 ERROR_RE = re.compile(r"(error|traceback|exception|failed|out of memory|\boom\b)", re.IGNORECASE)
@@ -46,7 +47,7 @@ class LogPane(Vertical):
     def __init__(self, root: Path, run_id: str, **kw):
         super().__init__(**kw)
         self.root, self.run_id = root, run_id
-        self.path = root / run_id / "train.log"
+        self.path = root / run_id / TRAIN_LOG
         self._lines: deque[str] = deque(maxlen=MAX_LINES)
         self._pending: list[str] = []
         self._lock = threading.Lock()
