@@ -157,9 +157,17 @@ class Result:
 
 CANCEL_GRACE_S = 10.0  # seconds between SIGTERM and SIGKILL when a cancel names no grace
 
-# params a run may carry beyond the defaults; absent means "the trainer decides" (documented in docs/plans.md):
-# compile auto, evaluation batch max(batch_size, 32), every train and dev example, no checkpoint for a target
-OPTIONAL_PARAMS = ("compile", "eval_batch_size", "max_train_samples", "max_dev_samples", "keep_checkpoint")
+# params a run may carry beyond the defaults, and what their absence means (they enter a run's params, and
+# so its id, only when a plan sets them): compile "auto" (the trainer decides), evaluation batch None
+# (max(batch_size, 32)), every train and dev example, no checkpoint kept (intermediates always keep one)
+OPTIONAL_PARAMS: dict[str, object] = {"compile": "auto", "eval_batch_size": None, "max_train_samples": None,
+                                      "max_dev_samples": None, "keep_checkpoint": False}
+
+
+def optional(params: dict, key: str) -> object:
+    """An optional param's value: the run's own, else what its absence means (:data:`OPTIONAL_PARAMS`)."""
+    return params[key] if params.get(key) is not None else OPTIONAL_PARAMS[key]
+STAGES = ("synth", "intermediate", "target")  # a plan's stages, in expansion order
 TRAINED_STAGES = ("intermediate", "target")  # the stages the trainer runs (synth runs have their own params)
 
 

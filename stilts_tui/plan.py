@@ -30,7 +30,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-STAGES = ("synth", "intermediate", "target")
+STAGES = contract.STAGES
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 INT64_MAX = 2**63 - 1
 MAX_DEPTH = 16  # tables and lists inside each other; a plan needs 3
@@ -698,8 +698,7 @@ def spec_for(run: Run, plan: Plan, runs_root: Path) -> dict:
     return {
         "run_id": run.id, "plan": plan.name, "plan_file": str(plan.path), "stage": run.stage,
         "name": run.name, "intermediate": run.intermediate, "task": task, "model": model,
-        "params": run.params, "seed": run.seed, "parent": run.parent,
-        "precision": run.params.get("precision", "auto"),
-        "keep_checkpoint": bool(run.params.get("keep_checkpoint", run.stage == "intermediate")),
+        "params": run.params, "seed": run.seed, "parent": run.parent,  # precision: in params alone
+        "keep_checkpoint": run.params.get("keep_checkpoint") is True,  # expansion sets it for intermediates
         "slurm": dict(plan.slurm),
     }

@@ -97,17 +97,3 @@ def write_json_atomic(path: Path, obj: object, fsync: bool = False) -> None:
             pass
         raise
 
-
-def array_key(spec: dict) -> str | None:
-    """Runs with one key can train as one array: same task and data, tokenizer (model source), length,
-    batch, steps, precision, batching, padding and clipping. None for runs that always train alone."""
-    p = spec.get("params") or {}
-    if spec.get("stage") not in ("intermediate", "target") or p.get("precision") == "fp16":
-        return None
-    model = spec.get("model") or {}
-    return json.dumps({"task": spec.get("task") or {}, "base": model.get("name"), "max_len": p.get("max_len"),
-                       "batch_size": p.get("batch_size"), "grad_accum": p.get("grad_accum", 1),
-                       "epochs": p.get("epochs"), "precision": p.get("precision", "auto"),
-                       "max_train_samples": p.get("max_train_samples"), "max_dev_samples": p.get("max_dev_samples"),
-                       "eval_batch_size": p.get("eval_batch_size"), "batching": p.get("batching", "random"),
-                       "pad": p.get("pad", "auto"), "clip": p.get("clip", "step")}, sort_keys=True, default=str)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stilts_tui import rundir
+from stilts_tui.contract import TRAINED_STAGES, array_key, shape_key
 
 # parameter counts of common encoders, for the first estimate of a hub model
 KNOWN_PARAMS = {
@@ -37,22 +37,18 @@ def model_params(model: dict) -> float:
     return KNOWN_PARAMS.get(model.get("name", ""), DEFAULT_PARAMS)
 
 
-def shape_key(run: dict, spec: dict) -> str:
-    """Runs of one shape use the same memory and speed: model, batch, max_len, task kind and choices,
-    precision (bf16 activations take half of fp32's)."""
-    p = spec.get("params", {})
-    task = spec.get("task", {})
-    return json.dumps([spec.get("model", {}).get("name"), p.get("batch_size"), p.get("max_len"),
-                       task.get("kind"), task.get("num_choices"), p.get("precision", "fp32")])
+GENERATION_LEN = 128  # tokens of a synthesis batch's texts, for its memory formula (a synth run has no max_len)
 
 
 def formula_gb(spec: dict) -> float:
     """A safe first estimate: weights, gradients and AdamW state in fp32 (16 bytes a parameter, plus
-    bf16 copies) and activations growing with batch x choices x length."""
+    bf16 copies) and activations growing with batch x choices x length. The spec is checked
+    (queue/checks.py): a trained run's params hold every training default."""
     params = model_params(spec.get("model", {}))
-    p = spec.get("params", {})
+    p = spec["params"]
     choices = spec.get("task", {}).get("num_choices") or 1
-    tokens = p.get("batch_size", 8) * choices * p.get("max_len", 128)
+    length = p["max_len"] if spec.get("stage") in TRAINED_STAGES else GENERATION_LEN
+    tokens = p["batch_size"] * choices * length
     act = tokens * 1.2e-3 * (params / 355e6)
     return round(max(1.0, 18 * params / 2**30 + act), 2)
 
@@ -236,7 +232,7 @@ class Grouper:
         """A run's memory estimate (GB) and its shape: the measured peak a run of its shape (an array's
         peak / K) with a margin, else the formula."""
         spec = self.spec(run["id"])
-        key = shape_key(run, spec)
+        key = shape_key(spec)
         share = self.learned.shape(key).share_gb
         if share is not None:
             return round(share * MARGIN + 0.25, 2), key
@@ -244,7 +240,7 @@ class Grouper:
 
     def array_key(self, run_id: str) -> str | None:
         if run_id not in self._array_keys:
-            self._array_keys[run_id] = rundir.array_key(self.spec(run_id))
+            self._array_keys[run_id] = array_key(self.spec(run_id))
         return self._array_keys[run_id]
 
     def fuse_mode(self, run: dict) -> tuple[str, str] | None:
@@ -280,7 +276,7 @@ class Grouper:
         if mode is None or key is None or r.get("alone") or cap < 2:
             return [r], None, ""
         sizing, why = mode
-        shape = shape_key(r, self.spec(r["id"]))
+        shape = shape_key(self.spec(r["id"]))
         measured = self.learned.shape(shape)
         if sizing == "auto":
             if all(d.index is None for d in devs):
