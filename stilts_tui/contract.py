@@ -25,6 +25,7 @@ SYNTH_DATA_DIR = "data"  # a synth run's output task files
 # the runs-dir's own files and folders
 LEDGER_FILE = "ledger.json"
 WORKERS_DIR = ".workers"  # one log per worker process that trains several runs
+DAEMON_TICKS_FILE = "daemon.ticks"  # the number of ticks the running daemon has finished (waiters poll it)
 
 _ATTEMPT_RE = re.compile(r"result\.attempt(\d+)\.json")
 
