@@ -16,7 +16,6 @@ import math
 import os
 import re
 import stat
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,11 +23,7 @@ from stilts_tui import contract, rundir, tasks
 from stilts_tui.errors import PlanError, UserError
 from stilts_tui.slurm_options import option_problem
 from stilts_tui.synth.settings import DEFAULTS as SYNTH_DEFAULTS
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from stilts_tui.tomlio import tomllib
 
 STAGES = contract.STAGES
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -92,11 +91,7 @@ class PlanWatch:
 def plan_command(root: Path, plan: str) -> list[str] | None:
     """A plan's own ``on_finish`` list, read from its file as the ledger recorded it (None without one)."""
     from stilts_tui.ledger import Ledger
-
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
+    from stilts_tui.tomlio import tomllib
     info = Ledger(root).plans().get(plan) or {}
     try:
         data = tomllib.loads(Path(info["file"]).read_text(encoding="utf-8"))
