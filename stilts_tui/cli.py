@@ -624,6 +624,7 @@ def logs(
     path = d / TRAIN_LOG
     pos = 0
     while True:
+        over = not follow or (ledger.get(run_id) or {}).get("status") in SETTLED  # before the read: its last lines
         if path.exists():
             with open(path, encoding="utf-8", errors="replace") as f:
                 f.seek(pos)
@@ -632,8 +633,7 @@ def logs(
             if chunk:
                 sys.stdout.write(chunk)
                 sys.stdout.flush()
-        run = ledger.get(run_id) or {}
-        if not follow or run.get("status") in SETTLED:
+        if over:
             return
         time.sleep(0.5)
 
