@@ -692,20 +692,18 @@ def doctor(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Check GPUs (and the run behind each GPU process), driver, MPS, hub reachability, disk and the daemon;
     each line ok or what to do."""
     import shutil
-    import socket
 
     from stilts_tui.queue import ops
+    from stilts_tui.tasks.data import hub_reachable
 
     root = _root(ctx)
     info = ops.daemon_status(root)
     checks, report = _gpu_checks(root)
     mps_line, mps_ok = _mps_check(root, info, checks)
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=3).close()
-        hub = True
+    hub = hub_reachable()  # $HF_ENDPOINT, as the trainer and `tasks show` see it
+    if hub:
         checks.append(("ok", "Hugging Face Hub reachable"))
-    except OSError:
-        hub = False
+    else:
         checks.append(("warn", "Hugging Face Hub unreachable: set data_dir and local model folders in plans"))
     root.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(root).free / 2**30

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from stilts_tui import contract, rundir, tasks
 from stilts_tui.errors import PlanError, UserError
-from stilts_tui.slurm_options import option_problem
+from stilts_tui.slurm_options import MANAGED, option_problem  # the one rule, with the Slurm executor
 from stilts_tui.synth.settings import DEFAULTS as SYNTH_DEFAULTS
 from stilts_tui.tomlio import tomllib
 
@@ -128,11 +128,6 @@ SLURM_NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
 SLURM_TIME_RE = re.compile(r"^(\d+-\d{1,2}(:\d{2}){0,2}|\d+(:\d{2}){0,2})$")  # sbatch --time formats
 SLURM_MEM_RE = re.compile(r"^\d+[KMGT]?$")
 SLURM_FLAG_RE = re.compile(r"^--[a-z][a-z0-9-]*(=[^\x00\n]*)?$")
-# sbatch options the executor sets itself: giving them again would break tracking or dependencies
-SLURM_MANAGED = {"job-name", "output", "error", "open-mode", "dependency", "kill-on-invalid-dep", "parsable",
-                 "wrap", "chdir", "array", "gres", "gpus", "partition", "account", "time", "mem", "cpus-per-task",
-                 "qos", "hold", "test-only", "wait"}
-
 
 def _slurm_flags(v: object) -> bool:
     if not isinstance(v, list):
@@ -155,7 +150,7 @@ SLURM_KEYS = {
     "cpus": _int(1, 1024),
     "mem": ((lambda v: isinstance(v, str) and bool(SLURM_MEM_RE.match(v))), 'a memory size like "32G" or "16000M"'),
     "sbatch_args": (_slurm_flags, 'a list of "--flag" or "--flag=value" sbatch options other than those the '
-                    "executor sets (" + ", ".join(sorted(SLURM_MANAGED)) + ")"),
+                    "executor sets or that break its tracking (" + ", ".join(sorted(MANAGED)) + ")"),
 }
 SLURM_DEFAULTS = {"gpus": 1, "cpus": 4}
 

@@ -76,3 +76,24 @@ def test_the_demo_runs_in_the_app_to_its_scores(tmp_path):
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
         cli("daemon", "stop", runs_dir=runs_dir)
+
+
+def test_doctor_checks_the_hub_at_hf_endpoint(runs_dir):
+    import json
+    import socket
+
+    with socket.socket() as listener:  # a stand-in hub on this machine, for the length of the test
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        up = cli("doctor", "--json", runs_dir=runs_dir, env={"HF_ENDPOINT": f"http://127.0.0.1:{port}"})
+    down = cli("doctor", "--json", runs_dir=runs_dir, env={"HF_ENDPOINT": f"http://127.0.0.1:{port}"})
+    assert json.loads(up.stdout)["hub_reachable"] is True and json.loads(down.stdout)["hub_reachable"] is False
+
+
+def test_a_plan_refusing_a_managed_sbatch_option_names_the_executors_whole_set(tmp_path):
+    plan = write_text(tmp_path / "p.toml", 'name = "p"\nmodel = "roberta-large"\n[target.rte]\ntask = "rte"\n'
+                      '[slurm]\nsbatch_args = ["--export-file=/tmp/x"]\n')
+    out = cli("plan", "validate", str(plan))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "key 'slurm.sbatch_args'" in out.stderr and "export-file" in out.stderr  # slurm_options.MANAGED's
