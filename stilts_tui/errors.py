@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import sys
 
+from stilts_tui.fmt import terminal_safe
+
 PROG = "stilts-tui"
 PREFIX = f"{PROG}: error: "  # what :func:`report` puts before the line; readers of a child's stderr strip it
 
@@ -82,5 +84,5 @@ def report(e: BaseException, prog: str = PROG) -> int:
         line, code = os_error_line(e), 1
     else:
         line, code = f"{type(e).__name__}: {first_line(e)}", 1
-    print(f"{prog}: error: {line}", file=sys.stderr)
+    print(f"{prog}: error: {terminal_safe(line)}", file=sys.stderr)  # a newline in a name stays one line
     return code

@@ -11,6 +11,8 @@ from pathlib import Path
 from stilts_tui.errors import UserError
 
 RUN_ID_RE = re.compile(r"[0-9a-f]{12}")  # used with fullmatch: `$` would accept a trailing newline
+WORKER_RE = re.compile(r"[0-9a-f]{8,32}")  # a worker's name (its log: .workers/NAME.log), hex as the daemon writes
+ADDED_MARK = ".queued-by-stilts"  # `queue add` writes it into each run folder it makes: the folders it may remove
 CANCEL_FILE = "cancel.request"  # `queue cancel` writes it into a run of a fused array; the array drops the run
 
 
@@ -34,7 +36,7 @@ def read_json(path: Path) -> dict | None:
     """A JSON object from a file, or None (missing, unreadable, not JSON, not an object)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested 100,000 deep
         return None
     return data if isinstance(data, dict) else None
 
@@ -46,6 +48,18 @@ def read_run_file(root: str | Path, run_id: str, name: str = "result.json") -> d
         return read_json(run_dir(root, run_id) / name)
     except UserError:
         return None
+
+
+def retire_result(path: Path, attempt: int) -> Path | None:
+    """Move a finished attempt's ``result.json`` aside as ``result.attemptN.json``: N the attempt, or the
+    next number free (a run retried twice keeps both earlier results). Where it went, or None."""
+    if not path.exists():
+        return None
+    n = max(0, attempt)
+    while (dest := path.with_name(f"result.attempt{n}.json")).exists():
+        n += 1
+    os.replace(path, dest)
+    return dest
 
 
 _UMASK: int | None = None
