@@ -78,8 +78,8 @@ def failure_from_os(e: OSError, doing: str = "") -> Failure:
 
 def report(e: BaseException, prog: str = PROG) -> int:
     """Print ``PROG: error: ONE LINE`` on stderr for a UserError or an OSError; its exit status."""
-    if isinstance(e, UserError):
-        line, code = first_line(e, 500), e.exit_code
+    if isinstance(e, UserError):  # its message is one line: a newline in it (a file's name) is shown as \n
+        line, code = (str(e).strip() or type(e).__name__)[:500], e.exit_code
     elif isinstance(e, OSError):
         line, code = os_error_line(e), 1
     else:
