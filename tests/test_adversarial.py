@@ -375,7 +375,8 @@ def test_on_finish_is_the_one_recorded_at_add_never_a_later_edit(tmp_path, runs_
     shown = cli("plan", "show", str(plan), runs_dir=runs_dir)
     assert shown.returncode == 0 and "on_finish: " in shown.stdout and str(tmp_path / "added") in shown.stdout
     as_json = json.loads(cli("plan", "show", str(plan), "--json", runs_dir=runs_dir).stdout)
-    assert as_json["on_finish"] == json.loads(hook("added"))
+    recorded = as_json["on_finish"]  # the program resolved as the daemon runs it
+    assert Path(recorded[0]) == Path(sys.executable).resolve() and recorded[1:] == json.loads(hook("added"))[1:]
     assert "on_finish: " in cli("plan", "validate", str(plan), runs_dir=runs_dir).stdout
     add(plan, runs_dir, queue_env)
     plan.write_text(plan.read_text().replace(hook("added"), hook("edited")))
@@ -555,3 +556,91 @@ def test_a_plan_file_whose_name_holds_a_newline_is_named_on_one_line(tmp_path, r
     plan.write_text("name = \n")
     line = one_line(cli("plan", "validate", str(plan), runs_dir=runs_dir))
     assert "bad\\nname.toml" in line
+
+
+async def test_the_app_shows_lines_after_a_huge_one_and_escapes_what_files_and_rows_hold(runs_dir, small_plan):
+    """Items 9 and 12, in the real app: a train.log line over 4 MiB hid every later line in the log pane;
+    escape sequences in log lines and in a row's names reached the terminal through the pane and the table."""
+    from textual.widgets import DataTable, Log
+
+    from stilts_tui.tui.app import StiltsApp
+    from stilts_tui.tui.widgets.log_pane import LogPane
+
+    assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
+    row = Ledger(runs_dir).runs()[0]
+    edit_rows(runs_dir, **{row["id"]: {**row, "status": "running", "plan": f"small{ESC}", "grid": [1, 2]}})
+    (runs_dir / row["id"] / "train.log").write_text(f"first {ESC}\n" + "x" * (5 << 20) + "\nafter the long line\n")
+    async with StiltsApp(runs_dir, keymap={}).run_test(size=(170, 40)) as pilot:
+        table = pilot.app.screen.query_one(DataTable)
+        while not table.row_count:
+            await pilot.pause()
+        cells = [str(c) for c in table.get_row(row["id"])]
+        assert "\x1b" not in "".join(cells) and "small\\x1b" in cells[1]
+        table.move_cursor(row=[table.coordinate_to_cell_key((i, 0)).row_key.value
+                               for i in range(table.row_count)].index(row["id"]))
+        await pilot.press("l")
+        while not list(pilot.app.screen.query(LogPane)):
+            await pilot.pause()
+        log = pilot.app.screen.query_one(LogPane).query_one(Log)
+        while not (log.lines and log.lines[-1] == "after the long line"):
+            await pilot.pause(0.05)
+        assert not any("\x1b" in x or "\x07" in x for x in log.lines) and log.lines[0].startswith("first \\x1b")
+
+
+def test_logs_follow_ends_when_the_run_folder_is_removed(runs_dir, small_plan):
+    """Item 12: `logs -f` on a run folder that is deleted followed forever."""
+    assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
+    rid = Ledger(runs_dir).runs()[0]["id"]
+    Ledger(runs_dir).update(rid, status="running")
+    (runs_dir / rid / "train.log").write_text("step 1\n")
+    proc = subprocess.Popen([str(CONSOLE), "logs", rid, "-f"], env={**os.environ, "STILTS_RUNS_DIR": str(runs_dir)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "step 1\n"
+    import shutil
+
+    shutil.rmtree(runs_dir / rid)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and len(err.strip().splitlines()) == 1 and "removed" in err, err
+
+
+def test_a_daemon_whose_lock_file_was_deleted_is_still_the_only_one_and_stops(runs_dir):
+    """Item 12: daemon.lock deleted under a running daemon let a second start; `daemon stop` then could not
+    reach the first."""
+    first = start(runs_dir, {})
+    (runs_dir / "daemon.lock").unlink()
+    assert "already running" in one_line(cli("daemon", "start", runs_dir=runs_dir))
+    wait(lambda: (runs_dir / "daemon.lock").exists(), 30, "the daemon to lock a new daemon.lock")
+    assert "already running" in one_line(cli("daemon", "start", runs_dir=runs_dir))
+    assert cli("daemon", "stop", runs_dir=runs_dir).returncode == 0
+    wait(lambda: not psutil.pid_exists(first["pid"]) or psutil.Process(first["pid"]).status() == psutil.STATUS_ZOMBIE,
+         30, "the first daemon to stop")
+    assert "no daemon is running" in cli("daemon", "status", runs_dir=runs_dir).stdout
+
+
+def test_a_runs_dir_where_no_lock_can_be_made_is_one_line_at_once(tmp_path):
+    """Item 12: a runs-dir of /proc/1 blocked `queue pause` for 120 s (filelock retried as if locked)."""
+    out = cli("queue", "pause", runs_dir=Path("/proc/1"), timeout=30)
+    answers_in_one_line(out, (1, 2))
+    assert "ledger" in out.stderr
+
+
+def test_a_symlinked_ledger_stays_a_symlink(tmp_path, runs_dir, small_plan):
+    """Item 12: a symlinked ledger.json was replaced by a regular file."""
+    assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
+    real = tmp_path / "elsewhere" / "ledger.json"
+    real.parent.mkdir()
+    (runs_dir / "ledger.json").rename(real)
+    (runs_dir / "ledger.json").symlink_to(real)
+    assert cli("queue", "pause", runs_dir=runs_dir).returncode == 0
+    assert (runs_dir / "ledger.json").is_symlink() and json.loads(real.read_text())["meta"]["paused"]["value"]
+    assert len(json.loads(real.read_text())["runs"]) == 13
+
+
+def test_a_backup_that_is_a_directory_is_said_not_silently_dropped(runs_dir, small_plan):
+    """Item 12: a ledger.json.bak that is a directory silently disabled the backup."""
+    assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
+    before = (runs_dir / "ledger.json").read_bytes()
+    (runs_dir / "ledger.json.bak").unlink()
+    (runs_dir / "ledger.json.bak").mkdir()
+    assert "ledger.json.bak is a directory" in one_line(cli("queue", "pause", runs_dir=runs_dir))
+    assert (runs_dir / "ledger.json").read_bytes() == before
