@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stilts_tui import rundir
+from stilts_tui.errors import UserError
 from stilts_tui.fmt import terminal_safe
 from stilts_tui.ledger import Ledger
 from stilts_tui.queue import gpus as gpu_info
@@ -49,11 +51,11 @@ class ProgressReader:
         self._state: dict[str, tuple[int, Progress]] = {}
 
     def read(self, run_id: str) -> Progress:
-        path = self.root / run_id / "events.jsonl"
         pos, prog = self._state.get(run_id, (0, Progress()))
         try:
+            path = rundir.run_dir(self.root, run_id) / "events.jsonl"  # a damaged row's id never becomes a path
             size = path.stat().st_size
-        except FileNotFoundError:
+        except (FileNotFoundError, UserError):
             return prog
         if size < pos:  # the file was replaced (a retried run): start over
             pos, prog = 0, Progress()
