@@ -499,10 +499,22 @@ def to_json(t: ScoreTable) -> str:
         d["majority_score"] = d.pop("majority")
         d["min_attainable_p"] = d.pop("min_p")
         cells.append(d)
-    return json.dumps({"plan": t.plan, "metric": t.metric, "metrics": t.metrics, "by_seed": t.by_seed,
-                       "std": STD_NOTE, "bootstrap": BOOT, "failed_rule": FAILED_NOTE, "test": test_note(t),
-                       "alpha": t.alpha, "without_failed": t.without_failed, "rows": t.rows, "targets": t.targets,
-                       "notes": t.notes, "cells": cells}, indent=2)
+    doc = {"plan": t.plan, "metric": t.metric, "metrics": t.metrics, "by_seed": t.by_seed,
+           "std": STD_NOTE, "bootstrap": BOOT, "failed_rule": FAILED_NOTE, "test": test_note(t),
+           "alpha": t.alpha, "without_failed": t.without_failed, "rows": t.rows, "targets": t.targets,
+           "notes": t.notes, "cells": cells}
+    return json.dumps(_finite(doc), indent=2, allow_nan=False)
+
+
+def _finite(value: object) -> object:
+    """JSON has no Infinity or NaN (a mean of scores near 1e308 overflows): such numbers become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 FAILED_NOTE = (f"a run failed when its dev score is at or below the majority-class score of the target's dev "

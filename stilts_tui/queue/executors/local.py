@@ -225,7 +225,7 @@ class LocalExecutor:
         devs = self.devices(runs)
         if not any(d.procs < d.slots and not d.alone for d in devs):
             return
-        self.d.grouper.learned.update(runs, self.d.result)
+        self.d.grouper.learned.update(runs, self.d.final_result)
         yield from self.d.grouper.launches(runs, devs, self.d.mark)
 
     def devices(self, runs: list[dict]) -> list[placement.Device]:

@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from stilts_tui.contract import Status
-from stilts_tui.fmt import duration
+from stilts_tui.fmt import duration, terminal_safe
 from stilts_tui.tui.data import ProgressReader, Snapshot
 from stilts_tui.tui.widgets.run_table import RunTable
 
@@ -130,7 +130,7 @@ class QueueScreen(Screen):
         elif self.sort == "score":
             runs = sorted(runs, key=lambda r: -(r.get("score") if isinstance(r.get("score"), float) else -1))
         elif self.sort == "task":
-            runs = sorted(runs, key=lambda r: (r["task"], r.get("intermediate") or ""))
+            runs = sorted(runs, key=lambda r: (str(r.get("task")), str(r.get("intermediate") or "")))
         return runs
 
     def cells(self, r: dict, snap: Snapshot) -> list:
@@ -145,8 +145,8 @@ class QueueScreen(Screen):
             where = f"job {r['job_id']}"
             if r.get("slurm_state") in ("PENDING", "SUBMITTING"):
                 waiting = f"pending ({r.get('slurm_reason')})" if r.get("slurm_reason") else "pending"
-        return [r["id"], r["plan"], r["stage"], r["task"], r.get("intermediate") or "", str(r.get("seed", "")),
-                grid_text(r.get("grid")), status, where,
+        names = (terminal_safe(r.get(k) or "") for k in ("id", "plan", "stage", "task", "intermediate"))
+        return [*names, str(r.get("seed", "")), terminal_safe(grid_text(r.get("grid"))), status, where,
                 (bar(prog.fraction) if prog else waiting) if r["status"] == "running"
                 else ("✓" if r["status"] == "done" else ""),
                 f"{prog.loss:.4f}" if prog and prog.loss is not None and r["status"] == "running" else "",
