@@ -6,6 +6,7 @@ Exit status: 0 on success, 2 on bad input (one line on stderr, no traceback), 1 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -41,9 +42,10 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output 
 
 
 def _console():
+    """Rich output for a terminal; piped or redirected, never cut to 80 columns (full ids and values)."""
     from rich.console import Console
 
-    return Console()
+    return Console() if sys.stdout.isatty() else Console(width=100_000, soft_wrap=True)
 
 
 def _root(ctx: typer.Context) -> Path:
@@ -196,6 +198,46 @@ def plan_validate(path: PlanPath, max_runs: MaxRuns = None) -> None:
     c = plans.counts(runs)
     typer.echo(f"{path}: ok — {len(runs)} runs ({c['synth']} synth, {c['intermediate']} intermediate, "
                f"{c['target']} target)")
+    lines, unreachable = _data_sources(runs)
+    for line in lines:
+        typer.echo(line)
+    if unreachable:  # right but offline: a warning, never a failure
+        typer.echo(f"warning: the Hugging Face Hub ({_hub_url()}) is unreachable now: {', '.join(unreachable)} "
+                   "cannot load their data until it is (or set data_dir to local files)", err=True)
+
+
+def _hub_url() -> str:
+    return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+
+
+def _data_sources(runs: list) -> tuple[list[str], list[str]]:
+    """Where each stage's data comes from and whether it is there now: one line a stage; and the stages
+    that need the hub while it is unreachable (checked once, through $HF_ENDPOINT)."""
+    from stilts_tui.tasks import data
+
+    lines, offline, hub_ok = [], [], None
+    for r in {(r.stage, r.name): r for r in runs}.values():
+        where, spec = f"  [{r.stage}.{r.name}]", r.task_spec
+        if r.stage == "synth":
+            lines.append(f"{where} synthesis: GPT-2 writes it (corpus "
+                         f"{r.params.get('corpus_file') or r.params.get('corpus')})")
+        elif spec.get("from_run"):
+            lines.append(f"{where} {r.task}: the output of synth run {spec['from_run']}")
+        elif any(data.file_for(spec, s) for s in data.SPLITS):
+            missing = data.missing_files(spec)
+            files = data.required_files(spec)
+            state = "present" if not missing else f"{len(missing)} of {len(files)} missing"
+            lines.append(f"{where} {r.task}: local files {os.path.commonpath([str(f) for f in files])} ({state})")
+        elif spec.get("hub"):
+            hub_ok = data.hub_reachable() if hub_ok is None else hub_ok
+            name = "/".join(x for x in spec["hub"] if x)
+            lines.append(f"{where} {r.task}: Hugging Face Hub {name} "
+                         f"({'reachable' if hub_ok else 'unreachable now'}: {_hub_url()})")
+            if not hub_ok:
+                offline.append(f"[{r.stage}.{r.name}]")
+        else:
+            lines.append(f"{where} {r.task}: no source (no hub copy, no data_dir)")
+    return lines, offline
 
 
 @plan_app.command("rehearse")
@@ -515,7 +557,9 @@ def daemon_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     if info is None:
         typer.echo(f"no daemon is running on {_root(ctx)}")
     else:
-        typer.echo(f"daemon running (pid {info.get('pid')}) on {_root(ctx)}: {info.get('settings')}")
+        typer.echo(f"daemon running (pid {info.get('pid')}) on {_root(ctx)}")
+        for key, value in (info.get("settings") or {}).items():  # one setting a line, as `daemon start` takes it
+            typer.echo(f"  {key.replace('_', '-')}: {'default' if value is None else value}")
     if mps_line:
         typer.echo(mps_line)
     typer.echo(("paused; " if ledger.meta("paused") else "") + ", ".join(f"{v} {k}" for k, v in counts.items()))
@@ -545,15 +589,25 @@ def queue_ls(
         return
     from rich.table import Table
 
-    table = Table("id", "plan", "stage", "task", "from", "seed", "grid", "status", "gpu", "score", box=None)
+    table = Table("id", "plan", "stage", "task", "from", "seed", "grid", "status", "gpu", "score", "reason",
+                  box=None)
+    status = {r["id"]: r["status"] for r in ledger.runs()}
     for r in runs:
         grid = plans.grid_text(r.get("grid"))
         score = f"{r['score']:.4f}" if isinstance(r.get("score"), (int, float)) else ""
         table.add_row(r["id"], r["plan"], r["stage"], r["task"], r.get("intermediate") or "", str(r.get("seed", "")),
-                      grid, r["status"], "" if r.get("gpu") is None else str(r["gpu"]), score)
+                      grid, r["status"], "" if r.get("gpu") is None else str(r["gpu"]), score, _reason(r, status))
     _console().print(table)
     typer.echo(f"{len(runs)} runs", err=True)
     _warn_stuck(runs)
+
+
+def _reason(run: dict, status: dict[str, str]) -> str:
+    """Why a run failed, is blocked or stuck, in one line ("" for a run with nothing to say)."""
+    if run["status"] == "blocked" and run.get("parent"):
+        return f"parent {run['parent']} {status.get(run['parent'], 'missing')}"
+    why = run.get("error") or run.get("stuck")
+    return " ".join(str(why).split()) if why and run["status"] != "done" else ""
 
 
 def _warn_stuck(runs: list[dict]) -> None:

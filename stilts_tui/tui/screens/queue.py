@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import DataTable, Footer, Static
 
 from stilts_tui.fmt import duration
-from stilts_tui.tui.data import ProgressReader, Snapshot
+from stilts_tui.tui.data import ProgressReader, Snapshot, plural
 from stilts_tui.tui.widgets.run_table import RunTable
 
 STATUS_STYLE = {"queued": "cyan", "running": "bold yellow", "done": "green", "failed": "bold red",
-                "cancelled": "magenta", "blocked": "red"}
+                "cancelled": "magenta", "blocked": "red", "waiting": "yellow"}
 COLUMNS = ("id", "plan", "stage", "task", "from", "seed", "grid", "status", "gpu", "progress", "loss", "eta",
-           "score")
-WIDTHS = (12, 10, 12, 12, 10, 4, 20, 11, 3, 15, 7, 8, 7)  # fixed: no re-measuring 1,000 rows each second
-SORTS = ("queue", "status", "score", "task")
+           "score", "reason")
+WIDTHS = (12, 10, 12, 12, 10, 4, 24, 11, 3, 17, 7, 8, 7, 40)  # fixed: no re-measuring 1,000 rows each second
+SORTS = ("queue", "status", "score", "task", *[c for c in COLUMNS if c not in ("status", "score", "task")])
 APPEND_ROWS = 100  # new rows added a frame (1,008 at once keep a key waiting a quarter of a second)
 
 
@@ -28,6 +27,11 @@ def grid_text(grid: dict | None) -> str:
     from stilts_tui.plan import grid_text as text  # the plan layer loads after the first frame
 
     return text(grid)
+
+
+def shown_status(r: dict, snap: Snapshot) -> str:
+    """The status a run is shown with: a running run that waits its turn in a worker is "waiting"."""
+    return "waiting" if r["id"] in snap.waiting else r["status"]
 
 
 def bar(fraction: float | None, width: int = 10) -> str:
@@ -50,8 +54,6 @@ class QueueScreen(Screen):
     ledger and carry out the keys' operations (see StiltsApp), and the screen shows what comes back."""
 
     DEFAULT_CSS = """
-    QueueScreen #filter { display: none; }
-    QueueScreen #filter.visible { display: block; }
     QueueScreen #totals { height: 1; background: $boost; }
     QueueScreen #gpus { height: 1; }
     QueueScreen DataTable { height: 1fr; }
@@ -59,6 +61,10 @@ class QueueScreen(Screen):
     BINDINGS = [
         Binding("slash", "filter", "Filter", id="queue.filter"),
         Binding("s", "sort", "Sort", id="queue.sort"),
+        Binding("S", "reverse", "Reverse sort", id="queue.reverse", show=False),
+        Binding("C", "choose_columns", "Columns", id="queue.columns", show=False),
+        Binding("j", "cursor('down')", "Down", id="queue.down", show=False),
+        Binding("k", "cursor('up')", "Up", id="queue.up", show=False),
         Binding("a", "add_plan", "Add plan", id="queue.add"),
         Binding("c", "cancel", "Cancel", id="queue.cancel"),
         Binding("r", "retry", "Retry", id="queue.retry"),
@@ -74,7 +80,9 @@ class QueueScreen(Screen):
         self.snapshot: Snapshot | None = None
         self.filter = ""
         self.sort = "queue"
+        self.reverse = False
         self.marked: list[str] = []
+        self.columns: list[str] = list(COLUMNS)  # the columns shown (chosen with C, remembered)
         self._shown: list[str] = []
         self._state: dict[str, tuple] = {}
         self._totals = ""
@@ -84,14 +92,15 @@ class QueueScreen(Screen):
         with Vertical():
             yield Static("", id="gpus")
             yield Static("loading…", id="totals")
-            yield Input(placeholder="filter runs (id, plan, task, status, …); enter to apply", id="filter")
             yield RunTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        for c, w in zip(COLUMNS, WIDTHS, strict=True):
-            table.add_column(c, key=c, width=w)
+        from stilts_tui.tui.keymap import load_columns
+
+        self.columns = [c for c in COLUMNS if c in (load_columns() or COLUMNS) or c == "id"]
+        self.add_columns(table)
         table.focus()
         table.on_cursor = lambda _row: self._totals and self.show_totals()  # same frame as the cursor
         self.reader = ProgressReader(self.app.root)
@@ -119,19 +128,32 @@ class QueueScreen(Screen):
             f = self.filter.lower()
             runs = [r for r in runs if f in " ".join(str(r.get(k, "")) for k in
                                                      ("id", "plan", "stage", "task", "intermediate", "status",
-                                                      "name")).lower() or f in grid_text(r.get("grid")).lower()]
-        if self.sort == "status":
-            order = {s: i for i, s in enumerate(("running", "failed", "queued", "blocked", "done", "cancelled"))}
-            runs = sorted(runs, key=lambda r: order.get(r["status"], 9))
-        elif self.sort == "score":
-            runs = sorted(runs, key=lambda r: -(r.get("score") if isinstance(r.get("score"), float) else -1))
-        elif self.sort == "task":
-            runs = sorted(runs, key=lambda r: (r["task"], r.get("intermediate") or ""))
+                                                      "name")).lower() or f in grid_text(r.get("grid")).lower()
+                    or f in shown_status(r, snap) or f in snap.reasons.get(r["id"], "").lower()]
+        if self.sort != "queue":
+            runs = sorted(runs, key=self.sort_key(snap), reverse=self.reverse)
+        elif self.reverse:
+            runs = runs[::-1]
         return runs
+
+    def sort_key(self, snap: Snapshot):
+        """The key of the chosen sort column: statuses in the order that needs a look first, scores and
+        seeds as numbers (missing last), any other column by its text."""
+        if self.sort == "status":
+            order = {s: i for i, s in enumerate(("running", "waiting", "failed", "queued", "blocked", "done",
+                                                 "cancelled"))}
+            return lambda r: order.get(shown_status(r, snap), 9)
+        if self.sort == "score":
+            return lambda r: -(r["score"] if isinstance(r.get("score"), (int, float)) else -1e9)
+        if self.sort == "task":
+            return lambda r: (r["task"], r.get("intermediate") or "")
+        col = COLUMNS.index(self.sort)
+        return lambda r: str(self.cells(r, snap)[col])
 
     def cells(self, r: dict, snap: Snapshot) -> list:
         prog = snap.progress.get(r["id"])
-        status = Text(r["status"], style=STATUS_STYLE.get(r["status"], ""))
+        shown = shown_status(r, snap)
+        status = Text(shown, style=STATUS_STYLE.get(shown, ""))
         if r["id"] in self.marked:
             status.append(" ●", style="bold")
         score = f"{r['score']:.4f}" if isinstance(r.get("score"), (int, float)) else ""
@@ -141,12 +163,48 @@ class QueueScreen(Screen):
             where = f"job {r['job_id']}"
             if r.get("slurm_state") in ("PENDING", "SUBMITTING"):
                 waiting = f"pending ({r.get('slurm_reason')})" if r.get("slurm_reason") else "pending"
+        training = shown == "running"
+        if shown == "waiting":
+            progress = f"in worker {snap.waiting[r['id']]}"
+        elif training:
+            progress = bar(prog.fraction) if prog else waiting
+        else:
+            progress = "✓" if r["status"] == "done" else ""
         return [r["id"], r["plan"], r["stage"], r["task"], r.get("intermediate") or "", str(r.get("seed", "")),
-                grid_text(r.get("grid")), status, where,
-                (bar(prog.fraction) if prog else waiting) if r["status"] == "running"
-                else ("✓" if r["status"] == "done" else ""),
-                f"{prog.loss:.4f}" if prog and prog.loss is not None and r["status"] == "running" else "",
-                duration(prog.eta_s) if prog and r["status"] == "running" else "", score]
+                grid_text(r.get("grid")), status, where, progress,
+                f"{prog.loss:.4f}" if prog and prog.loss is not None and training else "",
+                duration(prog.eta_s) if prog and training else "", score, snap.reasons.get(r["id"], "")]
+
+    def shown_cells(self, r: dict, snap: Snapshot) -> list:
+        """The cells of the columns shown, in their order."""
+        cells = self.cells(r, snap)
+        return [cells[COLUMNS.index(c)] for c in self.columns]
+
+    def add_columns(self, table: DataTable) -> None:
+        for c in self.columns:
+            table.add_column(c, key=c, width=WIDTHS[COLUMNS.index(c)])
+
+    def action_choose_columns(self) -> None:
+        """Pick the columns shown (remembered for the next session: keymap.save_columns)."""
+        from stilts_tui.tui.screens.columns import ColumnsScreen
+
+        def chosen(columns: list[str] | None) -> None:
+            if not columns or columns == self.columns:
+                return
+            from stilts_tui.tui.keymap import save_columns
+
+            self.columns = [c for c in COLUMNS if c in columns or c == "id"]
+            try:
+                save_columns(self.columns)
+            except OSError as e:
+                self.notify(f"the columns are not remembered: {e.strerror or e}", severity="warning")
+            table = self.query_one(DataTable)
+            table.clear(columns=True)
+            self.add_columns(table)
+            if self.snapshot:
+                self.rebuild(table, self.rows(self.snapshot), self.snapshot)
+
+        self.app.push_screen(ColumnsScreen(COLUMNS, self.columns), chosen)
 
     def show(self, snap: Snapshot) -> None:
         self.snapshot = snap
@@ -162,13 +220,16 @@ class QueueScreen(Screen):
             gpu_bar.display = bool(gpus)
         gpu_bar.update(gpus, layout=False)
         c = snap.counts
-        totals = (f"{c.get('done', 0)} done · {c.get('running', 0)} running · {c.get('queued', 0)} queued · "
+        totals = (f"{c.get('done', 0)} done · {c.get('running', 0)} running · "
+                  + (f"{c['waiting']} waiting in workers · " if c.get("waiting") else "")
+                  + f"{c.get('queued', 0)} queued · "
                   f"{c.get('failed', 0)} failed · {c.get('blocked', 0)} blocked · {c.get('cancelled', 0)} cancelled")
         if snap.eta_s is not None:
             totals += f" · ETA {duration(snap.eta_s)}"
         if snap.paused:
             totals += " · PAUSED"
-        totals += f" · sort: {self.sort}" + (f" · filter: {self.filter}" if self.filter else "")
+        totals += f" · sort: {self.sort}{' (reversed)' if self.reverse else ''}"
+        totals += f" · filter: {self.filter}" if self.filter else ""
         self._totals = totals
         table = self.query_one(DataTable)
         rows = self.rows(snap)
@@ -181,7 +242,7 @@ class QueueScreen(Screen):
         # every row in place (also when only the order changed)
         new = [r for r in rows if r["id"] not in had]
         for r in new[:APPEND_ROWS]:
-            table.add_row(*self.cells(r, snap), key=r["id"])
+            table.add_row(*self.shown_cells(r, snap), key=r["id"])
             self._state[r["id"]] = self.state_of(r, snap)
         self._shown += [r["id"] for r in new[:APPEND_ROWS]]
         if len(new) > APPEND_ROWS:  # the next chunk after this frame: a key waits for one chunk at most
@@ -194,9 +255,9 @@ class QueueScreen(Screen):
                 continue
             self._state[r["id"]] = state
             old = table.get_row(r["id"])
-            for col, (before, after) in enumerate(zip(old, self.cells(r, snap), strict=True)):
+            for col, (before, after) in enumerate(zip(old, self.shown_cells(r, snap), strict=True)):
                 if str(before) != str(after):
-                    table.update_cell(r["id"], COLUMNS[col], after)
+                    table.update_cell(r["id"], self.columns[col], after)
         self.show_totals()
 
     def rebuild(self, table: DataTable, rows: list[dict], snap: Snapshot) -> None:
@@ -205,7 +266,7 @@ class QueueScreen(Screen):
         table.clear()
         self._state = {}
         for r in rows:
-            table.add_row(*self.cells(r, snap), key=r["id"])
+            table.add_row(*self.shown_cells(r, snap), key=r["id"])
             self._state[r["id"]] = self.state_of(r, snap)
         self._shown = [r["id"] for r in rows]
         if current in self._shown:
@@ -228,7 +289,8 @@ class QueueScreen(Screen):
 
     def state_of(self, r: dict, snap: Snapshot) -> tuple:
         p = snap.progress.get(r["id"])
-        return (r["status"], r.get("gpu"), r.get("job_id"), r.get("slurm_state"), r.get("score"),
+        return (shown_status(r, snap), snap.reasons.get(r["id"]), r.get("gpu"), r.get("job_id"), r.get("slurm_state"),
+                r.get("score"),
                 r["id"] in self.marked, (p.step, p.total, p.loss, p.eta_s) if p else None)
 
     def current_id(self) -> str | None:
@@ -246,21 +308,30 @@ class QueueScreen(Screen):
     # -- actions --------------------------------------------------------------------------------
 
     def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.add_class("visible")
-        box.value = self.filter
-        box.focus()
+        """Ask for the filter (search) in a prompt that holds the keys until enter or escape."""
+        from stilts_tui.tui.screens.prompt import PromptScreen
 
-    @on(Input.Submitted, "#filter")
-    def apply_filter(self, event: Input.Submitted) -> None:
-        self.filter = event.value.strip()
-        event.input.remove_class("visible")
-        self.query_one(DataTable).focus()
-        if self.snapshot:
-            self.show(self.snapshot)
+        def apply(text: str | None) -> None:
+            if text is None:
+                return
+            self.filter = text
+            if self.snapshot:
+                self.show(self.snapshot)
+
+        self.app.push_screen(PromptScreen("Show only runs matching (id, plan, task, status, reason…; empty: all):",
+                                          self.filter, allow_empty=True), apply)
 
     def action_sort(self) -> None:
         self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+        if self.snapshot:
+            self.show(self.snapshot)
+
+    def action_cursor(self, where: str) -> None:
+        table = self.query_one(DataTable)
+        (table.action_cursor_down if where == "down" else table.action_cursor_up)()
+
+    def action_reverse(self) -> None:
+        self.reverse = not self.reverse
         if self.snapshot:
             self.show(self.snapshot)
 
@@ -274,7 +345,7 @@ class QueueScreen(Screen):
             self.marked.append(rid)
         if self.snapshot:  # only this row's status cell changes
             run = next((r for r in self.snapshot.runs if r["id"] == rid), None)
-            if run is not None:
+            if run is not None and "status" in self.columns:
                 self.query_one(DataTable).update_cell(rid, "status", self.cells(run, self.snapshot)[7])
                 self._state[rid] = self.state_of(run, self.snapshot)
         self.query_one(DataTable).action_cursor_down()
@@ -289,10 +360,23 @@ class QueueScreen(Screen):
         return ids
 
     def action_cancel(self) -> None:
-        ids = self._take_selection()
-        if ids:
-            self.notify(f"cancelling {len(ids)} run(s)…")
-            self.app.cancel_runs(ids)
+        ids = self.selected()
+        if not ids:
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                ids_now = self._take_selection()
+                self.notify(f"cancelling {len(ids_now)} {plural(len(ids_now), 'run')}…")
+                self.app.cancel_runs(ids_now)
+
+        if not self.app.confirm:
+            answered(True)
+            return
+        from stilts_tui.tui.screens.confirm import ConfirmScreen
+
+        what = f"the {len(ids)} marked runs" if self.marked else f"run {ids[0]}"
+        self.app.push_screen(ConfirmScreen(f"Cancel {what}? (a running run is stopped)"), answered)
 
     def action_retry(self) -> None:
         ids = self._take_selection()
