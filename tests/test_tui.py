@@ -426,6 +426,52 @@ async def test_columns_chosen_are_shown_and_remembered(prepared, tmp_path):
         assert "plan" not in labels and "loss" not in labels and labels[0] == "id" and "status" in labels
 
 
+def burst(pilot, *keys: str) -> None:
+    """Send keys all at once, as a terminal delivers keys typed while the app is busy (Pilot's own
+    press waits for the app to go idle after each key): the same Key events, none awaited."""
+    from textual import events
+
+    for key in keys:
+        char = key if len(key) == 1 else {"slash": "/", "space": " "}.get(key)
+        event = events.Key(key, char)
+        event.set_sender(pilot.app)
+        pilot.app._driver.send_message(event)
+
+
+@pytest.fixture
+def busy_machine():
+    """Two processes spinning on the CPU (this machine has two cores): keys arrive while the app waits."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    yield
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+async def test_palette_keys_sent_at_once_on_a_busy_machine_are_all_applied_in_order(prepared, busy_machine):
+    """ctrl+p, "queue", eight backspaces, "pause" as one burst: the palette reads "pause" (Textual applied
+    the backspaces after the letters typed later: "qu") and enter pauses the queue (it quit before)."""
+    from textual.command import CommandInput, CommandList, CommandPalette
+
+    async with app_for(prepared).run_test(size=(170, 40)) as pilot:
+        screen = await ready(pilot)
+        burst(pilot, "ctrl+p", *"queue", *["backspace"] * 8, *"pause")
+        await until(pilot, lambda: isinstance(pilot.app.screen, CommandPalette), "the palette")
+        box = pilot.app.screen.query_one(CommandInput)
+        await until(pilot, lambda: box.value == "pause", f"'pause' in the palette (it reads {box.value!r})", 20)
+        commands = pilot.app.screen.query_one(CommandList)
+        await until(pilot, lambda: commands.highlighted is not None and "pause" in str(
+            commands.get_option_at_index(commands.highlighted).prompt), "the pause command on top", 20)
+        await pilot.press("enter")
+        await until(pilot, lambda: Ledger(prepared).meta("paused") is True, "the queue paused")
+        assert pilot.app.is_running and pilot.app.screen is screen
+        # the same for a prompt opened in the burst: the keys after "/" are the filter's (c is not a cancel),
+        # with ctrl+u and backspaces applied where they were typed
+        burst(pilot, "slash", *"cola", "ctrl+u", *"rtx", "backspace", "backspace", *"te", "enter")
+        await until(pilot, lambda: screen.filter == "rte", f"the filter 'rte' (it is {screen.filter!r})", 20)
+        assert not [r for r in Ledger(prepared).runs() if r["status"] == "cancelled"]
+
+
 async def test_a_keymap_remaps_a_binding_by_id(prepared):
     notes: list[tuple[str, str]] = []
     async with app_for(prepared, keymap={"queue.cancel": "x"}).run_test(size=(170, 40),
@@ -676,14 +722,19 @@ def frozen(prepared) -> Path:
 
 
 async def _settle(pilot, screen_type=QueueScreen):
-    for _ in range(60):
-        await pilot.pause(0.1)
+    """The screen shown and filled: its rows (queue), its table (scores); then every worker done."""
+    def filled() -> bool:
         s = pilot.app.screen
-        if isinstance(s, screen_type) and (not isinstance(s, QueueScreen) or s.query_one(DataTable).row_count):
-            if isinstance(s, ScoresScreen) and not s.table_data:
-                continue
-            break
-    await pilot.pause(0.3)
+        if not isinstance(s, screen_type):
+            return False
+        if isinstance(s, QueueScreen):
+            return s.query_one(DataTable).row_count > 0 and not totals_of(s).startswith("loading")
+        if isinstance(s, ScoresScreen):
+            return s.table_data is not None
+        return True
+
+    await until(pilot, filled, f"the {screen_type.__name__} filled", 90)
+    await settled(pilot)
 
 
 def test_snapshot_queue(frozen, snap_compare):
@@ -699,7 +750,10 @@ def test_snapshot_logs(frozen, snap_compare):
     async def run_before(pilot):
         await _settle(pilot)
         pilot.app.open_logs([running])
-        await pilot.pause(1.0)
+        await _settle(pilot, LogsScreen)
+        log = pilot.app.screen.query_one(Log)
+        await until(pilot, lambda: log.line_count == 10, "the log read")
+        await settled(pilot)
 
     assert snap_compare(app_for(frozen), terminal_size=SIZE, run_before=run_before)
 
@@ -719,7 +773,10 @@ def test_snapshot_builder(frozen, snap_compare, tmp_path, monkeypatch):
     async def run_before(pilot):
         await _settle(pilot)
         await pilot.press("b")
-        await pilot.pause(0.5)
+        await _settle(pilot, BuilderScreen)
+        count = pilot.app.screen.query_one("#count")
+        await until(pilot, lambda: "36 runs" in str(count.render()), "the builder's count")
+        await settled(pilot)
 
     assert snap_compare(app_for(frozen), terminal_size=(150, 40), run_before=run_before)
 
@@ -728,7 +785,7 @@ def test_snapshot_help(frozen, snap_compare):
     async def run_before(pilot):
         await _settle(pilot)
         await pilot.press("f1")
-        await pilot.pause(0.3)
+        await _settle(pilot, HelpScreen)
 
     assert snap_compare(app_for(frozen), terminal_size=(150, 50), run_before=run_before)
 
@@ -754,8 +811,8 @@ def test_real_tui_in_tmux_moves_opens_logs_and_cancels(prepared):
         def screen() -> str:
             return tmux("capture-pane", "-p", "-t", session)
 
-        wait(lambda: "running" in screen(), 30, "the app's queue screen")
-        assert "9 done · 1 running · 2 queued · 1 failed" in screen()
+        # the screen is polled until it says it: rows appear a frame before the totals line is drawn
+        wait(lambda: "9 done · 1 running · 2 queued · 1 failed" in screen(), 30, "the app's queue screen")
         runs = {r["id"]: r for r in Ledger(prepared).runs()}
         order = [line.split()[0] for line in screen().splitlines() if line.strip()[:12] in runs]
         # move to the running run, open its log (tmux delivers the keys in order, the app handles them so)
@@ -772,9 +829,16 @@ def test_real_tui_in_tmux_moves_opens_logs_and_cancels(prepared):
         for _ in range(order.index(victim) - order.index(target)):
             tmux("send-keys", "-t", session, "Down")
         tmux("send-keys", "-t", session, "c")
+        wait(lambda: f"Cancel run {victim}?" in screen(), 10, "the cancel's question")
+        assert Ledger(prepared).get(victim)["status"] == "queued"
+        tmux("send-keys", "-t", session, "y")
         wait(lambda: Ledger(prepared).get(victim)["status"] == "cancelled", 10, "the run cancelled in the ledger")
         wait(lambda: "1 cancelled" in screen(), 10, "the app to show the cancel")
         tmux("send-keys", "-t", session, "q")
+        wait(lambda: "Quit the app?" in screen(), 10, "the quit's question")
+        tmux("send-keys", "-t", session, "y")
+        wait(lambda: subprocess.run(["tmux", "-L", TMUX_SOCKET, "has-session", "-t", session],
+                                    capture_output=True).returncode != 0, 10, "the app to quit")
     finally:
         subprocess.run(["tmux", "-L", TMUX_SOCKET, "kill-server"], capture_output=True)
 

@@ -226,6 +226,13 @@ class StiltsApp(App):
             self.queue_screen.show_error(line)
         self.notify(line, severity="error", timeout=10)
 
+    def action_command_palette(self) -> None:
+        """The command palette, with an input that applies keys in the order they come (widgets/inputs.py)."""
+        from stilts_tui.tui.widgets.inputs import Palette
+
+        if self.use_command_palette and not Palette.is_open(self):
+            self.push_screen(Palette(id="--command-palette"))
+
     def action_ask_quit(self) -> None:
         """Quit (runs go on), after a yes unless questions are off."""
         from stilts_tui.tui.screens.confirm import ConfirmScreen

@@ -18,6 +18,7 @@ from stilts_tui import plan as plans
 from stilts_tui import tasks
 from stilts_tui.errors import UserError
 from stilts_tui.tui.data import plural
+from stilts_tui.tui.widgets.inputs import KeyedInput
 
 FIELDS = [  # id, label, default
     ("name", "plan name", "my-study"),
@@ -84,7 +85,7 @@ class BuilderScreen(Screen):
                 with VerticalScroll(id="form"):
                     for fid, label, default in FIELDS:
                         yield Label(label)
-                        yield Input(value=default, id=f"f-{fid}")
+                        yield KeyedInput(value=default, id=f"f-{fid}")
                 inters = SelectionList[str](*[(n, n) for n in names], id="inters")
                 inters.border_title = "intermediate tasks"
                 yield inters

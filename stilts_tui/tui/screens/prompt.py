@@ -8,6 +8,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label
 
+from stilts_tui.tui.widgets.inputs import KeyedInput
+
 
 class PromptScreen(ModalScreen[str | None]):
     BINDINGS = [Binding("escape", "dismiss_none", "Close", id="prompt.close")]
@@ -24,7 +26,7 @@ class PromptScreen(ModalScreen[str | None]):
         with Vertical():
             yield Label(self.label)
             # focused at once, the text kept (not selected: the first key types after it, never over it)
-            yield Input(value=self.value, select_on_focus=False)
+            yield KeyedInput(value=self.value, select_on_focus=False)
 
     def on_mount(self) -> None:
         box = self.query_one(Input)

@@ -58,22 +58,26 @@ class QueueScreen(Screen):
     QueueScreen #gpus { height: 1; }
     QueueScreen DataTable { height: 1fr; }
     """
-    BINDINGS = [
-        Binding("slash", "filter", "Filter", id="queue.filter"),
-        Binding("s", "sort", "Sort", id="queue.sort"),
-        Binding("S", "reverse", "Reverse sort", id="queue.reverse", show=False),
-        Binding("C", "choose_columns", "Columns", id="queue.columns", show=False),
-        Binding("j", "cursor('down')", "Down", id="queue.down", show=False),
-        Binding("k", "cursor('up')", "Up", id="queue.up", show=False),
-        Binding("a", "add_plan", "Add plan", id="queue.add"),
-        Binding("c", "cancel", "Cancel", id="queue.cancel"),
-        Binding("r", "retry", "Retry", id="queue.retry"),
-        Binding("plus,equals_sign", "priority(1)", "Priority +", id="queue.priority_up", show=False),
-        Binding("minus", "priority(-1)", "Priority -", id="queue.priority_down", show=False),
-        Binding("p", "toggle_pause", "Pause/resume", id="queue.pause"),
-        Binding("space", "mark", "Mark", id="queue.mark", show=False),
-        Binding("l,enter", "logs", "Logs", id="queue.logs"),
-    ]
+    # Priority bindings: the app runs them in the order the keys come, before it hands the next key to
+    # a widget. A screen's plain binding runs only after its key has bubbled up from the table, so in
+    # a burst of keys ("/" then "cola") the keys after a screen-opening key reached the table (c:
+    # cancel) before the prompt opened, and a "c" after "down" could act on the row the cursor left.
+    BINDINGS = [Binding(key, action, text, id=bid, show=show, priority=True) for key, action, text, bid, show in [
+        ("slash", "filter", "Filter", "queue.filter", True),
+        ("s", "sort", "Sort", "queue.sort", True),
+        ("S", "reverse", "Reverse sort", "queue.reverse", False),
+        ("C", "choose_columns", "Columns", "queue.columns", False),
+        ("down,j", "cursor('down')", "Down", "queue.down", False),
+        ("up,k", "cursor('up')", "Up", "queue.up", False),
+        ("a", "add_plan", "Add plan", "queue.add", True),
+        ("c", "cancel", "Cancel", "queue.cancel", True),
+        ("r", "retry", "Retry", "queue.retry", True),
+        ("plus,equals_sign", "priority(1)", "Priority +", "queue.priority_up", False),
+        ("minus", "priority(-1)", "Priority -", "queue.priority_down", False),
+        ("p", "toggle_pause", "Pause/resume", "queue.pause", True),
+        ("space", "mark", "Mark", "queue.mark", False),
+        ("l,enter", "logs", "Logs", "queue.logs", True),
+    ]]
 
     def __init__(self, **kw):
         super().__init__(**kw)
