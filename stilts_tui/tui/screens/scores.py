@@ -174,12 +174,15 @@ class ScoresScreen(Screen):
         table = self.query_one(DataTable)
         cursor = table.cursor_coordinate
         table.clear(columns=True)
-        table.add_column("from \\ target", key="row")
-        for t in data.targets:
-            table.add_column(f"{t} ({data.metrics.get(t, '')})", key=t)
-        for r in data.rows:
-            table.add_row(r, *(cell_text(data.cell(r, t), self.view, self.without_failed) for t in data.targets),
-                          key=r)
+        rows = [[Text(r), *(cell_text(data.cell(r, t), self.view, self.without_failed) for t in data.targets)]
+                for r in data.rows]
+        labels = ["from \\ target", *(f"{t} ({data.metrics.get(t, '')})" for t in data.targets)]
+        for i, (key, label) in enumerate(zip(["row", *data.targets], labels, strict=True)):
+            # each column as wide as its widest cell, set here: never a frame drawn with cells cut short
+            width = max([len(label), *(row[i].cell_len for row in rows)])
+            table.add_column(label, key=key, width=width)
+        for r, row in zip(data.rows, rows, strict=True):
+            table.add_row(*row, key=r)
         if cursor.row < table.row_count and cursor.column < len(table.columns):
             table.cursor_coordinate = cursor
 
