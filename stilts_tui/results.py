@@ -662,6 +662,12 @@ def figure_bytes(t: ScoreTable, fmt: str = "png") -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # text stays text in vector figures (editable, searchable), fonts embedded as TrueType in the pdf
+    with matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}):
+        return _figure(plt, t, fmt)
+
+
+def _figure(plt, t: ScoreTable, fmt: str) -> bytes:
     n = len(t.targets)
     fig, axes = plt.subplots(1, n, figsize=(2.2 + 1.0 * max(2, len(t.rows)) * n, 3.8), squeeze=False)
     for ax, tg in zip(axes[0], t.targets, strict=True):
