@@ -559,6 +559,8 @@ def daemon_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     else:
         typer.echo(f"daemon running (pid {info.get('pid')}) on {_root(ctx)}")
         for key, value in (info.get("settings") or {}).items():  # one setting a line, as `daemon start` takes it
+            if isinstance(value, dict):  # the Slurm options: one line of key=value, or none
+                value = " ".join(f"{k}={v}" for k, v in value.items() if v not in (None, [], "")) or "none"
             typer.echo(f"  {key.replace('_', '-')}: {'default' if value is None else value}")
     if mps_line:
         typer.echo(mps_line)
