@@ -10,9 +10,13 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from stilts_tui.fmt import duration
+from stilts_tui.contract import Status
+from stilts_tui.fmt import duration, terminal_safe
 from stilts_tui.tui.data import ProgressReader, Snapshot, plural
 from stilts_tui.tui.widgets.run_table import RunTable
+
+# sorting by status: what needs attention first (running, then failed), what is over last
+STATUS_SORT = (Status.RUNNING, Status.FAILED, Status.QUEUED, Status.BLOCKED, Status.DONE, Status.CANCELLED)
 
 STATUS_STYLE = {"queued": "cyan", "running": "bold yellow", "done": "green", "failed": "bold red",
                 "cancelled": "magenta", "blocked": "red", "waiting": "yellow"}
@@ -144,13 +148,12 @@ class QueueScreen(Screen):
         """The key of the chosen sort column: statuses in the order that needs a look first, scores and
         seeds as numbers (missing last), any other column by its text."""
         if self.sort == "status":
-            order = {s: i for i, s in enumerate(("running", "waiting", "failed", "queued", "blocked", "done",
-                                                 "cancelled"))}
-            return lambda r: order.get(shown_status(r, snap), 9)
+            order = {s: i for i, s in enumerate((STATUS_SORT[0], "waiting", *STATUS_SORT[1:]))}
+            return lambda r: order.get(shown_status(r, snap), len(order))
         if self.sort == "score":
             return lambda r: -(r["score"] if isinstance(r.get("score"), (int, float)) else -1e9)
         if self.sort == "task":
-            return lambda r: (r["task"], r.get("intermediate") or "")
+            return lambda r: (str(r.get("task")), str(r.get("intermediate") or ""))
         col = COLUMNS.index(self.sort)
         return lambda r: str(self.cells(r, snap)[col])
 
@@ -174,10 +177,10 @@ class QueueScreen(Screen):
             progress = bar(prog.fraction) if prog else waiting
         else:
             progress = "✓" if r["status"] == "done" else ""
-        return [r["id"], r["plan"], r["stage"], r["task"], r.get("intermediate") or "", str(r.get("seed", "")),
-                grid_text(r.get("grid")), status, where, progress,
+        names = (terminal_safe(r.get(k) or "") for k in ("id", "plan", "stage", "task", "intermediate"))
+        return [*names, str(r.get("seed", "")), terminal_safe(grid_text(r.get("grid"))), status, where, progress,
                 f"{prog.loss:.4f}" if prog and prog.loss is not None and training else "",
-                duration(prog.eta_s) if prog and training else "", score, snap.reasons.get(r["id"], "")]
+                duration(prog.eta_s) if prog and training else "", score, terminal_safe(snap.reasons.get(r["id"], ""))]
 
     def shown_cells(self, r: dict, snap: Snapshot) -> list:
         """The cells of the columns shown, in their order."""
