@@ -194,7 +194,7 @@ async def test_keys_are_answered_while_a_cancel_waits_out_its_grace_period(prepa
         assert cli("queue", "pause", runs_dir=prepared).returncode == 0  # the daemon launches nothing else
         assert cli("daemon", "start", "--interval", "0.2", runs_dir=prepared).returncode == 0  # it adopts proc
         notes: list[tuple[str, str]] = []
-        grace = 3.0
+        grace = 6.0
         async with app_for(prepared, cancel_grace=grace).run_test(size=(170, 40), message_hook=recorder(notes)) \
                 as pilot:
             screen = await ready(pilot)
@@ -209,7 +209,7 @@ async def test_keys_are_answered_while_a_cancel_waits_out_its_grace_period(prepa
             await pilot.press("down")  # handled while the cancel waits for the process
             await until(pilot, lambda: table.cursor_row == row + 1, "the cursor moved")
             assert f"row {row + 2}/" in str(screen.query_one("#totals").render())
-            assert proc.poll() is None and time.monotonic() - t0 < grace  # the cancel is still waiting
+            assert proc.poll() is None  # the process is alive: the cancel still waits (SIGKILL comes after the grace)
             await until(pilot, lambda: ("information", "cancelled 1 run") in notes, "the cancel's note", 20)
             assert time.monotonic() - t0 >= grace - 0.5
             assert proc.wait(timeout=10) == -9  # killed once the grace period was over
