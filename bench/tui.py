@@ -316,7 +316,7 @@ def in_flight(exe: str, env: dict, folder: Path) -> dict[str, tuple[list[float],
             out.wait("queueing")
             adds += keys_while(session, out, lambda s=stamp: ledger.stat().st_mtime_ns == s, 0.02)
             took += time.perf_counter() - t
-            wait_screen(session, lambda s, n=k: f"/{1000 + 1012 + 1008 * n}" in s, 30)  # the new runs shown
+            wait_screen(session, lambda s, n=k: f"/{1000 + 1012 + 1008 * n}" in s, 120)  # the new runs shown
         found["add"] = (adds, took / ADDS)
     finally:
         tmux("kill-session", "-t", session)

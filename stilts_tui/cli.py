@@ -642,8 +642,8 @@ def scores(
     metric: Annotated[str | None, typer.Option("--metric", help="a metric in the runs' results (default: each "
                                                "target's primary metric)")] = None,
     by_seed: Annotated[bool, typer.Option("--by-seed", help="one row per starting point and seed")] = False,
-    fmt: Annotated[str | None, typer.Option("--format", help="table | csv | md | latex | json | png (default: "
-                                            "from -o's extension, else table)")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="table | csv | md | latex | json | png | pdf | svg "
+                                            "(default: from -o's extension, else table)")] = None,
     out: Annotated[Path | None, typer.Option("-o", "--output", help="write to this file")] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing -o file")] = False,
     alpha: Annotated[float, typer.Option("--alpha", help="level of the paired sign-flip test")] = 0.05,
@@ -658,12 +658,12 @@ def scores(
     if fmt is None:
         fmt = named or ("table" if out is None else "")
         if not fmt:
-            raise UserError(f"-o {out}: name the format with --format (csv, md, latex, json, png) or use one of "
-                            "the extensions .csv .md .tex .json .png")
+            raise UserError(f"-o {out}: name the format with --format (csv, md, latex, json, png, pdf, svg) or use "
+                            "one of the extensions .csv .md .tex .json .png .pdf .svg")
     if fmt not in results.FORMATS:
         raise UserError(f"--format: '{fmt}' is not one of {', '.join(results.FORMATS)}")
-    if fmt == "png" and out is None:
-        raise UserError("--format png needs -o FILE.png")
+    if fmt in results.FIGURES and out is None:
+        raise UserError(f"--format {fmt} needs -o FILE.{fmt}")
     if fmt == "table" and out is not None:
         raise UserError("--format table prints to the terminal; choose csv, md, latex or json for -o")
     if out is not None and out.suffix and named != fmt:
