@@ -74,7 +74,7 @@ def app_for(root: Path, keymap: dict | None = None, confirm: bool = False, **kw)
     return StiltsApp(root, keymap=keymap or {}, confirm=confirm, **kw)
 
 
-async def until(pilot, cond, what: str, timeout: float = 10.0) -> None:
+async def until(pilot, cond, what: str, timeout: float = 60.0) -> None:
     """Let the app run until ``cond()`` holds (a condition, never a fixed pause)."""
     deadline = time.monotonic() + timeout
     while not cond():
@@ -210,7 +210,7 @@ async def test_keys_are_answered_while_a_cancel_waits_out_its_grace_period(prepa
             await until(pilot, lambda: table.cursor_row == row + 1, "the cursor moved")
             assert f"row {row + 2}/" in str(screen.query_one("#totals").render())
             assert proc.poll() is None  # the process is alive: the cancel still waits (SIGKILL comes after the grace)
-            await until(pilot, lambda: ("information", "cancelled 1 run") in notes, "the cancel's note", 20)
+            await until(pilot, lambda: ("information", "cancelled 1 run") in notes, "the cancel's note", 60)
             assert time.monotonic() - t0 >= grace - 0.5
             assert proc.wait(timeout=10) == -9  # killed once the grace period was over
             assert Ledger(prepared).get(running)["status"] == "cancelled"
@@ -466,17 +466,17 @@ async def test_palette_keys_sent_at_once_on_a_busy_machine_are_all_applied_in_or
         burst(pilot, "ctrl+p", *"queue", *["backspace"] * 8, *"pause")
         await until(pilot, lambda: isinstance(pilot.app.screen, CommandPalette), "the palette")
         box = pilot.app.screen.query_one(CommandInput)
-        await until(pilot, lambda: box.value == "pause", f"'pause' in the palette (it reads {box.value!r})", 20)
+        await until(pilot, lambda: box.value == "pause", f"'pause' in the palette (it reads {box.value!r})", 60)
         commands = pilot.app.screen.query_one(CommandList)
         await until(pilot, lambda: commands.highlighted is not None and "pause" in str(
-            commands.get_option_at_index(commands.highlighted).prompt), "the pause command on top", 20)
+            commands.get_option_at_index(commands.highlighted).prompt), "the pause command on top", 60)
         await pilot.press("enter")
         await until(pilot, lambda: Ledger(prepared).meta("paused") is True, "the queue paused")
         assert pilot.app.is_running and pilot.app.screen is screen
         # the same for a prompt opened in the burst: the keys after "/" are the filter's (c is not a cancel),
         # with ctrl+u and backspaces applied where they were typed
         burst(pilot, "slash", *"cola", "ctrl+u", *"rtx", "backspace", "backspace", *"te", "enter")
-        await until(pilot, lambda: screen.filter == "rte", f"the filter 'rte' (it is {screen.filter!r})", 20)
+        await until(pilot, lambda: screen.filter == "rte", f"the filter 'rte' (it is {screen.filter!r})", 60)
         assert not [r for r in Ledger(prepared).runs() if r["status"] == "cancelled"]
 
 
@@ -830,25 +830,25 @@ def test_real_tui_in_tmux_moves_opens_logs_and_cancels(prepared):
         for _ in range(order.index(target)):
             tmux("send-keys", "-t", session, "Down")
         tmux("send-keys", "-t", session, "l")
-        wait(lambda: "step 10/20" in screen(), 10, "the run's log pane")
+        wait(lambda: "step 10/20" in screen(), 60, "the run's log pane")
         assert target in screen() and "step 10/20 loss 0.6000" in screen()
         tmux("send-keys", "-t", session, "Escape")
-        wait(lambda: "step 10/20" not in screen() and "9 done" in screen(), 10, "the queue screen back")
+        wait(lambda: "step 10/20" not in screen() and "9 done" in screen(), 60, "the queue screen back")
         # cancel the next queued run
         victim = next(i for i in order[order.index(target):] if runs[i]["status"] == "queued")
         for _ in range(order.index(victim) - order.index(target)):
             tmux("send-keys", "-t", session, "Down")
         tmux("send-keys", "-t", session, "c")
-        wait(lambda: f"Cancel run {victim}?" in screen(), 10, "the cancel's question")
+        wait(lambda: f"Cancel run {victim}?" in screen(), 60, "the cancel's question")
         assert Ledger(prepared).get(victim)["status"] == "queued"
         tmux("send-keys", "-t", session, "y")
-        wait(lambda: Ledger(prepared).get(victim)["status"] == "cancelled", 10, "the run cancelled in the ledger")
-        wait(lambda: "1 cancelled" in screen(), 10, "the app to show the cancel")
+        wait(lambda: Ledger(prepared).get(victim)["status"] == "cancelled", 60, "the run cancelled in the ledger")
+        wait(lambda: "1 cancelled" in screen(), 60, "the app to show the cancel")
         tmux("send-keys", "-t", session, "q")
-        wait(lambda: "Quit the app?" in screen(), 10, "the quit's question")
+        wait(lambda: "Quit the app?" in screen(), 60, "the quit's question")
         tmux("send-keys", "-t", session, "y")
         wait(lambda: subprocess.run(["tmux", "-L", TMUX_SOCKET, "has-session", "-t", session],
-                                    capture_output=True).returncode != 0, 10, "the app to quit")
+                                    capture_output=True).returncode != 0, 60, "the app to quit")
     finally:
         subprocess.run(["tmux", "-L", TMUX_SOCKET, "kill-server"], capture_output=True)
 
