@@ -6,6 +6,7 @@ Exit status: 0 on success, 2 on bad input (one line on stderr, no traceback), 1 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -43,9 +44,10 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output 
 
 
 def _console():
+    """Rich output for a terminal; piped or redirected, never cut to 80 columns (full ids and values)."""
     from rich.console import Console
 
-    return Console()
+    return Console() if sys.stdout.isatty() else Console(width=100_000, soft_wrap=True)
 
 
 def _root(ctx: typer.Context) -> Path:
@@ -199,6 +201,46 @@ def plan_validate(path: PlanPath, max_runs: MaxRuns = None) -> None:
     typer.echo(f"{path}: ok — {len(runs)} runs ({c['synth']} synth, {c['intermediate']} intermediate, "
                f"{c['target']} target)")
     _echo_on_finish(plan)
+    lines, unreachable = _data_sources(runs)
+    for line in lines:
+        typer.echo(line)
+    if unreachable:  # right but offline: a warning, never a failure
+        typer.echo(f"warning: the Hugging Face Hub ({_hub_url()}) is unreachable now: {', '.join(unreachable)} "
+                   "cannot load their data until it is (or set data_dir to local files)", err=True)
+
+
+def _hub_url() -> str:
+    return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+
+
+def _data_sources(runs: list) -> tuple[list[str], list[str]]:
+    """Where each stage's data comes from and whether it is there now: one line a stage; and the stages
+    that need the hub while it is unreachable (checked once, through $HF_ENDPOINT)."""
+    from stilts_tui.tasks import data
+
+    lines, offline, hub_ok = [], [], None
+    for r in {(r.stage, r.name): r for r in runs}.values():
+        where, spec = f"  [{r.stage}.{r.name}]", r.task_spec
+        if r.stage == "synth":
+            lines.append(f"{where} synthesis: GPT-2 writes it (corpus "
+                         f"{r.params.get('corpus_file') or r.params.get('corpus')})")
+        elif spec.get("from_run"):
+            lines.append(f"{where} {r.task}: the output of synth run {spec['from_run']}")
+        elif any(data.file_for(spec, s) for s in data.SPLITS):
+            missing = data.missing_files(spec)
+            files = data.required_files(spec)
+            state = "present" if not missing else f"{len(missing)} of {len(files)} missing"
+            lines.append(f"{where} {r.task}: local files {os.path.commonpath([str(f) for f in files])} ({state})")
+        elif spec.get("hub"):
+            hub_ok = data.hub_reachable() if hub_ok is None else hub_ok
+            name = "/".join(x for x in spec["hub"] if x)
+            lines.append(f"{where} {r.task}: Hugging Face Hub {name} "
+                         f"({'reachable' if hub_ok else 'unreachable now'}: {_hub_url()})")
+            if not hub_ok:
+                offline.append(f"[{r.stage}.{r.name}]")
+        else:
+            lines.append(f"{where} {r.task}: no source (no hub copy, no data_dir)")
+    return lines, offline
 
 
 def _echo_on_finish(plan: plans.Plan) -> None:
@@ -527,7 +569,11 @@ def daemon_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     if info is None:
         typer.echo(f"no daemon is running on {_root(ctx)}")
     else:
-        typer.echo(f"daemon running (pid {info.get('pid')}) on {_root(ctx)}: {info.get('settings')}")
+        typer.echo(f"daemon running (pid {info.get('pid')}) on {_root(ctx)}")
+        for key, value in (info.get("settings") or {}).items():  # one setting a line, as `daemon start` takes it
+            if isinstance(value, dict):  # the Slurm options: one line of key=value, or none
+                value = " ".join(f"{k}={v}" for k, v in value.items() if v not in (None, [], "")) or "none"
+            typer.echo(f"  {key.replace('_', '-')}: {'default' if value is None else value}")
     if mps_line:
         typer.echo(mps_line)
     typer.echo(("paused; " if ledger.meta("paused") else "") + ", ".join(f"{v} {k}" for k, v in counts.items()))
@@ -558,18 +604,28 @@ def queue_ls(
     from rich.table import Table
     from rich.text import Text
 
-    table = Table("id", "plan", "stage", "task", "from", "seed", "grid", "status", "gpu", "score", box=None)
+    table = Table("id", "plan", "stage", "task", "from", "seed", "grid", "status", "gpu", "score", "reason",
+                  box=None)
+    status = {r["id"]: r["status"] for r in ledger.runs()}
     for r in runs:
         grid = plans.grid_text(r.get("grid")) if isinstance(r.get("grid"), dict) else str(r.get("grid") or "")
         score = r.get("score")
         cells = (r["id"], r.get("plan"), r.get("stage"), r.get("task"), r.get("intermediate") or "",
                  r.get("seed", ""), grid, r["status"], "" if r.get("gpu") is None else r["gpu"],
-                 f"{score:.4f}" if isinstance(score, (int, float)) else "")
+                 f"{score:.4f}" if isinstance(score, (int, float)) else "", _reason(r, status))
         # Text, not markup: a name like "[/]" is shown, not parsed; control characters shown escaped
         table.add_row(*(Text(terminal_safe("" if c is None else c)) for c in cells))
     _console().print(table)
     typer.echo(f"{len(runs)} runs", err=True)
     _warn_stuck(runs)
+
+
+def _reason(run: dict, status: dict[str, str]) -> str:
+    """Why a run failed, is blocked or stuck, in one line ("" for a run with nothing to say)."""
+    if run["status"] == "blocked" and run.get("parent"):
+        return f"parent {run['parent']} {status.get(run['parent'], 'missing')}"
+    why = run.get("error") or run.get("stuck")
+    return " ".join(str(why).split()) if why and run["status"] != "done" else ""
 
 
 def _warn_stuck(runs: list[dict]) -> None:
@@ -586,8 +642,8 @@ def scores(
     metric: Annotated[str | None, typer.Option("--metric", help="a metric in the runs' results (default: each "
                                                "target's primary metric)")] = None,
     by_seed: Annotated[bool, typer.Option("--by-seed", help="one row per starting point and seed")] = False,
-    fmt: Annotated[str | None, typer.Option("--format", help="table | csv | md | latex | json | png (default: "
-                                            "from -o's extension, else table)")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="table | csv | md | latex | json | png | pdf | svg "
+                                            "(default: from -o's extension, else table)")] = None,
     out: Annotated[Path | None, typer.Option("-o", "--output", help="write to this file")] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing -o file")] = False,
     alpha: Annotated[float, typer.Option("--alpha", help="level of the paired sign-flip test")] = 0.05,
@@ -602,12 +658,12 @@ def scores(
     if fmt is None:
         fmt = named or ("table" if out is None else "")
         if not fmt:
-            raise UserError(f"-o {out}: name the format with --format (csv, md, latex, json, png) or use one of "
-                            "the extensions .csv .md .tex .json .png")
+            raise UserError(f"-o {out}: name the format with --format (csv, md, latex, json, png, pdf, svg) or use "
+                            "one of the extensions .csv .md .tex .json .png .pdf .svg")
     if fmt not in results.FORMATS:
         raise UserError(f"--format: '{fmt}' is not one of {', '.join(results.FORMATS)}")
-    if fmt == "png" and out is None:
-        raise UserError("--format png needs -o FILE.png")
+    if fmt in results.FIGURES and out is None:
+        raise UserError(f"--format {fmt} needs -o FILE.{fmt}")
     if fmt == "table" and out is not None:
         raise UserError("--format table prints to the terminal; choose csv, md, latex or json for -o")
     if out is not None and out.suffix and named != fmt:

@@ -307,13 +307,14 @@ class Daemon:
         return stats
 
     def _carry_out_requests(self, runs: list[dict], stats: dict) -> bool:
-        """Cancels that clients asked for (``cancel_requested`` on a running run): a run of a fused array
-        whose process goes on is dropped from the array (a request file its trainer reads each step), and
-        a run still waiting its turn in a worker is skipped by it (the same file, read before it starts);
-        otherwise the process group gets SIGTERM (Slurm: scancel), SIGKILL once the request's grace
-        period has passed, and the run is cancelled once its process is gone (runs that waited in the
-        same worker process go back to the queue). Never waits: each tick takes the next step.
-        True if anything was recorded."""
+        """Cancels that clients asked for (``cancel_requested`` on a running run). A run that wrote its
+        result before the cancel is carried out keeps it (the request is dropped, the reap records the
+        result). A run sharing its process with others (a fused array, or a worker's runs in turn) gets
+        the request file its trainer reads before it begins and at each step, so the process and the
+        other runs go on: one that has not begun is cancelled at once, one that trains is cancelled once
+        its trainer has written its cancelled result (signals only if it has not within the grace).
+        A run alone in its process: SIGTERM to its group (Slurm: scancel), SIGKILL once the grace has
+        passed, cancelled once the process is gone. Never waits. True if anything was recorded."""
         changes: Changes = {}
         running = [r for r in runs if r["status"] == "running"]
         for r in running:
@@ -322,12 +323,14 @@ class Daemon:
             self.mark(r["id"])
             mates = [o for o in running if o is not r and r.get("pid") and o.get("pid") == r.get("pid")
                      and o.get("pid_started") == r.get("pid_started") and not o.get("cancel_requested")]
+            ended = self._ended(r)
+            if ended is not None:
+                changes[r["id"]] = ("running", ended if ended.get("status") else
+                                    {"cancel_requested": None, "cancel_signalled": None})
+                continue
             if self.executor.alive(r):
-                # one run of a live array (the array drops it), or one still waiting its turn in a worker
-                # (the worker skips it): the process and the runs it is training go on
-                if mates and (r.get("fused") or not self._began(r)):
-                    (self.root / r["id"] / CANCEL_FILE).touch()
-                    changes[r["id"]] = ("running", self._cancelled(r, stats))
+                if mates and not self._past_grace(r):
+                    self._ask_trainer(r, changes, stats)
                 else:
                     self._signal(r, changes)
                 continue
@@ -340,6 +343,31 @@ class Daemon:
         if changes:
             self._commit(changes)
         return bool(changes)
+
+    def _ended(self, r: dict) -> dict | None:
+        """A cancelled run whose attempt already ended: the cancelled fields when its trainer stopped it
+        for the request, ``{}`` when it finished first (its result is kept: the reap records it), else None."""
+        res = rundir.read_json(self.run_path(r["id"], RESULT_FILE))  # the reap checks it; here: whose is it
+        if not res or res.get("status") not in (*checks.RESULT_STATUSES, Status.CANCELLED):
+            return None
+        if res["status"] == Status.CANCELLED:
+            return self._cancelled(r, {"cancelled": 0})
+        self.log(f"{r['id']}: cancel asked after it ended ({res['status']}): its result is kept")
+        return {}
+
+    def _ask_trainer(self, r: dict, changes: Changes, stats: dict) -> None:
+        """The request file for a run that shares its process; one still waiting its turn is cancelled now
+        (the worker skips it), one that trains when its trainer says so (``_ended``)."""
+        request = self.run_path(r["id"], CANCEL_FILE)
+        if not request.exists():
+            request.touch()
+            self.log(f"{r['id']}: cancel asked: its trainer drops it, the other runs of its process go on")
+        if r.get("fused") or not self._began(r):  # an array drops it at its next step; a waiting one never begins
+            changes[r["id"]] = ("running", self._cancelled(r, stats))
+
+    def _past_grace(self, r: dict) -> bool:
+        grace = _num(r.get("cancel_grace")) if r.get("cancel_grace") is not None else CANCEL_GRACE_S
+        return time.time() - _num(r.get("cancel_requested")) > grace + 5.0
 
     def _began(self, r: dict) -> bool:
         """Has the run's process begun training it (a start event from that pid in events.jsonl)? A run

@@ -17,6 +17,8 @@ from textual.widgets import Footer, Input, Label, SelectionList, Static
 from stilts_tui import plan as plans
 from stilts_tui import tasks
 from stilts_tui.errors import UserError
+from stilts_tui.tui.data import plural
+from stilts_tui.tui.widgets.inputs import KeyedInput
 
 FIELDS = [  # id, label, default
     ("name", "plan name", "my-study"),
@@ -27,6 +29,7 @@ FIELDS = [  # id, label, default
     ("warmup", "grid: warmup ratios", "0.0, 0.2"),
     ("epochs", "epochs", "3"),
     ("max_len", "max_len", "128"),
+    ("data", "local data folder (DIR/TASK for each task; empty: the hub)", ""),
 ]
 
 
@@ -47,12 +50,18 @@ def build_toml(values: dict[str, str], inters: list[str], targets: list[str]) ->
     lines = [f"name = {json.dumps(values['name'])}", f"model = {json.dumps(values['model'])}", "baseline = true",
              f"target_seeds = [{', '.join(_numbers(values['seeds']))}]", "", "[defaults]",
              f"epochs = {values['epochs'] or 3}", f"max_len = {values['max_len'] or 128}", ""]
+    data = values.get("data", "").strip()
+
+    def source(t: str) -> list[str]:
+        return [f"data_dir = {json.dumps(str(Path(data) / t))}"] if data else []
+
     for t in inters:
-        lines += [f"[intermediate.{t}]", f"task = {json.dumps(t)}", ""]
+        lines += [f"[intermediate.{t}]", f"task = {json.dumps(t)}", *source(t), ""]
     grid = ", ".join(f"{k} = [{', '.join(_toml_value(x) for x in _numbers(values[k]))}]"
                      for k in ("lr", "batch_size", "warmup") if _numbers(values[k]))
     for t in targets:
-        lines += [f"[target.{t}]", f"task = {json.dumps(t)}"] + ([f"grid = {{ {grid} }}"] if grid else []) + [""]
+        lines += [f"[target.{t}]", f"task = {json.dumps(t)}", *source(t),
+                  *([f"grid = {{ {grid} }}"] if grid else []), ""]
     return "\n".join(lines)
 
 
@@ -76,7 +85,7 @@ class BuilderScreen(Screen):
                 with VerticalScroll(id="form"):
                     for fid, label, default in FIELDS:
                         yield Label(label)
-                        yield Input(value=default, id=f"f-{fid}")
+                        yield KeyedInput(value=default, id=f"f-{fid}")
                 inters = SelectionList[str](*[(n, n) for n in names], id="inters")
                 inters.border_title = "intermediate tasks"
                 yield inters
@@ -88,8 +97,22 @@ class BuilderScreen(Screen):
     rates: dict = {}  # throughput measured by finished runs in the ledger (stilts_tui.cost)
 
     def on_mount(self) -> None:
+        # the name field takes the keys at once: typed letters never reach the app's shortcuts
+        self.query_one("#f-name", Input).focus()
+        self.mark_choices()
         self.update_count()
         self.measure()
+
+    @on(SelectionList.SelectedChanged)
+    def mark_choices(self) -> None:
+        """Each task's line says whether it is chosen ("[x]" or "[ ]"), not by colour alone."""
+        for box in self.query(SelectionList):
+            chosen = set(box.selected)
+            for i in range(box.option_count):
+                option = box.get_option_at_index(i)
+                prompt = f"[x] {option.value}" if option.value in chosen else f"[ ] {option.value}"
+                if str(option.prompt) != prompt:
+                    box.replace_option_prompt_at_index(i, prompt)
 
     @work(thread=True, exclusive=True, group="builder-cost", exit_on_error=False)
     def measure(self) -> None:
@@ -127,21 +150,37 @@ class BuilderScreen(Screen):
         from stilts_tui import cost
 
         c = plans.counts(runs)
-        self.query_one("#count").update(f"[b]{len(runs)} runs[/b]: {c['intermediate']} intermediate, "
+        n = len(runs)
+        self.query_one("#count").update(f"[b]{n} {plural(n, 'run')}[/b]: {c['intermediate']} intermediate, "
                                         f"{c['target']} target — ctrl+s saves to plans/ and queues it\n"
                                         f"cost: {cost.summary(cost.estimate(plan, runs, self.rates))}")
 
     def action_save(self) -> None:
-        """Save the plan file, then queue it in the app's worker (a large plan writes a spec per run)."""
+        """Save the plan file (asking before it replaces one), then queue it in the app's worker (a large
+        plan writes a spec per run)."""
         try:
             plan, _ = self.check()
             if not plans.NAME_RE.match(plan.name):
                 raise UserError("plan name: letters, digits, '_', '-' and '.' only")
-            path = self.plans_dir() / f"{plan.name}.toml"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(self.text(), encoding="utf-8")
         except UserError as e:
             self.notify(str(e), severity="error", timeout=10)
+            return
+        path = self.plans_dir() / f"{plan.name}.toml"
+        if not path.exists():
+            self.save(path)
+            return
+        from stilts_tui.tui.screens.confirm import ConfirmScreen
+
+        self.app.push_screen(ConfirmScreen(f"{path} exists. Replace it with this plan and queue it?"),
+                             lambda yes: self.save(path) if yes else self.notify(f"kept {path}; nothing saved"))
+
+    def save(self, path: Path) -> None:
+        text = self.text()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as e:
+            self.notify(f"cannot write {path}: {e.strerror or e}", severity="error", timeout=10)
             return
         self.notify(f"saved {path}; queueing it…")
         self.app.add_plan(path)

@@ -16,7 +16,7 @@ from rich.highlighter import Highlighter
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import Input, Log, Static
+from textual.widgets import Log, Static
 
 from stilts_tui.contract import TRAIN_LOG
 from stilts_tui.fmt import terminal_safe
@@ -42,8 +42,6 @@ class LogPane(Vertical):
     LogPane > .title { height: 1; background: $boost; }
     LogPane > .title.active { background: $accent; color: $text; text-style: bold; }
     LogPane > Log { height: 1fr; }
-    LogPane > Input { display: none; }
-    LogPane > Input.visible { display: block; }
     """
 
     def __init__(self, root: Path, run_id: str, **kw):
@@ -64,7 +62,6 @@ class LogPane(Vertical):
         log.can_focus = False  # the screen routes keys to the active pane (see screens/logs.py)
         log.highlighter = ErrorHighlighter()
         yield log
-        yield Input(placeholder="filter lines (enter to apply, empty to clear)", classes="filter")
 
     def on_mount(self) -> None:
         self._thread = threading.Thread(target=self._watch, daemon=True, name=f"tail-{self.run_id}")
@@ -110,25 +107,16 @@ class LogPane(Vertical):
         line it shows."""
         self.query_one(".title", Static).set_class(active, "active")
 
-    def toggle_filter(self) -> None:
-        box = self.query_one(Input)
-        box.toggle_class("visible")
-        if box.has_class("visible"):
-            box.focus()
-        else:
-            self.screen.set_focus(None)
-
     def on_click(self) -> None:
         activate = getattr(self.screen, "activate", None)
         if activate is not None:
             activate(self)
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
-        self.filter = event.value.strip()
+    def set_filter(self, text: str) -> None:
+        """Show only the lines holding ``text`` (case-insensitive); an empty text shows every line."""
+        self.filter = text.strip()
         log = self.query_one(Log)
         log.clear()
         lines = [x for x in self._lines if self.filter.lower() in x.lower()] if self.filter else list(self._lines)
         log.write_lines(lines)
-        self.query_one(Input).remove_class("visible")
-        self.screen.set_focus(None)  # keys go back to the screen (and to the active pane)
+        self.query_one(".title", Static).update(self.run_id + (f"  filter: {self.filter}" if self.filter else ""))
