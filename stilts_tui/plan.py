@@ -106,7 +106,9 @@ HYPER = {
     "clip": _one_of("step", "micro_batch"),
     "compile": _one_of("auto", "off", "inductor", "cudagraphs"),
     "fuse": _bool(),
-    "transfer": _one_of("all", "encoder"),
+    "transfer": _one_of("all", "encoder", "merge", "adapter"),
+    "method": _one_of("full", "lora"),
+    "lora": ((lambda v: isinstance(v, dict)), "a table of LoRA settings (r, alpha, dropout, targets)"),
     "eval_batch_size": _int(1, 65536),
     "max_train_samples": _int(1),
     "max_dev_samples": _int(1),
@@ -118,6 +120,15 @@ DEFAULTS = {
     "weight_decay": 0.0, "grad_accum": 1, "precision": "fp32", "batching": "random", "pad": "auto",
     "clip": "step", "fuse": False, "transfer": "all",
 }
+# LoRA (method = "lora"): the LoRA paper's RoBERTa GLUE setting; kept out of a run's params (and id) unless
+# the run is a LoRA run, so plans without the keys keep their run ids
+LORA_TARGETS = ("query", "key", "value", "attention_output", "intermediate", "output")
+LORA_KEYS = {
+    "r": _int(1, 4096), "alpha": _num(0, lo_open=True), "dropout": _num(0, 1, hi_open=True),
+    "targets": ((lambda v: isinstance(v, list) and bool(v) and all(t in LORA_TARGETS for t in v)
+                 and len(set(v)) == len(v)), "a non-empty list of distinct layers out of " + ", ".join(LORA_TARGETS)),
+}
+LORA_DEFAULTS = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": ["query", "value"]}
 DATA_KEYS = {"task": _str(), "data_dir": _str(), "train_file": _str(), "dev_file": _str()}
 STAGE_KEYS = {
     "intermediate": {**DATA_KEYS, **HYPER, "seeds": _int_list(), "seed": _int(0), "keep_checkpoint": _bool()},
@@ -360,6 +371,7 @@ def parse(text: str, path: str | Path) -> Plan:
     _check_path(c, "model", path.parent, data["model"])
     defaults = data.get("defaults", {})
     c.table("defaults", defaults, HYPER)
+    _check_method(c, "defaults", defaults)
     c.table("slurm", data.get("slurm", {}), SLURM_KEYS)
     custom = data.get("tasks", {})
     for tname, tdef in custom.items():
@@ -397,6 +409,7 @@ def _check_stage(c: _Checker, kind: str, sname: str, sdef: object, plan_dir: Pat
     if not isinstance(sdef, dict):
         c.fail(where, "expected a table")
     c.table(where, sdef, STAGE_KEYS[kind])
+    _check_method(c, where, sdef)
     _check_task(c, where, sdef.get("task", sname), custom, synth)
     _check_grid(c, where, sdef.get("grid", {}))
     base = plan_dir
@@ -406,6 +419,12 @@ def _check_stage(c: _Checker, kind: str, sname: str, sdef: object, plan_dir: Pat
         if sdef.get(key):
             _check_path(c, f"{where}.{key}", base, sdef[key])
     _check_dev_split(c, where, sdef.get("task", sname), synth)
+
+
+def _check_method(c: _Checker, where: str, table: dict) -> None:
+    """A ``lora`` table: its keys and values (the rules between stages are checked as the plan expands)."""
+    if "lora" in table:
+        c.table(f"{where}.lora", table["lora"], LORA_KEYS)
 
 
 def _check_name(c: _Checker, where: str, name: str) -> None:
@@ -419,6 +438,9 @@ def _check_grid(c: _Checker, where: str, grid: dict) -> None:
         gkey = f"{where}.grid.{gk}"
         if gk not in HYPER:
             c.fail(gkey, f"unknown hyperparameter (expected one of: {', '.join(HYPER)})")
+        if gk == "lora":
+            c.fail(gkey, "LoRA settings are not a grid axis (method is: grid = { method = [\"full\", \"lora\"] }); "
+                   "give one lora table per stage")
         if not isinstance(gv, list) or not gv:
             c.fail(gkey, "expected a non-empty list of values (an empty grid expands to no runs)")
         ok, what = HYPER[gk]
@@ -535,6 +557,35 @@ def task_spec(plan: Plan, stage: dict, default_name: str, synth_ids: dict[str, s
 def _params(plan: Plan, stage: dict) -> dict:
     p = {**DEFAULTS, **plan.defaults}
     p.update({k: v for k, v in stage.items() if k in HYPER})
+    if "lora" in p:  # the stage's lora table over the defaults' (key by key)
+        p["lora"] = {**plan.defaults.get("lora", {}), **stage.get("lora", {})}
+    return p
+
+
+def _method(params: dict, where: str, stage: dict, parent: dict | None) -> dict:
+    """A run's params with its method resolved: a LoRA run's full ``lora`` table (defaults filled in); a full
+    fine-tune without ``method`` or ``lora`` (its id is that of a plan without the keys). ``parent``: the
+    params of the intermediate run a target starts from."""
+    p = dict(params)
+    if p.get("method") == "lora":
+        p["lora"] = {**LORA_DEFAULTS, **p.get("lora", {})}
+    else:
+        if "lora" in stage and "method" not in (stage.get("grid") or {}):
+            raise UserError(f"[{where}] has LoRA settings (lora = ...) but trains with method = \"full\" "
+                            "(set method = \"lora\")")
+        p.pop("method", None)
+        p.pop("lora", None)
+    if p.get("transfer") == "adapter":
+        if p.get("method") != "lora":
+            raise UserError(f"[{where}] transfer = \"adapter\" trains the intermediate's adapter further: it needs "
+                            "method = \"lora\" (a full fine-tune starts from the merged weights: transfer = \"merge\")")
+        if parent is not None and parent.get("method") != "lora":
+            raise UserError(f"[{where}] transfer = \"adapter\" needs a LoRA intermediate; this one is a full fine-tune "
+                            "(use transfer = \"merge\" or \"all\": its weights, with a fresh adapter)")
+        if parent is not None and any(parent["lora"][k] != p["lora"][k] for k in ("r", "targets")):
+            raise UserError(f"[{where}] transfer = \"adapter\" needs the intermediate's LoRA rank and targets "
+                            f"(r {parent['lora']['r']}, targets {parent['lora']['targets']}); "
+                            f"this stage has r {p['lora']['r']}, targets {p['lora']['targets']}")
     return p
 
 
@@ -570,14 +621,16 @@ def expand(plan: Plan) -> list[Run]:
         synth_ids[sname] = r.id
 
     starts: list[tuple[str, str | None]] = [("none", None)] if plan.baseline else []
+    start_params: dict[str, dict] = {}
     for iname, idef in plan.intermediate.items():
         spec, hashed = task_spec(plan, idef, iname, synth_ids)
-        params = _params(plan, idef)
+        params = _method(_params(plan, idef), f"intermediate.{iname}", idef, None)
         params["keep_checkpoint"] = True  # children start from it
         seeds = idef.get("seeds") or [idef.get("seed", 42)]
         for seed in seeds:
             r = add("intermediate", iname, spec["name"], iname, seed, params, {}, spec["from_run"], spec, hashed)
             starts.append((iname, r.id))
+            start_params[r.id] = params
 
     for tname, tdef in plan.target.items():
         spec, hashed = task_spec(plan, tdef, tname, synth_ids)
@@ -590,7 +643,8 @@ def expand(plan: Plan) -> list[Run]:
         for inter, parent in starts:
             for seed in seeds:
                 for combo in combos:
-                    add("target", tname, spec["name"], inter, seed, {**base, **combo}, combo, parent, spec, hashed)
+                    params = _method({**base, **combo}, f"target.{tname}", tdef, start_params.get(parent))
+                    add("target", tname, spec["name"], inter, seed, params, combo, parent, spec, hashed)
     return runs
 
 
@@ -697,6 +751,8 @@ def spec_for(run: Run, plan: Plan, runs_root: Path) -> dict:
     if run.parent and run.stage == "target":  # an intermediate's parent (a synth run) gives data, not weights
         model = {"source": "parent", "parent": run.parent, "name": plan.model,
                  "path": str(rundir.run_dir(runs_root, run.parent) / "checkpoint")}
+        if run.params.get("transfer") == "adapter":  # the frozen base is the intermediate's own (unmerged) base
+            model["base"] = {"source": "path" if run.model.get("path") else "hub", **run.model}
     else:
         model = {"source": "path" if run.model.get("path") else "hub", **run.model}
     if run.stage == "synth":
