@@ -544,7 +544,11 @@ def fit(worker: Worker, members: list[Member], engine, prep: Prepared, setup: Se
             window = []
             step += 1
             hooks.after_step(step, live[0].dir)
-            steplog.step(step, epoch, engine.lrs(step))
+            means = steplog.step(step, epoch, engine.lrs(step))
+            if means is not None and not all(map(math.isfinite, means)):
+                live, orders = _drop_diverged(worker, engine, steplog, live, orders, means, step)
+                if not live:
+                    return
         live = _evaluate_epoch(worker, engine, live, steplog, prep, setup, epoch, eval_bs, max_len, buckets)
         if not live:
             return
@@ -614,6 +618,15 @@ def _drop_cancelled(worker, engine, steplog, live, orders):
     if not gone:
         return live, orders
     rows = _drop(worker, engine, steplog, live, gone, "cancelled", "cancelled while training")
+    return [live[i] for i in rows], [orders[i] for i in rows]
+
+
+def _drop_diverged(worker, engine, steplog, live, orders, means: list[float], step: int):
+    """Runs whose training loss is no longer finite fail (read at each log line: no sync a step); in an
+    array the others go on (their rows and weights never meet the diverged run's)."""
+    gone = [m for m, x in zip(live, means, strict=True) if not math.isfinite(x)]
+    rows = _drop(worker, engine, steplog, live, gone, "failed", f"diverged: training loss {means[live.index(gone[0])]} "
+                 f"by step {step}")
     return [live[i] for i in rows], [orders[i] for i in rows]
 
 
