@@ -137,3 +137,95 @@ def test_a_member_cancelled_mid_array_ends_and_the_others_finish(tmp_path, lora_
     alone = _runs(tmp_path / "alone", lora_workloads[0.0], runs=[RUNS[0]])
     assert train(alone).returncode == 0
     _same_training(alone[0], fused[0])
+
+
+LORA_PLAN_STAGES = """
+[intermediate.inter]
+task = "pair"
+method = "lora"
+lr = 1e-2
+lora = {{ r = 4 }}
+{targets}
+"""
+TRANSFER_TARGETS = """
+[target.merge]
+task = "pair"
+method = "lora"
+lora = { r = 4 }
+transfer = "merge"
+lr = 1e-2
+
+[target.adapter]
+task = "pair"
+method = "lora"
+lora = { r = 4 }
+transfer = "adapter"
+lr = 1e-2
+
+[target.full]
+task = "pair"
+lr = 1e-4
+"""
+
+
+def _train_plan(tmp_path: Path, tiny_model: Path, stages: str) -> dict[str, Path]:
+    """Queue a plan's runs (no daemon) and train them with the real trainer, parents first."""
+    from conftest import cli, make_plan
+
+    from stilts_tui.ledger import Ledger
+
+    runs_dir = tmp_path / "runs"
+    plan = make_plan(tmp_path, tiny_model, stages)
+    out = cli("queue", "add", str(plan), "--no-daemon", runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr
+    runs = Ledger(runs_dir).runs()
+    for stage in ("intermediate", "target"):
+        dirs = [runs_dir / r["id"] for r in runs if r["stage"] == stage]
+        done = train(dirs)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return {r["name"]: runs_dir / r["id"] for r in runs}
+
+
+def test_targets_after_a_lora_intermediate_start_from_its_merged_weights_or_its_adapter(tmp_path, tiny_model):
+    """After a LoRA intermediate: a LoRA target with transfer = "merge" (the adapter merged into the base, a
+    fresh adapter), one with "adapter" (the unmerged base and the intermediate's adapter, trained further)
+    and a full fine-tune (the merged weights) all start as the same function with the intermediate's
+    head, so their first losses agree; each records its method and transfer."""
+    runs = _train_plan(tmp_path, tiny_model, LORA_PLAN_STAGES.format(targets=TRANSFER_TARGETS))
+    inter = runs["inter"]
+    assert (inter / "checkpoint" / "model.safetensors").is_file()
+    assert json.loads((inter / "checkpoint" / "lora.json").read_text())["r"] == 4
+    spec = json.loads((runs["adapter"] / "spec.json").read_text())
+    assert spec["model"]["base"]["name"] == str(tiny_model)  # the frozen base is the intermediate's own
+    first = {name: step_losses(runs[name])[0][1] for name in ("merge", "adapter", "full")}
+    assert first["merge"] == pytest.approx(first["adapter"], abs=1e-5)
+    assert first["merge"] == pytest.approx(first["full"], abs=1e-5)
+    setups = {name: result_of(runs[name])["setup"] for name in ("merge", "adapter", "full")}
+    assert (setups["merge"]["method"], setups["merge"]["transfer"]) == ("lora", "merge")
+    assert (setups["adapter"]["method"], setups["adapter"]["transfer"], setups["adapter"]["lora"]["r"]) == (
+        "lora", "adapter", 4)
+    assert setups["full"]["method"] == "full" and "lora" not in setups["full"]
+    log = (runs["adapter"] / "train.log").read_text()
+    assert "LoRA r 4" in log and "(transfer adapter)" in log
+
+
+def test_a_lora_target_after_a_full_intermediate_starts_from_its_weights(tmp_path, tiny_model):
+    stages = """
+[intermediate.inter]
+task = "pair"
+lr = 1e-4
+
+[target.lora]
+task = "pair"
+method = "lora"
+lr = 1e-2
+
+[target.full]
+task = "pair"
+lr = 1e-4
+"""
+    runs = _train_plan(tmp_path, tiny_model, stages)
+    assert not (runs["inter"] / "checkpoint" / "lora_adapter.safetensors").exists()
+    assert step_losses(runs["lora"])[0][1] == pytest.approx(step_losses(runs["full"])[0][1], abs=1e-5)
+    assert result_of(runs["lora"])["setup"]["lora"] == {"r": 8, "alpha": 16, "dropout": 0.0,
+                                                         "targets": ["query", "value"]}
