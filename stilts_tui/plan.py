@@ -562,30 +562,33 @@ def _params(plan: Plan, stage: dict) -> dict:
     return p
 
 
-def _method(params: dict, where: str, stage: dict, parent: dict | None) -> dict:
+def _method(plan: Plan, params: dict, where: str, stage: dict, parent: dict | None) -> dict:
     """A run's params with its method resolved: a LoRA run's full ``lora`` table (defaults filled in); a full
     fine-tune without ``method`` or ``lora`` (its id is that of a plan without the keys). ``parent``: the
     params of the intermediate run a target starts from."""
     p = dict(params)
+
+    def fail(key: str, message: str):
+        raise PlanError(plan.path, message, key=f"{where}.{key}", line=_line_of(plan.text, f"{where}.{key}".split(".")))
+
     if p.get("method") == "lora":
         p["lora"] = {**LORA_DEFAULTS, **p.get("lora", {})}
     else:
         if "lora" in stage and "method" not in (stage.get("grid") or {}):
-            raise UserError(f"[{where}] has LoRA settings (lora = ...) but trains with method = \"full\" "
-                            "(set method = \"lora\")")
+            fail("lora", 'LoRA settings for a stage that trains with method = "full" (set method = "lora")')
         p.pop("method", None)
         p.pop("lora", None)
     if p.get("transfer") == "adapter":
         if p.get("method") != "lora":
-            raise UserError(f"[{where}] transfer = \"adapter\" trains the intermediate's adapter further: it needs "
-                            "method = \"lora\" (a full fine-tune starts from the merged weights: transfer = \"merge\")")
+            fail("transfer", '"adapter" trains the intermediate\'s adapter further: it needs method = "lora" '
+                 '(a full fine-tune starts from the merged weights: transfer = "merge")')
         if parent is not None and parent.get("method") != "lora":
-            raise UserError(f"[{where}] transfer = \"adapter\" needs a LoRA intermediate; this one is a full fine-tune "
-                            "(use transfer = \"merge\" or \"all\": its weights, with a fresh adapter)")
+            fail("transfer", '"adapter" needs a LoRA intermediate; an intermediate of this plan is a full fine-tune '
+                 '(use transfer = "merge": its weights, with a fresh adapter)')
         if parent is not None and any(parent["lora"][k] != p["lora"][k] for k in ("r", "targets")):
-            raise UserError(f"[{where}] transfer = \"adapter\" needs the intermediate's LoRA rank and targets "
-                            f"(r {parent['lora']['r']}, targets {parent['lora']['targets']}); "
-                            f"this stage has r {p['lora']['r']}, targets {p['lora']['targets']}")
+            theirs, ours = parent["lora"], p["lora"]
+            fail("transfer", f'"adapter" needs the intermediate\'s LoRA rank and targets (r {theirs["r"]}, targets '
+                 f'{theirs["targets"]}); this stage has r {ours["r"]}, targets {ours["targets"]}')
     return p
 
 
@@ -624,7 +627,7 @@ def expand(plan: Plan) -> list[Run]:
     start_params: dict[str, dict] = {}
     for iname, idef in plan.intermediate.items():
         spec, hashed = task_spec(plan, idef, iname, synth_ids)
-        params = _method(_params(plan, idef), f"intermediate.{iname}", idef, None)
+        params = _method(plan, _params(plan, idef), f"intermediate.{iname}", idef, None)
         params["keep_checkpoint"] = True  # children start from it
         seeds = idef.get("seeds") or [idef.get("seed", 42)]
         for seed in seeds:
@@ -643,7 +646,7 @@ def expand(plan: Plan) -> list[Run]:
         for inter, parent in starts:
             for seed in seeds:
                 for combo in combos:
-                    params = _method({**base, **combo}, f"target.{tname}", tdef, start_params.get(parent))
+                    params = _method(plan, {**base, **combo}, f"target.{tname}", tdef, start_params.get(parent))
                     add("target", tname, spec["name"], inter, seed, params, combo, parent, spec, hashed)
     return runs
 

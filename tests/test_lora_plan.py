@@ -1,0 +1,70 @@
+"""LoRA plan keys (method, lora, transfer = "merge" | "adapter"): bad values refused in one line naming the
+key (exit 2, nothing written), defaults filled in, and run ids unchanged for plans that do not use them."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import REFERENCE_PLAN, cli, write_text
+from test_bad_plan_values import GOOD, assert_refused
+
+from stilts_tui import plan as plans
+
+LORA_INTER = GOOD.replace('[intermediate.inter]\ntask = "hellaswag"',
+                          '[intermediate.inter]\ntask = "hellaswag"\nmethod = "lora"')
+CASES = {
+    "bad-method": ((GOOD, "epochs = 2", 'epochs = 2\nmethod = "qlora"'), "key 'target.rte.method'", '"lora"'),
+    "rank-zero": ((GOOD, "epochs = 2", 'epochs = 2\nmethod = "lora"\nlora = { r = 0 }'), "key 'target.rte.lora.r'",
+                  "an integer >= 1"),
+    "unknown-lora-key": ((GOOD, "epochs = 2", 'epochs = 2\nmethod = "lora"\nlora = { rank = 8 }'),
+                         "key 'target.rte.lora.rank'", "unknown key"),
+    "unknown-layer": ((GOOD, "epochs = 2", 'epochs = 2\nmethod = "lora"\nlora = { targets = ["q_proj"] }'),
+                      "key 'target.rte.lora.targets'", "attention_output"),
+    "dropout-one": ((GOOD, "weight_decay = 0.0", "weight_decay = 0.0\nlora = { dropout = 1.0 }"),
+                    "key 'defaults.lora.dropout'", "< 1"),
+    "lora-without-method": ((GOOD, "epochs = 2", "epochs = 2\nlora = { r = 4 }"), "key 'target.rte.lora'",
+                            'method = "full"'),
+    "lora-as-grid-axis": ((GOOD, "grid = { lr = [1e-5, 2e-5] }", "grid = { lora = [{ r = 4 }, { r = 8 }] }"),
+                          "key 'target.rte.grid.lora'", "not a grid axis"),
+    "adapter-for-full": ((LORA_INTER, "epochs = 2", 'epochs = 2\ntransfer = "adapter"'), "key 'target.rte.transfer'",
+                         'needs method = "lora"'),
+    "adapter-after-full": ((GOOD, "epochs = 2", 'epochs = 2\nmethod = "lora"\ntransfer = "adapter"'),
+                           "key 'target.rte.transfer'", "needs a LoRA intermediate"),
+    "adapter-other-rank": ((LORA_INTER, "epochs = 2", 'epochs = 2\nmethod = "lora"\ntransfer = "adapter"\n'
+                            "lora = { r = 16 }"), "key 'target.rte.transfer'", "rank and targets (r 8"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("command", [("plan", "validate"), ("queue", "add")])
+def test_bad_lora_settings_are_refused_in_one_line_naming_the_key(case, command, tmp_path, runs_dir):
+    (text, old, new), key, needle = CASES[case]
+    assert old in text
+    path = write_text(tmp_path / "bad.toml", text.replace(old, new, 1))
+    assert_refused(cli(*command, str(path), runs_dir=runs_dir), path, key, needle, runs_dir)
+
+
+def _ids(tmp_path, text: str) -> list[str]:
+    return [r.id for r in plans.load_and_expand(write_text(tmp_path / "p.toml", text))[1]]
+
+
+def test_run_ids_change_only_for_runs_that_use_lora(tmp_path):
+    plain = _ids(tmp_path, GOOD)
+    assert _ids(tmp_path, GOOD.replace("epochs = 2", 'epochs = 2\nmethod = "full"')) == plain
+    lora = _ids(tmp_path, GOOD.replace("epochs = 2", 'epochs = 2\nmethod = "lora"'))
+    assert lora[0] == plain[0] and set(lora[1:]).isdisjoint(plain)  # the (full) intermediate keeps its id
+    ref = plans.load_and_expand(REFERENCE_PLAN)[1]
+    assert all("method" not in r.params and "lora" not in r.params for r in ref)
+
+
+def test_lora_runs_get_the_documented_defaults_and_method_is_a_grid_axis(tmp_path):
+    text = GOOD.replace("weight_decay = 0.0", "weight_decay = 0.0\nlora = { alpha = 32 }").replace(
+        "grid = { lr = [1e-5, 2e-5] }", 'grid = { lr = [1e-5, 2e-5], method = ["full", "lora"] }\nlora = { r = 4 }')
+    _, runs = plans.load_and_expand(write_text(tmp_path / "p.toml", text))
+    targets = [r for r in runs if r.stage == "target"]
+    lora = [r for r in targets if r.params.get("method") == "lora"]
+    full = [r for r in targets if r.params.get("method") != "lora"]
+    assert len(lora) == len(full) == len(targets) // 2
+    # the stage's table over the defaults' key by key, the rest from the documented defaults
+    assert all(r.params["lora"] == {"r": 4, "alpha": 32, "dropout": 0.0, "targets": ["query", "value"]} for r in lora)
+    assert all("lora" not in r.params and "method" not in r.params for r in full)
+    assert plans.LORA_DEFAULTS == {"r": 8, "alpha": 16, "dropout": 0.0, "targets": ["query", "value"]}
