@@ -68,3 +68,50 @@ def test_lora_runs_get_the_documented_defaults_and_method_is_a_grid_axis(tmp_pat
     assert all(r.params["lora"] == {"r": 4, "alpha": 32, "dropout": 0.0, "targets": ["query", "value"]} for r in lora)
     assert all("lora" not in r.params and "method" not in r.params for r in full)
     assert plans.LORA_DEFAULTS == {"r": 8, "alpha": 16, "dropout": 0.0, "targets": ["query", "value"]}
+
+
+LORA_PLAN = REFERENCE_PLAN.with_name("chang_lu_2021_lora.toml")
+
+
+def test_the_lora_plan_is_the_reference_plan_with_the_changes_its_header_names():
+    """Stage by stage the reference's tables, but for the keys the header lists: method, lora, transfer,
+    fuse and the learning rates x 20."""
+    ref, lora = (plans.tomllib.loads(p.read_text()) for p in (REFERENCE_PLAN, LORA_PLAN))
+    assert lora.pop("name") == "chang-lu-2021-lora" and ref.pop("name") == "chang-lu-2021"
+    changed = {"method": "lora", "lora": plans.LORA_DEFAULTS, "transfer": "merge", "fuse": True, "lr": 2e-4}
+    assert lora.pop("defaults") == {**ref.pop("defaults"), **changed}
+    for kind in ("intermediate", "target"):
+        for name, stage in ref.pop(kind).items():
+            if "grid" in stage:
+                stage["grid"]["lr"] = [round(x * 20, 12) for x in stage["grid"]["lr"]]
+            assert lora[kind].pop(name) == stage, name
+        assert lora.pop(kind) == {}
+    assert lora == ref  # synth stage, seeds, baseline, model
+    header = LORA_PLAN.read_text().split("\nname = ")[0]
+    assert all(k in header for k in ('method   = "lora"', "lora     = {", 'transfer = "merge"', "lr x 20",
+                                     "fuse     = true"))
+    _, runs = plans.load_and_expand(LORA_PLAN)
+    assert sum(r.stage == "target" for r in runs) == 1008
+    assert all(r.params["method"] == "lora" for r in runs if r.stage != "synth")
+
+
+@pytest.mark.slow
+def test_the_lora_plan_rehearses_end_to_end(tmp_path, runs_dir):
+    """`plan rehearse` on the fixture files: every stage trains (LoRA intermediates and their merged
+    checkpoints, LoRA targets from them), and the score table marks its cells as LoRA."""
+    import json
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures" / "chang_lu_2021"
+    out_dir = tmp_path / "rehearsal"
+    out = cli("plan", "rehearse", str(LORA_PLAN), "--data-dir", str(fixtures), "--examples", "6", "--out",
+              str(out_dir), runs_dir=runs_dir, timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "rehearsal passed" in out.stdout.splitlines()[-1]
+    assert list(runs_dir.iterdir()) == []
+    specs = [json.loads(p.read_text()) for p in out_dir.glob("*/spec.json")]
+    assert len(specs) == 32 and all(s["params"]["method"] == "lora" for s in specs if s["stage"] != "synth")
+    done = [json.loads(p.read_text()) for p in out_dir.glob("*/result.json")]
+    assert len(done) == 31 and all(r["setup"]["method"] == "lora" for r in done if "setup" in r)
+    inter = [s for s in specs if s["stage"] == "intermediate"]
+    assert all((out_dir / s["run_id"] / "checkpoint" / "lora_adapter.safetensors").is_file() for s in inter)
