@@ -547,7 +547,7 @@ def queue_ls(
 
     table = Table("id", "plan", "stage", "task", "from", "seed", "grid", "status", "gpu", "score", box=None)
     for r in runs:
-        grid = plans.grid_text(r.get("grid"))
+        grid = plans.grid_text(r.get("grid"), r.get("params"))
         score = f"{r['score']:.4f}" if isinstance(r.get("score"), (int, float)) else ""
         table.add_row(r["id"], r["plan"], r["stage"], r["task"], r.get("intermediate") or "", str(r.get("seed", "")),
                       grid, r["status"], "" if r.get("gpu") is None else str(r["gpu"]), score)

@@ -657,10 +657,16 @@ def expand(plan: Plan) -> list[Run]:
 SHORT_PARAMS = {"lr": "lr", "batch_size": "bs", "warmup": "wu", "epochs": "ep", "max_len": "len"}
 
 
-def grid_text(grid: dict | None) -> str:
-    """A run's grid values, short: ``lr=1e-05 bs=16 wu=0.2``."""
-    return " ".join(f"{SHORT_PARAMS.get(k, k)}={v:g}" if isinstance(v, float) else f"{SHORT_PARAMS.get(k, k)}={v}"
-                    for k, v in (grid or {}).items())
+def grid_text(grid: dict | None, params: dict | None = None) -> str:
+    """A run's grid values, short: ``lr=1e-05 bs=16 wu=0.2``; a LoRA run's begin with its method and rank
+    (``lora r=8``), so that no list of runs and scores shows it as a full fine-tune."""
+    grid = dict(grid or {})
+    lora = (params or {}).get("method") == "lora"
+    if lora:
+        grid.pop("method", None)
+    text = " ".join(f"{SHORT_PARAMS.get(k, k)}={v:g}" if isinstance(v, float) else f"{SHORT_PARAMS.get(k, k)}={v}"
+                    for k, v in grid.items())
+    return (f"lora r={(params.get('lora') or {}).get('r')} " + text).strip() if lora else text
 
 
 def counts(runs: list[Run]) -> dict[str, int]:

@@ -115,3 +115,14 @@ def test_the_lora_plan_rehearses_end_to_end(tmp_path, runs_dir):
     assert len(done) == 31 and all(r["setup"]["method"] == "lora" for r in done if "setup" in r)
     inter = [s for s in specs if s["stage"] == "intermediate"]
     assert all((out_dir / s["run_id"] / "checkpoint" / "lora_adapter.safetensors").is_file() for s in inter)
+
+
+def test_queue_ls_shows_a_lora_run_as_one(tmp_path, runs_dir):
+    text = GOOD.replace("grid = { lr = [1e-5, 2e-5] }", 'grid = { lr = [1e-5, 2e-5], method = ["full", "lora"] }')
+    path = write_text(tmp_path / "p.toml", text)
+    assert cli("queue", "add", str(path), "--no-daemon", runs_dir=runs_dir).returncode == 0
+    out = cli("queue", "ls", "--plan", "p", runs_dir=runs_dir, env={"COLUMNS": "200"})
+    lines = [ln for ln in out.stdout.splitlines() if " target " in ln]
+    assert sum("lora r=8 lr=1e-05" in ln for ln in lines) == sum("lora r=8 lr=2e-05" in ln for ln in lines) == 4
+    full = [ln for ln in lines if "lora" not in ln]
+    assert len(full) == 8 and all("method=full" in ln for ln in full)  # the grid values of the full runs

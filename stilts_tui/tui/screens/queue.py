@@ -24,10 +24,10 @@ SORTS = ("queue", "status", "score", "task")
 APPEND_ROWS = 100  # new rows added a frame (1,008 at once keep a key waiting a quarter of a second)
 
 
-def grid_text(grid: dict | None) -> str:
+def grid_text(grid: dict | None, params: dict | None = None) -> str:
     from stilts_tui.plan import grid_text as text  # the plan layer loads after the first frame
 
-    return text(grid)
+    return text(grid, params)
 
 
 def bar(fraction: float | None, width: int = 10) -> str:
@@ -119,7 +119,8 @@ class QueueScreen(Screen):
             f = self.filter.lower()
             runs = [r for r in runs if f in " ".join(str(r.get(k, "")) for k in
                                                      ("id", "plan", "stage", "task", "intermediate", "status",
-                                                      "name")).lower() or f in grid_text(r.get("grid")).lower()]
+                                                      "name")).lower()
+                    or f in grid_text(r.get("grid"), r.get("params")).lower()]
         if self.sort == "status":
             order = {s: i for i, s in enumerate(("running", "failed", "queued", "blocked", "done", "cancelled"))}
             runs = sorted(runs, key=lambda r: order.get(r["status"], 9))
@@ -142,7 +143,7 @@ class QueueScreen(Screen):
             if r.get("slurm_state") in ("PENDING", "SUBMITTING"):
                 waiting = f"pending ({r.get('slurm_reason')})" if r.get("slurm_reason") else "pending"
         return [r["id"], r["plan"], r["stage"], r["task"], r.get("intermediate") or "", str(r.get("seed", "")),
-                grid_text(r.get("grid")), status, where,
+                grid_text(r.get("grid"), r.get("params")), status, where,
                 (bar(prog.fraction) if prog else waiting) if r["status"] == "running"
                 else ("✓" if r["status"] == "done" else ""),
                 f"{prog.loss:.4f}" if prog and prog.loss is not None and r["status"] == "running" else "",
