@@ -111,8 +111,8 @@ def test_the_lora_plan_rehearses_end_to_end(tmp_path, runs_dir):
     assert list(runs_dir.iterdir()) == []
     specs = [json.loads(p.read_text()) for p in out_dir.glob("*/spec.json")]
     assert len(specs) == 32 and all(s["params"]["method"] == "lora" for s in specs if s["stage"] != "synth")
-    done = [json.loads(p.read_text()) for p in out_dir.glob("*/result.json")]
-    assert len(done) == 31 and all(r["setup"]["method"] == "lora" for r in done if "setup" in r)
+    trained = [json.loads((out_dir / s["run_id"] / "result.json").read_text()) for s in specs if s["stage"] != "synth"]
+    assert len(trained) == 31 and all(r["status"] == "done" and r["setup"]["method"] == "lora" for r in trained)
     inter = [s for s in specs if s["stage"] == "intermediate"]
     assert all((out_dir / s["run_id"] / "checkpoint" / "lora_adapter.safetensors").is_file() for s in inter)
 
