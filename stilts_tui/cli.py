@@ -15,10 +15,12 @@ import typer
 
 from stilts_tui import plan as plans
 from stilts_tui import rundir, tasks
-from stilts_tui.errors import UserError
-from stilts_tui.ledger import STATUSES, Ledger
+from stilts_tui.contract import CANCEL_GRACE_S, SETTLED, STATUSES, TRAIN_LOG
+from stilts_tui.errors import Failure, UserError
+from stilts_tui.fmt import terminal_safe
+from stilts_tui.ledger import Ledger
 from stilts_tui.queue.settings import DEFAULTS as DAEMON
-from stilts_tui.queue.settings import EXECUTORS, parse_fuse, parse_gpus
+from stilts_tui.queue.settings import EXECUTORS, check_interval, parse_fuse, parse_gpus
 from stilts_tui.queue.settings import help_of as _dh
 from stilts_tui.synth.settings import COMMAND_DEFAULTS as SYNTH
 
@@ -196,6 +198,14 @@ def plan_validate(path: PlanPath, max_runs: MaxRuns = None) -> None:
     c = plans.counts(runs)
     typer.echo(f"{path}: ok — {len(runs)} runs ({c['synth']} synth, {c['intermediate']} intermediate, "
                f"{c['target']} target)")
+    _echo_on_finish(plan)
+
+
+def _echo_on_finish(plan: plans.Plan) -> None:
+    """The plan's on_finish command, as `queue add` records it (the daemon runs that, never a later edit)."""
+    cmd = plan.finish_command()
+    if cmd:
+        typer.echo(f"on_finish: {terminal_safe(json.dumps(cmd))} (recorded by `queue add`, run without a shell)")
 
 
 @plan_app.command("rehearse")
@@ -238,7 +248,7 @@ def plan_show(ctx: typer.Context, path: PlanPath, as_json: JsonFlag = False,
         estimate = costs.estimate(plan, runs, costs.measured(_root(ctx)))
     if as_json:
         typer.echo(json.dumps({"name": plan.name, "model": plan.model, "counts": counts, "matrix": matrix,
-                               "runs": len(runs), "warnings": warnings,
+                               "runs": len(runs), "warnings": warnings, "on_finish": plan.finish_command(),
                                **({"cost": estimate.as_dict()} if estimate else {})}, indent=2))
         return
     from rich.table import Table
@@ -253,6 +263,7 @@ def plan_show(ctx: typer.Context, path: PlanPath, as_json: JsonFlag = False,
     for row, cells in matrix.items():
         table.add_row(row, *(str(cells.get(t, 0)) for t in targets), str(sum(cells.values())))
     con.print(table)
+    _echo_on_finish(plan)
     if estimate is not None:
         _print_cost(con, estimate)
 
@@ -297,7 +308,7 @@ PlanOpt = Annotated[str | None, typer.Option("--plan", help="every run of this p
 
 @queue_app.command("cancel")
 def queue_cancel(ctx: typer.Context, run_ids: RunIds = None, plan: PlanOpt = None,
-                 grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = 10.0,
+                 grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = CANCEL_GRACE_S,
                  no_wait: Annotated[bool, typer.Option("--no-wait", help="return once the daemon is asked")] = False
                  ) -> None:
     """Cancel runs: queued ones never start; running ones are stopped by the daemon (their whole process
@@ -410,6 +421,7 @@ def daemon_start(
         raise UserError(f"--max-jobs: expected an integer >= 1, got {max_jobs}")
     parse_gpus(gpus)
     parse_fuse(fuse)
+    check_interval(interval)
     if fuse != "off" and executor == "slurm":
         raise UserError("--fuse: fused arrays run on the local executor (each Slurm job is one run)")
     for name, value in (("--per-gpu", per_gpu), ("--cpu-slots", cpu_slots), ("--worker-runs", worker_runs)):
@@ -544,13 +556,18 @@ def queue_ls(
         _warn_stuck(runs)
         return
     from rich.table import Table
+    from rich.text import Text
 
     table = Table("id", "plan", "stage", "task", "from", "seed", "grid", "status", "gpu", "score", box=None)
     for r in runs:
-        grid = plans.grid_text(r.get("grid"), r.get("params"))
-        score = f"{r['score']:.4f}" if isinstance(r.get("score"), (int, float)) else ""
-        table.add_row(r["id"], r["plan"], r["stage"], r["task"], r.get("intermediate") or "", str(r.get("seed", "")),
-                      grid, r["status"], "" if r.get("gpu") is None else str(r["gpu"]), score)
+        params = r.get("params") if isinstance(r.get("params"), dict) else None
+        grid = plans.grid_text(r.get("grid"), params) if isinstance(r.get("grid"), dict) else str(r.get("grid") or "")
+        score = r.get("score")
+        cells = (r["id"], r.get("plan"), r.get("stage"), r.get("task"), r.get("intermediate") or "",
+                 r.get("seed", ""), grid, r["status"], "" if r.get("gpu") is None else r["gpu"],
+                 f"{score:.4f}" if isinstance(score, (int, float)) else "")
+        # Text, not markup: a name like "[/]" is shown, not parsed; control characters shown escaped
+        table.add_row(*(Text(terminal_safe("" if c is None else c)) for c in cells))
     _console().print(table)
     typer.echo(f"{len(runs)} runs", err=True)
     _warn_stuck(runs)
@@ -625,7 +642,7 @@ def logs(
     ledger = Ledger(root)
     if ledger.get(run_id) is None and not d.is_dir():
         raise UserError(f"no run '{run_id}' in {ledger.path}")
-    path = d / "train.log"
+    path = d / TRAIN_LOG
     pos = 0
     while True:
         if path.exists():
@@ -634,11 +651,13 @@ def logs(
                 chunk = f.read()
                 pos = f.tell()
             if chunk:
-                sys.stdout.write(chunk)
+                sys.stdout.write(terminal_safe(chunk, keep_newlines=True))
                 sys.stdout.flush()
         run = ledger.get(run_id) or {}
-        if not follow or run.get("status") in ("done", "failed", "cancelled", "blocked"):
+        if not follow or run.get("status") in SETTLED:
             return
+        if not d.is_dir():
+            raise Failure(f"{d}: the run folder was removed while following its log")
         time.sleep(0.5)
 
 

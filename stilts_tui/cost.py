@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stilts_tui import plan as plans
+from stilts_tui.contract import LEDGER_FILE, RESULT_FILE, SPEC_FILE
 from stilts_tui.queue import placement
 
 # (parameters up to, samples/s) on one GPU in fp32 at max_len 128: RoBERTa-large measured 186-214 on an
@@ -96,7 +97,7 @@ def _num(v: object) -> float | None:
 
 def measured(root: Path | None) -> dict[str, Rate]:
     """Throughput by shape from the finished runs in the ledger (an empty dict without a ledger)."""
-    if root is None or not (Path(root) / "ledger.json").exists():
+    if root is None or not (Path(root) / LEDGER_FILE).exists():
         return {}
     from stilts_tui import rundir
     from stilts_tui.errors import UserError
@@ -114,7 +115,7 @@ def measured(root: Path | None) -> dict[str, Rate]:
             d = rundir.run_dir(root, r.get("id"))
         except UserError:
             continue
-        res, spec = rundir.read_json(d / "result.json"), rundir.read_json(d / "spec.json")
+        res, spec = rundir.read_json(d / RESULT_FILE), rundir.read_json(d / SPEC_FILE)
         if not res or not spec:
             continue
         rate, wall, train = (_num(res.get(k)) for k in ("samples_per_s", "wall_seconds", "train_seconds"))

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stilts_tui import rundir, tasks
+from stilts_tui import contract, rundir, tasks
 from stilts_tui.errors import PlanError, UserError
 from stilts_tui.slurm_options import option_problem
 from stilts_tui.synth.settings import DEFAULTS as SYNTH_DEFAULTS
@@ -31,7 +31,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 STAGES = ("synth", "intermediate", "target")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # with fullmatch: `$` accepts a trailing newline
+BASELINE_NAME = "none"  # the starting point of baseline runs: no intermediate stage may take it
 INT64_MAX = 2**63 - 1
 MAX_DEPTH = 16  # tables and lists inside each other; a plan needs 3
 MAX_PLAN_BYTES = 4 * 2**20
@@ -113,13 +114,7 @@ HYPER = {
     "max_train_samples": _int(1),
     "max_dev_samples": _int(1),
 }
-# The reference's settings are the defaults (fp32, uniformly random batches, one clip a step);
-# anything faster is an opt-in named in the plan (see docs/plans.md).
-DEFAULTS = {
-    "lr": 1e-5, "batch_size": 8, "warmup": 0.1, "epochs": 3, "max_len": 128,
-    "weight_decay": 0.0, "grad_accum": 1, "precision": "fp32", "batching": "random", "pad": "auto",
-    "clip": "step", "fuse": False, "transfer": "all",
-}
+DEFAULTS = contract.TRAINING_DEFAULTS  # the reference's settings; the run contract holds them
 # LoRA (method = "lora"): the LoRA paper's RoBERTa GLUE setting; kept out of a run's params (and id) unless
 # the run is a LoRA run, so plans without the keys keep their run ids
 LORA_TARGETS = ("query", "key", "value", "attention_output", "intermediate", "output")
@@ -247,6 +242,17 @@ class Plan:
     tasks: dict[str, dict]
     text: str = ""
     slurm: dict = field(default_factory=dict)  # sbatch settings for this plan's runs (not part of run ids)
+    on_finish: list[str] | None = None  # as written; `queue add` records it resolved (:meth:`finish_command`)
+
+    def finish_command(self) -> list[str] | None:
+        """``on_finish`` as the daemon runs it: a program named with a '/' is relative to the plan's folder.
+        `queue add` records this in the ledger; the daemon never reads the plan file again."""
+        if not self.on_finish:
+            return None
+        cmd = list(self.on_finish)
+        if "/" in cmd[0]:
+            cmd[0] = str((self.dir / cmd[0]).expanduser().resolve())
+        return cmd
 
     @property
     def dir(self) -> Path:
@@ -322,7 +328,7 @@ def name_problem(name: object) -> str | None:
     """The one rule for plan and stage names (they become labels, file names and paths): what is
     wrong with ``name``, or None. Letters, digits, '_', '-' and '.', at most 64, starting with a
     letter or digit: no path separator, no '..', no control character, no space."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
         return ("names are 1-64 letters, digits, '_', '-' and '.', starting with a letter or digit, "
                 f"without '..' (got {_shown(name)})")
     return None
@@ -397,7 +403,7 @@ def parse(text: str, path: str | Path) -> Plan:
         name=data["name"], path=path.resolve(), model=data["model"], baseline=data.get("baseline", True),
         target_seeds=data.get("target_seeds", [42]), defaults=defaults, synth=synth,
         intermediate=stages["intermediate"], target=stages["target"], tasks=custom, text=text,
-        slurm=data.get("slurm", {}),
+        slurm=data.get("slurm", {}), on_finish=data.get("on_finish"),
     )
 
 
@@ -406,6 +412,9 @@ def _check_stage(c: _Checker, kind: str, sname: str, sdef: object, plan_dir: Pat
     """One [intermediate.NAME] or [target.NAME] table: its name, keys, task, grid, files and dev split."""
     where = f"{kind}.{sname}"
     _check_name(c, where, sname)
+    if kind == "intermediate" and sname.lower() == BASELINE_NAME:
+        c.fail(where, f"'{BASELINE_NAME}' is the starting point of the baseline runs (straight from the model); "
+                      "name the intermediate stage otherwise")
     if not isinstance(sdef, dict):
         c.fail(where, "expected a table")
     c.table(where, sdef, STAGE_KEYS[kind])
@@ -618,7 +627,7 @@ def expand(plan: Plan) -> list[Run]:
         if "corpus_file" in params:
             params["corpus_file"] = _resolve(plan.dir, params["corpus_file"])
             params.pop("corpus")
-        spec = {"name": "synth", "kind": "synth", "out": "data"}
+        spec = {"name": "synth", "kind": "synth", "out": contract.SYNTH_DATA_DIR}
         r = add("synth", sname, "synth", None, params["seed"], params, {}, None, spec,
                 {"task": "synth", "corpus_file": sdef.get("corpus_file")})
         synth_ids[sname] = r.id
@@ -658,15 +667,21 @@ SHORT_PARAMS = {"lr": "lr", "batch_size": "bs", "warmup": "wu", "epochs": "ep", 
 
 
 def grid_text(grid: dict | None, params: dict | None = None) -> str:
-    """A run's grid values, short: ``lr=1e-05 bs=16 wu=0.2``; a LoRA run's begin with its method and rank
-    (``lora r=8``), so that no list of runs and scores shows it as a full fine-tune."""
+    """A run's grid values, short: ``lr=1e-05 bs=16 wu=0.2`` (a damaged row's grid that is no table: as is); a
+    LoRA run's begin with its method and rank (``lora r=8``), so that no list of runs and scores shows it as a
+    full fine-tune."""
+    if grid is not None and not isinstance(grid, dict):
+        return str(grid)[:60]
     grid = dict(grid or {})
-    lora = (params or {}).get("method") == "lora"
+    lora = isinstance(params, dict) and params.get("method") == "lora"
     if lora:
         grid.pop("method", None)
     text = " ".join(f"{SHORT_PARAMS.get(k, k)}={v:g}" if isinstance(v, float) else f"{SHORT_PARAMS.get(k, k)}={v}"
                     for k, v in grid.items())
-    return (f"lora r={(params.get('lora') or {}).get('r')} " + text).strip() if lora else text
+    if not lora:
+        return text
+    settings = params.get("lora") if isinstance(params.get("lora"), dict) else {}
+    return f"lora r={settings.get('r')} {text}".strip()
 
 
 def counts(runs: list[Run]) -> dict[str, int]:
@@ -756,10 +771,10 @@ def spec_for(run: Run, plan: Plan, runs_root: Path) -> dict:
     task = dict(run.task_spec)
     # paths inside the runs-dir are built from run ids only (checked: never from names in the plan)
     if task.get("from_run"):  # the output of a synth run of this plan
-        task["data_dir"] = str(rundir.run_dir(runs_root, task["from_run"]) / "data")
+        task["data_dir"] = str(rundir.run_dir(runs_root, task["from_run"]) / contract.SYNTH_DATA_DIR)
     if run.parent and run.stage == "target":  # an intermediate's parent (a synth run) gives data, not weights
         model = {"source": "parent", "parent": run.parent, "name": plan.model,
-                 "path": str(rundir.run_dir(runs_root, run.parent) / "checkpoint")}
+                 "path": str(rundir.run_dir(runs_root, run.parent) / contract.CHECKPOINT_DIR)}
         if run.params.get("transfer") == "adapter":  # the frozen base is the intermediate's own (unmerged) base
             model["base"] = {"source": "path" if run.model.get("path") else "hub", **run.model}
     else:

@@ -27,8 +27,9 @@ from pathlib import Path
 
 from stilts_tui import plan as plans
 from stilts_tui import rundir, tasks
+from stilts_tui.contract import SETTLED
 from stilts_tui.errors import UserError, first_line
-from stilts_tui.ledger import FINAL, Ledger
+from stilts_tui.ledger import Ledger
 from stilts_tui.tasks import data as task_data
 from stilts_tui.tasks import inputs
 
@@ -37,7 +38,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-SETTLED = (*FINAL, "blocked")  # a rehearsal is over when no run can still change (blocked waits on a retry)
 SYNTH_N = 8  # pairs a rehearsed synth stage writes for train (and half as many for dev)
 FILLER = ("the a of and to in was for on with as by at from that it he she they were is river town "
           "market winter north people water house school road city country history music").split()

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from stilts_tui import rundir
+from stilts_tui.contract import SPEC_FILE
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.ledger import Ledger
 
@@ -426,7 +427,7 @@ def _cell(root: Path, inter: str, target: str, seed: int | None, members: list[d
         if setup is not None:
             if setup not in setups:
                 setups.append(setup)
-            asked = _asked(rundir.read_run_file(root, m["id"], "spec.json"))
+            asked = _asked(rundir.read_run_file(root, m["id"], SPEC_FILE))
             off_plan += [f"{k} {asked[k]}->{setup.get(k)}" for k in asked if k in setup and setup[k] != asked[k]]
     cell = Cell(inter, target, seed, len(values), len(members) - len(values), values, keyed=keyed, setups=setups)
     if values:
@@ -443,7 +444,7 @@ def _majorities(root: Path, runs: list[dict], metrics: dict[str, str], notes: li
     """Each target's majority-class score on its dev set (targets whose labels cannot be read: a note)."""
     out: dict[str, float] = {}
     for target, metric in metrics.items():
-        specs = (rundir.read_run_file(root, r["id"], "spec.json") for r in runs if r["name"] == target)
+        specs = (rundir.read_run_file(root, r["id"], SPEC_FILE) for r in runs if r["name"] == target)
         spec = next((s for s in specs if s and isinstance(s.get("task"), dict)), None)
         if spec is None:
             notes.append(f"failed runs of {target}: no spec.json to find its dev set")
@@ -512,10 +513,22 @@ def to_json(t: ScoreTable) -> str:
         d["min_attainable_p"] = d.pop("min_p")
         d["method"] = c.method
         cells.append(d)
-    return json.dumps({"plan": t.plan, "metric": t.metric, "metrics": t.metrics, "by_seed": t.by_seed,
-                       "std": STD_NOTE, "bootstrap": BOOT, "failed_rule": FAILED_NOTE, "test": test_note(t),
-                       "alpha": t.alpha, "without_failed": t.without_failed, "rows": t.rows, "targets": t.targets,
-                       "notes": t.notes, "cells": cells}, indent=2)
+    doc = {"plan": t.plan, "metric": t.metric, "metrics": t.metrics, "by_seed": t.by_seed,
+           "std": STD_NOTE, "bootstrap": BOOT, "failed_rule": FAILED_NOTE, "test": test_note(t),
+           "alpha": t.alpha, "without_failed": t.without_failed, "rows": t.rows, "targets": t.targets,
+           "notes": t.notes, "cells": cells}
+    return json.dumps(_finite(doc), indent=2, allow_nan=False)
+
+
+def _finite(value: object) -> object:
+    """JSON has no Infinity or NaN (a mean of scores near 1e308 overflows): such numbers become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 FAILED_NOTE = (f"a run failed when its dev score is at or below the majority-class score of the target's dev "

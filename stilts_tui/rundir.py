@@ -8,10 +8,13 @@ import re
 import tempfile
 from pathlib import Path
 
+from stilts_tui.contract import CANCEL_FILE as CANCEL_FILE  # re-exported: rundir.CANCEL_FILE is the older name
+from stilts_tui.contract import RESULT_FILE, attempt_result_name
 from stilts_tui.errors import UserError
 
 RUN_ID_RE = re.compile(r"[0-9a-f]{12}")  # used with fullmatch: `$` would accept a trailing newline
-CANCEL_FILE = "cancel.request"  # `queue cancel` writes it into a run of a fused array; the array drops the run
+WORKER_RE = re.compile(r"[0-9a-f]{8,32}")  # a worker's name (its log: .workers/NAME.log), hex as the daemon writes
+ADDED_MARK = ".queued-by-stilts"  # `queue add` writes it into each run folder it makes: the folders it may remove
 
 
 def runs_dir(value: str | Path | None = None) -> Path:
@@ -34,18 +37,31 @@ def read_json(path: Path) -> dict | None:
     """A JSON object from a file, or None (missing, unreadable, not JSON, not an object)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested 100,000 deep
         return None
     return data if isinstance(data, dict) else None
 
 
-def read_run_file(root: str | Path, run_id: str, name: str = "result.json") -> dict | None:
+def read_run_file(root: str | Path, run_id: str, name: str = RESULT_FILE) -> dict | None:
     """A run folder's JSON file (its ``result.json`` by default) as an object, or None: missing, damaged, or a
     ledger row whose id is not a run id. For readers that show what there is; the daemon checks its own."""
     try:
         return read_json(run_dir(root, run_id) / name)
     except UserError:
         return None
+
+
+def retire_result(run_folder: Path, attempt: int) -> Path | None:
+    """Move a finished attempt's ``result.json`` aside as ``result.attemptN.json``: N the attempt, or the
+    next number free (a run retried twice keeps both earlier results). Where it went, or None."""
+    src = run_folder / RESULT_FILE
+    if not src.exists():
+        return None
+    n = max(0, attempt)
+    while (dest := run_folder / attempt_result_name(n)).exists():
+        n += 1
+    os.replace(src, dest)
+    return dest
 
 
 _UMASK: int | None = None

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 
-RESULT_STATUSES = ("done", "failed", "oom")
+from stilts_tui.contract import RESULT_STATUSES
+
 INT64 = 2**63
 
 # spec["params"] keys the queue computes with (memory estimate, array and shape keys), and their kinds

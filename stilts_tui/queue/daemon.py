@@ -23,18 +23,30 @@ import psutil
 from filelock import FileLock, Timeout
 
 from stilts_tui import rundir
+from stilts_tui.contract import (
+    BLOCKING,
+    CANCEL_FILE,
+    CANCEL_GRACE_S,
+    EVENTS_FILE,
+    FINAL,
+    RESULT_FILE,
+    SPEC_FILE,
+    TRAIN_LOG,
+    UNBLOCKING,
+    WORKERS_DIR,
+    Status,
+)
 from stilts_tui.errors import UserError, first_line, report
-from stilts_tui.ledger import FINAL, Ledger, LedgerError, run_problems
+from stilts_tui.ledger import Ledger, LedgerError, run_problems
 from stilts_tui.queue import checks, mps, notify, placement
 from stilts_tui.queue.executor import Changes, Executor, new_stats
 from stilts_tui.queue.executors import local
 from stilts_tui.queue.executors import slurm as slurm_exec
-from stilts_tui.queue.settings import EXECUTORS, Settings, help_of, parse_fuse, parse_gpus
+from stilts_tui.queue.settings import EXECUTORS, Settings, check_interval, help_of, parse_fuse, parse_gpus
 
 MAX_ARRAY = placement.MAX_ARRAY  # --fuse auto: at most this many runs in one array
 ROW_DEFAULTS = {"attempts": 0, "priority": 0, "order": 0, "added": 0}  # a damaged row field is reset to these
 MAX_BACKOFF_S = 60.0  # a tick that keeps failing is retried at most this far apart
-CANCEL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL for a cancel request that names none
 
 
 def _num(x: object) -> float:
@@ -71,7 +83,17 @@ def running_daemon(root: Path) -> dict | None:
         info = read_info(root)
         return info if info is not None and is_daemon(info, root) else None
     lock.release()
-    return None
+    # daemon.lock deleted under a live daemon: the lock was free, yet daemon.json's process checks out
+    info = read_info(root)
+    return info if info is not None and is_daemon(info, root) else None
+
+
+def _file_id(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def read_info(root: Path) -> dict | None:
@@ -114,6 +136,9 @@ class Daemon:
         self.root, self.s = Path(root), settings
         self.ledger = Ledger(self.root)
         self._specs: dict[str, dict] = {}
+        self._ignored: set[str] = set()  # final runs whose damaged result.json was logged once
+        self._lock: FileLock | None = None  # daemon.lock, held while serving
+        self._lock_id: tuple | None = None  # (device, inode) of the lock file held
         self._stop = False
         self._current: str | None = None  # the run the tick is handling: an error there is that run's
         self.mps_dir: Path | None = None
@@ -138,42 +163,65 @@ class Daemon:
     def spec(self, run_id: str) -> dict:
         """The run's spec.json, checked; a missing, unreadable or damaged one is a :class:`BadRun`."""
         if run_id not in self._specs:
-            path = self.root / run_id / "spec.json"
+            path = self.run_path(run_id, SPEC_FILE)
             try:
                 spec = json.loads(path.read_text(encoding="utf-8"))
             except FileNotFoundError:
-                raise BadRun(run_id, f"{path} is missing (`queue add` of its plan writes it again)") from None
-            except (OSError, ValueError) as e:
+                raise BadRun(run_id, f"{path} is missing (`queue add` of a version of its plan that holds the run "
+                                     "writes it again)") from None
+            except (OSError, ValueError, RecursionError) as e:
                 raise BadRun(run_id, f"{path} cannot be read: {first_line(e)}") from None
             problem = checks.spec_problem(spec)
+            if not problem and spec.get("run_id", run_id) != run_id:
+                problem = f"spec.json names run {str(spec.get('run_id'))[:40]!r}, not the folder's {run_id}"
             if problem:
                 raise BadRun(run_id, problem)
             self._specs[run_id] = spec
         return self._specs[run_id]
 
+    def run_path(self, run_id: str, name: str) -> Path:
+        """A file of a run's folder; an id that is not a run id (it would name a path outside the
+        runs-dir) is a :class:`BadRun`."""
+        try:
+            return rundir.run_dir(self.root, run_id) / name
+        except UserError as e:
+            raise BadRun(str(run_id), str(e)) from None
+
     def result(self, run_id: str) -> dict | None:
         """The run's result.json, checked; None while there is none. A damaged one is a :class:`BadRun`."""
-        path = self.root / run_id / "result.json"
+        path = self.run_path(run_id, RESULT_FILE)
         try:
             res = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             raise BadRun(run_id, f"{path} cannot be read: {first_line(e)}") from None
         problem = checks.result_problem(res)
         if problem:
             raise BadRun(run_id, problem)
         return res
 
+    def final_result(self, run_id: str) -> dict | None:
+        """A finished run's result, for what it measured: a damaged one is read as none (logged once).
+        A final run is never failed again, so its record must not stop a tick."""
+        try:
+            return self.result(run_id)
+        except BadRun as e:
+            if run_id not in self._ignored:
+                self._ignored.add(run_id)
+                self.log(f"{run_id}: its result.json is ignored (the run is final): {e.reason}")
+            return None
+
     def retire_result(self, run_id: str, attempt: int) -> None:
         """Keep a finished attempt's result beside the run, out of the way of the next attempt."""
-        src = self.root / run_id / "result.json"
-        if src.exists():
-            os.replace(src, src.with_name(f"result.attempt{attempt}.json"))
+        rundir.retire_result(self.run_path(run_id, RESULT_FILE).parent, attempt)
 
     def last_line(self, run: dict) -> str:
         """": " and the last line its worker or the run wrote, for an error; "" when there is none."""
-        for path in (self.root / ".workers" / f"{run.get('worker')}.log", self.root / run["id"] / "train.log"):
+        worker = run.get("worker")
+        paths = [self.root / WORKERS_DIR / f"{worker}.log"] if isinstance(worker, str) and rundir.WORKER_RE.fullmatch(
+            worker) else []
+        for path in [*paths, self.run_path(run["id"], TRAIN_LOG)]:
             try:
                 lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
             except OSError:
@@ -195,19 +243,22 @@ class Daemon:
             bad = problems.get(r["id"])
             if bad and r["status"] not in FINAL:
                 self.fail_run(r["id"], "ledger row damaged: " + "; ".join(bad.values()), clear=list(bad))
-                r = {**r, **{k: ROW_DEFAULTS.get(k) for k in bad}, "status": "failed"}
+                r = {**r, **{k: ROW_DEFAULTS.get(k) for k in bad if k != "id"}, "status": "failed"}
             elif bad:
-                r = {**r, **{k: ROW_DEFAULTS.get(k) for k in bad}}
+                r = {**r, **{k: ROW_DEFAULTS.get(k) for k in bad if k != "id"}}
+            if bad and "id" in bad:
+                continue  # an id that is no run id never becomes a path: the tick leaves the row out
             out.append(r)
         return out
 
-    def fail_run(self, run_id: str, reason: str, clear: list[str] | None = None) -> None:
+    def fail_run(self, run_id: str, reason: str, clear: list[str] | None = None) -> bool:
         """Fail one run the daemon cannot handle: stop its process or Slurm job (first, so that no process
-        goes on unseen), then record the one-line reason. Fields named in ``clear`` are reset."""
+        goes on unseen), then record the one-line reason. Fields named in ``clear`` are reset. False when
+        the run is final (or gone): nothing is recorded."""
         reason = " ".join(reason.split())[:300]
         cur = self.ledger.get(run_id)
         if cur is None or cur.get("status") in FINAL:
-            return
+            return False
         bad = run_problems(cur)
         if cur.get("status") == "running":
             if cur.get("job_id") and "job_id" not in bad:
@@ -220,12 +271,13 @@ class Daemon:
         with self.ledger.transaction() as tx:
             now = tx.get_run(run_id)
             if now is not None and now.get("status") not in FINAL:
-                reset = {k: ROW_DEFAULTS.get(k) for k in [*(clear or []), *bad]}
+                reset = {k: ROW_DEFAULTS.get(k) for k in [*(clear or []), *bad] if k != "id"}
                 tx.update_run(run_id, **reset, status="failed",
                               error=reason, finished=time.time(), pid=None)
         self._specs.pop(run_id, None)
         self.grouper.forget(run_id)
         self.log(f"{run_id}: failed by the daemon: {reason}")
+        return True
 
     # -- one tick ---------------------------------------------------------------------------------
 
@@ -274,7 +326,7 @@ class Daemon:
                 # one run of a live array (the array drops it), or one still waiting its turn in a worker
                 # (the worker skips it): the process and the runs it is training go on
                 if mates and (r.get("fused") or not self._began(r)):
-                    (self.root / r["id"] / rundir.CANCEL_FILE).touch()
+                    (self.root / r["id"] / CANCEL_FILE).touch()
                     changes[r["id"]] = ("running", self._cancelled(r, stats))
                 else:
                     self._signal(r, changes)
@@ -293,7 +345,7 @@ class Daemon:
         """Has the run's process begun training it (a start event from that pid in events.jsonl)? A run
         that waits in a worker has none yet; one from an earlier attempt names another pid."""
         try:
-            lines = (self.root / r["id"] / "events.jsonl").read_text(errors="replace").splitlines()
+            lines = (self.root / r["id"] / EVENTS_FILE).read_text(errors="replace").splitlines()
         except OSError:
             return False
         for line in reversed(lines):
@@ -307,7 +359,7 @@ class Daemon:
 
     def _signal(self, r: dict, changes: Changes) -> None:
         """The next step of stopping a cancelled run still alive: SIGTERM once, SIGKILL after the grace."""
-        grace = _num(r.get("cancel_grace")) if r.get("cancel_grace") is not None else CANCEL_GRACE
+        grace = _num(r.get("cancel_grace")) if r.get("cancel_grace") is not None else CANCEL_GRACE_S
         if not r.get("cancel_signalled"):
             self.executor.cancel(r)
             changes[r["id"]] = ("running", {"cancel_signalled": time.time()})
@@ -329,16 +381,16 @@ class Daemon:
                 status[rid] = f["status"]
         for r in runs:
             st, parent = status[r["id"]], r.get("parent")
-            if not parent or st not in ("queued", "blocked"):
+            if not parent or st not in (Status.QUEUED, Status.BLOCKED):
                 continue
             pst = status.get(parent)
-            new = ("blocked" if st == "queued" and pst in ("failed", "cancelled", "blocked") else
-                   "queued" if st == "blocked" and pst in ("queued", "running", "done") else None)
+            new = (Status.BLOCKED if st == Status.QUEUED and pst in BLOCKING else
+                   Status.QUEUED if st == Status.BLOCKED and pst in UNBLOCKING else None)
             if new is None:
                 continue
             changes[r["id"]] = (r["status"], {**changes.get(r["id"], ("", {}))[1], "status": new})
             status[r["id"]] = new
-            stats["blocked" if new == "blocked" else "unblocked"] += 1
+            stats["blocked" if new == Status.BLOCKED else "unblocked"] += 1
         if changes:
             self._commit(changes)
 
@@ -382,9 +434,10 @@ class Daemon:
     def serve(self) -> int:
         """Hold the runs-dir's lock and tick until SIGTERM. Nothing a tick meets ends the daemon; its
         clean-up (MPS, daemon.json) runs whatever ends it."""
-        lock = FileLock(str(lock_path(self.root)), timeout=0)
+        lock = self._lock = FileLock(str(lock_path(self.root)), timeout=0)
         try:
             lock.acquire()
+            self._lock_id = _file_id(lock_path(self.root))
         except Timeout:
             other = running_daemon(self.root) or {}
             return report(UserError(f"a daemon is already running on {self.root} (pid {other.get('pid')})"))
@@ -413,7 +466,7 @@ class Daemon:
                 self.log(f"stopping MPS failed: {first_line(e)}")
             if (read_info(self.root) or {}).get("pid") == os.getpid():
                 info_path(self.root).unlink(missing_ok=True)
-            lock.release()
+            self._lock.release()
 
     def loop(self, notifier: notify.Notifier | None = None) -> None:
         """Tick every interval. A damaged run is failed and the tick goes on; any other error is logged
@@ -423,6 +476,9 @@ class Daemon:
         while not self._stop:
             t = time.time()
             delay = self.s.interval
+            self.hold_lock()
+            if self._stop:
+                break
             try:
                 stats = self.tick()
                 if notifier is not None:
@@ -436,8 +492,12 @@ class Daemon:
                 self._current = None
                 if self._blame(e.run_id, e.reason):
                     delay = 0.05  # that run is out of the way: go on at once
-                else:
+                else:  # a final run's record (nothing to fail) or an unwritable ledger: back off
                     failures += 1
+                    line = f"{e.run_id}: {e.reason}"
+                    if line != last:
+                        self.log(f"tick failed: {line}")
+                    last = line
             except Exception as e:  # noqa: BLE001 - nothing a tick meets may end the daemon
                 run_id, self._current = self._current, None
                 failures += 1
@@ -455,11 +515,37 @@ class Daemon:
             while not self._stop and time.time() < deadline:
                 time.sleep(min(0.1, max(0.01, deadline - time.time())))
 
-    def _blame(self, run_id: str, reason: str) -> bool:
-        """Fail one run; False if even that failed (the ledger cannot be written: the tick backs off)."""
+    def hold_lock(self) -> None:
+        """Keep holding daemon.lock as a file others can see: one deleted (or replaced) under the daemon
+        would let a second daemon start. The daemon locks the new file; if another daemon already holds
+        it, this one stops (its runs go on, and that daemon adopts them)."""
+        if self._lock is None:
+            return
+        path = lock_path(self.root)
+        now = _file_id(path)
+        if now is not None and now == self._lock_id:
+            return
+        fresh = FileLock(str(path), timeout=0)
         try:
-            self.fail_run(run_id, reason)
-            return True
+            fresh.acquire()
+        except Timeout:
+            other = read_info(self.root) or {}
+            if other.get("pid") not in (None, os.getpid()) and is_daemon(other, self.root):
+                self.log(f"{path} was removed and daemon {other.get('pid')} holds the new one: stopping")
+                self._stop = True
+            return  # a client checking the lock: try again next tick
+        except OSError as e:
+            self.log(f"{path} was removed and cannot be made again ({first_line(e)})")
+            return
+        self._lock.release()
+        self._lock, self._lock_id = fresh, _file_id(path)
+        self.log(f"{path} was removed under the daemon: locked it again")
+
+    def _blame(self, run_id: str, reason: str) -> bool:
+        """Fail one run; False if it is final or even that failed (the ledger cannot be written): the tick
+        backs off."""
+        try:
+            return self.fail_run(run_id, reason)
         except Exception as e:  # noqa: BLE001
             self.log(f"{run_id}: could not mark it failed ({first_line(e)}); reason was: {reason}")
             return False
@@ -488,6 +574,7 @@ def parse_settings(argv: list[str] | None) -> tuple[Path, Settings]:
     a = vars(arg_parser().parse_args(argv))
     s = Settings(**{f.name: a[f.name] for f in fields(Settings)})
     s.gpus, s.slurm, s.fuse = parse_gpus(a["gpus"]), json.loads(a["slurm"]), parse_fuse(a["fuse"])
+    s.interval = check_interval(s.interval)
     return rundir.runs_dir(a["runs_dir"]), s
 
 

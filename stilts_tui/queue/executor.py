@@ -17,12 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from stilts_tui.queue.checks import RESULT_STATUSES
 from stilts_tui.queue.placement import Launch
 
 # a tick's decisions: run id -> (the status the decision saw, the fields to record)
 Changes = dict[str, tuple[str, dict]]
-FINAL_RESULT = RESULT_STATUSES  # a result.json with one of these: the attempt is over
 NEW_STATS = ("reaped", "requeued", "blocked", "unblocked", "launched", "cancelled")
 
 

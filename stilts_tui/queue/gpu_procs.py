@@ -17,6 +17,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from stilts_tui.contract import LEDGER_FILE
 from stilts_tui.errors import UserError
 from stilts_tui.queue import gpus as gpu_info
 
@@ -77,7 +78,7 @@ def fake_procs() -> list[tuple[int, int, float]]:
 
 
 def _running(root: Path | None) -> list[dict]:
-    if root is None or not (Path(root) / "ledger.json").exists():
+    if root is None or not (Path(root) / LEDGER_FILE).exists():
         return []
     from stilts_tui.ledger import Ledger
 

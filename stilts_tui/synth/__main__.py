@@ -10,6 +10,8 @@ import time
 import traceback
 from pathlib import Path
 
+from stilts_tui.contract import SPEC_FILE, SYNTH_DATA_DIR
+
 
 def cli(params: dict, out: Path) -> int:
     """``stilts-tui synth``: a progress bar, one line at the end; bad input is one line and exit 2."""
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     log = RunLog(run_dir)
     result = {"status": "failed", "metrics": {}, "primary_metric": None, "score": None, "error": None}
     try:
-        spec = json.loads((run_dir / "spec.json").read_text())
+        spec = json.loads((run_dir / SPEC_FILE).read_text())
         log.event("start", run_id=spec.get("run_id"))
         log.line(f"synthesis {spec.get('name')}: {spec['params']}")
         last = [0.0]
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.event("step", step=done, total_steps=total, epoch=1, split=split, loss=None, lr=None,
                           samples_per_s=done / max(time.time() - t0, 1e-9))
 
-        info = synthesize(spec["params"], run_dir / "data", progress)
+        info = synthesize(spec["params"], run_dir / SYNTH_DATA_DIR, progress)
         result.update(status="done", metrics={"prompts_per_s": info["prompts_per_s"]}, counts=info["counts"])
         log.line(f"done: {info['counts']} in {info['seconds']:.0f} s ({info['prompts_per_s']:.1f} prompts/s)")
     except (UserError, OSError, ValueError, KeyError) as e:

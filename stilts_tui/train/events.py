@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from stilts_tui.contract import EVENTS_FILE, RESULT_FILE, TRAIN_LOG
 from stilts_tui.rundir import write_json_atomic
 
 
@@ -17,8 +18,8 @@ class RunLog:
     def __init__(self, run_dir: Path, echo: bool | None = None):
         self.dir = run_dir
         self.echo = sys.stdout.isatty() if echo is None else echo
-        self._log = open(run_dir / "train.log", "a", encoding="utf-8", buffering=1)  # noqa: SIM115
-        self._events = open(run_dir / "events.jsonl", "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        self._log = open(run_dir / TRAIN_LOG, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        self._events = open(run_dir / EVENTS_FILE, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
 
     def line(self, text: str) -> None:
         stamped = f"[{time.strftime('%H:%M:%S')}] {text}"
@@ -39,4 +40,4 @@ class RunLog:
 
 
 def write_result(run_dir: Path, result: dict) -> None:
-    write_json_atomic(run_dir / "result.json", result)
+    write_json_atomic(run_dir / RESULT_FILE, result)

@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 
 from stilts_tui import rundir
+from stilts_tui.contract import SPEC_FILE
 from stilts_tui.errors import UserError
 from stilts_tui.train.loop import Member, Prepared, decays
 from stilts_tui.train.step import Hooks, Setup, is_oom
 
 FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert")
-CANCEL_FILE = rundir.CANCEL_FILE
 # the parameters are column views of one buffer (not dense), their gradients views of another: autograd
 # accumulates into them in place, as intended, and warns that the layout is unusual
 warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
@@ -53,7 +53,7 @@ def can_fuse(run_dir: Path) -> bool:
     from stilts_tui.train import transfer
 
     try:
-        spec = json.loads((Path(run_dir) / "spec.json").read_text())
+        spec = json.loads((Path(run_dir) / SPEC_FILE).read_text())
         return supported(AutoConfig.from_pretrained(transfer.model_location(spec["model"])))
     except Exception:  # noqa: BLE001 - any failure here means: train alone
         return False
@@ -448,7 +448,7 @@ def arrays(run_dirs: list[Path], size: int) -> list[list[Path]]:
     out: list[list[Path]] = []
     for d in run_dirs:
         try:
-            key = rundir.array_key(json.loads((Path(d) / "spec.json").read_text()))
+            key = rundir.array_key(json.loads((Path(d) / SPEC_FILE).read_text()))
         except (OSError, ValueError):
             key = None
         if key is None:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stilts_tui import rundir
+from stilts_tui.contract import CANCEL_FILE, CHECKPOINT_DIR, SPEC_FILE
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.fmt import duration
 from stilts_tui.tasks import labels_for
@@ -163,7 +163,7 @@ class Worker:
 
 
 def read_spec(run_dir: Path) -> dict:
-    path = run_dir / "spec.json"
+    path = run_dir / SPEC_FILE
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -417,7 +417,7 @@ def train_group(worker: Worker, run_dirs: list[Path], fuse: bool) -> list[dict]:
     for d in map(Path, run_dirs):
         m = Member(d, RunLog(d, echo=worker.s.echo), time.time(), result=new_result())
         everyone.append(m)
-        if (d / rundir.CANCEL_FILE).exists():  # cancelled while it waited in this worker: never begun
+        if (d / CANCEL_FILE).exists():  # cancelled while it waited in this worker: never begun
             m.finish(worker, "cancelled", "cancelled while it waited for its turn in the worker")
             continue
         try:
@@ -614,7 +614,7 @@ def _drop(worker: Worker, engine, steplog: StepLog, live: list[Member], gone: li
 
 
 def _drop_cancelled(worker, engine, steplog, live, orders):
-    gone = [m for m in live if (m.dir / rundir.CANCEL_FILE).exists()]
+    gone = [m for m in live if (m.dir / CANCEL_FILE).exists()]
     if not gone:
         return live, orders
     rows = _drop(worker, engine, steplog, live, gone, "cancelled", "cancelled while training")
@@ -680,7 +680,7 @@ def _summarise(worker, engine, live, prep, setup: Setup, steplog: StepLog, step:
             elif m.spec.get("keep_checkpoint"):
                 if engine.k > 1:
                     prep.model.module.load_state_dict(engine.state(i), strict=False)
-                save_checkpoint(prep.model.module, prep.tok, m.dir / "checkpoint", prep.labels)
+                save_checkpoint(prep.model.module, prep.tok, m.dir / CHECKPOINT_DIR, prep.labels)
                 m.log.line(f"checkpoint saved to {m.dir / 'checkpoint'}")
             scores = [x[_primary(m)] for x in m.epoch_metrics]
             best = int(np.argmax(scores)) + 1

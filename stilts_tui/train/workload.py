@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stilts_tui.contract import SPEC_FILE
+
 SIZES = {  # name: (hidden, layers, heads, intermediate)
     "large": (1024, 24, 16, 4096),  # RoBERTa-large
     "base": (768, 12, 12, 3072),
@@ -99,5 +101,5 @@ def write_run(runs: Path, run_id: str, model_folder: Path, task: dict, params: d
             "task": task, "model": {"source": "path", "name": str(model_folder), "path": str(model_folder)},
             "params": params, "seed": seed, "parent": None, "precision": params.get("precision", "auto"),
             "keep_checkpoint": False}
-    (d / "spec.json").write_text(json.dumps(spec, indent=2))
+    (d / SPEC_FILE).write_text(json.dumps(spec, indent=2))
     return d

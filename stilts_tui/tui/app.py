@@ -13,6 +13,7 @@ from textual.command import Hit, Hits, Provider
 from textual.message import Message
 from textual.worker import Worker, WorkerState
 
+from stilts_tui.contract import CANCEL_GRACE_S
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.queue.notify import PlanWatch
 from stilts_tui.tui.data import load_snapshot
@@ -20,7 +21,6 @@ from stilts_tui.tui.keymap import load_keymap
 from stilts_tui.tui.screens.queue import QueueRead, QueueScreen
 
 REPEATING = ("queue-read", "scores")  # worker groups that run on a timer
-CANCEL_GRACE = 10.0  # seconds a cancelled run's process has to stop before it is killed
 
 PALETTE = [  # (title, help, action on the app)
     ("queue: cancel selected", "cancel the selected or marked runs", "screen_action('cancel')"),
@@ -77,7 +77,7 @@ class StiltsApp(App):
     ]
 
     def __init__(self, root: Path, keymap: dict[str, str] | None = None, start_daemon: bool = False,
-                 cancel_grace: float = CANCEL_GRACE):
+                 cancel_grace: float = CANCEL_GRACE_S):
         super().__init__()
         self.root = Path(root)
         self.cancel_grace = cancel_grace

@@ -9,8 +9,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stilts_tui import rundir
+from stilts_tui.contract import EVENTS_FILE
+from stilts_tui.errors import UserError
+from stilts_tui.fmt import terminal_safe
 from stilts_tui.ledger import Ledger
 from stilts_tui.queue import gpus as gpu_info
+
+TAIL_CHUNK = 4 << 20  # a log pane reads at most this much a poll
+LONG_LINE_SHOWN = 4000  # characters shown of a line longer than a read
 
 
 @dataclass
@@ -45,11 +52,11 @@ class ProgressReader:
         self._state: dict[str, tuple[int, Progress]] = {}
 
     def read(self, run_id: str) -> Progress:
-        path = self.root / run_id / "events.jsonl"
         pos, prog = self._state.get(run_id, (0, Progress()))
         try:
+            path = rundir.run_dir(self.root, run_id) / EVENTS_FILE  # a damaged row's id never becomes a path
             size = path.stat().st_size
-        except FileNotFoundError:
+        except (FileNotFoundError, UserError):
             return prog
         if size < pos:  # the file was replaced (a retried run): start over
             pos, prog = 0, Progress()
@@ -112,10 +119,14 @@ def tail_lines(path: Path, pos: int) -> tuple[list[str], int]:
         return [], pos
     with open(path, "rb") as f:
         f.seek(pos)
-        chunk = f.read(min(size - pos, 4 << 20))
+        chunk = f.read(min(size - pos, TAIL_CHUNK))
     end = chunk.rfind(b"\n")
     if end < 0:
-        return [], pos
+        if len(chunk) < TAIL_CHUNK:
+            return [], pos
+        # a line longer than a read: shown cut, and the reading goes on past it (never stuck on it)
+        head = chunk[:LONG_LINE_SHOWN].decode("utf-8", errors="replace")
+        return [terminal_safe(head) + f" … (a line over {TAIL_CHUNK >> 20} MiB, cut)"], pos + len(chunk)
     text = chunk[: end + 1].decode("utf-8", errors="replace")
     lines = [line.rsplit("\r", 1)[-1] if "\r" in line else line for line in text.split("\n")[:-1]]
-    return lines, pos + end + 1
+    return [terminal_safe(line) for line in lines], pos + end + 1

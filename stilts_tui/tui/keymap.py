@@ -27,7 +27,13 @@ def load_keymap(path: Path | None = None) -> dict[str, str]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: TOML syntax error: {e}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text (a keymap is a TOML file; save it as UTF-8)") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the keymap ({e.strerror or e})") from None
     keys = data.get("keys", data)
+    if not isinstance(keys, dict):
+        raise UserError(f"{path}: 'keys' is {type(keys).__name__}; expected a table of \"binding.id\" = \"key\"")
     bad = [k for k, v in keys.items() if not isinstance(v, str)]
     if bad:
         raise UserError(f"{path}: key '{bad[0]}': expected a key name like \"x\" or \"ctrl+x\"")

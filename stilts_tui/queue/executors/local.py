@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from stilts_tui import rundir
+from stilts_tui.contract import CANCEL_FILE, CANCEL_GRACE_S, RESULT_STATUSES, TRAIN_LOG, WORKERS_DIR
 from stilts_tui.queue import checks, mps, placement
 from stilts_tui.queue import gpus as gpu_info
-from stilts_tui.queue.executor import FINAL_RESULT, Changes
+from stilts_tui.queue.executor import Changes
 from stilts_tui.queue.placement import Launch
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def signal_group(pid: int | None, started: float | None, sig: int) -> bool:
     return True
 
 
-def stop(pid: int, started: float | None, grace: float = 10.0) -> bool:
+def stop(pid: int, started: float | None, grace: float = CANCEL_GRACE_S) -> bool:
     """SIGTERM the run's whole process group, SIGKILL after ``grace`` seconds. True if it was running."""
     if not alive(pid, started):
         return False
@@ -169,7 +169,7 @@ class LocalExecutor:
                 continue
             self.d.mark(r["id"])
             res = self.d.result(r["id"])
-            if res and res.get("status") in FINAL_RESULT:
+            if res and res.get("status") in RESULT_STATUSES:
                 changes[r["id"]] = ("running", self._finished(r, res, stats))
             elif not alive(r.get("pid"), r.get("pid_started")):
                 if not r.get("pid"):
@@ -225,7 +225,7 @@ class LocalExecutor:
         devs = self.devices(runs)
         if not any(d.procs < d.slots and not d.alone for d in devs):
             return
-        self.d.grouper.learned.update(runs, self.d.result)
+        self.d.grouper.learned.update(runs, self.d.final_result)
         yield from self.d.grouper.launches(runs, devs, self.d.mark)
 
     def devices(self, runs: list[dict]) -> list[placement.Device]:
@@ -280,11 +280,11 @@ class LocalExecutor:
         fused = len(fresh) if launch.fused and len(fresh) > 1 else 0
         env, args, note = self.run_env(dev, fused)
         for r in fresh:  # a cancel request or a result left from an earlier attempt must not end this one
-            (self.d.root / r["id"] / rundir.CANCEL_FILE).unlink(missing_ok=True)
+            (self.d.root / r["id"] / CANCEL_FILE).unlink(missing_ok=True)
             self.d.retire_result(r["id"], r.get("attempts") or 0)
-            _append_line(self.d.root / r["id"] / "train.log", note)
+            _append_line(self.d.root / r["id"] / TRAIN_LOG, note)
         dirs = [self.d.root / r["id"] for r in fresh]
-        log = dirs[0] / "train.log" if len(dirs) == 1 else self.d.root / ".workers" / f"{worker}.log"
+        log = dirs[0] / TRAIN_LOG if len(dirs) == 1 else self.d.root / WORKERS_DIR / f"{worker}.log"
         synth = fresh[0]["stage"] == "synth"
         pid, started = self.spawn(dirs, env, log, "stilts_tui.synth" if synth else "stilts_tui.train",
                                   [] if synth else args)

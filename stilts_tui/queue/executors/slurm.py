@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stilts_tui import rundir
+from stilts_tui.contract import BLOCKING, CANCEL_FILE, RESULT_STATUSES
 from stilts_tui.errors import UserError
 from stilts_tui.plan import SLURM_DEFAULTS
 from stilts_tui.queue import checks, placement
-from stilts_tui.queue.executor import FINAL_RESULT, Changes
+from stilts_tui.queue.executor import Changes
 from stilts_tui.queue.placement import Launch
 from stilts_tui.slurm_options import MANAGED, option_problem  # noqa: F401 - re-exported for the CLI and daemon
 
@@ -359,7 +359,7 @@ class SlurmExecutor:
                 continue
             self.d.mark(r["id"])
             res, job, st = self.d.result(r["id"]), r.get("job_id"), self.state(r)
-            if res and res.get("status") in FINAL_RESULT:
+            if res and res.get("status") in RESULT_STATUSES:
                 changes[r["id"]] = ("running", {
                     "status": "done" if res["status"] == "done" else "failed", "finished": time.time(),
                     "score": checks.clean_score(res.get("score")), "error": res.get("error"),
@@ -370,7 +370,7 @@ class SlurmExecutor:
                 self._unrecorded(r, changes, stats)
             elif st.active and st.reason != NEVER:
                 self._pending(r, st, changes)
-            elif st.reason == NEVER or status.get(r.get("parent")) in ("failed", "cancelled", "blocked"):
+            elif st.reason == NEVER or status.get(r.get("parent")) in BLOCKING:
                 if st.active:
                     cancel([job], wait=0)
                 changes[r["id"]] = ("running", {"status": "blocked", "slurm_state": "CANCELLED",
@@ -431,7 +431,7 @@ class SlurmExecutor:
         if cur is None:
             return False
         self.d.retire_result(run["id"], cur.get("attempts") or 0)  # a result left from an earlier attempt
-        (self.d.root / run["id"] / rundir.CANCEL_FILE).unlink(missing_ok=True)  # ... or a cancel request
+        (self.d.root / run["id"] / CANCEL_FILE).unlink(missing_ok=True)  # ... or a cancel request
         module = "stilts_tui.synth" if run["stage"] == "synth" else "stilts_tui.train"
         try:
             job = submit(run["id"], self.d.root / run["id"], settings, module, launch.dependency)

@@ -11,9 +11,13 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
-from stilts_tui.fmt import duration
+from stilts_tui.contract import Status
+from stilts_tui.fmt import duration, terminal_safe
 from stilts_tui.tui.data import ProgressReader, Snapshot
 from stilts_tui.tui.widgets.run_table import RunTable
+
+# sorting by status: what needs attention first (running, then failed), what is over last
+STATUS_SORT = (Status.RUNNING, Status.FAILED, Status.QUEUED, Status.BLOCKED, Status.DONE, Status.CANCELLED)
 
 STATUS_STYLE = {"queued": "cyan", "running": "bold yellow", "done": "green", "failed": "bold red",
                 "cancelled": "magenta", "blocked": "red"}
@@ -122,12 +126,12 @@ class QueueScreen(Screen):
                                                       "name")).lower()
                     or f in grid_text(r.get("grid"), r.get("params")).lower()]
         if self.sort == "status":
-            order = {s: i for i, s in enumerate(("running", "failed", "queued", "blocked", "done", "cancelled"))}
-            runs = sorted(runs, key=lambda r: order.get(r["status"], 9))
+            order = {s: i for i, s in enumerate(STATUS_SORT)}
+            runs = sorted(runs, key=lambda r: order.get(r["status"], len(order)))
         elif self.sort == "score":
             runs = sorted(runs, key=lambda r: -(r.get("score") if isinstance(r.get("score"), float) else -1))
         elif self.sort == "task":
-            runs = sorted(runs, key=lambda r: (r["task"], r.get("intermediate") or ""))
+            runs = sorted(runs, key=lambda r: (str(r.get("task")), str(r.get("intermediate") or "")))
         return runs
 
     def cells(self, r: dict, snap: Snapshot) -> list:
@@ -142,8 +146,9 @@ class QueueScreen(Screen):
             where = f"job {r['job_id']}"
             if r.get("slurm_state") in ("PENDING", "SUBMITTING"):
                 waiting = f"pending ({r.get('slurm_reason')})" if r.get("slurm_reason") else "pending"
-        return [r["id"], r["plan"], r["stage"], r["task"], r.get("intermediate") or "", str(r.get("seed", "")),
-                grid_text(r.get("grid"), r.get("params")), status, where,
+        names = (terminal_safe(r.get(k) or "") for k in ("id", "plan", "stage", "task", "intermediate"))
+        params = r.get("params") if isinstance(r.get("params"), dict) else None
+        return [*names, str(r.get("seed", "")), terminal_safe(grid_text(r.get("grid"), params)), status, where,
                 (bar(prog.fraction) if prog else waiting) if r["status"] == "running"
                 else ("✓" if r["status"] == "done" else ""),
                 f"{prog.loss:.4f}" if prog and prog.loss is not None and r["status"] == "running" else "",

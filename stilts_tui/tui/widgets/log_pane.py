@@ -18,6 +18,9 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Input, Log, Static
 
+from stilts_tui.contract import TRAIN_LOG
+from stilts_tui.fmt import terminal_safe
+from stilts_tui.rundir import RUN_ID_RE
 from stilts_tui.tui.data import tail_lines
 
 ERROR_RE = re.compile(r"(error|traceback|exception|failed|out of memory|\boom\b)", re.IGNORECASE)
@@ -46,7 +49,8 @@ class LogPane(Vertical):
     def __init__(self, root: Path, run_id: str, **kw):
         super().__init__(**kw)
         self.root, self.run_id = root, run_id
-        self.path = root / run_id / "train.log"
+        # a damaged row's id that is no run id never becomes a path: nothing to follow
+        self.path = root / run_id / TRAIN_LOG if RUN_ID_RE.fullmatch(run_id) else root / ".no-such-log"
         self._lines: deque[str] = deque(maxlen=MAX_LINES)
         self._pending: list[str] = []
         self._lock = threading.Lock()
@@ -55,7 +59,7 @@ class LogPane(Vertical):
         self.filter = ""
 
     def compose(self) -> ComposeResult:
-        yield Static(self.run_id, classes="title")
+        yield Static(Text(terminal_safe(self.run_id)), classes="title")
         log = Log(max_lines=MAX_LINES, highlight=True, auto_scroll=True)
         log.can_focus = False  # the screen routes keys to the active pane (see screens/logs.py)
         log.highlighter = ErrorHighlighter()

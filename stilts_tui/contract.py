@@ -1,0 +1,202 @@
+"""The run contract: what a run folder holds, which statuses a run passes through, and the training
+defaults a plan resolves. Every layer reads it from here; it imports nothing of the project (data
+only: no torch, no textual), so the queue, the trainer, the app and the tests agree by construction.
+
+Changing a name here changes it everywhere. Changing a training default changes the run ids of the
+plans that rely on it (a run id hashes its resolved params), so old runs stay under their old ids.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+
+# ---- run-folder file names (<runs-dir>/<run_id>/...) -------------------------------------------
+
+SPEC_FILE = "spec.json"  # everything the trainer needs; written by `queue add` before the ledger records the run
+RESULT_FILE = "result.json"  # written last, atomically, by the trainer: the attempt's outcome
+TRAIN_LOG = "train.log"  # for people, appended live (the app tails it)
+EVENTS_FILE = "events.jsonl"  # one JSON object a line: start, begin, step, eval, end
+CANCEL_FILE = "cancel.request"  # the daemon writes it into a run that waits in a worker; the worker skips it
+CHECKPOINT_DIR = "checkpoint"  # weights for the run's children (safetensors, config, tokenizer)
+SYNTH_DATA_DIR = "data"  # a synth run's output task files
+# the runs-dir's own files and folders
+LEDGER_FILE = "ledger.json"
+WORKERS_DIR = ".workers"  # one log per worker process that trains several runs
+
+_ATTEMPT_RE = re.compile(r"result\.attempt(\d+)\.json")
+
+
+def attempt_result_name(attempt: int) -> str:
+    """The name a finished attempt's ``result.json`` is kept under when the run is tried again."""
+    return f"result.attempt{int(attempt)}.json"
+
+
+def attempt_of(name: str) -> int | None:
+    """The attempt number of a kept result's file name (``result.attempt2.json`` -> 2), or None."""
+    m = _ATTEMPT_RE.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+# ---- statuses --------------------------------------------------------------------------------
+
+
+class Status(str, Enum):
+    """A run's status in the ledger. Members equal their strings (``Status.DONE == "done"``), so rows
+    read from JSON compare with them directly."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    BLOCKED = "blocked"  # a parent failed or was cancelled; unblocked when the parent is retried and succeeds
+
+    def __str__(self) -> str:  # f-strings and joins show "done", not "Status.DONE"
+        return self.value
+
+
+STATUSES: tuple[str, ...] = tuple(s.value for s in Status)  # every status, in the ledger's order
+FINAL = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED})  # never changes again unless retried
+SETTLED = FINAL | {Status.BLOCKED}  # nothing can change without a retry: a plan (or rehearsal) is over
+ACTIVE = frozenset({Status.QUEUED, Status.RUNNING})  # the queue still has work for it
+BLOCKING = frozenset({Status.FAILED, Status.CANCELLED, Status.BLOCKED})  # a parent in one blocks its queued children
+UNBLOCKING = ACTIVE | {Status.DONE}  # a parent in one (retried, running, done) unblocks its blocked children
+CANCELLABLE = ACTIVE | {Status.BLOCKED}  # what `queue cancel` stops
+RETRYABLE = frozenset({Status.FAILED, Status.CANCELLED, Status.BLOCKED})  # what `queue retry` queues again
+
+
+class ResultStatus(str, Enum):
+    """``result.json``'s status: how one attempt ended (``oom`` is requeued to run alone)."""
+
+    DONE = "done"
+    FAILED = "failed"
+    OOM = "oom"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+RESULT_STATUSES: tuple[str, ...] = tuple(s.value for s in ResultStatus)
+
+# ---- training defaults -------------------------------------------------------------------------
+
+# The reference's settings (fp32, uniformly random batches, one clip a step); anything faster is an
+# opt-in named in the plan (docs/plans.md). A plan's expansion resolves these into every run's params
+# (and so into its id): the trainer, the queue and the cost estimate read params, never a fallback.
+TRAINING_DEFAULTS: dict[str, object] = {
+    "lr": 1e-5, "batch_size": 8, "warmup": 0.1, "epochs": 3, "max_len": 128,
+    "weight_decay": 0.0, "grad_accum": 1, "precision": "fp32", "batching": "random", "pad": "auto",
+    "clip": "step", "fuse": False, "transfer": "all",
+}
+
+# ---- what result.json holds --------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    """How a run trained: the numerics and batching that decide its scores, and the speed settings that
+    should not (compile, padding). Written to result.json as ``setup``."""
+
+    precision: str  # fp32 | bf16 | fp16 (resolved)
+    tf32: bool  # TF32 matmuls (CUDA, fp32): what torch 1.7 on Ampere did for the reference
+    batching: str  # random | grouped
+    pad: str  # max | buckets | longest
+    clip: str  # step | micro_batch
+    compile: str  # off | inductor | cudagraphs (what was asked; the result says what ran)
+    cuda_graphs: bool = False
+    fused: int = 0  # runs in the array; 0 alone
+    dropout_streams: str = "own"  # own (a run alone) | member (each member of an array its run's own) | one
+
+    def record(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        return (f"{self.precision}{' (tf32 matmuls)' if self.tf32 else ''}, {self.batching} batches, pad {self.pad}, "
+                f"clip per {self.clip.replace('_', '-')}, compile {self.compile}")
+
+
+@dataclass
+class Result:
+    """A run attempt's ``result.json``: written last, atomically, by the trainer (or the synthesis).
+    Fields not set stay null; :meth:`read` takes any older or newer file (unknown keys kept in ``extra``)."""
+
+    status: str = ResultStatus.FAILED.value  # failed until it is done
+    metrics: dict = field(default_factory=dict)  # the last epoch's dev metrics
+    primary_metric: str | None = None
+    score: float | None = None  # the last epoch's primary metric (the reference reports the last epoch)
+    best_epoch: int | None = None
+    train_seconds: float | None = None
+    wall_seconds: float | None = None
+    peak_gpu_mem_gb: float | None = None
+    error: str | None = None  # one line
+    extra: dict = field(default_factory=dict)  # best_score, epoch_metrics, samples_per_s, steps, setup, ...
+
+    def record(self) -> dict:
+        """The JSON object: the fields, then ``extra``'s keys beside them."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**self.extra, **out}
+
+    @classmethod
+    def read(cls, data: dict) -> Result:
+        """A parsed result.json (checked elsewhere: see queue/checks.py) as a Result."""
+        named = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in data.items() if k in named},
+                   extra={k: v for k, v in data.items() if k not in named})
+
+    @property
+    def setup(self) -> dict:
+        """``setup`` as recorded (an empty dict for results older than it)."""
+        value = self.extra.get("setup")
+        return value if isinstance(value, dict) else {}
+
+
+# ---- cancelling ------------------------------------------------------------------------------
+
+CANCEL_GRACE_S = 10.0  # seconds between SIGTERM and SIGKILL when a cancel names no grace
+
+# params a run may carry beyond the defaults; absent means "the trainer decides" (documented in docs/plans.md):
+# compile auto, evaluation batch max(batch_size, 32), every train and dev example, no checkpoint for a target
+OPTIONAL_PARAMS = ("compile", "eval_batch_size", "max_train_samples", "max_dev_samples", "keep_checkpoint")
+TRAINED_STAGES = ("intermediate", "target")  # the stages the trainer runs (synth runs have their own params)
+
+
+def missing_params(spec: dict) -> list[str]:
+    """The training defaults a trained run's spec lacks (a spec written by hand, or damaged): a plan's
+    expansion resolves every one of them, so none may be filled in downstream."""
+    if spec.get("stage") not in TRAINED_STAGES:
+        return []
+    params = spec.get("params")
+    if not isinstance(params, dict):
+        return list(TRAINING_DEFAULTS)
+    return [k for k in TRAINING_DEFAULTS if k not in params]
+
+
+# ---- shapes: which runs are alike ---------------------------------------------------------------
+
+
+def _sub(spec: dict, key: str) -> dict:
+    value = spec.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def shape_key(spec: dict) -> str:
+    """Runs of one shape take the same memory and train at the same speed a sample: model, micro-batch,
+    length, task kind and choices, precision. The queue learns memory by it, the cost estimate speed,
+    and fused arrays group within it (:func:`array_key`). The same string the ledger's ``shape`` keeps."""
+    p, task = _sub(spec, "params"), _sub(spec, "task")
+    return json.dumps([_sub(spec, "model").get("name"), p.get("batch_size"), p.get("max_len"), task.get("kind"),
+                       task.get("num_choices"), p.get("precision")])
+
+
+def array_key(spec: dict) -> str | None:
+    """Runs with one key can train as one fused array: one shape (:func:`shape_key`), and the same task
+    and data, steps, evaluation and batching. None for runs that always train alone (synth, fp16)."""
+    p = _sub(spec, "params")
+    if spec.get("stage") not in TRAINED_STAGES or p.get("precision") == "fp16":
+        return None
+    same = {k: p.get(k) for k in ("grad_accum", "epochs", "max_train_samples", "max_dev_samples",
+                                  "eval_batch_size", "batching", "pad", "clip")}
+    return json.dumps({"shape": shape_key(spec), "task": _sub(spec, "task"), **same}, sort_keys=True, default=str)
