@@ -608,7 +608,8 @@ def queue_ls(
                   box=None)
     status = {r["id"]: r["status"] for r in ledger.runs()}
     for r in runs:
-        grid = plans.grid_text(r.get("grid")) if isinstance(r.get("grid"), dict) else str(r.get("grid") or "")
+        params = r.get("params") if isinstance(r.get("params"), dict) else None
+        grid = plans.grid_text(r.get("grid"), params) if isinstance(r.get("grid"), dict) else str(r.get("grid") or "")
         score = r.get("score")
         cells = (r["id"], r.get("plan"), r.get("stage"), r.get("task"), r.get("intermediate") or "",
                  r.get("seed", ""), grid, r["status"], "" if r.get("gpu") is None else r["gpu"],

@@ -49,7 +49,8 @@ MC_RESAMPLES = 100_000
 MC_SEED = 0
 REGRESSION_FAIL_THRESHOLD = 0.0  # the correlation of any constant prediction (what metrics.compute gives it)
 TOO_FEW = "too few pairs"
-SETUP_KEYS = ("precision", "tf32", "batching", "pad", "clip", "compile", "fused")
+SETUP_KEYS = ("method", "lora", "precision", "tf32", "batching", "pad", "clip", "compile", "fused")
+LORA_MARK = "LoRA"  # before a score: the cell's runs are LoRA runs (method = "lora"), not full fine-tunes
 
 
 class WriteError(UserError):
@@ -92,6 +93,12 @@ class Cell:
     verdict: str | None = None  # "significant" | "not significant" | "too few pairs"
     setups: list[dict] = field(default_factory=list, repr=False)  # distinct result["setup"]s recorded
     setup_note: str | None = None  # why the cell is marked "*": mixed setups, or not what the plan asked
+
+    @property
+    def method(self) -> str | None:
+        """"full", "lora", or "full/lora" for a cell that mixes them (None: no setup recorded)."""
+        methods = sorted({str(s.get("method", "full")) for s in self.setups})
+        return "/".join(methods) or None
     keyed: dict = field(default_factory=dict, repr=False)  # (seed, grid) -> value, for pairing
 
 
@@ -312,7 +319,11 @@ def _failed(c: Cell, majority: float | None) -> None:
 
 def _setup_of(result: dict | None) -> dict | None:
     setup = (result or {}).get("setup")
-    return {k: setup.get(k) for k in SETUP_KEYS if k in setup} if isinstance(setup, dict) else None
+    if not isinstance(setup, dict):
+        return None
+    out = {k: setup.get(k) for k in SETUP_KEYS if k in setup}
+    out.setdefault("method", "full")  # results written before LoRA runs existed are full fine-tunes
+    return out
 
 
 def _asked(spec: dict | None) -> dict:
@@ -460,7 +471,8 @@ def _majorities(root: Path, runs: list[dict], metrics: dict[str, str], notes: li
 CSV_FIELDS = ["intermediate", "target", "seed", "metric", "n", "missing", "mean", "std_ddof0", "median", "max",
               "min", "best_of_grid", "gain", "gain_ci_low", "gain_ci_high", "gain_significant", "majority_score",
               "failed", "failed_rate", "mean_without_failed", "std_without_failed", "pairs", "paired_gain",
-              "paired_ci_low", "paired_ci_high", "p_value", "test", "min_attainable_p", "verdict", "setup_note"]
+              "paired_ci_low", "paired_ci_high", "p_value", "test", "min_attainable_p", "verdict", "setup_note",
+              "method"]
 
 
 def _row_keys(t: ScoreTable) -> list[tuple[str, int | None]]:
@@ -488,7 +500,8 @@ def to_csv(t: ScoreTable) -> str:
                                                  lo, hi)),
                     str(c.gain_significant).lower(),
                     *map(_csv_value, (c.majority, c.failed, c.failed_rate, c.mean_ok, c.std_ok, c.pairs,
-                                      c.paired_gain, plo, phi, c.p_value, c.test, c.min_p, c.verdict, c.setup_note))])
+                                      c.paired_gain, plo, phi, c.p_value, c.test, c.min_p, c.verdict, c.setup_note,
+                                      c.method))])
     return out.getvalue()
 
 
@@ -505,6 +518,7 @@ def to_json(t: ScoreTable) -> str:
         d["n_without_failed"] = d.pop("n_ok")
         d["majority_score"] = d.pop("majority")
         d["min_attainable_p"] = d.pop("min_p")
+        d["method"] = c.method
         cells.append(d)
     doc = {"plan": t.plan, "metric": t.metric, "metrics": t.metrics, "by_seed": t.by_seed,
            "std": STD_NOTE, "bootstrap": BOOT, "failed_rule": FAILED_NOTE, "test": test_note(t),
@@ -565,7 +579,8 @@ def _cell_text(c: Cell | None, latex: bool = False, without_failed: bool = False
     pm = r"$\pm$" if latex else "±"
     mean, std = _shown(c, without_failed)
     star = "*" if c.setup_note else ""
-    text = f"{_pct(mean)}{star} {pm} {_pct(std)}"
+    mark = f"{LORA_MARK} " if c.method == "lora" else ""
+    text = f"{mark}{_pct(mean)}{star} {pm} {_pct(std)}"
     if c.gain is not None:
         text += " (" + gain_text(c, LATEX_DAGGER if latex else "†") + ")"
     text += f" n={c.n}" + (f"/{c.n + c.missing}" if c.missing else "") + failed_text(c)
@@ -579,6 +594,8 @@ def _row_label(inter: str, seed: int | None) -> str:
 def footnotes(t: ScoreTable) -> list[str]:
     """Lines under the table: mixed training setups, majority scores that could not be computed."""
     lines = []
+    if any(c.method == "lora" for c in t.cells):
+        lines.append(f"cells marked {LORA_MARK} are LoRA runs (method = \"lora\"); the others are full fine-tunes")
     mixed = [c for c in t.cells if c.setup_note]
     if mixed:
         lines.append("cells marked * mix training setups: " + "; ".join(

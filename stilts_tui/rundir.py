@@ -110,9 +110,21 @@ def array_key(spec: dict) -> str | None:
     if spec.get("stage") not in ("intermediate", "target") or p.get("precision") == "fp16":
         return None
     model = spec.get("model") or {}
-    return json.dumps({"task": spec.get("task") or {}, "base": model.get("name"), "max_len": p.get("max_len"),
-                       "batch_size": p.get("batch_size"), "grad_accum": p.get("grad_accum", 1),
-                       "epochs": p.get("epochs"), "precision": p.get("precision", "auto"),
-                       "max_train_samples": p.get("max_train_samples"), "max_dev_samples": p.get("max_dev_samples"),
-                       "eval_batch_size": p.get("eval_batch_size"), "batching": p.get("batching", "random"),
-                       "pad": p.get("pad", "auto"), "clip": p.get("clip", "step")}, sort_keys=True, default=str)
+    key = {"task": spec.get("task") or {}, "base": model.get("name"), "max_len": p.get("max_len"),
+           "batch_size": p.get("batch_size"), "grad_accum": p.get("grad_accum", 1),
+           "epochs": p.get("epochs"), "precision": p.get("precision", "auto"),
+           "max_train_samples": p.get("max_train_samples"), "max_dev_samples": p.get("max_dev_samples"),
+           "eval_batch_size": p.get("eval_batch_size"), "batching": p.get("batching", "random"),
+           "pad": p.get("pad", "auto"), "clip": p.get("clip", "step")}
+    if p.get("method") == "lora":  # one frozen encoder for the array: the same starting weights and adapters
+        key.update(method="lora", lora=p.get("lora"), frozen=frozen_base(spec))
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def frozen_base(spec: dict) -> str | None:
+    """The weights a LoRA run freezes: its parent's merged checkpoint, or (``transfer = "adapter"``, or no
+    parent) the model itself."""
+    model = spec.get("model") or {}
+    if (spec.get("params") or {}).get("transfer") == "adapter" and model.get("base"):
+        model = model["base"]
+    return model.get("path") or model.get("name")

@@ -42,19 +42,30 @@ def shape_key(run: dict, spec: dict) -> str:
     precision (bf16 activations take half of fp32's)."""
     p = spec.get("params", {})
     task = spec.get("task", {})
-    return json.dumps([spec.get("model", {}).get("name"), p.get("batch_size"), p.get("max_len"),
-                       task.get("kind"), task.get("num_choices"), p.get("precision", "fp32")])
+    key = [spec.get("model", {}).get("name"), p.get("batch_size"), p.get("max_len"), task.get("kind"),
+           task.get("num_choices"), p.get("precision", "fp32")]
+    if p.get("method") == "lora":  # a LoRA run takes a fraction of a full fine-tune's memory
+        lora = p.get("lora") or {}
+        key.append({"method": "lora", "r": lora.get("r"), "targets": lora.get("targets")})
+    return json.dumps(key)
 
 
-def formula_gb(spec: dict) -> float:
-    """A safe first estimate: weights, gradients and AdamW state in fp32 (16 bytes a parameter, plus
-    bf16 copies) and activations growing with batch x choices x length."""
+def formula_gb(spec: dict, k: int = 1) -> float:
+    """A safe first estimate for ``k`` runs of ``spec``'s shape in one process: weights, gradients and
+    AdamW state in fp32 (16 bytes a parameter, plus bf16 copies) and activations growing with batch x
+    choices x length, for each run. LoRA runs share one frozen encoder: its weights (and a bf16 copy)
+    count once, and each run adds its activations and its adapters and head with their gradients and
+    AdamW state (at most 1 % of the encoder for rank 16 on two layers; more for more)."""
     params = model_params(spec.get("model", {}))
     p = spec.get("params", {})
     choices = spec.get("task", {}).get("num_choices") or 1
     tokens = p.get("batch_size", 8) * choices * p.get("max_len", 128)
     act = tokens * 1.2e-3 * (params / 355e6)
-    return round(max(1.0, 18 * params / 2**30 + act), 2)
+    if p.get("method") == "lora":
+        lora = p.get("lora") or {}
+        own = 0.01 * params * max(1.0, lora.get("r", 8) * len(lora.get("targets") or [0, 0]) / 32)
+        return round(max(1.0, 6 * params / 2**30 + k * (act + 16 * own / 2**30)), 2)
+    return round(k * max(1.0, 18 * params / 2**30 + act), 2)
 
 
 @dataclass
@@ -242,6 +253,15 @@ class Grouper:
             return round(share * MARGIN + 0.25, 2), key
         return formula_gb(spec), key
 
+    def group_gb(self, run: dict, est: float, k: int) -> float:
+        """The estimate of an array of ``k`` runs of ``run``'s shape: k times a run's (a measured share,
+        or the formula), except LoRA runs before any is measured: their frozen encoder counts once."""
+        spec = self.spec(run["id"])
+        if (spec.get("params") or {}).get("method") == "lora" and self.learned.shape(
+                shape_key(run, spec)).share_gb is None:
+            return formula_gb(spec, k)
+        return round(est * k, 2)
+
     def array_key(self, run_id: str) -> str | None:
         if run_id not in self._array_keys:
             self._array_keys[run_id] = rundir.array_key(self.spec(run_id))
@@ -297,7 +317,7 @@ class Grouper:
         mates = [r] + [o for o in by_key.get(key, []) if o is not r and o["id"] not in taken]
         for k in range(min(len(mates), limit, cap), 1, -1):  # the largest array that fits somewhere
             group = [m for m in mates if (m.get("fuse_max") or MAX_ARRAY) >= k][:k]
-            dev = choose(devs, est * k, False) if len(group) == k else None
+            dev = choose(devs, self.group_gb(r, est, k), False) if len(group) == k else None
             if dev is not None:
                 size = (f"{measured.share_gb:.2f} GB a run measured by {measured.share_from}"
                         if measured.share_gb is not None else "no run of this shape measured yet"
@@ -344,6 +364,6 @@ class Grouper:
                     continue
                 group = self.worker_group(r, ready_runs, taken, key)
             else:
-                est = round(est * len(group), 2)
+                est = self.group_gb(r, est, len(group))
             taken.update(x["id"] for x in group)
             yield Launch(group, dev, est, key, fused, why)

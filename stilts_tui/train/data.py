@@ -8,6 +8,7 @@ loads it from there. Inside one process the arrays are also kept in memory.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -67,6 +68,12 @@ def encode_pairs(tok, firsts: list[str], seconds: list[str], max_len: int) -> di
     ``longest_first``), then joined with the tokenizer's own special tokens (its post-processor)."""
     budget = max_len - tok.num_special_tokens_to_add(pair=True)
     backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None and (backend.padding or backend.truncation):
+        # a tokenizer.json that pads or truncates (the MiniLM's: to 128) would pad each segment and the
+        # joined pair past max_len: encode with a copy that does neither
+        backend = copy.deepcopy(backend)
+        backend.no_padding()
+        backend.no_truncation()
     out: dict[str, list] = {"input_ids": [], "token_type_ids": []}
     if backend is None:  # a slow tokenizer: its own python joins
         for x, y in zip(tok(firsts, add_special_tokens=False)["input_ids"],

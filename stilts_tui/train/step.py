@@ -31,17 +31,25 @@ class Setup:
     cuda_graphs: bool = False
     fused: int = 0  # runs in the array; 0 alone
     dropout_streams: str = "own"  # own (a run alone) | member (each member of an array its run's own) | one
+    method: str = "full"  # full | lora
+    lora: dict | None = None  # a LoRA run's r, alpha, dropout, targets
+    transfer: str | None = None  # a LoRA run's transfer (merge/all, encoder, adapter)
 
     @property
     def amp(self) -> torch.dtype | None:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
 
     def record(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if self.method == "full":  # a full fine-tune's record is what it was before LoRA runs existed, plus method
+            del out["lora"], out["transfer"]
+        return out
 
     def line(self) -> str:
+        lora = (f", LoRA r {self.lora['r']} alpha {self.lora['alpha']:g} on {'/'.join(self.lora['targets'])} "
+                f"(transfer {self.transfer})") if self.method == "lora" and self.lora else ""
         return (f"{self.precision}{' (tf32 matmuls)' if self.tf32 else ''}, {self.batching} batches, pad {self.pad}, "
-                f"clip per {self.clip.replace('_', '-')}, compile {self.compile}")
+                f"clip per {self.clip.replace('_', '-')}, compile {self.compile}{lora}")
 
 
 # ``compile = "auto"`` compiles on CUDA only when a run has enough optimizer steps to pay the compile
@@ -87,7 +95,10 @@ def resolve_setup(settings, params: dict, spec: dict, accum: int, steps: int | N
     # next replay, so accumulation compiles without graphs
     graphs = cuda and compile_mode in ("inductor", "cudagraphs") and accum == 1
     tf32 = cuda and precision == "fp32" and torch.backends.cuda.matmul.allow_tf32
-    return Setup(precision, tf32, batching, pad, clip, compile_mode, graphs)
+    setup = Setup(precision, tf32, batching, pad, clip, compile_mode, graphs)
+    if params.get("method") == "lora":
+        setup.method, setup.lora, setup.transfer = "lora", dict(params["lora"]), str(params.get("transfer", "all"))
+    return setup
 
 
 class Parts(list):
@@ -237,9 +248,10 @@ class StepLog:
         self.logs = [self.logs[i] for i in rows]
         self.running = self.running[rows]
 
-    def step(self, step: int, epoch: int, lrs: list[float]) -> None:
+    def step(self, step: int, epoch: int, lrs: list[float]) -> list[float] | None:
+        """At a log step: a line and an event for each run; each run's mean loss since the last (else None)."""
         if step % self.every and step != self.total:
-            return
+            return None
         now = time.time()
         rate = (self.seen - self.seen_mark) / max(now - self.t_mark, 1e-9)
         eta = (self.total - step) * (now - self.t0) / step
@@ -253,6 +265,7 @@ class StepLog:
             log.event("step", step=step, total_steps=self.total, epoch=epoch, loss=mean, lr=lr,
                       samples_per_s=rate, eta_s=eta, **fused)
         self.t_mark, self.seen_mark = now, self.seen
+        return means
 
     @property
     def seconds(self) -> float:

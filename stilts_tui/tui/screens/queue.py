@@ -27,10 +27,15 @@ SORTS = ("queue", "status", "score", "task", *[c for c in COLUMNS if c not in ("
 APPEND_ROWS = 100  # new rows added a frame (1,008 at once keep a key waiting a quarter of a second)
 
 
-def grid_text(grid: dict | None) -> str:
+def grid_text(grid: dict | None, params: dict | None = None) -> str:
     from stilts_tui.plan import grid_text as text  # the plan layer loads after the first frame
 
-    return text(grid)
+    return text(grid, params)
+
+
+def params_of(r: dict) -> dict | None:
+    """A row's resolved params, or None where a damaged row holds something else."""
+    return r.get("params") if isinstance(r.get("params"), dict) else None
 
 
 def shown_status(r: dict, snap: Snapshot) -> str:
@@ -136,7 +141,8 @@ class QueueScreen(Screen):
             f = self.filter.lower()
             runs = [r for r in runs if f in " ".join(str(r.get(k, "")) for k in
                                                      ("id", "plan", "stage", "task", "intermediate", "status",
-                                                      "name")).lower() or f in grid_text(r.get("grid")).lower()
+                                                      "name")).lower()
+                    or f in grid_text(r.get("grid"), params_of(r)).lower()
                     or f in shown_status(r, snap) or f in snap.reasons.get(r["id"], "").lower()]
         if self.sort != "queue":
             runs = sorted(runs, key=self.sort_key(snap), reverse=self.reverse)
@@ -178,7 +184,8 @@ class QueueScreen(Screen):
         else:
             progress = "✓" if r["status"] == "done" else ""
         names = (terminal_safe(r.get(k) or "") for k in ("id", "plan", "stage", "task", "intermediate"))
-        return [*names, str(r.get("seed", "")), terminal_safe(grid_text(r.get("grid"))), status, where, progress,
+        grid = terminal_safe(grid_text(r.get("grid"), params_of(r)))
+        return [*names, str(r.get("seed", "")), grid, status, where, progress,
                 f"{prog.loss:.4f}" if prog and prog.loss is not None and training else "",
                 duration(prog.eta_s) if prog and training else "", score, terminal_safe(snap.reasons.get(r["id"], ""))]
 
