@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tinydb import Query, TinyDB
 
+from stilts_tui.contract import SPEC_FILE, TRAINING_DEFAULTS
 from stilts_tui.ledger import KeyedTable, Ledger
 from stilts_tui.queue.daemon import Daemon, Settings
 
@@ -34,8 +35,9 @@ def fill(root: Path, n: int) -> None:
                      "grid": {}, "parent": parent, "order": i})
         d = root / f"{i:012x}"
         d.mkdir()
-        (d / "spec.json").write_text(json.dumps({"model": {"name": "roberta-large"}, "task": {"kind": "classification"},
-                                                 "params": {"batch_size": 16, "max_len": 128}}))
+        spec = {"stage": recs[-1]["stage"], "model": {"name": "roberta-large"}, "task": {"kind": "classification"},
+                "params": {**TRAINING_DEFAULTS, "batch_size": 16, "max_len": 128}}
+        (d / SPEC_FILE).write_text(json.dumps(spec))
     Ledger(root).add_runs(recs)
 
 

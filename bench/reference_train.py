@@ -46,13 +46,13 @@ def main(run_dir: Path) -> None:
     no_decay = ["bias", "LayerNorm.weight"]
     groups = [
         {"params": [q for n, q in model.named_parameters() if not any(k in n for k in no_decay)],
-         "weight_decay": p.get("weight_decay", 0.0)},
+         "weight_decay": p["weight_decay"]},
         {"params": [q for n, q in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
     ]
     opt = torch.optim.AdamW(groups, lr=p["lr"], betas=(0.9, 0.999), eps=1e-8)
     bs, epochs = p["batch_size"], p["epochs"]
     total = math.ceil(len(tr_y) / bs) * epochs
-    warm = int(p.get("warmup", 0) * total)
+    warm = int(p["warmup"] * total)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: s / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
     model.train()

@@ -71,8 +71,8 @@ def hf_train_one(run_dir: Path, gpu_flags: bool) -> dict:
     args = TrainingArguments(
         output_dir=str(run_dir / "hf"), per_device_train_batch_size=int(p["batch_size"]),
         per_device_eval_batch_size=max(int(p["batch_size"]), 32), learning_rate=float(p["lr"]),
-        num_train_epochs=int(p["epochs"]), weight_decay=float(p.get("weight_decay", 0.0)),
-        warmup_steps=float(p.get("warmup", 0.0)), lr_scheduler_type="linear", max_grad_norm=1.0,
+        num_train_epochs=int(p["epochs"]), weight_decay=float(p["weight_decay"]),
+        warmup_steps=float(p["warmup"]), lr_scheduler_type="linear", max_grad_norm=1.0,
         adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, eval_strategy="epoch", save_strategy="no",
         logging_strategy="epoch", report_to="none", disable_tqdm=True, seed=int(spec["seed"]), use_cpu=not cuda,
         bf16=gpu_flags, torch_compile=gpu_flags,

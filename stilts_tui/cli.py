@@ -17,6 +17,7 @@ import typer
 from stilts_tui import plan as plans
 from stilts_tui import rundir, tasks
 from stilts_tui.contract import CANCEL_GRACE_S, SETTLED, STATUSES, TRAIN_LOG
+from stilts_tui.entry import NoDaemon, RunsDir  # the root options, shared with the bare command's parser
 from stilts_tui.errors import Failure, UserError
 from stilts_tui.fmt import terminal_safe
 from stilts_tui.ledger import Ledger
@@ -35,9 +36,6 @@ daemon_app = typer.Typer(help="Start, stop and inspect the queue daemon.", no_ar
 app.add_typer(plan_app, name="plan")
 app.add_typer(queue_app, name="queue")
 app.add_typer(daemon_app, name="daemon")
-# entry.py reads the bare command's --no-daemon by hand (the app opens without importing typer)
-NoDaemon = Annotated[bool, typer.Option("--no-daemon", envvar="STILTS_NO_DAEMON",
-                                        help="do not start the queue daemon if it is not running")]
 
 PlanPath = Annotated[Path, typer.Argument(help="a plan file (TOML)", show_default=False)]
 JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output (see README)")]
@@ -57,10 +55,7 @@ def _root(ctx: typer.Context) -> Path:
 @app.callback(invoke_without_command=True)
 def root(
     ctx: typer.Context,
-    runs_dir: Annotated[
-        Path | None,
-        typer.Option("--runs-dir", envvar="STILTS_RUNS_DIR", help="where run folders and the ledger live"),
-    ] = None,
+    runs_dir: RunsDir = None,
     no_daemon: NoDaemon = False,
 ) -> None:
     """Plan, queue, watch and score STILTs studies. With no command, opens the terminal app."""
@@ -811,16 +806,11 @@ def doctor(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 
 
 def main() -> None:
-    """Console entry point: bad input becomes one line on stderr and exit status 2; a failure of the
-    machine (a full disk, a permission, a read-only file system) one line and exit status 1."""
-    from stilts_tui.errors import report
+    """Console entry point: bad input (a usage error included) becomes one line on stderr and exit status 2;
+    a failure of the machine (a full disk, a permission, a read-only file system) one line and exit status 1."""
+    from stilts_tui.entry import run
 
-    try:
-        app()
-    except (UserError, OSError) as e:
-        sys.exit(report(e))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run(app)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,18 @@ No torch; reads only files and the ledger.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stilts_tui import plan as plans
-from stilts_tui.contract import LEDGER_FILE, RESULT_FILE, SPEC_FILE
+from stilts_tui.contract import LEDGER_FILE, RESULT_FILE, SPEC_FILE, optional, shape_key
 from stilts_tui.queue import placement
 
 # (parameters up to, samples/s) on one GPU in fp32 at max_len 128: RoBERTa-large measured 186-214 on an
-# H100 (docs/design), base-size models ~3x that, MiniLM-size ~8x. Stated guesses, replaced by measurements.
+# H100 (the project's design notes; docs/results.md), base-size models ~3x that, MiniLM-size ~8x. Stated
+# guesses, replaced by measurements.
 DEFAULT_THROUGHPUT = ((30e6, 1600.0), (150e6, 600.0), (math.inf, 200.0))
 DEFAULT_OVERHEAD_S = 30.0
 SYNTH_SECONDS_PER_TEXT = 0.02  # GPT-2 medium sampling in batches of 64, one text = a context's ending
@@ -82,15 +82,6 @@ class Rate:
     runs: int  # how many finished runs it was measured from
 
 
-def shape(spec: dict) -> str:
-    """Runs of one shape train at one speed: model, max_len, batch, precision, task kind and choices."""
-    p = spec.get("params") if isinstance(spec.get("params"), dict) else {}
-    task = spec.get("task") if isinstance(spec.get("task"), dict) else {}
-    model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
-    return json.dumps([model.get("name"), p.get("max_len"), p.get("batch_size"), p.get("grad_accum", 1),
-                       p.get("precision", "auto"), task.get("kind"), task.get("num_choices")], default=str)
-
-
 def _num(v: object) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
@@ -123,7 +114,7 @@ def measured(root: Path | None) -> dict[str, Rate]:
             continue
         setup = res.get("setup") if isinstance(res.get("setup"), dict) else {}
         k = _num(setup.get("fused", res.get("fused"))) or 1
-        found.setdefault(shape(spec), []).append((rate * k, max(0.0, wall - train)))
+        found.setdefault(shape_key(spec), []).append((rate * k, max(0.0, wall - train)))
     return {key: Rate(statistics.median(x for x, _ in v), statistics.median(o for _, o in v), len(v))
             for key, v in found.items()}
 
@@ -135,7 +126,7 @@ def default_rate(spec: dict) -> tuple[float, str]:
     p = spec.get("params") or {}
     choices = (spec.get("task") or {}).get("num_choices") or (4 if (spec.get("task") or {}).get("kind") ==
                                                                 "multiple_choice" else 1)
-    rate = base * 128 / max(8, int(p.get("max_len", 128))) / choices
+    rate = base * 128 / max(8, int(p["max_len"])) / choices
     return rate, f"{base:g} samples/s at max_len 128 for ~{params / 1e6:.0f}M parameters"
 
 
@@ -157,15 +148,15 @@ def _count_rows(task: dict) -> int | None:
     return _ROWS[key]
 
 
-def train_size(run: plans.Run, plan: plans.Plan) -> int | None:
-    """Train examples a run sees an epoch: the files, else the known size, else a synth stage's n."""
+def train_size(run: plans.Run, synth_n: dict[str, int]) -> int | None:
+    """Train examples a run sees an epoch: the files, else the known size, else the ``n`` of the synth
+    run its task comes from (``synth_n``: synth run id -> n)."""
     task = run.task_spec
     if task.get("from_run"):
-        synth = next((s for s in plan.synth.values() if s), None)
-        n = {**plans.SYNTH_DEFAULTS, **(synth or {})}.get("n")
+        n = synth_n.get(task["from_run"])
     else:
         n = _count_rows(task) or KNOWN_TRAIN_SIZES.get(run.task)
-    limit = run.params.get("max_train_samples")
+    limit = optional(run.params, "max_train_samples")
     return min(n, limit) if n and isinstance(limit, int) else n
 
 
@@ -174,24 +165,25 @@ def estimate(plan: plans.Plan, runs: list[plans.Run], rates: dict[str, Rate] | N
     rates = rates or {}
     cost = Cost({s: StageCost(s) for s in plans.STAGES})
     defaults: set[str] = set()
+    synth_n = {r.id: r.params["n"] for r in runs if r.stage == "synth"}
     for r in runs:
         sc = cost.stages[r.stage]
         sc.runs += 1
         if r.stage == "synth":
-            texts = r.params.get("n", 0) * (1 + r.params.get("fakes", 3)) + r.params.get("dev", 0)
+            texts = r.params["n"] * (1 + r.params["fakes"]) + r.params["dev"]
             sc.seconds += texts * SYNTH_SECONDS_PER_TEXT + DEFAULT_OVERHEAD_S
             sc.default += 1
             continue
-        n = train_size(r, plan)
+        n = train_size(r, synth_n)
         if not n:
             sc.unknown += 1
             continue
         p = r.params
-        epochs, bs, accum = int(p.get("epochs", 3)), int(p.get("batch_size", 8)), int(p.get("grad_accum", 1))
+        epochs, bs, accum = int(p["epochs"]), int(p["batch_size"]), int(p["grad_accum"])
         sc.steps += epochs * max(1, math.ceil(n / bs) // accum)  # as the trainer: leftovers carry over
         sc.samples += n * epochs
-        spec = {"model": {"name": plan.model, **r.model}, "params": p, "task": r.task_spec}
-        rate = rates.get(shape(spec))
+        spec = {"stage": r.stage, "model": {"name": plan.model, **r.model}, "params": p, "task": r.task_spec}
+        rate = rates.get(shape_key(spec))
         if rate is not None:
             sc.seconds += n * epochs / rate.samples_per_s + rate.overhead_s
             sc.measured += 1
@@ -202,7 +194,7 @@ def estimate(plan: plans.Plan, runs: list[plans.Run], rates: dict[str, Rate] | N
             defaults.add(why)
     total = cost.total
     if total.measured:
-        n_shapes = len({shape({"model": {"name": plan.model}, "params": r.params, "task": r.task_spec})
+        n_shapes = len({shape_key({"model": {"name": plan.model}, "params": r.params, "task": r.task_spec})
                         for r in runs if r.stage != "synth"} & set(rates))
         cost.notes.append(f"{total.measured} runs timed from throughput measured by finished runs of the same "
                           f"shape in the ledger ({n_shapes} shapes)")

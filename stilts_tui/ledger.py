@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ from tinydb.table import Document, Table
 from stilts_tui.contract import FINAL as FINAL  # re-exported: older callers read ledger.FINAL / STATUSES
 from stilts_tui.contract import LEDGER_FILE, STATUSES
 from stilts_tui.errors import UserError, failure_from_os, first_line
-from stilts_tui.rundir import RUN_ID_RE, WORKER_RE, new_file_mode
+from stilts_tui.rundir import RUN_ID_RE, WORKER_RE, write_atomic
 
 # fsync the new file and its folder on every commit, so that a power loss never leaves an empty
 # ledger (ext4 without auto_da_alloc, xfs, NFS...). bench/ledger.py measures the cost.
@@ -269,31 +268,17 @@ class Ledger:
     def _write(self, data: dict, changed: set[str] | None = None) -> None:
         """Encode, write a temporary file (fsync'ed), keep the old file as the backup, rename over.
         Any failure leaves the file as it was and drops the cache (which holds the failed change)."""
-        tmp = None
         # a symlinked ledger stays a symlink: the file it names is replaced, in its own folder
         dest = Path(os.path.realpath(self.path)) if self.path.is_symlink() else self.path
         try:
             pieces = self._encode(data, changed)
-            fd, tmp = tempfile.mkstemp(prefix=".ledger.", suffix=".tmp", dir=dest.parent)
-            os.fchmod(fd, new_file_mode(self.path))
-            with open(fd, "wb", buffering=1 << 20) as f:
-                f.writelines(pieces)
-                if FSYNC:
-                    f.flush()
-                    os.fsync(f.fileno())
-            self._keep_backup()
-            os.replace(tmp, dest)
-            tmp = None
+            # .ledger.json.*.tmp: a killed commit's leftover is swept (.ledger.*.tmp)
+            write_atomic(dest, pieces, fsync=FSYNC, before_replace=self._keep_backup)
             if FSYNC:
                 _fsync_dir(dest.parent)
             st = os.stat(self.path)
         except BaseException as e:
             self._stamp, self._frags = None, None
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
             if isinstance(e, OSError):
                 raise _io_error(e, "writing the ledger") from None
             raise

@@ -16,7 +16,6 @@ import math
 import os
 import re
 import stat
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,13 +23,9 @@ from stilts_tui import contract, rundir, tasks
 from stilts_tui.errors import PlanError, UserError
 from stilts_tui.slurm_options import option_problem
 from stilts_tui.synth.settings import DEFAULTS as SYNTH_DEFAULTS
+from stilts_tui.tomlio import tomllib
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-STAGES = ("synth", "intermediate", "target")
+STAGES = contract.STAGES
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # with fullmatch: `$` accepts a trailing newline
 BASELINE_NAME = "none"  # the starting point of baseline runs: no intermediate stage may take it
 INT64_MAX = 2**63 - 1
@@ -784,8 +779,7 @@ def spec_for(run: Run, plan: Plan, runs_root: Path) -> dict:
     return {
         "run_id": run.id, "plan": plan.name, "plan_file": str(plan.path), "stage": run.stage,
         "name": run.name, "intermediate": run.intermediate, "task": task, "model": model,
-        "params": run.params, "seed": run.seed, "parent": run.parent,
-        "precision": run.params.get("precision", "auto"),
-        "keep_checkpoint": bool(run.params.get("keep_checkpoint", run.stage == "intermediate")),
+        "params": run.params, "seed": run.seed, "parent": run.parent,  # precision: in params alone
+        "keep_checkpoint": run.params.get("keep_checkpoint") is True,  # expansion sets it for intermediates
         "slurm": dict(plan.slurm),
     }

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -26,17 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stilts_tui import plan as plans
-from stilts_tui import rundir, tasks
+from stilts_tui import rundir, tasks, tomlio
 from stilts_tui.contract import SETTLED
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.ledger import Ledger
 from stilts_tui.tasks import data as task_data
 from stilts_tui.tasks import inputs
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from stilts_tui.tomlio import tomllib
 
 SYNTH_N = 8  # pairs a rehearsed synth stage writes for train (and half as many for dev)
 FILLER = ("the a of and to in was for on with as by at from that it he she they were is river town "
@@ -91,37 +86,9 @@ def rewrite(data: dict, plan_dir: Path, root: Path, opts: Options) -> dict:
     return d
 
 
-def _toml_key(k: str) -> str:
-    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
-
-
-def _toml_value(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):  # a JSON string is a TOML basic string, DEL aside
-        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
 def to_toml(data: dict) -> str:
-    """A plan's data as TOML (scalars, then [defaults]/[slurm], then [kind.NAME] tables)."""
-    out = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
-    for k, v in data.items():
-        if not isinstance(v, dict):
-            continue
-        if k in ("synth", "intermediate", "target", "tasks"):
-            for name, table in v.items():
-                out += ["", f"[{k}.{_toml_key(name)}]"] + [f"{_toml_key(a)} = {_toml_value(b)}"
-                                                            for a, b in table.items()]
-        else:
-            out += ["", f"[{k}]"] + [f"{_toml_key(a)} = {_toml_value(b)}" for a, b in v.items()]
-    return "\n".join(out) + "\n"
+    """A plan's data as TOML (tomli_w: scalars, then [defaults]/[slurm], then [kind.NAME] tables)."""
+    return tomlio.dumps(data)
 
 
 # ---- data, texts and tiny models ---------------------------------------------------------------

@@ -23,7 +23,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -800,13 +799,6 @@ def write_output(path: Path, data: bytes, force: bool = False) -> None:
             return
         if not path.parent.is_dir():
             raise UserError(f"-o {path}: no folder {path.parent}")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        rundir.write_atomic(path, [data])  # keeps an overwritten file's mode (mkstemp alone made it 0600)
     except OSError as e:
         raise WriteError(f"cannot write {path}: {e.strerror or first_line(e)}") from None

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from stilts_tui.contract import CANCEL_FILE as CANCEL_FILE  # re-exported: rundir.CANCEL_FILE is the older name
@@ -81,19 +82,22 @@ def new_file_mode(path: Path) -> int:
     return 0o666 & ~_UMASK
 
 
-def write_json_atomic(path: Path, obj: object, fsync: bool = False) -> None:
-    """Write JSON to a temporary file beside ``path``, then rename it over ``path`` (keeping its mode).
-    A failure (a full disk, a value JSON cannot hold) leaves ``path`` as it was and no temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"  # encoded before any file is touched
+def write_atomic(path: Path, chunks: Iterable[bytes], fsync: bool = False,
+                 before_replace: Callable[[], None] | None = None) -> None:
+    """The project's one atomic writer: ``chunks`` go to a temporary file beside ``path`` (``.NAME.*.tmp``,
+    given the mode ``path`` has, else a new file's: never mkstemp's 0600), fsync'ed if asked, then renamed
+    over ``path`` (after ``before_replace``, e.g. keeping a backup). A failure leaves ``path`` as it was and
+    no temporary file. The ledger, run folders' JSON and score exports write through it."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, new_file_mode(path))
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(fd, "wb", buffering=1 << 20) as f:
+            f.writelines(chunks)
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -103,28 +107,10 @@ def write_json_atomic(path: Path, obj: object, fsync: bool = False) -> None:
         raise
 
 
-def array_key(spec: dict) -> str | None:
-    """Runs with one key can train as one array: same task and data, tokenizer (model source), length,
-    batch, steps, precision, batching, padding and clipping. None for runs that always train alone."""
-    p = spec.get("params") or {}
-    if spec.get("stage") not in ("intermediate", "target") or p.get("precision") == "fp16":
-        return None
-    model = spec.get("model") or {}
-    key = {"task": spec.get("task") or {}, "base": model.get("name"), "max_len": p.get("max_len"),
-           "batch_size": p.get("batch_size"), "grad_accum": p.get("grad_accum", 1),
-           "epochs": p.get("epochs"), "precision": p.get("precision", "auto"),
-           "max_train_samples": p.get("max_train_samples"), "max_dev_samples": p.get("max_dev_samples"),
-           "eval_batch_size": p.get("eval_batch_size"), "batching": p.get("batching", "random"),
-           "pad": p.get("pad", "auto"), "clip": p.get("clip", "step")}
-    if p.get("method") == "lora":  # one frozen encoder for the array: the same starting weights and adapters
-        key.update(method="lora", lora=p.get("lora"), frozen=frozen_base(spec))
-    return json.dumps(key, sort_keys=True, default=str)
+def write_json_atomic(path: Path, obj: object, fsync: bool = False) -> None:
+    """Write JSON atomically (:func:`write_atomic`), creating the folder. A value JSON cannot hold fails
+    before any file is touched."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"  # encoded before any file is touched
+    write_atomic(path, [text.encode("utf-8")], fsync=fsync)
 
-
-def frozen_base(spec: dict) -> str | None:
-    """The weights a LoRA run freezes: its parent's merged checkpoint, or (``transfer = "adapter"``, or no
-    parent) the model itself."""
-    model = spec.get("model") or {}
-    if (spec.get("params") or {}).get("transfer") == "adapter" and model.get("base"):
-        model = model["base"]
-    return model.get("path") or model.get("name")

@@ -224,6 +224,21 @@ def all_final(runs_dir: Path) -> bool:
     return all(s in ("done", "failed", "cancelled", "blocked") for s in statuses(runs_dir).values())
 
 
+def ticks(runs_dir: Path) -> int:
+    """How many ticks the running daemon has finished (its ``daemon.ticks``; 0 before its first)."""
+    try:
+        return int((runs_dir / "daemon.ticks").read_text())
+    except (OSError, ValueError):  # none yet, or read as it is rewritten
+        return 0
+
+
+def wait_ticks(runs_dir: Path, n: int = 2, timeout: float = 60) -> None:
+    """Wait until the daemon has finished ``n`` more ticks: it has looked at the queue since now (for
+    asserting that something did not happen, instead of sleeping)."""
+    since = ticks(runs_dir)
+    wait(lambda: ticks(runs_dir) >= since + n, timeout, f"{n} more daemon ticks")
+
+
 def set_debug(runs_dir: Path, run_id: str, **debug) -> None:
     path = runs_dir / run_id / "spec.json"
     spec = json.loads(path.read_text())

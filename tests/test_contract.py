@@ -72,3 +72,70 @@ def test_a_retried_run_keeps_each_attempts_result_under_the_contract_name(tmp_pa
     assert json.loads((runs_dir / run["id"] / "result.attempt2.json").read_text())["n"] == 2
     assert not (runs_dir / run["id"] / contract.RESULT_FILE).exists()
     assert Ledger(runs_dir).get(run["id"])["status"] == Status.QUEUED
+
+
+def test_a_spec_that_lacks_a_default_is_a_bad_spec_in_one_line(tmp_path, tiny_workload):
+    from conftest import result_of, train, write_tiny_run
+
+    from stilts_tui.queue import checks
+
+    d = write_tiny_run(tmp_path / "runs", "a1b2c3d4e5f6", tiny_workload)
+    spec = json.loads((d / contract.SPEC_FILE).read_text())
+    del spec["params"]["warmup"]
+    (d / contract.SPEC_FILE).write_text(json.dumps(spec))
+    assert checks.spec_problem(spec).startswith("spec.json: params lacks warmup")  # the daemon fails the run
+    out = train([d])
+    res = result_of(d)
+    assert out.returncode != 0 and res["status"] == "failed" and "\n" not in res["error"]
+    assert "params lacks warmup" in res["error"] and not (d / "checkpoint").exists()
+
+
+DEFAULT_PLAN = """name = "dflt"
+model = "{model}"
+baseline = true
+target_seeds = [1]
+[defaults]
+epochs = 1
+max_len = 24
+[tasks.pair]
+format = "jsonl"
+train = "tr.jsonl"
+dev = "dv.jsonl"
+kind = "classification"
+text_fields = ["s1", "s2"]
+[target.pair]
+task = "pair"
+"""
+
+
+def test_a_default_changed_in_the_contract_alone_reaches_plan_trainer_cost_and_queue(tmp_path, tiny_model,
+                                                                                    monkeypatch):
+    from conftest import result_of, train, write_jsonl
+
+    from stilts_tui import cost
+    from stilts_tui.demo import pair_rows
+    from stilts_tui.queue import placement
+
+    write_jsonl(tmp_path / "tr.jsonl", pair_rows(48, 1))
+    write_jsonl(tmp_path / "dv.jsonl", pair_rows(16, 2))
+    plan_file = write_text(tmp_path / "dflt.toml", DEFAULT_PLAN.format(model=tiny_model))
+
+    def through_everything(runs_dir):
+        plan, runs, _ = ops.add_plan(plan_file, runs_dir)
+        (run,) = runs
+        spec = json.loads((runs_dir / run.id / contract.SPEC_FILE).read_text())
+        steps = cost.estimate(plan, runs).stages["target"].steps
+        large = {**spec, "model": {"name": "roberta-large"}}  # a model whose activations count in the formula
+        return run, spec, steps, placement.formula_gb(large), contract.shape_key(spec)
+
+    stock = through_everything(tmp_path / "stock")
+    monkeypatch.setitem(contract.TRAINING_DEFAULTS, "batch_size", 4)  # the one place
+    run, spec, steps, est_gb, shape = through_everything(tmp_path / "changed")
+    assert stock[0].params["batch_size"] == 8 and run.params["batch_size"] == 4  # the plan resolves it
+    assert run.id != stock[0].id  # a run id hashes its resolved params
+    assert spec["params"]["batch_size"] == 4  # spec.json carries it: the trainer and the daemon read it there
+    assert (stock[2], steps) == (6, 12)  # cost: 48 examples, one epoch, batches of 8 then 4
+    assert est_gb < stock[3] and shape != stock[4] and json.loads(shape)[1] == 4  # queue: memory and shape
+    out = train([tmp_path / "changed" / run.id])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert result_of(tmp_path / "changed" / run.id)["steps"] == 12  # the trainer took batches of 4

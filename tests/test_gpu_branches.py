@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import result_of, step_losses, train, write_tiny_run
 
+from stilts_tui.contract import TRAINING_DEFAULTS
 from stilts_tui.train import data
 from stilts_tui.train.loop import Schedule
 
@@ -49,8 +50,9 @@ def test_gradient_accumulation_steps_as_the_reference_leftovers_carry():
     # 2 leftover micro-batches carry into the next epoch's first step
     s = Schedule.of({"batch_size": 4, "grad_accum": 4, "epochs": 3, "warmup": 0.5}, 37)
     assert (s.steps_per_epoch, s.total, s.warmup) == (2, 6, 3)
-    assert Schedule.of({"batch_size": 8, "epochs": 2}, 37).total == 10
-    assert Schedule.of({"batch_size": 8, "grad_accum": 8, "epochs": 2}, 37).steps_per_epoch == 1  # fewer than accum
+    assert Schedule.of({**TRAINING_DEFAULTS, "batch_size": 8, "epochs": 2}, 37).total == 10
+    fewer = {**TRAINING_DEFAULTS, "batch_size": 8, "grad_accum": 8, "epochs": 2}
+    assert Schedule.of(fewer, 37).steps_per_epoch == 1  # fewer micro-batches than accum
 
 
 def test_a_fused_array_on_buckets_with_short_last_batches_equals_each_run_alone(tmp_path, tiny_workload):
@@ -166,17 +168,16 @@ def test_cuda_graphs_are_off_under_gradient_accumulation_and_settings_override_t
     from stilts_tui.train.step import resolve_setup
 
     cuda = Settings(device=torch.device("cuda"))
-    spec = {"precision": "fp32"}
-    one = resolve_setup(cuda, {"grad_accum": 1}, spec, 1)
+    one = resolve_setup(cuda, TRAINING_DEFAULTS, 1)
     assert (one.compile, one.cuda_graphs, one.pad, one.batching) == ("inductor", True, "buckets", "random")
     # graphs own their outputs: gradients accumulated over micro-batches would be overwritten by a replay
-    assert resolve_setup(cuda, {"grad_accum": 2}, spec, 2).cuda_graphs is False
+    assert resolve_setup(cuda, {**TRAINING_DEFAULTS, "grad_accum": 2}, 2).cuda_graphs is False
     cpu = Settings(device=torch.device("cpu"), compile="inductor", pad="longest", group="on")
-    s = resolve_setup(cpu, {"batching": "random", "pad": "max", "clip": "micro_batch"}, {}, 1)
+    s = resolve_setup(cpu, {**TRAINING_DEFAULTS, "batching": "random", "pad": "max", "clip": "micro_batch"}, 1)
     # a flag other than auto wins over the spec; compiled code never pads to each batch's longest
     assert (s.precision, s.batching, s.pad, s.clip, s.cuda_graphs) == ("fp32", "grouped", "buckets", "micro_batch",
                                                                        False)
-    assert resolve_setup(Settings(device=torch.device("cpu")), {"pad": "max"}, {}, 1).pad == "max"
+    assert resolve_setup(Settings(device=torch.device("cpu")), {**TRAINING_DEFAULTS, "pad": "max"}, 1).pad == "max"
 
 
 def test_auto_compiles_only_runs_long_enough_to_pay_for_the_compile():
@@ -187,7 +188,7 @@ def test_auto_compiles_only_runs_long_enough_to_pay_for_the_compile():
     from stilts_tui.train.step import resolve_setup
 
     cuda, cpu = Settings(device=torch.device("cuda")), Settings(device=torch.device("cpu"))
-    compiled = lambda s, p=None, **kw: resolve_setup(s, p or {}, {}, 1, **kw).compile  # noqa: E731
+    compiled = lambda s, p=None, **kw: resolve_setup(s, {**TRAINING_DEFAULTS, **(p or {})}, 1, **kw).compile  # noqa: E731
     assert compiled(cuda, steps=LEAST - 1) == "off" and compiled(cuda, steps=LEAST) == "inductor"
     assert compiled(cuda, steps=LEAST, fused=True) == "off"
     assert compiled(cuda, steps=3 * LEAST, fused=True) == "inductor"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from test_gpu_queue import add_runs, finish, placements, tick_daemon  # noqa: F401 - tick_daemon: a fixture
 
-from stilts_tui import rundir
+from stilts_tui import contract
 from stilts_tui.queue.placement import formula_gb
 
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": ["query", "value"]}
@@ -57,7 +57,7 @@ def _parent(rid: str, **extra) -> dict:
 
 def test_lora_runs_share_an_array_only_over_the_same_frozen_encoder():
     hub = {"source": "hub", "name": "roberta-large", "path": None}
-    key = rundir.array_key
+    key = contract.array_key
     # full fine-tunes of one base share arrays whatever their parent (each member holds its own weights)
     full = [_spec(model=_parent(p), params={"method": None, "lora": None}) for p in ("a" * 12, "b" * 12)]
     for s in full:

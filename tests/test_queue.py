@@ -7,10 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
-from conftest import add, all_final, cli, make_plan, placements, set_debug, start, statuses, wait
+from conftest import add, all_final, cli, make_plan, placements, set_debug, start, statuses, ticks, wait, wait_ticks
 
 from stilts_tui.ledger import Ledger
 
@@ -91,7 +90,7 @@ def test_cancel_kills_the_whole_process_group(tmp_path, runs_dir, tiny_model, qu
     wait(lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE,
          timeout=10, what="the child to die")
     assert Ledger(runs_dir).get(run["id"])["status"] == "cancelled"
-    time.sleep(1)  # the daemon leaves a cancelled run alone
+    wait_ticks(runs_dir)  # the daemon has looked at it since, and leaves a cancelled run alone
     assert Ledger(runs_dir).get(run["id"])["status"] == "cancelled"
 
 
@@ -112,7 +111,7 @@ def test_a_daemon_killed_mid_plan_and_restarted_loses_no_run_and_starts_none_twi
     again = cli("daemon", "start", "--interval", "0.2", "--per-gpu", "1", "--worker-runs", "1",
                 runs_dir=runs_dir, env=queue_env)
     assert again.returncode == 0, again.stderr
-    time.sleep(1.5)
+    wait(lambda: ticks(runs_dir) >= 2, what="the new daemon's first two ticks")  # it counts from 0
     after = {r["id"]: (r["pid"], r["pid_started"]) for r in Ledger(runs_dir).runs() if r["id"] in before}
     assert after == before  # adopted, not relaunched
     wait(lambda: all_final(runs_dir), what="every run to finish")
@@ -162,7 +161,7 @@ def test_pause_resume_priority_and_logs(tmp_path, runs_dir, tiny_model, queue_en
     assert cli("queue", "priority", "5", last, runs_dir=runs_dir, env=queue_env).returncode == 0
     assert Ledger(runs_dir).runs()[0]["id"] == last  # higher priority first
     start(runs_dir, queue_env, "--per-gpu", "1", "--gpus", "0", "--worker-runs", "1")
-    time.sleep(1.5)
+    wait_ticks(runs_dir)
     assert set(statuses(runs_dir).values()) == {"queued"}  # paused: nothing starts
     assert cli("queue", "resume", runs_dir=runs_dir, env=queue_env).returncode == 0
     wait(lambda: all_final(runs_dir), what="every run to finish")

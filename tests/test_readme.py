@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import typer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,10 +53,10 @@ def _cli_commands() -> dict[tuple[str, ...], set[str]]:
     return out
 
 
-def _readme_commands() -> list[tuple[list[tuple[str, ...]], set[str]]]:
+def _readme_commands(blocks: list[str] = BLOCKS) -> list[tuple[list[tuple[str, ...]], set[str]]]:
     """The command table, a line at a time: (the commands a ``stilts-tui WORDS [flags]`` line names, with
     ``a|b`` alternatives, and the flags on it and its indented continuation lines)."""
-    table = next(b for b in BLOCKS if b.lstrip().startswith("stilts-tui"))
+    table = next(b for b in blocks if b.lstrip().startswith("stilts-tui"))
     out: list[tuple[list[tuple[str, ...]], set[str]]] = []
     for line in table.splitlines():
         if line.startswith("stilts-tui"):
@@ -76,11 +77,62 @@ def _readme_commands() -> list[tuple[list[tuple[str, ...]], set[str]]]:
     return out
 
 
-def test_the_readme_command_table_and_the_cli_agree():
-    cli, lines = _cli_commands(), _readme_commands()
-    readme = {name for names, _ in lines for name in names}
-    assert readme - set(cli) == set(), "the README lists commands the CLI does not have"
-    assert set(cli) - readme == set(), "the CLI has commands the README does not list"
+@pytest.mark.parametrize("doc", ["README.md", "docs/cli.md"])
+def test_the_command_table_and_the_cli_agree_command_by_command(doc):
+    text = (ROOT / doc).read_text()
+    cli, lines = _cli_commands(), _readme_commands(re.findall(r"```(?:bash)?\n(.*?)\n```", text, re.S))
+    listed = {name for names, _ in lines for name in names}
+    assert listed - set(cli) == set(), f"{doc} lists commands the CLI does not have"
+    assert set(cli) - listed == set(), f"{doc}: the CLI has commands it does not list"
     for names, flags in lines:  # "daemon start|stop|status [--gpus ...]": each flag of one of them
-        known = set().union(*(cli[n] for n in names)) | cli[()]
-        assert flags <= known, f"{names}: the README names flags the CLI lacks: {flags - known}"
+        known = set().union(*(cli[n] for n in names))  # the root's flags go before a command, not after it
+        assert flags <= known, f"{doc}: {names} names flags the CLI lacks: {flags - known}"
+
+
+def _written_commands(text: str) -> list[str]:
+    """Every ``stilts-tui ...`` command a page writes: in inline code, and on lines of code blocks."""
+    blocks = re.findall(r"```(?:bash)?\n(.*?)\n```", text, re.S)
+    lines = [x.strip() for b in blocks for x in b.splitlines() if x.strip().startswith("stilts-tui ")]
+    return re.findall(r"`(stilts-tui [^`]+)`", text) + lines
+
+
+DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_command_a_page_writes_exists_with_the_flags_it_gives(doc):
+    cli = _cli_commands()
+    prefixes = {k[:n] for k in cli for n in range(len(k) + 1)}
+    for written in _written_commands((ROOT / doc).read_text()):
+        if "|" in written.split("  ")[0] and "[" in written:
+            continue  # a table line of alternatives ("start|stop|status"): the table test reads those
+        toks, words, i = written.split()[1:], (), 0
+        while i < len(toks) and toks[i] in ("--runs-dir", "--no-daemon"):  # root options go first
+            i += 2 if toks[i] == "--runs-dir" else 1
+        while i < len(toks) and (*words, toks[i]) in prefixes:
+            words, i = (*words, toks[i]), i + 1
+        assert words in cli, f"{doc}: `{written}` names no command of the CLI"
+        flags = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", " ".join(toks[i:])))
+        assert flags <= cli[words], f"{doc}: `{written}`: {sorted(flags - cli[words])} are not flags of it"
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    heads = re.findall(r"^#+\s+(.*)$", text, re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_relative_link_of_a_page_leads_somewhere(doc):
+    page = ROOT / doc
+    text = page.read_text()
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+://|mailto:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        assert dest.exists(), f"{doc}: the link ({target}) leads nowhere"
+        if anchor and dest.suffix == ".md":
+            assert anchor in _anchors(dest.read_text()), f"{doc}: ({target}) names no heading of {dest.name}"
+    for named in re.findall(r"(?<![\w/.])((?:docs|bench|tests|plans|stilts_tui|ci)/[\w./-]+\.(?:md|py|sh|toml))", text):
+        assert (ROOT / named).exists() or "NAME" in named, f"{doc} names {named}, which does not exist"

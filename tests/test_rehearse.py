@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,7 @@ from conftest import REFERENCE_PLAN, cli, write_jsonl, write_text
 from stilts_tui import plan as plans
 from stilts_tui import tasks
 from stilts_tui.rehearse import Options, rewrite, to_toml
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from stilts_tui.tomlio import tomllib
 
 FIXTURES = Path(__file__).parent / "fixtures" / "chang_lu_2021"
 STAGES = ["synth.syngpt2", "intermediate.hellaswag", "intermediate.hellaswag-p", "intermediate.syngpt2",

@@ -103,7 +103,7 @@ def test_an_unreadable_ledger_is_retried_with_back_off_and_the_queue_goes_on_onc
     out = cli("queue", "pause", runs_dir=runs_dir)
     one_line_error(out, 2, str(runs_dir / "ledger.json"), "empty", f"cp {backup}")
     assert (runs_dir / "ledger.json").read_bytes() == b""  # never overwritten
-    time.sleep(3)
+    wait(lambda: "tick failed again (3 in a row)" in log.read_text(), 60, "the failure to repeat")
     assert daemon_alive(runs_dir) and log.read_text().count("Traceback") == 1  # logged once while it repeats
     os.replace(backup, runs_dir / "ledger.json")  # the recovery the error names (the copy before the pause)
     wait(lambda: set(statuses(runs_dir).values()) == {"done"}, 120, "the queue to go on and finish")

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -371,6 +372,22 @@ def test_bad_output_is_one_line_and_exit_2_and_nothing_is_written(scored, tmp_pa
     assert (tmp_path / "old.csv").read_text() == "keep me" and not (tmp_path / "x.pdf").exists()
     forced = cli("scores", "sc", "--format", "csv", "-o", str(tmp_path / "old.csv"), "--force", runs_dir=scored)
     assert forced.returncode == 0 and (tmp_path / "old.csv").read_text().startswith("intermediate,")
+
+
+def test_an_export_keeps_the_mode_of_the_file_it_replaces_and_a_new_one_gets_the_umasks(scored, tmp_path):
+    old = tmp_path / "old.md"
+    old.write_text("keep my mode")
+    os.chmod(old, 0o644)
+    assert cli("scores", "sc", "-o", str(old), "--force", runs_dir=scored).returncode == 0
+    assert stat.S_IMODE(os.stat(old).st_mode) == 0o644 and old.read_text().startswith("|")
+    os.chmod(old, 0o640)
+    assert cli("scores", "sc", "-o", str(old), "--force", runs_dir=scored).returncode == 0
+    assert stat.S_IMODE(os.stat(old).st_mode) == 0o640
+    umask = os.umask(0o022)
+    os.umask(umask)
+    new = tmp_path / "new.json"
+    assert cli("scores", "sc", "-o", str(new), runs_dir=scored).returncode == 0
+    assert stat.S_IMODE(os.stat(new).st_mode) == 0o666 & ~umask  # as a plain open() would make it, not 0600
 
 
 def test_a_full_device_is_one_line_and_exit_1(scored):

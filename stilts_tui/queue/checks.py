@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from stilts_tui.contract import RESULT_STATUSES
+from stilts_tui.contract import RESULT_STATUSES, STAGES, missing_params
 
 INT64 = 2**63
 
@@ -33,8 +33,14 @@ def spec_problem(spec: object) -> str | None:
     for key in ("params", "task", "model", "slurm", "debug"):
         if key in spec and spec[key] is not None and not isinstance(spec[key], dict):
             return f"spec.json: '{key}' is {type(spec[key]).__name__}, not an object"
-    if spec.get("stage") is not None and not isinstance(spec["stage"], str):
-        return f"spec.json: 'stage' is {spec.get('stage')!r}, not a string"
+    if spec.get("stage") not in STAGES:
+        return f"spec.json: 'stage' is {str(spec.get('stage'))[:40]!r}, not one of {', '.join(STAGES)}"
+    if not isinstance(spec.get("params"), dict):
+        return "spec.json: no 'params' object"
+    missing = missing_params(spec)
+    if missing:
+        return (f"spec.json: params lacks {', '.join(missing)} (a plan's expansion writes every training default: "
+                "`queue add` its plan again)")
     params = spec.get("params") or {}
     for key in _SPEC_INTS:
         if params.get(key) is not None and not (is_int(params[key]) and params[key] > 0):

@@ -27,6 +27,7 @@ from stilts_tui.contract import (
     BLOCKING,
     CANCEL_FILE,
     CANCEL_GRACE_S,
+    DAEMON_TICKS_FILE,
     EVENTS_FILE,
     FINAL,
     RESULT_FILE,
@@ -480,6 +481,7 @@ class Daemon:
             info = {"pid": me.pid, "pid_started": me.create_time(), "cmdline": me.cmdline(),
                     "started": time.time(), "settings": asdict(self.s)}
             rundir.write_json_atomic(info_path(self.root), info)
+            (self.root / DAEMON_TICKS_FILE).unlink(missing_ok=True)  # this daemon counts from 0
             self.log(f"daemon started (pid {os.getpid()}, settings {asdict(self.s)})")
             self.loop(notify.Notifier(self.root, self.log))  # --on-finish and plans' on_finish
             self.log("daemon stopping (running runs go on; a new daemon adopts them)")
@@ -500,7 +502,7 @@ class Daemon:
         """Tick every interval. A damaged run is failed and the tick goes on; any other error is logged
         with its traceback (once while it repeats) and the tick retried with back-off. After each tick the
         notifier (never raising) runs the commands of plans that finished."""
-        failures, last = 0, ""
+        failures, last, ticks = 0, "", 0
         while not self._stop:
             t = time.time()
             delay = self.s.interval
@@ -539,9 +541,19 @@ class Daemon:
                     self._blame(run_id, f"the daemon could not handle this run: {line}")
             if failures:
                 delay = min(MAX_BACKOFF_S, self.s.interval * 2 ** min(failures, 10))
+            ticks = self._count_tick(ticks)
             deadline = t + delay
             while not self._stop and time.time() < deadline:
                 time.sleep(min(0.1, max(0.01, deadline - time.time())))
+
+    def _count_tick(self, ticks: int) -> int:
+        """Record that one more tick is over (``daemon.ticks``): what a client waits on to know the daemon
+        has looked at the queue since a moment (a test's "nothing happens", the app's refresh)."""
+        try:
+            (self.root / DAEMON_TICKS_FILE).write_text(str(ticks + 1))
+        except OSError:
+            pass  # a full disk: the tick itself says so
+        return ticks + 1
 
     def hold_lock(self) -> None:
         """Keep holding daemon.lock as a file others can see: one deleted (or replaced) under the daemon

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stilts_tui import rundir
+from stilts_tui.contract import TRAINED_STAGES, array_key, shape_key
 
 # parameter counts of common encoders, for the first estimate of a hub model
 KNOWN_PARAMS = {
@@ -37,17 +37,7 @@ def model_params(model: dict) -> float:
     return KNOWN_PARAMS.get(model.get("name", ""), DEFAULT_PARAMS)
 
 
-def shape_key(run: dict, spec: dict) -> str:
-    """Runs of one shape use the same memory and speed: model, batch, max_len, task kind and choices,
-    precision (bf16 activations take half of fp32's)."""
-    p = spec.get("params", {})
-    task = spec.get("task", {})
-    key = [spec.get("model", {}).get("name"), p.get("batch_size"), p.get("max_len"), task.get("kind"),
-           task.get("num_choices"), p.get("precision", "fp32")]
-    if p.get("method") == "lora":  # a LoRA run takes a fraction of a full fine-tune's memory
-        lora = p.get("lora") or {}
-        key.append({"method": "lora", "r": lora.get("r"), "targets": lora.get("targets")})
-    return json.dumps(key)
+GENERATION_LEN = 128  # tokens of a synthesis batch's texts, for its memory formula (a synth run has no max_len)
 
 
 def formula_gb(spec: dict, k: int = 1) -> float:
@@ -55,11 +45,13 @@ def formula_gb(spec: dict, k: int = 1) -> float:
     AdamW state in fp32 (16 bytes a parameter, plus bf16 copies) and activations growing with batch x
     choices x length, for each run. LoRA runs share one frozen encoder: its weights (and a bf16 copy)
     count once, and each run adds its activations and its adapters and head with their gradients and
-    AdamW state (at most 1 % of the encoder for rank 16 on two layers; more for more)."""
+    AdamW state (at most 1 % of the encoder for rank 16 on two layers; more for more).
+    The spec is checked (queue/checks.py): a trained run's params hold every training default."""
     params = model_params(spec.get("model", {}))
-    p = spec.get("params", {})
+    p = spec["params"]
     choices = spec.get("task", {}).get("num_choices") or 1
-    tokens = p.get("batch_size", 8) * choices * p.get("max_len", 128)
+    length = p["max_len"] if spec.get("stage") in TRAINED_STAGES else GENERATION_LEN
+    tokens = p["batch_size"] * choices * length
     act = tokens * 1.2e-3 * (params / 355e6)
     if p.get("method") == "lora":
         lora = p.get("lora") or {}
@@ -247,7 +239,7 @@ class Grouper:
         """A run's memory estimate (GB) and its shape: the measured peak a run of its shape (an array's
         peak / K) with a margin, else the formula."""
         spec = self.spec(run["id"])
-        key = shape_key(run, spec)
+        key = shape_key(spec)
         share = self.learned.shape(key).share_gb
         if share is not None:
             return round(share * MARGIN + 0.25, 2), key
@@ -258,13 +250,13 @@ class Grouper:
         or the formula), except LoRA runs before any is measured: their frozen encoder counts once."""
         spec = self.spec(run["id"])
         if (spec.get("params") or {}).get("method") == "lora" and self.learned.shape(
-                shape_key(run, spec)).share_gb is None:
+                shape_key(spec)).share_gb is None:
             return formula_gb(spec, k)
         return round(est * k, 2)
 
     def array_key(self, run_id: str) -> str | None:
         if run_id not in self._array_keys:
-            self._array_keys[run_id] = rundir.array_key(self.spec(run_id))
+            self._array_keys[run_id] = array_key(self.spec(run_id))
         return self._array_keys[run_id]
 
     def fuse_mode(self, run: dict) -> tuple[str, str] | None:
@@ -300,7 +292,7 @@ class Grouper:
         if mode is None or key is None or r.get("alone") or cap < 2:
             return [r], None, ""
         sizing, why = mode
-        shape = shape_key(r, self.spec(r["id"]))
+        shape = shape_key(self.spec(r["id"]))
         measured = self.learned.shape(shape)
         if sizing == "auto":
             if all(d.index is None for d in devs):

@@ -10,7 +10,7 @@ import time
 import traceback
 from pathlib import Path
 
-from stilts_tui.contract import SPEC_FILE, SYNTH_DATA_DIR
+from stilts_tui.contract import SPEC_FILE, SYNTH_DATA_DIR, Result
 
 
 def cli(params: dict, out: Path) -> int:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     t0 = time.time()
     log = RunLog(run_dir)
-    result = {"status": "failed", "metrics": {}, "primary_metric": None, "score": None, "error": None}
+    result = Result().record()  # failed until it is done
     try:
         spec = json.loads((run_dir / SPEC_FILE).read_text())
         log.event("start", run_id=spec.get("run_id"))

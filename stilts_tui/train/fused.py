@@ -28,8 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from stilts_tui import rundir
-from stilts_tui.contract import SPEC_FILE
+from stilts_tui.contract import SPEC_FILE, array_key
 from stilts_tui.errors import UserError
 from stilts_tui.train.loop import Member, Prepared, decays
 from stilts_tui.train.step import Hooks, Setup, is_oom
@@ -375,7 +374,7 @@ class ArrayEngine:
         params = [m.spec["params"] for m in members]
         self.members = list(members)
         compiled = setup.compile != "off"
-        self.opt = ArrayAdamW(self.fused, [float(p.get("weight_decay", 0.0)) for p in params],
+        self.opt = ArrayAdamW(self.fused, [float(p["weight_decay"]) for p in params],
                               [float(p["lr"]) for p in params], [m.schedule.warmup for m in members],
                               members[0].schedule.total, compiled=compiled and hooks.backend() is None)
         # no CUDA graphs: the stacked weights are graph inputs, and a graph would copy them every step
@@ -448,7 +447,7 @@ def arrays(run_dirs: list[Path], size: int) -> list[list[Path]]:
     out: list[list[Path]] = []
     for d in run_dirs:
         try:
-            key = rundir.array_key(json.loads((Path(d) / SPEC_FILE).read_text()))
+            key = array_key(json.loads((Path(d) / SPEC_FILE).read_text()))
         except (OSError, ValueError):
             key = None
         if key is None:

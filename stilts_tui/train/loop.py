@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stilts_tui.contract import CANCEL_FILE, CHECKPOINT_DIR, SPEC_FILE
+from stilts_tui.contract import CANCEL_FILE, CHECKPOINT_DIR, SPEC_FILE, Result, missing_params, optional
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.fmt import duration
 from stilts_tui.tasks import labels_for
@@ -179,6 +179,10 @@ def read_spec(run_dir: Path) -> dict:
         raise SpecError(f"{path}: a synth run is run by `stilts-tui synth`, not the trainer")
     if not isinstance(spec["params"], dict) or not isinstance(spec["task"], dict):
         raise SpecError(f"{path}: 'params' and 'task' must be JSON objects")
+    missing = missing_params(spec)
+    if missing:
+        raise SpecError(f"{path}: params lacks {', '.join(missing)} (a plan's expansion writes every training "
+                        "default into spec.json: `queue add` its plan again, or add them)")
     for key in ("batch_size", "epochs", "max_len"):
         if not isinstance(spec["params"].get(key), int) or isinstance(spec["params"].get(key), bool):
             raise SpecError(f"{path}: params.{key} must be an integer, not {spec['params'].get(key)!r}")
@@ -186,9 +190,8 @@ def read_spec(run_dir: Path) -> dict:
 
 
 def new_result() -> dict:
-    """A run's result before it has one: failed until it is done."""
-    return {"status": "failed", "metrics": {}, "primary_metric": None, "score": None, "best_epoch": None,
-            "train_seconds": None, "wall_seconds": None, "peak_gpu_mem_gb": None, "error": None}
+    """A run's result before it has one: failed until it is done (the contract's :class:`Result`)."""
+    return Result().record()
 
 
 def finish_run(worker: Worker, run_dir: Path, log: RunLog, result: dict, t0: float) -> dict:
@@ -242,8 +245,8 @@ def prepare(worker: Worker, run_dir: Path, spec: dict, log: RunLog, same_data: P
         if kind == "classification" and not labels:
             raise SpecError(f"{run_dir / 'spec.json'}: classification task '{task['name']}' has no labels")
         cache = run_dir.parent / ".cache" / "tokenized"
-        train = data.load_split(task, "train", tok, tok_fp, max_len, cache, p.get("max_train_samples"), labels)
-        dev = data.load_split(task, "dev", tok, tok_fp, max_len, cache, p.get("max_dev_samples"), labels)
+        train = data.load_split(task, "train", tok, tok_fp, max_len, cache, optional(p, "max_train_samples"), labels)
+        dev = data.load_split(task, "dev", tok, tok_fp, max_len, cache, optional(p, "max_dev_samples"), labels)
     n_out = len(labels) if kind == "classification" else 1
 
     model = worker.model(location, kind, n_out)
@@ -254,7 +257,7 @@ def prepare(worker: Worker, run_dir: Path, spec: dict, log: RunLog, same_data: P
         source = lora.source(worker, spec, module.base_model_prefix)
     else:
         source = worker.source(spec["model"])
-    taken, new = transfer.match(module, source, p.get("transfer", "all"))
+    taken, new = transfer.match(module, source, p["transfer"])
     std = getattr(module.config, "initializer_range", 0.02)
     transfer.apply(module, source, taken, new, int(spec["seed"]), std)
     src_name = spec["model"].get("parent") or spec["model"]["name"]
@@ -284,10 +287,10 @@ class Schedule:
 
     @classmethod
     def of(cls, p: dict, n_train: int) -> Schedule:
-        bs, accum, epochs = int(p["batch_size"]), int(p.get("grad_accum", 1)), int(p["epochs"])
+        bs, accum, epochs = int(p["batch_size"]), int(p["grad_accum"]), int(p["epochs"])
         steps_per_epoch = max(1, math.ceil(n_train / bs) // accum)
         total = steps_per_epoch * epochs
-        return cls(epochs, steps_per_epoch, total, int(float(p.get("warmup", 0.0)) * total))
+        return cls(epochs, steps_per_epoch, total, int(float(p["warmup"]) * total))
 
     def factor(self, step: int) -> float:
         if step < self.warmup:
@@ -333,7 +336,7 @@ class AloneEngine:
     def __init__(self, prep: Prepared, member: Member, setup: Setup, hooks: Hooks, device):
         p = member.spec["params"]
         self.model, self.module, self.setup = prep.model, prep.model.module, setup
-        self.opt = optimizer(self.module, float(p["lr"]), float(p.get("weight_decay", 0.0)))
+        self.opt = optimizer(self.module, float(p["lr"]), float(p["weight_decay"]))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, member.schedule.factor)
         self.scaler = torch.amp.GradScaler(enabled=setup.amp == torch.float16)
         if self.scaler.is_enabled() and setup.clip == "micro_batch":
@@ -477,7 +480,7 @@ def _train_members(worker: Worker, members: list[Member], fuse: bool) -> None:
     if not joined:
         return
     p0 = joined[0].spec["params"]
-    setup = resolve_setup(worker.s, p0, joined[0].spec, int(p0.get("grad_accum", 1)), joined[0].schedule.total,
+    setup = resolve_setup(worker.s, p0, int(p0["grad_accum"]), joined[0].schedule.total,
                           fused=bool(fuse))
     if fuse and lora_cfg:
         from stilts_tui.train import fused_lora
@@ -503,7 +506,7 @@ def fit(worker: Worker, members: list[Member], engine, prep: Prepared, setup: Se
     """The loop: epochs of batches, forward, backward, clipping, optimizer step, logging, evaluation."""
     device = worker.s.device
     p0 = members[0].spec["params"]
-    max_len, bs, accum = int(p0["max_len"]), int(p0["batch_size"]), int(p0.get("grad_accum", 1))
+    max_len, bs, accum = int(p0["max_len"]), int(p0["batch_size"]), int(p0["grad_accum"])
     seed_everything(int(members[0].spec["seed"]))  # an array's dropout masks: one stream
     sched = members[0].schedule
     buckets = data.buckets_for(max_len)
@@ -515,7 +518,7 @@ def fit(worker: Worker, members: list[Member], engine, prep: Prepared, setup: Se
         (members[0].dir / "sleeper.pid").write_text(str(child.pid))
     live = list(members)
     steplog = StepLog([m.log for m in live], sched.total, sched.epochs, device)
-    eval_bs = int(p0.get("eval_batch_size") or max(bs, 32))
+    eval_bs = int(optional(p0, "eval_batch_size") or max(bs, 32))
     engine.train(True)
     engine.zero_grad()
     step = 0
@@ -674,10 +677,10 @@ def _summarise(worker, engine, live, prep, setup: Setup, steplog: StepLog, step:
     rate = steplog.seen / max(seconds, 1e-9)
     for i, m in enumerate(live):
         try:
-            if m.spec.get("keep_checkpoint") and hasattr(engine, "save"):  # a LoRA run: merged, and its adapter
-                engine.save(i, m.dir / "checkpoint", prep)
+            if m.spec.get("keep_checkpoint") is True and hasattr(engine, "save"):  # LoRA: merged, and its adapter
+                engine.save(i, m.dir / CHECKPOINT_DIR, prep)
                 m.log.line(f"checkpoint saved to {m.dir / 'checkpoint'} (merged weights and the adapter)")
-            elif m.spec.get("keep_checkpoint"):
+            elif m.spec.get("keep_checkpoint") is True:
                 if engine.k > 1:
                     prep.model.module.load_state_dict(engine.state(i), strict=False)
                 save_checkpoint(prep.model.module, prep.tok, m.dir / CHECKPOINT_DIR, prep.labels)

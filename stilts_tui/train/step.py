@@ -6,50 +6,27 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from stilts_tui import contract
+from stilts_tui.contract import optional
 from stilts_tui.fmt import duration
 from stilts_tui.train import data
 from stilts_tui.train.events import RunLog
 
 
 @dataclass
-class Setup:
-    """How a run trains: the numerics and batching that decide its scores, and the speed settings that
-    should not (compile, padding). Written to result.json as ``setup``."""
-
-    precision: str  # fp32 | bf16 | fp16 (resolved)
-    tf32: bool  # TF32 matmuls (CUDA, fp32): what torch 1.7 on Ampere did for the reference
-    batching: str  # random | grouped
-    pad: str  # max | buckets | longest
-    clip: str  # step | micro_batch
-    compile: str  # off | inductor | cudagraphs (what was asked; the result says what ran)
-    cuda_graphs: bool = False
-    fused: int = 0  # runs in the array; 0 alone
-    dropout_streams: str = "own"  # own (a run alone) | member (each member of an array its run's own) | one
-    method: str = "full"  # full | lora
-    lora: dict | None = None  # a LoRA run's r, alpha, dropout, targets
-    transfer: str | None = None  # a LoRA run's transfer (merge/all, encoder, adapter)
+class Setup(contract.Setup):
+    """The contract's :class:`~stilts_tui.contract.Setup` (recorded in result.json), with the autocast
+    dtype it means."""
 
     @property
     def amp(self) -> torch.dtype | None:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-
-    def record(self) -> dict:
-        out = asdict(self)
-        if self.method == "full":  # a full fine-tune's record is what it was before LoRA runs existed, plus method
-            del out["lora"], out["transfer"]
-        return out
-
-    def line(self) -> str:
-        lora = (f", LoRA r {self.lora['r']} alpha {self.lora['alpha']:g} on {'/'.join(self.lora['targets'])} "
-                f"(transfer {self.transfer})") if self.method == "lora" and self.lora else ""
-        return (f"{self.precision}{' (tf32 matmuls)' if self.tf32 else ''}, {self.batching} batches, pad {self.pad}, "
-                f"clip per {self.clip.replace('_', '-')}, compile {self.compile}{lora}")
 
 
 # ``compile = "auto"`` compiles on CUDA only when a run has enough optimizer steps to pay the compile
@@ -70,27 +47,26 @@ def auto_compile(cuda: bool, steps: int | None, fused: bool) -> str:
     return "inductor" if steps is None or steps >= least else "off"
 
 
-def resolve_setup(settings, params: dict, spec: dict, accum: int, steps: int | None = None,
-                  fused: bool = False) -> Setup:
-    """The run's setup from its spec, the trainer's flags (anything but ``auto`` overrides the spec:
+def resolve_setup(settings, params: dict, accum: int, steps: int | None = None, fused: bool = False) -> Setup:
+    """The run's setup from its params, the trainer's flags (anything but ``auto`` overrides the spec:
     for debugging, and so the CPU can take the GPU's branches) and the device; ``steps``, the run's
     optimizer steps, decides whether ``compile = "auto"`` compiles."""
     device = settings.device
     cuda = device.type == "cuda"
-    precision = str(spec.get("precision") or params.get("precision") or "fp32")
+    precision = str(params["precision"])
     if precision == "auto":
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    compile_mode = settings.compile if settings.compile != "auto" else str(params.get("compile") or "auto")
+    compile_mode = settings.compile if settings.compile != "auto" else str(optional(params, "compile"))
     if compile_mode == "auto":
         compile_mode = auto_compile(cuda, steps, fused)
-    pad = settings.pad if settings.pad != "auto" else str(params.get("pad") or "auto")
+    pad = settings.pad if settings.pad != "auto" else str(params["pad"])
     if pad == "auto":
         pad = "buckets" if cuda or compile_mode != "off" else "longest"
     if pad == "longest" and compile_mode != "off":
         pad = "buckets"  # compiled code needs few shapes: never a new length every step
     group = getattr(settings, "group", "auto")
-    batching = {"on": "grouped", "off": "random"}.get(group) or str(params.get("batching") or "random")
-    clip = str(params.get("clip") or "step")
+    batching = {"on": "grouped", "off": "random"}.get(group) or str(params["batching"])
+    clip = str(params["clip"])
     # CUDA graphs own their outputs: gradients accumulated over micro-batches would be overwritten by the
     # next replay, so accumulation compiles without graphs
     graphs = cuda and compile_mode in ("inductor", "cudagraphs") and accum == 1

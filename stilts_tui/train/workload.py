@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stilts_tui.contract import SPEC_FILE
+from stilts_tui.contract import SPEC_FILE, TRAINING_DEFAULTS
 
 SIZES = {  # name: (hidden, layers, heads, intermediate)
     "large": (1024, 24, 16, 4096),  # RoBERTa-large
@@ -99,7 +99,7 @@ def write_run(runs: Path, run_id: str, model_folder: Path, task: dict, params: d
     d.mkdir(parents=True, exist_ok=True)
     spec = {"run_id": run_id, "plan": "bench", "stage": "target", "name": "pairs", "intermediate": "none",
             "task": task, "model": {"source": "path", "name": str(model_folder), "path": str(model_folder)},
-            "params": params, "seed": seed, "parent": None, "precision": params.get("precision", "auto"),
+            "params": {**TRAINING_DEFAULTS, **params}, "seed": seed, "parent": None,
             "keep_checkpoint": False}
     (d / SPEC_FILE).write_text(json.dumps(spec, indent=2))
     return d

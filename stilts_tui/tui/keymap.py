@@ -6,15 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 from stilts_tui.errors import UserError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from stilts_tui.tomlio import tomllib
 
 
 def keymap_path() -> Path:

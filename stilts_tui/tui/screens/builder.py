@@ -3,7 +3,6 @@ to as you type; save a valid TOML plan to plans/ and queue it."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, SelectionList, Static
 
 from stilts_tui import plan as plans
-from stilts_tui import tasks
+from stilts_tui import tasks, tomlio
 from stilts_tui.errors import UserError
 from stilts_tui.tui.data import plural
 from stilts_tui.tui.widgets.inputs import KeyedInput
@@ -37,32 +36,34 @@ def _numbers(text: str) -> list[str]:
     return [x for x in re.split(r"[,\s]+", text.strip()) if x]
 
 
-def _toml_value(x: str) -> str:
-    try:
-        float(x)
-        return x
-    except ValueError:
-        return json.dumps(x)
+def _number(x: str) -> int | float | str:
+    """A field's text as the number it spells (an int where it is one), else the text itself (which the
+    plan's validation then names as the wrong type)."""
+    for kind in (int, float):
+        try:
+            return kind(x)
+        except ValueError:
+            pass
+    return x
 
 
 def build_toml(values: dict[str, str], inters: list[str], targets: list[str]) -> str:
-    """A plan's TOML from the builder's fields (strings are quoted with JSON, which TOML accepts)."""
-    lines = [f"name = {json.dumps(values['name'])}", f"model = {json.dumps(values['model'])}", "baseline = true",
-             f"target_seeds = [{', '.join(_numbers(values['seeds']))}]", "", "[defaults]",
-             f"epochs = {values['epochs'] or 3}", f"max_len = {values['max_len'] or 128}", ""]
-    data = values.get("data", "").strip()
+    """A plan's TOML from the builder's fields, written by tomli_w; with a data folder, each stage reads its
+    task's files from a subfolder of it named for the task (so a plan built here can run offline)."""
+    grid = {k: [_number(x) for x in _numbers(values[k])] for k in ("lr", "batch_size", "warmup")
+            if _numbers(values[k])}
+    folder = values.get("data", "").strip()
 
-    def source(t: str) -> list[str]:
-        return [f"data_dir = {json.dumps(str(Path(data) / t))}"] if data else []
+    def stage(t: str, **more: object) -> dict:
+        return {"task": t, **({"data_dir": str(Path(folder) / t)} if folder else {}), **more}
 
-    for t in inters:
-        lines += [f"[intermediate.{t}]", f"task = {json.dumps(t)}", *source(t), ""]
-    grid = ", ".join(f"{k} = [{', '.join(_toml_value(x) for x in _numbers(values[k]))}]"
-                     for k in ("lr", "batch_size", "warmup") if _numbers(values[k]))
-    for t in targets:
-        lines += [f"[target.{t}]", f"task = {json.dumps(t)}", *source(t),
-                  *([f"grid = {{ {grid} }}"] if grid else []), ""]
-    return "\n".join(lines)
+    data: dict = {"name": values["name"], "model": values["model"], "baseline": True,
+                  "target_seeds": [_number(x) for x in _numbers(values["seeds"])],
+                  "defaults": {"epochs": _number(values["epochs"] or "3"),
+                               "max_len": _number(values["max_len"] or "128")},
+                  "intermediate": {t: stage(t) for t in inters},
+                  "target": {t: stage(t, **({"grid": grid} if grid else {})) for t in targets}}
+    return tomlio.dumps({k: v for k, v in data.items() if v != {}})
 
 
 class BuilderScreen(Screen):
