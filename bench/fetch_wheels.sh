@@ -13,6 +13,7 @@ WHEELS=(
   textual==8.2.8 mdit-py-plugins==0.7.0 platformdirs==4.14.8
   tinydb==4.9.0 orjson==3.13.0
   datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+  peft==0.21.2
 )
 mkdir -p .whl
 platforms=()

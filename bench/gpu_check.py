@@ -44,6 +44,7 @@ class Sizes:
     single: list[str]
     hf: list[str]
     synth: list[str]
+    lora: list[str]
 
 
 SMOKE = Sizes("tiny", 37, 16, 8, 40,
@@ -53,7 +54,8 @@ SMOKE = Sizes("tiny", 37, 16, 8, 40,
                       "--batch", "8", "--modes", "off"],  # the CPU: inductor is checked above, once
               hf=["--size", "tiny", "--runs", "1", "--samples", "64", "--dev", "16", "--epochs", "1",
                   "--max-len", "40", "--batch", "8"],
-              synth=["--size", "tiny", "--prompts", "8", "--single", "4", "--batch-size", "8"])
+              synth=["--size", "tiny", "--prompts", "8", "--single", "4", "--batch-size", "8"],
+              lora=["--model", "tiny", "--runs", "3", "--train", "32", "--threads", "1"])
 # The branch checks use the tiny RoBERTa: on one H100 (2026-11-26) the four compiled runs of
 # RoBERTa-base took 191 s and the fused array of 3 over 138 s, nearly all of it inductor compiling; the
 # branches do not depend on the size. The grid is 8 runs of RoBERTa-base, the single-run figures
@@ -64,7 +66,8 @@ GPU = Sizes("tiny", 203, 64, 16, 128,
             single=["--size", "large", "--runs", "1", "--samples", "800", "--dev", "64", "--modes", "off,inductor"],
             hf=["--size", "large", "--runs", "1", "--samples", "800", "--dev", "64", "--epochs", "1",
                 "--max-len", "128"],
-            synth=["--size", "medium", "--prompts", "128", "--single", "8", "--batch-size", "64"])
+            synth=["--size", "medium", "--prompts", "128", "--single", "8", "--batch-size", "64"],
+            lora=["--model", "base", "--device", "cuda", "--train", "512", "--threads", "4"])
 
 
 def say(kind: str, name: str, text: str = "") -> None:
@@ -289,6 +292,8 @@ def figures(e: Env, s: Sizes) -> None:
     figure("single_run_vs_hf_trainer", [str(HERE / "vs_hf_trainer.py"), *s.hf, *gpu, "--workdir",
                                         str(e.work / "hf")], e, 300, keep=lambda ln: not ln.startswith(" "))
     figure("synth", [str(HERE / "synth.py"), *s.synth], e, 120)
+    # 8 full fine-tunes alone, 8 LoRA runs alone, the 8 fused over one frozen encoder (issue 26)
+    figure("lora_grid", [str(HERE / "lora_grid.py"), *s.lora], e, 300)
 
 
 def main(argv: list[str] | None = None) -> int:

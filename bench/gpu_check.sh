@@ -2,7 +2,8 @@
 # One check of every CUDA branch, to run once wherever a GPU is at hand (offline; on one H100 the
 # branches take about 3 minutes, the figures longer: pass --deadline to fit a lease): random-init
 # RoBERTas built in code, one PASS/FAIL line per branch, and the figures (an 8-run grid, single run vs
-# the reference loop and HF Trainer, synth, peak memory vs the estimate).
+# the reference loop and HF Trainer, synth, peak memory vs the estimate,
+# 8 LoRA runs fused over one frozen encoder vs alone).
 #
 #   bash bench/gpu_check.sh            # on the GPU box (after bash bench/fetch_wheels.sh here; carry .whl/)
 #   bash bench/gpu_check.sh --smoke    # the same on the CPU with tiny sizes (CI: tests/test_gpu_check.py)
@@ -19,7 +20,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PA
 if [ -n "${OUT:-}" ]; then
   exec > >(tee "$OUT/gpu_check.log") 2>&1
 fi
-if ! "$PY" -c "import textual, tinydb, datasets, orjson" 2>/dev/null; then
+if ! "$PY" -c "import textual, tinydb, datasets, orjson, peft" 2>/dev/null; then
   site=$(mktemp -d /tmp/stilts-site.XXXXXX)
   if ! ls .whl/*.whl >/dev/null 2>&1; then
     echo "FAIL wheels: the package's dependencies do not import and .whl/ is empty (run bench/fetch_wheels.sh)"

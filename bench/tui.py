@@ -137,7 +137,7 @@ def prepare(root: Path, n_runs: int) -> list[str]:
 SLOW_TO_STOP = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\n" \
                "time.sleep(600)\n"
 REFERENCE_PLAN = Path(__file__).resolve().parent.parent / "plans" / "chang_lu_2021.toml"
-ADDS = 2  # plan adds measured (each with other target seeds, so 1,008 new runs each)
+ADDS = 6  # plan adds measured (each with other target seeds, so 1,008 new runs each): 50+ keys for a p95
 
 
 def tmux(*args: str) -> str:
@@ -282,6 +282,9 @@ def in_flight(exe: str, env: dict, folder: Path) -> dict[str, tuple[list[float],
     slow.stdout.readline()
     # the first row; a worker of its own, so that the cancel sends no other running run back to the queue
     Ledger(root).update(ids[0], pid=slow.pid, pid_started=psutil.Process(slow.pid).create_time(), worker="slow")
+    # its process has begun it (a start event from that pid): it trains, it does not wait in its worker
+    (root / ids[0] / "events.jsonl").write_text(json.dumps({"t": time.time(), "event": "start", "pid": slow.pid})
+                                                 + "\n")
     session = f"bench-tui-flight-{os.getpid()}"
     tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "45", "env",
          *[f"{k}={v}" for k, v in {**env, "STILTS_RUNS_DIR": str(root)}.items()], exe)
@@ -313,7 +316,7 @@ def in_flight(exe: str, env: dict, folder: Path) -> dict[str, tuple[list[float],
             out.wait("queueing")
             adds += keys_while(session, out, lambda s=stamp: ledger.stat().st_mtime_ns == s, 0.02)
             took += time.perf_counter() - t
-            wait_screen(session, lambda s, n=k: f"/{1000 + 1012 + 1008 * n}" in s, 30)  # the new runs shown
+            wait_screen(session, lambda s, n=k: f"/{1000 + 1012 + 1008 * n}" in s, 120)  # the new runs shown
         found["add"] = (adds, took / ADDS)
     finally:
         tmux("kill-session", "-t", session)
@@ -357,7 +360,8 @@ def run(args: argparse.Namespace, exe: str) -> None:
     with tempfile.TemporaryDirectory() as d:
         root = Path(d) / "runs"
         ids = prepare(root, args.runs)
-        env = {"STILTS_NO_DAEMON": "1", "STILTS_RUNS_DIR": str(root), "TERM": "xterm-256color"}
+        # STILTS_CONFIRM=0: the cancel measured starts at its key, not after a question
+        env = {"STILTS_NO_DAEMON": "1", "STILTS_RUNS_DIR": str(root), "TERM": "xterm-256color", "STILTS_CONFIRM": "0"}
         launch = launch_figures(exe, env, ids, Path(d))
         ours = our_keys(args, exe, env, root, ids, Path(d))
         flight = in_flight(exe, env, Path(d))

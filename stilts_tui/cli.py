@@ -6,6 +6,7 @@ Exit status: 0 on success, 2 on bad input (one line on stderr, no traceback), 1 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -17,10 +18,11 @@ from stilts_tui import plan as plans
 from stilts_tui import rundir, tasks
 from stilts_tui.contract import CANCEL_GRACE_S, SETTLED, STATUSES, TRAIN_LOG
 from stilts_tui.entry import NoDaemon, RunsDir  # the root options, shared with the bare command's parser
-from stilts_tui.errors import UserError
+from stilts_tui.errors import Failure, UserError
+from stilts_tui.fmt import terminal_safe
 from stilts_tui.ledger import Ledger
 from stilts_tui.queue.settings import DEFAULTS as DAEMON
-from stilts_tui.queue.settings import EXECUTORS, parse_fuse, parse_gpus
+from stilts_tui.queue.settings import EXECUTORS, check_interval, parse_fuse, parse_gpus
 from stilts_tui.queue.settings import help_of as _dh
 from stilts_tui.synth.settings import COMMAND_DEFAULTS as SYNTH
 
@@ -40,9 +42,10 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output 
 
 
 def _console():
+    """Rich output for a terminal; piped or redirected, never cut to 80 columns (full ids and values)."""
     from rich.console import Console
 
-    return Console()
+    return Console() if sys.stdout.isatty() else Console(width=100_000, soft_wrap=True)
 
 
 def _root(ctx: typer.Context) -> Path:
@@ -192,6 +195,54 @@ def plan_validate(path: PlanPath, max_runs: MaxRuns = None) -> None:
     c = plans.counts(runs)
     typer.echo(f"{path}: ok — {len(runs)} runs ({c['synth']} synth, {c['intermediate']} intermediate, "
                f"{c['target']} target)")
+    _echo_on_finish(plan)
+    lines, unreachable = _data_sources(runs)
+    for line in lines:
+        typer.echo(line)
+    if unreachable:  # right but offline: a warning, never a failure
+        typer.echo(f"warning: the Hugging Face Hub ({_hub_url()}) is unreachable now: {', '.join(unreachable)} "
+                   "cannot load their data until it is (or set data_dir to local files)", err=True)
+
+
+def _hub_url() -> str:
+    return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+
+
+def _data_sources(runs: list) -> tuple[list[str], list[str]]:
+    """Where each stage's data comes from and whether it is there now: one line a stage; and the stages
+    that need the hub while it is unreachable (checked once, through $HF_ENDPOINT)."""
+    from stilts_tui.tasks import data
+
+    lines, offline, hub_ok = [], [], None
+    for r in {(r.stage, r.name): r for r in runs}.values():
+        where, spec = f"  [{r.stage}.{r.name}]", r.task_spec
+        if r.stage == "synth":
+            lines.append(f"{where} synthesis: GPT-2 writes it (corpus "
+                         f"{r.params.get('corpus_file') or r.params.get('corpus')})")
+        elif spec.get("from_run"):
+            lines.append(f"{where} {r.task}: the output of synth run {spec['from_run']}")
+        elif any(data.file_for(spec, s) for s in data.SPLITS):
+            missing = data.missing_files(spec)
+            files = data.required_files(spec)
+            state = "present" if not missing else f"{len(missing)} of {len(files)} missing"
+            lines.append(f"{where} {r.task}: local files {os.path.commonpath([str(f) for f in files])} ({state})")
+        elif spec.get("hub"):
+            hub_ok = data.hub_reachable() if hub_ok is None else hub_ok
+            name = "/".join(x for x in spec["hub"] if x)
+            lines.append(f"{where} {r.task}: Hugging Face Hub {name} "
+                         f"({'reachable' if hub_ok else 'unreachable now'}: {_hub_url()})")
+            if not hub_ok:
+                offline.append(f"[{r.stage}.{r.name}]")
+        else:
+            lines.append(f"{where} {r.task}: no source (no hub copy, no data_dir)")
+    return lines, offline
+
+
+def _echo_on_finish(plan: plans.Plan) -> None:
+    """The plan's on_finish command, as `queue add` records it (the daemon runs that, never a later edit)."""
+    cmd = plan.finish_command()
+    if cmd:
+        typer.echo(f"on_finish: {terminal_safe(json.dumps(cmd))} (recorded by `queue add`, run without a shell)")
 
 
 @plan_app.command("rehearse")
@@ -234,7 +285,7 @@ def plan_show(ctx: typer.Context, path: PlanPath, as_json: JsonFlag = False,
         estimate = costs.estimate(plan, runs, costs.measured(_root(ctx)))
     if as_json:
         typer.echo(json.dumps({"name": plan.name, "model": plan.model, "counts": counts, "matrix": matrix,
-                               "runs": len(runs), "warnings": warnings,
+                               "runs": len(runs), "warnings": warnings, "on_finish": plan.finish_command(),
                                **({"cost": estimate.as_dict()} if estimate else {})}, indent=2))
         return
     from rich.table import Table
@@ -249,6 +300,7 @@ def plan_show(ctx: typer.Context, path: PlanPath, as_json: JsonFlag = False,
     for row, cells in matrix.items():
         table.add_row(row, *(str(cells.get(t, 0)) for t in targets), str(sum(cells.values())))
     con.print(table)
+    _echo_on_finish(plan)
     if estimate is not None:
         _print_cost(con, estimate)
 
@@ -406,6 +458,7 @@ def daemon_start(
         raise UserError(f"--max-jobs: expected an integer >= 1, got {max_jobs}")
     parse_gpus(gpus)
     parse_fuse(fuse)
+    check_interval(interval)
     if fuse != "off" and executor == "slurm":
         raise UserError("--fuse: fused arrays run on the local executor (each Slurm job is one run)")
     for name, value in (("--per-gpu", per_gpu), ("--cpu-slots", cpu_slots), ("--worker-runs", worker_runs)):
@@ -511,7 +564,11 @@ def daemon_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     if info is None:
         typer.echo(f"no daemon is running on {_root(ctx)}")
     else:
-        typer.echo(f"daemon running (pid {info.get('pid')}) on {_root(ctx)}: {info.get('settings')}")
+        typer.echo(f"daemon running (pid {info.get('pid')}) on {_root(ctx)}")
+        for key, value in (info.get("settings") or {}).items():  # one setting a line, as `daemon start` takes it
+            if isinstance(value, dict):  # the Slurm options: one line of key=value, or none
+                value = " ".join(f"{k}={v}" for k, v in value.items() if v not in (None, [], "")) or "none"
+            typer.echo(f"  {key.replace('_', '-')}: {'default' if value is None else value}")
     if mps_line:
         typer.echo(mps_line)
     typer.echo(("paused; " if ledger.meta("paused") else "") + ", ".join(f"{v} {k}" for k, v in counts.items()))
@@ -540,16 +597,31 @@ def queue_ls(
         _warn_stuck(runs)
         return
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table("id", "plan", "stage", "task", "from", "seed", "grid", "status", "gpu", "score", box=None)
+    table = Table("id", "plan", "stage", "task", "from", "seed", "grid", "status", "gpu", "score", "reason",
+                  box=None)
+    status = {r["id"]: r["status"] for r in ledger.runs()}
     for r in runs:
-        grid = plans.grid_text(r.get("grid"))
-        score = f"{r['score']:.4f}" if isinstance(r.get("score"), (int, float)) else ""
-        table.add_row(r["id"], r["plan"], r["stage"], r["task"], r.get("intermediate") or "", str(r.get("seed", "")),
-                      grid, r["status"], "" if r.get("gpu") is None else str(r["gpu"]), score)
+        params = r.get("params") if isinstance(r.get("params"), dict) else None
+        grid = plans.grid_text(r.get("grid"), params) if isinstance(r.get("grid"), dict) else str(r.get("grid") or "")
+        score = r.get("score")
+        cells = (r["id"], r.get("plan"), r.get("stage"), r.get("task"), r.get("intermediate") or "",
+                 r.get("seed", ""), grid, r["status"], "" if r.get("gpu") is None else r["gpu"],
+                 f"{score:.4f}" if isinstance(score, (int, float)) else "", _reason(r, status))
+        # Text, not markup: a name like "[/]" is shown, not parsed; control characters shown escaped
+        table.add_row(*(Text(terminal_safe("" if c is None else c)) for c in cells))
     _console().print(table)
     typer.echo(f"{len(runs)} runs", err=True)
     _warn_stuck(runs)
+
+
+def _reason(run: dict, status: dict[str, str]) -> str:
+    """Why a run failed, is blocked or stuck, in one line ("" for a run with nothing to say)."""
+    if run["status"] == "blocked" and run.get("parent"):
+        return f"parent {run['parent']} {status.get(run['parent'], 'missing')}"
+    why = run.get("error") or run.get("stuck")
+    return " ".join(str(why).split()) if why and run["status"] != "done" else ""
 
 
 def _warn_stuck(runs: list[dict]) -> None:
@@ -566,8 +638,8 @@ def scores(
     metric: Annotated[str | None, typer.Option("--metric", help="a metric in the runs' results (default: each "
                                                "target's primary metric)")] = None,
     by_seed: Annotated[bool, typer.Option("--by-seed", help="one row per starting point and seed")] = False,
-    fmt: Annotated[str | None, typer.Option("--format", help="table | csv | md | latex | json | png (default: "
-                                            "from -o's extension, else table)")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="table | csv | md | latex | json | png | pdf | svg "
+                                            "(default: from -o's extension, else table)")] = None,
     out: Annotated[Path | None, typer.Option("-o", "--output", help="write to this file")] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing -o file")] = False,
     alpha: Annotated[float, typer.Option("--alpha", help="level of the paired sign-flip test")] = 0.05,
@@ -582,12 +654,12 @@ def scores(
     if fmt is None:
         fmt = named or ("table" if out is None else "")
         if not fmt:
-            raise UserError(f"-o {out}: name the format with --format (csv, md, latex, json, png) or use one of "
-                            "the extensions .csv .md .tex .json .png")
+            raise UserError(f"-o {out}: name the format with --format (csv, md, latex, json, png, pdf, svg) or use "
+                            "one of the extensions .csv .md .tex .json .png .pdf .svg")
     if fmt not in results.FORMATS:
         raise UserError(f"--format: '{fmt}' is not one of {', '.join(results.FORMATS)}")
-    if fmt == "png" and out is None:
-        raise UserError("--format png needs -o FILE.png")
+    if fmt in results.FIGURES and out is None:
+        raise UserError(f"--format {fmt} needs -o FILE.{fmt}")
     if fmt == "table" and out is not None:
         raise UserError("--format table prints to the terminal; choose csv, md, latex or json for -o")
     if out is not None and out.suffix and named != fmt:
@@ -631,10 +703,12 @@ def logs(
                 chunk = f.read()
                 pos = f.tell()
             if chunk:
-                sys.stdout.write(chunk)
+                sys.stdout.write(terminal_safe(chunk, keep_newlines=True))
                 sys.stdout.flush()
         if over:
             return
+        if not d.is_dir():
+            raise Failure(f"{d}: the run folder was removed while following its log")
         time.sleep(0.5)
 
 

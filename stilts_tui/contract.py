@@ -110,13 +110,21 @@ class Setup:
     cuda_graphs: bool = False
     fused: int = 0  # runs in the array; 0 alone
     dropout_streams: str = "own"  # own (a run alone) | member (each member of an array its run's own) | one
+    method: str = "full"  # full | lora
+    lora: dict | None = None  # a LoRA run's r, alpha, dropout, targets
+    transfer: str | None = None  # a LoRA run's transfer (merge/all, encoder, adapter)
 
     def record(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if self.method == "full":  # a full fine-tune's record is what it was before LoRA runs existed, plus method
+            del out["lora"], out["transfer"]
+        return out
 
     def line(self) -> str:
+        lora = (f", LoRA r {self.lora['r']} alpha {self.lora['alpha']:g} on {'/'.join(self.lora['targets'])} "
+                f"(transfer {self.transfer})") if self.method == "lora" and self.lora else ""
         return (f"{self.precision}{' (tf32 matmuls)' if self.tf32 else ''}, {self.batching} batches, pad {self.pad}, "
-                f"clip per {self.clip.replace('_', '-')}, compile {self.compile}")
+                f"clip per {self.clip.replace('_', '-')}, compile {self.compile}{lora}")
 
 
 @dataclass
@@ -196,8 +204,12 @@ def shape_key(spec: dict) -> str:
     length, task kind and choices, precision. The queue learns memory by it, the cost estimate speed,
     and fused arrays group within it (:func:`array_key`). The same string the ledger's ``shape`` keeps."""
     p, task = _sub(spec, "params"), _sub(spec, "task")
-    return json.dumps([_sub(spec, "model").get("name"), p.get("batch_size"), p.get("max_len"), task.get("kind"),
-                       task.get("num_choices"), p.get("precision")])
+    key = [_sub(spec, "model").get("name"), p.get("batch_size"), p.get("max_len"), task.get("kind"),
+           task.get("num_choices"), p.get("precision")]
+    if p.get("method") == "lora":  # a LoRA run takes a fraction of a full fine-tune's memory
+        lora = p.get("lora") if isinstance(p.get("lora"), dict) else {}
+        key.append({"method": "lora", "r": lora.get("r"), "targets": lora.get("targets")})
+    return json.dumps(key, default=str)
 
 
 def array_key(spec: dict) -> str | None:
@@ -208,4 +220,15 @@ def array_key(spec: dict) -> str | None:
         return None
     same = {k: p.get(k) for k in ("grad_accum", "epochs", "max_train_samples", "max_dev_samples",
                                   "eval_batch_size", "batching", "pad", "clip")}
+    if p.get("method") == "lora":  # one frozen encoder for the array: the same starting weights and adapters
+        same.update(method="lora", lora=p.get("lora"), frozen=frozen_base(spec))
     return json.dumps({"shape": shape_key(spec), "task": _sub(spec, "task"), **same}, sort_keys=True, default=str)
+
+
+def frozen_base(spec: dict) -> str | None:
+    """The weights a LoRA run freezes: its parent's merged checkpoint, or (``transfer = "adapter"``, or no
+    parent) the model itself."""
+    model = _sub(spec, "model")
+    if _sub(spec, "params").get("transfer") == "adapter" and isinstance(model.get("base"), dict):
+        model = model["base"]
+    return model.get("path") or model.get("name")

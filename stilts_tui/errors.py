@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import sys
 
+from stilts_tui.fmt import terminal_safe
+
 PROG = "stilts-tui"
 PREFIX = f"{PROG}: error: "  # what :func:`report` puts before the line; readers of a child's stderr strip it
 
@@ -76,11 +78,11 @@ def failure_from_os(e: OSError, doing: str = "") -> Failure:
 
 def report(e: BaseException, prog: str = PROG) -> int:
     """Print ``PROG: error: ONE LINE`` on stderr for a UserError or an OSError; its exit status."""
-    if isinstance(e, UserError):
-        line, code = first_line(e, 500), e.exit_code
+    if isinstance(e, UserError):  # its message is one line: a newline in it (a file's name) is shown as \n
+        line, code = (str(e).strip() or type(e).__name__)[:500], e.exit_code
     elif isinstance(e, OSError):
         line, code = os_error_line(e), 1
     else:
         line, code = f"{type(e).__name__}: {first_line(e)}", 1
-    print(f"{prog}: error: {line}", file=sys.stderr)
+    print(f"{prog}: error: {terminal_safe(line)}", file=sys.stderr)  # a newline in a name stays one line
     return code

@@ -35,7 +35,7 @@ from tinydb.table import Document, Table
 from stilts_tui.contract import FINAL as FINAL  # re-exported: older callers read ledger.FINAL / STATUSES
 from stilts_tui.contract import LEDGER_FILE, STATUSES
 from stilts_tui.errors import UserError, failure_from_os, first_line
-from stilts_tui.rundir import write_atomic
+from stilts_tui.rundir import RUN_ID_RE, WORKER_RE, write_atomic
 
 # fsync the new file and its folder on every commit, so that a power loss never leaves an empty
 # ledger (ext4 without auto_da_alloc, xfs, NFS...). bench/ledger.py measures the cost.
@@ -196,6 +196,10 @@ class Ledger:
             self.dir.mkdir(parents=True, exist_ok=True)
             if self._lock_obj is None:
                 self._lock_obj = FileLock(str(self.path) + ".lock", timeout=self._lock_timeout)
+            if not self._lock_obj.is_locked:
+                # a lock file that cannot be made (a runs-dir in /proc, no permission) is one line now;
+                # filelock would retry it as if another process held the lock, for the whole timeout
+                os.close(os.open(self._lock_obj.lock_file, os.O_RDWR | os.O_CREAT, 0o644))
             self._lock_obj.acquire()
         except Timeout:
             raise LedgerError(f"{self.path}: could not lock the ledger (held by another process)",
@@ -264,12 +268,14 @@ class Ledger:
     def _write(self, data: dict, changed: set[str] | None = None) -> None:
         """Encode, write a temporary file (fsync'ed), keep the old file as the backup, rename over.
         Any failure leaves the file as it was and drops the cache (which holds the failed change)."""
+        # a symlinked ledger stays a symlink: the file it names is replaced, in its own folder
+        dest = Path(os.path.realpath(self.path)) if self.path.is_symlink() else self.path
         try:
             pieces = self._encode(data, changed)
             # .ledger.json.*.tmp: a killed commit's leftover is swept (.ledger.*.tmp)
-            write_atomic(self.path, pieces, fsync=FSYNC, before_replace=self._keep_backup)
+            write_atomic(dest, pieces, fsync=FSYNC, before_replace=self._keep_backup)
             if FSYNC:
-                _fsync_dir(self.dir)
+                _fsync_dir(dest.parent)
             st = os.stat(self.path)
         except BaseException as e:
             self._stamp, self._frags = None, None
@@ -292,6 +298,10 @@ class Ledger:
         """The file about to be replaced becomes ``ledger.json.bak`` (a second name for it, no copy)."""
         if self._stamp is None:  # not the version this process read and checked: keep the old backup
             return
+        if self.backup.is_dir() and not self.backup.is_symlink():
+            raise LedgerError(f"{self.backup} is a directory, so the last good ledger cannot be kept there; move "
+                              f"it aside (mv {self.backup} {self.backup}.dir) and run the command again (nothing "
+                              "was written)")
         link = self.dir / f".ledger.{os.getpid()}.bak.tmp"
         try:
             link.unlink(missing_ok=True)
@@ -399,15 +409,24 @@ RUN_FIELDS = {"priority": _NUM, "attempts": _INT, "pid": _INT, "pid_started": _N
               "worker": _STR, "error": _STR, "shape": _STR, "slurm_state": _STR, "slurm_reason": _STR}
 
 
+# fields that become paths (the run's folder, its parent's, its worker's log): they must match their rule
+NAME_FIELDS = {"id": RUN_ID_RE, "parent": RUN_ID_RE, "worker": WORKER_RE}
+
+
 def run_problems(run: dict) -> dict[str, str]:
     """Fields of a run that do not hold what the queue expects: ``{field: what is wrong}``. Integers
-    must fit in 64 bits, numbers be finite, a pid be one the system can have. (Called on every run each
-    daemon tick: the common cases are decided by type alone.)"""
+    must fit in 64 bits, numbers be finite, a pid be one the system can have; the id, the parent and
+    the worker match their names' rules (they become paths under the runs-dir). (Called on every run
+    each daemon tick: the common cases are decided by type alone.)"""
     bad = {}
+    for name, rule in NAME_FIELDS.items():
+        v = run.get(name)
+        if v is not None and not (type(v) is str and rule.fullmatch(v)):
+            bad[name] = f"{name} = {str(v)[:40]!r} is not a name the queue writes ({rule.pattern})"
     for name, kind in RUN_FIELDS.items():
         v = run.get(name)
         t = type(v)
-        if v is None or (t is str and kind is _STR):
+        if v is None or (t is str and kind is _STR) or name in bad:
             continue
         if kind is not _STR:
             if t is int and -INT64 <= v < INT64 and (name != "pid" or 0 < v < 2**22):

@@ -26,7 +26,8 @@ from stilts_tui.synth.settings import DEFAULTS as SYNTH_DEFAULTS
 from stilts_tui.tomlio import tomllib
 
 STAGES = contract.STAGES
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # with fullmatch: `$` accepts a trailing newline
+BASELINE_NAME = "none"  # the starting point of baseline runs: no intermediate stage may take it
 INT64_MAX = 2**63 - 1
 MAX_DEPTH = 16  # tables and lists inside each other; a plan needs 3
 MAX_PLAN_BYTES = 4 * 2**20
@@ -101,12 +102,23 @@ HYPER = {
     "clip": _one_of("step", "micro_batch"),
     "compile": _one_of("auto", "off", "inductor", "cudagraphs"),
     "fuse": _bool(),
-    "transfer": _one_of("all", "encoder"),
+    "transfer": _one_of("all", "encoder", "merge", "adapter"),
+    "method": _one_of("full", "lora"),
+    "lora": ((lambda v: isinstance(v, dict)), "a table of LoRA settings (r, alpha, dropout, targets)"),
     "eval_batch_size": _int(1, 65536),
     "max_train_samples": _int(1),
     "max_dev_samples": _int(1),
 }
 DEFAULTS = contract.TRAINING_DEFAULTS  # the reference's settings; the run contract holds them
+# LoRA (method = "lora"): the LoRA paper's RoBERTa GLUE setting; kept out of a run's params (and id) unless
+# the run is a LoRA run, so plans without the keys keep their run ids
+LORA_TARGETS = ("query", "key", "value", "attention_output", "intermediate", "output")
+LORA_KEYS = {
+    "r": _int(1, 4096), "alpha": _num(0, lo_open=True), "dropout": _num(0, 1, hi_open=True),
+    "targets": ((lambda v: isinstance(v, list) and bool(v) and all(t in LORA_TARGETS for t in v)
+                 and len(set(v)) == len(v)), "a non-empty list of distinct layers out of " + ", ".join(LORA_TARGETS)),
+}
+LORA_DEFAULTS = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": ["query", "value"]}
 DATA_KEYS = {"task": _str(), "data_dir": _str(), "train_file": _str(), "dev_file": _str()}
 STAGE_KEYS = {
     "intermediate": {**DATA_KEYS, **HYPER, "seeds": _int_list(), "seed": _int(0), "keep_checkpoint": _bool()},
@@ -220,6 +232,17 @@ class Plan:
     tasks: dict[str, dict]
     text: str = ""
     slurm: dict = field(default_factory=dict)  # sbatch settings for this plan's runs (not part of run ids)
+    on_finish: list[str] | None = None  # as written; `queue add` records it resolved (:meth:`finish_command`)
+
+    def finish_command(self) -> list[str] | None:
+        """``on_finish`` as the daemon runs it: a program named with a '/' is relative to the plan's folder.
+        `queue add` records this in the ledger; the daemon never reads the plan file again."""
+        if not self.on_finish:
+            return None
+        cmd = list(self.on_finish)
+        if "/" in cmd[0]:
+            cmd[0] = str((self.dir / cmd[0]).expanduser().resolve())
+        return cmd
 
     @property
     def dir(self) -> Path:
@@ -295,7 +318,7 @@ def name_problem(name: object) -> str | None:
     """The one rule for plan and stage names (they become labels, file names and paths): what is
     wrong with ``name``, or None. Letters, digits, '_', '-' and '.', at most 64, starting with a
     letter or digit: no path separator, no '..', no control character, no space."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
         return ("names are 1-64 letters, digits, '_', '-' and '.', starting with a letter or digit, "
                 f"without '..' (got {_shown(name)})")
     return None
@@ -344,6 +367,7 @@ def parse(text: str, path: str | Path) -> Plan:
     _check_path(c, "model", path.parent, data["model"])
     defaults = data.get("defaults", {})
     c.table("defaults", defaults, HYPER)
+    _check_method(c, "defaults", defaults)
     c.table("slurm", data.get("slurm", {}), SLURM_KEYS)
     custom = data.get("tasks", {})
     for tname, tdef in custom.items():
@@ -369,7 +393,7 @@ def parse(text: str, path: str | Path) -> Plan:
         name=data["name"], path=path.resolve(), model=data["model"], baseline=data.get("baseline", True),
         target_seeds=data.get("target_seeds", [42]), defaults=defaults, synth=synth,
         intermediate=stages["intermediate"], target=stages["target"], tasks=custom, text=text,
-        slurm=data.get("slurm", {}),
+        slurm=data.get("slurm", {}), on_finish=data.get("on_finish"),
     )
 
 
@@ -378,9 +402,13 @@ def _check_stage(c: _Checker, kind: str, sname: str, sdef: object, plan_dir: Pat
     """One [intermediate.NAME] or [target.NAME] table: its name, keys, task, grid, files and dev split."""
     where = f"{kind}.{sname}"
     _check_name(c, where, sname)
+    if kind == "intermediate" and sname.lower() == BASELINE_NAME:
+        c.fail(where, f"'{BASELINE_NAME}' is the starting point of the baseline runs (straight from the model); "
+                      "name the intermediate stage otherwise")
     if not isinstance(sdef, dict):
         c.fail(where, "expected a table")
     c.table(where, sdef, STAGE_KEYS[kind])
+    _check_method(c, where, sdef)
     _check_task(c, where, sdef.get("task", sname), custom, synth)
     _check_grid(c, where, sdef.get("grid", {}))
     base = plan_dir
@@ -390,6 +418,12 @@ def _check_stage(c: _Checker, kind: str, sname: str, sdef: object, plan_dir: Pat
         if sdef.get(key):
             _check_path(c, f"{where}.{key}", base, sdef[key])
     _check_dev_split(c, where, sdef.get("task", sname), synth)
+
+
+def _check_method(c: _Checker, where: str, table: dict) -> None:
+    """A ``lora`` table: its keys and values (the rules between stages are checked as the plan expands)."""
+    if "lora" in table:
+        c.table(f"{where}.lora", table["lora"], LORA_KEYS)
 
 
 def _check_name(c: _Checker, where: str, name: str) -> None:
@@ -403,6 +437,9 @@ def _check_grid(c: _Checker, where: str, grid: dict) -> None:
         gkey = f"{where}.grid.{gk}"
         if gk not in HYPER:
             c.fail(gkey, f"unknown hyperparameter (expected one of: {', '.join(HYPER)})")
+        if gk == "lora":
+            c.fail(gkey, "LoRA settings are not a grid axis (method is: grid = { method = [\"full\", \"lora\"] }); "
+                   "give one lora table per stage")
         if not isinstance(gv, list) or not gv:
             c.fail(gkey, "expected a non-empty list of values (an empty grid expands to no runs)")
         ok, what = HYPER[gk]
@@ -519,6 +556,38 @@ def task_spec(plan: Plan, stage: dict, default_name: str, synth_ids: dict[str, s
 def _params(plan: Plan, stage: dict) -> dict:
     p = {**DEFAULTS, **plan.defaults}
     p.update({k: v for k, v in stage.items() if k in HYPER})
+    if "lora" in p:  # the stage's lora table over the defaults' (key by key)
+        p["lora"] = {**plan.defaults.get("lora", {}), **stage.get("lora", {})}
+    return p
+
+
+def _method(plan: Plan, params: dict, where: str, stage: dict, parent: dict | None) -> dict:
+    """A run's params with its method resolved: a LoRA run's full ``lora`` table (defaults filled in); a full
+    fine-tune without ``method`` or ``lora`` (its id is that of a plan without the keys). ``parent``: the
+    params of the intermediate run a target starts from."""
+    p = dict(params)
+
+    def fail(key: str, message: str):
+        raise PlanError(plan.path, message, key=f"{where}.{key}", line=_line_of(plan.text, f"{where}.{key}".split(".")))
+
+    if p.get("method") == "lora":
+        p["lora"] = {**LORA_DEFAULTS, **p.get("lora", {})}
+    else:
+        if "lora" in stage and "method" not in (stage.get("grid") or {}):
+            fail("lora", 'LoRA settings for a stage that trains with method = "full" (set method = "lora")')
+        p.pop("method", None)
+        p.pop("lora", None)
+    if p.get("transfer") == "adapter":
+        if p.get("method") != "lora":
+            fail("transfer", '"adapter" trains the intermediate\'s adapter further: it needs method = "lora" '
+                 '(a full fine-tune starts from the merged weights: transfer = "merge")')
+        if parent is not None and parent.get("method") != "lora":
+            fail("transfer", '"adapter" needs a LoRA intermediate; an intermediate of this plan is a full fine-tune '
+                 '(use transfer = "merge": its weights, with a fresh adapter)')
+        if parent is not None and any(parent["lora"][k] != p["lora"][k] for k in ("r", "targets")):
+            theirs, ours = parent["lora"], p["lora"]
+            fail("transfer", f'"adapter" needs the intermediate\'s LoRA rank and targets (r {theirs["r"]}, targets '
+                 f'{theirs["targets"]}); this stage has r {ours["r"]}, targets {ours["targets"]}')
     return p
 
 
@@ -554,14 +623,16 @@ def expand(plan: Plan) -> list[Run]:
         synth_ids[sname] = r.id
 
     starts: list[tuple[str, str | None]] = [("none", None)] if plan.baseline else []
+    start_params: dict[str, dict] = {}
     for iname, idef in plan.intermediate.items():
         spec, hashed = task_spec(plan, idef, iname, synth_ids)
-        params = _params(plan, idef)
+        params = _method(plan, _params(plan, idef), f"intermediate.{iname}", idef, None)
         params["keep_checkpoint"] = True  # children start from it
         seeds = idef.get("seeds") or [idef.get("seed", 42)]
         for seed in seeds:
             r = add("intermediate", iname, spec["name"], iname, seed, params, {}, spec["from_run"], spec, hashed)
             starts.append((iname, r.id))
+            start_params[r.id] = params
 
     for tname, tdef in plan.target.items():
         spec, hashed = task_spec(plan, tdef, tname, synth_ids)
@@ -574,7 +645,8 @@ def expand(plan: Plan) -> list[Run]:
         for inter, parent in starts:
             for seed in seeds:
                 for combo in combos:
-                    add("target", tname, spec["name"], inter, seed, {**base, **combo}, combo, parent, spec, hashed)
+                    params = _method(plan, {**base, **combo}, f"target.{tname}", tdef, start_params.get(parent))
+                    add("target", tname, spec["name"], inter, seed, params, combo, parent, spec, hashed)
     return runs
 
 
@@ -584,10 +656,22 @@ def expand(plan: Plan) -> list[Run]:
 SHORT_PARAMS = {"lr": "lr", "batch_size": "bs", "warmup": "wu", "epochs": "ep", "max_len": "len"}
 
 
-def grid_text(grid: dict | None) -> str:
-    """A run's grid values, short: ``lr=1e-05 bs=16 wu=0.2``."""
-    return " ".join(f"{SHORT_PARAMS.get(k, k)}={v:g}" if isinstance(v, float) else f"{SHORT_PARAMS.get(k, k)}={v}"
-                    for k, v in (grid or {}).items())
+def grid_text(grid: dict | None, params: dict | None = None) -> str:
+    """A run's grid values, short: ``lr=1e-05 bs=16 wu=0.2`` (a damaged row's grid that is no table: as is); a
+    LoRA run's begin with its method and rank (``lora r=8``), so that no list of runs and scores shows it as a
+    full fine-tune."""
+    if grid is not None and not isinstance(grid, dict):
+        return str(grid)[:60]
+    grid = dict(grid or {})
+    lora = isinstance(params, dict) and params.get("method") == "lora"
+    if lora:
+        grid.pop("method", None)
+    text = " ".join(f"{SHORT_PARAMS.get(k, k)}={v:g}" if isinstance(v, float) else f"{SHORT_PARAMS.get(k, k)}={v}"
+                    for k, v in grid.items())
+    if not lora:
+        return text
+    settings = params.get("lora") if isinstance(params.get("lora"), dict) else {}
+    return f"lora r={settings.get('r')} {text}".strip()
 
 
 def counts(runs: list[Run]) -> dict[str, int]:
@@ -681,6 +765,8 @@ def spec_for(run: Run, plan: Plan, runs_root: Path) -> dict:
     if run.parent and run.stage == "target":  # an intermediate's parent (a synth run) gives data, not weights
         model = {"source": "parent", "parent": run.parent, "name": plan.model,
                  "path": str(rundir.run_dir(runs_root, run.parent) / contract.CHECKPOINT_DIR)}
+        if run.params.get("transfer") == "adapter":  # the frozen base is the intermediate's own (unmerged) base
+            model["base"] = {"source": "path" if run.model.get("path") else "hub", **run.model}
     else:
         model = {"source": "path" if run.model.get("path") else "hub", **run.model}
     if run.stage == "synth":

@@ -35,8 +35,11 @@ from stilts_tui.contract import SPEC_FILE
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.ledger import Ledger
 
-FORMATS = ("table", "csv", "md", "latex", "json", "png")
-EXTENSIONS = {"csv": "csv", "md": "md", "latex": "tex", "json": "json", "png": "png"}
+FORMATS = ("table", "csv", "md", "latex", "json", "png", "pdf", "svg")
+EXTENSIONS = {"csv": "csv", "md": "md", "latex": "tex", "json": "json", "png": "png", "pdf": "pdf", "svg": "svg"}
+FIGURES = ("png", "pdf", "svg")  # drawn with matplotlib (the plot extra, which the demo extra includes)
+FIGURE_DPI = 300  # print resolution for the png; pdf and svg are vector
+MISSING_MATPLOTLIB = "figure export needs matplotlib, which is not installed: pip install 'stilts-tui[plot]'"
 STD_NOTE = "std: population standard deviation (ddof 0), as the reference computes it"
 BOOT = {"n_resamples": 10000, "confidence": 0.95, "seed": 0}
 ALPHA = 0.05  # the test's default level (two-sided)
@@ -45,7 +48,8 @@ MC_RESAMPLES = 100_000
 MC_SEED = 0
 REGRESSION_FAIL_THRESHOLD = 0.0  # the correlation of any constant prediction (what metrics.compute gives it)
 TOO_FEW = "too few pairs"
-SETUP_KEYS = ("precision", "tf32", "batching", "pad", "clip", "compile", "fused")
+SETUP_KEYS = ("method", "lora", "precision", "tf32", "batching", "pad", "clip", "compile", "fused")
+LORA_MARK = "LoRA"  # before a score: the cell's runs are LoRA runs (method = "lora"), not full fine-tunes
 
 
 class WriteError(UserError):
@@ -88,6 +92,12 @@ class Cell:
     verdict: str | None = None  # "significant" | "not significant" | "too few pairs"
     setups: list[dict] = field(default_factory=list, repr=False)  # distinct result["setup"]s recorded
     setup_note: str | None = None  # why the cell is marked "*": mixed setups, or not what the plan asked
+
+    @property
+    def method(self) -> str | None:
+        """"full", "lora", or "full/lora" for a cell that mixes them (None: no setup recorded)."""
+        methods = sorted({str(s.get("method", "full")) for s in self.setups})
+        return "/".join(methods) or None
     keyed: dict = field(default_factory=dict, repr=False)  # (seed, grid) -> value, for pairing
 
 
@@ -308,7 +318,11 @@ def _failed(c: Cell, majority: float | None) -> None:
 
 def _setup_of(result: dict | None) -> dict | None:
     setup = (result or {}).get("setup")
-    return {k: setup.get(k) for k in SETUP_KEYS if k in setup} if isinstance(setup, dict) else None
+    if not isinstance(setup, dict):
+        return None
+    out = {k: setup.get(k) for k in SETUP_KEYS if k in setup}
+    out.setdefault("method", "full")  # results written before LoRA runs existed are full fine-tunes
+    return out
 
 
 def _asked(spec: dict | None) -> dict:
@@ -371,7 +385,11 @@ def build(root: Path, plan: str, metric: str | None = None, by_seed: bool = Fals
     results = {r["id"]: rundir.read_run_file(root, r["id"]) for r in runs}
     done = [res for res in results.values() if res and res.get("status") == "done"]
     if not done:
-        raise UserError(f"plan '{name}' has no finished target runs yet ({len(runs)} queued)")
+        by: dict[str, int] = {}
+        for r in runs:
+            by[r["status"]] = by.get(r["status"], 0) + 1
+        raise UserError(f"plan '{name}' has no finished target runs yet ("
+                        + ", ".join(f"{n} {st}" for st, n in sorted(by.items())) + ")")
     if metric is not None:
         available = sorted({k for res in done if isinstance(res.get("metrics"), dict) for k in res["metrics"]})
         if metric not in available:
@@ -452,7 +470,8 @@ def _majorities(root: Path, runs: list[dict], metrics: dict[str, str], notes: li
 CSV_FIELDS = ["intermediate", "target", "seed", "metric", "n", "missing", "mean", "std_ddof0", "median", "max",
               "min", "best_of_grid", "gain", "gain_ci_low", "gain_ci_high", "gain_significant", "majority_score",
               "failed", "failed_rate", "mean_without_failed", "std_without_failed", "pairs", "paired_gain",
-              "paired_ci_low", "paired_ci_high", "p_value", "test", "min_attainable_p", "verdict", "setup_note"]
+              "paired_ci_low", "paired_ci_high", "p_value", "test", "min_attainable_p", "verdict", "setup_note",
+              "method"]
 
 
 def _row_keys(t: ScoreTable) -> list[tuple[str, int | None]]:
@@ -480,7 +499,8 @@ def to_csv(t: ScoreTable) -> str:
                                                  lo, hi)),
                     str(c.gain_significant).lower(),
                     *map(_csv_value, (c.majority, c.failed, c.failed_rate, c.mean_ok, c.std_ok, c.pairs,
-                                      c.paired_gain, plo, phi, c.p_value, c.test, c.min_p, c.verdict, c.setup_note))])
+                                      c.paired_gain, plo, phi, c.p_value, c.test, c.min_p, c.verdict, c.setup_note,
+                                      c.method))])
     return out.getvalue()
 
 
@@ -497,11 +517,24 @@ def to_json(t: ScoreTable) -> str:
         d["n_without_failed"] = d.pop("n_ok")
         d["majority_score"] = d.pop("majority")
         d["min_attainable_p"] = d.pop("min_p")
+        d["method"] = c.method
         cells.append(d)
-    return json.dumps({"plan": t.plan, "metric": t.metric, "metrics": t.metrics, "by_seed": t.by_seed,
-                       "std": STD_NOTE, "bootstrap": BOOT, "failed_rule": FAILED_NOTE, "test": test_note(t),
-                       "alpha": t.alpha, "without_failed": t.without_failed, "rows": t.rows, "targets": t.targets,
-                       "notes": t.notes, "cells": cells}, indent=2)
+    doc = {"plan": t.plan, "metric": t.metric, "metrics": t.metrics, "by_seed": t.by_seed,
+           "std": STD_NOTE, "bootstrap": BOOT, "failed_rule": FAILED_NOTE, "test": test_note(t),
+           "alpha": t.alpha, "without_failed": t.without_failed, "rows": t.rows, "targets": t.targets,
+           "notes": t.notes, "cells": cells}
+    return json.dumps(_finite(doc), indent=2, allow_nan=False)
+
+
+def _finite(value: object) -> object:
+    """JSON has no Infinity or NaN (a mean of scores near 1e308 overflows): such numbers become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 FAILED_NOTE = (f"a run failed when its dev score is at or below the majority-class score of the target's dev "
@@ -545,7 +578,8 @@ def _cell_text(c: Cell | None, latex: bool = False, without_failed: bool = False
     pm = r"$\pm$" if latex else "±"
     mean, std = _shown(c, without_failed)
     star = "*" if c.setup_note else ""
-    text = f"{_pct(mean)}{star} {pm} {_pct(std)}"
+    mark = f"{LORA_MARK} " if c.method == "lora" else ""
+    text = f"{mark}{_pct(mean)}{star} {pm} {_pct(std)}"
     if c.gain is not None:
         text += " (" + gain_text(c, LATEX_DAGGER if latex else "†") + ")"
     text += f" n={c.n}" + (f"/{c.n + c.missing}" if c.missing else "") + failed_text(c)
@@ -559,6 +593,8 @@ def _row_label(inter: str, seed: int | None) -> str:
 def footnotes(t: ScoreTable) -> list[str]:
     """Lines under the table: mixed training setups, majority scores that could not be computed."""
     lines = []
+    if any(c.method == "lora" for c in t.cells):
+        lines.append(f"cells marked {LORA_MARK} are LoRA runs (method = \"lora\"); the others are full fine-tunes")
     mixed = [c for c in t.cells if c.setup_note]
     if mixed:
         lines.append("cells marked * mix training setups: " + "; ".join(
@@ -626,44 +662,89 @@ def to_rich(t: ScoreTable):
     return table
 
 
+class MissingDependency(UserError):
+    """An optional dependency that is not installed: a failure of the installation, exit 1."""
+
+    exit_code = 1
+
+
+def figures_available() -> bool:
+    """Can figures be drawn here (is matplotlib installed)?"""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def png_bytes(t: ScoreTable) -> bytes:
-    """One panel per target: per-intermediate distributions (violin with the points), as the study's figure."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise UserError("png export needs matplotlib: pip install 'stilts-tui[plot]'") from None
+    return figure_bytes(t, "png")
+
+
+def figure_bytes(t: ScoreTable, fmt: str = "png") -> bytes:
+    """The study's figure: one panel per target; per starting point its runs' scores as points (with a
+    box where there are enough of them), the mean, n, and the gain over "none" (dagger: the paired test
+    says significant); a dotted line at the majority-class score (runs on or below it failed); a legend.
+    ``fmt``: png (300 dpi), pdf or svg (vector)."""
+    if not figures_available():
+        raise MissingDependency(MISSING_MATPLOTLIB)
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # text stays text in vector figures (editable, searchable), fonts embedded as TrueType in the pdf
+    with matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}):
+        return _figure(plt, t, fmt)
+
+
+def _figure(plt, t: ScoreTable, fmt: str) -> bytes:
     n = len(t.targets)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6), squeeze=False, dpi=100)
-    rng = np.random.default_rng(0)
+    fig, axes = plt.subplots(1, n, figsize=(2.2 + 1.0 * max(2, len(t.rows)) * n, 3.8), squeeze=False)
     for ax, tg in zip(axes[0], t.targets, strict=True):
-        data = [(r, [100 * v for c in t.cells if c.target == tg and c.intermediate == r for v in c.values])
-                for r in t.rows]
-        data = [(r, v) for r, v in data if v]
-        if data:
-            pos = np.arange(1, len(data) + 1)
-            parts = ax.violinplot([v for _, v in data], positions=pos, showmedians=True)
-            for body in parts["bodies"]:
-                body.set_alpha(0.35)
-            for p, (_, v) in zip(pos, data, strict=True):
-                ax.scatter(p + rng.uniform(-0.08, 0.08, len(v)), v, s=8, color="black", zorder=3)
-            ax.set_xticks(pos, [r for r, _ in data], rotation=30, ha="right")
-        majority = next((c.majority for c in t.cells if c.target == tg and c.majority is not None), None)
-        if majority is not None:  # runs on or under this line failed
-            ax.axhline(100 * majority, color="grey", linestyle=":", linewidth=1)
-        ax.set_title(tg)
-        ax.set_ylabel(f"{t.metrics.get(tg, t.metric)} (x100)")
-    fig.suptitle(t.plan)
-    fig.tight_layout()
+        _panel(ax, t, tg)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    seen = dict(zip(labels, handles, strict=True))
+    for ax in axes[0][1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(lab, h)
+    fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=len(seen), frameon=False, fontsize=8)
+    fig.suptitle(f"{t.plan}: score of each run by starting point (gain: mean over none, † significant)",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     failed = ", ".join(f"{c.intermediate}->{c.target} {c.failed}/{c.n}" for c in t.cells if c.failed)
     buf = io.BytesIO()
-    meta = {"Title": f"{t.plan} scores", "Description": f"panels: {n}",
-            "Comment": f"failed runs (dotted line: majority class): {failed or 'none'}"}
-    fig.savefig(buf, format="png", metadata=meta)
+    meta = {"Title": f"{t.plan} scores"} if fmt != "png" else {
+        "Title": f"{t.plan} scores", "Description": f"panels: {n}",
+        "Comment": f"failed runs (dotted line: majority class): {failed or 'none'}"}
+    fig.savefig(buf, format=fmt, dpi=FIGURE_DPI, metadata=meta)
     plt.close(fig)
     return buf.getvalue()
+
+
+def _panel(ax, t: ScoreTable, target: str) -> None:
+    """One target's panel: points, box (5 runs or more), mean, n and gain per starting point."""
+    rng = np.random.default_rng(0)
+    cells = [c for r in t.rows for c in t.cells if c.target == target and c.intermediate == r and c.values]
+    pos = np.arange(1, len(cells) + 1)
+    for p, c in zip(pos, cells, strict=True):
+        v = [100 * x for x in c.values]
+        if len(v) >= 5:
+            ax.boxplot([v], positions=[p], widths=0.5, showfliers=False, medianprops={"color": "tab:blue"})
+        ax.scatter(p + rng.uniform(-0.1, 0.1, len(v)), v, s=10, color="black", alpha=0.7, zorder=3,
+                   label="one run")
+        ax.scatter([p], [100 * c.mean], marker="D", s=28, color="tab:red", zorder=4, label="mean")
+        gain = "" if c.gain is None or c.intermediate == "none" else \
+            f"\n{100 * c.gain:+.1f}{'†' if c.gain_significant else ''}"
+        ax.annotate(f"n={c.n}{gain}", (p, max(v)), textcoords="offset points", xytext=(0, 4), ha="center",
+                    va="bottom", fontsize=7)
+    ax.set_xticks(pos, [c.intermediate for c in cells], rotation=30, ha="right")
+    ax.set_xlim(0.4, len(cells) + 0.6)
+    majority = next((c.majority for c in t.cells if c.target == target and c.majority is not None), None)
+    if majority is not None:
+        ax.axhline(100 * majority, color="grey", linestyle=":", linewidth=1,
+                   label="majority class (runs on or below: failed)")
+    ax.margins(y=0.2)
+    ax.set_title(target, fontsize=9)
+    ax.set_ylabel(f"{t.metrics.get(target, t.metric)} (x100)")
 
 
 def to_png(t: ScoreTable, path: Path) -> None:
@@ -675,7 +756,7 @@ def render(t: ScoreTable, fmt: str) -> str:
 
 
 def export_bytes(t: ScoreTable, fmt: str) -> bytes:
-    return png_bytes(t) if fmt == "png" else render(t, fmt).encode("utf-8")
+    return figure_bytes(t, fmt) if fmt in FIGURES else render(t, fmt).encode("utf-8")
 
 
 # ---- where exports go --------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from stilts_tui.contract import RESULT_FILE, attempt_result_name
 from stilts_tui.errors import UserError
 
 RUN_ID_RE = re.compile(r"[0-9a-f]{12}")  # used with fullmatch: `$` would accept a trailing newline
+WORKER_RE = re.compile(r"[0-9a-f]{8,32}")  # a worker's name (its log: .workers/NAME.log), hex as the daemon writes
+ADDED_MARK = ".queued-by-stilts"  # `queue add` writes it into each run folder it makes: the folders it may remove
 
 
 def runs_dir(value: str | Path | None = None) -> Path:
@@ -36,7 +38,7 @@ def read_json(path: Path) -> dict | None:
     """A JSON object from a file, or None (missing, unreadable, not JSON, not an object)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested 100,000 deep
         return None
     return data if isinstance(data, dict) else None
 
@@ -50,14 +52,17 @@ def read_run_file(root: str | Path, run_id: str, name: str = RESULT_FILE) -> dic
         return None
 
 
-def retire_result(run_folder: Path, attempt: int) -> None:
-    """Keep a finished attempt's ``result.json`` beside the run (``result.attemptN.json``), out of the way
-    of the next attempt; nothing when there is none."""
+def retire_result(run_folder: Path, attempt: int) -> Path | None:
+    """Move a finished attempt's ``result.json`` aside as ``result.attemptN.json``: N the attempt, or the
+    next number free (a run retried twice keeps both earlier results). Where it went, or None."""
     src = run_folder / RESULT_FILE
-    try:
-        os.replace(src, run_folder / attempt_result_name(attempt))
-    except FileNotFoundError:
-        pass
+    if not src.exists():
+        return None
+    n = max(0, attempt)
+    while (dest := run_folder / attempt_result_name(n)).exists():
+        n += 1
+    os.replace(src, dest)
+    return dest
 
 
 _UMASK: int | None = None

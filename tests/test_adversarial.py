@@ -13,13 +13,15 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import add, cli, make_plan, set_debug, start, statuses, wait
+from conftest import CONSOLE, add, cli, make_plan, set_debug, start, statuses, wait
 
 from stilts_tui.ledger import Ledger
 
@@ -257,3 +259,392 @@ def test_damaged_side_files_never_stop_a_command(runs_dir, small_plan, name, con
         answers_in_one_line(out, (0,))
     assert run_ids(runs_dir) == ids
     assert psutil.pid_exists(1)  # `daemon stop` signalled nobody
+
+
+# ---- issue 23: what a file, a second client or an edit did, and what must hold --------------------
+
+PAIR = '[target.t]\ntask = "pair"\n'
+
+
+def one_line(out: subprocess.CompletedProcess, code: int = 2) -> str:
+    """The command failed with ``code`` in one line (never a traceback); that line."""
+    answers_in_one_line(out, (code,))
+    assert out.returncode == code, (out.returncode, out.stderr)
+    return out.stderr.strip()
+
+
+def edit_rows(runs: Path, **rows: dict) -> None:
+    """Damage the ledger as a hostile user or a bad disk would: put rows in by hand (key = id)."""
+    path = runs / "ledger.json"
+    data = json.loads(path.read_text())
+    data["runs"].update(rows)
+    path.write_text(json.dumps(data))
+
+
+def test_a_finished_runs_damaged_result_never_stops_the_queue(tmp_path, runs_dir, queue_env, tiny_model):
+    """Item 1: a done run's result.json replaced by [] and the daemon restarted: new runs still train."""
+    (first,) = add(make_plan(tmp_path, tiny_model, PAIR, baseline=True), runs_dir, queue_env)
+    start(runs_dir, queue_env, "--worker-runs", "1")
+    wait(lambda: statuses(runs_dir) == {first["id"]: "done"}, 180, "the first run")
+    assert cli("daemon", "stop", runs_dir=runs_dir, env=queue_env).returncode == 0
+    (runs_dir / first["id"] / "result.json").write_text("[]")
+    more = make_plan(tmp_path, tiny_model, PAIR + "grid = { lr = [1e-4, 2e-4] }\n", baseline=True)
+    ids = {r["id"] for r in add(more, runs_dir, queue_env)}
+    start(runs_dir, queue_env, "--worker-runs", "1")
+    wait(lambda: set(statuses(runs_dir).values()) == {"done"}, 240, "the new runs despite the damaged result")
+    assert ids - {first["id"]} and statuses(runs_dir)[first["id"]] == "done"
+    assert "is ignored (the run is final)" in (runs_dir / "daemon.log").read_text()
+
+
+@pytest.mark.parametrize("interval", ["inf", "nan", "0", "-1", "1e9"])
+def test_an_interval_that_never_ticks_or_spins_is_refused(runs_dir, interval):
+    """Item 2: --interval inf never ticks again, nan/0/-1 spin: refused by `daemon start` and the daemon."""
+    line = one_line(cli("daemon", "start", f"--interval={interval}", runs_dir=runs_dir))
+    assert "--interval" in line and not (runs_dir / "daemon.json").exists()
+    direct = subprocess.run([sys.executable, "-m", "stilts_tui.queue.daemon", "--runs-dir", str(runs_dir),
+                             f"--interval={interval}"], capture_output=True, text=True, timeout=60)
+    assert one_line(direct) and not (runs_dir / "daemon.json").exists()
+
+
+def test_two_adds_of_two_versions_of_a_plan_at_once_lose_no_run_folder(tmp_path, runs_dir, small_plan):
+    """Item 3: each add's orphan clean-up deleted the folders the other had just written."""
+    lrs = lambda k: "[" + ", ".join(f"{k}{i}e-7" for i in range(1, 400)) + "]"  # noqa: E731
+    plan = small_plan(lrs(1))  # about 1,600 runs
+    procs = [subprocess.Popen([str(CONSOLE), "queue", "add", str(plan)], env={**os.environ, "STILTS_NO_DAEMON": "1",
+                              "STILTS_RUNS_DIR": str(runs_dir)}, stderr=subprocess.PIPE, text=True)]
+    wait(lambda: any(runs_dir.glob("*/spec.json")), 60, "the first add writing folders")
+    plan.write_text(plan.read_text().replace(lrs(1), lrs(2)))  # the plan edited while it is added
+    procs.append(subprocess.Popen([str(CONSOLE), "queue", "add", str(plan)], env={**os.environ,
+                                  "STILTS_NO_DAEMON": "1", "STILTS_RUNS_DIR": str(runs_dir)},
+                                  stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        assert p.wait(timeout=600) == 0, p.stderr.read()
+    rows = Ledger(runs_dir).runs()
+    assert len(rows) > 3000
+    lost = [r["id"] for r in rows if not (runs_dir / r["id"] / "spec.json").is_file()]
+    assert lost == []
+
+
+def test_a_recorded_run_whose_spec_is_gone_gets_it_back_from_a_re_add(runs_dir, small_plan):
+    """Item 3: the daemon's error says a re-add writes a missing spec.json again: it does."""
+    plan = small_plan()
+    assert cli("queue", "add", str(plan), runs_dir=runs_dir).returncode == 0
+    rid = Ledger(runs_dir).runs()[0]["id"]
+    spec = (runs_dir / rid / "spec.json").read_bytes()
+    (runs_dir / rid / "spec.json").unlink()
+    assert cli("queue", "add", str(plan), runs_dir=runs_dir).returncode == 0
+    assert (runs_dir / rid / "spec.json").read_bytes() == spec
+
+
+def test_retrying_a_run_twice_keeps_both_earlier_results(runs_dir, small_plan):
+    """Item 4: the second retry overwrote result.attempt1.json (here: attempt0, attempts reset by retry)."""
+    assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
+    rid = Ledger(runs_dir).runs()[0]["id"]
+    for n in (1, 2):
+        Ledger(runs_dir).update(rid, status="failed", error=f"attempt {n}")
+        (runs_dir / rid / "result.json").write_text(json.dumps({"status": "failed", "error": f"attempt {n}"}))
+        assert cli("queue", "retry", rid, runs_dir=runs_dir).returncode == 0
+    kept = sorted(json.loads(p.read_text())["error"] for p in (runs_dir / rid).glob("result.attempt*.json"))
+    assert kept == ["attempt 1", "attempt 2"] and not (runs_dir / rid / "result.json").exists()
+
+
+def test_queue_add_removes_only_folders_it_wrote_and_no_run_claims(runs_dir, small_plan):
+    """Item 6: any folder holding only a spec.json of the plan was deleted (a saved spec, exports/)."""
+    plan = small_plan()
+    assert cli("queue", "add", str(plan), runs_dir=runs_dir).returncode == 0
+    rid = Ledger(runs_dir).runs()[0]["id"]
+    spec = (runs_dir / rid / "spec.json").read_text()
+    users = [runs_dir / "my-saved-spec", runs_dir / "exports", runs_dir / "0123456789ab"]  # no mark: not ours
+    for d in users:
+        d.mkdir()
+        (d / "spec.json").write_text(spec.replace(rid, d.name) if d.name == "0123456789ab" else spec)
+    ours = runs_dir / "ba9876543210"  # what an interrupted add of this plan leaves: its mark and a spec
+    ours.mkdir()
+    (ours / "spec.json").write_text(spec.replace(rid, ours.name))
+    (ours / ".queued-by-stilts").write_text(ours.name + "\n")
+    before = run_ids(runs_dir)
+    assert cli("queue", "add", str(plan), runs_dir=runs_dir).returncode == 0
+    assert all((d / "spec.json").read_text() for d in users) and not ours.exists()
+    assert run_ids(runs_dir) == before and all((runs_dir / i / "spec.json").is_file() for i in before)
+
+
+def test_on_finish_is_the_one_recorded_at_add_never_a_later_edit(tmp_path, runs_dir, queue_env, tiny_model):
+    """Item 7: on_finish was read from the plan file when the plan finished: an edit after the add ran."""
+    writer = "import sys; open(sys.argv[1], 'w').write('ran')"
+    hook = lambda tag: json.dumps([sys.executable, "-c", writer, str(tmp_path / tag)])  # noqa: E731
+    plan = make_plan(tmp_path, tiny_model, PAIR, baseline=True, header=f"on_finish = {hook('added')}")
+    shown = cli("plan", "show", str(plan), runs_dir=runs_dir)
+    assert shown.returncode == 0 and "on_finish: " in shown.stdout and str(tmp_path / "added") in shown.stdout
+    as_json = json.loads(cli("plan", "show", str(plan), "--json", runs_dir=runs_dir).stdout)
+    recorded = as_json["on_finish"]  # the program resolved as the daemon runs it
+    assert Path(recorded[0]) == Path(sys.executable).resolve() and recorded[1:] == json.loads(hook("added"))[1:]
+    assert "on_finish: " in cli("plan", "validate", str(plan), runs_dir=runs_dir).stdout
+    add(plan, runs_dir, queue_env)
+    plan.write_text(plan.read_text().replace(hook("added"), hook("edited")))
+    start(runs_dir, queue_env)
+    wait(lambda: (tmp_path / "added").exists(), 180, "the recorded command")
+    wait(lambda: "started" in (runs_dir / "daemon.log").read_text().split("on-finish: plan_finished")[-1], 30,
+         "the daemon to start every command of the event")
+    assert not (tmp_path / "edited").exists()
+
+
+def test_ledger_fields_never_become_paths_outside_the_runs_dir(tmp_path, runs_dir, queue_env, tiny_model):
+    """Item 8: a row with id ../evil_run was trained outside the runs-dir; a worker ../../outside made the
+    daemon read outside.log into a run's error."""
+    (good,) = add(make_plan(tmp_path, tiny_model, PAIR, baseline=True), runs_dir, queue_env)
+    evil = tmp_path / "evil_run"
+    evil.mkdir()
+    (evil / "spec.json").write_text((runs_dir / good["id"] / "spec.json").read_text())
+    (tmp_path / "outside.log").write_text("SECRET outside the runs-dir\n")
+    edit_rows(runs_dir, **{"../evil_run": {**good, "id": "../evil_run", "order": 9},
+                           "aaaaaaaaaaaa": {**good, "id": "aaaaaaaaaaaa", "status": "running", "attempts": 99,
+                                            "worker": "../../outside", "started": 0, "pid": None}})
+    outside = tree(tmp_path, runs_dir)
+    start(runs_dir, queue_env, "--worker-runs", "1")
+    wait(lambda: Ledger(runs_dir).get(good["id"])["status"] == "done", 180, "the good run")
+    wait(lambda: all(Ledger(runs_dir).get(k)["status"] == "failed" for k in ("../evil_run", "aaaaaaaaaaaa")), 30,
+         "the damaged rows failed")
+    errors = {k: Ledger(runs_dir).get(k)["error"] for k in ("../evil_run", "aaaaaaaaaaaa")}
+    assert "id = '../evil_run'" in errors["../evil_run"] and "worker = '../../outside'" in errors["aaaaaaaaaaaa"]
+    assert "SECRET" not in json.dumps(errors)
+    assert sorted(os.listdir(evil)) == ["spec.json"] and tree(tmp_path, runs_dir) == outside
+
+
+ESC = "\x1b]0;pwned\x07\x1b[2J\x9b31m"  # sets the title, clears the screen, a one-byte CSI
+
+
+def test_escape_sequences_from_files_and_the_ledger_never_reach_the_terminal(runs_dir, small_plan):
+    """Item 9: escape sequences in train.log lines and in names reached the terminal (logs, queue ls,
+    errors)."""
+    assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
+    row = Ledger(runs_dir).runs()[0]
+    (runs_dir / row["id"] / "train.log").write_text(f"step 1 {ESC}\nstep 2\n")
+    edit_rows(runs_dir, **{row["id"]: {**row, "plan": f"small{ESC}", "task": f"rte{ESC}"}})
+    logs = cli("logs", row["id"], runs_dir=runs_dir)
+    listing = cli("queue", "ls", runs_dir=runs_dir, env={"COLUMNS": "300"})
+    err = cli("queue", "ls", "--plan", f"x{ESC}", runs_dir=runs_dir)
+    for out in (logs, listing):
+        assert out.returncode == 0, out.stderr
+        assert not set(out.stdout) & {"\x1b", "\x07", "\x9b"}, out.stdout
+    assert logs.stdout.splitlines() == ["step 1 \\x1b]0;pwned\\x07\\x1b[2J\\x9b31m", "step 2"]
+    assert "\\x1b[2J" in listing.stdout
+    line = one_line(err)
+    assert not set(line) & {"\x1b", "\x07", "\x9b"} and "\\x1b" in line
+
+
+@pytest.mark.parametrize("plan_text, needle", [
+    ('name = "p"\nmodel = "m"\nbaseline = true\n[intermediate.none]\ntask = "rte"\n[target.rte]\ntask = "rte"\n',
+     "intermediate.none"),
+    ('name = "p\\n"\nmodel = "m"\n[target.rte]\ntask = "rte"\n', "key 'name'"),
+    ('name = "p"\nmodel = "m"\n[target."rte\\n"]\ntask = "rte"\n', "target.rte"),
+])
+def test_names_that_would_pool_or_split_a_plan_are_refused(tmp_path, runs_dir, plan_text, needle):
+    """Item 10: a stage 'none' pooled with the baseline; a name with a trailing newline was a second plan."""
+    plan = tmp_path / "p.toml"
+    plan.write_text(plan_text)
+    for args in (("plan", "validate", str(plan)), ("queue", "add", str(plan))):
+        assert needle in one_line(cli(*args, runs_dir=runs_dir))
+    assert not (runs_dir / "ledger.json").exists()
+
+
+def test_two_plan_files_with_one_name_are_not_merged(tmp_path, runs_dir, small_plan):
+    """Item 10: a second file with the same plan name was merged silently."""
+    plan = small_plan()
+    assert cli("queue", "add", str(plan), runs_dir=runs_dir).returncode == 0
+    before = (runs_dir / "ledger.json").read_bytes()
+    other = tmp_path / "other.toml"
+    other.write_text(plan.read_text().replace("[1e-5]", "[7e-5]"))
+    assert "already queued from" in one_line(cli("queue", "add", str(other), runs_dir=runs_dir))
+    assert (runs_dir / "ledger.json").read_bytes() == before
+
+
+def test_a_priority_beyond_64_bits_is_refused_and_changes_nothing(runs_dir, small_plan):
+    """Item 10: `queue priority 100000000000000000000` exited 0, then the daemon failed the run."""
+    assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
+    before = (runs_dir / "ledger.json").read_bytes()
+    rid = Ledger(runs_dir).runs()[0]["id"]
+    for args in (("queue", "priority", "100000000000000000000", rid),
+                 ("queue", "add", str(small_plan()), "--priority", "-100000000000000000000")):
+        assert "priority" in one_line(cli(*args, runs_dir=runs_dir))
+    assert (runs_dir / "ledger.json").read_bytes() == before
+
+
+def _finish_targets(runs: Path, score: object, result: object = None) -> None:
+    """Every target run done, with this score in its result.json (or ``result`` as the whole file)."""
+    with Ledger(runs).transaction() as tx:
+        for r in list(tx.runs.all()):
+            if r["stage"] == "target":
+                tx.update_run(r["id"], status="done", score=None)
+    for r in Ledger(runs).runs():
+        if r["stage"] == "target":
+            body = result if result is not None else {"status": "done", "score": score, "metrics": {"acc": score},
+                                                       "primary_metric": "acc"}
+            (runs / r["id"] / "result.json").write_text(body if isinstance(body, str) else json.dumps(body))
+
+
+def test_scores_as_json_are_json_even_for_a_score_of_1e308(runs_dir, small_plan):
+    """Item 10: a mean that overflows was written as Infinity, which is not JSON."""
+    assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
+    _finish_targets(runs_dir, 1e308)
+    out = cli("scores", "small", "--format", "json", runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr
+
+    def refuse(name):
+        raise AssertionError(f"{name} is not JSON")
+
+    doc = json.loads(out.stdout, parse_constant=refuse)
+    assert doc["cells"]
+
+
+def test_a_result_nested_100000_deep_is_one_run_left_out_not_a_traceback(runs_dir, small_plan):
+    """Item 11: `scores` on a result.json nested 100,000 deep: RecursionError."""
+    assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
+    _finish_targets(runs_dir, None, "[" * 100000 + "]" * 100000)
+    assert "no finished target runs" in one_line(cli("scores", "small", runs_dir=runs_dir))
+
+
+@pytest.mark.parametrize("field, value", [("grid", [1, 2]), ("intermediate", ["x"]), ("grid", "lr=1"),
+                                          ("task", None)])
+def test_a_row_of_the_wrong_types_is_listed_not_a_traceback(runs_dir, small_plan, field, value):
+    """Item 11: `queue ls` on a row whose grid or intermediate has the wrong type: 44 lines of traceback."""
+    assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
+    row = Ledger(runs_dir).runs()[0]
+    damaged = {**row, field: value}
+    if value is None:
+        damaged.pop(field)
+    edit_rows(runs_dir, **{row["id"]: damaged})
+    out = cli("queue", "ls", runs_dir=runs_dir, env={"COLUMNS": "300"})
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert row["id"] in out.stdout and len(json.loads(cli("queue", "ls", "--json", runs_dir=runs_dir).stdout)) == 13
+
+
+LATIN1 = "index\tsentence1\tsentence2\tlabel\n0\tCaf\xe9 au lait.\tA drink.\tentailment\n".encode("latin-1")
+
+
+@pytest.mark.parametrize("content", [LATIN1, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"])
+def test_data_files_that_are_not_utf8_are_one_line(tmp_path, runs_dir, content):
+    """Item 11: `tasks show`, `plan rehearse` and `synth` on Latin-1 or binary data files: tracebacks."""
+    data = tmp_path / "rte"
+    data.mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        (data / name).write_bytes(content)
+    (tmp_path / "corpus.txt").write_bytes(content)
+    plan = tmp_path / "p.toml"
+    plan.write_text(f'name = "p"\nmodel = "roberta-large"\n[target.rte]\ntask = "rte"\ndata_dir = "{data}"\n')
+    env = {"HF_HUB_OFFLINE": "1"}
+    for args in (("tasks", "show", "rte", "--data-dir", str(data)),
+                 ("synth", "--corpus-file", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "out"))):
+        line = one_line(cli(*args, runs_dir=runs_dir, env=env))
+        assert "UTF-8" in line, (args, line)
+    # a rehearsal reports each stage that cannot read its data, then stops (exit 1), never a traceback
+    rehearsal = cli("plan", "rehearse", str(plan), "--out", str(tmp_path / "rehearsal"), runs_dir=runs_dir, env=env)
+    assert rehearsal.returncode == 1 and "Traceback" not in rehearsal.stdout + rehearsal.stderr
+    assert "not UTF-8 text" in rehearsal.stdout and "cannot read their data" in rehearsal.stdout
+
+
+@pytest.mark.parametrize("keymap", ['"queue.cancel" = "x\xe9"'.encode("latin-1"), b"keys = 5\n"])
+def test_a_keymap_in_latin1_or_of_the_wrong_shape_is_one_line(tmp_path, runs_dir, keymap):
+    """Item 11: a keymap file in Latin-1 or with `keys = 5`: a traceback from the app."""
+    path = tmp_path / "keymap.toml"
+    path.write_bytes(keymap)
+    line = one_line(cli(runs_dir=runs_dir, env={"STILTS_KEYMAP": str(path), "STILTS_NO_DAEMON": "1"}))
+    assert str(path) in line
+
+
+def test_a_plan_file_whose_name_holds_a_newline_is_named_on_one_line(tmp_path, runs_dir):
+    """Item 11: a plan file whose name holds a newline cut the error line in two."""
+    plan = tmp_path / "bad\nname.toml"
+    plan.write_text("name = \n")
+    line = one_line(cli("plan", "validate", str(plan), runs_dir=runs_dir))
+    assert "bad\\nname.toml" in line
+
+
+async def test_the_app_shows_lines_after_a_huge_one_and_escapes_what_files_and_rows_hold(runs_dir, small_plan):
+    """Items 9 and 12, in the real app: a train.log line over 4 MiB hid every later line in the log pane;
+    escape sequences in log lines and in a row's names reached the terminal through the pane and the table."""
+    from textual.widgets import DataTable, Log
+
+    from stilts_tui.tui.app import StiltsApp
+    from stilts_tui.tui.widgets.log_pane import LogPane
+
+    assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
+    row = Ledger(runs_dir).runs()[0]
+    edit_rows(runs_dir, **{row["id"]: {**row, "status": "running", "plan": f"small{ESC}", "grid": [1, 2]}})
+    (runs_dir / row["id"] / "train.log").write_text(f"first {ESC}\n" + "x" * (5 << 20) + "\nafter the long line\n")
+    async def until(cond, what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, f"never happened: {what}"
+            await pilot.pause(0.02)
+
+    async with StiltsApp(runs_dir, keymap={}).run_test(size=(170, 40)) as pilot:
+        table = pilot.app.screen.query_one(DataTable)
+        await until(lambda: table.row_count, "the table filled")
+        cells = [str(c) for c in table.get_row(row["id"])]
+        assert "\x1b" not in "".join(cells) and "small\\x1b" in cells[1]
+        table.move_cursor(row=[table.coordinate_to_cell_key((i, 0)).row_key.value
+                               for i in range(table.row_count)].index(row["id"]))
+        await pilot.press("l")
+        await until(lambda: list(pilot.app.screen.query(LogPane)), "the log pane")
+        log = pilot.app.screen.query_one(LogPane).query_one(Log)
+        await until(lambda: log.lines and log.lines[-1] == "after the long line", "the line after the long one")
+        assert not any("\x1b" in x or "\x07" in x for x in log.lines) and log.lines[0].startswith("first \\x1b")
+
+
+def test_logs_follow_ends_when_the_run_folder_is_removed(runs_dir, small_plan):
+    """Item 12: `logs -f` on a run folder that is deleted followed forever."""
+    assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
+    rid = Ledger(runs_dir).runs()[0]["id"]
+    Ledger(runs_dir).update(rid, status="running")
+    (runs_dir / rid / "train.log").write_text("step 1\n")
+    proc = subprocess.Popen([str(CONSOLE), "logs", rid, "-f"], env={**os.environ, "STILTS_RUNS_DIR": str(runs_dir)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "step 1\n"
+    import shutil
+
+    shutil.rmtree(runs_dir / rid)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and len(err.strip().splitlines()) == 1 and "removed" in err, err
+
+
+def test_a_daemon_whose_lock_file_was_deleted_is_still_the_only_one_and_stops(runs_dir):
+    """Item 12: daemon.lock deleted under a running daemon let a second start; `daemon stop` then could not
+    reach the first."""
+    first = start(runs_dir, {})
+    (runs_dir / "daemon.lock").unlink()
+    assert "already running" in one_line(cli("daemon", "start", runs_dir=runs_dir))
+    wait(lambda: (runs_dir / "daemon.lock").exists(), 30, "the daemon to lock a new daemon.lock")
+    assert "already running" in one_line(cli("daemon", "start", runs_dir=runs_dir))
+    assert cli("daemon", "stop", runs_dir=runs_dir).returncode == 0
+    wait(lambda: not psutil.pid_exists(first["pid"]) or psutil.Process(first["pid"]).status() == psutil.STATUS_ZOMBIE,
+         30, "the first daemon to stop")
+    assert "no daemon is running" in cli("daemon", "status", runs_dir=runs_dir).stdout
+
+
+def test_a_runs_dir_where_no_lock_can_be_made_is_one_line_at_once(tmp_path):
+    """Item 12: a runs-dir of /proc/1 blocked `queue pause` for 120 s (filelock retried as if locked)."""
+    out = cli("queue", "pause", runs_dir=Path("/proc/1"), timeout=30)
+    answers_in_one_line(out, (1, 2))
+    assert "ledger" in out.stderr
+
+
+def test_a_symlinked_ledger_stays_a_symlink(tmp_path, runs_dir, small_plan):
+    """Item 12: a symlinked ledger.json was replaced by a regular file."""
+    assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
+    real = tmp_path / "elsewhere" / "ledger.json"
+    real.parent.mkdir()
+    (runs_dir / "ledger.json").rename(real)
+    (runs_dir / "ledger.json").symlink_to(real)
+    assert cli("queue", "pause", runs_dir=runs_dir).returncode == 0
+    assert (runs_dir / "ledger.json").is_symlink() and json.loads(real.read_text())["meta"]["paused"]["value"]
+    assert len(json.loads(real.read_text())["runs"]) == 13
+
+
+def test_a_backup_that_is_a_directory_is_said_not_silently_dropped(runs_dir, small_plan):
+    """Item 12: a ledger.json.bak that is a directory silently disabled the backup."""
+    assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
+    before = (runs_dir / "ledger.json").read_bytes()
+    (runs_dir / "ledger.json.bak").unlink()
+    (runs_dir / "ledger.json.bak").mkdir()
+    assert "ledger.json.bak is a directory" in one_line(cli("queue", "pause", runs_dir=runs_dir))
+    assert (runs_dir / "ledger.json").read_bytes() == before

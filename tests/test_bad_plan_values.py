@@ -170,6 +170,7 @@ def test_an_interrupted_add_leaves_no_orphans_and_max_runs_lets_a_big_plan_in(tm
     orphan = runs_dir / "0123456789ab"
     orphan.mkdir(parents=True)
     (orphan / "spec.json").write_text('{"plan": "small", "run_id": "0123456789ab"}')
+    (orphan / ".queued-by-stilts").write_text("0123456789ab\n")  # the mark `queue add` writes first
     ran = runs_dir / "ba9876543210"  # a folder where something ran is never removed
     ran.mkdir()
     (ran / "spec.json").write_text('{"plan": "small"}')

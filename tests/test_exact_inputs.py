@@ -233,3 +233,113 @@ def test_synthesis_text_and_order_are_the_references(tmp_path, bpe):
     split = data.load_split(spec, "train", tok, data.tokenizer_fingerprint(tok), MAX_LEN, tmp_path / "cache")
     first = split.ids[0][0]
     assert first[first != tok.pad_token_id].tolist() == expect(tok, *expected[0])
+
+
+# ---- truncation of pairs, MedNLI's labels, byte-order marks: as the reference -------------------
+
+
+def build_wordpiece(folder: Path):
+    """A BERT-style tokenizer: WordPiece, [CLS] A [SEP] B [SEP] (3 special tokens: an even max_len leaves
+    an odd budget), token type ids."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for line in CORPUS for w in line.lower().split()})
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {w: i for i, w in enumerate(specials + words + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"])}
+    inner = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    inner.normalizer = normalizers.Lowercase()
+    inner.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    inner.post_processor = processors.BertProcessing(("[SEP]", vocab["[SEP]"]), ("[CLS]", vocab["[CLS]"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=inner, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]")
+    tok.save_pretrained(str(folder))
+    return tok
+
+
+@pytest.fixture(scope="module")
+def wordpiece(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("wordpiece") / "tok"
+    return build_wordpiece(folder), folder
+
+
+def reference_pair(tok, a: str, b: str, max_len: int) -> tuple[list[int], list[int]]:
+    """transformers 4.3's ``truncate_sequences(..., 'longest_first')``, line by line: one token at a time
+    from the longer segment, from the second on a tie."""
+    ids, pair = tok(a, add_special_tokens=False)["input_ids"], tok(b, add_special_tokens=False)["input_ids"]
+    for _ in range(max(0, len(ids) + len(pair) + tok.num_special_tokens_to_add(pair=True) - max_len)):
+        if len(ids) > len(pair):
+            ids = ids[:-1]
+        else:
+            pair = pair[:-1]
+    return ids, pair
+
+
+def with_specials(tok, ids: list[int], pair: list[int]) -> list[int]:
+    """The reference's special tokens, written out: BERT [CLS] A [SEP] B [SEP], RoBERTa <s> A </s></s> B </s>."""
+    if tok.cls_token == "[CLS]":
+        return [tok.cls_token_id, *ids, tok.sep_token_id, *pair, tok.sep_token_id]
+    return [tok.cls_token_id, *ids, tok.sep_token_id, tok.sep_token_id, *pair, tok.sep_token_id]
+
+
+PAIRS = [  # (first, second): the second longer (the case the budget's odd token decides), then the first
+    (CORPUS[3], CORPUS[4]), (CORPUS[4], CORPUS[5]), (CORPUS[5], CORPUS[3]), (CORPUS[0], CORPUS[5]),
+]
+
+
+@pytest.mark.parametrize("which", ["wordpiece", "bpe"])
+def test_pairs_are_cut_one_token_at_a_time_as_transformers_4_3_did(tmp_path, request, which):
+    """Both budgets: an even one (nothing to tell the rules apart) and an odd one (the first segment keeps
+    the extra token): max_len 20 and 21 are odd for one tokenizer and even for the other."""
+    tok, folder = request.getfixturevalue(which)
+    rows = "".join(f"{i}\t{a}\t{b}\tentailment\n" for i, (a, b) in enumerate(PAIRS))
+    for split in ("train", "dev"):
+        write_text(tmp_path / f"{split}.tsv", "index\tsentence1\tsentence2\tlabel\n" + rows)
+    full = [(len(tok(a, add_special_tokens=False)["input_ids"]), len(tok(b, add_special_tokens=False)["input_ids"]))
+            for a, b in PAIRS]
+    for max_len in (20, 21):
+        out = cli("tasks", "show", "rte", "--data-dir", str(tmp_path), "--model", str(folder), "--max-len",
+                  str(max_len), "--json", "-n", str(len(PAIRS)))
+        assert out.returncode == 0, out.stderr
+        shown = [json.loads(x)["input_ids"] for x in out.stdout.strip().splitlines()]
+        cut = [reference_pair(tok, a, b, max_len) for a, b in PAIRS]
+        assert shown == [with_specials(tok, ids, pair) for ids, pair in cut], max_len
+        budget = max_len - tok.num_special_tokens_to_add(pair=True)
+        # the case that tells the rules apart is here: both cut, the second longer, and (odd budgets) the
+        # first keeps the extra token
+        both_cut = [(len(i), len(p)) for (i, p), (la, lb) in zip(cut, full, strict=True)
+                    if len(i) < la and len(p) < lb and lb > la]
+        assert both_cut and all(n1 - n2 == budget % 2 for n1, n2 in both_cut)
+
+
+def test_mednli_labels_are_numbered_as_the_reference_did(tmp_path, bpe):
+    _, folder = bpe
+    rows = [{"sentence1": "Labs were normal.", "sentence2": "x", "gold_label": g}
+            for g in ("entailment", "contradiction", "neutral")]
+    write_jsonl(tmp_path / "mli_train_v1.jsonl", rows)
+    write_jsonl(tmp_path / "mli_dev_v1.jsonl", rows)
+    out = cli("tasks", "show", "mednli", "--data-dir", str(tmp_path), "--model", str(folder), "--json", "-n", "3")
+    assert out.returncode == 0, out.stderr
+    recs = [json.loads(x) for x in out.stdout.strip().splitlines()]
+    assert [(r["label"], r["label_name"]) for r in recs] == [(0, "entailment"), (1, "contradiction"), (2, "neutral")]
+
+
+def test_a_byte_order_mark_is_dropped_from_tsv_and_winogrande_files_as_the_reference_reads_them(tmp_path, bpe):
+    _, folder = bpe
+    # MRPC's first column is its label: with the mark kept, the header would name "\ufeffQuality"
+    mrpc = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tA man.\tA person.\n"
+    for split in ("train", "dev"):
+        (tmp_path / "mrpc").mkdir(exist_ok=True)
+        (tmp_path / "mrpc" / f"{split}.tsv").write_text("\ufeff" + mrpc, encoding="utf-8")
+    out = cli("tasks", "show", "mrpc", "--data-dir", str(tmp_path / "mrpc"), "--model", str(folder), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[0])["label"] == 1
+    wino = {"sentence": "Sarah was a much better surgeon than _ so", "option1": "Sarah", "option2": "Maria",
+            "answer": "2"}
+    (tmp_path / "wg").mkdir()
+    for name in ("train_xs.jsonl", "dev.jsonl"):
+        (tmp_path / "wg" / name).write_text("\ufeff" + json.dumps(wino) + "\n", encoding="utf-8")
+    out = cli("tasks", "show", "winogrande-xs", "--data-dir", str(tmp_path / "wg"), "--model", str(folder), "--json")
+    assert out.returncode == 0, out.stderr
+    rec = json.loads(out.stdout.splitlines()[0])
+    assert rec["label"] == 1 and rec["text"][0] == ["Sarah was a much better surgeon than ", "Sarah so"]

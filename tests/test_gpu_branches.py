@@ -74,7 +74,7 @@ def test_a_fused_array_on_buckets_with_short_last_batches_equals_each_run_alone(
         assert rf["setup"] == {**ra["setup"], "fused": 3, "dropout_streams": "member"}
         assert ra["setup"] == {"precision": "fp32", "tf32": False, "batching": "grouped", "pad": "buckets",
                                "clip": "step", "compile": "off", "cuda_graphs": False, "fused": 0,
-                               "dropout_streams": "own"}
+                               "dropout_streams": "own", "method": "full"}
         la, lf = step_losses(a), step_losses(f)
         assert [s for s, _ in la] == [s for s, _ in lf] and len(la) >= 5
         assert np.allclose([x for _, x in la], [x for _, x in lf], atol=1e-5)

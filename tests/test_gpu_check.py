@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LINE = re.compile(r"^((PASS [\w.+-]+|FAIL [\w.+-]+: .+|INFO [\w.+-]+: .+|FIGURE [\w.+-]+: .+)  \[\d+ s\]|# .+)$")
 BRANCHES = ["trainer_inductor_buckets_grouped_bf16", "grad_accum2_inductor", "fused3_ragged_buckets",
             "oom_then_next_run"]
-FIGURES = ["peak_memory", "single_run_vs_reference", "single_run_vs_hf_trainer", "grid", "synth"]
+FIGURES = ["peak_memory", "single_run_vs_reference", "single_run_vs_hf_trainer", "grid", "synth", "lora_grid"]
 
 
 @pytest.mark.slow

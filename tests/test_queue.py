@@ -199,3 +199,61 @@ def test_cancelling_a_run_that_waits_in_a_worker_spares_the_run_the_worker_train
     assert final[first]["status"] == "done" and final[first]["attempts"] == 1  # never restarted
     assert final[waiting[0]]["status"] == "cancelled" and not _started(runs_dir, waiting[0])
     assert final[waiting[1]]["status"] == "done" and final[waiting[1]]["worker"] == worker  # by the same worker
+
+
+def _worker_of_three(tmp_path, runs_dir, tiny_model, queue_env, sleep: float) -> tuple[list[dict], int]:
+    """Three runs in one worker process (each step slowed by ``sleep`` s); the runs in the worker's order
+    (by when each began) once the first has begun, and the worker's pid."""
+    stages = "[target.t]\ntask = \"pair\"\ngrid = { lr = [1e-4, 2e-4, 3e-4] }\n"
+    runs = add(make_plan(tmp_path, tiny_model, stages, baseline=True), runs_dir, queue_env)
+    for r in runs:
+        set_debug(runs_dir, r["id"], sleep_per_step=sleep)
+    start(runs_dir, queue_env, "--worker-runs", "3")
+    wait(lambda: any(_started(runs_dir, r["id"]) for r in runs), 60, "a run to begin")
+    pid = Ledger(runs_dir).get(runs[0]["id"])["pid"]
+    assert pid and all(Ledger(runs_dir).get(r["id"])["pid"] == pid for r in runs)  # one worker holds all three
+    return runs, pid
+
+
+def test_a_cancel_that_comes_after_the_run_wrote_its_result_keeps_it_done(tmp_path, runs_dir, tiny_model, queue_env):
+    """The cancel of a run in a worker that has just finished (its result.json written, the daemon not yet
+    reaped it): the run stays done with its result, the worker and the run it trains next go on."""
+    runs, _ = _worker_of_three(tmp_path, runs_dir, tiny_model, queue_env, sleep=1.0)
+    assert cli("daemon", "stop", runs_dir=runs_dir, env=queue_env).returncode == 0  # nothing reaps it now
+    first = wait(lambda: next((r["id"] for r in runs if (runs_dir / r["id"] / "result.json").exists()), None), 90,
+                 "the first run's result")
+    assert Ledger(runs_dir).get(first)["status"] == "running"  # not reaped yet
+    out = cli("queue", "cancel", first, "--no-wait", runs_dir=runs_dir, env=queue_env)
+    assert out.returncode == 0, out.stderr
+    start(runs_dir, queue_env, "--worker-runs", "3")  # its first tick carries the request out
+    wait(lambda: Ledger(runs_dir).get(first)["status"] != "running", 30, "the request carried out")
+    row = Ledger(runs_dir).get(first)
+    assert row["status"] == "done" and isinstance(row["score"], float) and not row.get("cancel_requested")
+    assert json.loads((runs_dir / first / "result.json").read_text())["status"] == "done"
+    assert not (runs_dir / first / "result.attempt1.json").exists()
+    wait(lambda: all_final(runs_dir), 120, "the worker to finish")
+    final = Ledger(runs_dir).runs()
+    assert {r["status"] for r in final} == {"done"} and {r["attempts"] for r in final} == {1}
+    assert {r["worker"] for r in final} == {Ledger(runs_dir).get(first)["worker"]}  # one worker, never restarted
+    log = (runs_dir / "daemon.log").read_text()
+    assert f"{first}: cancel asked after it ended (done): its result is kept" in log
+    assert "stopping it" not in log  # the worker was never signalled
+
+
+def test_cancelling_a_run_that_trains_in_a_worker_never_restarts_the_runs_after_it(tmp_path, runs_dir, tiny_model,
+                                                                                   queue_env):
+    """The run a worker trains is cancelled: its trainer drops it at the next step, and the worker trains
+    the runs after it (the same process, their first attempt); no run is placed again."""
+    runs, pid = _worker_of_three(tmp_path, runs_dir, tiny_model, queue_env, sleep=1.0)
+    first = next(r["id"] for r in runs if _started(runs_dir, r["id"]))
+    out = cli("queue", "cancel", first, runs_dir=runs_dir, env=queue_env)
+    assert out.returncode == 0 and "cancelled 1 runs" in out.stdout, out.stdout + out.stderr
+    assert json.loads((runs_dir / first / "result.json").read_text())["status"] == "cancelled"
+    wait(lambda: all_final(runs_dir), 120, "the worker to finish")
+    final = {r["id"]: r for r in Ledger(runs_dir).runs()}
+    others = [i for i in final if i != first]
+    assert final[first]["status"] == "cancelled"
+    assert all(final[i]["status"] == "done" and final[i]["attempts"] == 1 for i in others)
+    assert len(placements(runs_dir)) == 1  # one launch: nothing was placed again
+    log = (runs_dir / others[0] / "train.log").read_text()
+    assert log.count("── attempt 1 ──") == 1 and "attempt 2" not in log

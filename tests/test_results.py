@@ -9,6 +9,9 @@ import json
 import math
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,14 +191,50 @@ def test_latex_export_row_by_row(scored):
     assert lines[7:] == [r"\bottomrule", r"\end{tabular}"]
 
 
-def test_png_has_one_panel_per_target(scored, tmp_path):
+def test_figures_are_for_print_png_at_300_dpi_pdf_and_svg_vector(scored, tmp_path):
     from PIL import Image
 
     out = cli("scores", "sc", "--format", "png", "-o", str(tmp_path / "s.png"), runs_dir=scored)
     assert out.returncode == 0, out.stderr
     img = Image.open(tmp_path / "s.png")
-    assert img.size == (640, 360)  # 3.2 in x 2 panels, 3.6 in, at 100 dpi
-    assert img.info["Description"] == "panels: 2"
+    assert img.info["Description"] == "panels: 2" and round(img.info["dpi"][0]) == 300
+    assert img.size[0] >= 1800 and img.size[1] >= 1100  # 6.2 x 3.8 in at 300 dpi (it was 640 x 360)
+    assert cli("scores", "sc", "-o", str(tmp_path / "s.pdf"), runs_dir=scored).returncode == 0
+    assert (tmp_path / "s.pdf").read_bytes()[:5] == b"%PDF-"
+    assert cli("scores", "sc", "-o", str(tmp_path / "s.svg"), runs_dir=scored).returncode == 0
+    svg = (tmp_path / "s.svg").read_text()
+    # text stays text (editable in a paper): the legend, n and the gain over none of each distribution
+    for text in ("one run", "mean", "majority class (runs on or below: failed)", "n=4", "+20.0", "t1</text>"):
+        assert text in svg, text
+
+
+def test_each_panel_shows_every_run_as_a_point_with_its_mean(scored):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = results.build(scored, "sc")
+    fig, ax = plt.subplots()
+    results._panel(ax, t, "t2")  # none: 2 runs done (a one-run cell too shows its point); a: none done
+    points = [c for c in ax.collections if len(c.get_offsets())]
+    assert sorted(len(c.get_offsets()) for c in points) == [1, 2]  # the runs' points, and their mean
+    assert [x.get_text() for x in ax.get_xticklabels()] == ["none"]
+    assert any(line.get_linestyle() == ":" for line in ax.get_lines())  # the majority-class line
+    plt.close(fig)
+
+
+def test_a_figure_without_matplotlib_is_exit_1_naming_the_extra(scored, tmp_path):
+    """matplotlib missing: a failure of the installation (exit 1), with the extra that installs it."""
+    code = ("import sys; sys.modules['matplotlib'] = None; sys.argv = ['stilts-tui', *sys.argv[1:]]; "
+            "from stilts_tui.cli import main; main()")
+    out = subprocess.run([sys.executable, "-c", code, "scores", "sc", "-o", str(tmp_path / "s.png")],
+                         capture_output=True, text=True, env={**os.environ, "STILTS_RUNS_DIR": str(scored)})
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "pip install 'stilts-tui[plot]'" in out.stderr and not (tmp_path / "s.png").exists()
+    pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text()
+    demo = next(line for line in pyproject.splitlines() if line.startswith("demo = "))
+    assert '"matplotlib' in demo  # the demo extra installs what the app offers
 
 
 def test_table_prints_in_the_terminal(scored):

@@ -77,7 +77,9 @@ def test_mednli(tmp_path):
     write_jsonl(tmp_path / "mli_train_v1.jsonl", [row])
     write_jsonl(tmp_path / "mli_dev_v1.jsonl", [row])
     train, _, spec = both(tmp_path, "mednli")
-    assert train == [{"a": "Labs were normal.", "b": "The patient is sick.", "label": 2}]
+    # the reference's order (utils.py): entailment 0, contradiction 1, neutral 2
+    assert train == [{"a": "Labs were normal.", "b": "The patient is sick.", "label": 1}]
+    assert spec["labels"] == ["entailment", "contradiction", "neutral"]
     assert spec["hub"] is None
 
 

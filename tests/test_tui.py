@@ -13,17 +13,18 @@ import psutil
 import pytest
 from conftest import CONSOLE, cli, wait, write_text
 from textual.notifications import Notify
-from textual.widgets import DataTable, Input, Log, SelectionList
+from textual.widgets import DataTable, Input, Label, Log, OptionList, SelectionList
 from textual.worker import Worker, WorkerState
 
 from stilts_tui.ledger import Ledger
 from stilts_tui.tui.app import StiltsApp
 from stilts_tui.tui.screens.builder import BuilderScreen
+from stilts_tui.tui.screens.confirm import ConfirmScreen
 from stilts_tui.tui.screens.help import HelpScreen
 from stilts_tui.tui.screens.logs import LogsScreen
 from stilts_tui.tui.screens.prompt import PromptScreen
 from stilts_tui.tui.screens.queue import QueueScreen
-from stilts_tui.tui.screens.scores import CellScreen, ScoresScreen
+from stilts_tui.tui.screens.scores import CellScreen, ExportScreen, ScoresScreen
 from stilts_tui.tui.widgets.log_pane import ErrorHighlighter, LogPane
 
 PLAN = """name = "study"
@@ -68,11 +69,12 @@ def prepared(tmp_path, runs_dir) -> Path:
     return runs_dir
 
 
-def app_for(root: Path, keymap: dict | None = None, **kw) -> StiltsApp:
-    return StiltsApp(root, keymap=keymap or {}, **kw)
+def app_for(root: Path, keymap: dict | None = None, confirm: bool = False, **kw) -> StiltsApp:
+    """The app on ``root`` (destructive keys ask only where a test says so)."""
+    return StiltsApp(root, keymap=keymap or {}, confirm=confirm, **kw)
 
 
-async def until(pilot, cond, what: str, timeout: float = 10.0) -> None:
+async def until(pilot, cond, what: str, timeout: float = 60.0) -> None:
     """Let the app run until ``cond()`` holds (a condition, never a fixed pause)."""
     deadline = time.monotonic() + timeout
     while not cond():
@@ -92,12 +94,27 @@ def recorder(notes: list[tuple[str, str]], errors: list[Worker] | None = None):
 
 
 async def ready(pilot) -> QueueScreen:
-    for _ in range(50):
-        await pilot.pause(0.1)
-        screen = pilot.app.screen
-        if isinstance(screen, QueueScreen) and screen.query_one(DataTable).row_count:
-            return screen
-    raise AssertionError("the queue screen never filled")
+    await until(pilot, lambda: isinstance(pilot.app.screen, QueueScreen)
+                and pilot.app.screen.query_one(DataTable).row_count > 0, "the queue screen filled")
+    return pilot.app.screen
+
+
+async def settled(pilot) -> None:
+    """Every worker of the app done (a repeating read cancels the one before it: that is done too), then
+    the messages they posted handled."""
+    from textual.worker import WorkerCancelled
+
+    try:
+        await pilot.app.workers.wait_for_complete()
+    except WorkerCancelled:
+        await pilot.app.workers.wait_for_complete()
+    await pilot.wait_for_scheduled_animations()
+    await pilot.pause()  # what the workers posted
+    await pilot.pause()  # the layout it asked for (a table's new column widths)
+
+
+def totals_of(screen) -> str:
+    return str(screen.query_one("#totals").render())
 
 
 async def to_queued(pilot, screen: QueueScreen, root: Path) -> str:
@@ -125,14 +142,14 @@ async def test_queue_screen_lists_runs_with_totals_progress_and_filter(prepared)
         row = screen.query_one(DataTable).get_row(running["id"])
         assert [str(c) for c in row[9:12]] == ["█████░░░░░  50%", "0.6000", "0:20"]
         await pilot.press("slash")
+        await until(pilot, lambda: isinstance(pilot.app.screen, PromptScreen), "the filter's prompt")
         await pilot.press(*"cola")
         await pilot.press("enter")
-        await pilot.pause(0.2)
-        assert len(row_ids(screen)) == 4 and all(Ledger(prepared).get(i)["task"] == "cola" for i in row_ids(screen))
+        await until(pilot, lambda: len(row_ids(screen)) == 4, "the filter applied")
+        assert all(Ledger(prepared).get(i)["task"] == "cola" for i in row_ids(screen))
         await pilot.press("s")  # sort: by status
-        await pilot.pause(0.2)
+        await until(pilot, lambda: "sort: status" in totals_of(screen), "sorted by status")
         assert Ledger(prepared).get(row_ids(screen)[0])["status"] == "running"
-        assert "sort: status" in str(screen.query_one("#totals").render())
 
 
 async def test_queue_keys_cancel_retry_priority_pause(prepared):
@@ -142,7 +159,7 @@ async def test_queue_keys_cancel_retry_priority_pause(prepared):
         target = await to_queued(pilot, screen, prepared)
         run = lambda: Ledger(prepared).get(target)  # noqa: E731
         await pilot.press("c")
-        await until(pilot, lambda: ("information", "cancelled 1 run(s)") in notes, "the cancel's note")
+        await until(pilot, lambda: ("information", "cancelled 1 run") in notes, "the cancel's note")
         assert run()["status"] == "cancelled"
         await until(pilot, lambda: "cancelled" in str(screen.query_one(DataTable).get_row(target)[7]),
                     "the table showing the cancel")
@@ -177,7 +194,7 @@ async def test_keys_are_answered_while_a_cancel_waits_out_its_grace_period(prepa
         assert cli("queue", "pause", runs_dir=prepared).returncode == 0  # the daemon launches nothing else
         assert cli("daemon", "start", "--interval", "0.2", runs_dir=prepared).returncode == 0  # it adopts proc
         notes: list[tuple[str, str]] = []
-        grace = 3.0
+        grace = 6.0
         async with app_for(prepared, cancel_grace=grace).run_test(size=(170, 40), message_hook=recorder(notes)) \
                 as pilot:
             screen = await ready(pilot)
@@ -192,8 +209,8 @@ async def test_keys_are_answered_while_a_cancel_waits_out_its_grace_period(prepa
             await pilot.press("down")  # handled while the cancel waits for the process
             await until(pilot, lambda: table.cursor_row == row + 1, "the cursor moved")
             assert f"row {row + 2}/" in str(screen.query_one("#totals").render())
-            assert proc.poll() is None and time.monotonic() - t0 < grace  # the cancel is still waiting
-            await until(pilot, lambda: ("information", "cancelled 1 run(s)") in notes, "the cancel's note", 20)
+            assert proc.poll() is None  # the process is alive: the cancel still waits (SIGKILL comes after the grace)
+            await until(pilot, lambda: ("information", "cancelled 1 run") in notes, "the cancel's note", 60)
             assert time.monotonic() - t0 >= grace - 0.5
             assert proc.wait(timeout=10) == -9  # killed once the grace period was over
             assert Ledger(prepared).get(running)["status"] == "cancelled"
@@ -285,6 +302,184 @@ async def test_a_failed_worker_is_shown_once_in_place_of_loading_and_the_screen_
         assert "nope.toml" in notes[-1][1] and "\n" not in notes[-1][1]
 
 
+@pytest.fixture(autouse=True)
+def own_columns_file(tmp_path, monkeypatch):
+    """The chosen columns go to the test's own file, never the user's ~/.config."""
+    monkeypatch.setenv("STILTS_COLUMNS", str(tmp_path / "columns.json"))
+
+
+async def test_cancel_and_quit_ask_first_and_cancel_asks_for_the_marked_set(prepared):
+    notes: list[tuple[str, str]] = []
+    async with app_for(prepared, confirm=True).run_test(size=(170, 40), message_hook=recorder(notes)) as pilot:
+        screen = await ready(pilot)
+        queued = [i for i in row_ids(screen) if Ledger(prepared).get(i)["status"] == "queued"]
+        table = screen.query_one(DataTable)
+        for rid in queued:
+            table.move_cursor(row=row_ids(screen).index(rid))
+            await pilot.press("space")
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen), "the cancel's question")
+        assert "the 2 marked runs" in str(pilot.app.screen.query_one(Label).render())
+        await pilot.press("c", "q", "n")  # keys typed at the question do nothing else; n: no
+        await until(pilot, lambda: pilot.app.screen is screen, "the question gone")
+        await settled(pilot)
+        assert all(Ledger(prepared).get(i)["status"] == "queued" for i in queued) and screen.marked == queued
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen), "asked again")
+        await pilot.press("y")
+        await until(pilot, lambda: all(Ledger(prepared).get(i)["status"] == "cancelled" for i in queued), "cancelled")
+        await until(pilot, lambda: ("information", "cancelled 2 runs") in notes, "the cancel's note")
+        await pilot.press("q")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen), "the quit's question")
+        await pilot.press("escape")
+        await until(pilot, lambda: pilot.app.screen is screen, "still open")
+        assert pilot.app.is_running
+        await pilot.press("q", "y")
+        await until(pilot, lambda: not pilot.app.is_running, "the app quit")
+
+
+def test_questions_can_be_turned_off(monkeypatch):
+    from stilts_tui.tui.screens.confirm import confirm_wanted
+
+    monkeypatch.setenv("STILTS_CONFIRM", "0")
+    assert not confirm_wanted() and StiltsApp(Path("."), keymap={}).confirm is False
+    monkeypatch.delenv("STILTS_CONFIRM")
+    assert confirm_wanted() and StiltsApp(Path("."), keymap={}).confirm is True
+
+
+async def test_a_run_waiting_in_a_worker_reads_waiting_and_is_not_counted_running(prepared):
+    """Three runs of one worker process: the one it trains is running; the two it has not begun read
+    "waiting" with "in worker 1", and the totals count one running run."""
+    runs = Ledger(prepared).runs()
+    cola = [r for r in runs if r["task"] == "cola"]
+    training = next(r for r in cola if r["status"] == "running")
+    others = [r["id"] for r in runs if r["status"] == "queued"]
+    with Ledger(prepared).transaction() as tx:
+        for rid in [training["id"], *others]:
+            tx.update_run(rid, status="running", worker="w1", pid=4242, pid_started=1.0, gpu=1, started=2000.0)
+    with open(prepared / training["id"] / "events.jsonl", "a") as f:
+        f.write(json.dumps({"t": 1, "event": "start", "pid": 4242}) + "\n" + json.dumps(
+            {"t": 2, "event": "step", "step": 12, "total_steps": 20, "loss": 0.5, "eta_s": 16}) + "\n")
+    for rid in others:  # an earlier attempt's start, by another process: not begun by this worker
+        (prepared / rid / "events.jsonl").write_text(json.dumps({"t": 0, "event": "start", "pid": 99}) + "\n")
+    async with app_for(prepared).run_test(size=(200, 40)) as pilot:
+        screen = await ready(pilot)
+        await until(pilot, lambda: "1 running · 2 waiting in workers · 0 queued" in totals_of(screen), "the totals")
+        table = screen.query_one(DataTable)
+        for rid in others:
+            row = [str(c) for c in table.get_row(rid)]
+            assert row[7] == "waiting" and row[9] == "in worker 1" and row[10] == row[11] == ""
+        row = [str(c) for c in table.get_row(training["id"])]
+        assert row[7] == "running" and row[9] == "██████░░░░  60%"
+
+
+async def test_reasons_show_why_runs_failed_or_are_blocked_and_long_values_end_in_an_ellipsis(prepared):
+    runs = Ledger(prepared).runs()
+    failed = next(r for r in runs if r["status"] == "failed")
+    inter = next(r for r in runs if r["stage"] == "intermediate")
+    child = next(r for r in runs if r["parent"] == inter["id"] and r["status"] == "queued")
+    with Ledger(prepared).transaction() as tx:
+        tx.update_run(inter["id"], status="failed", error="CUDA out of memory: tried to allocate " + "9" * 80)
+        tx.update_run(child["id"], status="blocked")
+        tx.update_run(failed["id"], grid={"lr": 1e-5, "batch_size": 16, "warmup": 0.1, "weight_decay": 0.01})
+    async with app_for(prepared).run_test(size=(220, 40)) as pilot:
+        screen = await ready(pilot)
+        table = screen.query_one(DataTable)
+        await until(pilot, lambda: str(table.get_row(child["id"])[13]) == f"parent {inter['id']} failed", "reason")
+        assert str(table.get_row(failed["id"])[13]) == "data file not found"
+        lines = [table.render_line(y).text for y in range(table.size.height)]
+        assert any("CUDA out of memory: tried to allocate 9…" in x for x in lines)  # cut, and said to be
+        assert any("lr=1e-05 bs=16 wu=0.1 w…" in x for x in lines)
+        await pilot.press("slash", *"memory", "enter")  # the filter matches reasons too
+        await until(pilot, lambda: row_ids(screen) == [inter["id"]], "filtered by reason")
+
+
+async def test_sort_any_column_reverse_and_j_k(prepared):
+    async with app_for(prepared).run_test(size=(200, 40)) as pilot:
+        screen = await ready(pilot)
+        table = screen.query_one(DataTable)
+        for _ in range(3):  # queue -> status -> score -> task
+            await pilot.press("s")
+        await until(pilot, lambda: "sort: task" in totals_of(screen), "sorted by task")
+        tasks = [Ledger(prepared).get(i)["task"] for i in row_ids(screen)]
+        assert tasks == sorted(tasks)
+        await pilot.press("S")
+        await until(pilot, lambda: "sort: task (reversed)" in totals_of(screen), "reversed")
+        tasks = [Ledger(prepared).get(i)["task"] for i in row_ids(screen)]
+        assert tasks == sorted(tasks, reverse=True)
+        while "sort: seed" not in totals_of(screen):  # every column is a sort key in turn
+            await pilot.press("s")
+        seeds = [str(Ledger(prepared).get(i).get("seed", "")) for i in row_ids(screen)]
+        assert seeds == sorted(seeds, reverse=True)
+        table.move_cursor(row=0)
+        await pilot.press("j", "j", "k")
+        await until(pilot, lambda: table.cursor_row == 1, "j/k move the cursor")
+
+
+async def test_columns_chosen_are_shown_and_remembered(prepared, tmp_path):
+    async with app_for(prepared).run_test(size=(200, 40)) as pilot:
+        screen = await ready(pilot)
+        await pilot.press("C")
+        await until(pilot, lambda: pilot.app.screen.__class__.__name__ == "ColumnsScreen", "the column chooser")
+        chooser = pilot.app.screen.query_one(SelectionList)
+        chooser.deselect("plan")
+        chooser.deselect("loss")
+        await pilot.press("enter")
+        await until(pilot, lambda: "plan" not in [str(c.label) for c in screen.query_one(DataTable).columns.values()],
+                    "the plan column hidden")
+        assert json.loads((tmp_path / "columns.json").read_text())[:3] == ["id", "stage", "task"]
+    async with app_for(prepared).run_test(size=(200, 40)) as pilot:  # the next session
+        screen = await ready(pilot)
+        labels = [str(c.label) for c in screen.query_one(DataTable).columns.values()]
+        assert "plan" not in labels and "loss" not in labels and labels[0] == "id" and "status" in labels
+
+
+def burst(pilot, *keys: str) -> None:
+    """Send keys all at once, as a terminal delivers keys typed while the app is busy (Pilot's own
+    press waits for the app to go idle after each key): the same Key events, none awaited."""
+    from textual import events
+
+    for key in keys:
+        char = key if len(key) == 1 else {"slash": "/", "space": " "}.get(key)
+        event = events.Key(key, char)
+        event.set_sender(pilot.app)
+        pilot.app._driver.send_message(event)
+
+
+@pytest.fixture
+def busy_machine():
+    """Two processes spinning on the CPU (this machine has two cores): keys arrive while the app waits."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    yield
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+async def test_palette_keys_sent_at_once_on_a_busy_machine_are_all_applied_in_order(prepared, busy_machine):
+    """ctrl+p, "queue", eight backspaces, "pause" as one burst: the palette reads "pause" (Textual applied
+    the backspaces after the letters typed later: "qu") and enter pauses the queue (it quit before)."""
+    from textual.command import CommandInput, CommandList, CommandPalette
+
+    async with app_for(prepared).run_test(size=(170, 40)) as pilot:
+        screen = await ready(pilot)
+        burst(pilot, "ctrl+p", *"queue", *["backspace"] * 8, *"pause")
+        await until(pilot, lambda: isinstance(pilot.app.screen, CommandPalette), "the palette")
+        box = pilot.app.screen.query_one(CommandInput)
+        await until(pilot, lambda: box.value == "pause", f"'pause' in the palette (it reads {box.value!r})", 60)
+        commands = pilot.app.screen.query_one(CommandList)
+        await until(pilot, lambda: commands.highlighted is not None and "pause" in str(
+            commands.get_option_at_index(commands.highlighted).prompt), "the pause command on top", 60)
+        await pilot.press("enter")
+        await until(pilot, lambda: Ledger(prepared).meta("paused") is True, "the queue paused")
+        assert pilot.app.is_running and pilot.app.screen is screen
+        # the same for a prompt opened in the burst: the keys after "/" are the filter's (c is not a cancel),
+        # with ctrl+u and backspaces applied where they were typed
+        burst(pilot, "slash", *"cola", "ctrl+u", *"rtx", "backspace", "backspace", *"te", "enter")
+        await until(pilot, lambda: screen.filter == "rte", f"the filter 'rte' (it is {screen.filter!r})", 60)
+        assert not [r for r in Ledger(prepared).runs() if r["status"] == "cancelled"]
+
+
 async def test_a_keymap_remaps_a_binding_by_id(prepared):
     notes: list[tuple[str, str]] = []
     async with app_for(prepared, keymap={"queue.cancel": "x"}).run_test(size=(170, 40),
@@ -293,9 +488,9 @@ async def test_a_keymap_remaps_a_binding_by_id(prepared):
         target = await to_queued(pilot, screen, prepared)
         await pilot.press("c")  # no longer bound
         await pilot.press("x")
-        await until(pilot, lambda: ("information", "cancelled 1 run(s)") in notes, "x cancels")
+        await until(pilot, lambda: ("information", "cancelled 1 run") in notes, "x cancels")
         assert Ledger(prepared).get(target)["status"] == "cancelled"
-        assert notes.count(("information", "cancelling 1 run(s)…")) == 1  # c started nothing
+        assert notes.count(("information", "cancelling 1 run…")) == 1  # c started nothing
 
 
 async def test_log_panes_follow_filter_and_keep_following_a_restarted_run(prepared):
@@ -309,25 +504,24 @@ async def test_log_panes_follow_filter_and_keep_following_a_restarted_run(prepar
             screen.query_one(DataTable).move_cursor(row=ids.index(rid))
             await pilot.press("space")
         await pilot.press("l")
-        await pilot.pause(0.8)
-        assert isinstance(pilot.app.screen, LogsScreen)
+        await until(pilot, lambda: isinstance(pilot.app.screen, LogsScreen), "the logs screen")
         panes = list(pilot.app.screen.query(LogPane))
         assert [p.run_id for p in panes] == [running, done]
         log = panes[0].query_one(Log)
-        assert log.line_count == 10 and "step 10/20" in log.lines[-1]
+        await until(pilot, lambda: log.line_count == 10, "the log read")
+        assert "step 10/20" in log.lines[-1]
         with open(prepared / running / "train.log", "a") as f:  # appended live; \r progress collapses
             f.write("progress 10%\rprogress 50%\rprogress 100%\n[10:00:11] Traceback (most recent call last):\n")
-        await pilot.pause(0.8)
-        assert log.lines[-2] == "progress 100%" and "Traceback" in log.lines[-1]
-        panes[0].toggle_filter()
-        await pilot.pause(0.1)
-        panes[0].query_one(Input).value = "step 1"
-        await pilot.press("enter")
-        await pilot.pause(0.2)
+        await until(pilot, lambda: "Traceback" in log.lines[-1], "the appended lines")
+        assert log.lines[-2] == "progress 100%"
+        await pilot.press("f")  # the filter asks in a prompt that takes every key typed after f
+        await until(pilot, lambda: isinstance(pilot.app.screen, PromptScreen), "the filter's prompt")
+        await pilot.press(*"step 1f", "backspace", "enter")
+        await until(pilot, lambda: isinstance(pilot.app.screen, LogsScreen), "the prompt closed")
+        assert panes[0].filter == "step 1"
         assert list(log.lines) == [x for x in LOG.splitlines() if "step 1" in x]
         (prepared / running / "train.log").write_text("[11:00:00] restarted: step 1/20\n")  # a new attempt
-        await pilot.pause(0.8)
-        assert log.lines[-1] == "[11:00:00] restarted: step 1/20"
+        await until(pilot, lambda: log.lines[-1] == "[11:00:00] restarted: step 1/20", "the restarted run's log")
         # one pane is active: tab moves it (titles and key bar say which); scrolling keys go to it
         logs = pilot.app.screen
         assert logs.focused_pane() is panes[0] and panes[0].query_one(".title").has_class("active")
@@ -338,17 +532,23 @@ async def test_log_panes_follow_filter_and_keep_following_a_restarted_run(prepar
         assert logs.focused_pane() is panes[0]
         with open(prepared / running / "train.log", "a") as f:
             f.write("".join(f"[11:00:{i % 60:02d}] step 1 line {i}\n" for i in range(200)))  # the filter is on
-        await pilot.pause(0.8)
-        assert log.max_scroll_y > 0 and log.scroll_y == log.max_scroll_y  # following the end
+        await until(pilot, lambda: log.max_scroll_y > 0 and log.scroll_y == log.max_scroll_y, "following the end")
         await pilot.press("home")
-        await pilot.pause(0.1)
-        assert log.scroll_y == 0 and panes[1].query_one(Log).scroll_y == 0
+        await until(pilot, lambda: log.scroll_y == 0, "scrolled to the top")
+        assert panes[1].query_one(Log).scroll_y == 0
+        await pilot.press("j", "j", "k")
+        await until(pilot, lambda: log.scroll_y == 1, "j/k scroll a line")
         await pilot.press("end")
-        await pilot.pause(0.1)
-        assert log.scroll_y == log.max_scroll_y
+        await until(pilot, lambda: log.scroll_y == log.max_scroll_y, "scrolled to the end")
+        with open(prepared / running / "train.log", "a") as f:
+            f.write("step 1 " + "x" * 400 + " wide\n")  # the filter is still on
+        await until(pilot, lambda: log.max_scroll_x > 0, "a line wider than the pane")
+        await pilot.press("right", "right")
+        await until(pilot, lambda: log.scroll_x > 0, "right scrolls a wide line into view")
+        await pilot.press("left", "left")
+        await until(pilot, lambda: log.scroll_x == 0, "left scrolls back")
         await pilot.press("escape")
-        await pilot.pause(0.1)
-        assert isinstance(pilot.app.screen, QueueScreen)
+        await until(pilot, lambda: isinstance(pilot.app.screen, QueueScreen), "the queue screen back")
 
 
 def test_error_lines_are_highlighted():
@@ -368,10 +568,8 @@ async def test_scores_screen_views_cell_distribution_and_export(prepared):
         await pilot.press("o")
         screen = pilot.app.screen
         assert isinstance(screen, ScoresScreen)
-        for _ in range(50):
-            await pilot.pause(0.1)
-            if screen.table_data:
-                break
+        await until(pilot, lambda: screen.table_data is not None, "the score table", 90)  # seconds of statistics
+        await settled(pilot)
         table = screen.query_one(DataTable)
         assert table.row_count == 2
         none_rte = str(table.get_cell_at((0, 1)))
@@ -380,67 +578,135 @@ async def test_scores_screen_views_cell_distribution_and_export(prepared):
         assert hs_rte.startswith("82.5 ± 5.6") and "+15.0" in hs_rte
         assert str(table.get_cell_at((0, 2))) == "missing 2"
         await pilot.press("m")  # max
-        await pilot.pause(0.1)
-        assert str(table.get_cell_at((1, 1))).startswith("90.0  n=4")
+        await until(pilot, lambda: str(table.get_cell_at((1, 1))).startswith("90.0  n=4"), "the max view")
         table.cursor_coordinate = (1, 1)
         await pilot.press("enter")
-        await pilot.pause(0.2)
-        assert isinstance(pilot.app.screen, CellScreen)
+        await until(pilot, lambda: isinstance(pilot.app.screen, CellScreen), "the cell's distribution")
         plot = str(pilot.app.screen.query_one("#plot").render())
         assert "●" in plot and "gain over none +15.00" in plot and "ddof 0" in plot
         await pilot.press("escape")
         await pilot.press("e")
-        await pilot.pause(0.2)
+        await until(pilot, lambda: isinstance(pilot.app.screen, ExportScreen), "the export menu")
+        assert [str(o.prompt) for o in pilot.app.screen.query_one(OptionList).options] == \
+            ["csv", "md", "latex", "json", "png", "pdf", "svg"]  # matplotlib is installed: figures offered
         await pilot.press("down", "enter")  # the second format: md
-        await pilot.pause(0.3)
         out = prepared / "exports" / "study.md"
-        assert out.exists() and "| hs | 82.5 ± 5.6 (+15.0" in out.read_text()
+        await until(pilot, lambda: out.exists(), "the export written")
+        assert "| hs | 82.5 ± 5.6 (+15.0" in out.read_text()
 
 
-async def test_plan_builder_counts_as_you_type_saves_and_queues(prepared, tmp_path, monkeypatch):
+async def test_scores_open_on_the_selected_runs_plan_and_say_why_nothing_finished(prepared, tmp_path):
+    """The scores screen opens on the plan of the run the queue's cursor is on, not the newest; a plan
+    with no finished run says how many runs are in which status (not "queued" for failed ones)."""
+    other = write_text(tmp_path / "plans" / "newer.toml", PLAN.replace('"study"', '"newer"'))
+    assert cli("queue", "add", str(other), runs_dir=prepared).returncode == 0
+    newer = [r["id"] for r in Ledger(prepared).runs(plan="newer") if r["stage"] == "target"]
+    with Ledger(prepared).transaction() as tx:
+        tx.update_run(newer[0], status="failed", error="boom")
+        for rid in newer[1:]:
+            tx.update_run(rid, status="blocked")
+    async with app_for(prepared).run_test(size=(170, 40)) as pilot:
+        screen = await ready(pilot)
+        table = screen.query_one(DataTable)
+        table.move_cursor(row=0)  # the study's intermediate run
+        await until(pilot, lambda: screen.current_id() == row_ids(screen)[0], "the cursor on a study run")
+        await pilot.press("o")
+        scores = pilot.app.screen
+        await until(pilot, lambda: scores.table_data is not None, "the score table", 90)
+        assert scores.table_data.plan == "study"
+        await pilot.press("right_square_bracket")  # the next plan: newer, where nothing finished
+        await until(pilot, lambda: "newer" in str(scores.query_one("#title").render()), "the next plan", 90)
+        assert str(scores.query_one("#title").render()) == \
+            f"plan 'newer' has no finished target runs yet ({len(newer) - 1} blocked, 1 failed)"
+
+
+async def test_plan_builder_takes_typed_keys_counts_saves_and_queues(prepared, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     async with app_for(prepared).run_test(size=(170, 45)) as pilot:
         await ready(pilot)
         await pilot.press("b")
+        await until(pilot, lambda: isinstance(pilot.app.screen, BuilderScreen), "the builder")
         screen = pilot.app.screen
-        assert isinstance(screen, BuilderScreen)
-        await pilot.pause(0.2)
         count = lambda: str(screen.query_one("#count").render())  # noqa: E731
-        assert "36 runs" in count()  # none x rte x 2 seeds x 3 lr x 3 bs x 2 warmup
+        await until(pilot, lambda: "36 runs" in count(), "the first count")  # none x rte x 2 seeds x 3 lr x 3 bs x 2 wu
+        # the name field has the keys: typed letters (o, m, e, q, b are the app's shortcuts) go into it
+        await pilot.press("ctrl+u", *"omeqb")
+        assert isinstance(pilot.app.screen, BuilderScreen) and screen.query_one("#f-name", Input).value == "omeqb"
+        targets = screen.query_one("#targets", SelectionList)
+        assert "[x] rte" in [str(o.prompt) for o in targets.options]  # chosen, said in text (not colour alone)
+        assert "[ ] cola" in [str(o.prompt) for o in targets.options]
         screen.query_one("#inters", SelectionList).select("hellaswag")
-        await pilot.pause(0.2)
-        assert "73 runs" in count() and "1 intermediate, 72 target" in count()
+        await until(pilot, lambda: "73 runs" in count() and "1 intermediate, 72 target" in count(), "73 runs")
+        assert "[x] hellaswag" in [str(o.prompt) for o in screen.query_one("#inters", SelectionList).options]
         screen.query_one("#f-seeds", Input).value = "1"
-        await pilot.pause(0.2)
-        assert "37 runs" in count()
+        await until(pilot, lambda: "37 runs" in count(), "37 runs")
         screen.query_one("#f-lr", Input).value = "-1"
-        await pilot.pause(0.2)
-        assert "key 'target.rte.grid.lr'" in count()
+        await until(pilot, lambda: "key 'target.rte.grid.lr'" in count(), "the grid's error")
         screen.query_one("#f-lr", Input).value = "1e-5"
+        screen.query_one("#f-batch_size", Input).value = "8"
+        screen.query_one("#f-warmup", Input).value = "0.1"
+        screen.query_one("#inters", SelectionList).deselect("hellaswag")
+        await until(pilot, lambda: "1 run:" in count(), "one run, said in the singular")
         screen.query_one("#f-name", Input).value = "built"
-        await pilot.pause(0.2)
+        write_text(tmp_path / "data" / "rte" / "train.tsv", "index\tsentence1\tsentence2\tlabel\n")
+        write_text(tmp_path / "data" / "rte" / "dev.tsv", "index\tsentence1\tsentence2\tlabel\n")
+        screen.query_one("#f-data", Input).value = str(tmp_path / "data")
+        await until(pilot, lambda: "1 run:" in count(), "the count after the name")
         await pilot.press("ctrl+s")
-        assert (tmp_path / "plans" / "built.toml").exists()
+        path = tmp_path / "plans" / "built.toml"
         await until(pilot, lambda: "built" in Ledger(prepared).plans(), "the built plan queued")
-        assert len(Ledger(prepared).runs(plan="built")) == 1 + 2 * 1 * 3 * 2
+        assert len(Ledger(prepared).runs(plan="built")) == 1
+        assert f'data_dir = "{tmp_path / "data" / "rte"}"' in path.read_text()  # a local source: runs offline
 
 
-async def test_help_lists_every_key_with_its_id(prepared):
+async def test_plan_builder_asks_before_replacing_a_plan_file(prepared, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write_text(tmp_path / "plans" / "mine.toml", "# my own plan, hand-written\n")
+    notes: list[tuple[str, str]] = []
+    async with app_for(prepared, confirm=False).run_test(size=(170, 45), message_hook=recorder(notes)) as pilot:
+        await ready(pilot)
+        await pilot.press("b")
+        await until(pilot, lambda: isinstance(pilot.app.screen, BuilderScreen), "the builder")
+        builder = pilot.app.screen
+        builder.query_one("#f-name", Input).value = "mine"
+        await pilot.press("ctrl+s")  # asks even with the questions turned off: a file would be lost
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen), "the question")
+        assert str(path) in str(pilot.app.screen.query_one(Label).render())
+        await pilot.press("n")
+        await until(pilot, lambda: pilot.app.screen is builder, "back in the builder")
+        assert path.read_text() == "# my own plan, hand-written\n" and "mine" not in Ledger(prepared).plans()
+        assert ("information", f"kept {path}; nothing saved") in notes
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen), "the question again")
+        await pilot.press("y")
+        await until(pilot, lambda: "mine" in Ledger(prepared).plans(), "the replaced plan queued")
+        assert path.read_text().startswith('name = "mine"')
+
+
+async def test_help_lists_every_key_as_typed_with_its_id(prepared):
     async with app_for(prepared).run_test(size=(170, 50)) as pilot:
         await ready(pilot)
         await pilot.press("f1")
-        await pilot.pause(0.2)
-        assert isinstance(pilot.app.screen, HelpScreen)
+        await until(pilot, lambda: isinstance(pilot.app.screen, HelpScreen), "the help screen")
         text = str(pilot.app.screen.query_one("Static").render())
-        for bid in ("queue.cancel", "queue.retry", "queue.filter", "logs.filter", "scores.export", "builder.save"):
-            assert bid in text
+        sections = pilot.app.key_sections()
+        for _, rows in sections:
+            for key, _, bid in rows:
+                assert (bid in text or not bid) and key in text
+        assert all(bid for _, rows in sections[1:] for _, _, bid in rows)  # every binding has an id
+        for raw in ("question_mark", "left_square_bracket", "right_square_bracket", "slash"):
+            assert raw not in text
+        assert "f1 ?" in text and "[ ]" in text
 
 
-async def test_palette_commands_read_area_action(prepared):
+async def test_palette_commands_read_area_action_and_cover_the_keys(prepared):
     from stilts_tui.tui.app import PALETTE
 
-    assert all(":" in title and title.split(":")[0] in ("queue", "logs", "scores", "plan", "help")
+    assert all(":" in title and title.split(":")[0] in ("queue", "logs", "scores", "plan", "help", "app")
                for title, _, _ in PALETTE)
+    titles = {t for t, _, _ in PALETTE}
+    for title in ("queue: reverse sort", "queue: choose columns", "logs: filter lines", "app: quit"):
+        assert title in titles
     async with app_for(prepared).run_test(size=(170, 40)) as pilot:
         screen = await ready(pilot)
         target = await to_queued(pilot, screen, prepared)
@@ -464,14 +730,19 @@ def frozen(prepared) -> Path:
 
 
 async def _settle(pilot, screen_type=QueueScreen):
-    for _ in range(60):
-        await pilot.pause(0.1)
+    """The screen shown and filled: its rows (queue), its table (scores); then every worker done."""
+    def filled() -> bool:
         s = pilot.app.screen
-        if isinstance(s, screen_type) and (not isinstance(s, QueueScreen) or s.query_one(DataTable).row_count):
-            if isinstance(s, ScoresScreen) and not s.table_data:
-                continue
-            break
-    await pilot.pause(0.3)
+        if not isinstance(s, screen_type):
+            return False
+        if isinstance(s, QueueScreen):
+            return s.query_one(DataTable).row_count > 0 and not totals_of(s).startswith("loading")
+        if isinstance(s, ScoresScreen):
+            return s.table_data is not None
+        return True
+
+    await until(pilot, filled, f"the {screen_type.__name__} filled", 90)
+    await settled(pilot)
 
 
 def test_snapshot_queue(frozen, snap_compare):
@@ -487,7 +758,10 @@ def test_snapshot_logs(frozen, snap_compare):
     async def run_before(pilot):
         await _settle(pilot)
         pilot.app.open_logs([running])
-        await pilot.pause(1.0)
+        await _settle(pilot, LogsScreen)
+        log = pilot.app.screen.query_one(Log)
+        await until(pilot, lambda: log.line_count == 10, "the log read")
+        await settled(pilot)
 
     assert snap_compare(app_for(frozen), terminal_size=SIZE, run_before=run_before)
 
@@ -507,7 +781,12 @@ def test_snapshot_builder(frozen, snap_compare, tmp_path, monkeypatch):
     async def run_before(pilot):
         await _settle(pilot)
         await pilot.press("b")
-        await pilot.pause(0.5)
+        await _settle(pilot, BuilderScreen)
+        count = pilot.app.screen.query_one("#count")
+        await until(pilot, lambda: "36 runs" in str(count.render()), "the builder's count")
+        for box in pilot.app.screen.query(Input):  # the focused field's cursor would blink into the picture
+            box.cursor_blink = False
+        await settled(pilot)
 
     assert snap_compare(app_for(frozen), terminal_size=(150, 40), run_before=run_before)
 
@@ -516,7 +795,7 @@ def test_snapshot_help(frozen, snap_compare):
     async def run_before(pilot):
         await _settle(pilot)
         await pilot.press("f1")
-        await pilot.pause(0.3)
+        await _settle(pilot, HelpScreen)
 
     assert snap_compare(app_for(frozen), terminal_size=(150, 50), run_before=run_before)
 
@@ -542,8 +821,8 @@ def test_real_tui_in_tmux_moves_opens_logs_and_cancels(prepared):
         def screen() -> str:
             return tmux("capture-pane", "-p", "-t", session)
 
-        wait(lambda: "running" in screen(), 30, "the app's queue screen")
-        assert "9 done · 1 running · 2 queued · 1 failed" in screen()
+        # the screen is polled until it says it: rows appear a frame before the totals line is drawn
+        wait(lambda: "9 done · 1 running · 2 queued · 1 failed" in screen(), 30, "the app's queue screen")
         runs = {r["id"]: r for r in Ledger(prepared).runs()}
         order = [line.split()[0] for line in screen().splitlines() if line.strip()[:12] in runs]
         # move to the running run, open its log (tmux delivers the keys in order, the app handles them so)
@@ -551,18 +830,25 @@ def test_real_tui_in_tmux_moves_opens_logs_and_cancels(prepared):
         for _ in range(order.index(target)):
             tmux("send-keys", "-t", session, "Down")
         tmux("send-keys", "-t", session, "l")
-        wait(lambda: "step 10/20" in screen(), 10, "the run's log pane")
+        wait(lambda: "step 10/20" in screen(), 60, "the run's log pane")
         assert target in screen() and "step 10/20 loss 0.6000" in screen()
         tmux("send-keys", "-t", session, "Escape")
-        wait(lambda: "step 10/20" not in screen() and "9 done" in screen(), 10, "the queue screen back")
+        wait(lambda: "step 10/20" not in screen() and "9 done" in screen(), 60, "the queue screen back")
         # cancel the next queued run
         victim = next(i for i in order[order.index(target):] if runs[i]["status"] == "queued")
         for _ in range(order.index(victim) - order.index(target)):
             tmux("send-keys", "-t", session, "Down")
         tmux("send-keys", "-t", session, "c")
-        wait(lambda: Ledger(prepared).get(victim)["status"] == "cancelled", 10, "the run cancelled in the ledger")
-        wait(lambda: "1 cancelled" in screen(), 10, "the app to show the cancel")
+        wait(lambda: f"Cancel run {victim}?" in screen(), 60, "the cancel's question")
+        assert Ledger(prepared).get(victim)["status"] == "queued"
+        tmux("send-keys", "-t", session, "y")
+        wait(lambda: Ledger(prepared).get(victim)["status"] == "cancelled", 60, "the run cancelled in the ledger")
+        wait(lambda: "1 cancelled" in screen(), 60, "the app to show the cancel")
         tmux("send-keys", "-t", session, "q")
+        wait(lambda: "Quit the app?" in screen(), 60, "the quit's question")
+        tmux("send-keys", "-t", session, "y")
+        wait(lambda: subprocess.run(["tmux", "-L", TMUX_SOCKET, "has-session", "-t", session],
+                                    capture_output=True).returncode != 0, 60, "the app to quit")
     finally:
         subprocess.run(["tmux", "-L", TMUX_SOCKET, "kill-server"], capture_output=True)
 

@@ -43,7 +43,7 @@ from stilts_tui.queue import checks, mps, notify, placement
 from stilts_tui.queue.executor import Changes, Executor, new_stats
 from stilts_tui.queue.executors import local
 from stilts_tui.queue.executors import slurm as slurm_exec
-from stilts_tui.queue.settings import EXECUTORS, Settings, help_of, parse_fuse, parse_gpus
+from stilts_tui.queue.settings import EXECUTORS, Settings, check_interval, help_of, parse_fuse, parse_gpus
 
 MAX_ARRAY = placement.MAX_ARRAY  # --fuse auto: at most this many runs in one array
 ROW_DEFAULTS = {"attempts": 0, "priority": 0, "order": 0, "added": 0}  # a damaged row field is reset to these
@@ -84,7 +84,17 @@ def running_daemon(root: Path) -> dict | None:
         info = read_info(root)
         return info if info is not None and is_daemon(info, root) else None
     lock.release()
-    return None
+    # daemon.lock deleted under a live daemon: the lock was free, yet daemon.json's process checks out
+    info = read_info(root)
+    return info if info is not None and is_daemon(info, root) else None
+
+
+def _file_id(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def read_info(root: Path) -> dict | None:
@@ -127,6 +137,9 @@ class Daemon:
         self.root, self.s = Path(root), settings
         self.ledger = Ledger(self.root)
         self._specs: dict[str, dict] = {}
+        self._ignored: set[str] = set()  # final runs whose damaged result.json was logged once
+        self._lock: FileLock | None = None  # daemon.lock, held while serving
+        self._lock_id: tuple | None = None  # (device, inode) of the lock file held
         self._stop = False
         self._current: str | None = None  # the run the tick is handling: an error there is that run's
         self.mps_dir: Path | None = None
@@ -151,40 +164,65 @@ class Daemon:
     def spec(self, run_id: str) -> dict:
         """The run's spec.json, checked; a missing, unreadable or damaged one is a :class:`BadRun`."""
         if run_id not in self._specs:
-            path = self.root / run_id / SPEC_FILE
+            path = self.run_path(run_id, SPEC_FILE)
             try:
                 spec = json.loads(path.read_text(encoding="utf-8"))
             except FileNotFoundError:
-                raise BadRun(run_id, f"{path} is missing (`queue add` of its plan writes it again)") from None
-            except (OSError, ValueError) as e:
+                raise BadRun(run_id, f"{path} is missing (`queue add` of a version of its plan that holds the run "
+                                     "writes it again)") from None
+            except (OSError, ValueError, RecursionError) as e:
                 raise BadRun(run_id, f"{path} cannot be read: {first_line(e)}") from None
             problem = checks.spec_problem(spec)
+            if not problem and spec.get("run_id", run_id) != run_id:
+                problem = f"spec.json names run {str(spec.get('run_id'))[:40]!r}, not the folder's {run_id}"
             if problem:
                 raise BadRun(run_id, problem)
             self._specs[run_id] = spec
         return self._specs[run_id]
 
+    def run_path(self, run_id: str, name: str) -> Path:
+        """A file of a run's folder; an id that is not a run id (it would name a path outside the
+        runs-dir) is a :class:`BadRun`."""
+        try:
+            return rundir.run_dir(self.root, run_id) / name
+        except UserError as e:
+            raise BadRun(str(run_id), str(e)) from None
+
     def result(self, run_id: str) -> dict | None:
         """The run's result.json, checked; None while there is none. A damaged one is a :class:`BadRun`."""
-        path = self.root / run_id / RESULT_FILE
+        path = self.run_path(run_id, RESULT_FILE)
         try:
             res = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             raise BadRun(run_id, f"{path} cannot be read: {first_line(e)}") from None
         problem = checks.result_problem(res)
         if problem:
             raise BadRun(run_id, problem)
         return res
 
+    def final_result(self, run_id: str) -> dict | None:
+        """A finished run's result, for what it measured: a damaged one is read as none (logged once).
+        A final run is never failed again, so its record must not stop a tick."""
+        try:
+            return self.result(run_id)
+        except BadRun as e:
+            if run_id not in self._ignored:
+                self._ignored.add(run_id)
+                self.log(f"{run_id}: its result.json is ignored (the run is final): {e.reason}")
+            return None
+
     def retire_result(self, run_id: str, attempt: int) -> None:
         """Keep a finished attempt's result beside the run, out of the way of the next attempt."""
-        rundir.retire_result(self.root / run_id, attempt)
+        rundir.retire_result(self.run_path(run_id, RESULT_FILE).parent, attempt)
 
     def last_line(self, run: dict) -> str:
         """": " and the last line its worker or the run wrote, for an error; "" when there is none."""
-        for path in (self.root / WORKERS_DIR / f"{run.get('worker')}.log", self.root / run["id"] / TRAIN_LOG):
+        worker = run.get("worker")
+        paths = [self.root / WORKERS_DIR / f"{worker}.log"] if isinstance(worker, str) and rundir.WORKER_RE.fullmatch(
+            worker) else []
+        for path in [*paths, self.run_path(run["id"], TRAIN_LOG)]:
             try:
                 lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
             except OSError:
@@ -206,19 +244,22 @@ class Daemon:
             bad = problems.get(r["id"])
             if bad and r["status"] not in FINAL:
                 self.fail_run(r["id"], "ledger row damaged: " + "; ".join(bad.values()), clear=list(bad))
-                r = {**r, **{k: ROW_DEFAULTS.get(k) for k in bad}, "status": "failed"}
+                r = {**r, **{k: ROW_DEFAULTS.get(k) for k in bad if k != "id"}, "status": "failed"}
             elif bad:
-                r = {**r, **{k: ROW_DEFAULTS.get(k) for k in bad}}
+                r = {**r, **{k: ROW_DEFAULTS.get(k) for k in bad if k != "id"}}
+            if bad and "id" in bad:
+                continue  # an id that is no run id never becomes a path: the tick leaves the row out
             out.append(r)
         return out
 
-    def fail_run(self, run_id: str, reason: str, clear: list[str] | None = None) -> None:
+    def fail_run(self, run_id: str, reason: str, clear: list[str] | None = None) -> bool:
         """Fail one run the daemon cannot handle: stop its process or Slurm job (first, so that no process
-        goes on unseen), then record the one-line reason. Fields named in ``clear`` are reset."""
+        goes on unseen), then record the one-line reason. Fields named in ``clear`` are reset. False when
+        the run is final (or gone): nothing is recorded."""
         reason = " ".join(reason.split())[:300]
         cur = self.ledger.get(run_id)
         if cur is None or cur.get("status") in FINAL:
-            return
+            return False
         bad = run_problems(cur)
         if cur.get("status") == "running":
             if cur.get("job_id") and "job_id" not in bad:
@@ -231,12 +272,13 @@ class Daemon:
         with self.ledger.transaction() as tx:
             now = tx.get_run(run_id)
             if now is not None and now.get("status") not in FINAL:
-                reset = {k: ROW_DEFAULTS.get(k) for k in [*(clear or []), *bad]}
+                reset = {k: ROW_DEFAULTS.get(k) for k in [*(clear or []), *bad] if k != "id"}
                 tx.update_run(run_id, **reset, status="failed",
                               error=reason, finished=time.time(), pid=None)
         self._specs.pop(run_id, None)
         self.grouper.forget(run_id)
         self.log(f"{run_id}: failed by the daemon: {reason}")
+        return True
 
     # -- one tick ---------------------------------------------------------------------------------
 
@@ -266,13 +308,14 @@ class Daemon:
         return stats
 
     def _carry_out_requests(self, runs: list[dict], stats: dict) -> bool:
-        """Cancels that clients asked for (``cancel_requested`` on a running run): a run of a fused array
-        whose process goes on is dropped from the array (a request file its trainer reads each step), and
-        a run still waiting its turn in a worker is skipped by it (the same file, read before it starts);
-        otherwise the process group gets SIGTERM (Slurm: scancel), SIGKILL once the request's grace
-        period has passed, and the run is cancelled once its process is gone (runs that waited in the
-        same worker process go back to the queue). Never waits: each tick takes the next step.
-        True if anything was recorded."""
+        """Cancels that clients asked for (``cancel_requested`` on a running run). A run that wrote its
+        result before the cancel is carried out keeps it (the request is dropped, the reap records the
+        result). A run sharing its process with others (a fused array, or a worker's runs in turn) gets
+        the request file its trainer reads before it begins and at each step, so the process and the
+        other runs go on: one that has not begun is cancelled at once, one that trains is cancelled once
+        its trainer has written its cancelled result (signals only if it has not within the grace).
+        A run alone in its process: SIGTERM to its group (Slurm: scancel), SIGKILL once the grace has
+        passed, cancelled once the process is gone. Never waits. True if anything was recorded."""
         changes: Changes = {}
         running = [r for r in runs if r["status"] == "running"]
         for r in running:
@@ -281,12 +324,14 @@ class Daemon:
             self.mark(r["id"])
             mates = [o for o in running if o is not r and r.get("pid") and o.get("pid") == r.get("pid")
                      and o.get("pid_started") == r.get("pid_started") and not o.get("cancel_requested")]
+            ended = self._ended(r)
+            if ended is not None:
+                changes[r["id"]] = ("running", ended if ended.get("status") else
+                                    {"cancel_requested": None, "cancel_signalled": None})
+                continue
             if self.executor.alive(r):
-                # one run of a live array (the array drops it), or one still waiting its turn in a worker
-                # (the worker skips it): the process and the runs it is training go on
-                if mates and (r.get("fused") or not self._began(r)):
-                    (self.root / r["id"] / CANCEL_FILE).touch()
-                    changes[r["id"]] = ("running", self._cancelled(r, stats))
+                if mates and not self._past_grace(r):
+                    self._ask_trainer(r, changes, stats)
                 else:
                     self._signal(r, changes)
                 continue
@@ -299,6 +344,31 @@ class Daemon:
         if changes:
             self._commit(changes)
         return bool(changes)
+
+    def _ended(self, r: dict) -> dict | None:
+        """A cancelled run whose attempt already ended: the cancelled fields when its trainer stopped it
+        for the request, ``{}`` when it finished first (its result is kept: the reap records it), else None."""
+        res = rundir.read_json(self.run_path(r["id"], RESULT_FILE))  # the reap checks it; here: whose is it
+        if not res or res.get("status") not in (*checks.RESULT_STATUSES, Status.CANCELLED):
+            return None
+        if res["status"] == Status.CANCELLED:
+            return self._cancelled(r, {"cancelled": 0})
+        self.log(f"{r['id']}: cancel asked after it ended ({res['status']}): its result is kept")
+        return {}
+
+    def _ask_trainer(self, r: dict, changes: Changes, stats: dict) -> None:
+        """The request file for a run that shares its process; one still waiting its turn is cancelled now
+        (the worker skips it), one that trains when its trainer says so (``_ended``)."""
+        request = self.run_path(r["id"], CANCEL_FILE)
+        if not request.exists():
+            request.touch()
+            self.log(f"{r['id']}: cancel asked: its trainer drops it, the other runs of its process go on")
+        if r.get("fused") or not self._began(r):  # an array drops it at its next step; a waiting one never begins
+            changes[r["id"]] = ("running", self._cancelled(r, stats))
+
+    def _past_grace(self, r: dict) -> bool:
+        grace = _num(r.get("cancel_grace")) if r.get("cancel_grace") is not None else CANCEL_GRACE_S
+        return time.time() - _num(r.get("cancel_requested")) > grace + 5.0
 
     def _began(self, r: dict) -> bool:
         """Has the run's process begun training it (a start event from that pid in events.jsonl)? A run
@@ -393,9 +463,10 @@ class Daemon:
     def serve(self) -> int:
         """Hold the runs-dir's lock and tick until SIGTERM. Nothing a tick meets ends the daemon; its
         clean-up (MPS, daemon.json) runs whatever ends it."""
-        lock = FileLock(str(lock_path(self.root)), timeout=0)
+        lock = self._lock = FileLock(str(lock_path(self.root)), timeout=0)
         try:
             lock.acquire()
+            self._lock_id = _file_id(lock_path(self.root))
         except Timeout:
             other = running_daemon(self.root) or {}
             return report(UserError(f"a daemon is already running on {self.root} (pid {other.get('pid')})"))
@@ -425,7 +496,7 @@ class Daemon:
                 self.log(f"stopping MPS failed: {first_line(e)}")
             if (read_info(self.root) or {}).get("pid") == os.getpid():
                 info_path(self.root).unlink(missing_ok=True)
-            lock.release()
+            self._lock.release()
 
     def loop(self, notifier: notify.Notifier | None = None) -> None:
         """Tick every interval. A damaged run is failed and the tick goes on; any other error is logged
@@ -435,6 +506,9 @@ class Daemon:
         while not self._stop:
             t = time.time()
             delay = self.s.interval
+            self.hold_lock()
+            if self._stop:
+                break
             try:
                 stats = self.tick()
                 if notifier is not None:
@@ -448,8 +522,12 @@ class Daemon:
                 self._current = None
                 if self._blame(e.run_id, e.reason):
                     delay = 0.05  # that run is out of the way: go on at once
-                else:
+                else:  # a final run's record (nothing to fail) or an unwritable ledger: back off
                     failures += 1
+                    line = f"{e.run_id}: {e.reason}"
+                    if line != last:
+                        self.log(f"tick failed: {line}")
+                    last = line
             except Exception as e:  # noqa: BLE001 - nothing a tick meets may end the daemon
                 run_id, self._current = self._current, None
                 failures += 1
@@ -477,11 +555,37 @@ class Daemon:
             pass  # a full disk: the tick itself says so
         return ticks + 1
 
-    def _blame(self, run_id: str, reason: str) -> bool:
-        """Fail one run; False if even that failed (the ledger cannot be written: the tick backs off)."""
+    def hold_lock(self) -> None:
+        """Keep holding daemon.lock as a file others can see: one deleted (or replaced) under the daemon
+        would let a second daemon start. The daemon locks the new file; if another daemon already holds
+        it, this one stops (its runs go on, and that daemon adopts them)."""
+        if self._lock is None:
+            return
+        path = lock_path(self.root)
+        now = _file_id(path)
+        if now is not None and now == self._lock_id:
+            return
+        fresh = FileLock(str(path), timeout=0)
         try:
-            self.fail_run(run_id, reason)
-            return True
+            fresh.acquire()
+        except Timeout:
+            other = read_info(self.root) or {}
+            if other.get("pid") not in (None, os.getpid()) and is_daemon(other, self.root):
+                self.log(f"{path} was removed and daemon {other.get('pid')} holds the new one: stopping")
+                self._stop = True
+            return  # a client checking the lock: try again next tick
+        except OSError as e:
+            self.log(f"{path} was removed and cannot be made again ({first_line(e)})")
+            return
+        self._lock.release()
+        self._lock, self._lock_id = fresh, _file_id(path)
+        self.log(f"{path} was removed under the daemon: locked it again")
+
+    def _blame(self, run_id: str, reason: str) -> bool:
+        """Fail one run; False if it is final or even that failed (the ledger cannot be written): the tick
+        backs off."""
+        try:
+            return self.fail_run(run_id, reason)
         except Exception as e:  # noqa: BLE001
             self.log(f"{run_id}: could not mark it failed ({first_line(e)}); reason was: {reason}")
             return False
@@ -510,6 +614,7 @@ def parse_settings(argv: list[str] | None) -> tuple[Path, Settings]:
     a = vars(arg_parser().parse_args(argv))
     s = Settings(**{f.name: a[f.name] for f in fields(Settings)})
     s.gpus, s.slurm, s.fuse = parse_gpus(a["gpus"]), json.loads(a["slurm"]), parse_fuse(a["fuse"])
+    s.interval = check_interval(s.interval)
     return rundir.runs_dir(a["runs_dir"]), s
 
 

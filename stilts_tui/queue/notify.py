@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -89,20 +90,14 @@ class PlanWatch:
 
 
 def plan_command(root: Path, plan: str) -> list[str] | None:
-    """A plan's own ``on_finish`` list, read from its file as the ledger recorded it (None without one)."""
+    """A plan's own ``on_finish`` list as `queue add` recorded it in the ledger (None without one). The
+    plan file is never read again: an edit made after the add does not run."""
     from stilts_tui.ledger import Ledger
-    from stilts_tui.tomlio import tomllib
-    info = Ledger(root).plans().get(plan) or {}
-    try:
-        data = tomllib.loads(Path(info["file"]).read_text(encoding="utf-8"))
-    except (KeyError, TypeError, OSError, ValueError):
-        return None
-    cmd = data.get("on_finish")
+
+    cmd = (Ledger(root).plans().get(plan) or {}).get("on_finish")
     if not (isinstance(cmd, list) and cmd and all(isinstance(x, str) and x for x in cmd)):
         return None
-    if "/" in cmd[0]:  # relative to the plan's folder, as every path in a plan is
-        cmd[0] = str((Path(info["file"]).parent / cmd[0]).expanduser().resolve())
-    return cmd
+    return list(cmd)
 
 
 def write_scores(root: Path, plan: str) -> tuple[str, str]:
@@ -158,12 +153,22 @@ class Notifier:
             commands = [c for c in (self.command, plan_command(self.root, event["plan"])) if c]
             if not commands:
                 continue
-            scores = write_scores(self.root, event["plan"])
-            env = {**os.environ, **environment(self.root, event, scores)}
-            env.pop(ENV_VAR, None)
-            for cmd in commands:
-                self._start(cmd, env, event)
+            # the score table may read labels in a subprocess (up to minutes): off the daemon's tick
+            threading.Thread(target=self._notify, args=(event, commands), daemon=True,
+                             name=f"on-finish {event['plan']}").start()
         return events
+
+    def _notify(self, event: dict, commands: list[list[str]]) -> None:
+        """Write the plan's score table, then start the commands (in a thread; never raises)."""
+        try:
+            scores = write_scores(self.root, event["plan"])
+        except Exception as e:  # noqa: BLE001 - the commands still run, without scores
+            self.log(f"on-finish: scores of {event['plan']}: {type(e).__name__}: {e}")
+            scores = ("", "")
+        env = {**os.environ, **environment(self.root, event, scores)}
+        env.pop(ENV_VAR, None)
+        for cmd in commands:
+            self._start(cmd, env, event)
 
     def _start(self, cmd: list[str], env: dict[str, str], event: dict) -> None:
         try:

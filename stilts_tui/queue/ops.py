@@ -11,52 +11,92 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stilts_tui import plan as plans
 from stilts_tui import rundir
 from stilts_tui.contract import CANCEL_GRACE_S, CANCELLABLE, RETRYABLE, SPEC_FILE, Status
-from stilts_tui.errors import PREFIX, Failure, UserError
-from stilts_tui.ledger import Ledger
+from stilts_tui.errors import PREFIX, Failure, UserError, failure_from_os
+from stilts_tui.ledger import INT64, Ledger
+
+ADD_LOCK = "add.lock"  # held for a whole `queue add`: two adds at once run one after the other
 
 
 def add_plan(plan_path: str | Path, root: Path, priority: int = 0,
              max_runs: int | None = None) -> tuple[plans.Plan, list, list[str]]:
     """Queue every run of a plan that the ledger does not hold yet.
 
-    Each new run's folder and ``spec.json`` are written before the ledger records it, so a queued
-    run always has a spec (and can be rerun by hand with ``python -m stilts_tui.train RUN_DIR``). An
-    add interrupted between the two leaves folders the ledger does not know: the next add of the plan
-    removes those that are not runs of the plan any more (the others it records).
+    Each new run's folder (with its mark, :data:`rundir.ADDED_MARK`) and ``spec.json`` are written before
+    the ledger records it, so a queued run always has a spec (and can be rerun by hand with
+    ``python -m stilts_tui.train RUN_DIR``); a recorded run of the plan whose spec.json is gone gets it
+    again. An add interrupted between the two leaves folders the ledger does not know: the next add of
+    the plan removes those (:func:`_remove_orphans`). The whole add holds the runs-dir's add lock, so
+    two adds at once (two versions of one plan) never remove each other's folders. The plan is recorded
+    as it is now (file, ``on_finish``): the daemon never reads the file again.
     """
+    check_priority(priority)
     plan, runs = plans.load_and_expand(plan_path, max_runs=max_runs)
     missing = plans.missing_data(plan, runs)
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise UserError(missing[0] + more)
     ledger = Ledger(root)
-    known = {r["id"] for r in ledger.runs()}
-    fresh = [r for r in runs if r.id not in known]
-    for r in fresh:
-        rundir.write_json_atomic(rundir.run_dir(root, r.id) / SPEC_FILE, plans.spec_for(r, plan, root))
-    added = ledger.add_runs([r.record() for r in fresh], priority=priority)
-    ledger.set_plan(plan.name, {"file": str(plan.path), "updated": time.time(), "runs": len(runs)})
-    _remove_orphans(root, plan.name, known | {r.id for r in runs})
+    with _add_lock(root):
+        other = (ledger.plans().get(plan.name) or {}).get("file")
+        if other is not None and other != str(plan.path):
+            raise UserError(f"{plan.path}: a plan named '{plan.name}' is already queued from {other}; two plan "
+                            "files with one name would mix their runs: give this one another name")
+        known = {r["id"] for r in ledger.runs()}
+        for r in runs:
+            d = rundir.run_dir(root, r.id)
+            if r.id not in known or not (d / SPEC_FILE).exists():
+                d.mkdir(parents=True, exist_ok=True)
+                (d / rundir.ADDED_MARK).write_text(r.id + "\n", encoding="utf-8")
+                rundir.write_json_atomic(d / SPEC_FILE, plans.spec_for(r, plan, root))
+        added = ledger.add_runs([r.record() for r in runs if r.id not in known], priority=priority)
+        ledger.set_plan(plan.name, {"file": str(plan.path), "updated": time.time(), "runs": len(runs),
+                                    "on_finish": plan.finish_command()})
+        _remove_orphans(root, plan.name, {r["id"] for r in ledger.runs()} | {r.id for r in runs})
     return plan, runs, added
 
 
+@contextmanager
+def _add_lock(root: Path) -> Iterator[None]:
+    from filelock import FileLock, Timeout
+
+    root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(root / ADD_LOCK), timeout=600)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise Failure(f"{root / ADD_LOCK}: another `queue add` has held it for 10 minutes; try again when it "
+                      "is done") from None
+    except OSError as e:
+        raise failure_from_os(e, "locking the runs-dir for an add") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _remove_orphans(root: Path, plan_name: str, keep: set[str]) -> None:
-    """Folders an interrupted add left: a spec.json of this plan and nothing else, unknown to the ledger."""
+    """Folders an interrupted add of this plan left, and nothing else: named as a run id that no ledger run
+    claims, holding only what `queue add` writes (its mark and a spec.json of this plan for that id).
+    A folder a user made (a saved spec, an export) has no mark, and is never removed."""
     for d in root.iterdir():
-        if d.name in keep or not d.is_dir() or d.name.startswith("."):
+        if d.name in keep or not rundir.RUN_ID_RE.fullmatch(d.name) or d.is_symlink() or not d.is_dir():
             continue
         try:
-            if [x.name for x in d.iterdir()] != [SPEC_FILE]:
+            if sorted(x.name for x in d.iterdir()) != sorted([rundir.ADDED_MARK, SPEC_FILE]):
                 continue  # something ran here, or it is not ours: keep it
-            if json.loads((d / SPEC_FILE).read_text()).get("plan") == plan_name:
+            spec = json.loads((d / SPEC_FILE).read_text(encoding="utf-8"))
+            mark = (d / rundir.ADDED_MARK).read_text(encoding="utf-8").strip()
+            if isinstance(spec, dict) and spec.get("plan") == plan_name and spec.get("run_id") == d.name == mark:
                 shutil.rmtree(d)
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, RecursionError):
             continue
 
 
@@ -138,21 +178,33 @@ def retry(root: Path, run_ids: list[str], failed: bool = False) -> list[str]:
             cur = tx.get_run(r["id"])
             if cur["status"] not in RETRYABLE:
                 continue
-            rundir.retire_result(rundir.run_dir(root, r["id"]), cur.get("attempts") or 0)
+            attempts = cur.get("attempts")
+            rundir.retire_result(rundir.run_dir(root, r["id"]),
+                                 attempts if isinstance(attempts, int) and 0 <= attempts < 2**31 else 0)
             tx.update_run(r["id"], status="queued", attempts=0, alone=False, error=None, score=None, pid=None,
                           gpu=None)
             done.append(r["id"])
     return done
 
 
+def check_priority(priority: object) -> int:
+    """A priority the ledger keeps: an integer of 64 bits (beyond, the daemon would fail the run)."""
+    if not (isinstance(priority, int) and not isinstance(priority, bool) and -INT64 <= priority < INT64):
+        raise UserError(f"priority: expected an integer from -2^63 to 2^63-1, got {str(priority)[:40]}")
+    return priority
+
+
 def set_priority(root: Path, run_ids: list[str], priority: int | None = None, delta: int = 0,
                  plan: str | None = None) -> list[str]:
+    """Set (or shift by ``delta``) the priority of runs; a value beyond 64 bits is refused, nothing changed."""
     ledger = Ledger(root)
     targets = _select(ledger, run_ids, plan, None)
     with ledger.transaction() as tx:
         for r in targets:
             cur = tx.get_run(r["id"])
-            tx.update_run(r["id"], priority=priority if priority is not None else cur.get("priority", 0) + delta)
+            old = cur.get("priority", 0)
+            new = priority if priority is not None else (old if isinstance(old, int) else 0) + delta
+            tx.update_run(r["id"], priority=check_priority(new))
     return [r["id"] for r in targets]
 
 

@@ -40,17 +40,24 @@ def model_params(model: dict) -> float:
 GENERATION_LEN = 128  # tokens of a synthesis batch's texts, for its memory formula (a synth run has no max_len)
 
 
-def formula_gb(spec: dict) -> float:
-    """A safe first estimate: weights, gradients and AdamW state in fp32 (16 bytes a parameter, plus
-    bf16 copies) and activations growing with batch x choices x length. The spec is checked
-    (queue/checks.py): a trained run's params hold every training default."""
+def formula_gb(spec: dict, k: int = 1) -> float:
+    """A safe first estimate for ``k`` runs of ``spec``'s shape in one process: weights, gradients and
+    AdamW state in fp32 (16 bytes a parameter, plus bf16 copies) and activations growing with batch x
+    choices x length, for each run. LoRA runs share one frozen encoder: its weights (and a bf16 copy)
+    count once, and each run adds its activations and its adapters and head with their gradients and
+    AdamW state (at most 1 % of the encoder for rank 16 on two layers; more for more).
+    The spec is checked (queue/checks.py): a trained run's params hold every training default."""
     params = model_params(spec.get("model", {}))
     p = spec["params"]
     choices = spec.get("task", {}).get("num_choices") or 1
     length = p["max_len"] if spec.get("stage") in TRAINED_STAGES else GENERATION_LEN
     tokens = p["batch_size"] * choices * length
     act = tokens * 1.2e-3 * (params / 355e6)
-    return round(max(1.0, 18 * params / 2**30 + act), 2)
+    if p.get("method") == "lora":
+        lora = p.get("lora") or {}
+        own = 0.01 * params * max(1.0, lora.get("r", 8) * len(lora.get("targets") or [0, 0]) / 32)
+        return round(max(1.0, 6 * params / 2**30 + k * (act + 16 * own / 2**30)), 2)
+    return round(k * max(1.0, 18 * params / 2**30 + act), 2)
 
 
 @dataclass
@@ -238,6 +245,15 @@ class Grouper:
             return round(share * MARGIN + 0.25, 2), key
         return formula_gb(spec), key
 
+    def group_gb(self, run: dict, est: float, k: int) -> float:
+        """The estimate of an array of ``k`` runs of ``run``'s shape: k times a run's (a measured share,
+        or the formula), except LoRA runs before any is measured: their frozen encoder counts once."""
+        spec = self.spec(run["id"])
+        if (spec.get("params") or {}).get("method") == "lora" and self.learned.shape(
+                shape_key(spec)).share_gb is None:
+            return formula_gb(spec, k)
+        return round(est * k, 2)
+
     def array_key(self, run_id: str) -> str | None:
         if run_id not in self._array_keys:
             self._array_keys[run_id] = array_key(self.spec(run_id))
@@ -293,7 +309,7 @@ class Grouper:
         mates = [r] + [o for o in by_key.get(key, []) if o is not r and o["id"] not in taken]
         for k in range(min(len(mates), limit, cap), 1, -1):  # the largest array that fits somewhere
             group = [m for m in mates if (m.get("fuse_max") or MAX_ARRAY) >= k][:k]
-            dev = choose(devs, est * k, False) if len(group) == k else None
+            dev = choose(devs, self.group_gb(r, est, k), False) if len(group) == k else None
             if dev is not None:
                 size = (f"{measured.share_gb:.2f} GB a run measured by {measured.share_from}"
                         if measured.share_gb is not None else "no run of this shape measured yet"
@@ -340,6 +356,6 @@ class Grouper:
                     continue
                 group = self.worker_group(r, ready_runs, taken, key)
             else:
-                est = round(est * len(group), 2)
+                est = self.group_gb(r, est, len(group))
             taken.update(x["id"] for x in group)
             yield Launch(group, dev, est, key, fused, why)

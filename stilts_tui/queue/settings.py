@@ -6,6 +6,7 @@ purpose (no psutil, no filelock): the CLI imports it at start-up."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 from stilts_tui.errors import UserError
@@ -36,6 +37,17 @@ class Settings:
 
 
 DEFAULTS = Settings()
+# --interval: an empty queue ticking faster burns a core; slower, nothing is launched for an hour
+INTERVAL_RANGE = (0.1, 3600.0)
+
+
+def check_interval(value: float) -> float:
+    """--interval: a finite number of seconds in :data:`INTERVAL_RANGE` (``inf`` would never tick again,
+    ``nan``, 0 and negatives would spin)."""
+    low, high = INTERVAL_RANGE
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+        raise UserError(f"--interval: expected seconds between {low:g} and {high:g}, got {value}")
+    return float(value)
 
 
 def help_of(name: str) -> str:

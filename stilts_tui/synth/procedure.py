@@ -69,7 +69,11 @@ def read_corpus(corpus: str | None, corpus_file: str | None) -> list[str]:
         path = Path(corpus_file)
         if not path.is_file():
             raise UserError(f"--corpus-file: {path} not found")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"--corpus-file: {path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                            f"{e.start}; save the file as UTF-8)") from None
         if path.suffix == ".json":
             try:
                 data = json.loads(text)["data"]

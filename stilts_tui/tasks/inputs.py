@@ -45,6 +45,21 @@ def fill_sep(text: str | None, sep_token: str | None) -> str | None:
     return None if text is None else text.replace(SEP, sep_token or " ")
 
 
+def truncate_pair(first: list, second: list, budget: int) -> tuple[list, list]:
+    """Cut two token lists to ``budget`` tokens together as transformers 4.3's ``longest_first`` did (the
+    reference's tokenizers): one token at a time from the end of the longer list, from the second on a
+    tie. So when both are cut and the budget is odd, the first keeps the extra token. (Later
+    transformers split the cut in one step and give that token to the list that was longer at first.)"""
+    excess = len(first) + len(second) - max(0, budget)
+    if excess <= 0:
+        return first, second
+    gap = min(abs(len(first) - len(second)), excess)  # the longer one alone, down to the other's length
+    n1, n2 = (len(first) - gap, len(second)) if len(first) > len(second) else (len(first), len(second) - gap)
+    rest = excess - gap  # then alternately, the second first (it is cut on the tie)
+    n1, n2 = max(0, n1 - rest // 2), max(0, n2 - (rest - rest // 2))
+    return first[:n1], second[:n2]
+
+
 def label_index(value: object, labels: tuple[str, ...], where: str = "") -> int:
     """Map a label as written in a file (name or number) to its index in ``labels``."""
     text = str(value).strip()

@@ -13,7 +13,9 @@ from pathlib import Path
 from stilts_tui.errors import TaskDataError, UserError
 from stilts_tui.tasks import formats, inputs
 
-NLI3 = ("entailment", "neutral", "contradiction")
+NLI3 = ("entailment", "neutral", "contradiction")  # GLUE's MNLI order
+# the reference's MedNLI order (its utils.py numbers them 0, 1, 2 so): the rows of the classifier head
+MEDNLI_LABELS = ("entailment", "contradiction", "neutral")
 KINDS = ("classification", "regression", "multiple_choice")
 METRICS = ("acc", "f1", "mcc", "pearson", "spearman")
 
@@ -123,8 +125,8 @@ BUILTIN: list[TaskDef] = [
     TaskDef("wic", "classification", inputs.wic, _wic,
             ("train/train.data.txt", "dev/dev.data.txt"), labels=("F", "T"), hub=(_SG, "wic"),
             companions=((".data.txt", ".gold.txt"),), description="WiC: word in context"),
-    TaskDef("mednli", "classification", _PAIR("sentence1", "sentence2", NLI3), _nli_jsonl,
-            ("mli_train_v1.jsonl", "mli_dev_v1.jsonl"), labels=NLI3,
+    TaskDef("mednli", "classification", _PAIR("sentence1", "sentence2", MEDNLI_LABELS), _nli_jsonl,
+            ("mli_train_v1.jsonl", "mli_dev_v1.jsonl"), labels=MEDNLI_LABELS,
             description="MedNLI: clinical NLI (local files only: PhysioNet credentialed access)"),
     TaskDef("hellaswag", "multiple_choice", inputs.hellaswag, formats.read_jsonl,
             ("hellaswag_train.jsonl", "hellaswag_val.jsonl"), num_choices=4, hub=("Rowan/hellaswag", None),
@@ -139,7 +141,7 @@ BUILTIN: list[TaskDef] = [
             hub=("allenai/social_i_qa", None), aliases=("iqa", "socialiqa"),
             companions=((".jsonl", "-labels.lst"),), description="SocialIQA: context + question, 3 answers"),
     *[
-        TaskDef(f"winogrande-{size}", "multiple_choice", inputs.winogrande, formats.read_jsonl,
+        TaskDef(f"winogrande-{size}", "multiple_choice", inputs.winogrande, formats.read_jsonl_sig,
                 (f"train_{size}.jsonl", "dev.jsonl"), num_choices=2,
                 hub=("allenai/winogrande", f"winogrande_{size}"),
                 description=f"WinoGrande ({size.upper()} training set)")

@@ -8,6 +8,7 @@ loads it from there. Inside one process the arrays are also kept in memory.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ import numpy as np
 from filelock import FileLock
 
 from stilts_tui import tasks
-from stilts_tui.tasks.inputs import fill_sep
+from stilts_tui.tasks.inputs import fill_sep, truncate_pair
 
 
 @dataclass
@@ -52,12 +53,44 @@ def _files_fingerprint(spec: dict) -> list:
 
 def cache_key(spec: dict, split: str, tok_fp: str, max_len: int, limit: int | None) -> str:
     task = {k: spec.get(k) for k in ("name", "hub", "hub_splits", "custom", "labels", "kind")}
-    blob = json.dumps([task, _files_fingerprint(spec), split, tok_fp, max_len, limit, 3], sort_keys=True)
+    # 4: pairs cut one token at a time (inputs.truncate_pair)
+    blob = json.dumps([task, _files_fingerprint(spec), split, tok_fp, max_len, limit, 4], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 def _fill_sep(text: str | None, sep: str) -> str | None:
     return fill_sep(text, sep)  # one rule for the trainer and `tasks show` (tasks/inputs.py)
+
+
+def encode_pairs(tok, firsts: list[str], seconds: list[str], max_len: int) -> dict[str, list]:
+    """Text pairs as the reference encoded them: each segment tokenized alone, the two cut together to
+    the room the special tokens leave, one token at a time (:func:`truncate_pair`, transformers 4.3's
+    ``longest_first``), then joined with the tokenizer's own special tokens (its post-processor)."""
+    budget = max_len - tok.num_special_tokens_to_add(pair=True)
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None and (backend.padding or backend.truncation):
+        # a tokenizer.json that pads or truncates (the MiniLM's: to 128) would pad each segment and the
+        # joined pair past max_len: encode with a copy that does neither
+        backend = copy.deepcopy(backend)
+        backend.no_padding()
+        backend.no_truncation()
+    out: dict[str, list] = {"input_ids": [], "token_type_ids": []}
+    if backend is None:  # a slow tokenizer: its own python joins
+        for x, y in zip(tok(firsts, add_special_tokens=False)["input_ids"],
+                        tok(seconds, add_special_tokens=False)["input_ids"], strict=True):
+            x, y = truncate_pair(x, y, budget)
+            out["input_ids"].append(tok.build_inputs_with_special_tokens(x, y))
+            out["token_type_ids"].append(tok.create_token_type_ids_from_sequences(x, y))
+        return out
+    for x, y in zip(backend.encode_batch(firsts, add_special_tokens=False),
+                    backend.encode_batch(seconds, add_special_tokens=False), strict=True):
+        n1, n2 = (len(t) for t in truncate_pair(x.ids, y.ids, budget))
+        x.truncate(n1)
+        y.truncate(n2)
+        both = backend.post_process(x, y, add_special_tokens=True)
+        out["input_ids"].append(both.ids)
+        out["token_type_ids"].append(both.type_ids)
+    return out
 
 
 def _tokenize_fn(tok, kind: str, max_len: int):
@@ -68,12 +101,16 @@ def _tokenize_fn(tok, kind: str, max_len: int):
         a = [_fill_sep(x, sep) for x in a]
         if all(x is None for x in b):
             enc = tok(a, truncation=True, max_length=max_len)
-        elif any(x is None for x in b):  # mixed: encode one by one
-            encs = [tok(x, _fill_sep(y, sep), truncation=True, max_length=max_len) for x, y in zip(a, b, strict=True)]
-            return {k: [e[k] for e in encs] for k in keys}
-        else:
-            enc = tok(a, [_fill_sep(x, sep) for x in b], truncation="longest_first", max_length=max_len)
-        return {k: enc[k] for k in keys}
+            return {k: enc[k] for k in keys}
+        if any(x is None for x in b):  # mixed: encode one by one
+            out: dict[str, list] = {k: [] for k in keys}
+            for x, y in zip(a, b, strict=True):
+                e = (tok(x, truncation=True, max_length=max_len) if y is None else
+                     {k: v[0] for k, v in encode_pairs(tok, [x], [_fill_sep(y, sep)], max_len).items()})
+                for k in keys:
+                    out[k].append(e[k])
+            return out
+        return {k: v for k, v in encode_pairs(tok, a, [_fill_sep(x, sep) for x in b], max_len).items() if k in keys}
 
     def fn(batch: dict) -> dict:
         if kind != "multiple_choice":

@@ -369,7 +369,7 @@ class ArrayEngine:
                             f"'{module.config.model_type}'")
         if len({m.schedule.total for m in members}) != 1:
             raise UserError("the runs of a fused array must have the same number of steps")
-        self.fused = FusedEncoder(module.config, prep.kind, module.base_model_prefix, states, device)
+        self.fused = self.encoder(prep, members, states, device)
         states.clear()
         params = [m.spec["params"] for m in members]
         self.members = list(members)
@@ -385,6 +385,11 @@ class ArrayEngine:
             self.fused.streams = MemberStreams([int(m.spec["seed"]) for m in members], torch.device(device))
         self.mode = setup.compile if compiled else "off"
         self.k = self.fused.k
+
+    def encoder(self, prep: Prepared, members: list[Member], states: list[dict], device) -> FusedEncoder:
+        """The batched model of the members' weights ``states``."""
+        module = prep.model.module
+        return FusedEncoder(module.config, prep.kind, module.base_model_prefix, states, device)
 
     def disable_compile(self) -> None:
         self.loss_fn, self.mode = self.fused.loss, "off"

@@ -144,6 +144,11 @@ class Worker:
             self._models[key] = Model(module.float(), kind)
         return self._models[key]
 
+    def release(self, model: Model) -> None:
+        """Forget a model this worker made (a LoRA run changes its module in place): the next run of
+        the architecture gets a new one."""
+        self._models = {k: m for k, m in self._models.items() if m is not model}
+
     def free_memory(self) -> float:
         """After an out-of-memory error (called outside the ``except`` block, so no traceback keeps the
         tensors alive): drop models, starting weights, compiled code and CUDA-graph pools. Returns the
@@ -246,7 +251,12 @@ def prepare(worker: Worker, run_dir: Path, spec: dict, log: RunLog, same_data: P
 
     model = worker.model(location, kind, n_out)
     module = model.module
-    source = worker.source(spec["model"])
+    if p.get("method") == "lora":
+        from stilts_tui.train import lora
+
+        source = lora.source(worker, spec, module.base_model_prefix)
+    else:
+        source = worker.source(spec["model"])
     taken, new = transfer.match(module, source, p["transfer"])
     std = getattr(module.config, "initializer_range", 0.02)
     transfer.apply(module, source, taken, new, int(spec["seed"]), std)
@@ -294,6 +304,8 @@ def optimizer(module: torch.nn.Module, lr: float, weight_decay: float):
     every tensor, which costs as much as a quarter of a small model's step on the CPU."""
     decay, no_decay = [], []
     for name, p in module.named_parameters():
+        if not p.requires_grad:  # a LoRA run's frozen encoder
+            continue
         (no_decay if not decays(name) else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     try:
@@ -447,6 +459,9 @@ def _train_members(worker: Worker, members: list[Member], fuse: bool) -> None:
     if not members:
         return
     hooks = Hooks.of([m.spec for m in members])
+    lora_cfg = (members[0].spec.get("params") or {}).get("method") == "lora"
+    if lora_cfg:
+        from stilts_tui.train import lora
     joined: list[Member] = []
     prep = None
     states = []
@@ -455,7 +470,9 @@ def _train_members(worker: Worker, members: list[Member], fuse: bool) -> None:
             prep = prepare(worker, m.dir, m.spec, m.log, same_data=prep if fuse else None,
                            dump_weights=hooks.dump_initial_weights)
             m.schedule = Schedule.of(m.spec["params"], len(prep.train))
-            if fuse:
+            if fuse and lora_cfg:  # a member owns its head and adapter; the frozen encoder is shared
+                states.append(lora.member_state(prep.model.module, m.spec))
+            elif fuse:
                 states.append({n: t.detach().to("cpu", copy=True) for n, t in prep.model.module.named_parameters()})
             joined.append(m)
         except UserError as e:
@@ -465,7 +482,15 @@ def _train_members(worker: Worker, members: list[Member], fuse: bool) -> None:
     p0 = joined[0].spec["params"]
     setup = resolve_setup(worker.s, p0, int(p0["grad_accum"]), joined[0].schedule.total,
                           fused=bool(fuse))
-    if fuse:
+    if fuse and lora_cfg:
+        from stilts_tui.train import fused_lora
+
+        setup.fused = len(joined)
+        setup.dropout_streams = "one" if setup.compile != "off" else worker.s.dropout_streams
+        engine = fused_lora.LoraArrayEngine(prep, joined, states, setup, hooks, worker.s.device)
+    elif lora_cfg:
+        engine = lora.LoraAloneEngine(worker, prep, joined[0], setup, hooks, worker.s.device)
+    elif fuse:
         from stilts_tui.train import fused
 
         setup.fused = len(joined)
@@ -522,7 +547,11 @@ def fit(worker: Worker, members: list[Member], engine, prep: Prepared, setup: Se
             window = []
             step += 1
             hooks.after_step(step, live[0].dir)
-            steplog.step(step, epoch, engine.lrs(step))
+            means = steplog.step(step, epoch, engine.lrs(step))
+            if means is not None and not all(map(math.isfinite, means)):
+                live, orders = _drop_diverged(worker, engine, steplog, live, orders, means, step)
+                if not live:
+                    return
         live = _evaluate_epoch(worker, engine, live, steplog, prep, setup, epoch, eval_bs, max_len, buckets)
         if not live:
             return
@@ -595,6 +624,15 @@ def _drop_cancelled(worker, engine, steplog, live, orders):
     return [live[i] for i in rows], [orders[i] for i in rows]
 
 
+def _drop_diverged(worker, engine, steplog, live, orders, means: list[float], step: int):
+    """Runs whose training loss is no longer finite fail (read at each log line: no sync a step); in an
+    array the others go on (their rows and weights never meet the diverged run's)."""
+    gone = [m for m, x in zip(live, means, strict=True) if not math.isfinite(x)]
+    rows = _drop(worker, engine, steplog, live, gone, "failed", f"diverged: training loss {means[live.index(gone[0])]} "
+                 f"by step {step}")
+    return [live[i] for i in rows], [orders[i] for i in rows]
+
+
 def _evaluate_epoch(worker, engine, live, steplog, prep, setup, epoch, eval_bs, max_len, buckets) -> list[Member]:
     preds = evaluate(engine, prep.dev, eval_bs, setup, max_len, buckets, worker.s.device, prep.kind)
     failed = []
@@ -639,7 +677,10 @@ def _summarise(worker, engine, live, prep, setup: Setup, steplog: StepLog, step:
     rate = steplog.seen / max(seconds, 1e-9)
     for i, m in enumerate(live):
         try:
-            if m.spec.get("keep_checkpoint") is True:
+            if m.spec.get("keep_checkpoint") is True and hasattr(engine, "save"):  # LoRA: merged, and its adapter
+                engine.save(i, m.dir / CHECKPOINT_DIR, prep)
+                m.log.line(f"checkpoint saved to {m.dir / 'checkpoint'} (merged weights and the adapter)")
+            elif m.spec.get("keep_checkpoint") is True:
                 if engine.k > 1:
                     prep.model.module.load_state_dict(engine.state(i), strict=False)
                 save_checkpoint(prep.model.module, prep.tok, m.dir / CHECKPOINT_DIR, prep.labels)

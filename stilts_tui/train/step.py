@@ -71,7 +71,10 @@ def resolve_setup(settings, params: dict, accum: int, steps: int | None = None, 
     # next replay, so accumulation compiles without graphs
     graphs = cuda and compile_mode in ("inductor", "cudagraphs") and accum == 1
     tf32 = cuda and precision == "fp32" and torch.backends.cuda.matmul.allow_tf32
-    return Setup(precision, tf32, batching, pad, clip, compile_mode, graphs)
+    setup = Setup(precision, tf32, batching, pad, clip, compile_mode, graphs)
+    if params.get("method") == "lora":
+        setup.method, setup.lora, setup.transfer = "lora", dict(params["lora"]), str(params.get("transfer", "all"))
+    return setup
 
 
 class Parts(list):
@@ -221,9 +224,10 @@ class StepLog:
         self.logs = [self.logs[i] for i in rows]
         self.running = self.running[rows]
 
-    def step(self, step: int, epoch: int, lrs: list[float]) -> None:
+    def step(self, step: int, epoch: int, lrs: list[float]) -> list[float] | None:
+        """At a log step: a line and an event for each run; each run's mean loss since the last (else None)."""
         if step % self.every and step != self.total:
-            return
+            return None
         now = time.time()
         rate = (self.seen - self.seen_mark) / max(now - self.t_mark, 1e-9)
         eta = (self.total - step) * (now - self.t0) / step
@@ -237,6 +241,7 @@ class StepLog:
             log.event("step", step=step, total_steps=self.total, epoch=epoch, loss=mean, lr=lr,
                       samples_per_s=rate, eta_s=eta, **fused)
         self.t_mark, self.seen_mark = now, self.seen
+        return means
 
     @property
     def seconds(self) -> float:

@@ -30,11 +30,16 @@ def add(root: str, path: str) -> dict:
 def cancel(root: str, run_ids: list[str], grace: float) -> dict:
     """Ask for the cancel and wait (polling the ledger) for the daemon to carry it out; with no daemon
     running, return at once (the request waits for the next daemon)."""
+    from stilts_tui.ledger import Ledger
     from stilts_tui.queue import ops
 
     out = ops.cancel(Path(root), run_ids, grace=grace)
     left = ops.wait_cancelled(Path(root), out.requested, grace + 30.0) if out.daemon else out.requested
-    return {"done": out.done + [rid for rid in out.requested if rid not in left], "waiting": left,
+    ledger = Ledger(Path(root))
+    status = {rid: (ledger.get(rid) or {}).get("status") for rid in out.requested if rid not in left}
+    # a run that wrote its result before the daemon carried the cancel out keeps it (done, failed)
+    kept = {rid: ("ended" if st == "running" else st) for rid, st in status.items() if st != "cancelled"}
+    return {"done": out.done + [rid for rid in status if rid not in kept], "waiting": left, "kept": kept,
             "daemon": out.daemon}
 
 

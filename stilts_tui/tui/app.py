@@ -16,7 +16,7 @@ from textual.worker import Worker, WorkerState
 from stilts_tui.contract import CANCEL_GRACE_S
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.queue.notify import PlanWatch
-from stilts_tui.tui.data import load_snapshot
+from stilts_tui.tui.data import load_snapshot, plural
 from stilts_tui.tui.keymap import load_keymap
 from stilts_tui.tui.screens.queue import QueueRead, QueueScreen
 
@@ -30,18 +30,31 @@ PALETTE = [  # (title, help, action on the app)
     ("queue: pause / resume", "start no new runs, or start them again", "screen_action('toggle_pause')"),
     ("queue: add a plan", "queue a plan file", "screen_action('add_plan')"),
     ("queue: filter runs", "show only matching runs", "screen_action('filter')"),
-    ("queue: sort", "cycle the sort order", "screen_action('sort')"),
+    ("queue: sort", "sort by the next column", "screen_action('sort')"),
+    ("queue: reverse sort", "the sort order reversed", "screen_action('reverse')"),
+    ("queue: choose columns", "show or hide columns (remembered)", "screen_action('choose_columns')"),
     ("logs: open selected", "follow the selected runs' logs", "screen_action('logs')"),
+    ("logs: filter lines", "show only the active pane's lines holding a text", "logs_action('filter')"),
     ("scores: show matrix", "the intermediate x target matrix", "scores"),
     ("scores: export as csv", "write <runs-dir>/exports/PLAN.csv", "export('csv')"),
     ("scores: export as markdown", "write <runs-dir>/exports/PLAN.md", "export('md')"),
     ("scores: export as LaTeX", "write <runs-dir>/exports/PLAN.tex", "export('latex')"),
     ("scores: export as json", "write <runs-dir>/exports/PLAN.json", "export('json')"),
-    ("scores: export as png", "write <runs-dir>/exports/PLAN.png", "export('png')"),
+    ("scores: export as png", "write <runs-dir>/exports/PLAN.png (300 dpi)", "export('png')"),
+    ("scores: export as pdf", "write <runs-dir>/exports/PLAN.pdf (vector)", "export('pdf')"),
+    ("scores: export as svg", "write <runs-dir>/exports/PLAN.svg (vector)", "export('svg')"),
     ("plan: build a new plan", "pick tasks, seeds and a grid", "builder"),
     ("queue: show GPUs", "memory, utilization and the run behind each GPU process", "gpus"),
     ("help: keys", "every key of every screen", "help"),
+    ("app: quit", "close the app (the daemon and the runs go on)", "ask_quit"),
 ]
+
+
+def key_display(keys: str) -> str:
+    """Bound keys as a person types them: "question_mark" -> "?", "left_square_bracket" -> "["."""
+    from textual.keys import format_key
+
+    return " ".join(k if "+" in k else format_key(k) for k in keys.split(","))
 
 
 class StiltsCommands(Provider):
@@ -69,7 +82,7 @@ class StiltsApp(App):
     TITLE = "stilts-tui"
     COMMANDS = App.COMMANDS | {StiltsCommands}
     BINDINGS = [
-        Binding("q", "quit", "Quit", id="app.quit"),
+        Binding("q", "ask_quit", "Quit", id="app.quit"),
         Binding("f1,question_mark", "help", "Keys", id="app.help"),
         Binding("o", "scores", "Scores", id="app.scores"),
         Binding("b", "builder", "Plan builder", id="app.builder"),
@@ -77,8 +90,11 @@ class StiltsApp(App):
     ]
 
     def __init__(self, root: Path, keymap: dict[str, str] | None = None, start_daemon: bool = False,
-                 cancel_grace: float = CANCEL_GRACE_S):
+                 cancel_grace: float = CANCEL_GRACE_S, confirm: bool | None = None):
         super().__init__()
+        from stilts_tui.tui.screens.confirm import confirm_wanted
+
+        self.confirm = confirm_wanted() if confirm is None else confirm  # destructive keys ask first
         self.root = Path(root)
         self.cancel_grace = cancel_grace
         self._keymap = keymap if keymap is not None else load_keymap()
@@ -145,9 +161,13 @@ class StiltsApp(App):
         from stilts_tui.tui import apart
 
         out = apart.run("cancel", self.root, run_ids=run_ids, grace=self.cancel_grace)
-        line = f"cancelled {len(out['done'])} run(s)"
+        n = len(out["done"])
+        line = f"cancelled {n} {plural(n, 'run')}"
+        if out["kept"]:  # they finished before the daemon carried the cancel out: their results stand
+            line += "; " + ", ".join(f"{rid} had already ended ({st}): kept" for rid, st in out["kept"].items())
         if out["waiting"]:
-            line += (f"; {len(out['waiting'])} running run(s) wait for the daemon to stop them"
+            w = len(out["waiting"])
+            line += (f"; {w} running {plural(w, 'run')} wait for the daemon to stop them"
                      + ("" if out["daemon"] else " (no daemon is running)"))
         self.post_message(QueueChanged(line))
 
@@ -156,14 +176,14 @@ class StiltsApp(App):
         from stilts_tui.queue import ops
 
         done = ops.retry(self.root, run_ids)
-        self.post_message(QueueChanged(f"requeued {len(done)} run(s)"))
+        self.post_message(QueueChanged(f"requeued {len(done)} {plural(len(done), 'run')}"))
 
     @work(thread=True, group="queue-ops", exit_on_error=False, name="priority")
     def change_priority(self, run_ids: list[str], delta: int) -> None:
         from stilts_tui.queue import ops
 
         done = ops.set_priority(self.root, run_ids, delta=delta)
-        self.post_message(QueueChanged(f"priority {delta:+d} for {len(done)} run(s)"))
+        self.post_message(QueueChanged(f"priority {delta:+d} for {len(done)} {plural(len(done), 'run')}"))
 
     @work(thread=True, group="queue-ops", exit_on_error=False, name="pause")
     def pause_queue(self, paused: bool) -> None:
@@ -206,6 +226,25 @@ class StiltsApp(App):
             self.queue_screen.show_error(line)
         self.notify(line, severity="error", timeout=10)
 
+    def action_command_palette(self) -> None:
+        """The command palette, with an input that applies keys in the order they come (widgets/inputs.py)."""
+        from stilts_tui.tui.widgets.inputs import Palette
+
+        if self.use_command_palette and not Palette.is_open(self):
+            self.push_screen(Palette(id="--command-palette"))
+
+    def action_ask_quit(self) -> None:
+        """Quit (runs go on), after a yes unless questions are off."""
+        from stilts_tui.tui.screens.confirm import ConfirmScreen
+
+        if isinstance(self.screen, ConfirmScreen):
+            return
+        if not self.confirm:
+            self.exit()
+            return
+        self.push_screen(ConfirmScreen("Quit the app? (the daemon and the runs go on)"),
+                         lambda yes: self.exit() if yes else None)
+
     def open_logs(self, run_ids: list[str]) -> None:
         from stilts_tui.tui.screens.logs import LogsScreen
 
@@ -214,7 +253,11 @@ class StiltsApp(App):
     def action_scores(self) -> None:
         from stilts_tui.tui.screens.scores import ScoresScreen
 
-        self.push_screen(ScoresScreen())
+        near = None
+        run_id = self.queue_screen.current_id() if self.queue_screen.is_mounted else None
+        if run_id and self.queue_screen.snapshot:
+            near = next((r["plan"] for r in self.queue_screen.snapshot.runs if r["id"] == run_id), None)
+        self.push_screen(ScoresScreen(near=near))
 
     def action_gpus(self) -> None:
         from stilts_tui.tui.screens.gpus import GpuScreen
@@ -232,6 +275,14 @@ class StiltsApp(App):
         if isinstance(self.screen, QueueScreen):
             await self.screen.run_action(action)
 
+    async def action_logs_action(self, action: str) -> None:
+        from stilts_tui.tui.screens.logs import LogsScreen
+
+        if isinstance(self.screen, LogsScreen):
+            await self.screen.run_action(action)
+        else:
+            self.notify("open a run's logs (l) first", severity="warning")
+
     def action_export(self, fmt: str) -> None:
         from stilts_tui.tui.screens.scores import ScoresScreen
 
@@ -243,17 +294,19 @@ class StiltsApp(App):
 
     def key_sections(self) -> list[tuple[str, list[tuple[str, str, str]]]]:
         from stilts_tui.tui.screens.builder import BuilderScreen
+        from stilts_tui.tui.screens.confirm import ConfirmScreen
         from stilts_tui.tui.screens.gpus import GpuScreen
         from stilts_tui.tui.screens.logs import LogsScreen
         from stilts_tui.tui.screens.scores import ScoresScreen
 
         def rows(bindings):
-            return [(self._keymap.get(b.id, b.key), b.description, b.id or "") for b in bindings]
+            return [(key_display(self._keymap.get(b.id, b.key)), b.description, b.id or "") for b in bindings]
 
-        return [("everywhere", rows(self.BINDINGS) + [("ctrl+p", "command palette", "")]),
+        return [("everywhere", rows(self.BINDINGS) + [("ctrl+p", "command palette", ""),
+                                                      ("ctrl+u", "clear an input left of the cursor", "")]),
                 ("queue", rows(QueueScreen.BINDINGS)), ("logs", rows(LogsScreen.BINDINGS)),
                 ("scores", rows(ScoresScreen.BINDINGS)), ("plan builder", rows(BuilderScreen.BINDINGS)),
-                ("gpus", rows(GpuScreen.BINDINGS))]
+                ("gpus", rows(GpuScreen.BINDINGS)), ("questions", rows(ConfirmScreen.BINDINGS))]
 
     def action_help(self) -> None:
         from stilts_tui.tui.screens.help import HelpScreen

@@ -9,9 +9,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stilts_tui import rundir
 from stilts_tui.contract import EVENTS_FILE
+from stilts_tui.errors import UserError
+from stilts_tui.fmt import terminal_safe
 from stilts_tui.ledger import Ledger
 from stilts_tui.queue import gpus as gpu_info
+
+TAIL_CHUNK = 4 << 20  # a log pane reads at most this much a poll
+LONG_LINE_SHOWN = 4000  # characters shown of a line longer than a read
+
+
+def plural(n: int, word: str) -> str:
+    """``word`` for one, ``word + "s"`` for any other count ("1 run", "3 runs")."""
+    return word if n == 1 else word + "s"
 
 
 @dataclass
@@ -20,6 +31,7 @@ class Progress:
     total: int = 0
     loss: float | None = None
     eta_s: float | None = None
+    began_pid: int | None = None  # the pid of the last "start" event: the process that trains the run
 
     @property
     def fraction(self) -> float | None:
@@ -36,6 +48,8 @@ class Snapshot:
     eta_s: float | None
     taken: float = field(default_factory=time.time)
     problems: list[str] = field(default_factory=list)  # one line each: runs stuck in Slurm, ...
+    waiting: dict[str, int] = field(default_factory=dict)  # run id -> the worker (1, 2, ...) it waits in
+    reasons: dict[str, str] = field(default_factory=dict)  # run id -> why it failed, is blocked or stuck
 
 
 class ProgressReader:
@@ -46,11 +60,11 @@ class ProgressReader:
         self._state: dict[str, tuple[int, Progress]] = {}
 
     def read(self, run_id: str) -> Progress:
-        path = self.root / run_id / EVENTS_FILE
         pos, prog = self._state.get(run_id, (0, Progress()))
         try:
+            path = rundir.run_dir(self.root, run_id) / EVENTS_FILE  # a damaged row's id never becomes a path
             size = path.stat().st_size
-        except FileNotFoundError:
+        except (FileNotFoundError, UserError):
             return prog
         if size < pos:  # the file was replaced (a retried run): start over
             pos, prog = 0, Progress()
@@ -63,10 +77,15 @@ class ProgressReader:
                     e = json.loads(line)
                 except ValueError:
                     continue
+                if not isinstance(e, dict):
+                    continue
                 if e.get("event") == "step":
-                    prog = Progress(e.get("step", 0), e.get("total_steps", 0), e.get("loss"), e.get("eta_s"))
+                    prog = Progress(e.get("step", 0), e.get("total_steps", 0), e.get("loss"), e.get("eta_s"),
+                                    prog.began_pid)
                 elif e.get("event") == "begin":
-                    prog = Progress(0, e.get("total_steps", 0))
+                    prog = Progress(0, e.get("total_steps", 0), began_pid=prog.began_pid)
+                elif e.get("event") == "start":
+                    prog = Progress(began_pid=e.get("pid"))
             pos = size
         self._state[run_id] = (pos, prog)
         return prog
@@ -77,11 +96,13 @@ def load_snapshot(root: Path, reader: ProgressReader) -> Snapshot:
     with how to recover), which the screen shows in place of the totals."""
     ledger = Ledger(root)
     runs = ledger.runs()
+    every = {r["id"]: reader.read(r["id"]) for r in runs if r["status"] == "running"}
+    waiting = waiting_in_workers([r for r in runs if r["status"] == "running"], every)
     counts: dict[str, int] = {}
     for r in runs:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    progress = {r["id"]: reader.read(r["id"]) for r in runs if r["status"] == "running"}
-    progress = {k: v for k, v in progress.items() if v.total}
+        shown = "waiting" if r["id"] in waiting else r["status"]
+        counts[shown] = counts.get(shown, 0) + 1
+    progress = {k: v for k, v in every.items() if v.total and k not in waiting}
     durations = [r["finished"] - r["started"] for r in runs if r["status"] == "done" and r.get("finished")
                  and r.get("started")]
     eta = None
@@ -91,14 +112,47 @@ def load_snapshot(root: Path, reader: ProgressReader) -> Snapshot:
         slots = max(1, len({r.get("worker") for r in running}))
         left = max((progress[r["id"]].eta_s or 0) for r in running if r["id"] in progress) if any(
             r["id"] in progress for r in running) else 0
-        eta = left + per * counts.get("queued", 0) / slots
+        eta = left + per * (counts.get("queued", 0) + counts.get("waiting", 0)) / slots
     try:
         gpus = gpu_info.list_gpus()
     except Exception:  # noqa: BLE001 - a GPU query must never take the app down
         gpus = []
     from stilts_tui.queue.executors.slurm import stuck_lines
 
-    return Snapshot(runs, progress, gpus, counts, bool(ledger.meta("paused")), eta, problems=stuck_lines(runs))
+    return Snapshot(runs, progress, gpus, counts, bool(ledger.meta("paused")), eta, problems=stuck_lines(runs),
+                    waiting=waiting, reasons=reasons_of(runs))
+
+
+def waiting_in_workers(running: list[dict], progress: dict[str, Progress]) -> dict[str, int]:
+    """Running runs that wait their turn in a worker process (the worker has not begun them: no start
+    event from its pid), each with the worker's number among this queue's workers (1, 2, ... in queue
+    order). A fused array trains all its runs at once: none of them waits."""
+    numbers: dict[str, int] = {}
+    out: dict[str, int] = {}
+    for r in running:
+        worker = r.get("worker") or r.get("job_id")
+        if worker is None:
+            continue
+        n = numbers.setdefault(worker, len(numbers) + 1)
+        began = progress.get(r["id"], Progress()).began_pid
+        if r.get("pid") and not r.get("fused") and began != r["pid"]:
+            out[r["id"]] = n
+    return out
+
+
+def reasons_of(runs: list[dict]) -> dict[str, str]:
+    """Why each failed, blocked, stuck or pruned run is where it is, in one line."""
+    status = {r["id"]: r["status"] for r in runs}
+    out: dict[str, str] = {}
+    for r in runs:
+        why = r.get("error") or r.get("stuck")
+        if r["status"] == "blocked" and r.get("parent"):
+            why = f"parent {r['parent']} {status.get(r['parent'], 'missing')}"
+        elif r["status"] == "pruned" and not why:
+            why = r.get("pruned_why") or "left out by the rank stage"
+        if why and r["status"] in ("failed", "blocked", "pruned", "degenerate", "cancelled", "queued", "running"):
+            out[r["id"]] = " ".join(str(why).split())
+    return out
 
 
 def tail_lines(path: Path, pos: int) -> tuple[list[str], int]:
@@ -113,10 +167,14 @@ def tail_lines(path: Path, pos: int) -> tuple[list[str], int]:
         return [], pos
     with open(path, "rb") as f:
         f.seek(pos)
-        chunk = f.read(min(size - pos, 4 << 20))
+        chunk = f.read(min(size - pos, TAIL_CHUNK))
     end = chunk.rfind(b"\n")
     if end < 0:
-        return [], pos
+        if len(chunk) < TAIL_CHUNK:
+            return [], pos
+        # a line longer than a read: shown cut, and the reading goes on past it (never stuck on it)
+        head = chunk[:LONG_LINE_SHOWN].decode("utf-8", errors="replace")
+        return [terminal_safe(head) + f" … (a line over {TAIL_CHUNK >> 20} MiB, cut)"], pos + len(chunk)
     text = chunk[: end + 1].decode("utf-8", errors="replace")
     lines = [line.rsplit("\r", 1)[-1] if "\r" in line else line for line in text.split("\n")[:-1]]
-    return lines, pos + end + 1
+    return [terminal_safe(line) for line in lines], pos + end + 1

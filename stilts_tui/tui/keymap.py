@@ -1,8 +1,10 @@
 """Key bindings carry ids; a keymap file remaps them: ``$STILTS_KEYMAP`` or
-``~/.config/stilts-tui/keymap.toml`` with lines like ``"queue.cancel" = "x"``."""
+``~/.config/stilts-tui/keymap.toml`` with lines like ``"queue.cancel" = "x"``. The queue's chosen
+columns are remembered beside it (``columns.json``, or ``$STILTS_COLUMNS``)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -22,8 +24,33 @@ def load_keymap(path: Path | None = None) -> dict[str, str]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: TOML syntax error: {e}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text (a keymap is a TOML file; save it as UTF-8)") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the keymap ({e.strerror or e})") from None
     keys = data.get("keys", data)
+    if not isinstance(keys, dict):
+        raise UserError(f"{path}: 'keys' is {type(keys).__name__}; expected a table of \"binding.id\" = \"key\"")
     bad = [k for k, v in keys.items() if not isinstance(v, str)]
     if bad:
         raise UserError(f"{path}: key '{bad[0]}': expected a key name like \"x\" or \"ctrl+x\"")
     return dict(keys)
+
+
+def columns_path() -> Path:
+    return Path(os.environ.get("STILTS_COLUMNS") or Path.home() / ".config" / "stilts-tui" / "columns.json")
+
+
+def load_columns() -> list[str] | None:
+    """The queue columns chosen last time, or None (none chosen yet, or a file that cannot be read)."""
+    try:
+        data = json.loads(columns_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return [c for c in data if isinstance(c, str)] if isinstance(data, list) else None
+
+
+def save_columns(columns: list[str]) -> None:
+    path = columns_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(columns) + "\n", encoding="utf-8")

@@ -225,7 +225,7 @@ class LocalExecutor:
         devs = self.devices(runs)
         if not any(d.procs < d.slots and not d.alone for d in devs):
             return
-        self.d.grouper.learned.update(runs, self.d.result)
+        self.d.grouper.learned.update(runs, self.d.final_result)
         yield from self.d.grouper.launches(runs, devs, self.d.mark)
 
     def devices(self, runs: list[dict]) -> list[placement.Device]:
@@ -282,7 +282,8 @@ class LocalExecutor:
         for r in fresh:  # a cancel request or a result left from an earlier attempt must not end this one
             (self.d.root / r["id"] / CANCEL_FILE).unlink(missing_ok=True)
             self.d.retire_result(r["id"], r.get("attempts") or 0)
-            _append_line(self.d.root / r["id"] / TRAIN_LOG, note)
+            # each attempt begins with its own line: a log read later shows where a new attempt starts
+            _append_line(self.d.root / r["id"] / TRAIN_LOG, f"── attempt {(r.get('attempts') or 0) + 1} ── {note}")
         dirs = [self.d.root / r["id"] for r in fresh]
         log = dirs[0] / TRAIN_LOG if len(dirs) == 1 else self.d.root / WORKERS_DIR / f"{worker}.log"
         synth = fresh[0]["stage"] == "synth"

@@ -16,6 +16,8 @@ from textual.widgets import Footer, Input, Label, SelectionList, Static
 from stilts_tui import plan as plans
 from stilts_tui import tasks, tomlio
 from stilts_tui.errors import UserError
+from stilts_tui.tui.data import plural
+from stilts_tui.tui.widgets.inputs import KeyedInput
 
 FIELDS = [  # id, label, default
     ("name", "plan name", "my-study"),
@@ -26,6 +28,7 @@ FIELDS = [  # id, label, default
     ("warmup", "grid: warmup ratios", "0.0, 0.2"),
     ("epochs", "epochs", "3"),
     ("max_len", "max_len", "128"),
+    ("data", "local data folder (DIR/TASK for each task; empty: the hub)", ""),
 ]
 
 
@@ -45,15 +48,21 @@ def _number(x: str) -> int | float | str:
 
 
 def build_toml(values: dict[str, str], inters: list[str], targets: list[str]) -> str:
-    """A plan's TOML from the builder's fields, written by tomli_w."""
+    """A plan's TOML from the builder's fields, written by tomli_w; with a data folder, each stage reads its
+    task's files from a subfolder of it named for the task (so a plan built here can run offline)."""
     grid = {k: [_number(x) for x in _numbers(values[k])] for k in ("lr", "batch_size", "warmup")
             if _numbers(values[k])}
+    folder = values.get("data", "").strip()
+
+    def stage(t: str, **more: object) -> dict:
+        return {"task": t, **({"data_dir": str(Path(folder) / t)} if folder else {}), **more}
+
     data: dict = {"name": values["name"], "model": values["model"], "baseline": True,
                   "target_seeds": [_number(x) for x in _numbers(values["seeds"])],
                   "defaults": {"epochs": _number(values["epochs"] or "3"),
                                "max_len": _number(values["max_len"] or "128")},
-                  "intermediate": {t: {"task": t} for t in inters},
-                  "target": {t: {"task": t, **({"grid": grid} if grid else {})} for t in targets}}
+                  "intermediate": {t: stage(t) for t in inters},
+                  "target": {t: stage(t, **({"grid": grid} if grid else {})) for t in targets}}
     return tomlio.dumps({k: v for k, v in data.items() if v != {}})
 
 
@@ -77,7 +86,7 @@ class BuilderScreen(Screen):
                 with VerticalScroll(id="form"):
                     for fid, label, default in FIELDS:
                         yield Label(label)
-                        yield Input(value=default, id=f"f-{fid}")
+                        yield KeyedInput(value=default, id=f"f-{fid}")
                 inters = SelectionList[str](*[(n, n) for n in names], id="inters")
                 inters.border_title = "intermediate tasks"
                 yield inters
@@ -89,8 +98,22 @@ class BuilderScreen(Screen):
     rates: dict = {}  # throughput measured by finished runs in the ledger (stilts_tui.cost)
 
     def on_mount(self) -> None:
+        # the name field takes the keys at once: typed letters never reach the app's shortcuts
+        self.query_one("#f-name", Input).focus()
+        self.mark_choices()
         self.update_count()
         self.measure()
+
+    @on(SelectionList.SelectedChanged)
+    def mark_choices(self) -> None:
+        """Each task's line says whether it is chosen ("[x]" or "[ ]"), not by colour alone."""
+        for box in self.query(SelectionList):
+            chosen = set(box.selected)
+            for i in range(box.option_count):
+                option = box.get_option_at_index(i)
+                prompt = f"[x] {option.value}" if option.value in chosen else f"[ ] {option.value}"
+                if str(option.prompt) != prompt:
+                    box.replace_option_prompt_at_index(i, prompt)
 
     @work(thread=True, exclusive=True, group="builder-cost", exit_on_error=False)
     def measure(self) -> None:
@@ -128,21 +151,37 @@ class BuilderScreen(Screen):
         from stilts_tui import cost
 
         c = plans.counts(runs)
-        self.query_one("#count").update(f"[b]{len(runs)} runs[/b]: {c['intermediate']} intermediate, "
+        n = len(runs)
+        self.query_one("#count").update(f"[b]{n} {plural(n, 'run')}[/b]: {c['intermediate']} intermediate, "
                                         f"{c['target']} target — ctrl+s saves to plans/ and queues it\n"
                                         f"cost: {cost.summary(cost.estimate(plan, runs, self.rates))}")
 
     def action_save(self) -> None:
-        """Save the plan file, then queue it in the app's worker (a large plan writes a spec per run)."""
+        """Save the plan file (asking before it replaces one), then queue it in the app's worker (a large
+        plan writes a spec per run)."""
         try:
             plan, _ = self.check()
             if not plans.NAME_RE.match(plan.name):
                 raise UserError("plan name: letters, digits, '_', '-' and '.' only")
-            path = self.plans_dir() / f"{plan.name}.toml"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(self.text(), encoding="utf-8")
         except UserError as e:
             self.notify(str(e), severity="error", timeout=10)
+            return
+        path = self.plans_dir() / f"{plan.name}.toml"
+        if not path.exists():
+            self.save(path)
+            return
+        from stilts_tui.tui.screens.confirm import ConfirmScreen
+
+        self.app.push_screen(ConfirmScreen(f"{path} exists. Replace it with this plan and queue it?"),
+                             lambda yes: self.save(path) if yes else self.notify(f"kept {path}; nothing saved"))
+
+    def save(self, path: Path) -> None:
+        text = self.text()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as e:
+            self.notify(f"cannot write {path}: {e.strerror or e}", severity="error", timeout=10)
             return
         self.notify(f"saved {path}; queueing it…")
         self.app.add_plan(path)

@@ -17,13 +17,15 @@ from textual.widgets import Log, Static
 from stilts_tui.tui.widgets.log_pane import LogPane
 
 SCROLLS = {"up": "scroll_up", "down": "scroll_down", "pageup": "scroll_page_up", "pagedown": "scroll_page_down",
-           "home": "scroll_home", "end": "scroll_end"}
+           "home": "scroll_home", "end": "scroll_end", "left": "scroll_left", "right": "scroll_right"}
 
 
 class LogsScreen(Screen):
     BINDINGS = [
         Binding("escape,q", "app.pop_screen", "Back", id="logs.back"),
-        Binding("f", "filter", "Filter lines", id="logs.filter"),
+        Binding("f,slash", "filter", "Filter lines", id="logs.filter"),
+        Binding("j", "scroll('scroll_down')", "Down", id="logs.j", show=False),
+        Binding("k", "scroll('scroll_up')", "Up", id="logs.k", show=False),
         Binding("tab", "next_pane(1)", "Next pane", id="logs.next"),
         Binding("shift+tab", "next_pane(-1)", "Previous pane", id="logs.previous", show=False),
         *[Binding(key, f"scroll('{how}')", how.replace("_", " "), id=f"logs.{how}", show=False)
@@ -73,5 +75,14 @@ class LogsScreen(Screen):
             getattr(self._active.query_one(Log), how)(animate=False)
 
     def action_filter(self) -> None:
+        """Ask for the active pane's filter in a prompt that holds the keys until enter or escape."""
+        from stilts_tui.tui.screens.prompt import PromptScreen
+
         pane = self.focused_pane() or self.query(LogPane).first()
-        pane.toggle_filter()
+
+        def apply(text: str | None) -> None:
+            if text is not None:
+                pane.set_filter(text)
+
+        self.app.push_screen(PromptScreen(f"Show only the lines of {pane.run_id} holding (empty: every line):",
+                                          pane.filter, allow_empty=True), apply)

@@ -3,35 +3,44 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import DataTable, Footer, Static
 
 from stilts_tui.contract import Status
-from stilts_tui.fmt import duration
-from stilts_tui.tui.data import ProgressReader, Snapshot
+from stilts_tui.fmt import duration, terminal_safe
+from stilts_tui.tui.data import ProgressReader, Snapshot, plural
 from stilts_tui.tui.widgets.run_table import RunTable
 
 # sorting by status: what needs attention first (running, then failed), what is over last
 STATUS_SORT = (Status.RUNNING, Status.FAILED, Status.QUEUED, Status.BLOCKED, Status.DONE, Status.CANCELLED)
 
 STATUS_STYLE = {"queued": "cyan", "running": "bold yellow", "done": "green", "failed": "bold red",
-                "cancelled": "magenta", "blocked": "red"}
+                "cancelled": "magenta", "blocked": "red", "waiting": "yellow"}
 COLUMNS = ("id", "plan", "stage", "task", "from", "seed", "grid", "status", "gpu", "progress", "loss", "eta",
-           "score")
-WIDTHS = (12, 10, 12, 12, 10, 4, 20, 11, 3, 15, 7, 8, 7)  # fixed: no re-measuring 1,000 rows each second
-SORTS = ("queue", "status", "score", "task")
+           "score", "reason")
+WIDTHS = (12, 10, 12, 12, 10, 4, 24, 11, 3, 17, 7, 8, 7, 40)  # fixed: no re-measuring 1,000 rows each second
+SORTS = ("queue", "status", "score", "task", *[c for c in COLUMNS if c not in ("status", "score", "task")])
 APPEND_ROWS = 100  # new rows added a frame (1,008 at once keep a key waiting a quarter of a second)
 
 
-def grid_text(grid: dict | None) -> str:
+def grid_text(grid: dict | None, params: dict | None = None) -> str:
     from stilts_tui.plan import grid_text as text  # the plan layer loads after the first frame
 
-    return text(grid)
+    return text(grid, params)
+
+
+def params_of(r: dict) -> dict | None:
+    """A row's resolved params, or None where a damaged row holds something else."""
+    return r.get("params") if isinstance(r.get("params"), dict) else None
+
+
+def shown_status(r: dict, snap: Snapshot) -> str:
+    """The status a run is shown with: a running run that waits its turn in a worker is "waiting"."""
+    return "waiting" if r["id"] in snap.waiting else r["status"]
 
 
 def bar(fraction: float | None, width: int = 10) -> str:
@@ -54,31 +63,39 @@ class QueueScreen(Screen):
     ledger and carry out the keys' operations (see StiltsApp), and the screen shows what comes back."""
 
     DEFAULT_CSS = """
-    QueueScreen #filter { display: none; }
-    QueueScreen #filter.visible { display: block; }
     QueueScreen #totals { height: 1; background: $boost; }
     QueueScreen #gpus { height: 1; }
     QueueScreen DataTable { height: 1fr; }
     """
-    BINDINGS = [
-        Binding("slash", "filter", "Filter", id="queue.filter"),
-        Binding("s", "sort", "Sort", id="queue.sort"),
-        Binding("a", "add_plan", "Add plan", id="queue.add"),
-        Binding("c", "cancel", "Cancel", id="queue.cancel"),
-        Binding("r", "retry", "Retry", id="queue.retry"),
-        Binding("plus,equals_sign", "priority(1)", "Priority +", id="queue.priority_up", show=False),
-        Binding("minus", "priority(-1)", "Priority -", id="queue.priority_down", show=False),
-        Binding("p", "toggle_pause", "Pause/resume", id="queue.pause"),
-        Binding("space", "mark", "Mark", id="queue.mark", show=False),
-        Binding("l,enter", "logs", "Logs", id="queue.logs"),
-    ]
+    # Priority bindings: the app runs them in the order the keys come, before it hands the next key to
+    # a widget. A screen's plain binding runs only after its key has bubbled up from the table, so in
+    # a burst of keys ("/" then "cola") the keys after a screen-opening key reached the table (c:
+    # cancel) before the prompt opened, and a "c" after "down" could act on the row the cursor left.
+    BINDINGS = [Binding(key, action, text, id=bid, show=show, priority=True) for key, action, text, bid, show in [
+        ("slash", "filter", "Filter", "queue.filter", True),
+        ("s", "sort", "Sort", "queue.sort", True),
+        ("S", "reverse", "Reverse sort", "queue.reverse", False),
+        ("C", "choose_columns", "Columns", "queue.columns", False),
+        ("down,j", "cursor('down')", "Down", "queue.down", False),
+        ("up,k", "cursor('up')", "Up", "queue.up", False),
+        ("a", "add_plan", "Add plan", "queue.add", True),
+        ("c", "cancel", "Cancel", "queue.cancel", True),
+        ("r", "retry", "Retry", "queue.retry", True),
+        ("plus,equals_sign", "priority(1)", "Priority +", "queue.priority_up", False),
+        ("minus", "priority(-1)", "Priority -", "queue.priority_down", False),
+        ("p", "toggle_pause", "Pause/resume", "queue.pause", True),
+        ("space", "mark", "Mark", "queue.mark", False),
+        ("l,enter", "logs", "Logs", "queue.logs", True),
+    ]]
 
     def __init__(self, **kw):
         super().__init__(**kw)
         self.snapshot: Snapshot | None = None
         self.filter = ""
         self.sort = "queue"
+        self.reverse = False
         self.marked: list[str] = []
+        self.columns: list[str] = list(COLUMNS)  # the columns shown (chosen with C, remembered)
         self._shown: list[str] = []
         self._state: dict[str, tuple] = {}
         self._totals = ""
@@ -88,14 +105,15 @@ class QueueScreen(Screen):
         with Vertical():
             yield Static("", id="gpus")
             yield Static("loading…", id="totals")
-            yield Input(placeholder="filter runs (id, plan, task, status, …); enter to apply", id="filter")
             yield RunTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        for c, w in zip(COLUMNS, WIDTHS, strict=True):
-            table.add_column(c, key=c, width=w)
+        from stilts_tui.tui.keymap import load_columns
+
+        self.columns = [c for c in COLUMNS if c in (load_columns() or COLUMNS) or c == "id"]
+        self.add_columns(table)
         table.focus()
         table.on_cursor = lambda _row: self._totals and self.show_totals()  # same frame as the cursor
         self.reader = ProgressReader(self.app.root)
@@ -123,19 +141,32 @@ class QueueScreen(Screen):
             f = self.filter.lower()
             runs = [r for r in runs if f in " ".join(str(r.get(k, "")) for k in
                                                      ("id", "plan", "stage", "task", "intermediate", "status",
-                                                      "name")).lower() or f in grid_text(r.get("grid")).lower()]
-        if self.sort == "status":
-            order = {s: i for i, s in enumerate(STATUS_SORT)}
-            runs = sorted(runs, key=lambda r: order.get(r["status"], len(order)))
-        elif self.sort == "score":
-            runs = sorted(runs, key=lambda r: -(r.get("score") if isinstance(r.get("score"), float) else -1))
-        elif self.sort == "task":
-            runs = sorted(runs, key=lambda r: (r["task"], r.get("intermediate") or ""))
+                                                      "name")).lower()
+                    or f in grid_text(r.get("grid"), params_of(r)).lower()
+                    or f in shown_status(r, snap) or f in snap.reasons.get(r["id"], "").lower()]
+        if self.sort != "queue":
+            runs = sorted(runs, key=self.sort_key(snap), reverse=self.reverse)
+        elif self.reverse:
+            runs = runs[::-1]
         return runs
+
+    def sort_key(self, snap: Snapshot):
+        """The key of the chosen sort column: statuses in the order that needs a look first, scores and
+        seeds as numbers (missing last), any other column by its text."""
+        if self.sort == "status":
+            order = {s: i for i, s in enumerate((STATUS_SORT[0], "waiting", *STATUS_SORT[1:]))}
+            return lambda r: order.get(shown_status(r, snap), len(order))
+        if self.sort == "score":
+            return lambda r: -(r["score"] if isinstance(r.get("score"), (int, float)) else -1e9)
+        if self.sort == "task":
+            return lambda r: (str(r.get("task")), str(r.get("intermediate") or ""))
+        col = COLUMNS.index(self.sort)
+        return lambda r: str(self.cells(r, snap)[col])
 
     def cells(self, r: dict, snap: Snapshot) -> list:
         prog = snap.progress.get(r["id"])
-        status = Text(r["status"], style=STATUS_STYLE.get(r["status"], ""))
+        shown = shown_status(r, snap)
+        status = Text(shown, style=STATUS_STYLE.get(shown, ""))
         if r["id"] in self.marked:
             status.append(" ●", style="bold")
         score = f"{r['score']:.4f}" if isinstance(r.get("score"), (int, float)) else ""
@@ -145,12 +176,49 @@ class QueueScreen(Screen):
             where = f"job {r['job_id']}"
             if r.get("slurm_state") in ("PENDING", "SUBMITTING"):
                 waiting = f"pending ({r.get('slurm_reason')})" if r.get("slurm_reason") else "pending"
-        return [r["id"], r["plan"], r["stage"], r["task"], r.get("intermediate") or "", str(r.get("seed", "")),
-                grid_text(r.get("grid")), status, where,
-                (bar(prog.fraction) if prog else waiting) if r["status"] == "running"
-                else ("✓" if r["status"] == "done" else ""),
-                f"{prog.loss:.4f}" if prog and prog.loss is not None and r["status"] == "running" else "",
-                duration(prog.eta_s) if prog and r["status"] == "running" else "", score]
+        training = shown == "running"
+        if shown == "waiting":
+            progress = f"in worker {snap.waiting[r['id']]}"
+        elif training:
+            progress = bar(prog.fraction) if prog else waiting
+        else:
+            progress = "✓" if r["status"] == "done" else ""
+        names = (terminal_safe(r.get(k) or "") for k in ("id", "plan", "stage", "task", "intermediate"))
+        grid = terminal_safe(grid_text(r.get("grid"), params_of(r)))
+        return [*names, str(r.get("seed", "")), grid, status, where, progress,
+                f"{prog.loss:.4f}" if prog and prog.loss is not None and training else "",
+                duration(prog.eta_s) if prog and training else "", score, terminal_safe(snap.reasons.get(r["id"], ""))]
+
+    def shown_cells(self, r: dict, snap: Snapshot) -> list:
+        """The cells of the columns shown, in their order."""
+        cells = self.cells(r, snap)
+        return [cells[COLUMNS.index(c)] for c in self.columns]
+
+    def add_columns(self, table: DataTable) -> None:
+        for c in self.columns:
+            table.add_column(c, key=c, width=WIDTHS[COLUMNS.index(c)])
+
+    def action_choose_columns(self) -> None:
+        """Pick the columns shown (remembered for the next session: keymap.save_columns)."""
+        from stilts_tui.tui.screens.columns import ColumnsScreen
+
+        def chosen(columns: list[str] | None) -> None:
+            if not columns or columns == self.columns:
+                return
+            from stilts_tui.tui.keymap import save_columns
+
+            self.columns = [c for c in COLUMNS if c in columns or c == "id"]
+            try:
+                save_columns(self.columns)
+            except OSError as e:
+                self.notify(f"the columns are not remembered: {e.strerror or e}", severity="warning")
+            table = self.query_one(DataTable)
+            table.clear(columns=True)
+            self.add_columns(table)
+            if self.snapshot:
+                self.rebuild(table, self.rows(self.snapshot), self.snapshot)
+
+        self.app.push_screen(ColumnsScreen(COLUMNS, self.columns), chosen)
 
     def show(self, snap: Snapshot) -> None:
         self.snapshot = snap
@@ -166,13 +234,16 @@ class QueueScreen(Screen):
             gpu_bar.display = bool(gpus)
         gpu_bar.update(gpus, layout=False)
         c = snap.counts
-        totals = (f"{c.get('done', 0)} done · {c.get('running', 0)} running · {c.get('queued', 0)} queued · "
+        totals = (f"{c.get('done', 0)} done · {c.get('running', 0)} running · "
+                  + (f"{c['waiting']} waiting in workers · " if c.get("waiting") else "")
+                  + f"{c.get('queued', 0)} queued · "
                   f"{c.get('failed', 0)} failed · {c.get('blocked', 0)} blocked · {c.get('cancelled', 0)} cancelled")
         if snap.eta_s is not None:
             totals += f" · ETA {duration(snap.eta_s)}"
         if snap.paused:
             totals += " · PAUSED"
-        totals += f" · sort: {self.sort}" + (f" · filter: {self.filter}" if self.filter else "")
+        totals += f" · sort: {self.sort}{' (reversed)' if self.reverse else ''}"
+        totals += f" · filter: {self.filter}" if self.filter else ""
         self._totals = totals
         table = self.query_one(DataTable)
         rows = self.rows(snap)
@@ -185,7 +256,7 @@ class QueueScreen(Screen):
         # every row in place (also when only the order changed)
         new = [r for r in rows if r["id"] not in had]
         for r in new[:APPEND_ROWS]:
-            table.add_row(*self.cells(r, snap), key=r["id"])
+            table.add_row(*self.shown_cells(r, snap), key=r["id"])
             self._state[r["id"]] = self.state_of(r, snap)
         self._shown += [r["id"] for r in new[:APPEND_ROWS]]
         if len(new) > APPEND_ROWS:  # the next chunk after this frame: a key waits for one chunk at most
@@ -198,9 +269,9 @@ class QueueScreen(Screen):
                 continue
             self._state[r["id"]] = state
             old = table.get_row(r["id"])
-            for col, (before, after) in enumerate(zip(old, self.cells(r, snap), strict=True)):
+            for col, (before, after) in enumerate(zip(old, self.shown_cells(r, snap), strict=True)):
                 if str(before) != str(after):
-                    table.update_cell(r["id"], COLUMNS[col], after)
+                    table.update_cell(r["id"], self.columns[col], after)
         self.show_totals()
 
     def rebuild(self, table: DataTable, rows: list[dict], snap: Snapshot) -> None:
@@ -209,7 +280,7 @@ class QueueScreen(Screen):
         table.clear()
         self._state = {}
         for r in rows:
-            table.add_row(*self.cells(r, snap), key=r["id"])
+            table.add_row(*self.shown_cells(r, snap), key=r["id"])
             self._state[r["id"]] = self.state_of(r, snap)
         self._shown = [r["id"] for r in rows]
         if current in self._shown:
@@ -232,7 +303,8 @@ class QueueScreen(Screen):
 
     def state_of(self, r: dict, snap: Snapshot) -> tuple:
         p = snap.progress.get(r["id"])
-        return (r["status"], r.get("gpu"), r.get("job_id"), r.get("slurm_state"), r.get("score"),
+        return (shown_status(r, snap), snap.reasons.get(r["id"]), r.get("gpu"), r.get("job_id"), r.get("slurm_state"),
+                r.get("score"),
                 r["id"] in self.marked, (p.step, p.total, p.loss, p.eta_s) if p else None)
 
     def current_id(self) -> str | None:
@@ -250,21 +322,30 @@ class QueueScreen(Screen):
     # -- actions --------------------------------------------------------------------------------
 
     def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.add_class("visible")
-        box.value = self.filter
-        box.focus()
+        """Ask for the filter (search) in a prompt that holds the keys until enter or escape."""
+        from stilts_tui.tui.screens.prompt import PromptScreen
 
-    @on(Input.Submitted, "#filter")
-    def apply_filter(self, event: Input.Submitted) -> None:
-        self.filter = event.value.strip()
-        event.input.remove_class("visible")
-        self.query_one(DataTable).focus()
-        if self.snapshot:
-            self.show(self.snapshot)
+        def apply(text: str | None) -> None:
+            if text is None:
+                return
+            self.filter = text
+            if self.snapshot:
+                self.show(self.snapshot)
+
+        self.app.push_screen(PromptScreen("Show only runs matching (id, plan, task, status, reason…; empty: all):",
+                                          self.filter, allow_empty=True), apply)
 
     def action_sort(self) -> None:
         self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+        if self.snapshot:
+            self.show(self.snapshot)
+
+    def action_cursor(self, where: str) -> None:
+        table = self.query_one(DataTable)
+        (table.action_cursor_down if where == "down" else table.action_cursor_up)()
+
+    def action_reverse(self) -> None:
+        self.reverse = not self.reverse
         if self.snapshot:
             self.show(self.snapshot)
 
@@ -278,7 +359,7 @@ class QueueScreen(Screen):
             self.marked.append(rid)
         if self.snapshot:  # only this row's status cell changes
             run = next((r for r in self.snapshot.runs if r["id"] == rid), None)
-            if run is not None:
+            if run is not None and "status" in self.columns:
                 self.query_one(DataTable).update_cell(rid, "status", self.cells(run, self.snapshot)[7])
                 self._state[rid] = self.state_of(run, self.snapshot)
         self.query_one(DataTable).action_cursor_down()
@@ -293,10 +374,23 @@ class QueueScreen(Screen):
         return ids
 
     def action_cancel(self) -> None:
-        ids = self._take_selection()
-        if ids:
-            self.notify(f"cancelling {len(ids)} run(s)…")
-            self.app.cancel_runs(ids)
+        ids = self.selected()
+        if not ids:
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                ids_now = self._take_selection()
+                self.notify(f"cancelling {len(ids_now)} {plural(len(ids_now), 'run')}…")
+                self.app.cancel_runs(ids_now)
+
+        if not self.app.confirm:
+            answered(True)
+            return
+        from stilts_tui.tui.screens.confirm import ConfirmScreen
+
+        what = f"the {len(ids)} marked runs" if self.marked else f"run {ids[0]}"
+        self.app.push_screen(ConfirmScreen(f"Cancel {what}? (a running run is stopped)"), answered)
 
     def action_retry(self) -> None:
         ids = self._take_selection()

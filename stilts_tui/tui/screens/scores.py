@@ -67,6 +67,15 @@ def distribution(c: results.Cell, width: int = 60) -> str:
     return "\n".join(rows + ["─" * width, axis, "", stats])
 
 
+def first_plan(runs: list[dict], plans: list[str], near: str | None) -> str:
+    """The plan the screen opens on: the one of the queue's selected run, else the newest plan with a
+    finished run, else the newest."""
+    if near in plans:
+        return near
+    finished = {r["plan"] for r in runs if r["status"] == "done"}
+    return next((p for p in reversed(plans) if p in finished), plans[-1])
+
+
 class CellScreen(ModalScreen):
     BINDINGS = [Binding("escape,q,enter", "app.pop_screen", "Close", id="cell.close")]
     DEFAULT_CSS = """
@@ -87,12 +96,13 @@ class CellScreen(ModalScreen):
 class ExportScreen(ModalScreen[str | None]):
     BINDINGS = [Binding("escape", "dismiss_none", "Close", id="export.close")]
     DEFAULT_CSS = """
-    ExportScreen { align: center middle; }
+    ExportScreen { align: right top; background: transparent; }
     ExportScreen > OptionList { width: 40; height: auto; border: round $accent; }
     """
 
     def compose(self) -> ComposeResult:
-        yield OptionList(*[f for f in results.FORMATS if f != "table"])
+        figures = results.figures_available()  # offer figures only where matplotlib is installed
+        yield OptionList(*[f for f in results.FORMATS if f != "table" and (figures or f not in results.FIGURES)])
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(str(event.option.prompt))
@@ -111,9 +121,10 @@ class ScoresScreen(Screen):
         Binding("e", "export", "Export", id="scores.export"),
     ]
 
-    def __init__(self, plan: str | None = None, **kw):
+    def __init__(self, plan: str | None = None, near: str | None = None, **kw):
         super().__init__(**kw)
         self.plan, self.view, self.table_data = plan, "mean", None
+        self.near = near  # the plan of the run the queue's cursor is on: shown first
         self.without_failed = False
 
     def compose(self) -> ComposeResult:
@@ -135,10 +146,11 @@ class ScoresScreen(Screen):
     @work(thread=True, exclusive=True, group="scores", exit_on_error=False)
     def load(self, advance: bool = False) -> None:
         """Read the plans and build the table off the UI thread (``advance``: the next plan first)."""
-        plans = list(Ledger(self.app.root).plans())
+        ledger = Ledger(self.app.root)
+        plans = list(ledger.plans())
         if plans and (self.plan is None or advance):
             self.plan = (plans[(plans.index(self.plan) + 1) % len(plans)] if advance and self.plan in plans
-                         else plans[-1] if self.plan is None else plans[0])
+                         else first_plan(ledger.runs(), plans, self.near) if self.plan is None else plans[0])
         if self.plan is None:
             self.app.call_from_thread(self.query_one("#title").update, "no plan queued yet")
             return
@@ -162,12 +174,15 @@ class ScoresScreen(Screen):
         table = self.query_one(DataTable)
         cursor = table.cursor_coordinate
         table.clear(columns=True)
-        table.add_column("from \\ target", key="row")
-        for t in data.targets:
-            table.add_column(f"{t} ({data.metrics.get(t, '')})", key=t)
-        for r in data.rows:
-            table.add_row(r, *(cell_text(data.cell(r, t), self.view, self.without_failed) for t in data.targets),
-                          key=r)
+        rows = [[Text(r), *(cell_text(data.cell(r, t), self.view, self.without_failed) for t in data.targets)]
+                for r in data.rows]
+        labels = ["from \\ target", *(f"{t} ({data.metrics.get(t, '')})" for t in data.targets)]
+        for i, (key, label) in enumerate(zip(["row", *data.targets], labels, strict=True)):
+            # each column as wide as its widest cell, set here: never a frame drawn with cells cut short
+            width = max([len(label), *(row[i].cell_len for row in rows)])
+            table.add_column(label, key=key, width=width)
+        for r, row in zip(data.rows, rows, strict=True):
+            table.add_row(*row, key=r)
         if cursor.row < table.row_count and cursor.column < len(table.columns):
             table.cursor_coordinate = cursor
 

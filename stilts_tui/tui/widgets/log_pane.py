@@ -16,9 +16,11 @@ from rich.highlighter import Highlighter
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import Input, Log, Static
+from textual.widgets import Log, Static
 
 from stilts_tui.contract import TRAIN_LOG
+from stilts_tui.fmt import terminal_safe
+from stilts_tui.rundir import RUN_ID_RE
 from stilts_tui.tui.data import tail_lines
 
 ERROR_RE = re.compile(r"(error|traceback|exception|failed|out of memory|\boom\b)", re.IGNORECASE)
@@ -40,14 +42,13 @@ class LogPane(Vertical):
     LogPane > .title { height: 1; background: $boost; }
     LogPane > .title.active { background: $accent; color: $text; text-style: bold; }
     LogPane > Log { height: 1fr; }
-    LogPane > Input { display: none; }
-    LogPane > Input.visible { display: block; }
     """
 
     def __init__(self, root: Path, run_id: str, **kw):
         super().__init__(**kw)
         self.root, self.run_id = root, run_id
-        self.path = root / run_id / TRAIN_LOG
+        # a damaged row's id that is no run id never becomes a path: nothing to follow
+        self.path = root / run_id / TRAIN_LOG if RUN_ID_RE.fullmatch(run_id) else root / ".no-such-log"
         self._lines: deque[str] = deque(maxlen=MAX_LINES)
         self._pending: list[str] = []
         self._lock = threading.Lock()
@@ -56,12 +57,11 @@ class LogPane(Vertical):
         self.filter = ""
 
     def compose(self) -> ComposeResult:
-        yield Static(self.run_id, classes="title")
+        yield Static(Text(terminal_safe(self.run_id)), classes="title")
         log = Log(max_lines=MAX_LINES, highlight=True, auto_scroll=True)
         log.can_focus = False  # the screen routes keys to the active pane (see screens/logs.py)
         log.highlighter = ErrorHighlighter()
         yield log
-        yield Input(placeholder="filter lines (enter to apply, empty to clear)", classes="filter")
 
     def on_mount(self) -> None:
         self._thread = threading.Thread(target=self._watch, daemon=True, name=f"tail-{self.run_id}")
@@ -107,25 +107,16 @@ class LogPane(Vertical):
         line it shows."""
         self.query_one(".title", Static).set_class(active, "active")
 
-    def toggle_filter(self) -> None:
-        box = self.query_one(Input)
-        box.toggle_class("visible")
-        if box.has_class("visible"):
-            box.focus()
-        else:
-            self.screen.set_focus(None)
-
     def on_click(self) -> None:
         activate = getattr(self.screen, "activate", None)
         if activate is not None:
             activate(self)
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
-        self.filter = event.value.strip()
+    def set_filter(self, text: str) -> None:
+        """Show only the lines holding ``text`` (case-insensitive); an empty text shows every line."""
+        self.filter = text.strip()
         log = self.query_one(Log)
         log.clear()
         lines = [x for x in self._lines if self.filter.lower() in x.lower()] if self.filter else list(self._lines)
         log.write_lines(lines)
-        self.query_one(Input).remove_class("visible")
-        self.screen.set_focus(None)  # keys go back to the screen (and to the active pane)
+        self.query_one(".title", Static).update(self.run_id + (f"  filter: {self.filter}" if self.filter else ""))

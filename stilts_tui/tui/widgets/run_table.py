@@ -43,7 +43,12 @@ class Cell:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         value = self.value
-        yield value if isinstance(value, Text) else Text(value, end="", no_wrap=True)
+        if isinstance(value, Text):  # a value wider than its column ends in "…", never silently cut
+            value = value.copy()
+            value.no_wrap, value.overflow, value.end = True, "ellipsis", ""
+            yield value
+        else:
+            yield Text(value, end="", no_wrap=True, overflow="ellipsis")
 
     def __str__(self) -> str:
         return self.value.plain if isinstance(self.value, Text) else self.value

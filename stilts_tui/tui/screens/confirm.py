@@ -1,0 +1,43 @@
+"""A yes/no question before a destructive key does its work (cancel, quit, overwrite a plan file).
+``STILTS_CONFIRM=0`` turns the questions off (see docs/tui.md)."""
+
+from __future__ import annotations
+
+import os
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Label
+
+
+def confirm_wanted() -> bool:
+    """Ask before destructive keys unless ``$STILTS_CONFIRM`` is 0, no, off or false."""
+    return os.environ.get("STILTS_CONFIRM", "1").strip().lower() not in ("0", "no", "off", "false")
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """``question`` and y / n: dismissed with True for y (or enter), False for n (or escape); every other
+    key is swallowed, so a key typed ahead never acts behind the question."""
+
+    BINDINGS = [
+        Binding("y,enter", "answer(True)", "Yes", id="confirm.yes"),
+        Binding("n,escape", "answer(False)", "No", id="confirm.no"),
+    ]
+    DEFAULT_CSS = """
+    ConfirmScreen { align: center middle; }
+    ConfirmScreen > Vertical { width: 70; height: auto; border: round $warning; padding: 1 2; background: $panel; }
+    """
+
+    def __init__(self, question: str):
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self.question)
+            yield Label("[b]y[/b] yes   [b]n[/b] no", id="answers")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
