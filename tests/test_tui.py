@@ -464,7 +464,8 @@ async def test_palette_keys_sent_at_once_on_a_busy_machine_are_all_applied_in_or
     async with app_for(prepared).run_test(size=(170, 40)) as pilot:
         screen = await ready(pilot)
         burst(pilot, "ctrl+p", *"queue", *["backspace"] * 8, *"pause")
-        await until(pilot, lambda: isinstance(pilot.app.screen, CommandPalette), "the palette")
+        await until(pilot, lambda: isinstance(pilot.app.screen, CommandPalette)
+                    and pilot.app.screen.query(CommandInput), "the palette and its input")
         box = pilot.app.screen.query_one(CommandInput)
         await until(pilot, lambda: box.value == "pause", f"'pause' in the palette (it reads {box.value!r})", 60)
         commands = pilot.app.screen.query_one(CommandList)

@@ -8,10 +8,10 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label
 
-from stilts_tui.tui.widgets.inputs import KeyedInput
+from stilts_tui.tui.widgets.inputs import KeyedInput, KeysToInput
 
 
-class PromptScreen(ModalScreen[str | None]):
+class PromptScreen(KeysToInput, ModalScreen[str | None]):
     BINDINGS = [Binding("escape", "dismiss_none", "Close", id="prompt.close")]
     DEFAULT_CSS = """
     PromptScreen { align: center middle; }

@@ -30,6 +30,32 @@ class InOrder:
         await super()._on_key(event)
 
 
+class KeysToInput:
+    """Mixin for a screen with one input that takes every key. Keys the screen gets before its input
+    exists (the screen was pushed by the key before them; its input mounts a moment later) are held
+    and typed into the input once it has focus; keys that come while it exists but has no focus go
+    straight into it. Before, they fell through to the app's keys ("o" opened the scores, "q" quit)."""
+
+    async def on_key(self, event: events.Key) -> None:
+        box = self.query(Input).first() if self.query(Input) else None
+        if box is not None and (box.has_focus or event.key == "escape"):
+            return
+        if box is not None and not (event.is_printable or event.key in box._bindings.key_to_bindings):
+            return
+        event.stop()
+        event.prevent_default()
+        if box is None:
+            self.__dict__.setdefault("_held_keys", []).append(event)
+            return
+        box.focus()
+        await box._on_key(event)
+
+    async def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        box = self.query(Input).first() if self.query(Input) else None
+        for held in self.__dict__.pop("_held_keys", []) if box is not None else []:
+            await box._on_key(held)
+
+
 class KeyedInput(InOrder, Input):
     """An Input whose keys are applied in the order they were typed."""
 
@@ -38,7 +64,7 @@ class KeyedCommandInput(InOrder, CommandInput):
     """The command palette's input, with its keys applied in order."""
 
 
-class Palette(CommandPalette):
+class Palette(KeysToInput, CommandPalette):
     """Textual's command palette with a :class:`KeyedCommandInput` (its layout as Textual composes it)."""
 
     def compose(self):
