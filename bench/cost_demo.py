@@ -29,8 +29,10 @@ def main() -> None:
     plan_path = demo.write_demo(work / "plans")
     plan, runs = plans.load_and_expand(plan_path)
     before = cost.estimate(plan, runs, cost.measured(root))
-    print(f"before queuing: {len(runs)} runs, {before.total.steps} steps, "
-          f"{before.total.seconds:.0f} s estimated ({'; '.join(before.notes)})")
+    print(
+        f"before queuing: {len(runs)} runs, {before.total.steps} steps, "
+        f"{before.total.seconds:.0f} s estimated ({'; '.join(before.notes)})"
+    )
     ops.add_plan(plan_path, root)
     t0 = time.time()
     ops.start_daemon(root, ["--cpu-slots", "1", "--worker-runs", "4", "--interval", "0.5"])
@@ -44,10 +46,14 @@ def main() -> None:
     walls = [json.loads((root / r["id"] / "result.json").read_text()).get("wall_seconds") or 0 for r in led]
     after = cost.estimate(plan, runs, cost.measured(root))
     print(f"statuses: {sorted({r['status'] for r in led})}")
-    print(f"actual: {sum(walls):.0f} s of run time (sum of wall_seconds), {elapsed:.0f} s elapsed "
-          f"from daemon start to the last run's end")
-    print(f"estimate before (defaults): {before.total.seconds:.0f} s; estimate after (measured): "
-          f"{after.total.seconds:.0f} s ({'; '.join(after.notes)})")
+    print(
+        f"actual: {sum(walls):.0f} s of run time (sum of wall_seconds), {elapsed:.0f} s elapsed "
+        f"from daemon start to the last run's end"
+    )
+    print(
+        f"estimate before (defaults): {before.total.seconds:.0f} s; estimate after (measured): "
+        f"{after.total.seconds:.0f} s ({'; '.join(after.notes)})"
+    )
     print(f"work folder: {work}")
 
 

@@ -47,27 +47,98 @@ class Sizes:
     lora: list[str]
 
 
-SMOKE = Sizes("tiny", 37, 16, 8, 40,
-              grid=["--size", "tiny", "--runs", "4", "--samples", "64", "--dev", "16", "--max-len", "40",
-                    "--batch", "8", "--gpus", "", "--fuse", "4"],
-              single=["--size", "tiny", "--runs", "1", "--samples", "64", "--dev", "16", "--max-len", "40",
-                      "--batch", "8", "--modes", "off"],  # the CPU: inductor is checked above, once
-              hf=["--size", "tiny", "--runs", "1", "--samples", "64", "--dev", "16", "--epochs", "1",
-                  "--max-len", "40", "--batch", "8"],
-              synth=["--size", "tiny", "--prompts", "8", "--single", "4", "--batch-size", "8"],
-              lora=["--model", "tiny", "--runs", "3", "--train", "32", "--threads", "1"])
+SMOKE = Sizes(
+    "tiny",
+    37,
+    16,
+    8,
+    40,
+    grid=[
+        "--size",
+        "tiny",
+        "--runs",
+        "4",
+        "--samples",
+        "64",
+        "--dev",
+        "16",
+        "--max-len",
+        "40",
+        "--batch",
+        "8",
+        "--gpus",
+        "",
+        "--fuse",
+        "4",
+    ],
+    single=[
+        "--size",
+        "tiny",
+        "--runs",
+        "1",
+        "--samples",
+        "64",
+        "--dev",
+        "16",
+        "--max-len",
+        "40",
+        "--batch",
+        "8",
+        "--modes",
+        "off",
+    ],  # the CPU: inductor is checked above, once
+    hf=[
+        "--size",
+        "tiny",
+        "--runs",
+        "1",
+        "--samples",
+        "64",
+        "--dev",
+        "16",
+        "--epochs",
+        "1",
+        "--max-len",
+        "40",
+        "--batch",
+        "8",
+    ],
+    synth=["--size", "tiny", "--prompts", "8", "--single", "4", "--batch-size", "8"],
+    lora=["--model", "tiny", "--runs", "3", "--train", "32", "--threads", "1"],
+)
 # The branch checks use the tiny RoBERTa: on one H100 (2026-11-26) the four compiled runs of
 # RoBERTa-base took 191 s and the fused array of 3 over 138 s, nearly all of it inductor compiling; the
 # branches do not depend on the size. The grid is 8 runs of RoBERTa-base, the single-run figures
 # RoBERTa-large, so that the whole script fits one 7-minute device call.
-GPU = Sizes("tiny", 203, 64, 16, 128,
-            grid=["--size", "base", "--runs", "8", "--samples", "320", "--dev", "64", "--max-len", "128",
-                  "--gpus", "0", "--fuse", "auto", "--modes", "reference,queue,fused"],
-            single=["--size", "large", "--runs", "1", "--samples", "800", "--dev", "64", "--modes", "off,inductor"],
-            hf=["--size", "large", "--runs", "1", "--samples", "800", "--dev", "64", "--epochs", "1",
-                "--max-len", "128"],
-            synth=["--size", "medium", "--prompts", "128", "--single", "8", "--batch-size", "64"],
-            lora=["--model", "base", "--device", "cuda", "--train", "512", "--threads", "4"])
+GPU = Sizes(
+    "tiny",
+    203,
+    64,
+    16,
+    128,
+    grid=[
+        "--size",
+        "base",
+        "--runs",
+        "8",
+        "--samples",
+        "320",
+        "--dev",
+        "64",
+        "--max-len",
+        "128",
+        "--gpus",
+        "0",
+        "--fuse",
+        "auto",
+        "--modes",
+        "reference,queue,fused",
+    ],
+    single=["--size", "large", "--runs", "1", "--samples", "800", "--dev", "64", "--modes", "off,inductor"],
+    hf=["--size", "large", "--runs", "1", "--samples", "800", "--dev", "64", "--epochs", "1", "--max-len", "128"],
+    synth=["--size", "medium", "--prompts", "128", "--single", "8", "--batch-size", "64"],
+    lora=["--model", "base", "--device", "cuda", "--train", "512", "--threads", "4"],
+)
 
 
 def say(kind: str, name: str, text: str = "") -> None:
@@ -98,18 +169,33 @@ class Env:
 
         self.sizes, self.cuda, self.work = sizes, cuda, work
         self.model = workload.build_model(work / "model", sizes.model)
-        train, dev = workload.build_data(work / "data", sizes.n_train, sizes.n_dev, max_len=sizes.max_len,
-                                         median=max(8, sizes.max_len // 2))
+        train, dev = workload.build_data(
+            work / "data", sizes.n_train, sizes.n_dev, max_len=sizes.max_len, median=max(8, sizes.max_len // 2)
+        )
         self.task = workload.task_spec(train, dev)
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-                    "TORCHINDUCTOR_CACHE_DIR": str(work / ".inductor"), "TRITON_CACHE_DIR": str(work / ".triton")}
+        self.env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "TORCHINDUCTOR_CACHE_DIR": str(work / ".inductor"),
+            "TRITON_CACHE_DIR": str(work / ".triton"),
+        }
         self.runs = work / "runs"
 
     def run_dir(self, run_id: str, seed: int = 1, debug: dict | None = None, **params) -> Path:
         from stilts_tui.train import workload
 
-        p = {"lr": 5e-5 if self.cuda else 1e-3, "batch_size": self.sizes.batch, "warmup": 0.1, "epochs": 1,
-             "max_len": self.sizes.max_len, "weight_decay": 0.0, "grad_accum": 1, "precision": "bf16", **params}
+        p = {
+            "lr": 5e-5 if self.cuda else 1e-3,
+            "batch_size": self.sizes.batch,
+            "warmup": 0.1,
+            "epochs": 1,
+            "max_len": self.sizes.max_len,
+            "weight_decay": 0.0,
+            "grad_accum": 1,
+            "precision": "bf16",
+            **params,
+        }
         d = workload.write_run(self.runs, run_id, self.model, self.task, p, seed)
         if debug:
             spec = json.loads((d / "spec.json").read_text())
@@ -119,27 +205,42 @@ class Env:
 
     def train(self, dirs: list[Path], *flags: str, timeout: float = 600) -> list[dict]:
         device = "cuda" if self.cuda else "cpu"
-        out = subprocess.run([sys.executable, "-m", "stilts_tui.train", "--device", device, *flags,
-                              *map(str, dirs)], env=self.env, capture_output=True, text=True,
-                             timeout=min(timeout, max(left(), 30)))
+        out = subprocess.run(
+            [sys.executable, "-m", "stilts_tui.train", "--device", device, *flags, *map(str, dirs)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=min(timeout, max(left(), 30)),
+        )
         last = (out.stderr.strip().splitlines() or ["no output"])[-1][:300]
         results = {d.name: json.loads((d / "result.json").read_text()) for d in dirs if (d / "result.json").exists()}
         for name, r in results.items():  # what each run took, to read compile costs off the log
-            say("INFO", f"run_{name}", f"{r.get('status')}, train {r.get('train_seconds')} s, wall "
+            say(
+                "INFO",
+                f"run_{name}",
+                f"{r.get('status')}, train {r.get('train_seconds')} s, wall "
                 f"{r.get('wall_seconds')} s, {r.get('samples_per_s')} samples/s, compile {r.get('compile')}"
                 f"{' (fallback ' + str(r['compile_fallback']) + ')' if r.get('compile_fallback') else ''}, "
-                f"peak {r.get('peak_gpu_mem_gb')} GB, score {r.get('score')}")
+                f"peak {r.get('peak_gpu_mem_gb')} GB, score {r.get('score')}",
+            )
         unexpected = [d.name for d in dirs if (results.get(d.name) or {}).get("status") not in ("done", "oom")]
         if out.returncode not in (0, 1) or unexpected:  # the trainer's own words, for whoever reads the log
             say("INFO", "trainer", f"{' '.join(flags)}: exit {out.returncode}; not done: {unexpected}")
             for ln in [x for x in out.stderr.strip().splitlines() if x.strip()][-25:]:
                 say("INFO", "trainer", ln[:400])
-        return [results.get(d.name) or {"status": "no result.json", "error": f"trainer exit {out.returncode}: {last}"}
-                for d in dirs]
+        return [
+            results.get(d.name) or {"status": "no result.json", "error": f"trainer exit {out.returncode}: {last}"}
+            for d in dirs
+        ]
 
     def cli(self, *args: str, root: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "stilts_tui.cli", "--runs-dir", str(root or self.runs), *args],
-                              env=self.env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "stilts_tui.cli", "--runs-dir", str(root or self.runs), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 GPU_FLAGS = ["--compile", "inductor", "--pad", "buckets", "--group", "on"]
@@ -152,8 +253,9 @@ def setup_problem(r: dict, **want) -> str | None:
     setup = r.get("setup") or {}
     wrong = {k: setup.get(k) for k, v in want.items() if setup.get(k) != v}
     if wrong:
-        return f"setup {wrong} where {want} was asked" + (f" (compile fallback: {r['compile_fallback']})"
-                                                          if r.get("compile_fallback") else "")
+        return f"setup {wrong} where {want} was asked" + (
+            f" (compile fallback: {r['compile_fallback']})" if r.get("compile_fallback") else ""
+        )
     return None
 
 
@@ -161,23 +263,29 @@ def compiled_runs(e: Env) -> dict[str, dict]:
     """One trainer process for the compiled branches (one compile, as a worker pays it): a run alone
     with the GPU's flags, one with grad_accum 2, one that runs out of memory, and one after it."""
     if not hasattr(e, "compiled"):
-        dirs = {"alone": e.run_dir("alone"), "accum": e.run_dir("accum-inductor", grad_accum=2),
-                "oom-hit": e.run_dir("oom-hit", debug={"oom_at_step": 2}), "oom-next": e.run_dir("oom-next")}
+        dirs = {
+            "alone": e.run_dir("alone"),
+            "accum": e.run_dir("accum-inductor", grad_accum=2),
+            "oom-hit": e.run_dir("oom-hit", debug={"oom_at_step": 2}),
+            "oom-next": e.run_dir("oom-next"),
+        }
         e.compiled = dict(zip(dirs, e.train(list(dirs.values()), *GPU_FLAGS), strict=True))
     return e.compiled
 
 
 def trainer_compiled(e: Env) -> str | None:
-    return setup_problem(compiled_runs(e)["alone"], compile="inductor", pad="buckets", batching="grouped",
-                         precision="bf16")
+    return setup_problem(
+        compiled_runs(e)["alone"], compile="inductor", pad="buckets", batching="grouped", precision="bf16"
+    )
 
 
 def grad_accum_compiled(e: Env, mode: str) -> str | None:
     if mode == "inductor":
         r = compiled_runs(e)["accum"]
     else:
-        [r] = e.train([e.run_dir(f"accum-{mode}", grad_accum=2)], "--compile", mode, "--pad", "buckets", "--group",
-                      "on")
+        [r] = e.train(
+            [e.run_dir(f"accum-{mode}", grad_accum=2)], "--compile", mode, "--pad", "buckets", "--group", "on"
+        )
     return setup_problem(r, compile=mode, pad="buckets")
 
 
@@ -287,10 +395,20 @@ def figures(e: Env, s: Sizes) -> None:
     gpu = [] if not e.cuda else ["--gpu-flags"]
     peak_memory(e)
     figure("grid", [str(HERE / "grid_throughput.py"), *s.grid, "--workdir", str(e.work / "grid")], e, 600)
-    figure("single_run_vs_reference", [str(HERE / "trainer_throughput.py"), *s.single, "--workdir",
-                                       str(e.work / "single")], e, 300, keep=lambda ln: ln[:1] != " ")
-    figure("single_run_vs_hf_trainer", [str(HERE / "vs_hf_trainer.py"), *s.hf, *gpu, "--workdir",
-                                        str(e.work / "hf")], e, 300, keep=lambda ln: not ln.startswith(" "))
+    figure(
+        "single_run_vs_reference",
+        [str(HERE / "trainer_throughput.py"), *s.single, "--workdir", str(e.work / "single")],
+        e,
+        300,
+        keep=lambda ln: ln[:1] != " ",
+    )
+    figure(
+        "single_run_vs_hf_trainer",
+        [str(HERE / "vs_hf_trainer.py"), *s.hf, *gpu, "--workdir", str(e.work / "hf")],
+        e,
+        300,
+        keep=lambda ln: not ln.startswith(" "),
+    )
     figure("synth", [str(HERE / "synth.py"), *s.synth], e, 120)
     # 8 full fine-tunes alone, 8 LoRA runs alone, the 8 fused over one frozen encoder (issue 26)
     figure("lora_grid", [str(HERE / "lora_grid.py"), *s.lora], e, 300)
@@ -300,8 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="the CPU, tiny sizes (CI)")
     ap.add_argument("--only", choices=("branches", "figures"), default=None)
-    ap.add_argument("--deadline", type=float, default=float("inf"),
-                    help="seconds after which nothing new starts and running figures are cut (a device lease)")
+    ap.add_argument(
+        "--deadline",
+        type=float,
+        default=float("inf"),
+        help="seconds after which nothing new starts and running figures are cut (a device lease)",
+    )
     args = ap.parse_args(argv)
     DEADLINE[0] = args.deadline
     import torch
@@ -309,8 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available() and not args.smoke
     sizes = GPU if cuda else SMOKE
     gpu = torch.cuda.get_device_name(0) if cuda else "none (CPU)"
-    print(f"# gpu_check: {'GPU' if cuda else 'smoke (CPU)'}; GPU {gpu}; torch {torch.__version__}; "
-          f"RoBERTa-{sizes.model} random init", flush=True)
+    print(
+        f"# gpu_check: {'GPU' if cuda else 'smoke (CPU)'}; GPU {gpu}; torch {torch.__version__}; "
+        f"RoBERTa-{sizes.model} random init",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="stilts-gpu-check-") as d:
         e = Env(sizes, cuda, Path(d))
         if args.only != "figures":

@@ -61,8 +61,9 @@ ENDED = ("done", "failed", "cancelled", "blocked")
 
 def stilts(*args: str, root: Path) -> str:
     # the CLI as a module: a GPU box with the package on PYTHONPATH has no stilts-tui script
-    out = subprocess.run([sys.executable, "-m", "stilts_tui.cli", "--runs-dir", str(root), *args],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "stilts_tui.cli", "--runs-dir", str(root), *args], capture_output=True, text=True
+    )
     if out.returncode:
         raise SystemExit(f"stilts-tui {' '.join(args)}: {out.stderr.strip()}")
     return out.stdout
@@ -81,8 +82,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--runs", type=int, default=16, help="a multiple of 4: 4 learning rates x runs/4 seeds")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--dropout", type=float, default=None, help="the model's dropout (default RoBERTa's 0.1); "
-                    "with 0 a fused run's score equals the run alone's")
+    ap.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help="the model's dropout (default RoBERTa's 0.1); with 0 a fused run's score equals the run alone's",
+    )
     ap.add_argument("--lrs", default="5e-6,1e-5,2e-5,3e-5", help="the grid's 4 learning rates")
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--per-gpu", type=int, default=4)
@@ -104,9 +109,18 @@ def write_plan(work: Path, args: argparse.Namespace) -> Path:
     model = workload.build_model(work / "model", args.size, dropout=args.dropout)
     train, dev = workload.build_data(work / "data", args.samples, args.dev, max_len=args.max_len)
     plan = work / "grid.toml"
-    plan.write_text(PLAN.format(model=model, seeds=list(range(1, args.runs // 4 + 1)), batch=args.batch,
-                                max_len=args.max_len, train=train, dev=dev, epochs=args.epochs,
-                                lrs=[float(x) for x in args.lrs.split(",")]))
+    plan.write_text(
+        PLAN.format(
+            model=model,
+            seeds=list(range(1, args.runs // 4 + 1)),
+            batch=args.batch,
+            max_len=args.max_len,
+            train=train,
+            dev=dev,
+            epochs=args.epochs,
+            lrs=[float(x) for x in args.lrs.split(",")],
+        )
+    )
     return plan
 
 
@@ -149,8 +163,16 @@ def wait_for(root: Path, timeout: float) -> list[dict]:
 def run_daemon(plan: Path, root: Path, mode: str, args: argparse.Namespace) -> tuple[float, list[dict]]:
     """`queue add` then the daemon in one mode; wall time from the daemon's start to the last run's end."""
     stilts("queue", "add", str(plan), "--no-daemon", root=root)
-    daemon = ["daemon", "start", "--per-gpu", str(args.per_gpu), "--worker-runs", str(args.worker_runs),
-              "--interval", "0.5"] + (["--gpus", args.gpus] if args.gpus else [])
+    daemon = [
+        "daemon",
+        "start",
+        "--per-gpu",
+        str(args.per_gpu),
+        "--worker-runs",
+        str(args.worker_runs),
+        "--interval",
+        "0.5",
+    ] + (["--gpus", args.gpus] if args.gpus else [])
     daemon += ["--mps"] if mode == "queue+mps" else ["--fuse", args.fuse] if mode == "fused" else []
     t = time.time()
     stilts(*daemon, root=root)
@@ -183,16 +205,24 @@ def daemon_mode(plan: Path, work: Path, mode: str, args: argparse.Namespace, ref
     failed = [f"{r['id']} ({r['status']})" for r in runs if r["status"] != "done"]
     arrays = sorted({r.get("fused") or 1 for r in runs}, reverse=True)
     how = f"fuse {args.fuse}, array sizes {arrays}" if mode == "fused" else f"per-gpu {args.per_gpu}"
-    report(f"{mode} ({how})", wall, [r["score"] for r in runs if r["status"] == "done"], ref_wall,
-           f"; {len(failed)} runs not done: {failed}" if failed else "")
+    report(
+        f"{mode} ({how})",
+        wall,
+        [r["score"] for r in runs if r["status"] == "done"],
+        ref_wall,
+        f"; {len(failed)} runs not done: {failed}" if failed else "",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="stilts-grid-"))
     plan = write_plan(work, args)
-    print(f"grid: {args.runs} runs of RoBERTa-{args.size} (random init), {args.samples} pairs, {args.epochs} epochs, "
-          f"lrs {args.lrs}, batch {args.batch}, max_len {args.max_len}, modes {','.join(args.modes)}", flush=True)
+    print(
+        f"grid: {args.runs} runs of RoBERTa-{args.size} (random init), {args.samples} pairs, {args.epochs} epochs, "
+        f"lrs {args.lrs}, batch {args.batch}, max_len {args.max_len}, modes {','.join(args.modes)}",
+        flush=True,
+    )
     ref_wall = None
     if "reference" in args.modes:
         ref_wall, scores = run_reference(plan, work / "reference")

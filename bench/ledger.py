@@ -75,8 +75,10 @@ def main() -> None:
             tv = statistics.median(x[op] for x in t) * 1000
             ratio = f"{tv / sv:6.1f}x" if tv == tv else "    -"
             print(f"{n:>6} {op:<12} {sv:>12.1f} {tv:>18.1f} {ratio:>7}")
-    print("targets: 10,000-run add < 2000 ms; status update < 20 ms; list < 200 ms "
-          "(update_cold: another process's update, re-reading the file)")
+    print(
+        "targets: 10,000-run add < 2000 ms; status update < 20 ms; list < 200 ms "
+        "(update_cold: another process's update, re-reading the file)"
+    )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,18 @@ def task(folder: Path, n_train: int, model: str) -> dict:
 def write_runs(root: Path, method: str, model: Path, spec: dict, args, n: int = 8) -> list[Path]:
     dirs = []
     for j, (seed, i) in enumerate(GRID[:n]):
-        p = {"lr": LRS[method][i], "batch_size": 16, "warmup": 0.1, "epochs": args.epochs, "max_len": 24,
-             "weight_decay": 0.0, "grad_accum": 1, "precision": "fp32", "transfer": "all", "pad": "max"}
+        p = {
+            "lr": LRS[method][i],
+            "batch_size": 16,
+            "warmup": 0.1,
+            "epochs": args.epochs,
+            "max_len": 24,
+            "weight_decay": 0.0,
+            "grad_accum": 1,
+            "precision": "fp32",
+            "transfer": "all",
+            "pad": "max",
+        }
         if method == "lora":
             p.update(method="lora", lora=LORA)
         dirs.append(workload.write_run(root, f"{j:04d}{method[0] * 8}", model, spec, p, seed))
@@ -65,8 +75,12 @@ def trainer(dirs: list[Path], args, *flags: str) -> tuple[float, float]:
     the allocator's peak on CUDA (result.json's peak_gpu_mem_gb)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "STILTS_DEVICE": args.device}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "stilts_tui.train", *flags, *map(str, dirs)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stilts_tui.train", *flags, *map(str, dirs)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
@@ -117,11 +131,21 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=64, help="training pairs (16 a batch)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of each trainer process")
-    ap.add_argument("--runs", type=int, default=8, choices=range(3, 9), metavar="K",
-                    help="runs in the grid, 3 to 8 (8: the issue's figure; fewer for gpu_check --smoke)")
+    ap.add_argument(
+        "--runs",
+        type=int,
+        default=8,
+        choices=range(3, 9),
+        metavar="K",
+        help="runs in the grid, 3 to 8 (8: the issue's figure; fewer for gpu_check --smoke)",
+    )
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    ap.add_argument("--model", default="minilm", choices=("minilm", "tiny", "base", "large"),
-                    help="the pretrained MiniLM, or a random-init RoBERTa of that size (bench/gpu_check.py)")
+    ap.add_argument(
+        "--model",
+        default="minilm",
+        choices=("minilm", "tiny", "base", "large"),
+        help="the pretrained MiniLM, or a random-init RoBERTa of that size (bench/gpu_check.py)",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="lora_grid.") as tmp:
@@ -134,16 +158,33 @@ def main() -> None:
         else:
             model = workload.build_model(root / "model", args.model)
         spec = task(root / "data", args.train, args.model)
-        out: dict = {"load": os.getloadavg(), "train": args.train, "epochs": args.epochs, "threads": args.threads,
-                     "device": args.device, "model": args.model, "runs": args.runs}
-        for way, method, flags in (("full_alone", "full", ()), ("lora_alone", "lora", ()),
-                                   ("lora_fused", "lora", ("--fuse", str(args.runs)))):
+        out: dict = {
+            "load": os.getloadavg(),
+            "train": args.train,
+            "epochs": args.epochs,
+            "threads": args.threads,
+            "device": args.device,
+            "model": args.model,
+            "runs": args.runs,
+        }
+        for way, method, flags in (
+            ("full_alone", "full", ()),
+            ("lora_alone", "lora", ()),
+            ("lora_fused", "lora", ("--fuse", str(args.runs))),
+        ):
             dirs = write_runs(root / way, method, model, spec, args, n=args.runs)
             runs = [trainer(dirs, args, *flags)] if flags else [trainer([d], args) for d in dirs]
-            out[way] = {"wall_s": sum(w for w, _ in runs), "peak_mb": max(m for _, m in runs),
-                        "peak_mb_each": [round(m, 1) for _, m in runs], "scores": scores(dirs)}
-            print(f"{way:11s} wall {out[way]['wall_s']:7.1f} s  peak {out[way]['peak_mb']:7.1f} MB a process  "
-                  f"scores {' '.join(f'{s:.3f}' for s in out[way]['scores'])}", flush=True)
+            out[way] = {
+                "wall_s": sum(w for w, _ in runs),
+                "peak_mb": max(m for _, m in runs),
+                "peak_mb_each": [round(m, 1) for _, m in runs],
+                "scores": scores(dirs),
+            }
+            print(
+                f"{way:11s} wall {out[way]['wall_s']:7.1f} s  peak {out[way]['peak_mb']:7.1f} MB a process  "
+                f"scores {' '.join(f'{s:.3f}' for s in out[way]['scores'])}",
+                flush=True,
+            )
         two = write_runs(root / "fused2", "lora", model, spec, args, n=2)
         _, peak2 = trainer(two, args, "--fuse", "2")
         out["load_end"] = os.getloadavg()
@@ -158,20 +199,35 @@ def report(out: dict, peak2: float, model: Path) -> None:
     k = out["runs"]
     extra = (out["lora_fused"]["peak_mb"] - peak2) / (k - 2)
     speed = out["lora_alone"]["wall_s"] / out["lora_fused"]["wall_s"]
-    out.update(speedup_fused_vs_lora_alone=speed, speedup_fused_vs_full_alone=out["full_alone"]["wall_s"] /
-               out["lora_fused"]["wall_s"], peak_mb_fused2=peak2, extra_member_mb=extra, member_owns_mb=owns,
-               member_trainable=trainable, member_activation_mb=act / 2**20, full_state_mb=16 * total / 2**20)
-    print(f"fused array of {k} vs the LoRA runs alone: {speed:.2f}x (goal >= {GOAL_SPEEDUP}x); vs the full "
-          f"fine-tunes alone: {out['speedup_fused_vs_full_alone']:.2f}x")
-    print(f"memory: array of 2 peaked at {peak2:.1f} MB, of {k} at {out['lora_fused']['peak_mb']:.1f} MB: "
-          f"{extra:.1f} MB each extra member")
-    print(f"a member owns {owns:.1f} MB: {trainable:,} adapter and head parameters x 16 bytes (weights, gradients, "
-          f"AdamW m and v) = {16 * trainable / 2**20:.1f} MB + {act / 2**20:.1f} MB of saved activations; "
-          f"measured / owned = {extra / owns:.3f} (goal within {GOAL_MEMORY:.0%}); a full fine-tune's weights, "
-          f"gradients and AdamW state: {16 * total / 2**20:.1f} MB a run")
-    print(f"on a GPU the fused array's frozen matmuls are one batch of K x B rows: the encoder's weights are "
-          f"read once a layer for the K members (memory-bound kernels at B = 16), so the speed-up should exceed the "
-          f"CPU's, where the matmuls are already compute-bound; {out['device']}, {out['model']}")
+    out.update(
+        speedup_fused_vs_lora_alone=speed,
+        speedup_fused_vs_full_alone=out["full_alone"]["wall_s"] / out["lora_fused"]["wall_s"],
+        peak_mb_fused2=peak2,
+        extra_member_mb=extra,
+        member_owns_mb=owns,
+        member_trainable=trainable,
+        member_activation_mb=act / 2**20,
+        full_state_mb=16 * total / 2**20,
+    )
+    print(
+        f"fused array of {k} vs the LoRA runs alone: {speed:.2f}x (goal >= {GOAL_SPEEDUP}x); vs the full "
+        f"fine-tunes alone: {out['speedup_fused_vs_full_alone']:.2f}x"
+    )
+    print(
+        f"memory: array of 2 peaked at {peak2:.1f} MB, of {k} at {out['lora_fused']['peak_mb']:.1f} MB: "
+        f"{extra:.1f} MB each extra member"
+    )
+    print(
+        f"a member owns {owns:.1f} MB: {trainable:,} adapter and head parameters x 16 bytes (weights, gradients, "
+        f"AdamW m and v) = {16 * trainable / 2**20:.1f} MB + {act / 2**20:.1f} MB of saved activations; "
+        f"measured / owned = {extra / owns:.3f} (goal within {GOAL_MEMORY:.0%}); a full fine-tune's weights, "
+        f"gradients and AdamW state: {16 * total / 2**20:.1f} MB a run"
+    )
+    print(
+        f"on a GPU the fused array's frozen matmuls are one batch of K x B rows: the encoder's weights are "
+        f"read once a layer for the K members (memory-bound kernels at B = 16), so the speed-up should exceed the "
+        f"CPU's, where the matmuls are already compute-bound; {out['device']}, {out['model']}"
+    )
     print(f"load average (1, 5, 15 min): at the start {out['load']}, at the end {out['load_end']}")
 
 

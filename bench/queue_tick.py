@@ -30,13 +30,29 @@ def fill(root: Path, n: int) -> None:
     recs = []
     for i in range(n):
         parent = None if i % 10 == 0 else f"{(i // 10) * 10:012x}"
-        recs.append({"id": f"{i:012x}", "plan": "bench", "stage": "target" if parent else "intermediate",
-                     "name": "t", "task": "rte", "intermediate": "i", "seed": 1, "params": {"batch_size": 16},
-                     "grid": {}, "parent": parent, "order": i})
+        recs.append(
+            {
+                "id": f"{i:012x}",
+                "plan": "bench",
+                "stage": "target" if parent else "intermediate",
+                "name": "t",
+                "task": "rte",
+                "intermediate": "i",
+                "seed": 1,
+                "params": {"batch_size": 16},
+                "grid": {},
+                "parent": parent,
+                "order": i,
+            }
+        )
         d = root / f"{i:012x}"
         d.mkdir()
-        spec = {"stage": recs[-1]["stage"], "model": {"name": "roberta-large"}, "task": {"kind": "classification"},
-                "params": {**TRAINING_DEFAULTS, "batch_size": 16, "max_len": 128}}
+        spec = {
+            "stage": recs[-1]["stage"],
+            "model": {"name": "roberta-large"},
+            "task": {"kind": "classification"},
+            "params": {**TRAINING_DEFAULTS, "batch_size": 16, "max_len": 128},
+        }
         (d / SPEC_FILE).write_text(json.dumps(spec))
     Ledger(root).add_runs(recs)
 

@@ -30,11 +30,13 @@ def build(folder: Path, size: str):
     vocab = {"<|endoftext|>": 0, **{w: i + 1 for i, w in enumerate(VOCAB)}}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
     n_embd, n_layer, n_head = SIZES[size]
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                                       bos_token_id=0, eos_token_id=0))
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(vocab), n_embd=n_embd, n_layer=n_layer, n_head=n_head, bos_token_id=0, eos_token_id=0)
+    )
     model.save_pretrained(str(folder))
     fast.save_pretrained(str(folder))
 
@@ -47,8 +49,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
     rng = random.Random(0)
-    paragraphs = [". ".join(" ".join(rng.choice(VOCAB) for _ in range(rng.randint(18, 34))) for _ in range(5))
-                  for _ in range(args.prompts)]
+    paragraphs = [
+        ". ".join(" ".join(rng.choice(VOCAB) for _ in range(rng.randint(18, 34))) for _ in range(5))
+        for _ in range(args.prompts)
+    ]
     pairs, _ = procedure.select(procedure.pairs_of(paragraphs), args.prompts, 0, seed=42)
     with tempfile.TemporaryDirectory() as d:
         build(Path(d) / "gen", args.size)
@@ -62,8 +66,10 @@ def main() -> None:
         t = time.perf_counter()
         generate.synthesize(pairs, Path(d) / "batched.jsonl", tok, model, 3, 0.9, 0, 1.0, 1, args.batch_size)
         batched = args.prompts / (time.perf_counter() - t)
-    print(f"one prompt a call: {one:.1f} prompts/s; batched ({args.batch_size} a call): {batched:.1f} prompts/s; "
-          f"ratio {batched / one:.1f}x")
+    print(
+        f"one prompt a call: {one:.1f} prompts/s; batched ({args.batch_size} a call): {batched:.1f} prompts/s; "
+        f"ratio {batched / one:.1f}x"
+    )
 
 
 if __name__ == "__main__":

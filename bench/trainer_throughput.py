@@ -68,41 +68,58 @@ def run_reference(work: Path, model: Path, task: dict, params: list[dict], env: 
         subprocess.run([sys.executable, str(HERE / "reference_train.py"), str(d)], check=True, env=env)
     ref_wall = time.time() - t
     ref = [json.loads((d / "reference.json").read_text()) for d in ref_dirs]
-    figures = {"wall_s": ref_wall, "samples_per_s": statistics.median(r["samples_per_s"] for r in ref),
-               "final_loss": [r["final_loss"] for r in ref], "dev_acc": [r["dev_acc"] for r in ref],
-               "peak_gpu_mem_gb": ref[0]["peak_gpu_mem_gb"]}
+    figures = {
+        "wall_s": ref_wall,
+        "samples_per_s": statistics.median(r["samples_per_s"] for r in ref),
+        "final_loss": [r["final_loss"] for r in ref],
+        "dev_acc": [r["dev_acc"] for r in ref],
+        "peak_gpu_mem_gb": ref[0]["peak_gpu_mem_gb"],
+    }
     print(f"reference: {ref_wall:.1f} s for {runs} runs, {figures['samples_per_s']:.1f} samples/s steady", flush=True)
     return figures
 
 
-def run_stilts(work: Path, model: Path, task: dict, params: list[dict], env: dict, args: argparse.Namespace,
-               figures: dict) -> None:
+def run_stilts(
+    work: Path, model: Path, task: dict, params: list[dict], env: dict, args: argparse.Namespace, figures: dict
+) -> None:
     """The stilts trainer, one process for all the runs, in each compile mode asked for."""
     modes = args.modes.split(",")
     runs_plan = [(m, f"stilts-{m}", None) for m in modes]
     if args.warm:
         runs_plan.append((modes[0], f"stilts-{modes[0]}-warm", work / f"stilts-{modes[0]}" / ".cache"))
     for mode, name, cache in runs_plan:
-        dirs = [workload.write_run(work / name, f"{name[-3:]}{i:09d}".replace("-", "x"), model, task, params[i], 42)
-                for i in range(args.runs)]
+        dirs = [
+            workload.write_run(work / name, f"{name[-3:]}{i:09d}".replace("-", "x"), model, task, params[i], 42)
+            for i in range(args.runs)
+        ]
         menv = dict(env)
         if cache is not None:
             menv["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")
             menv["TRITON_CACHE_DIR"] = str(cache / "triton")
         t = time.time()
-        proc = subprocess.run([sys.executable, "-m", "stilts_tui.train", *map(str, dirs), "--compile", mode,
-                               "--pad", args.pad], env=menv)
+        proc = subprocess.run(
+            [sys.executable, "-m", "stilts_tui.train", *map(str, dirs), "--compile", mode, "--pad", args.pad], env=menv
+        )
         wall = time.time() - t
         results = [json.loads((d / "result.json").read_text()) for d in dirs]
         if proc.returncode:
             print(f"stilts {name}: exit {proc.returncode}: {[r['error'] for r in results]}", flush=True)
             continue
-        figures[name] = {"wall_s": wall, "samples_per_s": stilts_steady_rate(dirs),
-                         "final_loss": [final_loss(d) for d in dirs], "dev_acc": [r["score"] for r in results],
-                         "peak_gpu_mem_gb": results[0]["peak_gpu_mem_gb"], "compile": results[0].get("compile"),
-                         "pad": results[0].get("pad"), "first_run_train_s": results[0]["train_seconds"]}
-        print(f"stilts {name}: {wall:.1f} s for {args.runs} runs, {figures[name]['samples_per_s']:.1f} samples/s "
-              f"steady (compile {results[0].get('compile')}, pad {results[0].get('pad')})", flush=True)
+        figures[name] = {
+            "wall_s": wall,
+            "samples_per_s": stilts_steady_rate(dirs),
+            "final_loss": [final_loss(d) for d in dirs],
+            "dev_acc": [r["score"] for r in results],
+            "peak_gpu_mem_gb": results[0]["peak_gpu_mem_gb"],
+            "compile": results[0].get("compile"),
+            "pad": results[0].get("pad"),
+            "first_run_train_s": results[0]["train_seconds"],
+        }
+        print(
+            f"stilts {name}: {wall:.1f} s for {args.runs} runs, {figures[name]['samples_per_s']:.1f} samples/s "
+            f"steady (compile {results[0].get('compile')}, pad {results[0].get('pad')})",
+            flush=True,
+        )
 
 
 def table(figures: dict) -> None:
@@ -126,13 +143,25 @@ def main() -> None:
     model = workload.build_model(work / "model", args.size)
     train, dev = workload.build_data(work / "data", args.samples, args.dev, max_len=args.max_len)
     task = workload.task_spec(train, dev)
-    print(f"workload: RoBERTa-{args.size} random init, {args.samples} train / {args.dev} dev pairs, "
-          f"max_len {args.max_len}, batch {args.batch}, {args.runs} runs (set up in {time.time() - t:.0f} s)",
-          flush=True)
+    print(
+        f"workload: RoBERTa-{args.size} random init, {args.samples} train / {args.dev} dev pairs, "
+        f"max_len {args.max_len}, batch {args.batch}, {args.runs} runs (set up in {time.time() - t:.0f} s)",
+        flush=True,
+    )
     lrs = [1e-5, 2e-5, 5e-6, 3e-5, 1.5e-5, 7e-6, 2.5e-5, 4e-5]
-    params = [{"lr": lrs[i % len(lrs)], "batch_size": args.batch, "warmup": 0.1, "epochs": 1,
-               "max_len": args.max_len, "weight_decay": 0.0, "grad_accum": 1, "precision": "auto"}
-              for i in range(args.runs)]
+    params = [
+        {
+            "lr": lrs[i % len(lrs)],
+            "batch_size": args.batch,
+            "warmup": 0.1,
+            "epochs": 1,
+            "max_len": args.max_len,
+            "weight_decay": 0.0,
+            "grad_accum": 1,
+            "precision": "auto",
+        }
+        for i in range(args.runs)
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     figures: dict = {"size": args.size, "samples": args.samples, "runs": args.runs}
     if not args.skip_reference:

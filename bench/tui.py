@@ -35,8 +35,10 @@ import psutil
 
 from stilts_tui.ledger import Ledger
 
-HELLO = "from textual.app import App\nfrom textual.widgets import Footer, Static\n" \
-        "class A(App):\n    def compose(self):\n        yield Static('hello')\n        yield Footer()\nA().run()\n"
+HELLO = (
+    "from textual.app import App\nfrom textual.widgets import Footer, Static\n"
+    "class A(App):\n    def compose(self):\n        yield Static('hello')\n        yield Footer()\nA().run()\n"
+)
 
 
 def first_frame(cmd: list[str], marker: str, env: dict, folder: Path, repeat: int = 5) -> float:
@@ -51,9 +53,27 @@ def first_frame(cmd: list[str], marker: str, env: dict, folder: Path, repeat: in
         fifo = folder / f"go-{i}"
         fifo.unlink(missing_ok=True)
         os.mkfifo(fifo)
-        subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "40", "sh", "-c",
-                        'read x < "$0"; exec "$@"', str(fifo), "env", *[f"{k}={v}" for k, v in env.items()], *cmd],
-                       check=True)
+        subprocess.run(
+            [
+                "tmux",
+                "new-session",
+                "-d",
+                "-s",
+                session,
+                "-x",
+                "160",
+                "-y",
+                "40",
+                "sh",
+                "-c",
+                'read x < "$0"; exec "$@"',
+                str(fifo),
+                "env",
+                *[f"{k}={v}" for k, v in env.items()],
+                *cmd,
+            ],
+            check=True,
+        )
         try:
             out = PaneOutput(session, folder)
             t = time.perf_counter()
@@ -121,9 +141,22 @@ while time.time() - t0 < seconds:
 
 
 def prepare(root: Path, n_runs: int) -> list[str]:
-    recs = [{"id": f"{i:012x}", "plan": "bench", "stage": "target", "name": "t", "task": "rte",
-             "intermediate": "none", "seed": 1, "params": {}, "grid": {"lr": 1e-5 * (i + 1)}, "parent": None,
-             "order": i} for i in range(1000)]
+    recs = [
+        {
+            "id": f"{i:012x}",
+            "plan": "bench",
+            "stage": "target",
+            "name": "t",
+            "task": "rte",
+            "intermediate": "none",
+            "seed": 1,
+            "params": {},
+            "grid": {"lr": 1e-5 * (i + 1)},
+            "parent": None,
+            "order": i,
+        }
+        for i in range(1000)
+    ]
     Ledger(root).add_runs(recs)
     with Ledger(root).transaction() as tx:
         for r in recs[:n_runs]:
@@ -134,8 +167,9 @@ def prepare(root: Path, n_runs: int) -> list[str]:
 
 
 # a run's process that ignores SIGTERM: a cancel waits out its grace period, then kills it
-SLOW_TO_STOP = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\n" \
-               "time.sleep(600)\n"
+SLOW_TO_STOP = (
+    "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(600)\n"
+)
 REFERENCE_PLAN = Path(__file__).resolve().parent.parent / "plans" / "chang_lu_2021.toml"
 ADDS = 6  # plan adds measured (each with other target seeds, so 1,008 new runs each): 50+ keys for a p95
 
@@ -169,7 +203,7 @@ class PaneOutput:
         while time.perf_counter() - t < timeout:
             chunk = self.f.read()
             if chunk:
-                buf = buf[-len(needle):] + chunk
+                buf = buf[-len(needle) :] + chunk
                 if needle in buf:
                     return
             else:
@@ -194,8 +228,9 @@ class PaneOutput:
         self.f.read()
 
 
-def latency(session: str, seconds: float, presses: int, ids: list[str], out: PaneOutput
-            ) -> tuple[list[float], list[float]]:
+def latency(
+    session: str, seconds: float, presses: int, ids: list[str], out: PaneOutput
+) -> tuple[list[float], list[float]]:
     """Move focus between the four log panes (tab) and time each key until the key bar shows it."""
     lat, rss = [], []
     proc = psutil.Process(int(tmux("display", "-p", "-t", session, "#{pane_pid}").strip()))
@@ -233,8 +268,9 @@ def cursor_latency(session: str, seconds: float, presses: int, out: PaneOutput) 
 def reference_plan(folder: Path, k: int) -> Path:
     """The reference plan with target seeds shifted by ``k`` (1,008 runs new to the ledger), and
     empty stand-ins for the local MedNLI files it names (an add checks they exist, reads nothing)."""
-    text = REFERENCE_PLAN.read_text().replace("target_seeds = [12, 42]", f"target_seeds = [{12 + 1000 * k}, "
-                                                                       f"{42 + 1000 * k}]")
+    text = REFERENCE_PLAN.read_text().replace(
+        "target_seeds = [12, 42]", f"target_seeds = [{12 + 1000 * k}, {42 + 1000 * k}]"
+    )
     path = folder / "plans" / f"reference-{k}.toml"
     (path.parent / "data" / "mednli").mkdir(parents=True, exist_ok=True)
     for name in ("mli_train_v1.jsonl", "mli_dev_v1.jsonl"):
@@ -277,24 +313,41 @@ def in_flight(exe: str, env: dict, folder: Path) -> dict[str, tuple[list[float],
     {what: (latencies, seconds the work took)}, measured in an app of its own."""
     root = folder / "in-flight"
     ids = prepare(root, 16)
-    slow = subprocess.Popen([sys.executable, "-c", SLOW_TO_STOP], stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, as the daemon starts runs
+    slow = subprocess.Popen(
+        [sys.executable, "-c", SLOW_TO_STOP], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )  # its own process group, as the daemon starts runs
     slow.stdout.readline()
     # the first row; a worker of its own, so that the cancel sends no other running run back to the queue
     Ledger(root).update(ids[0], pid=slow.pid, pid_started=psutil.Process(slow.pid).create_time(), worker="slow")
     # its process has begun it (a start event from that pid): it trains, it does not wait in its worker
-    (root / ids[0] / "events.jsonl").write_text(json.dumps({"t": time.time(), "event": "start", "pid": slow.pid})
-                                                 + "\n")
+    (root / ids[0] / "events.jsonl").write_text(
+        json.dumps({"t": time.time(), "event": "start", "pid": slow.pid}) + "\n"
+    )
     session = f"bench-tui-flight-{os.getpid()}"
-    tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "45", "env",
-         *[f"{k}={v}" for k, v in {**env, "STILTS_RUNS_DIR": str(root)}.items()], exe)
+    tmux(
+        "new-session",
+        "-d",
+        "-s",
+        session,
+        "-x",
+        "160",
+        "-y",
+        "45",
+        "env",
+        *[f"{k}={v}" for k, v in {**env, "STILTS_RUNS_DIR": str(root)}.items()],
+        exe,
+    )
     found: dict[str, tuple[list[float], float]] = {}
     try:
         wait_screen(session, lambda out: "16 running" in out and " · row 1/" in out, 30)
         # only the daemon signals runs: a paused one adopts the slow process and carries out the cancel
         for args in (["queue", "pause"], ["daemon", "start", "--interval", "0.2"]):
-            subprocess.run([sys.executable, "-m", "stilts_tui.cli", "--runs-dir", str(root), *args], check=True,
-                           env={k: v for k, v in env.items() if k != "STILTS_NO_DAEMON"}, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "stilts_tui.cli", "--runs-dir", str(root), *args],
+                check=True,
+                env={k: v for k, v in env.items() if k != "STILTS_NO_DAEMON"},
+                capture_output=True,
+            )
         out = PaneOutput(session, folder)
         t = time.perf_counter()
         tmux("send-keys", "-t", session, "c")
@@ -320,8 +373,9 @@ def in_flight(exe: str, env: dict, folder: Path) -> dict[str, tuple[list[float],
         found["add"] = (adds, took / ADDS)
     finally:
         tmux("kill-session", "-t", session)
-        subprocess.run([sys.executable, "-m", "stilts_tui.cli", "--runs-dir", str(root), "daemon", "stop"],
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "stilts_tui.cli", "--runs-dir", str(root), "daemon", "stop"], capture_output=True
+        )
         slow.kill()
         slow.wait()
     return found
@@ -376,8 +430,11 @@ def launch_figures(exe: str, env: dict, ids: list[str], folder: Path) -> dict[st
     hello = folder / "hello.py"
     hello.write_text(HELLO)
     ref = first_frame([sys.executable, str(hello)], "hello", env, folder)
-    print(f"launch to first frame: stilts-tui {1000 * ours:.0f} ms, minimal Textual app {1000 * ref:.0f} ms "
-          f"(ratio {ours / ref:.2f}); to the runs shown (1,000 in the ledger): {1000 * rows:.0f} ms", flush=True)
+    print(
+        f"launch to first frame: stilts-tui {1000 * ours:.0f} ms, minimal Textual app {1000 * ref:.0f} ms "
+        f"(ratio {ours / ref:.2f}); to the runs shown (1,000 in the ledger): {1000 * rows:.0f} ms",
+        flush=True,
+    )
     return {"first_frame_s": ours, "rows_shown_s": rows, "reference_first_frame_s": ref}
 
 
@@ -396,8 +453,7 @@ def stop(writer: subprocess.Popen) -> None:
 def our_keys(args: argparse.Namespace, exe: str, env: dict, root: Path, ids: list[str], folder: Path) -> dict:
     """The app's queue cursor and log-pane keys, idle and under load; its memory under load."""
     session = f"bench-tui-{os.getpid()}"
-    tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "45", "env",
-         *[f"{k}={v}" for k, v in env.items()], exe)
+    tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "45", "env", *[f"{k}={v}" for k, v in env.items()], exe)
     try:
         wait_screen(session, lambda out: "16 running" in out, 30)
         time.sleep(1)
@@ -456,32 +512,54 @@ def reference_keys(args: argparse.Namespace, root: Path, ids: list[str], folder:
 def report(args: argparse.Namespace, launch: dict, ours: dict, flight: dict, refs: dict) -> None:
     qm, qp = summary(ours["q_idle"])
     qbm, qbp = summary(ours["q_busy"])
-    print(f"key-to-repaint, queue cursor (down), idle: median {qm:.1f} ms, p95 {qp:.1f} ms; while {args.runs} runs "
-          f"x {args.rate} lines/s: median {qbm:.1f} ms, p95 {qbp:.1f} ms (ratio {qbm / qm:.2f})")
-    print(f"  minimal Textual app, a 1,000-row table's cursor: idle median {refs['table', 'idle'][0]:.1f} ms, "
-          f"under the same load {refs['table', 'busy'][0]:.1f} ms (stilts / minimal: idle "
-          f"{qm / refs['table', 'idle'][0]:.2f}, loaded {qbm / refs['table', 'busy'][0]:.2f})")
+    print(
+        f"key-to-repaint, queue cursor (down), idle: median {qm:.1f} ms, p95 {qp:.1f} ms; while {args.runs} runs "
+        f"x {args.rate} lines/s: median {qbm:.1f} ms, p95 {qbp:.1f} ms (ratio {qbm / qm:.2f})"
+    )
+    print(
+        f"  minimal Textual app, a 1,000-row table's cursor: idle median {refs['table', 'idle'][0]:.1f} ms, "
+        f"under the same load {refs['table', 'busy'][0]:.1f} ms (stilts / minimal: idle "
+        f"{qm / refs['table', 'idle'][0]:.2f}, loaded {qbm / refs['table', 'busy'][0]:.2f})"
+    )
     im, ip = summary(ours["idle"])
     bm, bp = summary(ours["busy"])
     rss = ours["rss"]
-    print(f"  minimal Textual app, four Log widgets, tab: idle median {refs['logs', 'idle'][0]:.1f} ms, under the "
-          f"same load {refs['logs', 'busy'][0]:.1f} ms (stilts / minimal: idle {im / refs['logs', 'idle'][0]:.2f}, "
-          f"loaded {bm / refs['logs', 'busy'][0]:.2f})")
+    print(
+        f"  minimal Textual app, four Log widgets, tab: idle median {refs['logs', 'idle'][0]:.1f} ms, under the "
+        f"same load {refs['logs', 'busy'][0]:.1f} ms (stilts / minimal: idle {im / refs['logs', 'idle'][0]:.2f}, "
+        f"loaded {bm / refs['logs', 'busy'][0]:.2f})"
+    )
     print(f"key-to-repaint, log panes (tab moves focus), idle: median {im:.1f} ms, p95 {ip:.1f} ms")
-    print(f"key-to-repaint, {args.runs} runs x {args.rate} lines/s, 4 panes shown: median {bm:.1f} ms, "
-          f"p95 {bp:.1f} ms over {len(ours['busy'])} keys (ratio to idle {bm / im:.2f})")
+    print(
+        f"key-to-repaint, {args.runs} runs x {args.rate} lines/s, 4 panes shown: median {bm:.1f} ms, "
+        f"p95 {bp:.1f} ms over {len(ours['busy'])} keys (ratio to idle {bm / im:.2f})"
+    )
     print(f"memory of the app over {args.seconds:.0f} s: {rss[0]:.0f} MB -> {rss[-1]:.0f} MB (max {max(rss):.0f} MB)")
-    for what, label in (("cancel", "a cancel waiting out its 10 s grace (the process ignores SIGTERM)"),
-                        ("add", f"adding the 1,008-target-run reference plan ({ADDS} adds)")):
+    for what, label in (
+        ("cancel", "a cancel waiting out its 10 s grace (the process ignores SIGTERM)"),
+        ("add", f"adding the 1,008-target-run reference plan ({ADDS} adds)"),
+    ):
         lat, took = flight[what]
         m, p95 = summary(lat)
-        print(f"key-to-repaint, queue cursor, while {label}: median {m:.1f} ms, p95 {p95:.1f} ms over {len(lat)} keys "
-              f"({'within' if p95 <= 50 else 'OVER'} 50 ms; the work took {took:.1f} s)")
-    print(json.dumps({**launch, "queue_idle_ms": [qm, qp], "queue_busy_ms": [qbm, qbp], "idle_ms": [im, ip],
-                      "busy_ms": [bm, bp], "rss_mb": [rss[0], rss[-1], max(rss)],
-                      "during_cancel_ms": list(summary(flight["cancel"][0])),
-                      "during_add_ms": list(summary(flight["add"][0])),
-                      "reference_ms": {f"{k[0]}_{k[1]}": v for k, v in refs.items()}}))
+        print(
+            f"key-to-repaint, queue cursor, while {label}: median {m:.1f} ms, p95 {p95:.1f} ms over {len(lat)} keys "
+            f"({'within' if p95 <= 50 else 'OVER'} 50 ms; the work took {took:.1f} s)"
+        )
+    print(
+        json.dumps(
+            {
+                **launch,
+                "queue_idle_ms": [qm, qp],
+                "queue_busy_ms": [qbm, qbp],
+                "idle_ms": [im, ip],
+                "busy_ms": [bm, bp],
+                "rss_mb": [rss[0], rss[-1], max(rss)],
+                "during_cancel_ms": list(summary(flight["cancel"][0])),
+                "during_add_ms": list(summary(flight["add"][0])),
+                "reference_ms": {f"{k[0]}_{k[1]}": v for k, v in refs.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

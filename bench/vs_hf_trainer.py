@@ -69,17 +69,37 @@ def hf_train_one(run_dir: Path, gpu_flags: bool) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(location, num_labels=len(labels))
     cuda = torch.cuda.is_available()
     args = TrainingArguments(
-        output_dir=str(run_dir / "hf"), per_device_train_batch_size=int(p["batch_size"]),
-        per_device_eval_batch_size=max(int(p["batch_size"]), 32), learning_rate=float(p["lr"]),
-        num_train_epochs=int(p["epochs"]), weight_decay=float(p["weight_decay"]),
-        warmup_steps=float(p["warmup"]), lr_scheduler_type="linear", max_grad_norm=1.0,
-        adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, eval_strategy="epoch", save_strategy="no",
-        logging_strategy="epoch", report_to="none", disable_tqdm=True, seed=int(spec["seed"]), use_cpu=not cuda,
-        bf16=gpu_flags, torch_compile=gpu_flags,
-        train_sampling_strategy="group_by_length" if gpu_flags else "random")
-    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
-                      data_collator=DataCollatorWithPadding(tok),
-                      compute_metrics=lambda ev: {"acc": float((np.argmax(ev.predictions, -1) == ev.label_ids).mean())})
+        output_dir=str(run_dir / "hf"),
+        per_device_train_batch_size=int(p["batch_size"]),
+        per_device_eval_batch_size=max(int(p["batch_size"]), 32),
+        learning_rate=float(p["lr"]),
+        num_train_epochs=int(p["epochs"]),
+        weight_decay=float(p["weight_decay"]),
+        warmup_steps=float(p["warmup"]),
+        lr_scheduler_type="linear",
+        max_grad_norm=1.0,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        eval_strategy="epoch",
+        save_strategy="no",
+        logging_strategy="epoch",
+        report_to="none",
+        disable_tqdm=True,
+        seed=int(spec["seed"]),
+        use_cpu=not cuda,
+        bf16=gpu_flags,
+        torch_compile=gpu_flags,
+        train_sampling_strategy="group_by_length" if gpu_flags else "random",
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=dev,
+        data_collator=DataCollatorWithPadding(tok),
+        compute_metrics=lambda ev: {"acc": float((np.argmax(ev.predictions, -1) == ev.label_ids).mean())},
+    )
     trainer.train()
     evals = [e["eval_acc"] for e in trainer.state.log_history if "eval_acc" in e]
     result = {"score": evals[-1], "epoch_scores": evals}
@@ -115,8 +135,15 @@ def make_runs(work: Path, args: argparse.Namespace) -> list[Path]:
         median = max(8, args.max_len // 2)
     train, dev = workload.build_data(work / "data", args.samples, args.dev, median=median, max_len=args.max_len)
     task = workload.task_spec(train, dev)
-    params = {"lr": args.lr, "batch_size": args.batch, "epochs": args.epochs, "max_len": args.max_len,
-              "warmup": 0.1, "weight_decay": 0.0, "precision": "bf16" if args.gpu_flags else "fp32"}
+    params = {
+        "lr": args.lr,
+        "batch_size": args.batch,
+        "epochs": args.epochs,
+        "max_len": args.max_len,
+        "warmup": 0.1,
+        "weight_decay": 0.0,
+        "precision": "bf16" if args.gpu_flags else "fp32",
+    }
     if args.gpu_flags:
         params.update(batching="grouped", pad="buckets")
     return [workload.write_run(work / "runs", f"run-s{s}", model, task, params, s) for s in range(1, args.runs + 1)]
@@ -132,8 +159,10 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     if out.returncode:
-        raise SystemExit(f"vs_hf_trainer: {' '.join(cmd[:4])}... failed ({out.returncode}): "
-                         f"{(out.stderr.strip().splitlines() or ['no output'])[-1]}")
+        raise SystemExit(
+            f"vs_hf_trainer: {' '.join(cmd[:4])}... failed ({out.returncode}): "
+            f"{(out.stderr.strip().splitlines() or ['no output'])[-1]}"
+        )
     return wall, cpu
 
 
@@ -148,8 +177,15 @@ def run_stilts(runs: list[Path], gpu_flags: bool) -> tuple[tuple[float, float], 
 
 
 def run_hf(runs: list[Path], gpu_flags: bool) -> tuple[tuple[float, float], list[float]]:
-    wall = timed([sys.executable, str(Path(__file__).resolve()), "--hf-worker",
-                  *(["--gpu-flags"] if gpu_flags else []), *map(str, runs)])
+    wall = timed(
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--hf-worker",
+            *(["--gpu-flags"] if gpu_flags else []),
+            *map(str, runs),
+        ]
+    )
     return wall, [json.loads((d / "hf_result.json").read_text())["score"] for d in runs]
 
 
@@ -173,9 +209,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="stilts-vs-hf-"))
     runs = make_runs(work, args)
-    print(f"vs HF Trainer: {args.runs} runs of {args.size} on {args.samples}/{args.dev} pairs, lr {args.lr}, "
-          f"batch {args.batch}, {args.epochs} epochs, max_len {args.max_len}, "
-          f"{'GPU flags' if args.gpu_flags else 'fp32, default flags'}; work {work}", flush=True)
+    print(
+        f"vs HF Trainer: {args.runs} runs of {args.size} on {args.samples}/{args.dev} pairs, lr {args.lr}, "
+        f"batch {args.batch}, {args.epochs} epochs, max_len {args.max_len}, "
+        f"{'GPU flags' if args.gpu_flags else 'fp32, default flags'}; work {work}",
+        flush=True,
+    )
     walls: dict[str, list[float]] = {"stilts": [], "hf": []}
     cpus: dict[str, list[float]] = {"stilts": [], "hf": []}
     scores: dict[str, list[float]] = {}
@@ -185,15 +224,21 @@ def main(argv: list[str] | None = None) -> None:
             (wall, cpu), scores[name] = fn(runs, args.gpu_flags)
             walls[name].append(wall)
             cpus[name].append(cpu)
-            print(f"  {name}: {wall:.1f} s wall, {cpu:.1f} s CPU, dev acc {[round(s, 4) for s in scores[name]]}",
-                  flush=True)
+            print(
+                f"  {name}: {wall:.1f} s wall, {cpu:.1f} s CPU, dev acc {[round(s, 4) for s in scores[name]]}",
+                flush=True,
+            )
     wall = {k: statistics.median(v) for k, v in walls.items()}
     cpu = {k: statistics.median(v) for k, v in cpus.items()}
     for name, label in (("stilts", "stilts trainer"), ("hf", "HF Trainer")):
-        print(f"{label + ':':16s}{wall[name]:.1f} s wall ({cpu[name]:.1f} s CPU), "
-              f"mean dev acc {statistics.mean(scores[name]):.4f}")
-    print(f"ratio (HF wall / stilts wall): {wall['hf'] / wall['stilts']:.2f}x "
-          f"(CPU seconds: {cpu['hf'] / cpu['stilts']:.2f}x)")
+        print(
+            f"{label + ':':16s}{wall[name]:.1f} s wall ({cpu[name]:.1f} s CPU), "
+            f"mean dev acc {statistics.mean(scores[name]):.4f}"
+        )
+    print(
+        f"ratio (HF wall / stilts wall): {wall['hf'] / wall['stilts']:.2f}x "
+        f"(CPU seconds: {cpu['hf'] / cpu['stilts']:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,10 @@ from stilts_tui.queue.settings import help_of as _dh
 from stilts_tui.synth.settings import COMMAND_DEFAULTS as SYNTH
 
 app = typer.Typer(
-    name="stilts-tui", no_args_is_help=False, add_completion=False, pretty_exceptions_enable=False,
+    name="stilts-tui",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
     help="Plan, queue, watch and score intermediate-task fine-tuning (STILTs) studies.",
 )
 plan_app = typer.Typer(help="Validate and inspect plan files.", no_args_is_help=True)
@@ -74,8 +77,9 @@ def _open_tui(root: Path, no_daemon: bool) -> None:
 @app.command("demo")
 def demo_cmd(
     ctx: typer.Context,
-    no_tui: Annotated[bool, typer.Option("--no-tui", help="queue the demo and start the daemon, but do not "
-                                         "open the app")] = False,
+    no_tui: Annotated[
+        bool, typer.Option("--no-tui", help="queue the demo and start the daemon, but do not open the app")
+    ] = False,
 ) -> None:
     """Offline demo: a small plan on the pretrained MiniLM, queued on the CPU, in the terminal app."""
     import importlib.util
@@ -98,10 +102,12 @@ def demo_cmd(
 @app.command("synth")
 def synth_cmd(
     out: Annotated[Path, typer.Option("--out", help="folder for SynGPT2_train.jsonl (and _dev)")],
-    corpus: Annotated[str | None, typer.Option("--corpus", help="squad: SQuAD v1.1 train from the hub")
-                      ] = SYNTH["corpus"],
-    corpus_file: Annotated[Path | None, typer.Option("--corpus-file", help="train-v1.1.json, or text with one "
-                                                     "paragraph a line")] = None,
+    corpus: Annotated[str | None, typer.Option("--corpus", help="squad: SQuAD v1.1 train from the hub")] = SYNTH[
+        "corpus"
+    ],
+    corpus_file: Annotated[
+        Path | None, typer.Option("--corpus-file", help="train-v1.1.json, or text with one paragraph a line")
+    ] = None,
     generator: Annotated[str, typer.Option("--generator", help="hub id or local folder")] = SYNTH["generator"],
     n: Annotated[int, typer.Option("--n")] = SYNTH["n"],
     fakes: Annotated[int, typer.Option("--fakes")] = SYNTH["fakes"],
@@ -117,9 +123,19 @@ def synth_cmd(
         raise UserError("name one corpus: --corpus squad or --corpus-file PATH")
     import subprocess
 
-    params = {"corpus": corpus, "corpus_file": str(corpus_file) if corpus_file else None, "generator": generator,
-              "n": n, "fakes": fakes, "top_p": top_p, "top_k": top_k, "temperature": temperature, "seed": seed,
-              "dev": dev, "batch_size": batch_size}
+    params = {
+        "corpus": corpus,
+        "corpus_file": str(corpus_file) if corpus_file else None,
+        "generator": generator,
+        "n": n,
+        "fakes": fakes,
+        "top_p": top_p,
+        "top_k": top_k,
+        "temperature": temperature,
+        "seed": seed,
+        "dev": dev,
+        "batch_size": batch_size,
+    }
     for key, value in params.items():  # the ranges a plan's [synth.NAME] stage is held to
         ok, what = plans.SYNTH_KEYS[key]
         if value is not None and not ok(value):
@@ -140,9 +156,15 @@ def tasks_cmd(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     if ctx.invoked_subcommand is not None:
         return
     rows = [
-        {"name": t.name, "aliases": list(t.aliases), "kind": t.kind, "metric": t.metric,
-         "hub": "/".join(x for x in t.hub if x) if t.hub else None,
-         "files": list(t.files) if t.files else None, "description": t.description}
+        {
+            "name": t.name,
+            "aliases": list(t.aliases),
+            "kind": t.kind,
+            "metric": t.metric,
+            "hub": "/".join(x for x in t.hub if x) if t.hub else None,
+            "files": list(t.files) if t.files else None,
+            "description": t.description,
+        }
         for t in tasks.BUILTIN
     ]
     if as_json:
@@ -152,16 +174,26 @@ def tasks_cmd(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 
     table = Table("task", "aliases", "kind", "metric", "hub", "local files (train, dev)", box=None)
     for r in rows:
-        table.add_row(r["name"], ", ".join(r["aliases"]), r["kind"], r["metric"], r["hub"] or "(local only)",
-                      ", ".join(r["files"] or []))
+        table.add_row(
+            r["name"],
+            ", ".join(r["aliases"]),
+            r["kind"],
+            r["metric"],
+            r["hub"] or "(local only)",
+            ", ".join(r["files"] or []),
+        )
     _console().print(table)
 
 
 @tasks_app.command("show")
 def tasks_show(
     task: Annotated[str, typer.Argument(help="a built-in task (or alias)", show_default=False)],
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="the task's local files, in the official "
-                                                  "layout (default: the Hugging Face Hub)")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir", help="the task's local files, in the official layout (default: the Hugging Face Hub)"
+        ),
+    ] = None,
     model: Annotated[str, typer.Option("--model", help="whose tokenizer: hub id or local folder")] = "roberta-large",
     n: Annotated[int, typer.Option("-n", help="how many examples", min=1)] = 3,
     split: Annotated[str, typer.Option("--split", help="train or dev")] = "train",
@@ -182,8 +214,13 @@ def tasks_show(
         typer.echo(show.render(spec, recs))
 
 
-MaxRuns = Annotated[int | None, typer.Option("--max-runs", help="accept a plan of up to this many runs (default "
-                                             f"{plans.MAX_RUNS:,}, or ${plans.MAX_RUNS_ENV})")]
+MaxRuns = Annotated[
+    int | None,
+    typer.Option(
+        "--max-runs",
+        help=f"accept a plan of up to this many runs (default {plans.MAX_RUNS:,}, or ${plans.MAX_RUNS_ENV})",
+    ),
+]
 
 
 @plan_app.command("validate")
@@ -193,15 +230,19 @@ def plan_validate(path: PlanPath, max_runs: MaxRuns = None) -> None:
     for line in plans.missing_data(plan, runs):
         typer.echo(f"warning: {line}", err=True)
     c = plans.counts(runs)
-    typer.echo(f"{path}: ok — {len(runs)} runs ({c['synth']} synth, {c['intermediate']} intermediate, "
-               f"{c['target']} target)")
+    typer.echo(
+        f"{path}: ok — {len(runs)} runs ({c['synth']} synth, {c['intermediate']} intermediate, {c['target']} target)"
+    )
     _echo_on_finish(plan)
     lines, unreachable = _data_sources(runs)
     for line in lines:
         typer.echo(line)
     if unreachable:  # right but offline: a warning, never a failure
-        typer.echo(f"warning: the Hugging Face Hub ({_hub_url()}) is unreachable now: {', '.join(unreachable)} "
-                   "cannot load their data until it is (or set data_dir to local files)", err=True)
+        typer.echo(
+            f"warning: the Hugging Face Hub ({_hub_url()}) is unreachable now: {', '.join(unreachable)} "
+            "cannot load their data until it is (or set data_dir to local files)",
+            err=True,
+        )
 
 
 def _hub_url() -> str:
@@ -217,8 +258,9 @@ def _data_sources(runs: list) -> tuple[list[str], list[str]]:
     for r in {(r.stage, r.name): r for r in runs}.values():
         where, spec = f"  [{r.stage}.{r.name}]", r.task_spec
         if r.stage == "synth":
-            lines.append(f"{where} synthesis: GPT-2 writes it (corpus "
-                         f"{r.params.get('corpus_file') or r.params.get('corpus')})")
+            lines.append(
+                f"{where} synthesis: GPT-2 writes it (corpus {r.params.get('corpus_file') or r.params.get('corpus')})"
+            )
         elif spec.get("from_run"):
             lines.append(f"{where} {r.task}: the output of synth run {spec['from_run']}")
         elif any(data.file_for(spec, s) for s in data.SPLITS):
@@ -229,8 +271,10 @@ def _data_sources(runs: list) -> tuple[list[str], list[str]]:
         elif spec.get("hub"):
             hub_ok = data.hub_reachable() if hub_ok is None else hub_ok
             name = "/".join(x for x in spec["hub"] if x)
-            lines.append(f"{where} {r.task}: Hugging Face Hub {name} "
-                         f"({'reachable' if hub_ok else 'unreachable now'}: {_hub_url()})")
+            lines.append(
+                f"{where} {r.task}: Hugging Face Hub {name} "
+                f"({'reachable' if hub_ok else 'unreachable now'}: {_hub_url()})"
+            )
             if not hub_ok:
                 offline.append(f"[{r.stage}.{r.name}]")
         else:
@@ -250,10 +294,16 @@ def plan_rehearse(
     ctx: typer.Context,
     path: PlanPath,
     examples: Annotated[int, typer.Option("--examples", help="the first N examples of each task", min=1)] = 8,
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="a folder with one sub-folder per stage (named "
-                                                  "as the stage) holding its files in the task's layout")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="the rehearsal's own runs-dir (default: a new "
-                                             "temporary folder)")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="a folder with one sub-folder per stage (named as the stage) holding its files in the task's layout",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="the rehearsal's own runs-dir (default: a new temporary folder)")
+    ] = None,
     full_grid: Annotated[bool, typer.Option("--full-grid", help="every target run, not one per cell")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for the runs")] = 1800.0,
 ) -> None:
@@ -270,10 +320,18 @@ def plan_rehearse(
 
 
 @plan_app.command("show")
-def plan_show(ctx: typer.Context, path: PlanPath, as_json: JsonFlag = False,
-              cost: Annotated[bool, typer.Option("--cost", help="training steps and estimated GPU-hours per stage, "
-                                                 "from throughput measured in the runs-dir's ledger")] = False,
-              ) -> None:
+def plan_show(
+    ctx: typer.Context,
+    path: PlanPath,
+    as_json: JsonFlag = False,
+    cost: Annotated[
+        bool,
+        typer.Option(
+            "--cost",
+            help="training steps and estimated GPU-hours per stage, from throughput measured in the runs-dir's ledger",
+        ),
+    ] = False,
+) -> None:
     """Counts by stage and the intermediate x target matrix of a plan (and with --cost what it will take)."""
     plan, runs = plans.load_and_expand(path)
     warnings = plans.missing_data(plan, runs)
@@ -284,17 +342,31 @@ def plan_show(ctx: typer.Context, path: PlanPath, as_json: JsonFlag = False,
 
         estimate = costs.estimate(plan, runs, costs.measured(_root(ctx)))
     if as_json:
-        typer.echo(json.dumps({"name": plan.name, "model": plan.model, "counts": counts, "matrix": matrix,
-                               "runs": len(runs), "warnings": warnings, "on_finish": plan.finish_command(),
-                               **({"cost": estimate.as_dict()} if estimate else {})}, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "name": plan.name,
+                    "model": plan.model,
+                    "counts": counts,
+                    "matrix": matrix,
+                    "runs": len(runs),
+                    "warnings": warnings,
+                    "on_finish": plan.finish_command(),
+                    **({"cost": estimate.as_dict()} if estimate else {}),
+                },
+                indent=2,
+            )
+        )
         return
     from rich.table import Table
 
     for line in warnings:
         typer.echo(f"warning: {line}", err=True)
     con = _console()
-    con.print(f"[bold]{plan.name}[/] — model {plan.model} — {len(runs)} runs: "
-              + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    con.print(
+        f"[bold]{plan.name}[/] — model {plan.model} — {len(runs)} runs: "
+        + ", ".join(f"{n} {s}" for s, n in counts.items())
+    )
     targets = list(plan.target)
     table = Table("starting point \\ target", *targets, "total", title="target runs")
     for row, cells in matrix.items():
@@ -311,8 +383,9 @@ def _print_cost(con, estimate) -> None:
 
     table = Table("stage", "runs", "training steps", "samples", "GPU-hours", "timed from", title="estimated cost")
     for s in [*(s for s in estimate.stages.values() if s.runs), estimate.total]:
-        how = ", ".join(f"{n} {w}" for n, w in ((s.measured, "measured"), (s.default, "default"),
-                                               (s.unknown, "unknown size")) if n)
+        how = ", ".join(
+            f"{n} {w}" for n, w in ((s.measured, "measured"), (s.default, "default"), (s.unknown, "unknown size")) if n
+        )
         table.add_row(s.stage, str(s.runs), f"{s.steps:,}", f"{s.samples:,}", f"{s.gpu_hours:.2f}", how)
     con.print(table)
     for note in estimate.notes:
@@ -325,15 +398,18 @@ def queue_add(
     path: PlanPath,
     priority: Annotated[int, typer.Option("--priority", help="higher runs first")] = 0,
     no_daemon: NoDaemon = False,
-    max_runs: Annotated[int | None, typer.Option("--max-runs", help="accept a plan of more runs than the limit "
-                                                 "(100,000, or $STILTS_MAX_RUNS)", min=1)] = None,
+    max_runs: Annotated[
+        int | None,
+        typer.Option(
+            "--max-runs", help="accept a plan of more runs than the limit (100,000, or $STILTS_MAX_RUNS)", min=1
+        ),
+    ] = None,
 ) -> None:
     """Queue every run of a plan not queued before (re-adding a plan queues nothing new)."""
     from stilts_tui.queue import ops
 
     plan, runs, added = ops.add_plan(path, _root(ctx), priority=priority, max_runs=max_runs)
-    typer.echo(f"{plan.name}: {len(added)} runs queued, {len(runs) - len(added)} already in the ledger "
-               f"({_root(ctx)})")
+    typer.echo(f"{plan.name}: {len(added)} runs queued, {len(runs) - len(added)} already in the ledger ({_root(ctx)})")
     if not no_daemon and ops.daemon_status(_root(ctx)) is None:
         info = ops.start_daemon(_root(ctx), [])
         typer.echo(f"started the queue daemon (pid {info['pid']}); `stilts-tui daemon status` shows it")
@@ -344,10 +420,13 @@ PlanOpt = Annotated[str | None, typer.Option("--plan", help="every run of this p
 
 
 @queue_app.command("cancel")
-def queue_cancel(ctx: typer.Context, run_ids: RunIds = None, plan: PlanOpt = None,
-                 grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = CANCEL_GRACE_S,
-                 no_wait: Annotated[bool, typer.Option("--no-wait", help="return once the daemon is asked")] = False
-                 ) -> None:
+def queue_cancel(
+    ctx: typer.Context,
+    run_ids: RunIds = None,
+    plan: PlanOpt = None,
+    grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = CANCEL_GRACE_S,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="return once the daemon is asked")] = False,
+) -> None:
     """Cancel runs: queued ones never start; running ones are stopped by the daemon (their whole process
     group, or their Slurm job). Waits for the daemon to do it unless --no-wait."""
     from stilts_tui.errors import Failure
@@ -356,8 +435,10 @@ def queue_cancel(ctx: typer.Context, run_ids: RunIds = None, plan: PlanOpt = Non
     root = _root(ctx)
     out = ops.cancel(root, run_ids or [], plan=plan, grace=grace)
     if out.requested and not out.daemon:
-        typer.echo(f"cancelled {len(out.done)} runs; {len(out.requested)} running run(s) wait for the daemon to "
-                   f"stop them: no daemon runs on {root} (`stilts-tui daemon start` carries the cancel out first)")
+        typer.echo(
+            f"cancelled {len(out.done)} runs; {len(out.requested)} running run(s) wait for the daemon to "
+            f"stop them: no daemon runs on {root} (`stilts-tui daemon start` carries the cancel out first)"
+        )
         return
     if out.requested and no_wait:
         typer.echo(f"cancelled {len(out.done)} runs; the daemon is stopping {len(out.requested)} running run(s)")
@@ -365,22 +446,32 @@ def queue_cancel(ctx: typer.Context, run_ids: RunIds = None, plan: PlanOpt = Non
     wait_s = grace + 30.0  # SIGKILL comes after the grace; a tick or two to see it and record it
     left = ops.wait_cancelled(root, out.requested, wait_s)
     if left and ops.daemon_status(root) is None:
-        typer.echo(f"cancelled {len(out.done)} runs; {len(left)} running run(s) wait for the daemon to stop them: "
-                   f"the daemon on {root} stopped first (the next `stilts-tui daemon start` carries the cancel out)")
+        typer.echo(
+            f"cancelled {len(out.done)} runs; {len(left)} running run(s) wait for the daemon to stop them: "
+            f"the daemon on {root} stopped first (the next `stilts-tui daemon start` carries the cancel out)"
+        )
         return
     if left:
-        raise Failure(f"the daemon has not stopped {' '.join(left[:10])} within {wait_s:.0f} s; the cancel request "
-                      f"stands (see {root / 'daemon.log'})")
+        raise Failure(
+            f"the daemon has not stopped {' '.join(left[:10])} within {wait_s:.0f} s; the cancel request "
+            f"stands (see {root / 'daemon.log'})"
+        )
     ledger = Ledger(root)
     done = out.done + [rid for rid in out.requested if (ledger.get(rid) or {}).get("status") == "cancelled"]
     ended = len(out.done) + len(out.requested) - len(done)
-    typer.echo(f"cancelled {len(done)} runs" + (f": {' '.join(done)}" if len(done) <= 10 else "")
-               + (f" ({ended} ended before the cancel)" if ended else ""))
+    typer.echo(
+        f"cancelled {len(done)} runs"
+        + (f": {' '.join(done)}" if len(done) <= 10 else "")
+        + (f" ({ended} ended before the cancel)" if ended else "")
+    )
 
 
 @queue_app.command("retry")
-def queue_retry(ctx: typer.Context, run_ids: RunIds = None,
-                failed: Annotated[bool, typer.Option("--failed", help="every failed run")] = False) -> None:
+def queue_retry(
+    ctx: typer.Context,
+    run_ids: RunIds = None,
+    failed: Annotated[bool, typer.Option("--failed", help="every failed run")] = False,
+) -> None:
     """Queue failed or cancelled runs again (their blocked children follow once they succeed)."""
     from stilts_tui.queue import ops
 
@@ -391,8 +482,12 @@ def queue_retry(ctx: typer.Context, run_ids: RunIds = None,
 
 
 @queue_app.command("priority")
-def queue_priority(ctx: typer.Context, priority: Annotated[int, typer.Argument(help="higher runs first")],
-                   run_ids: RunIds = None, plan: PlanOpt = None) -> None:
+def queue_priority(
+    ctx: typer.Context,
+    priority: Annotated[int, typer.Argument(help="higher runs first")],
+    run_ids: RunIds = None,
+    plan: PlanOpt = None,
+) -> None:
     """Set the priority of runs (or of every run of a plan)."""
     from stilts_tui.queue import ops
 
@@ -433,27 +528,49 @@ def daemon_start(
     account: Annotated[str | None, typer.Option("--account", help="slurm: account")] = None,
     qos: Annotated[str | None, typer.Option("--qos", help="slurm: QOS")] = None,
     time_limit: Annotated[str | None, typer.Option("--time", help="slurm: time limit a run, e.g. 4:00:00")] = None,
-    gpus_per_run: Annotated[int | None, typer.Option("--gpus-per-run", help="slurm: GPUs a run (default "
-                            f"{plans.SLURM_DEFAULTS['gpus']})")
-                            ] = None,
-    cpus_per_run: Annotated[int | None, typer.Option("--cpus-per-run", help="slurm: CPUs a run (default "
-                            f"{plans.SLURM_DEFAULTS['cpus']})")
-                            ] = None,
+    gpus_per_run: Annotated[
+        int | None, typer.Option("--gpus-per-run", help=f"slurm: GPUs a run (default {plans.SLURM_DEFAULTS['gpus']})")
+    ] = None,
+    cpus_per_run: Annotated[
+        int | None, typer.Option("--cpus-per-run", help=f"slurm: CPUs a run (default {plans.SLURM_DEFAULTS['cpus']})")
+    ] = None,
     mem: Annotated[str | None, typer.Option("--mem", help="slurm: memory a run, e.g. 32G")] = None,
-    sbatch_arg: Annotated[list[str] | None, typer.Option("--sbatch-arg", help="slurm: one more sbatch option, "
-                          "e.g. --sbatch-arg=--exclude=node7 (repeatable; never through a shell)")] = None,
+    sbatch_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sbatch-arg",
+            help="slurm: one more sbatch option, e.g. --sbatch-arg=--exclude=node7 (repeatable; never through a shell)",
+        ),
+    ] = None,
     max_jobs: Annotated[int, typer.Option("--max-jobs", help=_dh("max_jobs"))] = DAEMON.max_jobs,
     fuse: Annotated[str, typer.Option("--fuse", help=_dh("fuse"))] = DAEMON.fuse,
-    on_finish: Annotated[str | None, typer.Option("--on-finish", help="a command to run when a plan finishes or a "
-                         "run fails, e.g. --on-finish 'notify-send stilts'; split into words, run without a shell; "
-                         "what happened is in its environment (docs/results.md)")] = None,
+    on_finish: Annotated[
+        str | None,
+        typer.Option(
+            "--on-finish",
+            help="a command to run when a plan finishes or a "
+            "run fails, e.g. --on-finish 'notify-send stilts'; split into words, run without a shell; "
+            "what happened is in its environment (docs/results.md)",
+        ),
+    ] = None,
 ) -> None:
     """Start the queue daemon for this runs-dir, detached from the terminal."""
     from stilts_tui.queue import ops
 
-    slurm = _slurm_settings(executor, mps, {"partition": partition, "account": account, "qos": qos,
-                                            "time": time_limit, "gpus": gpus_per_run, "cpus": cpus_per_run,
-                                            "mem": mem, "sbatch_args": sbatch_arg})
+    slurm = _slurm_settings(
+        executor,
+        mps,
+        {
+            "partition": partition,
+            "account": account,
+            "qos": qos,
+            "time": time_limit,
+            "gpus": gpus_per_run,
+            "cpus": cpus_per_run,
+            "mem": mem,
+            "sbatch_args": sbatch_arg,
+        },
+    )
     if max_jobs < 1:
         raise UserError(f"--max-jobs: expected an integer >= 1, got {max_jobs}")
     parse_gpus(gpus)
@@ -464,8 +581,20 @@ def daemon_start(
     for name, value in (("--per-gpu", per_gpu), ("--cpu-slots", cpu_slots), ("--worker-runs", worker_runs)):
         if value < 1:
             raise UserError(f"{name}: expected an integer >= 1, got {value}")
-    args = ["--per-gpu", str(per_gpu), "--cpu-slots", str(cpu_slots), "--max-retries", str(max_retries),
-            "--worker-runs", str(worker_runs), "--interval", str(interval), "--fuse", fuse]
+    args = [
+        "--per-gpu",
+        str(per_gpu),
+        "--cpu-slots",
+        str(cpu_slots),
+        "--max-retries",
+        str(max_retries),
+        "--worker-runs",
+        str(worker_runs),
+        "--interval",
+        str(interval),
+        "--fuse",
+        fuse,
+    ]
     if gpus:
         args += ["--gpus", gpus]
     if mps:
@@ -491,8 +620,12 @@ def _slurm_settings(executor: str, mps: bool, given: dict) -> dict:
     for key, value in slurm.items():
         problem = slurm_problem(key, value)
         if problem:
-            flag = {"time": "--time", "gpus": "--gpus-per-run", "cpus": "--cpus-per-run",
-                    "sbatch_args": "--sbatch-arg"}.get(key, f"--{key}")
+            flag = {
+                "time": "--time",
+                "gpus": "--gpus-per-run",
+                "cpus": "--cpus-per-run",
+                "sbatch_args": "--sbatch-arg",
+            }.get(key, f"--{key}")
             raise UserError(f"{flag}: {problem}")
     if executor == "slurm" and mps:
         raise UserError("--mps: MPS is for the local executor (on Slurm, ask the cluster for it with --sbatch-arg)")
@@ -558,8 +691,18 @@ def daemon_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     mps_line = mps.describe(_root(ctx), (info or {}).get("pid"))
     if as_json:
-        typer.echo(json.dumps({"running": info is not None, "daemon": info, "counts": counts,
-                               "paused": bool(ledger.meta("paused")), "mps": mps_line}, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "running": info is not None,
+                    "daemon": info,
+                    "counts": counts,
+                    "paused": bool(ledger.meta("paused")),
+                    "mps": mps_line,
+                },
+                indent=2,
+            )
+        )
         return
     if info is None:
         typer.echo(f"no daemon is running on {_root(ctx)}")
@@ -591,24 +734,49 @@ def queue_ls(
         raise UserError(f"--plan: no plan named '{plan}' in {ledger.path}")
     runs = ledger.runs(plan=plan, status=status)
     if as_json:
-        keys = ("id", "plan", "stage", "name", "task", "intermediate", "seed", "params", "grid", "parent",
-                "status", "gpu", "score", "priority", "error", "stuck")
+        keys = (
+            "id",
+            "plan",
+            "stage",
+            "name",
+            "task",
+            "intermediate",
+            "seed",
+            "params",
+            "grid",
+            "parent",
+            "status",
+            "gpu",
+            "score",
+            "priority",
+            "error",
+            "stuck",
+        )
         typer.echo(json.dumps([{k: r.get(k) for k in keys} for r in runs], indent=1))
         _warn_stuck(runs)
         return
     from rich.table import Table
     from rich.text import Text
 
-    table = Table("id", "plan", "stage", "task", "from", "seed", "grid", "status", "gpu", "score", "reason",
-                  box=None)
+    table = Table("id", "plan", "stage", "task", "from", "seed", "grid", "status", "gpu", "score", "reason", box=None)
     status = {r["id"]: r["status"] for r in ledger.runs()}
     for r in runs:
         params = r.get("params") if isinstance(r.get("params"), dict) else None
         grid = plans.grid_text(r.get("grid"), params) if isinstance(r.get("grid"), dict) else str(r.get("grid") or "")
         score = r.get("score")
-        cells = (r["id"], r.get("plan"), r.get("stage"), r.get("task"), r.get("intermediate") or "",
-                 r.get("seed", ""), grid, r["status"], "" if r.get("gpu") is None else r["gpu"],
-                 f"{score:.4f}" if isinstance(score, (int, float)) else "", _reason(r, status))
+        cells = (
+            r["id"],
+            r.get("plan"),
+            r.get("stage"),
+            r.get("task"),
+            r.get("intermediate") or "",
+            r.get("seed", ""),
+            grid,
+            r["status"],
+            "" if r.get("gpu") is None else r["gpu"],
+            f"{score:.4f}" if isinstance(score, (int, float)) else "",
+            _reason(r, status),
+        )
         # Text, not markup: a name like "[/]" is shown, not parsed; control characters shown escaped
         table.add_row(*(Text(terminal_safe("" if c is None else c)) for c in cells))
     _console().print(table)
@@ -635,16 +803,28 @@ def _warn_stuck(runs: list[dict]) -> None:
 def scores(
     ctx: typer.Context,
     plan: Annotated[str, typer.Argument(help="a queued plan's name (or its file)", show_default=False)],
-    metric: Annotated[str | None, typer.Option("--metric", help="a metric in the runs' results (default: each "
-                                               "target's primary metric)")] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option("--metric", help="a metric in the runs' results (default: each target's primary metric)"),
+    ] = None,
     by_seed: Annotated[bool, typer.Option("--by-seed", help="one row per starting point and seed")] = False,
-    fmt: Annotated[str | None, typer.Option("--format", help="table | csv | md | latex | json | png | pdf | svg "
-                                            "(default: from -o's extension, else table)")] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="table | csv | md | latex | json | png | pdf | svg (default: from -o's extension, else table)",
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option("-o", "--output", help="write to this file")] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing -o file")] = False,
     alpha: Annotated[float, typer.Option("--alpha", help="level of the paired sign-flip test")] = 0.05,
-    without_failed: Annotated[bool, typer.Option("--without-failed", help="show the mean and std without the "
-                                                 "failed runs (at or below the majority-class score)")] = False,
+    without_failed: Annotated[
+        bool,
+        typer.Option(
+            "--without-failed",
+            help="show the mean and std without the failed runs (at or below the majority-class score)",
+        ),
+    ] = False,
 ) -> None:
     """The score table of a plan: mean/std/median/max/min per (intermediate, target), failed-run rate,
     gain over "none" with a paired test."""
@@ -654,8 +834,10 @@ def scores(
     if fmt is None:
         fmt = named or ("table" if out is None else "")
         if not fmt:
-            raise UserError(f"-o {out}: name the format with --format (csv, md, latex, json, png, pdf, svg) or use "
-                            "one of the extensions .csv .md .tex .json .png .pdf .svg")
+            raise UserError(
+                f"-o {out}: name the format with --format (csv, md, latex, json, png, pdf, svg) or use "
+                "one of the extensions .csv .md .tex .json .png .pdf .svg"
+            )
     if fmt not in results.FORMATS:
         raise UserError(f"--format: '{fmt}' is not one of {', '.join(results.FORMATS)}")
     if fmt in results.FIGURES and out is None:
@@ -663,12 +845,12 @@ def scores(
     if fmt == "table" and out is not None:
         raise UserError("--format table prints to the terminal; choose csv, md, latex or json for -o")
     if out is not None and out.suffix and named != fmt:
-        raise UserError(f"-o {out}: the extension '{out.suffix}' does not match --format {fmt} "
-                        f"(use .{results.EXTENSIONS[fmt]})")
+        raise UserError(
+            f"-o {out}: the extension '{out.suffix}' does not match --format {fmt} (use .{results.EXTENSIONS[fmt]})"
+        )
     if out is not None and out.is_file() and not force:
         raise UserError(f"-o {out}: the file exists; add --force to overwrite it")
-    table = results.build(_root(ctx), plan, metric=metric, by_seed=by_seed, alpha=alpha,
-                          without_failed=without_failed)
+    table = results.build(_root(ctx), plan, metric=metric, by_seed=by_seed, alpha=alpha, without_failed=without_failed)
     if fmt == "table":
         _console().print(results.to_rich(table))
         return
@@ -728,17 +910,22 @@ def _gpu_checks(root: Path) -> tuple[list[tuple[str, str]], object]:
     for g in report.gpus:
         used = "?" if g.used_gb is None else f"{g.used_gb:.1f}"
         util = "" if g.util is None else f", {g.util:.0f}% busy"
-        checks.append(("ok", f"GPU {g.index}: {g.name}, {used} of {g.total_gb:.1f} GiB used{util}, "
-                             f"{len(g.procs)} processes"))
+        checks.append(
+            ("ok", f"GPU {g.index}: {g.name}, {used} of {g.total_gb:.1f} GiB used{util}, {len(g.procs)} processes")
+        )
         for pr in g.procs:
-            who = (f"run {' '.join(pr.run_ids)} ({pr.plan}, {pr.stage})" if pr.ours else
-                   f"not ours: user {pr.user or '?'}, {pr.command or '?'}")
+            who = (
+                f"run {' '.join(pr.run_ids)} ({pr.plan}, {pr.stage})"
+                if pr.ours
+                else f"not ours: user {pr.user or '?'}, {pr.command or '?'}"
+            )
             checks.append(("info", f"  pid {pr.pid} on GPU {g.index}: {who}"))
     if report.gpus:
         checks.append(("ok", f"driver {report.driver}"))
     elif not probe.error and not probe.gpus:
-        checks.append(("warn", f"no GPU found ({report.reason}): runs train on the CPU; install the NVIDIA driver "
-                               "for GPUs"))
+        checks.append(
+            ("warn", f"no GPU found ({report.reason}): runs train on the CPU; install the NVIDIA driver for GPUs")
+        )
     return checks, report
 
 
@@ -752,8 +939,13 @@ def _mps_check(root: Path, info: dict | None, checks: list[tuple[str, str]]) -> 
         checks.append(("ok" if mps_line.startswith("MPS on") else "warn", f"the daemon's {mps_line}"))
     elif info is None and mps.control_daemons(mps.base_dir(root)):
         left = ", ".join(str(pr.pid) for pr in mps.control_daemons(mps.base_dir(root)))
-        checks.append(("warn", f"an MPS control daemon is left running for this runs-dir (pid {left}); "
-                               "`daemon start --mps` reuses or replaces it"))
+        checks.append(
+            (
+                "warn",
+                f"an MPS control daemon is left running for this runs-dir (pid {left}); "
+                "`daemon start --mps` reuses or replaces it",
+            )
+        )
     elif mps_ok:
         checks.append(("ok", f"MPS can start ({mps.EXE} found)"))
     else:
@@ -781,10 +973,18 @@ def doctor(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         checks.append(("warn", "Hugging Face Hub unreachable: set data_dir and local model folders in plans"))
     root.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(root).free / 2**30
-    checks.append(("ok" if free > 20 else "warn", f"{free:.0f} GiB free in {root}" + (
-        "" if free > 20 else " (intermediate checkpoints need ~1.5 GB each for RoBERTa-large)")))
-    checks.append(("ok", f"daemon running (pid {info.get('pid')})") if info else
-                  ("info", "no daemon running: `stilts-tui daemon start` (queue add starts one)"))
+    checks.append(
+        (
+            "ok" if free > 20 else "warn",
+            f"{free:.0f} GiB free in {root}"
+            + ("" if free > 20 else " (intermediate checkpoints need ~1.5 GB each for RoBERTa-large)"),
+        )
+    )
+    checks.append(
+        ("ok", f"daemon running (pid {info.get('pid')})")
+        if info
+        else ("info", "no daemon running: `stilts-tui daemon start` (queue add starts one)")
+    )
     try:
         runs = Ledger(root).runs()
         checks.append(("ok", f"ledger readable ({len(runs)} runs)"))
@@ -795,9 +995,21 @@ def doctor(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 
     checks += [("fail", line) for line in stuck_lines(runs)]
     if as_json:
-        typer.echo(json.dumps({**report.as_dict(), "mps": mps_ok, "mps_state": mps_line, "hub_reachable": hub,
-                               "disk_free_gb": round(free, 1), "runs_dir": str(root), "daemon": info,
-                               "checks": [{"level": lv, "text": t} for lv, t in checks]}, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    **report.as_dict(),
+                    "mps": mps_ok,
+                    "mps_state": mps_line,
+                    "hub_reachable": hub,
+                    "disk_free_gb": round(free, 1),
+                    "runs_dir": str(root),
+                    "daemon": info,
+                    "checks": [{"level": lv, "text": t} for lv, t in checks],
+                },
+                indent=2,
+            )
+        )
         return
     for level, text in checks:
         typer.echo(f"{level:<5} {text}")

@@ -88,9 +88,19 @@ RESULT_STATUSES: tuple[str, ...] = tuple(s.value for s in ResultStatus)
 # opt-in named in the plan (docs/plans.md). A plan's expansion resolves these into every run's params
 # (and so into its id): the trainer, the queue and the cost estimate read params, never a fallback.
 TRAINING_DEFAULTS: dict[str, object] = {
-    "lr": 1e-5, "batch_size": 8, "warmup": 0.1, "epochs": 3, "max_len": 128,
-    "weight_decay": 0.0, "grad_accum": 1, "precision": "fp32", "batching": "random", "pad": "auto",
-    "clip": "step", "fuse": False, "transfer": "all",
+    "lr": 1e-5,
+    "batch_size": 8,
+    "warmup": 0.1,
+    "epochs": 3,
+    "max_len": 128,
+    "weight_decay": 0.0,
+    "grad_accum": 1,
+    "precision": "fp32",
+    "batching": "random",
+    "pad": "auto",
+    "clip": "step",
+    "fuse": False,
+    "transfer": "all",
 }
 
 # ---- what result.json holds --------------------------------------------------------------------
@@ -121,10 +131,18 @@ class Setup:
         return out
 
     def line(self) -> str:
-        lora = (f", LoRA r {self.lora['r']} alpha {self.lora['alpha']:g} on {'/'.join(self.lora['targets'])} "
-                f"(transfer {self.transfer})") if self.method == "lora" and self.lora else ""
-        return (f"{self.precision}{' (tf32 matmuls)' if self.tf32 else ''}, {self.batching} batches, pad {self.pad}, "
-                f"clip per {self.clip.replace('_', '-')}, compile {self.compile}{lora}")
+        lora = (
+            (
+                f", LoRA r {self.lora['r']} alpha {self.lora['alpha']:g} on {'/'.join(self.lora['targets'])} "
+                f"(transfer {self.transfer})"
+            )
+            if self.method == "lora" and self.lora
+            else ""
+        )
+        return (
+            f"{self.precision}{' (tf32 matmuls)' if self.tf32 else ''}, {self.batching} batches, pad {self.pad}, "
+            f"clip per {self.clip.replace('_', '-')}, compile {self.compile}{lora}"
+        )
 
 
 @dataclass
@@ -152,8 +170,9 @@ class Result:
     def read(cls, data: dict) -> Result:
         """A parsed result.json (checked elsewhere: see queue/checks.py) as a Result."""
         named = {f.name for f in fields(cls)} - {"extra"}
-        return cls(**{k: v for k, v in data.items() if k in named},
-                   extra={k: v for k, v in data.items() if k not in named})
+        return cls(
+            **{k: v for k, v in data.items() if k in named}, extra={k: v for k, v in data.items() if k not in named}
+        )
 
     @property
     def setup(self) -> dict:
@@ -169,13 +188,20 @@ CANCEL_GRACE_S = 10.0  # seconds between SIGTERM and SIGKILL when a cancel names
 # params a run may carry beyond the defaults, and what their absence means (they enter a run's params, and
 # so its id, only when a plan sets them): compile "auto" (the trainer decides), evaluation batch None
 # (max(batch_size, 32)), every train and dev example, no checkpoint kept (intermediates always keep one)
-OPTIONAL_PARAMS: dict[str, object] = {"compile": "auto", "eval_batch_size": None, "max_train_samples": None,
-                                      "max_dev_samples": None, "keep_checkpoint": False}
+OPTIONAL_PARAMS: dict[str, object] = {
+    "compile": "auto",
+    "eval_batch_size": None,
+    "max_train_samples": None,
+    "max_dev_samples": None,
+    "keep_checkpoint": False,
+}
 
 
 def optional(params: dict, key: str) -> object:
     """An optional param's value: the run's own, else what its absence means (:data:`OPTIONAL_PARAMS`)."""
     return params[key] if params.get(key) is not None else OPTIONAL_PARAMS[key]
+
+
 STAGES = ("synth", "intermediate", "target")  # a plan's stages, in expansion order
 TRAINED_STAGES = ("intermediate", "target")  # the stages the trainer runs (synth runs have their own params)
 
@@ -204,8 +230,14 @@ def shape_key(spec: dict) -> str:
     length, task kind and choices, precision. The queue learns memory by it, the cost estimate speed,
     and fused arrays group within it (:func:`array_key`). The same string the ledger's ``shape`` keeps."""
     p, task = _sub(spec, "params"), _sub(spec, "task")
-    key = [_sub(spec, "model").get("name"), p.get("batch_size"), p.get("max_len"), task.get("kind"),
-           task.get("num_choices"), p.get("precision")]
+    key = [
+        _sub(spec, "model").get("name"),
+        p.get("batch_size"),
+        p.get("max_len"),
+        task.get("kind"),
+        task.get("num_choices"),
+        p.get("precision"),
+    ]
     if p.get("method") == "lora":  # a LoRA run takes a fraction of a full fine-tune's memory
         lora = p.get("lora") if isinstance(p.get("lora"), dict) else {}
         key.append({"method": "lora", "r": lora.get("r"), "targets": lora.get("targets")})
@@ -218,8 +250,19 @@ def array_key(spec: dict) -> str | None:
     p = _sub(spec, "params")
     if spec.get("stage") not in TRAINED_STAGES or p.get("precision") == "fp16":
         return None
-    same = {k: p.get(k) for k in ("grad_accum", "epochs", "max_train_samples", "max_dev_samples",
-                                  "eval_batch_size", "batching", "pad", "clip")}
+    same = {
+        k: p.get(k)
+        for k in (
+            "grad_accum",
+            "epochs",
+            "max_train_samples",
+            "max_dev_samples",
+            "eval_batch_size",
+            "batching",
+            "pad",
+            "clip",
+        )
+    }
     if p.get("method") == "lora":  # one frozen encoder for the array: the same starting weights and adapters
         same.update(method="lora", lora=p.get("lora"), frozen=frozen_base(spec))
     return json.dumps({"shape": shape_key(spec), "task": _sub(spec, "task"), **same}, sort_keys=True, default=str)

@@ -31,10 +31,27 @@ DEFAULT_OVERHEAD_S = 30.0
 SYNTH_SECONDS_PER_TEXT = 0.02  # GPT-2 medium sampling in batches of 64, one text = a context's ending
 # train examples of the built-in tasks' official train splits (for hub data that is not on disk)
 KNOWN_TRAIN_SIZES = {
-    "rte": 2490, "mrpc": 3668, "cola": 8551, "sst2": 67349, "stsb": 5749, "qnli": 104743, "mnli": 392702,
-    "wic": 5428, "mednli": 11232, "hellaswag": 39905, "hellaswag-p": 39905, "siqa": 33410,
-    "winogrande-xs": 160, "winogrande-s": 640, "winogrande-m": 2558, "winogrande-l": 10234,
-    "winogrande-xl": 40398, "cosmosqa": 25262, "boolq": 9427, "copa": 400, "commonsenseqa": 9741,
+    "rte": 2490,
+    "mrpc": 3668,
+    "cola": 8551,
+    "sst2": 67349,
+    "stsb": 5749,
+    "qnli": 104743,
+    "mnli": 392702,
+    "wic": 5428,
+    "mednli": 11232,
+    "hellaswag": 39905,
+    "hellaswag-p": 39905,
+    "siqa": 33410,
+    "winogrande-xs": 160,
+    "winogrande-s": 640,
+    "winogrande-m": 2558,
+    "winogrande-l": 10234,
+    "winogrande-xl": 40398,
+    "cosmosqa": 25262,
+    "boolq": 9427,
+    "copa": 400,
+    "commonsenseqa": 9741,
 }
 
 
@@ -69,10 +86,21 @@ class Cost:
 
     def as_dict(self) -> dict:
         rows = [*self.stages.values(), self.total]
-        return {"stages": {s.stage: {"runs": s.runs, "steps": s.steps, "samples": s.samples,
-                                     "gpu_hours": round(s.gpu_hours, 4), "measured": s.measured,
-                                     "default": s.default, "unknown_size": s.unknown} for s in rows},
-                "notes": self.notes}
+        return {
+            "stages": {
+                s.stage: {
+                    "runs": s.runs,
+                    "steps": s.steps,
+                    "samples": s.samples,
+                    "gpu_hours": round(s.gpu_hours, 4),
+                    "measured": s.measured,
+                    "default": s.default,
+                    "unknown_size": s.unknown,
+                }
+                for s in rows
+            },
+            "notes": self.notes,
+        }
 
 
 @dataclass
@@ -115,8 +143,10 @@ def measured(root: Path | None) -> dict[str, Rate]:
         setup = res.get("setup") if isinstance(res.get("setup"), dict) else {}
         k = _num(setup.get("fused", res.get("fused"))) or 1
         found.setdefault(shape_key(spec), []).append((rate * k, max(0.0, wall - train)))
-    return {key: Rate(statistics.median(x for x, _ in v), statistics.median(o for _, o in v), len(v))
-            for key, v in found.items()}
+    return {
+        key: Rate(statistics.median(x for x, _ in v), statistics.median(o for _, o in v), len(v))
+        for key, v in found.items()
+    }
 
 
 def default_rate(spec: dict) -> tuple[float, str]:
@@ -124,8 +154,9 @@ def default_rate(spec: dict) -> tuple[float, str]:
     params = placement.model_params(spec.get("model") or {})
     base = next(rate for limit, rate in DEFAULT_THROUGHPUT if params <= limit)
     p = spec.get("params") or {}
-    choices = (spec.get("task") or {}).get("num_choices") or (4 if (spec.get("task") or {}).get("kind") ==
-                                                                "multiple_choice" else 1)
+    choices = (spec.get("task") or {}).get("num_choices") or (
+        4 if (spec.get("task") or {}).get("kind") == "multiple_choice" else 1
+    )
     rate = base * 128 / max(8, int(p["max_len"])) / choices
     return rate, f"{base:g} samples/s at max_len 128 for ~{params / 1e6:.0f}M parameters"
 
@@ -194,13 +225,23 @@ def estimate(plan: plans.Plan, runs: list[plans.Run], rates: dict[str, Rate] | N
             defaults.add(why)
     total = cost.total
     if total.measured:
-        n_shapes = len({shape_key({"model": {"name": plan.model}, "params": r.params, "task": r.task_spec})
-                        for r in runs if r.stage != "synth"} & set(rates))
-        cost.notes.append(f"{total.measured} runs timed from throughput measured by finished runs of the same "
-                          f"shape in the ledger ({n_shapes} shapes)")
+        n_shapes = len(
+            {
+                shape_key({"model": {"name": plan.model}, "params": r.params, "task": r.task_spec})
+                for r in runs
+                if r.stage != "synth"
+            }
+            & set(rates)
+        )
+        cost.notes.append(
+            f"{total.measured} runs timed from throughput measured by finished runs of the same "
+            f"shape in the ledger ({n_shapes} shapes)"
+        )
     for why in sorted(defaults):
-        cost.notes.append(f"default throughput (no finished run of the same shape): {why}, one GPU, fp32, "
-                          f"+{DEFAULT_OVERHEAD_S:g} s a run")
+        cost.notes.append(
+            f"default throughput (no finished run of the same shape): {why}, one GPU, fp32, "
+            f"+{DEFAULT_OVERHEAD_S:g} s a run"
+        )
     if cost.stages["synth"].runs:
         cost.notes.append(f"synthesis: {SYNTH_SECONDS_PER_TEXT:g} s a generated text (default)")
     if total.unknown:

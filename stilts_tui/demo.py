@@ -15,8 +15,13 @@ TOPICS = {
     "music": "guitar piano violin drum song melody concert singer trumpet flute orchestra chorus".split(),
     "animals": "dog cat horse cow sheep lion tiger rabbit mouse wolf bear eagle".split(),
 }
-FRAMES = ["the {} and the {} were there", "we talked about {} and {}", "a {} next to a {}",
-          "i like the {} more than the {}", "she saw a {} near the {}"]
+FRAMES = [
+    "the {} and the {} were there",
+    "we talked about {} and {}",
+    "a {} next to a {}",
+    "i like the {} more than the {}",
+    "she saw a {} near the {}",
+]
 
 
 def sentence(rng: random.Random, topic: str) -> str:

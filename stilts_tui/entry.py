@@ -16,10 +16,13 @@ try:  # typer >= 0.2x carries its own copy of click; older typer uses click itse
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors
 
-RunsDir = Annotated[Path | None, typer.Option("--runs-dir", envvar="STILTS_RUNS_DIR",
-                                              help="where run folders and the ledger live")]
-NoDaemon = Annotated[bool, typer.Option("--no-daemon", envvar="STILTS_NO_DAEMON",
-                                        help="do not start the queue daemon if it is not running")]
+RunsDir = Annotated[
+    Path | None, typer.Option("--runs-dir", envvar="STILTS_RUNS_DIR", help="where run folders and the ledger live")
+]
+NoDaemon = Annotated[
+    bool,
+    typer.Option("--no-daemon", envvar="STILTS_NO_DAEMON", help="do not start the queue daemon if it is not running"),
+]
 
 
 def names_a_command(argv: list[str]) -> bool:

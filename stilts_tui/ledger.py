@@ -119,10 +119,14 @@ class Ledger:
     def recovery(self) -> str:
         """What to do about a ledger that cannot be read."""
         if _readable_ledger(self.backup):
-            return (f"restore the last good copy: cp {self.backup} {self.path} (it lacks at most the last "
-                    "change; see docs/reliability.md)")
-        return (f"move it aside (mv {self.path} {self.path}.damaged) to start an empty ledger; run folders "
-                "stay, and `queue add` of their plans records them again (see docs/reliability.md)")
+            return (
+                f"restore the last good copy: cp {self.backup} {self.path} (it lacks at most the last "
+                "change; see docs/reliability.md)"
+            )
+        return (
+            f"move it aside (mv {self.path} {self.path}.damaged) to start an empty ledger; run folders "
+            "stay, and `queue add` of their plans records them again (see docs/reliability.md)"
+        )
 
     def _load(self) -> dict:
         """The whole file, parsed and checked; reused while the file on disk is the same one."""
@@ -143,8 +147,10 @@ class Ledger:
         except OSError as e:
             raise _io_error(e, "reading the ledger") from None
         if not raw.strip():
-            raise LedgerError(f"{self.path}: the ledger is empty ({len(raw)} bytes; a crash or a power loss "
-                              f"can leave this) and was left as it is; {self.recovery()}")
+            raise LedgerError(
+                f"{self.path}: the ledger is empty ({len(raw)} bytes; a crash or a power loss "
+                f"can leave this) and was left as it is; {self.recovery()}"
+            )
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
@@ -168,7 +174,8 @@ class Ledger:
         """Runs in queue order (priority, stage, plan order), optionally filtered."""
         table = self._load().get("runs", {})
         out = [
-            dict(d) for d in table.values()
+            dict(d)
+            for d in table.values()
             if (plan is None or d.get("plan") == plan) and (status is None or d.get("status") == status)
         ]
         out.sort(key=queue_order)
@@ -202,8 +209,9 @@ class Ledger:
                 os.close(os.open(self._lock_obj.lock_file, os.O_RDWR | os.O_CREAT, 0o644))
             self._lock_obj.acquire()
         except Timeout:
-            raise LedgerError(f"{self.path}: could not lock the ledger (held by another process)",
-                              exit_code=1) from None
+            raise LedgerError(
+                f"{self.path}: could not lock the ledger (held by another process)", exit_code=1
+            ) from None
         except OSError as e:
             raise _io_error(e, "locking the ledger") from None
         try:
@@ -240,8 +248,9 @@ class Ledger:
             try:
                 body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
             except (TypeError, ValueError) as e:
-                raise LedgerError(f"{self.path}: run '{key}' cannot be stored ({first_line(e)}); nothing was "
-                                  "written", exit_code=1) from None
+                raise LedgerError(
+                    f"{self.path}: run '{key}' cannot be stored ({first_line(e)}); nothing was written", exit_code=1
+                ) from None
         return b'"%s":%s,' % (key.encode(), body)
 
     def _encode(self, data: dict, changed: set[str] | None) -> list[bytes]:
@@ -257,8 +266,9 @@ class Ledger:
         try:
             rest = orjson.dumps({k: v for k, v in data.items() if k != "runs"})
         except TypeError as e:
-            raise LedgerError(f"{self.path}: cannot be stored ({first_line(e)}); nothing was written",
-                              exit_code=1) from None
+            raise LedgerError(
+                f"{self.path}: cannot be stored ({first_line(e)}); nothing was written", exit_code=1
+            ) from None
         pieces = [b'{"runs":{', *self._frags.values()]
         if len(pieces) > 1:
             pieces[-1] = pieces[-1][:-1]  # no comma after the last run
@@ -299,9 +309,11 @@ class Ledger:
         if self._stamp is None:  # not the version this process read and checked: keep the old backup
             return
         if self.backup.is_dir() and not self.backup.is_symlink():
-            raise LedgerError(f"{self.backup} is a directory, so the last good ledger cannot be kept there; move "
-                              f"it aside (mv {self.backup} {self.backup}.dir) and run the command again (nothing "
-                              "was written)")
+            raise LedgerError(
+                f"{self.backup} is a directory, so the last good ledger cannot be kept there; move "
+                f"it aside (mv {self.backup} {self.backup}.dir) and run the command again (nothing "
+                "was written)"
+            )
         link = self.dir / f".ledger.{os.getpid()}.bak.tmp"
         try:
             link.unlink(missing_ok=True)
@@ -321,8 +333,18 @@ class Ledger:
             table = tx.runs._read_table()
             new = [r for r in records if r["id"] not in table]
             docs = [
-                Document({**r, "status": "queued", "priority": priority, "gpu": None, "score": None,
-                          "added": now, "attempts": 0}, doc_id=r["id"])
+                Document(
+                    {
+                        **r,
+                        "status": "queued",
+                        "priority": priority,
+                        "gpu": None,
+                        "score": None,
+                        "added": now,
+                        "attempts": 0,
+                    },
+                    doc_id=r["id"],
+                )
                 for r in new
             ]
             if docs:
@@ -354,8 +376,12 @@ def _num(x: object) -> float:
 
 def queue_order(run: dict) -> tuple:
     """Priority (higher first), then stage (synth, intermediate, target), then plan order."""
-    return (-_num(run.get("priority", 0)), STAGE_ORDER.get(run.get("stage"), 3), _num(run.get("added", 0)),
-            _num(run.get("order", 0)))
+    return (
+        -_num(run.get("priority", 0)),
+        STAGE_ORDER.get(run.get("stage"), 3),
+        _num(run.get("added", 0)),
+        _num(run.get("order", 0)),
+    )
 
 
 def _io_error(e: OSError, doing: str) -> UserError:
@@ -403,10 +429,28 @@ def shape_problem(data: object) -> str | None:
 
 # fields the queue reads from a run, with what each must hold (None is always allowed)
 _INT, _NUM, _STR = "an integer", "a number", "a string"
-RUN_FIELDS = {"priority": _NUM, "attempts": _INT, "pid": _INT, "pid_started": _NUM, "started": _NUM,
-              "finished": _NUM, "added": _NUM, "order": _NUM, "gpu": _INT, "est_gb": _NUM,
-              "peak_gpu_mem_gb": _NUM, "fused": _INT, "score": _NUM, "job_id": _STR, "parent": _STR,
-              "worker": _STR, "error": _STR, "shape": _STR, "slurm_state": _STR, "slurm_reason": _STR}
+RUN_FIELDS = {
+    "priority": _NUM,
+    "attempts": _INT,
+    "pid": _INT,
+    "pid_started": _NUM,
+    "started": _NUM,
+    "finished": _NUM,
+    "added": _NUM,
+    "order": _NUM,
+    "gpu": _INT,
+    "est_gb": _NUM,
+    "peak_gpu_mem_gb": _NUM,
+    "fused": _INT,
+    "score": _NUM,
+    "job_id": _STR,
+    "parent": _STR,
+    "worker": _STR,
+    "error": _STR,
+    "shape": _STR,
+    "slurm_state": _STR,
+    "slurm_reason": _STR,
+}
 
 
 # fields that become paths (the run's folder, its parent's, its worker's log): they must match their rule

@@ -35,8 +35,10 @@ def load_tokenizer(model: str):
     except (OSError, ValueError):
         pass
     if Path(model).exists() or not hub_reachable():
-        raise UserError(f"cannot load the tokenizer of '{model}': not a model folder, not in the local cache, "
-                        "and the Hugging Face Hub is unreachable; pass --model with a local model folder")
+        raise UserError(
+            f"cannot load the tokenizer of '{model}': not a model folder, not in the local cache, "
+            "and the Hugging Face Hub is unreachable; pass --model with a local model folder"
+        )
     try:
         return AutoTokenizer.from_pretrained(model)
     except (OSError, ValueError) as e:
@@ -55,8 +57,9 @@ def encode(model: str, kind: str, max_len: int, examples: list[dict]) -> list[di
     out = []
     for e, row in zip(examples, ids, strict=True):
         if kind == "multiple_choice":
-            text = [[fill_sep(a, tok.sep_token), fill_sep(b, tok.sep_token)] for a, b in zip(e["a"], e["b"],
-                                                                                             strict=True)]
+            text = [
+                [fill_sep(a, tok.sep_token), fill_sep(b, tok.sep_token)] for a, b in zip(e["a"], e["b"], strict=True)
+            ]
             tokens = [tok.convert_ids_to_tokens(r) for r in row]
         else:
             text = [fill_sep(e["a"], tok.sep_token), fill_sep(e["b"], tok.sep_token)]
@@ -92,19 +95,28 @@ def build_bpe(texts: list[str], family: str):
     bert_like = family in ("bert", "distilbert", "electra", "albert", "deberta_v2", "deberta")
     specials = BERT_SPECIALS if bert_like else ROBERTA_SPECIALS
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts or ["a b c"], vocab_size=600, min_frequency=1, special_tokens=specials,
-                            show_progress=False)
+    bpe.train_from_iterator(
+        texts or ["a b c"], vocab_size=600, min_frequency=1, special_tokens=specials, show_progress=False
+    )
     inner = bpe._tokenizer
     if bert_like:
-        inner.post_processor = processors.BertProcessing(("[SEP]", inner.token_to_id("[SEP]")),
-                                                         ("[CLS]", inner.token_to_id("[CLS]")))
-        names = dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-                     mask_token="[MASK]")
+        inner.post_processor = processors.BertProcessing(
+            ("[SEP]", inner.token_to_id("[SEP]")), ("[CLS]", inner.token_to_id("[CLS]"))
+        )
+        names = dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
     else:
-        inner.post_processor = processors.RobertaProcessing(("</s>", inner.token_to_id("</s>")),
-                                                            ("<s>", inner.token_to_id("<s>")))
-        names = dict(bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>", cls_token="<s>",
-                     sep_token="</s>", mask_token="<mask>")
+        inner.post_processor = processors.RobertaProcessing(
+            ("</s>", inner.token_to_id("</s>")), ("<s>", inner.token_to_id("<s>"))
+        )
+        names = dict(
+            bos_token="<s>",
+            eos_token="</s>",
+            pad_token="<pad>",
+            unk_token="<unk>",
+            cls_token="<s>",
+            sep_token="</s>",
+            mask_token="<mask>",
+        )
     return PreTrainedTokenizerFast(tokenizer_object=inner, **names)
 
 
@@ -118,8 +130,9 @@ def build_encoder(folder: Path, model: str, texts: list[str]) -> dict:
         tok, source = load_tokenizer(model), "the model's own"
     except UserError:
         tok, source = build_bpe(texts, family), "built (byte-level BPE on the rehearsal's texts)"
-    size = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                max_position_embeddings=600)
+    size = dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=600
+    )
     try:
         config = AutoConfig.for_model(family, vocab_size=len(tok), pad_token_id=tok.pad_token_id, **size)
     except ValueError:
@@ -142,12 +155,16 @@ def build_generator(folder: Path, texts: list[str]) -> None:
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(texts, vocab_size=400, min_frequency=1, special_tokens=[GPT2_EOS], show_progress=False)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=GPT2_EOS, bos_token=GPT2_EOS,
-                                  unk_token=GPT2_EOS)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, eos_token=GPT2_EOS, bos_token=GPT2_EOS, unk_token=GPT2_EOS
+    )
     eos = tok.convert_tokens_to_ids(GPT2_EOS)
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=1024, n_embd=32, n_layer=2, n_head=2,
-                                       bos_token_id=eos, eos_token_id=eos))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tok), n_positions=1024, n_embd=32, n_layer=2, n_head=2, bos_token_id=eos, eos_token_id=eos
+        )
+    )
     model.save_pretrained(str(folder), safe_serialization=True)
     tok.save_pretrained(str(folder))
 
@@ -167,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     except UserError as e:
         return report(e)
-    print("usage: python -m stilts_tui.modeltools encode MODEL KIND MAX_LEN | tiny OUT MODEL TEXTS.json",
-          file=sys.stderr)
+    print(
+        "usage: python -m stilts_tui.modeltools encode MODEL KIND MAX_LEN | tiny OUT MODEL TEXTS.json", file=sys.stderr
+    )
     return 2
 
 

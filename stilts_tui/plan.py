@@ -84,8 +84,9 @@ def _str_list():
 
 
 def _int_list():
-    return (lambda v: isinstance(v, list) and v and all(_is_int(x) and x >= 0 for x in v)
-            and len(set(v)) == len(v)), "a non-empty list of distinct integers >= 0"
+    return (
+        lambda v: isinstance(v, list) and v and all(_is_int(x) and x >= 0 for x in v) and len(set(v)) == len(v)
+    ), "a non-empty list of distinct integers >= 0"
 
 
 HYPER = {
@@ -114,32 +115,56 @@ DEFAULTS = contract.TRAINING_DEFAULTS  # the reference's settings; the run contr
 # the run is a LoRA run, so plans without the keys keep their run ids
 LORA_TARGETS = ("query", "key", "value", "attention_output", "intermediate", "output")
 LORA_KEYS = {
-    "r": _int(1, 4096), "alpha": _num(0, lo_open=True), "dropout": _num(0, 1, hi_open=True),
-    "targets": ((lambda v: isinstance(v, list) and bool(v) and all(t in LORA_TARGETS for t in v)
-                 and len(set(v)) == len(v)), "a non-empty list of distinct layers out of " + ", ".join(LORA_TARGETS)),
+    "r": _int(1, 4096),
+    "alpha": _num(0, lo_open=True),
+    "dropout": _num(0, 1, hi_open=True),
+    "targets": (
+        (lambda v: isinstance(v, list) and bool(v) and all(t in LORA_TARGETS for t in v) and len(set(v)) == len(v)),
+        "a non-empty list of distinct layers out of " + ", ".join(LORA_TARGETS),
+    ),
 }
 LORA_DEFAULTS = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": ["query", "value"]}
 DATA_KEYS = {"task": _str(), "data_dir": _str(), "train_file": _str(), "dev_file": _str()}
 STAGE_KEYS = {
     "intermediate": {**DATA_KEYS, **HYPER, "seeds": _int_list(), "seed": _int(0), "keep_checkpoint": _bool()},
-    "target": {**DATA_KEYS, **HYPER, "seeds": _int_list(), "grid": (lambda v: isinstance(v, dict), "a table"),
-               "keep_checkpoint": _bool()},
+    "target": {
+        **DATA_KEYS,
+        **HYPER,
+        "seeds": _int_list(),
+        "grid": (lambda v: isinstance(v, dict), "a table"),
+        "keep_checkpoint": _bool(),
+    },
 }
 SYNTH_KEYS = {
-    "corpus": _one_of("squad"), "corpus_file": _str(), "generator": _str(), "n": _int(1),
-    "fakes": _int(1, 64), "top_p": _num(0, 1, lo_open=True), "top_k": _int(0),
-    "temperature": _num(0, lo_open=True), "seed": _int(0), "dev": _int(0), "batch_size": _int(1, 4096),
+    "corpus": _one_of("squad"),
+    "corpus_file": _str(),
+    "generator": _str(),
+    "n": _int(1),
+    "fakes": _int(1, 64),
+    "top_p": _num(0, 1, lo_open=True),
+    "top_k": _int(0),
+    "temperature": _num(0, lo_open=True),
+    "seed": _int(0),
+    "dev": _int(0),
+    "batch_size": _int(1, 4096),
 }
 CUSTOM_KEYS = {
-    "format": _one_of("jsonl", "csv", "tsv"), "train": _str(), "dev": _str(),
-    "kind": _one_of(*tasks.KINDS), "text_fields": _str_list(), "label_field": _str(),
-    "choices_field": _str(), "choice_fields": _str_list(), "labels": _str_list(),
+    "format": _one_of("jsonl", "csv", "tsv"),
+    "train": _str(),
+    "dev": _str(),
+    "kind": _one_of(*tasks.KINDS),
+    "text_fields": _str_list(),
+    "label_field": _str(),
+    "choices_field": _str(),
+    "choice_fields": _str_list(),
+    "labels": _str_list(),
     "metric": _one_of(*tasks.METRICS),
 }
 SLURM_NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
 SLURM_TIME_RE = re.compile(r"^(\d+-\d{1,2}(:\d{2}){0,2}|\d+(:\d{2}){0,2})$")  # sbatch --time formats
 SLURM_MEM_RE = re.compile(r"^\d+[KMGT]?$")
 SLURM_FLAG_RE = re.compile(r"^--[a-z][a-z0-9-]*(=[^\x00\n]*)?$")
+
 
 def _slurm_flags(v: object) -> bool:
     if not isinstance(v, list):
@@ -156,13 +181,18 @@ SLURM_KEYS = {
     "partition": ((lambda v: isinstance(v, str) and bool(SLURM_NAME_RE.match(v))), "a partition name"),
     "account": ((lambda v: isinstance(v, str) and bool(SLURM_NAME_RE.match(v))), "an account name"),
     "qos": ((lambda v: isinstance(v, str) and bool(SLURM_NAME_RE.match(v))), "a QOS name"),
-    "time": ((lambda v: isinstance(v, str) and bool(SLURM_TIME_RE.match(v))),
-             'a time limit like "90", "4:00:00" or "1-12:00:00"'),
+    "time": (
+        (lambda v: isinstance(v, str) and bool(SLURM_TIME_RE.match(v))),
+        'a time limit like "90", "4:00:00" or "1-12:00:00"',
+    ),
     "gpus": _int(0, 64),
     "cpus": _int(1, 1024),
     "mem": ((lambda v: isinstance(v, str) and bool(SLURM_MEM_RE.match(v))), 'a memory size like "32G" or "16000M"'),
-    "sbatch_args": (_slurm_flags, 'a list of "--flag" or "--flag=value" sbatch options other than those the '
-                    "executor sets or that break its tracking (" + ", ".join(sorted(MANAGED)) + ")"),
+    "sbatch_args": (
+        _slurm_flags,
+        'a list of "--flag" or "--flag=value" sbatch options other than those the '
+        "executor sets or that break its tracking (" + ", ".join(sorted(MANAGED)) + ")",
+    ),
 }
 SLURM_DEFAULTS = {"gpus": 1, "cpus": 4}
 
@@ -176,8 +206,11 @@ def slurm_problem(key: str, value: object) -> str | None:
 
 
 TOP_KEYS = {
-    "name": _str(), "model": _str(), "description": (lambda v: isinstance(v, str), "a string"),
-    "baseline": _bool(), "target_seeds": _int_list(),
+    "name": _str(),
+    "model": _str(),
+    "description": (lambda v: isinstance(v, str), "a string"),
+    "baseline": _bool(),
+    "target_seeds": _int_list(),
     "defaults": (lambda v: isinstance(v, dict), "a table"),
     "synth": (lambda v: isinstance(v, dict), "a table of [synth.NAME] stages"),
     "intermediate": (lambda v: isinstance(v, dict), "a table of [intermediate.NAME] stages"),
@@ -212,9 +245,17 @@ class Run:
     def record(self) -> dict:
         """The ledger's view of this run (spec.json holds the rest)."""
         return {
-            "id": self.id, "plan": self.plan, "stage": self.stage, "name": self.name, "task": self.task,
-            "intermediate": self.intermediate, "seed": self.seed, "params": self.params, "grid": self.grid,
-            "parent": self.parent, "order": self.order,
+            "id": self.id,
+            "plan": self.plan,
+            "stage": self.stage,
+            "name": self.name,
+            "task": self.task,
+            "intermediate": self.intermediate,
+            "seed": self.seed,
+            "params": self.params,
+            "grid": self.grid,
+            "parent": self.parent,
+            "order": self.order,
         }
 
 
@@ -319,8 +360,10 @@ def name_problem(name: object) -> str | None:
     wrong with ``name``, or None. Letters, digits, '_', '-' and '.', at most 64, starting with a
     letter or digit: no path separator, no '..', no control character, no space."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
-        return ("names are 1-64 letters, digits, '_', '-' and '.', starting with a letter or digit, "
-                f"without '..' (got {_shown(name)})")
+        return (
+            "names are 1-64 letters, digits, '_', '-' and '.', starting with a letter or digit, "
+            f"without '..' (got {_shown(name)})"
+        )
     return None
 
 
@@ -354,8 +397,11 @@ def parse(text: str, path: str | Path) -> Plan:
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
-        raise PlanError(path, f"TOML syntax error: {msg}" + (f" (column {m.group(2)})" if m else ""),
-                        line=int(m.group(1)) if m else None) from None
+        raise PlanError(
+            path,
+            f"TOML syntax error: {msg}" + (f" (column {m.group(2)})" if m else ""),
+            line=int(m.group(1)) if m else None,
+        ) from None
     except RecursionError:
         raise PlanError(path, f"TOML nested too deeply (at most {MAX_DEPTH} levels)") from None
     c = _Checker(path, text)
@@ -390,21 +436,32 @@ def parse(text: str, path: str | Path) -> Plan:
     if not data.get("baseline", True) and not stages["intermediate"]:
         c.fail("baseline", "with baseline = false and no [intermediate.NAME] stage the plan has no target runs")
     return Plan(
-        name=data["name"], path=path.resolve(), model=data["model"], baseline=data.get("baseline", True),
-        target_seeds=data.get("target_seeds", [42]), defaults=defaults, synth=synth,
-        intermediate=stages["intermediate"], target=stages["target"], tasks=custom, text=text,
-        slurm=data.get("slurm", {}), on_finish=data.get("on_finish"),
+        name=data["name"],
+        path=path.resolve(),
+        model=data["model"],
+        baseline=data.get("baseline", True),
+        target_seeds=data.get("target_seeds", [42]),
+        defaults=defaults,
+        synth=synth,
+        intermediate=stages["intermediate"],
+        target=stages["target"],
+        tasks=custom,
+        text=text,
+        slurm=data.get("slurm", {}),
+        on_finish=data.get("on_finish"),
     )
 
 
-def _check_stage(c: _Checker, kind: str, sname: str, sdef: object, plan_dir: Path, custom: dict,
-                 synth: dict) -> None:
+def _check_stage(c: _Checker, kind: str, sname: str, sdef: object, plan_dir: Path, custom: dict, synth: dict) -> None:
     """One [intermediate.NAME] or [target.NAME] table: its name, keys, task, grid, files and dev split."""
     where = f"{kind}.{sname}"
     _check_name(c, where, sname)
     if kind == "intermediate" and sname.lower() == BASELINE_NAME:
-        c.fail(where, f"'{BASELINE_NAME}' is the starting point of the baseline runs (straight from the model); "
-                      "name the intermediate stage otherwise")
+        c.fail(
+            where,
+            f"'{BASELINE_NAME}' is the starting point of the baseline runs (straight from the model); "
+            "name the intermediate stage otherwise",
+        )
     if not isinstance(sdef, dict):
         c.fail(where, "expected a table")
     c.table(where, sdef, STAGE_KEYS[kind])
@@ -438,8 +495,11 @@ def _check_grid(c: _Checker, where: str, grid: dict) -> None:
         if gk not in HYPER:
             c.fail(gkey, f"unknown hyperparameter (expected one of: {', '.join(HYPER)})")
         if gk == "lora":
-            c.fail(gkey, "LoRA settings are not a grid axis (method is: grid = { method = [\"full\", \"lora\"] }); "
-                   "give one lora table per stage")
+            c.fail(
+                gkey,
+                'LoRA settings are not a grid axis (method is: grid = { method = ["full", "lora"] }); '
+                "give one lora table per stage",
+            )
         if not isinstance(gv, list) or not gv:
             c.fail(gkey, "expected a non-empty list of values (an empty grid expands to no runs)")
         ok, what = HYPER[gk]
@@ -466,8 +526,11 @@ def _check_dev_split(c: _Checker, where: str, task: str, synth: dict) -> None:
     if task.startswith("synth:") and task[6:] in synth:
         dev = synth[task[6:]].get("dev", SYNTH_DEFAULTS["dev"])
         if dev == 0:
-            c.fail(f"{where}.task", f"task '{task}' has no dev split: [synth.{task[6:]}] dev = 0 writes no "
-                   "SynGPT2_dev.jsonl (set dev to a number of pairs, taken beyond the first n)")
+            c.fail(
+                f"{where}.task",
+                f"task '{task}' has no dev split: [synth.{task[6:]}] dev = 0 writes no "
+                "SynGPT2_dev.jsonl (set dev to a number of pairs, taken beyond the first n)",
+            )
 
 
 def _check_custom(c: _Checker, tname: str, tdef: object) -> None:
@@ -528,18 +591,30 @@ def task_spec(plan: Plan, stage: dict, default_name: str, synth_ids: dict[str, s
         cdef = plan.tasks[name]
         t = None
         spec["custom"] = {k: v for k, v in cdef.items() if k not in ("train", "dev")}
-        spec.update(kind=cdef["kind"], labels=cdef.get("labels"), num_choices=None,
-                    metric=cdef.get("metric", "pearson" if cdef["kind"] == "regression" else "acc"),
-                    hub=None, hub_splits=None,
-                    train_file=_resolve(plan.dir, cdef["train"]), dev_file=_resolve(plan.dir, cdef["dev"]))
+        spec.update(
+            kind=cdef["kind"],
+            labels=cdef.get("labels"),
+            num_choices=None,
+            metric=cdef.get("metric", "pearson" if cdef["kind"] == "regression" else "acc"),
+            hub=None,
+            hub_splits=None,
+            train_file=_resolve(plan.dir, cdef["train"]),
+            dev_file=_resolve(plan.dir, cdef["dev"]),
+        )
         spec["metrics"] = [spec["metric"]] + (["spearman"] if cdef["kind"] == "regression" else [])
     else:
         t = tasks.get(name)
         name = t.name
     if t is not None:
-        spec.update(kind=t.kind, labels=list(t.labels) if t.labels else None, num_choices=t.num_choices,
-                    metric=t.metric, metrics=list(t.metrics), hub=list(t.hub) if t.hub else None,
-                    hub_splits=list(t.hub_splits))
+        spec.update(
+            kind=t.kind,
+            labels=list(t.labels) if t.labels else None,
+            num_choices=t.num_choices,
+            metric=t.metric,
+            metrics=list(t.metrics),
+            hub=list(t.hub) if t.hub else None,
+            hub_splits=list(t.hub_splits),
+        )
         spec["train_file"] = _resolve(file_base, stage.get("train_file"))
         spec["dev_file"] = _resolve(file_base, stage.get("dev_file"))
     spec["name"] = name
@@ -579,15 +654,24 @@ def _method(plan: Plan, params: dict, where: str, stage: dict, parent: dict | No
         p.pop("lora", None)
     if p.get("transfer") == "adapter":
         if p.get("method") != "lora":
-            fail("transfer", '"adapter" trains the intermediate\'s adapter further: it needs method = "lora" '
-                 '(a full fine-tune starts from the merged weights: transfer = "merge")')
+            fail(
+                "transfer",
+                '"adapter" trains the intermediate\'s adapter further: it needs method = "lora" '
+                '(a full fine-tune starts from the merged weights: transfer = "merge")',
+            )
         if parent is not None and parent.get("method") != "lora":
-            fail("transfer", '"adapter" needs a LoRA intermediate; an intermediate of this plan is a full fine-tune '
-                 '(use transfer = "merge": its weights, with a fresh adapter)')
+            fail(
+                "transfer",
+                '"adapter" needs a LoRA intermediate; an intermediate of this plan is a full fine-tune '
+                '(use transfer = "merge": its weights, with a fresh adapter)',
+            )
         if parent is not None and any(parent["lora"][k] != p["lora"][k] for k in ("r", "targets")):
             theirs, ours = parent["lora"], p["lora"]
-            fail("transfer", f'"adapter" needs the intermediate\'s LoRA rank and targets (r {theirs["r"]}, targets '
-                 f'{theirs["targets"]}); this stage has r {ours["r"]}, targets {ours["targets"]}')
+            fail(
+                "transfer",
+                f'"adapter" needs the intermediate\'s LoRA rank and targets (r {theirs["r"]}, targets '
+                f"{theirs['targets']}); this stage has r {ours['r']}, targets {ours['targets']}",
+            )
     return p
 
 
@@ -602,12 +686,29 @@ def expand(plan: Plan) -> list[Run]:
     runs: list[Run] = []
     model = _model(plan)
 
-    def add(stage: str, name: str, task: str, inter: str | None, seed: int | None, params: dict,
-            grid: dict, parent: str | None, spec: dict, hashed: dict) -> Run:
-        config = {"plan": plan.name, "stage": stage, "name": name, "task": hashed, "model": model["name"],
-                  "params": params, "seed": seed, "parent": parent}
-        r = Run(run_id(config), plan.name, stage, name, task, inter, seed, params, grid, parent,
-                len(runs), spec, model)
+    def add(
+        stage: str,
+        name: str,
+        task: str,
+        inter: str | None,
+        seed: int | None,
+        params: dict,
+        grid: dict,
+        parent: str | None,
+        spec: dict,
+        hashed: dict,
+    ) -> Run:
+        config = {
+            "plan": plan.name,
+            "stage": stage,
+            "name": name,
+            "task": hashed,
+            "model": model["name"],
+            "params": params,
+            "seed": seed,
+            "parent": parent,
+        }
+        r = Run(run_id(config), plan.name, stage, name, task, inter, seed, params, grid, parent, len(runs), spec, model)
         runs.append(r)
         return r
 
@@ -618,8 +719,18 @@ def expand(plan: Plan) -> list[Run]:
             params["corpus_file"] = _resolve(plan.dir, params["corpus_file"])
             params.pop("corpus")
         spec = {"name": "synth", "kind": "synth", "out": contract.SYNTH_DATA_DIR}
-        r = add("synth", sname, "synth", None, params["seed"], params, {}, None, spec,
-                {"task": "synth", "corpus_file": sdef.get("corpus_file")})
+        r = add(
+            "synth",
+            sname,
+            "synth",
+            None,
+            params["seed"],
+            params,
+            {},
+            None,
+            spec,
+            {"task": "synth", "corpus_file": sdef.get("corpus_file")},
+        )
         synth_ids[sname] = r.id
 
     starts: list[tuple[str, str | None]] = [("none", None)] if plan.baseline else []
@@ -666,8 +777,10 @@ def grid_text(grid: dict | None, params: dict | None = None) -> str:
     lora = isinstance(params, dict) and params.get("method") == "lora"
     if lora:
         grid.pop("method", None)
-    text = " ".join(f"{SHORT_PARAMS.get(k, k)}={v:g}" if isinstance(v, float) else f"{SHORT_PARAMS.get(k, k)}={v}"
-                    for k, v in grid.items())
+    text = " ".join(
+        f"{SHORT_PARAMS.get(k, k)}={v:g}" if isinstance(v, float) else f"{SHORT_PARAMS.get(k, k)}={v}"
+        for k, v in grid.items()
+    )
     if not lora:
         return text
     settings = params.get("lora") if isinstance(params.get("lora"), dict) else {}
@@ -702,8 +815,10 @@ def missing_data(plan: Plan, runs: list[Run]) -> list[str]:
             files = tasks.missing_files(r.task_spec)
             for split in ("train", "dev") if not r.task_spec.get("hub") else ():
                 if tasks.file_for(r.task_spec, split) is None:
-                    line = (f"{plan.path}: [{r.stage}.{r.name}] task '{r.task}' has no {split} split: it has no "
-                            f"Hugging Face Hub copy; set data_dir (or {split}_file) to its local files")
+                    line = (
+                        f"{plan.path}: [{r.stage}.{r.name}] task '{r.task}' has no {split} split: it has no "
+                        f"Hugging Face Hub copy; set data_dir (or {split}_file) to its local files"
+                    )
                     if line not in seen:
                         seen.add(line)
                         out.append(line)
@@ -747,9 +862,12 @@ def load_and_expand(path: str | Path, max_runs: int | None = None) -> tuple[Plan
     plan = load(path)
     limit, n = max_runs_limit(max_runs), count_runs(plan)
     if n > limit:
-        raise PlanError(plan.path, f"the plan expands to {n:,} runs, more than the limit of {limit:,} "
-                        f"(check seeds and grids; to mean it, pass --max-runs {n} or set ${MAX_RUNS_ENV})",
-                        key="target")
+        raise PlanError(
+            plan.path,
+            f"the plan expands to {n:,} runs, more than the limit of {limit:,} "
+            f"(check seeds and grids; to mean it, pass --max-runs {n} or set ${MAX_RUNS_ENV})",
+            key="target",
+        )
     try:
         return plan, expand(plan)
     except UserError as e:
@@ -763,8 +881,12 @@ def spec_for(run: Run, plan: Plan, runs_root: Path) -> dict:
     if task.get("from_run"):  # the output of a synth run of this plan
         task["data_dir"] = str(rundir.run_dir(runs_root, task["from_run"]) / contract.SYNTH_DATA_DIR)
     if run.parent and run.stage == "target":  # an intermediate's parent (a synth run) gives data, not weights
-        model = {"source": "parent", "parent": run.parent, "name": plan.model,
-                 "path": str(rundir.run_dir(runs_root, run.parent) / contract.CHECKPOINT_DIR)}
+        model = {
+            "source": "parent",
+            "parent": run.parent,
+            "name": plan.model,
+            "path": str(rundir.run_dir(runs_root, run.parent) / contract.CHECKPOINT_DIR),
+        }
         if run.params.get("transfer") == "adapter":  # the frozen base is the intermediate's own (unmerged) base
             model["base"] = {"source": "path" if run.model.get("path") else "hub", **run.model}
     else:
@@ -772,9 +894,17 @@ def spec_for(run: Run, plan: Plan, runs_root: Path) -> dict:
     if run.stage == "synth":
         task = {"name": "synth"}
     return {
-        "run_id": run.id, "plan": plan.name, "plan_file": str(plan.path), "stage": run.stage,
-        "name": run.name, "intermediate": run.intermediate, "task": task, "model": model,
-        "params": run.params, "seed": run.seed, "parent": run.parent,  # precision: in params alone
+        "run_id": run.id,
+        "plan": plan.name,
+        "plan_file": str(plan.path),
+        "stage": run.stage,
+        "name": run.name,
+        "intermediate": run.intermediate,
+        "task": task,
+        "model": model,
+        "params": run.params,
+        "seed": run.seed,
+        "parent": run.parent,  # precision: in params alone
         "keep_checkpoint": run.params.get("keep_checkpoint") is True,  # expansion sets it for intermediates
         "slurm": dict(plan.slurm),
     }

@@ -34,8 +34,10 @@ from stilts_tui.tasks import inputs
 from stilts_tui.tomlio import tomllib
 
 SYNTH_N = 8  # pairs a rehearsed synth stage writes for train (and half as many for dev)
-FILLER = ("the a of and to in was for on with as by at from that it he she they were is river town "
-          "market winter north people water house school road city country history music").split()
+FILLER = (
+    "the a of and to in was for on with as by at from that it he she they were is river town "
+    "market winter north people water house school road city country history music"
+).split()
 
 
 @dataclass
@@ -62,8 +64,9 @@ def rewrite(data: dict, plan_dir: Path, root: Path, opts: Options) -> dict:
     d["model"] = str(root / "models" / "encoder")
     for sdef in d.get("synth", {}).values():
         sdef.pop("corpus", None)
-        sdef.update(corpus_file=str(root / "corpus.txt"), generator=str(root / "models" / "generator"),
-                    n=SYNTH_N, batch_size=4)
+        sdef.update(
+            corpus_file=str(root / "corpus.txt"), generator=str(root / "models" / "generator"), n=SYNTH_N, batch_size=4
+        )
         if sdef.get("dev", plans.SYNTH_DEFAULTS["dev"]):
             sdef["dev"] = SYNTH_N // 2
     for tdef in d.get("tasks", {}).values():
@@ -110,10 +113,16 @@ def read_stages(runs: list[plans.Run], n: int) -> tuple[list[str], dict[str, str
         seen.add(stage_key(r))
         spec = r.task_spec
         try:
-            if not spec.get("data_dir") and not spec.get("train_file") and spec.get("hub") \
-                    and not task_data.hub_reachable():
-                raise UserError("its task reads the Hugging Face Hub, which is unreachable: pass --data-dir "
-                                f"with a '{r.name}' folder, or set data_dir in the plan")
+            if (
+                not spec.get("data_dir")
+                and not spec.get("train_file")
+                and spec.get("hub")
+                and not task_data.hub_reachable()
+            ):
+                raise UserError(
+                    "its task reads the Hugging Face Hub, which is unreachable: pass --data-dir "
+                    f"with a '{r.name}' folder, or set data_dir in the plan"
+                )
             for split in ("train", "dev"):
                 for e in tasks.load_examples(spec, split, limit=n):
                     for part in (e["a"], e["b"]):
@@ -136,8 +145,11 @@ def corpus(texts: list[str], sentences: int) -> str:
 def build_models(root: Path, model: str, texts: list[str]) -> dict:
     """The tiny encoder (and GPT-2) under root/models, built by a process (torch, transformers)."""
     (root / "texts.json").write_text(json.dumps(texts), encoding="utf-8")
-    proc = subprocess.run([sys.executable, "-m", "stilts_tui.modeltools", "tiny", str(root / "models"), model,
-                           str(root / "texts.json")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stilts_tui.modeltools", "tiny", str(root / "models"), model, str(root / "texts.json")],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"building the tiny models failed: {tail}")
@@ -163,8 +175,10 @@ def _run_daemon(root: Path, plan_name: str, opts: Options) -> list[dict]:
     saved = {k: os.environ.get(k) for k in ("STILTS_FAKE_GPUS", "OMP_NUM_THREADS")}
     os.environ.update(STILTS_FAKE_GPUS="1x80", OMP_NUM_THREADS="1")
     try:
-        ops.start_daemon(root, ["--per-gpu", str(opts.slots), "--cpu-slots", str(opts.slots), "--worker-runs",
-                                "8", "--interval", "0.2"])
+        ops.start_daemon(
+            root,
+            ["--per-gpu", str(opts.slots), "--cpu-slots", str(opts.slots), "--worker-runs", "8", "--interval", "0.2"],
+        )
     finally:
         for k, v in saved.items():
             if v is None:
@@ -227,11 +241,14 @@ def rehearse(plan_path: Path, opts: Options, echo: Callable[[str], None]) -> boo
     rplan = root / "plan.toml"
     rplan.write_text(to_toml(small), encoding="utf-8")
     _, runs = plans.load_and_expand(rplan)
-    echo(f"rehearsing {plan.name} in {root}: {len(runs)} runs (the plan has {len(real_runs)}), "
-         f"the first {opts.examples} examples of each task")
+    echo(
+        f"rehearsing {plan.name} in {root}: {len(runs)} runs (the plan has {len(real_runs)}), "
+        f"the first {opts.examples} examples of each task"
+    )
     if not opts.full_grid:
-        echo("one target run per (starting point, target) cell: first seed, first grid point "
-             "(--full-grid for every run)")
+        echo(
+            "one target run per (starting point, target) cell: first seed, first grid point (--full-grid for every run)"
+        )
     texts, errors = read_stages(runs, opts.examples)
     if errors:
         for key, err in errors.items():

@@ -95,9 +95,10 @@ class Cell:
 
     @property
     def method(self) -> str | None:
-        """"full", "lora", or "full/lora" for a cell that mixes them (None: no setup recorded)."""
+        """ "full", "lora", or "full/lora" for a cell that mixes them (None: no setup recorded)."""
         methods = sorted({str(s.get("method", "full")) for s in self.setups})
         return "/".join(methods) or None
+
     keyed: dict = field(default_factory=dict, repr=False)  # (seed, grid) -> value, for pairing
 
 
@@ -151,8 +152,11 @@ def _bootstrap_gain(x: tuple[float, ...], base: tuple[float, ...], seed: int) ->
     res = stats.bootstrap(
         (np.asarray(x, float), np.asarray(base, float)),
         lambda a, b, axis: np.mean(a, axis=axis) - np.mean(b, axis=axis),
-        n_resamples=BOOT["n_resamples"], confidence_level=BOOT["confidence"], method="percentile",
-        vectorized=True, rng=np.random.default_rng(seed),
+        n_resamples=BOOT["n_resamples"],
+        confidence_level=BOOT["confidence"],
+        method="percentile",
+        vectorized=True,
+        rng=np.random.default_rng(seed),
     )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
@@ -170,9 +174,15 @@ def _paired_bootstrap(d: tuple[float, ...], seed: int) -> tuple[float, float] | 
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # identical differences: a degenerate (but right) interval
-        res = stats.bootstrap((np.asarray(d, float),), np.mean, n_resamples=BOOT["n_resamples"],
-                              confidence_level=BOOT["confidence"], method="percentile", vectorized=True,
-                              rng=np.random.default_rng(seed))
+        res = stats.bootstrap(
+            (np.asarray(d, float),),
+            np.mean,
+            n_resamples=BOOT["n_resamples"],
+            confidence_level=BOOT["confidence"],
+            method="percentile",
+            vectorized=True,
+            rng=np.random.default_rng(seed),
+        )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
@@ -293,11 +303,18 @@ def _hub_labels(task: dict, limit: int | None) -> list:
     """Dev labels of a hub dataset from the local datasets cache only: a child process in offline mode, so
     this process's hub settings stay as they are and a score table never downloads."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", _HUB_LABELS, json.dumps([task, limit])], capture_output=True,
-                          text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _HUB_LABELS, json.dumps([task, limit])],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     if proc.returncode:
-        raise UserError("its hub dev set is not in the local datasets cache (read offline here; "
-                        "data_dir with local files gives the rate)")
+        raise UserError(
+            "its hub dev set is not in the local datasets cache (read offline here; "
+            "data_dir with local files gives the rate)"
+        )
     return json.loads(proc.stdout)
 
 
@@ -365,17 +382,28 @@ def find_plan(root: Path, plan: str) -> str:
 
 def _well_formed(r: object) -> bool:
     """A ledger row the table can group: damaged rows are left out rather than crash the table."""
-    return (isinstance(r, dict) and r.get("stage") == "target" and isinstance(r.get("id"), str)
-            and isinstance(r.get("intermediate"), str) and isinstance(r.get("name"), str)
-            and (r.get("seed") is None or isinstance(r.get("seed"), int)))
+    return (
+        isinstance(r, dict)
+        and r.get("stage") == "target"
+        and isinstance(r.get("id"), str)
+        and isinstance(r.get("intermediate"), str)
+        and isinstance(r.get("name"), str)
+        and (r.get("seed") is None or isinstance(r.get("seed"), int))
+    )
 
 
 def _pair_key(r: dict) -> tuple:
     return r.get("seed"), json.dumps(r.get("grid") or {}, sort_keys=True, default=str)
 
 
-def build(root: Path, plan: str, metric: str | None = None, by_seed: bool = False, alpha: float = ALPHA,
-          without_failed: bool = False) -> ScoreTable:
+def build(
+    root: Path,
+    plan: str,
+    metric: str | None = None,
+    by_seed: bool = False,
+    alpha: float = ALPHA,
+    without_failed: bool = False,
+) -> ScoreTable:
     """The score table of a queued plan. Raises UserError for an unknown metric or no finished runs."""
     if not 0 < alpha < 1:
         raise UserError(f"--alpha: expected a level between 0 and 1, got {alpha}")
@@ -388,14 +416,18 @@ def build(root: Path, plan: str, metric: str | None = None, by_seed: bool = Fals
         by: dict[str, int] = {}
         for r in runs:
             by[r["status"]] = by.get(r["status"], 0) + 1
-        raise UserError(f"plan '{name}' has no finished target runs yet ("
-                        + ", ".join(f"{n} {st}" for st, n in sorted(by.items())) + ")")
+        raise UserError(
+            f"plan '{name}' has no finished target runs yet ("
+            + ", ".join(f"{n} {st}" for st, n in sorted(by.items()))
+            + ")"
+        )
     if metric is not None:
         available = sorted({k for res in done if isinstance(res.get("metrics"), dict) for k in res["metrics"]})
         if metric not in available:
             raise UserError(f"--metric: '{metric}' is not in the runs' results (available: {', '.join(available)})")
-    rows = list(dict.fromkeys(["none"] * any(r["intermediate"] == "none" for r in runs)
-                              + [r["intermediate"] for r in runs]))
+    rows = list(
+        dict.fromkeys(["none"] * any(r["intermediate"] == "none" for r in runs) + [r["intermediate"] for r in runs])
+    )
     targets = list(dict.fromkeys(r["name"] for r in runs))
     metrics: dict[str, str] = {}
     for r in runs:
@@ -419,8 +451,16 @@ def build(root: Path, plan: str, metric: str | None = None, by_seed: bool = Fals
     return table
 
 
-def _cell(root: Path, inter: str, target: str, seed: int | None, members: list[dict], results: dict,
-          metric: str | None, majority: float | None) -> Cell:
+def _cell(
+    root: Path,
+    inter: str,
+    target: str,
+    seed: int | None,
+    members: list[dict],
+    results: dict,
+    metric: str | None,
+    majority: float | None,
+) -> Cell:
     values, keyed, setups, off_plan, per_seed = [], {}, [], [], {}
     for m in members:
         v = _value(results[m["id"]], metric)
@@ -467,11 +507,39 @@ def _majorities(root: Path, runs: list[dict], metrics: dict[str, str], notes: li
 
 # ---- exports -----------------------------------------------------------------------------------
 
-CSV_FIELDS = ["intermediate", "target", "seed", "metric", "n", "missing", "mean", "std_ddof0", "median", "max",
-              "min", "best_of_grid", "gain", "gain_ci_low", "gain_ci_high", "gain_significant", "majority_score",
-              "failed", "failed_rate", "mean_without_failed", "std_without_failed", "pairs", "paired_gain",
-              "paired_ci_low", "paired_ci_high", "p_value", "test", "min_attainable_p", "verdict", "setup_note",
-              "method"]
+CSV_FIELDS = [
+    "intermediate",
+    "target",
+    "seed",
+    "metric",
+    "n",
+    "missing",
+    "mean",
+    "std_ddof0",
+    "median",
+    "max",
+    "min",
+    "best_of_grid",
+    "gain",
+    "gain_ci_low",
+    "gain_ci_high",
+    "gain_significant",
+    "majority_score",
+    "failed",
+    "failed_rate",
+    "mean_without_failed",
+    "std_without_failed",
+    "pairs",
+    "paired_gain",
+    "paired_ci_low",
+    "paired_ci_high",
+    "p_value",
+    "test",
+    "min_attainable_p",
+    "verdict",
+    "setup_note",
+    "method",
+]
 
 
 def _row_keys(t: ScoreTable) -> list[tuple[str, int | None]]:
@@ -494,13 +562,38 @@ def to_csv(t: ScoreTable) -> str:
     for c in t.cells:
         lo, hi = c.gain_ci or (None, None)
         plo, phi = c.paired_ci or (None, None)
-        w.writerow([c.intermediate, c.target, "" if c.seed is None else c.seed, t.metrics.get(c.target, ""), c.n,
-                    c.missing, *map(_csv_value, (c.mean, c.std, c.median, c.max, c.min, c.best_of_grid, c.gain,
-                                                 lo, hi)),
-                    str(c.gain_significant).lower(),
-                    *map(_csv_value, (c.majority, c.failed, c.failed_rate, c.mean_ok, c.std_ok, c.pairs,
-                                      c.paired_gain, plo, phi, c.p_value, c.test, c.min_p, c.verdict, c.setup_note,
-                                      c.method))])
+        w.writerow(
+            [
+                c.intermediate,
+                c.target,
+                "" if c.seed is None else c.seed,
+                t.metrics.get(c.target, ""),
+                c.n,
+                c.missing,
+                *map(_csv_value, (c.mean, c.std, c.median, c.max, c.min, c.best_of_grid, c.gain, lo, hi)),
+                str(c.gain_significant).lower(),
+                *map(
+                    _csv_value,
+                    (
+                        c.majority,
+                        c.failed,
+                        c.failed_rate,
+                        c.mean_ok,
+                        c.std_ok,
+                        c.pairs,
+                        c.paired_gain,
+                        plo,
+                        phi,
+                        c.p_value,
+                        c.test,
+                        c.min_p,
+                        c.verdict,
+                        c.setup_note,
+                        c.method,
+                    ),
+                ),
+            ]
+        )
     return out.getvalue()
 
 
@@ -519,10 +612,22 @@ def to_json(t: ScoreTable) -> str:
         d["min_attainable_p"] = d.pop("min_p")
         d["method"] = c.method
         cells.append(d)
-    doc = {"plan": t.plan, "metric": t.metric, "metrics": t.metrics, "by_seed": t.by_seed,
-           "std": STD_NOTE, "bootstrap": BOOT, "failed_rule": FAILED_NOTE, "test": test_note(t),
-           "alpha": t.alpha, "without_failed": t.without_failed, "rows": t.rows, "targets": t.targets,
-           "notes": t.notes, "cells": cells}
+    doc = {
+        "plan": t.plan,
+        "metric": t.metric,
+        "metrics": t.metrics,
+        "by_seed": t.by_seed,
+        "std": STD_NOTE,
+        "bootstrap": BOOT,
+        "failed_rule": FAILED_NOTE,
+        "test": test_note(t),
+        "alpha": t.alpha,
+        "without_failed": t.without_failed,
+        "rows": t.rows,
+        "targets": t.targets,
+        "notes": t.notes,
+        "cells": cells,
+    }
     return json.dumps(_finite(doc), indent=2, allow_nan=False)
 
 
@@ -537,14 +642,18 @@ def _finite(value: object) -> object:
     return value
 
 
-FAILED_NOTE = (f"a run failed when its dev score is at or below the majority-class score of the target's dev "
-               f"set (regression: at or below {REGRESSION_FAIL_THRESHOLD:g})")
+FAILED_NOTE = (
+    f"a run failed when its dev score is at or below the majority-class score of the target's dev "
+    f"set (regression: at or below {REGRESSION_FAIL_THRESHOLD:g})"
+)
 
 
 def test_note(t: ScoreTable) -> str:
-    return (f"gain paired by (seed, grid point) with 'none': two-sided sign-flip permutation test, exact up to "
-            f"{EXACT_MAX_PAIRS} pairs, else {MC_RESAMPLES} seeded Monte Carlo patterns; marked at p < {t.alpha:g} "
-            f"only where the pairs can reach it (smallest exact p 2/2^n), else '{TOO_FEW}'")
+    return (
+        f"gain paired by (seed, grid point) with 'none': two-sided sign-flip permutation test, exact up to "
+        f"{EXACT_MAX_PAIRS} pairs, else {MC_RESAMPLES} seeded Monte Carlo patterns; marked at p < {t.alpha:g} "
+        f"only where the pairs can reach it (smallest exact p 2/2^n), else '{TOO_FEW}'"
+    )
 
 
 def _shown(c: Cell, without_failed: bool) -> tuple[float | None, float | None]:
@@ -594,19 +703,23 @@ def footnotes(t: ScoreTable) -> list[str]:
     """Lines under the table: mixed training setups, majority scores that could not be computed."""
     lines = []
     if any(c.method == "lora" for c in t.cells):
-        lines.append(f"cells marked {LORA_MARK} are LoRA runs (method = \"lora\"); the others are full fine-tunes")
+        lines.append(f'cells marked {LORA_MARK} are LoRA runs (method = "lora"); the others are full fine-tunes')
     mixed = [c for c in t.cells if c.setup_note]
     if mixed:
-        lines.append("cells marked * mix training setups: " + "; ".join(
-            f"{_row_label(c.intermediate, c.seed)} -> {c.target}: {c.setup_note}" for c in mixed))
+        lines.append(
+            "cells marked * mix training setups: "
+            + "; ".join(f"{_row_label(c.intermediate, c.seed)} -> {c.target}: {c.setup_note}" for c in mixed)
+        )
     return lines + t.notes
 
 
 def _legend(t: ScoreTable) -> str:
     shown = "mean without failed runs" if t.without_failed else "mean"
-    return (f"{t.plan}: {shown} {'' if t.by_seed else 'over seeds x grid '}x100 ± std; (gain of the mean over "
-            f"'none'; † paired sign-flip test p < {t.alpha:g}; '{TOO_FEW}': the pairs cannot reach p < {t.alpha:g}); "
-            f"n=done/all; fail k/n: {FAILED_NOTE}; {STD_NOTE}")
+    return (
+        f"{t.plan}: {shown} {'' if t.by_seed else 'over seeds x grid '}x100 ± std; (gain of the mean over "
+        f"'none'; † paired sign-flip test p < {t.alpha:g}; '{TOO_FEW}': the pairs cannot reach p < {t.alpha:g}); "
+        f"n=done/all; fail k/n: {FAILED_NOTE}; {STD_NOTE}"
+    )
 
 
 def to_markdown(t: ScoreTable) -> str:
@@ -623,13 +736,21 @@ def _tex(s: str) -> str:
 
 
 def to_latex(t: ScoreTable) -> str:
-    lines = [f"% {_tex(_legend(t))}", *(f"% {_tex(line)}" for line in footnotes(t)),
-             r"\begin{tabular}{l" + "c" * len(t.targets) + "}", r"\toprule",
-             " & ".join(["from"] + [_tex(f"{tg} ({t.metrics.get(tg, '')})") for tg in t.targets]) + r" \\",
-             r"\midrule"]
+    lines = [
+        f"% {_tex(_legend(t))}",
+        *(f"% {_tex(line)}" for line in footnotes(t)),
+        r"\begin{tabular}{l" + "c" * len(t.targets) + "}",
+        r"\toprule",
+        " & ".join(["from"] + [_tex(f"{tg} ({t.metrics.get(tg, '')})") for tg in t.targets]) + r" \\",
+        r"\midrule",
+    ]
     for inter, seed in _row_keys(t):
-        cells = [_cell_text(t.cell(inter, tg, seed), latex=True, without_failed=t.without_failed)
-                 .replace(" n=", r" \tiny{n=") for tg in t.targets]
+        cells = [
+            _cell_text(t.cell(inter, tg, seed), latex=True, without_failed=t.without_failed).replace(
+                " n=", r" \tiny{n="
+            )
+            for tg in t.targets
+        ]
         cells = [c + "}" if r"\tiny{" in c else c for c in cells]
         lines.append(" & ".join([_tex(_row_label(inter, seed)), *cells]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
@@ -648,8 +769,10 @@ def to_rich(t: ScoreTable):
 
     shown = "mean without failed runs" if t.without_failed else "mean"
     over = "grid" if t.by_seed else "seeds x grid"
-    table = Table(title=Text(f"{t.plan} — {t.metric} (x100), {shown} ± std over {over}; gain over 'none'"),
-                  caption=Text("\n".join([_legend(t), *footnotes(t)])))
+    table = Table(
+        title=Text(f"{t.plan} — {t.metric} (x100), {shown} ± std over {over}; gain over 'none'"),
+        caption=Text("\n".join([_legend(t), *footnotes(t)])),
+    )
     table.add_column("from \\ target")
     for tg in t.targets:
         table.add_column(Text(f"{tg}\n({t.metrics.get(tg, '')})"), justify="right")
@@ -707,14 +830,19 @@ def _figure(plt, t: ScoreTable, fmt: str) -> bytes:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             seen.setdefault(lab, h)
     fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=len(seen), frameon=False, fontsize=8)
-    fig.suptitle(f"{t.plan}: score of each run by starting point (gain: mean over none, † significant)",
-                 fontsize=9)
+    fig.suptitle(f"{t.plan}: score of each run by starting point (gain: mean over none, † significant)", fontsize=9)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     failed = ", ".join(f"{c.intermediate}->{c.target} {c.failed}/{c.n}" for c in t.cells if c.failed)
     buf = io.BytesIO()
-    meta = {"Title": f"{t.plan} scores"} if fmt != "png" else {
-        "Title": f"{t.plan} scores", "Description": f"panels: {n}",
-        "Comment": f"failed runs (dotted line: majority class): {failed or 'none'}"}
+    meta = (
+        {"Title": f"{t.plan} scores"}
+        if fmt != "png"
+        else {
+            "Title": f"{t.plan} scores",
+            "Description": f"panels: {n}",
+            "Comment": f"failed runs (dotted line: majority class): {failed or 'none'}",
+        }
+    )
     fig.savefig(buf, format=fmt, dpi=FIGURE_DPI, metadata=meta)
     plt.close(fig)
     return buf.getvalue()
@@ -729,19 +857,29 @@ def _panel(ax, t: ScoreTable, target: str) -> None:
         v = [100 * x for x in c.values]
         if len(v) >= 5:
             ax.boxplot([v], positions=[p], widths=0.5, showfliers=False, medianprops={"color": "tab:blue"})
-        ax.scatter(p + rng.uniform(-0.1, 0.1, len(v)), v, s=10, color="black", alpha=0.7, zorder=3,
-                   label="one run")
+        ax.scatter(p + rng.uniform(-0.1, 0.1, len(v)), v, s=10, color="black", alpha=0.7, zorder=3, label="one run")
         ax.scatter([p], [100 * c.mean], marker="D", s=28, color="tab:red", zorder=4, label="mean")
-        gain = "" if c.gain is None or c.intermediate == "none" else \
-            f"\n{100 * c.gain:+.1f}{'†' if c.gain_significant else ''}"
-        ax.annotate(f"n={c.n}{gain}", (p, max(v)), textcoords="offset points", xytext=(0, 4), ha="center",
-                    va="bottom", fontsize=7)
+        gain = (
+            ""
+            if c.gain is None or c.intermediate == "none"
+            else f"\n{100 * c.gain:+.1f}{'†' if c.gain_significant else ''}"
+        )
+        ax.annotate(
+            f"n={c.n}{gain}",
+            (p, max(v)),
+            textcoords="offset points",
+            xytext=(0, 4),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
     ax.set_xticks(pos, [c.intermediate for c in cells], rotation=30, ha="right")
     ax.set_xlim(0.4, len(cells) + 0.6)
     majority = next((c.majority for c in t.cells if c.target == target and c.majority is not None), None)
     if majority is not None:
-        ax.axhline(100 * majority, color="grey", linestyle=":", linewidth=1,
-                   label="majority class (runs on or below: failed)")
+        ax.axhline(
+            100 * majority, color="grey", linestyle=":", linewidth=1, label="majority class (runs on or below: failed)"
+        )
     ax.margins(y=0.2)
     ax.set_title(target, fontsize=9)
     ax.set_ylabel(f"{t.metrics.get(target, t.metric)} (x100)")

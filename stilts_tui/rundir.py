@@ -82,8 +82,9 @@ def new_file_mode(path: Path) -> int:
     return 0o666 & ~_UMASK
 
 
-def write_atomic(path: Path, chunks: Iterable[bytes], fsync: bool = False,
-                 before_replace: Callable[[], None] | None = None) -> None:
+def write_atomic(
+    path: Path, chunks: Iterable[bytes], fsync: bool = False, before_replace: Callable[[], None] | None = None
+) -> None:
     """The project's one atomic writer: ``chunks`` go to a temporary file beside ``path`` (``.NAME.*.tmp``,
     given the mode ``path`` has, else a new file's: never mkstemp's 0600), fsync'ed if asked, then renamed
     over ``path`` (after ``before_replace``, e.g. keeping a backup). A failure leaves ``path`` as it was and
@@ -113,4 +114,3 @@ def write_json_atomic(path: Path, obj: object, fsync: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(obj, indent=2, sort_keys=True) + "\n"  # encoded before any file is touched
     write_atomic(path, [text.encode("utf-8")], fsync=fsync)
-

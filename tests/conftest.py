@@ -17,15 +17,15 @@ REFERENCE_PLAN = ROOT / "plans" / "chang_lu_2021.toml"
 CONSOLE = Path(sys.executable).parent / "stilts-tui"
 
 
-def cli(*args: str, runs_dir: Path | None = None, cwd: Path | None = None, env: dict | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, runs_dir: Path | None = None, cwd: Path | None = None, env: dict | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     """Run the installed ``stilts-tui`` console script in a subprocess."""
     cmd = [str(CONSOLE)] if CONSOLE.exists() else [sys.executable, "-m", "stilts_tui.cli"]
     full_env = {**os.environ, "STILTS_NO_DAEMON": "1", **(env or {})}
     if runs_dir is not None:
         full_env["STILTS_RUNS_DIR"] = str(runs_dir)
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=cwd, env=full_env,
-                          timeout=timeout)
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=timeout)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -72,10 +72,14 @@ grid = {{ lr = {cola_lrs} }}
 @pytest.fixture
 def small_plan(tmp_path: Path):
     """A plan with local data for every stage; returns a writer taking the CoLA grid's lrs."""
-    write_jsonl(tmp_path / "data/hs/hellaswag_train.jsonl",
-                [{"ctx_a": "a", "ctx_b": "b", "endings": ["1", "2", "3", "4"], "label": 0}])
-    write_jsonl(tmp_path / "data/hs/hellaswag_val.jsonl",
-                [{"ctx_a": "a", "ctx_b": "b", "endings": ["1", "2", "3", "4"], "label": 1}])
+    write_jsonl(
+        tmp_path / "data/hs/hellaswag_train.jsonl",
+        [{"ctx_a": "a", "ctx_b": "b", "endings": ["1", "2", "3", "4"], "label": 0}],
+    )
+    write_jsonl(
+        tmp_path / "data/hs/hellaswag_val.jsonl",
+        [{"ctx_a": "a", "ctx_b": "b", "endings": ["1", "2", "3", "4"], "label": 1}],
+    )
     rte = "index\tsentence1\tsentence2\tlabel\n0\tA man.\tA person.\tentailment\n"
     write_text(tmp_path / "data/rte/train.tsv", rte)
     write_text(tmp_path / "data/rte/dev.tsv", rte)
@@ -92,8 +96,13 @@ def small_plan(tmp_path: Path):
 def train(dirs: list[Path], *flags: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the real trainer process on run folders (CPU, one thread: the suite runs in parallel)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "STILTS_DEVICE": "cpu"}
-    return subprocess.run([sys.executable, "-m", "stilts_tui.train", *flags, *map(str, dirs)], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "stilts_tui.train", *flags, *map(str, dirs)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def result_of(run_dir: Path) -> dict:
@@ -117,14 +126,25 @@ def tiny_workload(tmp_path_factory):
     return model, workload.task_spec(train_file, dev_file)
 
 
-def write_tiny_run(runs_dir: Path, run_id: str, workload_: tuple, seed: int = 1, debug: dict | None = None,
-                   **params) -> Path:
+def write_tiny_run(
+    runs_dir: Path, run_id: str, workload_: tuple, seed: int = 1, debug: dict | None = None, **params
+) -> Path:
     """A run folder of the tiny workload; ``params`` override lr 1e-3, batch 8, 2 epochs, max_len 40, fp32."""
     from stilts_tui.train import workload
 
     model, task = workload_
-    p = {"lr": 1e-3, "batch_size": 8, "warmup": 0.1, "epochs": 2, "max_len": 40, "weight_decay": 0.0,
-         "grad_accum": 1, "precision": "fp32", "transfer": "all", **params}
+    p = {
+        "lr": 1e-3,
+        "batch_size": 8,
+        "warmup": 0.1,
+        "epochs": 2,
+        "max_len": 40,
+        "weight_decay": 0.0,
+        "grad_accum": 1,
+        "precision": "fp32",
+        "transfer": "all",
+        **params,
+    }
     d = workload.write_run(runs_dir, run_id, model, task, p, seed)
     if debug:
         spec = json.loads((d / "spec.json").read_text())

@@ -109,15 +109,23 @@ def _disk(tmp_path: Path, size: str, err: int):
     path = tmp_path / "disk"
     path.mkdir()
     flag = tmp_path / "disk.flag"
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                             capture_output=True, timeout=30).returncode == 0
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, timeout=30
+        ).returncode
+        == 0
+    )
     env = {}
     if not mounted:
         hook = tmp_path / "inject"
         hook.mkdir()
         (hook / "sitecustomize.py").write_text(INJECT)
-        env = {"PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]),
-               "STILTS_TEST_DISK": str(path), "STILTS_TEST_DISK_FLAG": str(flag), "STILTS_TEST_ERRNO": str(err)}
+        env = {
+            "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]),
+            "STILTS_TEST_DISK": str(path),
+            "STILTS_TEST_DISK_FLAG": str(flag),
+            "STILTS_TEST_ERRNO": str(err),
+        }
     disk = Disk(path, mounted, env, flag)
     yield disk
     if mounted:
@@ -160,8 +168,9 @@ def run_ids(runs_dir: Path) -> set[str]:
     return set(json.loads((runs_dir / "ledger.json").read_bytes())["runs"])
 
 
-def test_a_full_disk_is_one_line_for_every_writer_loses_nothing_and_leaves_no_temp_file(tmp_path, small_disk,
-                                                                                      small_plan):
+def test_a_full_disk_is_one_line_for_every_writer_loses_nothing_and_leaves_no_temp_file(
+    tmp_path, small_disk, small_plan
+):
     runs = small_disk.path / "runs"
     env = small_disk.env
     plan = small_plan()
@@ -171,8 +180,15 @@ def test_a_full_disk_is_one_line_for_every_writer_loses_nothing_and_leaves_no_te
     some = sorted(before_ids)[0]
     small_disk.fill()
     bigger = small_plan("[1e-5, 3e-5, 5e-5]")  # new runs: their specs and ledger entries need space
-    for args in (("queue", "pause"), ("queue", "add", str(bigger)), ("queue", "cancel", some),
-                 ("queue", "priority", "5", some), ("daemon", "start"), ("queue", "ls"), ("daemon", "status")):
+    for args in (
+        ("queue", "pause"),
+        ("queue", "add", str(bigger)),
+        ("queue", "cancel", some),
+        ("queue", "priority", "5", some),
+        ("daemon", "start"),
+        ("queue", "ls"),
+        ("daemon", "status"),
+    ):
         out = cli(*args, runs_dir=runs, env=env)
         answers_in_one_line(out)
         if args[1] in ("pause", "add", "cancel", "priority", "start"):
@@ -189,8 +205,14 @@ def test_a_full_disk_is_one_line_for_every_writer_loses_nothing_and_leaves_no_te
 def test_the_daemon_rides_out_a_full_disk_and_the_queue_goes_on(tmp_path, small_disk, tiny_model):
     runs = small_disk.path / "runs"
     env = {**small_disk.env, "STILTS_FAKE_GPUS": "1x24", "OMP_NUM_THREADS": "1"}
-    ids = [r["id"] for r in add(make_plan(tmp_path, tiny_model, "[target.t]\ntask = \"pair\"\n"
-                                          "grid = { lr = [1e-4, 2e-4] }\n", baseline=True), runs, env)]
+    ids = [
+        r["id"]
+        for r in add(
+            make_plan(tmp_path, tiny_model, '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4] }\n', baseline=True),
+            runs,
+            env,
+        )
+    ]
     for rid in ids:
         set_debug(runs, rid, sleep_per_step=0.5)
     info = start(runs, env, "--max-retries", "20", "--worker-runs", "1", "--per-gpu", "1")
@@ -218,8 +240,11 @@ def _dead_runs(runs: Path) -> list[str]:
     dead = []
     for r in Ledger(runs).runs():
         pid = r.get("pid")
-        if r["status"] == "running" and pid and (not psutil.pid_exists(pid) or
-                                                 psutil.Process(pid).status() == psutil.STATUS_ZOMBIE):
+        if (
+            r["status"] == "running"
+            and pid
+            and (not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+        ):
             dead.append(f"{r['id']} run exited")
     return dead
 
@@ -245,11 +270,18 @@ def test_a_read_only_runs_dir_still_answers_status_and_listing_and_refuses_write
     assert (runs / "ledger.json").read_bytes() == ledger_bytes
 
 
-@pytest.mark.parametrize("name, content", [
-    ("daemon.json", "[]"), ("daemon.json", '{"pid": "12"}'), ("daemon.json", '{"pid": 1180591620717411303424}'),
-    ("daemon.json", '{"pid": 1, "pid_started": 0}'), ("daemon.json", ""), ("ledger.json.lock", "garbage"),
-    ("ledger.json.bak", "[]"),
-])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("daemon.json", "[]"),
+        ("daemon.json", '{"pid": "12"}'),
+        ("daemon.json", '{"pid": 1180591620717411303424}'),
+        ("daemon.json", '{"pid": 1, "pid_started": 0}'),
+        ("daemon.json", ""),
+        ("ledger.json.lock", "garbage"),
+        ("ledger.json.bak", "[]"),
+    ],
+)
 def test_damaged_side_files_never_stop_a_command(runs_dir, small_plan, name, content):
     assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
     ids = run_ids(runs_dir)
@@ -301,8 +333,12 @@ def test_an_interval_that_never_ticks_or_spins_is_refused(runs_dir, interval):
     """Item 2: --interval inf never ticks again, nan/0/-1 spin: refused by `daemon start` and the daemon."""
     line = one_line(cli("daemon", "start", f"--interval={interval}", runs_dir=runs_dir))
     assert "--interval" in line and not (runs_dir / "daemon.json").exists()
-    direct = subprocess.run([sys.executable, "-m", "stilts_tui.queue.daemon", "--runs-dir", str(runs_dir),
-                             f"--interval={interval}"], capture_output=True, text=True, timeout=60)
+    direct = subprocess.run(
+        [sys.executable, "-m", "stilts_tui.queue.daemon", "--runs-dir", str(runs_dir), f"--interval={interval}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert one_line(direct) and not (runs_dir / "daemon.json").exists()
 
 
@@ -310,13 +346,24 @@ def test_two_adds_of_two_versions_of_a_plan_at_once_lose_no_run_folder(tmp_path,
     """Item 3: each add's orphan clean-up deleted the folders the other had just written."""
     lrs = lambda k: "[" + ", ".join(f"{k}{i}e-7" for i in range(1, 400)) + "]"  # noqa: E731
     plan = small_plan(lrs(1))  # about 1,600 runs
-    procs = [subprocess.Popen([str(CONSOLE), "queue", "add", str(plan)], env={**os.environ, "STILTS_NO_DAEMON": "1",
-                              "STILTS_RUNS_DIR": str(runs_dir)}, stderr=subprocess.PIPE, text=True)]
+    procs = [
+        subprocess.Popen(
+            [str(CONSOLE), "queue", "add", str(plan)],
+            env={**os.environ, "STILTS_NO_DAEMON": "1", "STILTS_RUNS_DIR": str(runs_dir)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    ]
     wait(lambda: any(runs_dir.glob("*/spec.json")), 60, "the first add writing folders")
     plan.write_text(plan.read_text().replace(lrs(1), lrs(2)))  # the plan edited while it is added
-    procs.append(subprocess.Popen([str(CONSOLE), "queue", "add", str(plan)], env={**os.environ,
-                                  "STILTS_NO_DAEMON": "1", "STILTS_RUNS_DIR": str(runs_dir)},
-                                  stderr=subprocess.PIPE, text=True))
+    procs.append(
+        subprocess.Popen(
+            [str(CONSOLE), "queue", "add", str(plan)],
+            env={**os.environ, "STILTS_NO_DAEMON": "1", "STILTS_RUNS_DIR": str(runs_dir)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    )
     for p in procs:
         assert p.wait(timeout=600) == 0, p.stderr.read()
     rows = Ledger(runs_dir).runs()
@@ -383,8 +430,11 @@ def test_on_finish_is_the_one_recorded_at_add_never_a_later_edit(tmp_path, runs_
     plan.write_text(plan.read_text().replace(hook("added"), hook("edited")))
     start(runs_dir, queue_env)
     wait(lambda: (tmp_path / "added").exists(), 180, "the recorded command")
-    wait(lambda: "started" in (runs_dir / "daemon.log").read_text().split("on-finish: plan_finished")[-1], 30,
-         "the daemon to start every command of the event")
+    wait(
+        lambda: "started" in (runs_dir / "daemon.log").read_text().split("on-finish: plan_finished")[-1],
+        30,
+        "the daemon to start every command of the event",
+    )
     assert not (tmp_path / "edited").exists()
 
 
@@ -396,14 +446,29 @@ def test_ledger_fields_never_become_paths_outside_the_runs_dir(tmp_path, runs_di
     evil.mkdir()
     (evil / "spec.json").write_text((runs_dir / good["id"] / "spec.json").read_text())
     (tmp_path / "outside.log").write_text("SECRET outside the runs-dir\n")
-    edit_rows(runs_dir, **{"../evil_run": {**good, "id": "../evil_run", "order": 9},
-                           "aaaaaaaaaaaa": {**good, "id": "aaaaaaaaaaaa", "status": "running", "attempts": 99,
-                                            "worker": "../../outside", "started": 0, "pid": None}})
+    edit_rows(
+        runs_dir,
+        **{
+            "../evil_run": {**good, "id": "../evil_run", "order": 9},
+            "aaaaaaaaaaaa": {
+                **good,
+                "id": "aaaaaaaaaaaa",
+                "status": "running",
+                "attempts": 99,
+                "worker": "../../outside",
+                "started": 0,
+                "pid": None,
+            },
+        },
+    )
     outside = tree(tmp_path, runs_dir)
     start(runs_dir, queue_env, "--worker-runs", "1")
     wait(lambda: Ledger(runs_dir).get(good["id"])["status"] == "done", 180, "the good run")
-    wait(lambda: all(Ledger(runs_dir).get(k)["status"] == "failed" for k in ("../evil_run", "aaaaaaaaaaaa")), 30,
-         "the damaged rows failed")
+    wait(
+        lambda: all(Ledger(runs_dir).get(k)["status"] == "failed" for k in ("../evil_run", "aaaaaaaaaaaa")),
+        30,
+        "the damaged rows failed",
+    )
     errors = {k: Ledger(runs_dir).get(k)["error"] for k in ("../evil_run", "aaaaaaaaaaaa")}
     assert "id = '../evil_run'" in errors["../evil_run"] and "worker = '../../outside'" in errors["aaaaaaaaaaaa"]
     assert "SECRET" not in json.dumps(errors)
@@ -432,12 +497,17 @@ def test_escape_sequences_from_files_and_the_ledger_never_reach_the_terminal(run
     assert not set(line) & {"\x1b", "\x07", "\x9b"} and "\\x1b" in line
 
 
-@pytest.mark.parametrize("plan_text, needle", [
-    ('name = "p"\nmodel = "m"\nbaseline = true\n[intermediate.none]\ntask = "rte"\n[target.rte]\ntask = "rte"\n',
-     "intermediate.none"),
-    ('name = "p\\n"\nmodel = "m"\n[target.rte]\ntask = "rte"\n', "key 'name'"),
-    ('name = "p"\nmodel = "m"\n[target."rte\\n"]\ntask = "rte"\n', "target.rte"),
-])
+@pytest.mark.parametrize(
+    "plan_text, needle",
+    [
+        (
+            'name = "p"\nmodel = "m"\nbaseline = true\n[intermediate.none]\ntask = "rte"\n[target.rte]\ntask = "rte"\n',
+            "intermediate.none",
+        ),
+        ('name = "p\\n"\nmodel = "m"\n[target.rte]\ntask = "rte"\n', "key 'name'"),
+        ('name = "p"\nmodel = "m"\n[target."rte\\n"]\ntask = "rte"\n', "target.rte"),
+    ],
+)
 def test_names_that_would_pool_or_split_a_plan_are_refused(tmp_path, runs_dir, plan_text, needle):
     """Item 10: a stage 'none' pooled with the baseline; a name with a trailing newline was a second plan."""
     plan = tmp_path / "p.toml"
@@ -463,8 +533,10 @@ def test_a_priority_beyond_64_bits_is_refused_and_changes_nothing(runs_dir, smal
     assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
     before = (runs_dir / "ledger.json").read_bytes()
     rid = Ledger(runs_dir).runs()[0]["id"]
-    for args in (("queue", "priority", "100000000000000000000", rid),
-                 ("queue", "add", str(small_plan()), "--priority", "-100000000000000000000")):
+    for args in (
+        ("queue", "priority", "100000000000000000000", rid),
+        ("queue", "add", str(small_plan()), "--priority", "-100000000000000000000"),
+    ):
         assert "priority" in one_line(cli(*args, runs_dir=runs_dir))
     assert (runs_dir / "ledger.json").read_bytes() == before
 
@@ -477,8 +549,11 @@ def _finish_targets(runs: Path, score: object, result: object = None) -> None:
                 tx.update_run(r["id"], status="done", score=None)
     for r in Ledger(runs).runs():
         if r["stage"] == "target":
-            body = result if result is not None else {"status": "done", "score": score, "metrics": {"acc": score},
-                                                       "primary_metric": "acc"}
+            body = (
+                result
+                if result is not None
+                else {"status": "done", "score": score, "metrics": {"acc": score}, "primary_metric": "acc"}
+            )
             (runs / r["id"] / "result.json").write_text(body if isinstance(body, str) else json.dumps(body))
 
 
@@ -503,8 +578,7 @@ def test_a_result_nested_100000_deep_is_one_run_left_out_not_a_traceback(runs_di
     assert "no finished target runs" in one_line(cli("scores", "small", runs_dir=runs_dir))
 
 
-@pytest.mark.parametrize("field, value", [("grid", [1, 2]), ("intermediate", ["x"]), ("grid", "lr=1"),
-                                          ("task", None)])
+@pytest.mark.parametrize("field, value", [("grid", [1, 2]), ("intermediate", ["x"]), ("grid", "lr=1"), ("task", None)])
 def test_a_row_of_the_wrong_types_is_listed_not_a_traceback(runs_dir, small_plan, field, value):
     """Item 11: `queue ls` on a row whose grid or intermediate has the wrong type: 44 lines of traceback."""
     assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
@@ -532,8 +606,10 @@ def test_data_files_that_are_not_utf8_are_one_line(tmp_path, runs_dir, content):
     plan = tmp_path / "p.toml"
     plan.write_text(f'name = "p"\nmodel = "roberta-large"\n[target.rte]\ntask = "rte"\ndata_dir = "{data}"\n')
     env = {"HF_HUB_OFFLINE": "1"}
-    for args in (("tasks", "show", "rte", "--data-dir", str(data)),
-                 ("synth", "--corpus-file", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "out"))):
+    for args in (
+        ("tasks", "show", "rte", "--data-dir", str(data)),
+        ("synth", "--corpus-file", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "out")),
+    ):
         line = one_line(cli(*args, runs_dir=runs_dir, env=env))
         assert "UTF-8" in line, (args, line)
     # a rehearsal reports each stage that cannot read its data, then stops (exit 1), never a traceback
@@ -571,6 +647,7 @@ async def test_the_app_shows_lines_after_a_huge_one_and_escapes_what_files_and_r
     row = Ledger(runs_dir).runs()[0]
     edit_rows(runs_dir, **{row["id"]: {**row, "status": "running", "plan": f"small{ESC}", "grid": [1, 2]}})
     (runs_dir / row["id"] / "train.log").write_text(f"first {ESC}\n" + "x" * (5 << 20) + "\nafter the long line\n")
+
     async def until(cond, what: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while not cond():
@@ -582,8 +659,9 @@ async def test_the_app_shows_lines_after_a_huge_one_and_escapes_what_files_and_r
         await until(lambda: table.row_count, "the table filled")
         cells = [str(c) for c in table.get_row(row["id"])]
         assert "\x1b" not in "".join(cells) and "small\\x1b" in cells[1]
-        table.move_cursor(row=[table.coordinate_to_cell_key((i, 0)).row_key.value
-                               for i in range(table.row_count)].index(row["id"]))
+        table.move_cursor(
+            row=[table.coordinate_to_cell_key((i, 0)).row_key.value for i in range(table.row_count)].index(row["id"])
+        )
         await pilot.press("l")
         await until(lambda: list(pilot.app.screen.query(LogPane)), "the log pane")
         log = pilot.app.screen.query_one(LogPane).query_one(Log)
@@ -597,8 +675,13 @@ def test_logs_follow_ends_when_the_run_folder_is_removed(runs_dir, small_plan):
     rid = Ledger(runs_dir).runs()[0]["id"]
     Ledger(runs_dir).update(rid, status="running")
     (runs_dir / rid / "train.log").write_text("step 1\n")
-    proc = subprocess.Popen([str(CONSOLE), "logs", rid, "-f"], env={**os.environ, "STILTS_RUNS_DIR": str(runs_dir)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(CONSOLE), "logs", rid, "-f"],
+        env={**os.environ, "STILTS_RUNS_DIR": str(runs_dir)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline() == "step 1\n"
     import shutil
 
@@ -616,8 +699,11 @@ def test_a_daemon_whose_lock_file_was_deleted_is_still_the_only_one_and_stops(ru
     wait(lambda: (runs_dir / "daemon.lock").exists(), 30, "the daemon to lock a new daemon.lock")
     assert "already running" in one_line(cli("daemon", "start", runs_dir=runs_dir))
     assert cli("daemon", "stop", runs_dir=runs_dir).returncode == 0
-    wait(lambda: not psutil.pid_exists(first["pid"]) or psutil.Process(first["pid"]).status() == psutil.STATUS_ZOMBIE,
-         30, "the first daemon to stop")
+    wait(
+        lambda: not psutil.pid_exists(first["pid"]) or psutil.Process(first["pid"]).status() == psutil.STATUS_ZOMBIE,
+        30,
+        "the first daemon to stop",
+    )
     assert "no daemon is running" in cli("daemon", "status", runs_dir=runs_dir).stdout
 
 

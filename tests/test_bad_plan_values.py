@@ -33,26 +33,30 @@ CASES = {
     "plan-name-escape-byte": (('name = "p"', 'name = "a\\u001b[31mred"'), "key 'name'", "\\x1b"),
     "plan-name-slash": (('name = "p"', 'name = "a/b"'), "key 'name'", "names are"),
     "stage-name-dots": (("[target.rte]", '[target."a..b"]'), "key 'target.a..b'", "without '..'"),
-    "duplicate-target-seeds": (("target_seeds = [1, 2]", "target_seeds = [1, 1]"), "key 'target_seeds'",
-                               "distinct"),
+    "duplicate-target-seeds": (("target_seeds = [1, 2]", "target_seeds = [1, 1]"), "key 'target_seeds'", "distinct"),
     "duplicate-stage-seeds": (("seeds = [42]", "seeds = [42, 42]"), "key 'intermediate.inter.seeds'", "distinct"),
     "duplicate-grid-value": (("[1e-5, 2e-5]", "[1e-5, 0.00001]"), "key 'target.rte.grid.lr'", "listed twice"),
-    "int-above-int64": (("epochs = 2", "epochs = 9223372036854775808"), "key 'target.rte.epochs'",
-                        "out of range"),
-    "seed-above-int64": (("seeds = [42]", "seeds = [99999999999999999999]"), "key 'intermediate.inter.seeds'",
-                         "out of range"),
+    "int-above-int64": (("epochs = 2", "epochs = 9223372036854775808"), "key 'target.rte.epochs'", "out of range"),
+    "seed-above-int64": (
+        ("seeds = [42]", "seeds = [99999999999999999999]"),
+        "key 'intermediate.inter.seeds'",
+        "out of range",
+    ),
     "weight-decay-inf": (("weight_decay = 0.0", "weight_decay = inf"), "key 'defaults.weight_decay'", "finite"),
     "weight-decay-nan": (("weight_decay = 0.0", "weight_decay = nan"), "key 'defaults.weight_decay'", "finite"),
     "lr-inf-in-grid": (("[1e-5, 2e-5]", "[1e-5, inf]"), "key 'target.rte.grid.lr'", "finite"),
-    "nested-deep": (("epochs = 2", "epochs = " + "[" * 40 + "]" * 40), "key 'target.rte.epochs'",
-                    "nested more than"),
+    "nested-deep": (("epochs = 2", "epochs = " + "[" * 40 + "]" * 40), "key 'target.rte.epochs'", "nested more than"),
     "nested-very-deep": (("epochs = 2", "epochs = " + "[" * 100_000 + "]" * 100_000), "", "nested too deeply"),
-    "synth-without-dev": (("[intermediate.inter]\ntask = \"hellaswag\"",
-                           "[synth.s]\ndev = 0\n[intermediate.inter]\ntask = \"synth:s\""),
-                          "key 'intermediate.inter.task'", "no dev split: [synth.s] dev = 0 writes no "
-                                                           "SynGPT2_dev.jsonl"),
-    "bad-batching": (("weight_decay = 0.0", 'weight_decay = 0.0\nbatching = "sorted"'), "key 'defaults.batching'",
-                     'one of "random", "grouped"'),
+    "synth-without-dev": (
+        ('[intermediate.inter]\ntask = "hellaswag"', '[synth.s]\ndev = 0\n[intermediate.inter]\ntask = "synth:s"'),
+        "key 'intermediate.inter.task'",
+        "no dev split: [synth.s] dev = 0 writes no SynGPT2_dev.jsonl",
+    ),
+    "bad-batching": (
+        ("weight_decay = 0.0", 'weight_decay = 0.0\nbatching = "sorted"'),
+        "key 'defaults.batching'",
+        'one of "random", "grouped"',
+    ),
     "bad-clip": (("epochs = 2", 'epochs = 2\nclip = "always"'), "key 'target.rte.clip'", '"micro_batch"'),
     "bad-fuse": (("epochs = 2", 'epochs = 2\nfuse = "yes"'), "key 'target.rte.fuse'", "true or false"),
     "bad-pad": (("epochs = 2", 'epochs = 2\npad = "none"'), "key 'target.rte.pad'", '"buckets"'),
@@ -85,8 +89,7 @@ def test_the_good_plan_is_valid_and_gets_the_reference_settings(tmp_path):
     assert out.returncode == 0, out.stderr
     _, runs = plans.load_and_expand(tmp_path / "good.toml")
     p = runs[-1].params
-    assert (p["precision"], p["batching"], p["pad"], p["clip"], p["fuse"]) == ("fp32", "random", "auto", "step",
-                                                                              False)
+    assert (p["precision"], p["batching"], p["pad"], p["clip"], p["fuse"]) == ("fp32", "random", "auto", "step", False)
 
 
 @pytest.mark.parametrize("what", ["data_dir", "model"])
@@ -123,25 +126,33 @@ grid = {{ lr = [{lrs}], batch_size = [{bss}] }}
 
 
 def test_a_plan_of_a_million_runs_is_refused_at_once(tmp_path, runs_dir):
-    text = BIG.format(seeds=", ".join(map(str, range(100))), lrs=", ".join(f"{i + 1}e-6" for i in range(100)),
-                      bss=", ".join(map(str, range(1, 101))))
+    text = BIG.format(
+        seeds=", ".join(map(str, range(100))),
+        lrs=", ".join(f"{i + 1}e-6" for i in range(100)),
+        bss=", ".join(map(str, range(1, 101))),
+    )
     path = write_text(tmp_path / "big.toml", text)
     for command in (("plan", "validate"), ("queue", "add")):
         t0 = time.time()
         out = cli(*command, str(path), runs_dir=runs_dir)
         assert time.time() - t0 < 20
-        assert_refused(out, path, "key 'target'", "expands to 1,000,000 runs, more than the limit of 100,000",
-                       runs_dir)
+        assert_refused(out, path, "key 'target'", "expands to 1,000,000 runs, more than the limit of 100,000", runs_dir)
         assert "--max-runs 1000000" in out.stderr
 
 
 def test_the_run_limit_is_configurable_and_the_user_can_ask_for_more(tmp_path, runs_dir):
     path = write_text(tmp_path / "p.toml", BIG.format(seeds="1, 2", lrs="1e-5, 2e-5", bss="8, 16, 32"))  # 12 runs
     low = {"STILTS_MAX_RUNS": "10"}
-    assert_refused(cli("plan", "validate", str(path), env=low, runs_dir=runs_dir), path, "key 'target'",
-                   "expands to 12 runs, more than the limit of 10", runs_dir)
-    assert_refused(cli("queue", "add", str(path), env=low, runs_dir=runs_dir), path, "key 'target'",
-                   "limit of 10", runs_dir)
+    assert_refused(
+        cli("plan", "validate", str(path), env=low, runs_dir=runs_dir),
+        path,
+        "key 'target'",
+        "expands to 12 runs, more than the limit of 10",
+        runs_dir,
+    )
+    assert_refused(
+        cli("queue", "add", str(path), env=low, runs_dir=runs_dir), path, "key 'target'", "limit of 10", runs_dir
+    )
     ok = cli("plan", "validate", str(path), "--max-runs", "12", env=low, runs_dir=runs_dir)
     assert ok.returncode == 0 and "12 runs" in ok.stdout, ok.stderr
     assert cli("queue", "add", str(path), runs_dir=runs_dir).returncode == 0  # the default limit: 100,000

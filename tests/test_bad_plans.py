@@ -36,23 +36,42 @@ CASES = {
     "unknown-grid-key": (("grid = { lr", "grid = { lrate"), "key 'target.rte.grid.lrate': unknown", 17),
     "missing-synth": (('"synth:syn"', '"synth:nope"'), "key 'intermediate.inter.task': no [synth.nope]", 12),
     "missing-name": (('name = "p"\n', ""), "key 'name': is required", None),
-    "no-target": (('[target.rte]\ntask = "rte"\nepochs = 2\ngrid = { lr = [1e-5, 2e-5] }\n', ""),
-                  "key 'target': a plan needs at least one", None),
+    "no-target": (
+        ('[target.rte]\ntask = "rte"\nepochs = 2\ngrid = { lr = [1e-5, 2e-5] }\n', ""),
+        "key 'target': a plan needs at least one",
+        None,
+    ),
     "bad-stage-name": (("[target.rte]", '[target."../x"]'), "key 'target.../x'", None),
-    "no-starting-point": (('target_seeds = [1]\n\n[defaults]\nlr = 1e-5\n\n[synth.syn]\nn = 10\n\n'
-                           '[intermediate.inter]\ntask = "synth:syn"\n',
-                           'target_seeds = [1]\nbaseline = false\n\n[defaults]\nlr = 1e-5\n'),
-                          "key 'baseline': with baseline = false and no [intermediate.NAME] stage", None),
+    "no-starting-point": (
+        (
+            "target_seeds = [1]\n\n[defaults]\nlr = 1e-5\n\n[synth.syn]\nn = 10\n\n"
+            '[intermediate.inter]\ntask = "synth:syn"\n',
+            "target_seeds = [1]\nbaseline = false\n\n[defaults]\nlr = 1e-5\n",
+        ),
+        "key 'baseline': with baseline = false and no [intermediate.NAME] stage",
+        None,
+    ),
     "bad-seeds": (("target_seeds = [1]", 'target_seeds = ["a"]'), "key 'target_seeds': expected", 3),
-    "slurm-time": (("target_seeds = [1]\n", 'target_seeds = [1]\n[slurm]\ntime = "soon"\n'),
-                   "key 'slurm.time': expected a time limit", 5),
-    "slurm-managed-flag": (("target_seeds = [1]\n", 'target_seeds = [1]\n[slurm]\nsbatch_args = ["--output=/x"]\n'),
-                           "key 'slurm.sbatch_args': expected a list of", 5),
-    "slurm-abbreviated-managed-flag": (("target_seeds = [1]\n",
-                                        'target_seeds = [1]\n[slurm]\nsbatch_args = ["--depend=afterok:1"]\n'),
-                                       "key 'slurm.sbatch_args': expected a list of", 5),
-    "slurm-unknown-key": (("target_seeds = [1]\n", 'target_seeds = [1]\n[slurm]\npartitions = "gpu"\n'),
-                          "key 'slurm.partitions': unknown key", 5),
+    "slurm-time": (
+        ("target_seeds = [1]\n", 'target_seeds = [1]\n[slurm]\ntime = "soon"\n'),
+        "key 'slurm.time': expected a time limit",
+        5,
+    ),
+    "slurm-managed-flag": (
+        ("target_seeds = [1]\n", 'target_seeds = [1]\n[slurm]\nsbatch_args = ["--output=/x"]\n'),
+        "key 'slurm.sbatch_args': expected a list of",
+        5,
+    ),
+    "slurm-abbreviated-managed-flag": (
+        ("target_seeds = [1]\n", 'target_seeds = [1]\n[slurm]\nsbatch_args = ["--depend=afterok:1"]\n'),
+        "key 'slurm.sbatch_args': expected a list of",
+        5,
+    ),
+    "slurm-unknown-key": (
+        ("target_seeds = [1]\n", 'target_seeds = [1]\n[slurm]\npartitions = "gpu"\n'),
+        "key 'slurm.partitions': unknown key",
+        5,
+    ),
 }
 
 
@@ -117,12 +136,14 @@ def test_bad_run_id_never_becomes_a_path():
 
 
 def test_bad_slurm_settings_on_the_command_line_are_one_line_and_exit_2(runs_dir):
-    for args, needle in ((["--time", "soon"], "--time: expected a time limit"),
-                         (["--sbatch-arg", "--output=/etc/passwd"], "--sbatch-arg: expected a list"),
-                         (["--sbatch-arg", "; rm -rf /"], "--sbatch-arg: expected a list"),
-                         (["--mem", "lots"], "--mem: expected a memory size"),
-                         (["--partition", "a b"], "--partition: expected a partition name"),
-                         (["--cpus-per-run", "0"], "--cpus-per-run: expected an integer >= 1")):
+    for args, needle in (
+        (["--time", "soon"], "--time: expected a time limit"),
+        (["--sbatch-arg", "--output=/etc/passwd"], "--sbatch-arg: expected a list"),
+        (["--sbatch-arg", "; rm -rf /"], "--sbatch-arg: expected a list"),
+        (["--mem", "lots"], "--mem: expected a memory size"),
+        (["--partition", "a b"], "--partition: expected a partition name"),
+        (["--cpus-per-run", "0"], "--cpus-per-run: expected an integer >= 1"),
+    ):
         out = cli("daemon", "start", "--executor", "slurm", *args, runs_dir=runs_dir)
         assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
         assert len(out.stderr.strip().splitlines()) == 1

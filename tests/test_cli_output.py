@@ -32,8 +32,19 @@ def test_piped_output_is_never_cut(tmp_path, runs_dir):
     out = cli("queue", "ls", runs_dir=runs_dir, env={"COLUMNS": "80"})  # stdout is a pipe here
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].split() == ["id", "plan", "stage", "task", "from", "seed", "grid", "status", "gpu", "score",
-                                "reason"]
+    assert lines[0].split() == [
+        "id",
+        "plan",
+        "stage",
+        "task",
+        "from",
+        "seed",
+        "grid",
+        "status",
+        "gpu",
+        "score",
+        "reason",
+    ]
     for r in runs:
         line = next(x for x in lines if x.split()[0] == r["id"])  # the whole id, to paste into `logs`
         assert "a-rather-long-plan-name" in line and "…" not in line
@@ -61,7 +72,9 @@ def test_daemon_status_prints_lines_or_json(tmp_path, runs_dir, tiny_model, queu
 def test_plan_validate_says_where_each_stage_reads_its_data_and_never_fails_offline(tmp_path):
     data = tmp_path / "data" / "RTE"
     write_text(data / "train.tsv", "index\tsentence1\tsentence2\tlabel\n")
-    plan = write_text(tmp_path / "p.toml", """name = "v"
+    plan = write_text(
+        tmp_path / "p.toml",
+        """name = "v"
 model = "roberta-large"
 target_seeds = [1]
 [intermediate.hs]
@@ -69,13 +82,16 @@ task = "hellaswag"
 [target.rte]
 task = "rte"
 data_dir = "data/RTE"
-""")
+""",
+    )
     # a hub address where nothing answers: offline
     out = cli("plan", "validate", str(plan), env={"HF_ENDPOINT": "http://127.0.0.1:9"})
     assert out.returncode == 0, out.stderr  # right but offline: not a failure
     lines = out.stdout.splitlines()
-    assert lines[1] == "  [intermediate.hs] hellaswag: Hugging Face Hub Rowan/hellaswag (unreachable now: " \
-                       "http://127.0.0.1:9)"
+    assert (
+        lines[1] == "  [intermediate.hs] hellaswag: Hugging Face Hub Rowan/hellaswag (unreachable now: "
+        "http://127.0.0.1:9)"
+    )
     assert lines[2] == f"  [target.rte] rte: local files {data} (1 of 2 missing)"
     assert "warning: the Hugging Face Hub (http://127.0.0.1:9) is unreachable now: [intermediate.hs]" in out.stderr
     write_text(data / "dev.tsv", "index\tsentence1\tsentence2\tlabel\n")

@@ -18,12 +18,15 @@ from stilts_tui.tui.keymap import load_keymap
 
 
 def test_logs_follow_prints_the_whole_log_and_ends_with_the_run(tmp_path, runs_dir, tiny_model, queue_env):
-    (run,) = add(make_plan(tmp_path, tiny_model, "[target.t]\ntask = \"pair\"\n", baseline=True), runs_dir,
-                 queue_env)
+    (run,) = add(make_plan(tmp_path, tiny_model, '[target.t]\ntask = "pair"\n', baseline=True), runs_dir, queue_env)
     set_debug(runs_dir, run["id"], sleep_per_step=0.3)  # a few seconds of steps to follow
     start(runs_dir, queue_env)
-    follow = subprocess.Popen([str(CONSOLE), "logs", run["id"], "-f"], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "STILTS_RUNS_DIR": str(runs_dir), **queue_env})
+    follow = subprocess.Popen(
+        [str(CONSOLE), "logs", run["id"], "-f"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "STILTS_RUNS_DIR": str(runs_dir), **queue_env},
+    )
     out, _ = follow.communicate(timeout=300)  # it ends by itself once the run is over
     assert follow.returncode == 0
     assert Ledger(runs_dir).get(run["id"])["status"] == Status.DONE
@@ -60,8 +63,11 @@ def test_the_demo_runs_in_the_app_to_its_scores(tmp_path):
     assert shutil.which("tmux"), "the demo test drives the real app in tmux"
     runs_dir, session = tmp_path / "runs", f"stilts-demo-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "STILTS_RUNS_DIR": str(runs_dir), "OMP_NUM_THREADS": "1", "TERM": "xterm-256color"}
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "170", "-y", "45", "-c", str(tmp_path),
-                    f"{CONSOLE} demo"], check=True, env=env)
+    subprocess.run(
+        ["tmux", "new-session", "-d", "-s", session, "-x", "170", "-y", "45", "-c", str(tmp_path), f"{CONSOLE} demo"],
+        check=True,
+        env=env,
+    )
     try:
         wait(lambda: (runs_dir / "ledger.json").exists() and Ledger(runs_dir).runs(), 120, "the demo queued")
         wait(lambda: "demo" in _pane(session), 60, "the app showing the demo's runs")
@@ -92,8 +98,11 @@ def test_doctor_checks_the_hub_at_hf_endpoint(runs_dir):
 
 
 def test_a_plan_refusing_a_managed_sbatch_option_names_the_executors_whole_set(tmp_path):
-    plan = write_text(tmp_path / "p.toml", 'name = "p"\nmodel = "roberta-large"\n[target.rte]\ntask = "rte"\n'
-                      '[slurm]\nsbatch_args = ["--export-file=/tmp/x"]\n')
+    plan = write_text(
+        tmp_path / "p.toml",
+        'name = "p"\nmodel = "roberta-large"\n[target.rte]\ntask = "rte"\n'
+        '[slurm]\nsbatch_args = ["--export-file=/tmp/x"]\n',
+    )
     out = cli("plan", "validate", str(plan))
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "key 'slurm.sbatch_args'" in out.stderr and "export-file" in out.stderr  # slurm_options.MANAGED's

@@ -37,8 +37,9 @@ def test_statuses_equal_their_strings_and_their_sets_nest():
 
 def test_the_ledger_accepts_every_contract_status_and_refuses_another(tmp_path):
     ledger = Ledger(tmp_path)
-    ledger.add_runs([{"id": f"{i:012x}", "plan": "p", "stage": "target", "task": "rte", "order": i}
-                     for i in range(len(STATUSES))])
+    ledger.add_runs(
+        [{"id": f"{i:012x}", "plan": "p", "stage": "target", "task": "rte", "order": i} for i in range(len(STATUSES))]
+    )
     for i, status in enumerate(STATUSES):
         ledger.update(f"{i:012x}", status=status)
     assert sorted(r["status"] for r in Ledger(tmp_path).runs()) == sorted(STATUSES)
@@ -108,8 +109,7 @@ task = "pair"
 """
 
 
-def test_a_default_changed_in_the_contract_alone_reaches_plan_trainer_cost_and_queue(tmp_path, tiny_model,
-                                                                                    monkeypatch):
+def test_a_default_changed_in_the_contract_alone_reaches_plan_trainer_cost_and_queue(tmp_path, tiny_model, monkeypatch):
     from conftest import result_of, train, write_jsonl
 
     from stilts_tui import cost

@@ -61,8 +61,9 @@ def test_measured_throughput_of_the_same_shape_replaces_the_default(plan_file, r
     assert cli("queue", "add", str(plan_file), runs_dir=runs_dir).returncode == 0
     runs = Ledger(runs_dir).runs()
     first = next(r for r in runs if r["name"] == "t")
-    (runs_dir / first["id"] / "result.json").write_text(json.dumps(
-        {"status": "done", "score": 0.5, "samples_per_s": 50.0, "wall_seconds": 20.0, "train_seconds": 12.0}))
+    (runs_dir / first["id"] / "result.json").write_text(
+        json.dumps({"status": "done", "score": 0.5, "samples_per_s": 50.0, "wall_seconds": 20.0, "train_seconds": 12.0})
+    )
     with Ledger(runs_dir).transaction() as tx:
         tx.update_run(first["id"], status="done")
     out = cli("plan", "show", str(plan_file), "--cost", "--json", runs_dir=runs_dir)

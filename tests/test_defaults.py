@@ -52,22 +52,29 @@ def test_the_synth_command_and_a_plans_synth_stage_take_their_defaults_from_one_
     assert given == synth_settings.COMMAND_DEFAULTS
     # the command differs from a stage only where it reproduces the reference file: no dev split
     assert {k: v for k, v in given.items() if v != synth_settings.DEFAULTS[k]} == {"dev": 0, "corpus": None}
-    plan = write_text(tmp_path / "p.toml", """name = "syn"
+    plan = write_text(
+        tmp_path / "p.toml",
+        """name = "syn"
 model = "roberta-base"
 [synth.s]
 [intermediate.i]
 task = "synth:s"
 [target.t]
 task = "rte"
-""")
+""",
+    )
     _, runs = plans.load_and_expand(plan)
     (stage,) = [r for r in runs if r.stage == "synth"]
     assert stage.params == synth_settings.DEFAULTS  # an empty stage runs at exactly the table's settings
 
 
 def test_the_synth_command_holds_its_values_to_the_ranges_a_plan_stage_is_held_to(tmp_path):
-    for flag, value, expected in (("--top-p", "0", "a number > 0 and <= 1"), ("--fakes", "65", "<= 64"),
-                                  ("--batch-size", "0", "an integer >= 1"), ("--corpus", "wiki", '"squad"')):
+    for flag, value, expected in (
+        ("--top-p", "0", "a number > 0 and <= 1"),
+        ("--fakes", "65", "<= 64"),
+        ("--batch-size", "0", "an integer >= 1"),
+        ("--corpus", "wiki", '"squad"'),
+    ):
         args = ["synth", "--out", str(tmp_path / "o"), flag, value]
         out = cli(*(args if flag == "--corpus" else [*args, "--corpus", "squad"]))
         assert out.returncode == 2, (flag, out.stderr)

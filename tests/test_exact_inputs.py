@@ -32,12 +32,24 @@ def build_roberta_bpe(folder: Path):
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(CORPUS * 3, vocab_size=500, min_frequency=1,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
+    bpe.train_from_iterator(
+        CORPUS * 3,
+        vocab_size=500,
+        min_frequency=1,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        show_progress=False,
+    )
     bpe._tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
-                                  sep_token="</s>", cls_token="<s>", pad_token="<pad>", unk_token="<unk>",
-                                  mask_token="<mask>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+    )
     tok.save_pretrained(str(folder))
     return tok
 
@@ -74,8 +86,10 @@ def test_the_tokenizer_tells_a_spaced_separator_apart(bpe):
 
 def write_wic(d: Path) -> None:
     for split in ("train", "dev"):
-        write_text(d / f"{split}/{split}.data.txt",
-                   "carry\tV\t2-1\tYou must carry your camping gear .\tSound carries well over water .\n")
+        write_text(
+            d / f"{split}/{split}.data.txt",
+            "carry\tV\t2-1\tYou must carry your camping gear .\tSound carries well over water .\n",
+        )
         write_text(d / f"{split}/{split}.gold.txt", "T\n")
 
 
@@ -89,8 +103,13 @@ def test_wic_is_word_sep_sentence1_paired_with_sentence2(tmp_path, bpe):
 
 def test_siqa_is_context_sep_question_paired_with_each_answer(tmp_path, bpe):
     tok, _ = bpe
-    row = {"context": "Tracy went to the store.", "question": "Why did Tracy do this?", "answerA": "buy milk",
-           "answerB": "sell eggs", "answerC": "sleep"}
+    row = {
+        "context": "Tracy went to the store.",
+        "question": "Why did Tracy do this?",
+        "answerA": "buy milk",
+        "answerB": "sell eggs",
+        "answerC": "sleep",
+    }
     for split in ("train", "dev"):
         write_jsonl(tmp_path / f"{split}.jsonl", [row])
         write_text(tmp_path / f"{split}-labels.lst", "2\n")
@@ -102,8 +121,10 @@ def test_siqa_is_context_sep_question_paired_with_each_answer(tmp_path, bpe):
 
 def test_cosmosqa_is_context_sep_question_paired_with_each_answer(tmp_path, bpe):
     tok, _ = bpe
-    text = ('id,context,question,answer0,answer1,answer2,answer3,label\n'
-            'q1,"It rained, a lot.",What happened?,rain,sun,snow,"none, really",2\n')
+    text = (
+        "id,context,question,answer0,answer1,answer2,answer3,label\n"
+        'q1,"It rained, a lot.",What happened?,rain,sun,snow,"none, really",2\n'
+    )
     write_text(tmp_path / "train.csv", text)
     write_text(tmp_path / "valid.csv", text)
     ids = trainer_ids(tmp_path, "cosmosqa", tok)
@@ -113,14 +134,20 @@ def test_cosmosqa_is_context_sep_question_paired_with_each_answer(tmp_path, bpe)
 
 def test_winogrande_context_keeps_its_trailing_space(tmp_path, bpe):
     tok, _ = bpe
-    row = {"sentence": "Sarah was a much better surgeon than Maria so _ always got the harder cases.",
-           "option1": "Sarah", "option2": "Maria", "answer": "2"}
+    row = {
+        "sentence": "Sarah was a much better surgeon than Maria so _ always got the harder cases.",
+        "option1": "Sarah",
+        "option2": "Maria",
+        "answer": "2",
+    }
     write_jsonl(tmp_path / "train_xs.jsonl", [row])
     write_jsonl(tmp_path / "dev.jsonl", [row])
     ids = trainer_ids(tmp_path, "winogrande-xs", tok)
     a = "Sarah was a much better surgeon than Maria so "  # sentence[:idx], its space kept
-    assert ids == [expect(tok, a, "Sarah always got the harder cases."),
-                   expect(tok, a, "Maria always got the harder cases.")]
+    assert ids == [
+        expect(tok, a, "Sarah always got the harder cases."),
+        expect(tok, a, "Maria always got the harder cases."),
+    ]
     assert ids[0] != expect(tok, a.rstrip(), "Sarah always got the harder cases.")
 
 
@@ -140,8 +167,7 @@ def test_tasks_show_prints_the_ids_the_trainer_uses(tmp_path, bpe):
 
 def test_tasks_show_multiple_choice_gives_a_list_per_choice(tmp_path, bpe):
     _, folder = bpe
-    row = {"context": "Tracy went to the store.", "question": "Why?", "answerA": "a", "answerB": "b",
-           "answerC": "c"}
+    row = {"context": "Tracy went to the store.", "question": "Why?", "answerA": "a", "answerB": "b", "answerC": "c"}
     for split in ("train", "dev"):
         write_jsonl(tmp_path / f"{split}.jsonl", [row, row])
         write_text(tmp_path / f"{split}-labels.lst", "3\n1\n")
@@ -153,17 +179,24 @@ def test_tasks_show_multiple_choice_gives_a_list_per_choice(tmp_path, bpe):
     assert recs[0]["text"][1] == ["Tracy went to the store.</s>Why?", "b"]
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["rte"], "Hugging Face Hub is unreachable"),
-    (["rte", "--data-dir", "{tmp}/nope"], "--data-dir"),
-    (["nosuchtask"], "unknown task 'nosuchtask'"),
-    (["rte", "--data-dir", "{tmp}/rte", "--model", "{tmp}/no-model"], "cannot load the tokenizer"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["rte"], "Hugging Face Hub is unreachable"),
+        (["rte", "--data-dir", "{tmp}/nope"], "--data-dir"),
+        (["nosuchtask"], "unknown task 'nosuchtask'"),
+        (["rte", "--data-dir", "{tmp}/rte", "--model", "{tmp}/no-model"], "cannot load the tokenizer"),
+    ],
+)
 def test_tasks_show_bad_input_is_one_line(tmp_path, args, needle):
     write_text(tmp_path / "rte/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\tentailment\n")
     write_text(tmp_path / "rte/dev.tsv", "index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\tentailment\n")
-    out = cli("tasks", "show", *[a.format(tmp=tmp_path) for a in args],
-              env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")})
+    out = cli(
+        "tasks",
+        "show",
+        *[a.format(tmp=tmp_path) for a in args],
+        env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")},
+    )
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr and "Traceback" not in out.stderr
     if "unreachable" in needle:
@@ -173,18 +206,18 @@ def test_tasks_show_bad_input_is_one_line(tmp_path, args, needle):
 # ---- synthesis: exact text and order -----------------------------------------------------------
 
 PARAGRAPHS = [  # one sentence each (no ". " inside); 22 and 24 words
-    "The river , which runs north , floods every spring and the farmers along its banks plant late in "
-    "the season .",
+    "The river , which runs north , floods every spring and the farmers along its banks plant late in the season .",
     "Most towns in the valley were built before 1900 and many of them still have old stone bridges , mills "
     "and churches today .",
 ]
 # by hand: context = the first half of the words, real ending = the rest less the last word, both
 # decoded with clean-up of the space before punctuation
 EXPECTED = [
-    ("The river, which runs north, floods every spring and",
-     "the farmers along its banks plant late in the season"),
-    ("Most towns in the valley were built before 1900 and many of",
-     "them still have old stone bridges, mills and churches today"),
+    ("The river, which runs north, floods every spring and", "the farmers along its banks plant late in the season"),
+    (
+        "Most towns in the valley were built before 1900 and many of",
+        "them still have old stone bridges, mills and churches today",
+    ),
 ]
 
 
@@ -194,13 +227,16 @@ def build_gpt2(folder: Path) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(PARAGRAPHS * 3, vocab_size=600, min_frequency=1, special_tokens=["<|endoftext|>"],
-                            show_progress=False)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
-                                  bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    bpe.train_from_iterator(
+        PARAGRAPHS * 3, vocab_size=600, min_frequency=1, special_tokens=["<|endoftext|>"], show_progress=False
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=32, n_layer=2, n_head=2,
-                                       bos_token_id=0, eos_token_id=0))
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
+    )
     model.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     return folder
@@ -210,14 +246,37 @@ def test_synthesis_text_and_order_are_the_references(tmp_path, bpe):
     tok, _ = bpe
     gen = build_gpt2(tmp_path / "gen")
     # six paragraphs: each of the two sentences three times, with a marker word so each pair is its own
-    paras = [p.replace("spring", f"spring{k}") if i == 0 else p.replace("1900", f"190{k}")
-             for k in range(3) for i, p in enumerate(PARAGRAPHS)]
+    paras = [
+        p.replace("spring", f"spring{k}") if i == 0 else p.replace("1900", f"190{k}")
+        for k in range(3)
+        for i, p in enumerate(PARAGRAPHS)
+    ]
     corpus = write_text(tmp_path / "corpus.txt", "\n".join(paras) + "\n")
-    out = cli("synth", "--corpus-file", str(corpus), "--generator", str(gen), "--out", str(tmp_path / "o"),
-              "--n", "4", "--dev", "2", "--fakes", "2", "--batch-size", "2", "--seed", "7")
+    out = cli(
+        "synth",
+        "--corpus-file",
+        str(corpus),
+        "--generator",
+        str(gen),
+        "--out",
+        str(tmp_path / "o"),
+        "--n",
+        "4",
+        "--dev",
+        "2",
+        "--fakes",
+        "2",
+        "--batch-size",
+        "2",
+        "--seed",
+        "7",
+    )
     assert out.returncode == 0, out.stderr
-    expected = [(c.replace("spring", f"spring{k}"), e) if i == 0 else (c.replace("1900", f"190{k}"), e)
-                for k in range(3) for i, (c, e) in enumerate(EXPECTED)]
+    expected = [
+        (c.replace("spring", f"spring{k}"), e) if i == 0 else (c.replace("1900", f"190{k}"), e)
+        for k in range(3)
+        for i, (c, e) in enumerate(EXPECTED)
+    ]
     random.Random(7).shuffle(expected)  # the reference: random.seed(seed); random.shuffle(data)
     rows = [json.loads(x) for x in (tmp_path / "o/SynGPT2_train.jsonl").read_text().splitlines()]
     dev = [json.loads(x) for x in (tmp_path / "o/SynGPT2_dev.jsonl").read_text().splitlines()]
@@ -228,8 +287,17 @@ def test_synthesis_text_and_order_are_the_references(tmp_path, bpe):
         for fake in r["endings"][1:]:
             assert fake == fake.strip() and " ," not in fake and " ." not in fake  # cleaned up, as the reference
     # and the trainer reads them as the reference did: ctx paired with each ending
-    spec = {"name": "syngpt2", "kind": "multiple_choice", "labels": None, "hub": None, "hub_splits": ["train", "dev"],
-            "data_dir": str(tmp_path / "o"), "train_file": None, "dev_file": None, "custom": None}
+    spec = {
+        "name": "syngpt2",
+        "kind": "multiple_choice",
+        "labels": None,
+        "hub": None,
+        "hub_splits": ["train", "dev"],
+        "data_dir": str(tmp_path / "o"),
+        "train_file": None,
+        "dev_file": None,
+        "custom": None,
+    }
     split = data.load_split(spec, "train", tok, data.tokenizer_fingerprint(tok), MAX_LEN, tmp_path / "cache")
     first = split.ids[0][0]
     assert first[first != tok.pad_token_id].tolist() == expect(tok, *expected[0])
@@ -251,8 +319,14 @@ def build_wordpiece(folder: Path):
     inner.normalizer = normalizers.Lowercase()
     inner.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     inner.post_processor = processors.BertProcessing(("[SEP]", vocab["[SEP]"]), ("[CLS]", vocab["[CLS]"]))
-    tok = PreTrainedTokenizerFast(tokenizer_object=inner, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                  sep_token="[SEP]", mask_token="[MASK]")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=inner,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
     tok.save_pretrained(str(folder))
     return tok
 
@@ -283,7 +357,10 @@ def with_specials(tok, ids: list[int], pair: list[int]) -> list[int]:
 
 
 PAIRS = [  # (first, second): the second longer (the case the budget's odd token decides), then the first
-    (CORPUS[3], CORPUS[4]), (CORPUS[4], CORPUS[5]), (CORPUS[5], CORPUS[3]), (CORPUS[0], CORPUS[5]),
+    (CORPUS[3], CORPUS[4]),
+    (CORPUS[4], CORPUS[5]),
+    (CORPUS[5], CORPUS[3]),
+    (CORPUS[0], CORPUS[5]),
 ]
 
 
@@ -295,11 +372,25 @@ def test_pairs_are_cut_one_token_at_a_time_as_transformers_4_3_did(tmp_path, req
     rows = "".join(f"{i}\t{a}\t{b}\tentailment\n" for i, (a, b) in enumerate(PAIRS))
     for split in ("train", "dev"):
         write_text(tmp_path / f"{split}.tsv", "index\tsentence1\tsentence2\tlabel\n" + rows)
-    full = [(len(tok(a, add_special_tokens=False)["input_ids"]), len(tok(b, add_special_tokens=False)["input_ids"]))
-            for a, b in PAIRS]
+    full = [
+        (len(tok(a, add_special_tokens=False)["input_ids"]), len(tok(b, add_special_tokens=False)["input_ids"]))
+        for a, b in PAIRS
+    ]
     for max_len in (20, 21):
-        out = cli("tasks", "show", "rte", "--data-dir", str(tmp_path), "--model", str(folder), "--max-len",
-                  str(max_len), "--json", "-n", str(len(PAIRS)))
+        out = cli(
+            "tasks",
+            "show",
+            "rte",
+            "--data-dir",
+            str(tmp_path),
+            "--model",
+            str(folder),
+            "--max-len",
+            str(max_len),
+            "--json",
+            "-n",
+            str(len(PAIRS)),
+        )
         assert out.returncode == 0, out.stderr
         shown = [json.loads(x)["input_ids"] for x in out.stdout.strip().splitlines()]
         cut = [reference_pair(tok, a, b, max_len) for a, b in PAIRS]
@@ -307,15 +398,20 @@ def test_pairs_are_cut_one_token_at_a_time_as_transformers_4_3_did(tmp_path, req
         budget = max_len - tok.num_special_tokens_to_add(pair=True)
         # the case that tells the rules apart is here: both cut, the second longer, and (odd budgets) the
         # first keeps the extra token
-        both_cut = [(len(i), len(p)) for (i, p), (la, lb) in zip(cut, full, strict=True)
-                    if len(i) < la and len(p) < lb and lb > la]
+        both_cut = [
+            (len(i), len(p))
+            for (i, p), (la, lb) in zip(cut, full, strict=True)
+            if len(i) < la and len(p) < lb and lb > la
+        ]
         assert both_cut and all(n1 - n2 == budget % 2 for n1, n2 in both_cut)
 
 
 def test_mednli_labels_are_numbered_as_the_reference_did(tmp_path, bpe):
     _, folder = bpe
-    rows = [{"sentence1": "Labs were normal.", "sentence2": "x", "gold_label": g}
-            for g in ("entailment", "contradiction", "neutral")]
+    rows = [
+        {"sentence1": "Labs were normal.", "sentence2": "x", "gold_label": g}
+        for g in ("entailment", "contradiction", "neutral")
+    ]
     write_jsonl(tmp_path / "mli_train_v1.jsonl", rows)
     write_jsonl(tmp_path / "mli_dev_v1.jsonl", rows)
     out = cli("tasks", "show", "mednli", "--data-dir", str(tmp_path), "--model", str(folder), "--json", "-n", "3")
@@ -334,8 +430,12 @@ def test_a_byte_order_mark_is_dropped_from_tsv_and_winogrande_files_as_the_refer
     out = cli("tasks", "show", "mrpc", "--data-dir", str(tmp_path / "mrpc"), "--model", str(folder), "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[0])["label"] == 1
-    wino = {"sentence": "Sarah was a much better surgeon than _ so", "option1": "Sarah", "option2": "Maria",
-            "answer": "2"}
+    wino = {
+        "sentence": "Sarah was a much better surgeon than _ so",
+        "option1": "Sarah",
+        "option2": "Maria",
+        "answer": "2",
+    }
     (tmp_path / "wg").mkdir()
     for name in ("train_xs.jsonl", "dev.jsonl"):
         (tmp_path / "wg" / name).write_text("\ufeff" + json.dumps(wino) + "\n", encoding="utf-8")

@@ -35,8 +35,7 @@ def _started(pid: int) -> float:
     return psutil.Process(pid).create_time()
 
 
-def test_the_local_executor_reaps_by_result_and_by_process_and_never_trusts_a_pid_alone(tmp_path, runs_dir,
-                                                                                         tiny_model):
+def test_the_local_executor_reaps_by_result_and_by_process_and_never_trusts_a_pid_alone(tmp_path, runs_dir, tiny_model):
     a, b, c, d = (r["id"] for r in add(make_plan(tmp_path, tiny_model, GRID4, baseline=True), runs_dir, {}))
     daemon = qd.Daemon(runs_dir, qd.Settings(max_retries=1))
     ex = daemon.executor
@@ -70,8 +69,9 @@ def test_the_local_executor_reaps_by_result_and_by_process_and_never_trusts_a_pi
         live.wait()
 
 
-def test_a_cancel_asked_while_no_daemon_runs_is_carried_out_by_the_next_daemon(tmp_path, runs_dir, tiny_model,
-                                                                               queue_env):
+def test_a_cancel_asked_while_no_daemon_runs_is_carried_out_by_the_next_daemon(
+    tmp_path, runs_dir, tiny_model, queue_env
+):
     (run,) = add(make_plan(tmp_path, tiny_model, LONG, baseline=True), runs_dir, queue_env)
     rid = run["id"]
     set_debug(runs_dir, rid, sleep_per_step=1.0, spawn_sleeper=True)

@@ -31,8 +31,16 @@ def _models(kind: str, family: str, k: int):
         RobertaForSequenceClassification,
     )
 
-    common = dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=40)
+    common = dict(
+        vocab_size=60,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        max_position_embeddings=40,
+    )
     if family == "roberta":
         config = RobertaConfig(**common, pad_token_id=1, type_vocab_size=1, num_labels=3)
         cls = RobertaForMultipleChoice if kind == "multiple_choice" else RobertaForSequenceClassification
@@ -46,7 +54,6 @@ def _models(kind: str, family: str, k: int):
     return config, out
 
 
-
 @pytest.mark.parametrize("family", ["roberta", "bert"])
 @pytest.mark.parametrize("kind", ["classification", "multiple_choice"])
 def test_fused_logits_and_gradients_equal_each_model_alone(family, kind):
@@ -57,8 +64,9 @@ def test_fused_logits_and_gradients_equal_each_model_alone(family, kind):
     k = 3
     config, models = _models(kind, family, k)
     ids, types, mask, labels = fused_inputs(family, kind, k)
-    fused = FusedEncoder(config, kind, models[0].base_model_prefix,
-                         [dict(m.named_parameters()) for m in models], torch.device("cpu"))
+    fused = FusedEncoder(
+        config, kind, models[0].base_model_prefix, [dict(m.named_parameters()) for m in models], torch.device("cpu")
+    )
     weights = torch.ones(labels.shape)
     total, each = fused.loss(ids, types, mask, labels, weights, None)
     total.backward()
@@ -91,8 +99,17 @@ RUNS = [("a0000000000a", 3e-4, 0.0, 0.0, 1), ("b0000000000b", 1e-3, 0.3, 0.1, 2)
 def _write_runs(runs_dir: Path, model: Path, task: dict, stage: str = "intermediate") -> list[Path]:
     dirs = []
     for rid, lr, warmup, wd, seed in RUNS:
-        params = {"lr": lr, "batch_size": 16, "warmup": warmup, "epochs": 2, "max_len": 40, "weight_decay": wd,
-                  "grad_accum": 1, "precision": "fp32", "transfer": "all"}
+        params = {
+            "lr": lr,
+            "batch_size": 16,
+            "warmup": warmup,
+            "epochs": 2,
+            "max_len": 40,
+            "weight_decay": wd,
+            "grad_accum": 1,
+            "precision": "fp32",
+            "transfer": "all",
+        }
         d = workload.write_run(runs_dir, rid, model, task, params, seed)
         spec = json.loads((d / "spec.json").read_text())
         spec.update(stage=stage, keep_checkpoint=True)
@@ -102,8 +119,13 @@ def _write_runs(runs_dir: Path, model: Path, task: dict, stage: str = "intermedi
 
 
 def _train(dirs: list[Path], *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stilts_tui.train", *extra, *map(str, dirs)], capture_output=True,
-                          text=True, timeout=600, env=ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "stilts_tui.train", *extra, *map(str, dirs)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=ENV,
+    )
 
 
 def _steps(d: Path) -> list[tuple[int, float, float]]:
@@ -132,8 +154,10 @@ def test_a_fused_array_gives_each_run_its_own_losses_weights_scores_and_checkpoi
             assert sa == sf and lra == pytest.approx(lrf, rel=1e-9)
             assert lf == pytest.approx(la, abs=1e-5)
         assert rf["epoch_metrics"] == ra["epoch_metrics"]
-        wa, wf = load_file(str(a / "checkpoint" / "model.safetensors")), load_file(str(f / "checkpoint" /
-                                                                                       "model.safetensors"))
+        wa, wf = (
+            load_file(str(a / "checkpoint" / "model.safetensors")),
+            load_file(str(f / "checkpoint" / "model.safetensors")),
+        )
         assert wa.keys() == wf.keys()
         for name in wa:
             assert torch.allclose(wa[name], wf[name], atol=2e-6), name
@@ -154,8 +178,12 @@ def test_a_run_cancelled_inside_an_array_ends_alone_and_the_others_finish(tmp_pa
         spec["debug"] = {"sleep_per_step": 0.3}
         spec["keep_checkpoint"] = False
         (d / "spec.json").write_text(json.dumps(spec))
-    proc = subprocess.Popen([sys.executable, "-m", "stilts_tui.train", "--fuse", "3", *map(str, dirs)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stilts_tui.train", "--fuse", "3", *map(str, dirs)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
     deadline = time.time() + 120
     while not ((dirs[1] / "events.jsonl").exists() and _steps(dirs[1])):
         assert time.time() < deadline and proc.poll() is None, "the array did not start"
@@ -190,14 +218,18 @@ def test_the_queue_fuses_ready_runs_of_one_shape_and_cancels_one_run_of_an_array
     out = cli("daemon", "start", "--interval", "0.2", "--fuse", "3", runs_dir=runs_dir, env=env)
     assert out.returncode == 0, out.stderr
     try:
+
         def array_running() -> list[dict]:
             return [r for r in Ledger(runs_dir).runs() if r["status"] == "running" and r.get("fused")]
 
         array = wait(lambda: len(array_running()) == 3 and array_running(), 60, "an array of 3 launched")
         assert len({r["worker"] for r in array}) == 1 and {r["fused"] for r in array} == {3}
         victim = array[1]["id"]
-        wait(lambda: (runs_dir / victim / "events.jsonl").exists() and _steps(runs_dir / victim), 120,
-             "the array training")
+        wait(
+            lambda: (runs_dir / victim / "events.jsonl").exists() and _steps(runs_dir / victim),
+            120,
+            "the array training",
+        )
         out = cli("queue", "cancel", victim, runs_dir=runs_dir, env=env)
         assert out.returncode == 0 and "cancelled 1 runs" in out.stdout, (out.stdout, out.stderr)
         assert Ledger(runs_dir).get(victim)["status"] == "cancelled"

@@ -26,9 +26,18 @@ def _models(family: str, kind: str, k: int, p_attn: float = P_ATTN, attn: str = 
         RobertaConfig,
     )
 
-    common = dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                  hidden_dropout_prob=P_HIDDEN, attention_probs_dropout_prob=p_attn, classifier_dropout=P_HEAD,
-                  max_position_embeddings=40, num_labels=3)
+    common = dict(
+        vocab_size=60,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        hidden_dropout_prob=P_HIDDEN,
+        attention_probs_dropout_prob=p_attn,
+        classifier_dropout=P_HEAD,
+        max_position_embeddings=40,
+        num_labels=3,
+    )
     if family == "roberta":
         config = RobertaConfig(**common, pad_token_id=1, type_vocab_size=1)
     else:
@@ -39,7 +48,6 @@ def _models(family: str, kind: str, k: int, p_attn: float = P_ATTN, attn: str = 
         torch.manual_seed(seed)
         out.append(auto.from_config(config, attn_implementation=attn).float().train())
     return config, out
-
 
 
 def _alone_loss(model, ids, types, mask, labels) -> torch.Tensor:
@@ -56,8 +64,12 @@ def _assert_same_gradients(fused: FusedEncoder, i: int, model) -> None:
         assert torch.allclose(fused.p[name].grad[i], p.grad, atol=ATOL), name
 
 
-CASES = [("roberta", "classification"), ("roberta", "multiple_choice"), ("bert", "classification"),
-         ("bert", "multiple_choice")]
+CASES = [
+    ("roberta", "classification"),
+    ("roberta", "multiple_choice"),
+    ("bert", "classification"),
+    ("bert", "multiple_choice"),
+]
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -140,8 +152,11 @@ def test_evaluation_runs_without_dropout_and_training_resumes_with_it(family, ki
     assert torch.equal(first, fused.logits(ids, types, mask, None))  # no masks drawn
     for i, model in enumerate(models):
         model.eval()
-        kw = {"input_ids": ids[i], "attention_mask": mask[i], **({"token_type_ids": types[i]} if types is not None
-                                                                  else {})}
+        kw = {
+            "input_ids": ids[i],
+            "attention_mask": mask[i],
+            **({"token_type_ids": types[i]} if types is not None else {}),
+        }
         with torch.no_grad():
             assert torch.allclose(first[i], model(**kw).logits, atol=ATOL)
     assert fused.training
@@ -183,11 +198,12 @@ def test_a_fused_array_of_one_trains_as_the_run_alone_with_dropout_on(tmp_path, 
     assert np.allclose([x for _, x in a], [x for _, x in f], atol=1e-4)
 
 
-
-@pytest.mark.parametrize(("pad", "batching"), [("longest", "random"), ("buckets", "random"), ("max", "random"),
-                                              ("buckets", "grouped")])
-def test_each_member_of_a_fused_array_trains_as_its_run_alone_with_dropout_on(tmp_path, dropout_workload, pad,
-                                                                              batching):
+@pytest.mark.parametrize(
+    ("pad", "batching"), [("longest", "random"), ("buckets", "random"), ("max", "random"), ("buckets", "grouped")]
+)
+def test_each_member_of_a_fused_array_trains_as_its_run_alone_with_dropout_on(
+    tmp_path, dropout_workload, pad, batching
+):
     """Through the real loop, eager: each member draws its masks from its own run's stream (hidden,
     attention and head dropout), so an array of 3 (seeds and learning rates differ) gives every run
     the losses, metrics and score of the run trained alone, dropout and all, however its batches are
@@ -196,10 +212,18 @@ def test_each_member_of_a_fused_array_trains_as_its_run_alone_with_dropout_on(tm
     from stilts_tui.train.loop import train_group, train_run
 
     runs = [(3, 1e-3), (4, 2e-3), (5, 5e-4)]
-    alone = [write_tiny_run(tmp_path / "alone", f"a{i}000000000a", dropout_workload, seed=s, lr=lr, pad=pad,
-                            batching=batching) for i, (s, lr) in enumerate(runs)]
-    fused = [write_tiny_run(tmp_path / "fused", f"a{i}000000000a", dropout_workload, seed=s, lr=lr, pad=pad,
-                            batching=batching) for i, (s, lr) in enumerate(runs)]
+    alone = [
+        write_tiny_run(
+            tmp_path / "alone", f"a{i}000000000a", dropout_workload, seed=s, lr=lr, pad=pad, batching=batching
+        )
+        for i, (s, lr) in enumerate(runs)
+    ]
+    fused = [
+        write_tiny_run(
+            tmp_path / "fused", f"a{i}000000000a", dropout_workload, seed=s, lr=lr, pad=pad, batching=batching
+        )
+        for i, (s, lr) in enumerate(runs)
+    ]
     worker = _worker()
     for d in alone:
         assert train_run(worker, d)["status"] == "done"
@@ -214,12 +238,17 @@ def test_each_member_of_a_fused_array_trains_as_its_run_alone_with_dropout_on(tm
     if pad == "buckets" and batching == "grouped":  # one stream for the array (what a compiled one draws)
         from stilts_tui.train.loop import Settings, Worker
 
-        one = [write_tiny_run(tmp_path / "one", f"a{i}000000000a", dropout_workload, seed=s, lr=lr, pad=pad,
-                              batching=batching) for i, (s, lr) in enumerate(runs)]
+        one = [
+            write_tiny_run(
+                tmp_path / "one", f"a{i}000000000a", dropout_workload, seed=s, lr=lr, pad=pad, batching=batching
+            )
+            for i, (s, lr) in enumerate(runs)
+        ]
         worker = Worker(Settings(device=CPU, compile="off", echo=False, dropout_streams="one"))
         assert train_group(worker, one, fuse=True)[0]["setup"]["dropout_streams"] == "one"
-        assert not np.allclose([x for _, x in step_losses(one[1])], [x for _, x in step_losses(alone[1])],
-                               atol=1e-4), "one stream for the array should draw other masks than the run alone"
+        assert not np.allclose([x for _, x in step_losses(one[1])], [x for _, x in step_losses(alone[1])], atol=1e-4), (
+            "one stream for the array should draw other masks than the run alone"
+        )
 
 
 SHIFT_MEMBERS = 256
@@ -240,8 +269,14 @@ def training_loss_samples(members: int = SHIFT_MEMBERS) -> tuple[np.ndarray, np.
     fused = _fused(config, "classification", [model] * members)
     with torch.no_grad():
         torch.manual_seed(5)
-        _, each = fused.loss(ids.expand(members, -1, -1), None, mask.expand(members, -1, -1),
-                             labels.expand(members, -1), torch.ones(members, labels.shape[1]), None)
+        _, each = fused.loss(
+            ids.expand(members, -1, -1),
+            None,
+            mask.expand(members, -1, -1),
+            labels.expand(members, -1),
+            torch.ones(members, labels.shape[1]),
+            None,
+        )
         # the model alone on ``members`` copies of the batch in one pass: each copy its own masks
         logits = model(input_ids=ids[0].repeat(members, 1), attention_mask=mask[0].repeat(members, 1)).logits
         alone = F.cross_entropy(logits, labels[0].repeat(members), reduction="none").view(members, -1).mean(1)

@@ -59,8 +59,12 @@ def test_a_fused_array_on_buckets_with_short_last_batches_equals_each_run_alone(
     runs = [("a", 1e-3, 0.0, 1), ("b", 3e-3, 0.1, 2), ("c", 2e-3, 0.0, 3)]
 
     def write(where: str) -> list:
-        return [write_tiny_run(tmp_path / where, f"{n}0000000000{n}", tiny_workload, seed=seed, lr=lr,
-                               weight_decay=wd, warmup=0.3) for n, lr, wd, seed in runs]
+        return [
+            write_tiny_run(
+                tmp_path / where, f"{n}0000000000{n}", tiny_workload, seed=seed, lr=lr, weight_decay=wd, warmup=0.3
+            )
+            for n, lr, wd, seed in runs
+        ]
 
     alone, fused = write("alone"), write("fused")
     flags = ("--pad", "buckets", "--group", "on")
@@ -72,9 +76,18 @@ def test_a_fused_array_on_buckets_with_short_last_batches_equals_each_run_alone(
         ra, rf = result_of(a), result_of(f)
         assert ra["status"] == rf["status"] == "done"
         assert rf["setup"] == {**ra["setup"], "fused": 3, "dropout_streams": "member"}
-        assert ra["setup"] == {"precision": "fp32", "tf32": False, "batching": "grouped", "pad": "buckets",
-                               "clip": "step", "compile": "off", "cuda_graphs": False, "fused": 0,
-                               "dropout_streams": "own", "method": "full"}
+        assert ra["setup"] == {
+            "precision": "fp32",
+            "tf32": False,
+            "batching": "grouped",
+            "pad": "buckets",
+            "clip": "step",
+            "compile": "off",
+            "cuda_graphs": False,
+            "fused": 0,
+            "dropout_streams": "own",
+            "method": "full",
+        }
         la, lf = step_losses(a), step_losses(f)
         assert [s for s, _ in la] == [s for s, _ in lf] and len(la) >= 5
         assert np.allclose([x for _, x in la], [x for _, x in lf], atol=1e-5)
@@ -84,11 +97,12 @@ def test_a_fused_array_on_buckets_with_short_last_batches_equals_each_run_alone(
 def test_inductor_compiles_on_the_cpu_with_and_without_gradient_accumulation(tmp_path, tiny_workload):
     eager = [write_tiny_run(tmp_path / "eager", f"e{i}0000000000e", tiny_workload, grad_accum=i) for i in (1, 2)]
     # compiled because the plan says so (`compile = "inductor"`), with the trainer's flag left at auto
-    comp = [write_tiny_run(tmp_path / "comp", f"c{i}0000000000c", tiny_workload, grad_accum=i, compile="inductor")
-            for i in (1, 2)]
+    comp = [
+        write_tiny_run(tmp_path / "comp", f"c{i}0000000000c", tiny_workload, grad_accum=i, compile="inductor")
+        for i in (1, 2)
+    ]
     # then an out-of-memory error in the same process, with the compiler's (fake) tensors still about
-    oom = write_tiny_run(tmp_path / "comp", "d0000000000d", tiny_workload, debug={"oom_at_step": 1},
-                         compile="inductor")
+    oom = write_tiny_run(tmp_path / "comp", "d0000000000d", tiny_workload, debug={"oom_at_step": 1}, compile="inductor")
     assert train(eager, "--pad", "buckets").returncode == 0
     out = train([*comp, oom])
     assert out.returncode == 1, out.stderr[-2000:]
@@ -102,14 +116,23 @@ def test_inductor_compiles_on_the_cpu_with_and_without_gradient_accumulation(tmp
 
 
 @pytest.mark.parametrize("fuse", [False, True], ids=["alone", "array"])
-def test_a_compiler_failure_in_forward_or_backward_falls_back_and_the_result_says_so(tmp_path, tiny_workload,
-                                                                                    fuse):
+def test_a_compiler_failure_in_forward_or_backward_falls_back_and_the_result_says_so(tmp_path, tiny_workload, fuse):
     where = ("forward", "backward") if not fuse else ("backward",)
-    eager = [write_tiny_run(tmp_path / "eager", f"e{i}0000000000e", tiny_workload, seed=i, grad_accum=2)
-             for i in range(len(where) + fuse)]
-    failing = [write_tiny_run(tmp_path / "fail", f"f{i}0000000000f", tiny_workload, seed=i, grad_accum=2,
-                              debug={"compile_fail": where[min(i, len(where) - 1)]})
-               for i in range(len(where) + fuse)]
+    eager = [
+        write_tiny_run(tmp_path / "eager", f"e{i}0000000000e", tiny_workload, seed=i, grad_accum=2)
+        for i in range(len(where) + fuse)
+    ]
+    failing = [
+        write_tiny_run(
+            tmp_path / "fail",
+            f"f{i}0000000000f",
+            tiny_workload,
+            seed=i,
+            grad_accum=2,
+            debug={"compile_fail": where[min(i, len(where) - 1)]},
+        )
+        for i in range(len(where) + fuse)
+    ]
     fuse_flags = ("--fuse", "2") if fuse else ()
     assert train(eager, "--pad", "buckets", *fuse_flags).returncode == 0
     out = train(failing, "--compile", "inductor", *fuse_flags)
@@ -125,9 +148,11 @@ def test_a_compiler_failure_in_forward_or_backward_falls_back_and_the_result_say
 
 
 def test_out_of_memory_mid_worker_frees_the_memory_and_the_next_run_trains(tmp_path, tiny_workload):
-    dirs = [write_tiny_run(tmp_path, "a0000000000a", tiny_workload, debug={"oom_at_step": 2}),
-            write_tiny_run(tmp_path, "b0000000000b", tiny_workload, debug={"oom_at_step": 1, "oom_kind": "runtime"}),
-            write_tiny_run(tmp_path, "c0000000000c", tiny_workload)]
+    dirs = [
+        write_tiny_run(tmp_path, "a0000000000a", tiny_workload, debug={"oom_at_step": 2}),
+        write_tiny_run(tmp_path, "b0000000000b", tiny_workload, debug={"oom_at_step": 1, "oom_kind": "runtime"}),
+        write_tiny_run(tmp_path, "c0000000000c", tiny_workload),
+    ]
     out = train(dirs)
     assert out.returncode == 1  # not every run is done
     ra, rb, rc = map(result_of, dirs)
@@ -140,8 +165,12 @@ def test_out_of_memory_mid_worker_frees_the_memory_and_the_next_run_trains(tmp_p
 
 
 def test_out_of_memory_mid_array_ends_its_runs_oom_and_the_next_run_trains(tmp_path, tiny_workload):
-    array = [write_tiny_run(tmp_path, f"{n}0000000000{n}", tiny_workload, seed=i,
-                            debug={"oom_at_step": 3} if n == "b" else None) for i, n in enumerate("abc")]
+    array = [
+        write_tiny_run(
+            tmp_path, f"{n}0000000000{n}", tiny_workload, seed=i, debug={"oom_at_step": 3} if n == "b" else None
+        )
+        for i, n in enumerate("abc")
+    ]
     after = write_tiny_run(tmp_path, "d0000000000d", tiny_workload, batch_size=4)  # another shape: alone
     out = train([*array, after], "--fuse", "3", "--pad", "buckets", "--group", "on")
     assert out.returncode == 1
@@ -175,8 +204,13 @@ def test_cuda_graphs_are_off_under_gradient_accumulation_and_settings_override_t
     cpu = Settings(device=torch.device("cpu"), compile="inductor", pad="longest", group="on")
     s = resolve_setup(cpu, {**TRAINING_DEFAULTS, "batching": "random", "pad": "max", "clip": "micro_batch"}, 1)
     # a flag other than auto wins over the spec; compiled code never pads to each batch's longest
-    assert (s.precision, s.batching, s.pad, s.clip, s.cuda_graphs) == ("fp32", "grouped", "buckets", "micro_batch",
-                                                                       False)
+    assert (s.precision, s.batching, s.pad, s.clip, s.cuda_graphs) == (
+        "fp32",
+        "grouped",
+        "buckets",
+        "micro_batch",
+        False,
+    )
     assert resolve_setup(Settings(device=torch.device("cpu")), {**TRAINING_DEFAULTS, "pad": "max"}, 1).pad == "max"
 
 
@@ -206,11 +240,20 @@ def _array_optimizer_ops(layers: int) -> int:
 
     from stilts_tui.train.fused import ArrayAdamW, FusedEncoder
 
-    config = RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
-                           intermediate_size=32, max_position_embeddings=20, pad_token_id=1, type_vocab_size=1)
+    config = RobertaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=20,
+        pad_token_id=1,
+        type_vocab_size=1,
+    )
     models = [RobertaForSequenceClassification(config) for _ in range(3)]
-    fused = FusedEncoder(config, "classification", "roberta", [dict(m.named_parameters()) for m in models],
-                         torch.device("cpu"))
+    fused = FusedEncoder(
+        config, "classification", "roberta", [dict(m.named_parameters()) for m in models], torch.device("cpu")
+    )
     opt = ArrayAdamW(fused, [0.0, 0.1, 0.0], [1e-3, 2e-3, 3e-3], [2, 0, 1], total=10)
     fused.G.normal_()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

@@ -19,16 +19,21 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # each PASS/FAIL/INFO/FIGURE line ends with the seconds since the check began: "  [12 s]"
 LINE = re.compile(r"^((PASS [\w.+-]+|FAIL [\w.+-]+: .+|INFO [\w.+-]+: .+|FIGURE [\w.+-]+: .+)  \[\d+ s\]|# .+)$")
-BRANCHES = ["trainer_inductor_buckets_grouped_bf16", "grad_accum2_inductor", "fused3_ragged_buckets",
-            "oom_then_next_run"]
+BRANCHES = [
+    "trainer_inductor_buckets_grouped_bf16",
+    "grad_accum2_inductor",
+    "fused3_ragged_buckets",
+    "oom_then_next_run",
+]
 FIGURES = ["peak_memory", "single_run_vs_reference", "single_run_vs_hf_trainer", "grid", "synth", "lora_grid"]
 
 
 @pytest.mark.slow
 def test_gpu_check_smoke_passes_every_branch_and_prints_the_figures(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--smoke"], capture_output=True, text=True,
-                         env=env, timeout=3000)
+    out = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--smoke"], capture_output=True, text=True, env=env, timeout=3000
+    )
     lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
     bare = [re.sub(r"  \[\d+ s\]$", "", ln) for ln in lines]  # without the seconds
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]

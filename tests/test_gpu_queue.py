@@ -54,8 +54,9 @@ class FakeMPS:
         """A control daemon for our pipe folder, as a crashed queue daemon leaves it."""
         mps.prepare(self.base)
         env = {**os.environ, **self.env, **mps.environment(self.base)}
-        out = subprocess.run([str(self.bin / mps.EXE), "-d"], env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                             timeout=10)
+        out = subprocess.run(
+            [str(self.bin / mps.EXE), "-d"], env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=10
+        )
         assert out.returncode == 0, out.stderr
         (left,) = wait(lambda: mps.control_daemons(self.base), what="the fake control daemon")
         if hung:
@@ -104,8 +105,10 @@ def test_a_missing_mps_control_leaves_the_daemon_without_mps_and_says_why(runs_d
     d = in_process_daemon(runs_dir, mps=True)
     d.start_mps()
     assert d.mps_dir is None
-    assert "MPS off, runs go on without it: nvidia-cuda-mps-control not found on PATH" in \
-        (runs_dir / "daemon.log").read_text()
+    assert (
+        "MPS off, runs go on without it: nvidia-cuda-mps-control not found on PATH"
+        in (runs_dir / "daemon.log").read_text()
+    )
     env, _, _ = d.executor.run_env(qd.placement.Device(0, 24, 24, 4), 0)
     assert "CUDA_MPS_PIPE_DIRECTORY" not in env
     d.stop_mps()  # nothing to stop: no call, no error
@@ -123,8 +126,10 @@ def test_a_hanging_mps_control_times_out_and_the_daemon_goes_on(fake_mps, runs_d
 
 def test_a_live_control_daemon_left_by_a_crash_is_reused_and_quit_at_the_end(fake_mps, runs_dir):
     left = fake_mps.leave_control_daemon()
-    assert f"an MPS control daemon is left running for this runs-dir (pid {left.pid})" in \
-        cli("doctor", runs_dir=runs_dir).stdout
+    assert (
+        f"an MPS control daemon is left running for this runs-dir (pid {left.pid})"
+        in cli("doctor", runs_dir=runs_dir).stdout
+    )
     before = len(fake_mps.calls())
     d = in_process_daemon(runs_dir, mps=True)
     d.start_mps()
@@ -221,12 +226,17 @@ def stop_daemon(runs_dir):
                 pass
 
 
-def test_a_failing_mps_control_first_on_path_does_not_end_the_daemon(tmp_path, runs_dir, tiny_model, fake_mps,
-                                                                      stop_daemon):
+def test_a_failing_mps_control_first_on_path_does_not_end_the_daemon(
+    tmp_path, runs_dir, tiny_model, fake_mps, stop_daemon
+):
     env = {**fake_mps.env, "FAKE_MPS_MODE": "fail", "STILTS_FAKE_GPUS": "1x24", "OMP_NUM_THREADS": "1"}
     stop_daemon.append(env)
-    assert cli("queue", "add", str(make_plan(tmp_path, str(tiny_model), [1e-4])), "--no-daemon",
-               runs_dir=runs_dir, env=env).returncode == 0
+    assert (
+        cli(
+            "queue", "add", str(make_plan(tmp_path, str(tiny_model), [1e-4])), "--no-daemon", runs_dir=runs_dir, env=env
+        ).returncode
+        == 0
+    )
     out = cli("daemon", "start", "--mps", "--interval", "0.2", runs_dir=runs_dir, env=env)
     assert out.returncode == 0, out.stderr
     wait(lambda: {r["status"] for r in Ledger(runs_dir).runs()} == {"done"}, timeout=120, what="the run")
@@ -259,16 +269,36 @@ def test_mps_under_a_runs_dir_too_deep_for_a_socket_path(tmp_path):
         fake.cleanup()
 
 
-def test_an_nvml_error_on_one_gpu_leaves_it_out_and_runs_go_to_the_other(tmp_path, runs_dir, tiny_model,
-                                                                         stop_daemon):
+def test_an_nvml_error_on_one_gpu_leaves_it_out_and_runs_go_to_the_other(tmp_path, runs_dir, tiny_model, stop_daemon):
     # no STILTS_FAKE_GPUS: the daemon asks (fake) NVML, so a placement is a real GPU placement and the
     # trainer gets --device cuda, which this CPU-only torch cannot give: the runs fail, never train on the CPU
     env = {"PYTHONPATH": f"{FAKES / 'nvml'}{os.pathsep}{ROOT}", "FAKE_NVML_BAD": "1", "OMP_NUM_THREADS": "1"}
     stop_daemon.append(env)
-    assert cli("queue", "add", str(make_plan(tmp_path, str(tiny_model), [1e-4, 2e-4])), "--no-daemon",
-               runs_dir=runs_dir, env=env).returncode == 0
-    out = cli("daemon", "start", "--interval", "0.2", "--per-gpu", "1", "--worker-runs", "1",
-              "--max-retries", "0", runs_dir=runs_dir, env=env)
+    assert (
+        cli(
+            "queue",
+            "add",
+            str(make_plan(tmp_path, str(tiny_model), [1e-4, 2e-4])),
+            "--no-daemon",
+            runs_dir=runs_dir,
+            env=env,
+        ).returncode
+        == 0
+    )
+    out = cli(
+        "daemon",
+        "start",
+        "--interval",
+        "0.2",
+        "--per-gpu",
+        "1",
+        "--worker-runs",
+        "1",
+        "--max-retries",
+        "0",
+        runs_dir=runs_dir,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     info = json.loads((runs_dir / "daemon.json").read_text())
     wait(lambda: {r["status"] for r in Ledger(runs_dir).runs()} == {"failed"}, timeout=120, what="the runs to end")
@@ -281,7 +311,8 @@ def test_an_nvml_error_on_one_gpu_leaves_it_out_and_runs_go_to_the_other(tmp_pat
         assert "CUDA is not available" in r["error"] and "eval epoch" not in log
         assert "cpu" not in log.split("queue: placed", 1)[1].lower()
     assert psutil.pid_exists(info["pid"]) and cli("daemon", "status", runs_dir=runs_dir, env=env).stdout.startswith(
-        "daemon running")
+        "daemon running"
+    )
     assert "GPU 1 unusable, left out: NVMLError_GpuIsLost: GPU is lost" in (runs_dir / "daemon.log").read_text()
     doctor = cli("doctor", runs_dir=runs_dir, env=env).stdout
     assert "ok    GPU 0: Fake GPU" in doctor and "fail  GPU 1: NVML fails on it (NVMLError_GpuIsLost" in doctor
@@ -311,15 +342,16 @@ def test_probe_reports_the_failing_device_and_keeps_the_others(fake_nvml, monkey
     assert [g.index for g in gpus.list_gpus()] == [0, 2]
 
 
-def test_nvml_init_failing_after_gpus_were_seen_places_nothing_rather_than_the_cpu(fake_nvml, runs_dir,
-                                                                                   monkeypatch):
+def test_nvml_init_failing_after_gpus_were_seen_places_nothing_rather_than_the_cpu(fake_nvml, runs_dir, monkeypatch):
     d = in_process_daemon(runs_dir)
     assert [x.index for x in d.executor.devices([])] == [0, 1]
     monkeypatch.setenv("FAKE_NVML_INIT", "fail")
     monkeypatch.setattr(gpus, "_INIT_ERROR", None)
     assert d.executor.devices([]) == []  # not the CPU: RoBERTa-large must not train there because NVML hiccupped
-    assert "NVML init failed: NVMLError_Unknown: Unknown Error; no run is placed until NVML answers" in \
-        (runs_dir / "daemon.log").read_text()
+    assert (
+        "NVML init failed: NVMLError_Unknown: Unknown Error; no run is placed until NVML answers"
+        in (runs_dir / "daemon.log").read_text()
+    )
 
 
 # -- Daemon.tick() in-process: placement decisions ----------------------------------------------------
@@ -367,8 +399,9 @@ def tick_daemon(runs_dir, monkeypatch):
             p.wait()
 
 
-def add_runs(tmp_path: Path, root: Path, n: int, name: str = "g", lr0: float = 1e-4, fuse: bool | None = None
-             ) -> list[str]:
+def add_runs(
+    tmp_path: Path, root: Path, n: int, name: str = "g", lr0: float = 1e-4, fuse: bool | None = None
+) -> list[str]:
     """n runs of one shape (roberta-large, batch 16, max_len 24: a formula estimate of 6.41 GB)."""
     plan = make_plan(tmp_path, "roberta-large", [round(lr0 * (i + 1), 8) for i in range(n)], name=name)
     _, _, ids = ops.add_plan(plan, root)
@@ -386,16 +419,32 @@ def placements(root: Path) -> list[dict]:
     return sorted(data.get("placements", {}).values(), key=lambda p: p["t"])
 
 
-def finish(d: qd.Daemon, root: Path, run_ids: list[str], status: str = "done", peak: float | None = None,
-           rate: float | None = None) -> None:
+def finish(
+    d: qd.Daemon,
+    root: Path,
+    run_ids: list[str],
+    status: str = "done",
+    peak: float | None = None,
+    rate: float | None = None,
+) -> None:
     """What the trainer leaves for each run: result.json (its process then ends)."""
     ledger = Ledger(root)
     for rid in run_ids:
         r = ledger.get(rid)
         k = r.get("fused") or 0
-        (root / rid / "result.json").write_text(json.dumps({
-            "status": status, "score": 0.5 if status == "done" else None, "peak_gpu_mem_gb": peak,
-            "samples_per_s": rate, "fused": k, "setup": {"fused": k}, "error": None if status == "done" else "oom"}))
+        (root / rid / "result.json").write_text(
+            json.dumps(
+                {
+                    "status": status,
+                    "score": 0.5 if status == "done" else None,
+                    "peak_gpu_mem_gb": peak,
+                    "samples_per_s": rate,
+                    "fused": k,
+                    "setup": {"fused": k},
+                    "error": None if status == "done" else "oom",
+                }
+            )
+        )
         try:
             os.killpg(r["pid"], signal.SIGKILL)
         except ProcessLookupError:
@@ -455,8 +504,7 @@ def test_fuse_auto_sizes_arrays_from_measured_peak_memory(tmp_path, runs_dir, ti
     assert [launch["env"]["STILTS_FUSE"] for launch in d.launches] == ["3", "3", "6"]
 
 
-def test_an_array_out_of_memory_is_requeued_into_arrays_of_half_its_size(tmp_path, runs_dir, tick_daemon,
-                                                                         monkeypatch):
+def test_an_array_out_of_memory_is_requeued_into_arrays_of_half_its_size(tmp_path, runs_dir, tick_daemon, monkeypatch):
     monkeypatch.setenv("STILTS_FAKE_GPUS", "2x80")
     add_runs(tmp_path, runs_dir, 8)
     d = tick_daemon(fuse="4")
@@ -467,8 +515,9 @@ def test_an_array_out_of_memory_is_requeued_into_arrays_of_half_its_size(tmp_pat
     stats = d.tick()
     assert stats["requeued"] == 4
     halves = placements(runs_dir)[2:]
-    assert sorted(len(p["runs"]) for p in halves) == [2, 2] and sorted(sum((p["runs"] for p in halves), [])) == \
-        sorted(a["runs"])
+    assert sorted(len(p["runs"]) for p in halves) == [2, 2] and sorted(sum((p["runs"] for p in halves), [])) == sorted(
+        a["runs"]
+    )
     assert all("capped at 2 after an OOM" in p["fuse_why"] for p in halves)
     assert "requeued for arrays of at most 2" in (runs_dir / "daemon.log").read_text()
     finish(d, runs_dir, halves[0]["runs"], status="oom")  # an array of 2 out of memory: its runs go alone
@@ -490,7 +539,8 @@ def test_fuse_auto_packs_where_fused_runs_measured_slower(tmp_path, runs_dir, ti
     ps = placements(runs_dir)
     (array,) = [p for p in ps if p["fused"]]
     assert sorted(array["runs"]) == sorted(asked) and array["fuse_why"].startswith(
-        "the plan asks (fuse = true), --fuse auto sizing; 3 runs")
+        "the plan asks (fuse = true), --fuse auto sizing; 3 runs"
+    )
     assert sorted(rid for p in ps if not p["fused"] for rid in p["runs"]) == sorted(plain)  # fuse = false: alone
     finish(d, runs_dir, asked, peak=6.0, rate=30.0)
     finish(d, runs_dir, plain, peak=2.0, rate=45.0)
@@ -503,8 +553,9 @@ def test_fuse_auto_packs_where_fused_runs_measured_slower(tmp_path, runs_dir, ti
     assert all(Ledger(runs_dir).get(rid)["fuse_why"] == why for rid in more)
 
 
-def test_a_real_gpu_placement_asks_the_trainer_for_cuda_and_skips_a_failing_gpu(tmp_path, runs_dir, fake_nvml,
-                                                                                 monkeypatch, fake_mps):
+def test_a_real_gpu_placement_asks_the_trainer_for_cuda_and_skips_a_failing_gpu(
+    tmp_path, runs_dir, fake_nvml, monkeypatch, fake_mps
+):
     monkeypatch.setenv("FAKE_NVML_BAD", "0")
     add_runs(tmp_path, runs_dir, 2)
     d = stand_in_daemon(runs_dir, qd.Settings(per_gpu=4, worker_runs=1, mps=True))
@@ -515,11 +566,16 @@ def test_a_real_gpu_placement_asks_the_trainer_for_cuda_and_skips_a_failing_gpu(
         for launch in d.launches:
             assert launch["args"] == ["--device", "cuda"]
             env = launch["env"]
-            assert (env["CUDA_VISIBLE_DEVICES"], env["STILTS_DEVICE"], env["CUDA_DEVICE_ORDER"]) == \
-                ("1", "cuda", "PCI_BUS_ID")
+            assert (env["CUDA_VISIBLE_DEVICES"], env["STILTS_DEVICE"], env["CUDA_DEVICE_ORDER"]) == (
+                "1",
+                "cuda",
+                "PCI_BUS_ID",
+            )
             assert env["CUDA_MPS_PIPE_DIRECTORY"] == str(fake_mps.base / "pipe")
-            assert "placed on GPU 1 (CUDA_VISIBLE_DEVICES=1, --device cuda, under MPS)" in \
-                (runs_dir / launch["runs"][0] / "train.log").read_text()
+            assert (
+                "placed on GPU 1 (CUDA_VISIBLE_DEVICES=1, --device cuda, under MPS)"
+                in (runs_dir / launch["runs"][0] / "train.log").read_text()
+            )
     finally:
         d.stop_mps()
         for p in d.procs:
@@ -530,8 +586,7 @@ def test_a_real_gpu_placement_asks_the_trainer_for_cuda_and_skips_a_failing_gpu(
 # -- the tick carries out clients' cancel requests -------------------------------------------------------
 
 
-def test_tick_carries_out_a_cancel_request_sigterm_then_sigkill_once_the_grace_is_over(tmp_path, runs_dir,
-                                                                                       tick_daemon):
+def test_tick_carries_out_a_cancel_request_sigterm_then_sigkill_once_the_grace_is_over(tmp_path, runs_dir, tick_daemon):
     (rid,) = add_runs(tmp_path, runs_dir, 1)
     d = tick_daemon()
     d.executor.cmd = ["sh", "-c", "trap '' TERM; sleep 300"]  # ignores SIGTERM (sleep inherits that)

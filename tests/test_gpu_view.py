@@ -20,8 +20,10 @@ from stilts_tui.queue import gpu_procs
 from stilts_tui.tui.app import StiltsApp
 from stilts_tui.tui.screens.gpus import GpuScreen, spark
 
-PLAN = 'name = "g"\nmodel = "roberta-large"\ntarget_seeds = [1]\n[intermediate.hs]\ntask = "hellaswag"\n' \
-       '[target.rte]\ntask = "rte"\n'
+PLAN = (
+    'name = "g"\nmodel = "roberta-large"\ntarget_seeds = [1]\n[intermediate.hs]\ntask = "hellaswag"\n'
+    '[target.rte]\ntask = "rte"\n'
+)
 
 
 @pytest.fixture
@@ -55,8 +57,12 @@ def test_every_process_is_named_by_its_run_or_its_user_and_command(busy):
     report = gpu_procs.snapshot(busy["root"])
     g0, g1 = report.gpus
     (foreign,) = g0.procs
-    assert (foreign.pid, foreign.ours, foreign.user, foreign.command) == (busy["foreign"], False, getpass.getuser(),
-                                                                          "sleep 61")
+    assert (foreign.pid, foreign.ours, foreign.user, foreign.command) == (
+        busy["foreign"],
+        False,
+        getpass.getuser(),
+        "sleep 61",
+    )
     assert g0.used_gb == 3.0 and g1.used_gb == 2.0  # fake GPUs: the sum of their processes
     procs = {p.pid: p for p in g1.procs}
     assert set(procs) == {busy["worker"], busy["child"]}

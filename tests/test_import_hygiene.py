@@ -10,8 +10,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LIGHT = ["stilts_tui.contract", "stilts_tui.cli", "stilts_tui.plan", "stilts_tui.ledger", "stilts_tui.tasks",
-         "stilts_tui.queue.ops"]
+LIGHT = [
+    "stilts_tui.contract",
+    "stilts_tui.cli",
+    "stilts_tui.plan",
+    "stilts_tui.ledger",
+    "stilts_tui.tasks",
+    "stilts_tui.queue.ops",
+]
 
 
 @pytest.mark.parametrize("module", LIGHT)

@@ -30,8 +30,9 @@ for start in range(0, n, batch):
 
 
 def _writer(root: Path, prefix: str, n: int, batch: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(root), prefix, str(n), str(batch)],
-                            stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(root), prefix, str(n), str(batch)], stdout=subprocess.PIPE, text=True
+    )
 
 
 def test_four_processes_adding_200_runs_each_leave_800_records(tmp_path):

@@ -36,8 +36,10 @@ def lora_workloads(tmp_path_factory):
 
 def _runs(root: Path, wl, dropout: float = 0.0, runs=RUNS, **params) -> list[Path]:
     cfg = {**LORA, "dropout": dropout}
-    return [write_tiny_run(root, f"a{i}000000000a", wl, seed=s, lr=lr, epochs=2, method="lora", lora=cfg,
-                           **params) for i, (s, lr) in enumerate(runs)]
+    return [
+        write_tiny_run(root, f"a{i}000000000a", wl, seed=s, lr=lr, epochs=2, method="lora", lora=cfg, **params)
+        for i, (s, lr) in enumerate(runs)
+    ]
 
 
 def _same_training(alone: Path, fused: Path, atol: float = 1e-5) -> None:
@@ -123,8 +125,12 @@ def test_a_member_cancelled_mid_array_ends_and_the_others_finish(tmp_path, lora_
         spec = json.loads((d / "spec.json").read_text())
         spec["debug"] = {"sleep_per_step": 0.2}
         (d / "spec.json").write_text(json.dumps(spec))
-    proc = subprocess.Popen([sys.executable, "-m", "stilts_tui.train", "--fuse", "3", *map(str, fused)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV_TRAIN)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stilts_tui.train", "--fuse", "3", *map(str, fused)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV_TRAIN,
+    )
     deadline = time.time() + 120
     while not ((fused[1] / "events.jsonl").exists() and step_losses(fused[1])):
         assert time.time() < deadline and proc.poll() is None, "the array did not start"
@@ -203,7 +209,10 @@ def test_targets_after_a_lora_intermediate_start_from_its_merged_weights_or_its_
     setups = {name: result_of(runs[name])["setup"] for name in ("merge", "adapter", "full")}
     assert (setups["merge"]["method"], setups["merge"]["transfer"]) == ("lora", "merge")
     assert (setups["adapter"]["method"], setups["adapter"]["transfer"], setups["adapter"]["lora"]["r"]) == (
-        "lora", "adapter", 4)
+        "lora",
+        "adapter",
+        4,
+    )
     assert setups["full"]["method"] == "full" and "lora" not in setups["full"]
     log = (runs["adapter"] / "train.log").read_text()
     assert "LoRA r 4" in log and "(transfer adapter)" in log
@@ -227,5 +236,9 @@ lr = 1e-4
     runs = _train_plan(tmp_path, tiny_model, stages)
     assert not (runs["inter"] / "checkpoint" / "lora_adapter.safetensors").exists()
     assert step_losses(runs["lora"])[0][1] == pytest.approx(step_losses(runs["full"])[0][1], abs=1e-5)
-    assert result_of(runs["lora"])["setup"]["lora"] == {"r": 8, "alpha": 16, "dropout": 0.0,
-                                                         "targets": ["query", "value"]}
+    assert result_of(runs["lora"])["setup"]["lora"] == {
+        "r": 8,
+        "alpha": 16,
+        "dropout": 0.0,
+        "targets": ["query", "value"],
+    }

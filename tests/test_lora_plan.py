@@ -9,28 +9,56 @@ from test_bad_plan_values import GOOD, assert_refused
 
 from stilts_tui import plan as plans
 
-LORA_INTER = GOOD.replace('[intermediate.inter]\ntask = "hellaswag"',
-                          '[intermediate.inter]\ntask = "hellaswag"\nmethod = "lora"')
+LORA_INTER = GOOD.replace(
+    '[intermediate.inter]\ntask = "hellaswag"', '[intermediate.inter]\ntask = "hellaswag"\nmethod = "lora"'
+)
 CASES = {
     "bad-method": ((GOOD, "epochs = 2", 'epochs = 2\nmethod = "qlora"'), "key 'target.rte.method'", '"lora"'),
-    "rank-zero": ((GOOD, "epochs = 2", 'epochs = 2\nmethod = "lora"\nlora = { r = 0 }'), "key 'target.rte.lora.r'",
-                  "an integer >= 1"),
-    "unknown-lora-key": ((GOOD, "epochs = 2", 'epochs = 2\nmethod = "lora"\nlora = { rank = 8 }'),
-                         "key 'target.rte.lora.rank'", "unknown key"),
-    "unknown-layer": ((GOOD, "epochs = 2", 'epochs = 2\nmethod = "lora"\nlora = { targets = ["q_proj"] }'),
-                      "key 'target.rte.lora.targets'", "attention_output"),
-    "dropout-one": ((GOOD, "weight_decay = 0.0", "weight_decay = 0.0\nlora = { dropout = 1.0 }"),
-                    "key 'defaults.lora.dropout'", "< 1"),
-    "lora-without-method": ((GOOD, "epochs = 2", "epochs = 2\nlora = { r = 4 }"), "key 'target.rte.lora'",
-                            'method = "full"'),
-    "lora-as-grid-axis": ((GOOD, "grid = { lr = [1e-5, 2e-5] }", "grid = { lora = [{ r = 4 }, { r = 8 }] }"),
-                          "key 'target.rte.grid.lora'", "not a grid axis"),
-    "adapter-for-full": ((LORA_INTER, "epochs = 2", 'epochs = 2\ntransfer = "adapter"'), "key 'target.rte.transfer'",
-                         'needs method = "lora"'),
-    "adapter-after-full": ((GOOD, "epochs = 2", 'epochs = 2\nmethod = "lora"\ntransfer = "adapter"'),
-                           "key 'target.rte.transfer'", "needs a LoRA intermediate"),
-    "adapter-other-rank": ((LORA_INTER, "epochs = 2", 'epochs = 2\nmethod = "lora"\ntransfer = "adapter"\n'
-                            "lora = { r = 16 }"), "key 'target.rte.transfer'", "rank and targets (r 8"),
+    "rank-zero": (
+        (GOOD, "epochs = 2", 'epochs = 2\nmethod = "lora"\nlora = { r = 0 }'),
+        "key 'target.rte.lora.r'",
+        "an integer >= 1",
+    ),
+    "unknown-lora-key": (
+        (GOOD, "epochs = 2", 'epochs = 2\nmethod = "lora"\nlora = { rank = 8 }'),
+        "key 'target.rte.lora.rank'",
+        "unknown key",
+    ),
+    "unknown-layer": (
+        (GOOD, "epochs = 2", 'epochs = 2\nmethod = "lora"\nlora = { targets = ["q_proj"] }'),
+        "key 'target.rte.lora.targets'",
+        "attention_output",
+    ),
+    "dropout-one": (
+        (GOOD, "weight_decay = 0.0", "weight_decay = 0.0\nlora = { dropout = 1.0 }"),
+        "key 'defaults.lora.dropout'",
+        "< 1",
+    ),
+    "lora-without-method": (
+        (GOOD, "epochs = 2", "epochs = 2\nlora = { r = 4 }"),
+        "key 'target.rte.lora'",
+        'method = "full"',
+    ),
+    "lora-as-grid-axis": (
+        (GOOD, "grid = { lr = [1e-5, 2e-5] }", "grid = { lora = [{ r = 4 }, { r = 8 }] }"),
+        "key 'target.rte.grid.lora'",
+        "not a grid axis",
+    ),
+    "adapter-for-full": (
+        (LORA_INTER, "epochs = 2", 'epochs = 2\ntransfer = "adapter"'),
+        "key 'target.rte.transfer'",
+        'needs method = "lora"',
+    ),
+    "adapter-after-full": (
+        (GOOD, "epochs = 2", 'epochs = 2\nmethod = "lora"\ntransfer = "adapter"'),
+        "key 'target.rte.transfer'",
+        "needs a LoRA intermediate",
+    ),
+    "adapter-other-rank": (
+        (LORA_INTER, "epochs = 2", 'epochs = 2\nmethod = "lora"\ntransfer = "adapter"\nlora = { r = 16 }'),
+        "key 'target.rte.transfer'",
+        "rank and targets (r 8",
+    ),
 }
 
 
@@ -58,7 +86,8 @@ def test_run_ids_change_only_for_runs_that_use_lora(tmp_path):
 
 def test_lora_runs_get_the_documented_defaults_and_method_is_a_grid_axis(tmp_path):
     text = GOOD.replace("weight_decay = 0.0", "weight_decay = 0.0\nlora = { alpha = 32 }").replace(
-        "grid = { lr = [1e-5, 2e-5] }", 'grid = { lr = [1e-5, 2e-5], method = ["full", "lora"] }\nlora = { r = 4 }')
+        "grid = { lr = [1e-5, 2e-5] }", 'grid = { lr = [1e-5, 2e-5], method = ["full", "lora"] }\nlora = { r = 4 }'
+    )
     _, runs = plans.load_and_expand(write_text(tmp_path / "p.toml", text))
     targets = [r for r in runs if r.stage == "target"]
     lora = [r for r in targets if r.params.get("method") == "lora"]
@@ -88,8 +117,9 @@ def test_the_lora_plan_is_the_reference_plan_with_the_changes_its_header_names()
         assert lora.pop(kind) == {}
     assert lora == ref  # synth stage, seeds, baseline, model
     header = LORA_PLAN.read_text().split("\nname = ")[0]
-    assert all(k in header for k in ('method   = "lora"', "lora     = {", 'transfer = "merge"', "lr x 20",
-                                     "fuse     = true"))
+    assert all(
+        k in header for k in ('method   = "lora"', "lora     = {", 'transfer = "merge"', "lr x 20", "fuse     = true")
+    )
     _, runs = plans.load_and_expand(LORA_PLAN)
     assert sum(r.stage == "target" for r in runs) == 1008
     assert all(r.params["method"] == "lora" for r in runs if r.stage != "synth")
@@ -104,8 +134,19 @@ def test_the_lora_plan_rehearses_end_to_end(tmp_path, runs_dir):
 
     fixtures = Path(__file__).parent / "fixtures" / "chang_lu_2021"
     out_dir = tmp_path / "rehearsal"
-    out = cli("plan", "rehearse", str(LORA_PLAN), "--data-dir", str(fixtures), "--examples", "6", "--out",
-              str(out_dir), runs_dir=runs_dir, timeout=900)
+    out = cli(
+        "plan",
+        "rehearse",
+        str(LORA_PLAN),
+        "--data-dir",
+        str(fixtures),
+        "--examples",
+        "6",
+        "--out",
+        str(out_dir),
+        runs_dir=runs_dir,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "rehearsal passed" in out.stdout.splitlines()[-1]
     assert list(runs_dir.iterdir()) == []

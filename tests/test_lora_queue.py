@@ -44,8 +44,11 @@ def test_lora_arrays_count_the_frozen_encoder_once_and_split_on_oom(tmp_path, ru
 
 
 def _spec(**over) -> dict:
-    base = {"stage": "target", "task": {"name": "rte"}, "params": {"batch_size": 8, "max_len": 64, "epochs": 1,
-                                                                   "method": "lora", "lora": LORA}}
+    base = {
+        "stage": "target",
+        "task": {"name": "rte"},
+        "params": {"batch_size": 8, "max_len": 64, "epochs": 1, "method": "lora", "lora": LORA},
+    }
     model = over.pop("model", {"name": "roberta-large"})
     params = over.pop("params", {})
     return {**base, "model": model, **over, "params": {**base["params"], **params}}

@@ -13,8 +13,12 @@ from test_results import scored, target_runs, write_result  # noqa: F401 - score
 from stilts_tui import results
 
 FULL = {"method": "full", "precision": "fp32", "batching": "random", "fused": 0}
-LORA = {**FULL, "method": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "targets": ["query", "value"]},
-        "transfer": "merge"}
+LORA = {
+    **FULL,
+    "method": "lora",
+    "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "targets": ["query", "value"]},
+    "transfer": "merge",
+}
 
 
 def test_lora_cells_are_marked_and_a_cell_mixing_methods_is_flagged(scored):  # noqa: F811
@@ -23,8 +27,12 @@ def test_lora_cells_are_marked_and_a_cell_mixing_methods_is_flagged(scored):  # 
         if r["intermediate"] == "a":  # every "a" cell LoRA ...
             write_result(scored, r["id"], 0.8, setup=LORA)
         elif r["name"] == "t2":  # ... and "none" -> t2 mixes a LoRA run into full fine-tunes
-            write_result(scored, r["id"], 0.6, setup=LORA if r["seed"] == runs[0]["seed"] and r["params"]["lr"] ==
-                         runs[0]["params"]["lr"] else FULL)
+            write_result(
+                scored,
+                r["id"],
+                0.6,
+                setup=LORA if r["seed"] == runs[0]["seed"] and r["params"]["lr"] == runs[0]["params"]["lr"] else FULL,
+            )
     t = results.build(scored, "sc")
     assert t.cell("a", "t1").method == t.cell("a", "t2").method == "lora"
     assert t.cell("none", "t1").method is None  # the fixture's results record no setup: unmarked

@@ -15,25 +15,43 @@ from stilts_tui.queue.notify import PlanWatch
 from stilts_tui.tui.app import StiltsApp
 
 # a real program: writes its STILTS_* environment to DIR/<event>-<tag>.json
-WRITER = ("import json, os, sys; env = {k: v for k, v in os.environ.items() if k.startswith('STILTS_')}; "
-          "open(os.path.join(sys.argv[1], env['STILTS_EVENT'] + '-' + sys.argv[2] + '.json'), 'w')"
-          ".write(json.dumps(env))")
+WRITER = (
+    "import json, os, sys; env = {k: v for k, v in os.environ.items() if k.startswith('STILTS_')}; "
+    "open(os.path.join(sys.argv[1], env['STILTS_EVENT'] + '-' + sys.argv[2] + '.json'), 'w')"
+    ".write(json.dumps(env))"
+)
+
 
 def test_a_finished_plan_and_a_failed_run_run_the_commands(tmp_path, runs_dir, tiny_model, queue_env):
     env = queue_env
     out_dir = tmp_path / "word"
     out_dir.mkdir()
     hook = json.dumps([sys.executable, "-c", WRITER, str(out_dir), "plan"])
-    plan = make_plan(tmp_path, tiny_model, '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4] }\n',
-                     baseline=True, header=f"on_finish = {hook}")
+    plan = make_plan(
+        tmp_path,
+        tiny_model,
+        '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4] }\n',
+        baseline=True,
+        header=f"on_finish = {hook}",
+    )
     assert cli("queue", "add", str(plan), runs_dir=runs_dir, env=env).returncode == 0
     bad, good = Ledger(runs_dir).runs()
     spec = json.loads((runs_dir / bad["id"] / "spec.json").read_text())
     spec["task"]["train_file"] = str(tmp_path / "data/missing.jsonl")  # this run fails
     (runs_dir / bad["id"] / "spec.json").write_text(json.dumps(spec))
     daemon_cmd = shlex.join([sys.executable, "-c", WRITER, str(out_dir), "daemon"])
-    started = cli("daemon", "start", "--interval", "0.2", "--worker-runs", "1", "--on-finish", daemon_cmd,
-                  runs_dir=runs_dir, env=env)
+    started = cli(
+        "daemon",
+        "start",
+        "--interval",
+        "0.2",
+        "--worker-runs",
+        "1",
+        "--on-finish",
+        daemon_cmd,
+        runs_dir=runs_dir,
+        env=env,
+    )
     assert started.returncode == 0, started.stderr
     for tag in ("daemon", "plan"):  # both commands: the daemon's and the plan's own
         done = wait(lambda tag=tag: (out_dir / f"plan_finished-{tag}.json").exists(), what=f"the {tag} command")
@@ -81,7 +99,14 @@ def test_plan_watch_reports_each_end_and_each_new_failure_once():
     runs[1]["status"] = "done"
     (event,) = watch.update(runs)
     assert event["event"] == "plan_finished" and event["counts"] == {
-        "total": 2, "done": 1, "failed": 1, "cancelled": 0, "blocked": 0, "queued": 0, "running": 0}
+        "total": 2,
+        "done": 1,
+        "failed": 1,
+        "cancelled": 0,
+        "blocked": 0,
+        "queued": 0,
+        "running": 0,
+    }
     assert watch.update(runs + [7, {"plan": None}]) == []  # damaged rows are ignored
 
 

@@ -63,23 +63,35 @@ def test_ids_are_stable_across_processes():
         "import json; from stilts_tui import plan; "
         f"print(json.dumps([r.id for r in plan.load_and_expand({str(REFERENCE_PLAN)!r})[1]]))"
     )
-    out = [json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                     check=True, env={"PYTHONHASHSEED": str(seed)}).stdout)
-           for seed in (1, 2)]
+    out = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", code],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={"PYTHONHASHSEED": str(seed)},
+            ).stdout
+        )
+        for seed in (1, 2)
+    ]
     assert out[0] == out[1]
     assert out[0] == [r.id for r in plans.load_and_expand(REFERENCE_PLAN)[1]]
 
 
 def test_ids_unchanged_when_an_unrelated_stage_changes(tmp_path):
     text = REFERENCE_PLAN.read_text()
-    edited = text.replace("[target.wic]\ntask = \"wic\"\nepochs = 5", "[target.wic]\ntask = \"wic\"\nepochs = 7")
+    edited = text.replace('[target.wic]\ntask = "wic"\nepochs = 5', '[target.wic]\ntask = "wic"\nepochs = 7')
     assert edited != text
     path = tmp_path / "edited.toml"
     path.write_text(edited)
-    before = {(r.stage, r.name, r.intermediate, r.seed, json.dumps(r.grid)): r.id
-              for r in plans.load_and_expand(REFERENCE_PLAN)[1]}
-    after = {(r.stage, r.name, r.intermediate, r.seed, json.dumps(r.grid)): r.id
-             for r in plans.load_and_expand(path)[1]}
+    before = {
+        (r.stage, r.name, r.intermediate, r.seed, json.dumps(r.grid)): r.id
+        for r in plans.load_and_expand(REFERENCE_PLAN)[1]
+    }
+    after = {
+        (r.stage, r.name, r.intermediate, r.seed, json.dumps(r.grid)): r.id for r in plans.load_and_expand(path)[1]
+    }
     assert before.keys() == after.keys()
     changed = {k for k in before if before[k] != after[k]}
     assert changed and all(k[0] == "target" and k[1] == "wic" for k in changed)
@@ -87,8 +99,9 @@ def test_ids_unchanged_when_an_unrelated_stage_changes(tmp_path):
 
 
 def test_an_intermediate_change_changes_its_children_ids_only(tmp_path):
-    text = REFERENCE_PLAN.read_text().replace("batch_size = 8\nepochs = 3\nmax_len = 120",
-                                              "batch_size = 8\nepochs = 4\nmax_len = 120")
+    text = REFERENCE_PLAN.read_text().replace(
+        "batch_size = 8\nepochs = 3\nmax_len = 120", "batch_size = 8\nepochs = 4\nmax_len = 120"
+    )
     path = tmp_path / "p.toml"
     path.write_text(text)
     old = plans.load_and_expand(REFERENCE_PLAN)[1]
@@ -127,8 +140,9 @@ def test_queue_add_writes_a_spec_for_every_run(small_plan, runs_dir):
     for r in runs:
         spec = json.loads((runs_dir / r["id"] / "spec.json").read_text())
         assert spec["run_id"] == r["id"] and spec["params"] == r["params"] and spec["seed"] == r["seed"]
-        assert spec["task"]["data_dir"].endswith("data/rte" if r["task"] == "rte" else
-                                                 "data/cola" if r["task"] == "cola" else "data/hs")
+        assert spec["task"]["data_dir"].endswith(
+            "data/rte" if r["task"] == "rte" else "data/cola" if r["task"] == "cola" else "data/hs"
+        )
         if r["parent"]:
             assert spec["model"]["source"] == "parent"
             assert spec["model"]["path"] == str(runs_dir / r["parent"] / "checkpoint")

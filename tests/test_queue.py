@@ -37,8 +37,7 @@ def test_a_plan_runs_to_the_end_in_dependency_order(tmp_path, runs_dir, tiny_mod
     assert out.returncode == 0 and len(json.loads(out.stdout)["cells"]) == 2
 
 
-def test_a_failing_parent_blocks_its_children_and_retrying_it_unblocks_them(tmp_path, runs_dir, tiny_model,
-                                                                            queue_env):
+def test_a_failing_parent_blocks_its_children_and_retrying_it_unblocks_them(tmp_path, runs_dir, tiny_model, queue_env):
     runs = add(make_plan(tmp_path, tiny_model, STAGES), runs_dir, queue_env)
     parent = next(r for r in runs if r["stage"] == "intermediate")
     spec_path = runs_dir / parent["id"] / "spec.json"
@@ -58,7 +57,7 @@ def test_a_failing_parent_blocks_its_children_and_retrying_it_unblocks_them(tmp_
 
 
 def test_per_gpu_and_memory_limits_are_never_exceeded(tmp_path, runs_dir, tiny_model, queue_env):
-    stages = "[target.t]\ntask = \"pair\"\ngrid = { lr = [1e-4, 2e-4, 3e-4, 4e-4, 5e-4, 6e-4] }\n"
+    stages = '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4, 3e-4, 4e-4, 5e-4, 6e-4] }\n'
     add(make_plan(tmp_path, tiny_model, stages, baseline=True), runs_dir, queue_env)
     env = {**queue_env, "STILTS_FAKE_GPUS": "2x2.2"}  # room for two 1 GB estimates a GPU (95% of 2.2 GiB)
     start(runs_dir, env, "--per-gpu", "3", "--worker-runs", "1")
@@ -77,7 +76,7 @@ def test_per_gpu_and_memory_limits_are_never_exceeded(tmp_path, runs_dir, tiny_m
 
 
 def test_cancel_kills_the_whole_process_group(tmp_path, runs_dir, tiny_model, queue_env):
-    runs = add(make_plan(tmp_path, tiny_model, "[target.t]\ntask = \"pair\"\n", baseline=True), runs_dir, queue_env)
+    runs = add(make_plan(tmp_path, tiny_model, '[target.t]\ntask = "pair"\n', baseline=True), runs_dir, queue_env)
     (run,) = runs
     set_debug(runs_dir, run["id"], sleep_per_step=5, spawn_sleeper=True)
     start(runs_dir, queue_env, "--worker-runs", "1")
@@ -87,16 +86,20 @@ def test_cancel_kills_the_whole_process_group(tmp_path, runs_dir, tiny_model, qu
     assert psutil.pid_exists(pid) and psutil.pid_exists(child) and os.getpgid(child) == pid
     out = cli("queue", "cancel", run["id"], "--grace", "3", runs_dir=runs_dir, env=queue_env)
     assert out.returncode == 0 and "cancelled 1 runs" in out.stdout
-    wait(lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE,
-         timeout=10, what="the child to die")
+    wait(
+        lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE,
+        timeout=10,
+        what="the child to die",
+    )
     assert Ledger(runs_dir).get(run["id"])["status"] == "cancelled"
     wait_ticks(runs_dir)  # the daemon has looked at it since, and leaves a cancelled run alone
     assert Ledger(runs_dir).get(run["id"])["status"] == "cancelled"
 
 
-def test_a_daemon_killed_mid_plan_and_restarted_loses_no_run_and_starts_none_twice(tmp_path, runs_dir, tiny_model,
-                                                                                   queue_env):
-    stages = "[target.t]\ntask = \"pair\"\ngrid = { lr = [1e-4, 2e-4, 3e-4] }\n"
+def test_a_daemon_killed_mid_plan_and_restarted_loses_no_run_and_starts_none_twice(
+    tmp_path, runs_dir, tiny_model, queue_env
+):
+    stages = '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4, 3e-4] }\n'
     runs = add(make_plan(tmp_path, tiny_model, stages, baseline=True), runs_dir, queue_env)
     for r in runs:
         set_debug(runs_dir, r["id"], sleep_per_step=1.5)
@@ -105,11 +108,14 @@ def test_a_daemon_killed_mid_plan_and_restarted_loses_no_run_and_starts_none_twi
     wait(lambda: all(r.get("pid") for r in Ledger(runs_dir).runs() if r["status"] == "running"), what="pids")
     before = {r["id"]: (r["pid"], r["pid_started"]) for r in Ledger(runs_dir).runs() if r["status"] == "running"}
     os.kill(info["pid"], signal.SIGKILL)
-    wait(lambda: not psutil.pid_exists(info["pid"]) or psutil.Process(info["pid"]).status() == "zombie",
-         what="the daemon to die")
+    wait(
+        lambda: not psutil.pid_exists(info["pid"]) or psutil.Process(info["pid"]).status() == "zombie",
+        what="the daemon to die",
+    )
     assert all(psutil.pid_exists(pid) for pid, _ in before.values())  # runs outlive the daemon
-    again = cli("daemon", "start", "--interval", "0.2", "--per-gpu", "1", "--worker-runs", "1",
-                runs_dir=runs_dir, env=queue_env)
+    again = cli(
+        "daemon", "start", "--interval", "0.2", "--per-gpu", "1", "--worker-runs", "1", runs_dir=runs_dir, env=queue_env
+    )
     assert again.returncode == 0, again.stderr
     wait(lambda: ticks(runs_dir) >= 2, what="the new daemon's first two ticks")  # it counts from 0
     after = {r["id"]: (r["pid"], r["pid_started"]) for r in Ledger(runs_dir).runs() if r["id"] in before}
@@ -125,8 +131,13 @@ def test_two_daemons_on_one_runs_dir_cannot_start(runs_dir, queue_env):
     info = start(runs_dir, queue_env)
     second = cli("daemon", "start", runs_dir=runs_dir, env=queue_env)
     assert second.returncode == 2 and f"a daemon is already running on {runs_dir} (pid {info['pid']})" in second.stderr
-    direct = subprocess.run([sys.executable, "-m", "stilts_tui.queue.daemon", "--runs-dir", str(runs_dir)],
-                            capture_output=True, text=True, timeout=60, env={**os.environ, **queue_env})
+    direct = subprocess.run(
+        [sys.executable, "-m", "stilts_tui.queue.daemon", "--runs-dir", str(runs_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **queue_env},
+    )
     assert direct.returncode == 2 and "already running" in direct.stderr
     status = json.loads(cli("daemon", "status", "--json", runs_dir=runs_dir, env=queue_env).stdout)
     assert status["running"] and status["daemon"]["pid"] == info["pid"]
@@ -135,7 +146,7 @@ def test_two_daemons_on_one_runs_dir_cannot_start(runs_dir, queue_env):
 
 
 def test_a_run_out_of_memory_is_requeued_to_run_alone(tmp_path, runs_dir, tiny_model, queue_env):
-    stages = "[target.t]\ntask = \"pair\"\ngrid = { lr = [1e-4, 2e-4, 3e-4] }\n"
+    stages = '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4, 3e-4] }\n'
     runs = add(make_plan(tmp_path, tiny_model, stages, baseline=True), runs_dir, queue_env)
     oom = runs[0]["id"]
     set_debug(runs_dir, oom, oom_at_step=1, oom_once=True)
@@ -154,7 +165,7 @@ def test_a_run_out_of_memory_is_requeued_to_run_alone(tmp_path, runs_dir, tiny_m
 
 
 def test_pause_resume_priority_and_logs(tmp_path, runs_dir, tiny_model, queue_env):
-    stages = "[target.t]\ntask = \"pair\"\ngrid = { lr = [1e-4, 2e-4] }\n"
+    stages = '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4] }\n'
     runs = add(make_plan(tmp_path, tiny_model, stages, baseline=True), runs_dir, queue_env)
     assert cli("queue", "pause", runs_dir=runs_dir, env=queue_env).returncode == 0
     last = runs[-1]["id"]
@@ -178,11 +189,12 @@ def _started(runs_dir, run_id: str) -> bool:
     return events.exists() and '"start"' in events.read_text()
 
 
-def test_cancelling_a_run_that_waits_in_a_worker_spares_the_run_the_worker_trains(tmp_path, runs_dir, tiny_model,
-                                                                                  queue_env):
+def test_cancelling_a_run_that_waits_in_a_worker_spares_the_run_the_worker_trains(
+    tmp_path, runs_dir, tiny_model, queue_env
+):
     """Three runs in one worker process; the second is cancelled while the first trains: the worker is not
     signalled, the first finishes on its first attempt, the second is skipped, the third trains."""
-    stages = "[target.t]\ntask = \"pair\"\ngrid = { lr = [1e-4, 2e-4, 3e-4] }\n"
+    stages = '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4, 3e-4] }\n'
     runs = add(make_plan(tmp_path, tiny_model, stages, baseline=True), runs_dir, queue_env)
     for r in runs:
         set_debug(runs_dir, r["id"], sleep_per_step=0.4)
@@ -204,7 +216,7 @@ def test_cancelling_a_run_that_waits_in_a_worker_spares_the_run_the_worker_train
 def _worker_of_three(tmp_path, runs_dir, tiny_model, queue_env, sleep: float) -> tuple[list[dict], int]:
     """Three runs in one worker process (each step slowed by ``sleep`` s); the runs in the worker's order
     (by when each began) once the first has begun, and the worker's pid."""
-    stages = "[target.t]\ntask = \"pair\"\ngrid = { lr = [1e-4, 2e-4, 3e-4] }\n"
+    stages = '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4, 3e-4] }\n'
     runs = add(make_plan(tmp_path, tiny_model, stages, baseline=True), runs_dir, queue_env)
     for r in runs:
         set_debug(runs_dir, r["id"], sleep_per_step=sleep)
@@ -220,8 +232,11 @@ def test_a_cancel_that_comes_after_the_run_wrote_its_result_keeps_it_done(tmp_pa
     reaped it): the run stays done with its result, the worker and the run it trains next go on."""
     runs, _ = _worker_of_three(tmp_path, runs_dir, tiny_model, queue_env, sleep=1.0)
     assert cli("daemon", "stop", runs_dir=runs_dir, env=queue_env).returncode == 0  # nothing reaps it now
-    first = wait(lambda: next((r["id"] for r in runs if (runs_dir / r["id"] / "result.json").exists()), None), 90,
-                 "the first run's result")
+    first = wait(
+        lambda: next((r["id"] for r in runs if (runs_dir / r["id"] / "result.json").exists()), None),
+        90,
+        "the first run's result",
+    )
     assert Ledger(runs_dir).get(first)["status"] == "running"  # not reaped yet
     out = cli("queue", "cancel", first, "--no-wait", runs_dir=runs_dir, env=queue_env)
     assert out.returncode == 0, out.stderr
@@ -240,8 +255,9 @@ def test_a_cancel_that_comes_after_the_run_wrote_its_result_keeps_it_done(tmp_pa
     assert "stopping it" not in log  # the worker was never signalled
 
 
-def test_cancelling_a_run_that_trains_in_a_worker_never_restarts_the_runs_after_it(tmp_path, runs_dir, tiny_model,
-                                                                                   queue_env):
+def test_cancelling_a_run_that_trains_in_a_worker_never_restarts_the_runs_after_it(
+    tmp_path, runs_dir, tiny_model, queue_env
+):
     """The run a worker trains is cancelled: its trainer drops it at the next step, and the worker trains
     the runs after it (the same process, their first attempt); no run is placed again."""
     runs, pid = _worker_of_three(tmp_path, runs_dir, tiny_model, queue_env, sleep=1.0)

@@ -20,8 +20,8 @@ from filelock import FileLock
 
 from stilts_tui.ledger import Ledger, LedgerError
 
-GRID4 = "[target.t]\ntask = \"pair\"\ngrid = { lr = [1e-4, 2e-4, 3e-4, 4e-4] }\n"
-GRID2 = "[target.t]\ntask = \"pair\"\ngrid = { lr = [1e-4, 2e-4] }\n"
+GRID4 = '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4, 3e-4, 4e-4] }\n'
+GRID2 = '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4] }\n'
 
 
 def one_line_error(out: subprocess.CompletedProcess, code: int, *needles: str) -> str:
@@ -48,8 +48,9 @@ def edit_spec(runs_dir: Path, run_id: str, fn) -> None:
 # -- defect 1: one bad file never stops the queue ---------------------------------------------------
 
 
-def test_damaged_specs_and_ledger_rows_fail_only_their_runs_and_the_queue_goes_on(tmp_path, runs_dir, tiny_model,
-                                                                                  queue_env):
+def test_damaged_specs_and_ledger_rows_fail_only_their_runs_and_the_queue_goes_on(
+    tmp_path, runs_dir, tiny_model, queue_env
+):
     a, b, c, d = (r["id"] for r in add(make_plan(tmp_path, tiny_model, GRID4, baseline=True), runs_dir, queue_env))
     edit_spec(runs_dir, a, lambda s: {**s, "params": {**s["params"], "batch_size": "8"}})
     (runs_dir / b / "spec.json").write_text("[1, 2]")
@@ -84,13 +85,19 @@ def test_a_damaged_result_fails_its_run_and_stops_its_process(tmp_path, runs_dir
     final = {r["id"]: r for r in Ledger(runs_dir).runs()}
     assert "result.json holds list" in final[listed]["error"]
     assert "score is 'high'" in final[wordy]["error"]
-    wait(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                         for p in pids.values()), 30, "their processes stopped")
+    wait(
+        lambda: (
+            not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids.values())
+        ),
+        30,
+        "their processes stopped",
+    )
     assert daemon_alive(runs_dir)
 
 
-def test_an_unreadable_ledger_is_retried_with_back_off_and_the_queue_goes_on_once_restored(tmp_path, runs_dir,
-                                                                                          tiny_model, queue_env):
+def test_an_unreadable_ledger_is_retried_with_back_off_and_the_queue_goes_on_once_restored(
+    tmp_path, runs_dir, tiny_model, queue_env
+):
     add(make_plan(tmp_path, tiny_model, GRID2, baseline=True), runs_dir, queue_env)
     assert cli("queue", "pause", runs_dir=runs_dir).returncode == 0
     backup = runs_dir / "ledger.json.bak"
@@ -115,21 +122,34 @@ def test_an_unreadable_ledger_is_retried_with_back_off_and_the_queue_goes_on_onc
 # -- defect 2: the ledger never replaces what it cannot read --------------------------------------------
 
 
-@pytest.mark.parametrize("damage, what", [
-    (b"", "empty"), (b"\n", "empty"), (b"null", "holds null"), (b"[]", "holds list"),
-    (b'{"runs": {"aaaaaaaaaaaa": 5}}', "runs 'aaaaaaaaaaaa' is int"), (b'{"runs": []}', "table 'runs' is list"),
-    (b'{"runs": {"aaaaaaaaaaaa": {"id": "aaaaaaaaaaaa", "status": "gone"}}}', "status 'gone'"),
-    (b'{"runs": {', "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "damage, what",
+    [
+        (b"", "empty"),
+        (b"\n", "empty"),
+        (b"null", "holds null"),
+        (b"[]", "holds list"),
+        (b'{"runs": {"aaaaaaaaaaaa": 5}}', "runs 'aaaaaaaaaaaa' is int"),
+        (b'{"runs": []}', "table 'runs' is list"),
+        (b'{"runs": {"aaaaaaaaaaaa": {"id": "aaaaaaaaaaaa", "status": "gone"}}}', "status 'gone'"),
+        (b'{"runs": {', "not valid JSON"),
+    ],
+)
 def test_a_damaged_ledger_is_an_error_naming_the_file_and_its_recovery_never_an_empty_queue(
-        tmp_path, runs_dir, small_plan, damage, what):
+    tmp_path, runs_dir, small_plan, damage, what
+):
     plan = small_plan()
     assert cli("queue", "add", str(plan), runs_dir=runs_dir).returncode == 0
     assert cli("queue", "pause", runs_dir=runs_dir).returncode == 0
     ledger = runs_dir / "ledger.json"
     ledger.write_bytes(damage)
-    for args in (("queue", "add", str(plan)), ("queue", "pause"), ("queue", "ls"), ("daemon", "status"),
-                 ("queue", "retry", "--failed")):
+    for args in (
+        ("queue", "add", str(plan)),
+        ("queue", "pause"),
+        ("queue", "ls"),
+        ("daemon", "status"),
+        ("queue", "retry", "--failed"),
+    ):
         one_line_error(cli(*args, runs_dir=runs_dir), 2, str(ledger), what, "cp ")
         assert ledger.read_bytes() == damage
     os.replace(ledger.with_name("ledger.json.bak"), ledger)
@@ -201,8 +221,9 @@ def test_a_run_id_with_a_trailing_newline_is_refused(runs_dir):
     one_line_error(cli("logs", "a" * 12 + "\n", runs_dir=runs_dir), 2, "is not a run id")
 
 
-def test_a_result_left_by_an_interrupted_oom_requeue_is_retired_not_read_as_the_new_attempt(tmp_path, runs_dir,
-                                                                                            tiny_model, queue_env):
+def test_a_result_left_by_an_interrupted_oom_requeue_is_retired_not_read_as_the_new_attempt(
+    tmp_path, runs_dir, tiny_model, queue_env
+):
     rid = add(make_plan(tmp_path, tiny_model, GRID2, baseline=True), runs_dir, queue_env)[0]["id"]
     # the daemon committed the requeue (queued, alone) and was killed before moving the oom result away
     with Ledger(runs_dir).transaction() as tx:
@@ -224,8 +245,11 @@ def test_an_interrupted_cancel_is_finished_by_the_daemon(tmp_path, runs_dir, tin
     with Ledger(runs_dir).transaction() as tx:  # `queue cancel` recorded its request, then was killed
         tx.update_run(rid, cancel_requested=time.time() - 3600)
     wait(lambda: statuses(runs_dir)[rid] == "cancelled", 60, "the daemon to finish the cancel")
-    wait(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 30,
-         "the run's process stopped")
+    wait(
+        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+        30,
+        "the run's process stopped",
+    )
 
 
 # -- defect 8: the app shows a damaged ledger instead of "loading…" forever -----------------------------

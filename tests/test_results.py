@@ -47,14 +47,23 @@ SCORES = {
 
 # dev sets: RTE 3 of 5 "entailment" (majority-class accuracy 0.6), CoLA 2 of 3 acceptable (2/3)
 RTE_DEV = "index\tsentence1\tsentence2\tlabel\n" + "".join(
-    f"{i}\tA.\tB.\t{lab}\n" for i, lab in enumerate(["entailment"] * 3 + ["not_entailment"] * 2))
+    f"{i}\tA.\tB.\t{lab}\n" for i, lab in enumerate(["entailment"] * 3 + ["not_entailment"] * 2)
+)
 COLA_DEV = "s\t1\t\tGood .\ns\t1\t\tFine .\ns\t0\t*\tBad bad .\n"
 
 
 def write_result(root, run_id, value, **extra) -> None:
-    res = ({"status": "failed", "error": "x", "metrics": {}, "score": None} if value == "failed" else
-           {"status": "done", "metrics": {"acc": value, "f1": value / 2}, "primary_metric": "acc", "score": value,
-            "error": None})
+    res = (
+        {"status": "failed", "error": "x", "metrics": {}, "score": None}
+        if value == "failed"
+        else {
+            "status": "done",
+            "metrics": {"acc": value, "f1": value / 2},
+            "primary_metric": "acc",
+            "score": value,
+            "error": None,
+        }
+    )
     (root / run_id / "result.json").write_text(json.dumps({**res, **extra}))
 
 
@@ -226,10 +235,16 @@ def test_each_panel_shows_every_run_as_a_point_with_its_mean(scored):
 
 def test_a_figure_without_matplotlib_is_exit_1_naming_the_extra(scored, tmp_path):
     """matplotlib missing: a failure of the installation (exit 1), with the extra that installs it."""
-    code = ("import sys; sys.modules['matplotlib'] = None; sys.argv = ['stilts-tui', *sys.argv[1:]]; "
-            "from stilts_tui.cli import main; main()")
-    out = subprocess.run([sys.executable, "-c", code, "scores", "sc", "-o", str(tmp_path / "s.png")],
-                         capture_output=True, text=True, env={**os.environ, "STILTS_RUNS_DIR": str(scored)})
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; sys.argv = ['stilts-tui', *sys.argv[1:]]; "
+        "from stilts_tui.cli import main; main()"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "scores", "sc", "-o", str(tmp_path / "s.png")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "STILTS_RUNS_DIR": str(scored)},
+    )
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "pip install 'stilts-tui[plot]'" in out.stderr and not (tmp_path / "s.png").exists()
     pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text()
@@ -243,12 +258,15 @@ def test_table_prints_in_the_terminal(scored):
     assert "65.0 ± 11.2 n=4 fail 2/4" in out.stdout and "too few pairs" in out.stdout and "ddof 0" in out.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (("nope",), "unknown plan 'nope'"),
-    (("sc", "--metric", "bleu"), "--metric: 'bleu' is not in the runs' results (available: acc, f1)"),
-    (("sc", "--format", "xls"), "--format: 'xls' is not one of"),
-    (("sc", "--format", "png"), "--format png needs -o FILE.png"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("nope",), "unknown plan 'nope'"),
+        (("sc", "--metric", "bleu"), "--metric: 'bleu' is not in the runs' results (available: acc, f1)"),
+        (("sc", "--format", "xls"), "--format: 'xls' is not one of"),
+        (("sc", "--format", "png"), "--format png needs -o FILE.png"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(scored, args, message):
     out = cli("scores", *args, runs_dir=scored)
     assert out.returncode == 2 and "Traceback" not in out.stderr
@@ -274,16 +292,20 @@ def test_exact_sign_flip_p_values_by_hand():
     assert results.min_attainable_p([0.1, 0.0, 0.2]) == pytest.approx(2 / 4)  # a zero difference cannot flip
 
 
-@pytest.mark.parametrize("d", [
-    [0.02, -0.01, 0.03, 0.05, -0.02, 0.04, 0.01, 0.03, -0.03, 0.02],  # many tied sums (scores in steps of 1/100)
-    [0.1, 0.1, 0.1, -0.1, 0.2, 0.0, 0.3],
-    list(np.random.default_rng(3).normal(0.01, 0.03, 16)),
-])
+@pytest.mark.parametrize(
+    "d",
+    [
+        [0.02, -0.01, 0.03, 0.05, -0.02, 0.04, 0.01, 0.03, -0.03, 0.02],  # many tied sums (scores in steps of 1/100)
+        [0.1, 0.1, 0.1, -0.1, 0.2, 0.0, 0.3],
+        list(np.random.default_rng(3).normal(0.01, 0.03, 16)),
+    ],
+)
 def test_the_exact_test_agrees_with_scipy_permutation_test(d):
     from scipy import stats
 
-    ref = stats.permutation_test((np.asarray(d),), np.mean, permutation_type="samples", n_resamples=2**16,
-                                 vectorized=True)
+    ref = stats.permutation_test(
+        (np.asarray(d),), np.mean, permutation_type="samples", n_resamples=2**16, vectorized=True
+    )
     assert results.sign_flip_test(d) == (pytest.approx(ref.pvalue), "exact")
 
 
@@ -315,8 +337,17 @@ def test_a_cell_is_marked_only_when_its_pairs_can_reach_the_level():
     assert (five.pairs, five.verdict, five.gain_significant) == (5, "too few pairs", False)
     results.paired(five, base, alpha=0.1)
     assert five.verdict == "significant"
-    mixed = _cell({(0, "{}"): 0.6, (1, "{}"): 0.4, (2, "{}"): 0.55, (3, "{}"): 0.45, (4, "{}"): 0.6,
-                   (5, "{}"): 0.52, (9, "{}"): 0.9})  # seed 9 has no "none" run: not a pair
+    mixed = _cell(
+        {
+            (0, "{}"): 0.6,
+            (1, "{}"): 0.4,
+            (2, "{}"): 0.55,
+            (3, "{}"): 0.45,
+            (4, "{}"): 0.6,
+            (5, "{}"): 0.52,
+            (9, "{}"): 0.9,
+        }
+    )  # seed 9 has no "none" run: not a pair
     results.paired(mixed, base, alpha=0.05)
     assert mixed.pairs == 6 and mixed.verdict == "not significant" and mixed.min_p == pytest.approx(2 / 64)
     mixed.keyed[(5, "{}")] = 0.5  # a zero difference cannot change sign: 5 pairs that count, 2/32 > 0.05
@@ -358,12 +389,15 @@ def test_png_goes_to_exactly_the_path_given(scored, tmp_path):
     assert out.returncode == 0 and (tmp_path / "t.tex").read_text().startswith("%")
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--format", "png", "-o", "{tmp}/x.pdf"), "-o {tmp}/x.pdf: the extension '.pdf' does not match --format png"),
-    (("-o", "{tmp}/x.xls"), "-o {tmp}/x.xls: name the format with --format"),
-    (("--format", "csv", "-o", "{tmp}/old.csv"), "-o {tmp}/old.csv: the file exists; add --force to overwrite it"),
-    (("--format", "csv", "-o", "{tmp}"), "is a directory"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--format", "png", "-o", "{tmp}/x.pdf"), "-o {tmp}/x.pdf: the extension '.pdf' does not match --format png"),
+        (("-o", "{tmp}/x.xls"), "-o {tmp}/x.xls: name the format with --format"),
+        (("--format", "csv", "-o", "{tmp}/old.csv"), "-o {tmp}/old.csv: the file exists; add --force to overwrite it"),
+        (("--format", "csv", "-o", "{tmp}"), "is a directory"),
+    ],
+)
 def test_bad_output_is_one_line_and_exit_2_and_nothing_is_written(scored, tmp_path, args, message):
     (tmp_path / "old.csv").write_text("keep me")
     out = cli("scores", "sc", *(a.format(tmp=tmp_path) for a in args), runs_dir=scored)

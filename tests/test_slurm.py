@@ -23,8 +23,9 @@ from stilts_tui.ledger import Ledger
 def _cluster_up() -> str | None:
     """None when a Slurm node answers idle or busy, else why not."""
     if shutil.which("sinfo") is None:
-        return ("Slurm is not installed (apt-get install slurmctld slurmd slurm-client munge, then "
-                "bash ci/slurm/start.sh)")
+        return (
+            "Slurm is not installed (apt-get install slurmctld slurmd slurm-client munge, then bash ci/slurm/start.sh)"
+        )
     try:
         out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
     except subprocess.TimeoutExpired:
@@ -63,8 +64,25 @@ grid = { lr = [1e-4, 2e-4] }
 
 
 def start_slurm(runs_dir: Path, env: dict, *extra: str) -> dict:
-    out = cli("daemon", "start", "--executor", "slurm", "--interval", "0.3", "--gpus-per-run", "1",
-              "--cpus-per-run", "1", "--mem", "2G", "--time", "10:00", *extra, runs_dir=runs_dir, env=env)
+    out = cli(
+        "daemon",
+        "start",
+        "--executor",
+        "slurm",
+        "--interval",
+        "0.3",
+        "--gpus-per-run",
+        "1",
+        "--cpus-per-run",
+        "1",
+        "--mem",
+        "2G",
+        "--time",
+        "10:00",
+        *extra,
+        runs_dir=runs_dir,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads((runs_dir / "daemon.json").read_text())
 
@@ -82,8 +100,9 @@ def slurm_state(job: str) -> tuple[str, str]:
 
 def jobs_named(run_id: str, runs_dir: Path) -> list[str]:
     """Slurm's jobs for this run of this runs-dir (another test may hold the same run id)."""
-    out = subprocess.run(["squeue", "-h", "-t", "all", "-n", run_id, "-o", "%i|%Z"], capture_output=True,
-                         text=True, timeout=30)
+    out = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-n", run_id, "-o", "%i|%Z"], capture_output=True, text=True, timeout=30
+    )
     return [x.split("|")[0] for x in out.stdout.split() if x.split("|")[1] == str(runs_dir)]
 
 
@@ -92,8 +111,9 @@ def split(runs: list[dict]) -> tuple[dict, list[dict]]:
     return parent, [r for r in runs if r["stage"] == "target"]
 
 
-def test_a_plan_runs_to_the_end_through_slurm_with_children_held_on_their_parent(tmp_path, runs_dir, tiny_model,
-                                                                                 slurm_env):
+def test_a_plan_runs_to_the_end_through_slurm_with_children_held_on_their_parent(
+    tmp_path, runs_dir, tiny_model, slurm_env
+):
     parent, children = split(add(make_plan(tmp_path, tiny_model, STAGES), runs_dir, slurm_env))
     set_debug(runs_dir, parent["id"], sleep_per_step=1.0)  # long enough to watch the children wait
     start_slurm(runs_dir, slurm_env)
@@ -119,8 +139,7 @@ def test_a_plan_runs_to_the_end_through_slurm_with_children_held_on_their_parent
     assert out.returncode == 0 and len(json.loads(out.stdout)["cells"]) == 1
 
 
-def test_a_failing_parent_leaves_its_children_blocked_and_cancelled_in_slurm(tmp_path, runs_dir, tiny_model,
-                                                                           slurm_env):
+def test_a_failing_parent_leaves_its_children_blocked_and_cancelled_in_slurm(tmp_path, runs_dir, tiny_model, slurm_env):
     parent, children = split(add(make_plan(tmp_path, tiny_model, STAGES), runs_dir, slurm_env))
     spec_path = runs_dir / parent["id"] / "spec.json"
     spec = json.loads(spec_path.read_text())
@@ -140,15 +159,17 @@ def test_queue_cancel_cancels_the_slurm_job(tmp_path, runs_dir, tiny_model, slur
     parent, children = split(add(make_plan(tmp_path, tiny_model, STAGES), runs_dir, slurm_env))
     set_debug(runs_dir, parent["id"], sleep_per_step=5.0)
     start_slurm(runs_dir, slurm_env)
-    wait(lambda: job_of(runs_dir, parent["id"]) and slurm_state(job_of(runs_dir, parent["id"]))[0] == "RUNNING",
-         60, "the parent's job running")
+    wait(
+        lambda: job_of(runs_dir, parent["id"]) and slurm_state(job_of(runs_dir, parent["id"]))[0] == "RUNNING",
+        60,
+        "the parent's job running",
+    )
     job = job_of(runs_dir, parent["id"])
     out = cli("queue", "cancel", parent["id"], runs_dir=runs_dir, env=slurm_env)
     assert out.returncode == 0, out.stderr
     assert slurm_state(job)[0] == "CANCELLED"
     assert Ledger(runs_dir).get(parent["id"])["status"] == "cancelled"
-    wait(lambda: sorted(statuses(runs_dir).values()) == ["blocked", "blocked", "cancelled"], 60,
-         "the children blocked")
+    wait(lambda: sorted(statuses(runs_dir).values()) == ["blocked", "blocked", "cancelled"], 60, "the children blocked")
 
 
 def test_a_daemon_killed_mid_plan_and_restarted_submits_nothing_twice(tmp_path, runs_dir, tiny_model, slurm_env):
@@ -172,26 +193,55 @@ def test_a_daemon_killed_mid_plan_and_restarted_submits_nothing_twice(tmp_path, 
 
 
 def test_daemon_start_refuses_what_no_node_of_the_partition_can_run(runs_dir, slurm_env):
-    node = subprocess.run(["sinfo", "-h", "-N", "-o", "%c|%m|%G"], capture_output=True, text=True,
-                          timeout=30).stdout.split()[0].split("|")
+    node = (
+        subprocess.run(["sinfo", "-h", "-N", "-o", "%c|%m|%G"], capture_output=True, text=True, timeout=30)
+        .stdout.split()[0]
+        .split("|")
+    )
     cpus, mem = int(node[0]), int(node[1])
-    cases = [(("--cpus-per-run", str(cpus + 2)), f"--cpus-per-run {cpus + 2}: no node can run it"),
-             (("--mem", f"{mem // 1024 + 64}G"), f"--mem {mem // 1024 + 64}G: no node can run it"),
-             (("--gpus-per-run", "9"), "--gpus-per-run 9: no node can run it"),
-             (("--partition", "nosuchpart"), "no partition 'nosuchpart'")]
+    cases = [
+        (("--cpus-per-run", str(cpus + 2)), f"--cpus-per-run {cpus + 2}: no node can run it"),
+        (("--mem", f"{mem // 1024 + 64}G"), f"--mem {mem // 1024 + 64}G: no node can run it"),
+        (("--gpus-per-run", "9"), "--gpus-per-run 9: no node can run it"),
+        (("--partition", "nosuchpart"), "no partition 'nosuchpart'"),
+    ]
     for args, needle in cases:
-        out = cli("daemon", "start", "--executor", "slurm", "--cpus-per-run", "1", *args, runs_dir=runs_dir,
-                  env=slurm_env)
-        assert out.returncode == 2 and needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, \
-            (args, out.stderr)
+        out = cli(
+            "daemon", "start", "--executor", "slurm", "--cpus-per-run", "1", *args, runs_dir=runs_dir, env=slurm_env
+        )
+        assert out.returncode == 2 and needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, (
+            args,
+            out.stderr,
+        )
         assert not (runs_dir / "daemon.json").exists()
 
 
-@pytest.mark.parametrize("arg", ["--depend=afterok:1", "--arr=1-3", "--out=/tmp/stilts-escape.log", "--chd=/",
-                                 "--hol", "--test", "--kill-on=no", "-o/tmp/x", "--j=name"])
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "--depend=afterok:1",
+        "--arr=1-3",
+        "--out=/tmp/stilts-escape.log",
+        "--chd=/",
+        "--hol",
+        "--test",
+        "--kill-on=no",
+        "-o/tmp/x",
+        "--j=name",
+    ],
+)
 def test_sbatch_options_the_executor_sets_are_refused_under_any_abbreviation(runs_dir, slurm_env, arg):
-    out = cli("daemon", "start", "--executor", "slurm", "--cpus-per-run", "1", f"--sbatch-arg={arg}",
-              runs_dir=runs_dir, env=slurm_env)
+    out = cli(
+        "daemon",
+        "start",
+        "--executor",
+        "slurm",
+        "--cpus-per-run",
+        "1",
+        f"--sbatch-arg={arg}",
+        runs_dir=runs_dir,
+        env=slurm_env,
+    )
     assert out.returncode == 2 and "--sbatch-arg" in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
@@ -208,11 +258,13 @@ def test_a_managed_option_in_a_run_spec_fails_that_run_and_submits_nothing(tmp_p
     assert jobs_named(parent["id"], runs_dir) == [] and not Path("/tmp/stilts-escape.log").exists()
 
 
-def test_a_job_that_can_never_start_is_reported_in_queue_ls_and_doctor_within_a_minute(tmp_path, runs_dir, tiny_model,
-                                                                                       slurm_env):
+def test_a_job_that_can_never_start_is_reported_in_queue_ls_and_doctor_within_a_minute(
+    tmp_path, runs_dir, tiny_model, slurm_env
+):
     parent, _ = split(add(make_plan(tmp_path, tiny_model, STAGES), runs_dir, slurm_env))
-    cpus = int(subprocess.run(["sinfo", "-h", "-N", "-o", "%c"], capture_output=True, text=True,
-                              timeout=30).stdout.split()[0])
+    cpus = int(
+        subprocess.run(["sinfo", "-h", "-N", "-o", "%c"], capture_output=True, text=True, timeout=30).stdout.split()[0]
+    )
     path = runs_dir / parent["id"] / "spec.json"
     spec = json.loads(path.read_text())
     spec["slurm"] = {"cpus": cpus + 2}  # a plan's [slurm] table asking for more than the node has
@@ -232,12 +284,14 @@ def test_a_job_that_can_never_start_is_reported_in_queue_ls_and_doctor_within_a_
 
 
 def test_a_finished_run_whose_job_id_was_never_recorded_is_read_from_its_result_not_resubmitted(
-        tmp_path, runs_dir, tiny_model, slurm_env):
+    tmp_path, runs_dir, tiny_model, slurm_env
+):
     parent, _ = split(add(make_plan(tmp_path, tiny_model, STAGES), runs_dir, slurm_env))
     assert cli("queue", "pause", runs_dir=runs_dir).returncode == 0
     with Ledger(runs_dir).transaction() as tx:  # submitted, finished and gone from squeue before the id was kept
-        tx.update_run(parent["id"], status="running", executor="slurm", job_id=None, started=time.time() - 600,
-                      attempts=1)
+        tx.update_run(
+            parent["id"], status="running", executor="slurm", job_id=None, started=time.time() - 600, attempts=1
+        )
     (runs_dir / parent["id"] / "result.json").write_text(json.dumps({"status": "done", "score": 0.75}))
     start_slurm(runs_dir, slurm_env)
     wait(lambda: statuses(runs_dir)[parent["id"]] == "done", 30, "the run reaped from its result")
@@ -247,9 +301,23 @@ def test_a_finished_run_whose_job_id_was_never_recorded_is_read_from_its_result_
 
 def _sbatch(runs_dir: Path, *args: str) -> str:
     """A job standing in for a run's: sleep, in this runs-dir."""
-    out = subprocess.run(["sbatch", "--parsable", f"--chdir={runs_dir}", "--output=/dev/null", "--gres=gpu:1",
-                          "--cpus-per-task=1", "--mem=100M", *args, "--wrap", "sleep 300"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            f"--chdir={runs_dir}",
+            "--output=/dev/null",
+            "--gres=gpu:1",
+            "--cpus-per-task=1",
+            "--mem=100M",
+            *args,
+            "--wrap",
+            "sleep 300",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().split(";")[0]
 

@@ -65,13 +65,17 @@ def gpt2(tmp_path_factory) -> Path:
     vocab = {"<|endoftext|>": 0, **{w: i + 1 for i, w in enumerate(W)}}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
     import torch
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                                       bos_token_id=0, eos_token_id=0))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(vocab), n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
+        )
+    )
     model.save_pretrained(str(folder))
     fast.save_pretrained(str(folder))
     return folder
@@ -88,8 +92,9 @@ def synth(gpt2: Path, corpus: Path, out: Path, *extra: str, env: dict | None = N
     if wait:
         return cli(*args, env=env)
     exe = Path(sys.executable).parent / "stilts-tui"
-    return subprocess.Popen([str(exe), *args], env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [str(exe), *args], env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 def rows(path: Path) -> list[dict]:
@@ -158,19 +163,31 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-@pytest.mark.parametrize("setup, message", [
-    ("empty", "the corpus is empty"),
-    ("short", "gives 0 sentences of 20+ words"),
-    ("generator", "unknown or unreachable generator"),
-    ("both", "name one corpus"),
-    ("hub", "could not load SQuAD v1.1 from the Hugging Face Hub"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        ("empty", "the corpus is empty"),
+        ("short", "gives 0 sentences of 20+ words"),
+        ("generator", "unknown or unreachable generator"),
+        ("both", "name one corpus"),
+        ("hub", "could not load SQuAD v1.1 from the Hugging Face Hub"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(gpt2, tmp_path, setup, message):
-    corpus = write_text(tmp_path / "c.txt", {"empty": "\n", "short": "too short. sentences here.\n"}.get(
-        setup, words(25) + "\n"))
+    corpus = write_text(
+        tmp_path / "c.txt", {"empty": "\n", "short": "too short. sentences here.\n"}.get(setup, words(25) + "\n")
+    )
     source = ["--corpus", "squad"] if setup == "hub" else ["--corpus-file", str(corpus)]
-    args = ["synth", *source, "--generator", str(tmp_path / "nope") if setup == "generator" else str(gpt2),
-            "--out", str(tmp_path / "o"), "--n", "1"]
+    args = [
+        "synth",
+        *source,
+        "--generator",
+        str(tmp_path / "nope") if setup == "generator" else str(gpt2),
+        "--out",
+        str(tmp_path / "o"),
+        "--n",
+        "1",
+    ]
     if setup == "both":
         args += ["--corpus", "squad"]
     out = cli(*args, env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
@@ -178,13 +195,14 @@ def test_bad_input_is_one_line_and_exit_2(gpt2, tmp_path, setup, message):
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1 and message in out.stderr
 
 
-def test_a_synth_stage_at_its_defaults_feeds_an_intermediate_run_through_the_queue(gpt2, corpus, tmp_path,
-                                                                                    runs_dir):
+def test_a_synth_stage_at_its_defaults_feeds_an_intermediate_run_through_the_queue(gpt2, corpus, tmp_path, runs_dir):
     from stilts_tui.ledger import Ledger
     from stilts_tui.train import workload
 
     model = workload.build_model(tmp_path / "enc", "tiny")
-    plan = write_text(tmp_path / "p.toml", f"""name = "syn"
+    plan = write_text(
+        tmp_path / "p.toml",
+        f"""name = "syn"
 model = "{model}"
 baseline = false
 [synth.s]
@@ -200,7 +218,8 @@ batch_size = 8
 max_len = 32
 [target.t]
 task = "rte"
-""")
+""",
+    )
     assert cli("queue", "add", str(plan), runs_dir=runs_dir).returncode == 0
     runs = {r["stage"]: r for r in Ledger(runs_dir).runs()}
     target = runs.pop("target")
@@ -228,4 +247,6 @@ task = "rte"
     log = (runs_dir / final["intermediate"]["id"] / "train.log").read_text()
     assert f"train 24 / dev {n_dev} examples" in log
     assert json.loads((runs_dir / final["synth"]["id"] / "result.json").read_text())["counts"] == {
-        "train": 24, "dev": n_dev}
+        "train": 24,
+        "dev": n_dev,
+    }

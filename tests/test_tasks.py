@@ -28,19 +28,28 @@ def both(tmp_path, task, **stage):
 
 
 GLUE = {
-    "rte": ("index\tsentence1\tsentence2\tlabel\n0\tA man sleeps.\tA person rests.\tnot_entailment\n",
-            {"a": "A man sleeps.", "b": "A person rests.", "label": 1}),
-    "mrpc": ("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tHe said \"hi\".\tHe greeted.\n",
-             {"a": 'He said "hi".', "b": "He greeted.", "label": 1}),
-    "cola": ("gj04\t0\t*\tThe more you eat , the most you want .\n",
-             {"a": "The more you eat , the most you want .", "b": None, "label": 0}),
-    "sst2": ("sentence\tlabel\nit 's a charming journey . \t1\n",
-             {"a": "it 's a charming journey . ", "b": None, "label": 1}),
-    "stsb": ("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
-             "0\tmain\tx\t2012\t1\tnone\tnone\tA plane.\tAn air plane.\t4.750\n",
-             {"a": "A plane.", "b": "An air plane.", "label": 4.75}),
-    "qnli": ("index\tquestion\tsentence\tlabel\n0\tWho?\tHim.\tentailment\n",
-             {"a": "Who?", "b": "Him.", "label": 0}),
+    "rte": (
+        "index\tsentence1\tsentence2\tlabel\n0\tA man sleeps.\tA person rests.\tnot_entailment\n",
+        {"a": "A man sleeps.", "b": "A person rests.", "label": 1},
+    ),
+    "mrpc": (
+        'Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tHe said "hi".\tHe greeted.\n',
+        {"a": 'He said "hi".', "b": "He greeted.", "label": 1},
+    ),
+    "cola": (
+        "gj04\t0\t*\tThe more you eat , the most you want .\n",
+        {"a": "The more you eat , the most you want .", "b": None, "label": 0},
+    ),
+    "sst2": (
+        "sentence\tlabel\nit 's a charming journey . \t1\n",
+        {"a": "it 's a charming journey . ", "b": None, "label": 1},
+    ),
+    "stsb": (
+        "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+        "0\tmain\tx\t2012\t1\tnone\tnone\tA plane.\tAn air plane.\t4.750\n",
+        {"a": "A plane.", "b": "An air plane.", "label": 4.75},
+    ),
+    "qnli": ("index\tquestion\tsentence\tlabel\n0\tWho?\tHim.\tentailment\n", {"a": "Who?", "b": "Him.", "label": 0}),
 }
 
 
@@ -64,12 +73,15 @@ def test_mnli_reads_dev_matched(tmp_path):
 
 def test_wic(tmp_path):
     for split in ("train", "dev"):
-        write_text(tmp_path / f"{split}/{split}.data.txt",
-                   "carry\tV\t2-1\tYou must carry your camping gear .\tSound carries well over water .\n")
+        write_text(
+            tmp_path / f"{split}/{split}.data.txt",
+            "carry\tV\t2-1\tYou must carry your camping gear .\tSound carries well over water .\n",
+        )
         write_text(tmp_path / f"{split}/{split}.gold.txt", "F\n")
     train, _, _ = both(tmp_path, "wic")
-    assert train == [{"a": f"carry{SEP}You must carry your camping gear .",
-                      "b": "Sound carries well over water .", "label": 0}]
+    assert train == [
+        {"a": f"carry{SEP}You must carry your camping gear .", "b": "Sound carries well over water .", "label": 0}
+    ]
 
 
 def test_mednli(tmp_path):
@@ -83,8 +95,12 @@ def test_mednli(tmp_path):
     assert spec["hub"] is None
 
 
-HS = {"ctx_a": "A man is sitting on a roof.", "ctx_b": "he", "endings": ["starts.", "is.", "eats.", "runs."],
-      "label": 3}
+HS = {
+    "ctx_a": "A man is sitting on a roof.",
+    "ctx_b": "he",
+    "endings": ["starts.", "is.", "eats.", "runs."],
+    "label": 3,
+}
 
 
 def test_hellaswag_pairs_ctx_a_with_ctx_b_and_each_ending(tmp_path):
@@ -113,26 +129,41 @@ def test_syngpt2_real_ending_is_choice_0_and_alias_cont(tmp_path):
 
 
 def test_siqa_reads_the_labels_file_and_alias_iqa(tmp_path):
-    row = {"context": "Tracy went to the store.", "question": "Why?", "answerA": "buy", "answerB": "sell",
-           "answerC": "sleep"}
+    row = {
+        "context": "Tracy went to the store.",
+        "question": "Why?",
+        "answerA": "buy",
+        "answerB": "sell",
+        "answerC": "sleep",
+    }
     for split in ("train", "dev"):
         write_jsonl(tmp_path / f"{split}.jsonl", [row, row])
         write_text(tmp_path / f"{split}-labels.lst", "1\n3\n")
     train, _, spec = both(tmp_path, "iqa")
     a = f"Tracy went to the store.{SEP}Why?"
-    assert train == [{"a": [a] * 3, "b": ["buy", "sell", "sleep"], "label": 0},
-                     {"a": [a] * 3, "b": ["buy", "sell", "sleep"], "label": 2}]
+    assert train == [
+        {"a": [a] * 3, "b": ["buy", "sell", "sleep"], "label": 0},
+        {"a": [a] * 3, "b": ["buy", "sell", "sleep"], "label": 2},
+    ]
 
 
 def test_winogrande_fills_every_blank_with_the_option(tmp_path):
-    row = {"sentence": "Sarah was a much better surgeon than Maria so _ always got the harder cases.",
-           "option1": "Sarah", "option2": "Maria", "answer": "2"}
+    row = {
+        "sentence": "Sarah was a much better surgeon than Maria so _ always got the harder cases.",
+        "option1": "Sarah",
+        "option2": "Maria",
+        "answer": "2",
+    }
     write_jsonl(tmp_path / "train_xs.jsonl", [row])
     write_jsonl(tmp_path / "dev.jsonl", [row])
     train, _, _ = both(tmp_path, "winogrande-xs")
-    assert train == [{"a": ["Sarah was a much better surgeon than Maria so "] * 2,  # trailing space kept
-                      "b": ["Sarah always got the harder cases.", "Maria always got the harder cases."],
-                      "label": 1}]
+    assert train == [
+        {
+            "a": ["Sarah was a much better surgeon than Maria so "] * 2,  # trailing space kept
+            "b": ["Sarah always got the harder cases.", "Maria always got the harder cases."],
+            "label": 1,
+        }
+    ]
 
 
 def test_winogrande_renamed_files_as_the_reference_used(tmp_path):
@@ -145,13 +176,16 @@ def test_winogrande_renamed_files_as_the_reference_used(tmp_path):
 
 
 def test_cosmosqa_csv(tmp_path):
-    text = ('id,context,question,answer0,answer1,answer2,answer3,label\n'
-            'q1,"It rained, a lot.",What happened?,rain,sun,snow,"none, really",2\n')
+    text = (
+        "id,context,question,answer0,answer1,answer2,answer3,label\n"
+        'q1,"It rained, a lot.",What happened?,rain,sun,snow,"none, really",2\n'
+    )
     write_text(tmp_path / "train.csv", text)
     write_text(tmp_path / "valid.csv", text)
     train, _, _ = both(tmp_path, "cosmosqa")
-    assert train == [{"a": [f"It rained, a lot.{SEP}What happened?"] * 4,
-                      "b": ["rain", "sun", "snow", "none, really"], "label": 2}]
+    assert train == [
+        {"a": [f"It rained, a lot.{SEP}What happened?"] * 4, "b": ["rain", "sun", "snow", "none, really"], "label": 2}
+    ]
 
 
 def test_boolq_copa_commonsenseqa(tmp_path):
@@ -159,15 +193,23 @@ def test_boolq_copa_commonsenseqa(tmp_path):
     write_jsonl(tmp_path / "b/val.jsonl", [{"question": "is it?", "passage": "It is.", "answer": False}])
     train, dev, _ = both(tmp_path / "b", "boolq")
     assert train == [{"a": "is it?", "b": "It is.", "label": 1}] and dev[0]["label"] == 0
-    copa = {"premise": "The man broke his toe.", "choice1": "He dropped a hammer.", "choice2": "He sang.",
-            "question": "cause", "label": 0}
+    copa = {
+        "premise": "The man broke his toe.",
+        "choice1": "He dropped a hammer.",
+        "choice2": "He sang.",
+        "question": "cause",
+        "label": 0,
+    }
     write_jsonl(tmp_path / "c/train.jsonl", [copa])
     write_jsonl(tmp_path / "c/val.jsonl", [copa])
     train, _, _ = both(tmp_path / "c", "copa")
-    assert train == [{"a": [copa["premise"]] * 2, "b": ["because He dropped a hammer.", "because He sang."],
-                      "label": 0}]
-    csqa = {"question": {"stem": "Where?", "choices": [{"label": k, "text": k.lower()} for k in "ABCDE"]},
-            "answerKey": "D"}
+    assert train == [
+        {"a": [copa["premise"]] * 2, "b": ["because He dropped a hammer.", "because He sang."], "label": 0}
+    ]
+    csqa = {
+        "question": {"stem": "Where?", "choices": [{"label": k, "text": k.lower()} for k in "ABCDE"]},
+        "answerKey": "D",
+    }
     write_jsonl(tmp_path / "q/train_rand_split.jsonl", [csqa])
     write_jsonl(tmp_path / "q/dev_rand_split.jsonl", [csqa])
     train, _, _ = both(tmp_path / "q", "commonsenseqa")
@@ -200,8 +242,10 @@ choice_fields = ["o1", "o2"]
     runs = plans.load_and_expand(write_text(tmp_path / "c.toml", text))[1]
     mine = next(r for r in runs if r.name == "mine").task_spec
     assert tasks.labels_for(mine) == ["no", "yes"]
-    assert tasks.load_examples(mine, "train") == [{"a": "x?", "b": "y.", "label": 1},
-                                                  {"a": "z?", "b": "w.", "label": 0}]
+    assert tasks.load_examples(mine, "train") == [
+        {"a": "x?", "b": "y.", "label": 1},
+        {"a": "z?", "b": "w.", "label": 0},
+    ]
     pick = next(r for r in runs if r.name == "pick").task_spec
     assert tasks.load_examples(pick, "dev") == [{"a": ["Hi", "Hi"], "b": ["there", "now"], "label": 1}]
 
@@ -232,8 +276,13 @@ def test_unreachable_hub_is_one_clear_message(tmp_path):
         "except TaskDataError as e:\n"
         "    print(e)\n"
     )
-    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin",
-           "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"}
+    env = {
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_HOME": str(tmp_path / "hf"),
+        "PATH": "/usr/bin:/bin",
+        "HF_HUB_ETAG_TIMEOUT": "2",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "2",
+    }
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     msg = out.stdout.strip()
     assert msg.startswith("could not load nyu-mll/glue/rte split 'train' from the Hugging Face Hub"), out

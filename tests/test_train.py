@@ -47,14 +47,24 @@ choices_field = "endings"
 """
 
 
-def make_plan(tmp_path: Path, stages: str, model: str = MINILM, baseline: bool = True, seed: int = 1,
-              epochs: int = 2, max_len: int = 32, n_pair: int = 320, n_mc: int = 128) -> Path:
+def make_plan(
+    tmp_path: Path,
+    stages: str,
+    model: str = MINILM,
+    baseline: bool = True,
+    seed: int = 1,
+    epochs: int = 2,
+    max_len: int = 32,
+    n_pair: int = 320,
+    n_mc: int = 128,
+) -> Path:
     write_jsonl(tmp_path / "data/pair_train.jsonl", pair_rows(n_pair, 1))
     write_jsonl(tmp_path / "data/pair_dev.jsonl", pair_rows(80, 2))
     write_jsonl(tmp_path / "data/mc_train.jsonl", choice_rows(n_mc, 3))
     write_jsonl(tmp_path / "data/mc_dev.jsonl", choice_rows(60, 4))
-    text = PLAN.format(model=model, baseline=str(baseline).lower(), seed=seed, epochs=epochs, max_len=max_len,
-                       stages=stages)
+    text = PLAN.format(
+        model=model, baseline=str(baseline).lower(), seed=seed, epochs=epochs, max_len=max_len, stages=stages
+    )
     return write_text(tmp_path / "plan.toml", text)
 
 
@@ -66,8 +76,13 @@ def queue(plan: Path, runs_dir: Path) -> list[dict]:
 
 def train(*run_dirs: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     # one thread per trainer: the tests run two at a time on two cores
-    return subprocess.run([sys.executable, "-m", "stilts_tui.train", *map(str, run_dirs)], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "stilts_tui.train", *map(str, run_dirs)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
 def result(run_dir: Path) -> dict:
@@ -86,7 +101,7 @@ def set_debug(run_dir: Path, **debug) -> None:
 
 @pytest.mark.slow
 def test_minilm_learns_a_sentence_pair_task(tmp_path, runs_dir):
-    runs = queue(make_plan(tmp_path, "[target.pair]\ntask = \"pair\""), runs_dir)
+    runs = queue(make_plan(tmp_path, '[target.pair]\ntask = "pair"'), runs_dir)
     (run,) = runs
     d = runs_dir / run["id"]
     out = train(d)
@@ -108,7 +123,7 @@ def test_minilm_learns_a_sentence_pair_task(tmp_path, runs_dir):
 
 @pytest.mark.slow
 def test_minilm_learns_a_multiple_choice_task(tmp_path, runs_dir):
-    runs = queue(make_plan(tmp_path, "[target.mc]\ntask = \"mc\""), runs_dir)
+    runs = queue(make_plan(tmp_path, '[target.mc]\ntask = "mc"'), runs_dir)
     d = runs_dir / runs[0]["id"]
     assert train(d).returncode == 0
     r = result(d)
@@ -173,7 +188,7 @@ def test_an_intermediate_checkpoint_feeds_its_targets(tmp_path, runs_dir):
 
 
 def test_same_spec_and_seed_give_the_same_score_and_one_process_equals_alone(tmp_path, runs_dir, tiny_model):
-    stages = "[target.pair]\ntask = \"pair\"\ngrid = { lr = [1e-3, 3e-4] }\n"
+    stages = '[target.pair]\ntask = "pair"\ngrid = { lr = [1e-3, 3e-4] }\n'
     runs = queue(make_plan(tmp_path, stages, model=str(tiny_model), epochs=2, n_pair=160), runs_dir)
     a, b = (runs_dir / r["id"] for r in runs)
     assert train(a, b).returncode == 0  # both in one process
@@ -195,8 +210,12 @@ def test_same_spec_and_seed_give_the_same_score_and_one_process_equals_alone(tmp
 
 
 def _failing(tmp_path: Path, runs_dir: Path, tiny_model: Path, stages: str, **kw) -> tuple[Path, Path]:
-    runs = queue(make_plan(tmp_path, stages + "\n[target.ok]\ntask = \"pair\"\nepochs = 1\n",
-                           model=str(tiny_model), n_pair=32, **kw), runs_dir)
+    runs = queue(
+        make_plan(
+            tmp_path, stages + '\n[target.ok]\ntask = "pair"\nepochs = 1\n', model=str(tiny_model), n_pair=32, **kw
+        ),
+        runs_dir,
+    )
     bad = next(runs_dir / r["id"] for r in runs if r["name"] == "bad")
     ok = next(runs_dir / r["id"] for r in runs if r["name"] == "ok")
     return bad, ok
@@ -215,7 +234,7 @@ def _check_failure(bad: Path, ok: Path, status: str, message: str, env: dict | N
 
 
 def test_missing_data_file_fails_the_run(tmp_path, runs_dir, tiny_model):
-    bad, ok = _failing(tmp_path, runs_dir, tiny_model, "[target.bad]\ntask = \"pair\"\nepochs = 1")
+    bad, ok = _failing(tmp_path, runs_dir, tiny_model, '[target.bad]\ntask = "pair"\nepochs = 1')
     spec = json.loads((bad / "spec.json").read_text())
     spec["task"]["train_file"] = str(tmp_path / "data/gone.jsonl")
     (bad / "spec.json").write_text(json.dumps(spec))
@@ -223,7 +242,7 @@ def test_missing_data_file_fails_the_run(tmp_path, runs_dir, tiny_model):
 
 
 def test_unknown_field_fails_the_run(tmp_path, runs_dir, tiny_model):
-    bad, ok = _failing(tmp_path, runs_dir, tiny_model, "[target.bad]\ntask = \"pair\"\nepochs = 1")
+    bad, ok = _failing(tmp_path, runs_dir, tiny_model, '[target.bad]\ntask = "pair"\nepochs = 1')
     spec = json.loads((bad / "spec.json").read_text())
     spec["task"]["custom"]["text_fields"] = ["s1", "sentence2"]
     (bad / "spec.json").write_text(json.dumps(spec))
@@ -231,30 +250,43 @@ def test_unknown_field_fails_the_run(tmp_path, runs_dir, tiny_model):
 
 
 def test_unreachable_hub_fails_the_run_with_advice(tmp_path, runs_dir, tiny_model):
-    bad, ok = _failing(tmp_path, runs_dir, tiny_model, "[target.bad]\ntask = \"pair\"\nepochs = 1")
+    bad, ok = _failing(tmp_path, runs_dir, tiny_model, '[target.bad]\ntask = "pair"\nepochs = 1')
     spec = json.loads((bad / "spec.json").read_text())
     spec["model"] = {"source": "hub", "name": "roberta-large", "path": None}
     (bad / "spec.json").write_text(json.dumps(spec))
-    _check_failure(bad, ok, "failed", "could not load model 'roberta-large'",
-                   env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    _check_failure(
+        bad,
+        ok,
+        "failed",
+        "could not load model 'roberta-large'",
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
     assert "set `model` in the plan to its local folder" in result(bad)["error"]
 
 
 def test_out_of_memory_ends_as_oom(tmp_path, runs_dir, tiny_model):
-    bad, ok = _failing(tmp_path, runs_dir, tiny_model, "[target.bad]\ntask = \"pair\"\nepochs = 1")
+    bad, ok = _failing(tmp_path, runs_dir, tiny_model, '[target.bad]\ntask = "pair"\nepochs = 1')
     set_debug(bad, oom_at_step=1)
     _check_failure(bad, ok, "oom", "CUDA out of memory")
 
 
 def test_a_bad_spec_fails_the_run(tmp_path, runs_dir, tiny_model):
-    bad, ok = _failing(tmp_path, runs_dir, tiny_model, "[target.bad]\ntask = \"pair\"\nepochs = 1")
+    bad, ok = _failing(tmp_path, runs_dir, tiny_model, '[target.bad]\ntask = "pair"\nepochs = 1')
     (bad / "spec.json").write_text("{not json")
     _check_failure(bad, ok, "failed", "not a valid spec")
 
 
 def test_a_missing_parent_checkpoint_fails_the_child(tmp_path, runs_dir, tiny_model):
-    runs = queue(make_plan(tmp_path, "[intermediate.i]\ntask = \"pair\"\n[target.bad]\ntask = \"pair\"\n",
-                           model=str(tiny_model), baseline=False, n_pair=32), runs_dir)
+    runs = queue(
+        make_plan(
+            tmp_path,
+            '[intermediate.i]\ntask = "pair"\n[target.bad]\ntask = "pair"\n',
+            model=str(tiny_model),
+            baseline=False,
+            n_pair=32,
+        ),
+        runs_dir,
+    )
     child = next(runs_dir / r["id"] for r in runs if r["stage"] == "target")
     out = train(child)
     assert out.returncode == 1

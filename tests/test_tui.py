@@ -39,8 +39,10 @@ grid = { lr = [1e-5, 2e-5] }
 [target.cola]
 task = "cola"
 """
-LOG = "".join(f"[10:00:{i:02d}] epoch 1/1 step {i}/20 loss 0.{70 - i:02d}00 lr 1e-05 50.0 samples/s "
-              f"ETA 0:00:{20 - i:02d}\n" for i in range(1, 11))
+LOG = "".join(
+    f"[10:00:{i:02d}] epoch 1/1 step {i}/20 loss 0.{70 - i:02d}00 lr 1e-05 50.0 samples/s ETA 0:00:{20 - i:02d}\n"
+    for i in range(1, 11)
+)
 
 
 @pytest.fixture
@@ -57,15 +59,29 @@ def prepared(tmp_path, runs_dir) -> Path:
             if r["task"] == "rte":
                 score = 0.6 + 0.05 * i if r["intermediate"] == "none" else 0.75 + 0.05 * (i % 4)
                 tx.update_run(r["id"], status="done", score=score, gpu=i % 2, started=1100.0 + i, finished=1150.0 + i)
-                (runs_dir / r["id"] / "result.json").write_text(json.dumps(
-                    {"status": "done", "score": score, "metrics": {"acc": score}, "primary_metric": "acc"}))
+                (runs_dir / r["id"] / "result.json").write_text(
+                    json.dumps({"status": "done", "score": score, "metrics": {"acc": score}, "primary_metric": "acc"})
+                )
         cola = [r for r in targets if r["task"] == "cola"]
         tx.update_run(cola[0]["id"], status="running", gpu=1, started=time.time(), pid=None)
         tx.update_run(cola[1]["id"], status="failed", error="data file not found")
     (runs_dir / cola[0]["id"] / "train.log").write_text(LOG)
-    (runs_dir / cola[0]["id"] / "events.jsonl").write_text(json.dumps(
-        {"t": 1, "event": "step", "step": 10, "total_steps": 20, "epoch": 1, "loss": 0.6, "lr": 1e-5,
-         "samples_per_s": 50.0, "eta_s": 20}) + "\n")
+    (runs_dir / cola[0]["id"] / "events.jsonl").write_text(
+        json.dumps(
+            {
+                "t": 1,
+                "event": "step",
+                "step": 10,
+                "total_steps": 20,
+                "epoch": 1,
+                "loss": 0.6,
+                "lr": 1e-5,
+                "samples_per_s": 50.0,
+                "eta_s": 20,
+            }
+        )
+        + "\n"
+    )
     return runs_dir
 
 
@@ -85,17 +101,22 @@ async def until(pilot, cond, what: str, timeout: float = 60.0) -> None:
 
 def recorder(notes: list[tuple[str, str]], errors: list[Worker] | None = None):
     """A message hook keeping the app's notifications (severity, text) and its failed workers."""
+
     def hook(message) -> None:
         if isinstance(message, Notify):
             notes.append((message.notification.severity, message.notification.message))
         elif errors is not None and isinstance(message, Worker.StateChanged) and message.state == WorkerState.ERROR:
             errors.append(message.worker)
+
     return hook
 
 
 async def ready(pilot) -> QueueScreen:
-    await until(pilot, lambda: isinstance(pilot.app.screen, QueueScreen)
-                and pilot.app.screen.query_one(DataTable).row_count > 0, "the queue screen filled")
+    await until(
+        pilot,
+        lambda: isinstance(pilot.app.screen, QueueScreen) and pilot.app.screen.query_one(DataTable).row_count > 0,
+        "the queue screen filled",
+    )
     return pilot.app.screen
 
 
@@ -161,8 +182,11 @@ async def test_queue_keys_cancel_retry_priority_pause(prepared):
         await pilot.press("c")
         await until(pilot, lambda: ("information", "cancelled 1 run") in notes, "the cancel's note")
         assert run()["status"] == "cancelled"
-        await until(pilot, lambda: "cancelled" in str(screen.query_one(DataTable).get_row(target)[7]),
-                    "the table showing the cancel")
+        await until(
+            pilot,
+            lambda: "cancelled" in str(screen.query_one(DataTable).get_row(target)[7]),
+            "the table showing the cancel",
+        )
         await pilot.press("r")
         await until(pilot, lambda: run()["status"] == "queued", "the run requeued")
         await pilot.press("plus")
@@ -180,13 +204,15 @@ async def test_queue_keys_cancel_retry_priority_pause(prepared):
 
 
 # a run's process that ignores SIGTERM: the daemon carries out the cancel, waiting out its whole grace period
-SLOW_TO_STOP = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\n"
-                "time.sleep(120)\n")
+SLOW_TO_STOP = (
+    "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(120)\n"
+)
 
 
 async def test_keys_are_answered_while_a_cancel_waits_out_its_grace_period(prepared):
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_TO_STOP], stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, as the daemon starts runs
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_TO_STOP], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )  # its own process group, as the daemon starts runs
     try:
         assert proc.stdout.readline() == "ready\n"  # SIGTERM is ignored from here on
         running = next(r for r in Ledger(prepared).runs() if r["status"] == "running")["id"]
@@ -195,8 +221,9 @@ async def test_keys_are_answered_while_a_cancel_waits_out_its_grace_period(prepa
         assert cli("daemon", "start", "--interval", "0.2", runs_dir=prepared).returncode == 0  # it adopts proc
         notes: list[tuple[str, str]] = []
         grace = 6.0
-        async with app_for(prepared, cancel_grace=grace).run_test(size=(170, 40), message_hook=recorder(notes)) \
-                as pilot:
+        async with app_for(prepared, cancel_grace=grace).run_test(
+            size=(170, 40), message_hook=recorder(notes)
+        ) as pilot:
             screen = await ready(pilot)
             table = screen.query_one(DataTable)
             row = row_ids(screen).index(running)
@@ -221,14 +248,20 @@ async def test_keys_are_answered_while_a_cancel_waits_out_its_grace_period(prepa
 
 
 # another process (a daemon's tick, say) holding the ledger's lock until it reads a line
-LOCK_HOLDER = ("import sys\nfrom filelock import FileLock\nlock = FileLock(sys.argv[1])\nlock.acquire()\n"
-               "print('locked', flush=True)\nsys.stdin.readline()\n")
+LOCK_HOLDER = (
+    "import sys\nfrom filelock import FileLock\nlock = FileLock(sys.argv[1])\nlock.acquire()\n"
+    "print('locked', flush=True)\nsys.stdin.readline()\n"
+)
 
 
 async def test_keys_are_answered_while_a_plan_is_added(prepared, tmp_path):
     plan = write_text(tmp_path / "plans" / "other.toml", PLAN.replace('"study"', '"other"'))
-    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, f"{Ledger(prepared).path}.lock"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, f"{Ledger(prepared).path}.lock"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline() == "locked\n"
         notes: list[tuple[str, str]] = []
@@ -247,8 +280,11 @@ async def test_keys_are_answered_while_a_plan_is_added(prepared, tmp_path):
             assert "other" not in Ledger(prepared).plans() and table.row_count == 13
             holder.stdin.write("\n")
             holder.stdin.flush()
-            await until(pilot, lambda: ("information", "other: 13 runs queued, 0 already in the ledger") in notes,
-                        "the add's note")
+            await until(
+                pilot,
+                lambda: ("information", "other: 13 runs queued, 0 already in the ledger") in notes,
+                "the add's note",
+            )
             await until(pilot, lambda: table.row_count == 26, "the table showing the new runs")
     finally:
         holder.kill()
@@ -258,8 +294,12 @@ async def test_keys_are_answered_while_a_plan_is_added(prepared, tmp_path):
 async def test_runs_added_in_between_are_shown_in_queue_order_with_the_cursor_on_its_run(prepared, tmp_path):
     """More runs than one chunk (100 a frame), some sorting before the rows shown: one sort places them."""
     lrs = ", ".join(f"{i}e-6" for i in range(1, 31))  # 1 intermediate + (none, hs) x 2 seeds x 30 lr = 121 runs
-    plan = write_text(tmp_path / "plans" / "wide.toml", PLAN.replace('"study"', '"wide"').replace(
-        "grid = { lr = [1e-5, 2e-5] }", f"grid = {{ lr = [{lrs}] }}").replace("[target.cola]\ntask = \"cola\"\n", ""))
+    plan = write_text(
+        tmp_path / "plans" / "wide.toml",
+        PLAN.replace('"study"', '"wide"')
+        .replace("grid = { lr = [1e-5, 2e-5] }", f"grid = {{ lr = [{lrs}] }}")
+        .replace('[target.cola]\ntask = "cola"\n', ""),
+    )
     notes: list[tuple[str, str]] = []
     async with app_for(prepared).run_test(size=(170, 40), message_hook=recorder(notes)) as pilot:
         screen = await ready(pilot)
@@ -358,8 +398,12 @@ async def test_a_run_waiting_in_a_worker_reads_waiting_and_is_not_counted_runnin
         for rid in [training["id"], *others]:
             tx.update_run(rid, status="running", worker="w1", pid=4242, pid_started=1.0, gpu=1, started=2000.0)
     with open(prepared / training["id"] / "events.jsonl", "a") as f:
-        f.write(json.dumps({"t": 1, "event": "start", "pid": 4242}) + "\n" + json.dumps(
-            {"t": 2, "event": "step", "step": 12, "total_steps": 20, "loss": 0.5, "eta_s": 16}) + "\n")
+        f.write(
+            json.dumps({"t": 1, "event": "start", "pid": 4242})
+            + "\n"
+            + json.dumps({"t": 2, "event": "step", "step": 12, "total_steps": 20, "loss": 0.5, "eta_s": 16})
+            + "\n"
+        )
     for rid in others:  # an earlier attempt's start, by another process: not begun by this worker
         (prepared / rid / "events.jsonl").write_text(json.dumps({"t": 0, "event": "start", "pid": 99}) + "\n")
     async with app_for(prepared).run_test(size=(200, 40)) as pilot:
@@ -425,8 +469,11 @@ async def test_columns_chosen_are_shown_and_remembered(prepared, tmp_path):
         chooser.deselect("plan")
         chooser.deselect("loss")
         await pilot.press("enter")
-        await until(pilot, lambda: "plan" not in [str(c.label) for c in screen.query_one(DataTable).columns.values()],
-                    "the plan column hidden")
+        await until(
+            pilot,
+            lambda: "plan" not in [str(c.label) for c in screen.query_one(DataTable).columns.values()],
+            "the plan column hidden",
+        )
         assert json.loads((tmp_path / "columns.json").read_text())[:3] == ["id", "stage", "task"]
     async with app_for(prepared).run_test(size=(200, 40)) as pilot:  # the next session
         screen = await ready(pilot)
@@ -464,13 +511,23 @@ async def test_palette_keys_sent_at_once_on_a_busy_machine_are_all_applied_in_or
     async with app_for(prepared).run_test(size=(170, 40)) as pilot:
         screen = await ready(pilot)
         burst(pilot, "ctrl+p", *"queue", *["backspace"] * 8, *"pause")
-        await until(pilot, lambda: isinstance(pilot.app.screen, CommandPalette)
-                    and pilot.app.screen.query(CommandInput), "the palette and its input")
+        await until(
+            pilot,
+            lambda: isinstance(pilot.app.screen, CommandPalette) and pilot.app.screen.query(CommandInput),
+            "the palette and its input",
+        )
         box = pilot.app.screen.query_one(CommandInput)
         await until(pilot, lambda: box.value == "pause", f"'pause' in the palette (it reads {box.value!r})", 60)
         commands = pilot.app.screen.query_one(CommandList)
-        await until(pilot, lambda: commands.highlighted is not None and "pause" in str(
-            commands.get_option_at_index(commands.highlighted).prompt), "the pause command on top", 60)
+        await until(
+            pilot,
+            lambda: (
+                commands.highlighted is not None
+                and "pause" in str(commands.get_option_at_index(commands.highlighted).prompt)
+            ),
+            "the pause command on top",
+            60,
+        )
         await pilot.press("enter")
         await until(pilot, lambda: Ledger(prepared).meta("paused") is True, "the queue paused")
         assert pilot.app.is_running and pilot.app.screen is screen
@@ -483,8 +540,9 @@ async def test_palette_keys_sent_at_once_on_a_busy_machine_are_all_applied_in_or
 
 async def test_a_keymap_remaps_a_binding_by_id(prepared):
     notes: list[tuple[str, str]] = []
-    async with app_for(prepared, keymap={"queue.cancel": "x"}).run_test(size=(170, 40),
-                                                                         message_hook=recorder(notes)) as pilot:
+    async with app_for(prepared, keymap={"queue.cancel": "x"}).run_test(
+        size=(170, 40), message_hook=recorder(notes)
+    ) as pilot:
         screen = await ready(pilot)
         target = await to_queued(pilot, screen, prepared)
         await pilot.press("c")  # no longer bound
@@ -588,8 +646,15 @@ async def test_scores_screen_views_cell_distribution_and_export(prepared):
         await pilot.press("escape")
         await pilot.press("e")
         await until(pilot, lambda: isinstance(pilot.app.screen, ExportScreen), "the export menu")
-        assert [str(o.prompt) for o in pilot.app.screen.query_one(OptionList).options] == \
-            ["csv", "md", "latex", "json", "png", "pdf", "svg"]  # matplotlib is installed: figures offered
+        assert [str(o.prompt) for o in pilot.app.screen.query_one(OptionList).options] == [
+            "csv",
+            "md",
+            "latex",
+            "json",
+            "png",
+            "pdf",
+            "svg",
+        ]  # matplotlib is installed: figures offered
         await pilot.press("down", "enter")  # the second format: md
         out = prepared / "exports" / "study.md"
         await until(pilot, lambda: out.exists(), "the export written")
@@ -617,8 +682,10 @@ async def test_scores_open_on_the_selected_runs_plan_and_say_why_nothing_finishe
         assert scores.table_data.plan == "study"
         await pilot.press("right_square_bracket")  # the next plan: newer, where nothing finished
         await until(pilot, lambda: "newer" in str(scores.query_one("#title").render()), "the next plan", 90)
-        assert str(scores.query_one("#title").render()) == \
-            f"plan 'newer' has no finished target runs yet ({len(newer) - 1} blocked, 1 failed)"
+        assert (
+            str(scores.query_one("#title").render())
+            == f"plan 'newer' has no finished target runs yet ({len(newer) - 1} blocked, 1 failed)"
+        )
 
 
 async def test_plan_builder_takes_typed_keys_counts_saves_and_queues(prepared, tmp_path, monkeypatch):
@@ -703,8 +770,10 @@ async def test_help_lists_every_key_as_typed_with_its_id(prepared):
 async def test_palette_commands_read_area_action_and_cover_the_keys(prepared):
     from stilts_tui.tui.app import PALETTE
 
-    assert all(":" in title and title.split(":")[0] in ("queue", "logs", "scores", "plan", "help", "app")
-               for title, _, _ in PALETTE)
+    assert all(
+        ":" in title and title.split(":")[0] in ("queue", "logs", "scores", "plan", "help", "app")
+        for title, _, _ in PALETTE
+    )
     titles = {t for t, _, _ in PALETTE}
     for title in ("queue: reverse sort", "queue: choose columns", "logs: filter lines", "app: quit"):
         assert title in titles
@@ -732,6 +801,7 @@ def frozen(prepared) -> Path:
 
 async def _settle(pilot, screen_type=QueueScreen):
     """The screen shown and filled: its rows (queue), its table (scores); then every worker done."""
+
     def filled() -> bool:
         s = pilot.app.screen
         if not isinstance(s, screen_type):
@@ -815,10 +885,15 @@ def tmux(*args: str) -> str:
 
 def test_real_tui_in_tmux_moves_opens_logs_and_cancels(prepared):
     session = f"stilts-{prepared.parent.name}"[:40]
-    cmd = [str(CONSOLE) if CONSOLE.exists() else f"{sys.executable} -m stilts_tui.cli", "--no-daemon",
-           "--runs-dir", str(prepared)]
+    cmd = [
+        str(CONSOLE) if CONSOLE.exists() else f"{sys.executable} -m stilts_tui.cli",
+        "--no-daemon",
+        "--runs-dir",
+        str(prepared),
+    ]
     tmux("new-session", "-d", "-s", session, "-x", "170", "-y", "40", "env", "TERM=xterm-256color", *cmd)
     try:
+
         def screen() -> str:
             return tmux("capture-pane", "-p", "-t", session)
 
@@ -836,7 +911,7 @@ def test_real_tui_in_tmux_moves_opens_logs_and_cancels(prepared):
         tmux("send-keys", "-t", session, "Escape")
         wait(lambda: "step 10/20" not in screen() and "9 done" in screen(), 60, "the queue screen back")
         # cancel the next queued run
-        victim = next(i for i in order[order.index(target):] if runs[i]["status"] == "queued")
+        victim = next(i for i in order[order.index(target) :] if runs[i]["status"] == "queued")
         for _ in range(order.index(victim) - order.index(target)):
             tmux("send-keys", "-t", session, "Down")
         tmux("send-keys", "-t", session, "c")
@@ -848,14 +923,24 @@ def test_real_tui_in_tmux_moves_opens_logs_and_cancels(prepared):
         tmux("send-keys", "-t", session, "q")
         wait(lambda: "Quit the app?" in screen(), 60, "the quit's question")
         tmux("send-keys", "-t", session, "y")
-        wait(lambda: subprocess.run(["tmux", "-L", TMUX_SOCKET, "has-session", "-t", session],
-                                    capture_output=True).returncode != 0, 60, "the app to quit")
+        wait(
+            lambda: (
+                subprocess.run(
+                    ["tmux", "-L", TMUX_SOCKET, "has-session", "-t", session], capture_output=True
+                ).returncode
+                != 0
+            ),
+            60,
+            "the app to quit",
+        )
     finally:
         subprocess.run(["tmux", "-L", TMUX_SOCKET, "kill-server"], capture_output=True)
 
 
 def test_tui_modules_import_without_torch():
-    code = ("import sys, stilts_tui.tui.app, stilts_tui.tui.screens.scores, stilts_tui.tui.screens.builder, "
-            "stilts_tui.tui.screens.logs\nprint([m for m in ('torch', 'transformers') if m in sys.modules])")
+    code = (
+        "import sys, stilts_tui.tui.app, stilts_tui.tui.screens.scores, stilts_tui.tui.screens.builder, "
+        "stilts_tui.tui.screens.logs\nprint([m for m in ('torch', 'transformers') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

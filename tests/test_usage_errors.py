@@ -6,16 +6,23 @@ import pytest
 from conftest import cli
 
 
-@pytest.mark.parametrize("args, env, says", [
-    (("queue", "ls", "--bogus"), {}, "stilts-tui queue ls: No such option: --bogus"),
-    (("scores",), {}, "stilts-tui scores: Missing argument 'plan'"),
-    (("daemon", "start", "--per-gpu", "x"), {}, "stilts-tui daemon start: Invalid value for '--per-gpu'"),
-    (("queue", "cancel", "--grace", "soon"), {}, "stilts-tui queue cancel: Invalid value for '--grace'"),
-    (("--bogus",), {}, "stilts-tui: No such option: --bogus"),
-    (("--runs-dir",), {}, "stilts-tui: Option '--runs-dir' requires an argument"),
-    (("queue", "ls"), {"STILTS_NO_DAEMON": "banana"}, "Invalid value for '--no-daemon' (env var: 'STILTS_NO_DAEMON')"),
-    ((), {"STILTS_NO_DAEMON": "banana"}, "Invalid value for '--no-daemon' (env var: 'STILTS_NO_DAEMON')"),
-])
+@pytest.mark.parametrize(
+    "args, env, says",
+    [
+        (("queue", "ls", "--bogus"), {}, "stilts-tui queue ls: No such option: --bogus"),
+        (("scores",), {}, "stilts-tui scores: Missing argument 'plan'"),
+        (("daemon", "start", "--per-gpu", "x"), {}, "stilts-tui daemon start: Invalid value for '--per-gpu'"),
+        (("queue", "cancel", "--grace", "soon"), {}, "stilts-tui queue cancel: Invalid value for '--grace'"),
+        (("--bogus",), {}, "stilts-tui: No such option: --bogus"),
+        (("--runs-dir",), {}, "stilts-tui: Option '--runs-dir' requires an argument"),
+        (
+            ("queue", "ls"),
+            {"STILTS_NO_DAEMON": "banana"},
+            "Invalid value for '--no-daemon' (env var: 'STILTS_NO_DAEMON')",
+        ),
+        ((), {"STILTS_NO_DAEMON": "banana"}, "Invalid value for '--no-daemon' (env var: 'STILTS_NO_DAEMON')"),
+    ],
+)
 def test_a_usage_error_is_one_line_and_exit_2(runs_dir, args, env, says):
     out = cli(*args, runs_dir=runs_dir, env=env)
     assert out.returncode == 2, out.stderr

@@ -12,8 +12,15 @@ from stilts_tui.contract import RESULT_STATUSES, STAGES, missing_params
 INT64 = 2**63
 
 # spec["params"] keys the queue computes with (memory estimate, array and shape keys), and their kinds
-_SPEC_INTS = ("batch_size", "max_len", "epochs", "grad_accum", "eval_batch_size", "max_train_samples",
-              "max_dev_samples")
+_SPEC_INTS = (
+    "batch_size",
+    "max_len",
+    "epochs",
+    "grad_accum",
+    "eval_batch_size",
+    "max_train_samples",
+    "max_dev_samples",
+)
 _SPEC_NUMS = ("lr", "warmup", "weight_decay")
 
 
@@ -22,8 +29,7 @@ def is_int(v: object) -> bool:
 
 
 def is_num(v: object) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            and -INT64 <= v < INT64)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and -INT64 <= v < INT64
 
 
 def spec_problem(spec: object) -> str | None:
@@ -39,8 +45,10 @@ def spec_problem(spec: object) -> str | None:
         return "spec.json: no 'params' object"
     missing = missing_params(spec)
     if missing:
-        return (f"spec.json: params lacks {', '.join(missing)} (a plan's expansion writes every training default: "
-                "`queue add` its plan again)")
+        return (
+            f"spec.json: params lacks {', '.join(missing)} (a plan's expansion writes every training default: "
+            "`queue add` its plan again)"
+        )
     params = spec.get("params") or {}
     for key in _SPEC_INTS:
         if params.get(key) is not None and not (is_int(params[key]) and params[key] > 0):
@@ -64,8 +72,9 @@ def result_problem(result: object) -> str | None:
     if result.get("status") not in RESULT_STATUSES:
         return f"result.json: status is {str(result.get('status'))[:40]!r}, not one of {', '.join(RESULT_STATUSES)}"
     score = result.get("score")
-    if score is not None and not (isinstance(score, (int, float)) and not isinstance(score, bool)
-                                  and (math.isnan(score) or is_num(score))):
+    if score is not None and not (
+        isinstance(score, (int, float)) and not isinstance(score, bool) and (math.isnan(score) or is_num(score))
+    ):
         return f"result.json: score is {str(score)[:40]!r}, not a number"
     peak = result.get("peak_gpu_mem_gb")
     if peak is not None and not (is_num(peak) and peak >= 0):

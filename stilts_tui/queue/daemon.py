@@ -168,8 +168,10 @@ class Daemon:
             try:
                 spec = json.loads(path.read_text(encoding="utf-8"))
             except FileNotFoundError:
-                raise BadRun(run_id, f"{path} is missing (`queue add` of a version of its plan that holds the run "
-                                     "writes it again)") from None
+                raise BadRun(
+                    run_id,
+                    f"{path} is missing (`queue add` of a version of its plan that holds the run writes it again)",
+                ) from None
             except (OSError, ValueError, RecursionError) as e:
                 raise BadRun(run_id, f"{path} cannot be read: {first_line(e)}") from None
             problem = checks.spec_problem(spec)
@@ -218,10 +220,13 @@ class Daemon:
         rundir.retire_result(self.run_path(run_id, RESULT_FILE).parent, attempt)
 
     def last_line(self, run: dict) -> str:
-        """": " and the last line its worker or the run wrote, for an error; "" when there is none."""
+        """ ": " and the last line its worker or the run wrote, for an error; "" when there is none."""
         worker = run.get("worker")
-        paths = [self.root / WORKERS_DIR / f"{worker}.log"] if isinstance(worker, str) and rundir.WORKER_RE.fullmatch(
-            worker) else []
+        paths = (
+            [self.root / WORKERS_DIR / f"{worker}.log"]
+            if isinstance(worker, str) and rundir.WORKER_RE.fullmatch(worker)
+            else []
+        )
         for path in [*paths, self.run_path(run["id"], TRAIN_LOG)]:
             try:
                 lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
@@ -273,8 +278,7 @@ class Daemon:
             now = tx.get_run(run_id)
             if now is not None and now.get("status") not in FINAL:
                 reset = {k: ROW_DEFAULTS.get(k) for k in [*(clear or []), *bad] if k != "id"}
-                tx.update_run(run_id, **reset, status="failed",
-                              error=reason, finished=time.time(), pid=None)
+                tx.update_run(run_id, **reset, status="failed", error=reason, finished=time.time(), pid=None)
         self._specs.pop(run_id, None)
         self.grouper.forget(run_id)
         self.log(f"{run_id}: failed by the daemon: {reason}")
@@ -292,10 +296,14 @@ class Daemon:
             runs = self.checked_runs()
         status = {r["id"]: r["status"] for r in runs}
         # a process being stopped for a cancel is the requests' step's, with every run it holds
-        stopping = {(r["pid"], r.get("pid_started")) for r in runs
-                    if r["status"] == "running" and r.get("cancel_requested") and r.get("pid")}
-        changes = self.executor.reap([r for r in runs if (r.get("pid"), r.get("pid_started")) not in stopping],
-                                     status, stats)
+        stopping = {
+            (r["pid"], r.get("pid_started"))
+            for r in runs
+            if r["status"] == "running" and r.get("cancel_requested") and r.get("pid")
+        }
+        changes = self.executor.reap(
+            [r for r in runs if (r.get("pid"), r.get("pid_started")) not in stopping], status, stats
+        )
         self._block_and_commit(runs, status, changes, stats)
         if self.ledger.meta("paused"):
             return stats
@@ -322,12 +330,21 @@ class Daemon:
             if not r.get("cancel_requested"):
                 continue
             self.mark(r["id"])
-            mates = [o for o in running if o is not r and r.get("pid") and o.get("pid") == r.get("pid")
-                     and o.get("pid_started") == r.get("pid_started") and not o.get("cancel_requested")]
+            mates = [
+                o
+                for o in running
+                if o is not r
+                and r.get("pid")
+                and o.get("pid") == r.get("pid")
+                and o.get("pid_started") == r.get("pid_started")
+                and not o.get("cancel_requested")
+            ]
             ended = self._ended(r)
             if ended is not None:
-                changes[r["id"]] = ("running", ended if ended.get("status") else
-                                    {"cancel_requested": None, "cancel_signalled": None})
+                changes[r["id"]] = (
+                    "running",
+                    ended if ended.get("status") else {"cancel_requested": None, "cancel_signalled": None},
+                )
                 continue
             if self.executor.alive(r):
                 if mates and not self._past_grace(r):
@@ -338,8 +355,15 @@ class Daemon:
             changes[r["id"]] = ("running", self._cancelled(r, stats))
             for m in mates:  # they waited in the stopped worker: back to the queue, the attempt not counted
                 if self.result(m["id"]) is None:
-                    changes[m["id"]] = ("running", {"status": "queued", "pid": None, "gpu": None,
-                                                    "attempts": max(0, (m.get("attempts") or 1) - 1)})
+                    changes[m["id"]] = (
+                        "running",
+                        {
+                            "status": "queued",
+                            "pid": None,
+                            "gpu": None,
+                            "attempts": max(0, (m.get("attempts") or 1) - 1),
+                        },
+                    )
         self.mark(None)
         if changes:
             self._commit(changes)
@@ -399,8 +423,13 @@ class Daemon:
     def _cancelled(self, r: dict, stats: dict) -> dict:
         stats["cancelled"] += 1
         self.log(f"{r['id']}: cancelled")
-        return {"status": "cancelled", "finished": time.time(), "pid": None, "cancel_requested": None,
-                "cancel_signalled": None}
+        return {
+            "status": "cancelled",
+            "finished": time.time(),
+            "pid": None,
+            "cancel_requested": None,
+            "cancel_signalled": None,
+        }
 
     def _block_and_commit(self, runs: list[dict], status: dict[str, str], changes: Changes, stats: dict) -> None:
         """Block queued children of a failed, cancelled or blocked parent; unblock blocked children of a
@@ -413,8 +442,13 @@ class Daemon:
             if not parent or st not in (Status.QUEUED, Status.BLOCKED):
                 continue
             pst = status.get(parent)
-            new = (Status.BLOCKED if st == Status.QUEUED and pst in BLOCKING else
-                   Status.QUEUED if st == Status.BLOCKED and pst in UNBLOCKING else None)
+            new = (
+                Status.BLOCKED
+                if st == Status.QUEUED and pst in BLOCKING
+                else Status.QUEUED
+                if st == Status.BLOCKED and pst in UNBLOCKING
+                else None
+            )
             if new is None:
                 continue
             changes[r["id"]] = (r["status"], {**changes.get(r["id"], ("", {}))[1], "status": new})
@@ -431,7 +465,6 @@ class Daemon:
                 if cur is not None and (cur["status"] == seen or not seen):
                     tx.update_run(rid, **fields)
 
-
     # -- lifetime ---------------------------------------------------------------------------------
 
     def start_mps(self) -> None:
@@ -445,8 +478,11 @@ class Daemon:
             self.log(line)
         self.mps_dir = mps.base_dir(self.root) if state.on else None
         mps.write_status(self.root, mps.stamp(state))
-        self.log(f"MPS on: {state.reason} (pipe {state.pipe_dir})" if state.on else
-                 f"MPS off, runs go on without it: {state.reason}")
+        self.log(
+            f"MPS on: {state.reason} (pipe {state.pipe_dir})"
+            if state.on
+            else f"MPS off, runs go on without it: {state.reason}"
+        )
 
     def stop_mps(self) -> None:
         """Ask the MPS control daemon to quit; never raises."""
@@ -478,8 +514,13 @@ class Daemon:
             if self.s.mps:
                 self.start_mps()
             me = psutil.Process()
-            info = {"pid": me.pid, "pid_started": me.create_time(), "cmdline": me.cmdline(),
-                    "started": time.time(), "settings": asdict(self.s)}
+            info = {
+                "pid": me.pid,
+                "pid_started": me.create_time(),
+                "cmdline": me.cmdline(),
+                "started": time.time(),
+                "settings": asdict(self.s),
+            }
             rundir.write_json_atomic(info_path(self.root), info)
             (self.root / DAEMON_TICKS_FILE).unlink(missing_ok=True)  # this daemon counts from 0
             self.log(f"daemon started (pid {os.getpid()}, settings {asdict(self.s)})")
@@ -604,8 +645,13 @@ def arg_parser() -> argparse.ArgumentParser:
         elif isinstance(default, bool):
             ap.add_argument(flag, action="store_true", help=text)
         else:
-            ap.add_argument(flag, type=type(default), default=default, help=text,
-                            choices=EXECUTORS if f.name == "executor" else None)
+            ap.add_argument(
+                flag,
+                type=type(default),
+                default=default,
+                help=text,
+                choices=EXECUTORS if f.name == "executor" else None,
+            )
     return ap
 
 

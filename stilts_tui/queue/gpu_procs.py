@@ -71,8 +71,7 @@ def fake_procs() -> list[tuple[int, int, float]]:
         try:
             gpu, pid, gb = int(parts[0]), int(parts[1]), float(parts[2])
         except (IndexError, ValueError):
-            raise UserError(f"{FAKE_PROCS_VAR}: expected GPU:PID:GiB items separated by commas, got '{item}'") \
-                from None
+            raise UserError(f"{FAKE_PROCS_VAR}: expected GPU:PID:GiB items separated by commas, got '{item}'") from None
         out.append((gpu, pid, gb))
     return out
 
@@ -103,8 +102,10 @@ def _describe(proc: GpuProc, by_pid: dict[int, list[dict]]) -> GpuProc:
         proc.ours, proc.run_ids = True, [str(r.get("id")) for r in runs]
         proc.plan = printable(str(first.get("plan")))
         inter = first.get("intermediate")
-        proc.stage = printable(f"{first.get('stage')} {first.get('name')}" + (
-            f" (from {inter})" if first.get("stage") == "target" and inter else ""))
+        proc.stage = printable(
+            f"{first.get('stage')} {first.get('name')}"
+            + (f" (from {inter})" if first.get("stage") == "target" and inter else "")
+        )
     if p is not None:
         try:
             with p.oneshot():
@@ -168,8 +169,9 @@ def _nvml_gpu(pynvml, i: int) -> GpuState:
 
 
 def _fake_report(running: list[dict]) -> GpuReport:
-    report = GpuReport([GpuState(g.index, g.name, g.total_gb, 0.0, None, fake=True)
-                        for g in gpu_info.list_gpus()], None, "fake")
+    report = GpuReport(
+        [GpuState(g.index, g.name, g.total_gb, 0.0, None, fake=True) for g in gpu_info.list_gpus()], None, "fake"
+    )
     by_index = {g.index: g for g in report.gpus}
     seen: set[tuple[int, int]] = set()
     for r in running:  # a worker's runs share one process: list it once

@@ -95,8 +95,17 @@ def _call(exe: str, args: list[str], base: Path, stdin: str | None = None) -> tu
     try:
         with open(out_path, "w+", encoding="utf-8") as out:
             feed = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
-            code = subprocess.run([exe, *args], stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
-                                  timeout=CALL_TIMEOUT, check=False, start_new_session=True, **feed).returncode
+            code = subprocess.run(
+                [exe, *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                timeout=CALL_TIMEOUT,
+                check=False,
+                start_new_session=True,
+                **feed,
+            ).returncode
             out.seek(0)
             lines = [x.strip() for x in out.read().splitlines() if x.strip()]
     except subprocess.TimeoutExpired:
@@ -116,10 +125,15 @@ def control_daemons(base: Path) -> list[psutil.Process]:
             if p.info["uids"] is None or p.info["uids"].real != os.getuid():
                 continue
             cmd = p.info.get("cmdline") or []
-            named = (p.info.get("name") or "").startswith("nvidia-cuda-mps") or \
-                any(os.path.basename(c) == EXE for c in cmd[:2])
-            if named and "-d" in cmd and p.environ().get("CUDA_MPS_PIPE_DIRECTORY") == pipe \
-                    and p.status() != psutil.STATUS_ZOMBIE:
+            named = (p.info.get("name") or "").startswith("nvidia-cuda-mps") or any(
+                os.path.basename(c) == EXE for c in cmd[:2]
+            )
+            if (
+                named
+                and "-d" in cmd
+                and p.environ().get("CUDA_MPS_PIPE_DIRECTORY") == pipe
+                and p.status() != psutil.STATUS_ZOMBIE
+            ):
                 found.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
@@ -167,8 +181,9 @@ def start(root: Path) -> tuple[State, list[str]]:
         pids = ", ".join(str(p.pid) for p in left)
         if code == 0:
             return _on(base, f"reused the MPS control daemon left running (pid {pids})"), notes
-        notes.append(f"MPS: a control daemon left running (pid {pids}) does not answer ({text or f'exit {code}'}); "
-                     "stopping it")
+        notes.append(
+            f"MPS: a control daemon left running (pid {pids}) does not answer ({text or f'exit {code}'}); stopping it"
+        )
         _end(left)
     if any((base / "pipe").iterdir()):
         notes.append(f"MPS: removing what a dead control daemon left in {base / 'pipe'}")
@@ -197,8 +212,9 @@ def stop(base: Path) -> str:
         if exe is None:
             left = control_daemons(base)
             _end(left)
-            return f"{EXE} no longer on PATH; ended {len(left)} control daemon(s)" if left else \
-                f"{EXE} no longer on PATH"
+            return (
+                f"{EXE} no longer on PATH; ended {len(left)} control daemon(s)" if left else f"{EXE} no longer on PATH"
+            )
         code, text = _call(exe, [], base, "quit\n")
         if code == 0:
             return "stopped"

@@ -84,8 +84,14 @@ class PlanWatch:
                 event = "run_failed"
             else:
                 continue
-            events.append({"event": event, "plan": plan, "counts": {"total": sum(counts.values()), **counts},
-                           "failed_runs": new_failed})
+            events.append(
+                {
+                    "event": event,
+                    "plan": plan,
+                    "counts": {"total": sum(counts.values()), **counts},
+                    "failed_runs": new_failed,
+                }
+            )
         return events
 
 
@@ -120,9 +126,15 @@ def write_scores(root: Path, plan: str) -> tuple[str, str]:
 
 def environment(root: Path, event: dict, scores: tuple[str, str]) -> dict[str, str]:
     counts = event["counts"]
-    env = {"STILTS_EVENT": event["event"], "STILTS_PLAN": event["plan"], "STILTS_RUNS_DIR": str(root),
-           "STILTS_COUNTS": json.dumps(counts), "STILTS_FAILED_RUNS": " ".join(event["failed_runs"]),
-           "STILTS_SCORES": scores[0], "STILTS_SCORES_MD": scores[1]}
+    env = {
+        "STILTS_EVENT": event["event"],
+        "STILTS_PLAN": event["plan"],
+        "STILTS_RUNS_DIR": str(root),
+        "STILTS_COUNTS": json.dumps(counts),
+        "STILTS_FAILED_RUNS": " ".join(event["failed_runs"]),
+        "STILTS_SCORES": scores[0],
+        "STILTS_SCORES_MD": scores[1],
+    }
     env.update({f"STILTS_{k.upper()}": str(v) for k, v in counts.items()})
     return env
 
@@ -154,8 +166,9 @@ class Notifier:
             if not commands:
                 continue
             # the score table may read labels in a subprocess (up to minutes): off the daemon's tick
-            threading.Thread(target=self._notify, args=(event, commands), daemon=True,
-                             name=f"on-finish {event['plan']}").start()
+            threading.Thread(
+                target=self._notify, args=(event, commands), daemon=True, name=f"on-finish {event['plan']}"
+            ).start()
         return events
 
     def _notify(self, event: dict, commands: list[list[str]]) -> None:
@@ -173,10 +186,16 @@ class Notifier:
     def _start(self, cmd: list[str], env: dict[str, str], event: dict) -> None:
         try:
             with open(self.root / LOG_NAME, "ab") as out:
-                out.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {event['event']} {event['plan']}: "
-                          f"{cmd}\n".encode())
-                proc = subprocess.Popen(cmd, env=env, cwd=self.root, stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=subprocess.STDOUT, start_new_session=True)  # a list, never a shell
+                out.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {event['event']} {event['plan']}: {cmd}\n".encode())
+                proc = subprocess.Popen(
+                    cmd,
+                    env=env,
+                    cwd=self.root,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )  # a list, never a shell
         except OSError as e:
             self.log(f"on-finish: cannot run {cmd}: {e.strerror or e}")
             return

@@ -25,8 +25,9 @@ from stilts_tui.ledger import INT64, Ledger
 ADD_LOCK = "add.lock"  # held for a whole `queue add`: two adds at once run one after the other
 
 
-def add_plan(plan_path: str | Path, root: Path, priority: int = 0,
-             max_runs: int | None = None) -> tuple[plans.Plan, list, list[str]]:
+def add_plan(
+    plan_path: str | Path, root: Path, priority: int = 0, max_runs: int | None = None
+) -> tuple[plans.Plan, list, list[str]]:
     """Queue every run of a plan that the ledger does not hold yet.
 
     Each new run's folder (with its mark, :data:`rundir.ADDED_MARK`) and ``spec.json`` are written before
@@ -47,8 +48,10 @@ def add_plan(plan_path: str | Path, root: Path, priority: int = 0,
     with _add_lock(root):
         other = (ledger.plans().get(plan.name) or {}).get("file")
         if other is not None and other != str(plan.path):
-            raise UserError(f"{plan.path}: a plan named '{plan.name}' is already queued from {other}; two plan "
-                            "files with one name would mix their runs: give this one another name")
+            raise UserError(
+                f"{plan.path}: a plan named '{plan.name}' is already queued from {other}; two plan "
+                "files with one name would mix their runs: give this one another name"
+            )
         known = {r["id"] for r in ledger.runs()}
         for r in runs:
             d = rundir.run_dir(root, r.id)
@@ -57,8 +60,10 @@ def add_plan(plan_path: str | Path, root: Path, priority: int = 0,
                 (d / rundir.ADDED_MARK).write_text(r.id + "\n", encoding="utf-8")
                 rundir.write_json_atomic(d / SPEC_FILE, plans.spec_for(r, plan, root))
         added = ledger.add_runs([r.record() for r in runs if r.id not in known], priority=priority)
-        ledger.set_plan(plan.name, {"file": str(plan.path), "updated": time.time(), "runs": len(runs),
-                                    "on_finish": plan.finish_command()})
+        ledger.set_plan(
+            plan.name,
+            {"file": str(plan.path), "updated": time.time(), "runs": len(runs), "on_finish": plan.finish_command()},
+        )
         _remove_orphans(root, plan.name, {r["id"] for r in ledger.runs()} | {r.id for r in runs})
     return plan, runs, added
 
@@ -72,8 +77,9 @@ def _add_lock(root: Path) -> Iterator[None]:
     try:
         lock.acquire()
     except Timeout:
-        raise Failure(f"{root / ADD_LOCK}: another `queue add` has held it for 10 minutes; try again when it "
-                      "is done") from None
+        raise Failure(
+            f"{root / ADD_LOCK}: another `queue add` has held it for 10 minutes; try again when it is done"
+        ) from None
     except OSError as e:
         raise failure_from_os(e, "locking the runs-dir for an add") from None
     try:
@@ -179,10 +185,10 @@ def retry(root: Path, run_ids: list[str], failed: bool = False) -> list[str]:
             if cur["status"] not in RETRYABLE:
                 continue
             attempts = cur.get("attempts")
-            rundir.retire_result(rundir.run_dir(root, r["id"]),
-                                 attempts if isinstance(attempts, int) and 0 <= attempts < 2**31 else 0)
-            tx.update_run(r["id"], status="queued", attempts=0, alone=False, error=None, score=None, pid=None,
-                          gpu=None)
+            rundir.retire_result(
+                rundir.run_dir(root, r["id"]), attempts if isinstance(attempts, int) and 0 <= attempts < 2**31 else 0
+            )
+            tx.update_run(r["id"], status="queued", attempts=0, alone=False, error=None, score=None, pid=None, gpu=None)
             done.append(r["id"])
     return done
 
@@ -194,8 +200,9 @@ def check_priority(priority: object) -> int:
     return priority
 
 
-def set_priority(root: Path, run_ids: list[str], priority: int | None = None, delta: int = 0,
-                 plan: str | None = None) -> list[str]:
+def set_priority(
+    root: Path, run_ids: list[str], priority: int | None = None, delta: int = 0, plan: str | None = None
+) -> list[str]:
     """Set (or shift by ``delta``) the priority of runs; a value beyond 64 bits is refused, nothing changed."""
     ledger = Ledger(root)
     targets = _select(ledger, run_ids, plan, None)
@@ -232,7 +239,10 @@ def start_daemon(root: Path, args: list[str], wait: float = 15.0) -> dict:
     with open(root / "daemon.log", "ab") as log:
         proc = subprocess.Popen(  # an argument list, never a shell
             [sys.executable, "-m", "stilts_tui.queue.daemon", "--runs-dir", str(root), *args],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     deadline = time.time() + wait
     while time.time() < deadline:
@@ -274,9 +284,11 @@ def stop_daemon(root: Path, wait: float = 15.0) -> int | None:
     deadline = time.time() + min(wait, 5.0)
     while not is_daemon(info, root):  # a new daemon holds the lock and has not written daemon.json yet
         if time.time() > deadline:
-            raise Failure(f"{root / 'daemon.json'} names pid {info.get('pid')}, which is not this runs-dir's "
-                          "daemon (a stale file; the daemon holding the lock has not rewritten it): nothing was "
-                          "signalled; try again in a moment")
+            raise Failure(
+                f"{root / 'daemon.json'} names pid {info.get('pid')}, which is not this runs-dir's "
+                "daemon (a stale file; the daemon holding the lock has not rewritten it): nothing was "
+                "signalled; try again in a moment"
+            )
         time.sleep(0.1)
         info = read_info(root) or {}
         if running_daemon(root) is None:

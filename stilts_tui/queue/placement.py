@@ -13,9 +13,15 @@ from stilts_tui.contract import TRAINED_STAGES, array_key, shape_key
 
 # parameter counts of common encoders, for the first estimate of a hub model
 KNOWN_PARAMS = {
-    "roberta-large": 355e6, "roberta-base": 125e6, "bert-large-uncased": 335e6, "bert-base-uncased": 110e6,
-    "bert-large-cased": 335e6, "bert-base-cased": 108e6, "microsoft/deberta-v3-large": 435e6,
-    "microsoft/deberta-v3-base": 184e6, "sentence-transformers/all-MiniLM-L6-v2": 22.7e6,
+    "roberta-large": 355e6,
+    "roberta-base": 125e6,
+    "bert-large-uncased": 335e6,
+    "bert-base-uncased": 110e6,
+    "bert-large-cased": 335e6,
+    "bert-base-cased": 108e6,
+    "microsoft/deberta-v3-large": 435e6,
+    "microsoft/deberta-v3-base": 184e6,
+    "sentence-transformers/all-MiniLM-L6-v2": 22.7e6,
 }
 DEFAULT_PARAMS = 355e6
 MARGIN = 1.15  # learned peaks are padded by this much
@@ -137,8 +143,12 @@ class Measurements:
             res = read_result(r["id"]) or {}
             peak = res.get("peak_gpu_mem_gb", r.get("peak_gpu_mem_gb"))
             rate = res.get("samples_per_s")
-            self._seen[r["id"]] = (*mark, peak if _num(peak) else None, array_size(res, r.get("fused")),
-                                   rate if _num(rate) else None)
+            self._seen[r["id"]] = (
+                *mark,
+                peak if _num(peak) else None,
+                array_size(res, r.get("fused")),
+                rate if _num(rate) else None,
+            )
         self._shapes = {}
         for rid, (_, shape, peak, k, rate) in self._seen.items():
             sh = self._shapes.setdefault(shape, Shape())
@@ -161,8 +171,10 @@ class Measurements:
         alone = sum(sh.alone_rates) / len(sh.alone_rates)
         if fused >= alone:
             return None
-        return (f"packing, not fusing: fused runs measured {fused:.1f} samples/s a run "
-                f"({len(sh.fused_rates)} runs) < {alone:.1f} alone ({len(sh.alone_rates)} runs)")
+        return (
+            f"packing, not fusing: fused runs measured {fused:.1f} samples/s a run "
+            f"({len(sh.fused_rates)} runs) < {alone:.1f} alone ({len(sh.alone_rates)} runs)"
+        )
 
 
 def _num(x) -> bool:
@@ -249,8 +261,7 @@ class Grouper:
         """The estimate of an array of ``k`` runs of ``run``'s shape: k times a run's (a measured share,
         or the formula), except LoRA runs before any is measured: their frozen encoder counts once."""
         spec = self.spec(run["id"])
-        if (spec.get("params") or {}).get("method") == "lora" and self.learned.shape(
-                shape_key(spec)).share_gb is None:
+        if (spec.get("params") or {}).get("method") == "lora" and self.learned.shape(shape_key(spec)).share_gb is None:
             return formula_gb(spec, k)
         return round(est * k, 2)
 
@@ -282,8 +293,9 @@ class Grouper:
                 by_key.setdefault(k, []).append(r)
         return by_key
 
-    def array(self, r: dict, by_key: dict[str, list[dict]], taken: set[str], devs: list[Device], est: float
-              ) -> tuple[list[dict], Device | None, str]:
+    def array(
+        self, r: dict, by_key: dict[str, list[dict]], taken: set[str], devs: list[Device], est: float
+    ) -> tuple[list[dict], Device | None, str]:
         """Ready runs to train with ``r`` as one fused array, the device they fit on together, and why:
         up to K runs (``--fuse K``), or as many as fit by the measured peak a run (``--fuse auto``, GPUs
         only; at most PROBE_ARRAY before a run of the shape has finished, and packing where fused runs
@@ -311,12 +323,18 @@ class Grouper:
             group = [m for m in mates if (m.get("fuse_max") or MAX_ARRAY) >= k][:k]
             dev = choose(devs, self.group_gb(r, est, k), False) if len(group) == k else None
             if dev is not None:
-                size = (f"{measured.share_gb:.2f} GB a run measured by {measured.share_from}"
-                        if measured.share_gb is not None else "no run of this shape measured yet"
-                        + (f" (at most {PROBE_ARRAY} until one is)" if sizing == "auto" else "")
-                        + f", formula {est} GB a run")
-                return group, dev, f"{why}; {k} runs: {size}" + (f"; capped at {cap} after an OOM" if cap < MAX_ARRAY
-                                                                    else "")
+                size = (
+                    f"{measured.share_gb:.2f} GB a run measured by {measured.share_from}"
+                    if measured.share_gb is not None
+                    else "no run of this shape measured yet"
+                    + (f" (at most {PROBE_ARRAY} until one is)" if sizing == "auto" else "")
+                    + f", formula {est} GB a run"
+                )
+                return (
+                    group,
+                    dev,
+                    f"{why}; {k} runs: {size}" + (f"; capped at {cap} after an OOM" if cap < MAX_ARRAY else ""),
+                )
         return [r], None, ""
 
     def worker_group(self, r: dict, ready: list[dict], taken: set[str], key: str) -> list[dict]:
@@ -333,8 +351,9 @@ class Grouper:
                 group.append(other)
         return group
 
-    def launches(self, runs: list[dict], devs: list[Device], mark: Callable[[str], None] = lambda _: None
-                 ) -> Iterator[Launch]:
+    def launches(
+        self, runs: list[dict], devs: list[Device], mark: Callable[[str], None] = lambda _: None
+    ) -> Iterator[Launch]:
         """The local placement: each ready run, in order, with its array or worker mates, on the device
         with most room where it fits; runs that fit nowhere wait. The launcher updates ``devs``; ``mark``
         hears which run is handled (an error in its spec is blamed on it)."""

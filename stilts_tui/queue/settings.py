@@ -30,8 +30,9 @@ class Settings:
     executor: str = _opt("local", "local (this machine's GPUs) or slurm (sbatch)")
     # sbatch settings from the command line (a plan's [slurm] wins)
     slurm: dict = field(default_factory=dict, metadata={"help": "sbatch settings as JSON (validated by the CLI)"})
-    fuse: str = _opt("off", "train ready runs of one shape as fused arrays: off, auto (as many as fit a GPU) "
-                     "or K runs an array")
+    fuse: str = _opt(
+        "off", "train ready runs of one shape as fused arrays: off, auto (as many as fit a GPU) or K runs an array"
+    )
     # clusters cap submissions: at most this many of our jobs in Slurm at once
     max_jobs: int = _opt(1000, "slurm: at most this many jobs in Slurm at once")
 

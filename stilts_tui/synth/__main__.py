@@ -35,8 +35,10 @@ def cli(params: dict, out: Path) -> int:
             info = synthesize(params, out, progress)
     except UserError as e:
         return report(e)
-    print(f"wrote {', '.join(f'{v} {k}' for k, v in info['counts'].items())} examples to {out} "
-          f"({info['prompts_per_s']:.1f} prompts/s)")
+    print(
+        f"wrote {', '.join(f'{v} {k}' for k, v in info['counts'].items())} examples to {out} "
+        f"({info['prompts_per_s']:.1f} prompts/s)"
+    )
     return 0
 
 
@@ -69,8 +71,16 @@ def main(argv: list[str] | None = None) -> int:
             if time.time() - last[0] > 2 or done == total:
                 last[0] = time.time()
                 log.line(f"{split}: {done}/{total} prompts")
-                log.event("step", step=done, total_steps=total, epoch=1, split=split, loss=None, lr=None,
-                          samples_per_s=done / max(time.time() - t0, 1e-9))
+                log.event(
+                    "step",
+                    step=done,
+                    total_steps=total,
+                    epoch=1,
+                    split=split,
+                    loss=None,
+                    lr=None,
+                    samples_per_s=done / max(time.time() - t0, 1e-9),
+                )
 
         info = synthesize(spec["params"], run_dir / SYNTH_DATA_DIR, progress)
         result.update(status="done", metrics={"prompts_per_s": info["prompts_per_s"]}, counts=info["counts"])

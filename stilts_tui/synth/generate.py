@@ -28,8 +28,9 @@ def load_generator(name: str, device: torch.device):
         tok = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name).to(device).eval()
     except OSError as e:
-        raise UserError(f"unknown or unreachable generator '{name}' ({first_line(e)}); "
-                        "pass a local model folder") from None
+        raise UserError(
+            f"unknown or unreachable generator '{name}' ({first_line(e)}); pass a local model folder"
+        ) from None
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -51,8 +52,9 @@ def plan_batches(items: list[dict], batch_size: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def sample_batch(tok, model, items: list[dict], fakes: int, top_p: float, top_k: int, temperature: float,
-                 seed: int) -> list[list[str]]:
+def sample_batch(
+    tok, model, items: list[dict], fakes: int, top_p: float, top_k: int, temperature: float, seed: int
+) -> list[list[str]]:
     """``fakes`` continuations for each item, cut at end-of-text and at the item's token limit.
 
     As the reference: the prompt and its continuation are decoded together (with clean-up), and the
@@ -61,9 +63,17 @@ def sample_batch(tok, model, items: list[dict], fakes: int, top_p: float, top_k:
     torch.manual_seed(seed)
     enc = tok([it["prompt"] for it in items], return_tensors="pt", padding=True).to(device)
     limit = max(it["limit"] for it in items)
-    out = model.generate(**enc, do_sample=True, top_p=top_p, top_k=top_k or None, temperature=temperature,
-                         max_new_tokens=max(1, limit), num_return_sequences=fakes,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    out = model.generate(
+        **enc,
+        do_sample=True,
+        top_p=top_p,
+        top_k=top_k or None,
+        temperature=temperature,
+        max_new_tokens=max(1, limit),
+        num_return_sequences=fakes,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     new = out[:, enc["input_ids"].shape[1] :]
     results = []
     for i, it in enumerate(items):
@@ -85,8 +95,16 @@ def items_of(pairs: list[tuple[str, str]], tok) -> list[dict]:
     for prompt, real in pairs:
         prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         real_ids = tok(real, add_special_tokens=False)["input_ids"]
-        items.append({"prompt": prompt, "prompt_ids": prompt_ids, "ctx": clean(tok, prompt_ids),
-                      "real": clean(tok, real_ids), "limit": len(real_ids), "prompt_len": len(prompt_ids)})
+        items.append(
+            {
+                "prompt": prompt,
+                "prompt_ids": prompt_ids,
+                "ctx": clean(tok, prompt_ids),
+                "real": clean(tok, real_ids),
+                "limit": len(real_ids),
+                "prompt_len": len(prompt_ids),
+            }
+        )
     return items
 
 
@@ -103,9 +121,19 @@ def _resume(out: Path, window: int, total: int) -> int:
     return kept
 
 
-def synthesize(pairs: list[tuple[str, str]], out: Path, tok, model, fakes: int, top_p: float, top_k: int,
-               temperature: float, seed: int, batch_size: int,
-               progress: Callable[[int, int], None] | None = None) -> int:
+def synthesize(
+    pairs: list[tuple[str, str]],
+    out: Path,
+    tok,
+    model,
+    fakes: int,
+    top_p: float,
+    top_k: int,
+    temperature: float,
+    seed: int,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
     """Write ``out`` (jsonl) with one row per pair in the pairs' (shuffled) order, resuming after the
     last whole window already there. Returns lines written.
 
@@ -120,11 +148,14 @@ def synthesize(pairs: list[tuple[str, str]], out: Path, tok, model, fakes: int, 
             fakes_of: dict[int, list[str]] = {}
             for k, batch in enumerate(plan_batches(part, batch_size)):
                 batch_seed = seed * 1_000_003 + w0 // batch_size + k  # fixed by position: resumable
-                sampled = sample_batch(tok, model, [part[i] for i in batch], fakes, top_p, top_k, temperature,
-                                       batch_seed)
+                sampled = sample_batch(
+                    tok, model, [part[i] for i in batch], fakes, top_p, top_k, temperature, batch_seed
+                )
                 fakes_of.update(zip(batch, sampled, strict=True))
-            f.writelines(json.dumps({"ctx": it["ctx"], "endings": [it["real"], *fakes_of[i]], "label": 0}) + "\n"
-                         for i, it in enumerate(part))
+            f.writelines(
+                json.dumps({"ctx": it["ctx"], "endings": [it["real"], *fakes_of[i]], "label": 0}) + "\n"
+                for i, it in enumerate(part)
+            )
             f.flush()
             os.fsync(f.fileno())
             done += len(part)

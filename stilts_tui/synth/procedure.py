@@ -25,8 +25,18 @@ def clean_up_spaces(text: str) -> str:
     """transformers 4.3's ``clean_up_tokenization`` (``decode``'s default then, as the reference
     decoded with): the space before punctuation and English contractions removed. Written out here
     because transformers 5 skips it for BPE tokenizers such as GPT-2's."""
-    for old, new in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                     (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+    for old, new in (
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ):
         text = text.replace(old, new)
     return text
 
@@ -58,8 +68,11 @@ def select(pairs: list[tuple[str, str]], n: int, dev: int, seed: int) -> tuple[l
     random.Random(seed).shuffle(pairs)
     need = n + (1 if dev else 0)
     if len(pairs) < need:
-        raise UserError(f"the corpus gives {len(pairs)} sentences of {MIN_WORDS}+ words; n={n}"
-                        + (f" and a dev split (dev={dev})" if dev else "") + f" need at least {need}")
+        raise UserError(
+            f"the corpus gives {len(pairs)} sentences of {MIN_WORDS}+ words; n={n}"
+            + (f" and a dev split (dev={dev})" if dev else "")
+            + f" need at least {need}"
+        )
     return pairs[:n], pairs[n : n + dev]
 
 
@@ -72,8 +85,10 @@ def read_corpus(corpus: str | None, corpus_file: str | None) -> list[str]:
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
-            raise UserError(f"--corpus-file: {path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
-                            f"{e.start}; save the file as UTF-8)") from None
+            raise UserError(
+                f"--corpus-file: {path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                f"{e.start}; save the file as UTF-8)"
+            ) from None
         if path.suffix == ".json":
             try:
                 data = json.loads(text)["data"]
@@ -88,8 +103,10 @@ def read_corpus(corpus: str | None, corpus_file: str | None) -> list[str]:
 
             ds = datasets.load_dataset("rajpurkar/squad", split="train")
         except Exception as e:  # noqa: BLE001 - any hub failure ends in the same advice
-            raise UserError(f"could not load SQuAD v1.1 from the Hugging Face Hub ({first_line(e)}); download "
-                            "train-v1.1.json and pass --corpus-file (or corpus_file in the plan)") from None
+            raise UserError(
+                f"could not load SQuAD v1.1 from the Hugging Face Hub ({first_line(e)}); download "
+                "train-v1.1.json and pass --corpus-file (or corpus_file in the plan)"
+            ) from None
         paras = list(ds["context"])
     else:
         raise UserError("name a corpus: --corpus squad or --corpus-file PATH")

@@ -33,8 +33,17 @@ def synthesize(params: dict, out_dir: Path, progress: Callable[[str, int, int], 
             continue
         out = out_dir / f"SynGPT2_{split}.jsonl"
         counts[split] = generate.synthesize(
-            pairs, out, tok, model, int(p["fakes"]), float(p["top_p"]), int(p["top_k"]), float(p["temperature"]),
-            seed, int(p["batch_size"]),
-            progress=(lambda done, total, s=split: progress(s, done, total)) if progress else None)
+            pairs,
+            out,
+            tok,
+            model,
+            int(p["fakes"]),
+            float(p["top_p"]),
+            int(p["top_k"]),
+            float(p["temperature"]),
+            seed,
+            int(p["batch_size"]),
+            progress=(lambda done, total, s=split: progress(s, done, total)) if progress else None,
+        )
     seconds = time.time() - t0
     return {"counts": counts, "seconds": seconds, "prompts_per_s": sum(counts.values()) / max(seconds, 1e-9)}

@@ -4,6 +4,16 @@ from stilts_tui.tasks.data import file_for, labels_for, load_examples, missing_f
 from stilts_tui.tasks.registry import BUILTIN, KINDS, METRICS, TaskDef, get, is_builtin, names
 
 __all__ = [
-    "BUILTIN", "KINDS", "METRICS", "TaskDef", "file_for", "get", "is_builtin", "labels_for",
-    "load_examples", "missing_files", "names", "required_files",
+    "BUILTIN",
+    "KINDS",
+    "METRICS",
+    "TaskDef",
+    "file_for",
+    "get",
+    "is_builtin",
+    "labels_for",
+    "load_examples",
+    "missing_files",
+    "names",
+    "required_files",
 ]

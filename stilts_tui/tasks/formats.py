@@ -26,8 +26,10 @@ def _reading(path: Path, encoding: str = "utf-8") -> Iterator:
         with _open(path, encoding) as f:
             yield f
     except UnicodeDecodeError as e:
-        raise TaskDataError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start} of "
-                            "a read; save the file as UTF-8)") from None
+        raise TaskDataError(
+            f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start} of "
+            "a read; save the file as UTF-8)"
+        ) from None
 
 
 def read_jsonl(path: Path, encoding: str = "utf-8") -> list[dict]:

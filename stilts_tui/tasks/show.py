@@ -21,11 +21,21 @@ def spec_for(task: str, data_dir: Path | None) -> dict:
     t = registry.get(task)
     if data_dir is not None and not data_dir.is_dir():
         raise UserError(f"--data-dir: {data_dir} is not a folder")
-    return {"name": t.name, "kind": t.kind, "labels": list(t.labels) if t.labels else None,
-            "num_choices": t.num_choices, "metric": t.metric, "metrics": list(t.metrics),
-            "hub": list(t.hub) if t.hub else None, "hub_splits": list(t.hub_splits),
-            "data_dir": str(data_dir.resolve()) if data_dir else None, "train_file": None, "dev_file": None,
-            "custom": None, "from_run": None}
+    return {
+        "name": t.name,
+        "kind": t.kind,
+        "labels": list(t.labels) if t.labels else None,
+        "num_choices": t.num_choices,
+        "metric": t.metric,
+        "metrics": list(t.metrics),
+        "hub": list(t.hub) if t.hub else None,
+        "hub_splits": list(t.hub_splits),
+        "data_dir": str(data_dir.resolve()) if data_dir else None,
+        "train_file": None,
+        "dev_file": None,
+        "custom": None,
+        "from_run": None,
+    }
 
 
 def _hub_advice(spec: dict) -> str:
@@ -44,15 +54,21 @@ def examples(spec: dict, split: str, n: int) -> list[dict]:
         raise TaskDataError(f"task '{spec['name']}' has no Hugging Face Hub copy: {_hub_advice(spec)}")
     else:
         if not data.hub_reachable():
-            raise TaskDataError(f"the Hugging Face Hub is unreachable, so task '{spec['name']}' cannot be read "
-                                f"from it; {_hub_advice(spec)}")
+            raise TaskDataError(
+                f"the Hugging Face Hub is unreachable, so task '{spec['name']}' cannot be read "
+                f"from it; {_hub_advice(spec)}"
+            )
     return data.load_examples(spec, split, limit=n)
 
 
 def encode(model: str, kind: str, max_len: int, exs: list[dict]) -> list[dict]:
     """Tokens and ids for each example, from ``model``'s tokenizer (in a process: transformers)."""
-    proc = subprocess.run([sys.executable, "-m", "stilts_tui.modeltools", "encode", model, kind, str(max_len)],
-                          input=json.dumps(exs), capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stilts_tui.modeltools", "encode", model, kind, str(max_len)],
+        input=json.dumps(exs),
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or ["no output"]
         line = lines[-1].removeprefix(PREFIX)
@@ -67,8 +83,15 @@ def records(spec: dict, exs: list[dict], encoded: list[dict]) -> list[dict]:
     for e, enc in zip(exs, encoded, strict=True):
         label = e["label"]
         name = labels[label] if labels and isinstance(label, int) and 0 <= label < len(labels) else None
-        out.append({"text": enc["text"], "label": label, "label_name": name, "input_ids": enc["input_ids"],
-                    "tokens": enc["tokens"]})
+        out.append(
+            {
+                "text": enc["text"],
+                "label": label,
+                "label_name": name,
+                "input_ids": enc["input_ids"],
+                "tokens": enc["tokens"],
+            }
+        )
     return out
 
 
@@ -85,8 +108,11 @@ def render(spec: dict, recs: list[dict]) -> str:
         for j, (pair, cid, ctok) in enumerate(zip(choices, ids, tokens, strict=True)):
             head = f"  choice {j}: " if mc else "  "
             a, b = pair
-            lines.append(head + json.dumps(a, ensure_ascii=False) + ("" if b is None else
-                                                                    " | " + json.dumps(b, ensure_ascii=False)))
+            lines.append(
+                head
+                + json.dumps(a, ensure_ascii=False)
+                + ("" if b is None else " | " + json.dumps(b, ensure_ascii=False))
+            )
             lines.append("    tokens " + " ".join(ctok))
             lines.append("    ids    " + " ".join(map(str, cid)))
     return "\n".join(lines)

@@ -19,17 +19,32 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m stilts_tui.train", description=__doc__.splitlines()[0])
     ap.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     ap.add_argument("--device", default=os.environ.get("STILTS_DEVICE", "auto"), help="auto | cpu | cuda")
-    ap.add_argument("--compile", default=os.environ.get("STILTS_COMPILE", "auto"),
-                    choices=("auto", "off", "cudagraphs", "inductor"))
-    ap.add_argument("--pad", default=os.environ.get("STILTS_PAD", "auto"),
-                    choices=("auto", "max", "buckets", "longest"))
-    ap.add_argument("--group", default=os.environ.get("STILTS_GROUP", "auto"), choices=("auto", "on", "off"),
-                    help="length-grouped batches: auto (the spec's batching), on, off (uniformly random)")
+    ap.add_argument(
+        "--compile", default=os.environ.get("STILTS_COMPILE", "auto"), choices=("auto", "off", "cudagraphs", "inductor")
+    )
+    ap.add_argument(
+        "--pad", default=os.environ.get("STILTS_PAD", "auto"), choices=("auto", "max", "buckets", "longest")
+    )
+    ap.add_argument(
+        "--group",
+        default=os.environ.get("STILTS_GROUP", "auto"),
+        choices=("auto", "on", "off"),
+        help="length-grouped batches: auto (the spec's batching), on, off (uniformly random)",
+    )
     ap.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"))
-    ap.add_argument("--dropout-streams", default="member", choices=("member", "one"),
-                    help="fused arrays, eager: each member draws its run's own dropout masks, or one stream for all")
-    ap.add_argument("--fuse", type=int, default=int(os.environ.get("STILTS_FUSE", "0") or 0), metavar="K",
-                    help="train runs of one shape as arrays of up to K runs (0 or 1: each run alone)")
+    ap.add_argument(
+        "--dropout-streams",
+        default="member",
+        choices=("member", "one"),
+        help="fused arrays, eager: each member draws its run's own dropout masks, or one stream for all",
+    )
+    ap.add_argument(
+        "--fuse",
+        type=int,
+        default=int(os.environ.get("STILTS_FUSE", "0") or 0),
+        metavar="K",
+        help="train runs of one shape as arrays of up to K runs (0 or 1: each run alone)",
+    )
     return ap
 
 
@@ -65,14 +80,24 @@ def main(argv: list[str] | None = None) -> int:
             statuses.append("failed")
     dirs = [d for d in args.run_dirs if d.is_dir()]
     if device.type == "cuda" and not torch.cuda.is_available():  # never train a GPU placement on the CPU
-        why = (f"CUDA is not available in this process (CUDA_VISIBLE_DEVICES="
-               f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); a run placed on a GPU trains there or not at all")
+        why = (
+            f"CUDA is not available in this process (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); a run placed on a GPU trains there or not at all"
+        )
         for d in dirs:
             fail_run(Worker(Settings(device=torch.device("cpu"))), d, why)
         report(Failure(why), prog=PROG)
         return 1
-    worker = Worker(Settings(device=device, compile=args.compile, pad=args.pad, attn=args.attn, group=args.group,
-                             dropout_streams=args.dropout_streams))
+    worker = Worker(
+        Settings(
+            device=device,
+            compile=args.compile,
+            pad=args.pad,
+            attn=args.attn,
+            group=args.group,
+            dropout_streams=args.dropout_streams,
+        )
+    )
     groups = fused.arrays(dirs, args.fuse) if args.fuse > 1 else [[d] for d in dirs]
     for group in groups:
         if len(group) > 1 and fused.can_fuse(group[0]):

@@ -76,14 +76,20 @@ def encode_pairs(tok, firsts: list[str], seconds: list[str], max_len: int) -> di
         backend.no_truncation()
     out: dict[str, list] = {"input_ids": [], "token_type_ids": []}
     if backend is None:  # a slow tokenizer: its own python joins
-        for x, y in zip(tok(firsts, add_special_tokens=False)["input_ids"],
-                        tok(seconds, add_special_tokens=False)["input_ids"], strict=True):
+        for x, y in zip(
+            tok(firsts, add_special_tokens=False)["input_ids"],
+            tok(seconds, add_special_tokens=False)["input_ids"],
+            strict=True,
+        ):
             x, y = truncate_pair(x, y, budget)
             out["input_ids"].append(tok.build_inputs_with_special_tokens(x, y))
             out["token_type_ids"].append(tok.create_token_type_ids_from_sequences(x, y))
         return out
-    for x, y in zip(backend.encode_batch(firsts, add_special_tokens=False),
-                    backend.encode_batch(seconds, add_special_tokens=False), strict=True):
+    for x, y in zip(
+        backend.encode_batch(firsts, add_special_tokens=False),
+        backend.encode_batch(seconds, add_special_tokens=False),
+        strict=True,
+    ):
         n1, n2 = (len(t) for t in truncate_pair(x.ids, y.ids, budget))
         x.truncate(n1)
         y.truncate(n2)
@@ -105,8 +111,11 @@ def _tokenize_fn(tok, kind: str, max_len: int):
         if any(x is None for x in b):  # mixed: encode one by one
             out: dict[str, list] = {k: [] for k in keys}
             for x, y in zip(a, b, strict=True):
-                e = (tok(x, truncation=True, max_length=max_len) if y is None else
-                     {k: v[0] for k, v in encode_pairs(tok, [x], [_fill_sep(y, sep)], max_len).items()})
+                e = (
+                    tok(x, truncation=True, max_length=max_len)
+                    if y is None
+                    else {k: v[0] for k, v in encode_pairs(tok, [x], [_fill_sep(y, sep)], max_len).items()}
+                )
                 for k in keys:
                     out[k].append(e[k])
             return out
@@ -159,8 +168,16 @@ def _to_arrays(ds, kind: str, max_len: int, pad_id: int) -> Split:
 _MEMORY: dict[str, Split] = {}
 
 
-def load_split(spec: dict, split: str, tok, tok_fp: str, max_len: int, cache_root: Path,
-               limit: int | None = None, labels: list[str] | None = None) -> Split:
+def load_split(
+    spec: dict,
+    split: str,
+    tok,
+    tok_fp: str,
+    max_len: int,
+    cache_root: Path,
+    limit: int | None = None,
+    labels: list[str] | None = None,
+) -> Split:
     """The tokenized split, from memory, the on-disk cache, or tokenized now (and cached)."""
     key = cache_key(spec, split, tok_fp, max_len, limit)
     if key in _MEMORY:
@@ -176,8 +193,15 @@ def load_split(spec: dict, split: str, tok, tok_fp: str, max_len: int, cache_roo
             ds = datasets.Dataset.from_list(examples)
             # the cache key names the result: no fingerprint of the function and tokenizer (dill-hashing
             # them took seconds a split for a file datasets never writes here)
-            ds = ds.map(_tokenize_fn(tok, spec["kind"], max_len), batched=True, batch_size=1000,
-                        remove_columns=["a", "b"], load_from_cache_file=False, desc=None, new_fingerprint=key)
+            ds = ds.map(
+                _tokenize_fn(tok, spec["kind"], max_len),
+                batched=True,
+                batch_size=1000,
+                remove_columns=["a", "b"],
+                load_from_cache_file=False,
+                desc=None,
+                new_fingerprint=key,
+            )
             tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
             ds.save_to_disk(str(tmp))
             os.replace(tmp, folder)
@@ -197,8 +221,9 @@ def buckets_for(max_len: int, n: int = 4, multiple: int = 8) -> list[int]:
     return [b for b in out if b > 0]
 
 
-def train_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, batching: str,
-                buckets: list[int]) -> list[np.ndarray]:
+def train_order(
+    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, batching: str, buckets: list[int]
+) -> list[np.ndarray]:
     """One epoch's batches of example indices, seeded by (seed, epoch).
 
     ``random``: uniformly random batches (the reference's RandomSampler), the last one short.

@@ -40,8 +40,10 @@ warnings.filterwarnings("ignore", message="grad and param do not obey the gradie
 
 
 def supported(config) -> bool:
-    return getattr(config, "model_type", None) in FAMILIES and getattr(config, "position_embedding_type",
-                                                                       "absolute") == "absolute"
+    return (
+        getattr(config, "model_type", None) in FAMILIES
+        and getattr(config, "position_embedding_type", "absolute") == "absolute"
+    )
 
 
 def can_fuse(run_dir: Path) -> bool:
@@ -70,8 +72,9 @@ class MemberStreams:
     def __init__(self, seeds: list[int], device: torch.device):
         # only the generator of the device the masks are drawn on (dropout on CUDA never reads the CPU's)
         if device.type == "cuda":
-            self.gen = torch.cuda.default_generators[device.index if device.index is not None
-                                                     else torch.cuda.current_device()]
+            self.gen = torch.cuda.default_generators[
+                device.index if device.index is not None else torch.cuda.current_device()
+            ]
         else:
             self.gen = torch.default_generator
         self.states = []
@@ -188,8 +191,15 @@ class FusedEncoder:
         for i in range(k):
             own = min(self.lengths[i], t) if self.lengths is not None else t
             rows = slice(i * n, (i + 1) * n)
-            ctx = self.streams.draw(i, F.scaled_dot_product_attention, q[rows, :, :own], kk[rows, :, :own],
-                                    v[rows, :, :own], attn_mask=attn_mask[rows, ..., :own], dropout_p=p)
+            ctx = self.streams.draw(
+                i,
+                F.scaled_dot_product_attention,
+                q[rows, :, :own],
+                kk[rows, :, :own],
+                v[rows, :, :own],
+                attn_mask=attn_mask[rows, ..., :own],
+                dropout_p=p,
+            )
             out.append(F.pad(ctx, (0, 0, 0, t - own)) if own < t else ctx)
         return torch.cat(out)
 
@@ -215,8 +225,11 @@ class FusedEncoder:
         else:
             pos = torch.arange(t, device=ids.device).expand(k, n, t)
         e = f"{pre}.embeddings"
-        x = (self._embed(f"{e}.word_embeddings.weight", ids) + self._embed(f"{e}.token_type_embeddings.weight", types)
-             + self._embed(f"{e}.position_embeddings.weight", pos)).reshape(k, n * t, -1)
+        x = (
+            self._embed(f"{e}.word_embeddings.weight", ids)
+            + self._embed(f"{e}.token_type_embeddings.weight", types)
+            + self._embed(f"{e}.position_embeddings.weight", pos)
+        ).reshape(k, n * t, -1)
         x = self._drop(self._ln(x, f"{e}.LayerNorm"), cfg.hidden_dropout_prob, t)
 
         heads = cfg.num_attention_heads
@@ -241,8 +254,9 @@ class FusedEncoder:
             x = self._ln(h + x, f"{layer}.output.LayerNorm")
 
         first = x.view(k, n, t, -1)[:, :, 0]  # the <s> / [CLS] token of each sequence: [K, N, H]
-        drop = cfg.classifier_dropout if getattr(cfg, "classifier_dropout", None) is not None \
-            else cfg.hidden_dropout_prob
+        drop = (
+            cfg.classifier_dropout if getattr(cfg, "classifier_dropout", None) is not None else cfg.hidden_dropout_prob
+        )
         if self.roberta and self.kind == "multiple_choice":  # RobertaForMultipleChoice (and XLM-R's,
             drop = cfg.hidden_dropout_prob  # CamemBERT's) ignore classifier_dropout, unlike BERT's heads
         if f"{pre}.pooler.dense.weight" in self.p:  # BERT heads, and RoBERTa's multiple-choice head
@@ -285,7 +299,7 @@ def _adamw(W, G, m, v, t, lr0, warm, wd, total: float, n_decay: int, b1: float, 
     """One AdamW update of every run: torch's AdamW arithmetic, each row with its own lr and decay."""
     lr = _schedule_lr(t, lr0, warm, total)
     t.add_(1)
-    bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+    bc1, bc2 = 1 - b1**t, 1 - b2**t
     W[:, :n_decay].mul_((1 - lr * wd).unsqueeze(1))
     m.lerp_(G, 1 - b1)
     v.mul_(b2).addcmul_(G, G, value=1 - b2)
@@ -306,9 +320,17 @@ class ArrayAdamW:
     alone). A step is a few whole-buffer operations whatever the number of parameters (one kernel when
     compiled), and the schedule is computed on the device: no host sync, no copy from the host."""
 
-    def __init__(self, model: FusedEncoder, weight_decay: list[float], lr: list[float] | None = None,
-                 warmup: list[int] | None = None, total: int = 1, compiled: bool = False,
-                 betas=(0.9, 0.999), eps: float = 1e-8):
+    def __init__(
+        self,
+        model: FusedEncoder,
+        weight_decay: list[float],
+        lr: list[float] | None = None,
+        warmup: list[int] | None = None,
+        total: int = 1,
+        compiled: bool = False,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+    ):
         self.model, self.betas, self.eps, self.total = model, betas, eps, float(total)
         device = model.W.device
         k = model.k
@@ -349,8 +371,22 @@ class ArrayAdamW:
     def step(self) -> None:
         """One update with the runs' scheduled learning rates."""
         b1, b2 = self.betas
-        self._run("_step", self.model.W, self.model.G, self.m, self.v, self.t, self.lr0, self.warm, self.wd,
-                  self.total, self.model.n_decay, b1, b2, self.eps)
+        self._run(
+            "_step",
+            self.model.W,
+            self.model.G,
+            self.m,
+            self.v,
+            self.t,
+            self.lr0,
+            self.warm,
+            self.wd,
+            self.total,
+            self.model.n_decay,
+            b1,
+            b2,
+            self.eps,
+        )
 
     def zero_grad(self) -> None:
         self.model.G.zero_()
@@ -361,12 +397,10 @@ class ArrayEngine:
 
     fill_to = None
 
-    def __init__(self, prep: Prepared, members: list[Member], states: list[dict], setup: Setup, hooks: Hooks,
-                 device):
+    def __init__(self, prep: Prepared, members: list[Member], states: list[dict], setup: Setup, hooks: Hooks, device):
         module = prep.model.module
         if not supported(module.config):
-            raise UserError(f"fused training covers {', '.join(FAMILIES)} encoders, not "
-                            f"'{module.config.model_type}'")
+            raise UserError(f"fused training covers {', '.join(FAMILIES)} encoders, not '{module.config.model_type}'")
         if len({m.schedule.total for m in members}) != 1:
             raise UserError("the runs of a fused array must have the same number of steps")
         self.fused = self.encoder(prep, members, states, device)
@@ -374,9 +408,14 @@ class ArrayEngine:
         params = [m.spec["params"] for m in members]
         self.members = list(members)
         compiled = setup.compile != "off"
-        self.opt = ArrayAdamW(self.fused, [float(p["weight_decay"]) for p in params],
-                              [float(p["lr"]) for p in params], [m.schedule.warmup for m in members],
-                              members[0].schedule.total, compiled=compiled and hooks.backend() is None)
+        self.opt = ArrayAdamW(
+            self.fused,
+            [float(p["weight_decay"]) for p in params],
+            [float(p["lr"]) for p in params],
+            [m.schedule.warmup for m in members],
+            members[0].schedule.total,
+            compiled=compiled and hooks.backend() is None,
+        )
         # no CUDA graphs: the stacked weights are graph inputs, and a graph would copy them every step
         self.loss_fn = self.fused.loss
         if compiled:
@@ -395,8 +434,7 @@ class ArrayEngine:
         self.loss_fn, self.mode = self.fused.loss, "off"
 
     def loss(self, parts: list, amp) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, types, mask, y, w = (None if parts[0][j] is None else torch.stack([q[j] for q in parts])
-                                  for j in range(5))
+        ids, types, mask, y, w = (None if parts[0][j] is None else torch.stack([q[j] for q in parts]) for j in range(5))
         if self.fused.streams is not None:  # eager: the members' own lengths decide their masks
             self.fused.lengths = getattr(parts, "lengths", None)
         return self.loss_fn(ids, types, mask, y, w, amp)

@@ -49,8 +49,9 @@ class FusedLora(FusedEncoder):
     def _ln(self, x: torch.Tensor, name: str) -> torch.Tensor:
         if name + ".weight" in self.p:
             return super()._ln(x, name)
-        return F.layer_norm(x, x.shape[-1:], self.base[name + ".weight"], self.base[name + ".bias"],
-                            eps=self.config.layer_norm_eps)
+        return F.layer_norm(
+            x, x.shape[-1:], self.base[name + ".weight"], self.base[name + ".bias"], eps=self.config.layer_norm_eps
+        )
 
     def _embed(self, name: str, ids: torch.Tensor) -> torch.Tensor:
         if name in self.p:
@@ -76,11 +77,17 @@ class LoraArrayEngine(ArrayEngine):
     def encoder(self, prep: Prepared, members: list[Member], states: list[dict], device) -> FusedLora:
         module = prep.model.module
         if not supported(module.config):
-            raise UserError(f"fused LoRA arrays cover {', '.join(FAMILIES)} encoders, not "
-                            f"'{module.config.model_type}'")
+            raise UserError(f"fused LoRA arrays cover {', '.join(FAMILIES)} encoders, not '{module.config.model_type}'")
         self.cfg = lora.settings(members[0].spec)
         return FusedLora(module, prep.kind, self.cfg, states, device)
 
     def save(self, i: int, folder, prep: Prepared) -> None:
-        lora.save_checkpoint(prep.model.module.config, self.fused.state(i), self.fused.adapter(i), self.cfg, prep.tok,
-                             folder, prep.labels)
+        lora.save_checkpoint(
+            prep.model.module.config,
+            self.fused.state(i),
+            self.fused.adapter(i),
+            self.cfg,
+            prep.tok,
+            folder,
+            prep.labels,
+        )

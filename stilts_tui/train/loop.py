@@ -33,8 +33,18 @@ from stilts_tui.train import data, transfer
 from stilts_tui.train.events import RunLog, write_result
 from stilts_tui.train.step import Hooks, Parts, Setup, StepLog, is_oom, live_tensor_mb, make_batch, resolve_setup
 
-_VOLATILE = {"_name_or_path", "architectures", "id2label", "label2id", "problem_type", "transformers_version",
-             "dtype", "torch_dtype", "num_labels", "_attn_implementation_autoset"}
+_VOLATILE = {
+    "_name_or_path",
+    "architectures",
+    "id2label",
+    "label2id",
+    "problem_type",
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "num_labels",
+    "_attn_implementation_autoset",
+}
 
 
 class SpecError(UserError):
@@ -181,8 +191,10 @@ def read_spec(run_dir: Path) -> dict:
         raise SpecError(f"{path}: 'params' and 'task' must be JSON objects")
     missing = missing_params(spec)
     if missing:
-        raise SpecError(f"{path}: params lacks {', '.join(missing)} (a plan's expansion writes every training "
-                        "default into spec.json: `queue add` its plan again, or add them)")
+        raise SpecError(
+            f"{path}: params lacks {', '.join(missing)} (a plan's expansion writes every training "
+            "default into spec.json: `queue add` its plan again, or add them)"
+        )
     for key in ("batch_size", "epochs", "max_len"):
         if not isinstance(spec["params"].get(key), int) or isinstance(spec["params"].get(key), bool):
             raise SpecError(f"{path}: params.{key} must be an integer, not {spec['params'].get(key)!r}")
@@ -228,8 +240,14 @@ class Prepared:
     location: str
 
 
-def prepare(worker: Worker, run_dir: Path, spec: dict, log: RunLog, same_data: Prepared | None = None,
-            dump_weights: bool = False) -> Prepared:
+def prepare(
+    worker: Worker,
+    run_dir: Path,
+    spec: dict,
+    log: RunLog,
+    same_data: Prepared | None = None,
+    dump_weights: bool = False,
+) -> Prepared:
     """Tokenized data (cached) and the shared model with this run's starting weights copied in.
     ``same_data``: a run of the same task, tokenizer and lengths (a fused array): its data is reused."""
     p = spec["params"]
@@ -261,14 +279,18 @@ def prepare(worker: Worker, run_dir: Path, spec: dict, log: RunLog, same_data: P
     std = getattr(module.config, "initializer_range", 0.02)
     transfer.apply(module, source, taken, new, int(spec["seed"]), std)
     src_name = spec["model"].get("parent") or spec["model"]["name"]
-    log.line(f"model {spec['model']['name']} ({kind}, {n_out if kind != 'multiple_choice' else 'choice'} outputs) "
-             f"from {src_name}: {len(taken)} weights loaded, {len(new)} new: {', '.join(new) or 'none'}")
+    log.line(
+        f"model {spec['model']['name']} ({kind}, {n_out if kind != 'multiple_choice' else 'choice'} outputs) "
+        f"from {src_name}: {len(taken)} weights loaded, {len(new)} new: {', '.join(new) or 'none'}"
+    )
     log.event("transfer", source=src_name, loaded=len(taken), new=new)
     if dump_weights:
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
-                  str(run_dir / "initial_weights.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+            str(run_dir / "initial_weights.safetensors"),
+        )
     return Prepared(tok, labels, train, dev, kind, n_out, model, location)
 
 
@@ -340,7 +362,7 @@ class AloneEngine:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, member.schedule.factor)
         self.scaler = torch.amp.GradScaler(enabled=setup.amp == torch.float16)
         if self.scaler.is_enabled() and setup.clip == "micro_batch":
-            raise UserError("clip = \"micro_batch\" is not available with fp16 (loss scaling unscales once a step)")
+            raise UserError('clip = "micro_batch" is not available with fp16 (loss scaling unscales once a step)')
         self.loss_fn = self.model.loss_fn(setup, hooks.backend())
         self.mode = setup.compile
         self.fill_to = int(p["batch_size"]) if self.mode != "off" else None  # few shapes when compiled
@@ -467,8 +489,9 @@ def _train_members(worker: Worker, members: list[Member], fuse: bool) -> None:
     states = []
     for m in members:
         try:
-            prep = prepare(worker, m.dir, m.spec, m.log, same_data=prep if fuse else None,
-                           dump_weights=hooks.dump_initial_weights)
+            prep = prepare(
+                worker, m.dir, m.spec, m.log, same_data=prep if fuse else None, dump_weights=hooks.dump_initial_weights
+            )
             m.schedule = Schedule.of(m.spec["params"], len(prep.train))
             if fuse and lora_cfg:  # a member owns its head and adapter; the frozen encoder is shared
                 states.append(lora.member_state(prep.model.module, m.spec))
@@ -480,8 +503,7 @@ def _train_members(worker: Worker, members: list[Member], fuse: bool) -> None:
     if not joined:
         return
     p0 = joined[0].spec["params"]
-    setup = resolve_setup(worker.s, p0, int(p0["grad_accum"]), joined[0].schedule.total,
-                          fused=bool(fuse))
+    setup = resolve_setup(worker.s, p0, int(p0["grad_accum"]), joined[0].schedule.total, fused=bool(fuse))
     if fuse and lora_cfg:
         from stilts_tui.train import fused_lora
 
@@ -524,8 +546,9 @@ def fit(worker: Worker, members: list[Member], engine, prep: Prepared, setup: Se
     step = 0
     window: list[list] = []  # this step's micro-batches (replayed if the compiled backward fails)
     for epoch in range(1, sched.epochs + 1):
-        orders = [data.train_order(prep.train.lengths, bs, int(m.spec["seed"]), epoch, setup.batching, buckets)
-                  for m in live]
+        orders = [
+            data.train_order(prep.train.lengths, bs, int(m.spec["seed"]), epoch, setup.batching, buckets) for m in live
+        ]
         for b in range(len(orders[0])):
             # a run alone too: a cancel that found it still waiting may land just as it began
             live, orders = _drop_cancelled(worker, engine, steplog, live, orders)
@@ -561,13 +584,22 @@ def fit(worker: Worker, members: list[Member], engine, prep: Prepared, setup: Se
 def _log_begin(members, prep, setup, sched, bs, accum, device) -> None:
     others = len(members) - 1
     for m in members:
-        m.log.line(f"train {len(prep.train)} / dev {len(prep.dev)} examples, {sched.epochs} epochs x "
-                   f"{sched.steps_per_epoch} steps = {sched.total}, batch {bs}x{accum}, lr {m.spec['params']['lr']}, "
-                   f"warmup {m.schedule.warmup} steps, {device.type} {setup.line()}"
-                   + (f", fused with {others} other runs" if others else ""))
-        m.log.event("begin", total_steps=sched.total, epochs=sched.epochs, n_train=len(prep.train),
-                    n_dev=len(prep.dev), device=device.type, setup=setup.record(),
-                    **({"fused": len(members)} if others else {}))
+        m.log.line(
+            f"train {len(prep.train)} / dev {len(prep.dev)} examples, {sched.epochs} epochs x "
+            f"{sched.steps_per_epoch} steps = {sched.total}, batch {bs}x{accum}, lr {m.spec['params']['lr']}, "
+            f"warmup {m.schedule.warmup} steps, {device.type} {setup.line()}"
+            + (f", fused with {others} other runs" if others else "")
+        )
+        m.log.event(
+            "begin",
+            total_steps=sched.total,
+            epochs=sched.epochs,
+            n_train=len(prep.train),
+            n_dev=len(prep.dev),
+            device=device.type,
+            setup=setup.record(),
+            **({"fused": len(members)} if others else {}),
+        )
 
 
 def _micro_step(engine, parts, window, setup: Setup, accum: int, live: list[Member]) -> torch.Tensor:
@@ -599,14 +631,17 @@ def _micro_step(engine, parts, window, setup: Setup, accum: int, live: list[Memb
 def _fallback(engine, live: list[Member], where: str, e: Exception) -> None:
     why = f"{where}: {type(e).__name__}: {first_line(e, 200)}"
     for m in live:
-        m.log.line(f"compile {engine.mode} failed in the {why.split(': ', 1)[0]} ({why.split(': ', 1)[1]}); "
-                   "going on without compilation")
+        m.log.line(
+            f"compile {engine.mode} failed in the {why.split(': ', 1)[0]} ({why.split(': ', 1)[1]}); "
+            "going on without compilation"
+        )
         m.result["compile_fallback"] = why
     engine.disable_compile()
 
 
-def _drop(worker: Worker, engine, steplog: StepLog, live: list[Member], gone: list[Member], status: str,
-          why: str) -> list[int]:
+def _drop(
+    worker: Worker, engine, steplog: StepLog, live: list[Member], gone: list[Member], status: str, why: str
+) -> list[int]:
     rows = [i for i, m in enumerate(live) if m not in gone]
     for m in gone:
         m.finish(worker, status, why)
@@ -628,8 +663,15 @@ def _drop_diverged(worker, engine, steplog, live, orders, means: list[float], st
     """Runs whose training loss is no longer finite fail (read at each log line: no sync a step); in an
     array the others go on (their rows and weights never meet the diverged run's)."""
     gone = [m for m, x in zip(live, means, strict=True) if not math.isfinite(x)]
-    rows = _drop(worker, engine, steplog, live, gone, "failed", f"diverged: training loss {means[live.index(gone[0])]} "
-                 f"by step {step}")
+    rows = _drop(
+        worker,
+        engine,
+        steplog,
+        live,
+        gone,
+        "failed",
+        f"diverged: training loss {means[live.index(gone[0])]} by step {step}",
+    )
     return [live[i] for i in rows], [orders[i] for i in rows]
 
 
@@ -658,8 +700,9 @@ def _primary(m: Member) -> str:
     return m.spec["task"].get("metric", "acc")
 
 
-def evaluate(engine, split: data.Split, batch_size: int, setup: Setup, max_len: int, buckets, device,
-             kind: str) -> np.ndarray:
+def evaluate(
+    engine, split: data.Split, batch_size: int, setup: Setup, max_len: int, buckets, device, kind: str
+) -> np.ndarray:
     """Every run's predictions on ``split`` [K, N] (the inputs are shared by the runs of an array)."""
     engine.train(False)
     preds = np.zeros((engine.k, len(split)), dtype=np.float32 if kind == "regression" else np.int64)
@@ -688,12 +731,23 @@ def _summarise(worker, engine, live, prep, setup: Setup, steplog: StepLog, step:
             scores = [x[_primary(m)] for x in m.epoch_metrics]
             best = int(np.argmax(scores)) + 1
             how = f", fused ({len(live)} runs at the end)" if setup.fused else ""
-            m.log.line(f"done: {_primary(m)} {scores[-1]:.4f} (last epoch; best {max(scores):.4f} at epoch {best}) "
-                       f"in {duration(seconds)}, {rate:.1f} samples/s{how}")
-            m.result.update(metrics=m.epoch_metrics[-1], score=scores[-1], best_epoch=best, best_score=max(scores),
-                            epoch_metrics=m.epoch_metrics, train_seconds=round(seconds, 3),
-                            samples_per_s=round(rate, 2), steps=step, compile=engine.mode, pad=setup.pad,
-                            setup=setup.record())
+            m.log.line(
+                f"done: {_primary(m)} {scores[-1]:.4f} (last epoch; best {max(scores):.4f} at epoch {best}) "
+                f"in {duration(seconds)}, {rate:.1f} samples/s{how}"
+            )
+            m.result.update(
+                metrics=m.epoch_metrics[-1],
+                score=scores[-1],
+                best_epoch=best,
+                best_score=max(scores),
+                epoch_metrics=m.epoch_metrics,
+                train_seconds=round(seconds, 3),
+                samples_per_s=round(rate, 2),
+                steps=step,
+                compile=engine.mode,
+                pad=setup.pad,
+                setup=setup.record(),
+            )
             if setup.fused:
                 m.result["fused"] = setup.fused
             m.finish(worker, "done", None)

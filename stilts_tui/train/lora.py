@@ -25,9 +25,14 @@ from stilts_tui.errors import TaskDataError
 from stilts_tui.train.loop import AloneEngine, Member, Model, Prepared, Worker
 
 # the plan's target names -> the linear layer of each encoder layer (BERT/RoBERTa naming)
-LAYERS = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
-          "attention_output": "attention.output.dense", "intermediate": "intermediate.dense",
-          "output": "output.dense"}
+LAYERS = {
+    "query": "attention.self.query",
+    "key": "attention.self.key",
+    "value": "attention.self.value",
+    "attention_output": "attention.output.dense",
+    "intermediate": "intermediate.dense",
+    "output": "output.dense",
+}
 ADAPTER_FILE = "lora_adapter.safetensors"  # "<layer>.lora_A" [r, in] and "<layer>.lora_B" [out, r]
 ADAPTER_CONFIG = "lora.json"
 _A_SEED_OFFSET = 7919  # A's generator is not the head's (transfer.apply seeds that one with the seed itself)
@@ -79,8 +84,10 @@ def starting_adapter(module: torch.nn.Module, spec: dict) -> dict[str, torch.Ten
 
         path = Path(spec["model"]["path"]) / ADAPTER_FILE
         if not path.is_file():
-            raise TaskDataError(f"parent run {spec['model'].get('parent')} left no adapter ({path}): "
-                                'transfer = "adapter" needs a LoRA intermediate')
+            raise TaskDataError(
+                f"parent run {spec['model'].get('parent')} left no adapter ({path}): "
+                'transfer = "adapter" needs a LoRA intermediate'
+            )
         adapter = load_file(str(path), device="cpu")
         want = initial_adapter(module, cfg, 0)
         if {k: v.shape for k, v in adapter.items()} != {k: v.shape for k, v in want.items()}:
@@ -101,8 +108,9 @@ def source(worker: Worker, spec: dict, prefix: str) -> dict[str, torch.Tensor]:
     return {**{k: v for k, v in base.items() if not k.startswith("pooler.")}, **heads}
 
 
-def merged_state(module_state: dict[str, torch.Tensor], adapter: dict[str, torch.Tensor], factor: float
-                 ) -> dict[str, torch.Tensor]:
+def merged_state(
+    module_state: dict[str, torch.Tensor], adapter: dict[str, torch.Tensor], factor: float
+) -> dict[str, torch.Tensor]:
     """The full model's weights with the adapter merged in: W + factor * B @ A for each adapted layer."""
     out = {}
     for name, w in module_state.items():
@@ -114,8 +122,7 @@ def merged_state(module_state: dict[str, torch.Tensor], adapter: dict[str, torch
     return out
 
 
-def save_checkpoint(config, state: dict, adapter: dict, cfg: dict, tok, folder: Path,
-                    labels: list[str] | None) -> None:
+def save_checkpoint(config, state: dict, adapter: dict, cfg: dict, tok, folder: Path, labels: list[str] | None) -> None:
     """The merged weights as a Hugging Face folder, and the adapter beside them; written beside the
     folder and renamed into place."""
     from safetensors.torch import save_file
@@ -127,8 +134,9 @@ def save_checkpoint(config, state: dict, adapter: dict, cfg: dict, tok, folder: 
         config.id2label = dict(enumerate(labels))
         config.label2id = {v: k for k, v in config.id2label.items()}
     config.save_pretrained(str(tmp))
-    save_file({k: v.cpu().contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.cpu().contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"}
+    )
     save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, str(tmp / ADAPTER_FILE))
     (tmp / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     tok.save_pretrained(str(tmp))
@@ -154,8 +162,13 @@ class LoraAloneEngine(AloneEngine):
         self.cfg = settings(member.spec)
         self.names = layer_names(module, self.cfg["targets"])
         adapter = starting_adapter(module, member.spec)
-        config = LoraConfig(r=int(self.cfg["r"]), lora_alpha=float(self.cfg["alpha"]),
-                            lora_dropout=float(self.cfg["dropout"]), target_modules=self.names, bias="none")
+        config = LoraConfig(
+            r=int(self.cfg["r"]),
+            lora_alpha=float(self.cfg["alpha"]),
+            lora_dropout=float(self.cfg["dropout"]),
+            target_modules=self.names,
+            bias="none",
+        )
         module = inject_adapter_in_model(config, module)
         prefix = module.base_model_prefix
         with torch.no_grad():

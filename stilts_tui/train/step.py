@@ -100,13 +100,18 @@ def make_batch(split: data.Split, idx: np.ndarray, length: int, device, fill_to:
             types = np.concatenate([types, np.zeros((extra, *types.shape[1:]), dtype=types.dtype)])
         labels = np.concatenate([labels, np.zeros(extra, dtype=labels.dtype)])
         weights = np.concatenate([weights, np.zeros(extra, dtype=np.float32)])
-        ids[len(idx):, ..., 0] = split.ids[idx[0], ..., 0]  # a real first token keeps attention non-empty
+        ids[len(idx) :, ..., 0] = split.ids[idx[0], ..., 0]  # a real first token keeps attention non-empty
     t_ids = torch.from_numpy(ids).to(device, non_blocking=True)
     mask = (t_ids != split.pad_id).long()
     mask[..., 0] = 1
     t_types = torch.from_numpy(types).to(device, non_blocking=True) if types is not None else None
-    return (t_ids, t_types, mask, torch.from_numpy(labels).to(device, non_blocking=True),
-            torch.from_numpy(weights).to(device, non_blocking=True))
+    return (
+        t_ids,
+        t_types,
+        mask,
+        torch.from_numpy(labels).to(device, non_blocking=True),
+        torch.from_numpy(weights).to(device, non_blocking=True),
+    )
 
 
 # ---- failures ---------------------------------------------------------------------------------------
@@ -163,12 +168,15 @@ class Hooks:
         debugs = [s.get("debug") or {} for s in specs]
         ooms = [int(d["oom_at_step"]) for d in debugs if d.get("oom_at_step") is not None]
         kinds = [d.get("compile_fail") for d in debugs if d.get("compile_fail")]
-        return cls(oom_at_step=min(ooms, default=None), oom_once=any(d.get("oom_once") for d in debugs),
-                   oom_kind=next((d["oom_kind"] for d in debugs if d.get("oom_kind")), "torch"),
-                   sleep_per_step=max((float(d.get("sleep_per_step") or 0) for d in debugs), default=0.0),
-                   compile_fail=kinds[0] if kinds else None,
-                   spawn_sleeper=any(d.get("spawn_sleeper") for d in debugs),
-                   dump_initial_weights=any(d.get("dump_initial_weights") for d in debugs))
+        return cls(
+            oom_at_step=min(ooms, default=None),
+            oom_once=any(d.get("oom_once") for d in debugs),
+            oom_kind=next((d["oom_kind"] for d in debugs if d.get("oom_kind")), "torch"),
+            sleep_per_step=max((float(d.get("sleep_per_step") or 0) for d in debugs), default=0.0),
+            compile_fail=kinds[0] if kinds else None,
+            spawn_sleeper=any(d.get("spawn_sleeper") for d in debugs),
+            dump_initial_weights=any(d.get("dump_initial_weights") for d in debugs),
+        )
 
     def after_step(self, step: int, run_dir: Path) -> None:
         if self.sleep_per_step:
@@ -180,8 +188,10 @@ class Hooks:
             return
         marker.touch()
         if self.oom_kind == "runtime":
-            raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)` "
-                               "(test hook: spec debug.oom_at_step)")
+            raise RuntimeError(
+                "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)` "
+                "(test hook: spec debug.oom_at_step)"
+            )
         raise torch.OutOfMemoryError("test hook: CUDA out of memory (spec debug.oom_at_step)")
 
     def backend(self):
@@ -236,10 +246,21 @@ class StepLog:
         self.n = 0
         fused = {"fused": len(self.logs)} if len(self.logs) > 1 else {}
         for log, mean, lr in zip(self.logs, means, lrs, strict=True):
-            log.line(f"epoch {epoch}/{self.epochs} step {step}/{self.total} loss {mean:.4f} lr {lr:.3g} "
-                     f"{rate:.1f} samples/s ETA {duration(eta)}")
-            log.event("step", step=step, total_steps=self.total, epoch=epoch, loss=mean, lr=lr,
-                      samples_per_s=rate, eta_s=eta, **fused)
+            log.line(
+                f"epoch {epoch}/{self.epochs} step {step}/{self.total} loss {mean:.4f} lr {lr:.3g} "
+                f"{rate:.1f} samples/s ETA {duration(eta)}"
+            )
+            log.event(
+                "step",
+                step=step,
+                total_steps=self.total,
+                epoch=epoch,
+                loss=mean,
+                lr=lr,
+                samples_per_s=rate,
+                eta_s=eta,
+                **fused,
+            )
         self.t_mark, self.seen_mark = now, self.seen
         return means
 

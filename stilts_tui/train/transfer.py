@@ -81,8 +81,14 @@ def match(target: torch.nn.Module, source: dict[str, torch.Tensor], transfer: st
 
 
 @torch.no_grad()
-def apply(target: torch.nn.Module, source: dict[str, torch.Tensor], taken: dict[str, str], new: list[str],
-          seed: int, std: float) -> None:
+def apply(
+    target: torch.nn.Module,
+    source: dict[str, torch.Tensor],
+    taken: dict[str, str],
+    new: list[str],
+    seed: int,
+    std: float,
+) -> None:
     """Copy the taken weights in place; initialise the new ones from ``seed`` on the CPU (so a new
     head starts the same on any device): normal(0, std) for matrices, zeros for biases, ones for
     LayerNorm weights — what Hugging Face does for a fresh head."""

@@ -35,16 +35,34 @@ def build_model(folder: Path, size: str = "large", seed: int = 0, dropout: float
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
         special_tokens=[("<s>", 0), ("</s>", 2)],
     )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
-                                   cls_token="<s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+    )
     fast.model_input_names = ["input_ids", "attention_mask"]
     hidden, layers, heads, inter = SIZES[size]
-    config = RobertaConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
-                           num_attention_heads=heads, intermediate_size=inter, max_position_embeddings=514,
-                           pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1)
+    config = RobertaConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=inter,
+        max_position_embeddings=514,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        type_vocab_size=1,
+    )
     if dropout is not None:
         config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
     torch.manual_seed(seed)
@@ -87,19 +105,44 @@ def build_data(folder: Path, n_train: int, n_dev: int, seed: int = 0, median: in
 
 
 def task_spec(train: Path, dev: Path) -> dict:
-    return {"name": "pairs", "kind": "classification", "labels": ["0", "1"], "num_choices": None,
-            "metric": "acc", "metrics": ["acc"], "hub": None, "hub_splits": None, "data_dir": None,
-            "train_file": str(train), "dev_file": str(dev), "from_run": None,
-            "custom": {"format": "jsonl", "kind": "classification", "text_fields": ["s1", "s2"],
-                       "label_field": "label", "labels": ["0", "1"]}}
+    return {
+        "name": "pairs",
+        "kind": "classification",
+        "labels": ["0", "1"],
+        "num_choices": None,
+        "metric": "acc",
+        "metrics": ["acc"],
+        "hub": None,
+        "hub_splits": None,
+        "data_dir": None,
+        "train_file": str(train),
+        "dev_file": str(dev),
+        "from_run": None,
+        "custom": {
+            "format": "jsonl",
+            "kind": "classification",
+            "text_fields": ["s1", "s2"],
+            "label_field": "label",
+            "labels": ["0", "1"],
+        },
+    }
 
 
 def write_run(runs: Path, run_id: str, model_folder: Path, task: dict, params: dict, seed: int) -> Path:
     d = runs / run_id
     d.mkdir(parents=True, exist_ok=True)
-    spec = {"run_id": run_id, "plan": "bench", "stage": "target", "name": "pairs", "intermediate": "none",
-            "task": task, "model": {"source": "path", "name": str(model_folder), "path": str(model_folder)},
-            "params": {**TRAINING_DEFAULTS, **params}, "seed": seed, "parent": None,
-            "keep_checkpoint": False}
+    spec = {
+        "run_id": run_id,
+        "plan": "bench",
+        "stage": "target",
+        "name": "pairs",
+        "intermediate": "none",
+        "task": task,
+        "model": {"source": "path", "name": str(model_folder), "path": str(model_folder)},
+        "params": {**TRAINING_DEFAULTS, **params},
+        "seed": seed,
+        "parent": None,
+        "keep_checkpoint": False,
+    }
     (d / SPEC_FILE).write_text(json.dumps(spec, indent=2))
     return d

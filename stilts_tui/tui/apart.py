@@ -39,8 +39,12 @@ def cancel(root: str, run_ids: list[str], grace: float) -> dict:
     status = {rid: (ledger.get(rid) or {}).get("status") for rid in out.requested if rid not in left}
     # a run that wrote its result before the daemon carried the cancel out keeps it (done, failed)
     kept = {rid: ("ended" if st == "running" else st) for rid, st in status.items() if st != "cancelled"}
-    return {"done": out.done + [rid for rid in status if rid not in kept], "waiting": left, "kept": kept,
-            "daemon": out.daemon}
+    return {
+        "done": out.done + [rid for rid in status if rid not in kept],
+        "waiting": left,
+        "kept": kept,
+        "daemon": out.daemon,
+    }
 
 
 OPS = {"add": add, "cancel": cancel}
@@ -48,8 +52,11 @@ OPS = {"add": add, "cancel": cancel}
 
 def run(op: str, root: Path, **kwargs) -> dict:
     """``OPS[op](root, **kwargs)`` in a child process; its UserError is raised here as a UserError."""
-    proc = subprocess.run([sys.executable, "-m", "stilts_tui.tui.apart", op,
-                           json.dumps({"root": str(root), **kwargs})], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stilts_tui.tui.apart", op, json.dumps({"root": str(root), **kwargs})],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode == 0:
         return json.loads(proc.stdout)
     line = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]

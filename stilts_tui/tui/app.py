@@ -89,8 +89,14 @@ class StiltsApp(App):
         Binding("g", "gpus", "GPUs", id="app.gpus"),
     ]
 
-    def __init__(self, root: Path, keymap: dict[str, str] | None = None, start_daemon: bool = False,
-                 cancel_grace: float = CANCEL_GRACE_S, confirm: bool | None = None):
+    def __init__(
+        self,
+        root: Path,
+        keymap: dict[str, str] | None = None,
+        start_daemon: bool = False,
+        cancel_grace: float = CANCEL_GRACE_S,
+        confirm: bool | None = None,
+    ):
         super().__init__()
         from stilts_tui.tui.screens.confirm import confirm_wanted
 
@@ -127,8 +133,11 @@ class StiltsApp(App):
     def plan_finished(self, event: dict) -> None:
         c = event["counts"]
         self.bell()
-        self.notify(f"plan {event['plan']!r} finished: {c['done']} done, {c['failed']} failed, "
-                    f"{c['cancelled']} cancelled, {c['blocked']} blocked", timeout=30)
+        self.notify(
+            f"plan {event['plan']!r} finished: {c['done']} done, {c['failed']} failed, "
+            f"{c['cancelled']} cancelled, {c['blocked']} blocked",
+            timeout=30,
+        )
 
     @work(thread=True, exclusive=True, group="daemon", exit_on_error=False)
     def ensure_daemon(self) -> None:
@@ -167,8 +176,9 @@ class StiltsApp(App):
             line += "; " + ", ".join(f"{rid} had already ended ({st}): kept" for rid, st in out["kept"].items())
         if out["waiting"]:
             w = len(out["waiting"])
-            line += (f"; {w} running {plural(w, 'run')} wait for the daemon to stop them"
-                     + ("" if out["daemon"] else " (no daemon is running)"))
+            line += f"; {w} running {plural(w, 'run')} wait for the daemon to stop them" + (
+                "" if out["daemon"] else " (no daemon is running)"
+            )
         self.post_message(QueueChanged(line))
 
     @work(thread=True, group="queue-ops", exit_on_error=False, name="retry")
@@ -199,8 +209,9 @@ class StiltsApp(App):
         from stilts_tui.tui import apart
 
         r = apart.run("add", self.root, path=str(path))
-        self.post_message(QueueChanged(f"{r['plan']}: {r['new']} runs queued, "
-                                       f"{r['runs'] - r['new']} already in the ledger"))
+        self.post_message(
+            QueueChanged(f"{r['plan']}: {r['new']} runs queued, {r['runs'] - r['new']} already in the ledger")
+        )
 
     def on_queue_changed(self, message: QueueChanged) -> None:
         self.notify(message.summary)
@@ -216,8 +227,11 @@ class StiltsApp(App):
         if event.state != WorkerState.ERROR:
             return
         error = event.worker.error
-        line = first_line(error) if isinstance(error, UserError) else \
-            f"{event.worker.name} failed: {type(error).__name__}: {first_line(error)}"
+        line = (
+            first_line(error)
+            if isinstance(error, UserError)
+            else f"{event.worker.name} failed: {type(error).__name__}: {first_line(error)}"
+        )
         if group in REPEATING:
             if self._said.get(group) == line:  # a read repeats every few seconds: say its error once
                 return
@@ -242,8 +256,9 @@ class StiltsApp(App):
         if not self.confirm:
             self.exit()
             return
-        self.push_screen(ConfirmScreen("Quit the app? (the daemon and the runs go on)"),
-                         lambda yes: self.exit() if yes else None)
+        self.push_screen(
+            ConfirmScreen("Quit the app? (the daemon and the runs go on)"), lambda yes: self.exit() if yes else None
+        )
 
     def open_logs(self, run_ids: list[str]) -> None:
         from stilts_tui.tui.screens.logs import LogsScreen
@@ -302,15 +317,21 @@ class StiltsApp(App):
         def rows(bindings):
             return [(key_display(self._keymap.get(b.id, b.key)), b.description, b.id or "") for b in bindings]
 
-        return [("everywhere", rows(self.BINDINGS) + [("ctrl+p", "command palette", ""),
-                                                      ("ctrl+u", "clear an input left of the cursor", "")]),
-                ("queue", rows(QueueScreen.BINDINGS)), ("logs", rows(LogsScreen.BINDINGS)),
-                ("scores", rows(ScoresScreen.BINDINGS)), ("plan builder", rows(BuilderScreen.BINDINGS)),
-                ("gpus", rows(GpuScreen.BINDINGS)), ("questions", rows(ConfirmScreen.BINDINGS))]
+        return [
+            (
+                "everywhere",
+                rows(self.BINDINGS)
+                + [("ctrl+p", "command palette", ""), ("ctrl+u", "clear an input left of the cursor", "")],
+            ),
+            ("queue", rows(QueueScreen.BINDINGS)),
+            ("logs", rows(LogsScreen.BINDINGS)),
+            ("scores", rows(ScoresScreen.BINDINGS)),
+            ("plan builder", rows(BuilderScreen.BINDINGS)),
+            ("gpus", rows(GpuScreen.BINDINGS)),
+            ("questions", rows(ConfirmScreen.BINDINGS)),
+        ]
 
     def action_help(self) -> None:
         from stilts_tui.tui.screens.help import HelpScreen
 
         self.push_screen(HelpScreen(self.key_sections()))
-
-

@@ -80,8 +80,9 @@ class ProgressReader:
                 if not isinstance(e, dict):
                     continue
                 if e.get("event") == "step":
-                    prog = Progress(e.get("step", 0), e.get("total_steps", 0), e.get("loss"), e.get("eta_s"),
-                                    prog.began_pid)
+                    prog = Progress(
+                        e.get("step", 0), e.get("total_steps", 0), e.get("loss"), e.get("eta_s"), prog.began_pid
+                    )
                 elif e.get("event") == "begin":
                     prog = Progress(0, e.get("total_steps", 0), began_pid=prog.began_pid)
                 elif e.get("event") == "start":
@@ -103,15 +104,19 @@ def load_snapshot(root: Path, reader: ProgressReader) -> Snapshot:
         shown = "waiting" if r["id"] in waiting else r["status"]
         counts[shown] = counts.get(shown, 0) + 1
     progress = {k: v for k, v in every.items() if v.total and k not in waiting}
-    durations = [r["finished"] - r["started"] for r in runs if r["status"] == "done" and r.get("finished")
-                 and r.get("started")]
+    durations = [
+        r["finished"] - r["started"] for r in runs if r["status"] == "done" and r.get("finished") and r.get("started")
+    ]
     eta = None
     running = [r for r in runs if r["status"] == "running"]
     if durations and (running or counts.get("queued")):
         per = sum(durations) / len(durations)
         slots = max(1, len({r.get("worker") for r in running}))
-        left = max((progress[r["id"]].eta_s or 0) for r in running if r["id"] in progress) if any(
-            r["id"] in progress for r in running) else 0
+        left = (
+            max((progress[r["id"]].eta_s or 0) for r in running if r["id"] in progress)
+            if any(r["id"] in progress for r in running)
+            else 0
+        )
         eta = left + per * (counts.get("queued", 0) + counts.get("waiting", 0)) / slots
     try:
         gpus = gpu_info.list_gpus()
@@ -119,8 +124,17 @@ def load_snapshot(root: Path, reader: ProgressReader) -> Snapshot:
         gpus = []
     from stilts_tui.queue.executors.slurm import stuck_lines
 
-    return Snapshot(runs, progress, gpus, counts, bool(ledger.meta("paused")), eta, problems=stuck_lines(runs),
-                    waiting=waiting, reasons=reasons_of(runs))
+    return Snapshot(
+        runs,
+        progress,
+        gpus,
+        counts,
+        bool(ledger.meta("paused")),
+        eta,
+        problems=stuck_lines(runs),
+        waiting=waiting,
+        reasons=reasons_of(runs),
+    )
 
 
 def waiting_in_workers(running: list[dict], progress: dict[str, Progress]) -> dict[str, int]:

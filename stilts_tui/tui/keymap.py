@@ -30,10 +30,10 @@ def load_keymap(path: Path | None = None) -> dict[str, str]:
         raise UserError(f"{path}: cannot read the keymap ({e.strerror or e})") from None
     keys = data.get("keys", data)
     if not isinstance(keys, dict):
-        raise UserError(f"{path}: 'keys' is {type(keys).__name__}; expected a table of \"binding.id\" = \"key\"")
+        raise UserError(f'{path}: \'keys\' is {type(keys).__name__}; expected a table of "binding.id" = "key"')
     bad = [k for k, v in keys.items() if not isinstance(v, str)]
     if bad:
-        raise UserError(f"{path}: key '{bad[0]}': expected a key name like \"x\" or \"ctrl+x\"")
+        raise UserError(f'{path}: key \'{bad[0]}\': expected a key name like "x" or "ctrl+x"')
     return dict(keys)
 
 

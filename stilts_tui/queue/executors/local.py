@@ -27,16 +27,25 @@ if TYPE_CHECKING:
     from stilts_tui.queue.daemon import Daemon
 
 
-def launch(run_dirs: list[Path], env: dict[str, str], log_path: Path, module: str = "stilts_tui.train",
-           args: list[str] | None = None) -> tuple[int, float]:
+def launch(
+    run_dirs: list[Path],
+    env: dict[str, str],
+    log_path: Path,
+    module: str = "stilts_tui.train",
+    args: list[str] | None = None,
+) -> tuple[int, float]:
     """Start ``python -m MODULE [ARGS] RUN_DIR...`` (the trainer, or the synthesis) in its own session;
     (pid, start time)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(  # an argument list, never a shell
             [sys.executable, "-m", module, *(args or []), *map(str, run_dirs)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, **env}, cwd=str(run_dirs[0].parent),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **env},
+            cwd=str(run_dirs[0].parent),
         )
     _CHILDREN[proc.pid] = proc
     return proc.pid, process_start(proc.pid) or time.time()
@@ -183,8 +192,13 @@ class LocalExecutor:
         return changes
 
     def _finished(self, r: dict, res: dict, stats: dict) -> dict:
-        fields = {"finished": time.time(), "score": checks.clean_score(res.get("score")),
-                  "error": res.get("error"), "peak_gpu_mem_gb": res.get("peak_gpu_mem_gb"), "pid": None}
+        fields = {
+            "finished": time.time(),
+            "score": checks.clean_score(res.get("score")),
+            "error": res.get("error"),
+            "peak_gpu_mem_gb": res.get("peak_gpu_mem_gb"),
+            "pid": None,
+        }
         if res["status"] == "oom" and not r.get("alone"):
             fields.update(self._after_oom(r))
             stats["requeued"] += 1
@@ -212,11 +226,16 @@ class LocalExecutor:
         k = r.get("fused") or 0
         half = k // 2
         if half >= 2:
-            self.d.log(f"{r['id']}: out of memory in an array of {k} on GPU {r.get('gpu')}; requeued for arrays "
-                       f"of at most {half}")
+            self.d.log(
+                f"{r['id']}: out of memory in an array of {k} on GPU {r.get('gpu')}; requeued for arrays "
+                f"of at most {half}"
+            )
             return {"status": "queued", "gpu": None, "fuse_max": half}
-        self.d.log(f"{r['id']}: out of memory on GPU {r.get('gpu')}"
-                   + (f" in an array of {k}" if k > 1 else "") + "; requeued to run alone")
+        self.d.log(
+            f"{r['id']}: out of memory on GPU {r.get('gpu')}"
+            + (f" in an array of {k}" if k > 1 else "")
+            + "; requeued to run alone"
+        )
         return {"status": "queued", "gpu": None, "alone": True, "fuse_max": 1}
 
     # -- placement ---------------------------------------------------------------------------------------
@@ -260,8 +279,9 @@ class LocalExecutor:
         gpus = self.d.s.gpus
         lines = [f"GPU {g.index} unusable, left out: {g.error}" for g in probe.gpus if g.error]
         if probe.error:
-            lines.append(f"{probe.error}; no run is placed until NVML answers" if probe.seen_gpus or gpus
-                         else probe.error)
+            lines.append(
+                f"{probe.error}; no run is placed until NVML answers" if probe.seen_gpus or gpus else probe.error
+            )
         if gpus is not None and probe.gpus and not [g for g in probe.usable if g.index in gpus]:
             lines.append(f"no usable GPU among --gpus {','.join(map(str, gpus))}")
         if lines != self._gpu_problems:
@@ -287,8 +307,9 @@ class LocalExecutor:
         dirs = [self.d.root / r["id"] for r in fresh]
         log = dirs[0] / TRAIN_LOG if len(dirs) == 1 else self.d.root / WORKERS_DIR / f"{worker}.log"
         synth = fresh[0]["stage"] == "synth"
-        pid, started = self.spawn(dirs, env, log, "stilts_tui.synth" if synth else "stilts_tui.train",
-                                  [] if synth else args)
+        pid, started = self.spawn(
+            dirs, env, log, "stilts_tui.synth" if synth else "stilts_tui.train", [] if synth else args
+        )
         with self.d.ledger.transaction() as tx:
             for r in fresh:
                 tx.update_run(r["id"], pid=pid, pid_started=started)
@@ -301,8 +322,10 @@ class LocalExecutor:
         dev.alone = dev.alone or bool(fresh[0].get("alone"))
         where = "CPU" if dev.index is None else f"GPU {dev.index}"
         how = f", fused as one array of {fused}" if fused else ""
-        self.d.log(f"launched {', '.join(r['id'] for r in fresh)} on {where} (pid {pid}, est {launch.est_gb} GB{how})"
-                   + (f" [{launch.why}]" if launch.why else ""))
+        self.d.log(
+            f"launched {', '.join(r['id'] for r in fresh)} on {where} (pid {pid}, est {launch.est_gb} GB{how})"
+            + (f" [{launch.why}]" if launch.why else "")
+        )
         return True
 
     def _mark(self, launch: Launch, worker: str) -> list[dict]:
@@ -314,16 +337,44 @@ class LocalExecutor:
             fused = len(fresh) if launch.fused and len(fresh) > 1 else 0
             for r in fresh:
                 cur = tx.get_run(r["id"])
-                tx.update_run(r["id"], status="running", gpu=dev.index, worker=worker, started=now, pid=None,
-                              pid_started=None, attempts=(cur.get("attempts") or 0) + 1, est_gb=launch.est_gb,
-                              shape=launch.shape, error=None, score=None, fused=fused, fuse_why=why,
-                              executor=self.name, cancel_requested=None, cancel_signalled=None)
+                tx.update_run(
+                    r["id"],
+                    status="running",
+                    gpu=dev.index,
+                    worker=worker,
+                    started=now,
+                    pid=None,
+                    pid_started=None,
+                    attempts=(cur.get("attempts") or 0) + 1,
+                    est_gb=launch.est_gb,
+                    shape=launch.shape,
+                    error=None,
+                    score=None,
+                    fused=fused,
+                    fuse_why=why,
+                    executor=self.name,
+                    cancel_requested=None,
+                    cancel_signalled=None,
+                )
             if fresh:
-                tx.put(tx.db.table("placements"), f"{now:.6f}-{worker}", {
-                    "t": now, "gpu": dev.index, "runs": [r["id"] for r in fresh], "est_gb": launch.est_gb,
-                    "reserved_before_gb": dev.reserved_gb, "procs_before": dev.procs, "slots": dev.slots,
-                    "total_gb": None if dev.index is None else dev.total_gb, "alone": bool(fresh[0].get("alone")),
-                    "others_on_gpu": list(dev.run_ids), "fused": fused, "fuse_why": why})
+                tx.put(
+                    tx.db.table("placements"),
+                    f"{now:.6f}-{worker}",
+                    {
+                        "t": now,
+                        "gpu": dev.index,
+                        "runs": [r["id"] for r in fresh],
+                        "est_gb": launch.est_gb,
+                        "reserved_before_gb": dev.reserved_gb,
+                        "procs_before": dev.procs,
+                        "slots": dev.slots,
+                        "total_gb": None if dev.index is None else dev.total_gb,
+                        "alone": bool(fresh[0].get("alone")),
+                        "others_on_gpu": list(dev.run_ids),
+                        "fused": fused,
+                        "fuse_why": why,
+                    },
+                )
         return fresh
 
     def run_env(self, dev: placement.Device, fused: int) -> tuple[dict[str, str], list[str], str]:
@@ -332,22 +383,38 @@ class LocalExecutor:
         on the CPU unnoticed. NVML and CUDA number GPUs alike only in PCI bus order."""
         env = {"PYTHONUNBUFFERED": "1", "STILTS_FUSE": str(fused), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
         if dev.index is None:
-            env.update(STILTS_DEVICE="cpu", CUDA_VISIBLE_DEVICES="",
-                       OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // max(1, self.d.s.cpu_slots))))
+            env.update(
+                STILTS_DEVICE="cpu",
+                CUDA_VISIBLE_DEVICES="",
+                OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // max(1, self.d.s.cpu_slots))),
+            )
             return env, ["--device", "cpu"], "queue: placed on the CPU (no GPU on this machine)"
         env["CUDA_VISIBLE_DEVICES"] = str(dev.index)
         if self.d.mps_dir is not None:
             env.update(mps.environment(self.d.mps_dir))
         if gpu_info.fake_spec() is not None:
             env["STILTS_DEVICE"] = "cpu"
-            return env, ["--device", "cpu"], (f"queue: placed on fake GPU {dev.index} (STILTS_FAKE_GPUS="
-                                              f"{os.environ.get('STILTS_FAKE_GPUS')}): training on the CPU")
+            return (
+                env,
+                ["--device", "cpu"],
+                (
+                    f"queue: placed on fake GPU {dev.index} (STILTS_FAKE_GPUS="
+                    f"{os.environ.get('STILTS_FAKE_GPUS')}): training on the CPU"
+                ),
+            )
         env["STILTS_DEVICE"] = "cuda"
-        return env, ["--device", "cuda"], (f"queue: placed on GPU {dev.index} (CUDA_VISIBLE_DEVICES={dev.index}, "
-                                           f"--device cuda{', under MPS' if self.d.mps_dir else ''})")
+        return (
+            env,
+            ["--device", "cuda"],
+            (
+                f"queue: placed on GPU {dev.index} (CUDA_VISIBLE_DEVICES={dev.index}, "
+                f"--device cuda{', under MPS' if self.d.mps_dir else ''})"
+            ),
+        )
 
-    def spawn(self, dirs: list[Path], env: dict[str, str], log: Path, module: str, args: list[str]
-              ) -> tuple[int, float]:
+    def spawn(
+        self, dirs: list[Path], env: dict[str, str], log: Path, module: str, args: list[str]
+    ) -> tuple[int, float]:
         """Start the process; (pid, start time). (Tests replace this to start a stand-in.)"""
         return launch(dirs, env, log, module, args)
 

@@ -27,8 +27,21 @@ from stilts_tui.slurm_options import MANAGED, option_problem  # noqa: F401 - re-
 if TYPE_CHECKING:
     from stilts_tui.queue.daemon import Daemon
 
-ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
-          "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
+ACTIVE = {
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "COMPLETING",
+    "SUSPENDED",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+    "RESV_DEL_HOLD",
+}
 NEVER = "DependencyNeverSatisfied"  # the reason Slurm gives a child whose parent failed
 TIMEOUT_S = 60
 
@@ -36,15 +49,15 @@ TIMEOUT_S = 60
 # pending reasons that do not clear by waiting: {reason prefix: what to change}
 STUCK = {
     "PartitionConfig": "asks for more CPUs, memory or GPUs than a node of its partition has: lower --cpus-per-run, "
-                       "--mem or --gpus-per-run (or the plan's [slurm] cpus, mem, gpus)",
+    "--mem or --gpus-per-run (or the plan's [slurm] cpus, mem, gpus)",
     "PartitionTimeLimit": "asks for more time than its partition allows: lower --time (or the plan's [slurm] time)",
     "PartitionNodeLimit": "asks for more nodes than its partition allows: check --sbatch-arg and the plan's [slurm]",
     "PartitionDown": "waits on a partition that is down: choose another --partition or ask the cluster's admins",
     "PartitionInactive": "waits on an inactive partition: choose another --partition or ask the cluster's admins",
     "ReqNodeNotAvail": "needs nodes that are down, drained or reserved (sinfo shows them): choose another "
-                       "--partition or ask the cluster's admins",
+    "--partition or ask the cluster's admins",
     "BadConstraints": "asks for features or resources no node has: check --sbatch-arg (--constraint) and "
-                      "--gpus-per-run",
+    "--gpus-per-run",
     "InvalidAccount": "names an account Slurm does not know: fix --account (or the plan's [slurm] account)",
     "InvalidQOS": "names a QOS Slurm does not know: fix --qos (or the plan's [slurm] qos)",
     "AccountNotAllowed": "uses an account the partition refuses: fix --account or --partition",
@@ -122,8 +135,15 @@ def write_script(run_dir: Path, module: str) -> Path:
 
 def sbatch_args(run_id: str, run_dir: Path, settings: dict, dependency: str | None) -> list[str]:
     """sbatch's argument list for one run (without the script)."""
-    args = ["sbatch", "--parsable", f"--job-name={run_id}", f"--output={run_dir / 'train.log'}",
-            "--open-mode=append", f"--chdir={run_dir.parent}", f"--cpus-per-task={settings.get('cpus', 4)}"]
+    args = [
+        "sbatch",
+        "--parsable",
+        f"--job-name={run_id}",
+        f"--output={run_dir / 'train.log'}",
+        "--open-mode=append",
+        f"--chdir={run_dir.parent}",
+        f"--cpus-per-task={settings.get('cpus', 4)}",
+    ]
     if settings.get("gpus", 1):
         args.append(f"--gres=gpu:{settings.get('gpus', 1)}")
     for key in ("partition", "account", "qos", "time", "mem"):
@@ -157,7 +177,7 @@ def states(job_ids: list[str]) -> dict[str, JobState]:
     job_ids = sorted({j for j in job_ids if j}, key=int)
     found: dict[str, JobState] = {}
     for i in range(0, len(job_ids), 500):
-        chunk = job_ids[i:i + 500]
+        chunk = job_ids[i : i + 500]
         out = _run(["squeue", "-h", "-t", "all", "-j", ",".join(chunk), "-o", "%i|%T|%r"])
         if out.returncode == 0:
             for line in out.stdout.splitlines():
@@ -231,8 +251,10 @@ def stuck_lines(runs: list[dict]) -> list[str]:
     for r in runs:
         if r.get("status") == "running" and isinstance(r.get("stuck"), str):
             by_reason.setdefault(r["stuck"], []).append(str(r.get("id")))
-    return [f"{len(ids)} run(s) pending in Slurm ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}) "
-            f"{why}" for why, ids in by_reason.items()]
+    return [
+        f"{len(ids)} run(s) pending in Slurm ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}) {why}"
+        for why, ids in by_reason.items()
+    ]
 
 
 @dataclass
@@ -360,11 +382,18 @@ class SlurmExecutor:
             self.d.mark(r["id"])
             res, job, st = self.d.result(r["id"]), r.get("job_id"), self.state(r)
             if res and res.get("status") in RESULT_STATUSES:
-                changes[r["id"]] = ("running", {
-                    "status": "done" if res["status"] == "done" else "failed", "finished": time.time(),
-                    "score": checks.clean_score(res.get("score")), "error": res.get("error"),
-                    "slurm_state": st.state if job else None, "peak_gpu_mem_gb": res.get("peak_gpu_mem_gb"),
-                    "stuck": None})
+                changes[r["id"]] = (
+                    "running",
+                    {
+                        "status": "done" if res["status"] == "done" else "failed",
+                        "finished": time.time(),
+                        "score": checks.clean_score(res.get("score")),
+                        "error": res.get("error"),
+                        "slurm_state": st.state if job else None,
+                        "peak_gpu_mem_gb": res.get("peak_gpu_mem_gb"),
+                        "stuck": None,
+                    },
+                )
                 stats["reaped"] += 1
             elif not job:
                 self._unrecorded(r, changes, stats)
@@ -373,8 +402,10 @@ class SlurmExecutor:
             elif st.reason == NEVER or status.get(r.get("parent")) in BLOCKING:
                 if st.active:
                     cancel([job], wait=0)
-                changes[r["id"]] = ("running", {"status": "blocked", "slurm_state": "CANCELLED",
-                                                "slurm_reason": NEVER, "stuck": None})
+                changes[r["id"]] = (
+                    "running",
+                    {"status": "blocked", "slurm_state": "CANCELLED", "slurm_reason": NEVER, "stuck": None},
+                )
                 stats["blocked"] += 1
                 self.d.log(f"{r['id']}: parent failed; Slurm job {job} cancelled, run blocked")
             else:
@@ -406,8 +437,14 @@ class SlurmExecutor:
         why = f"Slurm job {job} ended {st.state}" + (f" ({st.reason})" if st.reason else "")
         why += " without a result" + self.d.last_line(r)
         retry = st.state in RETRY_STATES and (r.get("attempts") or 1) <= self.d.s.max_retries
-        fields = {"status": "queued" if retry else "failed", "error": why, "job_id": None,
-                  "slurm_state": st.state, "slurm_reason": st.reason, "stuck": None}
+        fields = {
+            "status": "queued" if retry else "failed",
+            "error": why,
+            "job_id": None,
+            "slurm_state": st.state,
+            "slurm_reason": st.reason,
+            "stuck": None,
+        }
         if not retry:
             fields["finished"] = time.time()
         stats["requeued" if retry else "reaped"] += 1
@@ -441,8 +478,10 @@ class SlurmExecutor:
         with self.d.ledger.transaction() as tx:
             tx.update_run(run["id"], job_id=job, slurm_state="PENDING", submit_failures=0)
         launch.job_id = job
-        self.d.log(f"submitted {run['id']} as Slurm job {job}"
-                   + (f" (after job {launch.dependency})" if launch.dependency else ""))
+        self.d.log(
+            f"submitted {run['id']} as Slurm job {job}"
+            + (f" (after job {launch.dependency})" if launch.dependency else "")
+        )
         return True
 
     def _mark(self, run: dict) -> dict | None:
@@ -452,10 +491,23 @@ class SlurmExecutor:
             cur = tx.get_run(run["id"])
             if (cur or {}).get("status") != "queued":
                 return None
-            tx.update_run(run["id"], status="running", executor=self.name, gpu=None, started=time.time(), pid=None,
-                          job_id=None, slurm_state="SUBMITTING", slurm_reason="", stuck=None,
-                          attempts=(cur.get("attempts") or 0) + 1, error=None, score=None,
-                          cancel_requested=None, cancel_signalled=None)
+            tx.update_run(
+                run["id"],
+                status="running",
+                executor=self.name,
+                gpu=None,
+                started=time.time(),
+                pid=None,
+                job_id=None,
+                slurm_state="SUBMITTING",
+                slurm_reason="",
+                stuck=None,
+                attempts=(cur.get("attempts") or 0) + 1,
+                error=None,
+                score=None,
+                cancel_requested=None,
+                cancel_signalled=None,
+            )
         return cur
 
     def _refused(self, run: dict, before: dict, e: UserError) -> None:
@@ -465,10 +517,16 @@ class SlurmExecutor:
         with self.d.ledger.transaction() as tx:
             cur = tx.get_run(run["id"])
             if cur and cur["status"] == "running" and not cur.get("job_id"):
-                fields = {"status": "queued", "slurm_state": None, "error": str(e), "submit_failures": tries,
-                          "attempts": max(0, (cur.get("attempts") or 1) - 1)}
+                fields = {
+                    "status": "queued",
+                    "slurm_state": None,
+                    "error": str(e),
+                    "submit_failures": tries,
+                    "attempts": max(0, (cur.get("attempts") or 1) - 1),
+                }
                 if tries >= SUBMIT_TRIES:
-                    fields.update(status="failed", finished=time.time(),
-                                  error=f"sbatch refused the run {tries} times: {e}")
+                    fields.update(
+                        status="failed", finished=time.time(), error=f"sbatch refused the run {tries} times: {e}"
+                    )
                 tx.update_run(run["id"], **fields)
         self.d.log(f"{run['id']}: not submitted: {e}")

@@ -50,19 +50,21 @@ def _number(x: str) -> int | float | str:
 def build_toml(values: dict[str, str], inters: list[str], targets: list[str]) -> str:
     """A plan's TOML from the builder's fields, written by tomli_w; with a data folder, each stage reads its
     task's files from a subfolder of it named for the task (so a plan built here can run offline)."""
-    grid = {k: [_number(x) for x in _numbers(values[k])] for k in ("lr", "batch_size", "warmup")
-            if _numbers(values[k])}
+    grid = {k: [_number(x) for x in _numbers(values[k])] for k in ("lr", "batch_size", "warmup") if _numbers(values[k])}
     folder = values.get("data", "").strip()
 
     def stage(t: str, **more: object) -> dict:
         return {"task": t, **({"data_dir": str(Path(folder) / t)} if folder else {}), **more}
 
-    data: dict = {"name": values["name"], "model": values["model"], "baseline": True,
-                  "target_seeds": [_number(x) for x in _numbers(values["seeds"])],
-                  "defaults": {"epochs": _number(values["epochs"] or "3"),
-                               "max_len": _number(values["max_len"] or "128")},
-                  "intermediate": {t: stage(t) for t in inters},
-                  "target": {t: stage(t, **({"grid": grid} if grid else {})) for t in targets}}
+    data: dict = {
+        "name": values["name"],
+        "model": values["model"],
+        "baseline": True,
+        "target_seeds": [_number(x) for x in _numbers(values["seeds"])],
+        "defaults": {"epochs": _number(values["epochs"] or "3"), "max_len": _number(values["max_len"] or "128")},
+        "intermediate": {t: stage(t) for t in inters},
+        "target": {t: stage(t, **({"grid": grid} if grid else {})) for t in targets},
+    }
     return tomlio.dumps({k: v for k, v in data.items() if v != {}})
 
 
@@ -129,8 +131,11 @@ class BuilderScreen(Screen):
         return {fid: self.query_one(f"#f-{fid}", Input).value for fid, _, _ in FIELDS}
 
     def text(self) -> str:
-        return build_toml(self.values(), list(self.query_one("#inters", SelectionList).selected),
-                          list(self.query_one("#targets", SelectionList).selected))
+        return build_toml(
+            self.values(),
+            list(self.query_one("#inters", SelectionList).selected),
+            list(self.query_one("#targets", SelectionList).selected),
+        )
 
     def plans_dir(self) -> Path:
         return Path.cwd() / "plans"
@@ -152,9 +157,11 @@ class BuilderScreen(Screen):
 
         c = plans.counts(runs)
         n = len(runs)
-        self.query_one("#count").update(f"[b]{n} {plural(n, 'run')}[/b]: {c['intermediate']} intermediate, "
-                                        f"{c['target']} target — ctrl+s saves to plans/ and queues it\n"
-                                        f"cost: {cost.summary(cost.estimate(plan, runs, self.rates))}")
+        self.query_one("#count").update(
+            f"[b]{n} {plural(n, 'run')}[/b]: {c['intermediate']} intermediate, "
+            f"{c['target']} target — ctrl+s saves to plans/ and queues it\n"
+            f"cost: {cost.summary(cost.estimate(plan, runs, self.rates))}"
+        )
 
     def action_save(self) -> None:
         """Save the plan file (asking before it replaces one), then queue it in the app's worker (a large
@@ -172,8 +179,10 @@ class BuilderScreen(Screen):
             return
         from stilts_tui.tui.screens.confirm import ConfirmScreen
 
-        self.app.push_screen(ConfirmScreen(f"{path} exists. Replace it with this plan and queue it?"),
-                             lambda yes: self.save(path) if yes else self.notify(f"kept {path}; nothing saved"))
+        self.app.push_screen(
+            ConfirmScreen(f"{path} exists. Replace it with this plan and queue it?"),
+            lambda yes: self.save(path) if yes else self.notify(f"kept {path}; nothing saved"),
+        )
 
     def save(self, path: Path) -> None:
         text = self.text()

@@ -35,26 +35,33 @@ def spark(values: list[float | None], top: float) -> str:
 
 def render(report: gpu_procs.GpuReport, history: dict[int, deque]) -> Group | Text:
     if not report.gpus:
-        return Text.assemble(("No GPU to show: ", "bold"), report.reason or "none found",
-                             "\nRuns train on the CPU. For a test or demo of this view: STILTS_FAKE_GPUS=2x24 "
-                             f"(and {gpu_procs.FAKE_PROCS_VAR}=GPU:PID:GiB,...).")
+        return Text.assemble(
+            ("No GPU to show: ", "bold"),
+            report.reason or "none found",
+            "\nRuns train on the CPU. For a test or demo of this view: STILTS_FAKE_GPUS=2x24 "
+            f"(and {gpu_procs.FAKE_PROCS_VAR}=GPU:PID:GiB,...).",
+        )
     parts = []
     for g in report.gpus:
         hist = list(history.get(g.index, []))
         mem = "?" if g.used_gb is None else f"{g.used_gb:.1f}"
         util = "n/a" if g.util is None else f"{g.util:.0f}%"
         name = g.name + (" (fake)" if g.fake and "fake" not in g.name else "")
-        head = Text.assemble((f"GPU {g.index}", "bold"), f"  {name}   memory ",
-                             (f"{mem} / {g.total_gb:.1f} GiB ", "bold"), (spark([m for m, _ in hist], g.total_gb),
-                                                                          "cyan"),
-                             "   utilization ", (f"{util} ", "bold"), (spark([u for _, u in hist], 100.0), "green"))
+        head = Text.assemble(
+            (f"GPU {g.index}", "bold"),
+            f"  {name}   memory ",
+            (f"{mem} / {g.total_gb:.1f} GiB ", "bold"),
+            (spark([m for m, _ in hist], g.total_gb), "cyan"),
+            "   utilization ",
+            (f"{util} ", "bold"),
+            (spark([u for _, u in hist], 100.0), "green"),
+        )
         table = Table("pid", "GiB", "whose", "run ids", "plan", "stage / command", box=None, padding=(0, 1))
         for p in g.procs:
             gb = "" if p.used_gb is None else f"{p.used_gb:.1f}"
             if p.ours:
                 ids = " ".join(p.run_ids[:3]) + (f" +{len(p.run_ids) - 3}" if len(p.run_ids) > 3 else "")
-                table.add_row(str(p.pid), gb, Text("ours", style="green"), ids, Text(p.plan or ""),
-                              Text(p.stage or ""))
+                table.add_row(str(p.pid), gb, Text("ours", style="green"), ids, Text(p.plan or ""), Text(p.stage or ""))
             else:
                 table.add_row(str(p.pid), gb, Text(p.user or "?", style="yellow"), "", "", Text(p.command or ""))
         if not g.procs:

@@ -16,8 +16,16 @@ from textual.widgets import Log, Static
 
 from stilts_tui.tui.widgets.log_pane import LogPane
 
-SCROLLS = {"up": "scroll_up", "down": "scroll_down", "pageup": "scroll_page_up", "pagedown": "scroll_page_down",
-           "home": "scroll_home", "end": "scroll_end", "left": "scroll_left", "right": "scroll_right"}
+SCROLLS = {
+    "up": "scroll_up",
+    "down": "scroll_down",
+    "pageup": "scroll_page_up",
+    "pagedown": "scroll_page_down",
+    "home": "scroll_home",
+    "end": "scroll_end",
+    "left": "scroll_left",
+    "right": "scroll_right",
+}
 
 
 class LogsScreen(Screen):
@@ -28,8 +36,10 @@ class LogsScreen(Screen):
         Binding("k", "scroll('scroll_up')", "Up", id="logs.k", show=False),
         Binding("tab", "next_pane(1)", "Next pane", id="logs.next"),
         Binding("shift+tab", "next_pane(-1)", "Previous pane", id="logs.previous", show=False),
-        *[Binding(key, f"scroll('{how}')", how.replace("_", " "), id=f"logs.{how}", show=False)
-          for key, how in SCROLLS.items()],
+        *[
+            Binding(key, f"scroll('{how}')", how.replace("_", " "), id=f"logs.{how}", show=False)
+            for key, how in SCROLLS.items()
+        ],
     ]
     DEFAULT_CSS = """
     LogsScreen #hints { height: 1; background: $footer-background; }
@@ -84,5 +94,9 @@ class LogsScreen(Screen):
             if text is not None:
                 pane.set_filter(text)
 
-        self.app.push_screen(PromptScreen(f"Show only the lines of {pane.run_id} holding (empty: every line):",
-                                          pane.filter, allow_empty=True), apply)
+        self.app.push_screen(
+            PromptScreen(
+                f"Show only the lines of {pane.run_id} holding (empty: every line):", pane.filter, allow_empty=True
+            ),
+            apply,
+        )

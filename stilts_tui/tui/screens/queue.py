@@ -18,10 +18,31 @@ from stilts_tui.tui.widgets.run_table import RunTable
 # sorting by status: what needs attention first (running, then failed), what is over last
 STATUS_SORT = (Status.RUNNING, Status.FAILED, Status.QUEUED, Status.BLOCKED, Status.DONE, Status.CANCELLED)
 
-STATUS_STYLE = {"queued": "cyan", "running": "bold yellow", "done": "green", "failed": "bold red",
-                "cancelled": "magenta", "blocked": "red", "waiting": "yellow"}
-COLUMNS = ("id", "plan", "stage", "task", "from", "seed", "grid", "status", "gpu", "progress", "loss", "eta",
-           "score", "reason")
+STATUS_STYLE = {
+    "queued": "cyan",
+    "running": "bold yellow",
+    "done": "green",
+    "failed": "bold red",
+    "cancelled": "magenta",
+    "blocked": "red",
+    "waiting": "yellow",
+}
+COLUMNS = (
+    "id",
+    "plan",
+    "stage",
+    "task",
+    "from",
+    "seed",
+    "grid",
+    "status",
+    "gpu",
+    "progress",
+    "loss",
+    "eta",
+    "score",
+    "reason",
+)
 WIDTHS = (12, 10, 12, 12, 10, 4, 24, 11, 3, 17, 7, 8, 7, 40)  # fixed: no re-measuring 1,000 rows each second
 SORTS = ("queue", "status", "score", "task", *[c for c in COLUMNS if c not in ("status", "score", "task")])
 APPEND_ROWS = 100  # new rows added a frame (1,008 at once keep a key waiting a quarter of a second)
@@ -71,22 +92,25 @@ class QueueScreen(Screen):
     # a widget. A screen's plain binding runs only after its key has bubbled up from the table, so in
     # a burst of keys ("/" then "cola") the keys after a screen-opening key reached the table (c:
     # cancel) before the prompt opened, and a "c" after "down" could act on the row the cursor left.
-    BINDINGS = [Binding(key, action, text, id=bid, show=show, priority=True) for key, action, text, bid, show in [
-        ("slash", "filter", "Filter", "queue.filter", True),
-        ("s", "sort", "Sort", "queue.sort", True),
-        ("S", "reverse", "Reverse sort", "queue.reverse", False),
-        ("C", "choose_columns", "Columns", "queue.columns", False),
-        ("down,j", "cursor('down')", "Down", "queue.down", False),
-        ("up,k", "cursor('up')", "Up", "queue.up", False),
-        ("a", "add_plan", "Add plan", "queue.add", True),
-        ("c", "cancel", "Cancel", "queue.cancel", True),
-        ("r", "retry", "Retry", "queue.retry", True),
-        ("plus,equals_sign", "priority(1)", "Priority +", "queue.priority_up", False),
-        ("minus", "priority(-1)", "Priority -", "queue.priority_down", False),
-        ("p", "toggle_pause", "Pause/resume", "queue.pause", True),
-        ("space", "mark", "Mark", "queue.mark", False),
-        ("l,enter", "logs", "Logs", "queue.logs", True),
-    ]]
+    BINDINGS = [
+        Binding(key, action, text, id=bid, show=show, priority=True)
+        for key, action, text, bid, show in [
+            ("slash", "filter", "Filter", "queue.filter", True),
+            ("s", "sort", "Sort", "queue.sort", True),
+            ("S", "reverse", "Reverse sort", "queue.reverse", False),
+            ("C", "choose_columns", "Columns", "queue.columns", False),
+            ("down,j", "cursor('down')", "Down", "queue.down", False),
+            ("up,k", "cursor('up')", "Up", "queue.up", False),
+            ("a", "add_plan", "Add plan", "queue.add", True),
+            ("c", "cancel", "Cancel", "queue.cancel", True),
+            ("r", "retry", "Retry", "queue.retry", True),
+            ("plus,equals_sign", "priority(1)", "Priority +", "queue.priority_up", False),
+            ("minus", "priority(-1)", "Priority -", "queue.priority_down", False),
+            ("p", "toggle_pause", "Pause/resume", "queue.pause", True),
+            ("space", "mark", "Mark", "queue.mark", False),
+            ("l,enter", "logs", "Logs", "queue.logs", True),
+        ]
+    ]
 
     def __init__(self, **kw):
         super().__init__(**kw)
@@ -139,11 +163,17 @@ class QueueScreen(Screen):
         runs = snap.runs
         if self.filter:
             f = self.filter.lower()
-            runs = [r for r in runs if f in " ".join(str(r.get(k, "")) for k in
-                                                     ("id", "plan", "stage", "task", "intermediate", "status",
-                                                      "name")).lower()
-                    or f in grid_text(r.get("grid"), params_of(r)).lower()
-                    or f in shown_status(r, snap) or f in snap.reasons.get(r["id"], "").lower()]
+            runs = [
+                r
+                for r in runs
+                if f
+                in " ".join(
+                    str(r.get(k, "")) for k in ("id", "plan", "stage", "task", "intermediate", "status", "name")
+                ).lower()
+                or f in grid_text(r.get("grid"), params_of(r)).lower()
+                or f in shown_status(r, snap)
+                or f in snap.reasons.get(r["id"], "").lower()
+            ]
         if self.sort != "queue":
             runs = sorted(runs, key=self.sort_key(snap), reverse=self.reverse)
         elif self.reverse:
@@ -185,9 +215,18 @@ class QueueScreen(Screen):
             progress = "✓" if r["status"] == "done" else ""
         names = (terminal_safe(r.get(k) or "") for k in ("id", "plan", "stage", "task", "intermediate"))
         grid = terminal_safe(grid_text(r.get("grid"), params_of(r)))
-        return [*names, str(r.get("seed", "")), grid, status, where, progress,
-                f"{prog.loss:.4f}" if prog and prog.loss is not None and training else "",
-                duration(prog.eta_s) if prog and training else "", score, terminal_safe(snap.reasons.get(r["id"], ""))]
+        return [
+            *names,
+            str(r.get("seed", "")),
+            grid,
+            status,
+            where,
+            progress,
+            f"{prog.loss:.4f}" if prog and prog.loss is not None and training else "",
+            duration(prog.eta_s) if prog and training else "",
+            score,
+            terminal_safe(snap.reasons.get(r["id"], "")),
+        ]
 
     def shown_cells(self, r: dict, snap: Snapshot) -> list:
         """The cells of the columns shown, in their order."""
@@ -227,17 +266,25 @@ class QueueScreen(Screen):
             if line not in self._told:
                 self._told.add(line)
                 self.notify(line, severity="warning", timeout=20)
-        gpus = "  ".join(f"GPU{g.index} {g.util or 0:.0f}% {g.total_gb - g.free_gb:.1f}/{g.total_gb:.0f} GiB"
-                         for g in snap.gpus if not g.fake) or ""
+        gpus = (
+            "  ".join(
+                f"GPU{g.index} {g.util or 0:.0f}% {g.total_gb - g.free_gb:.1f}/{g.total_gb:.0f} GiB"
+                for g in snap.gpus
+                if not g.fake
+            )
+            or ""
+        )
         gpu_bar = self.query_one("#gpus", Static)
         if gpu_bar.display != bool(gpus):
             gpu_bar.display = bool(gpus)
         gpu_bar.update(gpus, layout=False)
         c = snap.counts
-        totals = (f"{c.get('done', 0)} done · {c.get('running', 0)} running · "
-                  + (f"{c['waiting']} waiting in workers · " if c.get("waiting") else "")
-                  + f"{c.get('queued', 0)} queued · "
-                  f"{c.get('failed', 0)} failed · {c.get('blocked', 0)} blocked · {c.get('cancelled', 0)} cancelled")
+        totals = (
+            f"{c.get('done', 0)} done · {c.get('running', 0)} running · "
+            + (f"{c['waiting']} waiting in workers · " if c.get("waiting") else "")
+            + f"{c.get('queued', 0)} queued · "
+            f"{c.get('failed', 0)} failed · {c.get('blocked', 0)} blocked · {c.get('cancelled', 0)} cancelled"
+        )
         if snap.eta_s is not None:
             totals += f" · ETA {duration(snap.eta_s)}"
         if snap.paused:
@@ -303,9 +350,16 @@ class QueueScreen(Screen):
 
     def state_of(self, r: dict, snap: Snapshot) -> tuple:
         p = snap.progress.get(r["id"])
-        return (shown_status(r, snap), snap.reasons.get(r["id"]), r.get("gpu"), r.get("job_id"), r.get("slurm_state"),
-                r.get("score"),
-                r["id"] in self.marked, (p.step, p.total, p.loss, p.eta_s) if p else None)
+        return (
+            shown_status(r, snap),
+            snap.reasons.get(r["id"]),
+            r.get("gpu"),
+            r.get("job_id"),
+            r.get("slurm_state"),
+            r.get("score"),
+            r["id"] in self.marked,
+            (p.step, p.total, p.loss, p.eta_s) if p else None,
+        )
 
     def current_id(self) -> str | None:
         table = self.query_one(DataTable)
@@ -332,8 +386,12 @@ class QueueScreen(Screen):
             if self.snapshot:
                 self.show(self.snapshot)
 
-        self.app.push_screen(PromptScreen("Show only runs matching (id, plan, task, status, reason…; empty: all):",
-                                          self.filter, allow_empty=True), apply)
+        self.app.push_screen(
+            PromptScreen(
+                "Show only runs matching (id, plan, task, status, reason…; empty: all):", self.filter, allow_empty=True
+            ),
+            apply,
+        )
 
     def action_sort(self) -> None:
         self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]

@@ -27,7 +27,7 @@ def cell_text(c: results.Cell | None, view: str, without_failed: bool = False) -
     mean, std = (c.mean_ok, c.std_ok) if without_failed and c.failed is not None else (c.mean, c.std)
     value = {"mean": mean, "max": c.max, "best": c.best_of_grid}[view]
     text = ("–" if value is None else f"{100 * value:.1f}") + ("*" if c.setup_note else "")
-    text += (f" ± {100 * std:.1f}" if view == "mean" and std is not None else "")
+    text += f" ± {100 * std:.1f}" if view == "mean" and std is not None else ""
     text += f"  n={c.n}" + (f"/{c.n + c.missing}" if c.missing else "") + results.failed_text(c)
     if c.gain is not None:
         text += "  " + results.gain_text(c)
@@ -47,21 +47,27 @@ def distribution(c: results.Cell, width: int = 60) -> str:
     for level in range(max(bins), 0, -1):
         rows.append("".join("●" if b >= level else " " for b in bins))
     axis = f"{100 * lo:.1f}".ljust(width - 6) + f"{100 * hi:.1f}"
-    stats = (f"n={c.n} missing={c.missing}  mean {100 * c.mean:.2f}  std {100 * c.std:.2f} (ddof 0)  "
-             f"median {100 * c.median:.2f}  min {100 * c.min:.2f}  max {100 * c.max:.2f}  "
-             f"best-of-grid {100 * c.best_of_grid:.2f}")
+    stats = (
+        f"n={c.n} missing={c.missing}  mean {100 * c.mean:.2f}  std {100 * c.std:.2f} (ddof 0)  "
+        f"median {100 * c.median:.2f}  min {100 * c.min:.2f}  max {100 * c.max:.2f}  "
+        f"best-of-grid {100 * c.best_of_grid:.2f}"
+    )
     if c.failed is not None:
         ok = "–" if c.mean_ok is None else f"{100 * c.mean_ok:.2f} ± {100 * c.std_ok:.2f}"
-        stats += (f"\nfailed {c.failed}/{c.n} ({100 * c.failed_rate:.0f}%: at or below the majority-class score "
-                  f"{100 * c.majority:.2f}); without them {ok}")
+        stats += (
+            f"\nfailed {c.failed}/{c.n} ({100 * c.failed_rate:.0f}%: at or below the majority-class score "
+            f"{100 * c.majority:.2f}); without them {ok}"
+        )
     if c.gain is not None:
         lo_ci, hi_ci = c.gain_ci or (float("nan"), float("nan"))
         stats += f"\ngain over none {100 * c.gain:+.2f} (95% CI {100 * lo_ci:+.2f} … {100 * hi_ci:+.2f})"
     if c.pairs:
         plo, phi = c.paired_ci or (float("nan"), float("nan"))
-        stats += (f"\npaired by (seed, grid point): {c.pairs} pairs, mean difference {100 * c.paired_gain:+.2f} "
-                  f"(95% CI {100 * plo:+.2f} … {100 * phi:+.2f}); sign-flip test ({c.test}) p={c.p_value:.3g}, "
-                  f"smallest attainable p {c.min_p:.3g}: {c.verdict}")
+        stats += (
+            f"\npaired by (seed, grid point): {c.pairs} pairs, mean difference {100 * c.paired_gain:+.2f} "
+            f"(95% CI {100 * plo:+.2f} … {100 * phi:+.2f}); sign-flip test ({c.test}) p={c.p_value:.3g}, "
+            f"smallest attainable p {c.min_p:.3g}: {c.verdict}"
+        )
     if c.setup_note:
         stats += f"\n* mixed training setups: {c.setup_note}"
     return "\n".join(rows + ["─" * width, axis, "", stats])
@@ -149,8 +155,13 @@ class ScoresScreen(Screen):
         ledger = Ledger(self.app.root)
         plans = list(ledger.plans())
         if plans and (self.plan is None or advance):
-            self.plan = (plans[(plans.index(self.plan) + 1) % len(plans)] if advance and self.plan in plans
-                         else first_plan(ledger.runs(), plans, self.near) if self.plan is None else plans[0])
+            self.plan = (
+                plans[(plans.index(self.plan) + 1) % len(plans)]
+                if advance and self.plan in plans
+                else first_plan(ledger.runs(), plans, self.near)
+                if self.plan is None
+                else plans[0]
+            )
         if self.plan is None:
             self.app.call_from_thread(self.query_one("#title").update, "no plan queued yet")
             return
@@ -166,16 +177,21 @@ class ScoresScreen(Screen):
         data.without_failed = self.without_failed
         title = Text(data.plan, style="bold")
         title.append(f" — {self.view}{' without failed runs' if self.without_failed else ''} (x100), gain over none  ")
-        title.append(" m: mean/max/best-of-grid · f: with/without failed · [ ]: plan · enter: distribution · "
-                     "e: export", style="dim")
+        title.append(
+            " m: mean/max/best-of-grid · f: with/without failed · [ ]: plan · enter: distribution · e: export",
+            style="dim",
+        )
         self.query_one("#title").update(title)
-        self.query_one("#note").update(Text("\n".join([results.STD_NOTE, results.FAILED_NOTE, results.test_note(data),
-                                                       *results.footnotes(data)])))
+        self.query_one("#note").update(
+            Text("\n".join([results.STD_NOTE, results.FAILED_NOTE, results.test_note(data), *results.footnotes(data)]))
+        )
         table = self.query_one(DataTable)
         cursor = table.cursor_coordinate
         table.clear(columns=True)
-        rows = [[Text(r), *(cell_text(data.cell(r, t), self.view, self.without_failed) for t in data.targets)]
-                for r in data.rows]
+        rows = [
+            [Text(r), *(cell_text(data.cell(r, t), self.view, self.without_failed) for t in data.targets)]
+            for r in data.rows
+        ]
         labels = ["from \\ target", *(f"{t} ({data.metrics.get(t, '')})" for t in data.targets)]
         for i, (key, label) in enumerate(zip(["row", *data.targets], labels, strict=True)):
             # each column as wide as its widest cell, set here: never a frame drawn with cells cut short

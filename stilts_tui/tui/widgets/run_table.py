@@ -126,8 +126,19 @@ class RunTable(DataTable):
         row_key = self.coordinate_to_cell_key(Coordinate(index, 0)).row_key
         cursor = self.show_cursor and self.cursor_row == index
         hover = self.mouse_hover and self.hover_row == index
-        key = (index, row_key, self._row_version.get(row_key, 0), self._version, scroll_x, self.size.width,
-               cursor, hover, self.rich_style, self.has_focus, self.show_cursor)
+        key = (
+            index,
+            row_key,
+            self._row_version.get(row_key, 0),
+            self._version,
+            scroll_x,
+            self.size.width,
+            cursor,
+            hover,
+            self.rich_style,
+            self.has_focus,
+            self.show_cursor,
+        )
         strip = self._lines.get(key)
         if strip is None:
             strip = self._lines[key] = super().render_line(y)
