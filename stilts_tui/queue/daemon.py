@@ -398,7 +398,7 @@ class Daemon:
         """Has the run's process begun training it (a start event from that pid in events.jsonl)? A run
         that waits in a worker has none yet; one from an earlier attempt names another pid."""
         try:
-            lines = (self.root / r["id"] / EVENTS_FILE).read_text(errors="replace").splitlines()
+            lines = self.run_path(r["id"], EVENTS_FILE).read_text(errors="replace").splitlines()
         except OSError:
             return False
         for line in reversed(lines):
