@@ -261,7 +261,7 @@ def prepare(
         tok, tok_fp = worker.tokenizer(location)
         labels = labels_for(task)
         if kind == "classification" and not labels:
-            raise SpecError(f"{run_dir / 'spec.json'}: classification task '{task['name']}' has no labels")
+            raise SpecError(f"{run_dir / SPEC_FILE}: classification task '{task['name']}' has no labels")
         cache = run_dir.parent / ".cache" / "tokenized"
         train = data.load_split(task, "train", tok, tok_fp, max_len, cache, optional(p, "max_train_samples"), labels)
         dev = data.load_split(task, "dev", tok, tok_fp, max_len, cache, optional(p, "max_dev_samples"), labels)
@@ -722,12 +722,12 @@ def _summarise(worker, engine, live, prep, setup: Setup, steplog: StepLog, step:
         try:
             if m.spec.get("keep_checkpoint") is True and hasattr(engine, "save"):  # LoRA: merged, and its adapter
                 engine.save(i, m.dir / CHECKPOINT_DIR, prep)
-                m.log.line(f"checkpoint saved to {m.dir / 'checkpoint'} (merged weights and the adapter)")
+                m.log.line(f"checkpoint saved to {m.dir / CHECKPOINT_DIR} (merged weights and the adapter)")
             elif m.spec.get("keep_checkpoint") is True:
                 if engine.k > 1:
                     prep.model.module.load_state_dict(engine.state(i), strict=False)
                 save_checkpoint(prep.model.module, prep.tok, m.dir / CHECKPOINT_DIR, prep.labels)
-                m.log.line(f"checkpoint saved to {m.dir / 'checkpoint'}")
+                m.log.line(f"checkpoint saved to {m.dir / CHECKPOINT_DIR}")
             scores = [x[_primary(m)] for x in m.epoch_metrics]
             best = int(np.argmax(scores)) + 1
             how = f", fused ({len(live)} runs at the end)" if setup.fused else ""

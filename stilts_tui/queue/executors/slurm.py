@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stilts_tui.contract import BLOCKING, CANCEL_FILE, RESULT_STATUSES
+from stilts_tui.contract import BLOCKING, CANCEL_FILE, RESULT_STATUSES, TRAIN_LOG
 from stilts_tui.errors import UserError
 from stilts_tui.plan import SLURM_DEFAULTS
 from stilts_tui.queue import checks, placement
@@ -139,7 +139,7 @@ def sbatch_args(run_id: str, run_dir: Path, settings: dict, dependency: str | No
         "sbatch",
         "--parsable",
         f"--job-name={run_id}",
-        f"--output={run_dir / 'train.log'}",
+        f"--output={run_dir / TRAIN_LOG}",
         "--open-mode=append",
         f"--chdir={run_dir.parent}",
         f"--cpus-per-task={settings.get('cpus', 4)}",
