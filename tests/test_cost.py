@@ -83,9 +83,12 @@ async def test_the_plan_builder_shows_the_cost(runs_dir, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     async with StiltsApp(runs_dir, keymap={}).run_test(size=(170, 45)) as pilot:
-        await pilot.pause(0.3)
+        await pilot.pause()
         await pilot.press("b")
-        await pilot.pause(0.3)
+        for _ in range(300):  # the builder screen, then its first count
+            await pilot.pause(0.02)
+            if isinstance(pilot.app.screen, BuilderScreen) and str(pilot.app.screen.query_one("#count").render()):
+                break
         screen = pilot.app.screen
         assert isinstance(screen, BuilderScreen)
         text = str(screen.query_one("#count").render())

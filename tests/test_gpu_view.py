@@ -84,7 +84,7 @@ def test_doctor_json_shows_the_same(busy):
 
 async def test_the_gpu_screen_lists_processes_and_keeps_a_history(busy):
     async with StiltsApp(busy["root"], keymap={}).run_test(size=(160, 40)) as pilot:
-        await pilot.pause(0.3)
+        await pilot.pause()
         await pilot.press("g")
         screen = pilot.app.screen
         assert isinstance(screen, GpuScreen)
@@ -122,7 +122,7 @@ async def test_without_nvml_the_view_and_doctor_say_so(runs_dir, monkeypatch):
     report = gpu_procs.snapshot(runs_dir)
     assert report.gpus == [] and "NVML cannot start (NVML Shared Library Not Found)" in report.reason
     async with StiltsApp(runs_dir, keymap={}).run_test(size=(160, 30)) as pilot:
-        await pilot.pause(0.3)
+        await pilot.pause()
         await pilot.press("g")
         for _ in range(30):
             await pilot.pause(0.1)

@@ -443,7 +443,7 @@ async def test_the_app_exports_inside_the_runs_dir_whatever_the_plan_name(scored
     from stilts_tui.tui.screens.scores import ScoresScreen
 
     async with StiltsApp(scored, keymap={}).run_test(size=(170, 40)) as pilot:
-        await pilot.pause(0.3)
+        await pilot.pause()
         await pilot.press("o")
         screen = pilot.app.screen
         assert isinstance(screen, ScoresScreen)
@@ -453,7 +453,10 @@ async def test_the_app_exports_inside_the_runs_dir_whatever_the_plan_name(scored
                 break
         screen.table_data.plan = "../../escape"  # what an unchecked plan name would make of the path
         screen.export("md")
-        await pilot.pause(0.1)
+        for _ in range(300):  # the export written
+            await pilot.pause(0.02)
+            if (scored / "exports").is_dir() and any((scored / "exports").iterdir()):
+                break
     written = list((scored / "exports").iterdir())
     assert [p.name for p in written] == ["_.._escape.md"] and "| none |" in written[0].read_text()
     assert not list(tmp_path.parent.glob("escape*")) and not list(tmp_path.glob("escape*"))
