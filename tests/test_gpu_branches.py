@@ -268,3 +268,42 @@ def test_the_array_optimizer_is_a_few_whole_buffer_operations_whatever_the_model
     # layers (~40 parameters) as for 6 (~100); a per-parameter loop would grow with the model
     small, big = _array_optimizer_ops(2), _array_optimizer_ops(6)
     assert small == big and small < 60, (small, big)  # per parameter it would be ~6 x 40 for the small one
+
+
+def test_the_compiled_array_optimizer_makes_the_eager_updates():
+    # what a compiled fused array runs (inductor on the CPU, as on a GPU): three updates of three runs
+    # with their own lr, warmup and decay equal the eager ones; a 0-d update count was dropped by
+    # inductor, so the bias correction divided by zero and every weight went nan after the first step
+    import torch
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from stilts_tui.train.fused import ArrayAdamW, FusedEncoder
+
+    config = RobertaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=20,
+        pad_token_id=1,
+        type_vocab_size=1,
+    )
+    torch.manual_seed(0)
+    models = [RobertaForSequenceClassification(config) for _ in range(3)]
+
+    def updated(compiled: bool) -> torch.Tensor:
+        states = [{k: v.detach().clone() for k, v in m.named_parameters()} for m in models]
+        fused = FusedEncoder(config, "classification", "roberta", states, torch.device("cpu"))
+        opt = ArrayAdamW(fused, [0.0, 0.1, 0.0], [1e-3, 2e-3, 3e-3], [2, 0, 1], total=10, compiled=compiled)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            fused.G.copy_(torch.randn(fused.G.shape, generator=gen))
+            opt.clip(1.0)
+            opt.step()
+        assert opt.fallback is None and int(opt.t.item()) == 3
+        return fused.W.detach().clone()
+
+    eager, compiled = updated(False), updated(True)
+    assert torch.isfinite(compiled).all()
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)

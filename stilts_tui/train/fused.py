@@ -337,7 +337,9 @@ class ArrayAdamW:
         self.wd = torch.tensor(weight_decay, dtype=torch.float32, device=device)
         self.lr0 = torch.tensor(lr or [0.0] * k, dtype=torch.float64, device=device)
         self.warm = torch.tensor(warmup or [0] * k, dtype=torch.float64, device=device)
-        self.t = torch.zeros((), dtype=torch.float64, device=device)  # updates done
+        # updates done; one element, not 0-d: inductor on the CPU drops in-place updates of a 0-d input
+        # (torch 2.13: the count stayed 0, so the bias correction divided by zero and every weight went nan)
+        self.t = torch.zeros(1, dtype=torch.float64, device=device)
         self.m = torch.zeros_like(model.W)
         self.v = torch.zeros_like(model.W)
         self._step, self._clip = _adamw, _clip
