@@ -54,19 +54,23 @@ class Status(str, Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     BLOCKED = "blocked"  # a parent failed or was cancelled; unblocked when the parent is retried and succeeds
+    DEGENERATE = "degenerate"  # stopped early: its dev score stayed at or below the majority class (stop_degenerate)
 
     def __str__(self) -> str:  # f-strings and joins show "done", not "Status.DONE"
         return self.value
 
 
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status)  # every status, in the ledger's order
-FINAL = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED})  # never changes again unless retried
+# never changes again unless retried
+FINAL = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED, Status.DEGENERATE})
 SETTLED = FINAL | {Status.BLOCKED}  # nothing can change without a retry: a plan (or rehearsal) is over
 ACTIVE = frozenset({Status.QUEUED, Status.RUNNING})  # the queue still has work for it
-BLOCKING = frozenset({Status.FAILED, Status.CANCELLED, Status.BLOCKED})  # a parent in one blocks its queued children
+# a parent in one blocks its queued children (a degenerate intermediate keeps no checkpoint)
+BLOCKING = frozenset({Status.FAILED, Status.CANCELLED, Status.BLOCKED, Status.DEGENERATE})
 UNBLOCKING = ACTIVE | {Status.DONE}  # a parent in one (retried, running, done) unblocks its blocked children
 CANCELLABLE = ACTIVE | {Status.BLOCKED}  # what `queue cancel` stops
-RETRYABLE = frozenset({Status.FAILED, Status.CANCELLED, Status.BLOCKED})  # what `queue retry` queues again
+# what `queue retry` queues again (a degenerate run too: trained to its end, as the plan without the stop would)
+RETRYABLE = frozenset({Status.FAILED, Status.CANCELLED, Status.BLOCKED, Status.DEGENERATE})
 
 
 class ResultStatus(str, Enum):
@@ -75,12 +79,23 @@ class ResultStatus(str, Enum):
     DONE = "done"
     FAILED = "failed"
     OOM = "oom"
+    DEGENERATE = "degenerate"  # stopped early by stop_degenerate (score, epoch and rule in result.json)
 
     def __str__(self) -> str:
         return self.value
 
 
 RESULT_STATUSES: tuple[str, ...] = tuple(s.value for s in ResultStatus)
+
+
+def ledger_status(result_status: str) -> Status:
+    """The ledger's status for a reaped attempt's result status (``oom`` not requeued: failed)."""
+    if result_status == ResultStatus.DONE:
+        return Status.DONE
+    if result_status == ResultStatus.DEGENERATE:
+        return Status.DEGENERATE
+    return Status.FAILED
+
 
 # ---- training defaults -------------------------------------------------------------------------
 
@@ -194,7 +209,13 @@ OPTIONAL_PARAMS: dict[str, object] = {
     "max_train_samples": None,
     "max_dev_samples": None,
     "keep_checkpoint": False,
+    "stop_degenerate": None,  # off: a run trains to its last epoch whatever its dev score
 }
+
+# stop_degenerate = { after_epochs, patience }: what a plan's table leaves out. A run whose dev score is at
+# or below the majority-class score at ``patience`` evaluations in a row, from epoch ``after_epochs`` on,
+# ends as degenerate.
+STOP_DEGENERATE_DEFAULTS: dict[str, int] = {"after_epochs": 1, "patience": 1}
 
 
 def optional(params: dict, key: str) -> object:

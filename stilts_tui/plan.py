@@ -109,7 +109,13 @@ HYPER = {
     "eval_batch_size": _int(1, 65536),
     "max_train_samples": _int(1),
     "max_dev_samples": _int(1),
+    "stop_degenerate": (
+        (lambda v: isinstance(v, dict)),
+        "a table { after_epochs = 1, patience = 1 } (stop runs stuck at the majority class)",
+    ),
 }
+# stop_degenerate's keys; the run contract holds what a table leaves out
+STOP_KEYS = {"after_epochs": _int(1, 1000), "patience": _int(1, 1000)}
 DEFAULTS = contract.TRAINING_DEFAULTS  # the reference's settings; the run contract holds them
 # LoRA (method = "lora"): the LoRA paper's RoBERTa GLUE setting; kept out of a run's params (and id) unless
 # the run is a LoRA run, so plans without the keys keep their run ids
@@ -481,6 +487,8 @@ def _check_method(c: _Checker, where: str, table: dict) -> None:
     """A ``lora`` table: its keys and values (the rules between stages are checked as the plan expands)."""
     if "lora" in table:
         c.table(f"{where}.lora", table["lora"], LORA_KEYS)
+    if "stop_degenerate" in table:
+        c.table(f"{where}.stop_degenerate", table["stop_degenerate"], STOP_KEYS)
 
 
 def _check_name(c: _Checker, where: str, name: str) -> None:
@@ -500,6 +508,8 @@ def _check_grid(c: _Checker, where: str, grid: dict) -> None:
                 'LoRA settings are not a grid axis (method is: grid = { method = ["full", "lora"] }); '
                 "give one lora table per stage",
             )
+        if gk == "stop_degenerate":
+            c.fail(gkey, "stop_degenerate is not a grid axis: give one table per stage or target")
         if not isinstance(gv, list) or not gv:
             c.fail(gkey, "expected a non-empty list of values (an empty grid expands to no runs)")
         ok, what = HYPER[gk]
@@ -633,6 +643,8 @@ def _params(plan: Plan, stage: dict) -> dict:
     p.update({k: v for k, v in stage.items() if k in HYPER})
     if "lora" in p:  # the stage's lora table over the defaults' (key by key)
         p["lora"] = {**plan.defaults.get("lora", {}), **stage.get("lora", {})}
+    if "stop_degenerate" in p:  # resolved into params (and the run id) only where a plan sets it
+        p["stop_degenerate"] = {**contract.STOP_DEGENERATE_DEFAULTS, **p["stop_degenerate"]}
     return p
 
 

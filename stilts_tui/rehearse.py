@@ -26,7 +26,7 @@ from pathlib import Path
 
 from stilts_tui import plan as plans
 from stilts_tui import rundir, tasks, tomlio
-from stilts_tui.contract import SETTLED
+from stilts_tui.contract import SETTLED, Status
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.ledger import Ledger
 from stilts_tui.tasks import data as task_data
@@ -203,10 +203,13 @@ def stage_lines(root: Path, runs: list[dict]) -> tuple[list[str], bool]:
         by_stage.setdefault(f"{r['stage']}.{r['name']}", []).append(r)
     lines, ok = [], True
     for key, members in by_stage.items():
-        bad = [r for r in members if r["status"] != "done"]
+        # a degenerate run trained and was evaluated: the plan works, its stop_degenerate rule ended it early
+        bad = [r for r in members if r["status"] not in (Status.DONE, Status.DEGENERATE)]
         if not bad:
             secs = sum((r.get("finished") or 0) - (r.get("started") or 0) for r in members)
-            lines.append(f"ok    {key}: {len(members)} run{'s' * (len(members) != 1)} ({secs:.0f} s of runs)")
+            stopped = sum(r["status"] == Status.DEGENERATE for r in members)
+            also = f"; {stopped} stopped as degenerate" if stopped else ""
+            lines.append(f"ok    {key}: {len(members)} run{'s' * (len(members) != 1)} ({secs:.0f} s of runs{also})")
             continue
         ok = False
         first = next((r for r in bad if r["status"] == "failed"), bad[0])

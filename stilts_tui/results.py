@@ -19,21 +19,18 @@ import functools
 import io
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 import warnings
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from stilts_tui import rundir
-from stilts_tui.contract import SPEC_FILE
+from stilts_tui.contract import SPEC_FILE, ResultStatus
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.ledger import Ledger
+from stilts_tui.tasks.majority import REGRESSION_FAIL_THRESHOLD, is_failed, majority_score
 
 FORMATS = ("table", "csv", "md", "latex", "json", "png", "pdf", "svg")
 EXTENSIONS = {"csv": "csv", "md": "md", "latex": "tex", "json": "json", "png": "png", "pdf": "pdf", "svg": "svg"}
@@ -46,7 +43,6 @@ ALPHA = 0.05  # the test's default level (two-sided)
 EXACT_MAX_PAIRS = 16  # up to 2^16 sign patterns enumerated; beyond, a seeded Monte Carlo
 MC_RESAMPLES = 100_000
 MC_SEED = 0
-REGRESSION_FAIL_THRESHOLD = 0.0  # the correlation of any constant prediction (what metrics.compute gives it)
 TOO_FEW = "too few pairs"
 SETUP_KEYS = ("method", "lora", "precision", "tf32", "batching", "pad", "clip", "compile", "fused")
 LORA_MARK = "LoRA"  # before a score: the cell's runs are LoRA runs (method = "lora"), not full fine-tunes
@@ -80,6 +76,7 @@ class Cell:
     failed: int | None = None
     failed_rate: float | None = None
     n_ok: int | None = None
+    stopped: int = 0  # runs stopped as degenerate (stop_degenerate): always counted as failed
     mean_ok: float | None = None
     std_ok: float | None = None
     # the paired analysis over (seed, grid point) pairs with the "none" row
@@ -100,6 +97,7 @@ class Cell:
         return "/".join(methods) or None
 
     keyed: dict = field(default_factory=dict, repr=False)  # (seed, grid) -> value, for pairing
+    stopped_flags: list[bool] = field(default_factory=list, repr=False)  # per value: stopped as degenerate
 
 
 @dataclass
@@ -129,8 +127,11 @@ def _number(v: object) -> float | None:
     return float(v) if math.isfinite(v) else None
 
 
+SCORED = (ResultStatus.DONE, ResultStatus.DEGENERATE)  # a degenerate run's score: its last evaluated epoch's
+
+
 def _value(result: dict | None, metric: str | None) -> float | None:
-    if not result or result.get("status") != "done":
+    if not result or result.get("status") not in SCORED:
         return None
     if metric is None:
         return _number(result.get("score"))
@@ -244,85 +245,13 @@ def paired(c: Cell, base: Cell, alpha: float) -> None:
 
 # ---- failed runs: the majority-class score of a target's dev set -------------------------------
 
-_MAJORITY: dict[str, tuple[float | None, str | None]] = {}  # memo per process (the app reloads often)
-
-
-def majority_score(task: dict, metric: str, limit: int | None = None) -> tuple[float | None, str | None]:
-    """(the score of predicting the dev set's most frequent label with ``metric``, why it is None).
-
-    Read from the dev labels through the tasks layer (``limit``: the runs' max_dev_samples). For
-    regression: REGRESSION_FAIL_THRESHOLD. Hub data is read from the local datasets cache only.
-    """
-    if task.get("kind") == "regression":
-        return REGRESSION_FAIL_THRESHOLD, None
-    files = []
-    try:
-        from stilts_tui import tasks
-
-        files = [(str(f), f.stat().st_mtime) for f in tasks.required_files(task) if f.exists()]
-    except Exception:  # noqa: BLE001 - a fingerprint only
-        pass
-    key = json.dumps([task, metric, limit, files], sort_keys=True, default=str)
-    if key not in _MAJORITY:
-        _MAJORITY[key] = _compute_majority(task, metric, limit)
-    return _MAJORITY[key]
-
-
-def _compute_majority(task: dict, metric: str, limit: int | None) -> tuple[float | None, str | None]:
-    from stilts_tui import tasks
-    from stilts_tui.tasks import metrics as task_metrics
-
-    try:
-        if task.get("hub") and not tasks.required_files(task):
-            labels = _hub_labels(task, limit)
-        else:
-            labels = [e["label"] for e in tasks.load_examples(task, "dev", limit=limit)]
-    except Exception as e:  # noqa: BLE001 - unreadable dev labels: the rate is unknown, the table goes on
-        return None, first_line(e)
-    counts = Counter(labels)
-    top = max(counts.values())
-    best = None
-    for label in (x for x, k in counts.items() if k == top):  # ties: the best-scoring majority class
-        try:
-            value = task_metrics.compute([metric], [label] * len(labels), labels)[metric]
-        except (ValueError, TypeError) as e:
-            return None, f"metric '{metric}': {first_line(e)}"
-        best = value if best is None else max(best, value)
-    return best, None
-
-
-_HUB_LABELS = """
-import json, sys
-from stilts_tui import tasks
-task, limit = json.loads(sys.argv[1])
-print(json.dumps([e["label"] for e in tasks.load_examples(task, "dev", limit=limit)]))
-"""
-
-
-def _hub_labels(task: dict, limit: int | None) -> list:
-    """Dev labels of a hub dataset from the local datasets cache only: a child process in offline mode, so
-    this process's hub settings stay as they are and a score table never downloads."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", _HUB_LABELS, json.dumps([task, limit])],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    if proc.returncode:
-        raise UserError(
-            "its hub dev set is not in the local datasets cache (read offline here; "
-            "data_dir with local files gives the rate)"
-        )
-    return json.loads(proc.stdout)
-
 
 def _failed(c: Cell, majority: float | None) -> None:
     c.majority = majority
     if majority is None or not c.values:
         return
-    ok = [v for v in c.values if v > majority + 1e-12]
+    flags = c.stopped_flags or [False] * len(c.values)
+    ok = [v for v, stopped in zip(c.values, flags, strict=True) if not stopped and not is_failed(v, majority)]
     c.failed = len(c.values) - len(ok)
     c.failed_rate = c.failed / len(c.values)
     c.n_ok = len(ok)
@@ -432,7 +361,7 @@ def build(
     metrics: dict[str, str] = {}
     for r in runs:
         res = results[r["id"]]
-        if res and res.get("status") == "done":
+        if res and res.get("status") in SCORED:
             pm = res.get("primary_metric")
             metrics.setdefault(r["name"], metric or (pm if isinstance(pm, str) else "score"))
     groups: dict[tuple, list[dict]] = {}
@@ -461,12 +390,13 @@ def _cell(
     metric: str | None,
     majority: float | None,
 ) -> Cell:
-    values, keyed, setups, off_plan, per_seed = [], {}, [], [], {}
+    values, keyed, setups, off_plan, per_seed, stopped = [], {}, [], [], {}, []
     for m in members:
         v = _value(results[m["id"]], metric)
         if v is None:
             continue
         values.append(v)
+        stopped.append(results[m["id"]].get("status") == ResultStatus.DEGENERATE)
         keyed[_pair_key(m)] = v
         per_seed[m["seed"]] = max(per_seed.get(m["seed"], -np.inf), v)
         setup = _setup_of(results[m["id"]])
@@ -476,6 +406,7 @@ def _cell(
             asked = _asked(rundir.read_run_file(root, m["id"], SPEC_FILE))
             off_plan += [f"{k} {asked[k]}->{setup.get(k)}" for k in asked if k in setup and setup[k] != asked[k]]
     cell = Cell(inter, target, seed, len(values), len(members) - len(values), values, keyed=keyed, setups=setups)
+    cell.stopped, cell.stopped_flags = sum(stopped), stopped
     if values:
         a = np.asarray(values, dtype=float)
         cell.mean, cell.std = float(a.mean()), float(a.std(ddof=0))
@@ -529,6 +460,7 @@ CSV_FIELDS = [
     "failed_rate",
     "mean_without_failed",
     "std_without_failed",
+    "stopped",
     "pairs",
     "paired_gain",
     "paired_ci_low",
@@ -580,6 +512,7 @@ def to_csv(t: ScoreTable) -> str:
                         c.failed_rate,
                         c.mean_ok,
                         c.std_ok,
+                        c.stopped,
                         c.pairs,
                         c.paired_gain,
                         plo,
@@ -602,6 +535,7 @@ def to_json(t: ScoreTable) -> str:
     for c in t.cells:
         d = asdict(c)
         d.pop("keyed")
+        d.pop("stopped_flags")
         d["std_ddof"] = 0
         d["metric"] = t.metrics.get(c.target)
         d["gain_ci"] = list(c.gain_ci) if c.gain_ci else None
@@ -673,7 +607,8 @@ def gain_text(c: Cell, dagger: str = "†") -> str:
 
 
 def failed_text(c: Cell) -> str:
-    return "" if c.failed is None else f" fail {c.failed}/{c.n}"
+    stopped = f" ({c.stopped} stopped)" if c.stopped else ""
+    return "" if c.failed is None else f" fail {c.failed}/{c.n}{stopped}"
 
 
 LATEX_DAGGER = r"$^\dagger$"
@@ -709,6 +644,12 @@ def footnotes(t: ScoreTable) -> list[str]:
         lines.append(
             "cells marked * mix training setups: "
             + "; ".join(f"{_row_label(c.intermediate, c.seed)} -> {c.target}: {c.setup_note}" for c in mixed)
+        )
+    stopped = [c for c in t.cells if c.stopped]
+    if stopped:
+        lines.append(
+            "runs stopped as degenerate (stop_degenerate; counted as failed, scored at the epoch they stopped): "
+            + "; ".join(f"{_row_label(c.intermediate, c.seed)} -> {c.target}: {c.stopped}/{c.n}" for c in stopped)
         )
     return lines + t.notes
 

@@ -17,6 +17,7 @@ import random
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from stilts_tui.errors import UserError, first_line
 from stilts_tui.fmt import duration
 from stilts_tui.tasks import labels_for
 from stilts_tui.tasks.metrics import compute as compute_metrics
-from stilts_tui.train import data, transfer
+from stilts_tui.train import data, degenerate, transfer
 from stilts_tui.train.events import RunLog, write_result
 from stilts_tui.train.step import Hooks, Parts, Setup, StepLog, is_oom, live_tensor_mb, make_batch, resolve_setup
 
@@ -423,6 +424,7 @@ class Member:
     schedule: Schedule | None = None
     epoch_metrics: list = field(default_factory=list)
     done: bool = False
+    stop: dict | None = None  # its stop_degenerate rule, or None (off)
 
     def finish(self, worker: Worker, status: str, error: str | None) -> dict:
         self.result.update(status=status, error=error)
@@ -449,6 +451,7 @@ def train_group(worker: Worker, run_dirs: list[Path], fuse: bool) -> list[dict]:
             m.spec = read_spec(d)
             m.result["primary_metric"] = m.spec["task"].get("metric")
             m.log.event("start", run_id=m.spec["run_id"], pid=os.getpid(), device=str(worker.s.device))
+            m.stop = _stop_rule(m)
         except UserError as e:
             m.finish(worker, "failed", str(e))
     members = [m for m in everyone if not m.done]
@@ -475,6 +478,16 @@ def train_group(worker: Worker, run_dirs: list[Path], fuse: bool) -> list[dict]:
                 m.result["mem_after_cleanup_mb"] = round(left, 3)
                 m.finish(worker, "oom", oom)
     return [m.result for m in everyone]
+
+
+def _stop_rule(m: Member) -> dict | None:
+    """The run's stop_degenerate rule; off for a retry of a run stopped before (it trains to its end)."""
+    rule = degenerate.rule_of(m.spec)
+    if rule is not None and degenerate.stopped_before(m.dir):
+        m.log.line("stop_degenerate is off for this attempt: an earlier one was stopped as degenerate")
+        m.result["stop_degenerate"] = "off: retried after a degenerate attempt"
+        return None
+    return rule
 
 
 def _train_members(worker: Worker, members: list[Member], fuse: bool) -> None:
@@ -576,6 +589,8 @@ def fit(worker: Worker, members: list[Member], engine, prep: Prepared, setup: Se
                 if not live:
                     return
         live = _evaluate_epoch(worker, engine, live, steplog, prep, setup, epoch, eval_bs, max_len, buckets)
+        if epoch < sched.epochs:  # at the last epoch nothing is left to save: the run ends done
+            live = _drop_degenerate(worker, engine, steplog, live, setup, step)
         if not live:
             return
     _summarise(worker, engine, live, prep, setup, steplog, step)
@@ -640,11 +655,17 @@ def _fallback(engine, live: list[Member], where: str, e: Exception) -> None:
 
 
 def _drop(
-    worker: Worker, engine, steplog: StepLog, live: list[Member], gone: list[Member], status: str, why: str
+    worker: Worker,
+    engine,
+    steplog: StepLog,
+    live: list[Member],
+    gone: list[Member],
+    status: str,
+    why: str | Callable[[Member], str],
 ) -> list[int]:
     rows = [i for i, m in enumerate(live) if m not in gone]
     for m in gone:
-        m.finish(worker, status, why)
+        m.finish(worker, status, why(m) if callable(why) else why)
     if rows:
         engine.keep(rows)
         steplog.keep(rows)
@@ -673,6 +694,25 @@ def _drop_diverged(worker, engine, steplog, live, orders, means: list[float], st
         f"diverged: training loss {means[live.index(gone[0])]} by step {step}",
     )
     return [live[i] for i in rows], [orders[i] for i in rows]
+
+
+def _drop_degenerate(worker, engine, steplog, live: list[Member], setup: Setup, step: int) -> list[Member]:
+    """Runs whose dev scores meet their stop_degenerate rule end ``degenerate`` (scores, curve and time
+    kept); in an array the others go on, as after a diverged member."""
+    gone = []
+    for m in live:
+        if m.stop is None:
+            continue
+        stopped = degenerate.verdict(m.spec, m.stop, [x[_primary(m)] for x in m.epoch_metrics])
+        if stopped is not None:
+            _record(m, engine, setup, steplog, step)
+            m.result["stopped"] = stopped
+            m.log.event("stopped", **stopped)
+            gone.append(m)
+    if not gone:
+        return live
+    rows = _drop(worker, engine, steplog, live, gone, "degenerate", lambda m: degenerate.reason(m.result["stopped"]))
+    return [live[i] for i in rows]
 
 
 def _evaluate_epoch(worker, engine, live, steplog, prep, setup, epoch, eval_bs, max_len, buckets) -> list[Member]:
@@ -735,24 +775,30 @@ def _summarise(worker, engine, live, prep, setup: Setup, steplog: StepLog, step:
                 f"done: {_primary(m)} {scores[-1]:.4f} (last epoch; best {max(scores):.4f} at epoch {best}) "
                 f"in {duration(seconds)}, {rate:.1f} samples/s{how}"
             )
-            m.result.update(
-                metrics=m.epoch_metrics[-1],
-                score=scores[-1],
-                best_epoch=best,
-                best_score=max(scores),
-                epoch_metrics=m.epoch_metrics,
-                train_seconds=round(seconds, 3),
-                samples_per_s=round(rate, 2),
-                steps=step,
-                compile=engine.mode,
-                pad=setup.pad,
-                setup=setup.record(),
-            )
-            if setup.fused:
-                m.result["fused"] = setup.fused
+            _record(m, engine, setup, steplog, step)
             m.finish(worker, "done", None)
         except Exception as e:  # noqa: BLE001 - e.g. a full disk while saving one checkpoint
             m.finish(worker, "failed", f"{type(e).__name__}: {first_line(e, 300)}")
+
+
+def _record(m: Member, engine, setup: Setup, steplog: StepLog, step: int) -> None:
+    """The run's scores so far (the last evaluated epoch's), its curve and its training time in its result."""
+    scores = [x[_primary(m)] for x in m.epoch_metrics]
+    m.result.update(
+        metrics=m.epoch_metrics[-1],
+        score=scores[-1],
+        best_epoch=int(np.argmax(scores)) + 1,
+        best_score=max(scores),
+        epoch_metrics=m.epoch_metrics,
+        train_seconds=round(steplog.seconds, 3),
+        samples_per_s=round(steplog.seen / max(steplog.seconds, 1e-9), 2),
+        steps=step,
+        compile=engine.mode,
+        pad=setup.pad,
+        setup=setup.record(),
+    )
+    if setup.fused:
+        m.result["fused"] = setup.fused
 
 
 def save_checkpoint(module: torch.nn.Module, tok, folder: Path, labels: list[str] | None) -> None:

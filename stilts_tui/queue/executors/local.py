@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from stilts_tui.contract import CANCEL_FILE, CANCEL_GRACE_S, RESULT_STATUSES, TRAIN_LOG, WORKERS_DIR
+from stilts_tui.contract import CANCEL_FILE, CANCEL_GRACE_S, RESULT_STATUSES, TRAIN_LOG, WORKERS_DIR, ledger_status
 from stilts_tui.queue import checks, mps, placement
 from stilts_tui.queue import gpus as gpu_info
 from stilts_tui.queue.executor import Changes
@@ -203,7 +203,7 @@ class LocalExecutor:
             fields.update(self._after_oom(r))
             stats["requeued"] += 1
         else:
-            fields["status"] = "done" if res["status"] == "done" else "failed"
+            fields["status"] = ledger_status(res["status"]).value
             stats["reaped"] += 1
         return fields
 

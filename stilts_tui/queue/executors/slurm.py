@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stilts_tui.contract import BLOCKING, CANCEL_FILE, RESULT_STATUSES, TRAIN_LOG
+from stilts_tui.contract import BLOCKING, CANCEL_FILE, RESULT_STATUSES, TRAIN_LOG, ledger_status
 from stilts_tui.errors import UserError
 from stilts_tui.plan import SLURM_DEFAULTS
 from stilts_tui.queue import checks, placement
@@ -385,7 +385,7 @@ class SlurmExecutor:
                 changes[r["id"]] = (
                     "running",
                     {
-                        "status": "done" if res["status"] == "done" else "failed",
+                        "status": ledger_status(res["status"]).value,
                         "finished": time.time(),
                         "score": checks.clean_score(res.get("score")),
                         "error": res.get("error"),

@@ -16,7 +16,15 @@ from stilts_tui.tui.data import ProgressReader, Snapshot, plural
 from stilts_tui.tui.widgets.run_table import RunTable
 
 # sorting by status: what needs attention first (running, then failed), what is over last
-STATUS_SORT = (Status.RUNNING, Status.FAILED, Status.QUEUED, Status.BLOCKED, Status.DONE, Status.CANCELLED)
+STATUS_SORT = (
+    Status.RUNNING,
+    Status.FAILED,
+    Status.QUEUED,
+    Status.BLOCKED,
+    Status.DONE,
+    Status.DEGENERATE,
+    Status.CANCELLED,
+)
 
 STATUS_STYLE = {
     "queued": "cyan",
@@ -25,6 +33,7 @@ STATUS_STYLE = {
     "failed": "bold red",
     "cancelled": "magenta",
     "blocked": "red",
+    "degenerate": "dark_orange",  # stopped early by stop_degenerate: by design, not an error
     "waiting": "yellow",
 }
 COLUMNS = (
@@ -284,6 +293,7 @@ class QueueScreen(Screen):
             + (f"{c['waiting']} waiting in workers · " if c.get("waiting") else "")
             + f"{c.get('queued', 0)} queued · "
             f"{c.get('failed', 0)} failed · {c.get('blocked', 0)} blocked · {c.get('cancelled', 0)} cancelled"
+            + (f" · {c['degenerate']} degenerate (stopped early)" if c.get("degenerate") else "")
         )
         if snap.eta_s is not None:
             totals += f" · ETA {duration(snap.eta_s)}"
