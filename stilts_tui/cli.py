@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from stilts_tui import plan as plans
-from stilts_tui import rundir, tasks
+from stilts_tui import ranking, rundir, tasks
 from stilts_tui.contract import CANCEL_GRACE_S, SETTLED, STATUSES, TRAIN_LOG
 from stilts_tui.entry import NoDaemon, RunsDir  # the root options, shared with the bare command's parser
 from stilts_tui.errors import Failure, UserError
@@ -859,6 +859,31 @@ def scores(
         return
     results.write_output(out, results.export_bytes(table, fmt), force=force)
     typer.echo(f"wrote {out}", err=True)
+
+
+@app.command("rank")
+def rank_cmd(
+    ctx: typer.Context,
+    plan: Annotated[str, typer.Argument(help="a plan file (or a queued plan's name)", show_default=False)],
+    target: Annotated[str | None, typer.Option("--target", help="rank for this target only")] = None,
+    examples: Annotated[
+        int, typer.Option("--examples", help="the target's first N train examples")
+    ] = ranking.DEFAULT_EXAMPLES,
+    device: Annotated[str, typer.Option("--device", help=ranking.DEVICE_HELP)] = "cpu",
+    as_json: JsonFlag = False,
+) -> None:
+    """Each target's starting points (none and every intermediate with a checkpoint) in the order LogME
+    predicts from their frozen features; scores cached per (starting point, target, N)."""
+    root = _root(ctx)
+    loaded = ranking.load_plan(root, plan)
+    ranking.check_options(loaded, target, examples, device)
+    jobs = ranking.jobs_for(loaded, root, target, examples)
+    doc = ranking.ranking(loaded, jobs, ranking.score(jobs, device), examples)
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    for line in ranking.lines(doc):
+        typer.echo(terminal_safe(line))
 
 
 @app.command("logs")

@@ -32,7 +32,7 @@ def test_statuses_equal_their_strings_and_their_sets_nest():
     assert Status.DONE == "done" and f"{Status.DONE}" == "done" and json.dumps(Status.DONE) == '"done"'
     assert FINAL < SETTLED <= set(STATUSES)
     assert Status.BLOCKED in SETTLED and Status.BLOCKED not in FINAL
-    assert set(contract.RESULT_STATUSES) == {"done", "failed", "oom"}
+    assert set(contract.RESULT_STATUSES) == {"done", "failed", "oom", "degenerate"}
 
 
 def test_the_ledger_accepts_every_contract_status_and_refuses_another(tmp_path):
