@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
 from conftest import REFERENCE_PLAN, add, all_final, cli, make_plan, start, statuses, wait, write_jsonl, write_text
@@ -145,3 +146,31 @@ def test_the_degenerate_status_in_the_contract_the_ledger_and_the_rehearsal(runs
     ]
     lines, ok = rehearse.stage_lines(runs_dir, runs)
     assert ok and lines == ["ok    target.t: 2 runs (7 s of runs; 1 stopped as degenerate)"]
+
+
+async def test_the_queue_screen_shows_degenerate_runs_with_their_reason(tmp_path, runs_dir, tiny_model):
+    from textual.widgets import DataTable
+
+    from stilts_tui.tui.app import StiltsApp
+    from stilts_tui.tui.screens.queue import COLUMNS, QueueScreen
+
+    assert cli("queue", "add", str(_plan(tmp_path, tiny_model)), runs_dir=runs_dir).returncode == 0
+    run = Ledger(runs_dir).runs()[0]
+    why = "degenerate: dev acc 0.5000 at or below the majority class's 0.5000 by epoch 1"
+    Ledger(runs_dir).update(run["id"], status="degenerate", error=why, score=0.5)
+    async with StiltsApp(runs_dir, keymap={}, confirm=False).run_test(size=(220, 40)) as pilot:
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+
+        def shown() -> bool:
+            screen = pilot.app.screen
+            return isinstance(screen, QueueScreen) and screen.query_one(DataTable).row_count == 2
+
+        deadline = time.monotonic() + 60
+        while not shown():  # a condition, never a fixed pause
+            assert time.monotonic() < deadline, "the queue screen never filled"
+            await pilot.pause(0.02)
+        table = pilot.app.screen.query_one(DataTable)
+        row = table.get_row(run["id"])
+        assert str(row[COLUMNS.index("status")]) == "degenerate" and str(row[COLUMNS.index("reason")]) == why
+        assert "1 degenerate (stopped early)" in str(pilot.app.screen.query_one("#totals").render())
