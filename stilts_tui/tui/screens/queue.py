@@ -73,6 +73,17 @@ def shown_status(r: dict, snap: Snapshot) -> str:
     return "waiting" if r["id"] in snap.waiting else r["status"]
 
 
+def counts_line(c: dict[str, int]) -> str:
+    """The totals' counts by status (degenerate runs only where there are some)."""
+    return (
+        f"{c.get('done', 0)} done · {c.get('running', 0)} running · "
+        + (f"{c['waiting']} waiting in workers · " if c.get("waiting") else "")
+        + f"{c.get('queued', 0)} queued · "
+        f"{c.get('failed', 0)} failed · {c.get('blocked', 0)} blocked · {c.get('cancelled', 0)} cancelled"
+        + (f" · {c['degenerate']} degenerate (stopped early)" if c.get("degenerate") else "")
+    )
+
+
 def bar(fraction: float | None, width: int = 10) -> str:
     if fraction is None:
         return ""
@@ -287,14 +298,7 @@ class QueueScreen(Screen):
         if gpu_bar.display != bool(gpus):
             gpu_bar.display = bool(gpus)
         gpu_bar.update(gpus, layout=False)
-        c = snap.counts
-        totals = (
-            f"{c.get('done', 0)} done · {c.get('running', 0)} running · "
-            + (f"{c['waiting']} waiting in workers · " if c.get("waiting") else "")
-            + f"{c.get('queued', 0)} queued · "
-            f"{c.get('failed', 0)} failed · {c.get('blocked', 0)} blocked · {c.get('cancelled', 0)} cancelled"
-            + (f" · {c['degenerate']} degenerate (stopped early)" if c.get("degenerate") else "")
-        )
+        totals = counts_line(snap.counts)
         if snap.eta_s is not None:
             totals += f" · ETA {duration(snap.eta_s)}"
         if snap.paused:
