@@ -299,6 +299,24 @@ def test_a_finished_run_whose_job_id_was_never_recorded_is_read_from_its_result_
     assert run["score"] == 0.75 and run["attempts"] == 1 and jobs_named(parent["id"], runs_dir) == []
 
 
+def test_a_run_stopped_as_degenerate_is_reaped_degenerate_from_its_result(tmp_path, runs_dir, tiny_model, slurm_env):
+    parent, _ = split(add(make_plan(tmp_path, tiny_model, STAGES), runs_dir, slurm_env))
+    assert cli("queue", "pause", runs_dir=runs_dir).returncode == 0
+    with Ledger(runs_dir).transaction() as tx:
+        tx.update_run(
+            parent["id"], status="running", executor="slurm", job_id=None, started=time.time() - 600, attempts=1
+        )
+    why = "degenerate: dev acc 0.5000 at or below the majority class's 0.5000 by epoch 1"
+    (runs_dir / parent["id"] / "result.json").write_text(
+        json.dumps({"status": "degenerate", "score": 0.5, "error": why})
+    )
+    start_slurm(runs_dir, slurm_env)
+    wait(lambda: statuses(runs_dir)[parent["id"]] == "degenerate", 30, "the run reaped from its result")
+    run = Ledger(runs_dir).get(parent["id"])
+    assert run["score"] == 0.5 and run["error"] == why and jobs_named(parent["id"], runs_dir) == []
+    wait(lambda: all(s in ("blocked", "degenerate") for s in statuses(runs_dir).values()), 30, "children blocked")
+
+
 def _sbatch(runs_dir: Path, *args: str) -> str:
     """A job standing in for a run's: sleep, in this runs-dir."""
     out = subprocess.run(
