@@ -96,9 +96,13 @@ def _task_stamp(task: dict) -> list:
 def jobs_for(plan: plans.Plan, root: Path, target: str | None, examples: int) -> list[dict]:
     """One job per (target, starting point): what the scorer needs and where its score is cached."""
     runs = plans.expand(plan)
+    names = list(plan.target) if target is None else [target]
+    missing = plans.missing_data(plan, [r for r in runs if r.stage == "target" and r.name in names])
+    if missing:  # what the trainer would fail on, said here in one line (bad input, exit 2)
+        raise UserError(missing[0])
     points = starts(plan, runs, root)
     out = []
-    for name in plan.target if target is None else [target]:
+    for name in names:
         first = next(r for r in runs if r.stage == "target" and r.name == name)
         task = plans.spec_for(first, plan, root)["task"]
         max_len = int(first.params["max_len"])

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from conftest import REFERENCE_PLAN, add, all_final, cli, make_plan, start, statuses, wait, write_jsonl, write_text
 
-from stilts_tui import contract, rehearse
+from stilts_tui import contract, rehearse, results
 from stilts_tui.ledger import Ledger
 from stilts_tui.plan import load_and_expand
+from stilts_tui.tui.screens.scores import distribution
 
 # On the tiny model and the data below (label: the last word of s2 is w7 or w8), seeded on the CPU:
 # lr 1e-3 stays at the majority class (dev acc 0.5, 0.5, 0.5); lr 1e-2 is there at its first evaluation and
@@ -86,6 +87,7 @@ def test_a_collapsed_run_is_stopped_degenerate_and_one_that_recovers_trains_on(
     assert cell["mean"] == 0.75 and cell["mean_without_failed"] == 1.0
     md = cli("scores", "q", "--format", "md", runs_dir=runs_dir).stdout
     assert "fail 1/2 (1 stopped)" in md and "runs stopped as degenerate" in md
+    assert "1 of them stopped as degenerate" in distribution(results.build(runs_dir, "q").cells[0])  # the app's
 
     # undone by a retry: the next attempt trains to its last epoch (and is not stopped again)
     assert cli("queue", "retry", stuck["id"], runs_dir=runs_dir).returncode == 0

@@ -153,3 +153,11 @@ def test_rank_refuses_bad_input_in_one_line(tmp_path, runs_dir, tiny_model, args
     out = cli("rank", *[a.format(plan=plan) for a in args], runs_dir=runs_dir)
     assert out.returncode == 2 and why in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not (runs_dir / ".cache").exists()
+
+
+def test_rank_refuses_a_target_whose_data_is_missing_before_scoring(tmp_path, runs_dir, tiny_model):
+    plan = make_plan(tmp_path, tiny_model, STAGES, baseline=True)
+    (tmp_path / "data/tr.jsonl").unlink()
+    out = cli("rank", str(plan), runs_dir=runs_dir)
+    assert out.returncode == 2 and "[target.t] data file not found" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (runs_dir / ".cache").exists()

@@ -699,13 +699,13 @@ def _drop_diverged(worker, engine, steplog, live, orders, means: list[float], st
 def _drop_degenerate(worker, engine, steplog, live: list[Member], setup: Setup, step: int) -> list[Member]:
     """Runs whose dev scores meet their stop_degenerate rule end ``degenerate`` (scores, curve and time
     kept); in an array the others go on, as after a diverged member."""
-    gone = []
+    gone, seconds = [], steplog.seconds
     for m in live:
         if m.stop is None:
             continue
         stopped = degenerate.verdict(m.spec, m.stop, [x[_primary(m)] for x in m.epoch_metrics])
         if stopped is not None:
-            _record(m, engine, setup, steplog, step)
+            _record(m, engine, setup, steplog, step, seconds)
             m.result["stopped"] = stopped
             m.log.event("stopped", **stopped)
             gone.append(m)
@@ -775,14 +775,15 @@ def _summarise(worker, engine, live, prep, setup: Setup, steplog: StepLog, step:
                 f"done: {_primary(m)} {scores[-1]:.4f} (last epoch; best {max(scores):.4f} at epoch {best}) "
                 f"in {duration(seconds)}, {rate:.1f} samples/s{how}"
             )
-            _record(m, engine, setup, steplog, step)
+            _record(m, engine, setup, steplog, step, seconds)
             m.finish(worker, "done", None)
         except Exception as e:  # noqa: BLE001 - e.g. a full disk while saving one checkpoint
             m.finish(worker, "failed", f"{type(e).__name__}: {first_line(e, 300)}")
 
 
-def _record(m: Member, engine, setup: Setup, steplog: StepLog, step: int) -> None:
-    """The run's scores so far (the last evaluated epoch's), its curve and its training time in its result."""
+def _record(m: Member, engine, setup: Setup, steplog: StepLog, step: int, seconds: float) -> None:
+    """The run's scores so far (the last evaluated epoch's), its curve and its training time (``seconds``:
+    the array's, read once for all its members) in its result."""
     scores = [x[_primary(m)] for x in m.epoch_metrics]
     m.result.update(
         metrics=m.epoch_metrics[-1],
@@ -790,8 +791,8 @@ def _record(m: Member, engine, setup: Setup, steplog: StepLog, step: int) -> Non
         best_epoch=int(np.argmax(scores)) + 1,
         best_score=max(scores),
         epoch_metrics=m.epoch_metrics,
-        train_seconds=round(steplog.seconds, 3),
-        samples_per_s=round(steplog.seen / max(steplog.seconds, 1e-9), 2),
+        train_seconds=round(seconds, 3),
+        samples_per_s=round(steplog.seen / max(seconds, 1e-9), 2),
         steps=step,
         compile=engine.mode,
         pad=setup.pad,

@@ -58,6 +58,8 @@ def distribution(c: results.Cell, width: int = 60) -> str:
             f"\nfailed {c.failed}/{c.n} ({100 * c.failed_rate:.0f}%: at or below the majority-class score "
             f"{100 * c.majority:.2f}); without them {ok}"
         )
+        if c.stopped:
+            stats += f"\n{c.stopped} of them stopped as degenerate (stop_degenerate), scored at the epoch they stopped"
     if c.gain is not None:
         lo_ci, hi_ci = c.gain_ci or (float("nan"), float("nan"))
         stats += f"\ngain over none {100 * c.gain:+.2f} (95% CI {100 * lo_ci:+.2f} … {100 * hi_ci:+.2f})"
