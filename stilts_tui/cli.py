@@ -187,14 +187,27 @@ def tasks_cmd(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 
 @tasks_app.command("show")
 def tasks_show(
-    task: Annotated[str, typer.Argument(help="a built-in task (or alias)", show_default=False)],
+    ctx: typer.Context,
+    task: Annotated[
+        str, typer.Argument(help="a built-in task (or alias); with --plan, a stage of the plan", show_default=False)
+    ],
     data_dir: Annotated[
         Path | None,
         typer.Option(
             "--data-dir", help="the task's local files, in the official layout (default: the Hugging Face Hub)"
         ),
     ] = None,
-    model: Annotated[str, typer.Option("--model", help="whose tokenizer: hub id or local folder")] = "roberta-large",
+    plan_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--plan",
+            help="TASK is a stage of this plan (its own custom, data_dir or synthesized task); --model defaults "
+            "to the plan's model",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="whose tokenizer: hub id or local folder (default roberta-large)")
+    ] = None,
     n: Annotated[int, typer.Option("-n", help="how many examples", min=1)] = 3,
     split: Annotated[str, typer.Option("--split", help="train or dev")] = "train",
     max_len: Annotated[int, typer.Option("--max-len", help="truncate as a run with this max_len", min=8)] = 512,
@@ -205,7 +218,15 @@ def tasks_show(
 
     if split not in ("train", "dev"):
         raise UserError(f"--split: expected train or dev, got '{split}'")
-    spec = show.spec_for(task, data_dir)
+    if plan_path is not None:
+        if data_dir is not None:
+            raise UserError("--data-dir: a plan's stage has its data where the plan says; give --plan or --data-dir")
+        plan, runs = plans.load_and_expand(plan_path)
+        spec, plan_model = show.plan_stage_spec(plan, runs, task, _root(ctx))
+        model = model or plan_model
+    else:
+        spec = show.spec_for(task, data_dir)
+    model = model or "roberta-large"
     exs = show.examples(spec, split, n)
     recs = show.records(spec, exs, show.encode(model, spec["kind"], max_len, exs))
     if as_json:
