@@ -38,27 +38,6 @@ def spec_for(task: str, data_dir: Path | None) -> dict:
     }
 
 
-def plan_stage_spec(plan, runs: list, name: str, runs_root: Path) -> tuple[dict, str]:
-    """The task entry of the plan's intermediate or target stage ``name`` as its runs' spec.json holds
-    it (a synthesized task reads its synth run's output folder), and the plan's model (its tokenizer)."""
-    from stilts_tui import plan as plans
-
-    stages = {(r.stage, r.name): r for r in runs if r.stage in ("intermediate", "target")}
-    run = stages.get(("target", name)) or stages.get(("intermediate", name))
-    if run is None:
-        known = ", ".join(sorted({n for _, n in stages})) or "none"
-        raise UserError(f"{plan.path}: no intermediate or target stage '{name}' (the plan has: {known})")
-    spec = plans.spec_for(run, plan, runs_root)
-    task = dict(spec["task"])
-    if task.get("from_run") and data.missing_files(task):
-        raise TaskDataError(
-            f"stage '{name}' is synthesized by run {task['from_run']}: its examples exist once that run is done "
-            f"(expected in {task['data_dir']})"
-        )
-    model = run.model.get("path") or run.model.get("name") or plan.model
-    return task, str(model)
-
-
 def _hub_advice(spec: dict) -> str:
     if spec.get("custom"):
         return "its files are the plan's train_file and dev_file"
