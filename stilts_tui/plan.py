@@ -650,7 +650,7 @@ def _method(plan: Plan, params: dict, where: str, stage: dict, parent: dict | No
     def fail(key: str, message: str):
         raise PlanError(plan.path, message, key=f"{where}.{key}", line=_line_of(plan.text, f"{where}.{key}".split(".")))
 
-    if p.get("method") == "lora":
+    if contract.is_lora(p):
         p["lora"] = {**LORA_DEFAULTS, **p.get("lora", {})}
     else:
         if "lora" in stage and "method" not in (stage.get("grid") or {}):
@@ -658,13 +658,13 @@ def _method(plan: Plan, params: dict, where: str, stage: dict, parent: dict | No
         p.pop("method", None)
         p.pop("lora", None)
     if p.get("transfer") == "adapter":
-        if p.get("method") != "lora":
+        if not contract.is_lora(p):
             fail(
                 "transfer",
                 '"adapter" trains the intermediate\'s adapter further: it needs method = "lora" '
                 '(a full fine-tune starts from the merged weights: transfer = "merge")',
             )
-        if parent is not None and parent.get("method") != "lora":
+        if parent is not None and not contract.is_lora(parent):
             fail(
                 "transfer",
                 '"adapter" needs a LoRA intermediate; an intermediate of this plan is a full fine-tune '
@@ -806,7 +806,7 @@ def grid_text(grid: dict | None, params: dict | None = None) -> str:
     if grid is not None and not isinstance(grid, dict):
         return str(grid)[:60]
     grid = dict(grid or {})
-    lora = isinstance(params, dict) and params.get("method") == "lora"
+    lora = contract.is_lora(params)
     if lora:
         grid.pop("method", None)
     text = " ".join(
