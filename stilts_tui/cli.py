@@ -187,14 +187,27 @@ def tasks_cmd(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 
 @tasks_app.command("show")
 def tasks_show(
-    task: Annotated[str, typer.Argument(help="a built-in task (or alias)", show_default=False)],
+    ctx: typer.Context,
+    task: Annotated[
+        str, typer.Argument(help="a built-in task (or alias); with --plan, a stage of the plan", show_default=False)
+    ],
     data_dir: Annotated[
         Path | None,
         typer.Option(
             "--data-dir", help="the task's local files, in the official layout (default: the Hugging Face Hub)"
         ),
     ] = None,
-    model: Annotated[str, typer.Option("--model", help="whose tokenizer: hub id or local folder")] = "roberta-large",
+    plan_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--plan",
+            help="TASK is a stage of this plan (its own custom, data_dir or synthesized task); --model defaults "
+            "to the plan's model",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="whose tokenizer: hub id or local folder (default roberta-large)")
+    ] = None,
     n: Annotated[int, typer.Option("-n", help="how many examples", min=1)] = 3,
     split: Annotated[str, typer.Option("--split", help="train or dev")] = "train",
     max_len: Annotated[int, typer.Option("--max-len", help="truncate as a run with this max_len", min=8)] = 512,
@@ -205,13 +218,42 @@ def tasks_show(
 
     if split not in ("train", "dev"):
         raise UserError(f"--split: expected train or dev, got '{split}'")
-    spec = show.spec_for(task, data_dir)
+    if plan_path is not None:
+        if data_dir is not None:
+            raise UserError("--data-dir: a plan's stage has its data where the plan says; give --plan or --data-dir")
+        plan, runs = plans.load_and_expand(plan_path)
+        spec, plan_model = _plan_stage_spec(plan, runs, task, _root(ctx))
+        model = model or plan_model
+    else:
+        spec = show.spec_for(task, data_dir)
+    model = model or "roberta-large"
     exs = show.examples(spec, split, n)
     recs = show.records(spec, exs, show.encode(model, spec["kind"], max_len, exs))
     if as_json:
         typer.echo("\n".join(json.dumps(r, ensure_ascii=False) for r in recs))
     else:
         typer.echo(show.render(spec, recs))
+
+
+def _plan_stage_spec(plan, runs: list, name: str, runs_root: Path) -> tuple[dict, str]:
+    """The task entry of the plan's intermediate or target stage ``name`` as its runs' spec.json holds
+    it (a synthesized task reads its synth run's output folder), and the plan's model (its tokenizer)."""
+    from stilts_tui.tasks import data
+
+    stages = {(r.stage, r.name): r for r in runs if r.stage in ("intermediate", "target")}
+    run = stages.get(("target", name)) or stages.get(("intermediate", name))
+    if run is None:
+        known = ", ".join(sorted({n for _, n in stages})) or "none"
+        raise UserError(f"{plan.path}: no intermediate or target stage '{name}' (the plan has: {known})")
+    spec = plans.spec_for(run, plan, runs_root)
+    task = dict(spec["task"])
+    if task.get("from_run") and data.missing_files(task):
+        raise UserError(
+            f"stage '{name}' is synthesized by run {task['from_run']}: its examples exist once that run is done "
+            f"(expected in {task['data_dir']})"
+        )
+    model = run.model.get("path") or run.model.get("name") or plan.model
+    return task, str(model)
 
 
 MaxRuns = Annotated[
@@ -557,54 +599,45 @@ def daemon_start(
     """Start the queue daemon for this runs-dir, detached from the terminal."""
     from stilts_tui.queue import ops
 
-    slurm = _slurm_settings(
-        executor,
-        mps,
-        {
-            "partition": partition,
-            "account": account,
-            "qos": qos,
-            "time": time_limit,
-            "gpus": gpus_per_run,
-            "cpus": cpus_per_run,
-            "mem": mem,
-            "sbatch_args": sbatch_arg,
-        },
-    )
-    if max_jobs < 1:
-        raise UserError(f"--max-jobs: expected an integer >= 1, got {max_jobs}")
+    given = {"partition": partition, "account": account, "qos": qos, "time": time_limit}
+    given.update(gpus=gpus_per_run, cpus=cpus_per_run, mem=mem, sbatch_args=sbatch_arg)
+    slurm = _slurm_settings(executor, mps, given)
+    counts = {"--per-gpu": per_gpu, "--cpu-slots": cpu_slots, "--worker-runs": worker_runs, "--max-jobs": max_jobs}
+    args = _daemon_argv(counts, max_retries, interval, fuse, gpus, mps, executor, slurm)
+    if on_finish is not None:
+        _set_on_finish(on_finish)
+    info = ops.start_daemon(_root(ctx), args)
+    typer.echo(f"daemon started (pid {info['pid']}) on {_root(ctx)}; log: {_root(ctx) / 'daemon.log'}")
+
+
+def _daemon_argv(
+    counts: dict[str, int],
+    max_retries: int,
+    interval: float,
+    fuse: str,
+    gpus: str | None,
+    mps: bool,
+    executor: str,
+    slurm: dict,
+) -> list[str]:
+    """The daemon's own command line from `daemon start`'s options, each checked (one line, exit 2)."""
+    for name, value in counts.items():
+        if value < 1:
+            raise UserError(f"{name}: expected an integer >= 1, got {value}")
     parse_gpus(gpus)
     parse_fuse(fuse)
     check_interval(interval)
     if fuse != "off" and executor == "slurm":
         raise UserError("--fuse: fused arrays run on the local executor (each Slurm job is one run)")
-    for name, value in (("--per-gpu", per_gpu), ("--cpu-slots", cpu_slots), ("--worker-runs", worker_runs)):
-        if value < 1:
-            raise UserError(f"{name}: expected an integer >= 1, got {value}")
-    args = [
-        "--per-gpu",
-        str(per_gpu),
-        "--cpu-slots",
-        str(cpu_slots),
-        "--max-retries",
-        str(max_retries),
-        "--worker-runs",
-        str(worker_runs),
-        "--interval",
-        str(interval),
-        "--fuse",
-        fuse,
-    ]
+    args = [x for name in ("--per-gpu", "--cpu-slots", "--worker-runs") for x in (name, str(counts[name]))]
+    args += ["--max-retries", str(max_retries), "--interval", str(interval), "--fuse", fuse]
     if gpus:
         args += ["--gpus", gpus]
     if mps:
         args.append("--mps")
     if executor == "slurm":
-        args += ["--executor", "slurm", "--slurm", json.dumps(slurm), "--max-jobs", str(max_jobs)]
-    if on_finish is not None:
-        _set_on_finish(on_finish)
-    info = ops.start_daemon(_root(ctx), args)
-    typer.echo(f"daemon started (pid {info['pid']}) on {_root(ctx)}; log: {_root(ctx) / 'daemon.log'}")
+        args += ["--executor", "slurm", "--slurm", json.dumps(slurm), "--max-jobs", str(counts["--max-jobs"])]
+    return args
 
 
 def _slurm_settings(executor: str, mps: bool, given: dict) -> dict:
@@ -734,32 +767,40 @@ def queue_ls(
         raise UserError(f"--plan: no plan named '{plan}' in {ledger.path}")
     runs = ledger.runs(plan=plan, status=status)
     if as_json:
-        keys = (
-            "id",
-            "plan",
-            "stage",
-            "name",
-            "task",
-            "intermediate",
-            "seed",
-            "params",
-            "grid",
-            "parent",
-            "status",
-            "gpu",
-            "score",
-            "priority",
-            "error",
-            "stuck",
-        )
-        typer.echo(json.dumps([{k: r.get(k) for k in keys} for r in runs], indent=1))
-        _warn_stuck(runs)
-        return
+        typer.echo(json.dumps([{k: r.get(k) for k in LS_KEYS} for r in runs], indent=1))
+    else:
+        _console().print(_runs_table(runs, {r["id"]: r["status"] for r in ledger.runs()}))
+        typer.echo(f"{len(runs)} runs", err=True)
+    _warn_stuck(runs)
+
+
+# the fields of a run in `queue ls --json` (documented in docs/cli.md: the stable form)
+LS_KEYS = (
+    "id",
+    "plan",
+    "stage",
+    "name",
+    "task",
+    "intermediate",
+    "seed",
+    "params",
+    "grid",
+    "parent",
+    "status",
+    "gpu",
+    "score",
+    "priority",
+    "error",
+    "stuck",
+)
+
+
+def _runs_table(runs: list[dict], status: dict[str, str]):
+    """`queue ls`'s table: one row a run, every cell escaped (``status``: every run's, for reasons)."""
     from rich.table import Table
     from rich.text import Text
 
     table = Table("id", "plan", "stage", "task", "from", "seed", "grid", "status", "gpu", "score", "reason", box=None)
-    status = {r["id"]: r["status"] for r in ledger.runs()}
     for r in runs:
         params = r.get("params") if isinstance(r.get("params"), dict) else None
         grid = plans.grid_text(r.get("grid"), params) if isinstance(r.get("grid"), dict) else str(r.get("grid") or "")
@@ -779,9 +820,7 @@ def queue_ls(
         )
         # Text, not markup: a name like "[/]" is shown, not parsed; control characters shown escaped
         table.add_row(*(Text(terminal_safe("" if c is None else c)) for c in cells))
-    _console().print(table)
-    typer.echo(f"{len(runs)} runs", err=True)
-    _warn_stuck(runs)
+    return table
 
 
 def _reason(run: dict, status: dict[str, str]) -> str:

@@ -210,6 +210,8 @@ OPTIONAL_PARAMS: dict[str, object] = {
     "max_dev_samples": None,
     "keep_checkpoint": False,
     "stop_degenerate": None,  # off: a run trains to its last epoch whatever its dev score
+    "method": "full",  # full | lora; a plan that never says lora writes no method (its run ids unchanged)
+    "lora": None,  # with method = "lora": {r, alpha, dropout, targets}, resolved by the plan
 }
 
 # stop_degenerate = { after_epochs, patience }: what a plan's table leaves out. A run whose dev score is at
@@ -221,6 +223,11 @@ STOP_DEGENERATE_DEFAULTS: dict[str, int] = {"after_epochs": 1, "patience": 1}
 def optional(params: dict, key: str) -> object:
     """An optional param's value: the run's own, else what its absence means (:data:`OPTIONAL_PARAMS`)."""
     return params[key] if params.get(key) is not None else OPTIONAL_PARAMS[key]
+
+
+def is_lora(params: object) -> bool:
+    """Whether a run's params train LoRA adapters (``method = "lora"``) rather than every weight."""
+    return isinstance(params, dict) and optional(params, "method") == "lora"
 
 
 STAGES = ("synth", "intermediate", "target")  # a plan's stages, in expansion order
@@ -259,7 +266,7 @@ def shape_key(spec: dict) -> str:
         task.get("num_choices"),
         p.get("precision"),
     ]
-    if p.get("method") == "lora":  # a LoRA run takes a fraction of a full fine-tune's memory
+    if is_lora(p):  # a LoRA run takes a fraction of a full fine-tune's memory
         lora = p.get("lora") if isinstance(p.get("lora"), dict) else {}
         key.append({"method": "lora", "r": lora.get("r"), "targets": lora.get("targets")})
     return json.dumps(key, default=str)
@@ -284,7 +291,7 @@ def array_key(spec: dict) -> str | None:
             "clip",
         )
     }
-    if p.get("method") == "lora":  # one frozen encoder for the array: the same starting weights and adapters
+    if is_lora(p):  # one frozen encoder for the array: the same starting weights and adapters
         same.update(method="lora", lora=p.get("lora"), frozen=frozen_base(spec))
     return json.dumps({"shape": shape_key(spec), "task": _sub(spec, "task"), **same}, sort_keys=True, default=str)
 

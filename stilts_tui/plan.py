@@ -395,6 +395,16 @@ def _check_values(c: _Checker, where: str, value: object, depth: int = 0) -> Non
         c.fail(where, f"expected a finite number, got {value}")
 
 
+def _check_synth(c: _Checker, name: str, sdef, base: Path) -> None:
+    """A [synth.NAME] stage: its name, keys and corpus file."""
+    _check_name(c, f"synth.{name}", name)
+    if not isinstance(sdef, dict):
+        c.fail(f"synth.{name}", "expected a table")
+    c.table(f"synth.{name}", sdef, SYNTH_KEYS)
+    if sdef.get("corpus_file"):
+        _check_path(c, f"synth.{name}.corpus_file", base, sdef["corpus_file"])
+
+
 def parse(text: str, path: str | Path) -> Plan:
     """Validate a plan's TOML text; ``path`` names it in messages and anchors relative paths."""
     path = Path(path)
@@ -426,12 +436,7 @@ def parse(text: str, path: str | Path) -> Plan:
         _check_custom(c, tname, tdef)
     synth = data.get("synth", {})
     for sname, sdef in synth.items():
-        _check_name(c, f"synth.{sname}", sname)
-        if not isinstance(sdef, dict):
-            c.fail(f"synth.{sname}", "expected a table")
-        c.table(f"synth.{sname}", sdef, SYNTH_KEYS)
-        if sdef.get("corpus_file"):
-            _check_path(c, f"synth.{sname}.corpus_file", path.parent, sdef["corpus_file"])
+        _check_synth(c, sname, sdef, path.parent)
     stages = {}
     for kind in ("intermediate", "target"):
         stages[kind] = data.get(kind, {})
@@ -657,7 +662,7 @@ def _method(plan: Plan, params: dict, where: str, stage: dict, parent: dict | No
     def fail(key: str, message: str):
         raise PlanError(plan.path, message, key=f"{where}.{key}", line=_line_of(plan.text, f"{where}.{key}".split(".")))
 
-    if p.get("method") == "lora":
+    if contract.is_lora(p):
         p["lora"] = {**LORA_DEFAULTS, **p.get("lora", {})}
     else:
         if "lora" in stage and "method" not in (stage.get("grid") or {}):
@@ -665,13 +670,13 @@ def _method(plan: Plan, params: dict, where: str, stage: dict, parent: dict | No
         p.pop("method", None)
         p.pop("lora", None)
     if p.get("transfer") == "adapter":
-        if p.get("method") != "lora":
+        if not contract.is_lora(p):
             fail(
                 "transfer",
                 '"adapter" trains the intermediate\'s adapter further: it needs method = "lora" '
                 '(a full fine-tune starts from the merged weights: transfer = "merge")',
             )
-        if parent is not None and parent.get("method") != "lora":
+        if parent is not None and not contract.is_lora(parent):
             fail(
                 "transfer",
                 '"adapter" needs a LoRA intermediate; an intermediate of this plan is a full fine-tune '
@@ -695,10 +700,21 @@ def _model(plan: Plan) -> dict:
 
 def expand(plan: Plan) -> list[Run]:
     """All runs of the plan in plan order, parents before children."""
-    runs: list[Run] = []
-    model = _model(plan)
+    ex = _Expansion(plan)
+    synth_ids = ex.synth()
+    starts, start_params = ex.intermediates(synth_ids)
+    ex.targets(synth_ids, starts, start_params)
+    return ex.runs
+
+
+class _Expansion:
+    """The runs of one plan as they are expanded, in plan order (a run's order is its index)."""
+
+    def __init__(self, plan: Plan):
+        self.plan, self.model, self.runs = plan, _model(plan), []
 
     def add(
+        self,
         stage: str,
         name: str,
         task: str,
@@ -711,66 +727,82 @@ def expand(plan: Plan) -> list[Run]:
         hashed: dict,
     ) -> Run:
         config = {
-            "plan": plan.name,
+            "plan": self.plan.name,
             "stage": stage,
             "name": name,
             "task": hashed,
-            "model": model["name"],
+            "model": self.model["name"],
             "params": params,
             "seed": seed,
             "parent": parent,
         }
-        r = Run(run_id(config), plan.name, stage, name, task, inter, seed, params, grid, parent, len(runs), spec, model)
-        runs.append(r)
+        r = Run(
+            run_id(config),
+            self.plan.name,
+            stage,
+            name,
+            task,
+            inter,
+            seed,
+            params,
+            grid,
+            parent,
+            len(self.runs),
+            spec,
+            self.model,
+        )
+        self.runs.append(r)
         return r
 
-    synth_ids: dict[str, str] = {}
-    for sname, sdef in plan.synth.items():
-        params = {**SYNTH_DEFAULTS, **sdef}
-        if "corpus_file" in params:
-            params["corpus_file"] = _resolve(plan.dir, params["corpus_file"])
-            params.pop("corpus")
-        spec = {"name": "synth", "kind": "synth", "out": contract.SYNTH_DATA_DIR}
-        r = add(
-            "synth",
-            sname,
-            "synth",
-            None,
-            params["seed"],
-            params,
-            {},
-            None,
-            spec,
-            {"task": "synth", "corpus_file": sdef.get("corpus_file")},
-        )
-        synth_ids[sname] = r.id
+    def synth(self) -> dict[str, str]:
+        """The synth runs; each synth stage's name -> its run id."""
+        synth_ids: dict[str, str] = {}
+        for sname, sdef in self.plan.synth.items():
+            params = {**SYNTH_DEFAULTS, **sdef}
+            if "corpus_file" in params:
+                params["corpus_file"] = _resolve(self.plan.dir, params["corpus_file"])
+                params.pop("corpus")
+            spec = {"name": "synth", "kind": "synth", "out": contract.SYNTH_DATA_DIR}
+            hashed = {"task": "synth", "corpus_file": sdef.get("corpus_file")}
+            synth_ids[sname] = self.add(
+                "synth", sname, "synth", None, params["seed"], params, {}, None, spec, hashed
+            ).id
+        return synth_ids
 
-    starts: list[tuple[str, str | None]] = [("none", None)] if plan.baseline else []
-    start_params: dict[str, dict] = {}
-    for iname, idef in plan.intermediate.items():
-        spec, hashed = task_spec(plan, idef, iname, synth_ids)
-        params = _method(plan, _params(plan, idef), f"intermediate.{iname}", idef, None)
-        params["keep_checkpoint"] = True  # children start from it
-        seeds = idef.get("seeds") or [idef.get("seed", 42)]
-        for seed in seeds:
-            r = add("intermediate", iname, spec["name"], iname, seed, params, {}, spec["from_run"], spec, hashed)
-            starts.append((iname, r.id))
-            start_params[r.id] = params
+    def intermediates(self, synth_ids: dict[str, str]) -> tuple[list[tuple[str, str | None]], dict[str, dict]]:
+        """The intermediate runs; the targets' starting points (name, run id; the baseline first) and
+        each intermediate run's params."""
+        plan = self.plan
+        starts: list[tuple[str, str | None]] = [("none", None)] if plan.baseline else []
+        start_params: dict[str, dict] = {}
+        for iname, idef in plan.intermediate.items():
+            spec, hashed = task_spec(plan, idef, iname, synth_ids)
+            params = _method(plan, _params(plan, idef), f"intermediate.{iname}", idef, None)
+            params["keep_checkpoint"] = True  # children start from it
+            for seed in idef.get("seeds") or [idef.get("seed", 42)]:
+                r = self.add(
+                    "intermediate", iname, spec["name"], iname, seed, params, {}, spec["from_run"], spec, hashed
+                )
+                starts.append((iname, r.id))
+                start_params[r.id] = params
+        return starts, start_params
 
-    for tname, tdef in plan.target.items():
-        spec, hashed = task_spec(plan, tdef, tname, synth_ids)
-        base = _params(plan, tdef)
-        if tdef.get("keep_checkpoint"):
-            base["keep_checkpoint"] = True
-        grid = tdef.get("grid", {})
-        combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())] or [{}]
-        seeds = tdef.get("seeds") or plan.target_seeds
-        for inter, parent in starts:
-            for seed in seeds:
-                for combo in combos:
-                    params = _method(plan, {**base, **combo}, f"target.{tname}", tdef, start_params.get(parent))
-                    add("target", tname, spec["name"], inter, seed, params, combo, parent, spec, hashed)
-    return runs
+    def targets(self, synth_ids: dict[str, str], starts: list, start_params: dict[str, dict]) -> None:
+        """Every target run: each starting point x seed x grid combination."""
+        plan = self.plan
+        for tname, tdef in plan.target.items():
+            spec, hashed = task_spec(plan, tdef, tname, synth_ids)
+            base = _params(plan, tdef)
+            if tdef.get("keep_checkpoint"):
+                base["keep_checkpoint"] = True
+            grid = tdef.get("grid", {})
+            combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())] or [{}]
+            seeds = tdef.get("seeds") or plan.target_seeds
+            for inter, parent in starts:
+                for seed in seeds:
+                    for combo in combos:
+                        params = _method(plan, {**base, **combo}, f"target.{tname}", tdef, start_params.get(parent))
+                        self.add("target", tname, spec["name"], inter, seed, params, combo, parent, spec, hashed)
 
 
 # ---- summaries ---------------------------------------------------------------------------------
@@ -786,7 +818,7 @@ def grid_text(grid: dict | None, params: dict | None = None) -> str:
     if grid is not None and not isinstance(grid, dict):
         return str(grid)[:60]
     grid = dict(grid or {})
-    lora = isinstance(params, dict) and params.get("method") == "lora"
+    lora = contract.is_lora(params)
     if lora:
         grid.pop("method", None)
     text = " ".join(

@@ -443,3 +443,29 @@ def test_a_byte_order_mark_is_dropped_from_tsv_and_winogrande_files_as_the_refer
     assert out.returncode == 0, out.stderr
     rec = json.loads(out.stdout.splitlines()[0])
     assert rec["label"] == 1 and rec["text"][0] == ["Sarah was a much better surgeon than ", "Sarah so"]
+
+
+def test_tasks_show_a_plans_own_task_with_its_model(tmp_path, bpe):
+    # a plan's custom task (its own jsonl files) shown as its runs train on it, with the plan's tokenizer
+    tok, folder = bpe
+    write_jsonl(tmp_path / "t_train.jsonl", [{"s1": "A cat sat.", "s2": "It slept.", "label": "yes"}])
+    write_jsonl(tmp_path / "t_dev.jsonl", [{"s1": "A dog ran.", "s2": "It ate.", "label": "no"}])
+    write_text(
+        tmp_path / "p.toml",
+        f'name = "own"\nmodel = "{folder}"\ntarget_seeds = [1]\n'
+        '[tasks.mine]\nformat = "jsonl"\ntrain = "t_train.jsonl"\ndev = "t_dev.jsonl"\nkind = "classification"\n'
+        'text_fields = ["s1", "s2"]\nlabels = ["no", "yes"]\n[target.mine]\n',
+    )
+    out = cli("tasks", "show", "mine", "--plan", str(tmp_path / "p.toml"), "--json")
+    assert out.returncode == 0, out.stderr
+    rec = json.loads(out.stdout.strip().splitlines()[0])
+    assert rec["text"] == ["A cat sat.", "It slept."] and rec["label_name"] == "yes"
+    assert rec["input_ids"] == tok("A cat sat.", "It slept.")["input_ids"]
+    dev = cli("tasks", "show", "mine", "--plan", str(tmp_path / "p.toml"), "--split", "dev", "--json")
+    assert json.loads(dev.stdout.strip().splitlines()[0])["label_name"] == "no"
+    # a stage the plan lacks, and a plan whose own files are gone: one line each, exit 2
+    bad = cli("tasks", "show", "rte", "--plan", str(tmp_path / "p.toml"))
+    assert bad.returncode == 2 and "no intermediate or target stage 'rte'" in bad.stderr and "mine" in bad.stderr
+    (tmp_path / "t_dev.jsonl").unlink()
+    gone = cli("tasks", "show", "mine", "--plan", str(tmp_path / "p.toml"))
+    assert gone.returncode == 2 and "t_dev.jsonl" in gone.stderr and len(gone.stderr.strip().splitlines()) == 1

@@ -134,3 +134,54 @@ async def test_without_nvml_the_view_and_doctor_say_so(runs_dir, monkeypatch):
 
 def test_spark_scales_to_the_top():
     assert spark([0, 12, 24, None], 24) == "▁▅█ "
+
+
+async def test_without_a_gpu_the_view_shows_the_cpus_and_each_worker_by_its_run(tmp_path, runs_dir, monkeypatch):
+    # a machine with no GPU driver, where a run trains on the CPU: the view shows the cores, memory and
+    # load, and the run's worker (a real process spinning a core, with a child) by its run, CPU share
+    # and memory, measured between two samples
+    monkeypatch.delenv("STILTS_FAKE_GPUS", raising=False)
+    monkeypatch.setitem(sys.modules, "pynvml", types.SimpleNamespace(NVMLError=_NVMLError, nvmlInit=_no_driver))
+    assert cli("queue", "add", str(write_text(tmp_path / "g.toml", PLAN)), runs_dir=runs_dir).returncode == 0
+    target = next(r for r in Ledger(runs_dir).runs() if r["stage"] == "target")
+    spin = "import subprocess, time\nc = subprocess.Popen(['sleep', '60'])\nt = time.time()\n"
+    spin += "while time.time() - t < 60: pass"
+    worker = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        with Ledger(runs_dir).transaction() as tx:
+            tx.update_run(target["id"], status="running", pid=worker.pid)
+        async with StiltsApp(runs_dir, keymap={}).run_test(size=(200, 30)) as pilot:
+            await pilot.pause()
+            await pilot.press("g")
+            screen = pilot.app.screen
+
+            def measured():
+                procs = screen.cpu.procs if screen.cpu is not None else []
+                return procs and procs[0].cpu_percent > 20 and len(screen.cpu_history) >= 2
+
+            for _ in range(100):  # two samples, INTERVAL apart
+                await pilot.pause(0.1)
+                if measured():
+                    break
+            assert measured(), screen.cpu
+            (proc,) = screen.cpu.procs
+            assert proc.pid == worker.pid and proc.run_ids == [target["id"]] and proc.stage == "target rte (from none)"
+            assert 0.005 < proc.rss_gb < 2 and proc.threads >= 1
+            text = plain(screen.shown)
+            assert "No GPU to show: NVML cannot start" in text and "Runs train on the CPU" in text
+            assert f"CPU  {len(screen.cpu.cores)} cores" in text and "GiB" in text and "load " in text
+            assert str(worker.pid) in text and target["id"] in text and "target rte (from none)" in text
+            # the run ends: its worker leaves the view
+            with Ledger(runs_dir).transaction() as tx:
+                tx.update_run(target["id"], status="done")
+            for _ in range(60):
+                await pilot.pause(0.1)
+                if screen.cpu is not None and not screen.cpu.procs:
+                    break
+            assert not screen.cpu.procs and "no run training" in plain(screen.shown)
+    finally:
+        import psutil
+
+        for p in [*psutil.Process(worker.pid).children(recursive=True), psutil.Process(worker.pid)]:
+            p.kill()
+        worker.wait()

@@ -291,3 +291,37 @@ def test_a_missing_parent_checkpoint_fails_the_child(tmp_path, runs_dir, tiny_mo
     out = train(child)
     assert out.returncode == 1
     assert "checkpoint not found" in result(child)["error"]
+
+
+def test_a_run_that_needs_the_unreachable_hub_fails_at_once_from_the_caches(tmp_path, tiny_workload):
+    # a hub task with no local files and the hub unreachable (a closed port, an empty cache): the
+    # trainer switches transformers and datasets to offline mode (no retries), says so, and the run
+    # fails in one line naming the files to download instead
+    from conftest import result_of, write_tiny_run
+
+    from stilts_tui.tasks import show
+
+    d = write_tiny_run(tmp_path / "runs", "hubrun", tiny_workload, epochs=1)
+    spec = json.loads((d / "spec.json").read_text())
+    spec["task"] = show.spec_for("rte", None)
+    (d / "spec.json").write_text(json.dumps(spec))
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_HOME": str(tmp_path / "hf"),
+    }
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("HF_DATASETS_OFFLINE", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "stilts_tui.train", "--device", "cpu", str(d)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert out.returncode == 1
+    assert "the Hugging Face Hub (http://127.0.0.1:9) is unreachable: reading only the local caches" in out.stderr
+    r = result_of(d)
+    assert r["status"] == "failed" and "could not load nyu-mll/glue/rte" in r["error"], r["error"]
+    assert "set data_dir" in r["error"]

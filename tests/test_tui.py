@@ -655,6 +655,10 @@ async def test_scores_screen_views_cell_distribution_and_export(prepared):
             "pdf",
             "svg",
         ]  # matplotlib is installed: figures offered
+        # the menu floats over the table's right margin, never over its cells: the table stays whole
+        menu = pilot.app.screen.query_one(OptionList)
+        assert pilot.app.screen_stack[-2] is screen and table.region.width > 0
+        assert table.region.x + table.virtual_size.width <= menu.region.x, (table.virtual_size, menu.region)
         await pilot.press("down", "enter")  # the second format: md
         out = prepared / "exports" / "study.md"
         await until(pilot, lambda: out.exists(), "the export written")

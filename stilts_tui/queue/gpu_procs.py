@@ -76,7 +76,8 @@ def fake_procs() -> list[tuple[int, int, float]]:
     return out
 
 
-def _running(root: Path | None) -> list[dict]:
+def running_runs(root: Path | None) -> list[dict]:
+    """The ledger's running runs (none where there is no ledger or it cannot be read)."""
     if root is None or not (Path(root) / LEDGER_FILE).exists():
         return []
     from stilts_tui.ledger import Ledger
@@ -85,6 +86,14 @@ def _running(root: Path | None) -> list[dict]:
         return [r for r in Ledger(root).runs(status="running") if isinstance(r, dict)]
     except UserError:
         return []
+
+
+def stage_text(run: dict) -> str:
+    """A run's stage as the queue screen says it: "target rte (from hellaswag)"."""
+    inter = run.get("intermediate")
+    return printable(
+        f"{run.get('stage')} {run.get('name')}" + (f" (from {inter})" if run.get("stage") == "target" and inter else "")
+    )
 
 
 def _describe(proc: GpuProc, by_pid: dict[int, list[dict]]) -> GpuProc:
@@ -101,11 +110,7 @@ def _describe(proc: GpuProc, by_pid: dict[int, list[dict]]) -> GpuProc:
         first = runs[0]
         proc.ours, proc.run_ids = True, [str(r.get("id")) for r in runs]
         proc.plan = printable(str(first.get("plan")))
-        inter = first.get("intermediate")
-        proc.stage = printable(
-            f"{first.get('stage')} {first.get('name')}"
-            + (f" (from {inter})" if first.get("stage") == "target" and inter else "")
-        )
+        proc.stage = stage_text(first)
     if p is not None:
         try:
             with p.oneshot():
@@ -189,7 +194,7 @@ def _fake_report(running: list[dict]) -> GpuReport:
 
 def snapshot(root: Path | None = None) -> GpuReport:
     """Every GPU with its memory, utilization and processes, each named (``root``: the runs-dir)."""
-    running = _running(root)
+    running = running_runs(root)
     report = _fake_report(running) if gpu_info.fake_spec() is not None else _nvml_report()
     by_pid: dict[int, list[dict]] = {}
     for r in running:

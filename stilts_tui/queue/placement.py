@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stilts_tui.contract import TRAINED_STAGES, array_key, shape_key
+from stilts_tui.contract import TRAINED_STAGES, array_key, is_lora, shape_key
 
 # parameter counts of common encoders, for the first estimate of a hub model
 KNOWN_PARAMS = {
@@ -59,7 +59,7 @@ def formula_gb(spec: dict, k: int = 1) -> float:
     length = p["max_len"] if spec.get("stage") in TRAINED_STAGES else GENERATION_LEN
     tokens = p["batch_size"] * choices * length
     act = tokens * 1.2e-3 * (params / 355e6)
-    if p.get("method") == "lora":
+    if is_lora(p):
         lora = p.get("lora") or {}
         own = 0.01 * params * max(1.0, lora.get("r", 8) * len(lora.get("targets") or [0, 0]) / 32)
         return round(max(1.0, 6 * params / 2**30 + k * (act + 16 * own / 2**30)), 2)
@@ -261,7 +261,7 @@ class Grouper:
         """The estimate of an array of ``k`` runs of ``run``'s shape: k times a run's (a measured share,
         or the formula), except LoRA runs before any is measured: their frozen encoder counts once."""
         spec = self.spec(run["id"])
-        if (spec.get("params") or {}).get("method") == "lora" and self.learned.shape(shape_key(spec)).share_gb is None:
+        if is_lora(spec.get("params")) and self.learned.shape(shape_key(spec)).share_gb is None:
             return formula_gb(spec, k)
         return round(est * k, 2)
 

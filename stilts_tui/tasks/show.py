@@ -39,6 +39,8 @@ def spec_for(task: str, data_dir: Path | None) -> dict:
 
 
 def _hub_advice(spec: dict) -> str:
+    if spec.get("custom"):
+        return "its files are the plan's train_file and dev_file"
     t = registry.get(spec["name"])
     files = ", ".join(t.files) if t.files else "its files"
     return f"download the task's files ({files}) and pass --data-dir DIR"
@@ -46,10 +48,11 @@ def _hub_advice(spec: dict) -> str:
 
 def examples(spec: dict, split: str, n: int) -> list[dict]:
     """The first ``n`` examples of ``split``, built as the trainer builds them."""
-    if spec.get("data_dir"):
+    if data.file_for(spec, split) is not None:  # local files: --data-dir, or a plan's own task
         missing = data.missing_files(spec)
         if missing:
-            raise TaskDataError(f"data file not found: {missing[0]} (expected the official layout in --data-dir)")
+            where = "the plan's train_file / dev_file" if spec.get("custom") else "the official layout in the data_dir"
+            raise TaskDataError(f"data file not found: {missing[0]} (expected {where})")
     elif not spec.get("hub"):
         raise TaskDataError(f"task '{spec['name']}' has no Hugging Face Hub copy: {_hub_advice(spec)}")
     else:

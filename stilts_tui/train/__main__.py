@@ -48,6 +48,43 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _needs_hub(run_dirs: list[Path]) -> bool:
+    """Whether a run reads the Hugging Face Hub: a hub model, or a task with no local files."""
+    import json
+
+    from stilts_tui.contract import SPEC_FILE
+    from stilts_tui.tasks import data
+
+    for d in run_dirs:
+        try:
+            spec = json.loads((d / SPEC_FILE).read_text())
+            model, task = spec["model"], spec["task"]
+            if (model.get("source") == "hub" and not model.get("path")) or (
+                task.get("hub") and data.file_for(task, "train") is None
+            ):
+                return True
+        except Exception:  # noqa: BLE001 - a bad spec is reported by the run itself
+            continue
+    return False
+
+
+def _offline_if_unreachable(run_dirs: list[Path]) -> None:
+    """With the hub unreachable, transformers and datasets read their local caches at once instead of
+    retrying for about 26 s a run before they fail: offline mode (unless the user set it either way)."""
+    if "HF_HUB_OFFLINE" in os.environ or not _needs_hub(run_dirs):
+        return
+    from stilts_tui.tasks.data import hub_reachable
+
+    if not hub_reachable():
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+        url = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+        print(
+            f"the Hugging Face Hub ({url}) is unreachable: reading only the local caches (HF_HUB_OFFLINE=1)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
@@ -56,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
     os.environ.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _offline_if_unreachable(args.run_dirs)
 
     import torch
     from transformers.utils import logging as hf_logging

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stilts_tui.contract import CANCEL_FILE, CHECKPOINT_DIR, SPEC_FILE, Result, missing_params, optional
+from stilts_tui.contract import CANCEL_FILE, CHECKPOINT_DIR, SPEC_FILE, Result, is_lora, missing_params, optional
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.fmt import duration
 from stilts_tui.tasks import labels_for
@@ -270,7 +270,7 @@ def prepare(
 
     model = worker.model(location, kind, n_out)
     module = model.module
-    if p.get("method") == "lora":
+    if is_lora(p):
         from stilts_tui.train import lora
 
         source = lora.source(worker, spec, module.base_model_prefix)
@@ -494,7 +494,7 @@ def _train_members(worker: Worker, members: list[Member], fuse: bool) -> None:
     if not members:
         return
     hooks = Hooks.of([m.spec for m in members])
-    lora_cfg = (members[0].spec.get("params") or {}).get("method") == "lora"
+    lora_cfg = is_lora(members[0].spec.get("params"))
     if lora_cfg:
         from stilts_tui.train import lora
     joined: list[Member] = []

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from stilts_tui.contract import is_lora
 from stilts_tui.errors import TaskDataError
 from stilts_tui.train.loop import AloneEngine, Member, Model, Prepared, Worker
 
@@ -41,7 +42,7 @@ _A_SEED_OFFSET = 7919  # A's generator is not the head's (transfer.apply seeds t
 def settings(spec: dict) -> dict | None:
     """A LoRA run's resolved ``lora`` table (r, alpha, dropout, targets), None for a full fine-tune."""
     p = spec.get("params") or {}
-    return p.get("lora") if p.get("method") == "lora" else None
+    return p.get("lora") if is_lora(p) else None
 
 
 def is_head(name: str, prefix: str) -> bool:

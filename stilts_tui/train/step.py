@@ -72,8 +72,8 @@ def resolve_setup(settings, params: dict, accum: int, steps: int | None = None, 
     graphs = cuda and compile_mode in ("inductor", "cudagraphs") and accum == 1
     tf32 = cuda and precision == "fp32" and torch.backends.cuda.matmul.allow_tf32
     setup = Setup(precision, tf32, batching, pad, clip, compile_mode, graphs)
-    if params.get("method") == "lora":
-        setup.method, setup.lora, setup.transfer = "lora", dict(params["lora"]), str(params.get("transfer", "all"))
+    if contract.is_lora(params):
+        setup.method, setup.lora, setup.transfer = "lora", dict(params["lora"]), str(params["transfer"])
     return setup
 
 

@@ -1,5 +1,7 @@
 """The GPU view: per GPU its memory and utilization with a short history, and each process on it named
-by its run (run id, plan, stage) or, for a process that is not ours, by its user and command."""
+by its run (run id, plan, stage) or, for a process that is not ours, by its user and command. On a
+machine without a GPU, where runs train on the CPU: the cores, memory and load with a short history,
+and each of our worker processes with its CPU share, memory and threads, named by its runs."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from stilts_tui.queue import gpu_procs
+from stilts_tui.queue import cpu_procs, gpu_procs
 
 HISTORY = 40  # samples kept a GPU (one every INTERVAL seconds)
 INTERVAL = 2.0
@@ -33,14 +35,49 @@ def spark(values: list[float | None], top: float) -> str:
     return "".join(out)
 
 
-def render(report: gpu_procs.GpuReport, history: dict[int, deque]) -> Group | Text:
+def render_cpu(report: cpu_procs.CpuReport, history: deque) -> Group:
+    """The CPUs, memory and load, and our worker processes (a machine without a GPU)."""
+    cores = " ".join(f"{c:3.0f}%" for c in report.cores)
+    head = Text.assemble(
+        (f"CPU  {len(report.cores)} cores", "bold"),
+        "   busy ",
+        (f"{report.busy:.0f}% ", "bold"),
+        (spark(list(history), 100.0), "green"),
+        f"   ({cores})   memory ",
+        (f"{report.mem_used_gb:.1f} / {report.mem_total_gb:.1f} GiB", "bold"),
+        "   load " + " ".join(f"{x:.2f}" for x in report.load),
+    )
+    table = Table("pid", "CPU %", "GiB", "threads", "run ids", "plan", "stage", box=None, padding=(0, 1))
+    for p in report.procs:
+        ids = " ".join(p.run_ids[:3]) + (f" +{len(p.run_ids) - 3}" if len(p.run_ids) > 3 else "")
+        table.add_row(
+            str(p.pid),
+            f"{p.cpu_percent:.0f}",
+            f"{p.rss_gb:.2f}",
+            str(p.threads),
+            ids,
+            Text(p.plan or ""),
+            Text(p.stage or ""),
+        )
+    if not report.procs:
+        table.add_row("", "", "", "", Text("no run training", style="dim"), "", "")
+    return Group(head, Text("workers (100 % = one core; a worker's children included)", style="dim"), table)
+
+
+def render(
+    report: gpu_procs.GpuReport,
+    history: dict[int, deque],
+    cpu: cpu_procs.CpuReport | None = None,
+    cpu_history: deque | None = None,
+) -> Group | Text:
     if not report.gpus:
-        return Text.assemble(
+        note = Text.assemble(
             ("No GPU to show: ", "bold"),
             report.reason or "none found",
-            "\nRuns train on the CPU. For a test or demo of this view: STILTS_FAKE_GPUS=2x24 "
-            f"(and {gpu_procs.FAKE_PROCS_VAR}=GPU:PID:GiB,...).",
+            "\nRuns train on the CPU. For a test or demo of the GPU view: STILTS_FAKE_GPUS=2x24 "
+            f"(and {gpu_procs.FAKE_PROCS_VAR}=GPU:PID:GiB,...).\n",
         )
+        return note if cpu is None else Group(note, render_cpu(cpu, cpu_history or deque()))
     parts = []
     for g in report.gpus:
         hist = list(history.get(g.index, []))
@@ -77,6 +114,9 @@ class GpuScreen(Screen):
         super().__init__(**kw)
         self.history: dict[int, deque] = {}
         self.report: gpu_procs.GpuReport | None = None
+        self.cpu: cpu_procs.CpuReport | None = None
+        self.cpu_history: deque = deque(maxlen=HISTORY)
+        self._sampler: cpu_procs.CpuSampler | None = None
         self.shown: Group | Text | None = None
 
     def compose(self) -> ComposeResult:
@@ -94,11 +134,20 @@ class GpuScreen(Screen):
             report = gpu_procs.snapshot(self.app.root)
         except Exception as e:  # noqa: BLE001 - a GPU query must never take the app down
             report = gpu_procs.GpuReport([], f"cannot read the GPUs: {type(e).__name__}: {e}")
-        self.app.call_from_thread(self.show, report)
+        cpu = None
+        if not report.gpus:  # the runs train on the CPU: show it and our workers
+            try:
+                self._sampler = self._sampler or cpu_procs.CpuSampler()
+                cpu = self._sampler.sample(self.app.root)
+            except Exception:  # noqa: BLE001 - a counter that cannot be read leaves the note alone
+                cpu = None
+        self.app.call_from_thread(self.show, report, cpu)
 
-    def show(self, report: gpu_procs.GpuReport) -> None:
-        self.report = report
+    def show(self, report: gpu_procs.GpuReport, cpu: cpu_procs.CpuReport | None = None) -> None:
+        self.report, self.cpu = report, cpu
         for g in report.gpus:
             self.history.setdefault(g.index, deque(maxlen=HISTORY)).append((g.used_gb, g.util))
-        self.shown = render(report, self.history)
+        if cpu is not None:
+            self.cpu_history.append(cpu.busy)
+        self.shown = render(report, self.history, cpu, self.cpu_history)
         self.query_one("#gpus", Static).update(self.shown)

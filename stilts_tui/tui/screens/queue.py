@@ -279,6 +279,28 @@ class QueueScreen(Screen):
 
         self.app.push_screen(ColumnsScreen(COLUMNS, self.columns), chosen)
 
+    def show_gpus(self, snap: Snapshot) -> None:
+        """The GPU bar: each real GPU's utilization and memory (hidden without one)."""
+        gpus = "  ".join(
+            f"GPU{g.index} {g.util or 0:.0f}% {g.total_gb - g.free_gb:.1f}/{g.total_gb:.0f} GiB"
+            for g in snap.gpus
+            if not g.fake
+        )
+        gpu_bar = self.query_one("#gpus", Static)
+        if gpu_bar.display != bool(gpus):
+            gpu_bar.display = bool(gpus)
+        gpu_bar.update(gpus, layout=False)
+
+    def totals_line(self, snap: Snapshot) -> str:
+        """The header: runs by status (only what trains counts as running), ETA, pause, sort and filter."""
+        totals = counts_line(snap.counts)
+        if snap.eta_s is not None:
+            totals += f" · ETA {duration(snap.eta_s)}"
+        if snap.paused:
+            totals += " · PAUSED"
+        totals += f" · sort: {self.sort}{' (reversed)' if self.reverse else ''}"
+        return totals + (f" · filter: {self.filter}" if self.filter else "")
+
     def show(self, snap: Snapshot) -> None:
         self.snapshot = snap
         self._error = None
@@ -286,26 +308,8 @@ class QueueScreen(Screen):
             if line not in self._told:
                 self._told.add(line)
                 self.notify(line, severity="warning", timeout=20)
-        gpus = (
-            "  ".join(
-                f"GPU{g.index} {g.util or 0:.0f}% {g.total_gb - g.free_gb:.1f}/{g.total_gb:.0f} GiB"
-                for g in snap.gpus
-                if not g.fake
-            )
-            or ""
-        )
-        gpu_bar = self.query_one("#gpus", Static)
-        if gpu_bar.display != bool(gpus):
-            gpu_bar.display = bool(gpus)
-        gpu_bar.update(gpus, layout=False)
-        totals = counts_line(snap.counts)
-        if snap.eta_s is not None:
-            totals += f" · ETA {duration(snap.eta_s)}"
-        if snap.paused:
-            totals += " · PAUSED"
-        totals += f" · sort: {self.sort}{' (reversed)' if self.reverse else ''}"
-        totals += f" · filter: {self.filter}" if self.filter else ""
-        self._totals = totals
+        self.show_gpus(snap)
+        self._totals = self.totals_line(snap)
         table = self.query_one(DataTable)
         rows = self.rows(snap)
         ids = [r["id"] for r in rows]
