@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +16,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_PLAN = ROOT / "plans" / "chang_lu_2021.toml"
 CONSOLE = Path(sys.executable).parent / "stilts-tui"
+
+# One inductor cache for the whole suite (every xdist worker and every trainer process it starts): the
+# trainer keeps its compiled kernels in the runs-dir, which is new in every test, so each of the suite's
+# CPU compiles of the same tiny graphs was cold (a minute each on 2 cores). Inductor's cache is keyed on
+# the graph, its inputs and torch's version and is safe for processes sharing it; what it changes is only
+# how long a compile takes. STILTS_TEST_INDUCTOR_CACHE names another folder (e.g. an empty one).
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR",
+    os.environ.get("STILTS_TEST_INDUCTOR_CACHE")
+    or str(Path(tempfile.gettempdir()) / f"stilts-tests-inductor-{os.getuid()}"),
+)
 
 
 def cli(
