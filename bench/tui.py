@@ -171,7 +171,7 @@ SLOW_TO_STOP = (
     "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(600)\n"
 )
 REFERENCE_PLAN = Path(__file__).resolve().parent.parent / "plans" / "chang_lu_2021.toml"
-ADDS = 6  # plan adds measured (each with other target seeds, so 1,008 new runs each): 50+ keys for a p95
+ADDS = 6  # plan adds measured (each under another plan name, so 1,012 new runs each): 50+ keys for a p95
 
 
 def tmux(*args: str) -> str:
@@ -180,11 +180,14 @@ def tmux(*args: str) -> str:
 
 def wait_screen(session: str, cond, timeout: float = 10.0) -> float:
     t = time.perf_counter()
+    screen = ""
     while time.perf_counter() - t < timeout:
-        if cond(tmux("capture-pane", "-p", "-t", session)):
+        screen = tmux("capture-pane", "-p", "-t", session)
+        if cond(screen):
             return time.perf_counter() - t
         time.sleep(0.002)
-    raise RuntimeError("the screen never showed the change")
+    tail = " | ".join(ln.strip() for ln in screen.splitlines() if ln.strip())[-600:]
+    raise RuntimeError(f"the screen never showed the change; it shows: {tail}")
 
 
 class PaneOutput:
@@ -266,11 +269,10 @@ def cursor_latency(session: str, seconds: float, presses: int, out: PaneOutput) 
 
 
 def reference_plan(folder: Path, k: int) -> Path:
-    """The reference plan with target seeds shifted by ``k`` (1,008 runs new to the ledger), and
-    empty stand-ins for the local MedNLI files it names (an add checks they exist, reads nothing)."""
-    text = REFERENCE_PLAN.read_text().replace(
-        "target_seeds = [12, 42]", f"target_seeds = [{12 + 1000 * k}, {42 + 1000 * k}]"
-    )
+    """The reference plan under a name of its own (all 1,012 runs new to the ledger: two plan files of one
+    name are refused), and empty stand-ins for the local MedNLI files it names (an add checks they exist,
+    reads nothing)."""
+    text = REFERENCE_PLAN.read_text().replace('name = "chang-lu-2021"', f'name = "chang-lu-2021-{k}"', 1)
     path = folder / "plans" / f"reference-{k}.toml"
     (path.parent / "data" / "mednli").mkdir(parents=True, exist_ok=True)
     for name in ("mli_train_v1.jsonl", "mli_dev_v1.jsonl"):
@@ -369,7 +371,7 @@ def in_flight(exe: str, env: dict, folder: Path) -> dict[str, tuple[list[float],
             out.wait("queueing")
             adds += keys_while(session, out, lambda s=stamp: ledger.stat().st_mtime_ns == s, 0.02)
             took += time.perf_counter() - t
-            wait_screen(session, lambda s, n=k: f"/{1000 + 1012 + 1008 * n}" in s, 120)  # the new runs shown
+            wait_screen(session, lambda s, n=k: f"/{1000 + 1012 * (n + 1)}" in s, 120)  # the new runs shown
         found["add"] = (adds, took / ADDS)
     finally:
         tmux("kill-session", "-t", session)
