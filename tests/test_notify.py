@@ -106,8 +106,13 @@ def test_plan_watch_reports_each_end_and_each_new_failure_once():
         "blocked": 0,
         "queued": 0,
         "running": 0,
+        "degenerate": 0,
     }
     assert watch.update(runs + [7, {"plan": None}]) == []  # damaged rows are ignored
+    # a run stopped as degenerate is word of a failure too, and counted as what it is
+    runs.append({"id": "c", "plan": "p", "status": "degenerate"})
+    (event,) = watch.update(runs)
+    assert event["failed_runs"] == ["c"] and event["counts"]["degenerate"] == 1
 
 
 class BellApp(StiltsApp):

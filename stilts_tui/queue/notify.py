@@ -7,9 +7,11 @@ own ``on_finish = ["cmd", "arg", ...]`` key. Its environment says what happened:
     STILTS_EVENT        plan_finished | run_failed
     STILTS_PLAN         the plan's name
     STILTS_RUNS_DIR     the runs-dir
-    STILTS_TOTAL, STILTS_DONE, STILTS_FAILED, STILTS_CANCELLED, STILTS_BLOCKED, STILTS_QUEUED, STILTS_RUNNING
+    STILTS_TOTAL, STILTS_DONE, STILTS_FAILED, STILTS_CANCELLED, STILTS_BLOCKED, STILTS_QUEUED, STILTS_RUNNING,
+    STILTS_DEGENERATE   the plan's runs by status (every status of the contract)
     STILTS_COUNTS       the same counts as one JSON object
-    STILTS_FAILED_RUNS  the ids of the runs that failed since the last word, space-separated
+    STILTS_FAILED_RUNS  the ids of the runs that failed (or were stopped as degenerate) since the last
+                        word, space-separated
     STILTS_SCORES       the plan's score table as json (<runs-dir>/exports/PLAN.json), "" when it has none yet
     STILTS_SCORES_MD    the same as markdown
 
@@ -63,7 +65,7 @@ class PlanWatch:
             status = r.get("status")
             if status in counts:
                 counts[status] += 1
-            if status == Status.FAILED:
+            if status in (Status.FAILED, Status.DEGENERATE):  # a run stopped as degenerate counts as failed
                 failed.add(str(r.get("id")))
         return out
 
