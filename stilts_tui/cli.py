@@ -16,7 +16,7 @@ import typer
 
 from stilts_tui import plan as plans
 from stilts_tui import ranking, rundir, tasks
-from stilts_tui.contract import CANCEL_GRACE_S, SETTLED, STATUSES, TRAIN_LOG
+from stilts_tui.contract import CANCEL_GRACE_S, DAEMON_LOG, SETTLED, STATUSES, TRAIN_LOG
 from stilts_tui.entry import NoDaemon, RunsDir  # the root options, shared with the bare command's parser
 from stilts_tui.errors import Failure, UserError
 from stilts_tui.fmt import terminal_safe
@@ -496,7 +496,7 @@ def queue_cancel(
     if left:
         raise Failure(
             f"the daemon has not stopped {' '.join(left[:10])} within {wait_s:.0f} s; the cancel request "
-            f"stands (see {root / 'daemon.log'})"
+            f"stands (see {root / DAEMON_LOG})"
         )
     ledger = Ledger(root)
     done = out.done + [rid for rid in out.requested if (ledger.get(rid) or {}).get("status") == "cancelled"]
@@ -607,7 +607,7 @@ def daemon_start(
     if on_finish is not None:
         _set_on_finish(on_finish)
     info = ops.start_daemon(_root(ctx), args)
-    typer.echo(f"daemon started (pid {info['pid']}) on {_root(ctx)}; log: {_root(ctx) / 'daemon.log'}")
+    typer.echo(f"daemon started (pid {info['pid']}) on {_root(ctx)}; log: {_root(ctx) / DAEMON_LOG}")
 
 
 def _daemon_argv(

@@ -25,6 +25,9 @@ SYNTH_DATA_DIR = "data"  # a synth run's output task files
 # the runs-dir's own files and folders
 LEDGER_FILE = "ledger.json"
 WORKERS_DIR = ".workers"  # one log per worker process that trains several runs
+DAEMON_FILE = "daemon.json"  # the running daemon: pid, start time, settings
+DAEMON_LOCK = "daemon.lock"  # held by the daemon while it serves the runs-dir
+DAEMON_LOG = "daemon.log"  # the daemon's own log (and what a detached start printed)
 DAEMON_TICKS_FILE = "daemon.ticks"  # the number of ticks the running daemon has finished (waiters poll it)
 
 _ATTEMPT_RE = re.compile(r"result\.attempt(\d+)\.json")

@@ -234,13 +234,11 @@ def test_auto_compiles_only_runs_long_enough_to_pay_for_the_compile():
     assert compiled(flagged, {"compile": "off"}, steps=1) == "cudagraphs"
 
 
-def _array_optimizer_ops(layers: int) -> int:
-    import torch
-    from transformers import RobertaConfig, RobertaForSequenceClassification
+def _tiny_config(layers: int):
+    """A RoBERTa small enough to compile on the CPU in seconds."""
+    from transformers import RobertaConfig
 
-    from stilts_tui.train.fused import ArrayAdamW, FusedEncoder
-
-    config = RobertaConfig(
+    return RobertaConfig(
         vocab_size=50,
         hidden_size=16,
         num_hidden_layers=layers,
@@ -250,6 +248,15 @@ def _array_optimizer_ops(layers: int) -> int:
         pad_token_id=1,
         type_vocab_size=1,
     )
+
+
+def _array_optimizer_ops(layers: int) -> int:
+    import torch
+    from transformers import RobertaForSequenceClassification
+
+    from stilts_tui.train.fused import ArrayAdamW, FusedEncoder
+
+    config = _tiny_config(layers)
     models = [RobertaForSequenceClassification(config) for _ in range(3)]
     fused = FusedEncoder(
         config, "classification", "roberta", [dict(m.named_parameters()) for m in models], torch.device("cpu")
@@ -275,20 +282,11 @@ def test_the_compiled_array_optimizer_makes_the_eager_updates():
     # with their own lr, warmup and decay equal the eager ones; a 0-d update count was dropped by
     # inductor, so the bias correction divided by zero and every weight went nan after the first step
     import torch
-    from transformers import RobertaConfig, RobertaForSequenceClassification
+    from transformers import RobertaForSequenceClassification
 
     from stilts_tui.train.fused import ArrayAdamW, FusedEncoder
 
-    config = RobertaConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=20,
-        pad_token_id=1,
-        type_vocab_size=1,
-    )
+    config = _tiny_config(1)
     torch.manual_seed(0)
     models = [RobertaForSequenceClassification(config) for _ in range(3)]
 

@@ -27,6 +27,9 @@ from stilts_tui.contract import (
     BLOCKING,
     CANCEL_FILE,
     CANCEL_GRACE_S,
+    DAEMON_FILE,
+    DAEMON_LOCK,
+    DAEMON_LOG,
     DAEMON_TICKS_FILE,
     EVENTS_FILE,
     FINAL,
@@ -64,11 +67,11 @@ class BadRun(Exception):
 
 
 def lock_path(root: Path) -> Path:
-    return root / "daemon.lock"
+    return root / DAEMON_LOCK
 
 
 def info_path(root: Path) -> Path:
-    return root / "daemon.json"
+    return root / DAEMON_FILE
 
 
 def running_daemon(root: Path) -> dict | None:
@@ -143,7 +146,7 @@ class Daemon:
         self._stop = False
         self._current: str | None = None  # the run the tick is handling: an error there is that run's
         self.mps_dir: Path | None = None
-        self.log_file = open(self.root / "daemon.log", "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        self.log_file = open(self.root / DAEMON_LOG, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
         self.grouper = placement.Grouper(self.spec, self.s.fuse, self.s.worker_runs, self.log)
         if executor is None:
             executor = slurm_exec.SlurmExecutor(self) if self.s.executor == "slurm" else local.LocalExecutor(self)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from stilts_tui import plan as plans
 from stilts_tui import rundir
-from stilts_tui.contract import CANCEL_GRACE_S, CANCELLABLE, RETRYABLE, SPEC_FILE, Status
+from stilts_tui.contract import CANCEL_GRACE_S, CANCELLABLE, DAEMON_FILE, DAEMON_LOG, RETRYABLE, SPEC_FILE, Status
 from stilts_tui.errors import PREFIX, Failure, UserError, failure_from_os
 from stilts_tui.ledger import INT64, Ledger
 
@@ -236,7 +236,7 @@ def start_daemon(root: Path, args: list[str], wait: float = 15.0) -> dict:
     if other is not None:
         raise UserError(f"a daemon is already running on {root} (pid {other.get('pid')})")
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / "daemon.log", "ab") as log:
+    with open(root / DAEMON_LOG, "ab") as log:
         proc = subprocess.Popen(  # an argument list, never a shell
             [sys.executable, "-m", "stilts_tui.queue.daemon", "--runs-dir", str(root), *args],
             stdin=subprocess.DEVNULL,
@@ -252,13 +252,13 @@ def start_daemon(root: Path, args: list[str], wait: float = 15.0) -> dict:
         if proc.poll() is not None:
             raise Failure(f"the daemon did not start: {_why_not_started(root, proc.returncode)}")
         time.sleep(0.05)
-    raise UserError(f"the daemon did not start within {wait:.0f} s (see {root / 'daemon.log'})")
+    raise UserError(f"the daemon did not start within {wait:.0f} s (see {root / DAEMON_LOG})")
 
 
 def _why_not_started(root: Path, code: int) -> str:
     """The daemon's last error line in daemon.log, or what kept it from writing one."""
     try:
-        lines = (root / "daemon.log").read_text(errors="replace").strip().splitlines()
+        lines = (root / DAEMON_LOG).read_text(errors="replace").strip().splitlines()
     except OSError:
         lines = []
     tail = [x for x in lines if x.startswith(PREFIX)][-1:]
@@ -267,7 +267,7 @@ def _why_not_started(root: Path, code: int) -> str:
 
     if shutil.disk_usage(root).free < 1 << 20:
         return f"no space left on the device holding {root} (free some space and start it again)"
-    return lines[-1] if lines else f"it exited with status {code} and wrote nothing to {root / 'daemon.log'}"
+    return lines[-1] if lines else f"it exited with status {code} and wrote nothing to {root / DAEMON_LOG}"
 
 
 def stop_daemon(root: Path, wait: float = 15.0) -> int | None:
@@ -285,7 +285,7 @@ def stop_daemon(root: Path, wait: float = 15.0) -> int | None:
     while not is_daemon(info, root):  # a new daemon holds the lock and has not written daemon.json yet
         if time.time() > deadline:
             raise Failure(
-                f"{root / 'daemon.json'} names pid {info.get('pid')}, which is not this runs-dir's "
+                f"{root / DAEMON_FILE} names pid {info.get('pid')}, which is not this runs-dir's "
                 "daemon (a stale file; the daemon holding the lock has not rewritten it): nothing was "
                 "signalled; try again in a moment"
             )
