@@ -176,6 +176,15 @@ def wait(cond, timeout: float = 150, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+async def until(pilot, cond, what: str, timeout: float = 60.0) -> None:
+    """Let the app run until ``cond()`` holds (a condition, never a fixed pause)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await pilot.pause(0.02)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny random-init RoBERTa folder (model, config, word-level tokenizer), built once."""

@@ -13,7 +13,7 @@ import time
 import types
 
 import pytest
-from conftest import cli, write_text
+from conftest import cli, until, write_text
 
 from stilts_tui.ledger import Ledger
 from stilts_tui.queue import gpu_procs
@@ -88,10 +88,7 @@ async def test_the_gpu_screen_lists_processes_and_keeps_a_history(busy):
         await pilot.press("g")
         screen = pilot.app.screen
         assert isinstance(screen, GpuScreen)
-        for _ in range(80):  # two samples, INTERVAL apart
-            await pilot.pause(0.1)
-            if len(screen.history.get(1, [])) >= 2:
-                break
+        await until(pilot, lambda: len(screen.history.get(1, [])) >= 2, "two samples, INTERVAL apart", 20)
         assert [m for m, _ in screen.history[1]][-2:] == [2.0, 2.0]
         text = plain(screen.shown)
         assert "GPU 1" in text and busy["run"]["id"] in text and "target rte (from none)" in text
@@ -124,10 +121,7 @@ async def test_without_nvml_the_view_and_doctor_say_so(runs_dir, monkeypatch):
     async with StiltsApp(runs_dir, keymap={}).run_test(size=(160, 30)) as pilot:
         await pilot.pause()
         await pilot.press("g")
-        for _ in range(30):
-            await pilot.pause(0.1)
-            if pilot.app.screen.report is not None:
-                break
+        await until(pilot, lambda: getattr(pilot.app.screen, "report", None) is not None, "the first sample", 20)
         text = plain(pilot.app.screen.shown)
         assert "No GPU to show: NVML cannot start" in text and "STILTS_FAKE_GPUS=2x24" in text
 
@@ -159,11 +153,7 @@ async def test_without_a_gpu_the_view_shows_the_cpus_and_each_worker_by_its_run(
                 procs = screen.cpu.procs if screen.cpu is not None else []
                 return procs and procs[0].cpu_percent > 20 and len(screen.cpu_history) >= 2
 
-            for _ in range(100):  # two samples, INTERVAL apart
-                await pilot.pause(0.1)
-                if measured():
-                    break
-            assert measured(), screen.cpu
+            await until(pilot, measured, "the worker's CPU share measured over two samples", 20)
             (proc,) = screen.cpu.procs
             assert proc.pid == worker.pid and proc.run_ids == [target["id"]] and proc.stage == "target rte (from none)"
             assert 0.005 < proc.rss_gb < 2 and proc.threads >= 1
@@ -174,11 +164,8 @@ async def test_without_a_gpu_the_view_shows_the_cpus_and_each_worker_by_its_run(
             # the run ends: its worker leaves the view
             with Ledger(runs_dir).transaction() as tx:
                 tx.update_run(target["id"], status="done")
-            for _ in range(60):
-                await pilot.pause(0.1)
-                if screen.cpu is not None and not screen.cpu.procs:
-                    break
-            assert not screen.cpu.procs and "no run training" in plain(screen.shown)
+            await until(pilot, lambda: screen.cpu is not None and not screen.cpu.procs, "the worker left the view", 20)
+            assert "no run training" in plain(screen.shown)
     finally:
         import psutil
 

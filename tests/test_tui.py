@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import CONSOLE, cli, wait, write_text
+from conftest import CONSOLE, cli, until, wait, write_text
 from textual.notifications import Notify
 from textual.widgets import DataTable, Input, Label, Log, OptionList, SelectionList
 from textual.worker import Worker, WorkerState
@@ -88,15 +88,6 @@ def prepared(tmp_path, runs_dir) -> Path:
 def app_for(root: Path, keymap: dict | None = None, confirm: bool = False, **kw) -> StiltsApp:
     """The app on ``root`` (destructive keys ask only where a test says so)."""
     return StiltsApp(root, keymap=keymap or {}, confirm=confirm, **kw)
-
-
-async def until(pilot, cond, what: str, timeout: float = 60.0) -> None:
-    """Let the app run until ``cond()`` holds (a condition, never a fixed pause)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        await pilot.pause(0.02)
 
 
 def recorder(notes: list[tuple[str, str]], errors: list[Worker] | None = None):
