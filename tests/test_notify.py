@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from conftest import cli, make_plan, wait, write_text
+from conftest import cli, make_plan, until, wait, write_text
 
 from stilts_tui.ledger import Ledger
 from stilts_tui.queue.notify import PlanWatch
@@ -128,16 +128,10 @@ async def test_the_app_rings_the_bell_when_a_plan_finishes(tmp_path, runs_dir):
     (run,) = Ledger(runs_dir).runs()
     app = BellApp(runs_dir, keymap={})
     async with app.run_test(size=(120, 30)) as pilot:
-        for _ in range(30):
-            await pilot.pause(0.1)
-            if app.plan_watch.seen is not None:
-                break
+        await until(pilot, lambda: app.plan_watch.seen is not None, "the watch's first look", 10)
         assert app.rings == 0
         with Ledger(runs_dir).transaction() as tx:
             tx.update_run(run["id"], status="done", score=0.5)
-        for _ in range(60):
-            await pilot.pause(0.1)
-            if app.rings:
-                break
+        await until(pilot, lambda: app.rings, "the bell", 12)
         assert app.rings == 1
         assert any("plan 'b' finished" in n.message for n in app._notifications)

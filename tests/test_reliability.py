@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import add, cli, make_plan, set_debug, start, statuses, wait
+from conftest import add, cli, make_plan, set_debug, start, statuses, until, wait
 from filelock import FileLock
 
 from stilts_tui.ledger import Ledger, LedgerError
@@ -268,16 +268,15 @@ async def test_the_app_shows_a_damaged_ledger_and_recovers_once_it_is_restored(r
     async with StiltsApp(runs_dir, keymap={}).run_test(size=(170, 40)) as pilot:
         screen = pilot.app.screen
         assert isinstance(screen, QueueScreen)
-        for _ in range(50):
-            await pilot.pause(0.1)
-            if "error:" in str(screen.query_one("#totals").render()):
-                break
+        await until(
+            pilot,
+            lambda: "error:" in str(screen.query_one("#totals").render()),
+            "the damaged ledger said in the totals",
+            10,
+        )
         totals = str(screen.query_one("#totals").render())
         assert "error:" in totals and "ledger.json" in totals and "loading" not in totals
         os.replace(ledger.with_name("ledger.json.bak"), ledger)
-        for _ in range(50):
-            await pilot.pause(0.1)
-            if screen.query_one(DataTable).row_count:
-                break
+        await until(pilot, lambda: screen.query_one(DataTable).row_count, "the runs shown again", 10)
         assert screen.query_one(DataTable).row_count == 13
         assert "13 queued" in str(screen.query_one("#totals").render())

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli, write_text
+from conftest import cli, until, write_text
 
 from stilts_tui import results
 
@@ -447,10 +447,7 @@ async def test_the_app_exports_inside_the_runs_dir_whatever_the_plan_name(scored
         await pilot.press("o")
         screen = pilot.app.screen
         assert isinstance(screen, ScoresScreen)
-        for _ in range(100):
-            await pilot.pause(0.1)
-            if screen.table_data:
-                break
+        await until(pilot, lambda: screen.table_data, "the score table", 20)
         screen.table_data.plan = "../../escape"  # what an unchecked plan name would make of the path
         screen.export("md")
         for _ in range(300):  # the export written
