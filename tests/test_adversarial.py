@@ -202,6 +202,7 @@ def test_a_full_disk_is_one_line_for_every_writer_loses_nothing_and_leaves_no_te
     assert tree(tmp_path, small_disk.path) - outside <= {str(tmp_path / "small.toml")}  # nothing escaped
 
 
+@pytest.mark.slow
 def test_the_daemon_rides_out_a_full_disk_and_the_queue_goes_on(tmp_path, small_disk, tiny_model):
     runs = small_disk.path / "runs"
     env = {**small_disk.env, "STILTS_FAKE_GPUS": "1x24", "OMP_NUM_THREADS": "1"}
@@ -313,6 +314,7 @@ def edit_rows(runs: Path, **rows: dict) -> None:
     path.write_text(json.dumps(data))
 
 
+@pytest.mark.slow
 def test_a_finished_runs_damaged_result_never_stops_the_queue(tmp_path, runs_dir, queue_env, tiny_model):
     """Item 1: a done run's result.json replaced by [] and the daemon restarted: new runs still train."""
     (first,) = add(make_plan(tmp_path, tiny_model, PAIR, baseline=True), runs_dir, queue_env)
@@ -415,6 +417,7 @@ def test_queue_add_removes_only_folders_it_wrote_and_no_run_claims(runs_dir, sma
     assert run_ids(runs_dir) == before and all((runs_dir / i / "spec.json").is_file() for i in before)
 
 
+@pytest.mark.slow
 def test_on_finish_is_the_one_recorded_at_add_never_a_later_edit(tmp_path, runs_dir, queue_env, tiny_model):
     """Item 7: on_finish was read from the plan file when the plan finished: an edit after the add ran."""
     writer = "import sys; open(sys.argv[1], 'w').write('ran')"
@@ -438,6 +441,7 @@ def test_on_finish_is_the_one_recorded_at_add_never_a_later_edit(tmp_path, runs_
     assert not (tmp_path / "edited").exists()
 
 
+@pytest.mark.slow
 def test_ledger_fields_never_become_paths_outside_the_runs_dir(tmp_path, runs_dir, queue_env, tiny_model):
     """Item 8: a row with id ../evil_run was trained outside the runs-dir; a worker ../../outside made the
     daemon read outside.log into a run's error."""

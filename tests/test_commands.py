@@ -17,6 +17,7 @@ from stilts_tui.ledger import Ledger
 from stilts_tui.tui.keymap import load_keymap
 
 
+@pytest.mark.slow
 def test_logs_follow_prints_the_whole_log_and_ends_with_the_run(tmp_path, runs_dir, tiny_model, queue_env):
     (run,) = add(make_plan(tmp_path, tiny_model, '[target.t]\ntask = "pair"\n', baseline=True), runs_dir, queue_env)
     set_debug(runs_dir, run["id"], sleep_per_step=0.3)  # a few seconds of steps to follow

@@ -109,6 +109,7 @@ task = "pair"
 """
 
 
+@pytest.mark.slow
 def test_a_default_changed_in_the_contract_alone_reaches_plan_trainer_cost_and_queue(tmp_path, tiny_model, monkeypatch):
     from conftest import result_of, train, write_jsonl
 

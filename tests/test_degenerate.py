@@ -8,6 +8,7 @@ import random
 import time
 from pathlib import Path
 
+import pytest
 from conftest import REFERENCE_PLAN, add, all_final, cli, make_plan, start, statuses, wait, write_jsonl, write_text
 
 from stilts_tui import contract, rehearse, results
@@ -54,6 +55,7 @@ def _by_lr(runs_dir: Path) -> dict[float, dict]:
     return {r["params"]["lr"]: r for r in Ledger(runs_dir).runs()}
 
 
+@pytest.mark.slow
 def test_a_collapsed_run_is_stopped_degenerate_and_one_that_recovers_trains_on(
     tmp_path, runs_dir, tiny_model, queue_env
 ):

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from conftest import add, cli, make_plan, set_debug, start, statuses, wait
 
 from stilts_tui.ledger import Ledger
@@ -69,6 +70,7 @@ def test_the_local_executor_reaps_by_result_and_by_process_and_never_trusts_a_pi
         live.wait()
 
 
+@pytest.mark.slow
 def test_a_cancel_asked_while_no_daemon_runs_is_carried_out_by_the_next_daemon(
     tmp_path, runs_dir, tiny_model, queue_env
 ):

@@ -133,6 +133,7 @@ def _steps(d: Path) -> list[tuple[int, float, float]]:
     return [(e["step"], e["loss"], e["lr"]) for e in events if e["event"] == "step"]
 
 
+@pytest.mark.slow
 def test_a_fused_array_gives_each_run_its_own_losses_weights_scores_and_checkpoint(tmp_path, tiny_setup):
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
@@ -170,6 +171,7 @@ def test_a_fused_array_gives_each_run_its_own_losses_weights_scores_and_checkpoi
     assert not torch.allclose(w[0]["classifier.out_proj.weight"], w[1]["classifier.out_proj.weight"])
 
 
+@pytest.mark.slow
 def test_a_run_cancelled_inside_an_array_ends_alone_and_the_others_finish(tmp_path, tiny_setup):
     model, task = tiny_setup
     dirs = _write_runs(tmp_path / "runs", model, task, stage="target")
@@ -203,6 +205,7 @@ def test_a_run_cancelled_inside_an_array_ends_alone_and_the_others_finish(tmp_pa
     assert json.loads((solo / dirs[0].name / "result.json").read_text())["epoch_metrics"] == results[0]["epoch_metrics"]
 
 
+@pytest.mark.slow
 def test_the_queue_fuses_ready_runs_of_one_shape_and_cancels_one_run_of_an_array(tmp_path, runs_dir, tiny_setup):
     from conftest import add, cli, make_plan, set_debug, statuses, wait
 

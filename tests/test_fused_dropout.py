@@ -201,6 +201,7 @@ def test_a_fused_array_of_one_trains_as_the_run_alone_with_dropout_on(tmp_path, 
 @pytest.mark.parametrize(
     ("pad", "batching"), [("longest", "random"), ("buckets", "random"), ("max", "random"), ("buckets", "grouped")]
 )
+@pytest.mark.slow
 def test_each_member_of_a_fused_array_trains_as_its_run_alone_with_dropout_on(
     tmp_path, dropout_workload, pad, batching
 ):

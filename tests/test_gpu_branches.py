@@ -55,6 +55,7 @@ def test_gradient_accumulation_steps_as_the_reference_leftovers_carry():
     assert Schedule.of(fewer, 37).steps_per_epoch == 1  # fewer micro-batches than accum
 
 
+@pytest.mark.slow
 def test_a_fused_array_on_buckets_with_short_last_batches_equals_each_run_alone(tmp_path, tiny_workload):
     runs = [("a", 1e-3, 0.0, 1), ("b", 3e-3, 0.1, 2), ("c", 2e-3, 0.0, 3)]
 
@@ -94,6 +95,7 @@ def test_a_fused_array_on_buckets_with_short_last_batches_equals_each_run_alone(
         assert ra["metrics"] == rf["metrics"]
 
 
+@pytest.mark.slow
 def test_inductor_compiles_on_the_cpu_with_and_without_gradient_accumulation(tmp_path, tiny_workload):
     eager = [write_tiny_run(tmp_path / "eager", f"e{i}0000000000e", tiny_workload, grad_accum=i) for i in (1, 2)]
     # compiled because the plan says so (`compile = "inductor"`), with the trainer's flag left at auto
@@ -116,6 +118,7 @@ def test_inductor_compiles_on_the_cpu_with_and_without_gradient_accumulation(tmp
 
 
 @pytest.mark.parametrize("fuse", [False, True], ids=["alone", "array"])
+@pytest.mark.slow
 def test_a_compiler_failure_in_forward_or_backward_falls_back_and_the_result_says_so(tmp_path, tiny_workload, fuse):
     where = ("forward", "backward") if not fuse else ("backward",)
     eager = [
@@ -147,6 +150,7 @@ def test_a_compiler_failure_in_forward_or_backward_falls_back_and_the_result_say
         assert np.allclose([x for _, x in step_losses(e)], [x for _, x in step_losses(f)], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_out_of_memory_mid_worker_frees_the_memory_and_the_next_run_trains(tmp_path, tiny_workload):
     dirs = [
         write_tiny_run(tmp_path, "a0000000000a", tiny_workload, debug={"oom_at_step": 2}),
@@ -277,6 +281,7 @@ def test_the_array_optimizer_is_a_few_whole_buffer_operations_whatever_the_model
     assert small == big and small < 60, (small, big)  # per parameter it would be ~6 x 40 for the small one
 
 
+@pytest.mark.slow
 def test_the_compiled_array_optimizer_makes_the_eager_updates():
     # what a compiled fused array runs (inductor on the CPU, as on a GPU): three updates of three runs
     # with their own lr, warmup and decay equal the eager ones; a 0-d update count was dropped by

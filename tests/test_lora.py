@@ -50,6 +50,7 @@ def _same_training(alone: Path, fused: Path, atol: float = 1e-5) -> None:
     assert result_of(fused)["score"] == result_of(alone)["score"]
 
 
+@pytest.mark.slow
 def test_each_member_of_a_fused_lora_array_trains_as_its_run_alone(tmp_path, lora_workloads, pad="longest"):
     """Dropout off: the runs alone (PEFT) and the array of 3 (one frozen encoder, each member's adapters
     and head on its own rows) give the same losses at every step, metrics, scores and merged weights."""
@@ -82,6 +83,7 @@ def test_each_member_of_a_fused_lora_array_trains_as_its_run_alone(tmp_path, lor
     assert "fused with 2 other runs" in (fused[0] / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_with_dropout_each_member_draws_its_runs_masks_and_one_stream_does_not(tmp_path, lora_workloads):
     """Dropout on (the encoder's 0.1, the adapters' 0.1): under member streams each member of the array
     equals its run alone, masks and all; with one stream for the array (--dropout-streams one) a member
@@ -102,6 +104,7 @@ def test_with_dropout_each_member_draws_its_runs_masks_and_one_stream_does_not(t
     assert not np.allclose([x for _, x in la], [x for _, x in lo], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_member_that_diverges_fails_alone_and_the_others_train_as_alone(tmp_path, lora_workloads):
     """A learning rate of 1e30 makes member 1's loss infinite within a few steps: it fails, saying so; the
     two others finish with the results of their runs alone."""
@@ -119,6 +122,7 @@ def test_a_member_that_diverges_fails_alone_and_the_others_train_as_alone(tmp_pa
         _same_training(a, f)
 
 
+@pytest.mark.slow
 def test_a_member_cancelled_mid_array_ends_and_the_others_finish(tmp_path, lora_workloads):
     fused = _runs(tmp_path / "fused", lora_workloads[0.0])
     for d in fused:
@@ -192,6 +196,7 @@ def _train_plan(tmp_path: Path, tiny_model: Path, stages: str) -> dict[str, Path
     return {r["name"]: runs_dir / r["id"] for r in runs}
 
 
+@pytest.mark.slow
 def test_targets_after_a_lora_intermediate_start_from_its_merged_weights_or_its_adapter(tmp_path, tiny_model):
     """After a LoRA intermediate: a LoRA target with transfer = "merge" (the adapter merged into the base, a
     fresh adapter), one with "adapter" (the unmerged base and the intermediate's adapter, trained further)
@@ -218,6 +223,7 @@ def test_targets_after_a_lora_intermediate_start_from_its_merged_weights_or_its_
     assert "LoRA r 4" in log and "(transfer adapter)" in log
 
 
+@pytest.mark.slow
 def test_a_lora_target_after_a_full_intermediate_starts_from_its_weights(tmp_path, tiny_model):
     stages = """
 [intermediate.inter]

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 
+import pytest
 from conftest import cli
 from test_results import scored, target_runs, write_result  # noqa: F401 - scored: a fixture
 
@@ -21,6 +22,7 @@ LORA = {
 }
 
 
+@pytest.mark.slow
 def test_lora_cells_are_marked_and_a_cell_mixing_methods_is_flagged(scored):  # noqa: F811
     runs = target_runs(scored)
     for r in runs:

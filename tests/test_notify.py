@@ -8,6 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import cli, make_plan, until, wait, write_text
 
 from stilts_tui.ledger import Ledger
@@ -22,6 +23,7 @@ WRITER = (
 )
 
 
+@pytest.mark.slow
 def test_a_finished_plan_and_a_failed_run_run_the_commands(tmp_path, runs_dir, tiny_model, queue_env):
     env = queue_env
     out_dir = tmp_path / "word"

@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from conftest import cli, start, wait, write_jsonl
 
 from stilts_tui import contract, cost
@@ -39,6 +40,7 @@ def scores(runs_dir: Path) -> dict:
     return cell
 
 
+@pytest.mark.slow
 def test_a_runs_dir_of_the_older_code_reads_retries_and_scores(tmp_path, tiny_model, queue_env):
     assert json.loads((FIXTURE / "made_by.json").read_text())["commit"].startswith("0a16bb7")
     runs_dir = old_runs_dir(tmp_path, tiny_model)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import psutil
+import pytest
 from conftest import add, all_final, cli, make_plan, placements, set_debug, start, statuses, ticks, wait, wait_ticks
 
 from stilts_tui.ledger import Ledger
@@ -21,6 +22,7 @@ grid = { lr = [1e-4, 2e-4] }
 """
 
 
+@pytest.mark.slow
 def test_a_plan_runs_to_the_end_in_dependency_order(tmp_path, runs_dir, tiny_model, queue_env):
     runs = add(make_plan(tmp_path, tiny_model, STAGES, baseline=True), runs_dir, queue_env)
     assert len(runs) == 5
@@ -37,6 +39,7 @@ def test_a_plan_runs_to_the_end_in_dependency_order(tmp_path, runs_dir, tiny_mod
     assert out.returncode == 0 and len(json.loads(out.stdout)["cells"]) == 2
 
 
+@pytest.mark.slow
 def test_a_failing_parent_blocks_its_children_and_retrying_it_unblocks_them(tmp_path, runs_dir, tiny_model, queue_env):
     runs = add(make_plan(tmp_path, tiny_model, STAGES), runs_dir, queue_env)
     parent = next(r for r in runs if r["stage"] == "intermediate")
@@ -56,6 +59,7 @@ def test_a_failing_parent_blocks_its_children_and_retrying_it_unblocks_them(tmp_
     assert (runs_dir / parent["id"] / "result.attempt1.json").exists()  # the failed attempt is kept
 
 
+@pytest.mark.slow
 def test_per_gpu_and_memory_limits_are_never_exceeded(tmp_path, runs_dir, tiny_model, queue_env):
     stages = '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4, 3e-4, 4e-4, 5e-4, 6e-4] }\n'
     add(make_plan(tmp_path, tiny_model, stages, baseline=True), runs_dir, queue_env)
@@ -96,6 +100,7 @@ def test_cancel_kills_the_whole_process_group(tmp_path, runs_dir, tiny_model, qu
     assert Ledger(runs_dir).get(run["id"])["status"] == "cancelled"
 
 
+@pytest.mark.slow
 def test_a_daemon_killed_mid_plan_and_restarted_loses_no_run_and_starts_none_twice(
     tmp_path, runs_dir, tiny_model, queue_env
 ):
@@ -145,6 +150,7 @@ def test_two_daemons_on_one_runs_dir_cannot_start(runs_dir, queue_env):
     assert json.loads(cli("daemon", "status", "--json", runs_dir=runs_dir, env=queue_env).stdout)["running"] is False
 
 
+@pytest.mark.slow
 def test_a_run_out_of_memory_is_requeued_to_run_alone(tmp_path, runs_dir, tiny_model, queue_env):
     stages = '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4, 3e-4] }\n'
     runs = add(make_plan(tmp_path, tiny_model, stages, baseline=True), runs_dir, queue_env)
@@ -164,6 +170,7 @@ def test_a_run_out_of_memory_is_requeued_to_run_alone(tmp_path, runs_dir, tiny_m
     assert not [p for p in history if second["t"] < p["t"] < final[oom]["finished"]]
 
 
+@pytest.mark.slow
 def test_pause_resume_priority_and_logs(tmp_path, runs_dir, tiny_model, queue_env):
     stages = '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4] }\n'
     runs = add(make_plan(tmp_path, tiny_model, stages, baseline=True), runs_dir, queue_env)
@@ -227,6 +234,7 @@ def _worker_of_three(tmp_path, runs_dir, tiny_model, queue_env, sleep: float) ->
     return runs, pid
 
 
+@pytest.mark.slow
 def test_a_cancel_that_comes_after_the_run_wrote_its_result_keeps_it_done(tmp_path, runs_dir, tiny_model, queue_env):
     """The cancel of a run in a worker that has just finished (its result.json written, the daemon not yet
     reaped it): the run stays done with its result, the worker and the run it trains next go on."""
@@ -255,6 +263,7 @@ def test_a_cancel_that_comes_after_the_run_wrote_its_result_keeps_it_done(tmp_pa
     assert "stopping it" not in log  # the worker was never signalled
 
 
+@pytest.mark.slow
 def test_cancelling_a_run_that_trains_in_a_worker_never_restarts_the_runs_after_it(
     tmp_path, runs_dir, tiny_model, queue_env
 ):

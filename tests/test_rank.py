@@ -109,6 +109,7 @@ def ranked_plan(tmp_path, runs_dir, tiny_model, queue_env):
     return plan, learned["id"]
 
 
+@pytest.mark.slow
 def test_rank_puts_the_starting_point_whose_features_separate_the_labels_first(ranked_plan, runs_dir):
     plan, learned = ranked_plan
     out = cli("rank", str(plan), "--json", runs_dir=runs_dir, timeout=300)

@@ -48,6 +48,7 @@ def edit_spec(runs_dir: Path, run_id: str, fn) -> None:
 # -- defect 1: one bad file never stops the queue ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_damaged_specs_and_ledger_rows_fail_only_their_runs_and_the_queue_goes_on(
     tmp_path, runs_dir, tiny_model, queue_env
 ):
@@ -95,6 +96,7 @@ def test_a_damaged_result_fails_its_run_and_stops_its_process(tmp_path, runs_dir
     assert daemon_alive(runs_dir)
 
 
+@pytest.mark.slow
 def test_an_unreadable_ledger_is_retried_with_back_off_and_the_queue_goes_on_once_restored(
     tmp_path, runs_dir, tiny_model, queue_env
 ):

@@ -264,6 +264,7 @@ def test_a_local_only_task_without_files_says_how_to_fix_it():
         tasks.load_examples(spec, "train")
 
 
+@pytest.mark.slow
 def test_unreachable_hub_is_one_clear_message(tmp_path):
     """The real hub code path, pointed at a closed port on this machine: the hub cannot be reached."""
     code = (

@@ -148,6 +148,7 @@ transfer = "encoder"
 """
 
 
+@pytest.mark.slow
 def test_an_intermediate_checkpoint_feeds_its_targets(tmp_path, runs_dir):
     from safetensors.torch import load_file
 
@@ -187,6 +188,7 @@ def test_an_intermediate_checkpoint_feeds_its_targets(tmp_path, runs_dir):
     assert f"from {inter['id']}:" in log and "new: classifier.weight, classifier.bias" in log
 
 
+@pytest.mark.slow
 def test_same_spec_and_seed_give_the_same_score_and_one_process_equals_alone(tmp_path, runs_dir, tiny_model):
     stages = '[target.pair]\ntask = "pair"\ngrid = { lr = [1e-3, 3e-4] }\n'
     runs = queue(make_plan(tmp_path, stages, model=str(tiny_model), epochs=2, n_pair=160), runs_dir)
@@ -233,6 +235,7 @@ def _check_failure(bad: Path, ok: Path, status: str, message: str, env: dict | N
     assert result(ok)["status"] == "done"  # the other runs of the process go on
 
 
+@pytest.mark.slow
 def test_missing_data_file_fails_the_run(tmp_path, runs_dir, tiny_model):
     bad, ok = _failing(tmp_path, runs_dir, tiny_model, '[target.bad]\ntask = "pair"\nepochs = 1')
     spec = json.loads((bad / "spec.json").read_text())
@@ -241,6 +244,7 @@ def test_missing_data_file_fails_the_run(tmp_path, runs_dir, tiny_model):
     _check_failure(bad, ok, "failed", "data file not found: " + str(tmp_path / "data/gone.jsonl"))
 
 
+@pytest.mark.slow
 def test_unknown_field_fails_the_run(tmp_path, runs_dir, tiny_model):
     bad, ok = _failing(tmp_path, runs_dir, tiny_model, '[target.bad]\ntask = "pair"\nepochs = 1')
     spec = json.loads((bad / "spec.json").read_text())
@@ -249,6 +253,7 @@ def test_unknown_field_fails_the_run(tmp_path, runs_dir, tiny_model):
     _check_failure(bad, ok, "failed", "example 1: row has no field 'sentence2'")
 
 
+@pytest.mark.slow
 def test_unreachable_hub_fails_the_run_with_advice(tmp_path, runs_dir, tiny_model):
     bad, ok = _failing(tmp_path, runs_dir, tiny_model, '[target.bad]\ntask = "pair"\nepochs = 1')
     spec = json.loads((bad / "spec.json").read_text())
@@ -264,6 +269,7 @@ def test_unreachable_hub_fails_the_run_with_advice(tmp_path, runs_dir, tiny_mode
     assert "set `model` in the plan to its local folder" in result(bad)["error"]
 
 
+@pytest.mark.slow
 def test_out_of_memory_ends_as_oom(tmp_path, runs_dir, tiny_model):
     bad, ok = _failing(tmp_path, runs_dir, tiny_model, '[target.bad]\ntask = "pair"\nepochs = 1')
     set_debug(bad, oom_at_step=1)
