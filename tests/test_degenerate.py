@@ -75,6 +75,11 @@ def test_a_collapsed_run_is_stopped_degenerate_and_one_that_recovers_trains_on(
     assert [e["epoch"] for e in events if e["event"] == "eval"] == [1, 2]  # its curve, up to the stop
     assert [e["status"] for e in events if e["event"] == "end"] == ["degenerate"]
     assert stuck["error"].startswith("degenerate: dev acc 0.5000, 0.5000 at or below")
+    # what the stop saved: the third epoch's 8 steps at the run's own pace (half its 16 steps' time)
+    stop = res["stopped"]
+    assert (stop["steps_done"], stop["total_steps"]) == (16, 24)
+    assert abs(stop["saved_seconds"] - res["train_seconds"] / 2) <= 0.25 * res["train_seconds"] + 0.1
+    assert "stopped at step 16 of 24, about 0:" in stuck["error"] and "of training saved" in stuck["error"]
 
     done = json.loads((runs_dir / learns["id"] / "result.json").read_text())
     assert [m["acc"] for m in done["epoch_metrics"]] == [0.5, 1.0, 1.0] and "stopped" not in done

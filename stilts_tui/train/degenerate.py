@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stilts_tui.contract import STOP_DEGENERATE_DEFAULTS, ResultStatus, attempt_of, optional
+from stilts_tui.fmt import duration
 from stilts_tui.rundir import read_json
 from stilts_tui.tasks.majority import is_failed, majority_score
 
@@ -52,11 +53,26 @@ def verdict(spec: dict, rule: dict, scores: list[float]) -> dict | None:
     }
 
 
+def saving(step: int, total: int, seconds: float) -> dict:
+    """What the stop saved: the steps left of the run's schedule and their time at the run's own pace so
+    far (its steps, its evaluations), an estimate: ``saved_seconds`` in result.json's ``stopped``."""
+    left = max(0, int(total) - int(step))
+    saved = seconds * left / step if step > 0 else 0.0
+    return {"steps_done": int(step), "total_steps": int(total), "saved_seconds": round(saved, 1)}
+
+
 def reason(stopped: dict) -> str:
     """The one line the ledger and queue ls show for a degenerate run."""
     shown = ", ".join(f"{s:.4f}" for s in stopped["scores"])
-    return (
+    line = (
         f"degenerate: dev {stopped['metric']} {shown} at or below the majority class's "
         f"{stopped['majority_score']:.4f} by epoch {stopped['epoch']} (stop_degenerate: after_epochs "
         f"{stopped['after_epochs']}, patience {stopped['patience']})"
     )
+    saved = stopped.get("saved_seconds")
+    if isinstance(saved, (int, float)) and not isinstance(saved, bool) and "total_steps" in stopped:
+        line += (
+            f"; stopped at step {stopped['steps_done']} of {stopped['total_steps']}, "
+            f"about {duration(saved)} of training saved"
+        )
+    return line

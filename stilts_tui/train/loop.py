@@ -706,6 +706,7 @@ def _drop_degenerate(worker, engine, steplog, live: list[Member], setup: Setup, 
         stopped = degenerate.verdict(m.spec, m.stop, [x[_primary(m)] for x in m.epoch_metrics])
         if stopped is not None:
             _record(m, engine, setup, steplog, step, seconds)
+            stopped.update(degenerate.saving(step, m.schedule.total, seconds))
             m.result["stopped"] = stopped
             m.log.event("stopped", **stopped)
             gone.append(m)
