@@ -13,6 +13,7 @@ import pytest
 from conftest import add, all_final, cli, make_plan, placements, set_debug, start, statuses, ticks, wait, wait_ticks
 
 from stilts_tui.ledger import Ledger
+from stilts_tui.queue.checks import TIMING_KEYS
 
 STAGES = """[intermediate.i]
 task = "pair"
@@ -37,6 +38,16 @@ def test_a_plan_runs_to_the_end_in_dependency_order(tmp_path, runs_dir, tiny_mod
         assert json.loads((runs_dir / r["id"] / "result.json").read_text())["status"] == "done"
     out = cli("scores", "q", "--format", "json", runs_dir=runs_dir)
     assert out.returncode == 0 and len(json.loads(out.stdout)["cells"]) == 2
+    # where each run's time went, in the ledger: a worker's start-up is counted to its first run only
+    by_worker: dict = {}
+    for r in sorted(runs.values(), key=lambda r: r["started"]):
+        t = r["timings"]
+        assert {"process_s", "data_s", "model_s", "first_step_s", "steps_s", "eval_s", "compile_s"} <= set(t)
+        assert set(t) <= set(TIMING_KEYS) and all(v >= 0 for v in t.values()) and t["compile_s"] == 0
+        by_worker.setdefault(r["worker"], []).append(t["process_s"])
+    for shares in by_worker.values():
+        assert shares[0] > 0 and all(s == 0 for s in shares[1:])
+    assert any(len(s) == 2 for s in by_worker.values())  # --worker-runs 2: some process trained two runs
 
 
 @pytest.mark.slow

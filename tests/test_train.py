@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -331,3 +332,24 @@ def test_a_run_that_needs_the_unreachable_hub_fails_at_once_from_the_caches(tmp_
     r = result_of(d)
     assert r["status"] == "failed" and "could not load nyu-mll/glue/rte" in r["error"], r["error"]
     assert "set data_dir" in r["error"]
+
+
+def test_each_run_says_where_its_time_went_and_a_process_start_is_counted_once(tmp_path, tiny_workload):
+    from conftest import result_of, train, write_tiny_run
+
+    dirs = [write_tiny_run(tmp_path / "runs", f"t{i}0000000000t", tiny_workload, seed=i) for i in (1, 2)]
+    t0 = time.time()
+    out = train(dirs)
+    took = time.time() - t0
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, second = (result_of(d) for d in dirs)
+    a, b = first["timings"], second["timings"]
+    assert a["process_s"] > 0.5 and b["process_s"] == 0  # the process's start and imports: its first run's
+    for res in (first, second):
+        t = res["timings"]
+        assert t["compile_s"] == 0 and t["first_step_s"] <= t["steps_s"] and t["steady_samples_per_s"] > 0
+        # the loop's phases are its training time; with loading they fit in the run's wall time
+        assert abs(t["steps_s"] + t["eval_s"] - res["train_seconds"]) < 0.05
+        assert t["data_s"] + t["model_s"] + res["train_seconds"] <= res["wall_seconds"] + 0.05
+    # the whole process: the start-up plus both runs' walls is what it took, up to the test's own spawn
+    assert a["process_s"] + first["wall_seconds"] + second["wall_seconds"] <= took + 0.5

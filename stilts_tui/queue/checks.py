@@ -87,3 +87,24 @@ def result_problem(result: object) -> str | None:
 def clean_score(score: object) -> float | None:
     """A score the ledger can hold: NaN (an undefined metric) becomes no score."""
     return None if score is None or (isinstance(score, float) and math.isnan(score)) else score
+
+
+TIMING_KEYS = (
+    "process_s",
+    "data_s",
+    "model_s",
+    "first_step_s",
+    "compile_s",
+    "steps_s",
+    "steady_samples_per_s",
+    "eval_s",
+)
+
+
+def clean_timings(timings: object) -> dict | None:
+    """The trainer's time breakdown (result.json's ``timings``) as the ledger keeps it: the known keys
+    whose values are finite numbers >= 0 (anything else in a damaged file is left out), or None."""
+    if not isinstance(timings, dict):
+        return None
+    out = {k: timings[k] for k in TIMING_KEYS if is_num(timings.get(k)) and timings[k] >= 0}
+    return out or None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from stilts_tui.errors import Failure, UserError, report
@@ -95,12 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _offline_if_unreachable(args.run_dirs)
 
+    import psutil
     import torch
     from transformers.utils import logging as hf_logging
 
     from stilts_tui.train import fused
     from stilts_tui.train.loop import Settings, Worker, fail_run, train_group, train_run
 
+    startup_s = time.time() - psutil.Process().create_time()  # the process's start and its imports
     hf_logging.set_verbosity_error()  # no weight-loading reports or progress bars in train.log
     hf_logging.disable_progress_bar()
 
@@ -127,14 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         report(Failure(why), prog=PROG)
         return 1
     worker = Worker(
-        Settings(
+        startup_s=startup_s,
+        settings=Settings(
             device=device,
             compile=args.compile,
             pad=args.pad,
             attn=args.attn,
             group=args.group,
             dropout_streams=args.dropout_streams,
-        )
+        ),
     )
     groups = fused.arrays(dirs, args.fuse) if args.fuse > 1 else [[d] for d in dirs]
     for group in groups:

@@ -110,11 +110,18 @@ class Model:
 class Worker:
     """What the runs of one training process share."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, startup_s: float = 0.0):
         self.s = settings
+        self._startup_s = startup_s  # the process's start and imports, counted to its first run (or array)
         self._tok: dict[str, tuple] = {}
         self._source: dict[str, dict] = {}
         self._models: dict[str, Model] = {}
+
+    def take_startup(self) -> float:
+        """The process's start-up seconds, given to the runs of its first group (each member of a first
+        array gets the array's figure); 0 for every later group: the process was up."""
+        out, self._startup_s = self._startup_s, 0.0
+        return round(out, 3)
 
     def tokenizer(self, location: str):
         if location not in self._tok:
@@ -248,14 +255,17 @@ def prepare(
     log: RunLog,
     same_data: Prepared | None = None,
     dump_weights: bool = False,
+    timings: dict | None = None,
 ) -> Prepared:
     """Tokenized data (cached) and the shared model with this run's starting weights copied in.
     ``same_data``: a run of the same task, tokenizer and lengths (a fused array): its data is reused."""
+    timings = {} if timings is None else timings
     p = spec["params"]
     task = spec["task"]
     kind = task["kind"]
     max_len = int(p["max_len"])
     location = transfer.model_location(spec["model"])
+    t_data = time.time()
     if same_data is not None:
         tok, labels, train, dev = same_data.tok, same_data.labels, same_data.train, same_data.dev
     else:
@@ -267,7 +277,7 @@ def prepare(
         train = data.load_split(task, "train", tok, tok_fp, max_len, cache, optional(p, "max_train_samples"), labels)
         dev = data.load_split(task, "dev", tok, tok_fp, max_len, cache, optional(p, "max_dev_samples"), labels)
     n_out = len(labels) if kind == "classification" else 1
-
+    t_model = time.time()
     model = worker.model(location, kind, n_out)
     module = model.module
     if is_lora(p):
@@ -285,6 +295,7 @@ def prepare(
         f"from {src_name}: {len(taken)} weights loaded, {len(new)} new: {', '.join(new) or 'none'}"
     )
     log.event("transfer", source=src_name, loaded=len(taken), new=new)
+    timings["data_s"], timings["model_s"] = round(t_model - t_data, 3), round(time.time() - t_model, 3)
     if dump_weights:
         from safetensors.torch import save_file
 
@@ -441,8 +452,10 @@ def train_group(worker: Worker, run_dirs: list[Path], fuse: bool) -> list[dict]:
     """Train the runs (as one fused array when ``fuse``); each ends with its own ``result.json``.
     Runs that cannot join (their spec or setup fails) end at once; the others go on."""
     everyone: list[Member] = []
+    process_s = worker.take_startup()
     for d in map(Path, run_dirs):
         m = Member(d, RunLog(d, echo=worker.s.echo), time.time(), result=new_result())
+        m.result["timings"] = {"process_s": process_s}
         everyone.append(m)
         if (d / CANCEL_FILE).exists():  # cancelled while it waited in this worker: never begun
             m.finish(worker, "cancelled", "cancelled while it waited for its turn in the worker")
@@ -503,7 +516,13 @@ def _train_members(worker: Worker, members: list[Member], fuse: bool) -> None:
     for m in members:
         try:
             prep = prepare(
-                worker, m.dir, m.spec, m.log, same_data=prep if fuse else None, dump_weights=hooks.dump_initial_weights
+                worker,
+                m.dir,
+                m.spec,
+                m.log,
+                same_data=prep if fuse else None,
+                dump_weights=hooks.dump_initial_weights,
+                timings=m.result.setdefault("timings", {}),
             )
             m.schedule = Schedule.of(m.spec["params"], len(prep.train))
             if fuse and lora_cfg:  # a member owns its head and adapter; the frozen encoder is shared
@@ -584,11 +603,15 @@ def fit(worker: Worker, members: list[Member], engine, prep: Prepared, setup: Se
             step += 1
             hooks.after_step(step, live[0].dir)
             means = steplog.step(step, epoch, engine.lrs(step))
+            if step == 1:
+                steplog.first_step()
             if means is not None and not all(map(math.isfinite, means)):
                 live, orders = _drop_diverged(worker, engine, steplog, live, orders, means, step)
                 if not live:
                     return
+        t_eval = time.time()
         live = _evaluate_epoch(worker, engine, live, steplog, prep, setup, epoch, eval_bs, max_len, buckets)
+        steplog.eval_s += time.time() - t_eval
         if epoch < sched.epochs:  # at the last epoch nothing is left to save: the run ends done
             live = _drop_degenerate(worker, engine, steplog, live, setup, step)
         if not live:
@@ -794,6 +817,7 @@ def _record(m: Member, engine, setup: Setup, steplog: StepLog, step: int, second
         epoch_metrics=m.epoch_metrics,
         train_seconds=round(seconds, 3),
         samples_per_s=round(steplog.seen / max(seconds, 1e-9), 2),
+        timings={**m.result.get("timings", {}), **steplog.timings(engine.mode != "off")},
         steps=step,
         compile=engine.mode,
         pad=setup.pad,

@@ -224,6 +224,33 @@ class StepLog:
         self.seen = 0
         self.t0 = self.t_mark = time.time()
         self.seen_mark = 0
+        self.steps_done = 0
+        self.eval_s = 0.0  # evaluations (every epoch's), inside ``seconds``
+        self.first_step_s: float | None = None  # the first optimizer step: a compile, the first kernels
+        self.seen_first = 0
+
+    def first_step(self) -> None:
+        """Mark the end of the first optimizer step (call once it is done)."""
+        if self.first_step_s is None:
+            self.first_step_s, self.seen_first = time.time() - self.t0, self.seen
+
+    def timings(self, compiled: bool) -> dict:
+        """Where the loop's time went: the first step, the steady steps (and their samples/s), the
+        evaluations; ``compile_s`` is the first step's excess over a steady one when compiled (else 0)."""
+        total = self.seconds
+        steps_s = max(0.0, total - self.eval_s)
+        first = self.first_step_s if self.first_step_s is not None else steps_s
+        steady_s = max(0.0, steps_s - first)
+        rest_steps = max(0, self.steps_done - 1)
+        steady = (self.seen - self.seen_first) / steady_s if steady_s > 0 and rest_steps else None
+        per_step = steady_s / rest_steps if rest_steps else 0.0
+        return {
+            "first_step_s": round(first, 3),
+            "compile_s": round(max(0.0, first - per_step), 3) if compiled else 0.0,
+            "steps_s": round(steps_s, 3),
+            "steady_samples_per_s": round(steady, 2) if steady is not None else None,
+            "eval_s": round(self.eval_s, 3),
+        }
 
     def add(self, each: torch.Tensor, rows: int) -> None:
         self.running += each
@@ -236,6 +263,7 @@ class StepLog:
 
     def step(self, step: int, epoch: int, lrs: list[float]) -> list[float] | None:
         """At a log step: a line and an event for each run; each run's mean loss since the last (else None)."""
+        self.steps_done = step
         if step % self.every and step != self.total:
             return None
         now = time.time()

@@ -197,6 +197,7 @@ class LocalExecutor:
             "score": checks.clean_score(res.get("score")),
             "error": res.get("error"),
             "peak_gpu_mem_gb": res.get("peak_gpu_mem_gb"),
+            "timings": checks.clean_timings(res.get("timings")),
             "pid": None,
         }
         if res["status"] == "oom" and not r.get("alone"):

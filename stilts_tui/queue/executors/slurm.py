@@ -391,6 +391,7 @@ class SlurmExecutor:
                         "error": res.get("error"),
                         "slurm_state": st.state if job else None,
                         "peak_gpu_mem_gb": res.get("peak_gpu_mem_gb"),
+                        "timings": checks.clean_timings(res.get("timings")),
                         "stuck": None,
                     },
                 )
