@@ -21,9 +21,9 @@ from stilts_tui import plan as plans
 from stilts_tui.errors import Failure, UserError
 from stilts_tui.ledger import Ledger
 
-DEFAULT_EXAMPLES = 2000
+DEFAULT_EXAMPLES = contract.RANK_DEFAULTS["examples"]  # also a plan's rank stage's
 CACHE_DIR = ".cache/rank"
-METHOD = "LogME"
+METHOD = contract.RANK_METHOD
 FEATURES = "the frozen encoder's last hidden state at the first token (<s> / [CLS])"
 DEVICE_HELP = "cpu (default) | cuda | cuda:N"
 
@@ -105,25 +105,28 @@ def jobs_for(plan: plans.Plan, root: Path, target: str | None, examples: int) ->
     for name in names:
         first = next(r for r in runs if r.stage == "target" and r.name == name)
         task = plans.spec_for(first, plan, root)["task"]
-        max_len = int(first.params["max_len"])
-        for p in points:
-            blob = json.dumps([1, _weights_stamp(p.model), _task_stamp(task), max_len, examples], default=str)
-            key = hashlib.sha256(blob.encode()).hexdigest()[:24]
-            out.append(
-                {
-                    "start": p.label,
-                    "start_run": p.run_id,
-                    "model": p.model,
-                    "target": name,
-                    "task": task,
-                    "max_len": max_len,
-                    "examples": examples,
-                    "key": key,
-                    "runs_dir": str(root),
-                    "cache": str(root / CACHE_DIR / f"{key}.json"),
-                }
-            )
+        out += [job(p, name, task, int(first.params["max_len"]), examples, root) for p in points]
     return out
+
+
+def job(point: Start, target: str, task: dict, max_len: int, examples: int, root: Path) -> dict:
+    """What the scorer needs for one (starting point, target) and where its score is cached: the key hashes
+    the weights (a checkpoint's size and time), the task's files, max_len and N. A plan's rank run builds
+    its jobs with it too, so `stilts-tui rank` and the queue share one cache."""
+    blob = json.dumps([1, _weights_stamp(point.model), _task_stamp(task), max_len, examples], default=str)
+    key = hashlib.sha256(blob.encode()).hexdigest()[:24]
+    return {
+        "start": point.label,
+        "start_run": point.run_id,
+        "model": point.model,
+        "target": target,
+        "task": task,
+        "max_len": max_len,
+        "examples": examples,
+        "key": key,
+        "runs_dir": str(root),
+        "cache": str(root / CACHE_DIR / f"{key}.json"),
+    }
 
 
 def cached(job: dict) -> dict | None:

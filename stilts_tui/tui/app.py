@@ -135,7 +135,8 @@ class StiltsApp(App):
         self.bell()
         self.notify(
             f"plan {event['plan']!r} finished: {c['done']} done, {c['failed']} failed, "
-            f"{c['cancelled']} cancelled, {c['blocked']} blocked",
+            f"{c['cancelled']} cancelled, {c['blocked']} blocked"
+            + (f", {c['pruned']} pruned" if c.get("pruned") else ""),
             timeout=30,
         )
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stilts_tui import rundir
-from stilts_tui.contract import EVENTS_FILE
+from stilts_tui.contract import EVENTS_FILE, waits
 from stilts_tui.errors import UserError
 from stilts_tui.fmt import terminal_safe
 from stilts_tui.ledger import Ledger
@@ -162,8 +162,10 @@ def reasons_of(runs: list[dict]) -> dict[str, str]:
         why = r.get("error") or r.get("stuck")
         if r["status"] == "blocked" and r.get("parent"):
             why = f"parent {r['parent']} {status.get(r['parent'], 'missing')}"
-        elif r["status"] == "pruned" and not why:
-            why = r.get("pruned_why") or "left out by the rank stage"
+        elif r["status"] == "pruned":
+            why = "pruned: " + (r.get("pruned_why") or "left out by the rank stage")
+        elif r["status"] == "queued" and not why and waits(r, status):
+            why = "waits for rank run " + " ".join(r.get("after") or [])
         if why and r["status"] in ("failed", "blocked", "pruned", "degenerate", "cancelled", "queued", "running"):
             out[r["id"]] = " ".join(str(why).split())
     return out
