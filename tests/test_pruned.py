@@ -216,7 +216,7 @@ async def test_the_queue_screen_shows_pruned_runs_in_their_style_with_their_reas
         await until(pilot, shown, "the queue screen filled")
         row = pilot.app.screen.query_one(DataTable).get_row(run["id"])
         status = row[COLUMNS.index("status")]
-        assert str(status) == "pruned" and str(status.style) == STATUS_STYLE["pruned"]
+        assert str(status) == "pruned" and str(status.value.style) == STATUS_STYLE["pruned"]
         assert STATUS_STYLE["pruned"] not in {v for k, v in STATUS_STYLE.items() if k != "pruned"}
         assert str(row[COLUMNS.index("reason")]) == "pruned: rank 3 of 3 on t (logme, top 1)"
         assert "1 pruned (rank stage)" in str(pilot.app.screen.query_one("#totals").render())
