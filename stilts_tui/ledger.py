@@ -32,7 +32,7 @@ from tinydb import TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Document, Table
 
-from stilts_tui.contract import AFTER_FIELD, LEDGER_FILE, PRUNED_WHY_FIELD, STATUSES
+from stilts_tui.contract import AFTER_FIELD, LEDGER_FILE, PRUNED_WHY_FIELD, STAGES, STATUSES
 from stilts_tui.contract import FINAL as FINAL  # re-exported: older callers read ledger.FINAL / STATUSES
 from stilts_tui.errors import UserError, failure_from_os, first_line
 from stilts_tui.rundir import RUN_ID_RE, WORKER_RE, write_atomic
@@ -366,7 +366,7 @@ class Ledger:
             tx.put(tx.meta, key, {"value": value})
 
 
-STAGE_ORDER = {"synth": 0, "intermediate": 1, "target": 2}
+STAGE_ORDER = {s: i for i, s in enumerate(STAGES)}  # synth, intermediate, rank, target
 
 
 def _num(x: object) -> float:
@@ -375,10 +375,10 @@ def _num(x: object) -> float:
 
 
 def queue_order(run: dict) -> tuple:
-    """Priority (higher first), then stage (synth, intermediate, target), then plan order."""
+    """Priority (higher first), then stage (synth, intermediate, rank, target), then plan order."""
     return (
         -_num(run.get("priority", 0)),
-        STAGE_ORDER.get(run.get("stage"), 3),
+        STAGE_ORDER.get(run.get("stage"), len(STAGES)),
         _num(run.get("added", 0)),
         _num(run.get("order", 0)),
     )

@@ -83,6 +83,8 @@ def rewrite(data: dict, plan_dir: Path, root: Path, opts: Options) -> dict:
                 if sdef.get(key) and not sdef.get("data_dir"):
                     sdef[key] = _abs(plan_dir, sdef[key])
             sdef["max_train_samples"] = sdef["max_dev_samples"] = opts.examples
+            if isinstance(sdef.get("rank"), dict):  # the rank stage scores as many examples as the runs train on
+                sdef["rank"]["examples"] = max(2, opts.examples)
             if kind == "target" and not opts.full_grid:
                 sdef["seeds"] = (sdef.get("seeds") or first_seeds)[:1]
                 sdef["grid"] = {k: v[:1] for k, v in sdef.get("grid", {}).items()}
