@@ -796,6 +796,7 @@ LS_KEYS = (
     "priority",
     "error",
     "stuck",
+    "after",
     "pruned_why",
 )
 
@@ -926,7 +927,7 @@ def rank_cmd(
     loaded = ranking.load_plan(root, plan)
     ranking.check_options(loaded, target, examples, device)
     jobs = ranking.jobs_for(loaded, root, target, examples)
-    doc = ranking.ranking(loaded, jobs, ranking.score(jobs, device), examples)
+    doc = ranking.ranking(loaded.name, jobs, ranking.score(jobs, device), examples)
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
         return

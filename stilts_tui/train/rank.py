@@ -159,7 +159,7 @@ def rank_run(run_dir: Path, device: str) -> str:
     is listed as not ranked. The daemon prunes from the ranking; this process changes no other run."""
     import os
 
-    from stilts_tui import ranking
+    from stilts_tui import rank_cache
     from stilts_tui.contract import CHECKPOINT_DIR, RANK_METHOD, SPEC_FILE, Result
     from stilts_tui.train.events import RunLog, write_result
 
@@ -174,8 +174,8 @@ def rank_run(run_dir: Path, device: str) -> str:
             weights = s["run_id"] is None or (Path(s["model"]["path"]) / "model.safetensors").is_file()
             (ranked if weights else unranked).append(s)
         jobs = [
-            ranking.job(
-                ranking.Start(s["label"], s["run_id"], s["model"]),
+            rank_cache.job(
+                rank_cache.Start(s["label"], s["run_id"], s["model"]),
                 spec["name"],
                 spec["task"],
                 int(p["max_len"]),
@@ -187,8 +187,8 @@ def rank_run(run_dir: Path, device: str) -> str:
         log.line(f"rank: {RANK_METHOD} of {len(jobs)} starting points on {spec['name']} ({device})")
         records = {}
         for i, job in enumerate(jobs, 1):
-            records[job["key"]] = ranking.cached(job) or run_job(job, device, f"{i}/{len(jobs)}")
-        doc = ranking.ranking(_named(spec), jobs, records, int(p["examples"]))["targets"][0]
+            records[job["key"]] = rank_cache.cached(job) or run_job(job, device, f"{i}/{len(jobs)}")
+        doc = rank_cache.ranking(spec["plan"], jobs, records, int(p["examples"]))["targets"][0]
         result.status, result.extra = (
             "done",
             {
@@ -211,13 +211,6 @@ def rank_run(run_dir: Path, device: str) -> str:
     log.close()
     write_result(run_dir, result.record())
     return result.status
-
-
-def _named(spec: dict):
-    """The little of a plan :func:`ranking.ranking` reads: its name."""
-    from types import SimpleNamespace
-
-    return SimpleNamespace(name=spec["plan"])
 
 
 def main(argv: list[str] | None = None) -> int:
