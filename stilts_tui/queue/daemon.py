@@ -501,7 +501,10 @@ class Daemon:
             status[r["id"]] = Status.PRUNED
             n += 1
         stats["pruned"] += n
-        self.log(f"{rid}: rank run of {name} done: top {top} of {of} kept, {n} runs pruned")
+        self.log(
+            f"{rid}: rank run of {name} done: the top {top} of {len(starts)} intermediate starting points kept "
+            f"(and none), {n} runs pruned"
+        )
 
     def _brought_back(self, run_id: str) -> bool:
         """Whether a person retried this run out of pruned (its pruned.json says so)."""

@@ -152,6 +152,21 @@ def run_job(job: dict, device: str, number: str) -> dict:
     return record
 
 
+def _jobs(spec: dict, root: Path) -> tuple[list[dict], list[dict]]:
+    """A rank run's jobs (one a starting point with weights, keyed as `stilts-tui rank` keys them), and the
+    starting points without weights (an intermediate that failed leaves no checkpoint)."""
+    from stilts_tui import rank_cache
+
+    p, jobs, unranked = spec["params"], [], []
+    for s in spec["starts"]:
+        if s["run_id"] is not None and not (Path(s["model"]["path"]) / "model.safetensors").is_file():
+            unranked.append(s)
+            continue
+        point = rank_cache.Start(s["label"], s["run_id"], s["model"])
+        jobs.append(rank_cache.job(point, spec["name"], spec["task"], int(p["max_len"]), int(p["examples"]), root))
+    return jobs, unranked
+
+
 def rank_run(run_dir: Path, device: str) -> str:
     """A plan's rank run (``stage = "rank"`` in spec.json; the trainer entry hands it here): score each
     starting point whose checkpoint is there (through the cache `stilts-tui rank` uses), then write
@@ -168,22 +183,8 @@ def rank_run(run_dir: Path, device: str) -> str:
     result = Result()
     try:
         spec = json.loads((run_dir / SPEC_FILE).read_text(encoding="utf-8"))
-        p, root = spec["params"], run_dir.resolve().parent
-        ranked, unranked = [], []
-        for s in spec["starts"]:
-            weights = s["run_id"] is None or (Path(s["model"]["path"]) / "model.safetensors").is_file()
-            (ranked if weights else unranked).append(s)
-        jobs = [
-            rank_cache.job(
-                rank_cache.Start(s["label"], s["run_id"], s["model"]),
-                spec["name"],
-                spec["task"],
-                int(p["max_len"]),
-                int(p["examples"]),
-                root,
-            )
-            for s in ranked
-        ]
+        p = spec["params"]
+        jobs, unranked = _jobs(spec, run_dir.resolve().parent)
         log.line(f"rank: {RANK_METHOD} of {len(jobs)} starting points on {spec['name']} ({device})")
         records = {}
         for i, job in enumerate(jobs, 1):
