@@ -453,6 +453,11 @@ def parse(text: str, path: str | Path) -> Plan:
             _check_stage(c, kind, sname, sdef, path.parent, custom, synth)
     if not stages["target"]:
         c.fail("target", "a plan needs at least one [target.NAME] stage")
+    ranked = next((t for t, d in stages["target"].items() if "rank" in d), None)
+    if ranked is not None and not stages["intermediate"]:
+        c.fail(
+            f"target.{ranked}.rank", "ranks the target's starting points: the plan needs an [intermediate.NAME] stage"
+        )
     if not data.get("baseline", True) and not stages["intermediate"]:
         c.fail("baseline", "with baseline = false and no [intermediate.NAME] stage the plan has no target runs")
     return Plan(
@@ -822,7 +827,8 @@ class _Expansion:
     def rank(self, tname: str, tdef: dict, spec: dict, hashed: dict, base: dict, starts: list) -> Run:
         """A target's rank run: it waits for every intermediate run that feeds the target and scores them
         (and the model itself, "none"). Its id hashes what it scores: the target's task, the starting
-        points' run ids, the model, examples and max_len (top is not: it decides what is pruned, not a score)."""
+        points' run ids, the model, examples and max_len, and the plan's name (top is not: it decides what is
+        pruned, not a score)."""
         inters = [(name, rid) for name, rid in starts if rid is not None]
         seeds = {r.id: r.seed for r in self.runs if r.stage == "intermediate"}
         labels = [("none", None)] + [
@@ -834,7 +840,8 @@ class _Expansion:
             "max_len": base["max_len"],
             "batch_size": contract.RANK_BATCH,
         }
-        config = {
+        config = {  # with the plan's name, as every run's: two plans' rank runs never share an id
+            "plan": self.plan.name,
             "stage": contract.RANK_STAGE,
             "task": hashed,
             "model": self.model["name"],

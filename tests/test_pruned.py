@@ -172,8 +172,12 @@ def test_a_bad_rank_value_is_refused_in_one_line(tmp_path, tiny_model):
         ("rank = { top = 1, n = 5 }", "key 'target.t.rank.n': unknown key (expected one of: top, examples)"),
         ("rank = 3", "key 'target.t.rank': expected a table { top = K, examples = N }"),
     ]
+    alone = '[target.t]\ntask = "pair"\nrank = { top = 1 }\n'  # nothing to rank but the model itself
+    none = make_plan(tmp_path, tiny_model, alone, baseline=True).read_text()
+    cases.append((none, "key 'target.t.rank': ranks the target's starting points: the plan needs an [intermediate"))
     for rank, why in cases:
-        plan = write_text(tmp_path / "bad.toml", _plan(tmp_path, tiny_model, rank).read_text())
+        text = rank if rank.startswith("name") else _plan(tmp_path, tiny_model, rank).read_text()
+        plan = write_text(tmp_path / "bad.toml", text)
         out = cli("plan", "validate", str(plan))
         assert out.returncode == 2 and why in out.stderr and len(out.stderr.strip().splitlines()) == 1, (
             rank,
