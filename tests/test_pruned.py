@@ -224,3 +224,15 @@ async def test_the_queue_screen_shows_pruned_runs_in_their_style_with_their_reas
         assert STATUS_STYLE["pruned"] not in {v for k, v in STATUS_STYLE.items() if k != "pruned"}
         assert str(row[COLUMNS.index("reason")]) == "pruned: rank 3 of 3 on t (logme, top 1)"
         assert "1 pruned (rank stage)" in str(pilot.app.screen.query_one("#totals").render())
+
+
+def test_re_adding_a_plan_updates_what_queued_runs_wait_for_and_a_queued_rank_runs_top(
+    tmp_path, runs_dir, tiny_model, queue_env
+):
+    add(_plan(tmp_path, tiny_model), runs_dir, queue_env)
+    rank = _runs(runs_dir)["rank"]
+    add(_plan(tmp_path, tiny_model, "rank = { top = 2 }"), runs_dir, queue_env)
+    spec = json.loads((runs_dir / rank["id"] / contract.SPEC_FILE).read_text())
+    assert spec["params"]["top"] == 2 and _runs(runs_dir)["rank"]["id"] == rank["id"]  # one rank run, its top new
+    add(_plan(tmp_path, tiny_model, rank=""), runs_dir, queue_env)  # the rank stage taken away: nothing waits
+    assert all(not r.get("after") for k, r in _runs(runs_dir).items() if k.startswith("t:"))
