@@ -267,7 +267,10 @@ def waits(run: dict, status: dict[str, str]) -> bool:
     """Whether a run still waits for a run it is after (``after``): until each is settled, however it ended
     (a rank run scores the intermediates that are done; a failed rank run prunes nothing). A run the ledger
     does not hold (a damaged row left out) is waited for by nothing: no run waits forever."""
-    return any(a in status and status[a] not in SETTLED for a in run.get(AFTER_FIELD) or ())
+    after = run.get(AFTER_FIELD)
+    return isinstance(after, list) and any(
+        isinstance(a, str) and status.get(a, Status.DONE) not in SETTLED for a in after
+    )
 
 
 def pruned_why(rank: int, of: int, target: str, top: int) -> str:
