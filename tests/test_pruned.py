@@ -208,8 +208,9 @@ async def test_the_queue_screen_shows_pruned_runs_in_their_style_with_their_reas
     from stilts_tui.tui.screens.queue import COLUMNS, STATUS_STYLE, QueueScreen
 
     assert cli("queue", "add", str(_plan(tmp_path, tiny_model)), runs_dir=runs_dir).returncode == 0
-    run = _runs(runs_dir)["t:idle"]
+    run, baseline = _runs(runs_dir)["t:idle"], _runs(runs_dir)["t:none"]
     Ledger(runs_dir).update(run["id"], status="pruned", pruned_why="rank 3 of 3 on t (logme, top 1)")
+    Ledger(runs_dir).update(baseline["id"], status="done", started=1000.0, finished=1090.0, score=0.5)
     async with StiltsApp(runs_dir, keymap={}, confirm=False).run_test(size=(220, 40)) as pilot:
         await pilot.app.workers.wait_for_complete()
 
@@ -222,7 +223,8 @@ async def test_the_queue_screen_shows_pruned_runs_in_their_style_with_their_reas
         status = row[COLUMNS.index("status")]
         assert str(status) == "pruned" and str(status.value.style) == STATUS_STYLE["pruned"]
         assert STATUS_STYLE["pruned"] not in {v for k, v in STATUS_STYLE.items() if k != "pruned"}
-        assert str(row[COLUMNS.index("reason")]) == "pruned: rank 3 of 3 on t (logme, top 1)"
+        reason = "pruned: rank 3 of 3 on t (logme, top 1); saved ~1:30 (median of t's done runs)"
+        assert str(row[COLUMNS.index("reason")]) == reason
         assert "1 pruned (rank stage)" in str(pilot.app.screen.query_one("#totals").render())
 
 
