@@ -16,7 +16,7 @@ import typer
 
 from stilts_tui import plan as plans
 from stilts_tui import ranking, rundir, tasks
-from stilts_tui.contract import CANCEL_GRACE_S, DAEMON_LOG, SETTLED, STATUSES, TRAIN_LOG
+from stilts_tui.contract import CANCEL_GRACE_S, DAEMON_LOG, SETTLED, STATUSES, TRAIN_LOG, waits
 from stilts_tui.entry import NoDaemon, RunsDir  # the root options, shared with the bare command's parser
 from stilts_tui.errors import Failure, UserError
 from stilts_tui.fmt import terminal_safe
@@ -513,13 +513,17 @@ def queue_retry(
     ctx: typer.Context,
     run_ids: RunIds = None,
     failed: Annotated[bool, typer.Option("--failed", help="every failed run")] = False,
+    pruned: Annotated[bool, typer.Option("--pruned", help="every run a rank stage pruned: train it")] = False,
+    plan: Annotated[str | None, typer.Option("--plan", help="with --failed or --pruned: only this plan's")] = None,
 ) -> None:
-    """Queue failed or cancelled runs again (their blocked children follow once they succeed)."""
+    """Queue failed, cancelled or pruned runs again (their blocked children follow once they succeed)."""
     from stilts_tui.queue import ops
 
-    if not run_ids and not failed:
-        raise UserError("name run ids, or --failed")
-    done = ops.retry(_root(ctx), run_ids or [], failed=failed)
+    if not run_ids and not failed and not pruned:
+        raise UserError("name run ids, or --failed, or --pruned")
+    if plan is not None and not (failed or pruned):
+        raise UserError("--plan: with --failed or --pruned (run ids name their runs)")
+    done = ops.retry(_root(ctx), run_ids or [], failed=failed, pruned=pruned, plan=plan)
     typer.echo(f"requeued {len(done)} runs")
 
 
@@ -792,6 +796,8 @@ LS_KEYS = (
     "priority",
     "error",
     "stuck",
+    "after",
+    "pruned_why",
 )
 
 
@@ -827,6 +833,10 @@ def _reason(run: dict, status: dict[str, str]) -> str:
     """Why a run failed, is blocked or stuck, in one line ("" for a run with nothing to say)."""
     if run["status"] == "blocked" and run.get("parent"):
         return f"parent {run['parent']} {status.get(run['parent'], 'missing')}"
+    if run["status"] == "pruned":
+        return f"pruned: {run.get('pruned_why') or 'left out by its rank run'}"
+    if run["status"] == "queued" and waits(run, status):
+        return "waits for rank run " + " ".join(run.get("after") or [])
     why = run.get("error") or run.get("stuck")
     return " ".join(str(why).split()) if why and run["status"] != "done" else ""
 
@@ -917,7 +927,7 @@ def rank_cmd(
     loaded = ranking.load_plan(root, plan)
     ranking.check_options(loaded, target, examples, device)
     jobs = ranking.jobs_for(loaded, root, target, examples)
-    doc = ranking.ranking(loaded, jobs, ranking.score(jobs, device), examples)
+    doc = ranking.ranking(loaded.name, jobs, ranking.score(jobs, device), examples)
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
         return

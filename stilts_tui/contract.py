@@ -19,6 +19,7 @@ SPEC_FILE = "spec.json"  # everything the trainer needs; written by `queue add` 
 RESULT_FILE = "result.json"  # written last, atomically, by the trainer: the attempt's outcome
 TRAIN_LOG = "train.log"  # for people, appended live (the app tails it)
 EVENTS_FILE = "events.jsonl"  # one JSON object a line: start, begin, step, eval, end
+PRUNED_FILE = "pruned.json"  # written by the daemon into a run its target's rank run left out: the ranking
 CANCEL_FILE = "cancel.request"  # the daemon writes it into a run that waits in a worker; the worker skips it
 CHECKPOINT_DIR = "checkpoint"  # weights for the run's children (safetensors, config, tokenizer)
 SYNTH_DATA_DIR = "data"  # a synth run's output task files
@@ -58,6 +59,7 @@ class Status(str, Enum):
     CANCELLED = "cancelled"
     BLOCKED = "blocked"  # a parent failed or was cancelled; unblocked when the parent is retried and succeeds
     DEGENERATE = "degenerate"  # stopped early: its dev score stayed at or below the majority class (stop_degenerate)
+    PRUNED = "pruned"  # its target's rank run left its starting point out of the top K (rank = { top = K })
 
     def __str__(self) -> str:  # f-strings and joins show "done", not "Status.DONE"
         return self.value
@@ -65,15 +67,16 @@ class Status(str, Enum):
 
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status)  # every status, in the ledger's order
 # never changes again unless retried
-FINAL = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED, Status.DEGENERATE})
+FINAL = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED, Status.DEGENERATE, Status.PRUNED})
 SETTLED = FINAL | {Status.BLOCKED}  # nothing can change without a retry: a plan (or rehearsal) is over
 ACTIVE = frozenset({Status.QUEUED, Status.RUNNING})  # the queue still has work for it
 # a parent in one blocks its queued children (a degenerate intermediate keeps no checkpoint)
 BLOCKING = frozenset({Status.FAILED, Status.CANCELLED, Status.BLOCKED, Status.DEGENERATE})
 UNBLOCKING = ACTIVE | {Status.DONE}  # a parent in one (retried, running, done) unblocks its blocked children
 CANCELLABLE = ACTIVE | {Status.BLOCKED}  # what `queue cancel` stops
-# what `queue retry` queues again (a degenerate run too: trained to its end, as the plan without the stop would)
-RETRYABLE = frozenset({Status.FAILED, Status.CANCELLED, Status.BLOCKED, Status.DEGENERATE})
+# what `queue retry` queues again (a degenerate run too: trained to its end, as the plan without the stop would;
+# a pruned run only when named by id or with --pruned: --failed never brings one back)
+RETRYABLE = frozenset({Status.FAILED, Status.CANCELLED, Status.BLOCKED, Status.DEGENERATE, Status.PRUNED})
 
 
 class ResultStatus(str, Enum):
@@ -233,7 +236,7 @@ def is_lora(params: object) -> bool:
     return isinstance(params, dict) and optional(params, "method") == "lora"
 
 
-STAGES = ("synth", "intermediate", "target")  # a plan's stages, in expansion order
+STAGES = ("synth", "intermediate", "rank", "target")  # a plan's stages, in expansion order
 TRAINED_STAGES = ("intermediate", "target")  # the stages the trainer runs (synth runs have their own params)
 
 
@@ -246,6 +249,33 @@ def missing_params(spec: dict) -> list[str]:
     if not isinstance(params, dict):
         return list(TRAINING_DEFAULTS)
     return [k for k in TRAINING_DEFAULTS if k not in params]
+
+
+# ---- the rank stage ([target.X] rank = { top = K, examples = N }) ---------------------------------
+
+RANK_STAGE = "rank"  # one run a target: scores the target's starting points (LogME), then the daemon prunes
+RANK_DEFAULTS: dict[str, int] = {"examples": 2000}  # what a plan's rank table leaves out (top is required)
+RANK_METHOD = "LogME"
+RANK_BATCH = 32  # examples encoded at once by a rank run (its memory estimate reads it as batch_size)
+# ledger fields: the runs a run waits for (settled, whatever their end: a rank run waits for the intermediates
+# it scores, a target run from an intermediate for its target's rank run), and why a pruned run is pruned
+AFTER_FIELD = "after"
+PRUNED_WHY_FIELD = "pruned_why"
+
+
+def waits(run: dict, status: dict[str, str]) -> bool:
+    """Whether a run still waits for a run it is after (``after``): until each is settled, however it ended
+    (a rank run scores the intermediates that are done; a failed rank run prunes nothing). A run the ledger
+    does not hold (a damaged row left out) is waited for by nothing: no run waits forever."""
+    after = run.get(AFTER_FIELD)
+    return isinstance(after, list) and any(
+        isinstance(a, str) and status.get(a, Status.DONE) not in SETTLED for a in after
+    )
+
+
+def pruned_why(rank: int, of: int, target: str, top: int) -> str:
+    """The one line a pruned run shows: ``rank 3 of 4 on rte (logme, top 1)``."""
+    return f"rank {rank} of {of} on {target} ({RANK_METHOD.lower()}, top {top})"
 
 
 # ---- shapes: which runs are alike ---------------------------------------------------------------

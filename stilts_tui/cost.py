@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stilts_tui import plan as plans
-from stilts_tui.contract import LEDGER_FILE, RESULT_FILE, SPEC_FILE, optional, shape_key
+from stilts_tui.contract import LEDGER_FILE, RANK_STAGE, RESULT_FILE, SPEC_FILE, optional, shape_key
 from stilts_tui.queue import placement
 
 # (parameters up to, samples/s) on one GPU in fp32 at max_len 128: RoBERTa-large measured 186-214 on an
@@ -194,7 +194,7 @@ def train_size(run: plans.Run, synth_n: dict[str, int]) -> int | None:
 def estimate(plan: plans.Plan, runs: list[plans.Run], rates: dict[str, Rate] | None = None) -> Cost:
     """Runs, steps and GPU-hours per stage of an expanded plan; ``rates`` from :func:`measured`."""
     rates = rates or {}
-    cost = Cost({s: StageCost(s) for s in plans.STAGES})
+    cost = Cost({s: StageCost(s) for s in plans.STAGES if s != RANK_STAGE or any(r.stage == s for r in runs)})
     defaults: set[str] = set()
     synth_n = {r.id: r.params["n"] for r in runs if r.stage == "synth"}
     for r in runs:
@@ -208,6 +208,9 @@ def estimate(plan: plans.Plan, runs: list[plans.Run], rates: dict[str, Rate] | N
         n = train_size(r, synth_n)
         if not n:
             sc.unknown += 1
+            continue
+        if r.stage == RANK_STAGE:
+            _rank_cost(sc, r, n, sum(s["run_id"] is not None for s in r.starts) + 1, plan)
             continue
         p = r.params
         epochs, bs, accum = int(p["epochs"]), int(p["batch_size"]), int(p["grad_accum"])
@@ -247,6 +250,16 @@ def estimate(plan: plans.Plan, runs: list[plans.Run], rates: dict[str, Rate] | N
     if total.unknown:
         cost.notes.append(f"{total.unknown} runs have no known train size (hub data not on disk): not counted")
     return cost
+
+
+def _rank_cost(sc: StageCost, r: plans.Run, n: int, starts: int, plan: plans.Plan) -> None:
+    """A rank run: one forward pass over its first N train examples a starting point (forward alone is about
+    a third of a training step's work), at the default throughput."""
+    examples = min(n, int(r.params["examples"])) * starts
+    spec = {"stage": r.stage, "model": {"name": plan.model, **r.model}, "params": r.params, "task": r.task_spec}
+    sc.samples += examples
+    sc.seconds += examples / (3 * default_rate(spec)[0]) + DEFAULT_OVERHEAD_S
+    sc.default += 1
 
 
 def summary(cost: Cost) -> str:

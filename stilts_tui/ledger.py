@@ -32,8 +32,8 @@ from tinydb import TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Document, Table
 
+from stilts_tui.contract import AFTER_FIELD, LEDGER_FILE, PRUNED_WHY_FIELD, STAGES, STATUSES
 from stilts_tui.contract import FINAL as FINAL  # re-exported: older callers read ledger.FINAL / STATUSES
-from stilts_tui.contract import LEDGER_FILE, STATUSES
 from stilts_tui.errors import UserError, failure_from_os, first_line
 from stilts_tui.rundir import RUN_ID_RE, WORKER_RE, write_atomic
 
@@ -366,7 +366,7 @@ class Ledger:
             tx.put(tx.meta, key, {"value": value})
 
 
-STAGE_ORDER = {"synth": 0, "intermediate": 1, "target": 2}
+STAGE_ORDER = {s: i for i, s in enumerate(STAGES)}  # synth, intermediate, rank, target
 
 
 def _num(x: object) -> float:
@@ -375,10 +375,10 @@ def _num(x: object) -> float:
 
 
 def queue_order(run: dict) -> tuple:
-    """Priority (higher first), then stage (synth, intermediate, target), then plan order."""
+    """Priority (higher first), then stage (synth, intermediate, rank, target), then plan order."""
     return (
         -_num(run.get("priority", 0)),
-        STAGE_ORDER.get(run.get("stage"), 3),
+        STAGE_ORDER.get(run.get("stage"), len(STAGES)),
         _num(run.get("added", 0)),
         _num(run.get("order", 0)),
     )
@@ -450,6 +450,7 @@ RUN_FIELDS = {
     "shape": _STR,
     "slurm_state": _STR,
     "slurm_reason": _STR,
+    PRUNED_WHY_FIELD: _STR,
 }
 
 
@@ -479,4 +480,9 @@ def run_problems(run: dict) -> dict[str, str]:
                 continue
         what = f"{kind} in range" if kind is not _STR else kind
         bad[name] = f"{name} = {str(v)[:40]!r} is not {what}"
+    after = run.get(AFTER_FIELD)  # the runs it waits for (the rank stage): a list of run ids
+    if after is not None and not (
+        type(after) is list and all(type(x) is str and RUN_ID_RE.fullmatch(x) for x in after)
+    ):
+        bad[AFTER_FIELD] = f"{AFTER_FIELD} = {str(after)[:40]!r} is not a list of run ids"
     return bad

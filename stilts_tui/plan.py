@@ -139,8 +139,14 @@ STAGE_KEYS = {
         "seeds": _int_list(),
         "grid": (lambda v: isinstance(v, dict), "a table"),
         "keep_checkpoint": _bool(),
+        "rank": (
+            (lambda v: isinstance(v, dict)),
+            "a table { top = K, examples = N } (rank the starting points, train the top K and none)",
+        ),
     },
 }
+# [target.X] rank = { top, examples }: top is required; the run contract holds what the table leaves out
+RANK_KEYS = {"top": _int(1, 1000), "examples": _int(2, 1_000_000)}
 SYNTH_KEYS = {
     "corpus": _one_of("squad"),
     "corpus_file": _str(),
@@ -247,6 +253,8 @@ class Run:
     order: int
     task_spec: dict = field(default_factory=dict)  # resolved data paths, for spec.json
     model: dict = field(default_factory=dict)
+    after: list[str] = field(default_factory=list)  # runs it waits for, settled (the rank stage's)
+    starts: list[dict] = field(default_factory=list)  # a rank run's starting points: {label, run_id}
 
     def record(self) -> dict:
         """The ledger's view of this run (spec.json holds the rest)."""
@@ -262,6 +270,7 @@ class Run:
             "grid": self.grid,
             "parent": self.parent,
             "order": self.order,
+            **({contract.AFTER_FIELD: self.after} if self.after else {}),  # rows of plans without rank: as before
         }
 
 
@@ -444,6 +453,11 @@ def parse(text: str, path: str | Path) -> Plan:
             _check_stage(c, kind, sname, sdef, path.parent, custom, synth)
     if not stages["target"]:
         c.fail("target", "a plan needs at least one [target.NAME] stage")
+    ranked = next((t for t, d in stages["target"].items() if "rank" in d), None)
+    if ranked is not None and not stages["intermediate"]:
+        c.fail(
+            f"target.{ranked}.rank", "ranks the target's starting points: the plan needs an [intermediate.NAME] stage"
+        )
     if not data.get("baseline", True) and not stages["intermediate"]:
         c.fail("baseline", "with baseline = false and no [intermediate.NAME] stage the plan has no target runs")
     return Plan(
@@ -476,6 +490,8 @@ def _check_stage(c: _Checker, kind: str, sname: str, sdef: object, plan_dir: Pat
     if not isinstance(sdef, dict):
         c.fail(where, "expected a table")
     c.table(where, sdef, STAGE_KEYS[kind])
+    if "rank" in sdef:
+        c.table(f"{where}.rank", sdef["rank"], RANK_KEYS, required=("top",))
     _check_method(c, where, sdef)
     _check_task(c, where, sdef.get("task", sname), custom, synth)
     _check_grid(c, where, sdef.get("grid", {}))
@@ -788,13 +804,15 @@ class _Expansion:
         return starts, start_params
 
     def targets(self, synth_ids: dict[str, str], starts: list, start_params: dict[str, dict]) -> None:
-        """Every target run: each starting point x seed x grid combination."""
+        """Every target run: each starting point x seed x grid combination (after the target's rank run,
+        when it has one: the runs from an intermediate wait for it, the baseline's never)."""
         plan = self.plan
         for tname, tdef in plan.target.items():
             spec, hashed = task_spec(plan, tdef, tname, synth_ids)
             base = _params(plan, tdef)
             if tdef.get("keep_checkpoint"):
                 base["keep_checkpoint"] = True
+            rank = self.rank(tname, tdef, spec, hashed, base, starts) if "rank" in tdef else None
             grid = tdef.get("grid", {})
             combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())] or [{}]
             seeds = tdef.get("seeds") or plan.target_seeds
@@ -802,7 +820,54 @@ class _Expansion:
                 for seed in seeds:
                     for combo in combos:
                         params = _method(plan, {**base, **combo}, f"target.{tname}", tdef, start_params.get(parent))
-                        self.add("target", tname, spec["name"], inter, seed, params, combo, parent, spec, hashed)
+                        r = self.add("target", tname, spec["name"], inter, seed, params, combo, parent, spec, hashed)
+                        if rank is not None and parent is not None:
+                            r.after = [rank.id]
+
+    def rank(self, tname: str, tdef: dict, spec: dict, hashed: dict, base: dict, starts: list) -> Run:
+        """A target's rank run: it waits for every intermediate run that feeds the target and scores them
+        (and the model itself, "none"). Its id hashes what it scores: the target's task, the starting
+        points' run ids, the model, examples and max_len, and the plan's name (top is not: it decides what is
+        pruned, not a score)."""
+        inters = [(name, rid) for name, rid in starts if rid is not None]
+        seeds = {r.id: r.seed for r in self.runs if r.stage == "intermediate"}
+        labels = [("none", None)] + [
+            (f"{n} (seed {seeds[rid]})" if sum(x == n for x, _ in inters) > 1 else n, rid) for n, rid in inters
+        ]
+        params = {
+            **contract.RANK_DEFAULTS,
+            **tdef["rank"],
+            "max_len": base["max_len"],
+            "batch_size": contract.RANK_BATCH,
+        }
+        config = {  # with the plan's name, as every run's: two plans' rank runs never share an id
+            "plan": self.plan.name,
+            "stage": contract.RANK_STAGE,
+            "task": hashed,
+            "model": self.model["name"],
+            "starts": [rid for _, rid in inters],
+            "examples": params["examples"],
+            "max_len": params["max_len"],
+        }
+        r = Run(
+            run_id(config),
+            self.plan.name,
+            contract.RANK_STAGE,
+            tname,
+            spec["name"],
+            None,
+            None,
+            params,
+            {},
+            None,
+            len(self.runs),
+            spec,
+            self.model,
+        )
+        r.after = [rid for _, rid in inters]
+        r.starts = [{"label": label, "run_id": rid} for label, rid in labels]
+        self.runs.append(r)
+        return r
 
 
 # ---- summaries ---------------------------------------------------------------------------------
@@ -832,7 +897,8 @@ def grid_text(grid: dict | None, params: dict | None = None) -> str:
 
 
 def counts(runs: list[Run]) -> dict[str, int]:
-    return {s: sum(r.stage == s for r in runs) for s in STAGES}
+    """Runs by stage (the rank stage only where a target has one)."""
+    return {s: n for s in STAGES if (n := sum(r.stage == s for r in runs)) or s != contract.RANK_STAGE}
 
 
 def matrix(runs: list[Run]) -> dict[str, dict[str, int]]:
@@ -885,7 +951,8 @@ def count_runs(plan: Plan) -> int:
     for d in plan.target.values():
         combos = math.prod(len(v) for v in d.get("grid", {}).values())
         targets += len(d.get("seeds") or plan.target_seeds) * combos
-    return len(plan.synth) + inter + starts * targets
+    ranks = sum("rank" in d for d in plan.target.values())
+    return len(plan.synth) + inter + ranks + starts * targets
 
 
 def max_runs_limit(value: int | None = None) -> int:
@@ -937,6 +1004,12 @@ def spec_for(run: Run, plan: Plan, runs_root: Path) -> dict:
         model = {"source": "path" if run.model.get("path") else "hub", **run.model}
     if run.stage == "synth":
         task = {"name": "synth"}
+    extra = {}
+    if run.stage == contract.RANK_STAGE:  # what it scores: each starting point's weights
+        extra["starts"] = [
+            {**s, "model": model if s["run_id"] is None else _parent_model(plan, runs_root, s["run_id"])}
+            for s in run.starts
+        ]
     return {
         "run_id": run.id,
         "plan": plan.name,
@@ -951,4 +1024,11 @@ def spec_for(run: Run, plan: Plan, runs_root: Path) -> dict:
         "parent": run.parent,  # precision: in params alone
         "keep_checkpoint": run.params.get("keep_checkpoint") is True,  # expansion sets it for intermediates
         "slurm": dict(plan.slurm),
+        **extra,
     }
+
+
+def _parent_model(plan: Plan, runs_root: Path, parent: str) -> dict:
+    """The model entry of weights an intermediate run leaves: its checkpoint folder."""
+    path = rundir.run_dir(runs_root, parent) / contract.CHECKPOINT_DIR
+    return {"source": "parent", "parent": parent, "name": plan.model, "path": str(path)}

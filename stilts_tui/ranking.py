@@ -8,33 +8,19 @@ only when its shape and key check out, else scored again. No torch here.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from stilts_tui import contract, rundir, tasks
+from stilts_tui import contract, rundir
 from stilts_tui import plan as plans
 from stilts_tui.errors import Failure, UserError
 from stilts_tui.ledger import Ledger
+from stilts_tui.rank_cache import CACHE_DIR, METHOD, Start, cached, job, ranking  # noqa: F401 - names of this command
 
-DEFAULT_EXAMPLES = 2000
-CACHE_DIR = ".cache/rank"
-METHOD = "LogME"
-FEATURES = "the frozen encoder's last hidden state at the first token (<s> / [CLS])"
+DEFAULT_EXAMPLES = contract.RANK_DEFAULTS["examples"]  # also a plan's rank stage's
 DEVICE_HELP = "cpu (default) | cuda | cuda:N"
-
-
-@dataclass
-class Start:
-    """A starting point: its label, its run (None for the plan's model) and the weights it names."""
-
-    label: str
-    run_id: str | None
-    model: dict
 
 
 def load_plan(root: Path, plan: str) -> plans.Plan:
@@ -77,22 +63,6 @@ def starts(plan: plans.Plan, runs: list[plans.Run], root: Path) -> list[Start]:
     return out
 
 
-def _weights_stamp(model: dict) -> list:
-    """What changes when a starting point's weights change: the checkpoint file's size and time."""
-    if model.get("source") == "parent":
-        st = (Path(model["path"]) / "model.safetensors").stat()
-        return [model["path"], st.st_size, st.st_mtime_ns]
-    return [model.get("path") or model.get("name")]
-
-
-def _task_stamp(task: dict) -> list:
-    files = []
-    for p in tasks.required_files(task):
-        st = p.stat() if p.exists() else None
-        files.append([str(p), st.st_size if st else None, st.st_mtime_ns if st else None])
-    return [task, files]
-
-
 def jobs_for(plan: plans.Plan, root: Path, target: str | None, examples: int) -> list[dict]:
     """One job per (target, starting point): what the scorer needs and where its score is cached."""
     runs = plans.expand(plan)
@@ -105,40 +75,8 @@ def jobs_for(plan: plans.Plan, root: Path, target: str | None, examples: int) ->
     for name in names:
         first = next(r for r in runs if r.stage == "target" and r.name == name)
         task = plans.spec_for(first, plan, root)["task"]
-        max_len = int(first.params["max_len"])
-        for p in points:
-            blob = json.dumps([1, _weights_stamp(p.model), _task_stamp(task), max_len, examples], default=str)
-            key = hashlib.sha256(blob.encode()).hexdigest()[:24]
-            out.append(
-                {
-                    "start": p.label,
-                    "start_run": p.run_id,
-                    "model": p.model,
-                    "target": name,
-                    "task": task,
-                    "max_len": max_len,
-                    "examples": examples,
-                    "key": key,
-                    "runs_dir": str(root),
-                    "cache": str(root / CACHE_DIR / f"{key}.json"),
-                }
-            )
+        out += [job(p, name, task, int(first.params["max_len"]), examples, root) for p in points]
     return out
-
-
-def cached(job: dict) -> dict | None:
-    """The job's cached record when it is one (method, key, names, a finite score, a count), else None."""
-    data = rundir.read_json(Path(job["cache"]))
-    if not isinstance(data, dict) or data.get("method") != METHOD or data.get("key") != job["key"]:
-        return None
-    score, n = data.get("score"), data.get("examples")
-    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-        return None
-    if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= job["examples"]:
-        return None
-    if data.get("start") != job["start"] or data.get("target") != job["target"]:
-        return None
-    return data
 
 
 def score(jobs: list[dict], device: str) -> dict[str, dict]:
@@ -157,24 +95,6 @@ def score(jobs: list[dict], device: str) -> dict[str, dict]:
             raise Failure(f"the scorer wrote no valid score for {j['target']} from {j['start']} ({j['cache']})")
         out[j["key"]] = record
     return out
-
-
-def ranking(plan: plans.Plan, jobs: list[dict], records: dict[str, dict], examples: int) -> dict:
-    """The --json document: per target, the starting points best first."""
-    targets = []
-    for name in dict.fromkeys(j["target"] for j in jobs):
-        mine = sorted((j for j in jobs if j["target"] == name), key=lambda j: -records[j["key"]]["score"])
-        targets.append(
-            {
-                "target": name,
-                "examples": records[mine[0]["key"]]["examples"],
-                "ranking": [
-                    {"rank": i, "start": j["start"], "run_id": j["start_run"], "score": records[j["key"]]["score"]}
-                    for i, j in enumerate(mine, 1)
-                ],
-            }
-        )
-    return {"plan": plan.name, "method": METHOD, "features": FEATURES, "examples": examples, "targets": targets}
 
 
 def lines(doc: dict) -> list[str]:

@@ -83,6 +83,8 @@ def rewrite(data: dict, plan_dir: Path, root: Path, opts: Options) -> dict:
                 if sdef.get(key) and not sdef.get("data_dir"):
                     sdef[key] = _abs(plan_dir, sdef[key])
             sdef["max_train_samples"] = sdef["max_dev_samples"] = opts.examples
+            if isinstance(sdef.get("rank"), dict):  # the rank stage scores as many examples as the runs train on
+                sdef["rank"]["examples"] = max(2, opts.examples)
             if kind == "target" and not opts.full_grid:
                 sdef["seeds"] = (sdef.get("seeds") or first_seeds)[:1]
                 sdef["grid"] = {k: v[:1] for k, v in sdef.get("grid", {}).items()}
@@ -203,12 +205,17 @@ def stage_lines(root: Path, runs: list[dict]) -> tuple[list[str], bool]:
         by_stage.setdefault(f"{r['stage']}.{r['name']}", []).append(r)
     lines, ok = [], True
     for key, members in by_stage.items():
-        # a degenerate run trained and was evaluated: the plan works, its stop_degenerate rule ended it early
-        bad = [r for r in members if r["status"] not in (Status.DONE, Status.DEGENERATE)]
+        # a degenerate run trained and was evaluated: the plan works, its stop_degenerate rule ended it early;
+        # a pruned run is the rank stage doing its work (its rank run is a stage line of its own)
+        bad = [r for r in members if r["status"] not in (Status.DONE, Status.DEGENERATE, Status.PRUNED)]
         if not bad:
-            secs = sum((r.get("finished") or 0) - (r.get("started") or 0) for r in members)
+            trained = [r for r in members if r["status"] != Status.PRUNED]
+            secs = sum((r.get("finished") or 0) - (r.get("started") or 0) for r in trained)
             stopped = sum(r["status"] == Status.DEGENERATE for r in members)
-            also = f"; {stopped} stopped as degenerate" if stopped else ""
+            pruned = len(members) - len(trained)
+            also = (f"; {stopped} stopped as degenerate" if stopped else "") + (
+                f"; {pruned} pruned by the rank stage" if pruned else ""
+            )
             lines.append(f"ok    {key}: {len(members)} run{'s' * (len(members) != 1)} ({secs:.0f} s of runs{also})")
             continue
         ok = False

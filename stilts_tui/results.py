@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from stilts_tui import rundir
-from stilts_tui.contract import SPEC_FILE, ResultStatus
+from stilts_tui.contract import SPEC_FILE, ResultStatus, Status
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.ledger import Ledger
 from stilts_tui.tasks.majority import REGRESSION_FAIL_THRESHOLD, is_failed, majority_score
@@ -77,6 +77,7 @@ class Cell:
     failed_rate: float | None = None
     n_ok: int | None = None
     stopped: int = 0  # runs stopped as degenerate (stop_degenerate): always counted as failed
+    pruned: int = 0  # runs a rank stage left out (never trained: among the missing, never counted as failed)
     mean_ok: float | None = None
     std_ok: float | None = None
     # the paired analysis over (seed, grid point) pairs with the "none" row
@@ -407,6 +408,7 @@ def _cell(
             off_plan += [f"{k} {asked[k]}->{setup.get(k)}" for k in asked if k in setup and setup[k] != asked[k]]
     cell = Cell(inter, target, seed, len(values), len(members) - len(values), values, keyed=keyed, setups=setups)
     cell.stopped, cell.stopped_flags = sum(stopped), stopped
+    cell.pruned = sum(m.get("status") == Status.PRUNED for m in members)
     if values:
         a = np.asarray(values, dtype=float)
         cell.mean, cell.std = float(a.mean()), float(a.std(ddof=0))
@@ -471,6 +473,7 @@ CSV_FIELDS = [
     "verdict",
     "setup_note",
     "method",
+    "pruned",
 ]
 
 
@@ -523,6 +526,7 @@ def to_csv(t: ScoreTable) -> str:
                         c.verdict,
                         c.setup_note,
                         c.method,
+                        c.pruned,
                     ),
                 ),
             ]
@@ -608,7 +612,12 @@ def gain_text(c: Cell, dagger: str = "†") -> str:
 
 def failed_text(c: Cell) -> str:
     stopped = f" ({c.stopped} stopped)" if c.stopped else ""
-    return "" if c.failed is None else f" fail {c.failed}/{c.n}{stopped}"
+    return ("" if c.failed is None else f" fail {c.failed}/{c.n}{stopped}") + pruned_text(c)
+
+
+def pruned_text(c: Cell) -> str:
+    """ " (k pruned)" for a cell with runs a rank stage left out (they are among the missing), else ""."""
+    return f" ({c.pruned} pruned)" if c.pruned else ""
 
 
 LATEX_DAGGER = r"$^\dagger$"
@@ -618,7 +627,7 @@ def _cell_text(c: Cell | None, latex: bool = False, without_failed: bool = False
     if c is None:
         return "–"
     if c.mean is None:
-        return f"missing {c.missing}"
+        return f"missing {c.missing}" + pruned_text(c)
     pm = r"$\pm$" if latex else "±"
     mean, std = _shown(c, without_failed)
     star = "*" if c.setup_note else ""
@@ -650,6 +659,15 @@ def footnotes(t: ScoreTable) -> list[str]:
         lines.append(
             "runs stopped as degenerate (stop_degenerate; counted as failed, scored at the epoch they stopped): "
             + "; ".join(f"{_row_label(c.intermediate, c.seed)} -> {c.target}: {c.stopped}/{c.n}" for c in stopped)
+        )
+    pruned = [c for c in t.cells if c.pruned]
+    if pruned:
+        lines.append(
+            "runs pruned by a rank stage (not trained: missing, never failed; `stilts-tui queue retry --pruned` "
+            "trains them): "
+            + "; ".join(
+                f"{_row_label(c.intermediate, c.seed)} -> {c.target}: {c.pruned}/{c.n + c.missing}" for c in pruned
+            )
         )
     return lines + t.notes
 

@@ -262,7 +262,9 @@ def statuses(runs_dir: Path) -> dict[str, str]:
 
 
 def all_final(runs_dir: Path) -> bool:
-    return all(s in ("done", "failed", "cancelled", "blocked", "degenerate") for s in statuses(runs_dir).values())
+    return all(
+        s in ("done", "failed", "cancelled", "blocked", "degenerate", "pruned") for s in statuses(runs_dir).values()
+    )
 
 
 def ticks(runs_dir: Path) -> int:

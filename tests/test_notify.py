@@ -109,6 +109,7 @@ def test_plan_watch_reports_each_end_and_each_new_failure_once():
         "queued": 0,
         "running": 0,
         "degenerate": 0,
+        "pruned": 0,
     }
     assert watch.update(runs + [7, {"plan": None}]) == []  # damaged rows are ignored
     # a run stopped as degenerate is word of a failure too, and counted as what it is

@@ -368,3 +368,16 @@ def test_the_slurm_executor_reads_job_states_cancels_and_reaps(tmp_path, runs_di
     assert changes[a["id"]][1] == {"slurm_state": "PENDING", "slurm_reason": "BeginTime", "stuck": None}
     assert stats == {**new_stats(), "reaped": 2}
     subprocess.run(["scancel", later, done], capture_output=True, timeout=30)
+
+
+def test_a_ranked_plan_prunes_through_slurm_as_it_does_locally(tmp_path, runs_dir, tiny_model, slurm_env):
+    from test_pruned import _plan
+
+    add(_plan(tmp_path, tiny_model), runs_dir, slurm_env)
+    start_slurm(runs_dir, slurm_env)
+    settled = ("done", "failed", "cancelled", "blocked", "degenerate", "pruned")
+    wait(lambda: all(s in settled for s in statuses(runs_dir).values()), 300, "every run settled")
+    runs = {(r["stage"], r.get("intermediate")): r for r in Ledger(runs_dir).runs()}
+    assert runs[("rank", None)]["status"] == "done" and runs[("rank", None)]["executor"] == "slurm"
+    assert runs[("target", "idle")]["status"] == "pruned" and not runs[("target", "idle")].get("job_id")
+    assert runs[("target", "none")]["status"] == runs[("target", "learned")]["status"] == "done"

@@ -24,6 +24,7 @@ from filelock import FileLock, Timeout
 
 from stilts_tui import rundir
 from stilts_tui.contract import (
+    AFTER_FIELD,
     BLOCKING,
     CANCEL_FILE,
     CANCEL_GRACE_S,
@@ -33,12 +34,17 @@ from stilts_tui.contract import (
     DAEMON_TICKS_FILE,
     EVENTS_FILE,
     FINAL,
+    PRUNED_FILE,
+    PRUNED_WHY_FIELD,
+    RANK_METHOD,
+    RANK_STAGE,
     RESULT_FILE,
     SPEC_FILE,
     TRAIN_LOG,
     UNBLOCKING,
     WORKERS_DIR,
     Status,
+    pruned_why,
 )
 from stilts_tui.errors import UserError, first_line, report
 from stilts_tui.ledger import Ledger, LedgerError, run_problems
@@ -441,6 +447,9 @@ class Daemon:
             if "status" in f:
                 status[rid] = f["status"]
         for r in runs:
+            if r["stage"] == RANK_STAGE and (changes.get(r["id"]) or ("", {}))[1].get("status") in FINAL:
+                self._after_rank(r, runs, status, changes, stats)
+        for r in runs:
             st, parent = status[r["id"]], r.get("parent")
             if not parent or st not in (Status.QUEUED, Status.BLOCKED):
                 continue
@@ -459,6 +468,48 @@ class Daemon:
             stats["blocked" if new == Status.BLOCKED else "unblocked"] += 1
         if changes:
             self._commit(changes)
+
+    def _after_rank(self, rank: dict, runs: list[dict], status: dict[str, str], changes: Changes, stats: dict) -> None:
+        """A rank run ended this tick. Done: the target's queued runs whose starting point it ranked below
+        the top K intermediates are pruned (none always trains), each with the ranking in its folder
+        (``pruned.json``) and the reason in the ledger, in this tick's commit, before any of them could be
+        launched. Failed or cancelled: nothing is pruned, every run trains (a failed saving is not a lost
+        study). A run a person brought back from pruned (``retried`` in its pruned.json) is never pruned again."""
+        rid, name = rank["id"], rank.get("name")
+        res = self.final_result(rid) if status[rid] == Status.DONE else None
+        ranking = res.get("ranking") if isinstance(res, dict) else None
+        top = res.get("top") if isinstance(res, dict) else None
+        if not isinstance(ranking, list) or not checks.is_int(top) or not all(isinstance(e, dict) for e in ranking):
+            self.log(f"{rid}: rank run of {name} {status[rid]} without a ranking: nothing pruned, every run trains")
+            return
+        starts = [e.get("run_id") for e in ranking if e.get("run_id")]
+        kept, of = set(starts[:top]), len(ranking)
+        now, n = time.time(), 0
+        for r in runs:
+            parent = r.get("parent")
+            if rid not in (r.get(AFTER_FIELD) or ()) or status[r["id"]] != Status.QUEUED or parent in kept:
+                continue
+            entry = next((e for e in ranking if parent is not None and e.get("run_id") == parent), None)
+            if entry is None or self._brought_back(r["id"]):
+                continue  # a starting point not ranked (no weights): its run waits on its parent as ever
+            why = pruned_why(entry.get("rank"), of, str(name), top)
+            record = {"by": rid, "target": name, "method": RANK_METHOD, "top": top, "start": entry.get("start")}
+            rundir.write_json_atomic(
+                self.run_path(r["id"], PRUNED_FILE), {**record, "why": why, "ranking": ranking, "t": now}
+            )
+            changes[r["id"]] = (Status.QUEUED, {"status": Status.PRUNED.value, PRUNED_WHY_FIELD: why, "finished": now})
+            status[r["id"]] = Status.PRUNED
+            n += 1
+        stats["pruned"] += n
+        self.log(
+            f"{rid}: rank run of {name} done: the top {top} of {len(starts)} intermediate starting points kept "
+            f"(and none), {n} runs pruned"
+        )
+
+    def _brought_back(self, run_id: str) -> bool:
+        """Whether a person retried this run out of pruned (its pruned.json says so)."""
+        record = rundir.read_json(self.run_path(run_id, PRUNED_FILE))
+        return isinstance(record, dict) and record.get("retried") is not None
 
     def _commit(self, changes: Changes) -> None:
         """Apply the tick's decisions to runs whose status is still what the decision saw."""

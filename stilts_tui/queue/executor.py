@@ -21,7 +21,7 @@ from stilts_tui.queue.placement import Launch
 
 # a tick's decisions: run id -> (the status the decision saw, the fields to record)
 Changes = dict[str, tuple[str, dict]]
-NEW_STATS = ("reaped", "requeued", "blocked", "unblocked", "launched", "cancelled")
+NEW_STATS = ("reaped", "requeued", "blocked", "unblocked", "launched", "cancelled", "pruned")
 
 
 class Executor(Protocol):

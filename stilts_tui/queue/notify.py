@@ -8,7 +8,7 @@ own ``on_finish = ["cmd", "arg", ...]`` key. Its environment says what happened:
     STILTS_PLAN         the plan's name
     STILTS_RUNS_DIR     the runs-dir
     STILTS_TOTAL, STILTS_DONE, STILTS_FAILED, STILTS_CANCELLED, STILTS_BLOCKED, STILTS_QUEUED, STILTS_RUNNING,
-    STILTS_DEGENERATE   the plan's runs by status (every status of the contract)
+    STILTS_DEGENERATE, STILTS_PRUNED   the plan's runs by status (every status of the contract)
     STILTS_COUNTS       the same counts as one JSON object
     STILTS_FAILED_RUNS  the ids of the runs that failed (or were stopped as degenerate) since the last
                         word, space-separated

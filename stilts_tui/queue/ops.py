@@ -18,7 +18,19 @@ from pathlib import Path
 
 from stilts_tui import plan as plans
 from stilts_tui import rundir
-from stilts_tui.contract import CANCEL_GRACE_S, CANCELLABLE, DAEMON_FILE, DAEMON_LOG, RETRYABLE, SPEC_FILE, Status
+from stilts_tui.contract import (
+    AFTER_FIELD,
+    CANCEL_GRACE_S,
+    CANCELLABLE,
+    DAEMON_FILE,
+    DAEMON_LOG,
+    PRUNED_FILE,
+    PRUNED_WHY_FIELD,
+    RANK_STAGE,
+    RETRYABLE,
+    SPEC_FILE,
+    Status,
+)
 from stilts_tui.errors import PREFIX, Failure, UserError, failure_from_os
 from stilts_tui.ledger import INT64, Ledger
 
@@ -52,20 +64,33 @@ def add_plan(
                 f"{plan.path}: a plan named '{plan.name}' is already queued from {other}; two plan "
                 "files with one name would mix their runs: give this one another name"
             )
-        known = {r["id"] for r in ledger.runs()}
+        rows = {r["id"]: r for r in ledger.runs()}
+        known = set(rows)
         for r in runs:
             d = rundir.run_dir(root, r.id)
-            if r.id not in known or not (d / SPEC_FILE).exists():
+            refresh = r.stage == RANK_STAGE and (rows.get(r.id) or {}).get("status") == Status.QUEUED  # its top
+            if r.id not in known or refresh or not (d / SPEC_FILE).exists():
                 d.mkdir(parents=True, exist_ok=True)
                 (d / rundir.ADDED_MARK).write_text(r.id + "\n", encoding="utf-8")
                 rundir.write_json_atomic(d / SPEC_FILE, plans.spec_for(r, plan, root))
         added = ledger.add_runs([r.record() for r in runs if r.id not in known], priority=priority)
+        _update_waits(ledger, rows, runs)
         ledger.set_plan(
             plan.name,
             {"file": str(plan.path), "updated": time.time(), "runs": len(runs), "on_finish": plan.finish_command()},
         )
         _remove_orphans(root, plan.name, {r["id"] for r in ledger.runs()} | {r.id for r in runs})
     return plan, runs, added
+
+
+def _update_waits(ledger: Ledger, rows: dict[str, dict], runs: list) -> None:
+    """Known runs still queued wait for what the plan says now (a rank stage added or taken away); a run
+    that is pruned, done or anything else is left as it is: an add never brings a pruned run back."""
+    with ledger.transaction() as tx:
+        for r in runs:
+            row = rows.get(r.id)
+            if row is not None and row.get("status") == Status.QUEUED and (row.get(AFTER_FIELD) or []) != r.after:
+                tx.update_run(r.id, **{AFTER_FIELD: r.after or None})
 
 
 @contextmanager
@@ -174,10 +199,15 @@ def wait_cancelled(root: Path, run_ids: list[str], timeout: float) -> list[str]:
         time.sleep(0.1)
 
 
-def retry(root: Path, run_ids: list[str], failed: bool = False) -> list[str]:
-    """Queue failed, cancelled (or blocked) runs again, as fresh attempts."""
+def retry(
+    root: Path, run_ids: list[str], failed: bool = False, pruned: bool = False, plan: str | None = None
+) -> list[str]:
+    """Queue failed, cancelled (or blocked) runs again, as fresh attempts; ``pruned``: every pruned run (of
+    ``plan``) to train (a pruned run is otherwise brought back only by its id). A run brought back from
+    pruned keeps its pruned.json, marked ``retried``: no rank run prunes it again."""
     ledger = Ledger(root)
-    targets = _select(ledger, run_ids, None, (Status.FAILED,) if failed else None)
+    wanted = tuple(s for s, on in ((Status.FAILED, failed), (Status.PRUNED, pruned)) if on) or None
+    targets = _select(ledger, run_ids, plan, wanted)
     done = []
     with ledger.transaction() as tx:
         for r in targets:
@@ -188,9 +218,28 @@ def retry(root: Path, run_ids: list[str], failed: bool = False) -> list[str]:
             rundir.retire_result(
                 rundir.run_dir(root, r["id"]), attempts if isinstance(attempts, int) and 0 <= attempts < 2**31 else 0
             )
-            tx.update_run(r["id"], status="queued", attempts=0, alone=False, error=None, score=None, pid=None, gpu=None)
+            if cur["status"] == Status.PRUNED:
+                _mark_retried(rundir.run_dir(root, r["id"]) / PRUNED_FILE)
+            tx.update_run(
+                r["id"],
+                status="queued",
+                attempts=0,
+                alone=False,
+                error=None,
+                score=None,
+                pid=None,
+                gpu=None,
+                **{PRUNED_WHY_FIELD: None},
+            )
             done.append(r["id"])
     return done
+
+
+def _mark_retried(path: Path) -> None:
+    """A pruned run's record, kept, marked as brought back by a person (the daemon never prunes it again)."""
+    record = rundir.read_json(path)
+    record = record if isinstance(record, dict) else {}
+    rundir.write_json_atomic(path, {**record, "retried": time.time()})
 
 
 def check_priority(priority: object) -> int:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stilts_tui.contract import TRAINED_STAGES, array_key, is_lora, shape_key
+from stilts_tui.contract import TRAINED_STAGES, array_key, is_lora, shape_key, waits
 
 # parameter counts of common encoders, for the first estimate of a hub model
 KNOWN_PARAMS = {
@@ -202,9 +202,15 @@ class Launch:
 
 
 def ready(runs: list[dict]) -> list[dict]:
-    """Queued runs whose parent (if any) is done, in the ledger's order."""
+    """Queued runs whose parent (if any) is done and that wait for nothing, in the ledger's order."""
     status = {r["id"]: r["status"] for r in runs}
-    return [r for r in runs if r["status"] == "queued" and (not r.get("parent") or status.get(r["parent"]) == "done")]
+    return [
+        r
+        for r in runs
+        if r["status"] == "queued"
+        and (not r.get("parent") or status.get(r["parent"]) == "done")
+        and not waits(r, status)
+    ]
 
 
 def slurm_launches(runs: list[dict], max_jobs: int) -> Iterator[Launch]:
@@ -212,11 +218,12 @@ def slurm_launches(runs: list[dict], max_jobs: int) -> Iterator[Launch]:
     parent is done goes as is; one whose parent's job is in Slurm goes after it (``--dependency``); at
     most ``max_jobs`` of our runs in Slurm at once."""
     by_id = {r["id"]: r for r in runs}
+    status = {r["id"]: r["status"] for r in runs}
     room = max_jobs - sum(1 for r in runs if r["status"] == "running")
     for r in runs:
         if room <= 0:
             return
-        if r["status"] != "queued":
+        if r["status"] != "queued" or waits(r, status):  # a rank run's outcome is the daemon's to act on first
             continue
         parent = by_id.get(r.get("parent")) if r.get("parent") else None
         dependency = None
@@ -340,12 +347,12 @@ class Grouper:
     def worker_group(self, r: dict, ready: list[dict], taken: set[str], key: str) -> list[dict]:
         """``r`` and ready runs of its shape for one worker to train in sequence (up to ``worker_runs``)."""
         group = [r]
-        if r.get("alone") or r["stage"] == "synth":
+        if r.get("alone") or r["stage"] not in TRAINED_STAGES:  # a synth or rank run has its own process
             return group
         for other in ready:
             if len(group) >= self.worker_runs:
                 break
-            if other["id"] in taken or other is r or other.get("alone") or other["stage"] == "synth":
+            if other["id"] in taken or other is r or other.get("alone") or other["stage"] not in TRAINED_STAGES:
                 continue
             if self.estimate(other)[1] == key:
                 group.append(other)

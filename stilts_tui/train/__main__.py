@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from stilts_tui.contract import RANK_STAGE
 from stilts_tui.errors import Failure, UserError, report
 
 PROG = "stilts_tui.train"
@@ -86,6 +87,27 @@ def _offline_if_unreachable(run_dirs: list[Path]) -> None:
         )
 
 
+def _stage(run_dir: Path) -> str | None:
+    """The stage a run folder's spec.json names (None where it cannot be read: the trainer says why)."""
+    import json
+
+    from stilts_tui.contract import SPEC_FILE
+
+    try:
+        return json.loads((run_dir / SPEC_FILE).read_text()).get("stage")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _rank_runs(dirs: list[Path], device: str) -> list[str]:
+    """A plan's rank runs (stilts_tui.train.rank): each run's status."""
+    if not dirs:
+        return []
+    from stilts_tui.train.rank import rank_run
+
+    return [rank_run(d, device) for d in dirs]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
@@ -140,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             dropout_streams=args.dropout_streams,
         ),
     )
+    statuses += _rank_runs([d for d in dirs if _stage(d) == RANK_STAGE], str(device))  # scored, not trained
+    dirs = [d for d in dirs if _stage(d) != RANK_STAGE]
     groups = fused.arrays(dirs, args.fuse) if args.fuse > 1 else [[d] for d in dirs]
     for group in groups:
         if len(group) > 1 and fused.can_fuse(group[0]):

@@ -152,6 +152,68 @@ def run_job(job: dict, device: str, number: str) -> dict:
     return record
 
 
+def _jobs(spec: dict, root: Path) -> tuple[list[dict], list[dict]]:
+    """A rank run's jobs (one a starting point with weights, keyed as `stilts-tui rank` keys them), and the
+    starting points without weights (an intermediate that failed leaves no checkpoint)."""
+    from stilts_tui import rank_cache
+
+    p, jobs, unranked = spec["params"], [], []
+    for s in spec["starts"]:
+        if s["run_id"] is not None and not (Path(s["model"]["path"]) / "model.safetensors").is_file():
+            unranked.append(s)
+            continue
+        point = rank_cache.Start(s["label"], s["run_id"], s["model"])
+        jobs.append(rank_cache.job(point, spec["name"], spec["task"], int(p["max_len"]), int(p["examples"]), root))
+    return jobs, unranked
+
+
+def rank_run(run_dir: Path, device: str) -> str:
+    """A plan's rank run (``stage = "rank"`` in spec.json; the trainer entry hands it here): score each
+    starting point whose checkpoint is there (through the cache `stilts-tui rank` uses), then write
+    result.json with the ranking, best first. A starting point without weights (its intermediate failed)
+    is listed as not ranked. The daemon prunes from the ranking; this process changes no other run."""
+    import os
+
+    from stilts_tui import rank_cache
+    from stilts_tui.contract import CHECKPOINT_DIR, RANK_METHOD, SPEC_FILE, Result
+    from stilts_tui.train.events import RunLog, write_result
+
+    t0, log = time.time(), RunLog(run_dir, echo=False)
+    log.event("start", pid=os.getpid())
+    result = Result()
+    try:
+        spec = json.loads((run_dir / SPEC_FILE).read_text(encoding="utf-8"))
+        p = spec["params"]
+        jobs, unranked = _jobs(spec, run_dir.resolve().parent)
+        log.line(f"rank: {RANK_METHOD} of {len(jobs)} starting points on {spec['name']} ({device})")
+        records = {}
+        for i, job in enumerate(jobs, 1):
+            records[job["key"]] = rank_cache.cached(job) or run_job(job, device, f"{i}/{len(jobs)}")
+        doc = rank_cache.ranking(spec["plan"], jobs, records, int(p["examples"]))["targets"][0]
+        result.status, result.extra = (
+            "done",
+            {
+                "method": RANK_METHOD,
+                "top": p["top"],
+                "examples": doc["examples"],
+                "ranking": doc["ranking"],
+                "unranked": [
+                    {"start": s["label"], "run_id": s["run_id"], "why": f"no {CHECKPOINT_DIR}"} for s in unranked
+                ],
+            },
+        )
+        for r in doc["ranking"]:
+            log.line(f"  {r['rank']:>2}  {r['start']}  {r['score']:.4f}")
+    except Exception as e:  # noqa: BLE001 - the run fails with one line; the daemon then trains every run
+        result.error = first_line(e)
+        log.line(f"rank failed: {result.error}")
+    result.wall_seconds = round(time.time() - t0, 3)
+    log.event("end", status=result.status, score=None, error=result.error)
+    log.close()
+    write_result(run_dir, result.record())
+    return result.status
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:

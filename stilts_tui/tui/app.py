@@ -24,7 +24,7 @@ REPEATING = ("queue-read", "scores")  # worker groups that run on a timer
 
 PALETTE = [  # (title, help, action on the app)
     ("queue: cancel selected", "cancel the selected or marked runs", "screen_action('cancel')"),
-    ("queue: retry selected", "queue failed or cancelled runs again", "screen_action('retry')"),
+    ("queue: retry selected", "queue failed, cancelled or pruned runs again", "screen_action('retry')"),
     ("queue: raise priority", "run the selection sooner", "screen_action('priority(1)')"),
     ("queue: lower priority", "run the selection later", "screen_action('priority(-1)')"),
     ("queue: pause / resume", "start no new runs, or start them again", "screen_action('toggle_pause')"),
@@ -135,7 +135,8 @@ class StiltsApp(App):
         self.bell()
         self.notify(
             f"plan {event['plan']!r} finished: {c['done']} done, {c['failed']} failed, "
-            f"{c['cancelled']} cancelled, {c['blocked']} blocked",
+            f"{c['cancelled']} cancelled, {c['blocked']} blocked"
+            + (f", {c['pruned']} pruned" if c.get("pruned") else ""),
             timeout=30,
         )
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stilts_tui import rundir
-from stilts_tui.contract import EVENTS_FILE
+from stilts_tui.contract import EVENTS_FILE, waits
 from stilts_tui.errors import UserError
-from stilts_tui.fmt import terminal_safe
+from stilts_tui.fmt import duration, terminal_safe
 from stilts_tui.ledger import Ledger
 from stilts_tui.queue import gpus as gpu_info
 
@@ -154,16 +154,37 @@ def waiting_in_workers(running: list[dict], progress: dict[str, Progress]) -> di
     return out
 
 
+def run_seconds(runs: list[dict]) -> dict[tuple, float]:
+    """Per (plan, target): the median run time of its done target runs, what a pruned run of it would
+    have taken (the time its pruning saved, estimated; a run's slot on its GPU)."""
+    times: dict[tuple, list[float]] = {}
+    for r in runs:
+        start, end = r.get("started"), r.get("finished")
+        if r["status"] == "done" and r.get("stage") == "target" and _is_num(start) and _is_num(end):
+            times.setdefault((r.get("plan"), r.get("name")), []).append(max(0.0, end - start))
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
+def _is_num(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x and abs(x) < 1e12
+
+
 def reasons_of(runs: list[dict]) -> dict[str, str]:
-    """Why each failed, blocked, stuck or pruned run is where it is, in one line."""
+    """Why each failed, blocked, stuck or pruned run is where it is, in one line (a pruned run: with the
+    run time it saved, estimated from its target's done runs)."""
     status = {r["id"]: r["status"] for r in runs}
+    saved = run_seconds(runs) if any(r["status"] == "pruned" for r in runs) else {}
     out: dict[str, str] = {}
     for r in runs:
         why = r.get("error") or r.get("stuck")
         if r["status"] == "blocked" and r.get("parent"):
             why = f"parent {r['parent']} {status.get(r['parent'], 'missing')}"
-        elif r["status"] == "pruned" and not why:
-            why = r.get("pruned_why") or "left out by the rank stage"
+        elif r["status"] == "pruned":
+            why = "pruned: " + (r.get("pruned_why") or "left out by the rank stage")
+            s = saved.get((r.get("plan"), r.get("name")))
+            why += f"; saved ~{duration(s)} (median of {r.get('name')}'s done runs)" if s is not None else ""
+        elif r["status"] == "queued" and not why and waits(r, status):
+            why = "waits for rank run " + " ".join(r.get("after") or [])
         if why and r["status"] in ("failed", "blocked", "pruned", "degenerate", "cancelled", "queued", "running"):
             out[r["id"]] = " ".join(str(why).split())
     return out

@@ -23,6 +23,7 @@ STATUS_SORT = (
     Status.BLOCKED,
     Status.DONE,
     Status.DEGENERATE,
+    Status.PRUNED,
     Status.CANCELLED,
 )
 
@@ -34,6 +35,7 @@ STATUS_STYLE = {
     "cancelled": "magenta",
     "blocked": "red",
     "degenerate": "dark_orange",  # stopped early by stop_degenerate: by design, not an error
+    "pruned": "italic grey62",  # left out by its target's rank run: a saving, not an error (retry --pruned)
     "waiting": "yellow",
 }
 COLUMNS = (
@@ -81,6 +83,7 @@ def counts_line(c: dict[str, int]) -> str:
         + f"{c.get('queued', 0)} queued · "
         f"{c.get('failed', 0)} failed · {c.get('blocked', 0)} blocked · {c.get('cancelled', 0)} cancelled"
         + (f" · {c['degenerate']} degenerate (stopped early)" if c.get("degenerate") else "")
+        + (f" · {c['pruned']} pruned (rank stage)" if c.get("pruned") else "")
     )
 
 

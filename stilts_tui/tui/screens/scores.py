@@ -23,7 +23,7 @@ def cell_text(c: results.Cell | None, view: str, without_failed: bool = False) -
     if c is None:
         return Text("–", style="dim")
     if c.mean is None:
-        return Text(f"missing {c.missing}", style="dim")
+        return Text(f"missing {c.missing}" + results.pruned_text(c), style="dim")
     mean, std = (c.mean_ok, c.std_ok) if without_failed and c.failed is not None else (c.mean, c.std)
     value = {"mean": mean, "max": c.max, "best": c.best_of_grid}[view]
     text = ("–" if value is None else f"{100 * value:.1f}") + ("*" if c.setup_note else "")
