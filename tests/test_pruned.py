@@ -64,6 +64,7 @@ def _runs(runs_dir: Path) -> dict[str, dict]:
     return out
 
 
+@pytest.mark.slow
 def test_a_ranked_plan_prunes_below_the_top_k_keeps_them_pruned_and_retry_pruned_trains_them(
     tmp_path, runs_dir, tiny_model, queue_env
 ):
@@ -129,6 +130,7 @@ def test_a_ranked_plan_prunes_below_the_top_k_keeps_them_pruned_and_retry_pruned
     assert record["retried"] and record["by"] == runs["rank"]["id"]  # kept: why it was pruned, and that it came back
 
 
+@pytest.mark.slow
 def test_a_failed_rank_run_prunes_nothing_every_run_trains(tmp_path, runs_dir, tiny_model, queue_env):
     add(_plan(tmp_path, tiny_model, "rank = { top = 1, examples = 8 }"), runs_dir, queue_env)
     rank = _runs(runs_dir)["rank"]
