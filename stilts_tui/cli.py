@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from stilts_tui import plan as plans
-from stilts_tui import ranking, rundir, tasks
+from stilts_tui import predicted, ranking, rundir, tasks
 from stilts_tui.contract import CANCEL_GRACE_S, DAEMON_LOG, SETTLED, STATUSES, TRAIN_LOG, waits
 from stilts_tui.entry import NoDaemon, RunsDir  # the root options, shared with the bare command's parser
 from stilts_tui.errors import Failure, UserError
@@ -928,6 +928,7 @@ def rank_cmd(
     ranking.check_options(loaded, target, examples, device)
     jobs = ranking.jobs_for(loaded, root, target, examples)
     doc = ranking.ranking(loaded.name, jobs, ranking.score(jobs, device), examples)
+    predicted.save(root, doc)  # the plan's score table shows it beside the measured gains
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
         return

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stilts_tui import rundir
+from stilts_tui import predicted, rundir
 from stilts_tui.contract import SPEC_FILE, ResultStatus, Status
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.ledger import Ledger
@@ -90,6 +90,9 @@ class Cell:
     verdict: str | None = None  # "significant" | "not significant" | "too few pairs"
     setups: list[dict] = field(default_factory=list, repr=False)  # distinct result["setup"]s recorded
     setup_note: str | None = None  # why the cell is marked "*": mixed setups, or not what the plan asked
+    # the predicted order (stilts_tui.predicted): this starting point's rank for the target, 1 = best
+    predicted_rank: int | None = None
+    transferability: float | None = None  # its LogME score (higher: predicted better)
 
     @property
     def method(self) -> str | None:
@@ -113,6 +116,7 @@ class ScoreTable:
     alpha: float = ALPHA
     without_failed: bool = False  # show the mean and std without the failed runs
     notes: list[str] = field(default_factory=list)  # e.g. a majority score that could not be computed
+    rankings: dict = field(default_factory=dict)  # target -> predicted.Ranking (a rank run or `stilts-tui rank`)
 
     def cell(self, intermediate: str, target: str, seed: int | None = None) -> Cell | None:
         for c in self.cells:
@@ -338,7 +342,8 @@ def build(
     if not 0 < alpha < 1:
         raise UserError(f"--alpha: expected a level between 0 and 1, got {alpha}")
     name = find_plan(root, plan)
-    runs = [r for r in Ledger(root).runs(plan=name) if _well_formed(r)]
+    every = Ledger(root).runs(plan=name)
+    runs = [r for r in every if _well_formed(r)]
     runs.sort(key=lambda r: r["order"] if isinstance(r.get("order"), int) else 0)
     results = {r["id"]: rundir.read_run_file(root, r["id"]) for r in runs}
     done = [res for res in results.values() if res and res.get("status") == "done"]
@@ -378,7 +383,33 @@ def build(
             c.gain = c.mean - base.mean
             c.gain_ci = bootstrap_gain(c.values, base.values)
             paired(c, base, alpha)
+    _predicted(table, root, every, runs)
     return table
+
+
+def _predicted(table: ScoreTable, root: Path, every: list[dict], runs: list[dict]) -> None:
+    """Each cell's predicted rank beside its measured mean, and each ranked target's Kendall's tau
+    between the predicted and the measured order of its starting points (their means over every seed
+    and grid point) once none of its runs is still to come."""
+    for target, ranking in predicted.rankings(root, table.plan, every).items():
+        if target not in table.targets:
+            continue
+        table.rankings[target] = ranking
+        mine = [r for r in runs if r["name"] == target]
+        points = []
+        for inter in table.rows:
+            parents = {r.get("parent") for r in mine if r["intermediate"] == inter}
+            hits = [ranking.by_run[p] for p in parents if p in ranking.by_run]
+            if not hits:
+                continue
+            rank, score = min(hits)
+            cells = [c for c in table.cells if c.target == target and c.intermediate == inter]
+            for c in cells:
+                c.predicted_rank, c.transferability = rank, score
+            values = [v for c in cells for v in c.values]
+            if values:
+                points.append((score, float(np.mean(values))))
+        predicted.settle(ranking, mine, points)
 
 
 def _cell(
@@ -474,6 +505,8 @@ CSV_FIELDS = [
     "setup_note",
     "method",
     "pruned",
+    "predicted_rank",
+    "transferability",
 ]
 
 
@@ -527,6 +560,8 @@ def to_csv(t: ScoreTable) -> str:
                         c.setup_note,
                         c.method,
                         c.pruned,
+                        c.predicted_rank,
+                        c.transferability,
                     ),
                 ),
             ]
@@ -565,6 +600,17 @@ def to_json(t: ScoreTable) -> str:
         "targets": t.targets,
         "notes": t.notes,
         "cells": cells,
+        "rankings": {
+            target: {
+                "method": rk.method,
+                "examples": rk.examples,
+                "source": rk.source,
+                "kendall_tau": rk.tau,
+                "tau_points": rk.tau_points,
+                "pending": rk.pending,
+            }
+            for target, rk in t.rankings.items()
+        },
     }
     return json.dumps(_finite(doc), indent=2, allow_nan=False)
 
@@ -627,7 +673,7 @@ def _cell_text(c: Cell | None, latex: bool = False, without_failed: bool = False
     if c is None:
         return "–"
     if c.mean is None:
-        return f"missing {c.missing}" + pruned_text(c)
+        return f"missing {c.missing}" + pruned_text(c) + predicted_text(c, latex)
     pm = r"$\pm$" if latex else "±"
     mean, std = _shown(c, without_failed)
     star = "*" if c.setup_note else ""
@@ -636,7 +682,15 @@ def _cell_text(c: Cell | None, latex: bool = False, without_failed: bool = False
     if c.gain is not None:
         text += " (" + gain_text(c, LATEX_DAGGER if latex else "†") + ")"
     text += f" n={c.n}" + (f"/{c.n + c.missing}" if c.missing else "") + failed_text(c)
-    return text
+    return text + predicted_text(c, latex)
+
+
+def predicted_text(c: Cell, latex: bool = False) -> str:
+    """ " pred #k" for a cell whose starting point a ranking placed k-th for its target, else ""."""
+    if c.predicted_rank is None:
+        return ""
+    hash_sign = "\\#" if latex else "#"
+    return f" pred {hash_sign}{c.predicted_rank}"
 
 
 def _row_label(inter: str, seed: int | None) -> str:
@@ -669,7 +723,31 @@ def footnotes(t: ScoreTable) -> list[str]:
                 f"{_row_label(c.intermediate, c.seed)} -> {c.target}: {c.pruned}/{c.n + c.missing}" for c in pruned
             )
         )
-    return lines + t.notes
+    return lines + rank_lines(t) + t.notes
+
+
+def rank_lines(t: ScoreTable) -> list[str]:
+    """Per ranked target: the predicted order (pred #k in the cells), where it comes from, and Kendall's
+    tau against the measured order (or why not yet)."""
+    out = []
+    for target in t.targets:
+        rk = t.rankings.get(target)
+        if rk is None:
+            continue
+        cells = [c for c in t.cells if c.target == target and c.seed is None] or [
+            c for c in t.cells if c.target == target
+        ]
+        order = sorted({(c.predicted_rank, c.intermediate) for c in cells if c.predicted_rank is not None})
+        shown = ", ".join(f"#{k} {inter}" for k, inter in order)
+        n = f" on its first {rk.examples} train examples" if rk.examples else ""
+        if rk.tau is not None:
+            verdict = f"Kendall's tau with the measured order {rk.tau:+.2f} over {rk.tau_points} starting points"
+        elif rk.pending:
+            verdict = f"Kendall's tau once its {rk.pending} runs still to come are done"
+        else:
+            verdict = f"Kendall's tau undefined ({rk.tau_points} starting points with a measured mean)"
+        out.append(f"predicted order for {target} ({rk.method}{n}, {rk.source}): {shown}; {verdict}")
+    return out
 
 
 def _legend(t: ScoreTable) -> str:
@@ -823,8 +901,9 @@ def _panel(ax, t: ScoreTable, target: str) -> None:
             if c.gain is None or c.intermediate == "none"
             else f"\n{100 * c.gain:+.1f}{'†' if c.gain_significant else ''}"
         )
+        pred = "" if c.predicted_rank is None else f"\npred #{c.predicted_rank}"
         ax.annotate(
-            f"n={c.n}{gain}",
+            f"n={c.n}{gain}{pred}",
             (p, max(v)),
             textcoords="offset points",
             xytext=(0, 4),
@@ -840,7 +919,9 @@ def _panel(ax, t: ScoreTable, target: str) -> None:
             100 * majority, color="grey", linestyle=":", linewidth=1, label="majority class (runs on or below: failed)"
         )
     ax.margins(y=0.2)
-    ax.set_title(target, fontsize=9)
+    rk = t.rankings.get(target)
+    tau = f" (tau {rk.tau:+.2f} with {rk.method}'s order)" if rk is not None and rk.tau is not None else ""
+    ax.set_title(target + tau, fontsize=9)
     ax.set_ylabel(f"{t.metrics.get(target, t.metric)} (x100)")
 
 

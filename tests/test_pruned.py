@@ -115,6 +115,13 @@ def test_a_ranked_plan_prunes_below_the_top_k_keeps_them_pruned_and_retry_pruned
     assert "runs pruned by a rank stage" in scores.stdout and "idle -> t: 1/1" in scores.stdout
     doc = json.loads(cli("scores", "q", "--format", "json", runs_dir=runs_dir).stdout)
     assert {c["intermediate"]: c["pruned"] for c in doc["cells"]} == {"none": 0, "learned": 0, "idle": 1}
+    # the predicted rank beside each measured cell; tau only once every starting point has been measured
+    order = {e["start"]: e["rank"] for e in ranked["ranking"]}
+    assert {c["intermediate"]: c["predicted_rank"] for c in doc["cells"]} == order
+    rk = doc["rankings"]["t"]
+    assert rk["source"] == f"rank run {runs['rank']['id']}" and rk["method"] == "LogME"
+    assert rk["pending"] == 0 and rk["tau_points"] == 2  # the pruned one has no mean: two points
+    assert f"pred #{order['learned']}" in scores.stdout and "predicted order for t (LogME" in scores.stdout
 
     # re-adding the plan never brings a pruned run back; --failed does not either
     assert cli("queue", "add", str(plan), "--no-daemon", runs_dir=runs_dir, env=queue_env).returncode == 0
@@ -129,6 +136,21 @@ def test_a_ranked_plan_prunes_below_the_top_k_keeps_them_pruned_and_retry_pruned
     assert row["pruned_why"] is None and row["score"] is not None
     record = json.loads((runs_dir / runs["t:idle"]["id"] / contract.PRUNED_FILE).read_text())
     assert record["retried"] and record["by"] == runs["rank"]["id"]  # kept: why it was pruned, and that it came back
+    # all three measured now: Kendall's tau between LogME's order and the measured means, in every export
+    doc = json.loads(cli("scores", "q", "--format", "json", runs_dir=runs_dir).stdout)
+    means = {c["intermediate"]: c["mean"] for c in doc["cells"]}
+    scores_by = {c["intermediate"]: c["transferability"] for c in doc["cells"]}
+    from scipy.stats import kendalltau
+
+    expected = kendalltau([scores_by[k] for k in means], [means[k] for k in means]).statistic
+    rk = doc["rankings"]["t"]
+    assert rk["tau_points"] == 3 and rk["kendall_tau"] == pytest.approx(expected)
+    md = cli("scores", "q", "--format", "md", runs_dir=runs_dir).stdout
+    assert f"Kendall's tau with the measured order {expected:+.2f} over 3 starting points" in md
+    csv_text = cli("scores", "q", "--format", "csv", runs_dir=runs_dir).stdout
+    assert csv_text.splitlines()[0].endswith(",predicted_rank,transferability")
+    tex = cli("scores", "q", "--format", "latex", runs_dir=runs_dir).stdout
+    assert "pred \\#1" in tex and "pred #" not in tex.replace("pred \\#", "")
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import add, cli, make_plan, train, write_jsonl
 
+from stilts_tui import predicted
 from stilts_tui.ledger import Ledger
 from stilts_tui.train import data
 from stilts_tui.train.rank import logme, problem
@@ -137,6 +138,43 @@ def test_rank_puts_the_starting_point_whose_features_separate_the_labels_first(r
     assert fourth.returncode == 0 and "rank 1/1" in fourth.stderr  # only the damaged record is scored again
     assert json.loads(fourth.stdout) == doc
     assert Ledger(runs_dir).get(learned)["status"] == "queued"  # rank never touches the ledger
+    # kept for the plan's score table: the newest ranking of each target (the one just asked)
+    saved = predicted.from_saved(runs_dir, "q")["t"]
+    assert saved.source == "stilts-tui rank" and saved.examples == 32
+    assert saved.by_run == {learned: (1, t["ranking"][0]["score"]), None: (2, t["ranking"][1]["score"])}
+
+
+def test_a_saved_ranking_that_is_damaged_is_no_ranking(runs_dir):
+    doc = {"plan": "q", "method": "LogME", "targets": [{"target": "t", "examples": 8, "ranking": []}]}
+    good = [{"rank": 1, "start": "none", "run_id": None, "score": 0.5}]
+    doc["targets"][0]["ranking"] = good
+    predicted.save(runs_dir, doc)
+    assert predicted.from_saved(runs_dir, "q")["t"].by_run == {None: (1, 0.5)}
+    assert predicted.from_saved(runs_dir, "other") == {}
+    for bad in (
+        [{"rank": "1", "start": "none", "run_id": None, "score": 0.5}],
+        [{"rank": 1, "start": "none", "run_id": "../../etc", "score": 0.5}],
+        [{"rank": 1, "start": "none", "run_id": None, "score": float("nan")}],
+        [{"rank": 1, "start": "none", "run_id": None, "score": True}],
+        "not a list",
+    ):
+        doc["targets"][0]["ranking"] = bad
+        predicted.save(runs_dir, doc)
+        assert predicted.from_saved(runs_dir, "q") == {}, bad
+    (path,) = (runs_dir / predicted.SAVED_DIR).glob("plan-*.json")
+    for text in ("{", "[]", '{"plan": "q", "targets": []}'):
+        path.write_text(text)
+        assert predicted.from_saved(runs_dir, "q") == {}
+    doc["targets"][0]["ranking"] = good
+    predicted.save(runs_dir, doc)  # a damaged file is replaced, never an error
+    assert predicted.from_saved(runs_dir, "q")["t"].by_run == {None: (1, 0.5)}
+
+
+def test_kendall_tau_of_the_predicted_and_measured_orders():
+    assert predicted.kendall_tau([3, 2, 1], [0.9, 0.5, 0.1]) == 1.0
+    assert predicted.kendall_tau([3, 2, 1], [0.1, 0.5, 0.9]) == -1.0
+    assert predicted.kendall_tau([1, 2, 3, 4], [1, 2, 4, 3]) == pytest.approx(2 / 3)
+    assert predicted.kendall_tau([1.0], [2.0]) is None and predicted.kendall_tau([1, 1], [1, 2]) is None
 
 
 @pytest.mark.parametrize(
