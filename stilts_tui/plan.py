@@ -414,6 +414,19 @@ def _check_synth(c: _Checker, name: str, sdef, base: Path) -> None:
         _check_path(c, f"synth.{name}.corpus_file", base, sdef["corpus_file"])
 
 
+def _check_stages_together(c: _Checker, data: dict, stages: dict) -> None:
+    """What the stages must be as a whole: a target, intermediates for a rank stage or without a baseline."""
+    if not stages["target"]:
+        c.fail("target", "a plan needs at least one [target.NAME] stage")
+    ranked = next((t for t, d in stages["target"].items() if "rank" in d), None)
+    if ranked is not None and not stages["intermediate"]:
+        c.fail(
+            f"target.{ranked}.rank", "ranks the target's starting points: the plan needs an [intermediate.NAME] stage"
+        )
+    if not data.get("baseline", True) and not stages["intermediate"]:
+        c.fail("baseline", "with baseline = false and no [intermediate.NAME] stage the plan has no target runs")
+
+
 def parse(text: str, path: str | Path) -> Plan:
     """Validate a plan's TOML text; ``path`` names it in messages and anchors relative paths."""
     path = Path(path)
@@ -451,15 +464,7 @@ def parse(text: str, path: str | Path) -> Plan:
         stages[kind] = data.get(kind, {})
         for sname, sdef in stages[kind].items():
             _check_stage(c, kind, sname, sdef, path.parent, custom, synth)
-    if not stages["target"]:
-        c.fail("target", "a plan needs at least one [target.NAME] stage")
-    ranked = next((t for t, d in stages["target"].items() if "rank" in d), None)
-    if ranked is not None and not stages["intermediate"]:
-        c.fail(
-            f"target.{ranked}.rank", "ranks the target's starting points: the plan needs an [intermediate.NAME] stage"
-        )
-    if not data.get("baseline", True) and not stages["intermediate"]:
-        c.fail("baseline", "with baseline = false and no [intermediate.NAME] stage the plan has no target runs")
+    _check_stages_together(c, data, stages)
     return Plan(
         name=data["name"],
         path=path.resolve(),

@@ -108,6 +108,23 @@ def _rank_runs(dirs: list[Path], device: str) -> list[str]:
     return [rank_run(d, device) for d in dirs]
 
 
+def _worker(args: argparse.Namespace, device, startup_s: float):
+    """The process's worker: the device and the flags every run of it trains with."""
+    from stilts_tui.train.loop import Settings, Worker
+
+    return Worker(
+        startup_s=startup_s,
+        settings=Settings(
+            device=device,
+            compile=args.compile,
+            pad=args.pad,
+            attn=args.attn,
+            group=args.group,
+            dropout_streams=args.dropout_streams,
+        ),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
@@ -151,17 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             fail_run(Worker(Settings(device=torch.device("cpu"))), d, why)
         report(Failure(why), prog=PROG)
         return 1
-    worker = Worker(
-        startup_s=startup_s,
-        settings=Settings(
-            device=device,
-            compile=args.compile,
-            pad=args.pad,
-            attn=args.attn,
-            group=args.group,
-            dropout_streams=args.dropout_streams,
-        ),
-    )
+    worker = _worker(args, device, startup_s)
     statuses += _rank_runs([d for d in dirs if _stage(d) == RANK_STAGE], str(device))  # scored, not trained
     dirs = [d for d in dirs if _stage(d) != RANK_STAGE]
     groups = fused.arrays(dirs, args.fuse) if args.fuse > 1 else [[d] for d in dirs]

@@ -603,15 +603,11 @@ def fit(worker: Worker, members: list[Member], engine, prep: Prepared, setup: Se
             step += 1
             hooks.after_step(step, live[0].dir)
             means = steplog.step(step, epoch, engine.lrs(step))
-            if step == 1:
-                steplog.first_step()
             if means is not None and not all(map(math.isfinite, means)):
                 live, orders = _drop_diverged(worker, engine, steplog, live, orders, means, step)
                 if not live:
                     return
-        t_eval = time.time()
         live = _evaluate_epoch(worker, engine, live, steplog, prep, setup, epoch, eval_bs, max_len, buckets)
-        steplog.eval_s += time.time() - t_eval
         if epoch < sched.epochs:  # at the last epoch nothing is left to save: the run ends done
             live = _drop_degenerate(worker, engine, steplog, live, setup, step)
         if not live:
@@ -740,7 +736,9 @@ def _drop_degenerate(worker, engine, steplog, live: list[Member], setup: Setup, 
 
 
 def _evaluate_epoch(worker, engine, live, steplog, prep, setup, epoch, eval_bs, max_len, buckets) -> list[Member]:
+    t_eval = time.time()
     preds = evaluate(engine, prep.dev, eval_bs, setup, max_len, buckets, worker.s.device, prep.kind)
+    steplog.eval_s += time.time() - t_eval
     failed = []
     for i, m in enumerate(live):
         try:

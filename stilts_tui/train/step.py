@@ -264,6 +264,8 @@ class StepLog:
     def step(self, step: int, epoch: int, lrs: list[float]) -> list[float] | None:
         """At a log step: a line and an event for each run; each run's mean loss since the last (else None)."""
         self.steps_done = step
+        if step == 1:
+            self.first_step()
         if step % self.every and step != self.total:
             return None
         now = time.time()
