@@ -149,6 +149,13 @@ def test_a_ranked_plan_prunes_below_the_top_k_keeps_them_pruned_and_retry_pruned
     assert f"Kendall's tau with the measured order {expected:+.2f} over 3 starting points" in md
     csv_text = cli("scores", "q", "--format", "csv", runs_dir=runs_dir).stdout
     assert csv_text.splitlines()[0].endswith(",predicted_rank,transferability")
+    from stilts_tui import results
+    from stilts_tui.tui.screens.scores import cell_text
+
+    table = results.build(runs_dir, "q")  # the app's scores screen: its cells and the lines under them
+    learned = next(c for c in table.cells if c.intermediate == "learned")
+    assert str(cell_text(learned, "mean")).endswith(f"pred #{order['learned']}")
+    assert any(line.startswith("predicted order for t (LogME") for line in results.footnotes(table))
     tex = cli("scores", "q", "--format", "latex", runs_dir=runs_dir).stdout
     assert "pred \\#1" in tex and "pred #" not in tex.replace("pred \\#", "")
 

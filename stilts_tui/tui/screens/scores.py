@@ -23,7 +23,7 @@ def cell_text(c: results.Cell | None, view: str, without_failed: bool = False) -
     if c is None:
         return Text("–", style="dim")
     if c.mean is None:
-        return Text(f"missing {c.missing}" + results.pruned_text(c), style="dim")
+        return Text(f"missing {c.missing}" + results.pruned_text(c) + results.predicted_text(c), style="dim")
     mean, std = (c.mean_ok, c.std_ok) if without_failed and c.failed is not None else (c.mean, c.std)
     value = {"mean": mean, "max": c.max, "best": c.best_of_grid}[view]
     text = ("–" if value is None else f"{100 * value:.1f}") + ("*" if c.setup_note else "")
@@ -31,6 +31,7 @@ def cell_text(c: results.Cell | None, view: str, without_failed: bool = False) -
     text += f"  n={c.n}" + (f"/{c.n + c.missing}" if c.missing else "") + results.failed_text(c)
     if c.gain is not None:
         text += "  " + results.gain_text(c)
+    text += results.predicted_text(c)  # the predicted rank beside the measured gain
     return Text(text, style=results.gain_style(c))
 
 
