@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from stilts_tui import results
+from stilts_tui import results, rundir
 from stilts_tui.contract import SETTLED, Status
 from stilts_tui.demo import FRAMES, TOPICS
 from stilts_tui.ledger import Ledger
@@ -121,7 +121,7 @@ def run_way(work: Path, way: str, args) -> dict:
 
 
 def _wall(root: Path, r: dict) -> float:
-    res = json.loads((root / r["id"] / "result.json").read_text()) if (root / r["id"] / "result.json").is_file() else {}
+    res = rundir.read_run_file(root, r["id"]) or {}
     process = (res.get("timings") or {}).get("process_s") or 0.0
     return float(res.get("wall_seconds") or 0.0) + float(process)
 
@@ -137,7 +137,7 @@ def summarise(root: Path, plan: str, elapsed: float) -> dict:
     rank_runs = [r for r in runs if r["stage"] == "rank" and r["status"] == Status.DONE]
     logme = {}
     for r in rank_runs:
-        res = json.loads((root / r["id"] / "result.json").read_text())
+        res = rundir.read_run_file(root, r["id"]) or {"ranking": []}
         logme[r["name"]] = {e["start"]: e["score"] for e in res["ranking"]}
     scores = {
         (r["intermediate"], r["name"], r["seed"], r["params"]["lr"]): (r["status"], r.get("score"))
