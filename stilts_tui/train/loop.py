@@ -815,7 +815,7 @@ def _record(m: Member, engine, setup: Setup, steplog: StepLog, step: int, second
         epoch_metrics=m.epoch_metrics,
         train_seconds=round(seconds, 3),
         samples_per_s=round(steplog.seen / max(seconds, 1e-9), 2),
-        timings={**m.result.get("timings", {}), **steplog.timings(engine.mode != "off")},
+        timings={**m.result.get("timings", {}), **steplog.timings(engine.mode != "off", seconds)},
         steps=step,
         compile=engine.mode,
         pad=setup.pad,

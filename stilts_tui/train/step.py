@@ -234,10 +234,10 @@ class StepLog:
         if self.first_step_s is None:
             self.first_step_s, self.seen_first = time.time() - self.t0, self.seen
 
-    def timings(self, compiled: bool) -> dict:
+    def timings(self, compiled: bool, seconds: float | None = None) -> dict:
         """Where the loop's time went: the first step, the steady steps (and their samples/s), the
         evaluations; ``compile_s`` is the first step's excess over a steady one when compiled (else 0)."""
-        total = self.seconds
+        total = self.seconds if seconds is None else seconds  # the run's train_seconds, read once
         steps_s = max(0.0, total - self.eval_s)
         first = self.first_step_s if self.first_step_s is not None else steps_s
         steady_s = max(0.0, steps_s - first)
