@@ -21,7 +21,7 @@ from conftest import (
     write_jsonl,
     write_text,
 )
-from test_rank import _rows
+from test_rank import LEARNED, _rows
 
 from stilts_tui import contract, rehearse
 from stilts_tui.ledger import Ledger, run_problems
@@ -31,19 +31,16 @@ from stilts_tui.plan import load_and_expand
 # separate the labels (dev acc 1.0: LogME ranks it first); "idle" barely moves from the model's random
 # weights (lr 1e-6, one epoch), so it ranks below "learned". With top = 1, the target's run from "idle" is
 # pruned; those from "learned" and from none train.
-STAGES = """[intermediate.learned]
-task = "pair"
-epochs = 3
-batch_size = 4
-warmup = 0.4
-lr = 1e-2
-[intermediate.idle]
+STAGES = (
+    LEARNED
+    + """[intermediate.idle]
 task = "pair"
 lr = 1e-6
 [target.t]
 task = "pair"
 {rank}
 """
+)
 
 
 def _plan(tmp_path: Path, model: Path, rank: str = "rank = { top = 1 }") -> Path:

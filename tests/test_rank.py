@@ -74,18 +74,22 @@ def test_multiple_choice_is_scored_as_one_binary_problem_a_choice():
 
 # on the tiny model, seeded on the CPU: the intermediate "learned" reaches dev acc 1.0 on this task (the
 # target's own data), "stuck" stays at 0.5 and is never trained here (no checkpoint: not a starting point)
-STAGES = """[intermediate.learned]
+LEARNED = """[intermediate.learned]
 task = "pair"
 epochs = 3
 batch_size = 4
 warmup = 0.4
 lr = 1e-2
-[intermediate.stuck]
+"""  # also tests/test_pruned.py's best starting point
+STAGES = (
+    LEARNED
+    + """[intermediate.stuck]
 task = "pair"
 lr = 1e-3
 [target.t]
 task = "pair"
 """
+)
 
 
 def _rows(n: int, seed: int) -> list[dict]:

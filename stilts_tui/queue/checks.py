@@ -102,7 +102,7 @@ TIMING_KEYS = (
 
 
 def clean_timings(timings: object) -> dict | None:
-    """The trainer's time breakdown (result.json's ``timings``) as the ledger keeps it: the known keys
+    """The trainer's time breakdown (the run result's ``timings``) as the ledger keeps it: the known keys
     whose values are finite numbers >= 0 (anything else in a damaged file is left out), or None."""
     if not isinstance(timings, dict):
         return None
