@@ -373,32 +373,33 @@ def plan_show(
             help="training steps and estimated GPU-hours per stage, from throughput measured in the runs-dir's ledger",
         ),
     ] = False,
+    per_gpu: Annotated[
+        int | None, typer.Option("--per-gpu", min=1, help="--cost: processes a GPU (default: the daemon's)")
+    ] = None,
+    cpu_slots: Annotated[
+        int | None, typer.Option("--cpu-slots", min=1, help="--cost: processes without a GPU (default: the daemon's)")
+    ] = None,
+    worker_runs: Annotated[
+        int | None, typer.Option("--worker-runs", min=1, help="--cost: runs a process (default: the daemon's)")
+    ] = None,
+    fuse: Annotated[int, typer.Option("--fuse", min=2, help="--cost: the fused mode's array size")] = 4,
 ) -> None:
-    """Counts by stage and the intermediate x target matrix of a plan (and with --cost what it will take)."""
+    """Counts by stage and the intermediate x target matrix of a plan (and with --cost what it will take:
+    GPU-hours per stage, and the wall time on this box per mode)."""
     plan, runs = plans.load_and_expand(path)
     warnings = plans.missing_data(plan, runs)
     counts, matrix = plans.counts(runs), plans.matrix(runs)
-    estimate = None
+    estimate = wall = None
     if cost:
         from stilts_tui import cost as costs
+        from stilts_tui import walltime
 
         estimate = costs.estimate(plan, runs, costs.measured(_root(ctx)))
+        box = _box(ctx, per_gpu, cpu_slots, worker_runs, fuse)
+        wall = (box, walltime.predict(plan, runs, walltime.history(_root(ctx)), box))
     if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "name": plan.name,
-                    "model": plan.model,
-                    "counts": counts,
-                    "matrix": matrix,
-                    "runs": len(runs),
-                    "warnings": warnings,
-                    "on_finish": plan.finish_command(),
-                    **({"cost": estimate.as_dict()} if estimate else {}),
-                },
-                indent=2,
-            )
-        )
+        cost_json = {"cost": {**estimate.as_dict(), "wall": _wall_dict(*wall)}} if estimate else {}
+        typer.echo(json.dumps(_plan_dict(plan, runs, warnings) | cost_json, indent=2))
         return
     from rich.table import Table
 
@@ -417,6 +418,88 @@ def plan_show(
     _echo_on_finish(plan)
     if estimate is not None:
         _print_cost(con, estimate)
+        _print_wall(con, *wall)
+
+
+def _plan_dict(plan, runs: list, warnings: list[str]) -> dict:
+    """`plan show --json` without the cost."""
+    return {
+        "name": plan.name,
+        "model": plan.model,
+        "counts": plans.counts(runs),
+        "matrix": plans.matrix(runs),
+        "runs": len(runs),
+        "warnings": warnings,
+        "on_finish": plan.finish_command(),
+    }
+
+
+def _box(ctx: typer.Context, per_gpu: int | None, cpu_slots: int | None, worker_runs: int | None, fuse: int):
+    """This box for the wall-time prediction: its GPUs (a fake GPU trains on the CPU: counted as the CPU),
+    and the running daemon's settings where not given, else the defaults."""
+    from stilts_tui import walltime
+    from stilts_tui.queue import gpus, ops, settings
+
+    info = ops.daemon_status(_root(ctx)) or {}
+    running = info.get("settings") if isinstance(info.get("settings"), dict) else {}
+
+    def setting(given: int | None, name: str) -> int:
+        value = running.get(name)
+        return given or (value if isinstance(value, int) and value > 0 else getattr(settings.DEFAULTS, name))
+
+    found = [] if gpus.fake_spec() is not None else gpus.probe().usable
+    return walltime.Box(
+        gpu=bool(found),
+        devices=max(1, len(found)),
+        slots=setting(per_gpu, "per_gpu") if found else setting(cpu_slots, "cpu_slots"),
+        worker_runs=setting(worker_runs, "worker_runs"),
+        fuse=fuse,
+    )
+
+
+WALL_MODES = {
+    "reference": "reference loop (one process a run, one at a time)",
+    "queue": "queue",
+    "mps": "queue under MPS",
+    "fused": "fused arrays",
+}
+
+
+def _wall_dict(box, pred) -> dict:
+    return {
+        "box": {
+            "gpu": box.gpu,
+            "devices": box.devices,
+            "slots": box.slots,
+            "worker_runs": box.worker_runs,
+            "fuse": box.fuse,
+        },
+        "seconds": {m: None if v is None else round(v, 1) for m, v in pred.seconds.items()},
+        "runs": pred.runs,
+        "measured": pred.measured,
+        "notes": pred.notes,
+    }
+
+
+def _print_wall(con, box, pred) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from stilts_tui.fmt import duration
+
+    where = f"{box.devices} GPU{'s' if box.devices > 1 else ''}" if box.gpu else "the CPU"
+    how = f"{box.slots} process{'es' if box.slots > 1 else ''} a device, {box.worker_runs} runs a process"
+    table = Table("mode", "wall time", "speed-up", title=f"predicted wall time on this box ({where}: {how})")
+    ref = pred.seconds["reference"]
+    for mode, label in WALL_MODES.items():
+        v = pred.seconds[mode]
+        if mode == "fused":
+            label = f"fused arrays of {box.fuse}"
+        ratio = "" if v is None or not v or not ref else f"{ref / v:.2f}x"
+        table.add_row(label, "n/a (no GPU)" if v is None else duration(v), ratio)
+    con.print(table)
+    for note in pred.notes:
+        con.print(Text(note, style="dim"))
 
 
 def _print_cost(con, estimate) -> None:

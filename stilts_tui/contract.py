@@ -202,6 +202,14 @@ class Result:
         return value if isinstance(value, dict) else {}
 
 
+# ---- threads: each process's share of the CPU ------------------------------------------------
+
+# The daemon gives every process it starts its share of the cores it may use (their count over the most
+# processes it runs at once) through these variables; the trainer sets torch's pools from them and records
+# what it used in result.json (``threads``). A trainer started by hand without them keeps torch's defaults.
+THREADS_ENV = "STILTS_THREADS"  # intra-op and inter-op threads of the process
+THREADS_WHY_ENV = "STILTS_THREADS_WHY"  # one line: how the share was worked out
+
 # ---- cancelling ------------------------------------------------------------------------------
 
 CANCEL_GRACE_S = 10.0  # seconds between SIGTERM and SIGKILL when a cancel names no grace

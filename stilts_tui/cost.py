@@ -164,16 +164,20 @@ def default_rate(spec: dict) -> tuple[float, str]:
 _ROWS: dict[tuple[str, float], int] = {}
 
 
-def _count_rows(task: dict) -> int | None:
+def count_rows(task: dict, split: str = "train") -> int | None:
+    """Examples in a task's local ``split`` file (None for hub data or a file that cannot be read)."""
     from stilts_tui.tasks import data as task_data
 
-    path = task_data.file_for(task, "train")
+    try:
+        path = task_data.file_for(task, split)
+    except Exception:  # noqa: BLE001 - a damaged spec's task: size unknown
+        return None
     if path is None or not path.is_file():
         return None
     key = (str(path), path.stat().st_mtime)
     if key not in _ROWS:
         try:
-            _ROWS[key] = len(task_data.load_rows(task, "train")[0])
+            _ROWS[key] = len(task_data.load_rows(task, split)[0])
         except Exception:  # noqa: BLE001 - an unreadable file: size unknown (plan validate says why)
             return None
     return _ROWS[key]
@@ -186,7 +190,7 @@ def train_size(run: plans.Run, synth_n: dict[str, int]) -> int | None:
     if task.get("from_run"):
         n = synth_n.get(task["from_run"])
     else:
-        n = _count_rows(task) or KNOWN_TRAIN_SIZES.get(run.task)
+        n = count_rows(task) or KNOWN_TRAIN_SIZES.get(run.task)
     limit = optional(run.params, "max_train_samples")
     return min(n, limit) if n and isinstance(limit, int) else n
 

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from stilts_tui.contract import RANK_STAGE
+from stilts_tui.contract import RANK_STAGE, THREADS_ENV, THREADS_WHY_ENV
 from stilts_tui.errors import Failure, UserError, report
 
 PROG = "stilts_tui.train"
@@ -108,11 +108,35 @@ def _rank_runs(dirs: list[Path], device: str) -> list[str]:
     return [rank_run(d, device) for d in dirs]
 
 
-def _worker(args: argparse.Namespace, device, startup_s: float):
+def _threads() -> dict:
+    """Size torch's pools to the share the daemon gave this process (``STILTS_THREADS``), else to Slurm's
+    ``--cpus-per-task``; a trainer started by hand keeps torch's defaults (OMP_NUM_THREADS, else the
+    machine's cores). What the process uses, and why, for result.json."""
+    import torch
+
+    given = os.environ.get(THREADS_ENV) or os.environ.get("SLURM_CPUS_PER_TASK")
+    n = int(given) if given and given.isdigit() and int(given) > 0 else None
+    if n is not None:
+        torch.set_num_threads(n)
+        try:
+            torch.set_num_interop_threads(n)
+        except RuntimeError:  # the inter-op pool already started (only when something ran in parallel first)
+            pass
+    if os.environ.get(THREADS_ENV) and n is not None:
+        why = os.environ.get(THREADS_WHY_ENV) or "the daemon's share"
+    elif n is not None:
+        why = f"Slurm's --cpus-per-task ({n})"
+    else:
+        why = f"started by hand: torch's default (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"
+    return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(), "why": why}
+
+
+def _worker(args: argparse.Namespace, device, startup_s: float, threads: dict):
     """The process's worker: the device and the flags every run of it trains with."""
     from stilts_tui.train.loop import Settings, Worker
 
     return Worker(
+        threads=threads,
         startup_s=startup_s,
         settings=Settings(
             device=device,
@@ -143,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     from stilts_tui.train.loop import Settings, Worker, fail_run, train_group, train_run
 
     startup_s = time.time() - psutil.Process().create_time()  # the process's start and its imports
+    threads = _threads()  # before anything runs in torch's pools
     hf_logging.set_verbosity_error()  # no weight-loading reports or progress bars in train.log
     hf_logging.disable_progress_bar()
 
@@ -168,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             fail_run(Worker(Settings(device=torch.device("cpu"))), d, why)
         report(Failure(why), prog=PROG)
         return 1
-    worker = _worker(args, device, startup_s)
+    worker = _worker(args, device, startup_s, threads)
     statuses += _rank_runs([d for d in dirs if _stage(d) == RANK_STAGE], str(device))  # scored, not trained
     dirs = [d for d in dirs if _stage(d) != RANK_STAGE]
     groups = fused.arrays(dirs, args.fuse) if args.fuse > 1 else [[d] for d in dirs]

@@ -110,8 +110,9 @@ class Model:
 class Worker:
     """What the runs of one training process share."""
 
-    def __init__(self, settings: Settings, startup_s: float = 0.0):
+    def __init__(self, settings: Settings, startup_s: float = 0.0, threads: dict | None = None):
         self.s = settings
+        self.threads = threads  # the process's thread pools and why (recorded in every result.json)
         self._startup_s = startup_s  # the process's start and imports, counted to its first run (or array)
         self._tok: dict[str, tuple] = {}
         self._source: dict[str, dict] = {}
@@ -456,6 +457,8 @@ def train_group(worker: Worker, run_dirs: list[Path], fuse: bool) -> list[dict]:
     for d in map(Path, run_dirs):
         m = Member(d, RunLog(d, echo=worker.s.echo), time.time(), result=new_result())
         m.result["timings"] = {"process_s": process_s}
+        if worker.threads:
+            m.result["threads"] = dict(worker.threads)
         everyone.append(m)
         if (d / CANCEL_FILE).exists():  # cancelled while it waited in this worker: never begun
             m.finish(worker, "cancelled", "cancelled while it waited for its turn in the worker")
@@ -464,6 +467,9 @@ def train_group(worker: Worker, run_dirs: list[Path], fuse: bool) -> list[dict]:
             m.spec = read_spec(d)
             m.result["primary_metric"] = m.spec["task"].get("metric")
             m.log.event("start", run_id=m.spec["run_id"], pid=os.getpid(), device=str(worker.s.device))
+            if worker.threads:
+                t = worker.threads
+                m.log.line(f"threads: {t['intra_op']} intra-op, {t['inter_op']} inter-op ({t['why']})")
             m.stop = _stop_rule(m)
         except UserError as e:
             m.finish(worker, "failed", str(e))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from stilts_tui.contract import CANCEL_FILE, CANCEL_GRACE_S, RESULT_STATUSES, TRAIN_LOG, WORKERS_DIR, ledger_status
-from stilts_tui.queue import checks, mps, placement
+from stilts_tui.queue import checks, mps, placement, threads
 from stilts_tui.queue import gpus as gpu_info
 from stilts_tui.queue.executor import Changes
 from stilts_tui.queue.placement import Launch
@@ -144,6 +144,7 @@ class LocalExecutor:
     def __init__(self, daemon: Daemon):
         self.d = daemon
         self._gpu_problems: list[str] = []
+        self._most = 0  # the most processes the devices found last take at once (each process's CPU share)
 
     # -- state queries ---------------------------------------------------------------------------------
 
@@ -260,6 +261,7 @@ class LocalExecutor:
         devs = [placement.Device(g.index, g.total_gb, g.free_gb, s.per_gpu) for g in found]
         if not devs and not probe.gpus and probe.error is None and not probe.seen_gpus:
             devs = [placement.Device(None, float("inf"), float("inf"), s.cpu_slots)]
+        self._most = sum(d.slots for d in devs)
         by_index = {d.index: d for d in devs}
         running = [r for r in runs if r["status"] == "running"]
         workers: set[str] = set()
@@ -383,12 +385,10 @@ class LocalExecutor:
         GPU placement asks for ``--device cuda``: a CUDA failure then fails the run instead of training
         on the CPU unnoticed. NVML and CUDA number GPUs alike only in PCI bus order."""
         env = {"PYTHONUNBUFFERED": "1", "STILTS_FUSE": str(fused), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        # every placement its share of the cores, GPU or not (queue/threads.py)
+        env.update(threads.environment(self._most or (dev.slots if dev.index is None else self.d.s.per_gpu)))
         if dev.index is None:
-            env.update(
-                STILTS_DEVICE="cpu",
-                CUDA_VISIBLE_DEVICES="",
-                OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // max(1, self.d.s.cpu_slots))),
-            )
+            env.update(STILTS_DEVICE="cpu", CUDA_VISIBLE_DEVICES="")
             return env, ["--device", "cpu"], "queue: placed on the CPU (no GPU on this machine)"
         env["CUDA_VISIBLE_DEVICES"] = str(dev.index)
         if self.d.mps_dir is not None:

@@ -1,0 +1,128 @@
+"""`plan show --cost` predicts a plan's wall time per mode from where each run's time goes: the arithmetic
+of each mode, the box's history read from a real ledger and real result files, and the CLI's output."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import cli, write_jsonl
+
+from stilts_tui import plan as plans
+from stilts_tui import walltime
+from stilts_tui.contract import shape_key
+from stilts_tui.ledger import Ledger
+from stilts_tui.queue import ops
+
+PLAN = """name = "w"
+model = "some/model"
+baseline = true
+target_seeds = [1]
+[defaults]
+epochs = 1
+batch_size = 16
+max_len = 24
+[tasks.pair]
+format = "jsonl"
+train = "data/tr.jsonl"
+dev = "data/dv.jsonl"
+kind = "classification"
+text_fields = ["s1", "s2"]
+[intermediate.i]
+task = "pair"
+[target.t]
+task = "pair"
+grid = { lr = [1e-4, 2e-4] }
+"""
+
+
+@pytest.fixture
+def plan_file(tmp_path):
+    write_jsonl(tmp_path / "data/tr.jsonl", [{"s1": f"a{i}", "s2": "b", "label": str(i % 2)} for i in range(48)])
+    write_jsonl(tmp_path / "data/dv.jsonl", [{"s1": f"c{i}", "s2": "d", "label": str(i % 2)} for i in range(16)])
+    path = tmp_path / "w.toml"
+    path.write_text(PLAN)
+    return path
+
+
+def the_shape(plan, runs) -> str:
+    r = runs[-1]
+    return shape_key({"model": {"name": plan.model, **r.model}, "params": r.params, "task": r.task_spec})
+
+
+def test_each_mode_adds_up_the_phases_as_it_pays_them(plan_file):
+    plan, runs = plans.load_and_expand(plan_file)
+    assert [r.stage for r in runs].count("intermediate") == 1 and len(runs) == 5  # 1 + (i, none) x 2 lrs
+    figures = {"process_s": 4.0, "load_s": 1.0, "eval_per_example": 0.01, "samples_per_s": 16.0}
+    rates = walltime.Rates(shapes={the_shape(plan, runs): figures}, packing={2: 1.5}, fused={4: 2.0}, runs=9)
+    box = walltime.Box(gpu=False, devices=1, slots=2, worker_runs=2, fuse=4)
+    got = walltime.predict(plan, runs, rates, box)
+    # a run: 48 samples at 16/s = 3 s of steps, 16 dev examples x 0.01 s = 0.16 s of evaluation, 1 s loading
+    run = 1.0 + 3.0 + 0.16
+    assert got.seconds["reference"] == pytest.approx(5 * (4.0 + run))  # every run its own process, in sequence
+    # queue: the intermediate alone (one process); then 4 targets, 2 a process (start paid once), the two
+    # processes side by side at 1.5x the work of one
+    assert got.seconds["queue"] == pytest.approx((4.0 + run) + 2 * (4.0 + 2 * run) / 1.5)
+    # fused: the 4 targets as one array, steps 2x faster together; the array alone on the device
+    assert got.seconds["fused"] == pytest.approx((4.0 + run) + 4.0 + 4 * (1.0 + 0.16) + 4 * 3.0 / 2.0)
+    assert got.seconds["mps"] is None  # no GPU, no MPS
+    assert got.runs == got.measured == 5 and "5 of 5 runs timed from this box's" in got.notes[0]
+    assert "1.50x one (measured" in got.notes[1] and "2.00x faster than in sequence (measured" in got.notes[2]
+    # never shorter than its longest process: one GPU's 4 slots, one process of all 4 targets
+    one = walltime.predict(plan, runs, rates, walltime.Box(gpu=True, devices=1, slots=4, worker_runs=8, fuse=4))
+    assert one.seconds["queue"] == pytest.approx((4.0 + run) + (4.0 + 4 * run))
+
+
+def test_without_history_the_defaults_time_every_run_and_say_so(plan_file):
+    plan, runs = plans.load_and_expand(plan_file)
+    got = walltime.predict(plan, runs, walltime.Rates(), walltime.Box(gpu=True, devices=2, slots=4, worker_runs=4))
+    assert got.measured == 0 and all(v and v > 0 for v in got.seconds.values())
+    assert got.seconds["mps"] <= got.seconds["queue"] <= got.seconds["reference"]
+    assert "(default)" in got.notes[1] and "(default)" in got.notes[2]
+
+
+def finished(root, run_id: str, *, worker: str, start: float, end: float, rate: float, process_s: float, fused=None):
+    """A finished run as the daemon and the trainer leave it: the ledger's fields and a result.json."""
+    timings = {"process_s": process_s, "data_s": 0.5, "model_s": 1.5, "steady_samples_per_s": rate, "eval_s": 0.32}
+    result = {"status": "done", "score": 0.5, "timings": timings, "setup": {"fused": fused} if fused else {}}
+    (root / run_id / "result.json").write_text(json.dumps(result))
+    with Ledger(root).transaction() as tx:
+        tx.update_run(run_id, status="done", worker=worker, gpu=0, started=start, finished=end, timings=timings)
+
+
+def test_the_box_history_gives_each_shape_its_figures_and_the_packing_of_runs_side_by_side(plan_file, runs_dir):
+    _, _, added = ops.add_plan(plan_file, runs_dir)
+    a, b, c, d, e = added
+    finished(runs_dir, a, worker="w1", start=0, end=10, rate=10.0, process_s=3.0)  # alone
+    finished(runs_dir, b, worker="w2", start=20, end=30, rate=10.0, process_s=5.0)  # alone
+    finished(runs_dir, c, worker="w3", start=40, end=60, rate=7.5, process_s=0)  # side by side with d
+    finished(runs_dir, d, worker="w4", start=41, end=61, rate=7.5, process_s=0)
+    finished(runs_dir, e, worker="w5", start=70, end=80, rate=5.0, process_s=0, fused=4)  # one of an array of 4
+    rates = walltime.history(runs_dir)
+    (figures,) = rates.shapes.values()
+    assert figures["samples_per_s"] == 10.0 and figures["process_s"] == 4.0 and figures["load_s"] == 2.0
+    assert figures["eval_per_example"] == pytest.approx(0.32 / 16)
+    assert rates.packing == {2: pytest.approx(1.5)} and rates.fused == {4: pytest.approx(2.0)} and rates.runs == 5
+
+
+def test_a_damaged_result_is_left_out_of_the_history_not_fatal(plan_file, runs_dir):
+    _, _, added = ops.add_plan(plan_file, runs_dir)
+    finished(runs_dir, added[0], worker="w1", start=0, end=10, rate=10.0, process_s=3.0)
+    finished(runs_dir, added[1], worker="w2", start=20, end=30, rate=10.0, process_s=3.0)
+    (runs_dir / added[1] / "result.json").write_text('{"status": "done", "timings": {"steady_samples_per_s": "fast"}')
+    rates = walltime.history(runs_dir)
+    assert next(iter(rates.shapes.values()))["samples_per_s"] == 10.0
+
+
+def test_plan_show_cost_prints_the_wall_time_of_each_mode_and_its_json(plan_file, runs_dir):
+    out = cli("plan", "show", str(plan_file), "--cost", "--cpu-slots", "2", "--worker-runs", "3", runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr
+    assert "predicted wall time on this box (the CPU: 2 processes a device, 3 runs a process)" in out.stdout
+    for label in ("reference loop (one process a run, one at a time)", "queue", "fused arrays of 4", "n/a (no GPU)"):
+        assert label in out.stdout
+    got = json.loads(cli("plan", "show", str(plan_file), "--cost", "--json", runs_dir=runs_dir).stdout)["cost"]["wall"]
+    assert got["box"] == {"gpu": False, "devices": 1, "slots": 1, "worker_runs": 4, "fuse": 4}
+    assert got["seconds"]["mps"] is None and all(
+        math.isfinite(got["seconds"][m]) for m in ("reference", "queue", "fused")
+    )
