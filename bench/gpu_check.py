@@ -45,6 +45,7 @@ class Sizes:
     hf: list[str]
     synth: list[str]
     lora: list[str]
+    modes: list[str]
 
 
 SMOKE = Sizes(
@@ -105,6 +106,7 @@ SMOKE = Sizes(
     ],
     synth=["--size", "tiny", "--prompts", "8", "--single", "4", "--batch-size", "8"],
     lora=["--model", "tiny", "--runs", "3", "--train", "32", "--threads", "1"],
+    modes=["--smoke"],
 )
 # The branch checks use the tiny RoBERTa: on one H100 (2026-11-26) the four compiled runs of
 # RoBERTa-base took 191 s and the fused array of 3 over 138 s, nearly all of it inductor compiling; the
@@ -138,6 +140,7 @@ GPU = Sizes(
     hf=["--size", "large", "--runs", "1", "--samples", "800", "--dev", "64", "--epochs", "1", "--max-len", "128"],
     synth=["--size", "medium", "--prompts", "128", "--single", "8", "--batch-size", "64"],
     lora=["--model", "base", "--device", "cuda", "--train", "512", "--threads", "4"],
+    modes=["--size", "large", "--gpus", "0"],
 )
 
 
@@ -392,8 +395,15 @@ def branches(e: Env) -> None:
 
 
 def figures(e: Env, s: Sizes) -> None:
+    """The figures, most wanted first: a --deadline cuts the last (issue 27 item 4 sizes the call to 6
+    minutes on one H100 or H200: the branches, the reference plan's modes and their real grid, LoRA)."""
     gpu = [] if not e.cuda else ["--gpu-flags"]
     peak_memory(e)
+    # RoBERTa-large at the reference's shapes: each mode's rate and fixed cost, the reference plan's wall
+    # time predicted per mode, one real 8-run grid against its prediction
+    figure("mode_rates", [str(HERE / "mode_rates.py"), *s.modes, "--workdir", str(e.work / "modes")], e, 360)
+    # 8 full fine-tunes alone, 8 LoRA runs alone, the 8 fused over one frozen encoder (issue 26)
+    figure("lora_grid", [str(HERE / "lora_grid.py"), *s.lora], e, 300)
     figure("grid", [str(HERE / "grid_throughput.py"), *s.grid, "--workdir", str(e.work / "grid")], e, 600)
     figure(
         "single_run_vs_reference",
@@ -410,8 +420,6 @@ def figures(e: Env, s: Sizes) -> None:
         keep=lambda ln: not ln.startswith(" "),
     )
     figure("synth", [str(HERE / "synth.py"), *s.synth], e, 120)
-    # 8 full fine-tunes alone, 8 LoRA runs alone, the 8 fused over one frozen encoder (issue 26)
-    figure("lora_grid", [str(HERE / "lora_grid.py"), *s.lora], e, 300)
 
 
 def main(argv: list[str] | None = None) -> int:

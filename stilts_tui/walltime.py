@@ -8,9 +8,11 @@ is split into the same phases (:class:`Phases`) and the modes add them up as the
 - ``reference``: the reference's loop, one process a run, one run at a time: every run pays the
   process's start, its loading, its steps and its evaluation, in sequence.
 - ``queue``: the daemon packs ``slots`` processes a device (``--per-gpu``, or ``--cpu-slots`` without a
-  GPU) and a process trains up to ``worker_runs`` runs of one shape, paying its start once; K processes
-  on one device run ``packing(K)`` times the work of one (measured from the box's history: the steady
-  samples/s of runs that ran beside K-1 others against those that ran alone; else a stated default).
+  GPU) and a process trains up to ``worker_runs`` runs of one shape, paying its start once. The
+  processes that run at once overlap their fixed parts (start, imports, loading: CPU work, each on its
+  own share of the cores), and K processes on one device do ``packing(K)`` times the steps and
+  evaluations of one (measured from the box's history: the steady samples/s of runs that ran beside
+  K-1 others against those that ran alone; else a stated default).
 - ``mps``: the same under NVIDIA MPS (its own packing; no such mode without a GPU).
 - ``fused``: runs of one shape in arrays of ``fuse``: one process an array, each member's loading and
   evaluation as alone, the array's steps ``fused_speedup(F)`` times faster than its members' in sequence.
@@ -223,16 +225,19 @@ def fused_speedup(rates: Rates, box: Box) -> tuple[float, str]:
     return 1.0 + DEFAULT_FUSED["gpu" if box.gpu else "cpu"] * (f - 1), "default"
 
 
-def _stage_wall(procs: list[float], box: Box, pack: float) -> float:
-    """Processes of one stage on the box: their work over the devices they fill (``pack`` the work of K
-    processes on one), never less than the longest process."""
+def _stage_wall(procs: list[tuple[float, float]], box: Box, pack: float) -> float:
+    """Processes of one stage on the box, each ``(fixed, device)`` seconds: the fixed part (start, imports,
+    loading: the CPU's work, each process on its own share of the cores) overlaps across the processes
+    that run at once; the device part (steps and evaluation) goes at ``pack`` times one process's speed
+    a device. Never less than the longest process."""
     if not procs:
         return 0.0
     at_once = min(len(procs), box.devices * box.slots)
     devices = min(box.devices, at_once)
     per_device = math.ceil(at_once / devices)
     speed = devices * (pack if per_device >= box.slots else _pack_fewer(pack, per_device, box.slots))
-    return max(sum(procs) / speed, max(procs))
+    fixed, device = sum(f for f, _ in procs), sum(d for _, d in procs)
+    return max(fixed / at_once + device / speed, max(f + d for f, d in procs))
 
 
 def _pack_fewer(pack: float, k: int, slots: int) -> float:
@@ -240,12 +245,13 @@ def _pack_fewer(pack: float, k: int, slots: int) -> float:
     return 1.0 + (pack - 1.0) * (k - 1) / max(1, slots - 1)
 
 
-def _processes(group: list[Phases], per: int) -> list[float]:
-    """Runs of one shape trained ``per`` a process (start paid once a process): each process's seconds."""
+def _processes(group: list[Phases], per: int) -> list[tuple[float, float]]:
+    """Runs of one shape trained ``per`` a process (start paid once a process): each process's fixed
+    and device seconds."""
     out = []
     for i in range(0, len(group), per):
         chunk = group[i : i + per]
-        out.append(chunk[0].process_s + sum(x.load_s + x.eval_s + x.steps_s for x in chunk))
+        out.append((chunk[0].process_s + sum(x.load_s for x in chunk), sum(x.eval_s + x.steps_s for x in chunk)))
     return out
 
 
@@ -297,12 +303,14 @@ def predict(plan: plans.Plan, runs: list[plans.Run], rates: Rates, box: Box) -> 
     return Prediction(seconds, notes, known, measured)
 
 
-def _arrays(group: list[Phases], size: int, speed: float) -> list[float]:
-    """Runs of one shape as fused arrays of ``size``: each array's seconds (one process, its members'
-    loading and evaluation, their steps ``speed`` times faster together)."""
+def _arrays(group: list[Phases], size: int, speed: float) -> list[tuple[float, float]]:
+    """Runs of one shape as fused arrays of ``size``: each array's fixed and device seconds (one process,
+    its members' loading and evaluation, their steps ``speed`` times faster together)."""
     out = []
     for i in range(0, len(group), size):
         chunk = group[i : i + size]
         scale = 1.0 / (1.0 + (speed - 1.0) * (len(chunk) - 1) / max(1, size - 1))  # a short last array
-        out.append(chunk[0].process_s + sum(x.load_s + x.eval_s + x.steps_s * scale for x in chunk))
+        out.append(
+            (chunk[0].process_s + sum(x.load_s for x in chunk), sum(x.eval_s + x.steps_s * scale for x in chunk))
+        )
     return out

@@ -25,7 +25,15 @@ BRANCHES = [
     "fused3_ragged_buckets",
     "oom_then_next_run",
 ]
-FIGURES = ["peak_memory", "single_run_vs_reference", "single_run_vs_hf_trainer", "grid", "synth", "lora_grid"]
+FIGURES = [
+    "peak_memory",
+    "mode_rates",
+    "single_run_vs_reference",
+    "single_run_vs_hf_trainer",
+    "grid",
+    "synth",
+    "lora_grid",
+]
 
 
 @pytest.mark.slow
@@ -49,6 +57,11 @@ def test_gpu_check_smoke_passes_every_branch_and_prints_the_figures(tmp_path: Pa
     for mode in ("reference", "queue", "queue+mps", "fused"):
         assert f"FIGURE grid: {mode}" in grid, grid
     assert "queue+mps: n/a (no MPS:" in grid
+    modes = "\n".join(ln for ln in bare if ln.startswith("FIGURE mode_rates: "))
+    for what in ("reference: steady", "eager: steady", "graphs: steady", "packed x2: steady", "fused x2: steady"):
+        assert f"FIGURE mode_rates: {what}" in modes, modes
+    assert "reference plan, the RTE targets (144 runs), on one device: reference" in modes, modes
+    assert re.search(r"real grid: 8 runs of \d+ steps packed x2: predicted [\d.]+ s, measured [\d.]+ s", modes), modes
     log = tmp_path / "gpu_check.log"  # the output also goes there (through tee: poll until it has flushed)
     deadline = time.monotonic() + 10
     while lines[-1] not in log.read_text() and time.monotonic() < deadline:
