@@ -292,6 +292,36 @@ def grad_accum_compiled(e: Env, mode: str) -> str | None:
     return setup_problem(r, compile=mode, pad="buckets")
 
 
+def reference_graphs(e: Env) -> str | None:
+    """The reference's settings (fp32, pad and compile auto): on a GPU every batch padded to max_len and
+    CUDA graphs of the eager kernels (the CPU takes the branch by its flags); with dropout off, every
+    step's loss equal to an eager run's."""
+    from stilts_tui.train import workload
+
+    model = workload.build_model(e.work / "model-no-dropout", e.sizes.model, dropout=0.0)
+    p = {"lr": 5e-5 if e.cuda else 1e-3, "batch_size": e.sizes.batch, "max_len": e.sizes.max_len, "epochs": 1}
+    graphs, eager = (workload.write_run(e.runs, name, model, e.task, p, 1) for name in ("ref-graphs", "ref-eager"))
+    [a] = e.train([graphs], *([] if e.cuda else ["--compile", "cudagraphs", "--pad", "max"]))
+    [b] = e.train([eager], "--compile", "off", "--pad", "max")
+    bad = setup_problem(a, pad="max", compile="cudagraphs", precision="fp32") or setup_problem(b, pad="max")
+    if bad:
+        return bad
+    la, lb = (step_loss_list(d) for d in (graphs, eager))
+    diff = max((abs(x - y) for x, y in zip(la, lb, strict=True)), default=float("inf"))
+    say(
+        "INFO",
+        "reference_graphs",
+        f"max |loss with graphs - eager| over {len(la)} steps {diff:.2e}; steady samples/s "
+        f"{a['timings']['steady_samples_per_s']} with graphs, {b['timings']['steady_samples_per_s']} eager",
+    )
+    return None if diff <= 1e-4 else f"losses differ from the eager run's by up to {diff:.2e}"
+
+
+def step_loss_list(run_dir: Path) -> list[float]:
+    events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines() if x.strip()]
+    return [ev["loss"] for ev in events if ev.get("event") == "step"]
+
+
 def fused_ragged(e: Env) -> str | None:
     dirs = [e.run_dir(f"fused{s}", seed=s) for s in (1, 2, 3)]  # 203 / 37 examples: short last batches
     results = e.train(dirs, "--fuse", "3", *GPU_FLAGS)
@@ -384,6 +414,7 @@ def branches(e: Env) -> None:
     else:
         say("INFO", "grad_accum2_cudagraphs", "skipped on CPU: no GPU (CUDA graphs need one)")
     check("fused3_ragged_buckets", fused_ragged, e)
+    check("reference_pad_max_graphs", reference_graphs, e)
     check("oom_then_next_run", oom_then_next, e)
     for name, fn in (("nvml_doctor", nvml), ("mps_start_stop", mps)):
         if not e.cuda:

@@ -5,6 +5,8 @@ GPU placement whose process has no CUDA. Real trainer processes on a tiny real m
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import result_of, step_losses, train, write_tiny_run
@@ -12,6 +14,8 @@ from conftest import result_of, step_losses, train, write_tiny_run
 from stilts_tui.contract import TRAINING_DEFAULTS
 from stilts_tui.train import data
 from stilts_tui.train.loop import Schedule
+
+ROOT = Path(__file__).resolve().parent.parent
 
 BUCKETS = [16, 24, 32, 40]
 
@@ -201,7 +205,7 @@ def test_cuda_graphs_are_off_under_gradient_accumulation_and_settings_override_t
     from stilts_tui.train.step import resolve_setup
 
     cuda = Settings(device=torch.device("cuda"))
-    one = resolve_setup(cuda, TRAINING_DEFAULTS, 1)
+    one = resolve_setup(cuda, {**TRAINING_DEFAULTS, "precision": "bf16"}, 1)
     assert (one.compile, one.cuda_graphs, one.pad, one.batching) == ("inductor", True, "buckets", "random")
     # graphs own their outputs: gradients accumulated over micro-batches would be overwritten by a replay
     assert resolve_setup(cuda, {**TRAINING_DEFAULTS, "grad_accum": 2}, 2).cuda_graphs is False
@@ -226,7 +230,8 @@ def test_auto_compiles_only_runs_long_enough_to_pay_for_the_compile():
     from stilts_tui.train.step import resolve_setup
 
     cuda, cpu = Settings(device=torch.device("cuda")), Settings(device=torch.device("cpu"))
-    compiled = lambda s, p=None, **kw: resolve_setup(s, {**TRAINING_DEFAULTS, **(p or {})}, 1, **kw).compile  # noqa: E731
+    fast = {**TRAINING_DEFAULTS, "precision": "bf16"}  # the step rule: runs whose shapes change (buckets)
+    compiled = lambda s, p=None, **kw: resolve_setup(s, {**fast, **(p or {})}, 1, **kw).compile  # noqa: E731
     assert compiled(cuda, steps=LEAST - 1) == "off" and compiled(cuda, steps=LEAST) == "inductor"
     assert compiled(cuda, steps=LEAST, fused=True) == "off"
     assert compiled(cuda, steps=3 * LEAST, fused=True) == "inductor"
@@ -236,6 +241,35 @@ def test_auto_compiles_only_runs_long_enough_to_pay_for_the_compile():
     assert compiled(cpu, {"compile": "inductor"}, steps=1) == "inductor"
     flagged = Settings(device=torch.device("cuda"), compile="cudagraphs")
     assert compiled(flagged, {"compile": "off"}, steps=1) == "cudagraphs"
+
+
+def test_the_reference_settings_pad_to_max_len_and_replay_cuda_graphs_of_the_eager_kernels_on_a_gpu():
+    """fp32 with pad and compile auto (the reference plan's runs) on CUDA: every batch padded to max_len,
+    as the reference did, and CUDA graphs of the eager kernels whatever the run's length (no code is
+    generated); an array, a LoRA run, accumulation or another padding keep the step rule; the CPU trains
+    as before."""
+    import torch
+
+    from stilts_tui import plan as plans
+    from stilts_tui.train.loop import Settings
+    from stilts_tui.train.step import resolve_setup
+
+    cuda, cpu = Settings(device=torch.device("cuda")), Settings(device=torch.device("cpu"))
+    _, runs = plans.load_and_expand(ROOT / "plans" / "chang_lu_2021.toml")
+    rte = next(r for r in runs if r.stage == "target" and r.task == "rte")
+    s = resolve_setup(cuda, rte.params, int(rte.params["grad_accum"]), steps=10)
+    assert (s.precision, s.pad, s.compile, s.cuda_graphs) == ("fp32", "max", "cudagraphs", True)
+    siqa = next(r for r in runs if r.stage == "target" and r.task == "siqa" and r.params["grad_accum"] > 1)
+    s = resolve_setup(cuda, siqa.params, int(siqa.params["grad_accum"]), steps=10)
+    assert (s.pad, s.compile, s.cuda_graphs) == ("max", "off", False)  # accumulation: the step rule, no graphs
+    ref = {**TRAINING_DEFAULTS}
+    assert resolve_setup(cuda, ref, 1, steps=10, fused=True).compile == "off"  # an array: the step rule
+    assert resolve_setup(cuda, {**ref, "pad": "buckets"}, 1, steps=10).compile == "off"
+    lora = {**ref, "method": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "targets": ["query"]}}
+    assert resolve_setup(cuda, {**lora, "transfer": "merge"}, 1, steps=10).compile == "off"
+    assert resolve_setup(cuda, {**ref, "compile": "off"}, 1, steps=10).compile == "off"  # the plan's key wins
+    on_cpu = resolve_setup(cpu, rte.params, 1, steps=10)
+    assert (on_cpu.pad, on_cpu.compile, on_cpu.cuda_graphs) == ("longest", "off", False)
 
 
 def _tiny_config(layers: int):

@@ -23,6 +23,7 @@ BRANCHES = [
     "trainer_inductor_buckets_grouped_bf16",
     "grad_accum2_inductor",
     "fused3_ragged_buckets",
+    "reference_pad_max_graphs",
     "oom_then_next_run",
 ]
 FIGURES = [

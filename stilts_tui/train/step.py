@@ -39,12 +39,22 @@ AUTO_COMPILE_MIN_STEPS = 400
 AUTO_COMPILE_MIN_STEPS_FUSED = 3 * AUTO_COMPILE_MIN_STEPS
 
 
-def auto_compile(cuda: bool, steps: int | None, fused: bool) -> str:
-    """What ``compile = "auto"`` means for a run of ``steps`` optimizer steps (None: unknown, compile)."""
+def auto_compile(cuda: bool, steps: int | None, fused: bool, graphs_fit: bool = False) -> str:
+    """What ``compile = "auto"`` means for a run of ``steps`` optimizer steps (None: unknown, compile).
+    ``graphs_fit``: the run's shapes never change (every batch padded to max_len, no accumulation, a
+    run alone): CUDA graphs of the eager kernels, whatever the run's length, since capturing them
+    generates no code (a few steps' time, against inductor's tens of seconds)."""
     if not cuda:
         return "off"
+    if graphs_fit:
+        return "cudagraphs"
     least = AUTO_COMPILE_MIN_STEPS_FUSED if fused else AUTO_COMPILE_MIN_STEPS
     return "inductor" if steps is None or steps >= least else "off"
+
+
+def _graphs_fit(pad: str, accum: int, fused: bool, params: dict) -> bool:
+    """Fixed shapes a plain CUDA graph can replay: pad max, no accumulation, a full fine-tune alone."""
+    return pad == "max" and accum == 1 and not fused and not contract.is_lora(params)
 
 
 def resolve_setup(settings, params: dict, accum: int, steps: int | None = None, fused: bool = False) -> Setup:
@@ -57,9 +67,11 @@ def resolve_setup(settings, params: dict, accum: int, steps: int | None = None, 
     if precision == "auto":
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
     compile_mode = settings.compile if settings.compile != "auto" else str(optional(params, "compile"))
-    if compile_mode == "auto":
-        compile_mode = auto_compile(cuda, steps, fused)
     pad = settings.pad if settings.pad != "auto" else str(params["pad"])
+    if pad == "auto" and cuda and precision == "fp32" and compile_mode == "auto":
+        pad = "max"  # the reference's own padding (fp32 is the reference's setting): one shape, every step
+    if compile_mode == "auto":
+        compile_mode = auto_compile(cuda, steps, fused, graphs_fit=_graphs_fit(pad, accum, fused, params))
     if pad == "auto":
         pad = "buckets" if cuda or compile_mode != "off" else "longest"
     if pad == "longest" and compile_mode != "off":
