@@ -165,7 +165,9 @@ class Setup:
         )
         return (
             f"{self.precision}{' (tf32 matmuls)' if self.tf32 else ''}, {self.batching} batches, pad {self.pad}, "
-            f"clip per {self.clip.replace('_', '-')}, compile {self.compile}{lora}"
+            f"clip per {self.clip.replace('_', '-')}, compile {self.compile}"
+            + (f" ({self.compile_scope})" if self.compile != "off" else "")
+            + lora
         )
 
 
