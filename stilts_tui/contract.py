@@ -139,6 +139,9 @@ class Setup:
     clip: str  # step | micro_batch
     compile: str  # off | inductor | cudagraphs (what was asked; the result says what ran)
     cuda_graphs: bool = False
+    # compiled: regional (each encoder layer, one graph every layer reuses; embeddings, head and loss eager)
+    # | whole (the loss); what a result older than the field compiled: whole
+    compile_scope: str = "whole"
     fused: int = 0  # runs in the array; 0 alone
     dropout_streams: str = "own"  # own (a run alone) | member (each member of an array its run's own) | one
     method: str = "full"  # full | lora
@@ -162,7 +165,9 @@ class Setup:
         )
         return (
             f"{self.precision}{' (tf32 matmuls)' if self.tf32 else ''}, {self.batching} batches, pad {self.pad}, "
-            f"clip per {self.clip.replace('_', '-')}, compile {self.compile}{lora}"
+            f"clip per {self.clip.replace('_', '-')}, compile {self.compile}"
+            + (f" ({self.compile_scope})" if self.compile != "off" else "")
+            + lora
         )
 
 

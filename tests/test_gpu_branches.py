@@ -89,6 +89,7 @@ def test_a_fused_array_on_buckets_with_short_last_batches_equals_each_run_alone(
             "clip": "step",
             "compile": "off",
             "cuda_graphs": False,
+            "compile_scope": "regional",
             "fused": 0,
             "dropout_streams": "own",
             "method": "full",
@@ -117,6 +118,7 @@ def test_inductor_compiles_on_the_cpu_with_and_without_gradient_accumulation(tmp
         rc = result_of(c)
         assert rc["status"] == "done" and rc["compile"] == "inductor" and "compile_fallback" not in rc
         assert rc["setup"]["compile"] == "inductor" and rc["setup"]["pad"] == "buckets"
+        assert rc["setup"]["compile_scope"] == "regional"  # the default: each encoder layer compiled
         # the compiled step computes the same losses as the eager one (to float rounding)
         assert np.allclose([x for _, x in step_losses(e)], [x for _, x in step_losses(c)], rtol=1e-3, atol=1e-4)
 

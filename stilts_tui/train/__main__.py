@@ -25,6 +25,12 @@ def _parser() -> argparse.ArgumentParser:
         "--compile", default=os.environ.get("STILTS_COMPILE", "auto"), choices=("auto", "off", "cudagraphs", "inductor")
     )
     ap.add_argument(
+        "--compile-scope",
+        default=os.environ.get("STILTS_COMPILE_SCOPE", "regional"),
+        choices=("regional", "whole"),
+        help="what a compiled run compiles: each encoder layer (one graph every layer reuses) or the whole loss",
+    )
+    ap.add_argument(
         "--pad", default=os.environ.get("STILTS_PAD", "auto"), choices=("auto", "max", "buckets", "longest")
     )
     ap.add_argument(
@@ -141,6 +147,7 @@ def _worker(args: argparse.Namespace, device, startup_s: float, threads: dict):
         settings=Settings(
             device=device,
             compile=args.compile,
+            compile_scope=args.compile_scope,
             pad=args.pad,
             attn=args.attn,
             group=args.group,
@@ -156,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     cache = args.run_dirs[0].resolve().parent / ".cache"
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
     os.environ.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
+    # inductor's FX graph cache and AOTAutograd's cache (on by default in torch 2.13; said here so that a
+    # later torch or a user's environment cannot silently make every process compile cold)
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _offline_if_unreachable(args.run_dirs)
 

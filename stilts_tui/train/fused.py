@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from stilts_tui.contract import SPEC_FILE, array_key
 from stilts_tui.errors import UserError
 from stilts_tui.train.loop import Member, Prepared, decays
-from stilts_tui.train.step import Hooks, Setup, is_oom
+from stilts_tui.train.step import Hooks, Setup, compiled, is_oom
 
 FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert")
 # the parameters are column views of one buffer (not dense), their gradients views of another: autograd
@@ -121,6 +121,7 @@ class FusedEncoder:
         self.training = True
         self.streams: MemberStreams | None = None  # None: one stream for the whole array
         self.lengths: list[int] | None = None  # with streams: each member's own padded length, this batch
+        self.compiled_layer = None  # regional compilation: the compiled :meth:`layer`, used in training
 
     def _views(self) -> None:
         """Each parameter as a leaf view of its columns of ``W``, its gradient the same view of ``G``
@@ -151,15 +152,18 @@ class FusedEncoder:
         self._views()
 
     # building blocks, each over the K runs at once; x is [K, N, H]
-    def _lin(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        w, b = self.p[name + ".weight"], self.p.get(name + ".bias")
+    # ``w``: the weights the name is looked up in: a layer's (:meth:`layer_weights`), else the array's
+    def _lin(self, x: torch.Tensor, name: str, w: dict | None = None) -> torch.Tensor:
+        w = self.p if w is None else w
+        weight, b = w[name + ".weight"], w.get(name + ".bias")
         if b is None:
-            return torch.bmm(x, w.transpose(1, 2))
-        return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+            return torch.bmm(x, weight.transpose(1, 2))
+        return torch.baddbmm(b.unsqueeze(1), x, weight.transpose(1, 2))
 
-    def _ln(self, x: torch.Tensor, name: str) -> torch.Tensor:
+    def _ln(self, x: torch.Tensor, name: str, w: dict | None = None) -> torch.Tensor:
+        w = self.p if w is None else w
         y = F.layer_norm(x, x.shape[-1:], eps=self.config.layer_norm_eps)
-        return y * self.p[name + ".weight"].unsqueeze(1) + self.p[name + ".bias"].unsqueeze(1)
+        return y * w[name + ".weight"].unsqueeze(1) + w[name + ".bias"].unsqueeze(1)
 
     def _drop(self, x: torch.Tensor, p: float | None, t: int | None = None) -> torch.Tensor:
         """Dropout over x [K, N, H]: one draw for the array, or with member streams one a member, over
@@ -210,6 +214,39 @@ class FusedEncoder:
         offset = (torch.arange(k, device=ids.device) * v).view(k, *([1] * (ids.dim() - 1)))
         return F.embedding(ids + offset, table.reshape(k * v, h))
 
+    def layer_weights(self, i: int) -> dict[str, torch.Tensor]:
+        """Layer i's weights by their names inside the layer (``attention.self.query.weight``): the same
+        names and shapes for every layer, so one compiled :meth:`layer` serves them all."""
+        return self._layer_of(i, self.p)
+
+    def _layer_of(self, i: int, *tables: dict) -> dict[str, torch.Tensor]:
+        start = f"{self.prefix}.encoder.layer.{i}."
+        return {n[len(start) :]: t for table in tables for n, t in table.items() if n.startswith(start)}
+
+    def layer(self, x: torch.Tensor, attn_mask: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One encoder layer over the K runs: x [K, N*T, H], attn_mask [K*N, 1, 1, T], ``w`` the layer's
+        weights (:meth:`layer_weights`). A function of its tensors: compiled once, called for every layer."""
+        cfg = self.config
+        k, t = x.shape[0], attn_mask.shape[-1]
+        n = x.shape[1] // t
+        heads = cfg.num_attention_heads
+        hd = cfg.hidden_size // heads
+        attn_p = cfg.attention_probs_dropout_prob if self.training else 0.0
+
+        def split(y: torch.Tensor) -> torch.Tensor:
+            return y.view(k * n, t, heads, hd).transpose(1, 2)
+
+        q = split(self._lin(x, "attention.self.query", w))
+        kk = split(self._lin(x, "attention.self.key", w))
+        v = split(self._lin(x, "attention.self.value", w))
+        ctx = self._attention(q, kk, v, attn_mask, attn_p, k)
+        ctx = ctx.transpose(1, 2).reshape(k, n * t, cfg.hidden_size)
+        a = self._drop(self._lin(ctx, "attention.output.dense", w), cfg.hidden_dropout_prob, t)
+        x = self._ln(a + x, "attention.output.LayerNorm", w)
+        h = self.act(self._lin(x, "intermediate.dense", w))
+        h = self._drop(self._lin(h, "output.dense", w), cfg.hidden_dropout_prob, t)
+        return self._ln(h + x, "output.LayerNorm", w)
+
     def forward(self, ids: torch.Tensor, types: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
         """ids, types, mask: [K, B, T] (or [K, B, C, T] for multiple choice); logits [K, B, n] ([K, B, C])."""
         cfg, pre = self.config, self.prefix
@@ -232,26 +269,10 @@ class FusedEncoder:
         ).reshape(k, n * t, -1)
         x = self._drop(self._ln(x, f"{e}.LayerNorm"), cfg.hidden_dropout_prob, t)
 
-        heads = cfg.num_attention_heads
-        hd = cfg.hidden_size // heads
         attn_mask = mask.reshape(k * n, 1, 1, t).bool()
-        attn_p = cfg.attention_probs_dropout_prob if self.training else 0.0
         for i in range(cfg.num_hidden_layers):
-            layer = f"{pre}.encoder.layer.{i}"
-
-            def split(y: torch.Tensor) -> torch.Tensor:
-                return y.view(k * n, t, heads, hd).transpose(1, 2)
-
-            q = split(self._lin(x, f"{layer}.attention.self.query"))
-            kk = split(self._lin(x, f"{layer}.attention.self.key"))
-            v = split(self._lin(x, f"{layer}.attention.self.value"))
-            ctx = self._attention(q, kk, v, attn_mask, attn_p, k)
-            ctx = ctx.transpose(1, 2).reshape(k, n * t, cfg.hidden_size)
-            a = self._drop(self._lin(ctx, f"{layer}.attention.output.dense"), cfg.hidden_dropout_prob, t)
-            x = self._ln(a + x, f"{layer}.attention.output.LayerNorm")
-            h = self.act(self._lin(x, f"{layer}.intermediate.dense"))
-            h = self._drop(self._lin(h, f"{layer}.output.dense"), cfg.hidden_dropout_prob, t)
-            x = self._ln(h + x, f"{layer}.output.LayerNorm")
+            fn = self.compiled_layer if self.compiled_layer is not None and self.training else self.layer
+            x = fn(x, attn_mask, self.layer_weights(i))
 
         first = x.view(k, n, t, -1)[:, :, 0]  # the <s> / [CLS] token of each sequence: [K, N, H]
         drop = (
@@ -344,8 +365,8 @@ class ArrayAdamW:
         self.v = torch.zeros_like(model.W)
         self._step, self._clip = _adamw, _clip
         if compiled:
-            self._step = torch.compile(_adamw, dynamic=True)
-            self._clip = torch.compile(_clip, dynamic=True)
+            self._step = compiled(_adamw, dynamic=True)
+            self._clip = compiled(_clip, dynamic=True)
         self.fallback: str | None = None
 
     def keep(self, rows: list[int]) -> None:
@@ -394,6 +415,17 @@ class ArrayAdamW:
         self.model.G.zero_()
 
 
+def compile_array(fused: FusedEncoder, scope: str, backend=None):
+    """The array's training loss, compiled with inductor (dynamic sizes): regionally, the one function
+    that runs a layer over the array's weights (:meth:`FusedEncoder.layer`: every layer reuses its
+    graph), with embeddings, head and loss eager; or the whole loss. No CUDA graphs: the stacked weights
+    are graph inputs, and a graph would copy them every step. ``backend``: a test's failing compiler."""
+    if scope == "regional":
+        fused.compiled_layer = compiled(fused.layer, dynamic=True, backend=backend or "inductor")
+        return fused.loss
+    return compiled(fused.loss, dynamic=True, backend=backend or "inductor")
+
+
 class ArrayEngine:
     """The engine of a fused array for :func:`stilts_tui.train.loop.fit`."""
 
@@ -418,10 +450,9 @@ class ArrayEngine:
             members[0].schedule.total,
             compiled=compiled and hooks.backend() is None,
         )
-        # no CUDA graphs: the stacked weights are graph inputs, and a graph would copy them every step
         self.loss_fn = self.fused.loss
         if compiled:
-            self.loss_fn = torch.compile(self.fused.loss, dynamic=True, backend=hooks.backend() or "inductor")
+            self.loss_fn = compile_array(self.fused, setup.compile_scope, hooks.backend())
         elif setup.dropout_streams == "member":  # each member drops what its run alone drops
             self.fused.streams = MemberStreams([int(m.spec["seed"]) for m in members], torch.device(device))
         self.mode = setup.compile if compiled else "off"
@@ -434,6 +465,7 @@ class ArrayEngine:
 
     def disable_compile(self) -> None:
         self.loss_fn, self.mode = self.fused.loss, "off"
+        self.fused.compiled_layer = None
 
     def loss(self, parts: list, amp) -> tuple[torch.Tensor, torch.Tensor]:
         ids, types, mask, y, w = (None if parts[0][j] is None else torch.stack([q[j] for q in parts]) for j in range(5))

@@ -32,25 +32,33 @@ class FusedLora(FusedEncoder):
         prefix = module.base_model_prefix
         # the worker's own tensors, not copies: the base is in memory once
         self.base = {n: t.detach() for n, t in module.named_parameters() if not lora.is_head(n, prefix)}
-        self.adapted = set(lora.layer_names(module, cfg["targets"]))
         self.scale, self.lora_p = lora.scale(cfg), float(cfg["dropout"])
         self._t: int | None = None
 
-    def _lin(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        if name + ".weight" in self.p:  # a member's own layer (its head)
-            return super()._lin(x, name)
-        y = F.linear(x, self.base[name + ".weight"], self.base.get(name + ".bias"))  # one matmul, K x N rows
-        if name in self.adapted:  # PEFT's order: base(x) + B(A(dropout(x))) * scaling
-            a, b = self.p[name + ".lora_A"], self.p[name + ".lora_B"]
+    def layer_weights(self, i: int) -> dict[str, torch.Tensor]:
+        """Layer i's frozen weights and its members' adapters, by their names inside the layer."""
+        return self._layer_of(i, self.base, self.p)
+
+    # a name's weight: stacked (a member's own: its head) or shared (the frozen base, plus any adapter)
+    def _lin(self, x: torch.Tensor, name: str, w: dict | None = None) -> torch.Tensor:
+        own = self.p if w is None else w
+        if name + ".weight" in own and own[name + ".weight"].dim() == 3:  # a member's own layer (its head)
+            return super()._lin(x, name, w)
+        base = self.base if w is None else w
+        y = F.linear(x, base[name + ".weight"], base.get(name + ".bias"))  # one matmul, K x N rows
+        if name + ".lora_A" in own:  # PEFT's order: base(x) + B(A(dropout(x))) * scaling
+            a, b = own[name + ".lora_A"], own[name + ".lora_B"]
             low = torch.bmm(self._drop(x, self.lora_p, self._t), a.transpose(1, 2))
             y = y + torch.bmm(low, b.transpose(1, 2)) * self.scale
         return y
 
-    def _ln(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        if name + ".weight" in self.p:
-            return super()._ln(x, name)
+    def _ln(self, x: torch.Tensor, name: str, w: dict | None = None) -> torch.Tensor:
+        own = self.p if w is None else w
+        if name + ".weight" in own and own[name + ".weight"].dim() == 2:  # stacked: [K, H]
+            return super()._ln(x, name, w)
+        base = self.base if w is None else w
         return F.layer_norm(
-            x, x.shape[-1:], self.base[name + ".weight"], self.base[name + ".bias"], eps=self.config.layer_norm_eps
+            x, x.shape[-1:], base[name + ".weight"], base[name + ".bias"], eps=self.config.layer_norm_eps
         )
 
     def _embed(self, name: str, ids: torch.Tensor) -> torch.Tensor:

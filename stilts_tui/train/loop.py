@@ -17,7 +17,8 @@ import random
 import shutil
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,17 @@ from stilts_tui.tasks import labels_for
 from stilts_tui.tasks.metrics import compute as compute_metrics
 from stilts_tui.train import data, degenerate, transfer
 from stilts_tui.train.events import RunLog, write_result
-from stilts_tui.train.step import Hooks, Parts, Setup, StepLog, is_oom, live_tensor_mb, make_batch, resolve_setup
+from stilts_tui.train.step import (
+    Hooks,
+    Parts,
+    Setup,
+    StepLog,
+    compiled,
+    is_oom,
+    live_tensor_mb,
+    make_batch,
+    resolve_setup,
+)
 
 _VOLATILE = {
     "_name_or_path",
@@ -58,11 +69,44 @@ class Settings:
 
     device: torch.device
     compile: str = "auto"  # auto | off | cudagraphs | inductor
+    compile_scope: str = "regional"  # regional (each encoder layer, one graph for all) | whole (the loss)
     pad: str = "auto"  # auto | max | buckets | longest
     attn: str = "sdpa"  # sdpa | eager
     group: str = "auto"  # auto (the spec's batching) | on (grouped) | off (random)
     dropout_streams: str = "member"  # fused arrays, eager: member (each its run's own) | one (the array's)
     echo: bool | None = None
+
+
+def compile_options(setup: Setup, backend=None) -> dict:
+    """``torch.compile``'s arguments for ``setup``: CUDA graphs of the eager kernels (the cudagraphs
+    backend, fixed shapes), or inductor with dynamic sizes (one compilation for every length bucket) and
+    CUDA graphs per shape where ``setup.cuda_graphs``; ``backend``: a test's failing compiler."""
+    if backend is not None:
+        return {"backend": backend, "dynamic": True}
+    if setup.compile == "cudagraphs" and setup.cuda_graphs:
+        return {"backend": "cudagraphs", "dynamic": False}
+    return {"mode": "reduce-overhead" if setup.cuda_graphs else None, "dynamic": True}
+
+
+def encoder_layers(module: torch.nn.Module) -> torch.nn.ModuleList | None:
+    """The encoder's layers of a Hugging Face BERT-style model (``<prefix>.encoder.layer``), or None."""
+    base = getattr(module, getattr(module, "base_model_prefix", ""), None)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    return layers if isinstance(layers, torch.nn.ModuleList) and len(layers) else None
+
+
+@contextmanager
+def compiled_layers(layers: torch.nn.ModuleList, fns: list) -> Iterator[None]:
+    """Run ``layers`` through their compiled ``fns`` inside the block, eagerly after it (evaluation and
+    an eager run of the same model object). ``_compiled_call_impl`` is the slot ``nn.Module.compile``
+    fills and ``nn.Module.__call__`` reads; filling it for a block leaves the module's names as they are."""
+    for layer, fn in zip(layers, fns, strict=True):
+        layer._compiled_call_impl = fn
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._compiled_call_impl = None
 
 
 class Model:
@@ -72,20 +116,35 @@ class Model:
         self.module, self.kind = module, kind
         self._compiled: dict[tuple, object] = {}
 
+    def scope(self, setup: Setup) -> str:
+        """The compile scope ``setup`` gets on this model: regional only where it has encoder layers."""
+        return "regional" if setup.compile_scope == "regional" and encoder_layers(self.module) else "whole"
+
     def loss_fn(self, setup: Setup, backend=None):
-        """The loss for ``setup``: eager, or compiled (CUDA graphs per shape where ``setup.cuda_graphs``)."""
+        """The loss for ``setup``: eager, or compiled; regionally, each encoder layer is compiled (every
+        layer reuses the first one's graph: the layers share their code and their shapes) and the
+        embeddings, head and loss run eagerly; else the whole loss is compiled."""
         if setup.compile == "off":
             return self._loss
         if backend is not None:  # a test's failing compiler: never cached
-            return torch.compile(self._loss, backend=backend, dynamic=True)
-        key = (setup.compile, setup.cuda_graphs)
+            return self._compile(setup, backend)
+        key = (setup.compile, setup.cuda_graphs, self.scope(setup))
         if key not in self._compiled:
-            if setup.compile == "cudagraphs" and setup.cuda_graphs:
-                fn = torch.compile(self._loss, backend="cudagraphs", dynamic=False)
-            else:  # one compilation for every length bucket (dynamic sizes)
-                fn = torch.compile(self._loss, mode="reduce-overhead" if setup.cuda_graphs else None, dynamic=True)
-            self._compiled[key] = fn
+            self._compiled[key] = self._compile(setup, None)
         return self._compiled[key]
+
+    def _compile(self, setup: Setup, backend):
+        options = compile_options(setup, backend)
+        if self.scope(setup) == "whole":
+            return compiled(self._loss, **options)
+        layers = encoder_layers(self.module)
+        fns = [compiled(layer._call_impl, **options) for layer in layers]  # what nn.Module.compile does
+
+        def regional_loss(*args):
+            with compiled_layers(layers, fns):
+                return self._loss(*args)
+
+        return regional_loss
 
     def _forward(self, ids, types, mask, amp_dtype):
         with torch.autocast(ids.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -376,6 +435,8 @@ class AloneEngine:
         self.scaler = torch.amp.GradScaler(enabled=setup.amp == torch.float16)
         if self.scaler.is_enabled() and setup.clip == "micro_batch":
             raise UserError('clip = "micro_batch" is not available with fp16 (loss scaling unscales once a step)')
+        if setup.compile != "off":  # an architecture without encoder layers compiles whole
+            setup.compile_scope = self.model.scope(setup)
         self.loss_fn = self.model.loss_fn(setup, hooks.backend())
         self.mode = setup.compile
         self.fill_to = int(p["batch_size"]) if self.mode != "off" else None  # few shapes when compiled

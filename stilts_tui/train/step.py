@@ -83,10 +83,19 @@ def resolve_setup(settings, params: dict, accum: int, steps: int | None = None, 
     # next replay, so accumulation compiles without graphs
     graphs = cuda and compile_mode in ("inductor", "cudagraphs") and accum == 1
     tf32 = cuda and precision == "fp32" and torch.backends.cuda.matmul.allow_tf32
-    setup = Setup(precision, tf32, batching, pad, clip, compile_mode, graphs)
+    scope = getattr(settings, "compile_scope", "regional")
+    setup = Setup(precision, tf32, batching, pad, clip, compile_mode, graphs, compile_scope=scope)
     if contract.is_lora(params):
         setup.method, setup.lora, setup.transfer = "lora", dict(params["lora"]), str(params["transfer"])
     return setup
+
+
+def compiled(fn, **options):
+    """``torch.compile(fn, **options)``, with Python floats kept constant: with dynamic sizes, dynamo
+    first traces a float it meets (a dropout probability, LayerNorm's eps) as a symbol, then specializes
+    it and traces again (torch 2.13: every compile traced twice, about 4 s of a warm start)."""
+    torch._dynamo.config.specialize_float = True
+    return torch.compile(fn, **options)
 
 
 class Parts(list):
