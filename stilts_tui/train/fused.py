@@ -32,6 +32,7 @@ from stilts_tui.contract import SPEC_FILE, array_key
 from stilts_tui.errors import UserError
 from stilts_tui.train.loop import Member, Prepared, decays
 from stilts_tui.train.step import Hooks, Setup, compiled, is_oom
+from stilts_tui.train.step import compiled as compile_fn
 
 FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert")
 # the parameters are column views of one buffer (not dense), their gradients views of another: autograd
@@ -364,9 +365,9 @@ class ArrayAdamW:
         self.m = torch.zeros_like(model.W)
         self.v = torch.zeros_like(model.W)
         self._step, self._clip = _adamw, _clip
-        if compiled:
-            self._step = compiled(_adamw, dynamic=True)
-            self._clip = compiled(_clip, dynamic=True)
+        if compiled:  # (the flag shadows step.compiled here: named apart)
+            self._step = compile_fn(_adamw, dynamic=True)
+            self._clip = compile_fn(_clip, dynamic=True)
         self.fallback: str | None = None
 
     def keep(self, rows: list[int]) -> None:
