@@ -106,6 +106,9 @@ def history(root: Path | None) -> Rates:
     except UserError:
         return Rates()
     seen: dict[str, dict[str, list]] = {}
+    by_device: dict[object, list[dict]] = {}  # each run is compared with its own device's runs only
+    for r in runs:
+        by_device.setdefault(r.get("gpu"), []).append(r)
     for r in runs:
         if r.get("stage") not in TRAINED_STAGES:
             continue
@@ -117,7 +120,7 @@ def history(root: Path | None) -> Rates:
         t = res.get("timings") if res else None
         if not isinstance(t, dict) or not spec:
             continue
-        _observe(seen.setdefault(shape_key(spec), {}), r, res, spec, t, runs)
+        _observe(seen.setdefault(shape_key(spec), {}), r, res, spec, t, by_device[r.get("gpu")])
     return _summarise(seen, sum(1 for r in runs if r.get("stage") in TRAINED_STAGES))
 
 
