@@ -171,6 +171,7 @@ SLOW_TO_STOP = (
     "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(600)\n"
 )
 REFERENCE_PLAN = Path(__file__).resolve().parent.parent / "plans" / "chang_lu_2021.toml"
+IDLE_KEYS = 152  # keys on the idle app, 0.1 s apart (a p95 over 152 is the 8th slowest; a multiple of the 4 panes)
 ADDS = 6  # plan adds measured (each under another plan name, so 1,012 new runs each): 50+ keys for a p95
 
 
@@ -307,7 +308,8 @@ def type_into_prompt(session: str, text: str) -> None:
             return
         except RuntimeError:
             continue
-    raise RuntimeError("the prompt never showed the typed text")
+    screen = " | ".join(ln.strip() for ln in tmux("capture-pane", "-p", "-t", session).splitlines() if ln.strip())
+    raise RuntimeError(f"the prompt never showed the typed text; the screen shows: {screen[-600:]}")
 
 
 def in_flight(exe: str, env: dict, folder: Path) -> dict[str, tuple[list[float], float]]:
@@ -463,14 +465,14 @@ def our_keys(args: argparse.Namespace, exe: str, env: dict, root: Path, ids: lis
             tmux("send-keys", "-t", session, "Space")
         wait_screen(session, lambda out: " · row 5/" in out)
         out = PaneOutput(session, folder)
-        q_idle = cursor_latency(session, 0, 40, out)
+        q_idle = cursor_latency(session, 0, IDLE_KEYS, out)
         writer = writers(args, root, ids, args.seconds + 60)
         q_busy = cursor_latency(session, args.seconds / 2, 40, out)
         stop(writer)
         tmux("send-keys", "-t", session, "l")
         wait_screen(session, lambda out: ids[3] in out)
         wait_screen(session, lambda out: f"focus: {ids[0]}" in out)
-        idle, _ = latency(session, 0, 40, ids, out)
+        idle, _ = latency(session, 0, IDLE_KEYS, ids, out)
         writer = writers(args, root, ids, args.seconds + 30)
         busy, rss = latency(session, args.seconds, 40, ids, out)
         stop(writer)

@@ -161,6 +161,12 @@ class Ledger:
         self._cache, self._stamp, self._frags, self._problems = data, stamp, None, None
         return data
 
+    def stamp(self) -> tuple | None:
+        """(inode, mtime, size) of the file as last read, None without one: every commit writes a new file,
+        so a reader that keeps this Ledger sees a new stamp exactly when the ledger changed."""
+        self._load()
+        return self._stamp
+
     def problems(self) -> dict[str, dict[str, str]]:
         """Runs whose fields do not hold what the queue expects (:func:`run_problems`), by id. Kept per
         version of the file and updated for the runs a commit of this process changed, so the daemon's

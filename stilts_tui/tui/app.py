@@ -16,7 +16,7 @@ from textual.worker import Worker, WorkerState
 from stilts_tui.contract import CANCEL_GRACE_S
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.queue.notify import PlanWatch
-from stilts_tui.tui.data import load_snapshot, plural
+from stilts_tui.tui.data import plural
 from stilts_tui.tui.keymap import load_keymap
 from stilts_tui.tui.screens.queue import QueueRead, QueueScreen
 
@@ -106,6 +106,7 @@ class StiltsApp(App):
         self._keymap = keymap if keymap is not None else load_keymap()
         self._start_daemon = start_daemon
         self.plan_watch = PlanWatch()
+        self._plans_ledger, self._plans_stamp = None, None  # watch_plans' own (a thread of its own)
         self.queue_screen = QueueScreen()
         self._said: dict[str, str] = {}  # the error last shown for a repeated read, by worker group
 
@@ -122,10 +123,16 @@ class StiltsApp(App):
         """The terminal bell and a note when a plan finishes (no queued or running run left)."""
         from stilts_tui.ledger import Ledger
 
+        if self._plans_ledger is None:
+            self._plans_ledger = Ledger(self.root)  # kept: its parsed file is reused while unchanged
         try:
-            runs = Ledger(self.root).runs()
+            stamp = self._plans_ledger.stamp()
+            if stamp == self._plans_stamp:
+                return  # no change since the last look: nothing finished
+            runs = self._plans_ledger.runs()
         except Exception:  # noqa: BLE001 - the queue screen shows ledger errors; the bell just waits
             return
+        self._plans_stamp = stamp
         for event in self.plan_watch.update(runs):
             if event["event"] == "plan_finished":
                 self.call_from_thread(self.plan_finished, event)
@@ -162,7 +169,9 @@ class StiltsApp(App):
     def read_queue(self) -> None:
         """Read what the queue screen shows; the screen gets it as a QueueRead message."""
         screen = self.queue_screen
-        screen.post_message(QueueRead(load_snapshot(self.root, screen.reader)))
+        snapshot = screen.reader.read()
+        if snapshot is not None:  # None: nothing changed since the last read
+            screen.post_message(QueueRead(snapshot))
 
     @work(thread=True, group="queue-ops", exit_on_error=False, name="cancel")
     def cancel_runs(self, run_ids: list[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,12 +93,51 @@ class ProgressReader:
         return prog
 
 
-def load_snapshot(root: Path, reader: ProgressReader) -> Snapshot:
-    """Everything the queue screen shows. A ledger that cannot be read raises LedgerError (one line,
-    with how to recover), which the screen shows in place of the totals."""
-    ledger = Ledger(root)
-    runs = ledger.runs()
-    every = {r["id"]: reader.read(r["id"]) for r in runs if r["status"] == "running"}
+class QueueReader:
+    """What the queue screen reads each second, kept from one read to the next: one Ledger (its parsed file
+    reused while the file on disk is the same), the runs' progress, and what the last snapshot was made
+    of. A read that finds nothing new returns None: the screen touches no row and the read makes no
+    garbage (a full collection of the app's objects held a key 110-180 ms: tui/gc_policy.py)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.ledger = Ledger(self.root)
+        self.progress = ProgressReader(self.root)
+        self._lock = threading.Lock()  # a read the app's worker group gave up on may still be running
+        self._stamp: tuple | None = None
+        self._runs: list[dict] = []
+        self._made_of: tuple | None = None
+
+    def read(self) -> Snapshot | None:
+        """The snapshot, or None when the ledger, the running runs' progress and the GPUs are as they were at
+        the last read. A ledger that cannot be read raises LedgerError (one line, with how to recover),
+        which the screen shows in place of the totals."""
+        with self._lock:
+            try:
+                return self._read()
+            except BaseException:
+                self._stamp = self._made_of = None  # the next read that works is shown, whatever it holds
+                raise
+
+    def _read(self) -> Snapshot | None:
+        stamp = self.ledger.stamp()
+        if stamp != self._stamp or self._stamp is None:
+            self._runs, self._stamp = self.ledger.runs(), stamp
+        runs = self._runs
+        every = {r["id"]: self.progress.read(r["id"]) for r in runs if r["status"] == "running"}
+        try:
+            gpus = gpu_info.list_gpus()
+        except Exception:  # noqa: BLE001 - a GPU query must never take the app down
+            gpus = []
+        made_of = (stamp, every, repr(gpus))
+        if made_of == self._made_of:
+            return None
+        self._made_of = made_of
+        return snapshot_of(runs, every, gpus, bool(self.ledger.meta("paused")))
+
+
+def snapshot_of(runs: list[dict], every: dict[str, Progress], gpus: list, paused: bool) -> Snapshot:
+    """Everything the queue screen shows, from the runs read and the running runs' progress."""
     waiting = waiting_in_workers([r for r in runs if r["status"] == "running"], every)
     counts: dict[str, int] = {}
     for r in runs:
@@ -118,10 +158,6 @@ def load_snapshot(root: Path, reader: ProgressReader) -> Snapshot:
             else 0
         )
         eta = left + per * (counts.get("queued", 0) + counts.get("waiting", 0)) / slots
-    try:
-        gpus = gpu_info.list_gpus()
-    except Exception:  # noqa: BLE001 - a GPU query must never take the app down
-        gpus = []
     from stilts_tui.queue.executors.slurm import stuck_lines
 
     return Snapshot(
@@ -129,7 +165,7 @@ def load_snapshot(root: Path, reader: ProgressReader) -> Snapshot:
         progress,
         gpus,
         counts,
-        bool(ledger.meta("paused")),
+        paused,
         eta,
         problems=stuck_lines(runs),
         waiting=waiting,

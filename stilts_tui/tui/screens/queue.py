@@ -12,7 +12,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from stilts_tui.contract import Status
 from stilts_tui.fmt import duration, terminal_safe
-from stilts_tui.tui.data import ProgressReader, Snapshot, plural
+from stilts_tui.tui.data import QueueReader, Snapshot, plural
 from stilts_tui.tui.widgets.run_table import RunTable
 
 # sorting by status: what needs attention first (running, then failed), what is over last
@@ -147,6 +147,7 @@ class QueueScreen(Screen):
         self._state: dict[str, tuple] = {}
         self._totals = ""
         self._told: set[str] = set()
+        self._settled = False  # the garbage collector set for the app (tui/gc_policy.py)
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -163,7 +164,7 @@ class QueueScreen(Screen):
         self.add_columns(table)
         table.focus()
         table.on_cursor = lambda _row: self._totals and self.show_totals()  # same frame as the cursor
-        self.reader = ProgressReader(self.app.root)
+        self.reader = QueueReader(self.app.root)
         # the first frame paints before the runs are read and added (1,000 rows take a while to add)
         self.call_after_refresh(self.refresh_data)
         self.set_interval(1.0, self.refresh_data)
@@ -331,6 +332,11 @@ class QueueScreen(Screen):
             self.call_after_refresh(lambda: self.snapshot and self.show(self.snapshot))
         elif self._shown != ids:
             self.sort_into_place(table, ids)
+        if not self._settled and len(new) <= APPEND_ROWS:  # every run in the table: the app is built
+            from stilts_tui.tui import gc_policy
+
+            self._settled = True
+            self.call_after_refresh(gc_policy.settle)
         for r in rows:  # the rows shown before: touch only the runs whose shown state changed
             state = self.state_of(r, snap)
             if r["id"] not in had or self._state.get(r["id"]) == state:
