@@ -266,6 +266,9 @@ async def test_keys_are_answered_while_a_plan_is_added(prepared, tmp_path):
             await until(pilot, lambda: ("information", f"queueing {plan}…") in notes, "the add started")
             specs = lambda: len(list(prepared.glob("*/spec.json")))  # noqa: E731
             await until(pilot, lambda: specs() == 26, "the new runs' specs written")  # then it waits on the lock
+            # the add's own process runs only when the CPU has nothing else to do (the app's keys first)
+            (child,) = [p for p in psutil.Process().children() if "stilts_tui.tui.apart" in " ".join(p.cmdline())]
+            assert os.sched_getscheduler(child.pid) == os.SCHED_IDLE
             await pilot.press("down")
             await until(pilot, lambda: table.cursor_row == 1, "the cursor moved while the add waits")
             assert "other" not in Ledger(prepared).plans() and table.row_count == 13
