@@ -244,8 +244,10 @@ class FusedEncoder:
         ctx = ctx.transpose(1, 2).reshape(k, n * t, cfg.hidden_size)
         a = self._drop(self._lin(ctx, "attention.output.dense", w), cfg.hidden_dropout_prob, t)
         x = self._ln(a + x, "attention.output.LayerNorm", w)
-        h = self.act(self._lin(x, "intermediate.dense", w))
-        h = self._drop(self._lin(h, "output.dense", w), cfg.hidden_dropout_prob, t)
+        # one expression: the [K, N*T, I] activation is freed once output.dense has read it (a name
+        # holding it would keep it alive through the dropout below: K members' worth at the step's peak)
+        h = self._lin(self.act(self._lin(x, "intermediate.dense", w)), "output.dense", w)
+        h = self._drop(h, cfg.hidden_dropout_prob, t)
         return self._ln(h + x, "output.LayerNorm", w)
 
     def forward(self, ids: torch.Tensor, types: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
