@@ -82,7 +82,7 @@ async def test_the_app_freezes_its_objects_and_raises_the_collector_thresholds_o
     before = gc.get_threshold()
     gc.unfreeze()
     try:
-        app = StiltsApp(runs_dir, keymap={}, confirm=False)
+        app = StiltsApp(runs_dir, keymap={}, confirm=False, settle_gc=True)  # as in a terminal
         async with app.run_test(size=(160, 45)) as pilot:
             await until(
                 pilot,
@@ -95,6 +95,23 @@ async def test_the_app_freezes_its_objects_and_raises_the_collector_thresholds_o
             Ledger(runs_dir).add_runs([dict(r, id="1" + r["id"][1:], order=300 + i) for i, r in enumerate(runs(5))])
             await until(pilot, lambda: app.screen.query_one("DataTable").row_count == 255, "the new runs shown")
             assert gc.get_freeze_count() <= frozen  # once (frozen objects freed since are gone from the count)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+async def test_a_headless_app_leaves_the_collector_alone(runs_dir):
+    """Tests run many apps in one process: none of them freezes the process's objects."""
+    Ledger(runs_dir).add_runs(runs(20))
+    before = gc.get_threshold()
+    gc.unfreeze()
+    try:
+        app = StiltsApp(runs_dir, keymap={}, confirm=False)
+        async with app.run_test(size=(160, 45)) as pilot:
+            await until(pilot, lambda: app.screen.query_one("DataTable").row_count == 20, "the queue table filled")
+            for _ in range(5):
+                await pilot.pause()
+            assert app.screen._settled and gc.get_freeze_count() == 0 and gc.get_threshold() == before
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)

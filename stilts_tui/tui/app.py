@@ -96,11 +96,15 @@ class StiltsApp(App):
         start_daemon: bool = False,
         cancel_grace: float = CANCEL_GRACE_S,
         confirm: bool | None = None,
+        settle_gc: bool | None = None,
     ):
         super().__init__()
         from stilts_tui.tui.screens.confirm import confirm_wanted
 
         self.confirm = confirm_wanted() if confirm is None else confirm  # destructive keys ask first
+        # the garbage collector set once the table holds its runs (tui/gc_policy.py); None: in a terminal,
+        # not headless (a test process runs many apps: freezing its objects each time would keep them all)
+        self.settle_gc = settle_gc
         self.root = Path(root)
         self.cancel_grace = cancel_grace
         self._keymap = keymap if keymap is not None else load_keymap()

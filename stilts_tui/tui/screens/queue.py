@@ -336,7 +336,8 @@ class QueueScreen(Screen):
             from stilts_tui.tui import gc_policy
 
             self._settled = True
-            self.call_after_refresh(gc_policy.settle)
+            if self.app.settle_gc if self.app.settle_gc is not None else not self.app.is_headless:
+                self.call_after_refresh(gc_policy.settle)
         for r in rows:  # the rows shown before: touch only the runs whose shown state changed
             state = self.state_of(r, snap)
             if r["id"] not in had or self._state.get(r["id"]) == state:
