@@ -546,6 +546,26 @@ async def test_a_keymap_remaps_a_binding_by_id(prepared):
         assert notes.count(("information", "cancelling 1 run…")) == 1  # c started nothing
 
 
+async def test_the_key_bar_shows_the_keys_as_remapped_and_a_click_runs_its_key(prepared):
+    from stilts_tui.tui.widgets.key_bar import KeyBar
+
+    async with app_for(prepared, keymap={"queue.cancel": "x"}).run_test(size=(170, 40)) as pilot:
+        screen = await ready(pilot)
+        bar = screen.query_one(KeyBar)
+        text = lambda: str(bar.render())  # noqa: E731
+        await until(pilot, lambda: "Cancel" in text(), "the key bar written")
+        assert "x Cancel" in text() and "c Cancel" not in text() and "q Quit" in text() and "^p palette" in text()
+        # a click on a key runs it, as on Textual's Footer: "o Scores" opens the scores screen
+        await pilot.click(KeyBar, offset=(1 + text().index("o Scores"), 0))
+        await until(pilot, lambda: isinstance(pilot.app.screen, ScoresScreen), "the click opened the scores")
+        bar = pilot.app.screen.query_one(KeyBar)
+        await until(pilot, lambda: "Plan" in str(bar.render()), "the scores screen's key bar written")
+        assert "[ Plan" in str(bar.render())  # a key that is markup's own character shows as itself
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(pilot.app.screen, QueueScreen), "back on the queue")
+        assert "x Cancel" in str(pilot.app.screen.query_one(KeyBar).render())
+
+
 async def test_log_panes_follow_filter_and_keep_following_a_restarted_run(prepared):
     running = next(r for r in Ledger(prepared).runs() if r["status"] == "running")["id"]
     done = next(r for r in Ledger(prepared).runs() if r["status"] == "done")["id"]

@@ -11,13 +11,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Label, SelectionList, Static
+from textual.widgets import Input, Label, SelectionList, Static
 
 from stilts_tui import plan as plans
 from stilts_tui import tasks, tomlio
 from stilts_tui.errors import UserError
 from stilts_tui.tui.data import plural
 from stilts_tui.tui.widgets.inputs import KeyedInput
+from stilts_tui.tui.widgets.key_bar import KeyBar
 
 FIELDS = [  # id, label, default
     ("name", "plan name", "my-study"),
@@ -95,7 +96,7 @@ class BuilderScreen(Screen):
                 targets = SelectionList[str](*[(n, n, n == "rte") for n in names], id="targets")
                 targets.border_title = "target tasks"
                 yield targets
-        yield Footer()
+        yield KeyBar()
 
     rates: dict = {}  # throughput measured by finished runs in the ledger (stilts_tui.cost)
 

@@ -15,9 +15,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from stilts_tui.queue import cpu_procs, gpu_procs
+from stilts_tui.tui.widgets.key_bar import KeyBar
 
 HISTORY = 40  # samples kept a GPU (one every INTERVAL seconds)
 INTERVAL = 2.0
@@ -122,7 +123,7 @@ class GpuScreen(Screen):
     def compose(self) -> ComposeResult:
         with VerticalScroll():
             yield Static(Text("reading the GPUs…", style="dim"), id="gpus")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.sample()

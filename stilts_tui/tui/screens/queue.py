@@ -8,11 +8,12 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from stilts_tui.contract import Status
 from stilts_tui.fmt import duration, terminal_safe
 from stilts_tui.tui.data import QueueReader, Snapshot, plural
+from stilts_tui.tui.widgets.key_bar import KeyBar
 from stilts_tui.tui.widgets.run_table import RunTable
 
 # sorting by status: what needs attention first (running, then failed), what is over last
@@ -154,7 +155,7 @@ class QueueScreen(Screen):
             yield Static("", id="gpus")
             yield Static("loading…", id="totals")
             yield RunTable(id="runs", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)

@@ -9,12 +9,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen, Screen
-from textual.widgets import DataTable, Footer, OptionList, Static
+from textual.widgets import DataTable, OptionList, Static
 from textual.worker import Worker
 
 from stilts_tui import results
 from stilts_tui.errors import UserError
 from stilts_tui.ledger import Ledger
+from stilts_tui.tui.widgets.key_bar import KeyBar
 
 VIEWS = ("mean", "max", "best")
 
@@ -141,7 +142,7 @@ class ScoresScreen(Screen):
             yield Static("", id="title")
             yield DataTable(id="matrix", cursor_type="cell")
             yield Static("", id="note")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.load()
