@@ -52,27 +52,36 @@ OPS = {"add": add, "cancel": cancel}
 
 def run(op: str, root: Path, **kwargs) -> dict:
     """``OPS[op](root, **kwargs)`` in a child process; its UserError is raised here as a UserError."""
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "stilts_tui.tui.apart", op, json.dumps({"root": str(root), **kwargs})],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
+    # at once, from here: the child's own call comes only after Python's start and its imports (20-30 ms
+    # of CPU at normal priority, the moment the prompt closes and the next key comes)
+    background(proc.pid)
+    stdout, stderr = proc.communicate()
     if proc.returncode == 0:
-        return json.loads(proc.stdout)
-    line = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        return json.loads(stdout)
+    line = (stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
     if line.startswith(PREFIX):  # the child's UserError (or Failure), said in one line
         raise UserError(line.removeprefix(PREFIX), exit_code=proc.returncode)
     raise RuntimeError(line)
 
 
-def background() -> None:
-    """Run this process only when the CPU has nothing else to run: Linux's SCHED_IDLE, which any waking
-    process preempts at once (at nice 10, a 1,008-run add still delayed each of the app's wake-ups on 2
-    cores: keys took 43 ms at the median during an add against 15 ms idle); nice 19 where it is missing."""
+def background(pid: int = 0) -> None:
+    """Run process ``pid`` (0: this one) only when the CPU has nothing else to run: Linux's SCHED_IDLE,
+    which any waking process preempts at once (at nice 10, a 1,008-run add still delayed each of the
+    app's wake-ups on 2 cores: keys took 43 ms at the median during an add against 15 ms idle); nice 19
+    where it is missing."""
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):  # not Linux, or refused
-        os.nice(19)
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux, refused, or the child already gone
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, 19)
+        except (AttributeError, OSError):
+            pass
 
 
 def main(argv: list[str]) -> int:
