@@ -263,7 +263,7 @@ async def test_keys_are_answered_while_a_plan_is_added(prepared, tmp_path):
             await until(pilot, lambda: isinstance(pilot.app.screen, PromptScreen), "the prompt")
             pilot.app.screen.query_one(Input).value = str(plan)
             await pilot.press("enter")
-            await until(pilot, lambda: ("information", f"queueing {plan}…") in notes, "the add started")
+            await until(pilot, lambda: f"queueing {plan}…" in totals_of(screen), "the add started")
             specs = lambda: len(list(prepared.glob("*/spec.json")))  # noqa: E731
             await until(pilot, lambda: specs() == 26, "the new runs' specs written")  # then it waits on the lock
             # the add's own process runs only when the CPU has nothing else to do (the app's keys first)
@@ -283,6 +283,31 @@ async def test_keys_are_answered_while_a_plan_is_added(prepared, tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+async def test_a_plan_added_from_the_prompt_is_said_in_the_totals_bar_until_it_is_queued(prepared, tmp_path):
+    """Not in a toast: a toast's mount lays the whole screen out twice, the second time in the frame of
+    the key that follows the prompt's close (bench/prompt_close.py)."""
+    plan = write_text(tmp_path / "plans" / "other.toml", PLAN.replace('"study"', '"other"'))
+    notes: list[tuple[str, str]] = []
+    async with app_for(prepared).run_test(size=(170, 40), message_hook=recorder(notes)) as pilot:
+        screen = await ready(pilot)
+        await pilot.press("a")
+        await until(pilot, lambda: isinstance(pilot.app.screen, PromptScreen), "the prompt")
+        pilot.app.screen.query_one(Input).value = str(plan)
+        await pilot.press("enter")
+        await until(pilot, lambda: f"queueing {plan}…" in totals_of(screen), "the add said in the totals bar")
+        assert " · row 1/13 · queueing" in totals_of(screen)  # the row first: a narrow terminal cuts the rest
+        await until(pilot, lambda: "queueing" not in totals_of(screen), "the add's end")
+        assert ("information", "other: 13 runs queued, 0 already in the ledger") in notes
+        assert not [n for n in notes if "queueing" in n[1]]  # no toast said it
+        # a failed add ends it too (its error in a note)
+        await pilot.press("a")
+        await until(pilot, lambda: isinstance(pilot.app.screen, PromptScreen), "the prompt again")
+        pilot.app.screen.query_one(Input).value = str(tmp_path / "nope.toml")
+        await pilot.press("enter")
+        await until(pilot, lambda: [n for n in notes if n[0] == "error"], "the add's error")
+        await until(pilot, lambda: "queueing" not in totals_of(screen), "the failed add's end")
 
 
 # a child's start-up hook (sitecustomize runs before the child's own code): waits up to 2 s for the

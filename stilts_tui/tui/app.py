@@ -18,7 +18,7 @@ from stilts_tui.errors import UserError, first_line
 from stilts_tui.queue.notify import PlanWatch
 from stilts_tui.tui.data import plural
 from stilts_tui.tui.keymap import load_keymap
-from stilts_tui.tui.screens.queue import QueueRead, QueueScreen
+from stilts_tui.tui.screens.queue import AddEnded, QueueRead, QueueScreen
 
 REPEATING = ("queue-read", "scores")  # worker groups that run on a timer
 
@@ -222,7 +222,10 @@ class StiltsApp(App):
         own, see tui/apart.py)."""
         from stilts_tui.tui import apart
 
-        r = apart.run("add", self.root, path=str(path))
+        try:
+            r = apart.run("add", self.root, path=str(path))
+        finally:  # the queue screen's totals stop saying "queueing"
+            self.queue_screen.post_message(AddEnded(str(path)))
         self.post_message(
             QueueChanged(f"{r['plan']}: {r['new']} runs queued, {r['runs'] - r['new']} already in the ledger")
         )

@@ -6,6 +6,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.markup import escape
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
@@ -103,6 +104,14 @@ class QueueRead(Message):
         self.snapshot = snapshot
 
 
+class AddEnded(Message):
+    """A plan add ended (queued, or failed: the app says which in a note); ``path`` as it was typed."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+
 class QueueScreen(Screen):
     """The runs, and the keys that act on them. It reads nothing itself: the app's workers read the
     ledger and carry out the keys' operations (see StiltsApp), and the screen shows what comes back."""
@@ -149,6 +158,7 @@ class QueueScreen(Screen):
         self._totals = ""
         self._told: set[str] = set()
         self._settled = False  # the garbage collector set for the app (tui/gc_policy.py)
+        self.adding: list[str] = []  # plans being queued from the prompt, said in the totals bar
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -178,6 +188,11 @@ class QueueScreen(Screen):
 
     def on_queue_read(self, message: QueueRead) -> None:
         self.show(message.snapshot)
+
+    def on_add_ended(self, message: AddEnded) -> None:
+        if message.path in self.adding:
+            self.adding.remove(message.path)
+            self.show_totals()
 
     def show_error(self, line: str) -> None:
         """A read that failed: its line in place of the totals (the table keeps the last runs read)."""
@@ -375,7 +390,8 @@ class QueueScreen(Screen):
     def show_totals(self) -> None:
         table = self.query_one(DataTable)
         where = f" · row {table.cursor_row + 1}/{table.row_count}" if table.row_count else ""
-        self.query_one("#totals", Static).update(self._totals + where, layout=False)
+        adding = "".join(f" · queueing {escape(path)}…" for path in self.adding)  # after the row: cut first
+        self.query_one("#totals", Static).update(self._totals + where + adding, layout=False)
 
     def state_of(self, r: dict, snap: Snapshot) -> tuple:
         p = snap.progress.get(r["id"])
@@ -509,8 +525,11 @@ class QueueScreen(Screen):
         from stilts_tui.tui.screens.prompt import PromptScreen
 
         def added(path: str | None) -> None:
+            # said in the totals bar, not a toast: a toast's mount lays the whole screen out twice (10-15 ms
+            # of CPU each on 2 cores), the second time in the frame of the key that follows the prompt
             if path:
-                self.notify(f"queueing {path}…")
+                self.adding.append(path)
+                self.show_totals()
                 self.app.add_plan(path)
 
         self.app.push_screen(PromptScreen("Queue a plan file (TOML):", "plans/"), added)
