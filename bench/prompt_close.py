@@ -7,8 +7,9 @@ the add's child process killed once the key is painted. A headless app renders n
 terminal: here each frame is rendered to its escape codes as a terminal app would
 (``render_segments``), so its cost counts.
 
-    python bench/prompt_close.py [--repeats 7] [--profile]   (a timeline of the first repeat; with
-    --profile, cProfile's top entries for the UI thread from Enter to the key's frame)
+    python bench/prompt_close.py [--repeats 7] [--profile] [--after MS]   (a timeline of the first
+    repeat; with --profile, cProfile's top entries for the UI thread from Enter to the key's frame;
+    with --after, the key waits until MS after Enter, for code that says "queueing" at other times)
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def _no_raise(wait):
     return waited
 
 
-async def one(template: Path, folder: Path, k: int, profile: bool, timeline: bool) -> dict[str, float]:
+async def one(template: Path, folder: Path, k: int, profile: bool, timeline: bool, after: float) -> dict[str, float]:
     from textual.widgets import DataTable, Input
 
     from stilts_tui.tui.app import StiltsApp
@@ -183,6 +184,8 @@ async def one(template: Path, folder: Path, k: int, profile: bool, timeline: boo
             prof.enable()
         send(app, "enter")
         t_toast = await frames.until("toast", lambda: queueing_shown(app))
+        while time.perf_counter() < t_enter + after:  # --after: the key at a fixed time, the same for any code
+            await asyncio.sleep(0.0005)
         t_key = time.perf_counter()
         send(app, "down")
         t_row = await frames.until("row", lambda: table.cursor_row != row)
@@ -209,13 +212,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--after", type=float, default=0.0, help="send the key no sooner than this many ms after Enter")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         template = Path(d) / "template"
         prepare(template, 16)
         found = []
         for k in range(args.repeats):
-            found.append(asyncio.run(one(template, Path(d), k, args.profile and k == 0, k == 0)))
+            found.append(asyncio.run(one(template, Path(d), k, args.profile and k == 0, k == 0, args.after / 1000)))
             print(" ".join(f"{name} {1000 * v:.1f} ms" for name, v in found[-1].items()), flush=True)
     for name in found[0]:
         vals = [1000 * f[name] for f in found]
