@@ -162,6 +162,10 @@ async def test_queue_screen_lists_runs_with_totals_progress_and_filter(prepared)
         await pilot.press("s")  # sort: by status
         await until(pilot, lambda: "sort: status" in totals_of(screen), "sorted by status")
         assert Ledger(prepared).get(row_ids(screen)[0])["status"] == "running"
+        await pilot.press("slash")  # a filter with markup's brackets is shown as typed, never as markup
+        await until(pilot, lambda: isinstance(pilot.app.screen, PromptScreen), "the filter's prompt")
+        await pilot.press("ctrl+u", *"[b]x[", "enter")
+        await until(pilot, lambda: "filter: [b]x[" in totals_of(screen), "the filter shown as typed")
 
 
 async def test_queue_keys_cancel_retry_priority_pause(prepared):

@@ -6,7 +6,6 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.markup import escape
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
@@ -163,7 +162,8 @@ class QueueScreen(Screen):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Static("", id="gpus")
-            yield Static("loading…", id="totals")
+            # plain text: a filter, a plan's path or an error line may hold "[" (markup would eat or break it)
+            yield Static("loading…", id="totals", markup=False)
             yield RunTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield KeyBar()
 
@@ -390,7 +390,7 @@ class QueueScreen(Screen):
     def show_totals(self) -> None:
         table = self.query_one(DataTable)
         where = f" · row {table.cursor_row + 1}/{table.row_count}" if table.row_count else ""
-        adding = "".join(f" · queueing {escape(path)}…" for path in self.adding)  # after the row: cut first
+        adding = "".join(f" · queueing {path}…" for path in self.adding)  # after the row: cut first
         self.query_one("#totals", Static).update(self._totals + where + adding, layout=False)
 
     def state_of(self, r: dict, snap: Snapshot) -> tuple:
