@@ -172,6 +172,7 @@ class Worker:
     def __init__(self, settings: Settings, startup_s: float = 0.0, threads: dict | None = None):
         self.s = settings
         self.threads = threads  # the process's thread pools and why (recorded in every result.json)
+        self.vec_isa: tuple | None = None  # inductor's CPU vector sets, how they are known, the seconds
         self._startup_s = startup_s  # the process's start and imports, counted to its first run (or array)
         self._tok: dict[str, tuple] = {}
         self._source: dict[str, dict] = {}
@@ -603,6 +604,8 @@ def _train_members(worker: Worker, members: list[Member], fuse: bool) -> None:
         return
     p0 = joined[0].spec["params"]
     setup = resolve_setup(worker.s, p0, int(p0["grad_accum"]), joined[0].schedule.total, fused=bool(fuse))
+    if setup.compile != "off" and worker.s.device.type == "cpu":
+        _settle_isa(worker, joined)
     if fuse and lora_cfg:
         from stilts_tui.train import fused_lora
 
@@ -621,6 +624,25 @@ def _train_members(worker: Worker, members: list[Member], fuse: bool) -> None:
     else:
         engine = AloneEngine(prep, joined[0], setup, hooks, worker.s.device)
     fit(worker, joined, engine, prep, setup, hooks)
+
+
+def _settle_isa(worker: Worker, members: list[Member]) -> None:
+    """Inductor's CPU vector check, once a process, before its first CPU compile (see
+    :mod:`stilts_tui.train.isa`): its seconds go into the members' ``timings.isa_check_s`` (0 after the
+    process's first group) and a line in their logs says what was found and how."""
+    spent = 0.0
+    if worker.vec_isa is None:
+        from stilts_tui.train import isa
+
+        t0 = time.time()
+        sets, how = isa.settle()
+        spent = round(time.time() - t0, 3)
+        worker.vec_isa = (sets, how)
+    sets, how = worker.vec_isa
+    for m in members:
+        m.result["timings"]["isa_check_s"] = spent
+        found = ", ".join(sets) if sets else "left to inductor"
+        m.log.line(f"inductor's CPU vector sets: {found} ({how}; {spent:.1f} s here)")
 
 
 def fit(worker: Worker, members: list[Member], engine, prep: Prepared, setup: Setup, hooks: Hooks) -> None:
