@@ -130,6 +130,11 @@ def test_regional_compilation_of_a_fused_array_reuses_one_layer_graph_and_equals
     compiled = _sgd_losses(compile_array(fused, "regional"), batch, [fused.W], [fused.G])
     assert max(abs(a - b) for a, b in zip(eager, compiled, strict=True)) <= ATOL, (eager, compiled)
     assert _graphs() == 1
+    # another batch size and length (another bucket): the same graph, still eager's numbers
+    ids, types, mask, labels = fused_inputs("roberta", "classification", k, b=3, t=20)
+    other = (ids, types, mask, labels, torch.ones(labels.shape))
+    loss_fn = compile_array(fused, "regional")
+    assert abs(float(loss_fn(*other, None)[0].detach()) - float(fused.loss(*other, None)[0].detach())) <= ATOL
     fused.logits(ids, types, mask, None)  # evaluation runs the layers eagerly
     assert _graphs() == 1
 
@@ -186,6 +191,10 @@ def test_a_second_trainer_process_of_the_same_shapes_starts_warm_from_the_runs_d
         assert out.returncode == 0, out.stderr[-3000:]
         if d == first:
             assert cache.is_dir() and any(p.is_file() for p in cache.rglob("*")), "nothing cached under the runs-dir"
+            # inductor's CPU vector check passed: recorded, so that no later process pays it again
+            assert json.loads((cache / "stilts-vec-isa.json").read_text())["isa"]
+    assert "(checked;" in (first / "train.log").read_text()
+    assert "(record;" in (second / "train.log").read_text()
     cold, warm = result_of(first), result_of(second)
     for r in (cold, warm):
         assert r["status"] == "done" and r["compile"] == "inductor" and "compile_fallback" not in r
