@@ -168,6 +168,37 @@ async def test_queue_screen_lists_runs_with_totals_progress_and_filter(prepared)
         await until(pilot, lambda: "filter: [b]x[" in totals_of(screen), "the filter shown as typed")
 
 
+async def test_a_prompt_closes_without_laying_out_the_queue_again_and_asks_afresh_each_time(prepared, monkeypatch):
+    """A prompt is kept, not removed on its close (a removed screen made Textual lay out the queue screen
+    again, in the frame of the next key); asked again, it shows the text it is given, not the last typed."""
+    from textual.screen import Screen
+
+    layouts: list[str] = []
+    inner = Screen._refresh_layout
+
+    def counted(self, *a, **kw):
+        layouts.append(type(self).__name__)
+        return inner(self, *a, **kw)
+
+    monkeypatch.setattr(Screen, "_refresh_layout", counted)
+    async with app_for(prepared).run_test(size=(170, 40)) as pilot:
+        screen = await ready(pilot)
+        for attempt in range(2):
+            await pilot.press("slash")
+            await until(pilot, lambda: isinstance(pilot.app.screen, PromptScreen), "the filter's prompt")
+            box = pilot.app.screen.query_one(Input)
+            await until(pilot, lambda b=box: b.has_focus, "the prompt's input focused")
+            assert box.value == ""  # the filter in force, never the text typed and escaped before
+            await pilot.press(*"xyz")
+            await pilot.pause()
+            layouts.clear()
+            await pilot.press("escape")
+            await until(pilot, lambda: pilot.app.screen is screen, "the queue screen back")
+            await pilot.pause()
+            assert "QueueScreen" not in layouts, (attempt, layouts)
+        assert screen.filter == ""
+
+
 async def test_queue_keys_cancel_retry_priority_pause(prepared):
     notes: list[tuple[str, str]] = []
     async with app_for(prepared).run_test(size=(170, 40), message_hook=recorder(notes)) as pilot:

@@ -86,7 +86,7 @@ class LogsScreen(Screen):
 
     def action_filter(self) -> None:
         """Ask for the active pane's filter in a prompt that holds the keys until enter or escape."""
-        from stilts_tui.tui.screens.prompt import PromptScreen
+        from stilts_tui.tui.screens.prompt import ask
 
         pane = self.focused_pane() or self.query(LogPane).first()
 
@@ -94,9 +94,5 @@ class LogsScreen(Screen):
             if text is not None:
                 pane.set_filter(text)
 
-        self.app.push_screen(
-            PromptScreen(
-                f"Show only the lines of {pane.run_id} holding (empty: every line):", pane.filter, allow_empty=True
-            ),
-            apply,
-        )
+        label = f"Show only the lines of {pane.run_id} holding (empty: every line):"
+        ask(self.app, "log-filter", label, pane.filter, apply, allow_empty=True)

@@ -422,7 +422,7 @@ class QueueScreen(Screen):
 
     def action_filter(self) -> None:
         """Ask for the filter (search) in a prompt that holds the keys until enter or escape."""
-        from stilts_tui.tui.screens.prompt import PromptScreen
+        from stilts_tui.tui.screens.prompt import ask
 
         def apply(text: str | None) -> None:
             if text is None:
@@ -431,12 +431,8 @@ class QueueScreen(Screen):
             if self.snapshot:
                 self.show(self.snapshot)
 
-        self.app.push_screen(
-            PromptScreen(
-                "Show only runs matching (id, plan, task, status, reason…; empty: all):", self.filter, allow_empty=True
-            ),
-            apply,
-        )
+        label = "Show only runs matching (id, plan, task, status, reason…; empty: all):"
+        ask(self.app, "queue-filter", label, self.filter, apply, allow_empty=True)
 
     def action_sort(self) -> None:
         self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
@@ -522,7 +518,7 @@ class QueueScreen(Screen):
             self.app.open_logs(ids)
 
     def action_add_plan(self) -> None:
-        from stilts_tui.tui.screens.prompt import PromptScreen
+        from stilts_tui.tui.screens.prompt import ask
 
         def added(path: str | None) -> None:
             # said in the totals bar, not a toast: a toast's mount lays the whole screen out twice (10-15 ms
@@ -532,4 +528,4 @@ class QueueScreen(Screen):
                 self.show_totals()
                 self.app.add_plan(path)
 
-        self.app.push_screen(PromptScreen("Queue a plan file (TOML):", "plans/"), added)
+        ask(self.app, "add-plan", "Queue a plan file (TOML):", "plans/", added)
