@@ -95,6 +95,7 @@ TIMING_KEYS = (
     "model_s",
     "first_step_s",
     "compile_s",
+    "isa_check_s",
     "steps_s",
     "steady_samples_per_s",
     "eval_s",
