@@ -172,7 +172,7 @@ class Worker:
     def __init__(self, settings: Settings, startup_s: float = 0.0, threads: dict | None = None):
         self.s = settings
         self.threads = threads  # the process's thread pools and why (recorded in every result.json)
-        self.vec_isa: tuple | None = None  # inductor's CPU vector sets, how they are known, the seconds
+        self.vec_isa: tuple | None = None  # (inductor's CPU vector sets, how they are known), once settled
         self._startup_s = startup_s  # the process's start and imports, counted to its first run (or array)
         self._tok: dict[str, tuple] = {}
         self._source: dict[str, dict] = {}
