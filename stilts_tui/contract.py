@@ -207,13 +207,80 @@ class Result:
         return value if isinstance(value, dict) else {}
 
 
+# ---- events.jsonl: what a run writes, one JSON object a line -----------------------------------
+
+
+class Event(str, Enum):
+    """The ``event`` names of ``events.jsonl`` (every line also holds ``t``, unix time). Fields:
+    start (``run_id``, ``pid``, ``device``), begin (the first step is next: ``total_steps``...), step (``step``,
+    ``total_steps``, ``epoch``, ``loss``, ``lr``, ``samples_per_s``), eval (``epoch``, ``metrics``), transfer
+    (``source``, ``loaded``, ``new``), stopped (why a run ended early), end (``status``, ``score``, ``error``)."""
+
+    START = "start"
+    BEGIN = "begin"
+    STEP = "step"
+    EVAL = "eval"
+    TRANSFER = "transfer"
+    STOPPED = "stopped"
+    END = "end"
+    CANCELLED = "cancelled"  # written by the daemon when it carries out a cancel (by whom, at which step)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# ---- environment variables: every STILTS_* name, in one place -----------------------------------
+
+
+class Env:
+    """Every ``STILTS_*`` environment variable the project reads or sets (docs/cli.md lists them)."""
+
+    RUNS_DIR = "STILTS_RUNS_DIR"  # the runs-dir (else ./runs)
+    NO_DAEMON = "STILTS_NO_DAEMON"  # the app starts no daemon
+    MAX_RUNS = "STILTS_MAX_RUNS"  # the largest plan accepted
+    CONFIRM = "STILTS_CONFIRM"  # 0: the app asks no questions before destructive keys
+    KEYMAP = "STILTS_KEYMAP"  # the app's keymap file
+    COLUMNS = "STILTS_COLUMNS"  # the app's column settings file
+    LEDGER_FSYNC = "STILTS_LEDGER_FSYNC"  # 0: the ledger's commits are not fsynced
+    FAKE_GPUS = "STILTS_FAKE_GPUS"  # NxGiB: the queue sees N GPUs that train on the CPU (tests, demo)
+    FAKE_GPU_PROCS = "STILTS_FAKE_GPU_PROCS"  # GPU:PID:GiB,...: processes shown on fake GPUs
+    DEVICE = "STILTS_DEVICE"  # the trainer's device: auto | cpu | cuda
+    COMPILE = "STILTS_COMPILE"  # the trainer's compile mode
+    COMPILE_SCOPE = "STILTS_COMPILE_SCOPE"  # regional | whole
+    PAD = "STILTS_PAD"  # the trainer's padding
+    GROUP = "STILTS_GROUP"  # the trainer's batching groups
+    FUSE = "STILTS_FUSE"  # the trainer's fused array size
+    THREADS = "STILTS_THREADS"  # intra-op and inter-op threads of the process
+    THREADS_WHY = "STILTS_THREADS_WHY"  # one line: how the share was worked out
+    ON_FINISH = "STILTS_ON_FINISH"  # the daemon's --on-finish command, a JSON list
+    # what an --on-finish command is given
+    EVENT = "STILTS_EVENT"
+    PLAN = "STILTS_PLAN"
+    COUNTS = "STILTS_COUNTS"
+    FAILED_RUNS = "STILTS_FAILED_RUNS"
+    SCORES = "STILTS_SCORES"
+    SCORES_MD = "STILTS_SCORES_MD"
+    TOTAL = "STILTS_TOTAL"
+
+    @staticmethod
+    def count(status: str) -> str:
+        """The variable an --on-finish command reads a status's count from (STILTS_DONE, ...)."""
+        return f"STILTS_{str(status).upper()}"
+
+
+# ---- exit codes ------------------------------------------------------------------------------
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # something failed (one line says what)
+EXIT_BAD_INPUT = 2  # bad input: one line naming the file, key and line; nothing stored is changed
+
 # ---- threads: each process's share of the CPU ------------------------------------------------
 
 # The daemon gives every process it starts its share of the cores it may use (their count over the most
 # processes it runs at once) through these variables; the trainer sets torch's pools from them and records
 # what it used in result.json (``threads``). A trainer started by hand without them keeps torch's defaults.
-THREADS_ENV = "STILTS_THREADS"  # intra-op and inter-op threads of the process
-THREADS_WHY_ENV = "STILTS_THREADS_WHY"  # one line: how the share was worked out
+THREADS_ENV = Env.THREADS
+THREADS_WHY_ENV = Env.THREADS_WHY
 
 # ---- cancelling ------------------------------------------------------------------------------
 
