@@ -3,7 +3,7 @@
 The demo plan (`stilts-tui demo`'s: 14 MiniLM runs) is run three times, each in its own runs-dir:
 1. **history**: through the real daemon (``--cpu-slots 1 --worker-runs 4``), to give the box its
    figures (each run's timings in result.json and the ledger);
-2. the prediction from that history (``stilts_tui.walltime``, what `plan show --cost` prints), for the
+2. the prediction from that history (``stilts_tui.estimate.walltime``, what `plan show --cost` prints), for the
    queue with the same settings and for the reference loop;
 3. **queue**: the plan again, fresh, through the daemon with the same settings: its elapsed time
    (daemon start to the last run's end) against the queue prediction;
@@ -25,11 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from stilts_tui import cost, demo, walltime
 from stilts_tui import plan as plans
+from stilts_tui.cli import demo
 from stilts_tui.contract import SETTLED
-from stilts_tui.ledger import Ledger
+from stilts_tui.estimate import cost, walltime
 from stilts_tui.queue import ops
+from stilts_tui.store.ledger import Ledger
 
 FLAGS = ["--cpu-slots", "1", "--worker-runs", "4", "--interval", "0.5"]
 BOX = walltime.Box(gpu=False, devices=1, slots=1, worker_runs=4)

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from stilts_tui.ledger import Ledger
+from stilts_tui.store.ledger import Ledger
 from stilts_tui.train import workload
 
 HERE = Path(__file__).resolve().parent

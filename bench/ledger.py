@@ -18,7 +18,7 @@ from pathlib import Path
 from tinydb import Query, TinyDB
 
 from stilts_tui import plan as plans
-from stilts_tui.ledger import Ledger
+from stilts_tui.store.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parents[1]
 

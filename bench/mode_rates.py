@@ -10,7 +10,7 @@ fixed cost a run (the trainer's ``timings``: process start and imports, loading,
 - ``packed``: K runs at once on the device (under MPS where it starts), eager;
 - ``fused``: K runs as one fused array.
 K comes from the queue's memory estimate and the GPU's memory (2 on the CPU). From these figures
-(stilts_tui.walltime, what `plan show --cost` uses) the predicted wall time of the reference plan's RTE
+(stilts_tui.estimate.walltime, what `plan show --cost` uses) the predicted wall time of the reference plan's RTE
 targets (144 runs) and of the whole plan, per mode; then one real grid of 8 runs of ``--grid-steps``
 steps through the daemon (packed K a device) against its prediction from the calibration runs. Every
 figure on one line.
@@ -33,10 +33,10 @@ import time
 from pathlib import Path
 
 from stilts_tui import plan as plans
-from stilts_tui import walltime
 from stilts_tui.contract import SETTLED, shape_key
-from stilts_tui.ledger import Ledger
+from stilts_tui.estimate import walltime
 from stilts_tui.queue import ops
+from stilts_tui.store.ledger import Ledger
 from stilts_tui.train import workload
 
 HERE = Path(__file__).resolve().parent

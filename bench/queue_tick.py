@@ -21,8 +21,8 @@ from pathlib import Path
 from tinydb import Query, TinyDB
 
 from stilts_tui.contract import SPEC_FILE, TRAINING_DEFAULTS
-from stilts_tui.ledger import KeyedTable, Ledger
 from stilts_tui.queue.daemon import Daemon, Settings
+from stilts_tui.store.ledger import KeyedTable, Ledger
 
 
 def fill(root: Path, n: int) -> None:

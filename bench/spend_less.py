@@ -4,7 +4,7 @@ the top-1 intermediate (and none) per target; the full grid with early stop of d
 
 The study: four starting points (none; an intermediate that helps; one that does nothing; one that
 hurts) x two targets x 3 seeds x 2 learning rates (the second unstable enough to collapse runs to the
-majority class). The tasks are generated (stilts_tui.demo's topic words and frames): a sentence names two
+majority class). The tasks are generated (stilts_tui.cli.demo's topic words and frames): a sentence names two
 things of two topics, and the label is the topic of the one named first — order matters, which frozen
 sentence features do not give for free.
 - targets: ``ab`` (fruit vs vehicles) and ``cd`` (weather vs music);
@@ -32,12 +32,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from stilts_tui import results, rundir
+from stilts_tui import results
+from stilts_tui.cli.demo import FRAMES, TOPICS
 from stilts_tui.contract import SETTLED, Status
-from stilts_tui.demo import FRAMES, TOPICS
-from stilts_tui.ledger import Ledger
-from stilts_tui.predicted import kendall_tau
+from stilts_tui.estimate.predicted import kendall_tau
 from stilts_tui.queue import ops
+from stilts_tui.store import rundir
+from stilts_tui.store.ledger import Ledger
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 TARGETS = {"ab": ("fruit", "vehicles"), "cd": ("weather", "music")}

@@ -36,8 +36,8 @@ from spend_less import MINILM, TARGETS, first_topic_rows  # noqa: E402
 
 from stilts_tui import rundir  # noqa: E402
 from stilts_tui.contract import SETTLED, THREADS_ENV, THREADS_WHY_ENV  # noqa: E402
-from stilts_tui.ledger import Ledger  # noqa: E402
 from stilts_tui.queue import ops, threads  # noqa: E402
+from stilts_tui.store.ledger import Ledger  # noqa: E402
 
 PLAN = """name = "threads"
 model = "{model}"

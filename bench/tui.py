@@ -33,7 +33,7 @@ from pathlib import Path
 
 import psutil
 
-from stilts_tui.ledger import Ledger
+from stilts_tui.store.ledger import Ledger
 
 HELLO = (
     "from textual.app import App\nfrom textual.widgets import Footer, Static\n"

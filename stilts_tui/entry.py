@@ -69,7 +69,7 @@ def run(app: typer.Typer, prog: str = "stilts-tui") -> None:
 
 def open_app(runs_dir: RunsDir = None, no_daemon: NoDaemon = False) -> None:
     """Open the terminal app (starting the queue daemon unless --no-daemon)."""
-    from stilts_tui import rundir
+    from stilts_tui.store import rundir
 
     root = rundir.runs_dir(runs_dir)
     root.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,10 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stilts_tui import contract, rundir, tasks
+from stilts_tui import contract, tasks
 from stilts_tui.errors import PlanError, UserError
 from stilts_tui.slurm_options import MANAGED, option_problem  # the one rule, with the Slurm executor
+from stilts_tui.store import rundir
 from stilts_tui.synth.settings import DEFAULTS as SYNTH_DEFAULTS
 from stilts_tui.tomlio import tomllib
 

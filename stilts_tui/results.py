@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from stilts_tui import predicted, rundir
 from stilts_tui.contract import SPEC_FILE, ResultStatus, Status
 from stilts_tui.errors import UserError, first_line
-from stilts_tui.ledger import Ledger
+from stilts_tui.estimate import predicted
+from stilts_tui.store import rundir
+from stilts_tui.store.ledger import Ledger
 from stilts_tui.tasks.majority import REGRESSION_FAIL_THRESHOLD, is_failed, majority_score
 
 FORMATS = ("table", "csv", "md", "latex", "json", "png", "pdf", "svg")
@@ -90,7 +91,7 @@ class Cell:
     verdict: str | None = None  # "significant" | "not significant" | "too few pairs"
     setups: list[dict] = field(default_factory=list, repr=False)  # distinct result["setup"]s recorded
     setup_note: str | None = None  # why the cell is marked "*": mixed setups, or not what the plan asked
-    # the predicted order (stilts_tui.predicted): this starting point's rank for the target, 1 = best
+    # the predicted order (stilts_tui.estimate.predicted): this starting point's rank for the target, 1 = best
     predicted_rank: int | None = None
     transferability: float | None = None  # its LogME score (higher: predicted better)
 

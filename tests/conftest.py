@@ -196,7 +196,7 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture
 def queue_env(runs_dir):
     """Fake GPUs; afterwards no daemon and no training process of the test is left."""
-    from stilts_tui.ledger import Ledger
+    from stilts_tui.store.ledger import Ledger
 
     env = {"STILTS_FAKE_GPUS": "2x24", "OMP_NUM_THREADS": "1"}
     yield env
@@ -233,7 +233,7 @@ text_fields = ["s1", "s2"]
 def make_plan(tmp_path: Path, model: Path, stages: str, baseline: bool = False, header: str = "") -> Path:
     """A plan of custom pair-task stages (``stages``: TOML) on ``model``, with its data written
     (``header``: more top-level keys, e.g. ``on_finish``)."""
-    from stilts_tui.demo import pair_rows
+    from stilts_tui.cli.demo import pair_rows
 
     write_jsonl(tmp_path / "data/tr.jsonl", pair_rows(48, 1))
     write_jsonl(tmp_path / "data/dv.jsonl", pair_rows(16, 2))
@@ -242,7 +242,7 @@ def make_plan(tmp_path: Path, model: Path, stages: str, baseline: bool = False, 
 
 
 def add(plan: Path, runs_dir: Path, env: dict) -> list[dict]:
-    from stilts_tui.ledger import Ledger
+    from stilts_tui.store.ledger import Ledger
 
     out = cli("queue", "add", str(plan), "--no-daemon", runs_dir=runs_dir, env=env)
     assert out.returncode == 0, out.stderr
@@ -256,7 +256,7 @@ def start(runs_dir: Path, env: dict, *args: str) -> dict:
 
 
 def statuses(runs_dir: Path) -> dict[str, str]:
-    from stilts_tui.ledger import Ledger
+    from stilts_tui.store.ledger import Ledger
 
     return {r["id"]: r["status"] for r in Ledger(runs_dir).runs()}
 

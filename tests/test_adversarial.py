@@ -23,7 +23,7 @@ import psutil
 import pytest
 from conftest import CONSOLE, add, cli, make_plan, set_debug, start, statuses, wait
 
-from stilts_tui.ledger import Ledger
+from stilts_tui.store.ledger import Ledger
 
 INJECT = textwrap.dedent('''
     """Test hook (tests/test_adversarial.py): writes under $STILTS_TEST_DISK fail with $STILTS_TEST_ERRNO

@@ -173,7 +173,7 @@ def test_a_local_only_task_without_files_is_named_with_its_missing_split(tmp_pat
 def test_an_interrupted_add_leaves_no_orphans_and_max_runs_lets_a_big_plan_in(tmp_path, small_plan):
     from conftest import cli
 
-    from stilts_tui.ledger import Ledger
+    from stilts_tui.store.ledger import Ledger
 
     runs_dir = tmp_path / "runs"
     plan = small_plan("[1e-5, 2e-5]")

@@ -126,8 +126,8 @@ def test_a_bad_plan_leaves_the_ledger_as_it_was(tmp_path, runs_dir):
 
 
 def test_bad_run_id_never_becomes_a_path():
-    from stilts_tui import rundir
     from stilts_tui.errors import UserError
+    from stilts_tui.store import rundir
 
     for bad in ("../etc", "/tmp/x", "abc", "ABCDEF012345", "0123456789ab/.."):
         with pytest.raises(UserError):

@@ -7,7 +7,7 @@ import json
 
 from conftest import cli, make_plan, start, write_text
 
-from stilts_tui.ledger import Ledger
+from stilts_tui.store.ledger import Ledger
 
 PLAN = """name = "a-rather-long-plan-name"
 model = "roberta-large"

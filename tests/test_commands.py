@@ -13,7 +13,7 @@ from conftest import CONSOLE, add, all_final, cli, make_plan, set_debug, start, 
 
 from stilts_tui.contract import SETTLED, TRAIN_LOG, Status
 from stilts_tui.errors import UserError
-from stilts_tui.ledger import Ledger
+from stilts_tui.store.ledger import Ledger
 from stilts_tui.tui.keymap import load_keymap
 
 

@@ -10,8 +10,8 @@ from conftest import cli, write_text
 from stilts_tui import contract
 from stilts_tui import plan as plans
 from stilts_tui.contract import FINAL, SETTLED, STATUSES, Status
-from stilts_tui.ledger import Ledger, LedgerError
 from stilts_tui.queue import ops
+from stilts_tui.store.ledger import Ledger, LedgerError
 
 PLAN = """name = "c"
 model = "roberta-large"
@@ -113,8 +113,8 @@ task = "pair"
 def test_a_default_changed_in_the_contract_alone_reaches_plan_trainer_cost_and_queue(tmp_path, tiny_model, monkeypatch):
     from conftest import result_of, train, write_jsonl
 
-    from stilts_tui import cost
-    from stilts_tui.demo import pair_rows
+    from stilts_tui.cli.demo import pair_rows
+    from stilts_tui.estimate import cost
     from stilts_tui.queue import placement
 
     write_jsonl(tmp_path / "tr.jsonl", pair_rows(48, 1))

@@ -8,10 +8,10 @@ import json
 import pytest
 from conftest import cli, write_jsonl, write_text
 
-from stilts_tui import cost
 from stilts_tui import plan as plans
-from stilts_tui.demo import pair_rows
-from stilts_tui.ledger import Ledger
+from stilts_tui.cli.demo import pair_rows
+from stilts_tui.estimate import cost
+from stilts_tui.store.ledger import Ledger
 
 PLAN = """name = "c"
 model = "roberta-large"

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import REFERENCE_PLAN, add, all_final, cli, make_plan, start, statuses, wait, write_jsonl, write_text
 
-from stilts_tui import contract, rehearse, results
-from stilts_tui.ledger import Ledger
+from stilts_tui import contract, results
+from stilts_tui.cli import rehearse
 from stilts_tui.plan import load_and_expand
+from stilts_tui.store.ledger import Ledger
 from stilts_tui.tui.screens.scores import distribution
 
 # On the tiny model and the data below (label: the last word of s2 is w7 or w8), seeded on the CPU:

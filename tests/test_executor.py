@@ -15,9 +15,9 @@ import psutil
 import pytest
 from conftest import add, cli, make_plan, set_debug, start, statuses, wait
 
-from stilts_tui.ledger import Ledger
 from stilts_tui.queue import daemon as qd
 from stilts_tui.queue.executor import new_stats
+from stilts_tui.store.ledger import Ledger
 
 GRID4 = '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4, 3e-4, 4e-4] }\n'
 LONG = '[target.t]\ntask = "pair"\nepochs = 6\n'  # 18 steps: time to cancel it mid-run

@@ -209,7 +209,7 @@ def test_a_run_cancelled_inside_an_array_ends_alone_and_the_others_finish(tmp_pa
 def test_the_queue_fuses_ready_runs_of_one_shape_and_cancels_one_run_of_an_array(tmp_path, runs_dir, tiny_setup):
     from conftest import add, cli, make_plan, set_debug, statuses, wait
 
-    from stilts_tui.ledger import Ledger
+    from stilts_tui.store.ledger import Ledger
 
     model, _ = tiny_setup
     stages = '[target.t]\ntask = "pair"\nepochs = 4\ngrid = { lr = [1e-4, 2e-4, 3e-4, 4e-4] }\n'

@@ -20,11 +20,11 @@ import psutil
 import pytest
 from conftest import ROOT, cli, wait, write_jsonl, write_text
 
-from stilts_tui.demo import pair_rows
-from stilts_tui.ledger import Ledger
+from stilts_tui.cli.demo import pair_rows
 from stilts_tui.queue import daemon as qd
 from stilts_tui.queue import gpus, mps, ops
 from stilts_tui.queue.executors.local import LocalExecutor
+from stilts_tui.store.ledger import Ledger
 
 FAKES = Path(__file__).parent / "fakes"
 

@@ -15,8 +15,8 @@ import types
 import pytest
 from conftest import cli, until, write_text
 
-from stilts_tui.ledger import Ledger
 from stilts_tui.queue import gpu_procs
+from stilts_tui.store.ledger import Ledger
 from stilts_tui.tui.app import StiltsApp
 from stilts_tui.tui.screens.gpus import GpuScreen, spark
 

@@ -14,7 +14,7 @@ LIGHT = [
     "stilts_tui.contract",
     "stilts_tui.cli",
     "stilts_tui.plan",
-    "stilts_tui.ledger",
+    "stilts_tui.store.ledger",
     "stilts_tui.tasks",
     "stilts_tui.queue.ops",
 ]

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from stilts_tui.ledger import Ledger, LedgerError
+from stilts_tui.store.ledger import Ledger, LedgerError
 
 WRITER = r"""
 import sys
-from stilts_tui.ledger import Ledger
+from stilts_tui.store.ledger import Ledger
 root, prefix, n, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 ledger = Ledger(root)
 for start in range(0, n, batch):

@@ -182,7 +182,7 @@ def _train_plan(tmp_path: Path, tiny_model: Path, stages: str) -> dict[str, Path
     """Queue a plan's runs (no daemon) and train them with the real trainer, parents first."""
     from conftest import cli, make_plan
 
-    from stilts_tui.ledger import Ledger
+    from stilts_tui.store.ledger import Ledger
 
     runs_dir = tmp_path / "runs"
     plan = make_plan(tmp_path, tiny_model, stages)

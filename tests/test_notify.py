@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import cli, make_plan, until, wait, write_text
 
-from stilts_tui.ledger import Ledger
 from stilts_tui.queue.notify import PlanWatch
+from stilts_tui.store.ledger import Ledger
 from stilts_tui.tui.app import StiltsApp
 
 # a real program: writes its STILTS_* environment to DIR/<event>-<tag>.json

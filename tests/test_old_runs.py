@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import cli, start, wait, write_jsonl
 
-from stilts_tui import contract, cost
-from stilts_tui.demo import pair_rows
-from stilts_tui.ledger import Ledger
+from stilts_tui import contract
+from stilts_tui.cli.demo import pair_rows
+from stilts_tui.estimate import cost
+from stilts_tui.store.ledger import Ledger
 
 FIXTURE = Path(__file__).parent / "fixtures" / "old_runs"
 

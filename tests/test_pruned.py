@@ -23,9 +23,10 @@ from conftest import (
 )
 from test_rank import LEARNED, _rows
 
-from stilts_tui import contract, rehearse
-from stilts_tui.ledger import Ledger, run_problems
+from stilts_tui import contract
+from stilts_tui.cli import rehearse
 from stilts_tui.plan import load_and_expand
+from stilts_tui.store.ledger import Ledger, run_problems
 
 # On the tiny model, seeded on the CPU: "learned" trains on the target's own data until its features
 # separate the labels (dev acc 1.0: LogME ranks it first); "idle" barely moves from the model's random

@@ -12,8 +12,8 @@ import psutil
 import pytest
 from conftest import add, all_final, cli, make_plan, placements, set_debug, start, statuses, ticks, wait, wait_ticks
 
-from stilts_tui.ledger import Ledger
 from stilts_tui.queue.checks import TIMING_KEYS
+from stilts_tui.store.ledger import Ledger
 
 STAGES = """[intermediate.i]
 task = "pair"

@@ -10,7 +10,7 @@ import time
 
 from conftest import until
 
-from stilts_tui.ledger import Ledger, LedgerError
+from stilts_tui.store.ledger import Ledger, LedgerError
 from stilts_tui.tui import gc_policy
 from stilts_tui.tui.app import StiltsApp
 from stilts_tui.tui.data import QueueReader

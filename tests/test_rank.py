@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import add, cli, make_plan, train, write_jsonl
 
-from stilts_tui import predicted
-from stilts_tui.ledger import Ledger
+from stilts_tui.estimate import predicted
+from stilts_tui.store.ledger import Ledger
 from stilts_tui.train import data
 from stilts_tui.train.rank import logme, problem
 

@@ -28,7 +28,7 @@ def test_readme_main_command_names_files_that_exist():
 
 
 def test_the_committed_demo_plan_is_the_one_the_demo_writes():
-    from stilts_tui.demo import DEMO_PLAN
+    from stilts_tui.cli.demo import DEMO_PLAN
 
     assert (ROOT / "plans" / "demo.toml").read_text() == DEMO_PLAN
 

@@ -12,7 +12,7 @@ from conftest import REFERENCE_PLAN, cli, write_jsonl, write_text
 
 from stilts_tui import plan as plans
 from stilts_tui import tasks
-from stilts_tui.rehearse import Options, rewrite, to_toml
+from stilts_tui.cli.rehearse import Options, rewrite, to_toml
 from stilts_tui.tomlio import tomllib
 
 FIXTURES = Path(__file__).parent / "fixtures" / "chang_lu_2021"

@@ -18,7 +18,7 @@ import pytest
 from conftest import add, cli, make_plan, set_debug, start, statuses, until, wait
 from filelock import FileLock
 
-from stilts_tui.ledger import Ledger, LedgerError
+from stilts_tui.store.ledger import Ledger, LedgerError
 
 GRID4 = '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4, 3e-4, 4e-4] }\n'
 GRID2 = '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4] }\n'

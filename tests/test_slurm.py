@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import add, cli, make_plan, set_debug, statuses, wait
 
-from stilts_tui.ledger import Ledger
+from stilts_tui.store.ledger import Ledger
 
 
 def _cluster_up() -> str | None:

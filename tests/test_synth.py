@@ -197,7 +197,7 @@ def test_bad_input_is_one_line_and_exit_2(gpt2, tmp_path, setup, message):
 
 @pytest.mark.slow
 def test_a_synth_stage_at_its_defaults_feeds_an_intermediate_run_through_the_queue(gpt2, corpus, tmp_path, runs_dir):
-    from stilts_tui.ledger import Ledger
+    from stilts_tui.store.ledger import Ledger
     from stilts_tui.train import workload
 
     model = workload.build_model(tmp_path / "enc", "tiny")

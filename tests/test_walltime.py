@@ -10,10 +10,10 @@ import pytest
 from conftest import cli, write_jsonl
 
 from stilts_tui import plan as plans
-from stilts_tui import walltime
 from stilts_tui.contract import shape_key
-from stilts_tui.ledger import Ledger
+from stilts_tui.estimate import walltime
 from stilts_tui.queue import ops
+from stilts_tui.store.ledger import Ledger
 
 PLAN = """name = "w"
 model = "some/model"

@@ -22,7 +22,6 @@ from pathlib import Path
 import psutil
 from filelock import FileLock, Timeout
 
-from stilts_tui import rundir
 from stilts_tui.contract import (
     AFTER_FIELD,
     BLOCKING,
@@ -47,12 +46,13 @@ from stilts_tui.contract import (
     pruned_why,
 )
 from stilts_tui.errors import UserError, first_line, report
-from stilts_tui.ledger import Ledger, LedgerError, run_problems
 from stilts_tui.queue import checks, mps, notify, placement
 from stilts_tui.queue.executor import Changes, Executor, new_stats
 from stilts_tui.queue.executors import local
 from stilts_tui.queue.executors import slurm as slurm_exec
 from stilts_tui.queue.settings import EXECUTORS, Settings, check_interval, help_of, parse_fuse, parse_gpus
+from stilts_tui.store import rundir
+from stilts_tui.store.ledger import Ledger, LedgerError, run_problems
 
 MAX_ARRAY = placement.MAX_ARRAY  # --fuse auto: at most this many runs in one array
 ROW_DEFAULTS = {"attempts": 0, "priority": 0, "order": 0, "added": 0}  # a damaged row field is reset to these

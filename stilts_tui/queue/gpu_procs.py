@@ -80,7 +80,7 @@ def running_runs(root: Path | None) -> list[dict]:
     """The ledger's running runs (none where there is no ledger or it cannot be read)."""
     if root is None or not (Path(root) / LEDGER_FILE).exists():
         return []
-    from stilts_tui.ledger import Ledger
+    from stilts_tui.store.ledger import Ledger
 
     try:
         return [r for r in Ledger(root).runs(status="running") if isinstance(r, dict)]

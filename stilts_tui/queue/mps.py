@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from stilts_tui import rundir
+from stilts_tui.store import rundir
 
 EXE = "nvidia-cuda-mps-control"
 CALL_TIMEOUT = 3.0  # seconds a call of the control program may take (a healthy one answers at once; the

@@ -100,7 +100,7 @@ class PlanWatch:
 def plan_command(root: Path, plan: str) -> list[str] | None:
     """A plan's own ``on_finish`` list as `queue add` recorded it in the ledger (None without one). The
     plan file is never read again: an edit made after the add does not run."""
-    from stilts_tui.ledger import Ledger
+    from stilts_tui.store.ledger import Ledger
 
     cmd = (Ledger(root).plans().get(plan) or {}).get("on_finish")
     if not (isinstance(cmd, list) and cmd and all(isinstance(x, str) and x for x in cmd)):

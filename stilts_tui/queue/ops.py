@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stilts_tui import plan as plans
-from stilts_tui import rundir
 from stilts_tui.contract import (
     AFTER_FIELD,
     CANCEL_GRACE_S,
@@ -32,7 +31,8 @@ from stilts_tui.contract import (
     Status,
 )
 from stilts_tui.errors import PREFIX, Failure, UserError, failure_from_os
-from stilts_tui.ledger import INT64, Ledger
+from stilts_tui.store import rundir
+from stilts_tui.store.ledger import INT64, Ledger
 
 ADD_LOCK = "add.lock"  # held for a whole `queue add`: two adds at once run one after the other
 

@@ -1,7 +1,7 @@
 """``stilts-tui tasks show``: the first examples of a task as the model receives them.
 
 The examples are built here (no torch, no transformers); their tokenization runs in a process
-(``python -m stilts_tui.modeltools encode``) with the trainer's own tokenization code, so what is
+(``python -m stilts_tui.train.modeltools encode``) with the trainer's own tokenization code, so what is
 shown is what a run trains on.
 """
 
@@ -67,7 +67,7 @@ def examples(spec: dict, split: str, n: int) -> list[dict]:
 def encode(model: str, kind: str, max_len: int, exs: list[dict]) -> list[dict]:
     """Tokens and ids for each example, from ``model``'s tokenizer (in a process: transformers)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "stilts_tui.modeltools", "encode", model, kind, str(max_len)],
+        [sys.executable, "-m", "stilts_tui.train.modeltools", "encode", model, kind, str(max_len)],
         input=json.dumps(exs),
         capture_output=True,
         text=True,

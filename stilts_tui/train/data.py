@@ -99,7 +99,7 @@ def encode_pairs(tok, firsts: list[str], seconds: list[str], max_len: int) -> di
     return out
 
 
-def _tokenize_fn(tok, kind: str, max_len: int):
+def tokenize_fn(tok, kind: str, max_len: int):
     sep = tok.sep_token or ""
     keys = ["input_ids"] + (["token_type_ids"] if "token_type_ids" in tok.model_input_names else [])
 
@@ -194,7 +194,7 @@ def load_split(
             # the cache key names the result: no fingerprint of the function and tokenizer (dill-hashing
             # them took seconds a split for a file datasets never writes here)
             ds = ds.map(
-                _tokenize_fn(tok, spec["kind"], max_len),
+                tokenize_fn(tok, spec["kind"], max_len),
                 batched=True,
                 batch_size=1000,
                 remove_columns=["a", "b"],

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from stilts_tui.contract import STOP_DEGENERATE_DEFAULTS, ResultStatus, attempt_of, optional
 from stilts_tui.fmt import duration
-from stilts_tui.rundir import read_json
+from stilts_tui.store.rundir import read_json
 from stilts_tui.tasks.majority import is_failed, majority_score
 
 RULE = "dev score at or below the majority-class score of the dev set (the score table's failed-run rule)"

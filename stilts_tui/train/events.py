@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from stilts_tui.contract import EVENTS_FILE, RESULT_FILE, TRAIN_LOG
-from stilts_tui.rundir import write_json_atomic
+from stilts_tui.store.rundir import write_json_atomic
 
 
 class RunLog:

@@ -127,7 +127,7 @@ def features(job: dict, device: str, progress) -> tuple[np.ndarray, np.ndarray, 
 
 def run_job(job: dict, device: str, number: str) -> dict:
     """Score one job and write its cache file; the record written."""
-    from stilts_tui.rundir import write_json_atomic
+    from stilts_tui.store.rundir import write_json_atomic
 
     t0 = time.time()
     what = f"rank {number}: {job['target']} from {job['start']}"
@@ -155,7 +155,7 @@ def run_job(job: dict, device: str, number: str) -> dict:
 def _jobs(spec: dict, root: Path) -> tuple[list[dict], list[dict]]:
     """A rank run's jobs (one a starting point with weights, keyed as `stilts-tui rank` keys them), and the
     starting points without weights (an intermediate that failed leaves no checkpoint)."""
-    from stilts_tui import rank_cache
+    from stilts_tui.rank import cache as rank_cache
 
     p, jobs, unranked = spec["params"], [], []
     for s in spec["starts"]:
@@ -174,8 +174,8 @@ def rank_run(run_dir: Path, device: str) -> str:
     is listed as not ranked. The daemon prunes from the ranking; this process changes no other run."""
     import os
 
-    from stilts_tui import rank_cache
     from stilts_tui.contract import CHECKPOINT_DIR, RANK_METHOD, SPEC_FILE, Result
+    from stilts_tui.rank import cache as rank_cache
     from stilts_tui.train.events import RunLog, write_result
 
     t0, log = time.time(), RunLog(run_dir, echo=False)

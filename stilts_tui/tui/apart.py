@@ -30,8 +30,8 @@ def add(root: str, path: str) -> dict:
 def cancel(root: str, run_ids: list[str], grace: float) -> dict:
     """Ask for the cancel and wait (polling the ledger) for the daemon to carry it out; with no daemon
     running, return at once (the request waits for the next daemon)."""
-    from stilts_tui.ledger import Ledger
     from stilts_tui.queue import ops
+    from stilts_tui.store.ledger import Ledger
 
     out = ops.cancel(Path(root), run_ids, grace=grace)
     left = ops.wait_cancelled(Path(root), out.requested, grace + 30.0) if out.daemon else out.requested

@@ -125,7 +125,7 @@ class StiltsApp(App):
     @work(thread=True, exclusive=True, group="plans", exit_on_error=False)
     def watch_plans(self) -> None:
         """The terminal bell and a note when a plan finishes (no queued or running run left)."""
-        from stilts_tui.ledger import Ledger
+        from stilts_tui.store.ledger import Ledger
 
         if self._plans_ledger is None:
             self._plans_ledger = Ledger(self.root)  # kept: its parsed file is reused while unchanged

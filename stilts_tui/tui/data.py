@@ -10,12 +10,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stilts_tui import rundir
 from stilts_tui.contract import EVENTS_FILE, waits
 from stilts_tui.errors import UserError
 from stilts_tui.fmt import duration, terminal_safe
-from stilts_tui.ledger import Ledger
 from stilts_tui.queue import gpus as gpu_info
+from stilts_tui.store import rundir
+from stilts_tui.store.ledger import Ledger
 
 TAIL_CHUNK = 4 << 20  # a log pane reads at most this much a poll
 LONG_LINE_SHOWN = 4000  # characters shown of a line longer than a read

@@ -98,7 +98,7 @@ class BuilderScreen(Screen):
                 yield targets
         yield KeyBar()
 
-    rates: dict = {}  # throughput measured by finished runs in the ledger (stilts_tui.cost)
+    rates: dict = {}  # throughput measured by finished runs in the ledger (stilts_tui.estimate.cost)
 
     def on_mount(self) -> None:
         # the name field takes the keys at once: typed letters never reach the app's shortcuts
@@ -121,7 +121,7 @@ class BuilderScreen(Screen):
     @work(thread=True, exclusive=True, group="builder-cost", exit_on_error=False)
     def measure(self) -> None:
         """Read the ledger's finished runs once (off the UI thread), then show the cost from them."""
-        from stilts_tui import cost
+        from stilts_tui.estimate import cost
 
         rates = cost.measured(self.app.root)
         if rates:
@@ -154,7 +154,7 @@ class BuilderScreen(Screen):
         except UserError as e:
             self.query_one("#count").update(f"[red]{e}[/red]")
             return
-        from stilts_tui import cost
+        from stilts_tui.estimate import cost
 
         c = plans.counts(runs)
         n = len(runs)

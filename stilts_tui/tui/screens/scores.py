@@ -14,7 +14,7 @@ from textual.worker import Worker
 
 from stilts_tui import results
 from stilts_tui.errors import UserError
-from stilts_tui.ledger import Ledger
+from stilts_tui.store.ledger import Ledger
 from stilts_tui.tui.widgets.key_bar import KeyBar
 
 VIEWS = ("mean", "max", "best")

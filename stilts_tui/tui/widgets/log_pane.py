@@ -20,7 +20,7 @@ from textual.widgets import Log, Static
 
 from stilts_tui.contract import TRAIN_LOG
 from stilts_tui.fmt import terminal_safe
-from stilts_tui.rundir import RUN_ID_RE
+from stilts_tui.store.rundir import RUN_ID_RE
 from stilts_tui.tui.data import tail_lines
 
 ERROR_RE = re.compile(r"(error|traceback|exception|failed|out of memory|\boom\b)", re.IGNORECASE)

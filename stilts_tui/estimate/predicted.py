@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stilts_tui import rundir
 from stilts_tui.contract import RANK_METHOD, RANK_STAGE, SETTLED, Status
+from stilts_tui.store import rundir
 
 SAVED_DIR = ".cache/rank-plans"  # one file a plan, beside the per-job cache of rank_cache (.cache/rank)
 

@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from stilts_tui import contract, rundir, tasks
+from stilts_tui import contract, tasks
+from stilts_tui.store import rundir
 
 CACHE_DIR = ".cache/rank"
 METHOD = contract.RANK_METHOD

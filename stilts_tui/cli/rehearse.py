@@ -9,7 +9,7 @@ daemon (local executor, on the CPU) in a runs-dir of its own, never the real led
 By default one target run per (starting point, target) cell (first seed, first grid point).
 
 This module imports neither torch nor transformers: the tiny models are built by a process
-(``python -m stilts_tui.modeltools tiny``) and the runs by the daemon's trainer processes.
+(``python -m stilts_tui.train.modeltools tiny``) and the runs by the daemon's trainer processes.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stilts_tui import plan as plans
-from stilts_tui import rundir, tasks, tomlio
+from stilts_tui import tasks, tomlio
 from stilts_tui.contract import SETTLED, Status
 from stilts_tui.errors import UserError, first_line
-from stilts_tui.ledger import Ledger
+from stilts_tui.store import rundir
+from stilts_tui.store.ledger import Ledger
 from stilts_tui.tasks import data as task_data
 from stilts_tui.tasks import inputs
 from stilts_tui.tomlio import tomllib
@@ -148,7 +149,15 @@ def build_models(root: Path, model: str, texts: list[str]) -> dict:
     """The tiny encoder (and GPT-2) under root/models, built by a process (torch, transformers)."""
     (root / "texts.json").write_text(json.dumps(texts), encoding="utf-8")
     proc = subprocess.run(
-        [sys.executable, "-m", "stilts_tui.modeltools", "tiny", str(root / "models"), model, str(root / "texts.json")],
+        [
+            sys.executable,
+            "-m",
+            "stilts_tui.train.modeltools",
+            "tiny",
+            str(root / "models"),
+            model,
+            str(root / "texts.json"),
+        ],
         capture_output=True,
         text=True,
     )

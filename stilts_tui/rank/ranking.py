@@ -13,11 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stilts_tui import contract, rundir
+from stilts_tui import contract
 from stilts_tui import plan as plans
 from stilts_tui.errors import Failure, UserError
-from stilts_tui.ledger import Ledger
-from stilts_tui.rank_cache import CACHE_DIR, METHOD, Start, cached, job, ranking  # noqa: F401 - names of this command
+from stilts_tui.rank.cache import CACHE_DIR, METHOD, Start, cached, job, ranking  # noqa: F401 - names of this command
+from stilts_tui.store import rundir
+from stilts_tui.store.ledger import Ledger
 
 DEFAULT_EXAMPLES = contract.RANK_DEFAULTS["examples"]  # also a plan's rank stage's
 DEVICE_HELP = "cpu (default) | cuda | cuda:N"

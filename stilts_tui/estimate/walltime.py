@@ -86,7 +86,7 @@ def _num(v: object) -> float | None:
 
 
 def _rows(task: dict, split: str) -> int | None:
-    from stilts_tui.cost import count_rows
+    from stilts_tui.estimate.cost import count_rows
 
     return count_rows(task, split)
 
@@ -95,9 +95,9 @@ def history(root: Path | None) -> Rates:
     """The box's figures from the finished runs in ``root``'s ledger (nothing without one): per shape, the
     median process start, loading, steady samples/s alone and seconds of evaluation a dev example; the
     packing of K processes on a device; the fused speed-up of arrays of F."""
-    from stilts_tui import rundir
     from stilts_tui.errors import UserError
-    from stilts_tui.ledger import Ledger
+    from stilts_tui.store import rundir
+    from stilts_tui.store.ledger import Ledger
 
     if root is None or not (Path(root) / LEDGER_FILE).exists():
         return Rates()
@@ -182,8 +182,8 @@ def _summarise(seen: dict[str, dict[str, list]], n: int) -> Rates:
 
 def phases(plan: plans.Plan, run: plans.Run, rates: Rates, synth_n: dict[str, int]) -> Phases | None:
     """A run's predicted phases: its shape's measured figures where the box has them, else the defaults
-    (:func:`stilts_tui.cost.default_rate` for the steps). None when its train size is unknown."""
-    from stilts_tui import cost
+    (:func:`stilts_tui.estimate.cost.default_rate` for the steps). None when its train size is unknown."""
+    from stilts_tui.estimate import cost
 
     n = cost.train_size(run, synth_n)
     if not n:

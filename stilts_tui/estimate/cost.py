@@ -118,9 +118,9 @@ def measured(root: Path | None) -> dict[str, Rate]:
     """Throughput by shape from the finished runs in the ledger (an empty dict without a ledger)."""
     if root is None or not (Path(root) / LEDGER_FILE).exists():
         return {}
-    from stilts_tui import rundir
     from stilts_tui.errors import UserError
-    from stilts_tui.ledger import Ledger
+    from stilts_tui.store import rundir
+    from stilts_tui.store.ledger import Ledger
 
     try:
         runs = Ledger(root).runs()

@@ -1,9 +1,9 @@
 """Model-side helpers that the CLI runs as a process (they import transformers and torch, which the
 CLI, the TUI and the queue never do):
 
-- ``python -m stilts_tui.modeltools encode MODEL KIND MAX_LEN`` reads examples (JSON on stdin) and
+- ``python -m stilts_tui.train.modeltools encode MODEL KIND MAX_LEN`` reads examples (JSON on stdin) and
   prints what the trainer's tokenization makes of them (tokens and ids), for ``tasks show``;
-- ``python -m stilts_tui.modeltools tiny OUT MODEL TEXTS`` builds the tiny random-init models of a
+- ``python -m stilts_tui.train.modeltools tiny OUT MODEL TEXTS`` builds the tiny random-init models of a
   rehearsal: an encoder of MODEL's architecture family (MODEL's own tokenizer where it can be loaded,
   else a byte-level BPE trained on TEXTS) and a tiny GPT-2 generator, for ``plan rehearse``.
 
@@ -48,10 +48,10 @@ def load_tokenizer(model: str):
 def encode(model: str, kind: str, max_len: int, examples: list[dict]) -> list[dict]:
     """Each example as the trainer tokenizes it (train/data.py): ids and tokens, a list per choice."""
     from stilts_tui.tasks.inputs import fill_sep
-    from stilts_tui.train.data import _tokenize_fn
+    from stilts_tui.train.data import tokenize_fn
 
     tok = load_tokenizer(model)
-    fn = _tokenize_fn(tok, kind, max_len)
+    fn = tokenize_fn(tok, kind, max_len)
     batch = {"a": [e["a"] for e in examples], "b": [e["b"] for e in examples]}
     ids = fn(batch)["input_ids"]
     out = []
@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         return report(e)
     print(
-        "usage: python -m stilts_tui.modeltools encode MODEL KIND MAX_LEN | tiny OUT MODEL TEXTS.json", file=sys.stderr
+        "usage: python -m stilts_tui.train.modeltools encode MODEL KIND MAX_LEN | tiny OUT MODEL TEXTS.json",
+        file=sys.stderr,
     )
     return 2
 

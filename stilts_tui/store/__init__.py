@@ -1,0 +1,1 @@
+"""What is kept on disk: the ledger (TinyDB) and the run folders."""
