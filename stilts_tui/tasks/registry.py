@@ -33,7 +33,11 @@ class TaskDef:
     num_choices: int | None = None  # fixed number of choices (multiple choice), None if per-file
     metric: str = "acc"
     metrics: tuple[str, ...] = ("acc",)
-    hub: tuple[str, str | None] | None = None  # (dataset id, config)
+    # (dataset id, config, revision): a dataset stored as data files (Parquet or JSON) on the hub, pinned by
+    # revision; the run records the commit the revision resolved to (docs/tasks.md, "Where each task's data
+    # comes from")
+    hub: tuple[str, str | None, str] | None = None
+    hub_fields: tuple[str, ...] = ()  # the fields the task's builder reads from a hub row
     hub_splits: tuple[str, str] = ("train", "validation")
     aliases: tuple[str, ...] = ()
     companions: tuple[tuple[str, str], ...] = ()  # (suffix, replacement): label files beside data
@@ -87,8 +91,12 @@ def _csv(path: Path) -> list[dict]:
     return formats.read_table(path, ",")
 
 
-_GLUE = "nyu-mll/glue"
+_GLUE = "nyu-mll/glue"  # Parquet files on main since the hub's canonical datasets moved to data files
 _SG = "aps/super_glue"
+# the hub's own Parquet conversion of a dataset (a branch the hub writes for every dataset it can show):
+# the only data-file copy of a dataset whose main branch is a loading script, which datasets >= 4 refuses
+PARQUET = "refs/convert/parquet"
+MAIN = "main"
 _PAIR = inputs.sentence_pair
 
 BUILTIN: list[TaskDef] = [
@@ -99,7 +107,8 @@ BUILTIN: list[TaskDef] = [
         _glue(True, {"sentence1": "sentence1", "sentence2": "sentence2", "label": "label"}),
         ("train.tsv", "dev.tsv"),
         labels=("entailment", "not_entailment"),
-        hub=(_GLUE, "rte"),
+        hub=(_GLUE, "rte", MAIN),
+        hub_fields=("sentence1", "sentence2", "label"),
         description="GLUE RTE: textual entailment",
     ),
     TaskDef(
@@ -111,7 +120,8 @@ BUILTIN: list[TaskDef] = [
         labels=("not_equivalent", "equivalent"),
         metric="f1",
         metrics=("f1", "acc"),
-        hub=(_GLUE, "mrpc"),
+        hub=(_GLUE, "mrpc", MAIN),
+        hub_fields=("sentence1", "sentence2", "label"),
         description="GLUE MRPC: paraphrase",
     ),
     TaskDef(
@@ -123,7 +133,8 @@ BUILTIN: list[TaskDef] = [
         labels=("unacceptable", "acceptable"),
         metric="mcc",
         metrics=("mcc", "acc"),
-        hub=(_GLUE, "cola"),
+        hub=(_GLUE, "cola", MAIN),
+        hub_fields=("sentence", "label"),
         description="GLUE CoLA: acceptability (tsv without header)",
     ),
     TaskDef(
@@ -133,7 +144,8 @@ BUILTIN: list[TaskDef] = [
         _glue(True, {"sentence": "sentence", "label": "label"}),
         ("train.tsv", "dev.tsv"),
         labels=("negative", "positive"),
-        hub=(_GLUE, "sst2"),
+        hub=(_GLUE, "sst2", MAIN),
+        hub_fields=("sentence", "label"),
         aliases=("sst-2",),
         description="GLUE SST-2: sentiment",
     ),
@@ -145,7 +157,8 @@ BUILTIN: list[TaskDef] = [
         ("train.tsv", "dev.tsv"),
         metric="pearson",
         metrics=("pearson", "spearman"),
-        hub=(_GLUE, "stsb"),
+        hub=(_GLUE, "stsb", MAIN),
+        hub_fields=("sentence1", "sentence2", "label"),
         aliases=("sts-b",),
         description="GLUE STS-B: similarity (regression)",
     ),
@@ -156,17 +169,19 @@ BUILTIN: list[TaskDef] = [
         _glue(True, {"question": "question", "sentence": "sentence", "label": "label"}),
         ("train.tsv", "dev.tsv"),
         labels=("entailment", "not_entailment"),
-        hub=(_GLUE, "qnli"),
+        hub=(_GLUE, "qnli", MAIN),
+        hub_fields=("question", "sentence", "label"),
         description="GLUE QNLI: question entailment",
     ),
     TaskDef(
         "mnli",
         "classification",
-        _PAIR("sentence1", "sentence2", NLI3),
-        _glue(True, {"sentence1": "sentence1", "sentence2": "sentence2", "gold_label": "label"}),
+        _PAIR("premise", "hypothesis", NLI3),  # the hub's names (GLUE's files say sentence1/sentence2)
+        _glue(True, {"sentence1": "premise", "sentence2": "hypothesis", "gold_label": "label"}),
         ("train.tsv", "dev_matched.tsv"),
         labels=NLI3,
-        hub=(_GLUE, "mnli"),
+        hub=(_GLUE, "mnli", MAIN),
+        hub_fields=("premise", "hypothesis", "label"),
         hub_splits=("train", "validation_matched"),
         description="GLUE MNLI: NLI (matched dev)",
     ),
@@ -177,7 +192,8 @@ BUILTIN: list[TaskDef] = [
         _wic,
         ("train/train.data.txt", "dev/dev.data.txt"),
         labels=("F", "T"),
-        hub=(_SG, "wic"),
+        hub=(_SG, "wic", PARQUET),
+        hub_fields=("word", "sentence1", "sentence2", "label"),
         companions=((".data.txt", ".gold.txt"),),
         description="WiC: word in context",
     ),
@@ -197,7 +213,8 @@ BUILTIN: list[TaskDef] = [
         formats.read_jsonl,
         ("hellaswag_train.jsonl", "hellaswag_val.jsonl"),
         num_choices=4,
-        hub=("Rowan/hellaswag", None),
+        hub=("Rowan/hellaswag", None, MAIN),
+        hub_fields=("ctx_a", "ctx_b", "endings", "label"),
         description="HellaSwag: ctx_a paired with ctx_b + ending",
     ),
     TaskDef(
@@ -207,7 +224,8 @@ BUILTIN: list[TaskDef] = [
         formats.read_jsonl,
         ("hellaswag_train.jsonl", "hellaswag_val.jsonl"),
         num_choices=4,
-        hub=("Rowan/hellaswag", None),
+        hub=("Rowan/hellaswag", None, MAIN),
+        hub_fields=("endings", "label"),
         aliases=("hella-p",),
         description="HellaSwag-p: the ending alone (no context)",
     ),
@@ -227,7 +245,8 @@ BUILTIN: list[TaskDef] = [
         _siqa,
         ("train.jsonl", "dev.jsonl"),
         num_choices=3,
-        hub=("allenai/social_i_qa", None),
+        hub=("allenai/social_i_qa", "default", PARQUET),
+        hub_fields=("context", "question", "answerA", "answerB", "answerC", "label"),
         aliases=("iqa", "socialiqa"),
         companions=((".jsonl", "-labels.lst"),),
         description="SocialIQA: context + question, 3 answers",
@@ -240,7 +259,8 @@ BUILTIN: list[TaskDef] = [
             formats.read_jsonl_sig,
             (f"train_{size}.jsonl", "dev.jsonl"),
             num_choices=2,
-            hub=("allenai/winogrande", f"winogrande_{size}"),
+            hub=("allenai/winogrande", f"winogrande_{size}", MAIN),
+            hub_fields=("sentence", "option1", "option2", "answer"),
             description=f"WinoGrande ({size.upper()} training set)",
         )
         for size in ("xs", "s", "m", "l", "xl")
@@ -252,7 +272,8 @@ BUILTIN: list[TaskDef] = [
         _csv,
         ("train.csv", "valid.csv"),
         num_choices=4,
-        hub=("allenai/cosmos_qa", None),
+        hub=("allenai/cosmos_qa", "default", PARQUET),
+        hub_fields=("context", "question", "answer0", "answer1", "answer2", "answer3", "label"),
         description="CosmosQA: context + question, 4 answers",
     ),
     TaskDef(
@@ -262,7 +283,8 @@ BUILTIN: list[TaskDef] = [
         formats.read_jsonl,
         ("train.jsonl", "val.jsonl"),
         labels=("False", "True"),
-        hub=(_SG, "boolq"),
+        hub=(_SG, "boolq", PARQUET),
+        hub_fields=("question", "passage", "label"),
         description="BoolQ: yes/no questions",
     ),
     TaskDef(
@@ -272,7 +294,8 @@ BUILTIN: list[TaskDef] = [
         formats.read_jsonl,
         ("train.jsonl", "val.jsonl"),
         num_choices=2,
-        hub=(_SG, "copa"),
+        hub=(_SG, "copa", PARQUET),
+        hub_fields=("premise", "choice1", "choice2", "question", "label"),
         description="COPA: choice of plausible alternatives",
     ),
     TaskDef(
@@ -282,7 +305,8 @@ BUILTIN: list[TaskDef] = [
         formats.read_jsonl,
         ("train_rand_split.jsonl", "dev_rand_split.jsonl"),
         num_choices=5,
-        hub=("tau/commonsense_qa", None),
+        hub=("tau/commonsense_qa", None, MAIN),
+        hub_fields=("question", "choices", "answerKey"),
         aliases=("csqa",),
         description="CommonsenseQA: 5 answers",
     ),
