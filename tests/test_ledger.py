@@ -20,7 +20,7 @@ from stilts_tui.store.ledger import Ledger
 root, prefix, n, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 ledger = Ledger(root)
 for start in range(0, n, batch):
-    recs = [{"id": f"{prefix}{i:06d}", "plan": prefix, "stage": "target", "order": i, "pad": "x" * 200}
+    recs = [{"id": f"{prefix}{i:06d}", "plan": prefix, "stage": "target", "order": i, "name": "x" * 200}
             for i in range(start, min(n, start + batch))]
     ledger.add_runs(recs)
     for r in recs:
@@ -49,7 +49,7 @@ def test_four_processes_adding_200_runs_each_leave_800_records(tmp_path):
 
 def test_a_writer_killed_mid_write_leaves_a_valid_ledger_with_every_committed_record(tmp_path):
     # grow the file so that each write takes a while, then kill the writer at arbitrary moments
-    Ledger(tmp_path).add_runs([{"id": f"base{i:08d}", "plan": "base", "pad": "y" * 400} for i in range(5000)])
+    Ledger(tmp_path).add_runs([{"id": f"base{i:08d}", "plan": "base", "name": "y" * 400} for i in range(5000)])
     for attempt in range(4):
         proc = _writer(tmp_path, f"k{attempt}", 100000, 5)
         committed: list[str] = []
@@ -110,3 +110,55 @@ def test_incremental_encoding_matches_the_whole_state(tmp_path):
     assert on_disk["runs"] == {r["id"]: r for r in Ledger(tmp_path).runs()}
     assert on_disk["runs"]["00000000000e"]["score"] == 0.14 and on_disk["meta"]["paused"] == {"value": True}
     assert Ledger(tmp_path).meta("paused") is True
+
+
+# -- the typed run row (store/row.py) ---------------------------------------------------------------
+
+
+def test_a_write_naming_a_field_the_run_row_lacks_is_refused_and_changes_nothing(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.add_runs([{"id": "a" * 12, "plan": "p", "stage": "target"}])
+    before = (tmp_path / "ledger.json").read_bytes()
+    with pytest.raises(LedgerError, match="unknown field 'stauts'"):
+        with ledger.transaction() as tx:
+            tx.update_run("a" * 12, score=0.5)
+            tx.update_run("a" * 12, stauts="done")  # a misspelt key: stored and never read, before the typed row
+    with pytest.raises(LedgerError, match="unknown field 'cancel_grace_s'"):
+        ledger.update("a" * 12, cancel_grace_s=3.0)
+    with pytest.raises(LedgerError, match="unknown field 'pad'"):
+        ledger.add_runs([{"id": "b" * 12, "plan": "p", "pad": "x"}])
+    assert (tmp_path / "ledger.json").read_bytes() == before
+    assert ledger.get("a" * 12)["score"] is None and ledger.get("b" * 12) is None
+
+
+def test_every_field_the_queue_writes_or_a_plan_records_is_typed_once():
+    """The keys of every update_run / Ledger.update call in the package, and every record a plan expands to,
+    are fields of the typed row (and RUN_FIELDS, the queue's checks, are typed from it)."""
+    import ast
+
+    from stilts_tui import plan as plans
+    from stilts_tui.store.ledger import RUN_FIELDS
+    from stilts_tui.store.row import ROW_FIELDS, ROW_TYPES
+
+    written = set()
+    for path in (Path(__file__).parents[1] / "stilts_tui").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update_run":
+                written |= {k.arg for k in node.keywords if k.arg}
+    assert {"status", "cancel_grace", "fuse_why", "submit_failures"} <= written
+    assert written <= ROW_FIELDS, written - ROW_FIELDS
+    for plan_file in ("chang_lu_2021.toml", "chang_lu_2021_lora.toml"):
+        _, runs = plans.load_and_expand(Path(__file__).parents[1] / "plans" / plan_file)
+        assert {k for r in runs for k in r.record()} <= ROW_FIELDS
+    assert set(RUN_FIELDS) <= ROW_FIELDS and len(ROW_TYPES) >= 40
+
+
+def test_a_row_of_an_older_version_reads_and_takes_writes(tmp_path):
+    """Rows with fewer fields, or with fields no version writes any more, still read; a write of a typed
+    field to one keeps what it holds."""
+    old = {"id": "c" * 12, "plan": "p", "stage": "target", "status": "queued", "precision": "fp32", "legacy": 1}
+    (tmp_path / "ledger.json").write_text(json.dumps({"runs": {old["id"]: old}}))
+    ledger = Ledger(tmp_path)
+    assert ledger.runs() == [old]
+    ledger.update(old["id"], priority=3)
+    assert Ledger(tmp_path).get(old["id"]) == {**old, "priority": 3}

@@ -138,3 +138,21 @@ async def test_the_app_rings_the_bell_when_a_plan_finishes(tmp_path, runs_dir):
         await until(pilot, lambda: app.rings, "the bell", 12)
         assert app.rings == 1
         assert any("plan 'b' finished" in n.message for n in app._notifications)
+
+
+def test_plan_watch_reads_failures_through_the_run_view(runs_dir):
+    """A run that ran out of memory alone is word of a failure as its one view reads it (store/view.py):
+    "oom" with its reason, as `queue ls` and the app show it."""
+    import json as _json
+
+    oom = "CUDA out of memory: tried to allocate 2.00 GiB"
+    rid = "0" * 11 + "1"
+    (runs_dir / rid).mkdir()
+    (runs_dir / rid / "result.json").write_text(_json.dumps({"status": "oom", "error": oom}))
+    watch = PlanWatch(runs_dir)
+    runs = [{"id": rid, "plan": "p", "status": "running"}, {"id": "0" * 12, "plan": "p", "status": "queued"}]
+    assert watch.update(runs) == []
+    runs[0].update(status="failed", error=oom, finished=1.0)
+    (event,) = watch.update(runs)
+    assert event["failed_runs"] == [rid] and event["why"] == {rid: f"oom: {oom}"}
+    assert event["counts"]["failed"] == 1  # the counts stay the ledger's (STILTS_FAILED...)

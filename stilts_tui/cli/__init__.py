@@ -16,7 +16,7 @@ import typer
 
 from stilts_tui import plan as plans
 from stilts_tui import tasks
-from stilts_tui.contract import CANCEL_GRACE_S, DAEMON_LOG, SETTLED, STATUSES, TRAIN_LOG, waits
+from stilts_tui.contract import CANCEL_GRACE_S, DAEMON_LOG, SETTLED, STATUSES, TRAIN_LOG
 from stilts_tui.entry import NoDaemon, RunsDir  # the root options, shared with the bare command's parser
 from stilts_tui.errors import Failure, UserError
 from stilts_tui.estimate import predicted
@@ -855,11 +855,14 @@ def queue_ls(
     ledger = Ledger(_root(ctx))
     if plan is not None and plan not in ledger.plans():
         raise UserError(f"--plan: no plan named '{plan}' in {ledger.path}")
+    from stilts_tui.store.view import read_views
+
     runs = ledger.runs(plan=plan, status=status)
-    if as_json:
-        typer.echo(json.dumps([{k: r.get(k) for k in LS_KEYS} for r in runs], indent=1))
+    shown = read_views(_root(ctx), ledger.runs())  # every run: a blocked run names its parent's status
+    if as_json:  # the ledger's fields, then the view's (store/view.py: RunView.record)
+        typer.echo(json.dumps([{**{k: r.get(k) for k in LS_KEYS}, **shown[r["id"]].record()} for r in runs], indent=1))
     else:
-        _console().print(_runs_table(runs, {r["id"]: r["status"] for r in ledger.runs()}))
+        _console().print(_runs_table(runs, shown))
         typer.echo(f"{len(runs)} runs", err=True)
     _warn_stuck(runs)
 
@@ -887,8 +890,8 @@ LS_KEYS = (
 )
 
 
-def _runs_table(runs: list[dict], status: dict[str, str]):
-    """`queue ls`'s table: one row a run, every cell escaped (``status``: every run's, for reasons)."""
+def _runs_table(runs: list[dict], shown: dict):
+    """`queue ls`'s table: one row a run, every cell escaped (``shown``: every run's view, store/view.py)."""
     from rich.table import Table
     from rich.text import Text
 
@@ -905,26 +908,14 @@ def _runs_table(runs: list[dict], status: dict[str, str]):
             r.get("intermediate") or "",
             r.get("seed", ""),
             grid,
-            r["status"],
+            shown[r["id"]].label,
             "" if r.get("gpu") is None else r["gpu"],
             f"{score:.4f}" if isinstance(score, (int, float)) else "",
-            _reason(r, status),
+            shown[r["id"]].reason,
         )
         # Text, not markup: a name like "[/]" is shown, not parsed; control characters shown escaped
         table.add_row(*(Text(terminal_safe("" if c is None else c)) for c in cells))
     return table
-
-
-def _reason(run: dict, status: dict[str, str]) -> str:
-    """Why a run failed, is blocked or stuck, in one line ("" for a run with nothing to say)."""
-    if run["status"] == "blocked" and run.get("parent"):
-        return f"parent {run['parent']} {status.get(run['parent'], 'missing')}"
-    if run["status"] == "pruned":
-        return f"pruned: {run.get('pruned_why') or 'left out by its rank run'}"
-    if run["status"] == "queued" and waits(run, status):
-        return "waits for rank run " + " ".join(run.get("after") or [])
-    why = run.get("error") or run.get("stuck")
-    return " ".join(str(why).split()) if why and run["status"] != "done" else ""
 
 
 def _warn_stuck(runs: list[dict]) -> None:

@@ -30,9 +30,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from stilts_tui.contract import ACTIVE, STATUSES, Status
+from stilts_tui.contract import ACTIVE, STATUSES, Env
+from stilts_tui.store.view import Folders, RunView, Shown, views
 
-ENV_VAR = "STILTS_ON_FINISH"
+ENV_VAR = Env.ON_FINISH
+FAILURES = frozenset({Shown.FAILED, Shown.OOM, Shown.DEGENERATE})  # word of a failure (degenerate: stopped early)
 LOG_NAME = "notify.log"
 
 
@@ -49,24 +51,27 @@ def command_from_env() -> list[str] | None:
 
 
 class PlanWatch:
-    """Per plan: its counts by status, whether it is finished, and which runs failed. ``update`` returns
-    what changed since the last call (nothing on the first: that is the baseline)."""
+    """Per plan: its counts by the ledger's status, whether it is finished, and which runs failed (as their
+    one view says: failed, oom or degenerate). ``update`` returns what changed since the last call (nothing
+    on the first: that is the baseline). With ``root`` a failed run's folder tells an oom apart."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path | None = None) -> None:
         self.seen: dict[str, tuple[bool, set[str]]] | None = None
+        self.folders = Folders(root) if root is not None else None
+        self.views: dict[str, RunView] = {}  # the last update's views of the runs, by id
 
-    @staticmethod
-    def summarise(runs: list) -> dict[str, tuple[dict[str, int], set[str]]]:
+    def summarise(self, runs: list) -> dict[str, tuple[dict[str, int], set[str]]]:
+        rows = [  # a damaged row says nothing about a plan
+            r for r in runs if isinstance(r, dict) and isinstance(r.get("plan"), str) and isinstance(r.get("id"), str)
+        ]
+        self.views = views(rows, *(self.folders.read(rows) if self.folders is not None else ()))
         out: dict[str, tuple[dict[str, int], set[str]]] = {}
-        for r in runs:
-            if not isinstance(r, dict) or not isinstance(r.get("plan"), str):
-                continue  # a damaged row says nothing about a plan
+        for r in rows:
             counts, failed = out.setdefault(r["plan"], ({s: 0 for s in STATUSES}, set()))
-            status = r.get("status")
-            if status in counts:
-                counts[status] += 1
-            if status in (Status.FAILED, Status.DEGENERATE):  # a run stopped as degenerate counts as failed
-                failed.add(str(r.get("id")))
+            if r.get("status") in counts:
+                counts[r["status"]] += 1
+            if self.views[r["id"]].status in FAILURES:
+                failed.add(r["id"])
         return out
 
     def update(self, runs: list) -> list[dict]:
@@ -92,6 +97,8 @@ class PlanWatch:
                     "plan": plan,
                     "counts": {"total": sum(counts.values()), **counts},
                     "failed_runs": new_failed,
+                    # each new failure as its view reads it: "oom: CUDA out of memory ..."
+                    "why": {rid: f"{self.views[rid].label}: {self.views[rid].reason}" for rid in new_failed},
                 }
             )
         return events
@@ -129,15 +136,15 @@ def write_scores(root: Path, plan: str) -> tuple[str, str]:
 def environment(root: Path, event: dict, scores: tuple[str, str]) -> dict[str, str]:
     counts = event["counts"]
     env = {
-        "STILTS_EVENT": event["event"],
-        "STILTS_PLAN": event["plan"],
-        "STILTS_RUNS_DIR": str(root),
-        "STILTS_COUNTS": json.dumps(counts),
-        "STILTS_FAILED_RUNS": " ".join(event["failed_runs"]),
-        "STILTS_SCORES": scores[0],
-        "STILTS_SCORES_MD": scores[1],
+        Env.EVENT: event["event"],
+        Env.PLAN: event["plan"],
+        Env.RUNS_DIR: str(root),
+        Env.COUNTS: json.dumps(counts),
+        Env.FAILED_RUNS: " ".join(event["failed_runs"]),
+        Env.SCORES: scores[0],
+        Env.SCORES_MD: scores[1],
     }
-    env.update({f"STILTS_{k.upper()}": str(v) for k, v in counts.items()})
+    env.update({Env.count(k): str(v) for k, v in counts.items()})
     return env
 
 
@@ -147,7 +154,7 @@ class Notifier:
     def __init__(self, root: Path, log: Callable[[str], None], command: list[str] | None = None):
         self.root, self.log = Path(root), log
         self.command = command if command is not None else command_from_env()
-        self.watch = PlanWatch()
+        self.watch = PlanWatch(self.root)
         self.procs: list[tuple[subprocess.Popen, list[str]]] = []
         if self.command:
             self.log(f"on-finish: {self.command} (when a plan finishes or a run fails)")
@@ -189,6 +196,7 @@ class Notifier:
         try:
             with open(self.root / LOG_NAME, "ab") as out:
                 out.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {event['event']} {event['plan']}: {cmd}\n".encode())
+                out.writelines(f"  {rid} {why}\n".encode() for rid, why in event.get("why", {}).items())
                 proc = subprocess.Popen(
                     cmd,
                     env=env,

@@ -15,6 +15,7 @@ writes in place, so:
 Documents are keyed by run id (a string doc id), so looking up one run costs no scan. The parsed
 file is cached per process and reused while the file's inode/mtime/size are unchanged.
 Per-step metrics stay out of the ledger: they live in each run's ``events.jsonl``.
+A run row is store/row.py's ``RunRow``: a write naming any other field is refused.
 ``STILTS_LEDGER_FSYNC=0`` turns the fsync off (faster commits, safe against a killed process only).
 """
 
@@ -26,22 +27,25 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Unpack
 
 import orjson
 from tinydb import TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Document, Table
 
-from stilts_tui.contract import AFTER_FIELD, LEDGER_FILE, PRUNED_WHY_FIELD, STAGES, STATUSES
 from stilts_tui.contract import FINAL as FINAL  # re-exported: older callers read ledger.FINAL / STATUSES
+from stilts_tui.contract import LEDGER_FILE, STAGES, STATUSES, Env, Status
 from stilts_tui.errors import UserError, failure_from_os, first_line
-from stilts_tui.store.rundir import RUN_ID_RE, WORKER_RE, write_atomic
+from stilts_tui.store.row import INT64 as INT64  # re-exported, as the checks below
+from stilts_tui.store.row import NAME_FIELDS as NAME_FIELDS
+from stilts_tui.store.row import RUN_FIELDS as RUN_FIELDS
+from stilts_tui.store.row import RunRow, run_problems, unknown_fields
+from stilts_tui.store.rundir import write_atomic
 
 # fsync the new file and its folder on every commit, so that a power loss never leaves an empty
 # ledger (ext4 without auto_da_alloc, xfs, NFS...). bench/ledger.py measures the cost.
-FSYNC = os.environ.get("STILTS_LEDGER_FSYNC", "1") not in ("", "0")
-
-INT64 = 2**63
+FSYNC = os.environ.get(Env.LEDGER_FSYNC, "1") not in ("", "0")
 
 
 class LedgerError(UserError):
@@ -70,8 +74,8 @@ class _MemoryStorage(Storage):
 class Tx:
     """One open transaction: ``runs``, ``plans`` and ``meta`` tables (TinyDB API, string ids)."""
 
-    def __init__(self, db: TinyDB, storage: _MemoryStorage):
-        self.db, self._storage = db, storage
+    def __init__(self, db: TinyDB, storage: _MemoryStorage, path: Path):
+        self.db, self._storage, self.path = db, storage, path
         self.changed_runs: set[str] = set()  # runs changed through update_run (the others: via TinyDB)
         self.runs: KeyedTable = db.table("runs")
         self.plans: KeyedTable = db.table("plans")
@@ -80,11 +84,13 @@ class Tx:
     def get_run(self, run_id: str) -> dict | None:
         return self.runs.get(doc_id=run_id)
 
-    def update_run(self, run_id: str, **fields) -> None:
-        """Change some fields of one run in place: the daemon's hot path, so no table rebuild."""
+    def update_run(self, run_id: str, **fields: Unpack[RunRow]) -> None:
+        """Change some fields of one run in place: the daemon's hot path, so no table rebuild. A field the
+        typed row (store/row.py) does not have is refused: nothing of the transaction is written."""
         doc = self._storage.data.get("runs", {}).get(run_id)
         if doc is None:
             raise KeyError(run_id)
+        _refuse_unknown(self.path, run_id, fields)
         doc.update(fields)
         self._storage.dirty = True
         self.changed_runs.add(run_id)
@@ -226,7 +232,7 @@ class Ledger:
             storage = _MemoryStorage(self._load())
             db = TinyDB(storage=lambda: storage)
             db.table_class = KeyedTable
-            tx = Tx(db, storage)
+            tx = Tx(db, storage, self.path)
             try:
                 yield tx
             except BaseException:
@@ -338,11 +344,13 @@ class Ledger:
         with self.transaction() as tx:
             table = tx.runs._read_table()
             new = [r for r in records if r["id"] not in table]
+            for r in new:
+                _refuse_unknown(self.path, r["id"], r)
             docs = [
                 Document(
                     {
                         **r,
-                        "status": "queued",
+                        "status": Status.QUEUED.value,
                         "priority": priority,
                         "gpu": None,
                         "score": None,
@@ -357,7 +365,7 @@ class Ledger:
                 tx.runs.insert_multiple(docs)
         return [r["id"] for r in new]
 
-    def update(self, run_id: str, **fields) -> None:
+    def update(self, run_id: str, **fields: Unpack[RunRow]) -> None:
         with self.transaction() as tx:
             if tx.get_run(run_id) is None:
                 raise LedgerError(f"no run '{run_id}' in {self.path}")
@@ -388,6 +396,17 @@ def queue_order(run: dict) -> tuple:
         _num(run.get("added", 0)),
         _num(run.get("order", 0)),
     )
+
+
+def _refuse_unknown(path: Path, run_id: str, fields: dict) -> None:
+    """Raise for a write that names a field the typed run row lacks (a misspelt key is a bug, not data)."""
+    unknown = unknown_fields(fields)
+    if unknown:
+        raise LedgerError(
+            f"{path}: run '{run_id}' cannot be stored: unknown field {', '.join(map(repr, unknown))} (a run row "
+            "holds only the fields of store/row.py's RunRow); nothing was written",
+            exit_code=1,
+        )
 
 
 def _io_error(e: OSError, doing: str) -> UserError:
@@ -431,64 +450,3 @@ def shape_problem(data: object) -> str | None:
             if field in run and not isinstance(run[field], str):
                 return f"run '{key}': {field} is {run.get(field)!r}, not a string"
     return None
-
-
-# fields the queue reads from a run, with what each must hold (None is always allowed)
-_INT, _NUM, _STR = "an integer", "a number", "a string"
-RUN_FIELDS = {
-    "priority": _NUM,
-    "attempts": _INT,
-    "pid": _INT,
-    "pid_started": _NUM,
-    "started": _NUM,
-    "finished": _NUM,
-    "added": _NUM,
-    "order": _NUM,
-    "gpu": _INT,
-    "est_gb": _NUM,
-    "peak_gpu_mem_gb": _NUM,
-    "fused": _INT,
-    "score": _NUM,
-    "job_id": _STR,
-    "parent": _STR,
-    "worker": _STR,
-    "error": _STR,
-    "shape": _STR,
-    "slurm_state": _STR,
-    "slurm_reason": _STR,
-    PRUNED_WHY_FIELD: _STR,
-}
-
-
-# fields that become paths (the run's folder, its parent's, its worker's log): they must match their rule
-NAME_FIELDS = {"id": RUN_ID_RE, "parent": RUN_ID_RE, "worker": WORKER_RE}
-
-
-def run_problems(run: dict) -> dict[str, str]:
-    """Fields of a run that do not hold what the queue expects: ``{field: what is wrong}``. Integers
-    must fit in 64 bits, numbers be finite, a pid be one the system can have; the id, the parent and
-    the worker match their names' rules (they become paths under the runs-dir). (Called on every run
-    each daemon tick: the common cases are decided by type alone.)"""
-    bad = {}
-    for name, rule in NAME_FIELDS.items():
-        v = run.get(name)
-        if v is not None and not (type(v) is str and rule.fullmatch(v)):
-            bad[name] = f"{name} = {str(v)[:40]!r} is not a name the queue writes ({rule.pattern})"
-    for name, kind in RUN_FIELDS.items():
-        v = run.get(name)
-        t = type(v)
-        if v is None or (t is str and kind is _STR) or name in bad:
-            continue
-        if kind is not _STR:
-            if t is int and -INT64 <= v < INT64 and (name != "pid" or 0 < v < 2**22):
-                continue
-            if t is float and kind is _NUM and -INT64 <= v < INT64:  # also false for NaN; inf is out of range
-                continue
-        what = f"{kind} in range" if kind is not _STR else kind
-        bad[name] = f"{name} = {str(v)[:40]!r} is not {what}"
-    after = run.get(AFTER_FIELD)  # the runs it waits for (the rank stage): a list of run ids
-    if after is not None and not (
-        type(after) is list and all(type(x) is str and RUN_ID_RE.fullmatch(x) for x in after)
-    ):
-        bad[AFTER_FIELD] = f"{AFTER_FIELD} = {str(after)[:40]!r} is not a list of run ids"
-    return bad
