@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from stilts_tui import contract
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_PLAN = ROOT / "plans" / "chang_lu_2021.toml"
 CONSOLE = Path(sys.executable).parent / "stilts-tui"
@@ -27,6 +29,43 @@ os.environ.setdefault(
     os.environ.get("STILTS_TEST_INDUCTOR_CACHE")
     or str(Path(tempfile.gettempdir()) / f"stilts-tests-inductor-{os.getuid()}"),
 )
+
+
+# The home the test process was started with: the user's, which no test reads or writes (own_home).
+REAL_HOME = os.environ.get("HOME", "")
+# What the code and the libraries it uses keep under a home: each test gets its own (own_home).
+HOME_DIRS = {"HOME": ".", "XDG_CONFIG_HOME": ".config", "XDG_CACHE_HOME": ".cache", "XDG_DATA_HOME": ".local/share"}
+HOME_DIRS |= {"XDG_STATE_HOME": ".local/state", "HF_HOME": ".cache/huggingface", "TORCH_HOME": ".cache/torch"}
+# Set by a user to point somewhere of their own: unset, so each follows the test's home.
+HOME_OVERRIDES = (
+    contract.Env.KEYMAP,
+    contract.Env.COLUMNS,
+    "HF_DATASETS_CACHE",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "TRANSFORMERS_CACHE",
+)
+
+
+@pytest.fixture(scope="session")
+def _matplotlib_dir(tmp_path_factory) -> Path:
+    """One matplotlib folder for the session: its font list is built once, not once a test."""
+    return tmp_path_factory.mktemp("matplotlib")
+
+
+@pytest.fixture(autouse=True)
+def own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _matplotlib_dir: Path) -> Path:
+    """Every test its own home under its ``tmp_path`` (``home/``): HOME, the XDG folders and the Hugging Face
+    and torch caches, in the environment of the test and of every process it starts, so no test reads the
+    user's keymap or columns nor writes into their home."""
+    home = tmp_path / "home"
+    for var, sub in HOME_DIRS.items():
+        (home / sub).mkdir(parents=True, exist_ok=True)
+        monkeypatch.setenv(var, str((home / sub).resolve()))
+    for var in HOME_OVERRIDES:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MPLCONFIGDIR", str(_matplotlib_dir))
+    return home
 
 
 def cli(
