@@ -204,13 +204,16 @@ def write_tiny_run(
     return d
 
 
-def wait(cond, timeout: float = 150, what: str = "condition"):
-    """Poll ``cond`` until it is truthy (its value) or fail after ``timeout`` seconds naming ``what``."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def wait(cond, timeout: float = 150, what: str = "condition", alive: subprocess.Popen | None = None):
+    """Poll ``cond`` until it is truthy (its value) or fail after ``timeout`` seconds naming ``what``; at
+    once where the process ``alive`` has exited first (it will not make ``cond`` true any more)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         value = cond()
         if value:
             return value
+        if alive is not None and alive.poll() is not None:
+            raise AssertionError(f"the process exited ({alive.returncode}) before {what}")
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
 
