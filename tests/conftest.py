@@ -251,25 +251,48 @@ def queue_env(runs_dir):
                 pass
 
 
-# ---- a queue with a tiny plan, for the daemon tests --------------------------------------------------
+# ---- plan files written from keyword arguments; a queue with a tiny plan, for the daemon tests ------------
 
-QUEUE_PLAN = """name = "q"
-model = "{model}"
-baseline = {baseline}
-target_seeds = [1]
-{header}
-[defaults]
-epochs = 1
-batch_size = 16
-max_len = 24
-[tasks.pair]
-format = "jsonl"
-train = "data/tr.jsonl"
-dev = "data/dv.jsonl"
-kind = "classification"
-text_fields = ["s1", "s2"]
-{stages}
-"""
+
+def _toml(value) -> str:
+    """A TOML value: bools, numbers, strings and lists of them."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value)) if isinstance(value, (str, Path)) else repr(value)
+
+
+def plan_text(
+    name: str = "q",
+    model: str | Path = "roberta-large",
+    baseline: bool = True,
+    seeds: tuple[int, ...] | list[int] = (1,),
+    header: str = "",
+    defaults: dict | None = None,
+    pair: tuple[str, str] | None = None,
+    fields: tuple[str, ...] = ("s1", "s2"),
+    stages: str = "",
+) -> str:
+    """A plan's TOML: its top-level keys (``header``: more of them, as TOML), ``[defaults]``, a custom
+    classification task ``pair`` reading the (train, dev) jsonl files ``pair`` with text ``fields``, then
+    ``stages`` (TOML)."""
+    lines = [f"name = {_toml(name)}", f"model = {_toml(str(model))}", f"baseline = {_toml(baseline)}"]
+    lines += [f"target_seeds = {_toml(list(seeds))}", header]
+    if defaults:
+        lines += ["[defaults]", *(f"{k} = {_toml(v)}" for k, v in defaults.items())]
+    if pair:
+        lines += ["[tasks.pair]", 'format = "jsonl"', f"train = {_toml(pair[0])}", f"dev = {_toml(pair[1])}"]
+        lines += ['kind = "classification"', f"text_fields = {_toml(list(fields))}"]
+    return "\n".join(lines) + "\n" + stages
+
+
+def write_plan(path: Path, **kw) -> Path:
+    """A plan file at ``path`` from ``plan_text``'s keyword arguments."""
+    return write_text(path, plan_text(**kw))
+
+
+QUEUE_DEFAULTS = {"epochs": 1, "batch_size": 16, "max_len": 24}
 
 
 def make_plan(tmp_path: Path, model: Path, stages: str, baseline: bool = False, header: str = "") -> Path:
@@ -279,8 +302,15 @@ def make_plan(tmp_path: Path, model: Path, stages: str, baseline: bool = False, 
 
     write_jsonl(tmp_path / "data/tr.jsonl", pair_rows(48, 1))
     write_jsonl(tmp_path / "data/dv.jsonl", pair_rows(16, 2))
-    text = QUEUE_PLAN.format(model=model, baseline=str(baseline).lower(), stages=stages, header=header)
-    return write_text(tmp_path / "q.toml", text)
+    return write_plan(
+        tmp_path / "q.toml",
+        model=model,
+        baseline=baseline,
+        header=header,
+        defaults=QUEUE_DEFAULTS,
+        pair=("data/tr.jsonl", "data/dv.jsonl"),
+        stages=stages,
+    )
 
 
 def add(plan: Path, runs_dir: Path, env: dict) -> list[dict]:
