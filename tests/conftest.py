@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from stilts_tui import contract
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_PLAN = ROOT / "plans" / "chang_lu_2021.toml"
 CONSOLE = Path(sys.executable).parent / "stilts-tui"
@@ -27,6 +29,43 @@ os.environ.setdefault(
     os.environ.get("STILTS_TEST_INDUCTOR_CACHE")
     or str(Path(tempfile.gettempdir()) / f"stilts-tests-inductor-{os.getuid()}"),
 )
+
+
+# The home the test process was started with: the user's, which no test reads or writes (own_home).
+REAL_HOME = os.environ.get("HOME", "")
+# What the code and the libraries it uses keep under a home: each test gets its own (own_home).
+HOME_DIRS = {"HOME": ".", "XDG_CONFIG_HOME": ".config", "XDG_CACHE_HOME": ".cache", "XDG_DATA_HOME": ".local/share"}
+HOME_DIRS |= {"XDG_STATE_HOME": ".local/state", "HF_HOME": ".cache/huggingface", "TORCH_HOME": ".cache/torch"}
+# Set by a user to point somewhere of their own: unset, so each follows the test's home.
+HOME_OVERRIDES = (
+    contract.Env.KEYMAP,
+    contract.Env.COLUMNS,
+    "HF_DATASETS_CACHE",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "TRANSFORMERS_CACHE",
+)
+
+
+@pytest.fixture(scope="session")
+def _matplotlib_dir(tmp_path_factory) -> Path:
+    """One matplotlib folder for the session: its font list is built once, not once a test."""
+    return tmp_path_factory.mktemp("matplotlib")
+
+
+@pytest.fixture(autouse=True)
+def own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _matplotlib_dir: Path) -> Path:
+    """Every test its own home under its ``tmp_path`` (``home/``): HOME, the XDG folders and the Hugging Face
+    and torch caches, in the environment of the test and of every process it starts, so no test reads the
+    user's keymap or columns nor writes into their home."""
+    home = tmp_path / "home"
+    for var, sub in HOME_DIRS.items():
+        (home / sub).mkdir(parents=True, exist_ok=True)
+        monkeypatch.setenv(var, str((home / sub).resolve()))
+    for var in HOME_OVERRIDES:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MPLCONFIGDIR", str(_matplotlib_dir))
+    return home
 
 
 def cli(
@@ -165,13 +204,16 @@ def write_tiny_run(
     return d
 
 
-def wait(cond, timeout: float = 150, what: str = "condition"):
-    """Poll ``cond`` until it is truthy (its value) or fail after ``timeout`` seconds naming ``what``."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def wait(cond, timeout: float = 150, what: str = "condition", alive: subprocess.Popen | None = None):
+    """Poll ``cond`` until it is truthy (its value) or fail after ``timeout`` seconds naming ``what``; at
+    once where the process ``alive`` has exited first (it will not make ``cond`` true any more)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         value = cond()
         if value:
             return value
+        if alive is not None and alive.poll() is not None:
+            raise AssertionError(f"the process exited ({alive.returncode}) before {what}")
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -209,25 +251,48 @@ def queue_env(runs_dir):
                 pass
 
 
-# ---- a queue with a tiny plan, for the daemon tests --------------------------------------------------
+# ---- plan files written from keyword arguments; a queue with a tiny plan, for the daemon tests ------------
 
-QUEUE_PLAN = """name = "q"
-model = "{model}"
-baseline = {baseline}
-target_seeds = [1]
-{header}
-[defaults]
-epochs = 1
-batch_size = 16
-max_len = 24
-[tasks.pair]
-format = "jsonl"
-train = "data/tr.jsonl"
-dev = "data/dv.jsonl"
-kind = "classification"
-text_fields = ["s1", "s2"]
-{stages}
-"""
+
+def _toml(value) -> str:
+    """A TOML value: bools, numbers, strings and lists of them."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value)) if isinstance(value, (str, Path)) else repr(value)
+
+
+def plan_text(
+    name: str = "q",
+    model: str | Path = "roberta-large",
+    baseline: bool = True,
+    seeds: tuple[int, ...] | list[int] = (1,),
+    header: str = "",
+    defaults: dict | None = None,
+    pair: tuple[str, str] | None = None,
+    fields: tuple[str, ...] = ("s1", "s2"),
+    stages: str = "",
+) -> str:
+    """A plan's TOML: its top-level keys (``header``: more of them, as TOML), ``[defaults]``, a custom
+    classification task ``pair`` reading the (train, dev) jsonl files ``pair`` with text ``fields``, then
+    ``stages`` (TOML)."""
+    lines = [f"name = {_toml(name)}", f"model = {_toml(str(model))}", f"baseline = {_toml(baseline)}"]
+    lines += [f"target_seeds = {_toml(list(seeds))}", header]
+    if defaults:
+        lines += ["[defaults]", *(f"{k} = {_toml(v)}" for k, v in defaults.items())]
+    if pair:
+        lines += ["[tasks.pair]", 'format = "jsonl"', f"train = {_toml(pair[0])}", f"dev = {_toml(pair[1])}"]
+        lines += ['kind = "classification"', f"text_fields = {_toml(list(fields))}"]
+    return "\n".join(lines) + "\n" + stages
+
+
+def write_plan(path: Path, **kw) -> Path:
+    """A plan file at ``path`` from ``plan_text``'s keyword arguments."""
+    return write_text(path, plan_text(**kw))
+
+
+QUEUE_DEFAULTS = {"epochs": 1, "batch_size": 16, "max_len": 24}
 
 
 def make_plan(tmp_path: Path, model: Path, stages: str, baseline: bool = False, header: str = "") -> Path:
@@ -237,8 +302,15 @@ def make_plan(tmp_path: Path, model: Path, stages: str, baseline: bool = False, 
 
     write_jsonl(tmp_path / "data/tr.jsonl", pair_rows(48, 1))
     write_jsonl(tmp_path / "data/dv.jsonl", pair_rows(16, 2))
-    text = QUEUE_PLAN.format(model=model, baseline=str(baseline).lower(), stages=stages, header=header)
-    return write_text(tmp_path / "q.toml", text)
+    return write_plan(
+        tmp_path / "q.toml",
+        model=model,
+        baseline=baseline,
+        header=header,
+        defaults=QUEUE_DEFAULTS,
+        pair=("data/tr.jsonl", "data/dv.jsonl"),
+        stages=stages,
+    )
 
 
 def add(plan: Path, runs_dir: Path, env: dict) -> list[dict]:

@@ -15,13 +15,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import CONSOLE, add, cli, make_plan, set_debug, start, statuses, wait
+from conftest import CONSOLE, add, cli, make_plan, set_debug, start, statuses, until, wait
 
 from stilts_tui.store.ledger import Ledger
 
@@ -652,24 +651,18 @@ async def test_the_app_shows_lines_after_a_huge_one_and_escapes_what_files_and_r
     edit_rows(runs_dir, **{row["id"]: {**row, "status": "running", "plan": f"small{ESC}", "grid": [1, 2]}})
     (runs_dir / row["id"] / "train.log").write_text(f"first {ESC}\n" + "x" * (5 << 20) + "\nafter the long line\n")
 
-    async def until(cond, what: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not cond():
-            assert time.monotonic() < deadline, f"never happened: {what}"
-            await pilot.pause(0.02)
-
     async with StiltsApp(runs_dir, keymap={}).run_test(size=(170, 40)) as pilot:
         table = pilot.app.screen.query_one(DataTable)
-        await until(lambda: table.row_count, "the table filled")
+        await until(pilot, lambda: table.row_count, "the table filled")
         cells = [str(c) for c in table.get_row(row["id"])]
         assert "\x1b" not in "".join(cells) and "small\\x1b" in cells[1]
         table.move_cursor(
             row=[table.coordinate_to_cell_key((i, 0)).row_key.value for i in range(table.row_count)].index(row["id"])
         )
         await pilot.press("l")
-        await until(lambda: list(pilot.app.screen.query(LogPane)), "the log pane")
+        await until(pilot, lambda: list(pilot.app.screen.query(LogPane)), "the log pane")
         log = pilot.app.screen.query_one(LogPane).query_one(Log)
-        await until(lambda: log.lines and log.lines[-1] == "after the long line", "the line after the long one")
+        await until(pilot, lambda: log.lines and log.lines[-1] == "after the long line", "the line after the long one")
         assert not any("\x1b" in x or "\x07" in x for x in log.lines) and log.lines[0].startswith("first \\x1b")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import cli, write_text
+from conftest import cli, plan_text, write_plan, write_text
 
 from stilts_tui import contract
 from stilts_tui import plan as plans
@@ -13,19 +13,7 @@ from stilts_tui.contract import FINAL, SETTLED, STATUSES, Status
 from stilts_tui.queue import ops
 from stilts_tui.store.ledger import Ledger, LedgerError
 
-PLAN = """name = "c"
-model = "roberta-large"
-baseline = true
-target_seeds = [1]
-[tasks.pair]
-format = "jsonl"
-train = "tr.jsonl"
-dev = "dv.jsonl"
-kind = "classification"
-text_fields = ["a", "b"]
-[target.pair]
-task = "pair"
-"""
+PLAN = plan_text(name="c", pair=("tr.jsonl", "dv.jsonl"), fields=("a", "b"), stages='[target.pair]\ntask = "pair"\n')
 
 
 def test_statuses_equal_their_strings_and_their_sets_nest():
@@ -91,24 +79,6 @@ def test_a_spec_that_lacks_a_default_is_a_bad_spec_in_one_line(tmp_path, tiny_wo
     assert "params lacks warmup" in res["error"] and not (d / "checkpoint").exists()
 
 
-DEFAULT_PLAN = """name = "dflt"
-model = "{model}"
-baseline = true
-target_seeds = [1]
-[defaults]
-epochs = 1
-max_len = 24
-[tasks.pair]
-format = "jsonl"
-train = "tr.jsonl"
-dev = "dv.jsonl"
-kind = "classification"
-text_fields = ["s1", "s2"]
-[target.pair]
-task = "pair"
-"""
-
-
 @pytest.mark.slow
 def test_a_default_changed_in_the_contract_alone_reaches_plan_trainer_cost_and_queue(tmp_path, tiny_model, monkeypatch):
     from conftest import result_of, train, write_jsonl
@@ -119,7 +89,14 @@ def test_a_default_changed_in_the_contract_alone_reaches_plan_trainer_cost_and_q
 
     write_jsonl(tmp_path / "tr.jsonl", pair_rows(48, 1))
     write_jsonl(tmp_path / "dv.jsonl", pair_rows(16, 2))
-    plan_file = write_text(tmp_path / "dflt.toml", DEFAULT_PLAN.format(model=tiny_model))
+    plan_file = write_plan(
+        tmp_path / "dflt.toml",
+        name="dflt",
+        model=tiny_model,
+        defaults={"epochs": 1, "max_len": 24},
+        pair=("tr.jsonl", "dv.jsonl"),
+        stages='[target.pair]\ntask = "pair"\n',
+    )
 
     def through_everything(runs_dir):
         plan, runs, _ = ops.add_plan(plan_file, runs_dir)

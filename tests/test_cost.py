@@ -6,28 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import cli, write_jsonl, write_text
+from conftest import cli, write_jsonl, write_plan
 
 from stilts_tui import plan as plans
 from stilts_tui.cli.demo import pair_rows
 from stilts_tui.estimate import cost
 from stilts_tui.store.ledger import Ledger
 
-PLAN = """name = "c"
-model = "roberta-large"
-baseline = true
-target_seeds = [1]
-[defaults]
-epochs = 2
-batch_size = 16
-max_len = 64
-[tasks.pair]
-format = "jsonl"
-train = "data/tr.jsonl"
-dev = "data/dv.jsonl"
-kind = "classification"
-text_fields = ["s1", "s2"]
-[target.t]
+STAGES = """[target.t]
 task = "pair"
 grid = { lr = [1e-4, 2e-4] }
 [target.rte]
@@ -41,7 +27,10 @@ max_len = 128
 def plan_file(tmp_path):
     write_jsonl(tmp_path / "data/tr.jsonl", pair_rows(48, 1))
     write_jsonl(tmp_path / "data/dv.jsonl", pair_rows(16, 2))
-    return write_text(tmp_path / "c.toml", PLAN)
+    defaults = {"epochs": 2, "batch_size": 16, "max_len": 64}
+    return write_plan(
+        tmp_path / "c.toml", name="c", defaults=defaults, pair=("data/tr.jsonl", "data/dv.jsonl"), stages=STAGES
+    )
 
 
 def test_steps_and_hours_from_the_default_by_hand(plan_file):

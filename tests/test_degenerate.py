@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from pathlib import Path
 
 import pytest
-from conftest import REFERENCE_PLAN, add, all_final, cli, make_plan, start, statuses, wait, write_jsonl, write_text
+from conftest import (
+    REFERENCE_PLAN,
+    add,
+    all_final,
+    cli,
+    make_plan,
+    start,
+    statuses,
+    until,
+    wait,
+    write_jsonl,
+    write_text,
+)
 
 from stilts_tui import contract, results
 from stilts_tui.cli import rehearse
@@ -176,10 +187,7 @@ async def test_the_queue_screen_shows_degenerate_runs_with_their_reason(tmp_path
             screen = pilot.app.screen
             return isinstance(screen, QueueScreen) and screen.query_one(DataTable).row_count == 2
 
-        deadline = time.monotonic() + 60
-        while not shown():  # a condition, never a fixed pause
-            assert time.monotonic() < deadline, "the queue screen never filled"
-            await pilot.pause(0.02)
+        await until(pilot, shown, "the queue screen filled")
         table = pilot.app.screen.query_one(DataTable)
         row = table.get_row(run["id"])
         assert str(row[COLUMNS.index("status")]) == "degenerate" and str(row[COLUMNS.index("reason")]) == why

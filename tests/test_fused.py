@@ -8,12 +8,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import fused_inputs
+from conftest import fused_inputs, wait
 
 from stilts_tui.train import workload
 
@@ -186,10 +185,7 @@ def test_a_run_cancelled_inside_an_array_ends_alone_and_the_others_finish(tmp_pa
         stderr=subprocess.DEVNULL,
         env=ENV,
     )
-    deadline = time.time() + 120
-    while not ((dirs[1] / "events.jsonl").exists() and _steps(dirs[1])):
-        assert time.time() < deadline and proc.poll() is None, "the array did not start"
-        time.sleep(0.1)
+    wait(lambda: (dirs[1] / "events.jsonl").exists() and _steps(dirs[1]), 120, "the array to start", alive=proc)
     (dirs[1] / "cancel.request").touch()
     proc.wait(timeout=300)
     results = [json.loads((d / "result.json").read_text()) for d in dirs]

@@ -11,10 +11,10 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import wait
 
 ROOT = Path(__file__).resolve().parent.parent
 # each PASS/FAIL/INFO/FIGURE line ends with the seconds since the check began: "  [12 s]"
@@ -64,7 +64,4 @@ def test_gpu_check_smoke_passes_every_branch_and_prints_the_figures(tmp_path: Pa
     assert "reference plan, the RTE targets (144 runs), on one device: reference" in modes, modes
     assert re.search(r"real grid: 8 runs of \d+ steps packed x2: predicted [\d.]+ s, measured [\d.]+ s", modes), modes
     log = tmp_path / "gpu_check.log"  # the output also goes there (through tee: poll until it has flushed)
-    deadline = time.monotonic() + 10
-    while lines[-1] not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert lines[-1] in log.read_text()
+    wait(lambda: lines[-1] in log.read_text(), 10, "the log's last line")

@@ -13,17 +13,14 @@ import time
 import types
 
 import pytest
-from conftest import cli, until, write_text
+from conftest import cli, plan_text, until, write_text
 
 from stilts_tui.queue import gpu_procs
 from stilts_tui.store.ledger import Ledger
 from stilts_tui.tui.app import StiltsApp
 from stilts_tui.tui.screens.gpus import GpuScreen, spark
 
-PLAN = (
-    'name = "g"\nmodel = "roberta-large"\ntarget_seeds = [1]\n[intermediate.hs]\ntask = "hellaswag"\n'
-    '[target.rte]\ntask = "rte"\n'
-)
+PLAN = plan_text(name="g", stages='[intermediate.hs]\ntask = "hellaswag"\n[target.rte]\ntask = "rte"\n')
 
 
 @pytest.fixture

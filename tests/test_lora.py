@@ -9,13 +9,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import result_of, step_losses, train, write_tiny_run
+from conftest import result_of, step_losses, train, wait, write_tiny_run
 
 from stilts_tui.train import workload
 
@@ -135,10 +134,7 @@ def test_a_member_cancelled_mid_array_ends_and_the_others_finish(tmp_path, lora_
         stderr=subprocess.DEVNULL,
         env=ENV_TRAIN,
     )
-    deadline = time.time() + 120
-    while not ((fused[1] / "events.jsonl").exists() and step_losses(fused[1])):
-        assert time.time() < deadline and proc.poll() is None, "the array did not start"
-        time.sleep(0.05)
+    wait(lambda: (fused[1] / "events.jsonl").exists() and step_losses(fused[1]), 120, "the array to start", alive=proc)
     (fused[1] / "cancel.request").touch()
     proc.wait(timeout=300)
     statuses = [result_of(d)["status"] for d in fused]

@@ -7,11 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import cli, write_text
+from conftest import cli, wait, write_text
 
 from stilts_tui.errors import UserError
 from stilts_tui.synth import procedure
@@ -137,9 +136,7 @@ def test_a_killed_synthesis_resumes_to_the_same_result(gpt2, corpus, tmp_path):
     assert synth(gpt2, corpus, tmp_path / "whole", *args).returncode == 0
     out = tmp_path / "killed" / "SynGPT2_train.jsonl"
     proc = synth(gpt2, corpus, tmp_path / "killed", *args, env={"STILTS_TEST_SYNTH_DELAY": "0.2"}, wait=False)
-    deadline = time.time() + 60
-    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 16):
-        time.sleep(0.05)
+    wait(lambda: out.exists() and len(out.read_text().splitlines()) >= 16, 60, "a window of rows written")
     for p in _children(proc.pid) + [proc.pid]:
         try:
             os.kill(p, signal.SIGKILL)
@@ -229,12 +226,12 @@ task = "rte"
     env = {"STILTS_FAKE_GPUS": "1x24", "OMP_NUM_THREADS": "1"}
     assert cli("daemon", "start", "--interval", "0.2", runs_dir=runs_dir, env=env).returncode == 0
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
+
+        def ended() -> bool:
             st = {r["stage"]: r["status"] for r in Ledger(runs_dir).runs()}
-            if st["intermediate"] in ("done", "failed", "blocked") and st["synth"] in ("done", "failed"):
-                break
-            time.sleep(0.3)
+            return st["intermediate"] in ("done", "failed", "blocked") and st["synth"] in ("done", "failed")
+
+        wait(ended, 180, "the synth and intermediate runs to end")
     finally:
         cli("daemon", "stop", runs_dir=runs_dir, env=env)
     final = {r["stage"]: r for r in Ledger(runs_dir).runs()}

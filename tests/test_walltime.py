@@ -7,7 +7,7 @@ import json
 import math
 
 import pytest
-from conftest import cli, write_jsonl
+from conftest import QUEUE_DEFAULTS, cli, write_jsonl, write_plan
 
 from stilts_tui import plan as plans
 from stilts_tui.contract import shape_key
@@ -15,21 +15,7 @@ from stilts_tui.estimate import walltime
 from stilts_tui.queue import ops
 from stilts_tui.store.ledger import Ledger
 
-PLAN = """name = "w"
-model = "some/model"
-baseline = true
-target_seeds = [1]
-[defaults]
-epochs = 1
-batch_size = 16
-max_len = 24
-[tasks.pair]
-format = "jsonl"
-train = "data/tr.jsonl"
-dev = "data/dv.jsonl"
-kind = "classification"
-text_fields = ["s1", "s2"]
-[intermediate.i]
+STAGES = """[intermediate.i]
 task = "pair"
 [target.t]
 task = "pair"
@@ -41,9 +27,10 @@ grid = { lr = [1e-4, 2e-4] }
 def plan_file(tmp_path):
     write_jsonl(tmp_path / "data/tr.jsonl", [{"s1": f"a{i}", "s2": "b", "label": str(i % 2)} for i in range(48)])
     write_jsonl(tmp_path / "data/dv.jsonl", [{"s1": f"c{i}", "s2": "d", "label": str(i % 2)} for i in range(16)])
-    path = tmp_path / "w.toml"
-    path.write_text(PLAN)
-    return path
+    pair = ("data/tr.jsonl", "data/dv.jsonl")
+    return write_plan(
+        tmp_path / "w.toml", name="w", model="some/model", defaults=QUEUE_DEFAULTS, pair=pair, stages=STAGES
+    )
 
 
 def the_shape(plan, runs) -> str:
