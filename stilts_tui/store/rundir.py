@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from stilts_tui.contract import CANCEL_FILE as CANCEL_FILE  # re-exported: rundir.CANCEL_FILE is the older name
-from stilts_tui.contract import RESULT_FILE, attempt_result_name
+from stilts_tui.contract import RESULT_FILE, Env, attempt_result_name
 from stilts_tui.errors import UserError
 
 RUN_ID_RE = re.compile(r"[0-9a-f]{12}")  # used with fullmatch: `$` would accept a trailing newline
@@ -20,7 +20,7 @@ ADDED_MARK = ".queued-by-stilts"  # `queue add` writes it into each run folder i
 
 def runs_dir(value: str | Path | None = None) -> Path:
     """``--runs-dir``, else ``$STILTS_RUNS_DIR``, else ``./runs``."""
-    return Path(value or os.environ.get("STILTS_RUNS_DIR") or "runs").expanduser().resolve()
+    return Path(value or os.environ.get(Env.RUNS_DIR) or "runs").expanduser().resolve()
 
 
 def check_id(run_id: str) -> str:

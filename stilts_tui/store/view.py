@@ -31,16 +31,16 @@ class Shown(str, Enum):
     """A run's status as a person reads it: the ledger's :class:`Status`, told apart where it hides
     something (a run waiting in a worker, a stuck Slurm job, an out-of-memory failure)."""
 
-    QUEUED = "queued"
+    QUEUED = Status.QUEUED.value
     WAITING = "waiting"  # marked running, but its worker process has not begun it ("waiting in worker N")
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    OOM = "oom"  # failed: ran out of memory alone on its device (result.json says oom)
-    CANCELLED = "cancelled"
-    DEGENERATE = "degenerate"
-    PRUNED = "pruned"
-    BLOCKED = "blocked"
+    RUNNING = Status.RUNNING.value
+    DONE = Status.DONE.value
+    FAILED = Status.FAILED.value
+    OOM = ResultStatus.OOM.value  # failed: ran out of memory alone on its device (result.json says oom)
+    CANCELLED = Status.CANCELLED.value
+    DEGENERATE = Status.DEGENERATE.value
+    PRUNED = Status.PRUNED.value
+    BLOCKED = Status.BLOCKED.value
     STUCK = "stuck"  # a Slurm job pending for a reason that never clears by waiting
 
     def __str__(self) -> str:
