@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -34,13 +35,56 @@ def run_dir(root: str | Path, run_id: str) -> Path:
     return Path(root) / check_id(run_id)
 
 
-def read_json(path: Path) -> dict | None:
-    """A JSON object from a file, or None (missing, unreadable, not JSON, not an object)."""
+MAX_JSON_BYTES = 64 << 20  # a run file, cache record or setting larger than this is damaged, not read
+MAX_DEPTH = 64  # JSON nested deeper than this is damaged (the project writes at most a few levels)
+
+
+def read_bytes(path: Path, limit: int = MAX_JSON_BYTES) -> bytes | None:
+    """A regular file's bytes, or None: missing, unreadable, larger than ``limit``, or not a regular file.
+    A FIFO, a device or a directory in a file's place is never read (opened without blocking, then
+    checked), so a damaged runs-dir cannot stop a reader."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested 100,000 deep
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
         return None
-    return data if isinstance(data, dict) else None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+        return data if len(data) <= limit else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def depth(value: object, limit: int = MAX_DEPTH) -> int:
+    """How deeply a parsed JSON value nests (lists and objects), counted without recursion, up to ``limit + 1``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            if deepest > limit:
+                return deepest
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def read_json(path: Path, limit: int = MAX_JSON_BYTES) -> dict | None:
+    """A JSON object from a regular file, or None: missing, unreadable, not a regular file, over ``limit``
+    bytes, not JSON, nested over ``MAX_DEPTH``, or not an object. The project's one reader of JSON files
+    from disk (run files, caches, settings): nothing read back is trusted."""
+    data = read_bytes(path, limit)
+    if data is None:
+        return None
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested 100,000 deep
+        return None
+    return obj if isinstance(obj, dict) and depth(obj) <= MAX_DEPTH else None
 
 
 def read_run_file(root: str | Path, run_id: str, name: str = RESULT_FILE) -> dict | None:
