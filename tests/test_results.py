@@ -18,6 +18,7 @@ import pytest
 from conftest import cli, until, write_text
 
 from stilts_tui import results
+from stilts_tui.contract import ResultStatus
 
 PLAN = """name = "sc"
 model = "roberta-large"
@@ -35,13 +36,15 @@ data_dir = "data/cola"
 grid = { lr = [1e-5, 2e-5] }
 """
 
+FAILED = ResultStatus.FAILED  # in SCORES: a run whose result says failed
+
 # (intermediate, target) -> the four runs' acc in plan order: (seed 1, lr1), (seed 1, lr2), (seed 2, lr1), ...
-# None: the run has no result yet; "failed": its result says failed. Both count as missing.
+# None: the run has no result yet; FAILED: its result says failed. Both count as missing.
 SCORES = {
     ("none", "t1"): [0.50, 0.60, 0.70, 0.80],
     ("a", "t1"): [0.70, 0.90, 0.80, 1.00],
-    ("none", "t2"): [0.40, "failed", 0.60, None],
-    ("a", "t2"): [None, None, "failed", None],
+    ("none", "t2"): [0.40, FAILED, 0.60, None],
+    ("a", "t2"): [None, None, FAILED, None],
 }
 
 
@@ -54,10 +57,10 @@ COLA_DEV = "s\t1\t\tGood .\ns\t1\t\tFine .\ns\t0\t*\tBad bad .\n"
 
 def write_result(root, run_id, value, **extra) -> None:
     res = (
-        {"status": "failed", "error": "x", "metrics": {}, "score": None}
-        if value == "failed"
+        {"status": FAILED, "error": "x", "metrics": {}, "score": None}
+        if value == FAILED
         else {
-            "status": "done",
+            "status": ResultStatus.DONE,
             "metrics": {"acc": value, "f1": value / 2},
             "primary_metric": "acc",
             "score": value,

@@ -110,7 +110,9 @@ def test_a_damaged_result_is_left_out_of_the_history_not_fatal(plan_file, runs_d
     _, _, added = ops.add_plan(plan_file, runs_dir)
     finished(runs_dir, added[0], worker="w1", start=0, end=10, rate=10.0, process_s=3.0)
     finished(runs_dir, added[1], worker="w2", start=20, end=30, rate=10.0, process_s=3.0)
-    (runs_dir / added[1] / "result.json").write_text('{"status": "done", "timings": {"steady_samples_per_s": "fast"}')
+    (runs_dir / added[1] / "result.json").write_text(
+        json.dumps({"status": ResultStatus.DONE, "timings": {"steady_samples_per_s": "fast"}})[:-1]  # torn
+    )
     rates = walltime.history(runs_dir)
     assert next(iter(rates.shapes.values()))["samples_per_s"] == 10.0
 
