@@ -18,7 +18,7 @@ import pytest
 from conftest import cli, until, write_text
 
 from stilts_tui import results
-from stilts_tui.contract import ResultStatus
+from stilts_tui.contract import Env, ResultStatus
 
 PLAN = """name = "sc"
 model = "roberta-large"
@@ -246,13 +246,25 @@ def test_a_figure_without_matplotlib_is_exit_1_naming_the_extra(scored, tmp_path
         [sys.executable, "-c", code, "scores", "sc", "-o", str(tmp_path / "s.png")],
         capture_output=True,
         text=True,
-        env={**os.environ, "STILTS_RUNS_DIR": str(scored)},
+        env={**os.environ, Env.RUNS_DIR: str(scored)},
     )
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "pip install 'stilts-tui[plot]'" in out.stderr and not (tmp_path / "s.png").exists()
     pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text()
     demo = next(line for line in pyproject.splitlines() if line.startswith("demo = "))
     assert '"matplotlib' in demo  # the demo extra installs what the app offers
+
+
+def test_the_score_table_and_the_estimates_import_no_plotting_statistics_or_training_library():
+    """The package split keeps matplotlib (figure.py) and scipy (stats.py) inside the functions that draw
+    and test: the app, the CLI and the queue's notifications import results without them."""
+    heavy = ("matplotlib", "scipy", "torch", "transformers", "textual", "rich")
+    code = (
+        "import sys, stilts_tui.results, stilts_tui.estimate.cost, stilts_tui.estimate.walltime\n"
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
 
 
 def test_table_prints_in_the_terminal(scored):
