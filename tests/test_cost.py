@@ -10,6 +10,7 @@ from conftest import cli, write_jsonl, write_plan
 
 from stilts_tui import plan as plans
 from stilts_tui.cli.demo import pair_rows
+from stilts_tui.contract import ResultStatus, Status
 from stilts_tui.estimate import cost
 from stilts_tui.store.ledger import Ledger
 
@@ -51,10 +52,18 @@ def test_measured_throughput_of_the_same_shape_replaces_the_default(plan_file, r
     runs = Ledger(runs_dir).runs()
     first = next(r for r in runs if r["name"] == "t")
     (runs_dir / first["id"] / "result.json").write_text(
-        json.dumps({"status": "done", "score": 0.5, "samples_per_s": 50.0, "wall_seconds": 20.0, "train_seconds": 12.0})
+        json.dumps(
+            {
+                "status": ResultStatus.DONE,
+                "score": 0.5,
+                "samples_per_s": 50.0,
+                "wall_seconds": 20.0,
+                "train_seconds": 12.0,
+            }
+        )
     )
     with Ledger(runs_dir).transaction() as tx:
-        tx.update_run(first["id"], status="done")
+        tx.update_run(first["id"], status=Status.DONE)
     out = cli("plan", "show", str(plan_file), "--cost", "--json", runs_dir=runs_dir)
     assert out.returncode == 0, out.stderr
     target = json.loads(out.stdout)["cost"]["stages"]["target"]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import add, cli, make_plan, train, write_jsonl
 
+from stilts_tui.contract import Status
 from stilts_tui.estimate import predicted
 from stilts_tui.store.ledger import Ledger
 from stilts_tui.train import data
@@ -141,7 +142,7 @@ def test_rank_puts_the_starting_point_whose_features_separate_the_labels_first(r
     fourth = cli("rank", str(plan), "--json", runs_dir=runs_dir, timeout=300)
     assert fourth.returncode == 0 and "rank 1/1" in fourth.stderr  # only the damaged record is scored again
     assert json.loads(fourth.stdout) == doc
-    assert Ledger(runs_dir).get(learned)["status"] == "queued"  # rank never touches the ledger
+    assert Ledger(runs_dir).get(learned)["status"] == Status.QUEUED  # rank never touches the ledger
     # kept for the plan's score table: the newest ranking of each target (the one just asked)
     saved = predicted.from_saved(runs_dir, "q")["t"]
     assert saved.source == "stilts-tui rank" and saved.examples == 32

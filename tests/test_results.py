@@ -18,6 +18,7 @@ import pytest
 from conftest import cli, until, write_text
 
 from stilts_tui import results
+from stilts_tui.contract import Env, ResultStatus
 
 PLAN = """name = "sc"
 model = "roberta-large"
@@ -35,13 +36,15 @@ data_dir = "data/cola"
 grid = { lr = [1e-5, 2e-5] }
 """
 
+FAILED = ResultStatus.FAILED  # in SCORES: a run whose result says failed
+
 # (intermediate, target) -> the four runs' acc in plan order: (seed 1, lr1), (seed 1, lr2), (seed 2, lr1), ...
-# None: the run has no result yet; "failed": its result says failed. Both count as missing.
+# None: the run has no result yet; FAILED: its result says failed. Both count as missing.
 SCORES = {
     ("none", "t1"): [0.50, 0.60, 0.70, 0.80],
     ("a", "t1"): [0.70, 0.90, 0.80, 1.00],
-    ("none", "t2"): [0.40, "failed", 0.60, None],
-    ("a", "t2"): [None, None, "failed", None],
+    ("none", "t2"): [0.40, FAILED, 0.60, None],
+    ("a", "t2"): [None, None, FAILED, None],
 }
 
 
@@ -54,10 +57,10 @@ COLA_DEV = "s\t1\t\tGood .\ns\t1\t\tFine .\ns\t0\t*\tBad bad .\n"
 
 def write_result(root, run_id, value, **extra) -> None:
     res = (
-        {"status": "failed", "error": "x", "metrics": {}, "score": None}
-        if value == "failed"
+        {"status": FAILED, "error": "x", "metrics": {}, "score": None}
+        if value == FAILED
         else {
-            "status": "done",
+            "status": ResultStatus.DONE,
             "metrics": {"acc": value, "f1": value / 2},
             "primary_metric": "acc",
             "score": value,
@@ -243,13 +246,25 @@ def test_a_figure_without_matplotlib_is_exit_1_naming_the_extra(scored, tmp_path
         [sys.executable, "-c", code, "scores", "sc", "-o", str(tmp_path / "s.png")],
         capture_output=True,
         text=True,
-        env={**os.environ, "STILTS_RUNS_DIR": str(scored)},
+        env={**os.environ, Env.RUNS_DIR: str(scored)},
     )
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "pip install 'stilts-tui[plot]'" in out.stderr and not (tmp_path / "s.png").exists()
     pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text()
     demo = next(line for line in pyproject.splitlines() if line.startswith("demo = "))
     assert '"matplotlib' in demo  # the demo extra installs what the app offers
+
+
+def test_the_score_table_and_the_estimates_import_no_plotting_statistics_or_training_library():
+    """The package split keeps matplotlib (figure.py) and scipy (stats.py) inside the functions that draw
+    and test: the app, the CLI and the queue's notifications import results without them."""
+    heavy = ("matplotlib", "scipy", "torch", "transformers", "textual", "rich")
+    code = (
+        "import sys, stilts_tui.results, stilts_tui.estimate.cost, stilts_tui.estimate.walltime\n"
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
 
 
 def test_table_prints_in_the_terminal(scored):

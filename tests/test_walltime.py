@@ -10,8 +10,8 @@ import pytest
 from conftest import QUEUE_DEFAULTS, cli, write_jsonl, write_plan
 
 from stilts_tui import plan as plans
-from stilts_tui.contract import shape_key
-from stilts_tui.estimate import walltime
+from stilts_tui.contract import ResultStatus, Status, shape_key
+from stilts_tui.estimate import cost, history, walltime
 from stilts_tui.queue import ops
 from stilts_tui.store.ledger import Ledger
 
@@ -72,10 +72,10 @@ def test_without_history_the_defaults_time_every_run_and_say_so(plan_file):
 def finished(root, run_id: str, *, worker: str, start: float, end: float, rate: float, process_s: float, fused=None):
     """A finished run as the daemon and the trainer leave it: the ledger's fields and a result.json."""
     timings = {"process_s": process_s, "data_s": 0.5, "model_s": 1.5, "steady_samples_per_s": rate, "eval_s": 0.32}
-    result = {"status": "done", "score": 0.5, "timings": timings, "setup": {"fused": fused} if fused else {}}
+    result = {"status": ResultStatus.DONE, "score": 0.5, "timings": timings, "setup": {"fused": fused} if fused else {}}
     (root / run_id / "result.json").write_text(json.dumps(result))
     with Ledger(root).transaction() as tx:
-        tx.update_run(run_id, status="done", worker=worker, gpu=0, started=start, finished=end, timings=timings)
+        tx.update_run(run_id, status=Status.DONE, worker=worker, gpu=0, started=start, finished=end, timings=timings)
 
 
 def test_the_box_history_gives_each_shape_its_figures_and_the_packing_of_runs_side_by_side(plan_file, runs_dir):
@@ -97,7 +97,9 @@ def test_a_damaged_result_is_left_out_of_the_history_not_fatal(plan_file, runs_d
     _, _, added = ops.add_plan(plan_file, runs_dir)
     finished(runs_dir, added[0], worker="w1", start=0, end=10, rate=10.0, process_s=3.0)
     finished(runs_dir, added[1], worker="w2", start=20, end=30, rate=10.0, process_s=3.0)
-    (runs_dir / added[1] / "result.json").write_text('{"status": "done", "timings": {"steady_samples_per_s": "fast"}')
+    (runs_dir / added[1] / "result.json").write_text(
+        json.dumps({"status": ResultStatus.DONE, "timings": {"steady_samples_per_s": "fast"}})[:-1]  # torn
+    )
     rates = walltime.history(runs_dir)
     assert next(iter(rates.shapes.values()))["samples_per_s"] == 10.0
 
@@ -113,3 +115,34 @@ def test_plan_show_cost_prints_the_wall_time_of_each_mode_and_its_json(plan_file
     assert got["seconds"]["mps"] is None and all(
         math.isfinite(got["seconds"][m]) for m in ("reference", "queue", "fused")
     )
+
+
+def test_cost_and_wall_time_learn_from_the_same_finished_runs_a_damaged_array_size_read_as_alone(plan_file, runs_dir):
+    """One reader (estimate/history.py) for both estimates: before it, a result.json whose setup was not an
+    object crashed the wall-time history, and a negative ``fused`` made the cost's throughput negative."""
+    _, _, added = ops.add_plan(plan_file, runs_dir)
+    a, b, c = added[:3]
+    for run_id, worker, rate in ((a, "w1", 50.0), (b, "w2", 30.0), (c, "w3", 40.0)):
+        finished(runs_dir, run_id, worker=worker, start=0, end=10, rate=10.0, process_s=3.0)
+        result = json.loads((runs_dir / run_id / "result.json").read_text())
+        result.update(samples_per_s=rate, wall_seconds=20.0, train_seconds=12.0)
+        result["setup"] = {b: ["damaged"], c: {"fused": -2}}.get(run_id, {"fused": 0})
+        (runs_dir / run_id / "result.json").write_text(json.dumps(result))
+    past = history.read(runs_dir)
+    assert sorted(r.row["id"] for r in past.runs) == sorted([a, b, c]) and {r.fused for r in past.runs} == {1}
+    measured = cost.measured(runs_dir)
+    assert set(measured) == set(walltime.history(runs_dir).shapes)  # one shape, seen by both
+    (rate,) = measured.values()
+    assert (rate.samples_per_s, rate.overhead_s, rate.runs) == (40.0, 8.0, 3)  # the median of 50, 30 and 40
+
+
+def test_the_history_holds_only_done_runs_of_a_trained_stage_with_both_files(plan_file, runs_dir):
+    _, _, added = ops.add_plan(plan_file, runs_dir)
+    for run_id in added[:3]:
+        finished(runs_dir, run_id, worker="w1", start=0, end=10, rate=10.0, process_s=3.0)
+    (runs_dir / added[1] / "spec.json").unlink()  # no spec: no shape to learn by
+    with Ledger(runs_dir).transaction() as tx:
+        tx.update_run(added[2], status=Status.FAILED)
+    past = history.read(runs_dir)
+    assert [r.row["id"] for r in past.runs] == [added[0]] and past.trained == 2
+    assert history.read(None).runs == [] and history.read(runs_dir / "nowhere").done == []

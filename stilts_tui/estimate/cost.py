@@ -3,7 +3,8 @@
 A run's time is its training samples (train examples x epochs) over a throughput, plus a start-up
 overhead (model load, data, evaluation outside the training loop):
 - measured: the median ``samples_per_s`` and median ``wall_seconds - train_seconds`` of the finished
-  runs in the ledger of the same shape (model, max_len, batch size, precision, task kind and choices);
+  runs in the ledger of the same shape (model, max_len, batch size, precision, task kind and choices;
+  read by :mod:`.history`, as the wall-time prediction reads them);
   a run trained in a fused array of K shares its GPU with K-1 others, so it counts 1/K of its time;
 - else a stated default per model size (DEFAULT_THROUGHPUT: one GPU, fp32, at max_len 128, scaled by
   128/max_len and divided by the number of choices of a multiple-choice task), plus DEFAULT_OVERHEAD_S.
@@ -20,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stilts_tui import plan as plans
-from stilts_tui.contract import LEDGER_FILE, RANK_STAGE, RESULT_FILE, SPEC_FILE, optional, shape_key
+from stilts_tui.contract import RANK_STAGE, optional, shape_key
+from stilts_tui.estimate import history
+from stilts_tui.estimate.history import finite
 from stilts_tui.queue import placement
 
 # (parameters up to, samples/s) on one GPU in fp32 at max_len 128: RoBERTa-large measured 186-214 on an
@@ -110,39 +113,14 @@ class Rate:
     runs: int  # how many finished runs it was measured from
 
 
-def _num(v: object) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
 def measured(root: Path | None) -> dict[str, Rate]:
     """Throughput by shape from the finished runs in the ledger (an empty dict without a ledger)."""
-    if root is None or not (Path(root) / LEDGER_FILE).exists():
-        return {}
-    from stilts_tui.errors import UserError
-    from stilts_tui.store import rundir
-    from stilts_tui.store.ledger import Ledger
-
-    try:
-        runs = Ledger(root).runs()
-    except UserError:
-        return {}
     found: dict[str, list[tuple[float, float]]] = {}
-    for r in runs:
-        if not isinstance(r, dict) or r.get("status") != "done" or r.get("stage") == "synth":
-            continue
-        try:
-            d = rundir.run_dir(root, r.get("id"))
-        except UserError:
-            continue
-        res, spec = rundir.read_json(d / RESULT_FILE), rundir.read_json(d / SPEC_FILE)
-        if not res or not spec:
-            continue
-        rate, wall, train = (_num(res.get(k)) for k in ("samples_per_s", "wall_seconds", "train_seconds"))
+    for run in history.read(root).runs:
+        rate, wall, train = (finite(run.result.get(k)) for k in ("samples_per_s", "wall_seconds", "train_seconds"))
         if not rate or rate <= 0 or wall is None or train is None:
             continue
-        setup = res.get("setup") if isinstance(res.get("setup"), dict) else {}
-        k = _num(setup.get("fused", res.get("fused"))) or 1
-        found.setdefault(shape_key(spec), []).append((rate * k, max(0.0, wall - train)))
+        found.setdefault(run.shape, []).append((rate * run.fused, max(0.0, wall - train)))
     return {
         key: Rate(statistics.median(x for x, _ in v), statistics.median(o for _, o in v), len(v))
         for key, v in found.items()

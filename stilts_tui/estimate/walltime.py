@@ -2,8 +2,9 @@
 
 Every finished run records its time by phase (result.json and the ledger's ``timings``: the process's
 start and imports, data and model loading, compile, steps at a steady samples/s, evaluation). From the
-box's own history of runs of the same shape (:func:`history`), else from stated defaults, a run's time
-is split into the same phases (:class:`Phases`) and the modes add them up as they pay them:
+box's own history of runs of the same shape (:func:`history`, over the finished runs that
+:mod:`stilts_tui.estimate.history` reads for the cost estimate too), else from stated defaults, a run's
+time is split into the same phases (:class:`Phases`) and the modes add them up as they pay them:
 
 - ``reference``: the reference's loop, one process a run, one run at a time: every run pays the
   process's start, its loading, its steps and its evaluation, in sequence.
@@ -28,7 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stilts_tui import plan as plans
-from stilts_tui.contract import LEDGER_FILE, RESULT_FILE, SPEC_FILE, TRAINED_STAGES, shape_key
+from stilts_tui.contract import TRAINED_STAGES, shape_key
+from stilts_tui.estimate import history as finished
+from stilts_tui.estimate.history import Finished, finite
 
 MODES = ("reference", "queue", "mps", "fused")
 # stated defaults, each replaced by the box's own figure when its history has one
@@ -81,8 +84,9 @@ class Rates:
 
 
 def _num(v: object) -> float | None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-    return float(v) if ok else None
+    """A finite number at least 0 (a time, a rate), or None."""
+    n = finite(v)
+    return n if n is not None and n >= 0 else None
 
 
 def _rows(task: dict, split: str) -> int | None:
@@ -95,38 +99,21 @@ def history(root: Path | None) -> Rates:
     """The box's figures from the finished runs in ``root``'s ledger (nothing without one): per shape, the
     median process start, loading, steady samples/s alone and seconds of evaluation a dev example; the
     packing of K processes on a device; the fused speed-up of arrays of F."""
-    from stilts_tui.errors import UserError
-    from stilts_tui.store import rundir
-    from stilts_tui.store.ledger import Ledger
-
-    if root is None or not (Path(root) / LEDGER_FILE).exists():
-        return Rates()
-    try:
-        runs = [r for r in Ledger(root).runs() if isinstance(r, dict) and r.get("status") == "done"]
-    except UserError:
-        return Rates()
+    past = finished.read(root)
     seen: dict[str, dict[str, list]] = {}
     by_device: dict[object, list[dict]] = {}  # each run is compared with its own device's runs only
-    for r in runs:
+    for r in past.done:
         by_device.setdefault(r.get("gpu"), []).append(r)
-    for r in runs:
-        if r.get("stage") not in TRAINED_STAGES:
-            continue
-        try:
-            d = rundir.run_dir(root, r.get("id"))
-        except UserError:
-            continue
-        res, spec = rundir.read_json(d / RESULT_FILE), rundir.read_json(d / SPEC_FILE)
-        t = res.get("timings") if res else None
-        if not isinstance(t, dict) or not spec:
-            continue
-        _observe(seen.setdefault(shape_key(spec), {}), r, res, spec, t, by_device[r.get("gpu")])
-    return _summarise(seen, sum(1 for r in runs if r.get("stage") in TRAINED_STAGES))
+    for run in past.runs:
+        if isinstance(run.result.get("timings"), dict):
+            _observe(seen.setdefault(run.shape, {}), run, by_device[run.row.get("gpu")])
+    return _summarise(seen, past.trained)
 
 
-def _observe(acc: dict[str, list], r: dict, res: dict, spec: dict, t: dict, runs: list[dict]) -> None:
+def _observe(acc: dict[str, list], run: Finished, runs: list[dict]) -> None:
+    """Add one finished run's figures to its shape's lists (``runs``: its device's done runs)."""
+    t, spec = run.result["timings"], run.spec
     rate = _num(t.get("steady_samples_per_s"))
-    fused = int(_num((res.get("setup") or {}).get("fused") or res.get("fused")) or 1)
     if _num(t.get("process_s")):
         acc.setdefault("process", []).append(t["process_s"])
     load = [_num(t.get(k)) for k in ("data_s", "model_s")]
@@ -136,7 +123,8 @@ def _observe(acc: dict[str, list], r: dict, res: dict, spec: dict, t: dict, runs
     if _num(t.get("eval_s")) and dev_n and isinstance(epochs, int) and epochs > 0:
         acc.setdefault("eval_per_example", []).append(t["eval_s"] / (dev_n * epochs))
     if rate:
-        acc.setdefault(f"rate@{fused}f{_beside(r, runs) if fused == 1 else 1}", []).append(rate)
+        beside = _beside(run.row, runs) if run.fused == 1 else 1
+        acc.setdefault(f"rate@{run.fused}f{beside}", []).append(rate)
 
 
 def _beside(r: dict, runs: list[dict]) -> int:

@@ -1,0 +1,235 @@
+"""The score table as text: CSV, JSON, markdown, LaTeX (booktabs) and a rich table for the terminal.
+Each reads the cells and their words (:mod:`.notes`); none computes a statistic."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import asdict
+
+from stilts_tui.results.cell import ScoreTable
+from stilts_tui.results.failed import FAILED_NOTE
+from stilts_tui.results.notes import (
+    STD_NOTE,
+    cell_text,
+    footnotes,
+    gain_style,
+    legend,
+    row_keys,
+    row_label,
+    test_note,
+)
+from stilts_tui.results.stats import BOOT
+
+CSV_FIELDS = [
+    "intermediate",
+    "target",
+    "seed",
+    "metric",
+    "n",
+    "missing",
+    "mean",
+    "std_ddof0",
+    "median",
+    "max",
+    "min",
+    "best_of_grid",
+    "gain",
+    "gain_ci_low",
+    "gain_ci_high",
+    "gain_significant",
+    "majority_score",
+    "failed",
+    "failed_rate",
+    "mean_without_failed",
+    "std_without_failed",
+    "stopped",
+    "pairs",
+    "paired_gain",
+    "paired_ci_low",
+    "paired_ci_high",
+    "p_value",
+    "test",
+    "min_attainable_p",
+    "verdict",
+    "setup_note",
+    "method",
+    "pruned",
+    "predicted_rank",
+    "transferability",
+]
+
+
+def _csv_value(v: object) -> str:
+    return "" if v is None else repr(v) if isinstance(v, float) else str(v)
+
+
+def to_csv(t: ScoreTable) -> str:
+    """One row a cell, every statistic (floats exact: repr), columns :data:`CSV_FIELDS`."""
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(CSV_FIELDS)
+    for c in t.cells:
+        lo, hi = c.gain_ci or (None, None)
+        plo, phi = c.paired_ci or (None, None)
+        w.writerow(
+            [
+                c.intermediate,
+                c.target,
+                "" if c.seed is None else c.seed,
+                t.metrics.get(c.target, ""),
+                c.n,
+                c.missing,
+                *map(_csv_value, (c.mean, c.std, c.median, c.max, c.min, c.best_of_grid, c.gain, lo, hi)),
+                str(c.gain_significant).lower(),
+                *map(
+                    _csv_value,
+                    (
+                        c.majority,
+                        c.failed,
+                        c.failed_rate,
+                        c.mean_ok,
+                        c.std_ok,
+                        c.stopped,
+                        c.pairs,
+                        c.paired_gain,
+                        plo,
+                        phi,
+                        c.p_value,
+                        c.test,
+                        c.min_p,
+                        c.verdict,
+                        c.setup_note,
+                        c.method,
+                        c.pruned,
+                        c.predicted_rank,
+                        c.transferability,
+                    ),
+                ),
+            ]
+        )
+    return out.getvalue()
+
+
+def to_json(t: ScoreTable) -> str:
+    """The whole table with how each statistic is computed; no NaN or Infinity (strict JSON)."""
+    cells = []
+    for c in t.cells:
+        d = asdict(c)
+        d.pop("keyed")
+        d.pop("stopped_flags")
+        d["std_ddof"] = 0
+        d["metric"] = t.metrics.get(c.target)
+        d["gain_ci"] = list(c.gain_ci) if c.gain_ci else None
+        d["paired_ci"] = list(c.paired_ci) if c.paired_ci else None
+        d["mean_without_failed"], d["std_without_failed"] = d.pop("mean_ok"), d.pop("std_ok")
+        d["n_without_failed"] = d.pop("n_ok")
+        d["majority_score"] = d.pop("majority")
+        d["min_attainable_p"] = d.pop("min_p")
+        d["method"] = c.method
+        cells.append(d)
+    doc = {
+        "plan": t.plan,
+        "metric": t.metric,
+        "metrics": t.metrics,
+        "by_seed": t.by_seed,
+        "std": STD_NOTE,
+        "bootstrap": BOOT,
+        "failed_rule": FAILED_NOTE,
+        "test": test_note(t),
+        "alpha": t.alpha,
+        "without_failed": t.without_failed,
+        "rows": t.rows,
+        "targets": t.targets,
+        "notes": t.notes,
+        "cells": cells,
+        "rankings": {
+            target: {
+                "method": rk.method,
+                "examples": rk.examples,
+                "source": rk.source,
+                "kendall_tau": rk.tau,
+                "tau_points": rk.tau_points,
+                "pending": rk.pending,
+            }
+            for target, rk in t.rankings.items()
+        },
+    }
+    return json.dumps(_finite(doc), indent=2, allow_nan=False)
+
+
+def _finite(value: object) -> object:
+    """JSON has no Infinity or NaN (a mean of scores near 1e308 overflows): such numbers become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def to_markdown(t: ScoreTable) -> str:
+    """A markdown table, its legend and footnotes under it."""
+    head = ["from \\ target"] + [f"{tg} ({t.metrics.get(tg, '')})" for tg in t.targets]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for inter, seed in row_keys(t):
+        cells = [cell_text(t.cell(inter, tg, seed), without_failed=t.without_failed) for tg in t.targets]
+        lines.append("| " + " | ".join([row_label(inter, seed), *cells]) + " |")
+    return "\n".join(lines) + f"\n\n{legend(t)}\n" + "".join(f"\n{line}\n" for line in footnotes(t))
+
+
+def _tex(s: str) -> str:
+    """``s`` with LaTeX's special characters escaped."""
+    return s.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+
+
+def to_latex(t: ScoreTable) -> str:
+    """A booktabs tabular, the legend and footnotes above it as comments."""
+    lines = [
+        f"% {_tex(legend(t))}",
+        *(f"% {_tex(line)}" for line in footnotes(t)),
+        r"\begin{tabular}{l" + "c" * len(t.targets) + "}",
+        r"\toprule",
+        " & ".join(["from"] + [_tex(f"{tg} ({t.metrics.get(tg, '')})") for tg in t.targets]) + r" \\",
+        r"\midrule",
+    ]
+    for inter, seed in row_keys(t):
+        cells = [
+            cell_text(t.cell(inter, tg, seed), latex=True, without_failed=t.without_failed).replace(" n=", r" \tiny{n=")
+            for tg in t.targets
+        ]
+        cells = [c + "}" if r"\tiny{" in c else c for c in cells]
+        lines.append(" & ".join([_tex(row_label(inter, seed)), *cells]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_rich(t: ScoreTable):
+    """A rich Table for the terminal (rich imported here only: the queue's notifications never need it)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    shown = "mean without failed runs" if t.without_failed else "mean"
+    over = "grid" if t.by_seed else "seeds x grid"
+    table = Table(
+        title=Text(f"{t.plan} — {t.metric} (x100), {shown} ± std over {over}; gain over 'none'"),
+        caption=Text("\n".join([legend(t), *footnotes(t)])),
+    )
+    table.add_column("from \\ target")
+    for tg in t.targets:
+        table.add_column(Text(f"{tg}\n({t.metrics.get(tg, '')})"), justify="right")
+    for inter, seed in row_keys(t):
+        row = [Text(row_label(inter, seed))]
+        for tg in t.targets:
+            c = t.cell(inter, tg, seed)
+            row.append(Text(cell_text(c, without_failed=t.without_failed), style=gain_style(c)))
+        table.add_row(*row)
+    return table
+
+
+def render(t: ScoreTable, fmt: str) -> str:
+    """The table as text in ``fmt`` (csv, md, latex, json)."""
+    return {"csv": to_csv, "md": to_markdown, "latex": to_latex, "json": to_json}[fmt](t)
