@@ -5,12 +5,12 @@ read them from here, so the table says one thing in every format.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 from stilts_tui.results.cell import LORA_MARK, Cell, ScoreTable
 from stilts_tui.results.failed import FAILED_NOTE
 from stilts_tui.results.stats import EXACT_MAX_PAIRS, MC_RESAMPLES, TOO_FEW
+from stilts_tui.store import view
 
 STD_NOTE = "std: population standard deviation (ddof 0), as the reference computes it"
 LATEX_DAGGER = r"$^\dagger$"
@@ -20,16 +20,14 @@ LATEX_DAGGER = r"$^\dagger$"
 
 
 def run_status(root: Path, row: dict) -> str:
-    """A run's status as the score table's notes say it: the one place they turn a ledger row (and its run
-    folder under ``root``) into words. Today the ledger's status; the one view of a run
-    (stilts_tui/store/view.py) plugs in here, and every note follows."""
-    return str(row.get("status"))
+    """A run's status as the score table's notes say it: the one view of a run (stilts_tui/store/view.py)."""
+    return view.read_views(root, [row])[row["id"]].label
 
 
 def status_counts(root: Path, rows: list[dict]) -> str:
-    """``3 queued, 2 running``: how many of ``rows`` are in each status (:func:`run_status`), by status."""
-    counts = Counter(run_status(root, r) for r in rows)
-    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    """``3 queued, 2 waiting`` : how many of ``rows`` show each status of the one view of a run, by status."""
+    shown = view.counts(view.read_views(root, rows).values())
+    return ", ".join(f"{n} {status}" for status, n in sorted(shown.items()))
 
 
 # ---- a cell ------------------------------------------------------------------------------------
