@@ -312,7 +312,7 @@ def count_runs(plan: Plan) -> int:
 
 
 def max_runs_limit(value: int | None = None) -> int:
-    """The largest plan accepted: ``value``, else $STILTS_MAX_RUNS, else 100,000."""
+    """The largest plan accepted: ``value``, else the variable ``MAX_RUNS_ENV`` names, else ``MAX_RUNS``."""
     if value is not None:
         return value
     env = os.environ.get(MAX_RUNS_ENV, "").strip()

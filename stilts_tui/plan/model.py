@@ -77,4 +77,5 @@ class Plan:
 
     @property
     def dir(self) -> Path:
+        """The plan file's folder: relative paths in the plan start here."""
         return self.path.parent
