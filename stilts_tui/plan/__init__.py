@@ -10,8 +10,7 @@ missing data), ``spec`` (a run's spec.json). This module is the package's face: 
 from __future__ import annotations
 
 from stilts_tui.plan.describe import counts, grid_text, matrix, missing_data
-from stilts_tui.plan.expand import count_runs, expand, load_and_expand, max_runs_limit, run_id, task_spec
-from stilts_tui.plan.expand import model_entry as _model  # the old private name, still read by cli/rehearse.py
+from stilts_tui.plan.expand import count_runs, expand, load_and_expand, max_runs_limit, model_entry, run_id, task_spec
 from stilts_tui.plan.load import load, parse
 from stilts_tui.plan.model import Plan, Run
 from stilts_tui.plan.schema import LORA_DEFAULTS, MAX_RUNS, MAX_RUNS_ENV, STAGES, SYNTH_KEYS
@@ -19,6 +18,8 @@ from stilts_tui.plan.slurm import SLURM_DEFAULTS, SLURM_KEYS, slurm_problem
 from stilts_tui.plan.spec import spec_for
 from stilts_tui.plan.values import NAME_RE, name_problem
 from stilts_tui.synth.settings import DEFAULTS as SYNTH_DEFAULTS
+
+_model = model_entry  # the old private name, still read by cli/rehearse.py
 
 __all__ = [
     "LORA_DEFAULTS",
@@ -41,6 +42,7 @@ __all__ = [
     "load_and_expand",
     "matrix",
     "max_runs_limit",
+    "model_entry",
     "missing_data",
     "name_problem",
     "parse",
