@@ -9,6 +9,8 @@ import time
 import pytest
 from conftest import cli, write_text
 
+from stilts_tui.contract import Env
+
 GOOD = """name = "p"
 model = "roberta-large"
 target_seeds = [1, 2]
@@ -142,7 +144,7 @@ def test_a_plan_of_a_million_runs_is_refused_at_once(tmp_path, runs_dir):
 
 def test_the_run_limit_is_configurable_and_the_user_can_ask_for_more(tmp_path, runs_dir):
     path = write_text(tmp_path / "p.toml", BIG.format(seeds="1, 2", lrs="1e-5, 2e-5", bss="8, 16, 32"))  # 12 runs
-    low = {"STILTS_MAX_RUNS": "10"}
+    low = {Env.MAX_RUNS: "10"}
     assert_refused(
         cli("plan", "validate", str(path), env=low, runs_dir=runs_dir),
         path,

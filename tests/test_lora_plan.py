@@ -8,6 +8,8 @@ from conftest import REFERENCE_PLAN, cli, write_text
 from test_bad_plan_values import GOOD, assert_refused
 
 from stilts_tui import plan as plans
+from stilts_tui import tomlio
+from stilts_tui.contract import ResultStatus
 
 LORA_INTER = GOOD.replace(
     '[intermediate.inter]\ntask = "hellaswag"', '[intermediate.inter]\ntask = "hellaswag"\nmethod = "lora"'
@@ -105,7 +107,7 @@ LORA_PLAN = REFERENCE_PLAN.with_name("chang_lu_2021_lora.toml")
 def test_the_lora_plan_is_the_reference_plan_with_the_changes_its_header_names():
     """Stage by stage the reference's tables, but for the keys the header lists: method, lora, transfer,
     fuse and the learning rates x 20."""
-    ref, lora = (plans.tomllib.loads(p.read_text()) for p in (REFERENCE_PLAN, LORA_PLAN))
+    ref, lora = (tomlio.loads(p.read_text()) for p in (REFERENCE_PLAN, LORA_PLAN))
     assert lora.pop("name") == "chang-lu-2021-lora" and ref.pop("name") == "chang-lu-2021"
     changed = {"method": "lora", "lora": plans.LORA_DEFAULTS, "transfer": "merge", "fuse": True, "lr": 2e-4}
     assert lora.pop("defaults") == {**ref.pop("defaults"), **changed}
@@ -153,7 +155,8 @@ def test_the_lora_plan_rehearses_end_to_end(tmp_path, runs_dir):
     specs = [json.loads(p.read_text()) for p in out_dir.glob("*/spec.json")]
     assert len(specs) == 32 and all(s["params"]["method"] == "lora" for s in specs if s["stage"] != "synth")
     trained = [json.loads((out_dir / s["run_id"] / "result.json").read_text()) for s in specs if s["stage"] != "synth"]
-    assert len(trained) == 31 and all(r["status"] == "done" and r["setup"]["method"] == "lora" for r in trained)
+    assert len(trained) == 31 and all(r["status"] == ResultStatus.DONE for r in trained)
+    assert all(r["setup"]["method"] == "lora" for r in trained)
     inter = [s for s in specs if s["stage"] == "intermediate"]
     assert all((out_dir / s["run_id"] / "checkpoint" / "lora_adapter.safetensors").is_file() for s in inter)
 

@@ -9,6 +9,7 @@ import sys
 from conftest import REFERENCE_PLAN, cli
 
 from stilts_tui import plan as plans
+from stilts_tui.contract import Status
 
 
 def test_reference_plan_expands_to_the_studys_1008_target_runs():
@@ -158,9 +159,9 @@ def test_queue_ls_json_shape_and_filters(small_plan, runs_dir):
     keys = {"id", "plan", "stage", "task", "intermediate", "seed", "params", "parent", "status", "gpu", "score"}
     assert all(keys <= set(r) for r in runs)
     assert runs[0]["stage"] == "intermediate"  # stage order: intermediates before targets
-    assert {r["status"] for r in runs} == {"queued"} and {r["priority"] for r in runs} == {3}
+    assert {r["status"] for r in runs} == {Status.QUEUED} and {r["priority"] for r in runs} == {3}
     assert {r["intermediate"] for r in runs if r["stage"] == "target"} == {"none", "inter"}
-    assert json.loads(cli("queue", "ls", "--json", "--status", "done", runs_dir=runs_dir).stdout) == []
+    assert json.loads(cli("queue", "ls", "--json", "--status", Status.DONE, runs_dir=runs_dir).stdout) == []
     bad = cli("queue", "ls", "--status", "finished", runs_dir=runs_dir)
     assert bad.returncode == 2 and "--status" in bad.stderr
 
