@@ -275,7 +275,7 @@ def rehearse(plan_path: Path, opts: Options, echo: Callable[[str], None]) -> boo
         echo(f"stopped before training: {len(errors)} stage(s) cannot read their data")
         return False
     (root / "corpus.txt").write_text(corpus(texts, 3 * SYNTH_N), encoding="utf-8")
-    model = plan.model if not plans._model(plan)["path"] else plans._model(plan)["path"]
+    model = plan.model if not plans.model_entry(plan)["path"] else plans._model(plan)["path"]
     info = build_models(root, model, texts)
     echo(f"tiny {info['family']} encoder, tokenizer: {info['tokenizer']}")
     from stilts_tui.queue import ops

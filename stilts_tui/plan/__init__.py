@@ -19,7 +19,6 @@ from stilts_tui.plan.spec import spec_for
 from stilts_tui.plan.values import NAME_RE, name_problem
 from stilts_tui.synth.settings import DEFAULTS as SYNTH_DEFAULTS
 
-_model = model_entry  # the old private name, still read by cli/rehearse.py
 
 __all__ = [
     "LORA_DEFAULTS",
@@ -33,7 +32,6 @@ __all__ = [
     "SYNTH_KEYS",
     "Plan",
     "Run",
-    "_model",
     "count_runs",
     "counts",
     "expand",
