@@ -19,7 +19,6 @@ from stilts_tui.plan.spec import spec_for
 from stilts_tui.plan.values import NAME_RE, name_problem
 from stilts_tui.synth.settings import DEFAULTS as SYNTH_DEFAULTS
 
-
 __all__ = [
     "LORA_DEFAULTS",
     "MAX_RUNS",
