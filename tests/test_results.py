@@ -383,7 +383,25 @@ def test_cells_mixing_training_setups_are_marked(scored):
     assert t.cell("a", "t1").setup_note == note and t.cell("none", "t1").setup_note is None
     md = cli("scores", "sc", "--format", "md", runs_dir=scored).stdout
     assert "| a | 85.0* ± 11.2" in md
-    assert f"cells marked * mix training setups: a -> t1: {note}" in md
+    assert f"cells marked * mix training setups or data: a -> t1: {note}" in md
+
+
+def test_cells_whose_runs_trained_on_different_data_are_marked(scored):
+    cell = [r for r in target_runs(scored) if (r["intermediate"], r["name"]) == ("a", "t1")]
+    same = {"train": {"kind": "files", "fingerprint": "sha256:aaaa"}, "dev": {"fingerprint": "sha256:dddd"}}
+    other = {"train": {"kind": "hub", "fingerprint": "sha256:bbbb"}, "dev": {"fingerprint": "sha256:dddd"}}
+    for r, data in zip(cell, [same, same, other, same], strict=True):
+        write_result(scored, r["id"], 0.8, data=data)
+    t = results.build(scored, "sc")
+    note = "data differs between its runs (2 versions: sha256:aaaa/sha256:dddd, sha256:bbbb/sha256:dddd)"
+    assert t.cell("a", "t1").setup_note == note
+    for r in cell:  # the same data everywhere: no mark
+        write_result(scored, r["id"], 0.8, data=same)
+    assert results.build(scored, "sc").cell("a", "t1").setup_note is None
+    for r, data in zip(cell, [same, same, other, same], strict=True):
+        write_result(scored, r["id"], 0.8, data=data)
+    md = cli("scores", "sc", "--format", "md", runs_dir=scored).stdout
+    assert "| a | 80.0* ± 0.0" in md and f"a -> t1: {note}" in md
 
 
 def test_damaged_results_are_missing_not_a_crash(scored):

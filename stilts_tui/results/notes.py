@@ -128,7 +128,7 @@ def footnotes(t: ScoreTable) -> list[str]:
     mixed = [c for c in t.cells if c.setup_note]
     if mixed:
         lines.append(
-            "cells marked * mix training setups: "
+            "cells marked * mix training setups or data: "
             + "; ".join(f"{row_label(c.intermediate, c.seed)} -> {c.target}: {c.setup_note}" for c in mixed)
         )
     stopped = [c for c in t.cells if c.stopped]

@@ -65,8 +65,25 @@ def _asked(spec: dict | None) -> dict:
     return {k: p[k] for k in ("precision", "batching", "pad", "clip") if p.get(k) not in (None, "auto")}
 
 
-def _setup_note(setups: list[dict], off_plan: list[str]) -> str | None:
-    notes = []
+def _data_of(result: dict | None) -> tuple[str, ...] | None:
+    """The fingerprints of the examples a run trained and was scored on (result["data"], written by the
+    trainer: docs/tasks.md), or None for a result that recorded none."""
+    data = (result or {}).get("data")
+    if not isinstance(data, dict):
+        return None
+    prints = tuple(str(s.get("fingerprint")) for s in (data.get(k) for k in ("train", "dev")) if isinstance(s, dict))
+    return prints or None
+
+
+def _data_note(versions: list[tuple[str, ...]]) -> str | None:
+    """A cell whose runs trained on different data says so, as a cell of mixed setups does."""
+    if len(versions) < 2:
+        return None
+    return f"data differs between its runs ({len(versions)} versions: " + ", ".join("/".join(v) for v in versions) + ")"
+
+
+def _setup_note(setups: list[dict], off_plan: list[str], data: list[tuple[str, ...]] | None = None) -> str | None:
+    notes = [n] if (n := _data_note(data or [])) else []
     if len(setups) > 1:
         differ = [k for k in SETUP_KEYS if len({json.dumps(s.get(k)) for s in setups}) > 1]
         notes.append("; ".join(f"{k} " + "/".join(sorted({str(s.get(k)) for s in setups})) for k in differ))
@@ -197,7 +214,7 @@ def _cell(
     metric: str | None,
     majority: float | None,
 ) -> Cell:
-    values, keyed, setups, off_plan, per_seed, stopped = [], {}, [], [], {}, []
+    values, keyed, setups, off_plan, per_seed, stopped, data = [], {}, [], [], {}, [], []
     for m in members:
         v = _value(results[m["id"]], metric)
         if v is None:
@@ -206,6 +223,9 @@ def _cell(
         stopped.append(results[m["id"]].get("status") == ResultStatus.DEGENERATE)
         keyed[_pair_key(m)] = v
         per_seed[m["seed"]] = max(per_seed.get(m["seed"], -np.inf), v)
+        version = _data_of(results[m["id"]])
+        if version is not None and version not in data:
+            data.append(version)
         setup = _setup_of(results[m["id"]])
         if setup is not None:
             if setup not in setups:
@@ -220,6 +240,6 @@ def _cell(
         cell.mean, cell.std = float(a.mean()), float(a.std(ddof=0))
         cell.median, cell.max, cell.min = float(np.median(a)), float(a.max()), float(a.min())
         cell.best_of_grid = float(np.mean(list(per_seed.values())))
-    cell.setup_note = _setup_note(setups, off_plan)
+    cell.setup_note = _setup_note(setups, off_plan, data)
     mark_failed(cell, majority)
     return cell
