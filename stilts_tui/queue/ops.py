@@ -198,7 +198,12 @@ def wait_cancelled(root: Path, run_ids: list[str], timeout: float) -> list[str]:
 
 
 def retry(
-    root: Path, run_ids: list[str], failed: bool = False, pruned: bool = False, plan: str | None = None
+    root: Path,
+    run_ids: list[str],
+    failed: bool = False,
+    pruned: bool = False,
+    plan: str | None = None,
+    wait: float = requests.WAIT_S,
 ) -> list[str]:
     """Ask for failed, cancelled (or blocked) runs to be queued again, as fresh attempts; ``pruned``: every
     pruned run (of ``plan``) to train (a pruned run is otherwise brought back only by its id). A run
@@ -209,7 +214,7 @@ def retry(
     targets = [r["id"] for r in _select(ledger, run_ids, plan, wanted) if r["status"] in RETRYABLE]
     if not targets:
         return []
-    return list(requests.ask(ledger, "retry", targets).get("done") or [])
+    return list(requests.ask(ledger, "retry", targets, wait=wait).get("done") or [])
 
 
 def check_priority(priority: object) -> int:
