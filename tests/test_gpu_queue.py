@@ -23,6 +23,7 @@ from conftest import ROOT, cli, wait, write_jsonl, write_text
 from stilts_tui.cli.demo import pair_rows
 from stilts_tui.queue import daemon as qd
 from stilts_tui.queue import gpus, mps, ops
+from stilts_tui.queue.executor import Context
 from stilts_tui.queue.executors.local import LocalExecutor
 from stilts_tui.store.ledger import Ledger
 
@@ -361,8 +362,8 @@ class StandIn(LocalExecutor):
     """The real local executor; its processes are ``sleep`` standing in for the trainer (what a launch
     gets is kept)."""
 
-    def __init__(self, daemon: qd.Daemon):
-        super().__init__(daemon)
+    def __init__(self, context: Context):
+        super().__init__(context)
         self.launched: list[dict] = []
         self.procs: list[subprocess.Popen] = []
         self.cmd = ["sleep", "300"]
@@ -377,7 +378,7 @@ class StandIn(LocalExecutor):
 def stand_in_daemon(root: Path, settings: qd.Settings) -> qd.Daemon:
     """The real daemon with the stand-in executor; ``d.launches`` and ``d.procs`` are the executor's."""
     d = qd.Daemon(root, settings)
-    d.executor = StandIn(d)
+    d.executor = StandIn(d.context)
     d.launches, d.procs = d.executor.launched, d.executor.procs
     return d
 

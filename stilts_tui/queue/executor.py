@@ -1,27 +1,61 @@
-"""The executor interface: what the daemon's one tick asks of the place runs execute (this machine's
-GPUs, or a Slurm cluster). The tick itself (ledger -> requests -> reap -> block -> place -> launch) is
-`Daemon.tick`; an executor answers for its runs' processes or jobs and nothing else:
+"""The executor interface: what the tick (`queue/tick.py`: requests -> reap -> block -> prune -> place ->
+launch) asks of the place runs execute (this machine's GPUs, or a Slurm cluster). An executor answers for
+its runs' processes or jobs and nothing else; it never writes the ledger: it RETURNS the fields to record
+and the tick commits them.
 
 - ``observe(runs)``: query the state of the active runs once a tick (``squeue``; nothing locally).
 - ``alive(run)``, ``pending_reason(run)``: state queries about one running run.
 - ``reap(runs, status, stats)``: which running runs ended and how (the fields to record).
 - ``launches(runs)``: ready runs grouped and placed (`placement.py`), one `Launch` at a time.
-- ``launch(launch)``: mark the runs running in the ledger, then start their process or submit their job.
+- ``claim(launch, rows)``: the fields that mark the launch's still-queued runs running (and the placement
+  record); the tick commits them BEFORE the process starts, so a daemon that dies after it adopts the
+  process and never launches a run twice.
+- ``start(launch, claim)``: start the process or submit the job; the fields to record (pid, job id).
 - ``cancel(run, kill)``: signal a run's process group (SIGTERM; SIGKILL with ``kill``), or ``scancel``.
 
-Only the daemon calls these: clients write requests to the ledger (see `ops.cancel`).
+Only the tick calls these; an executor sees a narrow :class:`Context`, never the daemon.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
-from stilts_tui.queue.placement import Launch
+from stilts_tui.queue.placement import Grouper, Launch
+from stilts_tui.queue.runfiles import RunFiles
+from stilts_tui.queue.settings import Settings
 
 # a tick's decisions: run id -> (the status the decision saw, the fields to record)
 Changes = dict[str, tuple[str, dict]]
 NEW_STATS = ("reaped", "requeued", "blocked", "unblocked", "launched", "cancelled", "pruned")
+
+
+@dataclass
+class Context:
+    """What an executor may use: the runs-dir, the run folders, daemon.log, the settings, the grouper
+    (learned estimates, worker groups), MPS's pipe folder while MPS runs; ``mark`` names the run the tick
+    handles (an error there is blamed on it)."""
+
+    root: Path
+    settings: Settings
+    files: RunFiles
+    log: Callable[[str], None]
+    mark: Callable[[str | None], None]
+    grouper: Grouper
+    mps_dir: Path | None = None
+
+
+@dataclass
+class Claim:
+    """A launch's runs marked running: the rows as they were (``runs``), the fields that mark them
+    (``changes``), and the placement record (the ``placements`` table: what the estimate saw)."""
+
+    runs: list[dict] = field(default_factory=list)
+    changes: Changes = field(default_factory=dict)
+    placement: tuple[str, dict] | None = None
+    worker: str | None = None
 
 
 class Executor(Protocol):
@@ -44,8 +78,11 @@ class Executor(Protocol):
     def launches(self, runs: list[dict]) -> Iterator[Launch]:
         """Ready runs grouped and placed, one launch at a time (each launched before the next is chosen)."""
 
-    def launch(self, launch: Launch) -> bool:
-        """Mark the launch's runs running, then start them; True if any started."""
+    def claim(self, launch: Launch, rows: dict[str, dict | None]) -> Claim:
+        """The fields marking the launch's runs still queued in ``rows`` (the ledger now) running."""
+
+    def start(self, launch: Launch, claim: Claim) -> tuple[bool, Changes]:
+        """Start the claimed runs (a process, a job); whether any started, and the fields to record."""
 
     def cancel(self, run: dict, kill: bool = False) -> None:
         """Signal the run's process group (SIGTERM, or SIGKILL with ``kill``), or scancel its job.

@@ -17,11 +17,11 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from stilts_tui.contract import LEDGER_FILE
+from stilts_tui.contract import LEDGER_FILE, Env, Status
 from stilts_tui.errors import UserError
 from stilts_tui.queue import gpus as gpu_info
 
-FAKE_PROCS_VAR = "STILTS_FAKE_GPU_PROCS"
+FAKE_PROCS_VAR = Env.FAKE_GPU_PROCS
 
 
 @dataclass
@@ -83,7 +83,7 @@ def running_runs(root: Path | None) -> list[dict]:
     from stilts_tui.store.ledger import Ledger
 
     try:
-        return [r for r in Ledger(root).runs(status="running") if isinstance(r, dict)]
+        return [r for r in Ledger(root).runs(status=Status.RUNNING) if isinstance(r, dict)]
     except UserError:
         return []
 

@@ -7,6 +7,7 @@ import re
 import time
 from dataclasses import dataclass
 
+from stilts_tui.contract import Env
 from stilts_tui.errors import UserError
 
 
@@ -22,12 +23,12 @@ class GPU:
 
 
 def fake_spec() -> tuple[int, float] | None:
-    value = os.environ.get("STILTS_FAKE_GPUS", "").strip()
+    value = os.environ.get(Env.FAKE_GPUS, "").strip()
     if not value:
         return None
     m = re.fullmatch(r"(\d+)x(\d+(?:\.\d+)?)", value)
     if not m:
-        raise UserError(f"STILTS_FAKE_GPUS: expected COUNTxGiB (e.g. 2x24), got '{value}'")
+        raise UserError(f"{Env.FAKE_GPUS}: expected COUNTxGiB (e.g. 2x24), got '{value}'")
     return int(m.group(1)), float(m.group(2))
 
 

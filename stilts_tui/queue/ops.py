@@ -23,14 +23,13 @@ from stilts_tui.contract import (
     CANCELLABLE,
     DAEMON_FILE,
     DAEMON_LOG,
-    PRUNED_FILE,
-    PRUNED_WHY_FIELD,
     RANK_STAGE,
     RETRYABLE,
     SPEC_FILE,
     Status,
 )
 from stilts_tui.errors import PREFIX, Failure, UserError, failure_from_os
+from stilts_tui.queue import requests
 from stilts_tui.store import rundir
 from stilts_tui.store.ledger import INT64, Ledger
 
@@ -162,26 +161,25 @@ class CancelOutcome:
     daemon: bool = False
 
 
-def cancel(root: Path, run_ids: list[str], plan: str | None = None, grace: float = CANCEL_GRACE_S) -> CancelOutcome:
-    """Cancel queued, blocked and running runs. A queued or blocked run is cancelled here (no process
-    holds it). For a running run this only writes a request to the ledger (``cancel_requested``, and
-    ``cancel_grace``: seconds between SIGTERM and SIGKILL); the daemon carries it out on its next tick
-    (stops the process group or scancels the job, then records the cancel), so no client ever signals a
-    process. With no daemon running the request waits for the next one, which carries it out first."""
+def cancel(
+    root: Path,
+    run_ids: list[str],
+    plan: str | None = None,
+    grace: float = CANCEL_GRACE_S,
+    wait: float = requests.WAIT_S,
+) -> CancelOutcome:
+    """Ask for queued, blocked and running runs to be cancelled: a request the queue's owner carries out
+    (the daemon's next tick; with no daemon, this client under the daemon's lock). A queued or blocked
+    run is cancelled at once (no process holds it); a running one gets ``cancel_requested`` (and
+    ``cancel_grace``: seconds between SIGTERM and SIGKILL), and the daemon stops its process group or
+    scancels its job, then records the cancel. No client ever signals a process or moves a status; with
+    no daemon running a running run's cancel waits for the next one, which carries it out first."""
     ledger = Ledger(root)
-    targets = _select(ledger, run_ids, plan, tuple(CANCELLABLE))
-    out = CancelOutcome()
-    now = time.time()
-    with ledger.transaction() as tx:
-        for r in targets:
-            cur = tx.get_run(r["id"])
-            if cur["status"] == "running":
-                if not cur.get("cancel_requested"):
-                    tx.update_run(r["id"], cancel_requested=now, cancel_grace=float(grace))
-                out.requested.append(r["id"])
-            elif cur["status"] in (Status.QUEUED, Status.BLOCKED):
-                tx.update_run(r["id"], status="cancelled", finished=now)
-                out.done.append(r["id"])
+    targets = [r["id"] for r in _select(ledger, run_ids, plan, tuple(CANCELLABLE))]
+    outcome = requests.ask(ledger, "cancel", targets, {"grace": float(grace)}, wait=wait) if targets else {}
+    out = CancelOutcome(done=list(outcome.get("done") or []), requested=list(outcome.get("requested") or []))
+    if outcome.get("pending"):  # the daemon has not got to it yet: every target is still asked
+        out.requested = targets
     out.daemon = bool(out.requested) and daemon_status(root) is not None
     return out
 
@@ -193,53 +191,30 @@ def wait_cancelled(root: Path, run_ids: list[str], timeout: float) -> list[str]:
     deadline = time.time() + timeout
     for polls in itertools.count():
         rows = [(rid, ledger.get(rid) or {}) for rid in run_ids]
-        open_ = [rid for rid, r in rows if r.get("status") == "running" and r.get("cancel_requested")]
+        open_ = [rid for rid, r in rows if r.get("status") == Status.RUNNING and r.get("cancel_requested")]
         if not open_ or time.time() > deadline or (polls % 10 == 9 and daemon_status(root) is None):
             return open_
         time.sleep(0.1)
 
 
 def retry(
-    root: Path, run_ids: list[str], failed: bool = False, pruned: bool = False, plan: str | None = None
+    root: Path,
+    run_ids: list[str],
+    failed: bool = False,
+    pruned: bool = False,
+    plan: str | None = None,
+    wait: float = requests.WAIT_S,
 ) -> list[str]:
-    """Queue failed, cancelled (or blocked) runs again, as fresh attempts; ``pruned``: every pruned run (of
-    ``plan``) to train (a pruned run is otherwise brought back only by its id). A run brought back from
-    pruned keeps its pruned.json, marked ``retried``: no rank run prunes it again."""
+    """Ask for failed, cancelled (or blocked) runs to be queued again, as fresh attempts; ``pruned``: every
+    pruned run (of ``plan``) to train (a pruned run is otherwise brought back only by its id). A run
+    brought back from pruned keeps its pruned.json, marked ``retried``: no rank run prunes it again. The
+    queue's owner carries the request out (`queue/requests.py`); the runs it queued again."""
     ledger = Ledger(root)
     wanted = tuple(s for s, on in ((Status.FAILED, failed), (Status.PRUNED, pruned)) if on) or None
-    targets = _select(ledger, run_ids, plan, wanted)
-    done = []
-    with ledger.transaction() as tx:
-        for r in targets:
-            cur = tx.get_run(r["id"])
-            if cur["status"] not in RETRYABLE:
-                continue
-            attempts = cur.get("attempts")
-            rundir.retire_result(
-                rundir.run_dir(root, r["id"]), attempts if isinstance(attempts, int) and 0 <= attempts < 2**31 else 0
-            )
-            if cur["status"] == Status.PRUNED:
-                _mark_retried(rundir.run_dir(root, r["id"]) / PRUNED_FILE)
-            tx.update_run(
-                r["id"],
-                status="queued",
-                attempts=0,
-                alone=False,
-                error=None,
-                score=None,
-                pid=None,
-                gpu=None,
-                **{PRUNED_WHY_FIELD: None},
-            )
-            done.append(r["id"])
-    return done
-
-
-def _mark_retried(path: Path) -> None:
-    """A pruned run's record, kept, marked as brought back by a person (the daemon never prunes it again)."""
-    record = rundir.read_json(path)
-    record = record if isinstance(record, dict) else {}
-    rundir.write_json_atomic(path, {**record, "retried": time.time()})
+    targets = [r["id"] for r in _select(ledger, run_ids, plan, wanted) if r["status"] in RETRYABLE]
+    if not targets:
+        return []
+    return list(requests.ask(ledger, "retry", targets, wait=wait).get("done") or [])
 
 
 def check_priority(priority: object) -> int:
@@ -252,20 +227,21 @@ def check_priority(priority: object) -> int:
 def set_priority(
     root: Path, run_ids: list[str], priority: int | None = None, delta: int = 0, plan: str | None = None
 ) -> list[str]:
-    """Set (or shift by ``delta``) the priority of runs; a value beyond 64 bits is refused, nothing changed."""
+    """Set (or shift by ``delta``) the priority of runs; a value beyond 64 bits is refused, nothing changed.
+    A request the queue's owner carries out; the runs named."""
     ledger = Ledger(root)
     targets = _select(ledger, run_ids, plan, None)
-    with ledger.transaction() as tx:
-        for r in targets:
-            cur = tx.get_run(r["id"])
-            old = cur.get("priority", 0)
-            new = priority if priority is not None else (old if isinstance(old, int) else 0) + delta
-            tx.update_run(r["id"], priority=check_priority(new))
+    for r in targets:  # checked here: a refused value changes nothing
+        old = r.get("priority", 0)
+        check_priority(priority if priority is not None else (old if isinstance(old, int) else 0) + delta)
+    if targets:
+        requests.ask(ledger, "priority", [r["id"] for r in targets], {"priority": priority, "delta": delta})
     return [r["id"] for r in targets]
 
 
 def set_paused(root: Path, paused: bool) -> None:
-    Ledger(root).set_meta("paused", paused)
+    """Pause or resume launching (runs already running go on): a request the queue's owner carries out."""
+    requests.ask(Ledger(root), "pause", [], {"paused": paused})
 
 
 # ---- the daemon ---------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stilts_tui.contract import TRAINED_STAGES, array_key, is_lora, shape_key, waits
+from stilts_tui.contract import TRAINED_STAGES, Status, array_key, is_lora, shape_key, waits
 
 # parameter counts of common encoders, for the first estimate of a hub model
 KNOWN_PARAMS = {
@@ -134,7 +134,7 @@ class Measurements:
 
     def update(self, runs: list[dict], read_result) -> None:
         for r in runs:
-            if r["status"] != "done" or not r.get("shape"):
+            if r["status"] != Status.DONE or not r.get("shape"):
                 continue
             mark = (r.get("finished"), r["shape"])
             old = self._seen.get(r["id"])
@@ -207,8 +207,8 @@ def ready(runs: list[dict]) -> list[dict]:
     return [
         r
         for r in runs
-        if r["status"] == "queued"
-        and (not r.get("parent") or status.get(r["parent"]) == "done")
+        if r["status"] == Status.QUEUED
+        and (not r.get("parent") or status.get(r["parent"]) == Status.DONE)
         and not waits(r, status)
     ]
 
@@ -219,16 +219,16 @@ def slurm_launches(runs: list[dict], max_jobs: int) -> Iterator[Launch]:
     most ``max_jobs`` of our runs in Slurm at once."""
     by_id = {r["id"]: r for r in runs}
     status = {r["id"]: r["status"] for r in runs}
-    room = max_jobs - sum(1 for r in runs if r["status"] == "running")
+    room = max_jobs - sum(1 for r in runs if r["status"] == Status.RUNNING)
     for r in runs:
         if room <= 0:
             return
-        if r["status"] != "queued" or waits(r, status):  # a rank run's outcome is the daemon's to act on first
+        if r["status"] != Status.QUEUED or waits(r, status):  # a rank run's outcome is the daemon's to act on first
             continue
         parent = by_id.get(r.get("parent")) if r.get("parent") else None
         dependency = None
-        if parent is not None and parent["status"] != "done":
-            if parent["status"] != "running" or not parent.get("job_id"):
+        if parent is not None and parent["status"] != Status.DONE:
+            if parent["status"] != Status.RUNNING or not parent.get("job_id"):
                 continue
             dependency = parent["job_id"]
         launch = Launch([r], dependency=dependency)
@@ -236,7 +236,7 @@ def slurm_launches(runs: list[dict], max_jobs: int) -> Iterator[Launch]:
         if launch.ok:
             room -= 1
             if dependency is None:  # its children may follow in this tick, after its job
-                by_id[r["id"]] = {**r, "status": "running", "job_id": launch.job_id}
+                by_id[r["id"]] = {**r, "status": Status.RUNNING.value, "job_id": launch.job_id}
 
 
 class Grouper:

@@ -13,18 +13,24 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import psutil
 
-from stilts_tui.contract import CANCEL_FILE, CANCEL_GRACE_S, RESULT_STATUSES, TRAIN_LOG, WORKERS_DIR, ledger_status
+from stilts_tui.contract import (
+    CANCEL_FILE,
+    CANCEL_GRACE_S,
+    RESULT_STATUSES,
+    TRAIN_LOG,
+    WORKERS_DIR,
+    Env,
+    ResultStatus,
+    Status,
+    ledger_status,
+)
 from stilts_tui.queue import checks, mps, placement, threads
 from stilts_tui.queue import gpus as gpu_info
-from stilts_tui.queue.executor import Changes
+from stilts_tui.queue.executor import Changes, Claim, Context
 from stilts_tui.queue.placement import Launch
-
-if TYPE_CHECKING:
-    from stilts_tui.queue.daemon import Daemon
 
 
 def launch(
@@ -141,8 +147,8 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, daemon: Daemon):
-        self.d = daemon
+    def __init__(self, context: Context):
+        self.c = context
         self._gpu_problems: list[str] = []
         self._most = 0  # the most processes the devices found last take at once (each process's CPU share)
 
@@ -163,9 +169,9 @@ class LocalExecutor:
     def _process(self, run: dict) -> tuple[int | None, float | None]:
         """The run's process (pid, start time); one launched just before a crash, before its pid was
         recorded, is found by its command line."""
-        if run.get("pid") or run.get("status") != "running":
+        if run.get("pid") or run.get("status") != Status.RUNNING:
             return run.get("pid"), run.get("pid_started")
-        return find_worker(self.d.root / run["id"]) or (None, None)
+        return find_worker(self.c.root / run["id"]) or (None, None)
 
     # -- reap ------------------------------------------------------------------------------------------
 
@@ -175,21 +181,21 @@ class LocalExecutor:
         never a run without one. A run whose cancel was asked is the requests' step's, not this one's."""
         changes: Changes = {}
         for r in runs:
-            if r["status"] != "running" or r.get("cancel_requested"):
+            if r["status"] != Status.RUNNING or r.get("cancel_requested"):
                 continue
-            self.d.mark(r["id"])
-            res = self.d.result(r["id"])
+            self.c.mark(r["id"])
+            res = self.c.files.result(r["id"])
             if res and res.get("status") in RESULT_STATUSES:
-                changes[r["id"]] = ("running", self._finished(r, res, stats))
+                changes[r["id"]] = (Status.RUNNING, self._finished(r, res, stats))
             elif not alive(r.get("pid"), r.get("pid_started")):
                 if not r.get("pid"):
-                    found = find_worker(self.d.root / r["id"])
+                    found = find_worker(self.c.root / r["id"])
                     if found or time.time() - (r.get("started") or 0) < 30:
                         if found:  # launched just before a crash: adopt it
-                            changes[r["id"]] = ("running", {"pid": found[0], "pid_started": found[1]})
+                            changes[r["id"]] = (Status.RUNNING, {"pid": found[0], "pid_started": found[1]})
                         continue
-                changes[r["id"]] = ("running", self._vanished(r, stats))
-        self.d.mark(None)
+                changes[r["id"]] = (Status.RUNNING, self._vanished(r, stats))
+        self.c.mark(None)
         return changes
 
     def _finished(self, r: dict, res: dict, stats: dict) -> dict:
@@ -201,7 +207,7 @@ class LocalExecutor:
             "timings": checks.clean_timings(res.get("timings")),
             "pid": None,
         }
-        if res["status"] == "oom" and not r.get("alone"):
+        if res["status"] == ResultStatus.OOM and not r.get("alone"):
             fields.update(self._after_oom(r))
             stats["requeued"] += 1
         else:
@@ -212,14 +218,14 @@ class LocalExecutor:
     def _vanished(self, r: dict, stats: dict) -> dict:
         """A process that exited without a result: requeued while retries are left, else failed."""
         attempt = r.get("attempts") or 1
-        why = "process exited without result" + self.d.last_line(r)
-        if attempt <= self.d.s.max_retries:
-            fields = {"status": "queued", "error": why, "pid": None, "gpu": None}
+        why = "process exited without result" + self.c.files.last_line(r)
+        if attempt <= self.c.settings.max_retries:
+            fields = {"status": Status.QUEUED.value, "error": why, "pid": None, "gpu": None}
             stats["requeued"] += 1
         else:
-            fields = {"status": "failed", "error": why, "pid": None, "finished": time.time()}
+            fields = {"status": Status.FAILED.value, "error": why, "pid": None, "finished": time.time()}
             stats["reaped"] += 1
-        self.d.log(f"{r['id']}: {why} (attempt {attempt}) -> {fields['status']}")
+        self.c.log(f"{r['id']}: {why} (attempt {attempt}) -> {fields['status']}")
         return fields
 
     def _after_oom(self, r: dict) -> dict:
@@ -228,17 +234,17 @@ class LocalExecutor:
         k = r.get("fused") or 0
         half = k // 2
         if half >= 2:
-            self.d.log(
+            self.c.log(
                 f"{r['id']}: out of memory in an array of {k} on GPU {r.get('gpu')}; requeued for arrays "
                 f"of at most {half}"
             )
-            return {"status": "queued", "gpu": None, "fuse_max": half}
-        self.d.log(
+            return {"status": Status.QUEUED.value, "gpu": None, "fuse_max": half}
+        self.c.log(
             f"{r['id']}: out of memory on GPU {r.get('gpu')}"
             + (f" in an array of {k}" if k > 1 else "")
             + "; requeued to run alone"
         )
-        return {"status": "queued", "gpu": None, "alone": True, "fuse_max": 1}
+        return {"status": Status.QUEUED.value, "gpu": None, "alone": True, "fuse_max": 1}
 
     # -- placement ---------------------------------------------------------------------------------------
 
@@ -246,13 +252,13 @@ class LocalExecutor:
         devs = self.devices(runs)
         if not any(d.procs < d.slots and not d.alone for d in devs):
             return
-        self.d.grouper.learned.update(runs, self.d.final_result)
-        yield from self.d.grouper.launches(runs, devs, self.d.mark)
+        self.c.grouper.learned.update(runs, self.c.files.final_result)
+        yield from self.c.grouper.launches(runs, devs, self.c.mark)
 
     def devices(self, runs: list[dict]) -> list[placement.Device]:
         """The devices runs may go to now, with what this queue already runs on each. A GPU NVML cannot
         query is left out (the others are used); the CPU stands in only on a machine without GPUs."""
-        s = self.d.s
+        s = self.c.settings
         probe = gpu_info.probe()
         self._report_gpus(probe)
         found = probe.usable
@@ -263,7 +269,7 @@ class LocalExecutor:
             devs = [placement.Device(None, float("inf"), float("inf"), s.cpu_slots)]
         self._most = sum(d.slots for d in devs)
         by_index = {d.index: d for d in devs}
-        running = [r for r in runs if r["status"] == "running"]
+        running = [r for r in runs if r["status"] == Status.RUNNING]
         workers: set[str] = set()
         for r in running:
             d = by_index.get(r.get("gpu"))
@@ -279,7 +285,7 @@ class LocalExecutor:
 
     def _report_gpus(self, probe: gpu_info.Probe) -> None:
         """Log NVML's failures when they change (not every tick)."""
-        gpus = self.d.s.gpus
+        gpus = self.c.settings.gpus
         lines = [f"GPU {g.index} unusable, left out: {g.error}" for g in probe.gpus if g.error]
         if probe.error:
             lines.append(
@@ -289,127 +295,121 @@ class LocalExecutor:
             lines.append(f"no usable GPU among --gpus {','.join(map(str, gpus))}")
         if lines != self._gpu_problems:
             for line in lines or ["every GPU answers NVML again"]:
-                self.d.log(line)
+                self.c.log(line)
             self._gpu_problems = lines
 
     # -- launch ------------------------------------------------------------------------------------------
 
-    def launch(self, launch: Launch) -> bool:
-        """Mark the runs running (and the placement) in the ledger, then start their process."""
-        dev, worker = launch.device, uuid.uuid4().hex[:10]
-        fresh = self._mark(launch, worker)
+    def claim(self, launch: Launch, rows: dict[str, dict | None]) -> Claim:
+        """Mark the launch's runs still queued as running, with the placement (its record for the
+        ``placements`` table). Committed by the tick before the process starts: a daemon that dies after
+        it adopts the process, never launches it twice."""
+        dev, now, why, worker = launch.device, time.time(), launch.why or None, uuid.uuid4().hex[:10]
+        fresh = [r for r in launch.runs if (rows.get(r["id"]) or {}).get("status") == Status.QUEUED]
+        fused = len(fresh) if launch.fused and len(fresh) > 1 else 0
+        out = Claim(runs=[rows[r["id"]] or r for r in fresh], worker=worker)
+        for r in out.runs:
+            out.changes[r["id"]] = (
+                Status.QUEUED,
+                {
+                    "status": Status.RUNNING.value,
+                    "gpu": dev.index,
+                    "worker": worker,
+                    "started": now,
+                    "pid": None,
+                    "pid_started": None,
+                    "attempts": (r.get("attempts") or 0) + 1,
+                    "est_gb": launch.est_gb,
+                    "shape": launch.shape,
+                    "error": None,
+                    "score": None,
+                    "fused": fused,
+                    "fuse_why": why,
+                    "executor": self.name,
+                    "cancel_requested": None,
+                    "cancel_signalled": None,
+                },
+            )
+        if fresh:
+            out.placement = (
+                f"{now:.6f}-{worker}",
+                {
+                    "t": now,
+                    "gpu": dev.index,
+                    "runs": [r["id"] for r in fresh],
+                    "est_gb": launch.est_gb,
+                    "reserved_before_gb": dev.reserved_gb,
+                    "procs_before": dev.procs,
+                    "slots": dev.slots,
+                    "total_gb": None if dev.index is None else dev.total_gb,
+                    "alone": bool(fresh[0].get("alone")),
+                    "others_on_gpu": list(dev.run_ids),
+                    "fused": fused,
+                    "fuse_why": why,
+                },
+            )
+        return out
+
+    def start(self, launch: Launch, claim: Claim) -> tuple[bool, Changes]:
+        """Start the claimed runs' process; the pid to record. The runs' folders are readied first."""
+        dev, fresh, worker = launch.device, claim.runs, claim.worker
         if not fresh:
-            return False
+            return False, {}
         fused = len(fresh) if launch.fused and len(fresh) > 1 else 0
         env, args, note = self.run_env(dev, fused)
         for r in fresh:  # a cancel request or a result left from an earlier attempt must not end this one
-            (self.d.root / r["id"] / CANCEL_FILE).unlink(missing_ok=True)
-            self.d.retire_result(r["id"], r.get("attempts") or 0)
+            (self.c.root / r["id"] / CANCEL_FILE).unlink(missing_ok=True)
+            self.c.files.retire_result(r["id"], r.get("attempts") or 0)
             # each attempt begins with its own line: a log read later shows where a new attempt starts
-            _append_line(self.d.root / r["id"] / TRAIN_LOG, f"── attempt {(r.get('attempts') or 0) + 1} ── {note}")
-        dirs = [self.d.root / r["id"] for r in fresh]
-        log = dirs[0] / TRAIN_LOG if len(dirs) == 1 else self.d.root / WORKERS_DIR / f"{worker}.log"
+            _append_line(self.c.root / r["id"] / TRAIN_LOG, f"── attempt {(r.get('attempts') or 0) + 1} ── {note}")
+        dirs = [self.c.root / r["id"] for r in fresh]
+        log = dirs[0] / TRAIN_LOG if len(dirs) == 1 else self.c.root / WORKERS_DIR / f"{worker}.log"
         synth = fresh[0]["stage"] == "synth"
         pid, started = self.spawn(
             dirs, env, log, "stilts_tui.synth" if synth else "stilts_tui.train", [] if synth else args
         )
-        with self.d.ledger.transaction() as tx:
-            for r in fresh:
-                tx.update_run(r["id"], pid=pid, pid_started=started)
-            cancelled = [r["id"] for r in fresh if tx.get_run(r["id"])["status"] != "running"]
-        if cancelled and len(cancelled) == len(fresh):
-            stop(pid, started, grace=5)
         dev.procs += 1
         dev.reserved_gb += launch.est_gb
         dev.run_ids.extend(r["id"] for r in fresh)
         dev.alone = dev.alone or bool(fresh[0].get("alone"))
         where = "CPU" if dev.index is None else f"GPU {dev.index}"
         how = f", fused as one array of {fused}" if fused else ""
-        self.d.log(
+        self.c.log(
             f"launched {', '.join(r['id'] for r in fresh)} on {where} (pid {pid}, est {launch.est_gb} GB{how})"
             + (f" [{launch.why}]" if launch.why else "")
         )
-        return True
-
-    def _mark(self, launch: Launch, worker: str) -> list[dict]:
-        """Mark the launch's runs that are still queued as running, and record the placement; those runs.
-        Marked first: a daemon that dies after this adopts the process, never launches it twice."""
-        dev, now, why = launch.device, time.time(), launch.why or None
-        with self.d.ledger.transaction() as tx:
-            fresh = [r for r in launch.runs if (tx.get_run(r["id"]) or {}).get("status") == "queued"]
-            fused = len(fresh) if launch.fused and len(fresh) > 1 else 0
-            for r in fresh:
-                cur = tx.get_run(r["id"])
-                tx.update_run(
-                    r["id"],
-                    status="running",
-                    gpu=dev.index,
-                    worker=worker,
-                    started=now,
-                    pid=None,
-                    pid_started=None,
-                    attempts=(cur.get("attempts") or 0) + 1,
-                    est_gb=launch.est_gb,
-                    shape=launch.shape,
-                    error=None,
-                    score=None,
-                    fused=fused,
-                    fuse_why=why,
-                    executor=self.name,
-                    cancel_requested=None,
-                    cancel_signalled=None,
-                )
-            if fresh:
-                tx.put(
-                    tx.db.table("placements"),
-                    f"{now:.6f}-{worker}",
-                    {
-                        "t": now,
-                        "gpu": dev.index,
-                        "runs": [r["id"] for r in fresh],
-                        "est_gb": launch.est_gb,
-                        "reserved_before_gb": dev.reserved_gb,
-                        "procs_before": dev.procs,
-                        "slots": dev.slots,
-                        "total_gb": None if dev.index is None else dev.total_gb,
-                        "alone": bool(fresh[0].get("alone")),
-                        "others_on_gpu": list(dev.run_ids),
-                        "fused": fused,
-                        "fuse_why": why,
-                    },
-                )
-        return fresh
+        return True, {r["id"]: (Status.RUNNING, {"pid": pid, "pid_started": started}) for r in fresh}
 
     def run_env(self, dev: placement.Device, fused: int) -> tuple[dict[str, str], list[str], str]:
         """The environment, trainer flags and a train.log line for a process placed on ``dev``. A real
         GPU placement asks for ``--device cuda``: a CUDA failure then fails the run instead of training
         on the CPU unnoticed. NVML and CUDA number GPUs alike only in PCI bus order."""
-        env = {"PYTHONUNBUFFERED": "1", "STILTS_FUSE": str(fused), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        env = {"PYTHONUNBUFFERED": "1", Env.FUSE: str(fused), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
         # every placement its share of the cores, GPU or not (queue/threads.py)
-        env.update(threads.environment(self._most or (dev.slots if dev.index is None else self.d.s.per_gpu)))
+        env.update(threads.environment(self._most or (dev.slots if dev.index is None else self.c.settings.per_gpu)))
         if dev.index is None:
-            env.update(STILTS_DEVICE="cpu", CUDA_VISIBLE_DEVICES="")
+            env.update({Env.DEVICE: "cpu", "CUDA_VISIBLE_DEVICES": ""})
             return env, ["--device", "cpu"], "queue: placed on the CPU (no GPU on this machine)"
         env["CUDA_VISIBLE_DEVICES"] = str(dev.index)
-        if self.d.mps_dir is not None:
-            env.update(mps.environment(self.d.mps_dir))
+        if self.c.mps_dir is not None:
+            env.update(mps.environment(self.c.mps_dir))
         if gpu_info.fake_spec() is not None:
-            env["STILTS_DEVICE"] = "cpu"
+            env[Env.DEVICE] = "cpu"
             return (
                 env,
                 ["--device", "cpu"],
                 (
-                    f"queue: placed on fake GPU {dev.index} (STILTS_FAKE_GPUS="
-                    f"{os.environ.get('STILTS_FAKE_GPUS')}): training on the CPU"
+                    f"queue: placed on fake GPU {dev.index} ({Env.FAKE_GPUS}="
+                    f"{os.environ.get(Env.FAKE_GPUS)}): training on the CPU"
                 ),
             )
-        env["STILTS_DEVICE"] = "cuda"
+        env[Env.DEVICE] = "cuda"
         return (
             env,
             ["--device", "cuda"],
             (
                 f"queue: placed on GPU {dev.index} (CUDA_VISIBLE_DEVICES={dev.index}, "
-                f"--device cuda{', under MPS' if self.d.mps_dir else ''})"
+                f"--device cuda{', under MPS' if self.c.mps_dir else ''})"
             ),
         )
 

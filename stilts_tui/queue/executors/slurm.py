@@ -14,18 +14,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from stilts_tui.contract import BLOCKING, CANCEL_FILE, RESULT_STATUSES, TRAIN_LOG, ledger_status
+from stilts_tui.contract import BLOCKING, CANCEL_FILE, RESULT_STATUSES, TRAIN_LOG, Status, ledger_status
 from stilts_tui.errors import UserError
 from stilts_tui.plan import SLURM_DEFAULTS
 from stilts_tui.queue import checks, placement
-from stilts_tui.queue.executor import Changes
+from stilts_tui.queue.executor import Changes, Claim, Context
 from stilts_tui.queue.placement import Launch
 from stilts_tui.slurm_options import MANAGED, option_problem  # noqa: F401 - re-exported for the CLI and daemon
-
-if TYPE_CHECKING:
-    from stilts_tui.queue.daemon import Daemon
 
 ACTIVE = {
     "PENDING",
@@ -249,7 +245,7 @@ def stuck_lines(runs: list[dict]) -> list[str]:
     from the ``stuck`` field the daemon records; for `queue ls`, `doctor` and the app."""
     by_reason: dict[str, list[str]] = {}
     for r in runs:
-        if r.get("status") == "running" and isinstance(r.get("stuck"), str):
+        if r.get("status") == Status.RUNNING and isinstance(r.get("stuck"), str):
             by_reason.setdefault(r["stuck"], []).append(str(r.get("id")))
     return [
         f"{len(ids)} run(s) pending in Slurm ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}) {why}"
@@ -332,21 +328,21 @@ RETRY_STATES = ("UNKNOWN", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL")  # a job that 
 
 
 class SlurmExecutor:
-    """Each run one batch job. A run is "running" from the moment it is marked for submission until its
+    """Each run one batch job. A run is Status.RUNNING from the moment it is marked for submission until its
     result is in; its ``job_id`` is recorded after sbatch answers, and a daemon that died in between finds
     the job by name rather than submitting it again. A child is submitted while its parent is still in
     Slurm, with ``--dependency=afterok``, so Slurm holds it and cancels it if the parent fails."""
 
     name = "slurm"
 
-    def __init__(self, daemon: Daemon):
-        self.d = daemon
+    def __init__(self, context: Context):
+        self.c = context
         self.jobs: dict[str, JobState] = {}
 
     # -- state queries ---------------------------------------------------------------------------------
 
     def observe(self, runs: list[dict]) -> None:
-        self.jobs = states([r["job_id"] for r in runs if r["status"] == "running" and r.get("job_id")])
+        self.jobs = states([r["job_id"] for r in runs if r["status"] == Status.RUNNING and r.get("job_id")])
 
     def state(self, run: dict) -> JobState:
         job = run.get("job_id")
@@ -368,7 +364,7 @@ class SlurmExecutor:
             cancel([job], wait=0)
 
     def _found(self, run: dict) -> str | None:
-        return find(run["id"], self.d.root, run.get("started") or 0)
+        return find(run["id"], self.c.root, run.get("started") or 0)
 
     # -- reap ------------------------------------------------------------------------------------------
 
@@ -377,13 +373,13 @@ class SlurmExecutor:
         failed parent, or pending for good (``stuck``: reported, left pending)."""
         changes: Changes = {}
         for r in runs:
-            if r["status"] != "running" or r.get("cancel_requested"):
+            if r["status"] != Status.RUNNING or r.get("cancel_requested"):
                 continue
-            self.d.mark(r["id"])
-            res, job, st = self.d.result(r["id"]), r.get("job_id"), self.state(r)
+            self.c.mark(r["id"])
+            res, job, st = self.c.files.result(r["id"]), r.get("job_id"), self.state(r)
             if res and res.get("status") in RESULT_STATUSES:
                 changes[r["id"]] = (
-                    "running",
+                    Status.RUNNING,
                     {
                         "status": ledger_status(res["status"]).value,
                         "finished": time.time(),
@@ -404,42 +400,43 @@ class SlurmExecutor:
                 if st.active:
                     cancel([job], wait=0)
                 changes[r["id"]] = (
-                    "running",
-                    {"status": "blocked", "slurm_state": "CANCELLED", "slurm_reason": NEVER, "stuck": None},
+                    Status.RUNNING,
+                    {"status": Status.BLOCKED.value, "slurm_state": "CANCELLED", "slurm_reason": NEVER, "stuck": None},
                 )
-                stats["blocked"] += 1
-                self.d.log(f"{r['id']}: parent failed; Slurm job {job} cancelled, run blocked")
+                stats[Status.BLOCKED] += 1
+                self.c.log(f"{r['id']}: parent failed; Slurm job {job} cancelled, run blocked")
             else:
-                changes[r["id"]] = ("running", self._ended(r, job, st, stats))
-        self.d.mark(None)
+                changes[r["id"]] = (Status.RUNNING, self._ended(r, job, st, stats))
+        self.c.mark(None)
         return changes
 
     def _unrecorded(self, r: dict, changes: Changes, stats: dict) -> None:
         """A run marked for submission whose job id was never recorded: find its job, or queue it again."""
         found = self._found(r)
         if found:
-            changes[r["id"]] = ("running", {"job_id": found})
-            self.d.log(f"{r['id']}: found job {found} submitted before a restart")
+            changes[r["id"]] = (Status.RUNNING, {"job_id": found})
+            self.c.log(f"{r['id']}: found job {found} submitted before a restart")
         elif time.time() - (r.get("started") or 0) > 30:  # marked, never submitted
-            changes[r["id"]] = ("running", {"status": "queued", "attempts": max(0, (r.get("attempts") or 1) - 1)})
+            back = {"status": Status.QUEUED.value, "attempts": max(0, (r.get("attempts") or 1) - 1)}
+            changes[r["id"]] = (Status.RUNNING, back)
             stats["requeued"] += 1
 
     def _pending(self, r: dict, st: JobState, changes: Changes) -> None:
         """Record a job's state as it changes; a pending reason that never clears is reported once."""
         stuck = stuck_hint(st) if st.state == "PENDING" else None
         if (st.state, st.reason, stuck) != (r.get("slurm_state"), r.get("slurm_reason"), r.get("stuck")):
-            changes[r["id"]] = ("running", {"slurm_state": st.state, "slurm_reason": st.reason, "stuck": stuck})
+            changes[r["id"]] = (Status.RUNNING, {"slurm_state": st.state, "slurm_reason": st.reason, "stuck": stuck})
             if stuck and stuck != r.get("stuck"):
-                self.d.log(f"{r['id']}: Slurm job {r['job_id']} {stuck}")
+                self.c.log(f"{r['id']}: Slurm job {r['job_id']} {stuck}")
 
     def _ended(self, r: dict, job: str, st: JobState, stats: dict) -> dict:
         """The fields of a run whose job left Slurm without a result: requeued (node failure, preemption,
         a job Slurm forgot) while retries are left, else failed."""
         why = f"Slurm job {job} ended {st.state}" + (f" ({st.reason})" if st.reason else "")
-        why += " without a result" + self.d.last_line(r)
-        retry = st.state in RETRY_STATES and (r.get("attempts") or 1) <= self.d.s.max_retries
+        why += " without a result" + self.c.files.last_line(r)
+        retry = st.state in RETRY_STATES and (r.get("attempts") or 1) <= self.c.settings.max_retries
         fields = {
-            "status": "queued" if retry else "failed",
+            "status": (Status.QUEUED if retry else Status.FAILED).value,
             "error": why,
             "job_id": None,
             "slurm_state": st.state,
@@ -449,85 +446,82 @@ class SlurmExecutor:
         if not retry:
             fields["finished"] = time.time()
         stats["requeued" if retry else "reaped"] += 1
-        self.d.log(f"{r['id']}: {why} -> {fields['status']}")
+        self.c.log(f"{r['id']}: {why} -> {fields['status']}")
         return fields
 
     # -- placement and submission ------------------------------------------------------------------------
 
     def launches(self, runs: list[dict]) -> Iterator[Launch]:
-        yield from placement.slurm_launches(runs, self.d.s.max_jobs)
+        yield from placement.slurm_launches(runs, self.c.settings.max_jobs)
 
-    def launch(self, launch: Launch) -> bool:
-        """Submit the launch's one run (after its parent's job, if any); sets ``launch.job_id``."""
+    def claim(self, launch: Launch, rows: dict[str, dict | None]) -> Claim:
+        """Mark the launch's one run running before sbatch (a crash after this finds the job, never
+        resubmits). A run whose sbatch settings are refused (a plan's [slurm] sbatch_args naming an option
+        the executor manages) is failed instead."""
         (run,) = launch.runs
-        settings = {**SLURM_DEFAULTS, **self.d.s.slurm, **(self.d.spec(run["id"]).get("slurm") or {})}
-        problem = settings_problem(settings)
-        if problem:  # e.g. a plan's [slurm] sbatch_args naming an option the executor manages
-            self.d.fail_run(run["id"], f"not submitted to Slurm: {problem}")
-            return False
-        cur = self._mark(run)
-        if cur is None:
-            return False
-        self.d.retire_result(run["id"], cur.get("attempts") or 0)  # a result left from an earlier attempt
-        (self.d.root / run["id"] / CANCEL_FILE).unlink(missing_ok=True)  # ... or a cancel request
-        module = "stilts_tui.synth" if run["stage"] == "synth" else "stilts_tui.train"
+        cur = rows.get(run["id"])
+        if (cur or {}).get("status") != Status.QUEUED:
+            return Claim()
+        problem = settings_problem(self._settings(run))
+        if problem:
+            why = f"not submitted to Slurm: {problem}"
+            self.c.log(f"{run['id']}: failed by the daemon: {why}")
+            fields = {"status": Status.FAILED.value, "error": why, "finished": time.time(), "pid": None}
+            return Claim(changes={run["id"]: (Status.QUEUED, fields)})
+        fields = {
+            "status": Status.RUNNING.value,
+            "executor": self.name,
+            "gpu": None,
+            "started": time.time(),
+            "pid": None,
+            "job_id": None,
+            "slurm_state": "SUBMITTING",
+            "slurm_reason": "",
+            "stuck": None,
+            "attempts": (cur.get("attempts") or 0) + 1,
+            "error": None,
+            "score": None,
+            "cancel_requested": None,
+            "cancel_signalled": None,
+        }
+        return Claim(runs=[cur], changes={run["id"]: (Status.QUEUED, fields)})
+
+    def _settings(self, run: dict) -> dict:
+        return {**SLURM_DEFAULTS, **self.c.settings.slurm, **(self.c.files.spec(run["id"]).get("slurm") or {})}
+
+    def start(self, launch: Launch, claim: Claim) -> tuple[bool, Changes]:
+        """Submit the claimed run (after its parent's job, if any); sets ``launch.job_id``."""
+        if not claim.runs:
+            return False, {}
+        (cur,) = claim.runs
+        rid = cur["id"]
+        self.c.files.retire_result(rid, cur.get("attempts") or 0)  # a result left from an earlier attempt
+        (self.c.root / rid / CANCEL_FILE).unlink(missing_ok=True)  # ... or a cancel request
+        module = "stilts_tui.synth" if cur["stage"] == "synth" else "stilts_tui.train"
         try:
-            job = submit(run["id"], self.d.root / run["id"], settings, module, launch.dependency)
+            job = submit(rid, self.c.root / rid, self._settings(cur), module, launch.dependency)
         except UserError as e:
-            self._refused(run, cur, e)
-            return False
-        with self.d.ledger.transaction() as tx:
-            tx.update_run(run["id"], job_id=job, slurm_state="PENDING", submit_failures=0)
+            return False, {rid: (Status.RUNNING, self._refused(cur, e))}
         launch.job_id = job
-        self.d.log(
-            f"submitted {run['id']} as Slurm job {job}"
-            + (f" (after job {launch.dependency})" if launch.dependency else "")
+        self.c.log(
+            f"submitted {rid} as Slurm job {job}" + (f" (after job {launch.dependency})" if launch.dependency else "")
         )
-        return True
+        return True, {rid: (Status.RUNNING, {"job_id": job, "slurm_state": "PENDING", "submit_failures": 0})}
 
-    def _mark(self, run: dict) -> dict | None:
-        """Mark the run running before sbatch (a crash after this finds the job, never resubmits); its row
-        as it was, or None if it is no longer queued."""
-        with self.d.ledger.transaction() as tx:
-            cur = tx.get_run(run["id"])
-            if (cur or {}).get("status") != "queued":
-                return None
-            tx.update_run(
-                run["id"],
-                status="running",
-                executor=self.name,
-                gpu=None,
-                started=time.time(),
-                pid=None,
-                job_id=None,
-                slurm_state="SUBMITTING",
-                slurm_reason="",
-                stuck=None,
-                attempts=(cur.get("attempts") or 0) + 1,
-                error=None,
-                score=None,
-                cancel_requested=None,
-                cancel_signalled=None,
-            )
-        return cur
-
-    def _refused(self, run: dict, before: dict, e: UserError) -> None:
+    def _refused(self, before: dict, e: UserError) -> dict:
         """sbatch refused the run (e.g. the parent's job left Slurm between our read and sbatch): queued to
         try again next tick; an sbatch that keeps refusing it (a bad account, QOS...) fails it."""
         tries = (before.get("submit_failures") or 0) + 1
-        with self.d.ledger.transaction() as tx:
-            cur = tx.get_run(run["id"])
-            if cur and cur["status"] == "running" and not cur.get("job_id"):
-                fields = {
-                    "status": "queued",
-                    "slurm_state": None,
-                    "error": str(e),
-                    "submit_failures": tries,
-                    "attempts": max(0, (cur.get("attempts") or 1) - 1),
-                }
-                if tries >= SUBMIT_TRIES:
-                    fields.update(
-                        status="failed", finished=time.time(), error=f"sbatch refused the run {tries} times: {e}"
-                    )
-                tx.update_run(run["id"], **fields)
-        self.d.log(f"{run['id']}: not submitted: {e}")
+        fields = {
+            "status": Status.QUEUED.value,
+            "slurm_state": None,
+            "error": str(e),
+            "submit_failures": tries,
+            "attempts": before.get("attempts") or 0,  # the claim's attempt is not counted
+        }
+        if tries >= SUBMIT_TRIES:
+            fields.update(
+                status=Status.FAILED.value, finished=time.time(), error=f"sbatch refused the run {tries} times: {e}"
+            )
+        self.c.log(f"{before['id']}: not submitted: {e}")
+        return fields
