@@ -145,7 +145,8 @@ def test_every_field_the_queue_writes_or_a_plan_records_is_typed_once():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update_run":
                 written |= {k.arg for k in node.keywords if k.arg}
-    assert {"status", "cancel_grace", "fuse_why", "submit_failures"} <= written
+    # (executors return their fields in dicts the tick commits: the ledger refuses an unknown one at run time)
+    assert {"status", "cancel_grace"} <= written
     assert written <= ROW_FIELDS, written - ROW_FIELDS
     for plan_file in ("chang_lu_2021.toml", "chang_lu_2021_lora.toml"):
         _, runs = plans.load_and_expand(Path(__file__).parents[1] / "plans" / plan_file)

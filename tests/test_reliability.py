@@ -180,9 +180,9 @@ def test_a_change_that_cannot_be_encoded_leaves_file_and_cache_as_they_were(tmp_
     before = (tmp_path / "ledger.json").read_bytes()
     with pytest.raises(LedgerError, match="cannot be stored"):
         with ledger.transaction() as tx:
-            tx.update_run("a" * 12, status="done", note={1, 2})
+            tx.update_run("a" * 12, status="done", error={1, 2})
     assert (tmp_path / "ledger.json").read_bytes() == before
-    assert ledger.get("a" * 12)["status"] == "queued" and "note" not in ledger.get("a" * 12)
+    assert ledger.get("a" * 12)["status"] == "queued" and ledger.get("a" * 12).get("error") is None
     ledger.update("a" * 12, priority=2**70)  # beyond orjson's 64 bits: stored, not lost
     assert Ledger(tmp_path).get("a" * 12)["priority"] == 2**70
 
