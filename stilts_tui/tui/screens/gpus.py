@@ -12,12 +12,12 @@ from rich.table import Table
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Static
 
 from stilts_tui.queue import cpu_procs, gpu_procs
+from stilts_tui.tui.actions import bindings
 from stilts_tui.tui.widgets.key_bar import KeyBar
 
 HISTORY = 40  # samples kept a GPU (one every INTERVAL seconds)
@@ -109,7 +109,7 @@ def render(
 
 
 class GpuScreen(Screen):
-    BINDINGS = [Binding("escape,q", "app.pop_screen", "Back", id="gpus.back")]
+    BINDINGS = bindings("gpus")
 
     def __init__(self, **kw):
         super().__init__(**kw)

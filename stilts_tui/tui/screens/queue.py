@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.screen import Screen
@@ -12,6 +11,7 @@ from textual.widgets import DataTable, Static
 
 from stilts_tui.contract import Status
 from stilts_tui.fmt import duration, terminal_safe
+from stilts_tui.tui.actions import bindings
 from stilts_tui.tui.data import QueueReader, Snapshot, plural
 from stilts_tui.tui.widgets.key_bar import KeyBar
 from stilts_tui.tui.widgets.run_table import RunTable
@@ -120,29 +120,7 @@ class QueueScreen(Screen):
     QueueScreen #gpus { height: 1; }
     QueueScreen DataTable { height: 1fr; }
     """
-    # Priority bindings: the app runs them in the order the keys come, before it hands the next key to
-    # a widget. A screen's plain binding runs only after its key has bubbled up from the table, so in
-    # a burst of keys ("/" then "cola") the keys after a screen-opening key reached the table (c:
-    # cancel) before the prompt opened, and a "c" after "down" could act on the row the cursor left.
-    BINDINGS = [
-        Binding(key, action, text, id=bid, show=show, priority=True)
-        for key, action, text, bid, show in [
-            ("slash", "filter", "Filter", "queue.filter", True),
-            ("s", "sort", "Sort", "queue.sort", True),
-            ("S", "reverse", "Reverse sort", "queue.reverse", False),
-            ("C", "choose_columns", "Columns", "queue.columns", False),
-            ("down,j", "cursor('down')", "Down", "queue.down", False),
-            ("up,k", "cursor('up')", "Up", "queue.up", False),
-            ("a", "add_plan", "Add plan", "queue.add", True),
-            ("c", "cancel", "Cancel", "queue.cancel", True),
-            ("r", "retry", "Retry", "queue.retry", True),
-            ("plus,equals_sign", "priority(1)", "Priority +", "queue.priority_up", False),
-            ("minus", "priority(-1)", "Priority -", "queue.priority_down", False),
-            ("p", "toggle_pause", "Pause/resume", "queue.pause", True),
-            ("space", "mark", "Mark", "queue.mark", False),
-            ("l,enter", "logs", "Logs", "queue.logs", True),
-        ]
-    ]
+    BINDINGS = bindings("queue")  # priority bindings: tui/actions.py says why
 
     def __init__(self, **kw):
         super().__init__(**kw)
