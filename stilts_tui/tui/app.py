@@ -12,7 +12,7 @@ from textual.command import Hit, Hits, Provider
 from textual.message import Message
 from textual.worker import Worker, WorkerState
 
-from stilts_tui.contract import CANCEL_GRACE_S
+from stilts_tui.contract import CANCEL_GRACE_S, Status
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.queue.notify import PlanWatch
 from stilts_tui.tui import actions
@@ -105,14 +105,13 @@ class StiltsApp(App):
                 self.call_from_thread(self.plan_finished, event)
 
     def plan_finished(self, event: dict) -> None:
+        """The bell and a note: the plan's runs by how they ended (pruned ones only where there are some)."""
         c = event["counts"]
+        said = [f"{c[s]} {s}" for s in (Status.DONE, Status.FAILED, Status.CANCELLED, Status.BLOCKED)]
+        if c.get(Status.PRUNED):
+            said.append(f"{c[Status.PRUNED]} {Status.PRUNED}")
         self.bell()
-        self.notify(
-            f"plan {event['plan']!r} finished: {c['done']} done, {c['failed']} failed, "
-            f"{c['cancelled']} cancelled, {c['blocked']} blocked"
-            + (f", {c['pruned']} pruned" if c.get("pruned") else ""),
-            timeout=30,
-        )
+        self.notify(f"plan {event['plan']!r} finished: " + ", ".join(said), timeout=30)
 
     @work(thread=True, exclusive=True, group="daemon", exit_on_error=False)
     def ensure_daemon(self) -> None:
@@ -147,7 +146,7 @@ class StiltsApp(App):
         from stilts_tui.tui import apart
 
         out = apart.run("cancel", self.root, run_ids=run_ids, grace=self.cancel_grace)
-        n = len(out["done"])
+        n = len(out["cancelled_ids"])
         line = f"cancelled {n} {plural(n, 'run')}"
         if out["kept"]:  # they finished before the daemon carried the cancel out: their results stand
             line += "; " + ", ".join(f"{rid} had already ended ({st}): kept" for rid, st in out["kept"].items())

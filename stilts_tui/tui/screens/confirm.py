@@ -10,12 +10,13 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Label
 
+from stilts_tui.contract import Env
 from stilts_tui.tui.actions import bindings
 
 
 def confirm_wanted() -> bool:
     """Ask before destructive keys unless ``$STILTS_CONFIRM`` is 0, no, off or false."""
-    return os.environ.get("STILTS_CONFIRM", "1").strip().lower() not in ("0", "no", "off", "false")
+    return os.environ.get(Env.CONFIRM, "1").strip().lower() not in ("0", "no", "off", "false")
 
 
 class ConfirmScreen(ModalScreen[bool]):

@@ -12,6 +12,7 @@ from textual.widgets import DataTable, OptionList, Static
 from textual.worker import Worker
 
 from stilts_tui import results
+from stilts_tui.contract import Status
 from stilts_tui.errors import UserError
 from stilts_tui.store.ledger import Ledger
 from stilts_tui.tui.actions import bindings
@@ -82,7 +83,7 @@ def first_plan(runs: list[dict], plans: list[str], near: str | None) -> str:
     finished run, else the newest."""
     if near in plans:
         return near
-    finished = {r["plan"] for r in runs if r["status"] == "done"}
+    finished = {r["plan"] for r in runs if r["status"] == Status.DONE}
     return next((p for p in reversed(plans) if p in finished), plans[-1])
 
 
