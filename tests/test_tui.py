@@ -346,7 +346,9 @@ async def test_a_plan_added_from_the_prompt_is_said_in_the_totals_bar_until_it_i
         await until(pilot, lambda: f"queueing {plan}…" in totals_of(screen), "the add said in the totals bar")
         assert " · row 1/13 · queueing" in totals_of(screen)  # the row first: a narrow terminal cuts the rest
         await until(pilot, lambda: "queueing" not in totals_of(screen), "the add's end")
-        assert ("information", "other: 13 runs queued, 0 already in the ledger") in notes
+        # the note comes by a message of its own to the app, posted just after the screen's AddEnded
+        note = ("information", "other: 13 runs queued, 0 already in the ledger")
+        await until(pilot, lambda: note in notes, "the add's note")
         assert not [n for n in notes if "queueing" in n[1]]  # no toast said it
         # a failed add ends it too (its error in a note)
         await pilot.press("a")
