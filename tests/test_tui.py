@@ -346,7 +346,9 @@ async def test_a_plan_added_from_the_prompt_is_said_in_the_totals_bar_until_it_i
         await until(pilot, lambda: f"queueing {plan}…" in totals_of(screen), "the add said in the totals bar")
         assert " · row 1/13 · queueing" in totals_of(screen)  # the row first: a narrow terminal cuts the rest
         await until(pilot, lambda: "queueing" not in totals_of(screen), "the add's end")
-        assert ("information", "other: 13 runs queued, 0 already in the ledger") in notes
+        # the note comes by a message of its own to the app, posted just after the screen's AddEnded
+        note = ("information", "other: 13 runs queued, 0 already in the ledger")
+        await until(pilot, lambda: note in notes, "the add's note")
         assert not [n for n in notes if "queueing" in n[1]]  # no toast said it
         # a failed add ends it too (its error in a note)
         await pilot.press("a")
@@ -884,20 +886,86 @@ async def test_help_lists_every_key_as_typed_with_its_id(prepared):
 
 
 async def test_palette_commands_read_area_action_and_cover_the_keys(prepared):
-    from stilts_tui.tui.app import PALETTE
+    from stilts_tui.tui.actions import palette
 
+    commands = palette({})
     assert all(
         ":" in title and title.split(":")[0] in ("queue", "logs", "scores", "plan", "help", "app")
-        for title, _, _ in PALETTE
+        for title, _, _ in commands
     )
-    titles = {t for t, _, _ in PALETTE}
+    titles = {t for t, _, _ in commands}
     for title in ("queue: reverse sort", "queue: choose columns", "logs: filter lines", "app: quit"):
         assert title in titles
     async with app_for(prepared).run_test(size=(170, 40)) as pilot:
         screen = await ready(pilot)
         target = await to_queued(pilot, screen, prepared)
-        await pilot.app.run_action("screen_action('cancel')")
+        action = next(a for t, _, a in commands if t == "queue: cancel selected")
+        await pilot.app.run_action(action)
         await until(pilot, lambda: Ledger(prepared).get(target)["status"] == "cancelled", "the palette's cancel")
+
+
+async def palette_hits(app, query: str) -> dict[str, str]:
+    """What the app's command palette offers for ``query``: title -> help text."""
+    from stilts_tui.tui.app import StiltsCommands
+
+    provider = StiltsCommands(app.screen)
+    return {str(hit.text): hit.help or "" async for hit in provider.search(query)}
+
+
+def binding_keys(app) -> dict[str, set[str]]:
+    """Every binding of the app and its screens, by id, with its keys after the app's keymap: the live
+    ones of the app and the queue screen (what the key bar shows), the other screens' as Textual makes
+    them (their BINDINGS with the keymap applied)."""
+    from textual.binding import BindingsMap
+
+    from stilts_tui.tui.screens.columns import ColumnsScreen
+    from stilts_tui.tui.screens.gpus import GpuScreen
+
+    out: dict[str, set[str]] = {}
+    for key, active in app.screen.active_bindings.items():
+        out.setdefault(active.binding.id, set()).add(key)
+    others = (LogsScreen, ScoresScreen, BuilderScreen, GpuScreen, ConfirmScreen, HelpScreen, ColumnsScreen)
+    for cls in (*others, PromptScreen, ExportScreen, CellScreen):
+        bmap = BindingsMap(cls.BINDINGS)
+        bmap.apply_keymap(app._keymap)
+        for key, bound in bmap.key_to_bindings.items():
+            for binding in bound:
+                out.setdefault(binding.id, set()).add(key)
+    return out
+
+
+@pytest.mark.parametrize("keymap", [{}, {"queue.cancel": "x", "app.gpus": "G", "logs.filter": "F"}])
+async def test_palette_help_and_bindings_list_the_same_actions_with_the_same_keys(prepared, keymap):
+    """The palette, the help screen and the bindings are all made from the registry (tui/actions.py):
+    every action with keys is bound under its id and listed in the help with its keys as remapped;
+    every action with palette text is in the palette, with the same keys; a remapped key shows in all
+    three, its old key in none."""
+    from stilts_tui.tui.actions import ACTIONS, HELP_SECTIONS, keys_of
+
+    async with app_for(prepared, keymap=keymap).run_test(size=(170, 50)) as pilot:
+        await ready(pilot)
+        bound = binding_keys(pilot.app)
+        hits: dict[str, str] = {}
+        for area in ("queue", "logs", "scores", "plan", "help", "app"):
+            hits |= await palette_hits(pilot.app, area)
+        await pilot.press("f1")
+        await until(pilot, lambda: isinstance(pilot.app.screen, HelpScreen), "the help screen")
+        help_text = str(pilot.app.screen.query_one("Static").render())
+        help_rows = {bid: key for _, rows in pilot.app.key_sections() for key, _, bid in rows if bid}
+        in_help = {screen for screen, _ in HELP_SECTIONS}
+        for a in ACTIONS:
+            keys = keys_of(a, pilot.app._keymap)
+            if a.keys and a.bound:
+                assert bound[a.id] == set((keymap.get(a.id) or a.keys).split(",")), a.id
+            if a.keys and a.bound and a.screen in in_help:
+                assert help_rows[a.id] == keys and f"{keys:<16} {a.description:<28} {a.id}" in help_text, a.id
+            if a.palette:
+                assert hits[a.palette].endswith(f"({keys})" if a.keys else a.palette_help), a.palette
+        assert set(help_rows) <= set(bound) and {a.palette for a in ACTIONS if a.palette} <= set(hits)
+        for aid, key in keymap.items():
+            a = next(a for a in ACTIONS if a.id == aid)
+            assert bound[aid] == {key} and help_rows[aid] == key
+            assert not a.palette or hits[a.palette].endswith(f"({key})")
 
 
 # ---- snapshots: each screen, with a ledger and run folders prepared by the test ---------------

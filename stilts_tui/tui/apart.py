@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from stilts_tui.contract import EXIT_OK, Status
 from stilts_tui.errors import PREFIX, UserError, report
 
 
@@ -38,9 +39,9 @@ def cancel(root: str, run_ids: list[str], grace: float) -> dict:
     ledger = Ledger(Path(root))
     status = {rid: (ledger.get(rid) or {}).get("status") for rid in out.requested if rid not in left}
     # a run that wrote its result before the daemon carried the cancel out keeps it (done, failed)
-    kept = {rid: ("ended" if st == "running" else st) for rid, st in status.items() if st != "cancelled"}
+    kept = {rid: ("ended" if st == Status.RUNNING else st) for rid, st in status.items() if st != Status.CANCELLED}
     return {
-        "done": out.done + [rid for rid in status if rid not in kept],
+        "cancelled_ids": out.done + [rid for rid in status if rid not in kept],
         "waiting": left,
         "kept": kept,
         "daemon": out.daemon,
@@ -62,7 +63,7 @@ def run(op: str, root: Path, **kwargs) -> dict:
     # of CPU at normal priority, the moment the prompt closes and the next key comes)
     background(proc.pid)
     stdout, stderr = proc.communicate()
-    if proc.returncode == 0:
+    if proc.returncode == EXIT_OK:
         return json.loads(stdout)
     line = (stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
     if line.startswith(PREFIX):  # the child's UserError (or Failure), said in one line
@@ -92,7 +93,7 @@ def main(argv: list[str]) -> int:
     except UserError as e:
         return report(e)
     print(json.dumps(result))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

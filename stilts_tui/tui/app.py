@@ -8,59 +8,28 @@ from pathlib import Path
 
 from textual import on, work
 from textual.app import App
-from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
 from textual.message import Message
 from textual.worker import Worker, WorkerState
 
-from stilts_tui.contract import CANCEL_GRACE_S
+from stilts_tui.contract import CANCEL_GRACE_S, Status
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.queue.notify import PlanWatch
+from stilts_tui.tui import actions
 from stilts_tui.tui.data import plural
 from stilts_tui.tui.keymap import load_keymap
 from stilts_tui.tui.screens.queue import AddEnded, QueueRead, QueueScreen
 
 REPEATING = ("queue-read", "scores")  # worker groups that run on a timer
 
-PALETTE = [  # (title, help, action on the app)
-    ("queue: cancel selected", "cancel the selected or marked runs", "screen_action('cancel')"),
-    ("queue: retry selected", "queue failed, cancelled or pruned runs again", "screen_action('retry')"),
-    ("queue: raise priority", "run the selection sooner", "screen_action('priority(1)')"),
-    ("queue: lower priority", "run the selection later", "screen_action('priority(-1)')"),
-    ("queue: pause / resume", "start no new runs, or start them again", "screen_action('toggle_pause')"),
-    ("queue: add a plan", "queue a plan file", "screen_action('add_plan')"),
-    ("queue: filter runs", "show only matching runs", "screen_action('filter')"),
-    ("queue: sort", "sort by the next column", "screen_action('sort')"),
-    ("queue: reverse sort", "the sort order reversed", "screen_action('reverse')"),
-    ("queue: choose columns", "show or hide columns (remembered)", "screen_action('choose_columns')"),
-    ("logs: open selected", "follow the selected runs' logs", "screen_action('logs')"),
-    ("logs: filter lines", "show only the active pane's lines holding a text", "logs_action('filter')"),
-    ("scores: show matrix", "the intermediate x target matrix", "scores"),
-    ("scores: export as csv", "write <runs-dir>/exports/PLAN.csv", "export('csv')"),
-    ("scores: export as markdown", "write <runs-dir>/exports/PLAN.md", "export('md')"),
-    ("scores: export as LaTeX", "write <runs-dir>/exports/PLAN.tex", "export('latex')"),
-    ("scores: export as json", "write <runs-dir>/exports/PLAN.json", "export('json')"),
-    ("scores: export as png", "write <runs-dir>/exports/PLAN.png (300 dpi)", "export('png')"),
-    ("scores: export as pdf", "write <runs-dir>/exports/PLAN.pdf (vector)", "export('pdf')"),
-    ("scores: export as svg", "write <runs-dir>/exports/PLAN.svg (vector)", "export('svg')"),
-    ("plan: build a new plan", "pick tasks, seeds and a grid", "builder"),
-    ("queue: show GPUs", "memory, utilization and the run behind each GPU process", "gpus"),
-    ("help: keys", "every key of every screen", "help"),
-    ("app: quit", "close the app (the daemon and the runs go on)", "ask_quit"),
-]
-
-
-def key_display(keys: str) -> str:
-    """Bound keys as a person types them: "question_mark" -> "?", "left_square_bracket" -> "["."""
-    from textual.keys import format_key
-
-    return " ".join(k if "+" in k else format_key(k) for k in keys.split(","))
-
 
 class StiltsCommands(Provider):
+    """The command palette: every action of the registry that has palette text (tui/actions.py), its
+    keys as remapped shown beside what it does."""
+
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
-        for title, text, action in PALETTE:
+        for title, text, action in actions.palette(self.app._keymap):
             score = matcher.match(title)
             if score > 0:
                 yield Hit(score, matcher.highlight(title), partial(self.app.run_action, action), help=text)
@@ -81,13 +50,7 @@ class StiltsApp(App):
 
     TITLE = "stilts-tui"
     COMMANDS = App.COMMANDS | {StiltsCommands}
-    BINDINGS = [
-        Binding("q", "ask_quit", "Quit", id="app.quit"),
-        Binding("f1,question_mark", "help", "Keys", id="app.help"),
-        Binding("o", "scores", "Scores", id="app.scores"),
-        Binding("b", "builder", "Plan builder", id="app.builder"),
-        Binding("g", "gpus", "GPUs", id="app.gpus"),
-    ]
+    BINDINGS = actions.bindings("app")
 
     def __init__(
         self,
@@ -142,14 +105,13 @@ class StiltsApp(App):
                 self.call_from_thread(self.plan_finished, event)
 
     def plan_finished(self, event: dict) -> None:
+        """The bell and a note: the plan's runs by how they ended (pruned ones only where there are some)."""
         c = event["counts"]
+        said = [f"{c[s]} {s}" for s in (Status.DONE, Status.FAILED, Status.CANCELLED, Status.BLOCKED)]
+        if c.get(Status.PRUNED):
+            said.append(f"{c[Status.PRUNED]} {Status.PRUNED}")
         self.bell()
-        self.notify(
-            f"plan {event['plan']!r} finished: {c['done']} done, {c['failed']} failed, "
-            f"{c['cancelled']} cancelled, {c['blocked']} blocked"
-            + (f", {c['pruned']} pruned" if c.get("pruned") else ""),
-            timeout=30,
-        )
+        self.notify(f"plan {event['plan']!r} finished: " + ", ".join(said), timeout=30)
 
     @work(thread=True, exclusive=True, group="daemon", exit_on_error=False)
     def ensure_daemon(self) -> None:
@@ -184,7 +146,7 @@ class StiltsApp(App):
         from stilts_tui.tui import apart
 
         out = apart.run("cancel", self.root, run_ids=run_ids, grace=self.cancel_grace)
-        n = len(out["done"])
+        n = len(out["cancelled_ids"])
         line = f"cancelled {n} {plural(n, 'run')}"
         if out["kept"]:  # they finished before the daemon carried the cancel out: their results stand
             line += "; " + ", ".join(f"{rid} had already ended ({st}): kept" for rid, st in out["kept"].items())
@@ -325,28 +287,8 @@ class StiltsApp(App):
         screen.export(fmt)
 
     def key_sections(self) -> list[tuple[str, list[tuple[str, str, str]]]]:
-        from stilts_tui.tui.screens.builder import BuilderScreen
-        from stilts_tui.tui.screens.confirm import ConfirmScreen
-        from stilts_tui.tui.screens.gpus import GpuScreen
-        from stilts_tui.tui.screens.logs import LogsScreen
-        from stilts_tui.tui.screens.scores import ScoresScreen
-
-        def rows(bindings):
-            return [(key_display(self._keymap.get(b.id, b.key)), b.description, b.id or "") for b in bindings]
-
-        return [
-            (
-                "everywhere",
-                rows(self.BINDINGS)
-                + [("ctrl+p", "command palette", ""), ("ctrl+u", "clear an input left of the cursor", "")],
-            ),
-            ("queue", rows(QueueScreen.BINDINGS)),
-            ("logs", rows(LogsScreen.BINDINGS)),
-            ("scores", rows(ScoresScreen.BINDINGS)),
-            ("plan builder", rows(BuilderScreen.BINDINGS)),
-            ("gpus", rows(GpuScreen.BINDINGS)),
-            ("questions", rows(ConfirmScreen.BINDINGS)),
-        ]
+        """What the help screen lists: every key of the registry by screen, as remapped."""
+        return actions.help_sections(self._keymap)
 
     def action_help(self) -> None:
         from stilts_tui.tui.screens.help import HelpScreen

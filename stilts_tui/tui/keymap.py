@@ -1,6 +1,7 @@
-"""Key bindings carry ids; a keymap file remaps them: ``$STILTS_KEYMAP`` or
-``~/.config/stilts-tui/keymap.toml`` with lines like ``"queue.cancel" = "x"``. The queue's chosen
-columns are remembered beside it (``columns.json``, or ``$STILTS_COLUMNS``)."""
+"""Key bindings carry ids (tui/actions.py); a keymap file remaps them: ``$STILTS_KEYMAP`` or
+``$XDG_CONFIG_HOME/stilts-tui/keymap.toml`` (``~/.config`` without it) with lines like
+``"queue.cancel" = "x"``. The queue's chosen columns are remembered beside it (``columns.json``, or
+``$STILTS_COLUMNS``)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,25 @@ import json
 import os
 from pathlib import Path
 
+from stilts_tui.contract import Env
 from stilts_tui.errors import UserError
 from stilts_tui.tomlio import tomllib
 
 
+def config_dir() -> Path:
+    """The app's settings folder: ``$XDG_CONFIG_HOME/stilts-tui``, or ``~/.config/stilts-tui`` where that
+    is unset or not an absolute path (as the XDG base directory specification says)."""
+    xdg = os.environ.get("XDG_CONFIG_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".config") / "stilts-tui"
+
+
 def keymap_path() -> Path:
-    return Path(os.environ.get("STILTS_KEYMAP") or Path.home() / ".config" / "stilts-tui" / "keymap.toml")
+    """The keymap file: ``$STILTS_KEYMAP``, else keymap.toml in the settings folder."""
+    return Path(os.environ.get(Env.KEYMAP) or config_dir() / "keymap.toml")
 
 
 def load_keymap(path: Path | None = None) -> dict[str, str]:
+    """The keymap file's ``"binding.id" = "key"`` pairs ({} without a file); a bad file is one line."""
     path = path or keymap_path()
     if not path.is_file():
         return {}
@@ -38,7 +49,8 @@ def load_keymap(path: Path | None = None) -> dict[str, str]:
 
 
 def columns_path() -> Path:
-    return Path(os.environ.get("STILTS_COLUMNS") or Path.home() / ".config" / "stilts-tui" / "columns.json")
+    """The queue's chosen columns: ``$STILTS_COLUMNS``, else columns.json in the settings folder."""
+    return Path(os.environ.get(Env.COLUMNS) or config_dir() / "columns.json")
 
 
 def load_columns() -> list[str] | None:
@@ -51,6 +63,7 @@ def load_columns() -> list[str] | None:
 
 
 def save_columns(columns: list[str]) -> None:
+    """Remember the queue's columns for the next session."""
     path = columns_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(columns) + "\n", encoding="utf-8")

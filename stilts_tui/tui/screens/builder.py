@@ -8,7 +8,6 @@ from pathlib import Path
 
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Input, Label, SelectionList, Static
@@ -16,6 +15,7 @@ from textual.widgets import Input, Label, SelectionList, Static
 from stilts_tui import plan as plans
 from stilts_tui import tasks, tomlio
 from stilts_tui.errors import UserError
+from stilts_tui.tui.actions import bindings
 from stilts_tui.tui.data import plural
 from stilts_tui.tui.widgets.inputs import KeyedInput
 from stilts_tui.tui.widgets.key_bar import KeyBar
@@ -70,10 +70,7 @@ def build_toml(values: dict[str, str], inters: list[str], targets: list[str]) ->
 
 
 class BuilderScreen(Screen):
-    BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back", id="builder.back"),
-        Binding("ctrl+s", "save", "Save and queue", id="builder.save"),
-    ]
+    BINDINGS = bindings("builder")
     DEFAULT_CSS = """
     BuilderScreen Horizontal { height: 1fr; }
     BuilderScreen SelectionList { height: 1fr; width: 1fr; border: round $primary; }

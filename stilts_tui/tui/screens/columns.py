@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Label, SelectionList
 
+from stilts_tui.tui.actions import bindings
+
 
 class ColumnsScreen(ModalScreen[list[str] | None]):
-    BINDINGS = [
-        Binding("enter", "keep", "Keep", id="columns.keep", priority=True),  # before the list takes enter
-        Binding("escape", "dismiss_none", "Close", id="columns.close"),
-    ]
+    BINDINGS = bindings("columns")
     DEFAULT_CSS = """
     ColumnsScreen { align: center middle; }
     ColumnsScreen > Vertical { width: 40; height: auto; border: round $accent; padding: 1 2; background: $panel; }

@@ -6,25 +6,24 @@ from __future__ import annotations
 import os
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Label
 
+from stilts_tui.contract import Env
+from stilts_tui.tui.actions import bindings
+
 
 def confirm_wanted() -> bool:
     """Ask before destructive keys unless ``$STILTS_CONFIRM`` is 0, no, off or false."""
-    return os.environ.get("STILTS_CONFIRM", "1").strip().lower() not in ("0", "no", "off", "false")
+    return os.environ.get(Env.CONFIRM, "1").strip().lower() not in ("0", "no", "off", "false")
 
 
 class ConfirmScreen(ModalScreen[bool]):
     """``question`` and y / n: dismissed with True for y (or enter), False for n (or escape); every other
     key is swallowed, so a key typed ahead never acts behind the question."""
 
-    BINDINGS = [
-        Binding("y,enter", "answer(True)", "Yes", id="confirm.yes"),
-        Binding("n,escape", "answer(False)", "No", id="confirm.no"),
-    ]
+    BINDINGS = bindings("confirm")
     DEFAULT_CSS = """
     ConfirmScreen { align: center middle; }
     ConfirmScreen > Vertical { width: 70; height: auto; border: round $warning; padding: 1 2; background: $panel; }

@@ -12,12 +12,13 @@ from rich.table import Table
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Static
 
+from stilts_tui.contract import Env
 from stilts_tui.queue import cpu_procs, gpu_procs
+from stilts_tui.tui.actions import bindings
 from stilts_tui.tui.widgets.key_bar import KeyBar
 
 HISTORY = 40  # samples kept a GPU (one every INTERVAL seconds)
@@ -75,8 +76,8 @@ def render(
         note = Text.assemble(
             ("No GPU to show: ", "bold"),
             report.reason or "none found",
-            "\nRuns train on the CPU. For a test or demo of the GPU view: STILTS_FAKE_GPUS=2x24 "
-            f"(and {gpu_procs.FAKE_PROCS_VAR}=GPU:PID:GiB,...).\n",
+            f"\nRuns train on the CPU. For a test or demo of the GPU view: {Env.FAKE_GPUS}=2x24 "
+            f"(and {Env.FAKE_GPU_PROCS}=GPU:PID:GiB,...).\n",
         )
         return note if cpu is None else Group(note, render_cpu(cpu, cpu_history or deque()))
     parts = []
@@ -109,7 +110,7 @@ def render(
 
 
 class GpuScreen(Screen):
-    BINDINGS = [Binding("escape,q", "app.pop_screen", "Back", id="gpus.back")]
+    BINDINGS = bindings("gpus")
 
     def __init__(self, **kw):
         super().__init__(**kw)

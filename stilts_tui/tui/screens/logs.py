@@ -9,38 +9,16 @@ lines.
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Log, Static
 
+from stilts_tui.tui.actions import bindings
 from stilts_tui.tui.widgets.log_pane import LogPane
-
-SCROLLS = {
-    "up": "scroll_up",
-    "down": "scroll_down",
-    "pageup": "scroll_page_up",
-    "pagedown": "scroll_page_down",
-    "home": "scroll_home",
-    "end": "scroll_end",
-    "left": "scroll_left",
-    "right": "scroll_right",
-}
 
 
 class LogsScreen(Screen):
-    BINDINGS = [
-        Binding("escape,q", "app.pop_screen", "Back", id="logs.back"),
-        Binding("f,slash", "filter", "Filter lines", id="logs.filter"),
-        Binding("j", "scroll('scroll_down')", "Down", id="logs.j", show=False),
-        Binding("k", "scroll('scroll_up')", "Up", id="logs.k", show=False),
-        Binding("tab", "next_pane(1)", "Next pane", id="logs.next"),
-        Binding("shift+tab", "next_pane(-1)", "Previous pane", id="logs.previous", show=False),
-        *[
-            Binding(key, f"scroll('{how}')", how.replace("_", " "), id=f"logs.{how}", show=False)
-            for key, how in SCROLLS.items()
-        ],
-    ]
+    BINDINGS = bindings("logs")
     DEFAULT_CSS = """
     LogsScreen #hints { height: 1; background: $footer-background; }
     """
@@ -67,7 +45,10 @@ class LogsScreen(Screen):
         self._active = pane
         for p in self.query(LogPane):
             p.show_active(p is pane)
-        keys = "  ".join(f"[b]{b.key.split(',')[0]}[/b] {b.description}" for b in self.BINDINGS if b.show)
+        keymap = self.app._keymap  # the keys as remapped (by binding id)
+        keys = "  ".join(
+            f"[b]{keymap.get(b.id, b.key).split(',')[0]}[/b] {b.description}" for b in self.BINDINGS if b.show
+        )
         # a fixed-size bar: no layout pass (which would re-render every pane)
         self.query_one("#hints", Static).update(f"{keys}   focus: {pane.run_id}", layout=False)
 

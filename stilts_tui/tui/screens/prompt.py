@@ -11,16 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from textual.app import App, ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label
 
+from stilts_tui.tui.actions import bindings
 from stilts_tui.tui.widgets.inputs import KeyedInput, KeysToInput
 
 
 class PromptScreen(KeysToInput, ModalScreen[str | None]):
-    BINDINGS = [Binding("escape", "dismiss_none", "Close", id="prompt.close")]
+    BINDINGS = bindings("prompt")
     DEFAULT_CSS = """
     PromptScreen { align: center middle; }
     PromptScreen > Vertical { width: 70; height: auto; border: round $accent; padding: 1 2; background: $panel; }

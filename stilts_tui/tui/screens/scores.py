@@ -6,15 +6,16 @@ from __future__ import annotations
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, OptionList, Static
 from textual.worker import Worker
 
 from stilts_tui import results
+from stilts_tui.contract import Status
 from stilts_tui.errors import UserError
 from stilts_tui.store.ledger import Ledger
+from stilts_tui.tui.actions import bindings
 from stilts_tui.tui.widgets.key_bar import KeyBar
 
 VIEWS = ("mean", "max", "best")
@@ -82,12 +83,12 @@ def first_plan(runs: list[dict], plans: list[str], near: str | None) -> str:
     finished run, else the newest."""
     if near in plans:
         return near
-    finished = {r["plan"] for r in runs if r["status"] == "done"}
+    finished = {r["plan"] for r in runs if r["status"] == Status.DONE}
     return next((p for p in reversed(plans) if p in finished), plans[-1])
 
 
 class CellScreen(ModalScreen):
-    BINDINGS = [Binding("escape,q,enter", "app.pop_screen", "Close", id="cell.close")]
+    BINDINGS = bindings("cell")
     DEFAULT_CSS = """
     CellScreen { align: center middle; }
     CellScreen > Vertical { width: 90; height: auto; border: round $accent; background: $panel; padding: 1 2; }
@@ -104,7 +105,7 @@ class CellScreen(ModalScreen):
 
 
 class ExportScreen(ModalScreen[str | None]):
-    BINDINGS = [Binding("escape", "dismiss_none", "Close", id="export.close")]
+    BINDINGS = bindings("export")
     DEFAULT_CSS = """
     ExportScreen { align: right top; background: transparent; }
     ExportScreen > OptionList { width: 40; height: auto; border: round $accent; }
@@ -122,14 +123,7 @@ class ExportScreen(ModalScreen[str | None]):
 
 
 class ScoresScreen(Screen):
-    BINDINGS = [
-        Binding("escape,q", "app.pop_screen", "Back", id="scores.back"),
-        Binding("m", "toggle_view", "Mean/max/best", id="scores.view"),
-        Binding("f", "toggle_failed", "With/without failed", id="scores.failed"),
-        Binding("left_square_bracket,right_square_bracket", "next_plan", "Plan", id="scores.plan"),
-        Binding("enter", "open_cell", "Distribution", id="scores.cell"),
-        Binding("e", "export", "Export", id="scores.export"),
-    ]
+    BINDINGS = bindings("scores")
 
     def __init__(self, plan: str | None = None, near: str | None = None, **kw):
         super().__init__(**kw)

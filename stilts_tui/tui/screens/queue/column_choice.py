@@ -1,0 +1,57 @@
+"""The queue table's columns: which are shown (``C`` chooses; remembered for the next session in the
+settings folder, tui/keymap.py) and each row's cells in their order. A mixin of QueueScreen."""
+
+from __future__ import annotations
+
+from textual.widgets import DataTable
+
+from stilts_tui.tui.data import Snapshot
+from stilts_tui.tui.screens.queue.cells import COLUMNS, WIDTHS, cells
+
+
+class ColumnChoice:
+    """The columns shown, in COLUMNS' order ("id" always: the rows' key)."""
+
+    snapshot: Snapshot | None
+    marked: list[str]
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.columns: list[str] = list(COLUMNS)
+
+    def load_columns(self) -> None:
+        """The columns chosen last time (all of them the first time)."""
+        from stilts_tui.tui.keymap import load_columns
+
+        self.columns = [c for c in COLUMNS if c in (load_columns() or COLUMNS) or c == "id"]
+
+    def shown_cells(self, r: dict, snap: Snapshot) -> list:
+        """The cells of the columns shown, in their order."""
+        row = cells(r, snap, r["id"] in self.marked)
+        return [row[COLUMNS.index(c)] for c in self.columns]
+
+    def add_columns(self, table: DataTable) -> None:
+        for c in self.columns:
+            table.add_column(c, key=c, width=WIDTHS[COLUMNS.index(c)])
+
+    def action_choose_columns(self) -> None:
+        """Pick the columns shown (remembered for the next session: keymap.save_columns)."""
+        from stilts_tui.tui.screens.columns import ColumnsScreen
+
+        def chosen(columns: list[str] | None) -> None:
+            if not columns or columns == self.columns:
+                return
+            from stilts_tui.tui.keymap import save_columns
+
+            self.columns = [c for c in COLUMNS if c in columns or c == "id"]
+            try:
+                save_columns(self.columns)
+            except OSError as e:
+                self.notify(f"the columns are not remembered: {e.strerror or e}", severity="warning")
+            table = self.query_one(DataTable)
+            table.clear(columns=True)
+            self.add_columns(table)
+            if self.snapshot:
+                self.rebuild(table, self.rows(self.snapshot), self.snapshot)
+
+        self.app.push_screen(ColumnsScreen(COLUMNS, self.columns), chosen)
