@@ -134,15 +134,10 @@ async def test_the_app_table_says_what_queue_ls_says_for_every_run(every_status)
         assert cells["reason"] == doc[run_id]["reason"], run_id
         if doc[run_id]["shown"] == Shown.WAITING:
             assert (cells["status"], cells["progress"]) == ("waiting", f"in worker {doc[run_id]['waiting_in']}")
-        elif doc[run_id]["shown"] not in (Shown.OOM, Shown.STUCK):  # the screen's status cell: see the next test
+        else:
             assert cells["status"] == doc[run_id]["shown"], run_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tui/screens/queue.py's shown_status still reads the ledger's status; it must read "
-    "snap.views[r['id']].status (applied at merge; then drop this mark)",
-)
 async def test_the_app_shows_oom_and_stuck_runs_as_the_view_does(every_status):
     rows = await app_rows(every_status)
     assert (rows[rid(7)]["status"], rows[rid(13)]["status"]) == ("oom", "stuck")

@@ -7,15 +7,18 @@ from rich.text import Text
 
 from stilts_tui.contract import Status
 from stilts_tui.fmt import duration, terminal_safe
+from stilts_tui.store.view import Shown
 from stilts_tui.tui.data import Snapshot
 
 # a running run that its worker process has not begun: shown as waiting (not a ledger status)
-WAITING = "waiting"
+WAITING = Shown.WAITING.value
 
 # sorting by status: what needs attention first (running, then failed), what is over last
 STATUS_SORT = (
     Status.RUNNING,
+    Shown.STUCK.value,
     Status.FAILED,
+    Shown.OOM.value,
     Status.QUEUED,
     Status.BLOCKED,
     Status.DONE,
@@ -34,6 +37,8 @@ STATUS_STYLE = {
     Status.DEGENERATE: "dark_orange",  # stopped early by stop_degenerate: by design, not an error
     Status.PRUNED: "italic grey62",  # left out by its target's rank run: a saving, not an error (retry --pruned)
     WAITING: "yellow",
+    Shown.OOM.value: "bold red",  # failed: out of memory alone on its device
+    Shown.STUCK.value: "red",  # a Slurm job pending for a reason that waiting never clears
 }
 COLUMNS = (
     "id",
@@ -68,7 +73,10 @@ def params_of(r: dict) -> dict | None:
 
 
 def shown_status(r: dict, snap: Snapshot) -> str:
-    """The status a run is shown with: a running run that waits its turn in a worker is "waiting"."""
+    """The status a run is shown with: the one view of a run's (store/view.py), as `queue ls` shows it."""
+    v = snap.views.get(r["id"])
+    if v is not None:
+        return v.status.value
     return WAITING if r["id"] in snap.waiting else r["status"]
 
 
@@ -78,7 +86,10 @@ def counts_line(c: dict[str, int]) -> str:
         f"{c.get(Status.DONE, 0)} done · {c.get(Status.RUNNING, 0)} running · "
         + (f"{c[WAITING]} waiting in workers · " if c.get(WAITING) else "")
         + f"{c.get(Status.QUEUED, 0)} queued · "
-        f"{c.get(Status.FAILED, 0)} failed · {c.get(Status.BLOCKED, 0)} blocked · "
+        f"{c.get(Status.FAILED, 0)} failed · "
+        + (f"{c[Shown.OOM.value]} out of memory · " if c.get(Shown.OOM.value) else "")
+        + (f"{c[Shown.STUCK.value]} stuck · " if c.get(Shown.STUCK.value) else "")
+        + f"{c.get(Status.BLOCKED, 0)} blocked · "
         f"{c.get(Status.CANCELLED, 0)} cancelled"
         + (f" · {c[Status.DEGENERATE]} degenerate (stopped early)" if c.get(Status.DEGENERATE) else "")
         + (f" · {c[Status.PRUNED]} pruned (rank stage)" if c.get(Status.PRUNED) else "")
