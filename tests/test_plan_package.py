@@ -43,11 +43,9 @@ def test_no_plan_module_is_over_500_lines(module):
     assert len((PACKAGE / f"{module}.py").read_text().splitlines()) <= 500
 
 
-def test_the_executor_and_the_old_module_use_the_one_rule():
-    from stilts_tui import slurm_options
-
-    assert slurm_options.option_problem is slurm.option_problem and slurm_options.MANAGED is slurm.MANAGED
-    assert slurm_exec.option_problem is slurm.option_problem
+def test_the_executor_uses_the_one_rule():
+    assert slurm_exec.option_problem is slurm.option_problem and slurm_exec.MANAGED is slurm.MANAGED
+    assert slurm_exec.settings_problem is slurm.settings_problem and slurm_exec.resolved is slurm.resolved
 
 
 @pytest.mark.parametrize(

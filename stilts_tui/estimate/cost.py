@@ -24,7 +24,7 @@ from stilts_tui import plan as plans
 from stilts_tui.contract import RANK_STAGE, optional, shape_key
 from stilts_tui.estimate import history
 from stilts_tui.estimate.history import finite
-from stilts_tui.queue import placement
+from stilts_tui.estimate.modelsize import model_params
 
 # (parameters up to, samples/s) on one GPU in fp32 at max_len 128: RoBERTa-large measured 186-214 on an
 # H100 (the project's design notes; docs/results.md), base-size models ~3x that, MiniLM-size ~8x. Stated
@@ -129,7 +129,7 @@ def measured(root: Path | None) -> dict[str, Rate]:
 
 def default_rate(spec: dict) -> tuple[float, str]:
     """(samples/s, how it was chosen) for a run without a measurement."""
-    params = placement.model_params(spec.get("model") or {})
+    params = model_params(spec.get("model") or {})
     base = next(rate for limit, rate in DEFAULT_THROUGHPUT if params <= limit)
     p = spec.get("params") or {}
     choices = (spec.get("task") or {}).get("num_choices") or (

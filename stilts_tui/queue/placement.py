@@ -4,43 +4,14 @@ formula before any), the choice of a GPU with room, and the grouping of ready ru
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from stilts_tui.contract import TRAINED_STAGES, Status, array_key, is_lora, shape_key, waits
+from stilts_tui.estimate.modelsize import model_params
 
-# parameter counts of common encoders, for the first estimate of a hub model
-KNOWN_PARAMS = {
-    "roberta-large": 355e6,
-    "roberta-base": 125e6,
-    "bert-large-uncased": 335e6,
-    "bert-base-uncased": 110e6,
-    "bert-large-cased": 335e6,
-    "bert-base-cased": 108e6,
-    "microsoft/deberta-v3-large": 435e6,
-    "microsoft/deberta-v3-base": 184e6,
-    "sentence-transformers/all-MiniLM-L6-v2": 22.7e6,
-}
-DEFAULT_PARAMS = 355e6
 MARGIN = 1.15  # learned peaks are padded by this much
 HEADROOM = 0.95  # never plan beyond this share of a GPU's memory
-
-
-def model_params(model: dict) -> float:
-    """Parameter count from a local config.json, the table above, or the RoBERTa-large default."""
-    path = model.get("path")
-    if path:
-        cfg = Path(path) / "config.json"
-        try:
-            c = json.loads(cfg.read_text())
-            h, n, v = c["hidden_size"], c["num_hidden_layers"], c.get("vocab_size", 50265)
-            inter = c.get("intermediate_size", 4 * h)
-            return n * (4 * h * h + 2 * h * inter) + v * h
-        except (OSError, ValueError, KeyError):
-            pass
-    return KNOWN_PARAMS.get(model.get("name", ""), DEFAULT_PARAMS)
 
 
 GENERATION_LEN = 128  # tokens of a synthesis batch's texts, for its memory formula (a synth run has no max_len)

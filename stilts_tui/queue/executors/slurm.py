@@ -17,11 +17,16 @@ from pathlib import Path
 
 from stilts_tui.contract import BLOCKING, CANCEL_FILE, RESULT_STATUSES, TRAIN_LOG, Status, ledger_status
 from stilts_tui.errors import UserError
-from stilts_tui.plan import SLURM_DEFAULTS
+from stilts_tui.plan.slurm import (  # the Slurm rules, in one module
+    MANAGED,  # noqa: F401 - re-exported for the CLI and daemon
+    option_problem,  # noqa: F401 - re-exported for the CLI and daemon
+    resolved,
+    resource_args,
+    settings_problem,
+)
 from stilts_tui.queue import checks, placement
 from stilts_tui.queue.executor import Changes, Claim, Context
 from stilts_tui.queue.placement import Launch
-from stilts_tui.slurm_options import MANAGED, option_problem  # noqa: F401 - re-exported for the CLI and daemon
 
 ACTIVE = {
     "PENDING",
@@ -68,18 +73,6 @@ STUCK = {
 
 class SlurmError(UserError):
     """A Slurm command failed (its one-line message)."""
-
-
-def settings_problem(settings: dict) -> str | None:
-    """The first problem with a run's sbatch settings (their extra arguments), or None."""
-    extra = settings.get("sbatch_args") or []
-    if not isinstance(extra, list):
-        return "sbatch_args is not a list"
-    for arg in extra:
-        problem = option_problem(arg)
-        if problem:
-            return problem
-    return None
 
 
 def stuck_hint(state: JobState) -> str | None:
@@ -138,13 +131,8 @@ def sbatch_args(run_id: str, run_dir: Path, settings: dict, dependency: str | No
         f"--output={run_dir / TRAIN_LOG}",
         "--open-mode=append",
         f"--chdir={run_dir.parent}",
-        f"--cpus-per-task={settings.get('cpus', 4)}",
+        *resource_args(settings),
     ]
-    if settings.get("gpus", 1):
-        args.append(f"--gres=gpu:{settings.get('gpus', 1)}")
-    for key in ("partition", "account", "qos", "time", "mem"):
-        if settings.get(key):
-            args.append(f"--{key}={settings[key]}")
     extra = list(settings.get("sbatch_args") or [])
     problem = settings_problem({"sbatch_args": extra})
     if problem:  # checked again here: no managed option reaches sbatch, whatever the caller checked
@@ -303,10 +291,11 @@ def mem_mb(text: str) -> int:
 def fit_problem(settings: dict) -> str | None:
     """None when some node of the partition can run one job with these CPUs, memory and GPUs; else one
     line naming the setting that no node meets and the largest node."""
+    settings = resolved(settings)
     partition, nodes = partition_nodes(settings.get("partition"))
     if not nodes:
         return f"--partition: Slurm knows no partition '{partition}' (sinfo lists none of its nodes)"
-    cpus, gpus = int(settings.get("cpus", 4)), int(settings.get("gpus", 1))
+    cpus, gpus = int(settings["cpus"]), int(settings["gpus"])
     mem = mem_mb(settings["mem"]) if settings.get("mem") else 0
     if any(n.cpus >= cpus and n.mem_mb >= mem and n.gpus >= gpus for n in nodes):
         return None
@@ -487,7 +476,7 @@ class SlurmExecutor:
         return Claim(runs=[cur], changes={run["id"]: (Status.QUEUED, fields)})
 
     def _settings(self, run: dict) -> dict:
-        return {**SLURM_DEFAULTS, **self.c.settings.slurm, **(self.c.files.spec(run["id"]).get("slurm") or {})}
+        return resolved(self.c.settings.slurm, self.c.files.spec(run["id"]).get("slurm"))
 
     def start(self, launch: Launch, claim: Claim) -> tuple[bool, Changes]:
         """Submit the claimed run (after its parent's job, if any); sets ``launch.job_id``."""
