@@ -13,7 +13,7 @@ import typer
 from stilts_tui import plan as plans
 from stilts_tui.cli import render
 from stilts_tui.cli.root import JsonFlag, PlanPath, console, plan_app, runs_root
-from stilts_tui.contract import EXIT_FAILURE
+from stilts_tui.contract import EXIT_FAILURE, Env
 from stilts_tui.errors import UserError
 from stilts_tui.fmt import terminal_safe
 
@@ -21,7 +21,7 @@ MaxRuns = Annotated[
     int | None,
     typer.Option(
         "--max-runs",
-        help=f"accept a plan of up to this many runs (default {plans.MAX_RUNS:,}, or ${plans.MAX_RUNS_ENV})",
+        help=f"accept a plan of up to this many runs (default {plans.MAX_RUNS:,}, or ${Env.MAX_RUNS})",
     ),
 ]
 
