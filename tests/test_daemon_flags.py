@@ -1,25 +1,18 @@
 """The daemon's flags are declared once (queue/settings.FLAGS): the daemon's argparse, the argv `daemon
-start` starts it with and `daemon start`'s options all come from that table, and the command line is a
-package of modules that does not import the console script back."""
+start` starts it with and `daemon start`'s options all come from that table."""
 
 from __future__ import annotations
 
-import ast
-import json
-import os
 import subprocess
 import sys
 from dataclasses import fields
-from pathlib import Path
 
 import pytest
 import typer
 from conftest import cli
 
-from stilts_tui.contract import EXIT_BAD_INPUT, Env
+from stilts_tui.contract import EXIT_BAD_INPUT
 from stilts_tui.queue import daemon, settings
-
-CLI_DIR = Path(__file__).resolve().parent.parent / "stilts_tui" / "cli"
 
 
 def _start_options() -> dict:
@@ -92,36 +85,3 @@ def test_a_slurm_setting_without_the_slurm_executor_names_the_option_that_was_gi
     out = cli("daemon", "start", *args, runs_dir=runs_dir)
     assert out.returncode == EXIT_BAD_INPUT
     assert out.stderr.strip() == f"stilts-tui: error: {flag}: a Slurm setting needs --executor slurm"
-
-
-def test_python_dash_m_stilts_tui_cli_runs_the_command_line(runs_dir):
-    env = {**os.environ, Env.RUNS_DIR: str(runs_dir), Env.NO_DAEMON: "1"}
-    out = subprocess.run(
-        [sys.executable, "-m", "stilts_tui.cli", "daemon", "status", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["running"] is False
-
-
-def test_no_module_of_the_command_line_imports_the_console_script():
-    for path in CLI_DIR.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            assert not any(n == "stilts_tui.entry" or n.startswith("stilts_tui.entry.") for n in names), path
-
-
-def test_the_console_script_and_the_cli_package_import_no_command_and_no_plan_layer():
-    code = (
-        "import sys, stilts_tui.entry, stilts_tui.cli; "
-        "print(sorted(m for m in sys.modules if m.startswith(('stilts_tui.plan', 'stilts_tui.queue', "
-        "'stilts_tui.cli.root', 'stilts_tui.store.ledger'))))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
