@@ -1,28 +1,15 @@
 """The console script. The bare command (open the app) is parsed by a one-command typer app of its own
 that imports nothing of the plan layer, so the app's first frame comes quickly; every other command
-goes to the typer app in ``cli``. Both share the root options below and :func:`run`, which turns a
-usage error into one line and exit status 2."""
+goes to the typer app in ``cli``. Both share the root options and :func:`~stilts_tui.cli.base.run`
+(``cli/base.py``), which turns a usage error into one line and exit status 2."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Annotated
 
 import typer
 
-try:  # typer >= 0.2x carries its own copy of click; older typer uses click itself
-    from typer._click import exceptions as click_errors
-except ImportError:  # pragma: no cover
-    from click import exceptions as click_errors
-
-RunsDir = Annotated[
-    Path | None, typer.Option("--runs-dir", envvar="STILTS_RUNS_DIR", help="where run folders and the ledger live")
-]
-NoDaemon = Annotated[
-    bool,
-    typer.Option("--no-daemon", envvar="STILTS_NO_DAEMON", help="do not start the queue daemon if it is not running"),
-]
+from stilts_tui.cli.base import NoDaemon, RunsDir, run
 
 
 def names_a_command(argv: list[str]) -> bool:
@@ -37,36 +24,6 @@ def names_a_command(argv: list[str]) -> bool:
     return False
 
 
-def usage_error(e: click_errors.ClickException):
-    """A usage error (unknown option, bad value, missing argument; typer draws them as a box) as one line
-    naming the command, with the exit status click gives it (2)."""
-    from stilts_tui.errors import UserError
-
-    ctx = getattr(e, "ctx", None)
-    where = ctx.command_path if ctx is not None else "stilts-tui"
-    line = " ".join(e.format_message().split())
-    return UserError(f"{where}: {line} (see `{where} --help`)", exit_code=e.exit_code)
-
-
-def run(app: typer.Typer, prog: str = "stilts-tui") -> None:
-    """Run a typer app: bad input (a usage error included) is one line on stderr and exit status 2; a
-    failure of the machine (a full disk, a permission) one line and exit status 1."""
-    from stilts_tui.errors import UserError, report
-
-    try:
-        code = app(prog_name=prog, standalone_mode=False)  # click's own handling prints a box
-    except click_errors.NoArgsIsHelpError as e:  # a command group alone: its help, as before
-        e.show()
-        sys.exit(e.exit_code)
-    except click_errors.ClickException as e:
-        sys.exit(report(usage_error(e)))
-    except (typer.Abort, KeyboardInterrupt):
-        sys.exit(130)
-    except (UserError, OSError) as e:
-        sys.exit(report(e))
-    sys.exit(code if isinstance(code, int) else 0)
-
-
 def open_app(runs_dir: RunsDir = None, no_daemon: NoDaemon = False) -> None:
     """Open the terminal app (starting the queue daemon unless --no-daemon)."""
     from stilts_tui.store import rundir
@@ -79,6 +36,7 @@ def open_app(runs_dir: RunsDir = None, no_daemon: NoDaemon = False) -> None:
 
 
 def main() -> None:
+    """``stilts-tui``: a command goes to the full command line; none opens the app."""
     if names_a_command(sys.argv[1:]):
         from stilts_tui.cli import main as cli_main
 

@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import psutil
@@ -27,7 +27,7 @@ from stilts_tui.errors import UserError, first_line, report
 from stilts_tui.queue import checks, mps, notify, placement
 from stilts_tui.queue.executor import Context, Executor
 from stilts_tui.queue.runfiles import BadRun, RunFiles
-from stilts_tui.queue.settings import EXECUTORS, Settings, check_interval, help_of, parse_fuse, parse_gpus
+from stilts_tui.queue.settings import Settings
 from stilts_tui.queue.tick import Tick, make_executor
 from stilts_tui.store import rundir
 from stilts_tui.store.ledger import Ledger, LedgerError
@@ -335,35 +335,21 @@ class Daemon:
 
 
 def arg_parser() -> argparse.ArgumentParser:
-    """The daemon's command line: one flag a setting, its default and help from :class:`Settings`."""
+    """The daemon's command line: one flag a setting, each made from queue/settings.py's table of flags."""
+    from stilts_tui.queue import settings as flags
+
     ap = argparse.ArgumentParser(prog="python -m stilts_tui.queue.daemon")
     ap.add_argument("--runs-dir", type=Path, default=None)
-    for f in fields(Settings):
-        flag, default, text = "--" + f.name.replace("_", "-"), getattr(Settings(), f.name), help_of(f.name)
-        if f.name == "gpus":
-            ap.add_argument(flag, default=None, help=text)  # parsed by parse_gpus
-        elif f.name == "slurm":
-            ap.add_argument(flag, default="{}", help=text)
-        elif isinstance(default, bool):
-            ap.add_argument(flag, action="store_true", help=text)
-        else:
-            ap.add_argument(
-                flag,
-                type=type(default),
-                default=default,
-                help=text,
-                choices=EXECUTORS if f.name == "executor" else None,
-            )
+    flags.add_arguments(ap)
     return ap
 
 
 def parse_settings(argv: list[str] | None) -> tuple[Path, Settings]:
     """The runs-dir and settings a command line gives (bad ones: UserError or ValueError)."""
+    from stilts_tui.queue import settings as flags
+
     a = vars(arg_parser().parse_args(argv))
-    s = Settings(**{f.name: a[f.name] for f in fields(Settings)})
-    s.gpus, s.slurm, s.fuse = parse_gpus(a["gpus"]), json.loads(a["slurm"]), parse_fuse(a["fuse"])
-    s.interval = check_interval(s.interval)
-    return rundir.runs_dir(a["runs_dir"]), s
+    return rundir.runs_dir(a["runs_dir"]), flags.from_arguments(a)
 
 
 def main(argv: list[str] | None = None) -> int:

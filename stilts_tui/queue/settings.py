@@ -1,43 +1,24 @@
-"""The queue daemon's settings: the one place their defaults and help texts are written.
+"""The queue daemon's settings and their flags: the one place each flag's name, type, default, help and
+bounds are written (:data:`FLAGS`).
 
-``stilts-tui daemon start`` (cli.py) and the daemon's own argparse (``python -m stilts_tui.queue.daemon``)
-take both from :class:`Settings`; tests/test_defaults.py fails when either says otherwise. Light on
-purpose (no psutil, no filelock): the CLI imports it at start-up."""
+From that table come the daemon's own argparse (``python -m stilts_tui.queue.daemon``,
+:func:`add_arguments`, :func:`from_arguments`), the argv ``stilts-tui daemon start`` starts it with
+(:func:`argv`) and ``daemon start``'s typer options (cli/daemon.py). tests/test_defaults.py fails when
+one of them says otherwise. Light on purpose (no psutil, no filelock, no typer): the CLI and the daemon
+import it at start-up."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from stilts_tui.errors import UserError
 
 EXECUTORS = ("local", "slurm")
-
-
-def _opt(default: object, text: str):
-    return field(default=default, metadata={"help": text})
-
-
-@dataclass
-class Settings:
-    gpus: list[int] | None = _opt(None, "GPU indices to use, e.g. 0,1 (default: all)")
-    per_gpu: int = _opt(4, "at most this many processes a GPU")
-    cpu_slots: int = _opt(1, "concurrent runs where there is no GPU")
-    max_retries: int = _opt(2, "relaunches of a run whose process vanished")
-    worker_runs: int = _opt(4, "ready runs of one shape trained in sequence by one process")
-    mps: bool = _opt(False, "run NVIDIA MPS for the daemon's lifetime")
-    interval: float = _opt(1.0, "seconds between ticks")
-    executor: str = _opt("local", "local (this machine's GPUs) or slurm (sbatch)")
-    # sbatch settings from the command line (a plan's [slurm] wins)
-    slurm: dict = field(default_factory=dict, metadata={"help": "sbatch settings as JSON (validated by the CLI)"})
-    fuse: str = _opt(
-        "off", "train ready runs of one shape as fused arrays: off, auto (as many as fit a GPU) or K runs an array"
-    )
-    # clusters cap submissions: at most this many of our jobs in Slurm at once
-    max_jobs: int = _opt(1000, "slurm: at most this many jobs in Slurm at once")
-
-
-DEFAULTS = Settings()
 # --interval: an empty queue ticking faster burns a core; slower, nothing is launched for an hour
 INTERVAL_RANGE = (0.1, 3600.0)
 
@@ -49,11 +30,6 @@ def check_interval(value: float) -> float:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
         raise UserError(f"--interval: expected seconds between {low:g} and {high:g}, got {value}")
     return float(value)
-
-
-def help_of(name: str) -> str:
-    """The help text of one setting (as ``--name`` on both command lines)."""
-    return next(f.metadata["help"] for f in fields(Settings) if f.name == name)
 
 
 def parse_fuse(value: str) -> str:
@@ -73,3 +49,133 @@ def parse_gpus(value: str | None) -> list[int] | None:
         return [int(x) for x in value.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"--gpus: expected indices like 0,1, got '{value}'") from None
+
+
+def parse_slurm(value: str | dict) -> dict:
+    """--slurm: the sbatch settings as a JSON object (``daemon start`` checks each of them first)."""
+    slurm = json.loads(value) if isinstance(value, str) else value
+    if not isinstance(slurm, dict):
+        raise UserError(f"--slurm: expected a JSON object, got {value!r}")
+    return slurm
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One daemon setting as a command-line flag (``--per-gpu`` for ``per_gpu``)."""
+
+    name: str  # the Settings field
+    type: type  # what the command line gives: int, float, str or bool (a switch)
+    default: Any  # the setting's default
+    help: str
+    low: int | None = None  # an integer setting's least value (one line and exit 2 below it)
+    choices: tuple[str, ...] | None = None
+    parse: Callable[[Any], Any] | None = None  # the command line's value -> the setting, checked
+    slurm_only: bool = False  # passed to the daemon only with --executor slurm
+    on_cli: bool = True  # a `daemon start` option (slurm: built from --partition, --account, ...)
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def text(self, value: Any) -> str | None:
+        """The value as the daemon's command line writes it (None: no value)."""
+        if value is None:
+            return None
+        return json.dumps(value) if isinstance(value, dict) else str(value)
+
+    def check(self, value: Any) -> Any:
+        """The setting a command-line value gives; a bad one is a UserError naming the flag."""
+        if self.choices is not None and value not in self.choices:
+            raise UserError(f"{self.option}: expected {' or '.join(self.choices)}, got '{value}'")
+        if self.low is not None and value < self.low:
+            raise UserError(f"{self.option}: expected an integer >= {self.low}, got {value}")
+        return self.parse(value) if self.parse is not None else value
+
+
+# in the order `daemon start --help` lists them (Settings keeps its own order: daemon.json's, `daemon status`'s)
+FLAGS: tuple[Flag, ...] = (
+    Flag("gpus", str, None, "GPU indices to use, e.g. 0,1 (default: all)", parse=parse_gpus),
+    Flag("per_gpu", int, 4, "at most this many processes a GPU", low=1),
+    Flag("cpu_slots", int, 1, "concurrent runs where there is no GPU", low=1),
+    Flag("max_retries", int, 2, "relaunches of a run whose process vanished"),
+    Flag("worker_runs", int, 4, "ready runs of one shape trained in sequence by one process", low=1),
+    Flag("mps", bool, False, "run NVIDIA MPS for the daemon's lifetime"),
+    Flag("executor", str, "local", "local (this machine's GPUs) or slurm (sbatch)", choices=EXECUTORS),
+    Flag("interval", float, 1.0, "seconds between ticks", parse=check_interval),
+    # sbatch settings from the command line (a plan's [slurm] wins)
+    Flag("slurm", str, {}, "sbatch settings as JSON (validated by the CLI)", parse=parse_slurm, on_cli=False),
+    # clusters cap submissions: at most this many of our jobs in Slurm at once
+    Flag("max_jobs", int, 1000, "slurm: at most this many jobs in Slurm at once", low=1, slurm_only=True),
+    Flag(
+        "fuse",
+        str,
+        "off",
+        "train ready runs of one shape as fused arrays: off, auto (as many as fit a GPU) or K runs an array",
+        parse=parse_fuse,
+    ),
+)
+FLAG = {f.name: f for f in FLAGS}
+
+
+def _default(name: str):
+    """A Settings field's default and help, from :data:`FLAGS`."""
+    flag = FLAG[name]
+    if isinstance(flag.default, (dict, list)):
+        return field(default_factory=lambda: type(flag.default)(flag.default), metadata={"help": flag.help})
+    return field(default=flag.default, metadata={"help": flag.help})
+
+
+@dataclass
+class Settings:
+    """What the daemon runs with (one field a flag of :data:`FLAGS`, parsed)."""
+
+    gpus: list[int] | None = _default("gpus")
+    per_gpu: int = _default("per_gpu")
+    cpu_slots: int = _default("cpu_slots")
+    max_retries: int = _default("max_retries")
+    worker_runs: int = _default("worker_runs")
+    mps: bool = _default("mps")
+    interval: float = _default("interval")
+    executor: str = _default("executor")
+    slurm: dict = _default("slurm")
+    fuse: str = _default("fuse")
+    max_jobs: int = _default("max_jobs")
+
+
+DEFAULTS = Settings()
+
+
+def help_of(name: str) -> str:
+    """The help text of one setting (as ``--name`` on both command lines)."""
+    return FLAG[name].help
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The daemon's argparse flags, one a setting (values checked by :func:`from_arguments`)."""
+    for f in FLAGS:
+        if f.type is bool:
+            ap.add_argument(f.option, action="store_true", help=f.help)
+        else:  # a setting parsed from text (gpus, slurm, fuse) keeps its text until from_arguments
+            default = f.text(f.default) if f.parse is not None and f.type is str else f.default
+            ap.add_argument(f.option, type=f.type, default=default, help=f.help, choices=f.choices)
+
+
+def from_arguments(values: dict[str, Any]) -> Settings:
+    """The settings parsed command-line values give, each checked (UserError or ValueError)."""
+    return Settings(**{f.name: f.check(values[f.name]) for f in FLAGS})
+
+
+def argv(values: dict[str, Any]) -> list[str]:
+    """The daemon's command line for settings given as the command line gives them (each checked first:
+    one line and exit 2 for a bad one). A setting at its default is left out; a Slurm-only one without
+    --executor slurm too."""
+    for name, value in values.items():
+        FLAG[name].check(value)
+    slurm = values.get("executor", DEFAULTS.executor) == "slurm"
+    args: list[str] = []
+    for f in FLAGS:
+        value = values.get(f.name, f.default)
+        if value == f.default or value is None or (f.slurm_only and not slurm):
+            continue
+        args += [f.option] if f.type is bool else [f.option, f.text(value)]
+    return args

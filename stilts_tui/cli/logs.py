@@ -1,0 +1,48 @@
+"""`logs`: print a run's train.log, and follow it until the run settles."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from stilts_tui.cli.root import app, runs_root
+from stilts_tui.contract import SETTLED, TRAIN_LOG
+from stilts_tui.errors import Failure, UserError
+from stilts_tui.fmt import terminal_safe
+from stilts_tui.store import rundir
+from stilts_tui.store.ledger import Ledger
+
+
+@app.command("logs")
+def logs(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="a run id", show_default=False)],
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="keep printing until the run ends")] = False,
+) -> None:
+    """Print a run's train.log (and follow it)."""
+    import time
+
+    root = runs_root(ctx)
+    d = rundir.run_dir(root, run_id)
+    ledger = Ledger(root)
+    if ledger.get(run_id) is None and not d.is_dir():
+        raise UserError(f"no run '{run_id}' in {ledger.path}")
+    path = d / TRAIN_LOG
+    pos = 0
+    while True:
+        over = not follow or (ledger.get(run_id) or {}).get("status") in SETTLED  # before the read: its last lines
+        if path.exists():
+            with open(path, encoding="utf-8", errors="replace") as f:
+                f.seek(pos)
+                chunk = f.read()
+                pos = f.tell()
+            if chunk:
+                sys.stdout.write(terminal_safe(chunk, keep_newlines=True))
+                sys.stdout.flush()
+        if over:
+            return
+        if not d.is_dir():
+            raise Failure(f"{d}: the run folder was removed while following its log")
+        time.sleep(0.5)

@@ -1,0 +1,109 @@
+"""`tasks` (the built-in tasks) and `tasks show` (a task's first examples as the model receives them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stilts_tui import plan as plans
+from stilts_tui import tasks
+from stilts_tui.cli import render
+from stilts_tui.cli.root import JsonFlag, console, runs_root, tasks_app
+from stilts_tui.errors import UserError
+
+
+@tasks_app.callback(invoke_without_command=True)
+def tasks_cmd(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """List the built-in tasks (`tasks show TASK`: its first examples as the model receives them)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = [
+        {
+            "name": t.name,
+            "aliases": list(t.aliases),
+            "kind": t.kind,
+            "metric": t.metric,
+            "hub": "/".join(x for x in t.hub if x) if t.hub else None,
+            "files": list(t.files) if t.files else None,
+            "description": t.description,
+        }
+        for t in tasks.BUILTIN
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    console().print(render.tasks_table(rows))
+
+
+@tasks_app.command("show")
+def tasks_show(
+    ctx: typer.Context,
+    task: Annotated[
+        str, typer.Argument(help="a built-in task (or alias); with --plan, a stage of the plan", show_default=False)
+    ],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir", help="the task's local files, in the official layout (default: the Hugging Face Hub)"
+        ),
+    ] = None,
+    plan_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--plan",
+            help="TASK is a stage of this plan (its own custom, data_dir or synthesized task); --model defaults "
+            "to the plan's model",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="whose tokenizer: hub id or local folder (default roberta-large)")
+    ] = None,
+    n: Annotated[int, typer.Option("-n", help="how many examples", min=1)] = 3,
+    split: Annotated[str, typer.Option("--split", help="train or dev")] = "train",
+    max_len: Annotated[int, typer.Option("--max-len", help="truncate as a run with this max_len", min=8)] = 512,
+    as_json: JsonFlag = False,
+) -> None:
+    """The first N examples of a task as the model receives them: text, label, tokens and ids."""
+    from stilts_tui.tasks import show
+
+    if split not in ("train", "dev"):
+        raise UserError(f"--split: expected train or dev, got '{split}'")
+    if plan_path is not None:
+        if data_dir is not None:
+            raise UserError("--data-dir: a plan's stage has its data where the plan says; give --plan or --data-dir")
+        plan, runs = plans.load_and_expand(plan_path)
+        spec, plan_model = _plan_stage_spec(plan, runs, task, runs_root(ctx))
+        model = model or plan_model
+    else:
+        spec = show.spec_for(task, data_dir)
+    model = model or "roberta-large"
+    exs = show.examples(spec, split, n)
+    recs = show.records(spec, exs, show.encode(model, spec["kind"], max_len, exs))
+    if as_json:
+        typer.echo("\n".join(json.dumps(r, ensure_ascii=False) for r in recs))
+    else:
+        typer.echo(show.render(spec, recs))
+
+
+def _plan_stage_spec(plan, runs: list, name: str, runs_root: Path) -> tuple[dict, str]:
+    """The task entry of the plan's intermediate or target stage ``name`` as its runs' spec.json holds
+    it (a synthesized task reads its synth run's output folder), and the plan's model (its tokenizer)."""
+    from stilts_tui.tasks import data
+
+    stages = {(r.stage, r.name): r for r in runs if r.stage in ("intermediate", "target")}
+    run = stages.get(("target", name)) or stages.get(("intermediate", name))
+    if run is None:
+        known = ", ".join(sorted({n for _, n in stages})) or "none"
+        raise UserError(f"{plan.path}: no intermediate or target stage '{name}' (the plan has: {known})")
+    spec = plans.spec_for(run, plan, runs_root)
+    task = dict(spec["task"])
+    if task.get("from_run") and data.missing_files(task):
+        raise UserError(
+            f"stage '{name}' is synthesized by run {task['from_run']}: its examples exist once that run is done "
+            f"(expected in {task['data_dir']})"
+        )
+    model = run.model.get("path") or run.model.get("name") or plan.model
+    return task, str(model)
