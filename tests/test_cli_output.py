@@ -89,7 +89,7 @@ data_dir = "data/RTE"
     assert out.returncode == 0, out.stderr  # right but offline: not a failure
     lines = out.stdout.splitlines()
     assert (
-        lines[1] == "  [intermediate.hs] hellaswag: Hugging Face Hub Rowan/hellaswag (unreachable now: "
+        lines[1] == "  [intermediate.hs] hellaswag: Hugging Face Hub Rowan/hellaswag @ main (unreachable now: "
         "http://127.0.0.1:9)"
     )
     assert lines[2] == f"  [target.rte] rte: local files {data} (1 of 2 missing)"

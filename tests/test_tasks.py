@@ -286,6 +286,8 @@ def test_unreachable_hub_is_one_clear_message(tmp_path):
     }
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     msg = out.stdout.strip()
-    assert msg.startswith("could not load nyu-mll/glue/rte split 'train' from the Hugging Face Hub"), out
+    assert msg.startswith(
+        "task 'rte': could not load nyu-mll/glue (rte) @ main split 'train' from http://127.0.0.1:9"
+    ), out
     assert "download the files (train.tsv, dev.tsv) and set data_dir" in msg
     assert "\n" not in msg

@@ -330,7 +330,7 @@ def test_a_run_that_needs_the_unreachable_hub_fails_at_once_from_the_caches(tmp_
     assert out.returncode == 1
     assert "the Hugging Face Hub (http://127.0.0.1:9) is unreachable: reading only the local caches" in out.stderr
     r = result_of(d)
-    assert r["status"] == "failed" and "could not load nyu-mll/glue/rte" in r["error"], r["error"]
+    assert r["status"] == "failed" and "could not load nyu-mll/glue (rte) @ main" in r["error"], r["error"]
     assert "set data_dir" in r["error"]
 
 

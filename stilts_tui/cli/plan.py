@@ -73,7 +73,7 @@ def _data_sources(runs: list) -> tuple[list[str], list[str]]:
             lines.append(f"{where} {r.task}: local files {os.path.commonpath([str(f) for f in files])} ({state})")
         elif spec.get("hub"):
             hub_ok = data.hub_reachable() if hub_ok is None else hub_ok
-            name = "/".join(x for x in spec["hub"] if x)
+            name = data.hub_label(spec["hub"])
             lines.append(
                 f"{where} {r.task}: Hugging Face Hub {name} "
                 f"({'reachable' if hub_ok else 'unreachable now'}: {_hub_url()})"

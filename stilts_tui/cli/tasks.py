@@ -13,6 +13,7 @@ from stilts_tui import tasks
 from stilts_tui.cli import render
 from stilts_tui.cli.root import JsonFlag, console, runs_root, tasks_app
 from stilts_tui.errors import UserError
+from stilts_tui.tasks.data import hub_label
 
 
 @tasks_app.callback(invoke_without_command=True)
@@ -26,7 +27,7 @@ def tasks_cmd(ctx: typer.Context, as_json: JsonFlag = False) -> None:
             "aliases": list(t.aliases),
             "kind": t.kind,
             "metric": t.metric,
-            "hub": "/".join(x for x in t.hub if x) if t.hub else None,
+            "hub": hub_label(t.hub),
             "files": list(t.files) if t.files else None,
             "description": t.description,
         }

@@ -82,6 +82,15 @@ def hub_of(spec: dict) -> tuple[str, str | None, str | None] | None:
     return str(dataset_id), (str(config) if config else None), revision
 
 
+def hub_label(hub: list | tuple | None) -> str | None:
+    """A hub source as one line: ``id/config @ revision`` (None for a task without one)."""
+    if not hub:
+        return None
+    dataset_id, config = hub[0], hub[1] if len(hub) > 1 else None
+    revision = hub[2] if len(hub) > 2 else None
+    return str(dataset_id) + (f"/{config}" if config else "") + (f" @ {revision}" if revision else "")
+
+
 def hub_split(spec: dict, split: str) -> str:
     return (spec.get("hub_splits") or ["train", "validation"])[SPLITS.index(split)]
 
