@@ -367,3 +367,30 @@ def test_check_says_the_hub_is_unreachable_and_what_to_set(tmp_path):
     assert out["state"] == "offline"
     assert out["line"].startswith(f"siqa: the hub at http://127.0.0.1:{port} cannot be reached")
     assert "HF_ENDPOINT" in out["line"] and "data_dir" in out["line"]
+
+
+def test_tasks_check_prints_one_line_a_stage_and_fails_unless_every_stage_will_load(hub, tmp_path):
+    from tests.conftest import cli
+
+    siqa_rows, _ = case("siqa")
+    serve_task(hub, "siqa", siqa_rows)
+    rows, files = case("rte")
+    for rel, text in files.items():
+        (tmp_path / "RTE" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "RTE" / rel).write_text(text)
+    plan = tmp_path / "p.toml"
+    base = 'name = "c"\nmodel = "roberta-large"\ntarget_seeds = [1]\n[target.siqa]\ntask = "siqa"\n'
+    plan.write_text(base + '[target.rte]\ntask = "rte"\ndata_dir = "RTE"\n')
+    env = {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf")}
+    out = cli("tasks", "check", str(plan), env=env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(
+        "[target.siqa] OK      siqa: allenai/social_i_qa (default) @ refs/convert/parquet will load"
+    )
+    assert lines[1] == "[target.rte] OK      rte: local files will load (train 3, dev 3 examples)"
+    plan.write_text(base + '[target.rte]\ntask = "rte"\ndata_dir = "nowhere"\n')
+    out = cli("tasks", "check", str(plan), env=env)
+    assert out.returncode == 1
+    assert out.stdout.splitlines()[1].startswith("[target.rte] FAIL    rte: missing ")
+    assert out.stderr.strip() == f"{plan}: 1 stage(s) will not load their data as things stand"

@@ -108,3 +108,27 @@ def _plan_stage_spec(plan, runs: list, name: str, runs_root: Path) -> tuple[dict
         )
     model = run.model.get("path") or run.model.get("name") or plan.model
     return task, str(model)
+
+
+@tasks_app.command("check")
+def tasks_check(
+    plan_path: Annotated[Path, typer.Argument(metavar="PLAN", help="the plan file")],
+    max_runs: Annotated[int | None, typer.Option("--max-runs", help="accept a plan of more runs")] = None,
+) -> None:
+    """Open every stage's data source as its runs will (local files read, the hub's builder and split list at
+    the pinned revision, without downloading the data): one line a stage; exit 1 unless every stage will load.
+    Run it on the box that trains, before `queue add`."""
+    from stilts_tui.fmt import terminal_safe
+    from stilts_tui.tasks import check
+
+    _, runs = plans.load_and_expand(plan_path, max_runs=max_runs)
+    bad = 0
+    for r in {(r.stage, r.name): r for r in runs if r.stage in ("intermediate", "target")}.values():
+        answer = check.check(r.task_spec)
+        bad += not answer.ok
+        typer.echo(terminal_safe(f"[{r.stage}.{r.name}] {answer.state.upper():7} {answer.line}"))
+    for r in {r.name: r for r in runs if r.stage == "synth"}.values():
+        typer.echo(terminal_safe(f"[synth.{r.name}] {'OK':7} synthesis: written by GPT-2 when the stage runs"))
+    if bad:
+        typer.echo(f"{plan_path}: {bad} stage(s) will not load their data as things stand", err=True)
+        raise typer.Exit(1)
