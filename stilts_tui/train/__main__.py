@@ -30,9 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=("regional", "whole"),
         help="what a compiled run compiles: each encoder layer (one graph every layer reuses) or the whole loss",
     )
-    ap.add_argument(
-        "--pad", default=os.environ.get(Env.PAD, "auto"), choices=("auto", "max", "buckets", "longest")
-    )
+    ap.add_argument("--pad", default=os.environ.get(Env.PAD, "auto"), choices=("auto", "max", "buckets", "longest"))
     ap.add_argument(
         "--group",
         default=os.environ.get(Env.GROUP, "auto"),

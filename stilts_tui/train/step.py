@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from stilts_tui import contract
-from stilts_tui.contract import optional
+from stilts_tui.contract import Event, optional
 from stilts_tui.fmt import duration
 from stilts_tui.train import data
 from stilts_tui.train.events import RunLog
@@ -257,7 +257,7 @@ class StepLog:
                 f"{rate:.1f} samples/s ETA {duration(eta)}"
             )
             log.event(
-                "step",
+                Event.STEP,
                 step=step,
                 total_steps=self.total,
                 epoch=epoch,
