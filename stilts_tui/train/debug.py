@@ -32,6 +32,20 @@ SLEEPER_PID = "sleeper.pid"  # in the run folder, with spawn_sleeper: the child'
 INITIAL_WEIGHTS = "initial_weights.safetensors"  # in the run folder, with dump_initial_weights
 
 
+def problem(spec: dict) -> str | None:
+    """What is wrong with a spec's debug table (not an object, or a key the trainer does not know: a
+    misspelt key would test nothing), or None."""
+    table = spec.get(DEBUG_KEY)
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        return f"'{DEBUG_KEY}' must be a JSON object, not {type(table).__name__}"
+    unknown = sorted(set(table) - set(KEYS))
+    if unknown:
+        return f"'{DEBUG_KEY}' has unknown keys {', '.join(unknown)} (known: {', '.join(KEYS)})"
+    return None
+
+
 @dataclass
 class Debug:
     """The ``debug`` tables of a run's (or an array's) specs, merged. Everything off for a real run."""

@@ -16,8 +16,7 @@ import torch
 from stilts_tui.contract import SPEC_FILE, Event, Result, ResultStatus, is_lora, missing_params, optional
 from stilts_tui.errors import UserError
 from stilts_tui.tasks import labels_for
-from stilts_tui.train import data, lora, transfer
-from stilts_tui.train.debug import INITIAL_WEIGHTS
+from stilts_tui.train import data, debug, lora, transfer
 from stilts_tui.train.events import RunLog, write_result
 from stilts_tui.train.step import Setup, StepLog
 from stilts_tui.train.worker import Model, Worker
@@ -45,6 +44,9 @@ def read_spec(run_dir: Path) -> dict:
         raise SpecError(f"{path}: a synth run is run by `stilts-tui synth`, not the trainer")
     if not isinstance(spec["params"], dict) or not isinstance(spec["task"], dict):
         raise SpecError(f"{path}: 'params' and 'task' must be JSON objects")
+    wrong = debug.problem(spec)
+    if wrong:
+        raise SpecError(f"{path}: {wrong} (docs/training.md, Debug keys)")
     missing = missing_params(spec)
     if missing:
         raise SpecError(
@@ -147,7 +149,7 @@ def prepare(
 
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
-            str(run_dir / INITIAL_WEIGHTS),
+            str(run_dir / debug.INITIAL_WEIGHTS),
         )
     return Prepared(tok, labels, train, dev, kind, n_out, model, location)
 
