@@ -22,6 +22,8 @@ def drop(
     status: str,
     why: str | Callable[[Member], str],
 ) -> list[int]:
+    """End the ``gone`` runs with ``status`` and ``why`` (a line, or one per run); the engine and the step
+    logger keep the others' rows. Returns the rows kept, in ``live``'s order."""
     rows = [i for i, m in enumerate(live) if m not in gone]
     for m in gone:
         m.finish(worker, status, why(m) if callable(why) else why)
@@ -32,6 +34,7 @@ def drop(
 
 
 def drop_cancelled(worker, engine, steplog, live, orders):
+    """Runs whose folder holds a cancel request end cancelled; returns the runs and data orders left."""
     gone = [m for m in live if (m.dir / CANCEL_FILE).exists()]
     if not gone:
         return live, orders
