@@ -17,12 +17,12 @@ from __future__ import annotations
 import torch
 
 from stilts_tui.contract import is_lora
-from stilts_tui.train import lora
 from stilts_tui.train.debug import Debug
 from stilts_tui.train.engines.alone import AloneEngine
 from stilts_tui.train.engines.array import ArrayEngine
 from stilts_tui.train.engines.lora import LoraAloneEngine
 from stilts_tui.train.engines.lora_array import LoraArrayEngine
+from stilts_tui.train.lora import member_state as lora_member_state  # not `lora`: engines.lora is a module here
 from stilts_tui.train.members import Member, Prepared
 from stilts_tui.train.step import Setup
 from stilts_tui.train.worker import Worker
@@ -32,7 +32,7 @@ def member_state(module: torch.nn.Module, spec: dict) -> dict[str, torch.Tensor]
     """What a member of an array owns, as CPU copies taken before the next member's weights replace
     them: every weight of a full fine-tune; a LoRA member's head and adapter (the encoder is shared)."""
     if is_lora(spec.get("params")):
-        return lora.member_state(module, spec)
+        return lora_member_state(module, spec)
     return {n: t.detach().to("cpu", copy=True) for n, t in module.named_parameters()}
 
 
