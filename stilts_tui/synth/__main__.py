@@ -10,7 +10,16 @@ import time
 import traceback
 from pathlib import Path
 
-from stilts_tui.contract import EXIT_FAILURE, EXIT_OK, SPEC_FILE, SYNTH_DATA_DIR, Event, Result, ResultStatus
+from stilts_tui.contract import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_OK,
+    SPEC_FILE,
+    SYNTH_DATA_DIR,
+    Event,
+    Result,
+    ResultStatus,
+)
 
 
 def cli(params: dict, out: Path) -> int:
@@ -39,7 +48,7 @@ def cli(params: dict, out: Path) -> int:
         f"wrote {', '.join(f'{v} {k}' for k, v in info['counts'].items())} examples to {out} "
         f"({info['prompts_per_s']:.1f} prompts/s)"
     )
-    return 0
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return cli(json.loads(args[1]), Path(args[2]))
     if len(args) != 1:
         print("usage: python -m stilts_tui.synth RUN_DIR", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     run_dir = Path(args[0])
     from transformers.utils import logging as hf_logging
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stilts_tui.contract import EXIT_OK
 from stilts_tui.errors import UserError, first_line, report
 
 PROG = "stilts_tui.train.rank"
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             run_job(job, device, f"{i}/{len(jobs)}")
     except Exception as e:  # noqa: BLE001 - one line, never a traceback
         return report(e, PROG)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
