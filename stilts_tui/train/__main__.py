@@ -154,6 +154,23 @@ def _worker(args: argparse.Namespace, device, startup_s: float, threads: dict):
     )
 
 
+def _no_cuda(dirs: list[Path]) -> int:
+    """A process placed on a GPU that sees no CUDA: each run fails saying so (never trained on the CPU)."""
+    import torch
+
+    from stilts_tui.train.members import fail_run
+    from stilts_tui.train.worker import Settings, Worker
+
+    why = (
+        f"CUDA is not available in this process (CUDA_VISIBLE_DEVICES="
+        f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); a run placed on a GPU trains there or not at all"
+    )
+    for d in dirs:
+        fail_run(Worker(Settings(device=torch.device("cpu"))), d, why)
+    report(Failure(why), prog=PROG)
+    return EXIT_FAILURE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
@@ -174,8 +191,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from stilts_tui.train.engines.array import arrays, can_fuse
     from stilts_tui.train.loop import train_group, train_run
-    from stilts_tui.train.members import fail_run
-    from stilts_tui.train.worker import Settings, Worker
 
     startup_s = time.time() - psutil.Process().create_time()  # the process's start and its imports
     threads = _threads()  # before anything runs in torch's pools
@@ -196,14 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             statuses.append(ResultStatus.FAILED)
     dirs = [d for d in args.run_dirs if d.is_dir()]
     if device.type == "cuda" and not torch.cuda.is_available():  # never train a GPU placement on the CPU
-        why = (
-            f"CUDA is not available in this process (CUDA_VISIBLE_DEVICES="
-            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); a run placed on a GPU trains there or not at all"
-        )
-        for d in dirs:
-            fail_run(Worker(Settings(device=torch.device("cpu"))), d, why)
-        report(Failure(why), prog=PROG)
-        return EXIT_FAILURE
+        return _no_cuda(dirs)
     worker = _worker(args, device, startup_s, threads)
     statuses += _rank_runs([d for d in dirs if _stage(d) == RANK_STAGE], str(device))  # scored, not trained
     dirs = [d for d in dirs if _stage(d) != RANK_STAGE]
