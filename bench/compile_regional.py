@@ -4,7 +4,7 @@ compiled losses equal the eager ones.
 
 A random-init RoBERTa of the given shape (RobertaConfig, no download, dropout off so eager and compiled
 losses compare number for number), trained for a few SGD steps on fixed random batches, eagerly and
-then compiled, through the trainer's own code: ``Model.loss_fn`` for a run alone, ``fused.compile_array``
+then compiled, through the trainer's own code: ``Model.loss_fn`` for a run alone, ``engines.array.compile_array``
 over a ``FusedEncoder`` of K members for an array. Each measurement is its own process: "cold" starts
 with an empty inductor cache directory, "warm" is a second process on the same directory (what every
 later run and worker of the same shapes gets: the trainer keeps the cache under the runs-dir).
@@ -109,8 +109,8 @@ def alone(a: argparse.Namespace, scope: str) -> dict:
     import torch
     from transformers import RobertaForSequenceClassification
 
-    from stilts_tui.train.loop import Model
     from stilts_tui.train.step import Setup
+    from stilts_tui.train.worker import Model
 
     torch.manual_seed(0)
     module = RobertaForSequenceClassification._from_config(config(a), attn_implementation="sdpa").float()
@@ -136,7 +136,8 @@ def array(a: argparse.Namespace, scope: str) -> dict:
     import torch
     from transformers import RobertaForSequenceClassification
 
-    from stilts_tui.train.fused import FusedEncoder, compile_array
+    from stilts_tui.train.engines.array import compile_array
+    from stilts_tui.train.engines.array_model import FusedEncoder
 
     cfg = config(a)
     states = []

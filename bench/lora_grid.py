@@ -115,8 +115,9 @@ def member_bytes(model: Path, batch: int, max_len: int) -> dict[str, int]:
     from transformers import AutoModelForSequenceClassification
 
     from stilts_tui.train import lora
-    from stilts_tui.train.fused import ArrayAdamW, MemberStreams
-    from stilts_tui.train.fused_lora import FusedLora
+    from stilts_tui.train.engines.array import ArrayAdamW
+    from stilts_tui.train.engines.array_model import MemberStreams
+    from stilts_tui.train.engines.lora_array import FusedLora
 
     module = AutoModelForSequenceClassification.from_pretrained(str(model), num_labels=2).float()
     spec = {"params": {"method": "lora", "lora": LORA, "transfer": "all"}, "model": {}, "seed": 1}

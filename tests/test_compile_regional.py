@@ -15,8 +15,8 @@ import pytest
 import torch
 from conftest import fused_inputs, result_of, step_losses, write_tiny_run
 
-from stilts_tui.train.loop import Model, Settings, compile_options
 from stilts_tui.train.step import Setup, resolve_setup
+from stilts_tui.train.worker import Model, Settings, compile_options
 
 ATOL = 1e-5
 STEPS = 3
@@ -113,7 +113,8 @@ def test_regional_compilation_of_a_model_alone_reuses_one_graph_for_every_layer_
 def test_regional_compilation_of_a_fused_array_reuses_one_layer_graph_and_equals_eager(fresh_compiler):
     from transformers import RobertaForSequenceClassification
 
-    from stilts_tui.train.fused import FusedEncoder, compile_array
+    from stilts_tui.train.engines.array import compile_array
+    from stilts_tui.train.engines.array_model import FusedEncoder
 
     k, config = 3, _config()
     states = []

@@ -58,7 +58,7 @@ def _models(kind: str, family: str, k: int):
 def test_fused_logits_and_gradients_equal_each_model_alone(family, kind):
     import torch.nn.functional as F
 
-    from stilts_tui.train.fused import FusedEncoder
+    from stilts_tui.train.engines.array_model import FusedEncoder
 
     k = 3
     config, models = _models(kind, family, k)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import fused_inputs, result_of, step_losses, write_tiny_run
 
-from stilts_tui.train.fused import FusedEncoder
+from stilts_tui.train.engines.array_model import FusedEncoder
 
 # distinct probabilities, so a dropout with the wrong one draws other masks and the comparison fails
 P_HIDDEN, P_ATTN, P_HEAD = 0.1, 0.2, 0.3
@@ -177,7 +177,7 @@ def dropout_workload(tmp_path_factory):
 
 
 def _worker():
-    from stilts_tui.train.loop import Settings, Worker
+    from stilts_tui.train.worker import Settings, Worker
 
     return Worker(Settings(device=CPU, compile="off", echo=False))
 
@@ -237,7 +237,7 @@ def test_each_member_of_a_fused_array_trains_as_its_run_alone_with_dropout_on(
         assert np.allclose([x for _, x in la], [x for _, x in lf], atol=1e-4), (la, lf)
         assert r["metrics"] == result_of(a)["metrics"]
     if pad == "buckets" and batching == "grouped":  # one stream for the array (what a compiled one draws)
-        from stilts_tui.train.loop import Settings, Worker
+        from stilts_tui.train.worker import Settings, Worker
 
         one = [
             write_tiny_run(

@@ -13,7 +13,7 @@ from conftest import result_of, step_losses, train, write_tiny_run
 
 from stilts_tui.contract import TRAINING_DEFAULTS
 from stilts_tui.train import data
-from stilts_tui.train.loop import Schedule
+from stilts_tui.train.members import Schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -203,8 +203,8 @@ def test_a_gpu_placement_whose_process_has_no_cuda_fails_instead_of_training_on_
 def test_cuda_graphs_are_off_under_gradient_accumulation_and_settings_override_the_spec():
     import torch
 
-    from stilts_tui.train.loop import Settings
     from stilts_tui.train.step import resolve_setup
+    from stilts_tui.train.worker import Settings
 
     cuda = Settings(device=torch.device("cuda"))
     one = resolve_setup(cuda, {**TRAINING_DEFAULTS, "precision": "bf16"}, 1)
@@ -227,9 +227,9 @@ def test_cuda_graphs_are_off_under_gradient_accumulation_and_settings_override_t
 def test_auto_compiles_only_runs_long_enough_to_pay_for_the_compile():
     import torch
 
-    from stilts_tui.train.loop import Settings
     from stilts_tui.train.step import AUTO_COMPILE_MIN_STEPS as LEAST
     from stilts_tui.train.step import resolve_setup
+    from stilts_tui.train.worker import Settings
 
     cuda, cpu = Settings(device=torch.device("cuda")), Settings(device=torch.device("cpu"))
     fast = {**TRAINING_DEFAULTS, "precision": "bf16"}  # the step rule: runs whose shapes change (buckets)
@@ -253,8 +253,8 @@ def test_the_reference_settings_pad_to_max_len_and_replay_cuda_graphs_of_the_eag
     import torch
 
     from stilts_tui import plan as plans
-    from stilts_tui.train.loop import Settings
     from stilts_tui.train.step import resolve_setup
+    from stilts_tui.train.worker import Settings
 
     cuda, cpu = Settings(device=torch.device("cuda")), Settings(device=torch.device("cpu"))
     _, runs = plans.load_and_expand(ROOT / "plans" / "chang_lu_2021.toml")
@@ -294,7 +294,8 @@ def _array_optimizer_ops(layers: int) -> int:
     import torch
     from transformers import RobertaForSequenceClassification
 
-    from stilts_tui.train.fused import ArrayAdamW, FusedEncoder
+    from stilts_tui.train.engines.array import ArrayAdamW
+    from stilts_tui.train.engines.array_model import FusedEncoder
 
     config = _tiny_config(layers)
     models = [RobertaForSequenceClassification(config) for _ in range(3)]
@@ -325,7 +326,8 @@ def test_the_compiled_array_optimizer_makes_the_eager_updates():
     import torch
     from transformers import RobertaForSequenceClassification
 
-    from stilts_tui.train.fused import ArrayAdamW, FusedEncoder
+    from stilts_tui.train.engines.array import ArrayAdamW
+    from stilts_tui.train.engines.array_model import FusedEncoder
 
     config = _tiny_config(1)
     torch.manual_seed(0)

@@ -86,13 +86,22 @@ def corpus(tmp_path) -> Path:
     return write_text(tmp_path / "corpus.txt", "\n".join(paras) + "\n")
 
 
-def synth(gpt2: Path, corpus: Path, out: Path, *extra: str, env: dict | None = None, wait: bool = True):
+def synth(gpt2: Path, corpus: Path, out: Path, *extra: str, env: dict | None = None):
     args = ["synth", "--corpus-file", str(corpus), "--generator", str(gpt2), "--out", str(out), *extra]
-    if wait:
-        return cli(*args, env=env)
-    exe = Path(sys.executable).parent / "stilts-tui"
+    return cli(*args, env=env)
+
+
+def slow_synth(gpt2: Path, corpus: Path, out: Path, seconds: float, **params) -> subprocess.Popen:
+    """The synthesis process `stilts-tui synth` would start for ``params``, slowed by ``seconds`` a
+    window of rows (tests/fakes/slow_synth.py: the delay is the test's, not the product's)."""
+    from stilts_tui.synth.settings import COMMAND_DEFAULTS
+
+    full = {**COMMAND_DEFAULTS, "corpus_file": str(corpus), "generator": str(gpt2), **params}
+    runner = Path(__file__).parent / "fakes" / "slow_synth.py"
     return subprocess.Popen(
-        [str(exe), *args], env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, str(runner), str(seconds), "--cli", json.dumps(full), str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
 
 
@@ -135,7 +144,7 @@ def test_a_killed_synthesis_resumes_to_the_same_result(gpt2, corpus, tmp_path):
     args = ("--n", "60", "--fakes", "2", "--batch-size", "1")  # rows are written a window (16 batches) at a time
     assert synth(gpt2, corpus, tmp_path / "whole", *args).returncode == 0
     out = tmp_path / "killed" / "SynGPT2_train.jsonl"
-    proc = synth(gpt2, corpus, tmp_path / "killed", *args, env={"STILTS_TEST_SYNTH_DELAY": "0.2"}, wait=False)
+    proc = slow_synth(gpt2, corpus, tmp_path / "killed", 0.2, n=60, fakes=2, batch_size=1)
     wait(lambda: out.exists() and len(out.read_text().splitlines()) >= 16, 60, "a window of rows written")
     for p in _children(proc.pid) + [proc.pid]:
         try:

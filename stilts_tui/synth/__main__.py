@@ -10,7 +10,16 @@ import time
 import traceback
 from pathlib import Path
 
-from stilts_tui.contract import SPEC_FILE, SYNTH_DATA_DIR, Result
+from stilts_tui.contract import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_OK,
+    SPEC_FILE,
+    SYNTH_DATA_DIR,
+    Event,
+    Result,
+    ResultStatus,
+)
 
 
 def cli(params: dict, out: Path) -> int:
@@ -39,7 +48,7 @@ def cli(params: dict, out: Path) -> int:
         f"wrote {', '.join(f'{v} {k}' for k, v in info['counts'].items())} examples to {out} "
         f"({info['prompts_per_s']:.1f} prompts/s)"
     )
-    return 0
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return cli(json.loads(args[1]), Path(args[2]))
     if len(args) != 1:
         print("usage: python -m stilts_tui.synth RUN_DIR", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     run_dir = Path(args[0])
     from transformers.utils import logging as hf_logging
 
@@ -63,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     result = Result().record()  # failed until it is done
     try:
         spec = json.loads((run_dir / SPEC_FILE).read_text())
-        log.event("start", run_id=spec.get("run_id"))
+        log.event(Event.START, run_id=spec.get("run_id"))
         log.line(f"synthesis {spec.get('name')}: {spec['params']}")
         last = [0.0]
 
@@ -72,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 last[0] = time.time()
                 log.line(f"{split}: {done}/{total} prompts")
                 log.event(
-                    "step",
+                    Event.STEP,
                     step=done,
                     total_steps=total,
                     epoch=1,
@@ -83,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
         info = synthesize(spec["params"], run_dir / SYNTH_DATA_DIR, progress)
-        result.update(status="done", metrics={"prompts_per_s": info["prompts_per_s"]}, counts=info["counts"])
+        result.update(status=ResultStatus.DONE, metrics={"prompts_per_s": info["prompts_per_s"]}, counts=info["counts"])
         log.line(f"done: {info['counts']} in {info['seconds']:.0f} s ({info['prompts_per_s']:.1f} prompts/s)")
     except (UserError, OSError, ValueError, KeyError) as e:
         result["error"] = first_line(e, 300)
@@ -91,12 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         result["error"] = f"{type(e).__name__}: {first_line(e, 300)}"
         log.line("".join(traceback.format_exception(e)).rstrip())
     result["wall_seconds"] = round(time.time() - t0, 3)
-    if result["status"] != "done":
+    if result["status"] != ResultStatus.DONE:
         log.line(f"run failed: {result['error']}")
-    log.event("end", status=result["status"], error=result["error"])
+    log.event(Event.END, status=result["status"], error=result["error"])
     log.close()
     write_result(run_dir, result)
-    return 0 if result["status"] == "done" else 1
+    return EXIT_OK if result["status"] == ResultStatus.DONE else EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,8 +16,6 @@ import torch
 
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.synth import procedure
-
-DELAY = float(os.environ.get("STILTS_TEST_SYNTH_DELAY", "0") or 0)
 
 
 def load_generator(name: str, device: torch.device):
@@ -159,8 +156,6 @@ def synthesize(
             f.flush()
             os.fsync(f.fileno())
             done += len(part)
-            if DELAY:  # a test hook: slow enough to be killed mid-way
-                time.sleep(DELAY)
             if progress:
                 progress(done, len(items))
     return done

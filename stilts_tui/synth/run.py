@@ -9,12 +9,13 @@ from pathlib import Path
 
 import torch
 
+from stilts_tui.contract import Env
 from stilts_tui.synth import generate, procedure
 from stilts_tui.synth.settings import DEFAULTS
 
 
 def device() -> torch.device:
-    want = os.environ.get("STILTS_DEVICE", "auto")
+    want = os.environ.get(Env.DEVICE, "auto")
     if want == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(want)

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from stilts_tui.contract import RANK_STAGE, THREADS_ENV, THREADS_WHY_ENV
+from stilts_tui.contract import EXIT_FAILURE, EXIT_OK, RANK_STAGE, Env, ResultStatus
 from stilts_tui.errors import Failure, UserError, report
 
 PROG = "stilts_tui.train"
@@ -20,22 +20,20 @@ PROG = "stilts_tui.train"
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m stilts_tui.train", description=__doc__.splitlines()[0])
     ap.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
-    ap.add_argument("--device", default=os.environ.get("STILTS_DEVICE", "auto"), help="auto | cpu | cuda")
+    ap.add_argument("--device", default=os.environ.get(Env.DEVICE, "auto"), help="auto | cpu | cuda")
     ap.add_argument(
-        "--compile", default=os.environ.get("STILTS_COMPILE", "auto"), choices=("auto", "off", "cudagraphs", "inductor")
+        "--compile", default=os.environ.get(Env.COMPILE, "auto"), choices=("auto", "off", "cudagraphs", "inductor")
     )
     ap.add_argument(
         "--compile-scope",
-        default=os.environ.get("STILTS_COMPILE_SCOPE", "regional"),
+        default=os.environ.get(Env.COMPILE_SCOPE, "regional"),
         choices=("regional", "whole"),
         help="what a compiled run compiles: each encoder layer (one graph every layer reuses) or the whole loss",
     )
-    ap.add_argument(
-        "--pad", default=os.environ.get("STILTS_PAD", "auto"), choices=("auto", "max", "buckets", "longest")
-    )
+    ap.add_argument("--pad", default=os.environ.get(Env.PAD, "auto"), choices=("auto", "max", "buckets", "longest"))
     ap.add_argument(
         "--group",
-        default=os.environ.get("STILTS_GROUP", "auto"),
+        default=os.environ.get(Env.GROUP, "auto"),
         choices=("auto", "on", "off"),
         help="length-grouped batches: auto (the spec's batching), on, off (uniformly random)",
     )
@@ -49,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--fuse",
         type=int,
-        default=int(os.environ.get("STILTS_FUSE", "0") or 0),
+        default=int(os.environ.get(Env.FUSE, "0") or 0),
         metavar="K",
         help="train runs of one shape as arrays of up to K runs (0 or 1: each run alone)",
     )
@@ -120,7 +118,7 @@ def _threads() -> dict:
     machine's cores). What the process uses, and why, for result.json."""
     import torch
 
-    given = os.environ.get(THREADS_ENV) or os.environ.get("SLURM_CPUS_PER_TASK")
+    given = os.environ.get(Env.THREADS) or os.environ.get("SLURM_CPUS_PER_TASK")
     n = int(given) if given and given.isdigit() and int(given) > 0 else None
     if n is not None:
         torch.set_num_threads(n)
@@ -128,8 +126,8 @@ def _threads() -> dict:
             torch.set_num_interop_threads(n)
         except RuntimeError:  # the inter-op pool already started (only when something ran in parallel first)
             pass
-    if os.environ.get(THREADS_ENV) and n is not None:
-        why = os.environ.get(THREADS_WHY_ENV) or "the daemon's share"
+    if os.environ.get(Env.THREADS) and n is not None:
+        why = os.environ.get(Env.THREADS_WHY) or "the daemon's share"
     elif n is not None:
         why = f"Slurm's --cpus-per-task ({n})"
     else:
@@ -139,7 +137,7 @@ def _threads() -> dict:
 
 def _worker(args: argparse.Namespace, device, startup_s: float, threads: dict):
     """The process's worker: the device and the flags every run of it trains with."""
-    from stilts_tui.train.loop import Settings, Worker
+    from stilts_tui.train.worker import Settings, Worker
 
     return Worker(
         threads=threads,
@@ -154,6 +152,23 @@ def _worker(args: argparse.Namespace, device, startup_s: float, threads: dict):
             dropout_streams=args.dropout_streams,
         ),
     )
+
+
+def _no_cuda(dirs: list[Path]) -> int:
+    """A process placed on a GPU that sees no CUDA: each run fails saying so (never trained on the CPU)."""
+    import torch
+
+    from stilts_tui.train.members import fail_run
+    from stilts_tui.train.worker import Settings, Worker
+
+    why = (
+        f"CUDA is not available in this process (CUDA_VISIBLE_DEVICES="
+        f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); a run placed on a GPU trains there or not at all"
+    )
+    for d in dirs:
+        fail_run(Worker(Settings(device=torch.device("cpu"))), d, why)
+    report(Failure(why), prog=PROG)
+    return EXIT_FAILURE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from stilts_tui.train import fused
-    from stilts_tui.train.loop import Settings, Worker, fail_run, train_group, train_run
+    from stilts_tui.train.engines.array import arrays, can_fuse
+    from stilts_tui.train.loop import train_group, train_run
 
     startup_s = time.time() - psutil.Process().create_time()  # the process's start and its imports
     threads = _threads()  # before anything runs in torch's pools
@@ -193,27 +208,20 @@ def main(argv: list[str] | None = None) -> int:
     for run_dir in args.run_dirs:
         if not run_dir.is_dir():
             report(UserError(f"{run_dir}: no such run folder"), prog=PROG)
-            statuses.append("failed")
+            statuses.append(ResultStatus.FAILED)
     dirs = [d for d in args.run_dirs if d.is_dir()]
     if device.type == "cuda" and not torch.cuda.is_available():  # never train a GPU placement on the CPU
-        why = (
-            f"CUDA is not available in this process (CUDA_VISIBLE_DEVICES="
-            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); a run placed on a GPU trains there or not at all"
-        )
-        for d in dirs:
-            fail_run(Worker(Settings(device=torch.device("cpu"))), d, why)
-        report(Failure(why), prog=PROG)
-        return 1
+        return _no_cuda(dirs)
     worker = _worker(args, device, startup_s, threads)
     statuses += _rank_runs([d for d in dirs if _stage(d) == RANK_STAGE], str(device))  # scored, not trained
     dirs = [d for d in dirs if _stage(d) != RANK_STAGE]
-    groups = fused.arrays(dirs, args.fuse) if args.fuse > 1 else [[d] for d in dirs]
+    groups = arrays(dirs, args.fuse) if args.fuse > 1 else [[d] for d in dirs]
     for group in groups:
-        if len(group) > 1 and fused.can_fuse(group[0]):
+        if len(group) > 1 and can_fuse(group[0]):
             statuses += [r["status"] for r in train_group(worker, group, fuse=True)]
         else:
             statuses += [train_run(worker, d)["status"] for d in group]
-    return 0 if all(s == "done" for s in statuses) else 1
+    return EXIT_OK if all(s == ResultStatus.DONE for s in statuses) else EXIT_FAILURE
 
 
 if __name__ == "__main__":

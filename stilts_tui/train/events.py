@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from stilts_tui.contract import EVENTS_FILE, RESULT_FILE, TRAIN_LOG
+from stilts_tui.contract import EVENTS_FILE, RESULT_FILE, TRAIN_LOG, Event
 from stilts_tui.store.rundir import write_json_atomic
 
 
@@ -27,8 +27,9 @@ class RunLog:
         if self.echo:
             print(f"{self.dir.name} {stamped}", flush=True)
 
-    def event(self, name: str, **fields) -> None:
-        self._events.write(json.dumps({"t": time.time(), "event": name, **fields}) + "\n")
+    def event(self, name: Event, **fields) -> None:
+        """One line of events.jsonl: the time, the event's name (the contract's :class:`Event`), its fields."""
+        self._events.write(json.dumps({"t": time.time(), "event": str(name), **fields}) + "\n")
 
     @property
     def closed(self) -> bool:

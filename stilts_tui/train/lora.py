@@ -1,10 +1,11 @@
 """LoRA runs (``method = "lora"``): a frozen encoder, low-rank adapters on some of its linear layers, the
 task head (and the pooler, where the model has one) trained fully.
 
-A run alone trains through Hugging Face PEFT (``peft.inject_adapter_in_model``: the adapters go into
-the task model in place, so the loop's loss and the compiled step stay those of a full fine-tune). Every
-adapter starts from this module (A as PEFT initialises it, from the run's seed on the CPU; B zero), so a
-run alone and a member of a fused array (:mod:`stilts_tui.train.fused_lora`) start alike.
+A run alone trains through Hugging Face PEFT (:mod:`stilts_tui.train.engines.lora`,
+``peft.inject_adapter_in_model``: the adapters go into the task model in place, so the loop's loss and
+the compiled step stay those of a full fine-tune). Every adapter starts from this module (A as PEFT
+initialises it, from the run's seed on the CPU; B zero), so a run alone and a member of a fused array
+(:mod:`stilts_tui.train.engines.lora_array`) start alike.
 
 A LoRA run's checkpoint holds the merged weights (``model.safetensors``, an ordinary Hugging Face
 folder: a target starts from it with ``transfer = "merge"`` or ``"all"``, a full fine-tune too) and the
@@ -23,7 +24,7 @@ import torch
 
 from stilts_tui.contract import is_lora
 from stilts_tui.errors import TaskDataError
-from stilts_tui.train.loop import AloneEngine, Member, Model, Prepared, Worker
+from stilts_tui.train.worker import Worker
 
 # the plan's target names -> the linear layer of each encoder layer (BERT/RoBERTa naming)
 LAYERS = {
@@ -150,50 +151,3 @@ def member_state(module: torch.nn.Module, spec: dict) -> dict[str, torch.Tensor]
     prefix = module.base_model_prefix
     own = {n: t.detach().to("cpu", copy=True) for n, t in module.named_parameters() if is_head(n, prefix)}
     return {**own, **starting_adapter(module, spec)}
-
-
-class LoraAloneEngine(AloneEngine):
-    """A LoRA run alone: the task model with PEFT's LoRA layers injected, only adapters and head trained."""
-
-    def __init__(self, worker: Worker, prep: Prepared, member: Member, setup, hooks, device):
-        from peft import LoraConfig, inject_adapter_in_model
-
-        module = prep.model.module
-        worker.release(prep.model)  # injected in place: never handed to another run of this worker
-        self.cfg = settings(member.spec)
-        self.names = layer_names(module, self.cfg["targets"])
-        adapter = starting_adapter(module, member.spec)
-        config = LoraConfig(
-            r=int(self.cfg["r"]),
-            lora_alpha=float(self.cfg["alpha"]),
-            lora_dropout=float(self.cfg["dropout"]),
-            target_modules=self.names,
-            bias="none",
-        )
-        module = inject_adapter_in_model(config, module)
-        prefix = module.base_model_prefix
-        with torch.no_grad():
-            for name in self.names:
-                layer = module.get_submodule(name)
-                layer.lora_A["default"].weight.copy_(adapter[f"{name}.lora_A"])
-                layer.lora_B["default"].weight.copy_(adapter[f"{name}.lora_B"])
-        for n, p in module.named_parameters():
-            p.requires_grad_("lora_" in n or is_head(n.replace(".base_layer", ""), prefix))
-        prep.model = Model(module, prep.kind)
-        super().__init__(prep, member, setup, hooks, device)
-
-    def adapter(self, i: int = 0) -> dict[str, torch.Tensor]:
-        out = {}
-        for name in self.names:
-            layer = self.module.get_submodule(name)
-            out[f"{name}.lora_A"] = layer.lora_A["default"].weight.detach()
-            out[f"{name}.lora_B"] = layer.lora_B["default"].weight.detach()
-        return out
-
-    def state(self, i: int = 0) -> dict[str, torch.Tensor]:
-        """The merged weights, by the plain Hugging Face model's names."""
-        plain = {n.replace(".base_layer", ""): t for n, t in self.module.state_dict().items() if "lora_" not in n}
-        return merged_state(plain, self.adapter(), scale(self.cfg))
-
-    def save(self, i: int, folder: Path, prep: Prepared) -> None:
-        save_checkpoint(self.module.config, self.state(i), self.adapter(i), self.cfg, prep.tok, folder, prep.labels)

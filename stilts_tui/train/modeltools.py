@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from stilts_tui.contract import EXIT_BAD_INPUT, EXIT_OK
 from stilts_tui.errors import UserError, first_line, report
 from stilts_tui.tasks.data import hub_reachable
 
@@ -175,20 +176,20 @@ def main(argv: list[str] | None = None) -> int:
         if len(args) == 4 and args[0] == "encode":
             examples = json.loads(sys.stdin.read())
             print(json.dumps(encode(args[1], args[2], int(args[3]), examples)))
-            return 0
+            return EXIT_OK
         if len(args) == 4 and args[0] == "tiny":
             out, texts = Path(args[1]), json.loads(Path(args[3]).read_text(encoding="utf-8"))
             info = build_encoder(out / "encoder", args[2], texts)
             build_generator(out / "generator", texts)
             print(json.dumps(info))
-            return 0
+            return EXIT_OK
     except UserError as e:
         return report(e)
     print(
         "usage: python -m stilts_tui.train.modeltools encode MODEL KIND MAX_LEN | tiny OUT MODEL TEXTS.json",
         file=sys.stderr,
     )
-    return 2
+    return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

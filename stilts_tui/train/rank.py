@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stilts_tui.contract import EXIT_OK
 from stilts_tui.errors import UserError, first_line, report
 
 PROG = "stilts_tui.train.rank"
@@ -174,12 +175,12 @@ def rank_run(run_dir: Path, device: str) -> str:
     is listed as not ranked. The daemon prunes from the ranking; this process changes no other run."""
     import os
 
-    from stilts_tui.contract import CHECKPOINT_DIR, RANK_METHOD, SPEC_FILE, Result
+    from stilts_tui.contract import CHECKPOINT_DIR, RANK_METHOD, SPEC_FILE, Event, Result, ResultStatus
     from stilts_tui.rank import cache as rank_cache
     from stilts_tui.train.events import RunLog, write_result
 
     t0, log = time.time(), RunLog(run_dir, echo=False)
-    log.event("start", pid=os.getpid())
+    log.event(Event.START, pid=os.getpid())
     result = Result()
     try:
         spec = json.loads((run_dir / SPEC_FILE).read_text(encoding="utf-8"))
@@ -191,7 +192,7 @@ def rank_run(run_dir: Path, device: str) -> str:
             records[job["key"]] = rank_cache.cached(job) or run_job(job, device, f"{i}/{len(jobs)}")
         doc = rank_cache.ranking(spec["plan"], jobs, records, int(p["examples"]))["targets"][0]
         result.status, result.extra = (
-            "done",
+            ResultStatus.DONE,
             {
                 "method": RANK_METHOD,
                 "top": p["top"],
@@ -208,7 +209,7 @@ def rank_run(run_dir: Path, device: str) -> str:
         result.error = first_line(e)
         log.line(f"rank failed: {result.error}")
     result.wall_seconds = round(time.time() - t0, 3)
-    log.event("end", status=result.status, score=None, error=result.error)
+    log.event(Event.END, status=result.status, score=None, error=result.error)
     log.close()
     write_result(run_dir, result.record())
     return result.status
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             run_job(job, device, f"{i}/{len(jobs)}")
     except Exception as e:  # noqa: BLE001 - one line, never a traceback
         return report(e, PROG)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

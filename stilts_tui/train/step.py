@@ -1,19 +1,19 @@
 """What a run alone and a fused array share: how a run trains (:class:`Setup`, recorded in every
-result.json), batches as tensors, the test hooks, the step logger, and telling an out-of-memory
-error from other failures."""
+result.json), batches as tensors, which weights decay, the seeds, the step logger, and telling an
+out-of-memory error from other failures."""
 
 from __future__ import annotations
 
 import gc
+import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from stilts_tui import contract
-from stilts_tui.contract import optional
+from stilts_tui.contract import Event, optional
 from stilts_tui.fmt import duration
 from stilts_tui.train import data
 from stilts_tui.train.events import RunLog
@@ -168,66 +168,21 @@ def live_tensor_mb(device: torch.device) -> float:
     return float(sum(storages.values())) / 2**20
 
 
-# ---- test hooks -------------------------------------------------------------------------------------
+# ---- what every engine's optimizer and data order share ------------------------------------------
 
 
-@dataclass
-class Hooks:
-    """Failures and delays a test asks for in a spec's ``debug`` table; built once per run or array,
-    never read inside the step. Empty (all off) for every real run."""
+def decays(name: str) -> bool:
+    """Does weight decay apply to this parameter? (Not to biases and LayerNorm weights.)"""
+    lname = name.lower()
+    return not (name.endswith("bias") or "layernorm" in lname or "layer_norm" in lname)
 
-    oom_at_step: int | None = None  # raise an out-of-memory error after this optimizer step
-    oom_once: bool = False  # ... only the first time (a marker file in the run folder)
-    oom_kind: str = "torch"  # torch (OutOfMemoryError) | runtime (a cuBLAS allocation failure)
-    sleep_per_step: float = 0.0
-    compile_fail: str | None = None  # forward | backward: the compiler fails there
-    spawn_sleeper: bool = False
-    dump_initial_weights: bool = False
 
-    @classmethod
-    def of(cls, specs: list[dict]) -> Hooks:
-        debugs = [s.get("debug") or {} for s in specs]
-        ooms = [int(d["oom_at_step"]) for d in debugs if d.get("oom_at_step") is not None]
-        kinds = [d.get("compile_fail") for d in debugs if d.get("compile_fail")]
-        return cls(
-            oom_at_step=min(ooms, default=None),
-            oom_once=any(d.get("oom_once") for d in debugs),
-            oom_kind=next((d["oom_kind"] for d in debugs if d.get("oom_kind")), "torch"),
-            sleep_per_step=max((float(d.get("sleep_per_step") or 0) for d in debugs), default=0.0),
-            compile_fail=kinds[0] if kinds else None,
-            spawn_sleeper=any(d.get("spawn_sleeper") for d in debugs),
-            dump_initial_weights=any(d.get("dump_initial_weights") for d in debugs),
-        )
-
-    def after_step(self, step: int, run_dir: Path) -> None:
-        if self.sleep_per_step:
-            time.sleep(self.sleep_per_step)
-        if self.oom_at_step is None or step < self.oom_at_step:
-            return
-        marker = run_dir / "oom_hook.done"
-        if self.oom_once and marker.exists():
-            return
-        marker.touch()
-        if self.oom_kind == "runtime":
-            raise RuntimeError(
-                "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)` "
-                "(test hook: spec debug.oom_at_step)"
-            )
-        raise torch.OutOfMemoryError("test hook: CUDA out of memory (spec debug.oom_at_step)")
-
-    def backend(self):
-        """A compiler backend that fails where asked (None: the real one)."""
-        if not self.compile_fail:
-            return None
-
-        def fail(gm, example_inputs):
-            raise RuntimeError(f"test hook: the compiler fails in {self.compile_fail} (spec debug.compile_fail)")
-
-        if self.compile_fail == "forward":
-            return fail
-        from torch._dynamo.backends.common import aot_autograd
-
-        return aot_autograd(fw_compiler=lambda gm, example_inputs: gm, bw_compiler=fail)
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
 
 
 # ---- the step logger ----------------------------------------------------------------------------------
@@ -302,7 +257,7 @@ class StepLog:
                 f"{rate:.1f} samples/s ETA {duration(eta)}"
             )
             log.event(
-                "step",
+                Event.STEP,
                 step=step,
                 total_steps=self.total,
                 epoch=epoch,

@@ -4,11 +4,11 @@ The encoder's weights are held once (the worker's model, frozen: no gradient, no
 K members' batches go through it together, every frozen linear layer one matmul over the K x B rows.
 Each member owns its adapters, stacked [K, r, in] and [K, out, r] and applied to its own rows by batched
 matmuls (``torch.bmm``), and its head (the classification or multiple-choice head and the pooler), applied
-the same way; these live in the flat [K, P] buffer of :class:`stilts_tui.train.fused.FusedEncoder`, so
-the array's AdamW (:class:`stilts_tui.train.fused.ArrayAdamW`: each member's learning rate, schedule,
+the same way; these live in the flat [K, P] buffer of :class:`stilts_tui.train.engines.array_model.FusedEncoder`, so
+the array's AdamW (:class:`stilts_tui.train.engines.array.ArrayAdamW`: each member's learning rate, schedule,
 weight decay and gradient clipping) and the dropping of a cancelled or failed member are those of full
 arrays. Dropout (the encoder's and the adapters') draws from each member's own stream, eager, as in full
-arrays (:class:`stilts_tui.train.fused.MemberStreams`), so a member equals its run alone (PEFT's LoRA,
+arrays (:class:`stilts_tui.train.engines.array_model.MemberStreams`), so a member equals its run alone (PEFT's LoRA,
 :mod:`stilts_tui.train.lora`) with dropout on: tests/test_lora.py.
 """
 
@@ -19,8 +19,9 @@ import torch.nn.functional as F
 
 from stilts_tui.errors import UserError
 from stilts_tui.train import lora
-from stilts_tui.train.fused import FAMILIES, ArrayEngine, FusedEncoder, supported
-from stilts_tui.train.loop import Member, Prepared
+from stilts_tui.train.engines.array import ArrayEngine
+from stilts_tui.train.engines.array_model import FAMILIES, FusedEncoder, supported
+from stilts_tui.train.members import Member, Prepared
 
 
 class FusedLora(FusedEncoder):
