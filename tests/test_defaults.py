@@ -1,5 +1,5 @@
 """Every default has one source: the daemon's in queue/settings.Settings, the synthesis's in
-synth/settings. The command lines and the plan read them from there; these tests fail when one of
+contract.py (SYNTH_DEFAULTS). The command lines and the plan read them from there; these tests fail when one of
 them says otherwise (a default written again by hand and then changed in one place only)."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import typer
 from conftest import cli, write_text
 
 from stilts_tui import cli as cli_module
+from stilts_tui import contract as synth_settings
 from stilts_tui import plan as plans
 from stilts_tui.queue import daemon
 from stilts_tui.queue.settings import DEFAULTS, Settings, help_of
-from stilts_tui.synth import settings as synth_settings
 
 
 def _options(*command: str) -> dict[str, object]:
@@ -49,9 +49,9 @@ def test_a_daemon_started_without_flags_runs_at_the_default_settings(runs_dir, q
 def test_the_synth_command_and_a_plans_synth_stage_take_their_defaults_from_one_table(tmp_path: Path):
     options = _options("synth")
     given = {name: o.default for name, o in options.items() if name not in ("out", "corpus_file")}
-    assert given == synth_settings.COMMAND_DEFAULTS
+    assert given == synth_settings.SYNTH_COMMAND_DEFAULTS
     # the command differs from a stage only where it reproduces the reference file: no dev split
-    assert {k: v for k, v in given.items() if v != synth_settings.DEFAULTS[k]} == {"dev": 0, "corpus": None}
+    assert {k: v for k, v in given.items() if v != synth_settings.SYNTH_DEFAULTS[k]} == {"dev": 0, "corpus": None}
     plan = write_text(
         tmp_path / "p.toml",
         """name = "syn"
@@ -65,7 +65,7 @@ task = "rte"
     )
     _, runs = plans.load_and_expand(plan)
     (stage,) = [r for r in runs if r.stage == "synth"]
-    assert stage.params == synth_settings.DEFAULTS  # an empty stage runs at exactly the table's settings
+    assert stage.params == synth_settings.SYNTH_DEFAULTS  # an empty stage runs at exactly the table's settings
 
 
 def test_the_synth_command_holds_its_values_to_the_ranges_a_plan_stage_is_held_to(tmp_path):

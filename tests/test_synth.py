@@ -94,7 +94,7 @@ def synth(gpt2: Path, corpus: Path, out: Path, *extra: str, env: dict | None = N
 def slow_synth(gpt2: Path, corpus: Path, out: Path, seconds: float, **params) -> subprocess.Popen:
     """The synthesis process `stilts-tui synth` would start for ``params``, slowed by ``seconds`` a
     window of rows (tests/fakes/slow_synth.py: the delay is the test's, not the product's)."""
-    from stilts_tui.synth.settings import COMMAND_DEFAULTS
+    from stilts_tui.contract import SYNTH_COMMAND_DEFAULTS as COMMAND_DEFAULTS
 
     full = {**COMMAND_DEFAULTS, "corpus_file": str(corpus), "generator": str(gpt2), **params}
     runner = Path(__file__).parent / "fakes" / "slow_synth.py"

@@ -12,8 +12,8 @@ import typer
 
 from stilts_tui import plan as plans
 from stilts_tui.cli.root import app, open_tui, runs_root
+from stilts_tui.contract import SYNTH_COMMAND_DEFAULTS as SYNTH
 from stilts_tui.errors import UserError
-from stilts_tui.synth.settings import COMMAND_DEFAULTS as SYNTH
 
 
 @app.command("demo")

@@ -9,6 +9,7 @@ missing data), ``spec`` (a run's spec.json). This module is the package's face: 
 
 from __future__ import annotations
 
+from stilts_tui.contract import SYNTH_DEFAULTS
 from stilts_tui.plan.describe import counts, grid_text, matrix, missing_data
 from stilts_tui.plan.expand import count_runs, expand, load_and_expand, max_runs_limit, model_entry, run_id, task_spec
 from stilts_tui.plan.load import load, parse
@@ -17,7 +18,6 @@ from stilts_tui.plan.schema import LORA_DEFAULTS, MAX_RUNS, MAX_RUNS_ENV, STAGES
 from stilts_tui.plan.slurm import SLURM_DEFAULTS, SLURM_KEYS, slurm_problem
 from stilts_tui.plan.spec import spec_for
 from stilts_tui.plan.values import NAME_RE, name_problem
-from stilts_tui.synth.settings import DEFAULTS as SYNTH_DEFAULTS
 
 __all__ = [
     "LORA_DEFAULTS",

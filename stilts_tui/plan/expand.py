@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import NoReturn
 
 from stilts_tui import contract, tasks
+from stilts_tui.contract import SYNTH_DEFAULTS
 from stilts_tui.errors import PlanError, UserError
 from stilts_tui.plan.lines import Checker
 from stilts_tui.plan.load import load
 from stilts_tui.plan.model import Plan, Run
 from stilts_tui.plan.schema import DEFAULTS, HYPER, LORA_DEFAULTS, MAX_RUNS, MAX_RUNS_ENV
-from stilts_tui.synth.settings import DEFAULTS as SYNTH_DEFAULTS
 
 
 def run_id(config: dict) -> str:

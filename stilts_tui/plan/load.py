@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 
 from stilts_tui import tasks
+from stilts_tui.contract import SYNTH_DEFAULTS
 from stilts_tui.errors import PlanError
 from stilts_tui.plan.lines import Checker
 from stilts_tui.plan.model import Plan
@@ -28,7 +29,6 @@ from stilts_tui.plan.schema import (
 )
 from stilts_tui.plan.slurm import SLURM_KEYS
 from stilts_tui.plan.values import INT64_MAX, is_int, name_problem, shown
-from stilts_tui.synth.settings import DEFAULTS as SYNTH_DEFAULTS
 from stilts_tui.tomlio import tomllib
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
+from stilts_tui.contract import SYNTH_DEFAULTS as DEFAULTS
 from stilts_tui.contract import Env
 from stilts_tui.synth import generate, procedure
-from stilts_tui.synth.settings import DEFAULTS
 
 
 def device() -> torch.device:
