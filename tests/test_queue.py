@@ -48,6 +48,16 @@ def test_a_plan_runs_to_the_end_in_dependency_order(tmp_path, runs_dir, tiny_mod
     for shares in by_worker.values():
         assert shares[0] > 0 and all(s == 0 for s in shares[1:])
     assert any(len(s) == 2 for s in by_worker.values())  # --worker-runs 2: some process trained two runs
+    # what each run trained on, in result.json and the ledger: per split its files, count and fingerprint
+    prints: dict = {}
+    for r in runs.values():
+        data = json.loads((runs_dir / r["id"] / "result.json").read_text())["data"]
+        assert r["data"] == data, r["id"]
+        for split in ("train", "dev"):
+            assert data[split]["kind"] == "files" and data[split]["examples"] > 0
+            assert data[split]["fingerprint"].startswith("sha256:")
+        prints.setdefault(r["task"], set()).add((data["train"]["fingerprint"], data["dev"]["fingerprint"]))
+    assert all(len(p) == 1 for p in prints.values())  # every run of a task trained on the same examples
 
 
 @pytest.mark.slow

@@ -109,3 +109,28 @@ def clean_timings(timings: object) -> dict | None:
         return None
     out = {k: timings[k] for k in TIMING_KEYS if is_num(timings.get(k)) and timings[k] >= 0}
     return out or None
+
+
+DATA_KEYS = ("kind", "id", "config", "revision", "commit", "split", "path", "examples", "fingerprint")
+
+
+def clean_data(data: object) -> dict | None:
+    """What a run trained and was scored on (the result's ``data``: per split its source, example count and
+    fingerprint, tasks.data.load_split) as the ledger keeps it: the known keys of ``train`` and ``dev``,
+    strings cut to 300 characters and counts that are whole numbers; anything else is left out."""
+    if not isinstance(data, dict):
+        return None
+    out = {}
+    for split in ("train", "dev"):
+        src = data.get(split)
+        if not isinstance(src, dict):
+            continue
+        kept = {}
+        for k in DATA_KEYS:
+            v = src.get(k)
+            if isinstance(v, str):
+                kept[k] = v[:300]
+            elif k == "examples" and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**53:
+                kept[k] = v
+        out[split] = kept
+    return out or None

@@ -57,6 +57,7 @@ class RunRow(TypedDict, total=False):
     error: str | None  # one line
     peak_gpu_mem_gb: float | None
     timings: dict | None  # where its time went (docs/architecture.md)
+    data: dict | None  # per split: its source, example count and fingerprint (docs/tasks.md)
     # -- a cancel (client's request, the daemon's carrying out) --
     cancel_requested: float | None
     cancel_grace: float | None  # seconds between SIGTERM and SIGKILL

@@ -19,6 +19,7 @@ import numpy as np
 from filelock import FileLock
 
 from stilts_tui import tasks
+from stilts_tui.store.rundir import read_json, write_json_atomic
 from stilts_tui.tasks.inputs import fill_sep, truncate_pair
 
 
@@ -32,6 +33,9 @@ class Split:
     lengths: np.ndarray  # [N] longest sequence of the example (over its choices)
     labels: np.ndarray
     pad_id: int
+    # what the split is (tasks.data.load_split): its source (hub id, config, revision and the commit it
+    # resolved to, or the local file), how many examples and their fingerprint; recorded in result.json
+    source: dict | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -166,6 +170,7 @@ def _to_arrays(ds, kind: str, max_len: int, pad_id: int) -> Split:
 
 
 _MEMORY: dict[str, Split] = {}
+SOURCE_FILE = "stilts-source.json"  # beside a cached split: its source, example count and fingerprint
 
 
 def load_split(
@@ -189,7 +194,7 @@ def load_split(
     cache_root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if not (folder / "dataset_info.json").exists():
-            examples = tasks.load_examples(spec, split, limit=limit)
+            examples, source = tasks.load_split(spec, split, limit=limit)
             ds = datasets.Dataset.from_list(examples)
             # the cache key names the result: no fingerprint of the function and tokenizer (dill-hashing
             # them took seconds a split for a file datasets never writes here)
@@ -204,10 +209,13 @@ def load_split(
             )
             tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
             ds.save_to_disk(str(tmp))
+            write_json_atomic(tmp / SOURCE_FILE, source)  # what the cached split was built from
             os.replace(tmp, folder)
         ds = datasets.load_from_disk(str(folder))
+        source = read_json(folder / SOURCE_FILE)  # None for a cache written before sources were kept
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     out = _to_arrays(ds, spec["kind"], max_len, pad_id)
+    out.source = source
     _MEMORY[key] = out
     return out
 

@@ -117,6 +117,7 @@ def _train_members(worker: Worker, members: list[Member], fuse: bool) -> None:
                 timings=m.result.setdefault("timings", {}),
             )
             m.schedule = Schedule.of(m.spec["params"], len(prep.train))
+            m.result["data"] = {"train": prep.train.source, "dev": prep.dev.source}  # what it trained on
             if fuse:  # what the member owns in the array (a LoRA member: its head and adapter)
                 states.append(engines.member_state(prep.model.module, m.spec))
             joined.append(m)

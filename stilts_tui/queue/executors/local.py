@@ -205,6 +205,7 @@ class LocalExecutor:
             "error": res.get("error"),
             "peak_gpu_mem_gb": res.get("peak_gpu_mem_gb"),
             "timings": checks.clean_timings(res.get("timings")),
+            "data": checks.clean_data(res.get("data")),
             "pid": None,
         }
         if res["status"] == ResultStatus.OOM and not r.get("alone"):

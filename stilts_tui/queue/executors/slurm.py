@@ -377,6 +377,7 @@ class SlurmExecutor:
                         "slurm_state": st.state if job else None,
                         "peak_gpu_mem_gb": res.get("peak_gpu_mem_gb"),
                         "timings": checks.clean_timings(res.get("timings")),
+                        "data": checks.clean_data(res.get("data")),
                         "stuck": None,
                     },
                 )
