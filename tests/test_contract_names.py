@@ -24,15 +24,40 @@ def docstrings(tree: ast.AST) -> set[int]:
     return {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
 
 
+def _about_status(node: ast.AST) -> bool:
+    return "status" in ast.unparse(node).lower()
+
+
+def _status_words(node: ast.AST) -> list[ast.Constant]:
+    """The status words in a constant or a literal collection of constants."""
+    items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+    return [n for n in items if isinstance(n, ast.Constant) and n.value in STATUS_WORDS]
+
+
 def bare_strings(path: Path) -> list[tuple[int, str]]:
+    """Status words used as statuses (compared with, assigned to or passed as a status, or listed in a
+    collection named for statuses) and STILTS_* names, spelt as bare strings. A status word that is
+    something else (a counter's or a CSV column's name) is not a status."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     skip = docstrings(tree)
-    found = []
+    found: list[ast.Constant] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
-            if node.value in STATUS_WORDS or re.fullmatch(r"STILTS_[A-Z0-9_]+", node.value):
-                found.append((node.lineno, node.value))
-    return sorted(found)
+            if re.fullmatch(r"STILTS_[A-Z0-9_]+", node.value):
+                found.append(node)
+        elif isinstance(node, ast.Compare):
+            parts = [node.left, *node.comparators]
+            if any(_about_status(p) for p in parts):
+                found += [c for p in parts for c in _status_words(p)]
+        elif isinstance(node, ast.keyword) and node.arg and "status" in node.arg:
+            found += _status_words(node.value)
+        elif isinstance(node, ast.Dict):
+            for k, v in zip(node.keys, node.values, strict=True):
+                if isinstance(k, ast.Constant) and k.value in ("status", "shown"):
+                    found += _status_words(v)
+        elif isinstance(node, ast.Assign) and any("STATUS" in ast.unparse(t).upper() for t in node.targets):
+            found += _status_words(node.value)
+    return sorted({(n.lineno, n.value) for n in found})
 
 
 def event_names(path: Path) -> list[tuple[int, str]]:
@@ -70,7 +95,9 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
         'import os\n"""doc: done"""\nhelp = "or $STILTS_MAX_RUNS"\n'
         'if row["status"] == "running" and os.environ.get("STILTS_FUSE"):\n'
         '    log.event("step", loss=1)\n'
+        'stats["cancelled"] += 1\n'
+        'tx.update_run(i, status="failed")\n'
         'if e.get("event") == "eval":\n    pass\n'
     )
-    assert [v for _, v in bare_strings(old)] == ["running", "STILTS_FUSE"]
+    assert [v for _, v in bare_strings(old)] == ["running", "STILTS_FUSE", "failed"]  # not the counter
     assert [v for _, v in event_names(old)] == ["step", "eval"]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from stilts_tui import plan as plans
 from stilts_tui import tasks, tomlio
-from stilts_tui.contract import SETTLED, Status
+from stilts_tui.contract import SETTLED, Env, Status
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.store import rundir
 from stilts_tui.store.ledger import Ledger
@@ -183,8 +183,8 @@ def _run_daemon(root: Path, plan_name: str, opts: Options) -> list[dict]:
     """The real daemon on this runs-dir, on the CPU (fake GPUs place runs but train on the CPU)."""
     from stilts_tui.queue import ops
 
-    saved = {k: os.environ.get(k) for k in ("STILTS_FAKE_GPUS", "OMP_NUM_THREADS")}
-    os.environ.update(STILTS_FAKE_GPUS="1x80", OMP_NUM_THREADS="1")
+    saved = {k: os.environ.get(k) for k in (Env.FAKE_GPUS, "OMP_NUM_THREADS")}
+    os.environ.update({Env.FAKE_GPUS: "1x80", "OMP_NUM_THREADS": "1"})
     try:
         ops.start_daemon(
             root,
@@ -228,8 +228,8 @@ def stage_lines(root: Path, runs: list[dict]) -> tuple[list[str], bool]:
             lines.append(f"ok    {key}: {len(members)} run{'s' * (len(members) != 1)} ({secs:.0f} s of runs{also})")
             continue
         ok = False
-        first = next((r for r in bad if r["status"] == "failed"), bad[0])
-        what = "blocked (a parent failed)" if first["status"] == "blocked" else _error_of(root, first)
+        first = next((r for r in bad if r["status"] == Status.FAILED), bad[0])
+        what = "blocked (a parent failed)" if first["status"] == Status.BLOCKED else _error_of(root, first)
         lines.append(f"FAIL  {key}: {len(bad)} of {len(members)} runs not done: {what}")
     return lines, ok
 
