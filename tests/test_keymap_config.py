@@ -16,7 +16,7 @@ def no_overrides(monkeypatch, tmp_path) -> Path:
     """No STILTS_KEYMAP / STILTS_COLUMNS, and a home of the test's own."""
     monkeypatch.delenv(Env.KEYMAP, raising=False)
     monkeypatch.delenv(Env.COLUMNS, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HOME", str(tmp_path / "keymap-home"))
     return tmp_path
 
 
@@ -30,7 +30,7 @@ def test_the_keymap_and_columns_are_read_from_xdg_config_home(no_overrides, monk
     save_columns(["id", "status"])
     assert columns_path() == xdg / "stilts-tui" / "columns.json" and columns_path().is_file()
     assert load_columns() == ["id", "status"]
-    assert not (no_overrides / "home").exists()  # nothing written to ~/.config
+    assert not (no_overrides / "keymap-home").exists()  # nothing written to ~/.config
 
 
 @pytest.mark.parametrize("xdg", [None, "", "relative/dir"])
@@ -39,7 +39,7 @@ def test_without_an_absolute_xdg_config_home_the_settings_are_in_dot_config(no_o
         monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     else:
         monkeypatch.setenv("XDG_CONFIG_HOME", xdg)
-    home = no_overrides / "home"
+    home = no_overrides / "keymap-home"
     assert config_dir() == home / ".config" / "stilts-tui"
     save_columns(["id"])
     assert (home / ".config" / "stilts-tui" / "columns.json").is_file()
