@@ -163,3 +163,19 @@ def test_a_row_of_an_older_version_reads_and_takes_writes(tmp_path):
     assert ledger.runs() == [old]
     ledger.update(old["id"], priority=3)
     assert Ledger(tmp_path).get(old["id"]) == {**old, "priority": 3}
+
+
+def test_queue_order_follows_every_change_of_the_rows(tmp_path):
+    """The order is sorted once per version of the file: a commit by this process, another process's
+    commit, and a read inside an open transaction all see the order the rows hold now."""
+    ledger = Ledger(tmp_path)
+    ledger.add_runs([{"id": f"{i:012x}", "plan": "p", "stage": "target", "order": i} for i in range(3)])
+    assert [r["id"][-1] for r in ledger.runs()] == ["0", "1", "2"]
+    ledger.update("000000000002", priority=5)  # this process
+    assert [r["id"][-1] for r in ledger.runs()] == ["2", "0", "1"]
+    Ledger(tmp_path).update("000000000001", priority=9)  # another writer
+    assert [r["id"][-1] for r in ledger.runs()] == ["1", "2", "0"]
+    with ledger.transaction() as tx:
+        tx.update_run("000000000000", priority=99)
+        assert ledger.runs()[0]["id"] == "000000000000"  # inside the transaction, the change is seen
+    assert [r["id"][-1] for r in ledger.runs()] == ["0", "1", "2"]

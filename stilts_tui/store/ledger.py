@@ -111,6 +111,9 @@ class Ledger:
         self._lock_obj = None  # made on the first transaction: readers (the TUI's first frame) never import filelock
         self._cache: dict = {}
         self._stamp: tuple | None = None
+        self._order: list[str] = []
+        self._order_key: tuple | None = None
+        self._in_tx = False
         self._frags: dict[str, bytes] | None = None  # run id -> its encoded `"id":{...}`
         self._swept = False  # stale temporary files removed (once per instance, under the lock)
         self._problems: dict[str, dict[str, str]] | None = None  # run id -> run_problems, for this version
@@ -187,11 +190,19 @@ class Ledger:
         table = self._load().get("runs", {})
         out = [
             dict(d)
-            for d in table.values()
+            for d in map(table.__getitem__, self._queue_order(table))
             if (plan is None or d.get("plan") == plan) and (status is None or d.get("status") == status)
         ]
-        out.sort(key=queue_order)
         return out
+
+    def _queue_order(self, table: dict) -> list[str]:
+        """The run ids in queue order, sorted once per version of the file (a tick reads the runs twice,
+        and an idle daemon the same version tick after tick: 10,000 sort keys each time was most of it)."""
+        key = (self._stamp, id(table), len(table))
+        if self._stamp is None or self._in_tx or self._order_key != key:
+            self._order = sorted(table, key=lambda k: queue_order(table[k]))  # stable: ties keep file order
+            self._order_key = key
+        return self._order
 
     def get(self, run_id: str) -> dict | None:
         doc = self._load().get("runs", {}).get(run_id)
@@ -230,6 +241,7 @@ class Ledger:
             if not self._swept:
                 self._sweep()
             storage = _MemoryStorage(self._load())
+            self._in_tx = True  # the cached rows change in place until the commit: no cached order meanwhile
             db = TinyDB(storage=lambda: storage)
             db.table_class = KeyedTable
             tx = Tx(db, storage, self.path)
@@ -242,6 +254,7 @@ class Ledger:
                 # when TinyDB itself wrote, any document may have changed: encode everything again
                 self._write(storage.data, None if storage.tinydb_wrote else tx.changed_runs)
         finally:
+            self._in_tx, self._order_key = False, None
             self._lock_obj.release()
 
     def _sweep(self) -> None:
