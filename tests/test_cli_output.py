@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import json
 
-from conftest import cli, make_plan, start, write_text
+from conftest import cli, make_plan, plan_text, start, write_text
 
 from stilts_tui.store.ledger import Ledger
 
-PLAN = """name = "a-rather-long-plan-name"
-model = "roberta-large"
-baseline = true
-target_seeds = [1]
-[intermediate.hs]
+PLAN = plan_text(
+    name="a-rather-long-plan-name",
+    stages="""[intermediate.hs]
 task = "hellaswag"
 [target.winogrande-xs]
 task = "winogrande-xs"
 grid = { lr = [1e-5], batch_size = [16], warmup = [0.1], weight_decay = [0.01] }
-"""
+""",
+)
 
 
 def test_piped_output_is_never_cut(tmp_path, runs_dir):

@@ -15,16 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli, until, write_text
+from conftest import cli, plan_text, until, write_text
 
 from stilts_tui import results
 from stilts_tui.contract import Env, ResultStatus
 
-PLAN = """name = "sc"
-model = "roberta-large"
-baseline = true
-target_seeds = [1, 2]
-[intermediate.a]
+PLAN = plan_text(
+    name="sc",
+    seeds=(1, 2),
+    stages="""[intermediate.a]
 task = "hellaswag"
 [target.t1]
 task = "rte"
@@ -34,7 +33,8 @@ grid = { lr = [1e-5, 2e-5] }
 task = "cola"
 data_dir = "data/cola"
 grid = { lr = [1e-5, 2e-5] }
-"""
+""",
+)
 
 FAILED = ResultStatus.FAILED  # in SCORES: a run whose result says failed
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import CONSOLE, cli, until, wait, write_text
+from conftest import CONSOLE, cli, plan_text, until, wait, write_text
 from textual.notifications import Notify
 from textual.widgets import DataTable, Input, Label, Log, OptionList, SelectionList
 from textual.worker import Worker, WorkerState
@@ -27,18 +27,18 @@ from stilts_tui.tui.screens.queue import QueueScreen
 from stilts_tui.tui.screens.scores import CellScreen, ExportScreen, ScoresScreen
 from stilts_tui.tui.widgets.log_pane import ErrorHighlighter, LogPane
 
-PLAN = """name = "study"
-model = "roberta-large"
-baseline = true
-target_seeds = [1, 2]
-[intermediate.hs]
+PLAN = plan_text(
+    name="study",
+    seeds=(1, 2),
+    stages="""[intermediate.hs]
 task = "hellaswag"
 [target.rte]
 task = "rte"
 grid = { lr = [1e-5, 2e-5] }
 [target.cola]
 task = "cola"
-"""
+""",
+)
 LOG = "".join(
     f"[10:00:{i:02d}] epoch 1/1 step {i}/20 loss 0.{70 - i:02d}00 lr 1e-05 50.0 samples/s ETA 0:00:{20 - i:02d}\n"
     for i in range(1, 11)
