@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import sys
 
+from stilts_tui.contract import EXIT_BAD_INPUT, EXIT_FAILURE
 from stilts_tui.fmt import terminal_safe
 
 PROG = "stilts-tui"
@@ -24,7 +25,7 @@ class UserError(Exception):
     ``exit_code`` may be given per instance (a :class:`Failure` is a UserError with exit status 1, so
     every ``except UserError`` that prints one line also catches failures)."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
     def __init__(self, *args: object, exit_code: int | None = None):
         super().__init__(*args)
@@ -35,7 +36,7 @@ class UserError(Exception):
 class Failure(UserError):
     """Not the user's input but the machine: no space left, no permission, a read-only disk. Exit 1."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILURE
 
 
 class PlanError(UserError):
@@ -73,7 +74,9 @@ def os_error_line(e: OSError, doing: str = "") -> str:
 
 def failure_from_os(e: OSError, doing: str = "") -> Failure:
     """An OSError as a one-line :class:`Failure` (exit 1); a path that is a directory is bad input (2)."""
-    return Failure(os_error_line(e, doing), exit_code=2 if e.errno in (errno.EISDIR, errno.ENOTDIR) else 1)
+    return Failure(
+        os_error_line(e, doing), exit_code=EXIT_BAD_INPUT if e.errno in (errno.EISDIR, errno.ENOTDIR) else EXIT_FAILURE
+    )
 
 
 def report(e: BaseException, prog: str = PROG) -> int:

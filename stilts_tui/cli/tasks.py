@@ -12,6 +12,7 @@ from stilts_tui import plan as plans
 from stilts_tui import tasks
 from stilts_tui.cli import render
 from stilts_tui.cli.root import JsonFlag, console, runs_root, tasks_app
+from stilts_tui.contract import EXIT_FAILURE
 from stilts_tui.errors import UserError
 from stilts_tui.tasks.data import hub_label
 
@@ -131,4 +132,4 @@ def tasks_check(
         typer.echo(terminal_safe(f"[synth.{r.name}] {'OK':7} synthesis: written by GPT-2 when the stage runs"))
     if bad:
         typer.echo(f"{plan_path}: {bad} stage(s) will not load their data as things stand", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILURE)

@@ -35,7 +35,7 @@ from tinydb.storages import Storage
 from tinydb.table import Document, Table
 
 from stilts_tui.contract import FINAL as FINAL  # re-exported: older callers read ledger.FINAL / STATUSES
-from stilts_tui.contract import LEDGER_FILE, STAGES, STATUSES, Env, Status
+from stilts_tui.contract import EXIT_FAILURE, LEDGER_FILE, STAGES, STATUSES, Env, Status
 from stilts_tui.errors import UserError, failure_from_os, first_line
 from stilts_tui.store.row import INT64 as INT64  # re-exported, as the checks below
 from stilts_tui.store.row import NAME_FIELDS as NAME_FIELDS
@@ -233,7 +233,7 @@ class Ledger:
             self._lock_obj.acquire()
         except Timeout:
             raise LedgerError(
-                f"{self.path}: could not lock the ledger (held by another process)", exit_code=1
+                f"{self.path}: could not lock the ledger (held by another process)", exit_code=EXIT_FAILURE
             ) from None
         except OSError as e:
             raise _io_error(e, "locking the ledger") from None
@@ -274,7 +274,8 @@ class Ledger:
                 body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
             except (TypeError, ValueError) as e:
                 raise LedgerError(
-                    f"{self.path}: run '{key}' cannot be stored ({first_line(e)}); nothing was written", exit_code=1
+                    f"{self.path}: run '{key}' cannot be stored ({first_line(e)}); nothing was written",
+                    exit_code=EXIT_FAILURE,
                 ) from None
         return b'"%s":%s,' % (key.encode(), body)
 
@@ -292,7 +293,7 @@ class Ledger:
             rest = orjson.dumps({k: v for k, v in data.items() if k != "runs"})
         except TypeError as e:
             raise LedgerError(
-                f"{self.path}: cannot be stored ({first_line(e)}); nothing was written", exit_code=1
+                f"{self.path}: cannot be stored ({first_line(e)}); nothing was written", exit_code=EXIT_FAILURE
             ) from None
         pieces = [b'{"runs":{', *self._frags.values()]
         if len(pieces) > 1:
@@ -418,7 +419,7 @@ def _refuse_unknown(path: Path, run_id: str, fields: dict) -> None:
         raise LedgerError(
             f"{path}: run '{run_id}' cannot be stored: unknown field {', '.join(map(repr, unknown))} (a run row "
             "holds only the fields of store/row.py's RunRow); nothing was written",
-            exit_code=1,
+            exit_code=EXIT_FAILURE,
         )
 
 
