@@ -34,8 +34,8 @@ from tinydb import TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Document, Table
 
-from stilts_tui.contract import FINAL as FINAL  # re-exported: older callers read ledger.FINAL / STATUSES
 from stilts_tui.contract import EXIT_FAILURE, LEDGER_FILE, STAGES, STATUSES, Env, Status
+from stilts_tui.contract import FINAL as FINAL  # re-exported: older callers read ledger.FINAL / STATUSES
 from stilts_tui.errors import UserError, failure_from_os, first_line
 from stilts_tui.store.row import INT64 as INT64  # re-exported, as the checks below
 from stilts_tui.store.row import NAME_FIELDS as NAME_FIELDS
