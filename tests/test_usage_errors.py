@@ -35,3 +35,14 @@ def test_a_usage_error_is_one_line_and_exit_2(runs_dir, args, env, says):
 def test_a_command_group_alone_still_shows_its_help(runs_dir):
     out = cli("queue", runs_dir=runs_dir)
     assert "Usage: stilts-tui queue" in out.stderr + out.stdout and "cancel" in out.stderr + out.stdout
+
+
+def test_queue_ls_without_a_runs_dir_says_so_rather_than_listing_nothing(tmp_path):
+    """Issue 35, item 4: from a folder without ./runs, `queue ls` printed an empty table, "0 runs" and exit 0."""
+    out = cli("queue", "ls", cwd=tmp_path, env={"STILTS_RUNS_DIR": ""})
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip() == (
+        f"stilts-tui: error: no runs-dir at {tmp_path / 'runs'}: run this where `queue add` made one, "
+        "or name it (--runs-dir, $STILTS_RUNS_DIR)"
+    )
+    assert not (tmp_path / "runs").exists()  # looking made nothing

@@ -14,7 +14,7 @@ from stilts_tui import plan as plans
 from stilts_tui.cli.root import JsonFlag, queue_app
 from stilts_tui.cli.root import console as _console
 from stilts_tui.cli.root import runs_root as _root
-from stilts_tui.contract import STATUSES
+from stilts_tui.contract import STATUSES, Env
 from stilts_tui.errors import UserError
 from stilts_tui.fmt import terminal_safe
 from stilts_tui.store.ledger import Ledger
@@ -33,7 +33,12 @@ def queue_ls(
     """List runs in queue order."""
     if status is not None and status not in STATUSES:
         raise UserError(f"--status: '{status}' is not one of {', '.join(STATUSES)}")
-    ledger = Ledger(_root(ctx))
+    root = _root(ctx)
+    if not root.is_dir():  # an empty table here would read as "nothing queued" when nothing was looked at
+        raise UserError(
+            f"no runs-dir at {root}: run this where `queue add` made one, or name it (--runs-dir, ${Env.RUNS_DIR})"
+        )
+    ledger = Ledger(root)
     if plan is not None and plan not in ledger.plans():
         raise UserError(f"--plan: no plan named '{plan}' in {ledger.path}")
     runs = ledger.runs(plan=plan, status=status)
