@@ -934,7 +934,7 @@ def binding_keys(app) -> dict[str, set[str]]:
     return out
 
 
-@pytest.mark.parametrize("keymap", [{}, {"queue.cancel": "x", "app.gpus": "G", "logs.filter": "F"}])
+@pytest.mark.parametrize("keymap", [{}, {"queue.cancel": "x", "app.gpus": "ctrl+g", "logs.filter": "F"}])
 async def test_palette_help_and_bindings_list_the_same_actions_with_the_same_keys(prepared, keymap):
     """The palette, the help screen and the bindings are all made from the registry (tui/actions.py):
     every action with keys is bound under its id and listed in the help with its keys as remapped;

@@ -70,6 +70,8 @@ _QUEUE = [
     ),
     _queue("queue.down", "down,j", "Down", "cursor('down')", False),
     _queue("queue.up", "up,k", "Up", "cursor('up')", False),
+    _queue("queue.top", "home", "First row", "cursor('top')", False),  # g stays the GPU view (app.gpus)
+    _queue("queue.bottom", "end,G", "Last row", "cursor('bottom')", False),
     _queue("queue.add", "a", "Add plan", "add_plan", True, "queue: add a plan", "queue a plan file"),
     _queue(
         "queue.cancel", "c", "Cancel", "cancel", True, "queue: cancel selected", "cancel the selected or marked runs"

@@ -1,0 +1,40 @@
+"""Issue 35, "Keys and screens": each key and screen does and says what it claims (the real app under
+Pilot, on a runs-dir made by the real CLI)."""
+
+from __future__ import annotations
+
+from conftest import until
+from test_tui import app_for, prepared, ready, row_ids  # noqa: F401 - prepared: the fixture
+from textual.widgets import DataTable, SelectionList
+
+
+async def test_home_end_and_capital_g_move_the_queue_cursor_to_the_first_and_last_row(prepared):  # noqa: F811
+    async with app_for(prepared).run_test(size=(200, 40)) as pilot:
+        screen = await ready(pilot)
+        table = screen.query_one(DataTable)
+        last = table.row_count - 1
+        assert last > 2
+        table.move_cursor(row=2)
+        await pilot.press("end")
+        await until(pilot, lambda: table.cursor_row == last, "end: the last row")
+        await pilot.press("home")
+        await until(pilot, lambda: table.cursor_row == 0, "home: the first row")
+        await pilot.press("G")
+        await until(pilot, lambda: table.cursor_row == last, "G: the last row")
+        assert type(pilot.app.screen) is type(screen)  # G is not g (the GPU view)
+
+
+async def test_choosing_columns_keeps_the_cursor_on_its_run(prepared):  # noqa: F811
+    async with app_for(prepared).run_test(size=(200, 40)) as pilot:
+        screen = await ready(pilot)
+        table = screen.query_one(DataTable)
+        table.move_cursor(row=3)
+        await until(pilot, lambda: table.cursor_row == 3, "the cursor on row 4")
+        rid = row_ids(screen)[3]
+        await pilot.press("C")
+        await until(pilot, lambda: pilot.app.screen.__class__.__name__ == "ColumnsScreen", "the column chooser")
+        pilot.app.screen.query_one(SelectionList).deselect("plan")
+        await pilot.press("enter")
+        await until(pilot, lambda: "plan" not in [str(c.label) for c in table.columns.values()], "plan hidden")
+        await pilot.pause()
+        assert row_ids(screen)[table.cursor_row] == rid
