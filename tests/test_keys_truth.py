@@ -38,3 +38,52 @@ async def test_choosing_columns_keeps_the_cursor_on_its_run(prepared):  # noqa: 
         await until(pilot, lambda: "plan" not in [str(c.label) for c in table.columns.values()], "plan hidden")
         await pilot.pause()
         assert row_ids(screen)[table.cursor_row] == rid
+
+
+def shown_lines(widget) -> list[str]:
+    """The widget's lines as the terminal shows them (its rendered text, markup already applied)."""
+    return ["".join(seg.text for seg in widget.render_line(y)) for y in range(widget.size.height)]
+
+
+async def test_the_builders_chosen_tasks_show_x_and_the_others_an_empty_box(prepared, tmp_path, monkeypatch):  # noqa: F811
+    from stilts_tui.tui.screens.builder import BuilderScreen
+
+    monkeypatch.chdir(tmp_path)
+    async with app_for(prepared).run_test(size=(200, 50)) as pilot:
+        await ready(pilot)
+        await pilot.press("b")
+        await until(pilot, lambda: isinstance(pilot.app.screen, BuilderScreen), "the builder")
+        targets = pilot.app.screen.query_one("#targets", SelectionList)
+        await pilot.pause()
+        lines = shown_lines(targets)
+        assert any("[x] rte" in line for line in lines), lines
+        assert any("[ ] cola" in line for line in lines), lines
+
+
+async def test_escape_in_the_builder_asks_before_throwing_edits_away(prepared, tmp_path, monkeypatch):  # noqa: F811
+    from textual.widgets import Input
+
+    from stilts_tui.tui.screens.builder import BuilderScreen
+    from stilts_tui.tui.screens.confirm import ConfirmScreen
+    from stilts_tui.tui.screens.queue import QueueScreen
+
+    monkeypatch.chdir(tmp_path)
+    async with app_for(prepared, confirm=True).run_test(size=(200, 50)) as pilot:
+        await ready(pilot)
+        await pilot.press("b")
+        await until(pilot, lambda: isinstance(pilot.app.screen, BuilderScreen), "the builder")
+        await pilot.press("escape")  # no edits: leaves at once
+        await until(pilot, lambda: isinstance(pilot.app.screen, QueueScreen), "back on the queue, unasked")
+        await pilot.press("b")
+        await until(pilot, lambda: isinstance(pilot.app.screen, BuilderScreen), "the builder again")
+        builder = pilot.app.screen
+        builder.query_one("#f-name", Input).value = "mine"
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen), "the question")
+        await pilot.press("n")
+        await until(pilot, lambda: pilot.app.screen is builder, "the builder kept")
+        assert builder.query_one("#f-name", Input).value == "mine"
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen), "the question again")
+        await pilot.press("y")
+        await until(pilot, lambda: isinstance(pilot.app.screen, QueueScreen), "left, the edits thrown away")

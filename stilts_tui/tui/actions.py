@@ -229,7 +229,7 @@ _OTHERS = [
         )
         for fmt, name, text in _EXPORTS
     ],
-    Action("builder.back", "escape", "Back", "builder", "app.pop_screen"),
+    Action("builder.back", "escape", "Back", "builder", "back"),  # asks first when there are edits
     Action("builder.save", "ctrl+s", "Save and queue", "builder", "save"),
     Action("gpus.back", "escape,q", "Back", "gpus", "app.pop_screen"),
     Action("confirm.yes", "y,enter", "Yes", "confirm", "answer(True)"),
