@@ -87,3 +87,41 @@ async def test_escape_in_the_builder_asks_before_throwing_edits_away(prepared, t
         await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen), "the question again")
         await pilot.press("y")
         await until(pilot, lambda: isinstance(pilot.app.screen, QueueScreen), "left, the edits thrown away")
+
+
+async def test_the_cpu_views_first_sample_shows_a_training_workers_real_share(tmp_path, runs_dir, monkeypatch):
+    """A machine without a GPU, a run's worker spinning a core: the first figures the view shows are
+    measured (old: "busy 0%" and the worker at 0 % until the second sample, INTERVAL later)."""
+    import subprocess
+    import sys
+    import types
+
+    import psutil
+    from conftest import cli, write_text
+    from test_gpu_view import PLAN, _no_driver, _NVMLError, plain
+
+    from stilts_tui.store.ledger import Ledger
+    from stilts_tui.tui.screens.gpus import GpuScreen
+
+    monkeypatch.delenv("STILTS_FAKE_GPUS", raising=False)
+    monkeypatch.setitem(sys.modules, "pynvml", types.SimpleNamespace(NVMLError=_NVMLError, nvmlInit=_no_driver))
+    assert cli("queue", "add", str(write_text(tmp_path / "g.toml", PLAN)), runs_dir=runs_dir).returncode == 0
+    target = next(r for r in Ledger(runs_dir).runs() if r["stage"] == "target")
+    worker = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 60: pass"])
+    try:
+        with Ledger(runs_dir).transaction() as tx:
+            tx.update_run(target["id"], status="running", pid=worker.pid)
+        async with app_for(runs_dir).run_test(size=(200, 30)) as pilot:
+            await pilot.pause()
+            await pilot.press("g")
+            screen = pilot.app.screen
+            assert isinstance(screen, GpuScreen)
+            await until(pilot, lambda: screen.cpu is not None, "the first CPU sample shown", 20)
+            first, history = screen.cpu, list(screen.cpu_history)
+            assert len(history) == 1 and history[0] > 0, history
+            (proc,) = first.procs
+            assert proc.pid == worker.pid and proc.cpu_percent > 20, proc
+            assert "busy 0%" not in plain(screen.shown)
+    finally:
+        psutil.Process(worker.pid).kill()
+        worker.wait()
