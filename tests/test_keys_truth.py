@@ -125,3 +125,45 @@ async def test_the_cpu_views_first_sample_shows_a_training_workers_real_share(tm
     finally:
         psutil.Process(worker.pid).kill()
         worker.wait()
+
+
+def shown_text(widget) -> str:
+    """The widget's text as shown, its lines joined (a wrapped line reads as one): its lines as rendered,
+    cut where its container's content ends (the container clips what is wider)."""
+    visible = widget.region.intersection(widget.parent.content_region)
+    width = visible.right - widget.region.x if visible.height else 0
+    return " ".join(" ".join(line[:width].split()) for line in shown_lines(widget) if line[:width].strip())
+
+
+async def test_at_200x50_the_prompt_the_column_chooser_and_the_builders_labels_show_their_whole_text(
+    prepared,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    from textual.widgets import Label
+
+    from stilts_tui.tui.screens.builder import FIELDS, BuilderScreen
+    from stilts_tui.tui.screens.columns import ColumnsScreen
+    from stilts_tui.tui.screens.prompt import PromptScreen
+    from stilts_tui.tui.screens.queue import QueueScreen
+
+    monkeypatch.chdir(tmp_path)
+    async with app_for(prepared).run_test(size=(200, 50)) as pilot:
+        await ready(pilot)
+        await pilot.press("slash")
+        await until(pilot, lambda: isinstance(pilot.app.screen, PromptScreen), "the filter prompt")
+        await pilot.pause()
+        assert shown_text(pilot.app.screen.query_one(Label)).endswith("reason…; empty: all):")
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(pilot.app.screen, QueueScreen), "back")
+        await pilot.press("C")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ColumnsScreen), "the column chooser")
+        await pilot.pause()
+        assert shown_text(pilot.app.screen.query_one(Label)) == "Columns (space: show/hide, enter: keep)"
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(pilot.app.screen, QueueScreen), "back again")
+        await pilot.press("b")
+        await until(pilot, lambda: isinstance(pilot.app.screen, BuilderScreen), "the builder")
+        await pilot.pause()
+        shown = [shown_text(label) for label in pilot.app.screen.query("#form Label")]
+        assert shown == [label for _, label, _ in FIELDS]

@@ -76,6 +76,7 @@ class BuilderScreen(Screen):
     BuilderScreen Horizontal { height: 1fr; }
     BuilderScreen SelectionList { height: 1fr; width: 1fr; border: round $primary; }
     BuilderScreen #form { width: 50; }
+    BuilderScreen #form Label { width: 100%; }
     BuilderScreen #count { height: 3; padding: 0 1; }
     """
 
