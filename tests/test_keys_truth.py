@@ -167,3 +167,17 @@ async def test_at_200x50_the_prompt_the_column_chooser_and_the_builders_labels_s
         await pilot.pause()
         shown = [shown_text(label) for label in pilot.app.screen.query("#form Label")]
         assert shown == [label for _, label, _ in FIELDS]
+
+
+async def test_a_key_the_keymap_gives_an_action_is_taken_from_the_default_that_had_it(prepared):  # noqa: F811
+    from stilts_tui.tui.screens.gpus import GpuScreen
+
+    async with app_for(prepared, keymap={"app.gpus": "G"}).run_test(size=(200, 40)) as pilot:
+        screen = await ready(pilot)
+        table = screen.query_one(DataTable)
+        await pilot.press("end")
+        await until(pilot, lambda: table.cursor_row == table.row_count - 1, "end: still the last row")
+        table.move_cursor(row=0)
+        await pilot.press("G")
+        await until(pilot, lambda: isinstance(pilot.app.screen, GpuScreen), "G: the user's GPU view")
+        assert table.cursor_row == 0

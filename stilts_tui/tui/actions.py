@@ -300,6 +300,26 @@ def palette(keymap: Mapping[str, str]) -> list[tuple[str, str, str]]:
     return out
 
 
+def resolved(keymap: Mapping[str, str]) -> dict[str, str]:
+    """The keymap as the app applies it: a key the user gives an action is taken from the default keys of
+    every action it would meet (the same screen, or the app's own), so the user's key wins (a user's
+    ``"app.gpus" = "G"`` keeps G for the GPU view; the queue's last-row key is then ``end`` alone)."""
+    out = dict(keymap)
+    for a in ACTIONS:
+        if a.id in keymap or not (a.keys and a.bound):
+            continue
+        taken = {
+            k
+            for b in ACTIONS
+            if b.id in keymap and b.id != a.id and (b.screen == a.screen or "app" in (a.screen, b.screen))
+            for k in keymap[b.id].split(",")
+        }
+        left = [k for k in a.keys.split(",") if k not in taken]
+        if left and len(left) < len(a.keys.split(",")):
+            out[a.id] = ",".join(left)
+    return out
+
+
 def find(action_id: str) -> Action:
     """The action with id ``action_id``."""
     return next(a for a in ACTIONS if a.id == action_id)
