@@ -70,6 +70,8 @@ _QUEUE = [
     ),
     _queue("queue.down", "down,j", "Down", "cursor('down')", False),
     _queue("queue.up", "up,k", "Up", "cursor('up')", False),
+    _queue("queue.top", "home", "First row", "cursor('top')", False),  # g stays the GPU view (app.gpus)
+    _queue("queue.bottom", "end,G", "Last row", "cursor('bottom')", False),
     _queue("queue.add", "a", "Add plan", "add_plan", True, "queue: add a plan", "queue a plan file"),
     _queue(
         "queue.cancel", "c", "Cancel", "cancel", True, "queue: cancel selected", "cancel the selected or marked runs"
@@ -227,7 +229,7 @@ _OTHERS = [
         )
         for fmt, name, text in _EXPORTS
     ],
-    Action("builder.back", "escape", "Back", "builder", "app.pop_screen"),
+    Action("builder.back", "escape", "Back", "builder", "back"),  # asks first when there are edits
     Action("builder.save", "ctrl+s", "Save and queue", "builder", "save"),
     Action("gpus.back", "escape,q", "Back", "gpus", "app.pop_screen"),
     Action("confirm.yes", "y,enter", "Yes", "confirm", "answer(True)"),
@@ -295,6 +297,26 @@ def palette(keymap: Mapping[str, str]) -> list[tuple[str, str, str]]:
         if a.palette:
             keys = f" ({keys_of(a, keymap)})".replace("[", "\\[") if a.keys else ""  # help is markup
             out.append((a.palette, a.palette_help + keys, a.app_action()))
+    return out
+
+
+def resolved(keymap: Mapping[str, str]) -> dict[str, str]:
+    """The keymap as the app applies it: a key the user gives an action is taken from the default keys of
+    every action it would meet (the same screen, or the app's own), so the user's key wins (a user's
+    ``"app.gpus" = "G"`` keeps G for the GPU view; the queue's last-row key is then ``end`` alone)."""
+    out = dict(keymap)
+    for a in ACTIONS:
+        if a.id in keymap or not (a.keys and a.bound):
+            continue
+        taken = {
+            k
+            for b in ACTIONS
+            if b.id in keymap and b.id != a.id and (b.screen == a.screen or "app" in (a.screen, b.screen))
+            for k in keymap[b.id].split(",")
+        }
+        left = [k for k in a.keys.split(",") if k not in taken]
+        if left and len(left) < len(a.keys.split(",")):
+            out[a.id] = ",".join(left)
     return out
 
 

@@ -70,7 +70,8 @@ class StiltsApp(App):
         self.settle_gc = settle_gc
         self.root = Path(root)
         self.cancel_grace = cancel_grace
-        self._keymap = keymap if keymap is not None else load_keymap()
+        # the user's keys win over the defaults they would meet (actions.resolved)
+        self._keymap = actions.resolved(keymap if keymap is not None else load_keymap())
         self._start_daemon = start_daemon
         self.plan_watch = PlanWatch()
         self._plans_ledger, self._plans_stamp = None, None  # watch_plans' own (a thread of its own)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -75,6 +76,7 @@ class BuilderScreen(Screen):
     BuilderScreen Horizontal { height: 1fr; }
     BuilderScreen SelectionList { height: 1fr; width: 1fr; border: round $primary; }
     BuilderScreen #form { width: 50; }
+    BuilderScreen #form Label { width: 100%; }
     BuilderScreen #count { height: 3; padding: 0 1; }
     """
 
@@ -103,17 +105,37 @@ class BuilderScreen(Screen):
         self.mark_choices()
         self.update_count()
         self.measure()
+        self.opened_with = self.state()
+
+    def state(self) -> tuple:
+        """What the builder holds now: its fields and the tasks chosen (edits: a state unlike the first)."""
+        boxes = (self.query_one("#inters", SelectionList), self.query_one("#targets", SelectionList))
+        return (self.values(), *(sorted(box.selected) for box in boxes))
+
+    def action_back(self) -> None:
+        """Leave the builder; with edits, ask first (they are thrown away; ``STILTS_CONFIRM=0``: never asks)."""
+        if not self.app.confirm or self.state() == self.opened_with:
+            self.app.pop_screen()
+            return
+        from stilts_tui.tui.screens.confirm import ConfirmScreen
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.app.pop_screen()
+
+        self.app.push_screen(ConfirmScreen("Leave the plan builder? Its edits are thrown away."), answered)
 
     @on(SelectionList.SelectedChanged)
     def mark_choices(self) -> None:
-        """Each task's line says whether it is chosen ("[x]" or "[ ]"), not by colour alone."""
+        """Each task's line says whether it is chosen ("[x]" or "[ ]"), not by colour alone. The prompt is
+        plain text: as markup, "[x]" is a tag and vanished (a chosen task showed a blank box)."""
         for box in self.query(SelectionList):
             chosen = set(box.selected)
             for i in range(box.option_count):
                 option = box.get_option_at_index(i)
                 prompt = f"[x] {option.value}" if option.value in chosen else f"[ ] {option.value}"
                 if str(option.prompt) != prompt:
-                    box.replace_option_prompt_at_index(i, prompt)
+                    box.replace_option_prompt_at_index(i, Text(prompt))
 
     @work(thread=True, exclusive=True, group="builder-cost", exit_on_error=False)
     def measure(self) -> None:

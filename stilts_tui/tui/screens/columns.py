@@ -16,6 +16,7 @@ class ColumnsScreen(ModalScreen[list[str] | None]):
     ColumnsScreen { align: center middle; }
     ColumnsScreen > Vertical { width: 40; height: auto; border: round $accent; padding: 1 2; background: $panel; }
     ColumnsScreen SelectionList { height: auto; max-height: 20; }
+    ColumnsScreen Label { width: 100%; }
     """
 
     def __init__(self, columns: tuple[str, ...], shown: list[str]):

@@ -27,6 +27,7 @@ class ConfirmScreen(ModalScreen[bool]):
     DEFAULT_CSS = """
     ConfirmScreen { align: center middle; }
     ConfirmScreen > Vertical { width: 70; height: auto; border: round $warning; padding: 1 2; background: $panel; }
+    ConfirmScreen Label { width: 100%; }  /* a long question (a plan file's path) wraps, never cut */
     """
 
     def __init__(self, question: str):

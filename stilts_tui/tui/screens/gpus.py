@@ -5,6 +5,7 @@ and each of our worker processes with its CPU share, memory and threads, named b
 
 from __future__ import annotations
 
+import time
 from collections import deque
 
 from rich.console import Group
@@ -23,6 +24,7 @@ from stilts_tui.tui.widgets.key_bar import KeyBar
 
 HISTORY = 40  # samples kept a GPU (one every INTERVAL seconds)
 INTERVAL = 2.0
+FIRST_WINDOW = 0.5  # seconds the first CPU sample measures over (a share needs two readings)
 BARS = "▁▂▃▄▅▆▇█"
 
 
@@ -139,11 +141,20 @@ class GpuScreen(Screen):
         cpu = None
         if not report.gpus:  # the runs train on the CPU: show it and our workers
             try:
-                self._sampler = self._sampler or cpu_procs.CpuSampler()
-                cpu = self._sampler.sample(self.app.root)
+                cpu = self.sample_cpu()
             except Exception:  # noqa: BLE001 - a counter that cannot be read leaves the note alone
                 cpu = None
         self.app.call_from_thread(self.show, report, cpu)
+
+    def sample_cpu(self) -> cpu_procs.CpuReport:
+        """The CPUs and our workers, measured since the last sample. A share is a difference of two
+        readings: the first time, a first reading starts the window and the sample follows FIRST_WINDOW
+        later (read at once, it said "busy 0%" and 0 % for a worker spinning a core)."""
+        if self._sampler is None:
+            self._sampler = cpu_procs.CpuSampler()
+            self._sampler.sample(self.app.root)  # every worker's first reading
+            time.sleep(FIRST_WINDOW)
+        return self._sampler.sample(self.app.root)
 
     def show(self, report: gpu_procs.GpuReport, cpu: cpu_procs.CpuReport | None = None) -> None:
         self.report, self.cpu = report, cpu

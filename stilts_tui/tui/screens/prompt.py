@@ -24,6 +24,7 @@ class PromptScreen(KeysToInput, ModalScreen[str | None]):
     DEFAULT_CSS = """
     PromptScreen { align: center middle; }
     PromptScreen > Vertical { width: 70; height: auto; border: round $accent; padding: 1 2; background: $panel; }
+    PromptScreen Label { width: 100%; }
     """
 
     def __init__(self, label: str, value: str = "", allow_empty: bool = False):

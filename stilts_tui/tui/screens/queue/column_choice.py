@@ -14,6 +14,7 @@ class ColumnChoice:
 
     snapshot: Snapshot | None
     marked: list[str]
+    _shown: list[str]
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
@@ -48,10 +49,13 @@ class ColumnChoice:
                 save_columns(self.columns)
             except OSError as e:
                 self.notify(f"the columns are not remembered: {e.strerror or e}", severity="warning")
+            current = self.current_id()  # the cursor stays on its run (cleared columns lose it)
             table = self.query_one(DataTable)
             table.clear(columns=True)
             self.add_columns(table)
             if self.snapshot:
                 self.rebuild(table, self.rows(self.snapshot), self.snapshot)
+                if current in self._shown:
+                    table.move_cursor(row=self._shown.index(current), animate=False)
 
         self.app.push_screen(ColumnsScreen(COLUMNS, self.columns), chosen)

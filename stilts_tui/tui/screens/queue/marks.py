@@ -44,7 +44,13 @@ class Marks:
         return ids
 
     def action_cursor(self, where: str) -> None:
+        """Move the row cursor: one row down or up, or to the first or last row (home, end and G: the
+        table's own home and end move between columns, which a row cursor never shows)."""
         table = self.query_one(DataTable)
+        if where in ("top", "bottom"):
+            if table.row_count:
+                table.move_cursor(row=0 if where == "top" else table.row_count - 1, animate=False)
+            return
         (table.action_cursor_down if where == "down" else table.action_cursor_up)()
 
     def action_mark(self) -> None:
