@@ -6,10 +6,15 @@ and the real app."""
 from __future__ import annotations
 
 import pytest
-from conftest import cli
+import test_tui
+from conftest import cli, until, write_text
 from test_results import target_runs, write_plan, write_result
+from test_tui import PLAN, app_for, ready, row_ids, settled
+from textual.widgets import DataTable
 
 from stilts_tui import results
+
+prepared = test_tui.prepared  # the app tests' runs-dir: a plan, some runs done, one running, one failed
 
 
 @pytest.fixture
@@ -67,3 +72,43 @@ def test_the_max_and_best_views_show_the_gain_of_what_they_show(queued):
     assert results.view_gain(a, none, "max") == "+20.0 over none's max"  # old: the mean's "+10.0, too few pairs"
     assert results.view_gain(a, none, "best") == "+15.0 over none's best of grid"
     assert results.view_gain(a, none, "mean").startswith("+10.0, too few pairs")
+
+
+async def test_a_plan_without_finished_runs_shows_no_table_of_the_plan_before(prepared, tmp_path):
+    """`o`, then `]` to a plan where nothing finished: the title says so and the table is empty, and it
+    stays empty through the screen's reloads (before: the previous plan's table stayed under the title)."""
+    other = write_text(tmp_path / "plans" / "newer.toml", PLAN.replace('"study"', '"newer"'))
+    assert cli("queue", "add", str(other), runs_dir=prepared).returncode == 0
+    async with app_for(prepared).run_test(size=(170, 40)) as pilot:
+        screen = await ready(pilot)
+        screen.query_one(DataTable).move_cursor(row=0)  # a study run: the screen opens on the study
+        await until(pilot, lambda: screen.current_id() == row_ids(screen)[0], "the cursor on a study run")
+        await pilot.press("o")
+        scores = pilot.app.screen
+        await until(pilot, lambda: scores.table_data is not None, "the study's table", 90)
+        table = scores.query_one(DataTable)
+        assert table.row_count == 2
+        await pilot.press("right_square_bracket")
+        await until(pilot, lambda: "newer" in str(scores.query_one("#title").render()), "the next plan", 90)
+        assert "no finished target runs yet" in str(scores.query_one("#title").render())
+        assert (table.row_count, len(table.columns), scores.table_data) == (0, 0, None)
+        assert str(scores.query_one("#note").render()).strip() == ""
+        scores.load()  # the 5 s reload: the table stays empty
+        await settled(pilot)
+        assert (table.row_count, len(table.columns)) == (0, 0)
+        assert "newer" in str(scores.query_one("#title").render())
+
+
+async def test_the_max_view_shows_the_gain_of_the_max(prepared):
+    """`m` in the scores screen: the gain beside a max is over none's max, not the mean's gain and test."""
+    async with app_for(prepared).run_test(size=(170, 40)) as pilot:
+        await ready(pilot)
+        await pilot.press("o")
+        scores = pilot.app.screen
+        await until(pilot, lambda: scores.table_data is not None, "the score table", 90)
+        table = scores.query_one(DataTable)
+        assert "p=" in str(table.get_cell_at((1, 1))) or "too few pairs" in str(table.get_cell_at((1, 1)))
+        await pilot.press("m")  # max: hs 90.0, none 75.0
+        await until(pilot, lambda: str(table.get_cell_at((1, 1))).startswith("90.0  n=4"), "the max view")
+        assert str(table.get_cell_at((1, 1))) == "90.0  n=4  +15.0 over none's max"
+        assert str(table.get_cell_at((0, 1))) == "75.0  n=4"

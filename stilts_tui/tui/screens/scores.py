@@ -164,14 +164,21 @@ class ScoresScreen(Screen):
                 else plans[0]
             )
         if self.plan is None:
-            self.app.call_from_thread(self.query_one("#title").update, "no plan queued yet")
+            self.app.call_from_thread(self.show_nothing, "no plan queued yet")
             return
         try:
             data = results.build(self.app.root, self.plan)
         except UserError as e:
-            self.app.call_from_thread(self.query_one("#title").update, str(e))
+            self.app.call_from_thread(self.show_nothing, str(e))
             return
         self.app.call_from_thread(self.show, data)
+
+    def show_nothing(self, why: str) -> None:
+        """Say why there is no table, and show none: never the previous plan's table under this title."""
+        self.table_data = None
+        self.query_one("#title").update(why)
+        self.query_one("#note").update("")
+        self.query_one(DataTable).clear(columns=True)
 
     def show(self, data: results.ScoreTable) -> None:
         self.table_data = data
