@@ -229,9 +229,11 @@ def test_each_panel_shows_every_run_as_a_point_with_its_mean(scored):
     t = results.build(scored, "sc")
     fig, ax = plt.subplots()
     results._panel(ax, t, "t2")  # none: 2 runs done (a one-run cell too shows its point); a: none done
-    points = [c for c in ax.collections if len(c.get_offsets())]
-    assert sorted(len(c.get_offsets()) for c in points) == [1, 2]  # the runs' points, and their mean
-    assert [x.get_text() for x in ax.get_xticklabels()] == ["none"]
+    # both runs at or below CoLA's majority class (2/3): drawn as failed runs; the mean as a marker and bar
+    points = {c.get_label(): len(c.get_offsets()) for c in ax.collections if c.get_label() in ("one run", "failed run")}
+    assert points == {"failed run": 2}
+    assert [c.get_label() for c in ax.containers] == ["mean ± std (std: 2 runs or more)"]
+    assert [x.get_text() for x in ax.get_xticklabels()] == ["none\nn=2"]
     assert any(line.get_linestyle() == ":" for line in ax.get_lines())  # the majority-class line
     plt.close(fig)
 

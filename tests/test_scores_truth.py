@@ -112,3 +112,50 @@ async def test_the_max_view_shows_the_gain_of_the_max(prepared):
         await until(pilot, lambda: str(table.get_cell_at((1, 1))).startswith("90.0  n=4"), "the max view")
         assert str(table.get_cell_at((1, 1))) == "90.0  n=4  +15.0 over none's max"
         assert str(table.get_cell_at((0, 1))) == "75.0  n=4"
+
+
+def test_the_figure_shows_spread_failed_runs_apart_every_equal_score_and_an_axis_to_100(queued, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # RTE's majority class scores .6: none's .5 and .6 failed; a's four runs all scored 1.0
+    fill(queued, {("none", "t1"): [0.5, 0.6, 0.7, 0.8], ("a", "t1"): [1.0, 1.0, 1.0, 1.0]})
+    t = results.build(queued, "sc")
+    fig, ax = plt.subplots()
+    results._panel(ax, t, "t1")
+    points: dict[str, list] = {}
+    for c in ax.collections:  # the scatter collections (one a cell and kind), by their legend's label
+        points.setdefault(c.get_label(), []).extend(map(tuple, c.get_offsets()))
+    assert sorted(y for _, y in points["failed run"]) == [50, 60]  # apart from the others (old: all "one run")
+    ok = points["one run"]
+    assert sorted(y for _, y in ok) == [70, 80, 100, 100, 100, 100]
+    assert len({round(x, 3) for x, y in ok if y == 100}) == 4  # four equal scores, four points side by side
+    none_bar, a_bar = (c for c in ax.containers if c.get_label() == "mean ± std (std: 2 runs or more)")
+    (lo, hi) = none_bar.lines[2][0].get_segments()[0][:, 1]
+    assert (lo, hi) == pytest.approx((65 - 100 * t.cell("none", "t1").std, 65 + 100 * t.cell("none", "t1").std))
+    assert not a_bar.lines[2] or a_bar.lines[2][0].get_segments()[0][:, 1].tolist() == [100, 100]  # no spread
+    assert ax.get_ylim()[1] <= 100  # accuracy ends at 100 (old: 110 and more, above the points' labels)
+    plt.close(fig)
+    out = cli("scores", "sc", "-o", str(tmp_path / "s.svg"), runs_dir=queued)
+    assert out.returncode == 0, out.stderr
+    assert "failed run" in (tmp_path / "s.svg").read_text()
+
+
+def test_a_one_target_figure_has_a_title_inside_its_width(queued):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stilts_tui.results import figure
+
+    fill(queued, {("none", "t1"): [0.7, 0.8, 0.7, 0.8], ("a", "t1"): [0.8, 0.9, 0.8, 0.9]})
+    t = results.build(queued, "sc")
+    t.targets = ["t1"]  # a study of one target: the narrowest figure
+    fig = figure.draw(plt, t)
+    fig.canvas.draw()
+    box = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width, (box, fig.bbox)  # old: one line wider than the figure
+    plt.close(fig)
