@@ -189,7 +189,7 @@ def test_markdown_export_row_by_row(scored):
     assert lines[3] == "| a | 85.0 ± 11.2 (+20.0, too few pairs) n=4 fail 0/4 | missing 4 |"
     assert "ddof 0" in out.stdout and "majority-class" in out.stdout
     without = cli("scores", "sc", "--format", "md", "--without-failed", runs_dir=scored).stdout.splitlines()
-    assert without[2] == "| none | 75.0 ± 5.0 n=4 fail 2/4 | – ± – n=2/4 fail 2/2 |"
+    assert without[2] == "| none | 75.0 ± 5.0 n=4 fail 2/4 | – n=2/4 fail 2/2 |"
 
 
 def test_latex_export_row_by_row(scored):
@@ -229,9 +229,11 @@ def test_each_panel_shows_every_run_as_a_point_with_its_mean(scored):
     t = results.build(scored, "sc")
     fig, ax = plt.subplots()
     results._panel(ax, t, "t2")  # none: 2 runs done (a one-run cell too shows its point); a: none done
-    points = [c for c in ax.collections if len(c.get_offsets())]
-    assert sorted(len(c.get_offsets()) for c in points) == [1, 2]  # the runs' points, and their mean
-    assert [x.get_text() for x in ax.get_xticklabels()] == ["none"]
+    # both runs at or below CoLA's majority class (2/3): drawn as failed runs; the mean as a marker and bar
+    points = {c.get_label(): len(c.get_offsets()) for c in ax.collections if c.get_label() in ("one run", "failed run")}
+    assert points == {"failed run": 2}
+    assert [c.get_label() for c in ax.containers] == ["mean ± std (std: 2 runs or more)"]
+    assert [x.get_text() for x in ax.get_xticklabels()] == ["none\nn=2"]
     assert any(line.get_linestyle() == ":" for line in ax.get_lines())  # the majority-class line
     plt.close(fig)
 
@@ -411,7 +413,7 @@ def test_damaged_results_are_missing_not_a_crash(scored):
     write_result(scored, cell[2]["id"], 0.8, score=float("nan"))
     out = cli("scores", "sc", "--format", "md", runs_dir=scored)
     assert out.returncode == 0, out.stderr
-    assert "| a | 100.0 ± 0.0 (+35.0, too few pairs) n=1/4 fail 0/1 |" in out.stdout.splitlines()[3]
+    assert "| a | 100.0 (+35.0, too few pairs) n=1/4 fail 0/1 |" in out.stdout.splitlines()[3]
 
 
 def test_png_goes_to_exactly_the_path_given(scored, tmp_path):

@@ -29,7 +29,10 @@ from stilts_tui.results.notes import (
     gain_text,
     predicted_text,
     pruned_text,
+    target_label,
     test_note,
+    view_gain,
+    view_value,
 )
 from stilts_tui.results.stats import (
     MC_RESAMPLES,
@@ -70,7 +73,10 @@ __all__ = [
     "pruned_text",
     "render",
     "sign_flip_test",
+    "target_label",
     "test_note",
     "to_rich",
+    "view_gain",
+    "view_value",
     "write_output",
 ]

@@ -51,6 +51,42 @@ def _shown(c: Cell, without_failed: bool) -> tuple[float | None, float | None]:
     return (c.mean_ok, c.std_ok) if without_failed and c.failed is not None else (c.mean, c.std)
 
 
+VIEWS = ("mean", "max", "best")  # the statistic a cell shows: mean ± std, the max, the best of grid
+
+
+def view_value(c: Cell, view: str = "mean", without_failed: bool = False) -> tuple[float | None, float | None]:
+    """The value a cell shows in ``view`` and its spread (std for the mean only, None for one run): a
+    spread of one run is no spread, so "70.3 ± 0.0" is never shown for n = 1."""
+    mean, std = _shown(c, without_failed)
+    n = c.n_ok if without_failed and c.failed is not None else c.n
+    if view != "mean":
+        return {"max": c.max, "best": c.best_of_grid}[view], None
+    return mean, (std if (n or 0) >= 2 else None)
+
+
+def view_gain(c: Cell, base: Cell | None, view: str = "mean", without_failed: bool = False, dagger: str = "†") -> str:
+    """The gain beside the value a cell shows: the gain of the mean over all runs with its paired test
+    (:func:`gain_text`) where the cell shows that mean, else the shown value minus none's same value
+    ("over none's max"); nothing where either value is missing (no gain beside a dash)."""
+    value, _ = view_value(c, view, without_failed)
+    if c.gain is None or value is None:
+        return ""
+    if view == "mean" and not (without_failed and c.failed is not None):
+        return gain_text(c, dagger)
+    ref = None if base is None else view_value(base, view, without_failed)[0]
+    if ref is None:
+        return ""
+    what = {"mean": "mean without failed", "max": "max", "best": "best of grid"}[view]
+    diff = value - ref
+    return f"{'+' if diff >= 0 else ''}{pct(diff)} over none's {what}"
+
+
+def target_label(t: ScoreTable, target: str) -> str:
+    """A target's column head: its name and metric, the name alone where no run scored it yet (never "t ()")."""
+    metric = t.metrics.get(target)
+    return f"{target} ({metric})" if metric else target
+
+
 def gain_text(c: Cell, dagger: str = "†") -> str:
     """The gain part of a cell: ``+20.0† p=0.031``, ``+2.0 p=0.41``, ``+20.0, too few pairs``."""
     if c.gain is None:
@@ -74,19 +110,21 @@ def pruned_text(c: Cell) -> str:
     return f" ({c.pruned} pruned)" if c.pruned else ""
 
 
-def cell_text(c: Cell | None, latex: bool = False, without_failed: bool = False) -> str:
-    """A whole cell in one line (markdown, LaTeX, the terminal): mean ± std, gain, n, failed, predicted rank."""
+def cell_text(c: Cell | None, latex: bool = False, without_failed: bool = False, base: Cell | None = None) -> str:
+    """A whole cell in one line (markdown, LaTeX, the terminal): mean ± std, gain, n, failed, predicted rank.
+    ``base``: the "none" cell of its target (the gain of a mean without failed runs is over its mean)."""
     if c is None:
         return "–"
     if c.mean is None:
         return f"missing {c.missing}" + pruned_text(c) + predicted_text(c, latex)
     pm = r"$\pm$" if latex else "±"
-    mean, std = _shown(c, without_failed)
+    mean, std = view_value(c, "mean", without_failed)
     star = "*" if c.setup_note else ""
     mark = f"{LORA_MARK} " if c.method == "lora" else ""
-    text = f"{mark}{pct(mean)}{star} {pm} {pct(std)}"
-    if c.gain is not None:
-        text += " (" + gain_text(c, LATEX_DAGGER if latex else "†") + ")"
+    text = f"{mark}{pct(mean)}{star}" + ("" if std is None else f" {pm} {pct(std)}")
+    gain = view_gain(c, base, "mean", without_failed, LATEX_DAGGER if latex else "†")
+    if gain:
+        text += f" ({gain})"
     text += f" n={c.n}" + (f"/{c.n + c.missing}" if c.missing else "") + failed_text(c)
     return text + predicted_text(c, latex)
 

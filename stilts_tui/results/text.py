@@ -19,6 +19,7 @@ from stilts_tui.results.notes import (
     legend,
     row_keys,
     row_label,
+    target_label,
     test_note,
 )
 from stilts_tui.results.stats import BOOT
@@ -173,12 +174,18 @@ def _finite(value: object) -> object:
 
 def to_markdown(t: ScoreTable) -> str:
     """A markdown table, its legend and footnotes under it."""
-    head = ["from \\ target"] + [f"{tg} ({t.metrics.get(tg, '')})" for tg in t.targets]
+    head = ["from \\ target"] + [target_label(t, tg) for tg in t.targets]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for inter, seed in row_keys(t):
-        cells = [cell_text(t.cell(inter, tg, seed), without_failed=t.without_failed) for tg in t.targets]
+        cells = [_cell_text(t, inter, tg, seed) for tg in t.targets]
         lines.append("| " + " | ".join([row_label(inter, seed), *cells]) + " |")
     return "\n".join(lines) + f"\n\n{legend(t)}\n" + "".join(f"\n{line}\n" for line in footnotes(t))
+
+
+def _cell_text(t: ScoreTable, inter: str, target: str, seed: int | None, latex: bool = False) -> str:
+    """One cell's line, its gain over its target's "none" cell."""
+    base = t.cell("none", target, seed)
+    return cell_text(t.cell(inter, target, seed), latex=latex, without_failed=t.without_failed, base=base)
 
 
 def _tex(s: str) -> str:
@@ -193,14 +200,11 @@ def to_latex(t: ScoreTable) -> str:
         *(f"% {_tex(line)}" for line in footnotes(t)),
         r"\begin{tabular}{l" + "c" * len(t.targets) + "}",
         r"\toprule",
-        " & ".join(["from"] + [_tex(f"{tg} ({t.metrics.get(tg, '')})") for tg in t.targets]) + r" \\",
+        " & ".join(["from"] + [_tex(target_label(t, tg)) for tg in t.targets]) + r" \\",
         r"\midrule",
     ]
     for inter, seed in row_keys(t):
-        cells = [
-            cell_text(t.cell(inter, tg, seed), latex=True, without_failed=t.without_failed).replace(" n=", r" \tiny{n=")
-            for tg in t.targets
-        ]
+        cells = [_cell_text(t, inter, tg, seed, latex=True).replace(" n=", r" \tiny{n=") for tg in t.targets]
         cells = [c + "}" if r"\tiny{" in c else c for c in cells]
         lines.append(" & ".join([_tex(row_label(inter, seed)), *cells]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
@@ -220,12 +224,12 @@ def to_rich(t: ScoreTable):
     )
     table.add_column("from \\ target")
     for tg in t.targets:
-        table.add_column(Text(f"{tg}\n({t.metrics.get(tg, '')})"), justify="right")
+        table.add_column(Text(target_label(t, tg).replace(" (", "\n(", 1)), justify="right")
     for inter, seed in row_keys(t):
         row = [Text(row_label(inter, seed))]
         for tg in t.targets:
             c = t.cell(inter, tg, seed)
-            row.append(Text(cell_text(c, without_failed=t.without_failed), style=gain_style(c)))
+            row.append(Text(_cell_text(t, inter, tg, seed), style=gain_style(c)))
         table.add_row(*row)
     return table
 

@@ -21,20 +21,23 @@ from stilts_tui.tui.widgets.key_bar import KeyBar
 VIEWS = ("mean", "max", "best")
 
 
-def cell_text(c: results.Cell | None, view: str, without_failed: bool = False) -> Text:
+def cell_text(
+    c: results.Cell | None, view: str, without_failed: bool = False, base: results.Cell | None = None
+) -> Text:
+    """A cell in ``view``: its value (± std for the mean of two runs or more), n, failed runs, and the gain
+    of that same value over ``base`` (the "none" cell), none where the value is missing."""
     if c is None:
         return Text("–", style="dim")
     if c.mean is None:
         return Text(f"missing {c.missing}" + results.pruned_text(c) + results.predicted_text(c), style="dim")
-    mean, std = (c.mean_ok, c.std_ok) if without_failed and c.failed is not None else (c.mean, c.std)
-    value = {"mean": mean, "max": c.max, "best": c.best_of_grid}[view]
+    value, std = results.view_value(c, view, without_failed)
     text = ("–" if value is None else f"{100 * value:.1f}") + ("*" if c.setup_note else "")
-    text += f" ± {100 * std:.1f}" if view == "mean" and std is not None else ""
+    text += f" ± {100 * std:.1f}" if std is not None else ""
     text += f"  n={c.n}" + (f"/{c.n + c.missing}" if c.missing else "") + results.failed_text(c)
-    if c.gain is not None:
-        text += "  " + results.gain_text(c)
+    gain = results.view_gain(c, base, view, without_failed)
+    text += f"  {gain}" if gain else ""
     text += results.predicted_text(c)  # the predicted rank beside the measured gain
-    return Text(text, style=results.gain_style(c))
+    return Text(text, style=results.gain_style(c) if gain else "")
 
 
 def distribution(c: results.Cell, width: int = 60) -> str:
@@ -161,14 +164,21 @@ class ScoresScreen(Screen):
                 else plans[0]
             )
         if self.plan is None:
-            self.app.call_from_thread(self.query_one("#title").update, "no plan queued yet")
+            self.app.call_from_thread(self.show_nothing, "no plan queued yet")
             return
         try:
             data = results.build(self.app.root, self.plan)
         except UserError as e:
-            self.app.call_from_thread(self.query_one("#title").update, str(e))
+            self.app.call_from_thread(self.show_nothing, str(e))
             return
         self.app.call_from_thread(self.show, data)
+
+    def show_nothing(self, why: str) -> None:
+        """Say why there is no table, and show none: never the previous plan's table under this title."""
+        self.table_data = None
+        self.query_one("#title").update(why)
+        self.query_one("#note").update("")
+        self.query_one(DataTable).clear(columns=True)
 
     def show(self, data: results.ScoreTable) -> None:
         self.table_data = data
@@ -186,11 +196,12 @@ class ScoresScreen(Screen):
         table = self.query_one(DataTable)
         cursor = table.cursor_coordinate
         table.clear(columns=True)
+        wf = self.without_failed
         rows = [
-            [Text(r), *(cell_text(data.cell(r, t), self.view, self.without_failed) for t in data.targets)]
+            [Text(r), *(cell_text(data.cell(r, t), self.view, wf, data.cell("none", t)) for t in data.targets)]
             for r in data.rows
         ]
-        labels = ["from \\ target", *(f"{t} ({data.metrics.get(t, '')})" for t in data.targets)]
+        labels = ["from \\ target", *(results.target_label(data, t) for t in data.targets)]
         for i, (key, label) in enumerate(zip(["row", *data.targets], labels, strict=True)):
             # each column as wide as its widest cell, set here: never a frame drawn with cells cut short
             width = max([len(label), *(row[i].cell_len for row in rows)])
