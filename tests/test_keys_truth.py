@@ -181,3 +181,21 @@ async def test_a_key_the_keymap_gives_an_action_is_taken_from_the_default_that_h
         await pilot.press("G")
         await until(pilot, lambda: isinstance(pilot.app.screen, GpuScreen), "G: the user's GPU view")
         assert table.cursor_row == 0
+
+
+async def test_sorting_by_grid_orders_each_value_as_a_number(tmp_path, runs_dir):
+    """Issue 35, item 10: as text, lr = 0.0001 sorted before lr = 5e-05."""
+    from conftest import cli, write_plan
+
+    from stilts_tui.store.ledger import Ledger
+    from stilts_tui.tui.screens.queue.order import SORTS
+
+    stages = '[target.rte]\ntask = "rte"\ngrid = { lr = [1e-4, 5e-5, 2e-4, 1e-5] }\n'
+    plan = write_plan(tmp_path / "g.toml", name="g", baseline=True, stages=stages)
+    assert cli("queue", "add", str(plan), runs_dir=runs_dir).returncode == 0
+    lr = {r["id"]: r["grid"]["lr"] for r in Ledger(runs_dir).runs()}
+    async with app_for(runs_dir).run_test(size=(200, 40)) as pilot:
+        screen = await ready(pilot)
+        await pilot.press(*["s"] * SORTS.index("grid"))
+        await until(pilot, lambda: screen.sort == "grid", "the grid sort")
+        await until(pilot, lambda: [lr[i] for i in row_ids(screen)] == [1e-5, 5e-5, 1e-4, 2e-4], "lr by value")

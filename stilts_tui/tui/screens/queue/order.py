@@ -32,8 +32,26 @@ def sort_key(sort: str, snap: Snapshot) -> Callable[[dict], object]:
         return lambda r: -(r["score"] if isinstance(r.get("score"), (int, float)) else -1e9)
     if sort == "task":
         return lambda r: (str(r.get("task")), str(r.get("intermediate") or ""))
+    if sort == "grid":  # by each value as a number: lr = 5e-05 before lr = 0.0001 (as text it came after)
+        return lambda r: grid_order(r.get("grid"))
+    if sort == "seed":
+        return lambda r: _number_first(r.get("seed"))
     col = COLUMNS.index(sort)
     return lambda r: str(cells(r, snap, False)[col])
+
+
+def _number_first(v: object) -> tuple:
+    """Numbers by value before anything else by its text (a damaged value never stops the sort)."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v:
+        return (0, float(v), "")
+    return (1, 0.0, str(v))
+
+
+def grid_order(grid: object) -> tuple:
+    """A run's grid point as a sort key: its keys in name order, each value as a number where it is one."""
+    if not isinstance(grid, dict):
+        return ((str(grid), _number_first(None)),)
+    return tuple((str(k), _number_first(grid[k])) for k in sorted(grid, key=str))
 
 
 class Ordering:
