@@ -156,3 +156,33 @@ def test_plan_watch_reads_failures_through_the_run_view(runs_dir):
     (event,) = watch.update(runs)
     assert event["failed_runs"] == [rid] and event["why"] == {rid: f"oom: {oom}"}
     assert event["counts"]["failed"] == 1  # the counts stay the ledger's (STILTS_FAILED...)
+
+
+async def test_the_finished_note_says_errors_apart_from_what_the_score_table_calls_failed(tmp_path, runs_dir):
+    """Issue 35, item 9: the note said "0 failed" while the table said "fail 1/1" (a done run at or below the
+    majority class is what the table calls failed; a run that ended with an error is another thing)."""
+    import json as _json
+
+    data = tmp_path / "data" / "rte"
+    rows = "index\tsentence1\tsentence2\tlabel\n" + "".join(f"{i}\ta\tb\tentailment\n" for i in range(3))
+    write_text(data / "train.tsv", rows)
+    write_text(data / "dev.tsv", rows + "3\ta\tb\tnot_entailment\n")  # majority class: 3 of 4
+    plan = write_text(
+        tmp_path / "f.toml",
+        'name = "f"\nmodel = "m"\nbaseline = true\n[target.t]\ntask = "rte"\ndata_dir = "data/rte"\n',
+    )
+    assert cli("queue", "add", str(plan), runs_dir=runs_dir).returncode == 0
+    (run,) = Ledger(runs_dir).runs()
+    app = BellApp(runs_dir, keymap={})
+    async with app.run_test(size=(160, 30)) as pilot:
+        await until(pilot, lambda: app.plan_watch.seen is not None, "the watch's first look", 10)
+        result = {"status": "done", "metrics": {"acc": 0.5}, "primary_metric": "acc", "score": 0.5, "error": None}
+        (runs_dir / run["id"] / "result.json").write_text(_json.dumps(result))
+        with Ledger(runs_dir).transaction() as tx:
+            tx.update_run(run["id"], status="done", score=0.5)
+        await until(pilot, lambda: app.rings, "the bell", 12)
+        (note,) = [n.message for n in app._notifications if "finished" in n.message]
+        assert note == (
+            "plan 'f' finished: 1 done, 0 ended with an error, 0 cancelled, 0 blocked, "
+            "scores: fail 1/1 (at or below the majority class)"
+        )

@@ -103,14 +103,32 @@ class StiltsApp(App):
         self._plans_stamp = stamp
         for event in self.plan_watch.update(runs):
             if event["event"] == "plan_finished":
+                event = {**event, "scored_failed": self._scored_failed(event["plan"])}
                 self.call_from_thread(self.plan_finished, event)
 
+    def _scored_failed(self, plan: str) -> tuple[int, int] | None:
+        """(failed, scored) as the score table counts them: done runs at or below the majority class, of
+        the done runs it scores; None where no table can be built (no target run done)."""
+        from stilts_tui import results
+
+        try:
+            table = results.build(self.root, plan)
+        except Exception:  # noqa: BLE001 - the note then says what the ledger says, nothing more
+            return None
+        cells = [c for c in table.cells if c.failed is not None]
+        return (sum(c.failed for c in cells), sum(c.n for c in cells)) if cells else None
+
     def plan_finished(self, event: dict) -> None:
-        """The bell and a note: the plan's runs by how they ended (pruned ones only where there are some)."""
+        """The bell and a note: the plan's runs by how they ended, in the score table's words too (a run
+        that ended with an error is not what the table calls failed: a done run at the majority class)."""
         c = event["counts"]
-        said = [f"{c[s]} {s}" for s in (Status.DONE, Status.FAILED, Status.CANCELLED, Status.BLOCKED)]
+        said = [f"{c[Status.DONE]} {Status.DONE}", f"{c[Status.FAILED]} ended with an error"]
+        said += [f"{c[s]} {s}" for s in (Status.CANCELLED, Status.BLOCKED)]
         if c.get(Status.PRUNED):
             said.append(f"{c[Status.PRUNED]} {Status.PRUNED}")
+        failed = event.get("scored_failed")
+        if failed is not None:
+            said.append(f"scores: fail {failed[0]}/{failed[1]} (at or below the majority class)")
         self.bell()
         self.notify(f"plan {event['plan']!r} finished: " + ", ".join(said), timeout=30)
 
