@@ -199,3 +199,35 @@ async def test_sorting_by_grid_orders_each_value_as_a_number(tmp_path, runs_dir)
         await pilot.press(*["s"] * SORTS.index("grid"))
         await until(pilot, lambda: screen.sort == "grid", "the grid sort")
         await until(pilot, lambda: [lr[i] for i in row_ids(screen)] == [1e-5, 5e-5, 1e-4, 2e-4], "lr by value")
+
+
+async def test_the_export_menu_covers_neither_the_table_nor_its_notes_and_enter_on_a_row_name_opens_a_cell(
+    prepared,  # noqa: F811
+):
+    """Issue 35, items 13 and 14: at 200x50 the export menu covered the notes under the table; enter on the
+    grid's first column (a row's name) did nothing."""
+    from textual.widgets import OptionList
+
+    from stilts_tui.tui.screens.scores import CellScreen, ExportScreen, ScoresScreen
+
+    async with app_for(prepared).run_test(size=(200, 50)) as pilot:
+        await ready(pilot)
+        await pilot.press("o")
+        screen = pilot.app.screen
+        assert isinstance(screen, ScoresScreen)
+        await until(pilot, lambda: screen.table_data is not None, "the score table", 90)
+        table = screen.query_one(DataTable)
+        table.cursor_coordinate = (1, 0)  # the row "hs", its name
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(pilot.app.screen, CellScreen), "the row's first cell")
+        assert pilot.app.screen.cell.intermediate == "hs"
+        await pilot.press("escape")
+        await until(pilot, lambda: pilot.app.screen is screen, "back to the scores")
+        await pilot.press("e")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ExportScreen), "the export menu")
+        menu = pilot.app.screen.query_one(OptionList)
+        await until(pilot, lambda: menu.region.height > 0, "the menu laid out")
+        note = screen.query_one("#note")
+        assert note.region.height > 0 and not menu.region.overlaps(note.region), (menu.region, note.region)
+        assert not menu.region.overlaps(table.region), (menu.region, table.region)
+        await pilot.press("escape")

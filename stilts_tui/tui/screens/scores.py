@@ -108,11 +108,25 @@ class CellScreen(ModalScreen):
 
 
 class ExportScreen(ModalScreen[str | None]):
+    """The export formats, in a menu at the right that covers neither the table's cells nor the notes under
+    it: below the notes where the screen has room (``below``: the first free row), else over the table's
+    right margin."""
+
     BINDINGS = bindings("export")
     DEFAULT_CSS = """
     ExportScreen { align: right top; background: transparent; }
     ExportScreen > OptionList { width: 40; height: auto; border: round $accent; }
     """
+    MENU_ROWS = 9  # seven formats and the border
+
+    def __init__(self, below: int | None = None, **kw):
+        super().__init__(**kw)
+        self.below = below
+
+    def on_mount(self) -> None:
+        rows = self.app.size.height - 1  # the key bar's row stays visible
+        if self.below is not None and self.below + self.MENU_ROWS <= rows:
+            self.query_one(OptionList).styles.margin = (self.below, 0, 0, 0)
 
     def compose(self) -> ComposeResult:
         figures = results.figures_available()  # offer figures only where matplotlib is installed
@@ -229,9 +243,10 @@ class ScoresScreen(Screen):
             return None
         table = self.query_one(DataTable)
         row, col = table.cursor_coordinate
-        if col == 0 or row >= len(self.table_data.rows):
+        if row >= len(self.table_data.rows) or not self.table_data.targets:
             return None
-        return self.table_data.cell(self.table_data.rows[row], self.table_data.targets[col - 1])
+        # the row's name (column 0) stands for its first cell: enter there opens it rather than nothing
+        return self.table_data.cell(self.table_data.rows[row], self.table_data.targets[max(col, 1) - 1])
 
     def on_data_table_cell_selected(self, event: DataTable.CellSelected) -> None:
         event.stop()
@@ -247,7 +262,8 @@ class ScoresScreen(Screen):
             if fmt and self.table_data:
                 self.export(fmt)
 
-        self.app.push_screen(ExportScreen(), chosen)
+        note = self.query_one("#note")
+        self.app.push_screen(ExportScreen(below=note.region.bottom + 1), chosen)
 
     @work(thread=True, group="scores-export", exit_on_error=False, name="export")
     def export(self, fmt: str) -> None:
