@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import write_jsonl, write_text
+from conftest import cli, write_jsonl, write_text
 
 from stilts_tui import plan as plans
 from stilts_tui import tasks
@@ -291,3 +291,14 @@ def test_unreachable_hub_is_one_clear_message(tmp_path):
     ), out
     assert "download the files (train.tsv, dev.tsv) and set data_dir" in msg
     assert "\n" not in msg
+
+
+def test_tasks_show_loads_a_plans_model_as_the_trainer_does(tmp_path):
+    """Issue 35, item 17: `tasks show choice --plan plans/demo.toml` could not load the demo's tokenizer
+    (sentence-transformers/all-MiniLM-L6-v2, which the trainer takes from the package that ships it)."""
+    from stilts_tui.cli.demo import write_demo
+
+    plan = write_demo(tmp_path)
+    out = cli("tasks", "show", "choice", "--plan", str(plan), "-n", "1", env={"HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("example 1  label ") and "tokens [CLS] " in out.stdout

