@@ -136,3 +136,24 @@ def test_every_relative_link_of_a_page_leads_somewhere(doc):
             assert anchor in _anchors(dest.read_text()), f"{doc}: ({target}) names no heading of {dest.name}"
     for named in re.findall(r"(?<![\w/.])((?:docs|bench|tests|plans|stilts_tui|ci)/[\w./-]+\.(?:md|py|sh|toml))", text):
         assert (ROOT / named).exists() or "NAME" in named, f"{doc} names {named}, which does not exist"
+
+
+def test_the_tours_quick_checks_run_offline_as_written(tmp_path):
+    """Issue 35, item 16: the tour's "check a plan" commands failed offline as written (no data/RTE, a
+    tokenizer from the hub). Each quick one runs here from a fresh folder with the hub unreachable; the
+    rehearsal, as written, is tests/test_rehearse.py's (slow tier)."""
+    import re
+    import shlex
+
+    from conftest import cli
+
+    text = (ROOT / "README.md").read_text()
+    tour = text[text.index("## A five-minute tour") : text.index("## Command line")]
+    commands = [c.replace("\n   ", " ") for c in re.findall(r"`(stilts-tui [^`]+)`", tour, re.S)]
+    quick = [c for c in commands if c.split()[1:3] in (["plan", "validate"], ["plan", "show"], ["tasks", "show"])]
+    assert len(quick) == 3, commands
+    rehearse = next(c for c in commands if c.split()[1:3] == ["plan", "rehearse"])
+    assert "--data-dir tests/fixtures/chang_lu_2021" in rehearse
+    for command in quick:
+        out = cli(*shlex.split(command)[1:], cwd=ROOT, env={"HF_ENDPOINT": "http://127.0.0.1:9"})
+        assert out.returncode == 0, (command, out.stderr)
