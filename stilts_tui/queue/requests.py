@@ -55,14 +55,22 @@ def waiting(ledger: Ledger) -> bool:
     return isinstance(value, dict) and bool(value.get("open"))
 
 
+def _new(kind: str, runs: list[str], args: dict | None) -> dict:
+    assert kind in KINDS, kind
+    return {"id": uuid.uuid4().hex[:12], "kind": kind, "runs": runs, "by": _by(), "t": time.time(), "args": args or {}}
+
+
+def _append(tx: Tx, req: dict) -> None:
+    book = _book(tx)
+    book["open"].append(req)
+    tx.put(tx.meta, KEY, {"value": book})
+
+
 def record(ledger: Ledger, kind: str, runs: list[str], args: dict | None = None) -> str:
     """Record one request; its id."""
-    assert kind in KINDS, kind
-    req = {"id": uuid.uuid4().hex[:12], "kind": kind, "runs": runs, "by": _by(), "t": time.time(), "args": args or {}}
+    req = _new(kind, runs, args)
     with ledger.transaction() as tx:
-        book = _book(tx)
-        book["open"].append(req)
-        tx.put(tx.meta, KEY, {"value": book})
+        _append(tx, req)
     return req["id"]
 
 
@@ -178,9 +186,11 @@ def _client_log(root) -> Callable[[str], None]:
     return log
 
 
-def carry_out_if_no_daemon(ledger: Ledger) -> bool:
-    """With no daemon holding the runs-dir's lock, take it and carry out the open requests (this client is
-    the one owner while it holds it). False when the lock is held (the daemon, or another client, acts)."""
+def carry_out_if_no_daemon(ledger: Ledger, new: dict | None = None) -> bool:
+    """With no daemon holding the runs-dir's lock, take it and carry out the open requests (and ``new``,
+    recorded in the same commit: the ledger's backup is then the state before the request, as the error
+    of a damaged ledger says). This client is the one owner while it holds the lock. False when the lock is
+    held (the daemon, or another client, acts)."""
     root = ledger.dir
     lock = FileLock(str(root / DAEMON_LOCK), timeout=0)
     try:
@@ -189,6 +199,8 @@ def carry_out_if_no_daemon(ledger: Ledger) -> bool:
         return False
     try:
         with ledger.transaction() as tx:
+            if new is not None:
+                _append(tx, new)
             carry_out(tx, RunFiles(root, _client_log(root)))
     finally:
         lock.release()
@@ -196,9 +208,15 @@ def carry_out_if_no_daemon(ledger: Ledger) -> bool:
 
 
 def ask(ledger: Ledger, kind: str, runs: list[str], args: dict | None = None, wait: float = WAIT_S) -> dict:
-    """Record a request and wait until it is carried out (at once with no daemon; by the daemon's next
-    tick otherwise); its outcome, or ``{"pending": True}`` if the daemon has not got to it in ``wait`` s."""
-    rid = record(ledger, kind, runs, args)
+    """Record a request and wait until it is carried out (at once with no daemon, in one commit; by the
+    daemon's next tick otherwise); its outcome, or ``{"pending": True}`` if the daemon has not got to it
+    in ``wait`` s."""
+    req = _new(kind, runs, args)
+    if carry_out_if_no_daemon(ledger, req):
+        return (answer(ledger, req["id"]) or {}).get("outcome") or {}
+    with ledger.transaction() as tx:
+        _append(tx, req)
+    rid = req["id"]
     deadline = time.time() + wait
     while True:
         done = answer(ledger, rid)
