@@ -30,6 +30,7 @@ DAEMON_FILE = "daemon.json"  # the running daemon: pid, start time, settings
 DAEMON_LOCK = "daemon.lock"  # held by the daemon while it serves the runs-dir
 DAEMON_LOG = "daemon.log"  # the daemon's own log (and what a detached start printed)
 DAEMON_TICKS_FILE = "daemon.ticks"  # the number of ticks the running daemon has finished (waiters poll it)
+PAUSED_FILE = "queue.paused"  # kept by the queue's owner while it is paused: a worker begins no further run
 
 _ATTEMPT_RE = re.compile(r"result\.attempt(\d+)\.json")
 

@@ -303,3 +303,29 @@ def test_cancelling_a_run_that_trains_in_a_worker_never_restarts_the_runs_after_
     assert len(placements(runs_dir)) == 1  # one launch: nothing was placed again
     log = (runs_dir / others[0] / "train.log").read_text()
     assert log.count("── attempt 1 ──") == 1 and "attempt 2" not in log
+
+
+def test_pausing_keeps_a_worker_from_beginning_the_runs_it_holds_until_resumed(
+    tmp_path, runs_dir, tiny_model, queue_env
+):
+    """Two runs in one worker process; the queue is paused while the first trains: the first finishes, the
+    second (held by the worker, "waiting in worker 1") does not begin until the queue resumes (issue 35,
+    item 3: it began while the app said PAUSED)."""
+    stages = '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4] }\n'
+    runs = add(make_plan(tmp_path, tiny_model, stages, baseline=True), runs_dir, queue_env)
+    for r in runs:
+        set_debug(runs_dir, r["id"], sleep_per_step=0.3)
+    start(runs_dir, queue_env, "--worker-runs", "2")
+    first = wait(lambda: next((r["id"] for r in runs if _started(runs_dir, r["id"])), None), 60, "a run to begin")
+    (second,) = [r["id"] for r in runs if r["id"] != first]
+    assert Ledger(runs_dir).get(second)["pid"] == Ledger(runs_dir).get(first)["pid"]  # the worker holds both
+    assert cli("queue", "pause", runs_dir=runs_dir, env=queue_env).returncode == 0
+    wait(lambda: (runs_dir / "queue.paused").exists(), 30, "the pause to reach the workers")
+    wait(lambda: statuses(runs_dir)[first] == "done", 120, "the first run to finish")
+    wait_ticks(runs_dir, 10)  # two seconds and more: today's worker began the second run at once
+    assert not _started(runs_dir, second), "a run held by a worker began while the queue was paused"
+    shown = json.loads(cli("queue", "ls", "--json", runs_dir=runs_dir, env=queue_env).stdout)
+    assert {r["id"]: r["shown"] for r in shown}[second] == "waiting"
+    assert cli("queue", "resume", runs_dir=runs_dir, env=queue_env).returncode == 0
+    wait(lambda: all_final(runs_dir), 120, "the held run to finish after resuming")
+    assert statuses(runs_dir)[second] == "done" and not (runs_dir / "queue.paused").exists()

@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from filelock import FileLock, Timeout
 
@@ -19,6 +20,7 @@ from stilts_tui.contract import (
     CANCEL_GRACE_S,
     DAEMON_LOCK,
     DAEMON_LOG,
+    PAUSED_FILE,
     PRUNED_FILE,
     PRUNED_WHY_FIELD,
     RETRYABLE,
@@ -164,7 +166,23 @@ def _priority(tx: Tx, files: RunFiles, runs: list[str], args: dict) -> dict:
 
 def _pause(tx: Tx, files: RunFiles, runs: list[str], args: dict) -> dict:
     tx.put(tx.meta, "paused", {"value": bool(args.get("paused"))})
+    mirror_pause(files.root, bool(args.get("paused")))
     return {"paused": bool(args.get("paused"))}
+
+
+def mirror_pause(root: Path, paused: bool) -> None:
+    """Keep the runs-dir's :data:`PAUSED_FILE` as the ledger says: a worker process that holds runs it has
+    not begun (``--worker-runs``) reads it before each and waits while it exists, so a paused queue begins
+    no run, even one a worker already holds. Written only by the queue's owner (the tick, or a client
+    under the daemon's lock)."""
+    path = Path(root) / PAUSED_FILE
+    try:
+        if paused and not os.path.lexists(path):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))  # empty: a flag
+        elif not paused and os.path.lexists(path):
+            path.unlink()  # a link planted there is removed, never followed
+    except OSError:
+        pass  # the ledger stays the truth; the next tick tries again
 
 
 HANDLERS: dict[str, Callable[[Tx, RunFiles, list[str], dict], dict]] = {

@@ -41,6 +41,8 @@ class Tick:
         if requests.waiting(self.ledger):
             with self.ledger.transaction() as tx:
                 requests.carry_out(tx, self.c.files)
+        paused = bool(self.ledger.meta("paused"))
+        requests.mirror_pause(self.c.files.root, paused)  # what workers holding runs read (a stat a tick)
         runs = self.checked_runs()
         self.executor.observe(runs)
         changes = cancels.CancelSteps(self.c, self.executor).step(runs, stats)
@@ -62,7 +64,7 @@ class Tick:
         self._block_and_prune(runs, status, changes, stats)
         if changes:
             self.commit(changes)
-        if not self.ledger.meta("paused"):
+        if not paused:
             for launch in self.executor.launches(self.checked_runs()):
                 self.c.mark(launch.runs[0]["id"])
                 launch.ok = self._launch(launch)

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from stilts_tui.contract import EXIT_FAILURE, EXIT_OK, RANK_STAGE, Env, ResultStatus
+from stilts_tui.contract import CANCEL_FILE, EXIT_FAILURE, EXIT_OK, PAUSED_FILE, RANK_STAGE, Env, ResultStatus
 from stilts_tui.errors import Failure, UserError, report
 
 PROG = "stilts_tui.train"
@@ -154,6 +154,19 @@ def _worker(args: argparse.Namespace, device, startup_s: float, threads: dict):
     )
 
 
+def _hold_while_paused(group: list[Path], poll_s: float = 0.5) -> None:
+    """Wait before beginning ``group`` while its runs-dir's :data:`PAUSED_FILE` exists (the queue was
+    paused after this worker was given the runs): a paused queue begins no run, even one a worker holds.
+    A cancel of a run in the group ends the wait (the run is then skipped as cancelled)."""
+    paused = group[0].resolve().parent / PAUSED_FILE
+    said = False
+    while os.path.lexists(paused) and not any((d / CANCEL_FILE).exists() for d in group):
+        if not said:
+            print(f"queue paused: {len(group)} run(s) wait in this worker until it resumes", flush=True)
+            said = True
+        time.sleep(poll_s)
+
+
 def _no_cuda(dirs: list[Path]) -> int:
     """A process placed on a GPU that sees no CUDA: each run fails saying so (never trained on the CPU)."""
     import torch
@@ -216,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     statuses += _rank_runs([d for d in dirs if _stage(d) == RANK_STAGE], str(device))  # scored, not trained
     dirs = [d for d in dirs if _stage(d) != RANK_STAGE]
     groups = arrays(dirs, args.fuse) if args.fuse > 1 else [[d] for d in dirs]
-    for group in groups:
+    for i, group in enumerate(groups):
+        if i:  # the first was begun by the launch; a later one waits while the queue is paused
+            _hold_while_paused(group)
         if len(group) > 1 and can_fuse(group[0]):
             statuses += [r["status"] for r in train_group(worker, group, fuse=True)]
         else:
