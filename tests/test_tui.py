@@ -1083,8 +1083,9 @@ def test_real_tui_in_tmux_moves_opens_logs_and_cancels(prepared):
         def screen() -> str:
             return tmux("capture-pane", "-p", "-t", session)
 
-        # the screen is polled until it says it: rows appear a frame before the totals line is drawn
-        wait(lambda: "9 done · 1 running · 2 queued · 1 failed" in screen(), 30, "the app's queue screen")
+        # the screen is polled until it says it: rows appear a frame before the totals line is drawn; the
+        # first frame waits on the interpreter's start, which a loaded 2-core box can stretch past 30 s
+        wait(lambda: "9 done · 1 running · 2 queued · 1 failed" in screen(), 180, "the app's queue screen")
         runs = {r["id"]: r for r in Ledger(prepared).runs()}
         order = [line.split()[0] for line in screen().splitlines() if line.strip()[:12] in runs]
         # move to the running run, open its log (tmux delivers the keys in order, the app handles them so)
