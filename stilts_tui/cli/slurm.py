@@ -69,8 +69,8 @@ def slurm_settings(executor: str, mps: bool, given: dict) -> dict:
 
 def check_slurm_fit(slurm: dict) -> None:
     """Refuse Slurm settings no node of the partition can run (a job would pend forever), in one line."""
-    from stilts_tui.queue.executors import slurm as slurm_exec
+    from stilts_tui.queue.executors import slurm_nodes
 
-    problem = slurm_exec.fit_problem(rules.resolved(slurm))  # each sbatch argument was checked by its rule
+    problem = slurm_nodes.fit_problem(rules.resolved(slurm))  # each sbatch argument was checked by its rule
     if problem:
         raise UserError(problem)

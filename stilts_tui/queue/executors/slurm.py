@@ -93,7 +93,7 @@ class JobState:
         return self.state in ACTIVE
 
 
-def _run(args: list[str], timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
+def slurm_command(args: list[str], timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
     if shutil.which(args[0]) is None:
         raise SlurmError(f"{args[0]} not found: the Slurm executor needs the Slurm client commands on PATH")
     try:
@@ -102,7 +102,7 @@ def _run(args: list[str], timeout: float = TIMEOUT_S) -> subprocess.CompletedPro
         raise SlurmError(f"{args[0]} did not answer within {timeout:.0f} s") from None
 
 
-def _one_line(out: subprocess.CompletedProcess) -> str:
+def one_line(out: subprocess.CompletedProcess) -> str:
     text = (out.stderr or out.stdout or "").strip().splitlines()
     return text[-1] if text else f"exit status {out.returncode}"
 
@@ -147,9 +147,9 @@ def submit(run_id: str, run_dir: Path, settings: dict, module: str, dependency: 
     """Submit one run; its job id. A parent's job id in ``dependency`` makes Slurm hold the run until
     the parent ends well, and cancel it if the parent fails."""
     script = write_script(run_dir, module)
-    out = _run([*sbatch_args(run_id, run_dir, settings, dependency), str(script)])
+    out = slurm_command([*sbatch_args(run_id, run_dir, settings, dependency), str(script)])
     if out.returncode != 0:
-        raise SlurmError(f"sbatch: {_one_line(out)}")
+        raise SlurmError(f"sbatch: {one_line(out)}")
     job = out.stdout.strip().split(";")[0]
     if not job.isdigit():
         raise SlurmError(f"sbatch: unexpected answer {out.stdout.strip()!r}")
@@ -162,14 +162,14 @@ def states(job_ids: list[str]) -> dict[str, JobState]:
     found: dict[str, JobState] = {}
     for i in range(0, len(job_ids), 500):
         chunk = job_ids[i : i + 500]
-        out = _run(["squeue", "-h", "-t", "all", "-j", ",".join(chunk), "-o", "%i|%T|%r"])
+        out = slurm_command(["squeue", "-h", "-t", "all", "-j", ",".join(chunk), "-o", "%i|%T|%r"])
         if out.returncode == 0:
             for line in out.stdout.splitlines():
                 parts = line.strip().split("|")
                 if len(parts) == 3:
                     found[parts[0]] = JobState(parts[1], parts[2])
         elif "Invalid job id" not in (out.stderr or ""):  # squeue errs only when it knows none of them
-            raise SlurmError(f"squeue: {_one_line(out)}")
+            raise SlurmError(f"squeue: {one_line(out)}")
     for job in job_ids:
         if job not in found:
             found[job] = _scontrol(job) or _sacct(job) or JobState("UNKNOWN", "")
@@ -177,7 +177,7 @@ def states(job_ids: list[str]) -> dict[str, JobState]:
 
 
 def _scontrol(job: str) -> JobState | None:
-    out = _run(["scontrol", "show", "job", "-o", job])
+    out = slurm_command(["scontrol", "show", "job", "-o", job])
     if out.returncode != 0:
         return None
     fields = dict(kv.split("=", 1) for kv in out.stdout.split() if "=" in kv)
@@ -188,7 +188,7 @@ def _sacct(job: str) -> JobState | None:
     """sacct, where accounting is on (it often is not: then it fails or knows nothing)."""
     if shutil.which("sacct") is None:
         return None
-    out = _run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "State"], timeout=20)
+    out = slurm_command(["sacct", "-n", "-X", "-P", "-j", job, "-o", "State"], timeout=20)
     lines = [x.strip() for x in out.stdout.splitlines() if x.strip()] if out.returncode == 0 else []
     return JobState(lines[0].split()[0], "sacct") if lines else None
 
@@ -196,7 +196,7 @@ def _sacct(job: str) -> JobState | None:
 def find(run_id: str, runs_dir: Path, since: float) -> str | None:
     """The job of this run (of this runs-dir: its working directory) submitted at or after ``since``.
     A daemon that died between sbatch and recording the job id finds it here instead of submitting again."""
-    out = _run(["squeue", "-h", "-t", "all", "-n", run_id, "-o", "%i|%V|%Z"])
+    out = slurm_command(["squeue", "-h", "-t", "all", "-n", run_id, "-o", "%i|%V|%Z"])
     best = None
     for line in out.stdout.splitlines() if out.returncode == 0 else []:
         job, submitted, workdir = (line.strip().split("|") + ["", ""])[:3]
@@ -217,9 +217,9 @@ def cancel(job_ids: list[str], wait: float = 15.0) -> dict[str, JobState]:
     job_ids = [j for j in job_ids if j]
     if not job_ids:
         return {}
-    out = _run(["scancel", *job_ids])
+    out = slurm_command(["scancel", *job_ids])
     if out.returncode != 0:
-        raise SlurmError(f"scancel: {_one_line(out)}")
+        raise SlurmError(f"scancel: {one_line(out)}")
     deadline = time.time() + wait
     while True:
         now = states(job_ids)
@@ -239,75 +239,6 @@ def stuck_lines(runs: list[dict]) -> list[str]:
         f"{len(ids)} run(s) pending in Slurm ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}) {why}"
         for why, ids in by_reason.items()
     ]
-
-
-@dataclass
-class Node:
-    name: str
-    cpus: int
-    mem_mb: int
-    gpus: int
-
-
-def partition_nodes(partition: str | None) -> tuple[str, list[Node]]:
-    """The nodes of a partition (the default one when None), as sinfo reports them: (partition, nodes)."""
-    args = ["sinfo", "-h", "-N", "-o", "%P|%N|%c|%m|%G"]
-    out = _run(args + (["-p", partition] if partition else []))
-    if out.returncode != 0:
-        raise SlurmError(f"sinfo: {_one_line(out)}")
-    nodes, default = [], None
-    for line in out.stdout.splitlines():
-        part, name, cpus, mem, gres = (line.strip().split("|") + ["", "", "", ""])[:5]
-        if not partition:
-            if not part.endswith("*"):
-                continue
-            default = part.rstrip("*")
-        nodes.append(Node(name, _int(cpus), _int(mem), _gpus(gres)))
-    return (partition or default or "(default)"), nodes
-
-
-def _int(text: str) -> int:
-    digits = "".join(c for c in text.split("+")[0] if c.isdigit())
-    return int(digits) if digits else 0
-
-
-def _gpus(gres: str) -> int:
-    """GPUs in an sinfo %G field such as ``gpu:2``, ``gpu:a100:4(S:0-1)`` or ``(null)``."""
-    total = 0
-    for item in gres.split(","):
-        parts = item.split("(")[0].split(":")
-        if parts[0] == "gpu" and len(parts) >= 2 and parts[-1].isdigit():
-            total += int(parts[-1])
-    return total
-
-
-def mem_mb(text: str) -> int:
-    """sbatch's --mem value in MB (a bare number is MB)."""
-    units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
-    unit = text[-1].upper() if text and text[-1].isalpha() else "M"
-    return int(float(text.rstrip("KMGTkmgt")) * units.get(unit, 1))
-
-
-def fit_problem(settings: dict) -> str | None:
-    """None when some node of the partition can run one job with these CPUs, memory and GPUs; else one
-    line naming the setting that no node meets and the largest node."""
-    settings = resolved(settings)
-    partition, nodes = partition_nodes(settings.get("partition"))
-    if not nodes:
-        return f"--partition: Slurm knows no partition '{partition}' (sinfo lists none of its nodes)"
-    cpus, gpus = int(settings["cpus"]), int(settings["gpus"])
-    mem = mem_mb(settings["mem"]) if settings.get("mem") else 0
-    if any(n.cpus >= cpus and n.mem_mb >= mem and n.gpus >= gpus for n in nodes):
-        return None
-    big = max(nodes, key=lambda n: (n.cpus, n.mem_mb, n.gpus))
-    have = f"the largest node of partition '{partition}' has {big.cpus} CPUs, {big.mem_mb} MB, {big.gpus} GPUs"
-    if not any(n.cpus >= cpus for n in nodes):
-        return f"--cpus-per-run {cpus}: no node can run it ({have})"
-    if not any(n.mem_mb >= mem for n in nodes):
-        return f"--mem {settings['mem']}: no node can run it ({have})"
-    if not any(n.gpus >= gpus for n in nodes):
-        return f"--gpus-per-run {gpus}: no node can run it ({have})"
-    return f"--cpus-per-run {cpus}, --mem {settings.get('mem')}, --gpus-per-run {gpus}: no one node has all ({have})"
 
 
 # -- the daemon's Slurm executor -------------------------------------------------------------------------
