@@ -121,8 +121,8 @@ def _cancel(tx: Tx, files: RunFiles, runs: list[str], args: dict) -> dict:
                 tx.update_run(rid, cancel_requested=now, cancel_grace=float(grace), cancel_by=args.get(BY_ARG))
             out["requested"].append(rid)
         elif cur["status"] in (Status.QUEUED, Status.BLOCKED):
-            fields = {"status": Status.CANCELLED.value, "finished": now}
-            tx.update_run(rid, **fields, **history.ended(files.root, cur, fields, by=args.get(BY_ARG)))
+            ended = history.ended(files.root, cur, {"status": Status.CANCELLED, "finished": now}, by=args.get(BY_ARG))
+            tx.update_run(rid, status=Status.CANCELLED.value, finished=now, **ended)
             out["done"].append(rid)
     return out
 
