@@ -196,3 +196,37 @@ def test_a_damaged_history_is_read_as_what_it_holds_of_entries(tmp_path, runs_di
         "history: attempt 4 oom at ?",
     ]
     assert run_history.next_attempt(bad) == 5
+
+
+async def test_the_apps_log_pane_lists_the_last_attempts_and_counts_the_earlier_ones(tmp_path, runs_dir, tiny_model):
+    """A run retried many times: its log pane shows the last entries of its history in the one view's words,
+    says how many earlier ones `logs --history` prints, and follows a new entry as the ledger changes."""
+    (run,) = add(make_plan(tmp_path, tiny_model, ONE, baseline=True), runs_dir, {})
+    rid = run["id"]
+    past = []
+    for n in range(1, 9):
+        past += [
+            run_history.entry("failed", attempt=n, t_start=1000.0 * n, t_end=1000.0 * n + 61, error=f"boom {n}"),
+            run_history.entry(run_history.RETRIED, t_end=1000.0 * n + 70, by="ana@gpu1 (pid 7)"),
+        ]
+    Ledger(runs_dir).update(rid, history=past)
+    async with StiltsApp(runs_dir, keymap={}, confirm=False).run_test(size=(200, 40)) as pilot:
+        await until(
+            pilot,
+            lambda: isinstance(pilot.app.screen, QueueScreen) and pilot.app.screen.query_one(DataTable).row_count,
+            "the queue screen filled",
+        )
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(pilot.app.screen, LogsScreen), "the logs screen")
+        pane = pilot.app.screen.query_one(LogPane)
+        block = pane.query_one(".history", Static)
+        await until(pilot, lambda: len(pane.history) == 16, "the history block")
+        shown = str(block.render()).splitlines()
+        assert shown[0] == f"(10 earlier: stilts-tui logs {rid} --history)"
+        assert shown[1:] == run_history.lines(past)[-6:]
+        assert shown[-1].startswith("retried by ana@gpu1 (pid 7) at ") and "attempt 8 failed at " in shown[-2]
+        assert "(ran 1:01): boom 8" in shown[-2]
+        more = run_history.entry("cancelled", attempt=9, step=4, total_steps=8, t_end=9100.0, by="bo@gpu2 (pid 9)")
+        Ledger(runs_dir).update(rid, history=[*past, more])
+        await until(pilot, lambda: len(pane.history) == 17, "the new entry")
+        assert str(block.render()).splitlines()[-1].startswith("attempt 9 cancelled at step 4/8 by bo@gpu2 (pid 9) at ")
