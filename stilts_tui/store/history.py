@@ -20,26 +20,30 @@ from stilts_tui.fmt import duration, terminal_safe
 KEEP = 50  # entries kept on a row (the last ones): a run retried a thousand times stays a small row
 RETRIED = "retried"  # an entry's status when a person queued the run again
 KEYS = ("attempt", "status", "t_start", "t_end", "step", "total_steps", "by", "error")
-_TYPES: dict[str, tuple[type, ...]] = {
-    "attempt": (int,),
-    "status": (str,),
-    "t_start": (int, float),
-    "t_end": (int, float),
-    "step": (int,),
-    "total_steps": (int,),
-    "by": (str,),
-    "error": (str,),
-}
+_TYPES: tuple[tuple[str, tuple[type, ...]], ...] = (
+    ("attempt", (int,)),
+    ("status", (str,)),
+    ("t_start", (int, float)),
+    ("t_end", (int, float)),
+    ("step", (int,)),
+    ("total_steps", (int,)),
+    ("by", (str,)),
+    ("error", (str,)),
+)
 
 
-def _ok(key: str, value: object) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, bool) or not isinstance(value, _TYPES[key]):
-        return False
-    if isinstance(value, (int, float)):
-        return value == value and 0 <= value < 2**53  # finite, non-negative (times, steps, counts)
-    return len(value) <= 500
+def _clean(e: Mapping) -> dict:
+    """An entry of exactly :data:`KEYS`: a value of the wrong type (a bool, a NaN, a negative or huge
+    number, a text of over 500 characters) read as None. (Run for every run's view: kept cheap.)"""
+    out = {}
+    for key, types in _TYPES:
+        v = e.get(key)
+        if v is not None:
+            t = type(v)  # exact types: a bool is no number here
+            if t not in types or (t is str and len(v) > 500) or (t is not str and not 0 <= v < 2**53):
+                v = None
+        out[key] = v
+    return out
 
 
 def entries(value: object) -> list[dict]:
@@ -47,12 +51,9 @@ def entries(value: object) -> list[dict]:
     None), entries without a status left out; at most the last :data:`KEEP`."""
     if not isinstance(value, list):
         return []
-    out = []
-    for e in value[-KEEP:]:
-        if not isinstance(e, Mapping) or not isinstance(e.get("status"), str) or not e["status"]:
-            continue
-        out.append({k: (e.get(k) if _ok(k, e.get(k)) else None) for k in KEYS})
-    return out
+    return [
+        _clean(e) for e in value[-KEEP:] if isinstance(e, Mapping) and isinstance(e.get("status"), str) and e["status"]
+    ]
 
 
 def entry(status: str, **fields: object) -> dict:
