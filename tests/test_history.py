@@ -230,3 +230,73 @@ async def test_the_apps_log_pane_lists_the_last_attempts_and_counts_the_earlier_
         Ledger(runs_dir).update(rid, history=[*past, more])
         await until(pilot, lambda: len(pane.history) == 17, "the new entry")
         assert str(block.render()).splitlines()[-1].startswith("attempt 9 cancelled at step 4/8 by bo@gpu2 (pid 9) at ")
+
+
+def test_the_tick_keeps_a_degenerate_and_an_oom_end_with_the_step_each_got_to(tmp_path, runs_dir, tiny_model):
+    """The real tick reaps two attempts from their result.json files (the test stands in for their trainer:
+    a start event from the process, a step event, the result): degenerate at step 2/6, and oom alone on its
+    device (failed, shown oom); each kept with its attempt, step, times and error."""
+    import subprocess
+    import time
+
+    grid = '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4] }\n'
+    a, b = (r["id"] for r in add(make_plan(tmp_path, tiny_model, grid, baseline=True), runs_dir, {}))
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        t0 = time.time() - 30
+        with Ledger(runs_dir).transaction() as tx:
+            tx.put(tx.meta, "paused", {"value": True})
+            for rid in (a, b):
+                tx.update_run(rid, status="running", attempts=1, started=t0, pid=proc.pid, alone=rid == b)
+        for rid, res in ((a, {"status": "degenerate", "score": 0.5}), (b, {"status": "oom", "error": "CUDA oom"})):
+            events = [{"t": t0, "event": "start", "pid": proc.pid}, {"t": t0 + 1, "event": "begin", "total_steps": 6}]
+            events.append({"t": t0 + 2, "event": "step", "step": 2, "total_steps": 6, "loss": 0.7})
+            (runs_dir / rid / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+            (runs_dir / rid / "result.json").write_text(json.dumps({**res, "metrics": {}, "primary_metric": "acc"}))
+        qd.Daemon(runs_dir, qd.Settings(interval=0)).tick()
+    finally:
+        proc.kill()
+        proc.wait()
+    ha, hb = Ledger(runs_dir).get(a)["history"], Ledger(runs_dir).get(b)["history"]
+    assert [(e["attempt"], e["status"], e["step"], e["total_steps"], e["error"]) for e in ha + hb] == [
+        (1, "degenerate", 2, 6, None),
+        (1, "oom", 2, 6, "CUDA oom"),
+    ]
+    assert all(e["t_start"] == t0 and e["t_end"] > t0 for e in ha + hb)
+    listed = {r["id"]: r for r in json.loads(cli("queue", "ls", "--json", runs_dir=runs_dir).stdout)}
+    assert listed[b]["shown"] == "oom" and listed[b]["history"] == hb and listed[a]["history"] == ha
+
+
+def test_a_run_its_rank_run_pruned_is_kept_as_pruned_before_any_attempt_with_why(tmp_path, runs_dir, tiny_model):
+    """The real tick reaps a rank run (the test stands in for the rank process: its result.json ranks "idle"
+    below the top 1) and prunes the target run from "idle": pruned before any attempt, the rank line as why;
+    `queue retry --pruned` then keeps the retry."""
+    import subprocess
+
+    from test_pruned import _plan, _runs
+
+    add(_plan(tmp_path, tiny_model), runs_dir, {})
+    runs = _runs(runs_dir)
+    rank, learned, idle = runs["rank"]["id"], runs["learned"]["id"], runs["idle"]["id"]
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        with Ledger(runs_dir).transaction() as tx:
+            tx.put(tx.meta, "paused", {"value": True})
+            tx.update_run(rank, status="running", attempts=1, started=1.0, pid=proc.pid)
+        ranking = [{"run_id": learned, "start": "learned", "rank": 1}, {"run_id": idle, "start": "idle", "rank": 2}]
+        result = {"status": "done", "metrics": {}, "ranking": ranking, "top": 1}
+        (runs_dir / rank / "result.json").write_text(json.dumps(result))
+        qd.Daemon(runs_dir, qd.Settings(interval=0)).tick()
+    finally:
+        proc.kill()
+        proc.wait()
+    pruned = Ledger(runs_dir).get(runs["t:idle"]["id"])
+    assert pruned["status"] == "pruned"
+    (entry,) = pruned["history"]
+    assert (entry["attempt"], entry["status"], entry["error"]) == (None, "pruned", pruned["pruned_why"])
+    assert [e["status"] for e in Ledger(runs_dir).get(rank)["history"]] == ["done"]
+    assert cli("queue", "retry", "--pruned", "--plan", "q", runs_dir=runs_dir).returncode == 0
+    again = Ledger(runs_dir).get(runs["t:idle"]["id"])
+    assert [e["status"] for e in again["history"]] == ["pruned", "retried"] and BY.match(again["history"][1]["by"])
+    record = json.loads((runs_dir / runs["t:idle"]["id"] / "pruned.json").read_text())
+    assert record["retried_by"] == again["history"][1]["by"]
