@@ -240,7 +240,9 @@ class Event(str, Enum):
     """The ``event`` names of ``events.jsonl`` (every line also holds ``t``, unix time). Fields:
     start (``run_id``, ``pid``, ``device``), begin (the first step is next: ``total_steps``...), step (``step``,
     ``total_steps``, ``epoch``, ``loss``, ``lr``, ``samples_per_s``), eval (``epoch``, ``metrics``), transfer
-    (``source``, ``loaded``, ``new``), stopped (why a run ended early), end (``status``, ``score``, ``error``)."""
+    (``source``, ``loaded``, ``new``), stopped (why a run ended early), end (``status``, ``score``, ``error``),
+    cancelled (written by the queue when it carries out a cancel: ``attempt``, null before any began;
+    ``step`` and ``total_steps``, where the attempt got to, or null; ``by``, who asked)."""
 
     START = "start"
     BEGIN = "begin"

@@ -1,4 +1,5 @@
-"""`logs`: print a run's train.log, and follow it until the run settles."""
+"""`logs`: print a run's history (how each attempt ended, each retry) and its train.log, and follow the log
+until the run settles; `--history`: the history alone."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from stilts_tui.errors import Failure, UserError
 from stilts_tui.fmt import terminal_safe
 from stilts_tui.store import rundir
 from stilts_tui.store.ledger import Ledger
+from stilts_tui.store.view import around, view
+
+HISTORY_PREFIX = "history: "  # the header block's lines, apart from the log's
 
 
 @app.command("logs")
@@ -20,15 +24,26 @@ def logs(
     ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(help="a run id", show_default=False)],
     follow: Annotated[bool, typer.Option("-f", "--follow", help="keep printing until the run ends")] = False,
+    history_only: Annotated[
+        bool, typer.Option("--history", help="print only how each attempt ended (and each retry), not the log")
+    ] = False,
 ) -> None:
-    """Print a run's train.log (and follow it)."""
+    """Print a run's history of attempts, then its train.log (and follow it)."""
     import time
 
     root = runs_root(ctx)
     d = rundir.run_dir(root, run_id)
     ledger = Ledger(root)
-    if ledger.get(run_id) is None and not d.is_dir():
+    row = ledger.get(run_id)
+    if row is None and not d.is_dir():
         raise UserError(f"no run '{run_id}' in {ledger.path}")
+    past = view(row, around([row])).history_lines if row is not None else []  # the one view's words
+    for line in past:
+        typer.echo(f"{HISTORY_PREFIX}{line}")
+    if history_only:
+        if not past:
+            typer.echo(terminal_safe(f"{run_id}: no attempt has ended yet (status {(row or {}).get('status')})"))
+        return
     path = d / TRAIN_LOG
     pos = 0
     while True:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from stilts_tui.contract import (
     RETRYABLE,
     Status,
 )
+from stilts_tui.queue import history
 from stilts_tui.queue.runfiles import RunFiles
 from stilts_tui.store import rundir
 from stilts_tui.store.ledger import Ledger, Tx
@@ -34,15 +36,16 @@ KEY = "requests"  # the ledger's meta document holding them: {"open": [...], "do
 KINDS = ("cancel", "retry", "priority", "pause")
 KEEP_DONE = 50  # done requests kept for the clients that wait on theirs (and for a reader's history)
 WAIT_S = 30.0  # how long a client waits for a running daemon to carry out its request
+BY_ARG = "by"  # a handler's args hold the request's ``by`` under this key
 
 
 def _by() -> str:
-    """Who asks: the user and the process (a request's ``by``)."""
+    """Who asks: the user, the machine and the process (a request's ``by``; a run's history names it)."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = str(os.getuid())
-    return f"{user} (pid {os.getpid()})"
+    return f"{user}@{socket.gethostname()} (pid {os.getpid()})"
 
 
 def _book(tx: Tx) -> dict:
@@ -92,7 +95,8 @@ def carry_out(tx: Tx, files: RunFiles) -> int:
     for req in book["open"]:
         how = HANDLERS.get(req.get("kind"))
         runs = [rid for rid in req.get("runs") or [] if isinstance(rid, str)]
-        outcome = how(tx, files, runs, req.get("args") or {}) if how else {"error": "unknown kind"}
+        args = {**(req.get("args") or {}), BY_ARG: req.get("by")}  # who asks, for the runs' history
+        outcome = how(tx, files, runs, args) if how else {"error": "unknown kind"}
         files.log(f"request {req.get('kind')} by {req.get('by')} carried out: {_summary(outcome)}")
         book["done"].append({**req, "done": time.time(), "outcome": outcome})
     n = len(book["open"])
@@ -116,10 +120,11 @@ def _cancel(tx: Tx, files: RunFiles, runs: list[str], args: dict) -> dict:
             continue
         if cur["status"] == Status.RUNNING:
             if not cur.get("cancel_requested"):
-                tx.update_run(rid, cancel_requested=now, cancel_grace=float(grace))
+                tx.update_run(rid, cancel_requested=now, cancel_grace=float(grace), cancel_by=args.get(BY_ARG))
             out["requested"].append(rid)
         elif cur["status"] in (Status.QUEUED, Status.BLOCKED):
-            tx.update_run(rid, status=Status.CANCELLED.value, finished=now)
+            ended = history.ended(files.root, cur, {"status": Status.CANCELLED, "finished": now}, by=args.get(BY_ARG))
+            tx.update_run(rid, status=Status.CANCELLED.value, finished=now, **ended)
             out["done"].append(rid)
     return out
 
@@ -135,19 +140,20 @@ def _retry(tx: Tx, files: RunFiles, runs: list[str], args: dict) -> dict:
         attempts = cur.get("attempts")
         files.retire_result(rid, attempts if isinstance(attempts, int) and 0 <= attempts < 2**31 else 0)
         if cur["status"] == Status.PRUNED:
-            _mark_retried(files, rid)
+            _mark_retried(files, rid, args.get(BY_ARG))
         fields = {"status": Status.QUEUED.value, "attempts": 0, "alone": False, "error": None, "score": None}
+        fields |= history.retried(cur, args.get(BY_ARG), time.time())  # kept: who retried it, when
         tx.update_run(rid, **fields, pid=None, gpu=None, **{PRUNED_WHY_FIELD: None})
         done.append(rid)
     return {"done": done}
 
 
-def _mark_retried(files: RunFiles, run_id: str) -> None:
+def _mark_retried(files: RunFiles, run_id: str, by: str | None = None) -> None:
     """A pruned run's record, kept, marked as brought back by a person (the daemon never prunes it again)."""
     path = files.run_path(run_id, PRUNED_FILE)
     record = rundir.read_json(path)
     record = record if isinstance(record, dict) else {}
-    rundir.write_json_atomic(path, {**record, "retried": time.time()})
+    rundir.write_json_atomic(path, {**record, "retried": time.time(), "retried_by": by})
 
 
 def _priority(tx: Tx, files: RunFiles, runs: list[str], args: dict) -> dict:

@@ -11,7 +11,7 @@ import time
 
 from stilts_tui.contract import BLOCKING, FINAL, RANK_STAGE, UNBLOCKING, Status
 from stilts_tui.errors import UserError
-from stilts_tui.queue import cancels, prune, requests
+from stilts_tui.queue import cancels, history, prune, requests
 from stilts_tui.queue.executor import Changes, Context, Executor, new_stats
 from stilts_tui.queue.executors import local
 from stilts_tui.queue.executors import slurm as slurm_exec
@@ -161,6 +161,7 @@ class Tick:
             if now is not None and now.get("status") not in FINAL:
                 reset = {k: ROW_DEFAULTS.get(k) for k in [*(clear or []), *bad] if k != "id"}
                 fields = {"status": Status.FAILED.value, "error": reason, "finished": time.time(), "pid": None}
+                fields |= history.ended(self.c.root, now, fields)  # the attempt's end, in its history
                 tx.update_run(run_id, **{**reset, **fields})
         self.c.files.forget(run_id)
         self.c.grouper.forget(run_id)
@@ -172,4 +173,5 @@ def _apply(tx, changes: Changes) -> None:
     for rid, (seen, fields) in changes.items():
         cur = tx.get_run(rid)
         if cur is not None and (cur["status"] == seen or not seen):
-            tx.update_run(rid, **fields)
+            # an attempt that ends here is kept in the run's history (queue/history.py)
+            tx.update_run(rid, **{**fields, **history.ended(tx.path.parent, cur, fields)})

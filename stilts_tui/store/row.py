@@ -62,6 +62,7 @@ class RunRow(TypedDict, total=False):
     cancel_requested: float | None
     cancel_grace: float | None  # seconds between SIGTERM and SIGKILL
     cancel_signalled: float | None
+    cancel_by: str | None  # who asked for the cancel of a running run (the request's ``by``), for its history
     # -- Slurm --
     job_id: str | None
     slurm_state: str | None
@@ -70,6 +71,8 @@ class RunRow(TypedDict, total=False):
     submit_failures: int
     # -- the rank stage --
     pruned_why: str | None  # contract.pruned_why's line
+    # -- its history (queue/history.py appends, store/history.py reads) --
+    history: list | None  # every attempt's end and every retry, the last 50: store/history.py's entries
 
 
 ROW_TYPES: dict[str, object] = get_type_hints(RunRow)  # field -> its type, for checks and the tests

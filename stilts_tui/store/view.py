@@ -21,6 +21,7 @@ from typing import BinaryIO
 from stilts_tui.contract import AFTER_FIELD, EVENTS_FILE, PRUNED_WHY_FIELD, Event, ResultStatus, Status, waits
 from stilts_tui.errors import UserError
 from stilts_tui.fmt import duration
+from stilts_tui.store import history as run_history
 from stilts_tui.store import rundir
 
 TAIL = 64 << 10  # bytes of events.jsonl read from its end on a first look (then only what is appended)
@@ -76,6 +77,12 @@ class RunView:
     step: int | None = None  # progress of a training run (None where there is none to show)
     total: int | None = None
     attempts: int = 0  # launches since it was added or retried
+    history: tuple[dict, ...] = ()  # every attempt's end and every retry, cleaned (store/history.py)
+
+    @property
+    def history_lines(self) -> list[str]:
+        """The history in words, oldest first (`logs` and the app's log panes)."""
+        return [run_history.line(e) for e in self.history]
 
     @property
     def label(self) -> str:
@@ -92,6 +99,7 @@ class RunView:
             "step": self.step,
             "total_steps": self.total,
             "attempts": self.attempts,
+            "history": [dict(e) for e in self.history],
         }
 
 
@@ -130,6 +138,7 @@ def view(row: Mapping, ctx: Around, progress: Progress | None = None, result_sta
         step=progress.step if training else None,
         total=progress.total if training else None,
         attempts=attempts if type(attempts) is int and attempts >= 0 else 0,
+        history=tuple(run_history.entries(row.get("history"))),
     )
 
 

@@ -27,7 +27,7 @@ from stilts_tui.contract import (
     Status,
     ledger_status,
 )
-from stilts_tui.queue import checks, mps, placement, threads
+from stilts_tui.queue import checks, history, mps, placement, threads
 from stilts_tui.queue import gpus as gpu_info
 from stilts_tui.queue.executor import Changes, Claim, Context
 from stilts_tui.queue.placement import Launch
@@ -362,7 +362,7 @@ class LocalExecutor:
             (self.c.root / r["id"] / CANCEL_FILE).unlink(missing_ok=True)
             self.c.files.retire_result(r["id"], r.get("attempts") or 0)
             # each attempt begins with its own line: a log read later shows where a new attempt starts
-            _append_line(self.c.root / r["id"] / TRAIN_LOG, f"── attempt {(r.get('attempts') or 0) + 1} ── {note}")
+            _append_line(self.c.root / r["id"] / TRAIN_LOG, history.attempt_header(r, note))  # N+1 and why
         dirs = [self.c.root / r["id"] for r in fresh]
         log = dirs[0] / TRAIN_LOG if len(dirs) == 1 else self.c.root / WORKERS_DIR / f"{worker}.log"
         synth = fresh[0]["stage"] == "synth"

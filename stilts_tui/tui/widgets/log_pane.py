@@ -1,4 +1,5 @@
-"""A live log pane: follows one run's ``train.log``.
+"""A live log pane: follows one run's ``train.log``, under its history of attempts (how each ended, who
+cancelled or retried it: the one view's words, store/view.py), read from the ledger as it changes.
 
 A watcher thread reads what was appended (``tail_lines``), new lines are buffered and flushed a
 few times a second into a ``Log`` with ``max_lines``; ``\\r`` progress updates collapse to their
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections import deque
 from pathlib import Path
 
@@ -19,13 +21,18 @@ from textual.containers import Vertical
 from textual.widgets import Log, Static
 
 from stilts_tui.contract import TRAIN_LOG
+from stilts_tui.errors import UserError
 from stilts_tui.fmt import terminal_safe
+from stilts_tui.store.ledger import Ledger
 from stilts_tui.store.rundir import RUN_ID_RE
+from stilts_tui.store.view import around, view
 from stilts_tui.tui.data import tail_lines
 
 ERROR_RE = re.compile(r"(error|traceback|exception|failed|out of memory|\boom\b)", re.IGNORECASE)
 MAX_LINES = 5000
 FLUSH_S = 0.5  # twice a second: each flush scrolls (repaints) the whole pane
+HISTORY_S = 1.0  # how often the pane looks whether the ledger changed (a cheap stat when it did not)
+HISTORY_SHOWN = 6  # entries shown above the log (the last ones; `logs --history` prints every one)
 
 
 class ErrorHighlighter(Highlighter):
@@ -41,6 +48,8 @@ class LogPane(Vertical):
     LogPane { border: round $primary; height: 1fr; }
     LogPane > .title { height: 1; background: $boost; }
     LogPane > .title.active { background: $accent; color: $text; text-style: bold; }
+    LogPane > .history { height: auto; max-height: 8; color: $text-muted; display: none; }
+    LogPane > .history.some { display: block; }
     LogPane > Log { height: 1fr; }
     """
 
@@ -55,9 +64,11 @@ class LogPane(Vertical):
         self._pos = 0
         self._stop = threading.Event()
         self.filter = ""
+        self.history: list[str] = []  # the run's history in words, as last shown
 
     def compose(self) -> ComposeResult:
         yield Static(Text(terminal_safe(self.run_id)), classes="title")
+        yield Static("", classes="history", markup=False)
         log = Log(max_lines=MAX_LINES, highlight=True, auto_scroll=True)
         log.can_focus = False  # the screen routes keys to the active pane (see screens/logs.py)
         log.highlighter = ErrorHighlighter()
@@ -71,8 +82,35 @@ class LogPane(Vertical):
     def on_unmount(self) -> None:
         self._stop.set()
 
+    def read_history(self, ledger: Ledger) -> list[str]:
+        """The run's history in words (store/view.py), from the ledger (re-parsed only when it changed)."""
+        try:
+            row = ledger.get(self.run_id)
+        except (UserError, OSError):  # a damaged ledger: the queue screen says so; the log still shows
+            return self.history
+        return view(row, around([row])).history_lines if row is not None else []
+
+    def show_history(self, lines: list[str]) -> None:
+        """The history block above the log: the last entries, with how many earlier ones are not shown."""
+        self.history = lines
+        shown = lines[-HISTORY_SHOWN:]
+        if len(lines) > len(shown):
+            shown = [f"({len(lines) - len(shown)} earlier: stilts-tui logs {self.run_id} --history)", *shown]
+        block = self.query_one(".history", Static)
+        block.update("\n".join(shown))
+        block.set_class(bool(shown), "some")
+
     def _watch(self) -> None:
+        ledger, looked = Ledger(self.root), 0.0
         while not self._stop.is_set():
+            if time.monotonic() - looked >= HISTORY_S:
+                looked = time.monotonic()
+                lines = self.read_history(ledger)
+                if lines != self.history:
+                    try:
+                        self.app.call_from_thread(self.show_history, lines)
+                    except RuntimeError:  # the app is closing
+                        return
             lines, self._pos = tail_lines(self.path, self._pos)
             if lines:
                 with self._lock:
