@@ -70,6 +70,9 @@ class RunRow(TypedDict, total=False):
     submit_failures: int
     # -- the rank stage --
     pruned_why: str | None  # contract.pruned_why's line
+    # -- a person's words on it (a note request, store/notes.py) --
+    note: str | None  # at most store.notes.MAX_NOTE characters, as typed
+    tags: list[str] | None  # at most MAX_TAGS tags matching store.notes.TAG_RE
 
 
 ROW_TYPES: dict[str, object] = get_type_hints(RunRow)  # field -> its type, for checks and the tests

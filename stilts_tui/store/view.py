@@ -21,7 +21,7 @@ from typing import BinaryIO
 from stilts_tui.contract import AFTER_FIELD, EVENTS_FILE, PRUNED_WHY_FIELD, Event, ResultStatus, Status, waits
 from stilts_tui.errors import UserError
 from stilts_tui.fmt import duration
-from stilts_tui.store import rundir
+from stilts_tui.store import notes, rundir
 
 TAIL = 64 << 10  # bytes of events.jsonl read from its end on a first look (then only what is appended)
 START_SCAN = 16 << 20  # bytes searched backwards for a run's start event when the tail holds none
@@ -76,6 +76,8 @@ class RunView:
     step: int | None = None  # progress of a training run (None where there is none to show)
     total: int | None = None
     attempts: int = 0  # launches since it was added or retried
+    note: str | None = None  # a person's note on it, as typed (store/notes.py; shown through terminal_safe)
+    tags: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -92,6 +94,8 @@ class RunView:
             "step": self.step,
             "total_steps": self.total,
             "attempts": self.attempts,
+            "note": self.note,
+            "tags": list(self.tags),
         }
 
 
@@ -130,6 +134,8 @@ def view(row: Mapping, ctx: Around, progress: Progress | None = None, result_sta
         step=progress.step if training else None,
         total=progress.total if training else None,
         attempts=attempts if type(attempts) is int and attempts >= 0 else 0,
+        note=notes.note_of(row),
+        tags=tuple(notes.tags_of(row)),
     )
 
 

@@ -113,6 +113,15 @@ _QUEUE = [
         "start no new runs, or start them again",
     ),
     _queue("queue.mark", "space", "Mark", "mark", False),
+    _queue(
+        "queue.note",
+        "n",
+        "Note/tags",
+        "note",
+        False,
+        "queue: note or tag selected",
+        "a note and tags on the selected or marked runs",
+    ),
     _queue("queue.logs", "l,enter", "Logs", "logs", True, "logs: open selected", "follow the selected runs' logs"),
 ]
 
@@ -239,6 +248,7 @@ _OTHERS = [
     Action("columns.keep", "enter", "Keep", "columns", "keep", priority=True),  # before the list takes enter
     Action("columns.close", "escape", "Close", "columns", "dismiss_none"),
     Action("prompt.close", "escape", "Close", "prompt", "dismiss_none"),
+    Action("note.close", "escape", "Close", "note", "dismiss_none"),
     Action("export.close", "escape", "Close", "export", "dismiss_none"),
     Action("cell.close", "escape,q,enter", "Close", "cell", "app.pop_screen"),
 ]
