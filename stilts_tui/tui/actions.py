@@ -248,7 +248,6 @@ _OTHERS = [
     Action("columns.keep", "enter", "Keep", "columns", "keep", priority=True),  # before the list takes enter
     Action("columns.close", "escape", "Close", "columns", "dismiss_none"),
     Action("prompt.close", "escape", "Close", "prompt", "dismiss_none"),
-    Action("note.close", "escape", "Close", "note", "dismiss_none"),
     Action("export.close", "escape", "Close", "export", "dismiss_none"),
     Action("cell.close", "escape,q,enter", "Close", "cell", "app.pop_screen"),
 ]

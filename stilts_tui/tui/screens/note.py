@@ -67,7 +67,7 @@ def change(note_before: str, tags_before: list[str], note_text: str, tags_text: 
 
 
 class NoteScreen(KeysToInput, ModalScreen[tuple[str, str] | None]):
-    BINDINGS = bindings("note")
+    BINDINGS = bindings("prompt")  # escape closes it, as it closes a prompt
     DEFAULT_CSS = """
     NoteScreen { align: center middle; }
     NoteScreen > Vertical { width: 80; height: auto; border: round $accent; padding: 1 2; background: $panel; }

@@ -102,7 +102,7 @@ class Ordering:
             self.filter = text
             self.redraw()
 
-        label = "Show only runs matching (id, plan, task, status, reason, note, #tag…; empty: all):"
+        label = "Show only runs matching (id, plan, task, status, note, #tag, reason…; empty: all):"
         ask(self.app, "queue-filter", label, self.filter, apply, allow_empty=True)
 
     def action_sort(self) -> None:
