@@ -23,8 +23,10 @@ from stilts_tui.queue import daemon as qd
 from stilts_tui.queue import requests
 from stilts_tui.store.ledger import Ledger
 from stilts_tui.tui.app import StiltsApp
+from stilts_tui.tui.screens.logs import LogsScreen
 from stilts_tui.tui.screens.note import NoteScreen
 from stilts_tui.tui.screens.queue import QueueScreen
+from stilts_tui.tui.widgets.log_pane import LogPane
 
 PLAN = plan_text(
     name="study",
@@ -213,6 +215,10 @@ async def test_the_note_key_writes_a_request_and_the_table_and_filter_show_it(qu
         # `/` finds a run by its tag
         await pilot.press("slash", *"rerun", "enter")
         await until(pilot, lambda: _row_ids(screen) == [a], "only the tagged run shown")
+        await pilot.press("l")  # its logs: the pane's title says its tags and note
+        await until(pilot, lambda: isinstance(app.screen, LogsScreen), "the logs")
+        title = str(app.screen.query_one(LogPane).query_one(".title").render())
+        assert title == f"{a}  #lr:high #rerun diverged [b]"
 
     # a note on a run whose words hold control characters shows them escaped
     assert cli("note", b, "bell\x07 \u202eevil", runs_dir=queued).returncode == 0

@@ -56,6 +56,12 @@ def note_of(doc: dict | None) -> str | None:
     return note if isinstance(note, str) and note else None
 
 
+def one_line(note: str | None, tags: Iterable[str]) -> str:
+    """Tags (``#tag``) then the note's words, on one line: what a table cell or a title shows (not yet made
+    safe for a terminal: the caller passes it through ``fmt.terminal_safe``)."""
+    return " ".join([*(f"#{t}" for t in tags), *(note or "").split()])
+
+
 def changed_tags(old: list[str], add: list[str], remove: list[str]) -> list[str]:
     """``old`` with ``add`` appended (once each) and ``remove`` taken out."""
     return [t for t in dict.fromkeys([*old, *add]) if t not in remove]

@@ -152,9 +152,7 @@ def cells(r: dict, snap: Snapshot, marked: bool) -> list:
 
 def notes_text(r: dict) -> str:
     """A run's tags (``#tag``) and note on one line, as a terminal may show it ("" for none)."""
-    tags = " ".join(f"#{t}" for t in notes.tags_of(r))
-    note = " ".join((notes.note_of(r) or "").split())  # a note's lines on one line
-    return terminal_safe(f"{tags} {note}".strip())
+    return terminal_safe(notes.one_line(notes.note_of(r), notes.tags_of(r)))
 
 
 def state_of(r: dict, snap: Snapshot, marked: bool) -> tuple:

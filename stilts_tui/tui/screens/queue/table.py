@@ -7,6 +7,7 @@ from __future__ import annotations
 from textual.widgets import DataTable, Static
 
 from stilts_tui.fmt import duration, terminal_safe
+from stilts_tui.store.notes import one_line
 from stilts_tui.tui.data import Snapshot
 from stilts_tui.tui.screens.queue.cells import counts_line, state_of
 
@@ -143,8 +144,7 @@ class TableSync:
         v = self.snapshot.views.get(self.current_id() or "") if self.snapshot else None
         if v is None or not (v.note or v.tags):
             return ""
-        said = " ".join([*(f"#{t}" for t in v.tags), *(v.note or "").split()])
-        return " · " + terminal_safe(said)
+        return " · " + terminal_safe(one_line(v.note, v.tags))
 
     def show_error(self, line: str) -> None:
         """A read that failed: its line in place of the totals (the table keeps the last runs read)."""
