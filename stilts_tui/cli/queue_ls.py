@@ -29,6 +29,7 @@ def queue_ls(
         str | None, typer.Option("--status", help=f"only runs in this status: {', '.join(STATUSES)}")
     ] = None,
     as_json: JsonFlag = False,
+    tag: Annotated[str | None, typer.Option("--tag", help="only runs with this tag (`stilts-tui note`)")] = None,
 ) -> None:
     """List runs in queue order."""
     if status is not None and status not in STATUSES:
@@ -42,6 +43,11 @@ def queue_ls(
     if plan is not None and plan not in ledger.plans():
         raise UserError(f"--plan: no plan named '{plan}' in {ledger.path}")
     runs = ledger.runs(plan=plan, status=status)
+    if tag is not None:
+        from stilts_tui.store import notes
+
+        (tag,) = notes.check_tags([tag], "--tag")
+        runs = [r for r in runs if tag in notes.tags_of(r)]
     shown = read_views(_root(ctx), ledger.runs())  # every run: a blocked run names its parent's status
     if as_json:  # the ledger's fields, then the view's (store/view.py: RunView.record)
         typer.echo(json.dumps([{**{k: r.get(k) for k in LS_KEYS}, **shown[r["id"]].record()} for r in runs], indent=1))

@@ -1,4 +1,4 @@
-"""Clients' requests to the queue: cancel, retry, priority, pause. A client (the CLI, the app, `ops`)
+"""Clients' requests to the queue: cancel, retry, priority, pause, note. A client (the CLI, the app, `ops`)
 never changes a run it did not add; it records a request in the ledger (``meta/requests``: each
 ``{id, kind, runs, by, t, args}``) and the owner of the queue carries it out: the daemon's tick, first
 thing, in one transaction, marking it done with what it did (``done``, ``outcome``). With no daemon
@@ -29,11 +29,11 @@ from stilts_tui.contract import (
 )
 from stilts_tui.queue import history
 from stilts_tui.queue.runfiles import RunFiles
-from stilts_tui.store import rundir
+from stilts_tui.store import notes, rundir
 from stilts_tui.store.ledger import Ledger, Tx
 
 KEY = "requests"  # the ledger's meta document holding them: {"open": [...], "done": [...]}
-KINDS = ("cancel", "retry", "priority", "pause")
+KINDS = ("cancel", "retry", "priority", "pause", "note")
 KEEP_DONE = 50  # done requests kept for the clients that wait on theirs (and for a reader's history)
 WAIT_S = 30.0  # how long a client waits for a running daemon to carry out its request
 BY_ARG = "by"  # a handler's args hold the request's ``by`` under this key
@@ -191,11 +191,29 @@ def mirror_pause(root: Path, paused: bool) -> None:
         pass  # the ledger stays the truth; the next tick tries again
 
 
+def _note(tx: Tx, files: RunFiles, runs: list[str], args: dict) -> dict:
+    """Set or clear the note of runs (or of the plan ``args["plan"]``), add and remove their tags (checked by
+    the client; bounded again by store/notes.py). Only words: no status, no process, no file changes."""
+    done = []
+    for rid in runs:
+        cur = tx.get_run(rid)
+        if cur is not None:
+            tx.update_run(rid, **notes.new_fields(cur, args))
+            done.append(rid)
+    plan = args.get("plan")
+    doc = tx.plans.get(doc_id=plan) if isinstance(plan, str) else None
+    if doc is not None:
+        tx.put(tx.plans, plan, {**doc, **notes.new_fields(doc, args)})
+        done.append(f"plan {plan}")
+    return {"done": done}
+
+
 HANDLERS: dict[str, Callable[[Tx, RunFiles, list[str], dict], dict]] = {
     "cancel": _cancel,
     "retry": _retry,
     "priority": _priority,
     "pause": _pause,
+    "note": _note,
 }
 
 

@@ -80,6 +80,8 @@ class ScoreTable:
     without_failed: bool = False  # show the mean and std without the failed runs
     notes: list[str] = field(default_factory=list)  # e.g. a majority score that could not be computed
     rankings: dict = field(default_factory=dict)  # target -> predicted.Ranking (a rank run or `stilts-tui rank`)
+    plan_note: str | None = None  # the plan's note (`stilts-tui note --plan`), as typed
+    plan_tags: list[str] = field(default_factory=list)
 
     def cell(self, intermediate: str, target: str, seed: int | None = None) -> Cell | None:
         """The cell of a starting point and target (and seed with --by-seed), or None."""

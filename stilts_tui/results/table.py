@@ -25,6 +25,7 @@ from stilts_tui.results.failed import majorities, mark_failed
 from stilts_tui.results.stats import bootstrap_gain, paired
 from stilts_tui.store import rundir
 from stilts_tui.store.ledger import Ledger
+from stilts_tui.store.notes import note_of, tags_of
 
 
 def _number(v: object) -> float | None:
@@ -166,6 +167,8 @@ def build(
     for r in runs:
         groups.setdefault((r["intermediate"], r["name"], r["seed"] if by_seed else None), []).append(r)
     table = ScoreTable(name, metric or "primary", metrics, by_seed, rows, targets, [], alpha, without_failed)
+    plan_doc = Ledger(root).plans().get(name)
+    table.plan_note, table.plan_tags = note_of(plan_doc), tags_of(plan_doc)
     majority = majorities(root, runs, metrics, table.notes)
     for (inter, target, seed), members in groups.items():
         table.cells.append(_cell(root, inter, target, seed, members, results, metric, majority.get(target)))

@@ -9,6 +9,7 @@ import json
 import math
 from dataclasses import asdict
 
+from stilts_tui.fmt import terminal_safe
 from stilts_tui.results.cell import ScoreTable
 from stilts_tui.results.failed import FAILED_NOTE
 from stilts_tui.results.notes import (
@@ -60,7 +61,15 @@ CSV_FIELDS = [
     "pruned",
     "predicted_rank",
     "transferability",
+    "plan_note",  # the plan's note and tags (`stilts-tui note --plan`), the same on every row
+    "plan_tags",
 ]
+
+
+def plan_lines(t: ScoreTable) -> list[str]:
+    """The plan's note (each of its lines, made safe to print) and tags, as lines above an export's table."""
+    lines = [f"note: {terminal_safe(x)}" for x in (t.plan_note or "").splitlines() if x.strip()]
+    return lines + ([f"tags: {' '.join(t.plan_tags)}"] if t.plan_tags else [])
 
 
 def _csv_value(v: object) -> str:
@@ -109,6 +118,8 @@ def to_csv(t: ScoreTable) -> str:
                         c.transferability,
                     ),
                 ),
+                terminal_safe(t.plan_note or "", keep_newlines=True),
+                " ".join(t.plan_tags),
             ]
         )
     return out.getvalue()
@@ -145,6 +156,8 @@ def to_json(t: ScoreTable) -> str:
         "rows": t.rows,
         "targets": t.targets,
         "notes": t.notes,
+        "plan_note": t.plan_note,
+        "plan_tags": t.plan_tags,
         "cells": cells,
         "rankings": {
             target: {
@@ -175,7 +188,13 @@ def _finite(value: object) -> object:
 def to_markdown(t: ScoreTable) -> str:
     """A markdown table, its legend and footnotes under it."""
     head = ["from \\ target"] + [target_label(t, tg) for tg in t.targets]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    said = plan_lines(t)
+    lines = [
+        *(f"> {x}  " for x in said),
+        *([""] if said else []),
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for inter, seed in row_keys(t):
         cells = [_cell_text(t, inter, tg, seed) for tg in t.targets]
         lines.append("| " + " | ".join([row_label(inter, seed), *cells]) + " |")
@@ -196,6 +215,7 @@ def _tex(s: str) -> str:
 def to_latex(t: ScoreTable) -> str:
     """A booktabs tabular, the legend and footnotes above it as comments."""
     lines = [
+        *(f"% {x}" for x in plan_lines(t)),  # one comment a line: a note's newline never ends the comment
         f"% {_tex(legend(t))}",
         *(f"% {_tex(line)}" for line in footnotes(t)),
         r"\begin{tabular}{l" + "c" * len(t.targets) + "}",
@@ -220,7 +240,7 @@ def to_rich(t: ScoreTable):
     over = "grid" if t.by_seed else "seeds x grid"
     table = Table(
         title=Text(f"{t.plan} — {t.metric} (x100), {shown} ± std over {over}; gain over 'none'"),
-        caption=Text("\n".join([legend(t), *footnotes(t)])),
+        caption=Text("\n".join([*plan_lines(t), legend(t), *footnotes(t)])),
     )
     table.add_column("from \\ target")
     for tg in t.targets:

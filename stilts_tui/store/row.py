@@ -73,6 +73,9 @@ class RunRow(TypedDict, total=False):
     pruned_why: str | None  # contract.pruned_why's line
     # -- its history (queue/history.py appends, store/history.py reads) --
     history: list | None  # every attempt's end and every retry, the last 50: store/history.py's entries
+    # -- a person's words on it (a note request, store/notes.py) --
+    note: str | None  # at most store.notes.MAX_NOTE characters, as typed
+    tags: list[str] | None  # at most MAX_TAGS tags matching store.notes.TAG_RE
 
 
 ROW_TYPES: dict[str, object] = get_type_hints(RunRow)  # field -> its type, for checks and the tests

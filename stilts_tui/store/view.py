@@ -22,7 +22,7 @@ from stilts_tui.contract import AFTER_FIELD, EVENTS_FILE, PRUNED_WHY_FIELD, Even
 from stilts_tui.errors import UserError
 from stilts_tui.fmt import duration
 from stilts_tui.store import history as run_history
-from stilts_tui.store import rundir
+from stilts_tui.store import notes, rundir
 
 TAIL = 64 << 10  # bytes of events.jsonl read from its end on a first look (then only what is appended)
 START_SCAN = 16 << 20  # bytes searched backwards for a run's start event when the tail holds none
@@ -78,6 +78,8 @@ class RunView:
     total: int | None = None
     attempts: int = 0  # launches since it was added or retried
     history: tuple[dict, ...] = ()  # every attempt's end and every retry, cleaned (store/history.py)
+    note: str | None = None  # a person's note on it, as typed (store/notes.py; shown through terminal_safe)
+    tags: tuple[str, ...] = ()
 
     @property
     def history_lines(self) -> list[str]:
@@ -100,6 +102,8 @@ class RunView:
             "total_steps": self.total,
             "attempts": self.attempts,
             "history": [dict(e) for e in self.history],
+            "note": self.note,
+            "tags": list(self.tags),
         }
 
 
@@ -139,6 +143,8 @@ def view(row: Mapping, ctx: Around, progress: Progress | None = None, result_sta
         total=progress.total if training else None,
         attempts=attempts if type(attempts) is int and attempts >= 0 else 0,
         history=tuple(run_history.entries(row.get("history"))),
+        note=notes.note_of(row),
+        tags=tuple(notes.tags_of(row)),
     )
 
 

@@ -113,6 +113,15 @@ _QUEUE = [
         "start no new runs, or start them again",
     ),
     _queue("queue.mark", "space", "Mark", "mark", False),
+    _queue(
+        "queue.note",
+        "n",
+        "Note/tags",
+        "note",
+        False,
+        "queue: note or tag selected",
+        "a note and tags on the selected or marked runs",
+    ),
     _queue("queue.logs", "l,enter", "Logs", "logs", True, "logs: open selected", "follow the selected runs' logs"),
 ]
 

@@ -190,6 +190,17 @@ class StiltsApp(App):
         done = ops.set_priority(self.root, run_ids, delta=delta)
         self.post_message(QueueChanged(f"priority {delta:+d} for {len(done)} {plural(len(done), 'run')}"))
 
+    @work(thread=True, group="queue-ops", exit_on_error=False, name="note")
+    def note_runs(self, run_ids: list[str], asked) -> None:
+        """Record a note and tags (``asked``: screens/note.NoteChange) on runs, as a request (queue/notes.py)."""
+        from stilts_tui.queue import notes
+
+        args = notes.note_args(asked.note, asked.clear, asked.tags, asked.untag)
+        out = notes.note(self.root, run_ids, args)
+        n = len(run_ids)
+        said = "waits for the daemon" if out.get("pending") else "recorded"
+        self.post_message(QueueChanged(f"note on {n} {plural(n, 'run')} {said}"))
+
     @work(thread=True, group="queue-ops", exit_on_error=False, name="pause")
     def pause_queue(self, paused: bool) -> None:
         from stilts_tui.queue import ops

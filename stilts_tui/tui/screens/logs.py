@@ -13,6 +13,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Log, Static
 
+from stilts_tui.store.notes import one_line
 from stilts_tui.tui.actions import bindings
 from stilts_tui.tui.widgets.log_pane import LogPane
 
@@ -29,9 +30,12 @@ class LogsScreen(Screen):
         self._active: LogPane | None = None
 
     def compose(self) -> ComposeResult:
+        snap = getattr(getattr(self.app, "queue_screen", None), "snapshot", None)
+        views = snap.views if snap is not None else {}  # each run's note and tags, as the queue last read them
         with Horizontal():
             for rid in self.run_ids:
-                yield LogPane(self.app.root, rid, id=f"pane-{rid}")
+                v = views.get(rid)
+                yield LogPane(self.app.root, rid, note=one_line(v.note, v.tags) if v else "", id=f"pane-{rid}")
         # a static key bar, not a Footer: it changes with every switch, and a Footer rebuilds on each
         yield Static("", id="hints")
 

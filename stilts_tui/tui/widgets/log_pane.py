@@ -53,9 +53,10 @@ class LogPane(Vertical):
     LogPane > Log { height: 1fr; }
     """
 
-    def __init__(self, root: Path, run_id: str, **kw):
+    def __init__(self, root: Path, run_id: str, note: str = "", **kw):
         super().__init__(**kw)
         self.root, self.run_id = root, run_id
+        self.note = note  # the run's tags and note on one line (store/notes.one_line), shown in its title
         # a damaged row's id that is no run id never becomes a path: nothing to follow
         self.path = root / run_id / TRAIN_LOG if RUN_ID_RE.fullmatch(run_id) else root / ".no-such-log"
         self._lines: deque[str] = deque(maxlen=MAX_LINES)
@@ -67,12 +68,17 @@ class LogPane(Vertical):
         self.history: list[str] = []  # the run's history in words, as last shown
 
     def compose(self) -> ComposeResult:
-        yield Static(Text(terminal_safe(self.run_id)), classes="title")
+        yield Static(self.title_text(), classes="title")
         yield Static("", classes="history", markup=False)
         log = Log(max_lines=MAX_LINES, highlight=True, auto_scroll=True)
         log.can_focus = False  # the screen routes keys to the active pane (see screens/logs.py)
         log.highlighter = ErrorHighlighter()
         yield log
+
+    def title_text(self) -> Text:
+        """The run id, its tags and note, and the filter: plain text (a note or a filter may hold "["), escaped."""
+        parts = (self.run_id, self.note, f"filter: {self.filter}" if self.filter else "")
+        return Text(terminal_safe("  ".join(p for p in parts if p)))
 
     def on_mount(self) -> None:
         self._thread = threading.Thread(target=self._watch, daemon=True, name=f"tail-{self.run_id}")
@@ -157,4 +163,4 @@ class LogPane(Vertical):
         log.clear()
         lines = [x for x in self._lines if self.filter.lower() in x.lower()] if self.filter else list(self._lines)
         log.write_lines(lines)
-        self.query_one(".title", Static).update(self.run_id + (f"  filter: {self.filter}" if self.filter else ""))
+        self.query_one(".title", Static).update(self.title_text())

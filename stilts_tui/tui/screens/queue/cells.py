@@ -7,6 +7,7 @@ from rich.text import Text
 
 from stilts_tui.contract import Status
 from stilts_tui.fmt import duration, terminal_safe
+from stilts_tui.store import notes
 from stilts_tui.store.view import Shown
 from stilts_tui.tui.data import Snapshot
 
@@ -55,8 +56,9 @@ COLUMNS = (
     "eta",
     "score",
     "reason",
+    "notes",
 )
-WIDTHS = (12, 10, 12, 12, 10, 4, 24, 11, 3, 17, 7, 8, 7, 40)  # fixed: no re-measuring 1,000 rows each second
+WIDTHS = (12, 10, 12, 12, 10, 4, 24, 11, 3, 17, 7, 8, 7, 40, 30)  # fixed: no re-measuring 1,000 rows each second
 STATUS_COLUMN = COLUMNS.index("status")
 
 
@@ -144,7 +146,15 @@ def cells(r: dict, snap: Snapshot, marked: bool) -> list:
         duration(prog.eta_s) if prog and training else "",
         score,
         terminal_safe(snap.reasons.get(r["id"], "")),
+        notes_text(r),
     ]
+
+
+def notes_text(r: dict) -> str:
+    """A run's tags (``#tag``) and note on one line, as a terminal may show it ("" for none)."""
+    if not (r.get("note") or r.get("tags")):  # most runs: no words to check (1,000 rows rebuilt on a filter)
+        return ""
+    return terminal_safe(notes.one_line(notes.note_of(r), notes.tags_of(r)))
 
 
 def state_of(r: dict, snap: Snapshot, marked: bool) -> tuple:
@@ -159,4 +169,6 @@ def state_of(r: dict, snap: Snapshot, marked: bool) -> tuple:
         r.get("score"),
         marked,
         (p.step, p.total, p.loss, p.eta_s) if p else None,
+        r.get("note"),
+        str(r.get("tags")),
     )

@@ -62,6 +62,31 @@ class QueueOperations:
         if ids:
             self.app.open_logs(ids)
 
+    def action_note(self) -> None:
+        """A note and tags for the selection (the dialog: screens/note.py); written as a request."""
+        from stilts_tui.errors import UserError
+        from stilts_tui.tui.screens import note
+
+        ids = self.selected()
+        if not ids or self.snapshot is None:
+            return
+        rows = [r for r in self.snapshot.runs if r["id"] in ids]
+        before, tags = note.shared(rows)
+
+        def answered(answer: tuple[str, str] | None) -> None:
+            if answer is None:
+                return
+            try:
+                asked = note.change(before, tags, *answer)
+            except UserError as e:
+                self.notify(str(e), severity="error", markup=False)
+                return
+            if asked:
+                self.app.note_runs(self._take_selection(), asked)
+
+        what = f"the {len(ids)} marked runs" if self.marked else f"run {ids[0]}"
+        note.ask(self.app, f"Note on {what} (empty: no note):", before, tags, answered)
+
     def action_add_plan(self) -> None:
         """Ask for a plan file and queue it (in a worker); the totals say so until it ends."""
         from stilts_tui.tui.screens.prompt import ask

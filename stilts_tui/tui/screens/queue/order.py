@@ -6,7 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from stilts_tui.tui.data import Snapshot
-from stilts_tui.tui.screens.queue.cells import COLUMNS, STATUS_SORT, WAITING, cells, grid_text, params_of, shown_status
+from stilts_tui.tui.screens.queue.cells import (
+    COLUMNS,
+    STATUS_SORT,
+    WAITING,
+    cells,
+    grid_text,
+    notes_text,
+    params_of,
+    shown_status,
+)
 
 SORTS = ("queue", "status", "score", "task", *[c for c in COLUMNS if c not in ("status", "score", "task")])
 FILTERED_FIELDS = ("id", "plan", "stage", "task", "intermediate", "status", "name")
@@ -19,6 +28,7 @@ def matches(r: dict, snap: Snapshot, text: str) -> bool:
         or text in grid_text(r.get("grid"), params_of(r)).lower()
         or text in shown_status(r, snap)
         or text in snap.reasons.get(r["id"], "").lower()
+        or text in notes_text(r).lower()  # its note and #tags
     )
 
 
@@ -92,7 +102,7 @@ class Ordering:
             self.filter = text
             self.redraw()
 
-        label = "Show only runs matching (id, plan, task, status, reason…; empty: all):"
+        label = "Show only runs matching (id, plan, task, status, note, #tag, reason…; empty: all):"
         ask(self.app, "queue-filter", label, self.filter, apply, allow_empty=True)
 
     def action_sort(self) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from textual.widgets import DataTable, Static
 
-from stilts_tui.fmt import duration
+from stilts_tui.fmt import duration, terminal_safe
+from stilts_tui.store.notes import one_line
 from stilts_tui.tui.data import Snapshot
 from stilts_tui.tui.screens.queue.cells import counts_line, state_of
 
@@ -136,7 +137,14 @@ class TableSync:
         table = self.query_one(DataTable)
         where = f" · row {table.cursor_row + 1}/{table.row_count}" if table.row_count else ""
         adding = "".join(f" · queueing {path}…" for path in self.adding)  # after the row: cut first
-        self.query_one("#totals", Static).update(self._totals + where + adding, layout=False)
+        self.query_one("#totals", Static).update(self._totals + where + self.cursor_note() + adding, layout=False)
+
+    def cursor_note(self) -> str:
+        """The cursor's run's tags and note (its view: store/view.py), made safe to show; "" for none."""
+        v = self.snapshot.views.get(self.current_id() or "") if self.snapshot else None
+        if v is None or not (v.note or v.tags):
+            return ""
+        return " · " + terminal_safe(one_line(v.note, v.tags))
 
     def show_error(self, line: str) -> None:
         """A read that failed: its line in place of the totals (the table keeps the last runs read)."""
