@@ -49,14 +49,16 @@ def _daemon_argv(values: dict[str, Any], slurm: dict) -> list[str]:
     return args
 
 
-def _option(name: str, kind: type, default: Any, option: str, text: str) -> inspect.Parameter:
-    """One typer option as a keyword parameter of `daemon start` (None as the default: optional)."""
+def _option(name: str, kind: type, default: Any, option: str, text: str, parse: Any = None) -> inspect.Parameter:
+    """One typer option as a keyword parameter of `daemon start` (None as the default: optional); a number
+    is read by ``parse`` (the table of bounds: ASCII digits, within bounds) instead of typer's int()."""
     hint = list[str] | None if kind is list else (kind | None if default is None else kind)
+    extra = {"parser": parse, "metavar": kind.__name__.upper()} if parse is not None else {}
     return inspect.Parameter(
         name,
         inspect.Parameter.KEYWORD_ONLY,
         default=default,
-        annotation=Annotated[hint, typer.Option(option, help=text)],
+        annotation=Annotated[hint, typer.Option(option, help=text, **extra)],
     )
 
 
@@ -66,7 +68,8 @@ def _start_signature() -> inspect.Signature:
     params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
     for f in settings.FLAGS:
         if f.on_cli:
-            params.append(_option(f.name, f.type, f.default, f.option, f.help))
+            number = f.type in (int, float)
+            params.append(_option(f.name, f.type, f.default, f.option, f.help, f.check if number else None))
         elif f.name == "slurm":
             params += [_option(o.param, o.type, None, o.option, o.help) for o in SLURM_OPTIONS]
     params.append(_option("on_finish", str, None, "--on-finish", ON_FINISH_HELP))

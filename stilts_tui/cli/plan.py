@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from stilts_tui import bounds
 from stilts_tui import plan as plans
 from stilts_tui.cli import render
 from stilts_tui.cli.root import JsonFlag, PlanPath, console, plan_app, runs_root
@@ -135,15 +136,38 @@ def plan_show(
         ),
     ] = False,
     per_gpu: Annotated[
-        int | None, typer.Option("--per-gpu", min=1, help="--cost: processes a GPU (default: the daemon's)")
+        int | None,
+        typer.Option(
+            "--per-gpu",
+            parser=bounds.parser("per_gpu"),
+            metavar="INTEGER",
+            help="--cost: processes a GPU (default: the daemon's)",
+        ),
     ] = None,
     cpu_slots: Annotated[
-        int | None, typer.Option("--cpu-slots", min=1, help="--cost: processes without a GPU (default: the daemon's)")
+        int | None,
+        typer.Option(
+            "--cpu-slots",
+            parser=bounds.parser("cpu_slots"),
+            metavar="INTEGER",
+            help="--cost: processes without a GPU (default: the daemon's)",
+        ),
     ] = None,
     worker_runs: Annotated[
-        int | None, typer.Option("--worker-runs", min=1, help="--cost: runs a process (default: the daemon's)")
+        int | None,
+        typer.Option(
+            "--worker-runs",
+            parser=bounds.parser("worker_runs"),
+            metavar="INTEGER",
+            help="--cost: runs a process (default: the daemon's)",
+        ),
     ] = None,
-    fuse: Annotated[int, typer.Option("--fuse", min=2, help="--cost: the fused mode's array size")] = 4,
+    fuse: Annotated[
+        int,
+        typer.Option(
+            "--fuse", parser=bounds.parser("fuse"), metavar="INTEGER", help="--cost: the fused mode's array size"
+        ),
+    ] = 4,
 ) -> None:
     """Counts by stage and the intermediate x target matrix of a plan (and with --cost what it will take:
     GPU-hours per stage, and the wall time on this box per mode)."""
