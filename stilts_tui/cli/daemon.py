@@ -18,6 +18,7 @@ from stilts_tui.cli.root import JsonFlag, daemon_app, runs_root
 from stilts_tui.cli.slurm import SLURM_OPTIONS, slurm_settings
 from stilts_tui.contract import DAEMON_LOG, Env
 from stilts_tui.errors import UserError
+from stilts_tui.fmt import json_text, terminal_safe
 from stilts_tui.queue import settings
 from stilts_tui.store.ledger import Ledger
 
@@ -121,7 +122,7 @@ def daemon_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     mps_line = mps.describe(runs_root(ctx), (info or {}).get("pid"))
     if as_json:
         typer.echo(
-            json.dumps(
+            json_text(
                 {
                     "running": info is not None,
                     "daemon": info,
@@ -134,13 +135,13 @@ def daemon_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         )
         return
     if info is None:
-        typer.echo(f"no daemon is running on {runs_root(ctx)}")
-    else:
-        typer.echo(f"daemon running (pid {info.get('pid')}) on {runs_root(ctx)}")
+        typer.echo(f"no daemon is running on {terminal_safe(runs_root(ctx))}")
+    else:  # daemon.json is a file on disk: what it holds is printed as data
+        typer.echo(f"daemon running (pid {terminal_safe(info.get('pid'))}) on {terminal_safe(runs_root(ctx))}")
         for key, value in (info.get("settings") or {}).items():  # one setting a line, as `daemon start` takes it
             if isinstance(value, dict):  # the Slurm options: one line of key=value, or none
                 value = " ".join(f"{k}={v}" for k, v in value.items() if v not in (None, [], "")) or "none"
-            typer.echo(f"  {key.replace('_', '-')}: {'default' if value is None else value}")
+            typer.echo(terminal_safe(f"  {key.replace('_', '-')}: {'default' if value is None else value}"))
     if mps_line:
-        typer.echo(mps_line)
+        typer.echo(terminal_safe(mps_line))
     typer.echo(("paused; " if ledger.meta("paused") else "") + ", ".join(f"{v} {k}" for k, v in counts.items()))

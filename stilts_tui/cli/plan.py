@@ -16,7 +16,7 @@ from stilts_tui.cli import render
 from stilts_tui.cli.root import JsonFlag, PlanPath, console, plan_app, runs_root
 from stilts_tui.contract import EXIT_FAILURE, Env
 from stilts_tui.errors import UserError
-from stilts_tui.fmt import terminal_safe
+from stilts_tui.fmt import json_text, terminal_safe
 
 MaxRuns = Annotated[
     int | None,
@@ -32,18 +32,19 @@ def plan_validate(path: PlanPath, max_runs: MaxRuns = None) -> None:
     """Check a plan: exit 0 if it is valid (missing local data files are warnings)."""
     plan, runs = plans.load_and_expand(path, max_runs=max_runs)
     for line in plans.missing_data(plan, runs):
-        typer.echo(f"warning: {line}", err=True)
+        typer.echo(f"warning: {terminal_safe(line)}", err=True)
     c = plans.counts(runs)
     typer.echo(
-        f"{path}: ok — {len(runs)} runs ({c['synth']} synth, {c['intermediate']} intermediate, {c['target']} target)"
+        f"{terminal_safe(path)}: ok — {len(runs)} runs "
+        f"({c['synth']} synth, {c['intermediate']} intermediate, {c['target']} target)"
     )
     _echo_on_finish(plan)
     lines, unreachable = _data_sources(runs)
     for line in lines:
-        typer.echo(line)
+        typer.echo(terminal_safe(line))
     if unreachable:  # right but offline: a warning, never a failure
         typer.echo(
-            f"warning: the Hugging Face Hub ({_hub_url()}) is unreachable now: {', '.join(unreachable)} "
+            f"warning: the Hugging Face Hub ({terminal_safe(_hub_url())}) is unreachable now: {', '.join(unreachable)} "
             "cannot load their data until it is (or set data_dir to local files)",
             err=True,
         )
@@ -184,10 +185,10 @@ def plan_show(
         wall = (box, walltime.predict(plan, runs, walltime.history(runs_root(ctx)), box))
     if as_json:
         cost_json = {"cost": {**estimate.as_dict(), "wall": _wall_dict(*wall)}} if estimate else {}
-        typer.echo(json.dumps(_plan_dict(plan, runs, warnings) | cost_json, indent=2))
+        typer.echo(json_text(_plan_dict(plan, runs, warnings) | cost_json, indent=2))
         return
     for line in warnings:
-        typer.echo(f"warning: {line}", err=True)
+        typer.echo(f"warning: {terminal_safe(line)}", err=True)
     con = console()
     render.print_plan(con, plan, runs, counts, matrix)
     _echo_on_finish(plan)
