@@ -158,6 +158,7 @@ def _hostile_daemon(runs_dir, env) -> None:
     (runs_dir / "daemon.json").write_text(json.dumps(info))
 
 
+@pytest.mark.slow  # 20 s on 2 cores
 def test_hostile_text_through_every_command_that_echoes_user_data(hostile_queue, hostile_plan, runs_dir, queue_env):
     """Every command that prints user data, at once: the plan's values, $HF_ENDPOINT, a dataset's texts and
     labels, a saved ranking's method, a train.log, a ledger's error, daemon.json's settings; each ``--json``
@@ -240,3 +241,18 @@ async def test_the_apps_scores_screen_shows_a_saved_rankings_method_escaped(host
         assert "\\x1b]0;pwned\\x07" in note
         for c in RAW:
             assert c not in note
+
+
+@pytest.mark.slow  # 20 s on 2 cores
+def test_rank_prints_one_progress_line_a_starting_point_and_no_load_report(tmp_path, runs_dir, tiny_model):
+    """Item 13: docs/cli.md promises one progress line a starting point; transformers' "LOAD REPORT" of the
+    classifier head a bare encoder leaves unused (17 lines a starting point) is silenced in the rank process."""
+    stages = '[intermediate.stuck]\ntask = "pair"\n[target.t]\ntask = "pair"\n'  # untrained: only "none"
+    plan = make_plan(tmp_path, tiny_model, stages, baseline=True)
+    out = cli("rank", str(plan), "--examples", "16", runs_dir=runs_dir, timeout=300)
+    assert_clean(out)
+    assert "LOAD REPORT" not in out.stderr, out.stderr
+    lines = [line for line in out.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    finished = [line for line in lines if "LogME" in line]
+    assert len(finished) == 1 and finished[0].startswith("rank 1/1: t from none: LogME"), out.stderr
+    assert all(line.startswith("rank 1/1: t from none") for line in lines), out.stderr
