@@ -131,3 +131,11 @@ def test_values_at_the_edges_of_the_table_are_accepted(tmp_path, runs_dir):
     assert out.returncode == 0, out.stderr
     out = cli("plan", "show", str(plan), "--cost", "--fuse", "1024", "--cpu-slots", "1024", runs_dir=runs_dir)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--n", "\u0663"), ("--seed", "-1"), ("--temperature", "1e400")])
+def test_the_synth_command_reads_the_plans_synth_bounds_in_ascii_digits(flag, value, tmp_path):
+    out = cli("synth", "--out", str(tmp_path / "o"), "--corpus", "squad", flag, value)
+    key = "synth." + flag[2:].replace("-", "_")
+    assert_one_line(out, f"{flag}: expected {BOUNDS[key].what}")
+    assert not (tmp_path / "o").exists()
