@@ -256,3 +256,22 @@ def test_rank_prints_one_progress_line_a_starting_point_and_no_load_report(tmp_p
     finished = [line for line in lines if "LogME" in line]
     assert len(finished) == 1 and finished[0].startswith("rank 1/1: t from none: LogME"), out.stderr
     assert all(line.startswith("rank 1/1: t from none") for line in lines), out.stderr
+
+
+async def test_the_apps_notifications_show_a_hostile_error_line_as_written(tmp_path):
+    """A damaged ledger in a runs-dir whose path holds markup, an OSC and a right-to-left override: the
+    queue's read fails and the app says so in a note, escaped (every note goes through the sanitizer)."""
+    from stilts_tui.tui.app import StiltsApp
+
+    root = tmp_path / "r[" / f"]x{OSC}{RLO}"
+    root.mkdir(parents=True)
+    (root / "ledger.json").write_text("{not json")
+    app = StiltsApp(root, start_daemon=False, keymap={})
+    async with app.run_test(size=(160, 40)) as pilot:
+        deadline = time.monotonic() + 30
+        while not app._notifications and time.monotonic() < deadline:
+            await pilot.pause(0.1)
+        notes = [str(n.message) for n in app._notifications]
+        assert notes and "ledger" in notes[0] and "r[/]x\\x1b]0;pwned\\x07\\u202e" in notes[0], notes
+        for c in RAW:
+            assert c not in "".join(notes)
