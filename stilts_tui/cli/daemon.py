@@ -39,7 +39,7 @@ def daemon_start(ctx: typer.Context, **given: Any) -> None:
         _set_on_finish(given["on_finish"])
     root = runs_root(ctx)
     info = ops.start_daemon(root, args)
-    typer.echo(f"daemon started (pid {info['pid']}) on {root}; log: {root / DAEMON_LOG}")
+    typer.echo(terminal_safe(f"daemon started (pid {info['pid']}) on {root}; log: {root / DAEMON_LOG}"))
 
 
 def _daemon_argv(values: dict[str, Any], slurm: dict) -> list[str]:

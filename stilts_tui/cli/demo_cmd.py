@@ -15,6 +15,7 @@ from stilts_tui import plan as plans
 from stilts_tui.cli.root import app, open_tui, runs_root
 from stilts_tui.contract import SYNTH_COMMAND_DEFAULTS as SYNTH
 from stilts_tui.errors import UserError
+from stilts_tui.fmt import terminal_safe
 
 
 @app.command("demo")
@@ -35,7 +36,7 @@ def demo_cmd(
     root = runs_root(ctx)
     plan_path = demo.write_demo(Path.cwd() / "plans")
     plan, runs, added = ops.add_plan(plan_path, root)
-    typer.echo(f"{plan.name}: {len(added)} runs queued ({plan_path}, runs in {root})")
+    typer.echo(terminal_safe(f"{plan.name}: {len(added)} runs queued ({plan_path}, runs in {root})"))
     if ops.daemon_status(root) is None:
         ops.start_daemon(root, [])  # at the daemon's defaults
     if not no_tui:

@@ -105,4 +105,4 @@ def _warn_stuck(runs: list[dict]) -> None:
     from stilts_tui.queue.executors.slurm import stuck_lines
 
     for line in stuck_lines(runs):
-        typer.echo(f"warning: {line}", err=True)
+        typer.echo(f"warning: {terminal_safe(line)}", err=True)
