@@ -62,7 +62,7 @@ class Bound:
             return False
         if self.integer and not isinstance(value, int):
             return False
-        if not math.isfinite(value):  # an int past float's range is caught by the bounds below
+        if isinstance(value, float) and not math.isfinite(value):  # an int of any size compares exactly below
             return False
         above = value > self.low if self.low_open else value >= self.low
         below = value < self.high if self.high_open else value <= self.high

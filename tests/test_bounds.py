@@ -12,6 +12,7 @@ from conftest import cli, write_text
 
 from stilts_tui.bounds import BOUNDS
 from stilts_tui.contract import EXIT_BAD_INPUT
+from stilts_tui.queue import settings
 
 HUGE = "1" + "0" * 400  # 10^400
 
@@ -139,3 +140,23 @@ def test_the_synth_command_reads_the_plans_synth_bounds_in_ascii_digits(flag, va
     key = "synth." + flag[2:].replace("-", "_")
     assert_one_line(out, f"{flag}: expected {BOUNDS[key].what}")
     assert not (tmp_path / "o").exists()
+
+
+def test_plan_show_cost_holds_a_hand_edited_daemon_json_to_the_table(tmp_path, runs_dir, queue_env):
+    """The running daemon's settings fill in the cost flags not given: daemon.json is a file on disk, so
+    its values are held to the same table (10^400 processes a device overflowed the wall-time estimate)."""
+    import json
+
+    from conftest import start
+
+    assert cli("queue", "pause", runs_dir=runs_dir, env=queue_env).returncode == 0
+    start(runs_dir, queue_env)
+    info = json.loads((runs_dir / "daemon.json").read_text())
+    info["settings"].update(per_gpu=10**400, cpu_slots=10**400, worker_runs=-5)
+    (runs_dir / "daemon.json").write_text(json.dumps(info))
+    plan = write_text(tmp_path / "p.toml", PLAN.format(extra=""))
+    out = cli("plan", "show", str(plan), "--cost", "--json", runs_dir=runs_dir, env=queue_env)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-800:]
+    box = json.loads(out.stdout)["cost"]["wall"]["box"]
+    defaults = settings.DEFAULTS  # a fake GPU trains on the CPU: --cpu-slots' default
+    assert box["slots"] == defaults.cpu_slots and box["worker_runs"] == defaults.worker_runs

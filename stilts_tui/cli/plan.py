@@ -221,7 +221,8 @@ def _box(ctx: typer.Context, per_gpu: int | None, cpu_slots: int | None, worker_
 
     def setting(given: int | None, name: str) -> int:
         value = running.get(name)
-        return given or (value if isinstance(value, int) and value > 0 else getattr(settings.DEFAULTS, name))
+        # a hand-edited daemon.json is held to the table of bounds too (10^400 processes would overflow)
+        return given or (value if bounds.BOUNDS[name].ok(value) else getattr(settings.DEFAULTS, name))
 
     found = [] if gpus.fake_spec() is not None else gpus.probe().usable
     return walltime.Box(
