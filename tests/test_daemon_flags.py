@@ -59,10 +59,10 @@ def test_the_argv_leaves_out_defaults_and_the_slurm_cap_on_the_local_executor():
 @pytest.mark.parametrize(
     ("flag", "value", "expected"),
     [
-        ("--per-gpu", "0", "--per-gpu: expected an integer >= 1, got 0"),
-        ("--worker-runs", "-1", "--worker-runs: expected an integer >= 1, got -1"),
-        ("--max-jobs", "0", "--max-jobs: expected an integer >= 1, got 0"),
-        ("--interval", "0", "--interval: expected seconds between 0.1 and 3600, got 0.0"),
+        ("--per-gpu", "0", "--per-gpu: expected an integer >= 1 and <= 64, got 0"),
+        ("--worker-runs", "-1", "--worker-runs: expected an integer >= 1 and <= 100000, got -1"),
+        ("--max-jobs", "0", "--max-jobs: expected an integer >= 1 and <= 1000000, got 0"),
+        ("--interval", "0", "--interval: expected seconds between 0.1 and 3600, got 0"),
     ],
 )
 def test_the_daemon_started_by_hand_holds_its_flags_to_the_bounds_daemon_start_does(flag, value, expected, tmp_path):

@@ -18,6 +18,7 @@ from stilts_tui.cli.root import JsonFlag, daemon_app, runs_root
 from stilts_tui.cli.slurm import SLURM_OPTIONS, slurm_settings
 from stilts_tui.contract import DAEMON_LOG, Env
 from stilts_tui.errors import UserError
+from stilts_tui.fmt import json_text, terminal_safe
 from stilts_tui.queue import settings
 from stilts_tui.store.ledger import Ledger
 
@@ -38,7 +39,7 @@ def daemon_start(ctx: typer.Context, **given: Any) -> None:
         _set_on_finish(given["on_finish"])
     root = runs_root(ctx)
     info = ops.start_daemon(root, args)
-    typer.echo(f"daemon started (pid {info['pid']}) on {root}; log: {root / DAEMON_LOG}")
+    typer.echo(terminal_safe(f"daemon started (pid {info['pid']}) on {root}; log: {root / DAEMON_LOG}"))
 
 
 def _daemon_argv(values: dict[str, Any], slurm: dict) -> list[str]:
@@ -49,14 +50,16 @@ def _daemon_argv(values: dict[str, Any], slurm: dict) -> list[str]:
     return args
 
 
-def _option(name: str, kind: type, default: Any, option: str, text: str) -> inspect.Parameter:
-    """One typer option as a keyword parameter of `daemon start` (None as the default: optional)."""
+def _option(name: str, kind: type, default: Any, option: str, text: str, parse: Any = None) -> inspect.Parameter:
+    """One typer option as a keyword parameter of `daemon start` (None as the default: optional); a number
+    is read by ``parse`` (the table of bounds: ASCII digits, within bounds) instead of typer's int()."""
     hint = list[str] | None if kind is list else (kind | None if default is None else kind)
+    extra = {"parser": parse, "metavar": kind.__name__.upper()} if parse is not None else {}
     return inspect.Parameter(
         name,
         inspect.Parameter.KEYWORD_ONLY,
         default=default,
-        annotation=Annotated[hint, typer.Option(option, help=text)],
+        annotation=Annotated[hint, typer.Option(option, help=text, **extra)],
     )
 
 
@@ -66,7 +69,8 @@ def _start_signature() -> inspect.Signature:
     params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
     for f in settings.FLAGS:
         if f.on_cli:
-            params.append(_option(f.name, f.type, f.default, f.option, f.help))
+            number = f.type in (int, float)
+            params.append(_option(f.name, f.type, f.default, f.option, f.help, f.check if number else None))
         elif f.name == "slurm":
             params += [_option(o.param, o.type, None, o.option, o.help) for o in SLURM_OPTIONS]
     params.append(_option("on_finish", str, None, "--on-finish", ON_FINISH_HELP))
@@ -118,7 +122,7 @@ def daemon_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     mps_line = mps.describe(runs_root(ctx), (info or {}).get("pid"))
     if as_json:
         typer.echo(
-            json.dumps(
+            json_text(
                 {
                     "running": info is not None,
                     "daemon": info,
@@ -131,13 +135,13 @@ def daemon_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         )
         return
     if info is None:
-        typer.echo(f"no daemon is running on {runs_root(ctx)}")
-    else:
-        typer.echo(f"daemon running (pid {info.get('pid')}) on {runs_root(ctx)}")
+        typer.echo(f"no daemon is running on {terminal_safe(runs_root(ctx))}")
+    else:  # daemon.json is a file on disk: what it holds is printed as data
+        typer.echo(f"daemon running (pid {terminal_safe(info.get('pid'))}) on {terminal_safe(runs_root(ctx))}")
         for key, value in (info.get("settings") or {}).items():  # one setting a line, as `daemon start` takes it
             if isinstance(value, dict):  # the Slurm options: one line of key=value, or none
                 value = " ".join(f"{k}={v}" for k, v in value.items() if v not in (None, [], "")) or "none"
-            typer.echo(f"  {key.replace('_', '-')}: {'default' if value is None else value}")
+            typer.echo(terminal_safe(f"  {key.replace('_', '-')}: {'default' if value is None else value}"))
     if mps_line:
-        typer.echo(mps_line)
+        typer.echo(terminal_safe(mps_line))
     typer.echo(("paused; " if ledger.meta("paused") else "") + ", ".join(f"{v} {k}" for k, v in counts.items()))

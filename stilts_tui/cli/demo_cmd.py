@@ -10,10 +10,12 @@ from typing import Annotated
 
 import typer
 
+from stilts_tui import bounds
 from stilts_tui import plan as plans
 from stilts_tui.cli.root import app, open_tui, runs_root
 from stilts_tui.contract import SYNTH_COMMAND_DEFAULTS as SYNTH
 from stilts_tui.errors import UserError
+from stilts_tui.fmt import terminal_safe
 
 
 @app.command("demo")
@@ -34,7 +36,7 @@ def demo_cmd(
     root = runs_root(ctx)
     plan_path = demo.write_demo(Path.cwd() / "plans")
     plan, runs, added = ops.add_plan(plan_path, root)
-    typer.echo(f"{plan.name}: {len(added)} runs queued ({plan_path}, runs in {root})")
+    typer.echo(terminal_safe(f"{plan.name}: {len(added)} runs queued ({plan_path}, runs in {root})"))
     if ops.daemon_status(root) is None:
         ops.start_daemon(root, [])  # at the daemon's defaults
     if not no_tui:
@@ -51,14 +53,36 @@ def synth_cmd(
         Path | None, typer.Option("--corpus-file", help="train-v1.1.json, or text with one paragraph a line")
     ] = None,
     generator: Annotated[str, typer.Option("--generator", help="hub id or local folder")] = SYNTH["generator"],
-    n: Annotated[int, typer.Option("--n")] = SYNTH["n"],
-    fakes: Annotated[int, typer.Option("--fakes")] = SYNTH["fakes"],
-    top_p: Annotated[float, typer.Option("--top-p")] = SYNTH["top_p"],
-    top_k: Annotated[int, typer.Option("--top-k", help="0: disabled")] = SYNTH["top_k"],
-    temperature: Annotated[float, typer.Option("--temperature")] = SYNTH["temperature"],
-    seed: Annotated[int, typer.Option("--seed")] = SYNTH["seed"],
-    dev: Annotated[int, typer.Option("--dev", help="further pairs for SynGPT2_dev.jsonl")] = SYNTH["dev"],
-    batch_size: Annotated[int, typer.Option("--batch-size")] = SYNTH["batch_size"],
+    n: Annotated[int, typer.Option("--n", parser=bounds.parser("synth.n", "--n"), metavar="INTEGER")] = SYNTH["n"],
+    fakes: Annotated[
+        int, typer.Option("--fakes", parser=bounds.parser("synth.fakes", "--fakes"), metavar="INTEGER")
+    ] = SYNTH["fakes"],
+    top_p: Annotated[
+        float, typer.Option("--top-p", parser=bounds.parser("synth.top_p", "--top-p"), metavar="FLOAT")
+    ] = SYNTH["top_p"],
+    top_k: Annotated[
+        int,
+        typer.Option("--top-k", parser=bounds.parser("synth.top_k", "--top-k"), metavar="INTEGER", help="0: disabled"),
+    ] = SYNTH["top_k"],
+    temperature: Annotated[
+        float,
+        typer.Option("--temperature", parser=bounds.parser("synth.temperature", "--temperature"), metavar="FLOAT"),
+    ] = SYNTH["temperature"],
+    seed: Annotated[
+        int, typer.Option("--seed", parser=bounds.parser("synth.seed", "--seed"), metavar="INTEGER")
+    ] = SYNTH["seed"],
+    dev: Annotated[
+        int,
+        typer.Option(
+            "--dev",
+            parser=bounds.parser("synth.dev", "--dev"),
+            metavar="INTEGER",
+            help="further pairs for SynGPT2_dev.jsonl",
+        ),
+    ] = SYNTH["dev"],
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", parser=bounds.parser("synth.batch_size", "--batch-size"), metavar="INTEGER")
+    ] = SYNTH["batch_size"],
 ) -> None:
     """Synthesise the real-vs-fake SynGPT2 task with GPT-2 (resumes from an interrupted --out)."""
     if (corpus is None) == (corpus_file is None):

@@ -3,7 +3,6 @@ ledger, each line ok or what to do."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import typer
 
 from stilts_tui.cli.root import JsonFlag, app, runs_root
 from stilts_tui.errors import UserError
+from stilts_tui.fmt import json_text, terminal_safe
 from stilts_tui.store.ledger import Ledger
 
 
@@ -116,7 +116,7 @@ def doctor(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     checks += [("fail", line) for line in stuck_lines(runs)]
     if as_json:
         typer.echo(
-            json.dumps(
+            json_text(
                 {
                     **report.as_dict(),
                     "mps": mps_ok,
@@ -132,4 +132,4 @@ def doctor(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         )
         return
     for level, text in checks:
-        typer.echo(f"{level:<5} {text}")
+        typer.echo(f"{level:<5} {terminal_safe(text)}")

@@ -10,12 +10,13 @@ from typing import Annotated
 
 import typer
 
+from stilts_tui import bounds
 from stilts_tui import plan as plans
 from stilts_tui.cli import render
 from stilts_tui.cli.root import JsonFlag, PlanPath, console, plan_app, runs_root
 from stilts_tui.contract import EXIT_FAILURE, Env
 from stilts_tui.errors import UserError
-from stilts_tui.fmt import terminal_safe
+from stilts_tui.fmt import json_text, terminal_safe
 
 MaxRuns = Annotated[
     int | None,
@@ -31,18 +32,19 @@ def plan_validate(path: PlanPath, max_runs: MaxRuns = None) -> None:
     """Check a plan: exit 0 if it is valid (missing local data files are warnings)."""
     plan, runs = plans.load_and_expand(path, max_runs=max_runs)
     for line in plans.missing_data(plan, runs):
-        typer.echo(f"warning: {line}", err=True)
+        typer.echo(f"warning: {terminal_safe(line)}", err=True)
     c = plans.counts(runs)
     typer.echo(
-        f"{path}: ok — {len(runs)} runs ({c['synth']} synth, {c['intermediate']} intermediate, {c['target']} target)"
+        f"{terminal_safe(path)}: ok — {len(runs)} runs "
+        f"({c['synth']} synth, {c['intermediate']} intermediate, {c['target']} target)"
     )
     _echo_on_finish(plan)
     lines, unreachable = _data_sources(runs)
     for line in lines:
-        typer.echo(line)
+        typer.echo(terminal_safe(line))
     if unreachable:  # right but offline: a warning, never a failure
         typer.echo(
-            f"warning: the Hugging Face Hub ({_hub_url()}) is unreachable now: {', '.join(unreachable)} "
+            f"warning: the Hugging Face Hub ({terminal_safe(_hub_url())}) is unreachable now: {', '.join(unreachable)} "
             "cannot load their data until it is (or set data_dir to local files)",
             err=True,
         )
@@ -135,15 +137,38 @@ def plan_show(
         ),
     ] = False,
     per_gpu: Annotated[
-        int | None, typer.Option("--per-gpu", min=1, help="--cost: processes a GPU (default: the daemon's)")
+        int | None,
+        typer.Option(
+            "--per-gpu",
+            parser=bounds.parser("per_gpu"),
+            metavar="INTEGER",
+            help="--cost: processes a GPU (default: the daemon's)",
+        ),
     ] = None,
     cpu_slots: Annotated[
-        int | None, typer.Option("--cpu-slots", min=1, help="--cost: processes without a GPU (default: the daemon's)")
+        int | None,
+        typer.Option(
+            "--cpu-slots",
+            parser=bounds.parser("cpu_slots"),
+            metavar="INTEGER",
+            help="--cost: processes without a GPU (default: the daemon's)",
+        ),
     ] = None,
     worker_runs: Annotated[
-        int | None, typer.Option("--worker-runs", min=1, help="--cost: runs a process (default: the daemon's)")
+        int | None,
+        typer.Option(
+            "--worker-runs",
+            parser=bounds.parser("worker_runs"),
+            metavar="INTEGER",
+            help="--cost: runs a process (default: the daemon's)",
+        ),
     ] = None,
-    fuse: Annotated[int, typer.Option("--fuse", min=2, help="--cost: the fused mode's array size")] = 4,
+    fuse: Annotated[
+        int,
+        typer.Option(
+            "--fuse", parser=bounds.parser("fuse"), metavar="INTEGER", help="--cost: the fused mode's array size"
+        ),
+    ] = 4,
 ) -> None:
     """Counts by stage and the intermediate x target matrix of a plan (and with --cost what it will take:
     GPU-hours per stage, and the wall time on this box per mode)."""
@@ -160,10 +185,10 @@ def plan_show(
         wall = (box, walltime.predict(plan, runs, walltime.history(runs_root(ctx)), box))
     if as_json:
         cost_json = {"cost": {**estimate.as_dict(), "wall": _wall_dict(*wall)}} if estimate else {}
-        typer.echo(json.dumps(_plan_dict(plan, runs, warnings) | cost_json, indent=2))
+        typer.echo(json_text(_plan_dict(plan, runs, warnings) | cost_json, indent=2))
         return
     for line in warnings:
-        typer.echo(f"warning: {line}", err=True)
+        typer.echo(f"warning: {terminal_safe(line)}", err=True)
     con = console()
     render.print_plan(con, plan, runs, counts, matrix)
     _echo_on_finish(plan)
@@ -196,7 +221,8 @@ def _box(ctx: typer.Context, per_gpu: int | None, cpu_slots: int | None, worker_
 
     def setting(given: int | None, name: str) -> int:
         value = running.get(name)
-        return given or (value if isinstance(value, int) and value > 0 else getattr(settings.DEFAULTS, name))
+        # a hand-edited daemon.json is held to the table of bounds too (10^400 processes would overflow)
+        return given or (value if bounds.BOUNDS[name].ok(value) else getattr(settings.DEFAULTS, name))
 
     found = [] if gpus.fake_spec() is not None else gpus.probe().usable
     return walltime.Box(

@@ -11,6 +11,7 @@ from stilts_tui.cli.base import NoDaemon
 from stilts_tui.cli.root import PlanOpt, PlanPath, RunIds, queue_app, runs_root
 from stilts_tui.contract import CANCEL_GRACE_S, DAEMON_LOG, Env, Status
 from stilts_tui.errors import Failure, UserError
+from stilts_tui.fmt import terminal_safe
 from stilts_tui.store.ledger import Ledger
 
 
@@ -32,7 +33,9 @@ def queue_add(
 
     root = runs_root(ctx)
     plan, runs, added = ops.add_plan(path, root, priority=priority, max_runs=max_runs)
-    typer.echo(f"{plan.name}: {len(added)} runs queued, {len(runs) - len(added)} already in the ledger ({root})")
+    typer.echo(
+        f"{plan.name}: {len(added)} runs queued, {len(runs) - len(added)} already in the ledger ({terminal_safe(root)})"
+    )
     if not no_daemon and ops.daemon_status(root) is None:
         info = ops.start_daemon(root, [])
         typer.echo(f"started the queue daemon (pid {info['pid']}); `stilts-tui daemon status` shows it")
@@ -55,7 +58,8 @@ def queue_cancel(
     if out.requested and not out.daemon:
         typer.echo(
             f"cancelled {len(out.done)} runs; {len(out.requested)} running run(s) wait for the daemon to "
-            f"stop them: no daemon runs on {root} (`stilts-tui daemon start` carries the cancel out first)"
+            f"stop them: no daemon runs on {terminal_safe(root)} "
+            "(`stilts-tui daemon start` carries the cancel out first)"
         )
         return
     if out.requested and no_wait:
@@ -66,7 +70,8 @@ def queue_cancel(
     if left and ops.daemon_status(root) is None:
         typer.echo(
             f"cancelled {len(out.done)} runs; {len(left)} running run(s) wait for the daemon to stop them: "
-            f"the daemon on {root} stopped first (the next `stilts-tui daemon start` carries the cancel out)"
+            f"the daemon on {terminal_safe(root)} stopped first "
+            "(the next `stilts-tui daemon start` carries the cancel out)"
         )
         return
     if left:

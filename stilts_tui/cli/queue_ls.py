@@ -5,7 +5,6 @@ store/view.py, as in the app."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
@@ -16,7 +15,7 @@ from stilts_tui.cli.root import console as _console
 from stilts_tui.cli.root import runs_root as _root
 from stilts_tui.contract import STATUSES, Env
 from stilts_tui.errors import UserError
-from stilts_tui.fmt import terminal_safe
+from stilts_tui.fmt import json_text, terminal_safe
 from stilts_tui.store.ledger import Ledger
 from stilts_tui.store.view import read_views
 
@@ -50,7 +49,7 @@ def queue_ls(
         runs = [r for r in runs if tag in notes.tags_of(r)]
     shown = read_views(_root(ctx), ledger.runs())  # every run: a blocked run names its parent's status
     if as_json:  # the ledger's fields, then the view's (store/view.py: RunView.record)
-        typer.echo(json.dumps([{**{k: r.get(k) for k in LS_KEYS}, **shown[r["id"]].record()} for r in runs], indent=1))
+        typer.echo(json_text([{**{k: r.get(k) for k in LS_KEYS}, **shown[r["id"]].record()} for r in runs], indent=1))
     else:
         _console().print(_runs_table(runs, shown))
         typer.echo(f"{len(runs)} runs", err=True)
@@ -112,4 +111,4 @@ def _warn_stuck(runs: list[dict]) -> None:
     from stilts_tui.queue.executors.slurm import stuck_lines
 
     for line in stuck_lines(runs):
-        typer.echo(f"warning: {line}", err=True)
+        typer.echo(f"warning: {terminal_safe(line)}", err=True)

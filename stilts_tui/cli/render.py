@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stilts_tui.fmt import duration
+from stilts_tui.fmt import duration, terminal_safe
 
 WALL_MODES = {
     "reference": "reference loop (one process a run, one at a time)",
@@ -17,8 +17,8 @@ def print_plan(con, plan, runs: list, counts: dict, matrix: dict) -> None:
     from rich.table import Table
 
     con.print(
-        f"[bold]{plan.name}[/] — model {plan.model} — {len(runs)} runs: "
-        + ", ".join(f"{n} {s}" for s, n in counts.items())
+        f"[bold]{terminal_safe(plan.name, markup=True)}[/] — model {terminal_safe(plan.model, markup=True)} — "
+        f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items())
     )
     targets = list(plan.target)
     table = Table("starting point \\ target", *targets, "total", title="target runs")
@@ -44,7 +44,7 @@ def print_wall(con, box, pred) -> None:
         table.add_row(label, "n/a (no GPU)" if v is None else duration(v), ratio)
     con.print(table)
     for note in pred.notes:
-        con.print(Text(note, style="dim"))
+        con.print(Text(terminal_safe(note), style="dim"))
 
 
 def print_cost(con, estimate) -> None:
@@ -60,7 +60,7 @@ def print_cost(con, estimate) -> None:
         table.add_row(s.stage, str(s.runs), f"{s.steps:,}", f"{s.samples:,}", f"{s.gpu_hours:.2f}", how)
     con.print(table)
     for note in estimate.notes:
-        con.print(Text(note, style="dim"))
+        con.print(Text(terminal_safe(note), style="dim"))
 
 
 def tasks_table(rows: list[dict]):

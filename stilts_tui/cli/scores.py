@@ -3,7 +3,6 @@ target's starting points)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +11,7 @@ import typer
 from stilts_tui.cli.root import JsonFlag, app, console, runs_root
 from stilts_tui.errors import UserError
 from stilts_tui.estimate import predicted
-from stilts_tui.fmt import terminal_safe
+from stilts_tui.fmt import json_text, terminal_safe
 from stilts_tui.rank import ranking
 
 
@@ -76,7 +75,7 @@ def scores(
         typer.echo(results.render(table, fmt), nl=False)
         return
     results.write_output(out, results.export_bytes(table, fmt), force=force)
-    typer.echo(f"wrote {out}", err=True)
+    typer.echo(f"wrote {terminal_safe(out)}", err=True)
 
 
 @app.command("rank")
@@ -99,7 +98,7 @@ def rank_cmd(
     doc = ranking.ranking(loaded.name, jobs, ranking.score(jobs, device), examples)
     predicted.save(root, doc)  # the plan's score table shows it beside the measured gains
     if as_json:
-        typer.echo(json.dumps(doc, indent=2))
+        typer.echo(json_text(doc, indent=2))
         return
     for line in ranking.lines(doc):
         typer.echo(terminal_safe(line))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +13,7 @@ from stilts_tui.cli import render
 from stilts_tui.cli.root import JsonFlag, console, runs_root, tasks_app
 from stilts_tui.contract import EXIT_FAILURE
 from stilts_tui.errors import UserError
+from stilts_tui.fmt import json_text, terminal_safe
 from stilts_tui.tasks.data import hub_label
 
 
@@ -35,7 +35,7 @@ def tasks_cmd(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         for t in tasks.BUILTIN
     ]
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json_text(rows, indent=2))
         return
     console().print(render.tasks_table(rows))
 
@@ -85,9 +85,9 @@ def tasks_show(
     exs = show.examples(spec, split, n)
     recs = show.records(spec, exs, show.encode(model, spec["kind"], max_len, exs))
     if as_json:
-        typer.echo("\n".join(json.dumps(r, ensure_ascii=False) for r in recs))
-    else:
-        typer.echo(show.render(spec, recs))
+        typer.echo("\n".join(json_text(r) for r in recs))
+    else:  # a dataset's texts, labels and tokens are data from outside: nothing in them acts on the terminal
+        typer.echo(terminal_safe(show.render(spec, recs), keep_newlines=True))
 
 
 def _plan_stage_spec(plan, runs: list, name: str, runs_root: Path) -> tuple[dict, str]:
@@ -121,7 +121,6 @@ def tasks_check(
     """Open every stage's data source as its runs will (local files read, the hub's builder and split list at
     the pinned revision, without downloading the data): one line a stage; exit 1 unless every stage will load.
     Run it on the box that trains, before `queue add`."""
-    from stilts_tui.fmt import terminal_safe
     from stilts_tui.tasks import check
 
     _, runs = plans.load_and_expand(plan_path, max_runs=max_runs)
@@ -133,5 +132,5 @@ def tasks_check(
     for r in {r.name: r for r in runs if r.stage == "synth"}.values():
         typer.echo(terminal_safe(f"[synth.{r.name}] {'OK':7} synthesis: written by GPT-2 when the stage runs"))
     if bad:
-        typer.echo(f"{plan_path}: {bad} stage(s) will not load their data as things stand", err=True)
+        typer.echo(f"{terminal_safe(plan_path)}: {bad} stage(s) will not load their data as things stand", err=True)
         raise typer.Exit(EXIT_FAILURE)

@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 
 from stilts_tui import tasks
-from stilts_tui.contract import SYNTH_DEFAULTS
+from stilts_tui.contract import STOP_DEGENERATE_DEFAULTS, SYNTH_DEFAULTS, TRAINING_DEFAULTS
 from stilts_tui.errors import PlanError
 from stilts_tui.plan.lines import Checker
 from stilts_tui.plan.model import Plan
@@ -131,6 +131,9 @@ def parse(text: str, path: str | Path) -> Plan:
         for sname, sdef in stages[kind].items():
             _check_stage(c, kind, sname, sdef, path.parent, custom, synth)
     _check_stages_together(c, data, stages)
+    for kind in ("intermediate", "target"):
+        for sname, sdef in stages[kind].items():
+            _check_stop_within_epochs(c, f"{kind}.{sname}", sdef, defaults)
     return Plan(
         name=data["name"],
         path=path.resolve(),
@@ -181,6 +184,32 @@ def _check_method(c: Checker, where: str, table: dict) -> None:
         c.table(f"{where}.lora", table["lora"], LORA_KEYS)
     if "stop_degenerate" in table:
         c.table(f"{where}.stop_degenerate", table["stop_degenerate"], STOP_KEYS)
+
+
+def _check_stop_within_epochs(c: Checker, where: str, sdef: dict, defaults: dict) -> None:
+    """The cross-field rule of stop_degenerate: a run is stopped at epoch ``after_epochs + patience - 1``
+    at the earliest (train/degenerate.py's verdict), so a rule needing more epochs than a run of the
+    stage trains (its epochs, its [defaults]' or each value of its grid's) could never stop one."""
+    key = f"{where}.stop_degenerate" if "stop_degenerate" in sdef else "defaults.stop_degenerate"
+    rule = sdef.get("stop_degenerate", defaults.get("stop_degenerate"))
+    if not isinstance(rule, dict):
+        return
+    after = rule.get("after_epochs", STOP_DEGENERATE_DEFAULTS["after_epochs"])
+    patience = rule.get("patience", STOP_DEGENERATE_DEFAULTS["patience"])
+    grid = sdef.get("grid") or {}
+    epochs = (
+        grid["epochs"]
+        if "epochs" in grid
+        else [sdef.get("epochs", defaults.get("epochs", TRAINING_DEFAULTS["epochs"]))]
+    )
+    fewest = min(epochs)
+    if after + patience - 1 > fewest:
+        c.fail(
+            key,
+            f"after_epochs {after} and patience {patience} stop a run at epoch {after + patience - 1} at the "
+            f"earliest, but the runs of [{where}] train {fewest} epoch{'s' if fewest != 1 else ''}: the rule "
+            "could never stop one (keep after_epochs + patience - 1 within the epochs)",
+        )
 
 
 def _check_name(c: Checker, where: str, name: str) -> None:

@@ -4,7 +4,7 @@ that have defaults, and the limits on a plan's size. Data only (the checks are p
 from __future__ import annotations
 
 from stilts_tui import contract, tasks
-from stilts_tui.plan.values import Check, boolean, int_list, integer, number, one_of, str_list, table, text
+from stilts_tui.plan.values import Check, boolean, bounded, int_list, one_of, str_list, table, text
 
 STAGES = contract.STAGES
 BASELINE_NAME = "none"  # the starting point of baseline runs: no intermediate stage may take it
@@ -14,13 +14,13 @@ MAX_RUNS = 100_000  # a plan expanding to more is refused unless the user raises
 MAX_RUNS_ENV = contract.Env.MAX_RUNS
 
 HYPER: dict[str, Check] = {
-    "lr": number(0, 1, lo_open=True),
-    "batch_size": integer(1, 65536),
-    "warmup": number(0, 1, hi_open=True),
-    "epochs": integer(1, 1000),
-    "max_len": integer(8, 8192),
-    "weight_decay": number(0),
-    "grad_accum": integer(1, 4096),
+    "lr": bounded("lr"),
+    "batch_size": bounded("batch_size"),
+    "warmup": bounded("warmup"),
+    "epochs": bounded("epochs"),
+    "max_len": bounded("max_len"),
+    "weight_decay": bounded("weight_decay"),
+    "grad_accum": bounded("grad_accum"),
     "precision": one_of("auto", "fp32", "bf16", "fp16"),
     "batching": one_of("random", "grouped"),
     "pad": one_of("auto", "max", "buckets", "longest"),
@@ -30,21 +30,21 @@ HYPER: dict[str, Check] = {
     "transfer": one_of("all", "encoder", "merge", "adapter"),
     "method": one_of("full", "lora"),
     "lora": table("a table of LoRA settings (r, alpha, dropout, targets)"),
-    "eval_batch_size": integer(1, 65536),
-    "max_train_samples": integer(1),
-    "max_dev_samples": integer(1),
+    "eval_batch_size": bounded("eval_batch_size"),
+    "max_train_samples": bounded("max_train_samples"),
+    "max_dev_samples": bounded("max_dev_samples"),
     "stop_degenerate": table("a table { after_epochs = 1, patience = 1 } (stop runs stuck at the majority class)"),
 }
 # stop_degenerate's keys; the run contract holds what a table leaves out
-STOP_KEYS: dict[str, Check] = {"after_epochs": integer(1, 1000), "patience": integer(1, 1000)}
+STOP_KEYS: dict[str, Check] = {k: bounded(f"stop_degenerate.{k}") for k in ("after_epochs", "patience")}
 DEFAULTS = contract.TRAINING_DEFAULTS  # the reference's settings; the run contract holds them
 # LoRA (method = "lora"): the LoRA paper's RoBERTa GLUE setting; kept out of a run's params (and id) unless
 # the run is a LoRA run, so plans without the keys keep their run ids
 LORA_TARGETS = ("query", "key", "value", "attention_output", "intermediate", "output")
 LORA_KEYS: dict[str, Check] = {
-    "r": integer(1, 4096),
-    "alpha": number(0, lo_open=True),
-    "dropout": number(0, 1, hi_open=True),
+    "r": bounded("lora.r"),
+    "alpha": bounded("lora.alpha"),
+    "dropout": bounded("lora.dropout"),
     "targets": (
         (lambda v: isinstance(v, list) and bool(v) and all(t in LORA_TARGETS for t in v) and len(set(v)) == len(v)),
         "a non-empty list of distinct layers out of " + ", ".join(LORA_TARGETS),
@@ -53,7 +53,7 @@ LORA_KEYS: dict[str, Check] = {
 LORA_DEFAULTS = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": ["query", "value"]}
 DATA_KEYS: dict[str, Check] = {"task": text(), "data_dir": text(), "train_file": text(), "dev_file": text()}
 STAGE_KEYS: dict[str, dict[str, Check]] = {
-    "intermediate": {**DATA_KEYS, **HYPER, "seeds": int_list(), "seed": integer(0), "keep_checkpoint": boolean()},
+    "intermediate": {**DATA_KEYS, **HYPER, "seeds": int_list(), "seed": bounded("seed"), "keep_checkpoint": boolean()},
     "target": {
         **DATA_KEYS,
         **HYPER,
@@ -64,19 +64,19 @@ STAGE_KEYS: dict[str, dict[str, Check]] = {
     },
 }
 # [target.X] rank = { top, examples }: top is required; the run contract holds what the table leaves out
-RANK_KEYS: dict[str, Check] = {"top": integer(1, 1000), "examples": integer(2, 1_000_000)}
+RANK_KEYS: dict[str, Check] = {k: bounded(f"rank.{k}") for k in ("top", "examples")}
 SYNTH_KEYS: dict[str, Check] = {
     "corpus": one_of("squad"),
     "corpus_file": text(),
     "generator": text(),
-    "n": integer(1),
-    "fakes": integer(1, 64),
-    "top_p": number(0, 1, lo_open=True),
-    "top_k": integer(0),
-    "temperature": number(0, lo_open=True),
-    "seed": integer(0),
-    "dev": integer(0),
-    "batch_size": integer(1, 4096),
+    "n": bounded("synth.n"),
+    "fakes": bounded("synth.fakes"),
+    "top_p": bounded("synth.top_p"),
+    "top_k": bounded("synth.top_k"),
+    "temperature": bounded("synth.temperature"),
+    "seed": bounded("synth.seed"),
+    "dev": bounded("synth.dev"),
+    "batch_size": bounded("synth.batch_size"),
 }
 CUSTOM_KEYS: dict[str, Check] = {
     "format": one_of("jsonl", "csv", "tsv"),

@@ -7,6 +7,8 @@ import math
 import re
 from collections.abc import Callable
 
+from stilts_tui.bounds import BOUNDS
+
 Check = tuple[Callable[[object], bool], str]  # (is the value acceptable, what is expected)
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # with fullmatch: `$` accepts a trailing newline
@@ -27,6 +29,13 @@ def integer(lo: int, hi: int | None = None) -> Check:
     """An integer in [lo, hi] (no upper bound when ``hi`` is None)."""
     what = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
     return (lambda v: is_int(v) and v >= lo and (hi is None or v <= hi)), what
+
+
+def bounded(name: str) -> Check:
+    """A value within the bounds the one table of bounds (stilts_tui/bounds.py) gives ``name``: the CLI's
+    flags of the same settings read the same table."""
+    bound = BOUNDS[name]
+    return bound.ok, bound.what
 
 
 def number(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> Check:

@@ -11,44 +11,52 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from stilts_tui import bounds
 from stilts_tui.errors import UserError
 
 EXECUTORS = ("local", "slurm")
 # --interval: an empty queue ticking faster burns a core; slower, nothing is launched for an hour
-INTERVAL_RANGE = (0.1, 3600.0)
+INTERVAL_RANGE = (bounds.BOUNDS["interval"].low, bounds.BOUNDS["interval"].high)
 
 
-def check_interval(value: float) -> float:
+def check_interval(value: object) -> float:
     """--interval: a finite number of seconds in :data:`INTERVAL_RANGE` (``inf`` would never tick again,
-    ``nan``, 0 and negatives would spin)."""
+    ``nan``, 0 and negatives would spin); text in ASCII digits."""
     low, high = INTERVAL_RANGE
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
-        raise UserError(f"--interval: expected seconds between {low:g} and {high:g}, got {value}")
-    return float(value)
+    try:
+        return float(bounds.parse("interval", value))
+    except UserError:
+        raise UserError(
+            f"--interval: expected seconds between {low:g} and {high:g}, got {bounds.given_text(value)}"
+        ) from None
 
 
-def parse_fuse(value: str) -> str:
-    """--fuse: off, auto, or an array size K >= 2 (1 means off)."""
-    if value in ("off", "auto", "0", "1"):
-        return "off" if value in ("0", "1") else value
-    if value.isdigit() and int(value) >= 2:
-        return value
-    raise UserError(f"--fuse: expected off, auto or an array size K >= 2, got '{value}'")
+def parse_fuse(value: object) -> str:
+    """--fuse: off, auto, or an array size K within the table's bounds (0 and 1 mean off); ASCII digits."""
+    if value in ("off", "auto", "0", "1", 0, 1):
+        return "off" if value in ("0", "1", 0, 1) else str(value)
+    bound = bounds.BOUNDS["fuse"]
+    try:
+        return str(bound.parse(value, "--fuse"))
+    except UserError:
+        raise UserError(
+            f"--fuse: expected off, auto or an array size K >= {bound.low:g} and <= {bound.high:g}, "
+            f"got {bounds.given_text(value)}"
+        ) from None
 
 
-def parse_gpus(value: str | None) -> list[int] | None:
-    """--gpus: indices like 0,1; None (every GPU found) for nothing or "all"."""
+def parse_gpus(value: str | list | None) -> list[int] | None:
+    """--gpus: indices like 0,1 (ASCII digits, each within the table's bounds, none twice); None (every GPU
+    found) for nothing or "all"."""
     if value in (None, "", "all"):
         return None
-    try:
-        return [int(x) for x in value.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"--gpus: expected indices like 0,1, got '{value}'") from None
+    if isinstance(value, list):  # already parsed (daemon.json's settings)
+        value = ",".join(str(x) for x in value)
+    return bounds.parse_gpus(str(value))
 
 
 def parse_slurm(value: str | dict) -> dict:
@@ -67,7 +75,7 @@ class Flag:
     type: type  # what the command line gives: int, float, str or bool (a switch)
     default: Any  # the setting's default
     help: str
-    low: int | None = None  # an integer setting's least value (one line and exit 2 below it)
+    bound: str | None = None  # an integer setting's bounds: its name in bounds.BOUNDS (one line and exit 2 outside)
     choices: tuple[str, ...] | None = None
     parse: Callable[[Any], Any] | None = None  # the command line's value -> the setting, checked
     slurm_only: bool = False  # passed to the daemon only with --executor slurm
@@ -81,31 +89,33 @@ class Flag:
         """The value as the daemon's command line writes it (None: no value)."""
         if value is None:
             return None
+        if isinstance(value, list):  # --gpus, parsed
+            return ",".join(str(x) for x in value)
         return json.dumps(value) if isinstance(value, dict) else str(value)
 
     def check(self, value: Any) -> Any:
         """The setting a command-line value gives; a bad one is a UserError naming the flag."""
         if self.choices is not None and value not in self.choices:
             raise UserError(f"{self.option}: expected {' or '.join(self.choices)}, got '{value}'")
-        if self.low is not None and value < self.low:
-            raise UserError(f"{self.option}: expected an integer >= {self.low}, got {value}")
+        if self.bound is not None:  # command-line text (ASCII digits only) or a value
+            value = bounds.parse(self.bound, value, self.option)
         return self.parse(value) if self.parse is not None else value
 
 
 # in the order `daemon start --help` lists them (Settings keeps its own order: daemon.json's, `daemon status`'s)
 FLAGS: tuple[Flag, ...] = (
     Flag("gpus", str, None, "GPU indices to use, e.g. 0,1 (default: all)", parse=parse_gpus),
-    Flag("per_gpu", int, 4, "at most this many processes a GPU", low=1),
-    Flag("cpu_slots", int, 1, "concurrent runs where there is no GPU", low=1),
-    Flag("max_retries", int, 2, "relaunches of a run whose process vanished"),
-    Flag("worker_runs", int, 4, "ready runs of one shape trained in sequence by one process", low=1),
+    Flag("per_gpu", int, 4, "at most this many processes a GPU", bound="per_gpu"),
+    Flag("cpu_slots", int, 1, "concurrent runs where there is no GPU", bound="cpu_slots"),
+    Flag("max_retries", int, 2, "relaunches of a run whose process vanished", bound="max_retries"),
+    Flag("worker_runs", int, 4, "ready runs of one shape trained in sequence by one process", bound="worker_runs"),
     Flag("mps", bool, False, "run NVIDIA MPS for the daemon's lifetime"),
     Flag("executor", str, "local", "local (this machine's GPUs) or slurm (sbatch)", choices=EXECUTORS),
     Flag("interval", float, 1.0, "seconds between ticks", parse=check_interval),
     # sbatch settings from the command line (a plan's [slurm] wins)
     Flag("slurm", str, {}, "sbatch settings as JSON (validated by the CLI)", parse=parse_slurm, on_cli=False),
     # clusters cap submissions: at most this many of our jobs in Slurm at once
-    Flag("max_jobs", int, 1000, "slurm: at most this many jobs in Slurm at once", low=1, slurm_only=True),
+    Flag("max_jobs", int, 1000, "slurm: at most this many jobs in Slurm at once", bound="max_jobs", slurm_only=True),
     Flag(
         "fuse",
         str,
@@ -155,9 +165,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     for f in FLAGS:
         if f.type is bool:
             ap.add_argument(f.option, action="store_true", help=f.help)
-        else:  # a setting parsed from text (gpus, slurm, fuse) keeps its text until from_arguments
+        else:  # every value keeps its text until from_arguments: argparse's int() and float() would take
+            # an Arabic-Indic digit; the table of bounds reads ASCII digits only
             default = f.text(f.default) if f.parse is not None and f.type is str else f.default
-            ap.add_argument(f.option, type=f.type, default=default, help=f.help, choices=f.choices)
+            ap.add_argument(f.option, type=str, default=default, help=f.help, choices=f.choices)
 
 
 def from_arguments(values: dict[str, Any]) -> Settings:
@@ -169,13 +180,12 @@ def argv(values: dict[str, Any]) -> list[str]:
     """The daemon's command line for settings given as the command line gives them (each checked first:
     one line and exit 2 for a bad one). A setting at its default is left out; a Slurm-only one without
     --executor slurm too."""
-    for name, value in values.items():
-        FLAG[name].check(value)
-    slurm = values.get("executor", DEFAULTS.executor) == "slurm"
+    checked = {name: FLAG[name].check(value) for name, value in values.items()}
+    slurm = checked.get("executor", DEFAULTS.executor) == "slurm"
     args: list[str] = []
     for f in FLAGS:
-        value = values.get(f.name, f.default)
-        if value == f.default or value is None or (f.slurm_only and not slurm):
+        value = checked.get(f.name, f.default)
+        if value == f.check(f.default) or value is None or (f.slurm_only and not slurm):
             continue
         args += [f.option] if f.type is bool else [f.option, f.text(value)]
     return args

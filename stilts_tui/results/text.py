@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 from dataclasses import asdict
 
-from stilts_tui.fmt import terminal_safe
+from stilts_tui.fmt import json_text, terminal_safe
 from stilts_tui.results.cell import ScoreTable
 from stilts_tui.results.failed import FAILED_NOTE
 from stilts_tui.results.notes import (
@@ -73,7 +71,13 @@ def plan_lines(t: ScoreTable) -> list[str]:
 
 
 def _csv_value(v: object) -> str:
-    return "" if v is None else repr(v) if isinstance(v, float) else str(v)
+    return "" if v is None else repr(v) if isinstance(v, float) else terminal_safe(v)
+
+
+def _notes(t: ScoreTable) -> list[str]:
+    """The legend and footnotes, each one line with nothing a terminal acts on: a saved ranking's method
+    is data from a file (a newline in it would end a LaTeX comment and land in the document's body)."""
+    return [terminal_safe(line) for line in (legend(t), *footnotes(t))]
 
 
 def to_csv(t: ScoreTable) -> str:
@@ -171,18 +175,7 @@ def to_json(t: ScoreTable) -> str:
             for target, rk in t.rankings.items()
         },
     }
-    return json.dumps(_finite(doc), indent=2, allow_nan=False)
-
-
-def _finite(value: object) -> object:
-    """JSON has no Infinity or NaN (a mean of scores near 1e308 overflows): such numbers become null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    return json_text(doc, indent=2)  # a mean of scores near 1e308 overflows: null, never Infinity
 
 
 def to_markdown(t: ScoreTable) -> str:
@@ -198,7 +191,8 @@ def to_markdown(t: ScoreTable) -> str:
     for inter, seed in row_keys(t):
         cells = [_cell_text(t, inter, tg, seed) for tg in t.targets]
         lines.append("| " + " | ".join([row_label(inter, seed), *cells]) + " |")
-    return "\n".join(lines) + f"\n\n{legend(t)}\n" + "".join(f"\n{line}\n" for line in footnotes(t))
+    legend_line, *notes = _notes(t)
+    return "\n".join(lines) + f"\n\n{legend_line}\n" + "".join(f"\n{line}\n" for line in notes)
 
 
 def _cell_text(t: ScoreTable, inter: str, target: str, seed: int | None, latex: bool = False) -> str:
@@ -216,8 +210,7 @@ def to_latex(t: ScoreTable) -> str:
     """A booktabs tabular, the legend and footnotes above it as comments."""
     lines = [
         *(f"% {x}" for x in plan_lines(t)),  # one comment a line: a note's newline never ends the comment
-        f"% {_tex(legend(t))}",
-        *(f"% {_tex(line)}" for line in footnotes(t)),
+        *(f"% {_tex(line)}" for line in _notes(t)),
         r"\begin{tabular}{l" + "c" * len(t.targets) + "}",
         r"\toprule",
         " & ".join(["from"] + [_tex(target_label(t, tg)) for tg in t.targets]) + r" \\",
@@ -240,7 +233,7 @@ def to_rich(t: ScoreTable):
     over = "grid" if t.by_seed else "seeds x grid"
     table = Table(
         title=Text(f"{t.plan} — {t.metric} (x100), {shown} ± std over {over}; gain over 'none'"),
-        caption=Text("\n".join([*plan_lines(t), legend(t), *footnotes(t)])),
+        caption=Text("\n".join([*plan_lines(t), *_notes(t)])),
     )
     table.add_column("from \\ target")
     for tg in t.targets:

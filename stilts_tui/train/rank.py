@@ -92,6 +92,9 @@ def features(job: dict, device: str, progress) -> tuple[np.ndarray, np.ndarray, 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # this command's own progress line is the one on stderr
+    # and its only one: loading a classifier's checkpoint as a bare encoder makes transformers log a "LOAD
+    # REPORT" table of the head's unused weights (17 lines a starting point), expected here and never news
+    hf_logging.set_verbosity_error()
 
     from stilts_tui.tasks import labels_for
     from stilts_tui.train import data, transfer

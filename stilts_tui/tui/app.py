@@ -14,6 +14,7 @@ from textual.worker import Worker, WorkerState
 
 from stilts_tui.contract import CANCEL_GRACE_S, Status
 from stilts_tui.errors import UserError, first_line
+from stilts_tui.fmt import terminal_safe
 from stilts_tui.queue.notify import PlanWatch
 from stilts_tui.tui import actions
 from stilts_tui.tui.data import plural
@@ -117,6 +118,12 @@ class StiltsApp(App):
             return None
         cells = [c for c in table.cells if c.failed is not None]
         return (sum(c.failed for c in cells), sum(c.n for c in cells)) if cells else None
+
+    def notify(self, message: str, *, markup: bool = True, **kwargs) -> None:
+        """Every note of the app and its screens (a screen's notify comes here): its text is data — an error
+        naming a file, a plan's value — so it goes through the one sanitizer and is shown as written,
+        never parsed as markup (an unmatched tag would raise) nor sent to the terminal raw."""
+        super().notify(terminal_safe(message), markup=False, **kwargs)
 
     def plan_finished(self, event: dict) -> None:
         """The bell and a note: the plan's runs by how they ended, in the score table's words too (a run

@@ -14,6 +14,7 @@ from textual.worker import Worker
 from stilts_tui import results
 from stilts_tui.contract import Status
 from stilts_tui.errors import UserError
+from stilts_tui.fmt import terminal_safe
 from stilts_tui.store.ledger import Ledger
 from stilts_tui.tui.actions import bindings
 from stilts_tui.tui.widgets.key_bar import KeyBar
@@ -205,7 +206,17 @@ class ScoresScreen(Screen):
         )
         self.query_one("#title").update(title)
         self.query_one("#note").update(
-            Text("\n".join([results.STD_NOTE, results.FAILED_NOTE, results.test_note(data), *results.footnotes(data)]))
+            Text(  # a saved ranking's method is data from a file: one line each, nothing a terminal acts on
+                "\n".join(
+                    terminal_safe(line)
+                    for line in [
+                        results.STD_NOTE,
+                        results.FAILED_NOTE,
+                        results.test_note(data),
+                        *results.footnotes(data),
+                    ]
+                )
+            )
         )
         table = self.query_one(DataTable)
         cursor = table.cursor_coordinate
