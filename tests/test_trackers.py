@@ -1,0 +1,138 @@
+"""report_to (issue 37, must-show 3): a plan's trackers reach every trained run's spec without changing a run
+id; a real run logs its settings, steps and evaluations to TensorBoard and MLflow, read back with each
+tracker's own reader and equal to events.jsonl; a tracker that fails never fails the run; `export` replays
+finished runs into a tracker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import cli, make_plan, train
+
+from stilts_tui import plan as plans
+
+STAGES = '[intermediate.inter]\ntask = "pair"\n\n[target.tgt]\ntask = "pair"\ngrid = { lr = [1e-3] }\n'
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_env(monkeypatch):
+    """MLflow's file store, opted into (MLflow 3 keeps it in maintenance), and no tracking server of the user's."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def _with_report_to(plan: Path, where: str, value: list[str]) -> Path:
+    """The plan with ``report_to = value`` at the end of its ``[where]`` table."""
+    text = plan.read_text()
+    line = f"report_to = {json.dumps(value)}\n"
+    head = f"[{where}]\n"
+    assert head in text
+    plan.write_text(text.replace(head, head + line, 1))
+    return plan
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+def _expected(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """What the trackers must hold: each step metric and dev metric of events.jsonl, by step."""
+    ev = _events(run_dir)
+    begin = next(e for e in ev if e["event"] == "begin")
+    per_epoch = begin["total_steps"] // begin["epochs"]
+    out: dict[str, list[tuple[int, float]]] = {}
+    for e in ev:
+        if e["event"] == "step":
+            for k in ("loss", "lr", "samples_per_s"):
+                out.setdefault(f"train/{k}", []).append((e["step"], e[k]))
+        elif e["event"] == "eval":
+            for k, v in e["metrics"].items():
+                out.setdefault(f"eval/{k}", []).append((e["epoch"] * per_epoch, v))
+    return out
+
+
+def _tensorboard(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (logdir,) = (run_dir / "tensorboard").iterdir()
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return {tag: [(s.step, s.value) for s in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def _mlflow(runs_dir: Path, run_id: str) -> tuple[dict, dict[str, list[tuple[int, float]]]]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=(runs_dir / ".mlflow").resolve().as_uri())
+    (run,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], filter_string=f"tags.run_id = '{run_id}'"
+    )
+    history = {
+        k: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, k), key=lambda m: m.step)]
+        for k in run.data.metrics
+    }
+    return run, history
+
+
+def _check_equal(expected: dict, got: dict, float32: bool) -> None:
+    assert set(got) == set(expected), (sorted(got), sorted(expected))
+    for tag, points in expected.items():
+        want = [(s, float(np.float32(v)) if float32 else v) for s, v in points]  # TensorBoard keeps float32
+        assert got[tag] == want, tag
+
+
+def _queue(tmp_path: Path, runs_dir: Path, tiny_model: Path, report_to: list[str]) -> list[dict]:
+    plan = _with_report_to(make_plan(tmp_path, tiny_model, STAGES), "defaults", report_to)
+    assert cli("queue", "add", str(plan), runs_dir=runs_dir).returncode == 0
+    return json.loads(cli("queue", "ls", "--json", runs_dir=runs_dir).stdout)
+
+
+def test_report_to_reaches_every_trained_runs_spec_and_changes_no_run_id(tmp_path, runs_dir, tiny_model):
+    plan = make_plan(tmp_path, tiny_model, STAGES, baseline=True)
+    before = [r.id for r in plans.load_and_expand(plan)[1]]
+    assert cli("queue", "add", str(plan), runs_dir=runs_dir).returncode == 0
+    spec_before = json.loads((runs_dir / before[0] / "spec.json").read_text())
+    assert "report_to" not in spec_before  # a plan without the key: its spec.json as before
+    _with_report_to(plan, "defaults", ["tensorboard", "mlflow"])
+    _with_report_to(plan, "target.tgt", ["mlflow"])  # a stage's own list over [defaults]'
+    p, runs = plans.load_and_expand(plan)
+    assert [r.id for r in runs] == before
+    out = cli("queue", "add", str(plan), runs_dir=runs_dir)
+    assert out.returncode == 0 and "0 runs queued" in out.stdout, out.stdout + out.stderr
+    for r in runs:
+        spec = plans.spec_for(r, p, runs_dir)
+        assert spec["report_to"] == (["mlflow"] if r.stage == "target" else ["tensorboard", "mlflow"])
+        assert spec["grid"] == r.grid
+        assert "report_to" not in spec["params"]
+    # a bad value: one line naming the file and key, exit 2
+    plan.write_text(plan.read_text().replace('report_to = ["mlflow"]', 'report_to = ["comet"]'))
+    bad = cli("plan", "validate", str(plan))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "target.tgt.report_to" in bad.stderr and '"tensorboard"' in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_run_logs_its_settings_steps_and_evaluations_to_tensorboard_and_mlflow(tmp_path, runs_dir, tiny_model):
+    rows = _queue(tmp_path, runs_dir, tiny_model, ["tensorboard", "mlflow"])
+    inter = next(r for r in rows if r["stage"] == "intermediate")
+    d = runs_dir / inter["id"]
+    out = train([d])
+    assert out.returncode == 0, out.stderr
+    result = json.loads((d / "result.json").read_text())
+    assert result["status"] == "done" and result["trackers"] == {"tensorboard": "ok", "mlflow": "ok"}
+    expected = _expected(d)
+    assert len(expected["train/loss"]) >= 2 and "eval/acc" in expected
+    _check_equal(expected, _tensorboard(d), float32=True)
+    run, history = _mlflow(runs_dir, inter["id"])
+    _check_equal(expected, history, float32=False)
+    # the settings and the tags a tracker's UI groups by (every one but the seed)
+    assert run.data.params["lr"] == str(inter["params"]["lr"]) and run.data.params["seed"] == str(inter["seed"])
+    tags = run.data.tags
+    assert (tags["plan"], tags["stage"], tags["start"], tags["seed"]) == ("q", "intermediate", "inter", "42")
+    assert tags["group"] == "q.intermediate.inter" and run.info.run_name == "q.intermediate.inter.seed42"
+    assert run.info.status == "FINISHED"
+    assert "warning" not in (d / "train.log").read_text()
