@@ -6,6 +6,9 @@ finished runs into a tracker."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +139,71 @@ def test_a_run_logs_its_settings_steps_and_evaluations_to_tensorboard_and_mlflow
     assert tags["group"] == "q.intermediate.inter" and run.info.run_name == "q.intermediate.inter.seed42"
     assert run.info.status == "FINISHED"
     assert "warning" not in (d / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_tracker_that_fails_never_fails_the_run(tmp_path, runs_dir, tiny_model):
+    """TensorBoard's folder a regular file, MLflow's store a regular file, W&B not importable: the run ends
+    done all the same, one warning line a tracker in train.log, and result.json says how each ended."""
+    rows = _queue(tmp_path, runs_dir, tiny_model, ["tensorboard", "mlflow", "wandb"])
+    d = runs_dir / next(r for r in rows if r["stage"] == "intermediate")["id"]
+    (d / "tensorboard").write_text("a file where TensorBoard's folder goes\n")
+    (runs_dir / ".mlflow").write_text("a file where MLflow's store goes\n")
+    # wandb as an environment without it sees it: the import fails (this venv has no wandb either)
+    shadow = tmp_path / "no_wandb" / "wandb"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'wandb'\", name='wandb')\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "STILTS_DEVICE": "cpu"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shadow.parent), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-m", "stilts_tui.train", str(d)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr
+    result = json.loads((d / "result.json").read_text())
+    assert result["status"] == "done" and result["score"] is not None
+    states = result["trackers"]
+    assert set(states) == {"tensorboard", "mlflow", "wandb"}
+    assert all(s.startswith("failed: ") and "\n" not in s for s in states.values()), states
+    assert "not installed" in states["wandb"] and "stilts-tui[wandb]" in states["wandb"]
+    warnings = [x for x in (d / "train.log").read_text().splitlines() if "warning: tracker" in x]
+    assert len(warnings) == 3 and all(any(f"tracker {n} " in w for w in warnings) for n in states)
+    assert _events(d)[-1]["event"] == "end" and _events(d)[-1]["status"] == "done"
+
+
+@pytest.mark.slow
+def test_export_replays_finished_runs_into_tensorboard_and_mlflow(tmp_path, runs_dir, tiny_model):
+    """A study run before report_to was set: export writes what events.jsonl holds, read back equal."""
+    plan = make_plan(tmp_path, tiny_model, STAGES, baseline=True)
+    assert cli("queue", "add", str(plan), runs_dir=runs_dir).returncode == 0
+    rows = json.loads(cli("queue", "ls", "--json", runs_dir=runs_dir).stdout)
+    target = next(r for r in rows if r["stage"] == "target" and r["intermediate"] == "none")
+    d = runs_dir / target["id"]
+    assert "report_to" not in json.loads((d / "spec.json").read_text())
+    assert train([d]).returncode == 0
+    assert not (d / "tensorboard").exists() and not (runs_dir / ".mlflow").exists()
+    expected = _expected(d)
+    for to in ("tensorboard", "mlflow"):
+        out = cli("export", "q", "--to", to, runs_dir=runs_dir, env={"MLFLOW_ALLOW_FILE_STORE": "true"})
+        assert out.returncode == 0, out.stderr
+        assert f"1 of 1 finished runs exported to {to}" in out.stdout
+    _check_equal(expected, _tensorboard(d), float32=True)
+    run, history = _mlflow(runs_dir, target["id"])
+    _check_equal(expected, history, float32=False)
+    assert run.data.tags["group"] == "q.target.tgt.from-none.lr=0.001"  # the grid, from the ledger's row
+    # again: the export replaces what it wrote (one TensorBoard folder, one MLflow run), never adds to it
+    for to in ("tensorboard", "mlflow"):
+        assert cli("export", "q", "--to", to, runs_dir=runs_dir).returncode == 0
+    _check_equal(expected, _tensorboard(d), float32=True)
+    _check_equal(expected, _mlflow(runs_dir, target["id"])[1], float32=False)
+
+
+def test_export_refuses_bad_input_in_one_line(tmp_path, runs_dir, tiny_model):
+    plan = make_plan(tmp_path, tiny_model, STAGES)
+    assert cli("queue", "add", str(plan), runs_dir=runs_dir).returncode == 0
+    for args, says in (
+        (["q", "--to", "comet"], "--to: 'comet' is not one of tensorboard, mlflow, wandb"),
+        (["nope", "--to", "mlflow"], "unknown plan 'nope'"),
+        (["q", "--to", "mlflow"], "plan 'q' has no finished runs to export"),
+    ):
+        out = cli("export", *args, runs_dir=runs_dir)
+        assert out.returncode == 2 and says in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import typer
 
 # in the order `stilts-tui --help` lists them (each registers its commands on import)
-COMMAND_MODULES = ("demo_cmd", "scores", "logs", "doctor", "plan", "queue", "queue_ls", "daemon", "tasks")
+COMMAND_MODULES = ("demo_cmd", "scores", "export", "logs", "doctor", "plan", "queue", "queue_ls", "daemon", "tasks")
 
 
 def load() -> typer.Typer:
