@@ -207,3 +207,15 @@ def test_export_refuses_bad_input_in_one_line(tmp_path, runs_dir, tiny_model):
         out = cli("export", *args, runs_dir=runs_dir)
         assert out.returncode == 2 and says in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def test_the_cli_queue_and_app_import_no_tracker_library():
+    """The tracker libraries (and torch, for TensorBoard's writer) are imported by the trainer's processes
+    only: the export command, the queue, the app and train/trackers.py itself import none of them."""
+    code = (
+        "import sys, stilts_tui.cli, stilts_tui.cli.export, stilts_tui.queue.ops, stilts_tui.tui.app\n"
+        "import stilts_tui.train.trackers, stilts_tui.train.events\n"
+        "print(','.join(m for m in ('torch', 'tensorboard', 'mlflow', 'wandb') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
