@@ -105,11 +105,14 @@ def test_report_to_reaches_every_trained_runs_spec_and_changes_no_run_id(tmp_pat
     assert [r.id for r in runs] == before
     out = cli("queue", "add", str(plan), runs_dir=runs_dir)
     assert out.returncode == 0 and "0 runs queued" in out.stdout, out.stdout + out.stderr
-    for r in runs:
-        spec = plans.spec_for(r, p, runs_dir)
+    for r in runs:  # the runs still queued take the trackers from this add: their spec.json on disk
+        spec = json.loads((runs_dir / r.id / "spec.json").read_text())
+        assert spec == plans.spec_for(r, p, runs_dir)
         assert spec["report_to"] == (["mlflow"] if r.stage == "target" else ["tensorboard", "mlflow"])
         assert spec["grid"] == r.grid
         assert "report_to" not in spec["params"]
+    first = json.loads((runs_dir / before[0] / "spec.json").read_text())
+    assert {k: v for k, v in first.items() if k not in ("report_to", "grid")} == spec_before  # nothing else
     # a bad value: one line naming the file and key, exit 2
     plan.write_text(plan.read_text().replace('report_to = ["mlflow"]', 'report_to = ["comet"]'))
     bad = cli("plan", "validate", str(plan))
