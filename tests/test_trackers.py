@@ -192,6 +192,9 @@ def test_export_replays_finished_runs_into_tensorboard_and_mlflow(tmp_path, runs
     run, history = _mlflow(runs_dir, target["id"])
     _check_equal(expected, history, float32=False)
     assert run.data.tags["group"] == "q.target.tgt.from-none.lr=0.001"  # the grid, from the ledger's row
+    assert cli("export", "q", "--to", "wandb", runs_dir=runs_dir).returncode == 0
+    (record,) = (d / "wandb").glob("wandb/offline-run-*/run-*.wandb")
+    assert all(json.dumps(v).encode() in record.read_bytes() for points in expected.values() for _, v in points)
     # again: the export replaces what it wrote (one TensorBoard folder, one MLflow run), never adds to it
     for to in ("tensorboard", "mlflow"):
         assert cli("export", "q", "--to", to, runs_dir=runs_dir).returncode == 0
@@ -222,3 +225,22 @@ def test_the_cli_queue_and_app_import_no_tracker_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.slow
+def test_a_run_logs_to_wandb_offline_in_its_folder(tmp_path, runs_dir, tiny_model):
+    """W&B offline (it has no reader of its offline files; `wandb sync` uploads them): the run's own
+    folder holds an offline run whose records carry every step and evaluation value of events.jsonl."""
+    rows = _queue(tmp_path, runs_dir, tiny_model, ["wandb"])
+    d = runs_dir / next(r for r in rows if r["stage"] == "intermediate")["id"]
+    out = train([d])
+    assert out.returncode == 0, out.stderr
+    assert json.loads((d / "result.json").read_text())["trackers"] == {"wandb": "ok"}
+    (record,) = (d / "wandb").glob("wandb/offline-run-*/run-*.wandb")
+    data = record.read_bytes()
+    for tag, points in _expected(d).items():
+        assert tag.encode() in data
+        for _, value in points:
+            assert json.dumps(value).encode() in data, (tag, value)
+    assert b"q.intermediate.inter.seed42" in data and b"q.intermediate.inter" in data  # its name and group
+    assert "wandb:" not in out.stdout + out.stderr  # silent: train.log is the run's console

@@ -202,6 +202,8 @@ class WandB:
             dir=str(folder),
             mode=os.environ.get("WANDB_MODE", "offline"),
             reinit="create_new",  # a fused array: one W&B run for each of its runs, at once
+            # train.log is the run's console: W&B neither wraps the process's output nor prints its own
+            settings=wandb.Settings(console="off", silent=True),
         )
 
     def scalars(self, values: dict[str, float], step: int, t: float) -> None:
