@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli, make_plan, train
+from conftest import cli, make_plan, set_debug, train, wait
 
 from stilts_tui import plan as plans
 
@@ -244,3 +245,33 @@ def test_a_run_logs_to_wandb_offline_in_its_folder(tmp_path, runs_dir, tiny_mode
             assert json.dumps(value).encode() in data, (tag, value)
     assert b"q.intermediate.inter.seed42" in data and b"q.intermediate.inter" in data  # its name and group
     assert "wandb:" not in out.stdout + out.stderr  # silent: train.log is the run's console
+
+
+@pytest.mark.slow
+def test_a_tracker_that_raises_while_logging_is_dropped_and_the_run_goes_on(tmp_path, runs_dir, tiny_model):
+    """MLflow's run folder broken under it after the first step: the next log raises; one warning line,
+    MLflow off for the rest of the run, TensorBoard goes on, the run ends done."""
+    rows = _queue(tmp_path, runs_dir, tiny_model, ["tensorboard", "mlflow"])
+    rid = next(r for r in rows if r["stage"] == "intermediate")["id"]
+    d = runs_dir / rid
+    set_debug(runs_dir, rid, sleep_per_step=2.0)  # time to break the store between two steps
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "STILTS_DEVICE": "cpu"}
+    proc = subprocess.Popen([sys.executable, "-m", "stilts_tui.train", str(d)], env=env)
+    try:
+        wait(
+            lambda: (d / "events.jsonl").is_file() and '"event": "step"' in (d / "events.jsonl").read_text(),
+            what="the first step event",
+            alive=proc,
+        )
+        (metrics,) = (runs_dir / ".mlflow").glob("*/*/metrics")
+        shutil.rmtree(metrics)
+        metrics.write_text("a file where MLflow's metrics go\n")
+        assert proc.wait(timeout=600) == 0
+    finally:
+        proc.kill()
+    result = json.loads((d / "result.json").read_text())
+    assert result["status"] == "done"
+    assert result["trackers"]["tensorboard"] == "ok" and result["trackers"]["mlflow"].startswith("failed: ")
+    warnings = [x for x in (d / "train.log").read_text().splitlines() if "warning: tracker" in x]
+    assert len(warnings) == 1 and "tracker mlflow failed" in warnings[0]
+    _check_equal(_expected(d), _tensorboard(d), float32=True)  # the other tracker saw every step
