@@ -136,7 +136,7 @@ class TensorBoard:
         from torch.utils.tensorboard.summary import hparams
 
         top = info.run_dir / TENSORBOARD_DIR
-        if replace and top.is_dir():  # an attempt (or an export) replaces the curves of the one before
+        if top.is_dir():  # the run folder's curves are its last attempt's (or export's): never two overlaid
             shutil.rmtree(top)
         self.w = SummaryWriter(log_dir=str(top / info.run_name), flush_secs=10)
         for summary in hparams(info.hparams, {f"eval/{m}": 0.0 for m in info.metrics}):
