@@ -23,7 +23,10 @@ PRUNED_FILE = "pruned.json"  # written by the daemon into a run its target's ran
 CANCEL_FILE = "cancel.request"  # the daemon writes it into a run that waits in a worker; the worker skips it
 CHECKPOINT_DIR = "checkpoint"  # weights for the run's children (safetensors, config, tokenizer)
 SYNTH_DATA_DIR = "data"  # a synth run's output task files
+TENSORBOARD_DIR = "tensorboard"  # report_to = ["tensorboard"]: the run's TensorBoard event files
+WANDB_DIR = "wandb"  # report_to = ["wandb"]: the run's offline W&B files
 # the runs-dir's own files and folders
+MLFLOW_DIR = ".mlflow"  # report_to = ["mlflow"]: MLflow's file store of every run of the runs-dir
 LEDGER_FILE = "ledger.json"
 WORKERS_DIR = ".workers"  # one log per worker process that trains several runs
 DAEMON_FILE = "daemon.json"  # the running daemon: pid, start time, settings
@@ -346,6 +349,10 @@ def is_lora(params: object) -> bool:
 
 STAGES = ("synth", "intermediate", "rank", "target")  # a plan's stages, in expansion order
 TRAINED_STAGES = ("intermediate", "target")  # the stages the trainer runs (synth runs have their own params)
+# a plan's report_to (Hugging Face's names): the trackers a trained run logs to (train/trackers.py). Kept out of
+# params and so out of run ids: where a run's curves are sent is not what it trains on
+REPORT_TO = ("tensorboard", "mlflow", "wandb")
+REPORT_TO_KEY = "report_to"  # in a plan's [defaults] or a stage, and in every trained run's spec.json
 
 
 def missing_params(spec: dict) -> list[str]:

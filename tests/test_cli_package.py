@@ -62,7 +62,9 @@ def test_every_command_module_registers_its_commands_without_torch_or_textual():
     assert out.returncode == 0, out.stderr
     commands, heavy = out.stdout.strip().splitlines()
     assert commands == str(
-        sorted(["demo", "synth", "scores", "rank", "logs", "doctor", "plan", "queue", "daemon", "tasks"])
+        sorted(
+            ["demo", "synth", "scores", "rank", "logs", "doctor", "plan", "queue", "daemon", "tasks", "export", "note"]
+        )
     )
     assert heavy == "[]"
 

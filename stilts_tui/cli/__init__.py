@@ -7,6 +7,7 @@ layers below; rendering (rich tables and text) in ``render.py``.
     queue_ls.py  queue ls                                 daemon.py    daemon start | stop | status
     slurm.py     daemon start's Slurm settings, checked   tasks.py     tasks, tasks show
     scores.py    scores, rank                             logs.py      logs
+    export.py    export (a plan's runs into a tracker)
     doctor.py    doctor                                   demo_cmd.py  demo, synth
     render.py    rich tables and text                     demo.py, rehearse.py: what demo and rehearse run
 
@@ -24,7 +25,19 @@ if TYPE_CHECKING:
     import typer
 
 # in the order `stilts-tui --help` lists them (each registers its commands on import)
-COMMAND_MODULES = ("demo_cmd", "scores", "logs", "note", "doctor", "plan", "queue", "queue_ls", "daemon", "tasks")
+COMMAND_MODULES = (
+    "demo_cmd",
+    "scores",
+    "export",
+    "logs",
+    "note",
+    "doctor",
+    "plan",
+    "queue",
+    "queue_ls",
+    "daemon",
+    "tasks",
+)
 
 
 def load() -> typer.Typer:

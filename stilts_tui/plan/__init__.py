@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from stilts_tui.contract import SYNTH_DEFAULTS
 from stilts_tui.plan.describe import counts, grid_text, matrix, missing_data
-from stilts_tui.plan.expand import count_runs, expand, load_and_expand, max_runs_limit, model_entry, run_id, task_spec
+from stilts_tui.plan.expand import (
+    count_runs,
+    expand,
+    load_and_expand,
+    max_runs_limit,
+    model_entry,
+    report_to,
+    run_id,
+    task_spec,
+)
 from stilts_tui.plan.load import load, parse
 from stilts_tui.plan.model import Plan, Run
 from stilts_tui.plan.schema import LORA_DEFAULTS, MAX_RUNS, MAX_RUNS_ENV, STAGES, SYNTH_KEYS
@@ -43,6 +52,7 @@ __all__ = [
     "missing_data",
     "name_problem",
     "parse",
+    "report_to",
     "run_id",
     "slurm_problem",
     "spec_for",

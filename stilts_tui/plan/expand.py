@@ -89,6 +89,7 @@ def task_spec(plan: Plan, stage: dict, default_name: str, synth_ids: dict[str, s
 
 def _params(plan: Plan, stage: dict) -> dict:
     p = {**DEFAULTS, **plan.defaults}
+    p.pop(contract.REPORT_TO_KEY, None)  # where curves go, not a setting a run trains with: not in its id
     p.update({k: v for k, v in stage.items() if k in HYPER})
     if "lora" in p:  # the stage's lora table over the defaults' (key by key)
         p["lora"] = {**plan.defaults.get("lora", {}), **stage.get("lora", {})}
@@ -134,6 +135,12 @@ def _method(plan: Plan, params: dict, where: str, stage: dict, parent: dict | No
                 f"{theirs['targets']}); this stage has r {ours['r']}, targets {ours['targets']}",
             )
     return p
+
+
+def report_to(plan: Plan, stage: str, name: str) -> list[str]:
+    """The trackers a trained run logs to: its stage's ``report_to``, else [defaults]', else none."""
+    table = getattr(plan, stage, {}).get(name, {})
+    return list(table.get(contract.REPORT_TO_KEY, plan.defaults.get(contract.REPORT_TO_KEY, [])))
 
 
 def model_entry(plan: Plan) -> dict:

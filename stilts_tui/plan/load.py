@@ -26,6 +26,7 @@ from stilts_tui.plan.schema import (
     STOP_KEYS,
     SYNTH_KEYS,
     TOP_KEYS,
+    TRACKING_KEYS,
 )
 from stilts_tui.plan.slurm import SLURM_KEYS
 from stilts_tui.plan.values import INT64_MAX, is_int, name_problem, shown
@@ -116,7 +117,7 @@ def parse(text: str, path: str | Path) -> Plan:
         c.fail("name", problem)
     _check_path(c, "model", path.parent, data["model"])
     defaults = data.get("defaults", {})
-    c.table("defaults", defaults, HYPER)
+    c.table("defaults", defaults, {**HYPER, **TRACKING_KEYS})
     _check_method(c, "defaults", defaults)
     c.table("slurm", data.get("slurm", {}), SLURM_KEYS)
     custom = data.get("tasks", {})

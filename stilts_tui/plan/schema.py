@@ -63,6 +63,16 @@ STAGE_KEYS: dict[str, dict[str, Check]] = {
         "rank": table("a table { top = K, examples = N } (rank the starting points, train the top K and none)"),
     },
 }
+# where a run's curves go (Hugging Face's report_to): [defaults] or any trained stage; not a hyperparameter,
+# never in a run's params or id (plan/expand.py carries it into spec.json only)
+TRACKING_KEYS: dict[str, Check] = {
+    contract.REPORT_TO_KEY: (
+        lambda v: isinstance(v, list) and all(t in contract.REPORT_TO for t in v) and len(set(v)) == len(v),
+        "a list of distinct trackers out of " + ", ".join(f'"{t}"' for t in contract.REPORT_TO) + " (or [])",
+    )
+}
+for _keys in STAGE_KEYS.values():
+    _keys.update(TRACKING_KEYS)
 # [target.X] rank = { top, examples }: top is required; the run contract holds what the table leaves out
 RANK_KEYS: dict[str, Check] = {k: bounded(f"rank.{k}") for k in ("top", "examples")}
 SYNTH_KEYS: dict[str, Check] = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stilts_tui import contract
+from stilts_tui.plan.expand import report_to
 from stilts_tui.plan.model import Plan, Run
 from stilts_tui.store import rundir
 
@@ -30,6 +31,10 @@ def spec_for(run: Run, plan: Plan, runs_root: Path) -> dict:
     if run.stage == "synth":
         task = {"name": "synth"}
     extra = {}
+    trackers = report_to(plan, run.stage, run.name) if run.stage in contract.TRAINED_STAGES else []
+    if trackers:  # not in the run's id: spec.json alone carries it (as slurm); without it, the spec as before
+        extra[contract.REPORT_TO_KEY] = trackers
+        extra["grid"] = dict(run.grid)  # what varies in its target's grid: the trackers' group names
     if run.stage == contract.RANK_STAGE:  # what it scores: each starting point's weights
         extra["starts"] = [
             {**s, "model": model if s["run_id"] is None else _parent_model(plan, runs_root, s["run_id"])}

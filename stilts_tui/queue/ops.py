@@ -24,8 +24,10 @@ from stilts_tui.contract import (
     DAEMON_FILE,
     DAEMON_LOG,
     RANK_STAGE,
+    REPORT_TO_KEY,
     RETRYABLE,
     SPEC_FILE,
+    TRAINED_STAGES,
     Status,
 )
 from stilts_tui.errors import PREFIX, Failure, UserError, failure_from_os
@@ -65,9 +67,13 @@ def add_plan(
             )
         rows = {r["id"]: r for r in ledger.runs()}
         known = set(rows)
+        # report_to is in no run id: where the plan's trackers changed, its queued runs' spec.json follow
+        tracking = _tracking(plan)
+        retrack = tracking != (ledger.plans().get(plan.name) or {}).get(REPORT_TO_KEY, {})
         for r in runs:
             d = rundir.run_dir(root, r.id)
-            refresh = r.stage == RANK_STAGE and (rows.get(r.id) or {}).get("status") == Status.QUEUED  # its top
+            queued = (rows.get(r.id) or {}).get("status") == Status.QUEUED
+            refresh = (r.stage == RANK_STAGE and queued) or (retrack and queued)  # a rank run's top; trackers
             if r.id not in known or refresh or not (d / SPEC_FILE).exists():
                 d.mkdir(parents=True, exist_ok=True)
                 (d / rundir.ADDED_MARK).write_text(r.id + "\n", encoding="utf-8")
@@ -76,10 +82,22 @@ def add_plan(
         _update_waits(ledger, rows, runs)
         ledger.set_plan(
             plan.name,
-            {"file": str(plan.path), "updated": time.time(), "runs": len(runs), "on_finish": plan.finish_command()},
+            {
+                "file": str(plan.path),
+                "updated": time.time(),
+                "runs": len(runs),
+                "on_finish": plan.finish_command(),
+                **({REPORT_TO_KEY: tracking} if tracking else {}),
+            },
         )
         _remove_orphans(root, plan.name, {r["id"] for r in ledger.runs()} | {r.id for r in runs})
     return plan, runs, added
+
+
+def _tracking(plan: plans.Plan) -> dict[str, list[str]]:
+    """Each trained stage's trackers (``intermediate.NAME``: its report_to), where it has any."""
+    out = {f"{k}.{n}": plans.report_to(plan, k, n) for k in TRAINED_STAGES for n in getattr(plan, k)}
+    return {k: v for k, v in out.items() if v}
 
 
 def _update_waits(ledger: Ledger, rows: dict[str, dict], runs: list) -> None:

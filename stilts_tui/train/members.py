@@ -73,6 +73,8 @@ def finish_run(worker: Worker, run_dir: Path, log: RunLog, result: dict, t0: flo
         log.line(f"run {result['status']}: {result['error']}")
     log.event(Event.END, status=result["status"], score=result.get("score"), error=result["error"])
     log.close()
+    if log.tracker_states:  # how each tracker of report_to fared (one that failed never fails the run)
+        result["trackers"] = log.tracker_states
     write_result(run_dir, result)
     return result
 
