@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
 
 import psutil
-from conftest import add, make_plan, set_debug, start, statuses, wait
+from conftest import add, cli, make_plan, set_debug, start, statuses, wait
 
 from stilts_tui import contract
 from stilts_tui.store.ledger import Ledger
@@ -97,3 +98,91 @@ def _ledger_rows(runs_dir: Path) -> dict[str, dict]:  # (read as it is rewritten
         return json.loads((runs_dir / "ledger.json").read_text())["runs"]
     except (OSError, ValueError, KeyError):
         return {}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _one_line(out) -> str:
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    return out.stderr.strip()
+
+
+def test_stop_says_stopped_only_once_the_daemon_is_gone(runs_dir, queue_env):
+    """Item 10: a daemon stopped with SIGSTOP. Today `daemon stop` says "daemon stopped (pid N)" and the
+    process is still there; now it says what it sent, that the process is still there and what to do
+    (exit 1), `daemon status` says it does not tick, and `daemon stop --force` ends it for good."""
+    info = start(runs_dir, queue_env)
+    pid = info["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        out = cli("daemon", "stop", runs_dir=runs_dir, env=queue_env)  # waits its 15 s
+        line = _one_line(out)
+        assert out.returncode == 1 and "stopped" not in out.stdout, (out.stdout, line)
+        assert f"sent SIGTERM to the daemon (pid {pid})" in line and "still there after 15 s" in line, line
+        assert "daemon stop --force" in line and not _gone(pid)
+        status = cli("daemon", "status", runs_dir=runs_dir, env=queue_env)
+        assert f"daemon stopped with SIGSTOP (pid {pid})" in status.stdout and "daemon running" not in status.stdout
+        assert json.loads(cli("daemon", "status", "--json", runs_dir=runs_dir).stdout)["running"] is False
+
+        out = cli("daemon", "stop", "--force", runs_dir=runs_dir, env=queue_env)
+        assert out.returncode == 0 and f"daemon stopped (pid {pid}, killed)" in out.stdout, out.stderr
+        assert _gone(pid)  # said only once the process is gone
+        assert "no daemon is running" in cli("daemon", "status", runs_dir=runs_dir).stdout
+        again = start(runs_dir, queue_env)  # and a new one starts
+        assert again["pid"] != pid
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_a_daemon_whose_runs_dir_was_replaced_stops_and_says_so(tmp_path, runs_dir, tiny_model, queue_env):
+    """Item 11: the runs-dir deleted and made again under a live daemon. Today the old daemon goes on
+    serving the new folder, `daemon stop` refuses ("names pid None") and `queue add` says a daemon runs
+    (pid None); now the old daemon stops, saying so in the new folder's log, and the new folder is served
+    by a daemon of its own."""
+    plan = make_plan(tmp_path, tiny_model, ONE, baseline=True)
+    pid = start(runs_dir, queue_env)["pid"]
+    for _ in range(50):  # the daemon writes its files meanwhile: remove until the folder is gone
+        shutil.rmtree(runs_dir, ignore_errors=True)
+        if not runs_dir.exists():
+            break
+    runs_dir.mkdir()
+    wait(lambda: _gone(pid), timeout=30, what="the old daemon to stop")
+    log = (runs_dir / contract.DAEMON_LOG).read_text()
+    assert f"daemon {pid}: the runs-dir {runs_dir} was replaced by another folder under the daemon: stopping" in log
+    assert "no daemon is running" in cli("daemon", "status", runs_dir=runs_dir).stdout
+    out = cli("queue", "add", str(plan), runs_dir=runs_dir, env={**queue_env, "STILTS_NO_DAEMON": ""})
+    assert out.returncode == 0 and "started the queue daemon" in out.stdout, out.stderr
+    new = json.loads((runs_dir / "daemon.json").read_text())["pid"]
+    assert new != pid and f"daemon running (pid {new})" in cli("daemon", "status", runs_dir=runs_dir).stdout
+
+
+def test_a_damaged_or_stale_daemon_json_is_never_taken_for_a_running_daemon(runs_dir, queue_env):
+    """Item 11: daemon.json naming pid None, or a pid no daemon has, while daemon.lock is held (by a
+    client's request) or free: `daemon status` and `daemon stop` say no daemon runs and what is wrong with
+    the file (today: "daemon running (pid None)", and stop refuses); the runs-dir /proc/1 has no daemon."""
+    from filelock import FileLock
+
+    info = runs_dir / contract.DAEMON_FILE
+    held = FileLock(str(runs_dir / contract.DAEMON_LOCK), timeout=0)
+    held.acquire()  # as a client carrying out a request holds it
+    try:
+        for pid, word in ((None, "damaged"), (1, "stale"), (2**40, "damaged")):
+            info.write_text(json.dumps({"pid": pid, "pid_started": 1.0}))
+            status = cli("daemon", "status", runs_dir=runs_dir, env=queue_env)
+            assert status.returncode == 0 and "daemon running" not in status.stdout, status.stdout
+            assert f"no daemon is running on {runs_dir}; {info} is {word}" in status.stdout, status.stdout
+            assert json.loads(cli("daemon", "status", "--json", runs_dir=runs_dir).stdout)["running"] is False
+            stop = cli("daemon", "stop", "--wait", "1", runs_dir=runs_dir, env=queue_env)
+            assert stop.returncode == 0 and f"no daemon was running on {runs_dir}; {info} is {word}" in stop.stdout
+    finally:
+        held.release()
+    proc1 = cli("daemon", "status", runs_dir=Path("/proc/1"), env=queue_env)
+    assert "daemon running" not in proc1.stdout and "Traceback" not in proc1.stderr, proc1.stdout
