@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import add, make_plan
+from conftest import add, cli, make_plan
 from test_pruned import _plan, _runs
 
 from stilts_tui import contract
@@ -45,25 +45,38 @@ def _edit_rows(runs_dir: Path, **rows: dict) -> None:
     path.write_text(json.dumps(data))
 
 
+def _runs_of_plan(tmp_path: Path, runs_dir: Path, tiny_model: Path, rank: str = "rank = { top = 1 }") -> dict:
+    """test_pruned's ranked plan (a rank stage over two intermediates, top 1), added; its runs by name."""
+    add(_plan(tmp_path, tiny_model, rank), runs_dir, {})
+    return _runs(runs_dir)
+
+
+def _rank_ended(runs_dir: Path, runs: dict, top: int) -> dict:
+    """The intermediates done and the rank run's process ended with its ranking written (learned first,
+    idle second, ``top``), as the rank stage leaves them; the daemon's next tick reaps and prunes."""
+    pid, started = _dead_pid()
+    with Ledger(runs_dir).transaction() as tx:
+        for name in ("learned", "idle"):
+            tx.update_run(runs[name]["id"], status="done", score=0.5, finished=time.time())
+        tx.update_run(
+            runs["rank"]["id"], status="running", pid=pid, pid_started=started, attempts=1, started=time.time()
+        )
+    ranking = [
+        {"run_id": runs["learned"]["id"], "start": "learned", "rank": 1},
+        {"run_id": runs["idle"]["id"], "start": "idle", "rank": 2},
+    ]
+    result = {"status": "done", "score": None, "ranking": ranking, "top": top, "method": "LogME", "error": None}
+    (runs_dir / runs["rank"]["id"] / contract.RESULT_FILE).write_text(json.dumps(result))
+    return runs
+
+
 @pytest.mark.parametrize("damage", ["pruned.json a directory", "run folder a file"])
 def test_a_target_folder_that_cannot_take_its_pruned_json_never_stops_the_tick(tmp_path, runs_dir, tiny_model, damage):
     """Item 1: the rank stage's prune step meets a damaged target folder. Today every tick fails and the
     rank run stays running; now the rank run is done, the target is pruned with the error on its row, the
     kept target is queued to train, and the next tick goes on."""
-    add(_plan(tmp_path, tiny_model), runs_dir, {})
-    runs = _runs(runs_dir)
+    runs = _rank_ended(runs_dir, _runs_of_plan(tmp_path, runs_dir, tiny_model), top=1)
     rank, idle = runs["rank"]["id"], runs["t:idle"]["id"]
-    pid, started = _dead_pid()
-    with Ledger(runs_dir).transaction() as tx:
-        for name in ("learned", "idle"):
-            tx.update_run(runs[name]["id"], status="done", score=0.5, finished=time.time())
-        tx.update_run(rank, status="running", pid=pid, pid_started=started, attempts=1, started=time.time())
-    ranking = [
-        {"run_id": runs["learned"]["id"], "start": "learned", "rank": 1},
-        {"run_id": runs["idle"]["id"], "start": "idle", "rank": 2},
-    ]
-    result = {"status": "done", "score": None, "ranking": ranking, "top": 1, "method": "LogME", "error": None}
-    (runs_dir / rank / contract.RESULT_FILE).write_text(json.dumps(result))
     target = runs_dir / idle
     if damage == "run folder a file":
         for f in target.iterdir():
@@ -122,3 +135,33 @@ def test_rows_without_a_stage_and_damaged_run_files_in_every_phase_fail_only_the
         assert "tick failed" not in (runs_dir / contract.DAEMON_LOG).read_text()
     finally:
         _stop_launched(runs_dir)
+
+
+def test_retrying_a_done_rank_run_ranks_again_with_the_plans_new_top(tmp_path, runs_dir, tiny_model):
+    """Item 14: docs/plans.md says `queue retry RANK_RUN_ID` ranks again with the new `top`; today it
+    answers "requeued 0 runs". Now the plan re-added with top 2 rewrites the rank run's spec, the retry
+    queues the rank run and the run it pruned (waiting on it again), and the new ranking prunes nothing."""
+    runs = _rank_ended(runs_dir, _runs_of_plan(tmp_path, runs_dir, tiny_model), top=1)
+    rank, idle = runs["rank"]["id"], runs["t:idle"]["id"]
+    ops.set_paused(runs_dir, True)
+    daemon = qd.Daemon(runs_dir, qd.Settings(interval=0))
+    daemon.tick()
+    assert Ledger(runs_dir).get(idle)["status"] == "pruned"
+
+    _plan(tmp_path, tiny_model, "rank = { top = 2 }")
+    assert cli("queue", "add", str(tmp_path / "q.toml"), "--no-daemon", runs_dir=runs_dir).returncode == 0
+    assert json.loads((runs_dir / rank / contract.SPEC_FILE).read_text())["params"]["top"] == 2
+    out = cli("queue", "retry", rank, runs_dir=runs_dir)
+    assert out.returncode == 0 and out.stdout.strip() == "requeued 2 runs", (out.stdout, out.stderr)
+    ledger = Ledger(runs_dir)
+    assert ledger.get(rank)["status"] == "queued" and ledger.get(rank)["attempts"] == 0
+    assert ledger.get(idle)["status"] == "queued" and ledger.get(idle)["pruned_why"] is None
+    assert rank in ledger.get(idle)["after"]  # it waits on the new ranking, never trains before it
+    assert list((runs_dir / rank).glob("result.attempt*.json"))  # the first ranking kept beside the run
+    ls = cli("queue", "ls", runs_dir=runs_dir)
+    assert f"waits for rank run {rank}" in ls.stdout, ls.stdout
+
+    _rank_ended(runs_dir, runs, top=2)  # the rank run ran again: both intermediates in the top 2
+    daemon.tick()
+    ledger = Ledger(runs_dir)
+    assert ledger.get(rank)["status"] == "done" and ledger.get(idle)["status"] == "queued"

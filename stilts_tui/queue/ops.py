@@ -64,7 +64,8 @@ def add_plan(
         known = set(rows)
         for r in runs:
             d = rundir.run_dir(root, r.id)
-            refresh = r.stage == RANK_STAGE and (rows.get(r.id) or {}).get("status") == Status.QUEUED  # its top
+            # its top (a done one's too: `queue retry RANK_RUN_ID` ranks again with it)
+            refresh = r.stage == RANK_STAGE and (rows.get(r.id) or {}).get("status") in (Status.QUEUED, Status.DONE)
             if r.id not in known or refresh or not (d / SPEC_FILE).exists():
                 d.mkdir(parents=True, exist_ok=True)
                 (d / rundir.ADDED_MARK).write_text(r.id + "\n", encoding="utf-8")
@@ -208,10 +209,17 @@ def retry(
     queue's owner carries the request out (`queue/requests.py`); the runs it queued again."""
     ledger = Ledger(root)
     wanted = tuple(s for s, on in ((Status.FAILED, failed), (Status.PRUNED, pruned)) if on) or None
-    targets = [r["id"] for r in _select(ledger, run_ids, plan, wanted) if r["status"] in RETRYABLE]
+    targets = [
+        r["id"] for r in _select(ledger, run_ids, plan, wanted) if r["status"] in RETRYABLE or _reranks(r, run_ids)
+    ]
     if not targets:
         return []
     return list(requests.ask(ledger, "retry", targets, wait=wait).get("done") or [])
+
+
+def _reranks(r: dict, run_ids: list[str]) -> bool:
+    """A done rank run named by its id: retrying it ranks again (docs/plans.md), its pruned runs wait on it."""
+    return r["id"] in run_ids and r.get("stage") == RANK_STAGE and r["status"] == Status.DONE
 
 
 def check_priority(priority: object) -> int:
