@@ -165,3 +165,23 @@ def test_retrying_a_done_rank_run_ranks_again_with_the_plans_new_top(tmp_path, r
     daemon.tick()
     ledger = Ledger(runs_dir)
     assert ledger.get(rank)["status"] == "done" and ledger.get(idle)["status"] == "queued"
+
+
+def test_a_run_whose_folder_cannot_be_readied_fails_alone_and_its_worker_mate_launches(tmp_path, runs_dir, tiny_model):
+    """The launch phase: two runs placed in one worker (--worker-runs 2), one whose folder cannot be
+    readied (a directory where its cancel request file goes). Today the tick fails with IsADirectoryError
+    on every tick and nothing launches again; now that run fails with one line and the other launches."""
+    plan = make_plan(tmp_path, tiny_model, '[target.t]\ntask = "pair"\ngrid = { lr = [1e-4, 2e-4] }\n', True)
+    a, b = (r["id"] for r in add(plan, runs_dir, {}))
+    (runs_dir / b / contract.CANCEL_FILE).mkdir()
+    daemon = qd.Daemon(runs_dir, qd.Settings(interval=0, cpu_slots=1, worker_runs=2))
+    try:
+        stats = daemon.tick()
+        ledger = Ledger(runs_dir)
+        assert ledger.get(b)["status"] == "failed" and contract.CANCEL_FILE in ledger.get(b)["error"]
+        assert "launch" in ledger.get(b)["error"] and "\n" not in ledger.get(b)["error"]
+        assert ledger.get(a)["status"] == "running" and ledger.get(a)["attempts"] == 1 and stats["launched"] == 1
+        daemon.tick()
+        assert "tick failed" not in (runs_dir / contract.DAEMON_LOG).read_text()
+    finally:
+        _stop_launched(runs_dir)

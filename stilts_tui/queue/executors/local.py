@@ -442,10 +442,12 @@ class LocalExecutor:
         fused = len(fresh) if launch.fused and len(fresh) > 1 else 0
         env, args, note = self.run_env(dev, fused)
         for r in fresh:  # a cancel request or a result left from an earlier attempt must not end this one
+            self.c.mark(r["id"])  # a folder that cannot be readied is that run's (the tick fails it alone)
             (self.c.root / r["id"] / CANCEL_FILE).unlink(missing_ok=True)
             self.c.files.retire_result(r["id"], r.get("attempts") or 0)
             # each attempt begins with its own line: a log read later shows where a new attempt starts
             _append_line(self.c.root / r["id"] / TRAIN_LOG, f"── attempt {(r.get('attempts') or 0) + 1} ── {note}")
+        self.c.mark(fresh[0]["id"])
         dirs = [self.c.root / r["id"] for r in fresh]
         log = dirs[0] / TRAIN_LOG if len(dirs) == 1 else self.c.root / WORKERS_DIR / f"{worker}.log"
         synth = fresh[0]["stage"] == "synth"
