@@ -153,7 +153,7 @@ class Tick:
                 return
             except Exception as e:
                 rid = e.run_id if isinstance(e, BadRun) else self._current
-                if rid is None or machine_error(e):
+                if rid is None or machine_error(e) or rid in self._failed:  # (the same run again: not its own)
                     raise
                 self._fail_for(rid, "launch", e)
 
