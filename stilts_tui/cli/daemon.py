@@ -101,18 +101,32 @@ def _set_on_finish(value: str) -> None:
 
 
 @daemon_app.command("stop")
-def daemon_stop(ctx: typer.Context) -> None:
-    """Stop the daemon. Running runs go on; the next daemon adopts them."""
-    from stilts_tui.queue import ops
+def daemon_stop(
+    ctx: typer.Context,
+    force: Annotated[
+        bool, typer.Option("--force", help="SIGKILL instead of SIGTERM (a stopped or stuck daemon)")
+    ] = False,
+    wait: Annotated[
+        float, typer.Option("--wait", help="seconds to wait for the daemon's process to end", min=0, max=3600)
+    ] = 15.0,
+) -> None:
+    """Stop the daemon; says stopped only once its process is gone. Running runs go on; the next daemon
+    adopts them."""
+    from stilts_tui.queue import daemon, ops
 
-    pid = ops.stop_daemon(runs_root(ctx))
-    typer.echo("no daemon was running" if pid is None else f"daemon stopped (pid {pid})")
+    root = runs_root(ctx)
+    pid = ops.stop_daemon(root, wait=wait, force=force)
+    if pid is None:
+        problem = daemon.info_problem(root)
+        typer.echo(f"no daemon was running on {root}" + (f"; {problem}" if problem else ""))
+    else:
+        typer.echo(f"daemon stopped (pid {pid}{', killed' if force else ''}): its process is gone")
 
 
 @daemon_app.command("status")
 def daemon_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Is the daemon running, with which settings, and the queue's totals."""
-    from stilts_tui.queue import mps, ops
+    from stilts_tui.queue import daemon, mps, ops
 
     info = ops.daemon_status(runs_root(ctx))
     ledger = Ledger(runs_root(ctx))
@@ -124,7 +138,7 @@ def daemon_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         typer.echo(
             json_text(
                 {
-                    "running": info is not None,
+                    "running": info is not None and not _stopped(info),
                     "daemon": info,
                     "counts": counts,
                     "paused": bool(ledger.meta("paused")),
@@ -135,9 +149,22 @@ def daemon_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         )
         return
     if info is None:
-        typer.echo(f"no daemon is running on {terminal_safe(runs_root(ctx))}")
-    else:  # daemon.json is a file on disk: what it holds is printed as data
-        typer.echo(f"daemon running (pid {terminal_safe(info.get('pid'))}) on {terminal_safe(runs_root(ctx))}")
+        problem = daemon.info_problem(runs_root(ctx))
+        typer.echo(
+            f"no daemon is running on {terminal_safe(runs_root(ctx))}"
+            + (f"; {terminal_safe(problem)}" if problem else "")
+        )
+    else:
+        pid, where = terminal_safe(info.get("pid")), terminal_safe(runs_root(ctx))
+        if _stopped(info):
+            typer.echo(
+                f"daemon stopped with SIGSTOP (pid {pid}) on {where}: it does not tick; `kill -CONT {pid}` "
+                "resumes it, `stilts-tui daemon stop --force` ends it"
+            )
+        else:
+            typer.echo(f"daemon running (pid {pid}) on {where}")
+        if info.get("note"):
+            typer.echo(f"  {terminal_safe(info['note'])}")
         for key, value in (info.get("settings") or {}).items():  # one setting a line, as `daemon start` takes it
             if isinstance(value, dict):  # the Slurm options: one line of key=value, or none
                 value = " ".join(f"{k}={v}" for k, v in value.items() if v not in (None, [], "")) or "none"
@@ -145,3 +172,13 @@ def daemon_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     if mps_line:
         typer.echo(terminal_safe(mps_line))
     typer.echo(("paused; " if ledger.meta("paused") else "") + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+def _stopped(info: dict) -> bool:
+    """Is the daemon's process stopped (SIGSTOP, ctrl-z)? It is there, yet it ticks no more."""
+    import psutil
+
+    try:
+        return psutil.Process(info["pid"]).status() == psutil.STATUS_STOPPED
+    except (psutil.Error, OSError, KeyError, TypeError, ValueError):
+        return False

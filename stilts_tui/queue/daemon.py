@@ -23,7 +23,7 @@ import psutil
 from filelock import FileLock, Timeout
 
 from stilts_tui.contract import DAEMON_FILE, DAEMON_LOCK, DAEMON_LOG, DAEMON_TICKS_FILE
-from stilts_tui.errors import UserError, first_line, report
+from stilts_tui.errors import Failure, UserError, first_line, report
 from stilts_tui.queue import checks, mps, notify, placement
 from stilts_tui.queue.executor import Context, Executor
 from stilts_tui.queue.runfiles import BadRun, RunFiles
@@ -32,7 +32,10 @@ from stilts_tui.queue.tick import Tick, make_executor
 from stilts_tui.store import rundir
 from stilts_tui.store.ledger import Ledger, LedgerError
 
-__all__ = ["BadRun", "Daemon", "Settings", "is_daemon", "lock_path", "main", "read_info", "running_daemon"]
+__all__ = [
+    "BadRun", "Daemon", "Settings", "find_daemon", "info_problem", "is_daemon", "lock_path", "main", "read_info",
+    "running_daemon", "stop",
+]  # fmt: skip
 
 CLIENT_HOLD_S = 5.0  # the longest a client's request phase may keep a starting daemon waiting
 MAX_BACKOFF_S = 60.0  # a tick that keeps failing is retried at most this far apart
@@ -47,14 +50,18 @@ def info_path(root: Path) -> Path:
 
 
 def running_daemon(root: Path) -> dict | None:
-    """The daemon serving ``root`` (its daemon.json), or None when none holds the lock. Where the lock
-    cannot be taken at all (a read-only runs-dir), daemon.json is believed only if its process checks out."""
+    """The daemon serving ``root`` (its daemon.json), or None when none runs. A daemon is a process, known
+    by its pid *and* start time and its command line for this runs-dir: daemon.json alone is never believed
+    (a stale one names a pid anyone may have now). Where the lock is held yet daemon.json names no such
+    process (damaged, stale, a daemon starting), the process table is asked; where the lock cannot be
+    taken at all (a read-only runs-dir), daemon.json is believed only if its process checks out."""
     lock = FileLock(str(lock_path(root)), timeout=0)
     try:
         root.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except Timeout:
-        return read_info(root) or {"pid": None}
+        info = read_info(root)
+        return info if info is not None and is_daemon(info, root) else find_daemon(root)
     except OSError:
         info = read_info(root)
         return info if info is not None and is_daemon(info, root) else None
@@ -62,6 +69,91 @@ def running_daemon(root: Path) -> dict | None:
     # daemon.lock deleted under a live daemon: the lock was free, yet daemon.json's process checks out
     info = read_info(root)
     return info if info is not None and is_daemon(info, root) else None
+
+
+def find_daemon(root: Path) -> dict | None:
+    """A live daemon process of ``root`` found by its command line (its daemon.json is missing, damaged or
+    not written yet): what daemon.json would say of its process, with ``note`` saying where it came from."""
+    for p in psutil.process_iter(["pid", "cmdline", "create_time"]):
+        info = {"pid": p.info["pid"], "pid_started": p.info["create_time"], "cmdline": p.info.get("cmdline")}
+        if "stilts_tui.queue.daemon" in (info["cmdline"] or []) and is_daemon(info, root):
+            return {**info, "note": f"found in the process table ({DAEMON_FILE} is missing or damaged)"}
+    return None
+
+
+def info_problem(root: Path) -> str | None:
+    """What is wrong with a daemon.json that names no running daemon of ``root`` (None when there is no
+    such file, or it names the running daemon): for `daemon status` and `daemon stop` to say."""
+    path = info_path(root)
+    try:
+        if not path.exists() and not path.is_symlink():
+            return None
+    except OSError:
+        return None
+    info = read_info(root)
+    if info is None:
+        return f"{path} is damaged (not a JSON object)"
+    pid = info.get("pid")
+    if not checks.is_int(pid) or not 0 < pid < 2**22:
+        return f"{path} is damaged (pid {str(pid)[:40]}, which no process can have)"
+    if is_daemon(info, root):
+        return None
+    return f"{path} is stale (pid {pid} is not this runs-dir's daemon: it has exited)"
+
+
+def stop(root: Path, wait: float = 15.0, force: bool = False) -> int | None:
+    """SIGTERM (``force``: SIGKILL) the daemon serving ``root`` and wait until its process is gone; its pid,
+    or None when none ran. A daemon still there after ``wait`` seconds (stopped with SIGSTOP, or blocked in a
+    system call) is a :class:`Failure` saying what was sent and what to do. Runs go on either way (each is
+    in its own session): a new daemon adopts them."""
+    info = running_daemon(root)
+    if info is None:
+        return None
+    pid, started = info["pid"], info.get("pid_started")
+    sig = signal.SIGKILL if force else signal.SIGTERM
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return pid
+    deadline = time.time() + wait
+    while time.time() < deadline:
+        if not _process_alive(pid, started):
+            if force and (read_info(root) or {}).get("pid") == pid:
+                info_path(root).unlink(missing_ok=True)  # it had no time to remove its own
+            return pid
+        time.sleep(0.05)
+    state = _process_state(pid)
+    if force:
+        raise Failure(
+            f"sent SIGKILL to the daemon (pid {pid}); it is still there after {wait:g} s ({state}): it is stuck "
+            f"in the kernel (a hung disk or network mount); see `ps -o stat,wchan -p {pid}`"
+        )
+    raise Failure(
+        f"sent SIGTERM to the daemon (pid {pid}); it is still there after {wait:g} s ({state}): it is stopped "
+        "(SIGSTOP, ctrl-z) or blocked; `stilts-tui daemon stop --force` sends SIGKILL (its runs go on)"
+    )
+
+
+def _process_alive(pid: int, started: float | None) -> bool:
+    """Is this exact process (pid and start time) still there (a zombie is gone)?"""
+    try:
+        p = psutil.Process(pid)
+        if started is not None and abs(p.create_time() - started) > 1.0:
+            return False
+        return p.status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, OSError):
+        return False
+
+
+def _process_state(pid: int) -> str:
+    """The process's state in words, for a stop that did not take."""
+    try:
+        st = psutil.Process(pid).status()
+    except (psutil.Error, OSError):
+        return "state unknown"
+    return {psutil.STATUS_STOPPED: "stopped", psutil.STATUS_DISK_SLEEP: "in uninterruptible sleep"}.get(
+        st, f"state: {st}"
+    )
 
 
 def _file_id(path: Path) -> tuple | None:
@@ -128,6 +220,7 @@ class Daemon:
         self.ledger = Ledger(self.root)
         self._lock: FileLock | None = None  # daemon.lock, held while serving
         self._lock_id: tuple | None = None  # (device, inode) of the lock file held
+        self._root_id: tuple | None = None  # (device, inode) of the runs-dir served: a replaced one is not it
         self._stop = False
         self._current: str | None = None  # the run the tick is handling: an error there is that run's
         self.log_file = open(self.root / DAEMON_LOG, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
@@ -204,9 +297,16 @@ class Daemon:
         lock = self._lock = FileLock(str(lock_path(self.root)), timeout=0)
         try:
             _acquire(lock, self.root)
-            self._lock_id = _file_id(lock_path(self.root))
+            self._lock_id, self._root_id = _file_id(lock_path(self.root)), _file_id(self.root)
         except Timeout:
-            other = running_daemon(self.root) or {}
+            other = running_daemon(self.root)
+            if other is None:  # the lock's holder is no daemon of this runs-dir: say so, not "pid None"
+                return report(
+                    UserError(
+                        f"{lock_path(self.root)} is held by a process that is not a daemon of this runs-dir "
+                        "(a client carrying out a request holds it for a moment): try again"
+                    )
+                )
             return report(UserError(f"a daemon is already running on {self.root} (pid {other.get('pid')})"))
         except OSError as e:
             return report(e)
@@ -304,6 +404,9 @@ class Daemon:
         it, this one stops (its runs go on, and that daemon adopts them)."""
         if self._lock is None:
             return
+        if _file_id(self.root) != self._root_id:
+            self._left_replaced_root()
+            return
         path = lock_path(self.root)
         now = _file_id(path)
         if now is not None and now == self._lock_id:
@@ -323,6 +426,24 @@ class Daemon:
         self._lock.release()
         self._lock, self._lock_id = fresh, _file_id(path)
         self.log(f"{path} was removed under the daemon: locked it again")
+
+    def _left_replaced_root(self) -> None:
+        """The runs-dir was removed, or removed and made again: the folder at its path is not the one this
+        daemon serves (its ledger, its lock). Serving it would run a queue no client sees as served; the
+        daemon stops, saying so in its log and (where the path is a folder again) in the new folder's."""
+        what = "removed" if _file_id(self.root) is None else "replaced by another folder"
+        line = (
+            f"the runs-dir {self.root} was {what} under the daemon: stopping (its runs go on; "
+            "`stilts-tui daemon start` serves the folder there now)"
+        )
+        self.log(line)
+        try:
+            if self.root.is_dir():
+                with open(self.root / DAEMON_LOG, "a", encoding="utf-8") as f:
+                    f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] daemon {os.getpid()}: {line}\n")
+        except OSError:
+            pass  # the old folder's log has the line
+        self._stop = True
 
     def _blame(self, run_id: str, reason: str) -> bool:
         """Fail one run; False if it is final or even that failed (the ledger cannot be written): the tick

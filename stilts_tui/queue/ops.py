@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +19,6 @@ from stilts_tui.contract import (
     AFTER_FIELD,
     CANCEL_GRACE_S,
     CANCELLABLE,
-    DAEMON_FILE,
     DAEMON_LOG,
     RANK_STAGE,
     REPORT_TO_KEY,
@@ -72,8 +69,11 @@ def add_plan(
         retrack = tracking != (ledger.plans().get(plan.name) or {}).get(REPORT_TO_KEY, {})
         for r in runs:
             d = rundir.run_dir(root, r.id)
-            queued = (rows.get(r.id) or {}).get("status") == Status.QUEUED
-            refresh = (r.stage == RANK_STAGE and queued) or (retrack and queued)  # a rank run's top; trackers
+            status = (rows.get(r.id) or {}).get("status")
+            # a rank run's top (a done one's too: `queue retry RANK_RUN_ID` ranks again with it); trackers
+            refresh = (r.stage == RANK_STAGE and status in (Status.QUEUED, Status.DONE)) or (
+                retrack and status == Status.QUEUED
+            )
             if r.id not in known or refresh or not (d / SPEC_FILE).exists():
                 d.mkdir(parents=True, exist_ok=True)
                 (d / rundir.ADDED_MARK).write_text(r.id + "\n", encoding="utf-8")
@@ -229,10 +229,17 @@ def retry(
     queue's owner carries the request out (`queue/requests.py`); the runs it queued again."""
     ledger = Ledger(root)
     wanted = tuple(s for s, on in ((Status.FAILED, failed), (Status.PRUNED, pruned)) if on) or None
-    targets = [r["id"] for r in _select(ledger, run_ids, plan, wanted) if r["status"] in RETRYABLE]
+    targets = [
+        r["id"] for r in _select(ledger, run_ids, plan, wanted) if r["status"] in RETRYABLE or _reranks(r, run_ids)
+    ]
     if not targets:
         return []
     return list(requests.ask(ledger, "retry", targets, wait=wait).get("done") or [])
+
+
+def _reranks(r: dict, run_ids: list[str]) -> bool:
+    """A done rank run named by its id: retrying it ranks again (docs/plans.md), its pruned runs wait on it."""
+    return r["id"] in run_ids and r.get("stage") == RANK_STAGE and r["status"] == Status.DONE
 
 
 def check_priority(priority: object) -> int:
@@ -313,35 +320,13 @@ def _why_not_started(root: Path, code: int) -> str:
     return lines[-1] if lines else f"it exited with status {code} and wrote nothing to {root / DAEMON_LOG}"
 
 
-def stop_daemon(root: Path, wait: float = 15.0) -> int | None:
-    """SIGTERM the daemon; runs go on (a new daemon adopts them). Its pid, or None if none ran.
+def stop_daemon(root: Path, wait: float = 15.0, force: bool = False) -> int | None:
+    """SIGTERM (``force``: SIGKILL) the daemon and wait until its process is gone; runs go on (a new daemon
+    adopts them). Its pid, or None if none ran; a :class:`Failure` saying what was sent and what to do when
+    it is still there after ``wait`` seconds (see `queue.daemon.stop`).
 
-    Only the daemon this runs-dir's daemon.json describes is signalled, and only once the process with
-    that pid is checked to be it (same process start time, the daemon's command line for this runs-dir):
-    a stale daemon.json's pid may belong to any process by now."""
-    from stilts_tui.queue.daemon import is_daemon, read_info, running_daemon
+    Only a process checked to be this runs-dir's daemon (its pid, its start time, its command line) is
+    signalled: a stale daemon.json's pid may belong to any process by now."""
+    from stilts_tui.queue.daemon import stop
 
-    info = running_daemon(root)
-    if info is None:
-        return None
-    deadline = time.time() + min(wait, 5.0)
-    while not is_daemon(info, root):  # a new daemon holds the lock and has not written daemon.json yet
-        if time.time() > deadline:
-            raise Failure(
-                f"{root / DAEMON_FILE} names pid {info.get('pid')}, which is not this runs-dir's "
-                "daemon (a stale file; the daemon holding the lock has not rewritten it): nothing was "
-                "signalled; try again in a moment"
-            )
-        time.sleep(0.1)
-        info = read_info(root) or {}
-        if running_daemon(root) is None:
-            return None
-    pid = info["pid"]
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return None
-    deadline = time.time() + wait
-    while time.time() < deadline and running_daemon(root) is not None:
-        time.sleep(0.05)
-    return pid
+    return stop(root, wait, force)

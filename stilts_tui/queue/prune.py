@@ -8,6 +8,7 @@ import time
 from stilts_tui.contract import AFTER_FIELD, PRUNED_FILE, PRUNED_WHY_FIELD, RANK_METHOD, Status, pruned_why
 from stilts_tui.queue import checks
 from stilts_tui.queue.executor import Changes
+from stilts_tui.queue.faults import machine_error
 from stilts_tui.queue.runfiles import RunFiles
 from stilts_tui.store import rundir
 
@@ -39,10 +40,19 @@ def after_rank(
             continue  # a starting point not ranked (no weights): its run waits on its parent as ever
         why = pruned_why(entry.get("rank"), of, str(name), top)
         record = {"by": rid, "target": name, "method": RANK_METHOD, "top": top, "start": entry.get("start")}
-        rundir.write_json_atomic(
-            files.run_path(r["id"], PRUNED_FILE), {**record, "why": why, "ranking": ranking, "t": now}
-        )
-        changes[r["id"]] = (Status.QUEUED, {"status": Status.PRUNED.value, PRUNED_WHY_FIELD: why, "finished": now})
+        fields = {"status": Status.PRUNED.value, PRUNED_WHY_FIELD: why, "finished": now}
+        try:
+            rundir.write_json_atomic(
+                files.run_path(r["id"], PRUNED_FILE), {**record, "why": why, "ranking": ranking, "t": now}
+            )
+        except Exception as e:  # noqa: BLE001 - one target's damaged folder is that run's, never the queue's
+            if machine_error(e):
+                raise
+            # the decision stands (the ledger is the record); its folder could not take the ranking: said on it
+            line = f"pruned, but its {PRUNED_FILE} could not be written: {type(e).__name__}: {e}"
+            fields["error"] = " ".join(line.split())[:300]
+            files.log(f"{r['id']}: {fields['error']}")
+        changes[r["id"]] = (Status.QUEUED, fields)
         status[r["id"]] = Status.PRUNED
         n += 1
     stats["pruned"] += n

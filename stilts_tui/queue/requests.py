@@ -18,12 +18,14 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from stilts_tui.contract import (
+    AFTER_FIELD,
     CANCEL_GRACE_S,
     DAEMON_LOCK,
     DAEMON_LOG,
     PAUSED_FILE,
     PRUNED_FILE,
     PRUNED_WHY_FIELD,
+    RANK_STAGE,
     RETRYABLE,
     Status,
 )
@@ -135,6 +137,9 @@ def _retry(tx: Tx, files: RunFiles, runs: list[str], args: dict) -> dict:
     done = []
     for rid in runs:
         cur = tx.get_run(rid)
+        if cur is not None and cur.get("stage") == RANK_STAGE and cur["status"] == Status.DONE:
+            done += _rank_again(tx, files, cur)
+            continue
         if cur is None or cur["status"] not in RETRYABLE:
             continue
         attempts = cur.get("attempts")
@@ -146,6 +151,30 @@ def _retry(tx: Tx, files: RunFiles, runs: list[str], args: dict) -> dict:
         tx.update_run(rid, **fields, pid=None, gpu=None, **{PRUNED_WHY_FIELD: None})
         done.append(rid)
     return {"done": done}
+
+
+def _rank_again(tx: Tx, files: RunFiles, rank: dict) -> list[str]:
+    """A rank run that is done, queued to rank again (with the ``top`` its spec.json holds now: `queue add`
+    rewrites it): its result retired beside it, and the runs it pruned (not those a person brought back)
+    queued to wait on it again, their pruned.json set aside; the daemon prunes anew when it is done."""
+    rid, attempts = rank["id"], rank.get("attempts")
+    files.retire_result(rid, attempts if isinstance(attempts, int) and 0 <= attempts < 2**31 else 0)
+    fields = {"status": Status.QUEUED.value, "attempts": 0, "alone": False, "error": None, "score": None}
+    tx.update_run(rid, **fields, pid=None, gpu=None)
+    out = [rid]
+    for r in tx.runs.all():
+        tid = str(r.doc_id)
+        if r.get("status") != Status.PRUNED or rid not in (r.get(AFTER_FIELD) or ()) or files.brought_back(tid):
+            continue
+        path = files.run_path(tid, PRUNED_FILE)
+        try:
+            if path.is_file():
+                os.replace(path, path.with_name(f"{PRUNED_FILE}.before-rank-{time.time():.0f}"))
+        except OSError:
+            pass  # a damaged record: the next prune writes the file again, or says on the row why it cannot
+        tx.update_run(tid, status=Status.QUEUED.value, finished=None, error=None, **{PRUNED_WHY_FIELD: None})
+        out.append(tid)
+    return out
 
 
 def _mark_retried(files: RunFiles, run_id: str, by: str | None = None) -> None:

@@ -31,6 +31,7 @@ from stilts_tui.queue import checks, history, mps, placement, threads
 from stilts_tui.queue import gpus as gpu_info
 from stilts_tui.queue.executor import Changes, Claim, Context
 from stilts_tui.queue.placement import Launch
+from stilts_tui.store import rundir
 
 
 def launch(
@@ -141,6 +142,48 @@ def find_worker(run_dir: Path) -> tuple[int, float] | None:
     return None
 
 
+TRAINER_MODULES = ("stilts_tui.train", "stilts_tui.synth")
+
+
+def _queue_trainer(p: psutil.Process, cmd: list[str], root: Path) -> list[str]:
+    """The run ids of ``root`` a process trains, if it is a trainer a queue started (its command line runs
+    the trainer on folders of ``root``; its environment has the queue's ``STILTS_FUSE``: a trainer a person
+    started by hand to debug a run is not the queue's); [] for anything else."""
+    if not any(m in cmd for m in TRAINER_MODULES):
+        return []
+    cwd, out = p.cwd(), []
+    for arg in cmd[1:]:
+        path = Path(cwd) / arg
+        if rundir.RUN_ID_RE.fullmatch(path.name) and path.parent.resolve() == root:
+            out.append(path.name)
+    return out if out and Env.FUSE in p.environ() else []
+
+
+def trainers(root: Path) -> list[tuple[int, float, list[str]]]:
+    """Every live trainer of ``root``'s runs: (pid, start time, run ids)."""
+    root, out = Path(root).resolve(), []
+    for p in psutil.process_iter(["pid", "cmdline", "create_time"]):
+        try:
+            ids = _queue_trainer(p, p.info.get("cmdline") or [], root)
+            if ids and p.status() != psutil.STATUS_ZOMBIE:
+                out.append((p.info["pid"], p.info["create_time"], ids))
+        except (psutil.Error, OSError):
+            continue
+    return out
+
+
+def run_ids_of(pid: int, started: float | None, root: Path) -> list[str]:
+    """The run ids of ``root`` that this exact process (pid and start time) trains; [] when it is gone or
+    is no trainer of ``root``."""
+    if not alive(pid, started):
+        return []
+    try:
+        p = psutil.Process(pid)
+        return _queue_trainer(p, p.cmdline(), Path(root).resolve())
+    except (psutil.Error, OSError):
+        return []
+
+
 class LocalExecutor:
     """Runs on this machine's GPUs (or its CPU): placed by memory estimate and NVML's free memory, each
     launch one detached process (a worker training runs of one shape in sequence, or a fused array)."""
@@ -151,6 +194,8 @@ class LocalExecutor:
         self.c = context
         self._gpu_problems: list[str] = []
         self._most = 0  # the most processes the devices found last take at once (each process's CPU share)
+        self._seen: dict[int, float | None] = {}  # trainer pids this daemon knows of (see ``tidy``)
+        self._scanned = False  # the first tick looks at every process for trainers of this runs-dir
 
     # -- state queries ---------------------------------------------------------------------------------
 
@@ -246,6 +291,44 @@ class LocalExecutor:
             + "; requeued to run alone"
         )
         return {"status": Status.QUEUED.value, "gpu": None, "alone": True, "fuse_max": 1}
+
+    # -- children and strays -----------------------------------------------------------------------------
+
+    def tidy(self, runs: list[dict]) -> None:
+        """Once a tick: every child that ended is reaped (none stays a zombie: a long queue would run the
+        box out of process ids), and a trainer of this runs-dir whose runs the ledger no longer holds as
+        running (its row deleted, or set queued, by hand) is stopped: left alone it would train beside the
+        placement's count, and the run would be launched twice. Trainers are known by the pids the ledger
+        named, the daemon's children, and (on the first tick) every process training a folder here."""
+        for pid, proc in list(_CHILDREN.items()):
+            if proc.poll() is not None:
+                _CHILDREN.pop(pid, None)
+        rows = {r["id"]: r for r in runs}
+        held = {r.get("pid") for r in runs if r["status"] == Status.RUNNING and r.get("pid")}
+        for r in runs:
+            if r["status"] == Status.RUNNING and checks.is_int(r.get("pid")) and r["pid"] > 0:
+                self._seen[r["pid"]] = r.get("pid_started")
+        for pid in list(_CHILDREN):
+            self._seen.setdefault(pid, process_start(pid))
+        if not self._scanned:
+            self._scanned = True
+            for pid, started, _ in trainers(self.c.root):
+                self._seen.setdefault(pid, started)
+        for pid, started in list(self._seen.items()):
+            if pid in held:
+                continue
+            ids = run_ids_of(pid, started, self.c.root)
+            if not ids:  # gone, or no trainer of this runs-dir
+                self._seen.pop(pid, None)
+                continue
+            if any((rows.get(i) or {}).get("status") not in (None, Status.QUEUED, Status.BLOCKED) for i in ids):
+                continue  # running under another record, or finished and on its way out
+            self._seen.pop(pid, None)
+            stop(pid, started, grace=5)
+            self.c.log(
+                f"pid {pid} trained {', '.join(ids)}, which the ledger does not hold as running (its row was "
+                "deleted or changed by hand): stopped it, so that nothing runs beyond the slots"
+            )
 
     # -- placement ---------------------------------------------------------------------------------------
 
@@ -359,10 +442,12 @@ class LocalExecutor:
         fused = len(fresh) if launch.fused and len(fresh) > 1 else 0
         env, args, note = self.run_env(dev, fused)
         for r in fresh:  # a cancel request or a result left from an earlier attempt must not end this one
+            self.c.mark(r["id"])  # a folder that cannot be readied is that run's (the tick fails it alone)
             (self.c.root / r["id"] / CANCEL_FILE).unlink(missing_ok=True)
             self.c.files.retire_result(r["id"], r.get("attempts") or 0)
             # each attempt begins with its own line: a log read later shows where a new attempt starts
             _append_line(self.c.root / r["id"] / TRAIN_LOG, history.attempt_header(r, note))  # N+1 and why
+        self.c.mark(fresh[0]["id"])
         dirs = [self.c.root / r["id"] for r in fresh]
         log = dirs[0] / TRAIN_LOG if len(dirs) == 1 else self.c.root / WORKERS_DIR / f"{worker}.log"
         synth = fresh[0]["stage"] == "synth"
