@@ -20,6 +20,7 @@ from textual_plotext import PlotextPlot
 from stilts_tui.results.curves import RunCurves
 
 PLOT_POINTS = 160  # points drawn of a curve (plotext's time grows with points; a 40-column plot shows fewer)
+LR_POINTS = 200  # the learning-rate sparkline's values (a cell each, at most)
 NO_DATA = "waiting for the first {what}…"
 
 
@@ -147,7 +148,8 @@ class CurvesView(Vertical):
             if key in plots and size[0] > 4 and size[1] > 2:
                 text, drawn = plots[key].build(draw, size)
                 frames[key] = (text, drawn, size)
-        return Built(frames, list(c.lr[-200:]), f"lr {c.lr[-1]:.2g} " if c.lr else "lr ")
+        lr = thin(c.steps, c.lr, LR_POINTS)[1]  # the whole schedule (warmup, decay), at most LR_POINTS of it
+        return Built(frames, lr, f"lr {c.lr[-1]:.2g} " if c.lr else "lr ")
 
     def show_built(self, built: Built) -> None:
         """Show frames built by :meth:`build` (on the UI thread)."""
