@@ -159,7 +159,9 @@ def curves_visible(folder: Path) -> dict[str, str]:
     path = folder / "columns.json"
     from stilts_tui.tui.screens.queue.cells import COLUMNS
 
-    path.write_text(json.dumps([*COLUMNS, "trend"]))  # an app before the column shows the others
+    # all but the wide reason column, so that the trend column fits a 160-column terminal; an app before the
+    # column shows the others
+    path.write_text(json.dumps([*(c for c in COLUMNS if c != "reason"), "trend"]))
     return {Env.COLUMNS: str(path)}
 
 

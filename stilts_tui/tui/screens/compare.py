@@ -17,7 +17,7 @@ from textual.worker import Worker
 
 from stilts_tui.results.curves import Band, Comparison, RunCurves, compare, primary_metric, read_run
 from stilts_tui.tui.actions import bindings
-from stilts_tui.tui.widgets.curves import CurvePlot, thin
+from stilts_tui.tui.widgets.curves import CurvePlot, Frame, thin
 from stilts_tui.tui.widgets.key_bar import KeyBar
 
 COLORS = ("cyan", "green", "orange", "magenta", "blue", "red", "yellow", "white")
@@ -88,12 +88,10 @@ class CompareScreen(Screen):
         frames = {key: plots[key].build(draw, plots[key].wanted()) for key, draw in _drawers(comparison).items()}
         self.app.call_from_thread(self.show, comparison, frames)
 
-    def show(self, comparison: Comparison, frames: dict[str, tuple[Text, dict]]) -> None:
+    def show(self, comparison: Comparison, frames: dict[str, Frame]) -> None:
         self.comparison = comparison
-        for key, (text, drawn) in frames.items():
-            plot = self.plots[key]
-            plot.frame, plot.drawn = text, drawn
-            plot.refresh()
+        for key, frame in frames.items():
+            self.plots[key].show(frame)
         self.query_one("#legend", Static).update(legend(comparison, self.grouped))
         how = "grouped by all settings but the seed (mean, band: min-max)" if self.grouped else "one line per run"
         self.query_one("#title", Static).update(Text(f"{self.title_text} — {how}  (g: group / ungroup, esc: back)"))

@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rich.console import Console
 from rich.text import Text
 from textual.app import ComposeResult, RenderResult
 from textual.containers import Vertical
+from textual.strip import Strip
 from textual.widgets import Sparkline, Static
 from textual_plotext import PlotextPlot
 
@@ -33,10 +35,20 @@ def thin(xs: list[float], ys: list[float], n: int = PLOT_POINTS) -> tuple[list[f
 
 
 @dataclass
+class Frame:
+    """A plot drawn: its text, the data behind it, its size and its lines as Textual draws them."""
+
+    text: Text
+    drawn: dict
+    size: tuple[int, int]
+    strips: list[Strip]
+
+
+@dataclass
 class Built:
     """What the reader thread built for the UI thread to show."""
 
-    frames: dict[str, tuple[Text, dict, tuple[int, int]]]  # plot id -> (frame, what it shows, its size)
+    frames: dict[str, Frame]  # plot id -> its frame
     lr: list[float]
     lr_label: str
 
@@ -53,6 +65,8 @@ class CurvePlot(PlotextPlot):
         self.built_size: tuple[int, int] = (0, 0)
         self.theme_name = "pro"
         self.drawn: dict = {}
+        self.strips: list[Strip] = []
+        self._plot_console: Console | None = None  # the building thread's own
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -61,18 +75,37 @@ class CurvePlot(PlotextPlot):
     def render(self) -> RenderResult:
         return self.frame if self.frame is not None else Text("")
 
+    def render_line(self, y: int) -> Strip:
+        """The built frame's line ``y``: drawn and cut into strips in the thread that built it, so a repaint
+        costs the UI thread no text layout."""
+        if y < len(self.strips) and self.strips[y].cell_length == self.size.width:
+            return self.strips[y]
+        return Strip.blank(self.size.width)
+
     def wanted(self) -> tuple[int, int]:
         return self.size.width, self.size.height
 
-    def build(self, draw: Callable, size: tuple[int, int]) -> tuple[Text, dict]:
-        """A frame of ``size`` drawn by ``draw(plot, drawn)`` (in the reader thread: the plot is its alone)."""
+    def build(self, draw: Callable, size: tuple[int, int]) -> Frame:
+        """A frame of ``size`` drawn by ``draw(plot, drawn)``, as text and as the strips shown (in the
+        building thread: the plot and its console are that thread's alone)."""
         plt, drawn = self.plt, {}
         plt.clear_figure()
         plt.theme(self.theme_name)
         plt.plotsize(*size)
         plt._set_size(*size)  # as PlotextPlot.render does (textual-plotext issue 5)
         draw(plt, drawn)
-        return Text.from_ansi(plt.build()), drawn
+        text = Text.from_ansi(plt.build(), no_wrap=True, overflow="crop")
+        width, height = size
+        if self._plot_console is None:
+            self._plot_console = Console(width=width, height=height, color_system="truecolor", force_terminal=True)
+        options = self._plot_console.options.update(width=width, height=height, no_wrap=True, overflow="crop")
+        lines = self._plot_console.render_lines(text, options, pad=True)
+        return Frame(text, drawn, size, [Strip(line, width) for line in lines[:height]])
+
+    def show(self, frame: Frame) -> None:
+        """Show a frame built by :meth:`build` (on the UI thread)."""
+        self.frame, self.drawn, self.built_size, self.strips = frame.text, frame.drawn, frame.size, frame.strips
+        self.refresh()
 
 
 class CurvesView(Vertical):
@@ -91,7 +124,7 @@ class CurvesView(Vertical):
         super().__init__(**kw)
         self.metric_name: str | None = None  # the run's primary metric (spec.json), else the first evaluated
         self.majority: float | None = None  # the majority-class score of the task's dev set, where known
-        self._built: dict[str, tuple[Text, dict, tuple[int, int]]] = {}
+        self._built: dict[str, tuple[int, int]] = {}  # plot id -> the size of its frame shown
         self.plots: dict[str, CurvePlot] = {}
 
     def compose(self) -> ComposeResult:
@@ -110,7 +143,7 @@ class CurvesView(Vertical):
 
     def needs_build(self, sizes: dict[str, tuple[int, int]]) -> bool:
         """Is a plot shown at another size than its last frame (a resize, the first frame)?"""
-        return any(self._built.get(k, (None, None, (0, 0)))[2] != s for k, s in sizes.items())
+        return any(self._built.get(k) != s for k, s in sizes.items())
 
     def build(self, c: RunCurves, sizes: dict[str, tuple[int, int]]) -> Built:
         """Frames of the run's curves at ``sizes``, and the learning rate's last values (in the reader thread)."""
@@ -146,18 +179,15 @@ class CurvesView(Vertical):
         for key, draw in (("loss", loss), ("metric", dev)):
             size = sizes.get(key, (0, 0))
             if key in plots and size[0] > 4 and size[1] > 2:
-                text, drawn = plots[key].build(draw, size)
-                frames[key] = (text, drawn, size)
+                frames[key] = plots[key].build(draw, size)
         lr = thin(c.steps, c.lr, LR_POINTS)[1]  # the whole schedule (warmup, decay), at most LR_POINTS of it
         return Built(frames, lr, f"lr {c.lr[-1]:.2g} " if c.lr else "lr ")
 
     def show_built(self, built: Built) -> None:
         """Show frames built by :meth:`build` (on the UI thread)."""
-        for key, (text, drawn, size) in built.frames.items():
-            plot = self.plots[key]
-            plot.frame, plot.drawn, plot.built_size = text, drawn, size
-            self._built[key] = (text, drawn, size)
-            plot.refresh()
+        for key, frame in built.frames.items():
+            self.plots[key].show(frame)
+            self._built[key] = frame.size
         if built.lr:
             self.query_one("#lr", Sparkline).data = built.lr
             self.query_one("#lr-label", Static).update(built.lr_label)
