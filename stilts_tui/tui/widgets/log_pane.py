@@ -88,8 +88,11 @@ class LogPane(Vertical):
         self.set_interval(FLUSH_S, self.flush)
 
     def _task_facts(self) -> None:
-        """The run's primary metric and its task's majority-class score (read once; a hub task's dev set
-        from the local cache only: this may take seconds, so not in the reader thread)."""
+        """The run's primary metric and its task's majority-class score (read once, from the dev set's local
+        files: not in the reader thread). A hub task's labels would take a process loading the datasets
+        library (seconds of a core, for each pane opened): the pane draws no line for it; the score
+        table and the compare view (``v``) read them."""
+        from stilts_tui import tasks
         from stilts_tui.store import rundir
         from stilts_tui.tasks.majority import majority_score
 
@@ -103,6 +106,8 @@ class LogPane(Vertical):
         params = spec.get("params") if isinstance(spec.get("params"), dict) else {}
         limit = params.get("max_dev_samples") if isinstance(params.get("max_dev_samples"), int) else None
         try:
+            if task.get("hub") and not tasks.required_files(task):
+                return
             majority, _why = majority_score(task, metric, limit)
         except Exception:  # noqa: BLE001 - a line the curves cannot draw; the curves go on
             return
