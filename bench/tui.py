@@ -159,9 +159,9 @@ def curves_visible(folder: Path) -> dict[str, str]:
     path = folder / "columns.json"
     from stilts_tui.tui.screens.queue.cells import COLUMNS
 
-    # all but the wide reason column, so that the trend column fits a 160-column terminal; an app before the
-    # column shows the others
-    path.write_text(json.dumps([*(c for c in COLUMNS if c != "reason"), "trend"]))
+    # the trend column within a 160-column terminal: without the reason column and the plan's and stage's
+    # (the same in every row here); an app before the trend column shows the others
+    path.write_text(json.dumps([*(c for c in COLUMNS if c not in ("reason", "plan", "stage")), "trend"]))
     return {Env.COLUMNS: str(path)}
 
 
