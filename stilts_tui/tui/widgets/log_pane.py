@@ -146,7 +146,10 @@ class LogPane(Vertical):
         if self._curves_changed or view.needs_build(sizes):
             self._curves_changed = False
             self._curves_at = time.monotonic()
-            built = view.build(self.curves, sizes)
+            try:
+                built = view.build(self.curves, sizes)
+            except Exception:  # noqa: BLE001 - a plot that cannot be drawn never stops the log's reader
+                return
             with self._lock:
                 self._built = built
 
