@@ -32,3 +32,18 @@ def terminal_safe(text: object, keep_newlines: bool = False) -> str:
     sanitizer of what the CLI and the app print from files and the ledger."""
     s = text if isinstance(text, str) else str(text)
     return (_UNSAFE if keep_newlines else _UNSAFE_LINES).sub(_visible, s)
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 10) -> str:
+    """A loss trend as ``width`` unicode blocks at most (each the mean of its share of the values, scaled
+    between their least and greatest)."""
+    vals = [v for v in values if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")]
+    if not vals:
+        return ""
+    n = min(width, len(vals))
+    means = [sum(b) / len(b) for b in (vals[i * len(vals) // n : (i + 1) * len(vals) // n] for i in range(n))]
+    lo, span = min(means), max(means) - min(means)
+    return "".join(SPARK[0 if span == 0 else min(7, int((m - lo) / span * 8))] for m in means)

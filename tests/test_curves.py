@@ -21,7 +21,7 @@ from stilts_tui.tui.screens.columns import ColumnsScreen
 from stilts_tui.tui.screens.compare import CompareScreen
 from stilts_tui.tui.screens.logs import LogsScreen
 from stilts_tui.tui.screens.scores import ScoresScreen
-from stilts_tui.tui.widgets.log_pane import LogPane
+from stilts_tui.tui.widgets.log_pane import CURVES_S, LogPane
 
 # RTE dev: 3 of 5 "entailment": the majority class scores 0.6
 RTE_DEV = "index\tsentence1\tsentence2\tlabel\n" + "".join(
@@ -105,13 +105,14 @@ async def test_a_log_panes_curves_grow_with_its_events_and_draw_the_majority_cla
         await until(pilot, lambda: metric.drawn.get("hlines") == [pytest.approx(0.6)], "the majority-class line")
         assert "majority 0.6000" in metric.frame.plain
         # the learning rate as a sparkline, its last value said
-        assert app.screen.query_one("#lr").data[-1] == pytest.approx(1e-5 * 0.5)
+        assert pane.view.lr[-1] == pytest.approx(1e-5 * 0.5)
+        assert str(app.screen.query_one("#lr").render()).startswith("█")  # falling from the first step
         # v hides the curves: nothing is drawn while hidden, and steps written meanwhile show when they return
         await pilot.press("v")
         assert not pane.view.display
         append_events(queued, run, *steps(51, 60))
         await until(pilot, lambda: pane.curves.steps[-1:] == [60], "the reader took the new steps")
-        await pilot.pause(1.2)
+        await pilot.pause(CURVES_S + 0.3)
         assert loss.drawn["series"]["loss"][0][-1] == 50  # not drawn while hidden
         await pilot.press("v")
         await until(pilot, lambda: loss.drawn["series"]["loss"][0][-1] == 60, "drawn again once shown")

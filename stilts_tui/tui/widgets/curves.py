@@ -16,12 +16,13 @@ from rich.text import Text
 from textual.app import ComposeResult, RenderResult
 from textual.containers import Vertical
 from textual.strip import Strip
-from textual.widgets import Sparkline, Static
+from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
+from stilts_tui.fmt import sparkline
 from stilts_tui.results.curves import RunCurves
 
-PLOT_POINTS = 160  # points drawn of a curve (plotext's time grows with points; a 40-column plot shows fewer)
+PLOT_POINTS = 160  # points drawn of a curve (plotext's time grows with them): two a column at most (braille)
 LR_POINTS = 200  # the learning-rate sparkline's values (a cell each, at most)
 NO_DATA = "waiting for the first {what}…"
 
@@ -51,6 +52,7 @@ class Built:
     frames: dict[str, Frame]  # plot id -> its frame
     lr: list[float]
     lr_label: str
+    lr_line: str  # the schedule as a sparkline
 
 
 class CurvePlot(PlotextPlot):
@@ -116,7 +118,7 @@ class CurvesView(Vertical):
     CurvesView > #loss { height: 8; }
     CurvesView > #metric { height: 7; }
     CurvesView > .lr-line { height: 1; layout: horizontal; }
-    CurvesView Sparkline { height: 1; width: 1fr; }
+    CurvesView #lr { height: 1; width: 1fr; color: $accent; }
     CurvesView #lr-label { width: auto; max-width: 18; }
     """
 
@@ -126,13 +128,14 @@ class CurvesView(Vertical):
         self.majority: float | None = None  # the majority-class score of the task's dev set, where known
         self._built: dict[str, tuple[int, int]] = {}  # plot id -> the size of its frame shown
         self.plots: dict[str, CurvePlot] = {}
+        self.lr: list[float] = []  # the learning rates shown (thinned)
 
     def compose(self) -> ComposeResult:
         yield CurvePlot(id="loss")
         yield CurvePlot(id="metric")
         with Vertical(classes="lr-line"):
             yield Static("lr", id="lr-label")
-            yield Sparkline([], id="lr")
+            yield Static("", id="lr")
 
     def on_mount(self) -> None:
         self.plots = {p.id: p for p in self.query(CurvePlot)}  # the reader thread never queries the DOM
@@ -152,7 +155,7 @@ class CurvesView(Vertical):
         metric = self.metric_name if self.metric_name in c.metric_names() else next(iter(c.metric_names()), None)
 
         def loss(plt, drawn: dict) -> None:
-            xs, ys = thin(c.steps, c.loss)
+            xs, ys = thin(c.steps, c.loss, max(2, min(PLOT_POINTS, 2 * sizes.get("loss", (PLOT_POINTS, 0))[0])))
             drawn["series"] = {"loss": (xs, ys)}
             drawn["title"] = f"loss {ys[-1]:.4f} at step {xs[-1]}" if xs else NO_DATA.format(what="step")
             plt.title(drawn["title"])
@@ -181,7 +184,8 @@ class CurvesView(Vertical):
             if key in plots and size[0] > 4 and size[1] > 2:
                 frames[key] = plots[key].build(draw, size)
         lr = thin(c.steps, c.lr, LR_POINTS)[1]  # the whole schedule (warmup, decay), at most LR_POINTS of it
-        return Built(frames, lr, f"lr {c.lr[-1]:.2g} " if c.lr else "lr ")
+        width = max(1, sizes.get("loss", (40, 0))[0] - 12)
+        return Built(frames, lr, f"lr {c.lr[-1]:.2g} " if c.lr else "lr ", sparkline(lr, width))
 
     def show_built(self, built: Built) -> None:
         """Show frames built by :meth:`build` (on the UI thread)."""
@@ -189,5 +193,6 @@ class CurvesView(Vertical):
             self.plots[key].show(frame)
             self._built[key] = frame.size
         if built.lr:
-            self.query_one("#lr", Sparkline).data = built.lr
+            self.lr = built.lr
+            self.query_one("#lr", Static).update(built.lr_line, layout=False)
             self.query_one("#lr-label", Static).update(built.lr_label)

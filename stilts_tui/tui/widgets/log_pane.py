@@ -11,6 +11,7 @@ events to a :class:`RunCurves` and, while the curves are on screen, builds their
 
 from __future__ import annotations
 
+import random
 import re
 import threading
 import time
@@ -33,7 +34,7 @@ from stilts_tui.tui.widgets.curves import Built, CurvesView
 ERROR_RE = re.compile(r"(error|traceback|exception|failed|out of memory|\boom\b)", re.IGNORECASE)
 MAX_LINES = 5000
 FLUSH_S = 0.5  # twice a second: each flush scrolls (repaints) the whole pane
-CURVES_S = 1.0  # a pane's curves are drawn again at most this often (plotext: a few ms a plot, off the UI thread)
+CURVES_S = 1.5  # a pane's curves are drawn again at most this often (plotext: a few ms a plot, off the UI thread)
 
 
 class ErrorHighlighter(Highlighter):
@@ -61,7 +62,8 @@ class LogPane(Vertical):
         self.curves = RunCurves()  # the reader thread's alone (it feeds and draws them)
         self._events_pos = 0
         self._curves_changed = True
-        self._curves_at = 0.0
+        # panes opened together draw at different moments: one pane's plots at a time hold the GIL
+        self._curves_at = time.monotonic() - random.uniform(0, CURVES_S)
         self._curves_shown = False  # set by the UI thread: are the curves on screen (else none are drawn)
         self._built: Built | None = None
         self.view = CurvesView()

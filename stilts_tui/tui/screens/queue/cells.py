@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.text import Text
 
 from stilts_tui.contract import Status
-from stilts_tui.fmt import duration, terminal_safe
+from stilts_tui.fmt import duration, sparkline, terminal_safe
 from stilts_tui.store.view import Shown
 from stilts_tui.tui.data import Snapshot
 
@@ -60,21 +60,6 @@ COLUMNS = (
 WIDTHS = (12, 10, 12, 12, 10, 4, 24, 11, 3, 17, 7, 8, 7, 40, 10)  # fixed: no re-measuring 1,000 rows each second
 STATUS_COLUMN = COLUMNS.index("status")
 HIDDEN = ("trend",)  # columns shown only once chosen (C): the first session shows the others
-
-
-SPARK = "▁▂▃▄▅▆▇█"
-
-
-def sparkline(values: list[float], width: int = 10) -> str:
-    """A loss trend as ``width`` unicode blocks at most (each the mean of its share of the values, scaled
-    between their least and greatest)."""
-    vals = [v for v in values if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")]
-    if not vals:
-        return ""
-    n = min(width, len(vals))
-    means = [sum(b) / len(b) for b in (vals[i * len(vals) // n : (i + 1) * len(vals) // n] for i in range(n))]
-    lo, span = min(means), max(means) - min(means)
-    return "".join(SPARK[0 if span == 0 else min(7, int((m - lo) / span * 8))] for m in means)
 
 
 def grid_text(grid: dict | None, params: dict | None = None) -> str:
