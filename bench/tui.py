@@ -6,6 +6,11 @@ would take a core of this 2-core machine and slow what it measures). Two keys: t
 cursor (down; the totals bar shows the row) and focus moving between four live log panes (tab; the
 key bar shows which pane has it).
 
+Curves visible (issue 37): each log pane draws its run's loss, dev metric and learning rate, and the
+queue shows the loss-trend column ("trend", chosen through STILTS_COLUMNS); the writers put a step
+event every :data:`STEP_EVERY` log lines (10 a second a run at 200 lines/s) and an eval every
+:data:`EVAL_EVERY`, so every pane's curves change each time they may be drawn again.
+
 Work in flight, in a second app on its own 1,000-run ledger: the same cursor key pressed while a
 cancel waits out its 10 s grace period (the run's process ignores SIGTERM, so the cancel waits it
 all and then kills it) and while the reference plan (1,008 target runs; every spec.json written) is
@@ -125,6 +130,7 @@ WRITER = r"""
 import json, sys, time
 from pathlib import Path
 root, ids, rate, seconds = Path(sys.argv[1]), sys.argv[2].split(","), int(sys.argv[3]), float(sys.argv[4])
+step_every, eval_every = int(sys.argv[5]), int(sys.argv[6])
 logs = [open(root / i / "train.log", "a", buffering=1) for i in ids]
 events = [open(root / i / "events.jsonl", "a", buffering=1) for i in ids]
 t0, n = time.time(), 0
@@ -132,12 +138,31 @@ while time.time() - t0 < seconds:
     n += 1
     for f in logs:
         f.write(f"[bench] epoch 1/3 step {n}/100000 loss {1 / n:.4f} lr 1e-05 123.4 samples/s ETA 0:10:00\n")
-    if n % rate == 0:
+    if n % step_every == 0:
         for e in events:
             e.write(json.dumps({"t": time.time(), "event": "step", "step": n, "total_steps": 100000, "epoch": 1,
-                                "loss": 1 / n, "lr": 1e-5, "samples_per_s": 123.4, "eta_s": 600}) + "\n")
+                                "loss": 1 / n, "lr": 1e-5 * (1 - n / 100000), "samples_per_s": 123.4,
+                                "eta_s": 600}) + "\n")
+    if n % eval_every == 0:
+        for e in events:
+            e.write(json.dumps({"t": time.time(), "event": "eval", "epoch": n // eval_every,
+                                "metrics": {"acc": 0.5 + 0.4 * (1 - 1 / (1 + n / 5000))}}) + "\n")
     time.sleep(max(0.0, t0 + n / rate - time.time()))
 """
+
+
+def curves_visible(folder: Path) -> dict[str, str]:
+    """The queue's columns with the loss-trend one shown (STILTS_COLUMNS names the file the app reads); the
+    log panes show their curves unless hidden (v). An app that has no trend column shows the others."""
+    from stilts_tui.contract import Env
+
+    path = folder / "columns.json"
+    from stilts_tui.tui.screens.queue.cells import COLUMNS
+
+    # the trend column within a 160-column terminal: without the reason column and the plan's and stage's
+    # (the same in every row here); an app before the trend column shows the others
+    path.write_text(json.dumps([*(c for c in COLUMNS if c not in ("reason", "plan", "stage")), "trend"]))
+    return {Env.COLUMNS: str(path)}
 
 
 def prepare(root: Path, n_runs: int) -> list[str]:
@@ -171,6 +196,8 @@ SLOW_TO_STOP = (
     "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(600)\n"
 )
 REFERENCE_PLAN = Path(__file__).resolve().parent.parent / "plans" / "chang_lu_2021.toml"
+STEP_EVERY = 20  # log lines a step event (10 step events a second a run at 200 lines/s)
+EVAL_EVERY = 1000  # log lines an eval event (one each 5 s a run)
 IDLE_KEYS = 152  # keys on the idle app, 0.1 s apart (a p95 over 152 is the 8th slowest; a multiple of the 4 panes)
 ADDS = 6  # plan adds measured (each under another plan name, so 1,012 new runs each): 50+ keys for a p95
 
@@ -420,6 +447,9 @@ def run(args: argparse.Namespace, exe: str) -> None:
         ids = prepare(root, args.runs)
         # STILTS_CONFIRM=0: the cancel measured starts at its key, not after a question
         env = {"STILTS_NO_DAEMON": "1", "STILTS_RUNS_DIR": str(root), "TERM": "xterm-256color", "STILTS_CONFIRM": "0"}
+        env |= curves_visible(Path(d))
+        if os.environ.get("PYTHONPATH"):  # the tree measured, whatever environment the tmux server started with
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         launch = launch_figures(exe, env, ids, Path(d))
         ours = our_keys(args, exe, env, root, ids, Path(d))
         flight = in_flight(exe, env, Path(d))
@@ -444,7 +474,10 @@ def launch_figures(exe: str, env: dict, ids: list[str], folder: Path) -> dict[st
 
 def writers(args: argparse.Namespace, root: Path, ids: list[str], seconds: float) -> subprocess.Popen:
     """The load: ``args.runs`` runs each writing ``args.rate`` log lines a second (started 2 s ago)."""
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), ",".join(ids), str(args.rate), str(seconds)])
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(root), ",".join(ids), str(args.rate), str(seconds)]
+        + [str(STEP_EVERY), str(EVAL_EVERY)]
+    )
     time.sleep(2)
     return writer
 
@@ -461,6 +494,8 @@ def our_keys(args: argparse.Namespace, exe: str, env: dict, root: Path, ids: lis
     try:
         wait_screen(session, lambda out: "16 running" in out, 30)
         time.sleep(1)
+        shown = "trend" in tmux("capture-pane", "-p", "-t", session)
+        print(f"the queue's loss-trend column shown: {'yes' if shown else 'no (an app without it)'}", flush=True)
         for _ in range(4):  # mark four running runs (their logs open later); space moves down
             tmux("send-keys", "-t", session, "Space")
         wait_screen(session, lambda out: " · row 5/" in out)
@@ -472,6 +507,11 @@ def our_keys(args: argparse.Namespace, exe: str, env: dict, root: Path, ids: lis
         tmux("send-keys", "-t", session, "l")
         wait_screen(session, lambda out: ids[3] in out)
         wait_screen(session, lambda out: f"focus: {ids[0]}" in out)
+        try:
+            drawn = wait_screen(session, lambda out: "at step" in out, 5) >= 0  # a loss plot's title
+        except RuntimeError:
+            drawn = False
+        print(f"the log panes' curves drawn: {'yes' if drawn else 'no (an app without them)'}", flush=True)
         idle, _ = latency(session, 0, IDLE_KEYS, ids, out)
         writer = writers(args, root, ids, args.seconds + 30)
         busy, rss = latency(session, args.seconds, 40, ids, out)

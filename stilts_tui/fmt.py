@@ -62,3 +62,18 @@ def json_text(value: object, indent: int | None = None, **kwargs) -> str:
     C1 controls and bidirectional controls as ``\\u`` escapes (the same string to a JSON reader)."""
     text = json.dumps(finite(value), indent=indent, ensure_ascii=False, allow_nan=False, **kwargs)
     return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 10) -> str:
+    """A loss trend as ``width`` unicode blocks at most (each the mean of its share of the values, scaled
+    between their least and greatest)."""
+    vals = [v for v in values if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")]
+    if not vals:
+        return ""
+    n = min(width, len(vals))
+    means = [sum(b) / len(b) for b in (vals[i * len(vals) // n : (i + 1) * len(vals) // n] for i in range(n))]
+    lo, span = min(means), max(means) - min(means)
+    return "".join(SPARK[0 if span == 0 else min(7, int((m - lo) / span * 8))] for m in means)

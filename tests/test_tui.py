@@ -924,7 +924,10 @@ def binding_keys(app) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for key, active in app.screen.active_bindings.items():
         out.setdefault(active.binding.id, set()).add(key)
+    from stilts_tui.tui.screens.compare import CompareScreen
+
     others = (LogsScreen, ScoresScreen, BuilderScreen, GpuScreen, ConfirmScreen, HelpScreen, ColumnsScreen)
+    others += (CompareScreen,)
     for cls in (*others, PromptScreen, ExportScreen, CellScreen):
         bmap = BindingsMap(cls.BINDINGS)
         bmap.apply_keymap(app._keymap)
@@ -1018,6 +1021,8 @@ def test_snapshot_logs(frozen, snap_compare):
         await _settle(pilot, LogsScreen)
         log = pilot.app.screen.query_one(Log)
         await until(pilot, lambda: log.line_count == 10, "the log read")
+        plot = pilot.app.screen.query_one(LogPane).view.plots["loss"]
+        await until(pilot, lambda: plot.frame is not None, "the curves drawn")
         await settled(pilot)
 
     assert snap_compare(app_for(frozen), terminal_size=SIZE, run_before=run_before)

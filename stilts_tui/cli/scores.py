@@ -41,10 +41,22 @@ def scores(
             help="show the mean and std without the failed runs (at or below the majority-class score)",
         ),
     ] = False,
+    curves: Annotated[
+        bool,
+        typer.Option(
+            "--curves",
+            help="with -o FILE.pdf|png|svg: the runs' curves instead (a column per target, a line per starting "
+            "point: mean over grid and seeds, band min-max)",
+        ),
+    ] = False,
 ) -> None:
     """The score table of a plan: mean/std/median/max/min per (intermediate, target), failed-run rate,
     gain over "none" with a paired test."""
     from stilts_tui import results
+
+    if curves:
+        _curves(ctx, plan, fmt, out, force)
+        return
 
     named = results.format_for(out) if out is not None else None
     if fmt is None:
@@ -76,6 +88,23 @@ def scores(
         return
     results.write_output(out, results.export_bytes(table, fmt), force=force)
     typer.echo(f"wrote {terminal_safe(out)}", err=True)
+
+
+def _curves(ctx: typer.Context, plan: str, fmt: str | None, out: Path | None, force: bool) -> None:
+    """``scores PLAN --curves -o curves.pdf``: the plan's curves figure (results/curves.py)."""
+    from stilts_tui import results
+    from stilts_tui.results import curves
+
+    if out is None:
+        raise UserError("--curves draws a figure: give -o FILE.pdf (or .png, .svg)")
+    fmt = fmt or results.format_for(out)
+    if fmt not in results.FIGURES:
+        raise UserError(f"--curves -o {out}: a figure is pdf, png or svg (use one of .pdf .png .svg)")
+    if out.is_file() and not force:
+        raise UserError(f"-o {out}: the file exists; add --force to overwrite it")
+    data = curves.plan_curves(runs_root(ctx), plan)
+    results.write_output(out, curves.curves_figure_bytes(data, fmt), force=force)
+    typer.echo(f"wrote {out}", err=True)
 
 
 @app.command("rank")

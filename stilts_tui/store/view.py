@@ -24,6 +24,7 @@ from stilts_tui.fmt import duration
 from stilts_tui.store import history as run_history
 from stilts_tui.store import notes, rundir
 
+TREND = 40  # step losses a running run's progress keeps (a sparkline's worth)
 TAIL = 64 << 10  # bytes of events.jsonl read from its end on a first look (then only what is appended)
 START_SCAN = 16 << 20  # bytes searched backwards for a run's start event when the tail holds none
 
@@ -60,6 +61,7 @@ class Progress:
     loss: float | None = None
     eta_s: float | None = None
     began_pid: int | None = None  # the pid of the last "start" event: the process that trains the run
+    losses: tuple[float, ...] = ()  # the last TREND step losses read (the app's loss-trend sparkline)
 
     @property
     def fraction(self) -> float | None:
@@ -288,7 +290,9 @@ def _read_events(path: Path, pos: int, size: int, prog: Progress) -> Progress:
             kind = e.get("event")
             if kind == Event.STEP:
                 step, total = e.get("step", 0), e.get("total_steps", 0)
-                prog = Progress(step, total, e.get("loss"), e.get("eta_s"), prog.began_pid)
+                loss = e.get("loss")
+                trend = (*prog.losses[1 - TREND :], loss) if isinstance(loss, (int, float)) else prog.losses
+                prog = Progress(step, total, loss, e.get("eta_s"), prog.began_pid, trend)
             elif kind == Event.BEGIN:
                 prog = Progress(0, e.get("total_steps", 0), began_pid=prog.began_pid)
             elif kind == Event.START:

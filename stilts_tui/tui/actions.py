@@ -123,6 +123,15 @@ _QUEUE = [
         "a note and tags on the selected or marked runs",
     ),
     _queue("queue.logs", "l,enter", "Logs", "logs", True, "logs: open selected", "follow the selected runs' logs"),
+    _queue(
+        "queue.compare",
+        "v",
+        "Curves",
+        "compare",
+        True,
+        "queue: compare curves",
+        "the marked runs' curves on one plot; g groups them by all settings but the seed",
+    ),
 ]
 
 # the log panes' scrolling keys: key -> the Log's scroll method
@@ -151,6 +160,15 @@ _LOGS = [
     Action("logs.j", "j", "Down", "logs", "scroll('scroll_down')", show=False),
     Action("logs.k", "k", "Up", "logs", "scroll('scroll_up')", show=False),
     Action("logs.next", "tab", "Next pane", "logs", "next_pane(1)"),
+    Action(
+        "logs.curves",
+        "v",
+        "Curves",
+        "logs",
+        "toggle_curves",
+        palette="logs: show or hide curves",
+        palette_help="each pane's loss, dev metric and learning rate beside its log",
+    ),
     Action("logs.previous", "shift+tab", "Previous pane", "logs", "next_pane(-1)", show=False),
     *[
         Action(f"logs.{how}", key, how.replace("_", " "), "logs", f"scroll('{how}')", show=False)
@@ -225,6 +243,7 @@ _OTHERS = [
     Action("scores.failed", "f", "With/without failed", "scores", "toggle_failed"),
     Action("scores.plan", "left_square_bracket,right_square_bracket", "Plan", "scores", "next_plan"),
     Action("scores.cell", "enter", "Distribution", "scores", "open_cell"),
+    Action("scores.curves", "v", "Curves", "scores", "cell_curves"),  # the runs behind the cell, grouped
     Action("scores.export", "e", "Export", "scores", "export"),
     *[
         Action(
@@ -250,6 +269,8 @@ _OTHERS = [
     Action("prompt.close", "escape", "Close", "prompt", "dismiss_none"),
     Action("export.close", "escape", "Close", "export", "dismiss_none"),
     Action("cell.close", "escape,q,enter", "Close", "cell", "app.pop_screen"),
+    Action("compare.back", "escape,q", "Back", "compare", "app.pop_screen"),
+    Action("compare.group", "g", "Group by all but seed", "compare", "toggle_group"),
 ]
 
 ACTIONS: tuple[Action, ...] = (*_APP, *_QUEUE, *_LOGS, *_OTHERS)
@@ -262,6 +283,7 @@ HELP_SECTIONS = (
     ("scores", "scores"),
     ("builder", "plan builder"),
     ("gpus", "gpus"),
+    ("compare", "curves"),
     ("confirm", "questions"),
 )
 

@@ -69,6 +69,11 @@ class LogsScreen(Screen):
         if self._active is not None:
             getattr(self._active.query_one(Log), how)(animate=False)
 
+    def action_toggle_curves(self) -> None:
+        """Show or hide every pane's curves (hidden ones are not drawn)."""
+        for pane in self.query(LogPane):
+            pane.toggle_curves()
+
     def action_filter(self) -> None:
         """Ask for the active pane's filter in a prompt that holds the keys until enter or escape."""
         from stilts_tui.tui.screens.prompt import ask

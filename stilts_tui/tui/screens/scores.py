@@ -201,7 +201,8 @@ class ScoresScreen(Screen):
         title = Text(data.plan, style="bold")
         title.append(f" — {self.view}{' without failed runs' if self.without_failed else ''} (x100), gain over none  ")
         title.append(
-            " m: mean/max/best-of-grid · f: with/without failed · [ ]: plan · enter: distribution · e: export",
+            " m: mean/max/best-of-grid · f: with/without failed · [ ]: plan · enter: distribution · v: curves"
+            " · e: export",
             style="dim",
         )
         self.query_one("#title").update(title)
@@ -267,6 +268,26 @@ class ScoresScreen(Screen):
         cell = self.selected_cell()
         if cell is not None:
             self.app.push_screen(CellScreen(cell))
+
+    def action_cell_curves(self) -> None:
+        """The curves of the runs behind the cell, grouped by all settings but the seed."""
+        from stilts_tui.tui.screens.compare import CompareScreen
+
+        cell, plan, root = self.selected_cell(), self.plan, self.app.root
+        if cell is None or plan is None:
+            return
+
+        def find() -> list[dict]:
+            return [
+                r
+                for r in Ledger(root).runs(plan=plan)
+                if r.get("stage") == "target"
+                and r.get("name") == cell.target
+                and r.get("intermediate") == cell.intermediate
+            ]
+
+        title = f"{plan}: {cell.intermediate} → {cell.target}"
+        self.app.push_screen(CompareScreen(title, find=find, grouped=True))
 
     def action_export(self) -> None:
         def chosen(fmt: str | None) -> None:

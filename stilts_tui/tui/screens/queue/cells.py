@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.text import Text
 
 from stilts_tui.contract import Status
-from stilts_tui.fmt import duration, terminal_safe
+from stilts_tui.fmt import duration, sparkline, terminal_safe
 from stilts_tui.store import notes
 from stilts_tui.store.view import Shown
 from stilts_tui.tui.data import Snapshot
@@ -57,9 +57,11 @@ COLUMNS = (
     "score",
     "reason",
     "notes",
+    "trend",
 )
-WIDTHS = (12, 10, 12, 12, 10, 4, 24, 11, 3, 17, 7, 8, 7, 40, 30)  # fixed: no re-measuring 1,000 rows each second
+WIDTHS = (12, 10, 12, 12, 10, 4, 24, 11, 3, 17, 7, 8, 7, 40, 30, 10)  # fixed: no re-measuring 1,000 rows each second
 STATUS_COLUMN = COLUMNS.index("status")
+HIDDEN = ("trend",)  # columns shown only once chosen (C): the first session shows the others
 
 
 def grid_text(grid: dict | None, params: dict | None = None) -> str:
@@ -147,6 +149,7 @@ def cells(r: dict, snap: Snapshot, marked: bool) -> list:
         score,
         terminal_safe(snap.reasons.get(r["id"], "")),
         notes_text(r),
+        sparkline(list(prog.losses)) if prog and training else "",
     ]
 
 

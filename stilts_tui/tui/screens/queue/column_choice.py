@@ -6,7 +6,7 @@ from __future__ import annotations
 from textual.widgets import DataTable
 
 from stilts_tui.tui.data import Snapshot
-from stilts_tui.tui.screens.queue.cells import COLUMNS, WIDTHS, cells
+from stilts_tui.tui.screens.queue.cells import COLUMNS, HIDDEN, WIDTHS, cells
 
 
 class ColumnChoice:
@@ -21,10 +21,11 @@ class ColumnChoice:
         self.columns: list[str] = list(COLUMNS)
 
     def load_columns(self) -> None:
-        """The columns chosen last time (all of them the first time)."""
+        """The columns chosen last time (the first time: all but those hidden until chosen)."""
         from stilts_tui.tui.keymap import load_columns
 
-        self.columns = [c for c in COLUMNS if c in (load_columns() or COLUMNS) or c == "id"]
+        chosen = load_columns() or [c for c in COLUMNS if c not in HIDDEN]
+        self.columns = [c for c in COLUMNS if c in chosen or c == "id"]
 
     def shown_cells(self, r: dict, snap: Snapshot) -> list:
         """The cells of the columns shown, in their order."""

@@ -87,6 +87,15 @@ class QueueOperations:
         what = f"the {len(ids)} marked runs" if self.marked else f"run {ids[0]}"
         note.ask(self.app, f"Note on {what} (empty: no note):", before, tags, answered)
 
+    def action_compare(self) -> None:
+        """The marked runs' (else the cursor's run's) curves on one plot (tui/screens/compare.py)."""
+        from stilts_tui.tui.screens.compare import CompareScreen
+
+        ids = self.selected()
+        rows = [r for r in self.snapshot.runs if r["id"] in ids] if self.snapshot else []
+        if rows:
+            self.app.push_screen(CompareScreen(f"curves of {len(rows)} {plural(len(rows), 'run')}", rows=rows))
+
     def action_add_plan(self) -> None:
         """Ask for a plan file and queue it (in a worker); the totals say so until it ends."""
         from stilts_tui.tui.screens.prompt import ask
