@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from textual.widgets import DataTable
 
+from stilts_tui.errors import UserError, first_line
 from stilts_tui.tui.data import Snapshot
 from stilts_tui.tui.screens.queue.cells import COLUMNS, WIDTHS, cells
 
@@ -24,7 +25,8 @@ class ColumnChoice:
         """The columns chosen last time (all of them the first time)."""
         from stilts_tui.tui.keymap import load_columns
 
-        self.columns = [c for c in COLUMNS if c in (load_columns() or COLUMNS) or c == "id"]
+        chosen = load_columns(warn=lambda line: self.notify(line, severity="warning", markup=False))
+        self.columns = [c for c in COLUMNS if c in (chosen or COLUMNS) or c == "id"]
 
     def shown_cells(self, r: dict, snap: Snapshot) -> list:
         """The cells of the columns shown, in their order."""
@@ -47,8 +49,8 @@ class ColumnChoice:
             self.columns = [c for c in COLUMNS if c in columns or c == "id"]
             try:
                 save_columns(self.columns)
-            except OSError as e:
-                self.notify(f"the columns are not remembered: {e.strerror or e}", severity="warning")
+            except (OSError, UserError) as e:  # UserError: files.DamagedFile, columns.json a folder
+                self.notify(f"the columns are not remembered: {first_line(e)}", severity="warning", markup=False)
             current = self.current_id()  # the cursor stays on its run (cleared columns lose it)
             table = self.query_one(DataTable)
             table.clear(columns=True)
