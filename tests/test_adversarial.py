@@ -20,7 +20,21 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import CONSOLE, add, cli, make_plan, set_debug, start, statuses, ticks, until, wait
+from conftest import (
+    CONSOLE,
+    add,
+    cli,
+    make_plan,
+    result_of,
+    set_debug,
+    start,
+    statuses,
+    ticks,
+    train,
+    until,
+    wait,
+    write_tiny_run,
+)
 
 from stilts_tui.store.ledger import Ledger
 
@@ -906,3 +920,22 @@ def test_the_cpu_isa_record_is_read_and_written_only_as_a_regular_file(tmp_path)
         assert not record.is_symlink() and json.loads(record.read_text())["isa"], make
         left = [p for p in (tmp_path / make).iterdir() if p.name.startswith(".") and not p.is_symlink()]
         assert not left, left  # no temporary file left
+
+
+@pytest.mark.slow
+def test_a_link_planted_at_the_checkpoints_temporary_name_is_never_written_through(runs_dir, tiny_workload):
+    """One writer, for folders too: a checkpoint was built in `checkpoint.tmp` (a name anyone can guess)
+    and renamed into place; a link planted there made the trainer write the weights outside the runs-dir
+    and leave `checkpoint` a link to them. Now the folder is built under an unguessable name."""
+    d = write_tiny_run(runs_dir, "a1b2c3d4e5f6", tiny_workload, epochs=1)
+    spec = json.loads((d / "spec.json").read_text())
+    (d / "spec.json").write_text(json.dumps({**spec, "keep_checkpoint": True}))
+    outside = runs_dir.parent / "outside"
+    outside.mkdir()
+    (d / "checkpoint.tmp").symlink_to(outside)
+    out = train([d], timeout=300)
+    assert out.returncode == 0 and result_of(d)["status"] == "done", out.stderr[-2000:]
+    assert list(outside.iterdir()) == []  # nothing written through the link
+    ckpt = d / "checkpoint"
+    assert not ckpt.is_symlink() and (ckpt / "model.safetensors").is_file()
+    assert not [p for p in d.iterdir() if p.name.startswith(".checkpoint.")]  # no temporary folder left

@@ -184,17 +184,21 @@ _UMASK: int | None = None
 def new_file_mode(path: Path) -> int:
     """The mode a rewritten file keeps: its present mode, else what a plain ``open`` would give it
     (0666 less the umask), so an atomic write never narrows a file to mkstemp's 0600."""
-    global _UMASK
     try:
         st = os.stat(path)
         if stat.S_ISREG(st.st_mode):
             return st.st_mode & 0o7777
     except OSError:
         pass
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    global _UMASK
     if _UMASK is None:
         _UMASK = os.umask(0o022)  # read it: os.umask only reads by setting (once per process)
         os.umask(_UMASK)
-    return 0o666 & ~_UMASK
+    return _UMASK
 
 
 def _unwritable(path: Path, e: OSError) -> DamagedFile | None:
@@ -238,6 +242,17 @@ def write_atomic(
         except FileNotFoundError:
             pass
         raise
+
+
+def temp_dir_beside(path: Path) -> Path:
+    """A new empty folder beside ``path`` to build it in, then rename over it (a checkpoint, a cached
+    split): made by ``tempfile.mkdtemp`` (an unguessable name, created exclusively: never a planted link),
+    given a new folder's mode (mkdtemp's is 0700). The caller removes it where the build fails."""
+    path = Path(path)
+    make_parent(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
 
 
 def make_parent(path: Path) -> None:
