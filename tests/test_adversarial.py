@@ -939,3 +939,16 @@ def test_a_link_planted_at_the_checkpoints_temporary_name_is_never_written_throu
     ckpt = d / "checkpoint"
     assert not ckpt.is_symlink() and (ckpt / "model.safetensors").is_file()
     assert not [p for p in d.iterdir() if p.name.startswith(".checkpoint.")]  # no temporary folder left
+
+
+@pytest.mark.parametrize("name", ["ledger.json", "ledger.json.bak"])
+def test_a_fifo_as_the_ledger_or_its_backup_is_one_line_never_a_hang(runs_dir, small_plan, name):
+    """The one reader for the ledger too: a FIFO as ledger.json blocked every command on its open (and one
+    as the backup blocked the recovery line a damaged ledger prints)."""
+    assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
+    _fifo(runs_dir / name)
+    if name == "ledger.json.bak":
+        (runs_dir / "ledger.json").write_text("{damaged")
+    out = cli("queue", "ls", runs_dir=runs_dir, timeout=60)
+    answers_in_one_line(out, (1, 2))
+    assert out.returncode and "ledger.json" in out.stderr
