@@ -281,7 +281,7 @@ def start_daemon(root: Path, args: list[str], wait: float = 15.0) -> dict:
 
 def _why_not_started(root: Path, code: int) -> str:
     """The daemon's last error line in daemon.log, or what kept it from writing one."""
-    lines = (rundir.read_text(root / DAEMON_LOG) or "").strip().splitlines()
+    lines = (rundir.read_tail(root / DAEMON_LOG) or "").strip().splitlines()
     tail = [x for x in lines if x.startswith(PREFIX)][-1:]
     if tail:
         return tail[0].removeprefix(PREFIX)

@@ -101,7 +101,7 @@ class RunFiles:
             else []
         )
         for path in [*paths, self.run_path(run["id"], TRAIN_LOG)]:
-            lines = [x for x in (rundir.read_text(path, nofollow=True) or "").splitlines() if x.strip()]
+            lines = [x for x in (rundir.read_tail(path, nofollow=True) or "").splitlines() if x.strip()]
             if lines:
                 return f": {lines[-1].strip()[:200]}"
         return ""
@@ -109,7 +109,8 @@ class RunFiles:
     def began(self, r: dict) -> bool:
         """Has the run's process begun training it (a start event from that pid in events.jsonl)? A run
         that waits in a worker has none yet; one from an earlier attempt names another pid."""
-        lines = (rundir.read_text(self.run_path(r["id"], EVENTS_FILE), nofollow=True) or "").splitlines()
+        path = self.run_path(r["id"], EVENTS_FILE)  # read whole, as ever (the start event may be far back)
+        lines = (rundir.read_text(path, 1 << 30, nofollow=True) or "").splitlines()
         for line in reversed(lines):
             try:
                 event = rundir.loads(line)  # a line nested 100,000 deep is a ValueError here

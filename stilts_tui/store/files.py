@@ -178,6 +178,17 @@ def read_text(path: Path, limit: int = MAX_JSON_BYTES, *, nofollow: bool = False
     return None if data is None else data.decode("utf-8", errors="replace")
 
 
+def read_tail(path: Path, size: int = 1 << 16, *, nofollow: bool = False) -> str | None:
+    """A regular file's last ``size`` bytes as text (a log's last lines), or None where it is missing or
+    damaged; a log of any length is never read whole."""
+    try:
+        with open_regular(path, nofollow=nofollow) as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - size))
+            return f.read(size).decode("utf-8", errors="replace")
+    except (OSError, DamagedFile):
+        return None
+
+
 _UMASK: int | None = None
 
 

@@ -20,6 +20,7 @@ from stilts_tui.store.files import loads as loads
 from stilts_tui.store.files import new_file_mode as new_file_mode
 from stilts_tui.store.files import read_bytes as read_bytes
 from stilts_tui.store.files import read_json as read_json
+from stilts_tui.store.files import read_tail as read_tail
 from stilts_tui.store.files import read_text as read_text
 from stilts_tui.store.files import write_atomic as write_atomic
 from stilts_tui.store.files import write_json_atomic as write_json_atomic
