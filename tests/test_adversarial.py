@@ -952,3 +952,16 @@ def test_a_fifo_as_the_ledger_or_its_backup_is_one_line_never_a_hang(runs_dir, s
     out = cli("queue", "ls", runs_dir=runs_dir, timeout=60)
     answers_in_one_line(out, (1, 2))
     assert out.returncode and "ledger.json" in out.stderr
+
+
+def test_a_fifo_as_a_spec_fails_that_run_in_the_trainer_and_the_next_trains(runs_dir, tiny_workload):
+    """Item 2's rule in the trainer: a FIFO as a run's spec.json blocked the trainer's first read (it looks
+    for a hub model before any run starts), so no run of the process trained; now that run fails with one
+    line and the next one trains."""
+    bad = write_tiny_run(runs_dir, "0a0b0c0d0e0f", tiny_workload, epochs=1)
+    ok = write_tiny_run(runs_dir, "1a1b1c1d1e1f", tiny_workload, epochs=1)
+    _fifo(bad / "spec.json")
+    out = train([bad, ok], timeout=120)
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert result_of(ok)["status"] == "done"
+    assert result_of(bad)["status"] == "failed" and "FIFO" in result_of(bad)["error"]
