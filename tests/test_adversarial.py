@@ -20,7 +20,21 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import CONSOLE, add, cli, make_plan, set_debug, start, statuses, until, wait
+from conftest import (
+    CONSOLE,
+    add,
+    cli,
+    make_plan,
+    result_of,
+    set_debug,
+    start,
+    statuses,
+    ticks,
+    train,
+    until,
+    wait,
+    write_tiny_run,
+)
 
 from stilts_tui.store.ledger import Ledger
 
@@ -731,3 +745,223 @@ def test_a_backup_that_is_a_directory_is_said_not_silently_dropped(runs_dir, sma
     (runs_dir / "ledger.json.bak").mkdir()
     assert "ledger.json.bak is a directory" in one_line(cli("queue", "pause", runs_dir=runs_dir))
     assert (runs_dir / "ledger.json").read_bytes() == before
+
+
+# ---- issue 38: one reader and one writer for every file from outside ----------------------------------
+
+
+def _fifo(path: Path) -> Path:
+    """A FIFO in a file's place (a reader that opens it without O_NONBLOCK waits for a writer for good)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    os.mkfifo(path)
+    return path
+
+
+def _deep(n: int) -> str:
+    return "[" * n + "]" * n
+
+
+def test_fifos_in_place_of_run_files_never_block_the_daemon(runs_dir, small_plan, queue_env):
+    """Item 2: a FIFO as a queued run's spec.json, and as a done run's result.json (the daemon restarted):
+    the daemon blocked on the open, for good, and no run launched again. Now the real daemon fails each
+    queued run with one line naming the FIFO and goes on ticking; the done run stays done."""
+    assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
+    runs = Ledger(runs_dir).runs()
+    done = runs[-1]
+    edit_rows(runs_dir, **{done["id"]: {**done, "status": "done", "finished": 1.0}})
+    _fifo(runs_dir / done["id"] / "result.json")
+    for r in runs[:-1]:
+        _fifo(runs_dir / r["id"] / "spec.json")
+    pid = start(runs_dir, queue_env)["pid"]
+    try:
+        wait(lambda: "queued" not in statuses(runs_dir).values(), 60, "every queued run handled despite the FIFOs")
+    except AssertionError:
+        os.kill(pid, signal.SIGKILL)  # a daemon blocked on a FIFO answers no stop
+        raise
+    after = {r["id"]: r for r in Ledger(runs_dir).runs()}
+    assert after[done["id"]]["status"] == "done"
+    failed = [r for r in after.values() if r["status"] == "failed"]
+    assert failed and all("FIFO" in r["error"] and "\n" not in r["error"] for r in failed), failed
+    since = ticks(runs_dir)
+    wait(lambda: ticks(runs_dir) >= since + 2, 30, "the daemon ticking on")
+
+
+def test_scores_and_rank_answer_at_once_on_a_fifo_as_a_saved_ranking_or_a_cache_record(
+    tmp_path, runs_dir, small_plan, tiny_model
+):
+    """Item 4: `scores` on a FIFO as the plan's saved ranking (.cache/rank-plans/) and `rank` on FIFOs at
+    the cache keys it reads (.cache/rank/) hung. Now the FIFO is a damaged file, read as none: `scores`
+    answers, `rank` scores afresh and writes each record whole in the FIFO's place."""
+    from stilts_tui import plan as plans
+    from stilts_tui.estimate import predicted
+    from stilts_tui.rank import ranking
+
+    assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
+    _finish_targets(runs_dir, 0.7)
+    _fifo(predicted._saved_path(runs_dir, "small"))
+    out = cli("scores", "small", runs_dir=runs_dir, timeout=60)
+    assert out.returncode == 0 and "rte" in out.stdout, out.stderr
+    tiny = make_plan(tmp_path, tiny_model, PAIR, baseline=True)
+    jobs = ranking.jobs_for(plans.load(tiny), runs_dir, None, 2)
+    for job in jobs:
+        _fifo(Path(job["cache"]))
+    out = cli("rank", str(tiny), "--examples", "2", runs_dir=runs_dir, env={"OMP_NUM_THREADS": "1"}, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert all(json.loads(Path(j["cache"]).read_text())["key"] == j["key"] for j in jobs)
+
+
+def test_on_finish_nested_30000_deep_is_one_line(runs_dir):
+    """Item 8: `daemon start --on-finish` of a JSON array 30,000 deep was a RecursionError traceback."""
+    line = one_line(cli("daemon", "start", "--on-finish", _deep(30000), runs_dir=runs_dir))
+    assert "--on-finish" in line and len(line) < 400
+
+
+@pytest.mark.parametrize("make", ["deep", "fifo", "dir"])
+def test_a_keymap_nested_100000_deep_or_not_a_file_is_one_line(tmp_path, runs_dir, make):
+    """Item 8: a keymap nested 100,000 deep killed the app at start (RecursionError); a FIFO blocked it."""
+    path = tmp_path / "keymap.toml"
+    if make == "deep":
+        path.write_text(f'"queue.cancel" = {_deep(100000)}\n')
+    elif make == "fifo":
+        _fifo(path)
+    else:
+        path.mkdir()
+    line = one_line(cli(runs_dir=runs_dir, env={"STILTS_KEYMAP": str(path), "STILTS_NO_DAEMON": "1"}, timeout=60))
+    assert str(path) in line
+
+
+async def test_columns_json_nested_100000_deep_starts_the_app_with_a_one_line_warning(
+    tmp_path, runs_dir, small_plan, monkeypatch
+):
+    """Item 8: a columns.json nested 100,000 deep killed the app at start (RecursionError)."""
+    from textual.widgets import DataTable
+
+    from stilts_tui.tui.app import StiltsApp
+
+    columns = tmp_path / "columns.json"
+    columns.write_text(_deep(100000))
+    monkeypatch.setenv("STILTS_COLUMNS", str(columns))
+    assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
+    async with StiltsApp(runs_dir, keymap={}).run_test(size=(170, 40)) as pilot:
+        table = pilot.app.screen.query_one(DataTable)
+        await until(pilot, lambda: table.row_count == 13, "the table filled")
+        warnings = [n.message for n in pilot.app._notifications if str(columns) in n.message]
+        assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+        assert len(table.columns) > 5  # every column, as the first time
+
+
+def test_columns_json_as_a_fifo_or_a_folder_is_read_as_none_at_once(tmp_path):
+    """Item 8 (and 2's rule): the app's columns reader on a FIFO blocked for good (the app never started);
+    in its own process here, so that a regression fails rather than hangs the suite."""
+    (tmp_path / "fifo.json").parent.mkdir(exist_ok=True)
+    _fifo(tmp_path / "fifo.json")
+    (tmp_path / "dir.json").mkdir()
+    code = (
+        "import os, sys\nfrom stilts_tui.tui import keymap\n"
+        "os.environ['STILTS_COLUMNS'] = sys.argv[1]\nprint(keymap.load_columns(warn=print))"
+    )
+    for name in ("fifo.json", "dir.json"):
+        path = tmp_path / name
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60, env=os.environ
+        )
+        assert out.returncode == 0, out.stderr
+        warning, answer = out.stdout.splitlines()
+        assert answer == "None" and str(path) in warning and "not a regular file" in warning
+
+
+ISA = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    from torch._inductor import config
+    from stilts_tui.train import isa
+    for cache, plant in zip(sys.argv[1::2], sys.argv[2::2]):  # one process a case would pay torch's import
+        config.cpp.vec_isa_ok = None  # as a new process has it
+        if plant:  # what a hostile user of the shared cache plants: a link at the name this process would use
+            os.symlink(plant, Path(cache) / f".{isa.RECORD}.{os.getpid()}")
+        print(isa.settle(Path(cache))[1], flush=True)
+""")
+ISA_CASES = ["symlink-at-temp-name", "symlink-as-record", "dir", "fifo", "deep"]
+
+
+def test_the_cpu_isa_record_is_read_and_written_only_as_a_regular_file(tmp_path):
+    """Items 17 and 18: the record's temporary name was predictable (`.stilts-vec-isa.json.<pid>`): a link
+    planted there made a compiled run write the record outside (escaped); the record as a directory failed
+    every compiled CPU run, as a FIFO hung it, nested 100,000 deep raised RecursionError. Now each is a
+    record absent or damaged: the check runs (real inductor, in a real process), the run goes on, and the
+    record is written whole in its place, never through a link."""
+    from stilts_tui.train import isa
+
+    outside, args = tmp_path / "outside.json", []
+    outside.write_text("mine\n")
+    for make in ISA_CASES:
+        cache = tmp_path / make
+        cache.mkdir()
+        record = cache / isa.RECORD
+        if make == "symlink-as-record":
+            record.symlink_to(outside)
+        elif make == "dir":
+            record.mkdir()
+        elif make == "fifo":
+            _fifo(record)
+        elif make == "deep":
+            record.write_text('{"isa": ' + _deep(100000) + "}")
+        args += [str(cache), str(outside) if make == "symlink-at-temp-name" else ""]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TORCHINDUCTOR_VEC_ISA_OK", None)
+    out = subprocess.run([sys.executable, "-c", ISA, *args], capture_output=True, text=True, timeout=240, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["checked"] * len(ISA_CASES), out.stdout
+    assert outside.read_text() == "mine\n"  # nothing written through a link
+    for make in ISA_CASES:
+        record = tmp_path / make / isa.RECORD
+        assert not record.is_symlink() and json.loads(record.read_text())["isa"], make
+        left = [p for p in (tmp_path / make).iterdir() if p.name.startswith(".") and not p.is_symlink()]
+        assert not left, left  # no temporary file left
+
+
+@pytest.mark.slow
+def test_a_link_planted_at_the_checkpoints_temporary_name_is_never_written_through(runs_dir, tiny_workload):
+    """One writer, for folders too: a checkpoint was built in `checkpoint.tmp` (a name anyone can guess)
+    and renamed into place; a link planted there made the trainer write the weights outside the runs-dir
+    and leave `checkpoint` a link to them. Now the folder is built under an unguessable name."""
+    d = write_tiny_run(runs_dir, "a1b2c3d4e5f6", tiny_workload, epochs=1)
+    spec = json.loads((d / "spec.json").read_text())
+    (d / "spec.json").write_text(json.dumps({**spec, "keep_checkpoint": True}))
+    outside = runs_dir.parent / "outside"
+    outside.mkdir()
+    (d / "checkpoint.tmp").symlink_to(outside)
+    out = train([d], timeout=300)
+    assert out.returncode == 0 and result_of(d)["status"] == "done", out.stderr[-2000:]
+    assert list(outside.iterdir()) == []  # nothing written through the link
+    ckpt = d / "checkpoint"
+    assert not ckpt.is_symlink() and (ckpt / "model.safetensors").is_file()
+    assert not [p for p in d.iterdir() if p.name.startswith(".checkpoint.")]  # no temporary folder left
+
+
+@pytest.mark.parametrize("name", ["ledger.json", "ledger.json.bak"])
+def test_a_fifo_as_the_ledger_or_its_backup_is_one_line_never_a_hang(runs_dir, small_plan, name):
+    """The one reader for the ledger too: a FIFO as ledger.json blocked every command on its open (and one
+    as the backup blocked the recovery line a damaged ledger prints)."""
+    assert cli("queue", "add", str(small_plan()), runs_dir=runs_dir).returncode == 0
+    _fifo(runs_dir / name)
+    if name == "ledger.json.bak":
+        (runs_dir / "ledger.json").write_text("{damaged")
+    out = cli("queue", "ls", runs_dir=runs_dir, timeout=60)
+    answers_in_one_line(out, (1, 2))
+    assert out.returncode and "ledger.json" in out.stderr
+
+
+def test_a_fifo_as_a_spec_fails_that_run_in_the_trainer_and_the_next_trains(runs_dir, tiny_workload):
+    """Item 2's rule in the trainer: a FIFO as a run's spec.json blocked the trainer's first read (it looks
+    for a hub model before any run starts), so no run of the process trained; now that run fails with one
+    line and the next one trains."""
+    bad = write_tiny_run(runs_dir, "0a0b0c0d0e0f", tiny_workload, epochs=1)
+    ok = write_tiny_run(runs_dir, "1a1b1c1d1e1f", tiny_workload, epochs=1)
+    _fifo(bad / "spec.json")
+    out = train([bad, ok], timeout=120)
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert result_of(ok)["status"] == "done"
+    assert result_of(bad)["status"] == "failed" and "FIFO" in result_of(bad)["error"]

@@ -20,6 +20,7 @@ from stilts_tui.contract import DAEMON_LOG, Env
 from stilts_tui.errors import UserError
 from stilts_tui.fmt import json_text, terminal_safe
 from stilts_tui.queue import settings
+from stilts_tui.store import rundir
 from stilts_tui.store.ledger import Ledger
 
 ON_FINISH_HELP = (
@@ -87,12 +88,13 @@ def _set_on_finish(value: str) -> None:
     import os
     import shlex
 
-    try:
-        cmd = json.loads(value) if value.lstrip().startswith("[") else shlex.split(value)
+    shown = value if len(value) <= 80 else value[:77] + "..."  # a 30,000-deep array is not echoed whole
+    try:  # rundir.loads: nesting deeper than a command is a ValueError, never a RecursionError
+        cmd = rundir.loads(value) if value.lstrip().startswith("[") else shlex.split(value)
     except ValueError as e:
-        raise UserError(f"--on-finish: cannot split '{value}' into words ({e})") from None
+        raise UserError(f"--on-finish: cannot split '{shown}' into words ({e})") from None
     if not isinstance(cmd, list) or not cmd or not all(isinstance(x, str) and x for x in cmd):
-        raise UserError(f"--on-finish: expected a command, got '{value}'")
+        raise UserError(f"--on-finish: expected a command, got '{shown}'")
     if "/" in cmd[0]:  # the daemon runs it from the runs-dir: a relative path must not change meaning
         cmd[0] = str(Path(cmd[0]).expanduser().resolve())
     if shutil.which(cmd[0]) is None:

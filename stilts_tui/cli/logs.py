@@ -3,6 +3,7 @@ until the run settles; `--history`: the history alone."""
 
 from __future__ import annotations
 
+import io
 import sys
 from typing import Annotated
 
@@ -12,7 +13,7 @@ from stilts_tui.cli.root import app, runs_root
 from stilts_tui.contract import SETTLED, TRAIN_LOG
 from stilts_tui.errors import Failure, UserError
 from stilts_tui.fmt import terminal_safe
-from stilts_tui.store import rundir
+from stilts_tui.store import files, rundir
 from stilts_tui.store.ledger import Ledger
 from stilts_tui.store.view import around, view
 
@@ -49,10 +50,17 @@ def logs(
     while True:
         over = not follow or (ledger.get(run_id) or {}).get("status") in SETTLED  # before the read: its last lines
         if path.exists():
-            with open(path, encoding="utf-8", errors="replace") as f:
-                f.seek(pos)
-                chunk = f.read()
-                pos = f.tell()
+            try:  # a FIFO or a folder as train.log: one line, never a hang
+                raw = files.open_regular(path, nofollow=True)
+            except FileNotFoundError:
+                raw = None
+            if raw is None:
+                chunk = ""
+            else:
+                with io.TextIOWrapper(raw, encoding="utf-8", errors="replace") as f:
+                    f.seek(pos)
+                    chunk = f.read()
+                    pos = f.tell()
             if chunk:
                 sys.stdout.write(terminal_safe(chunk, keep_newlines=True))
                 sys.stdout.flush()

@@ -10,7 +10,6 @@ alive and carries out the requests written while none ran.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -166,11 +165,7 @@ def _file_id(path: Path) -> tuple | None:
 
 def read_info(root: Path) -> dict | None:
     """daemon.json, if it holds an object."""
-    try:
-        info = json.loads(info_path(root).read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) else None
+    return rundir.read_json(info_path(root))  # a FIFO or a folder there is no daemon.json, never a hang
 
 
 def is_daemon(info: dict, root: Path) -> bool:
@@ -393,8 +388,8 @@ class Daemon:
         """Record that one more tick is over (``daemon.ticks``): what a client waits on to know the daemon
         has looked at the queue since a moment (a test's "nothing happens", the app's refresh)."""
         try:
-            (self.root / DAEMON_TICKS_FILE).write_text(str(ticks + 1))
-        except OSError:
+            rundir.write_text_atomic(self.root / DAEMON_TICKS_FILE, str(ticks + 1))
+        except (OSError, rundir.DamagedFile):
             pass  # a full disk: the tick itself says so
         return ticks + 1
 

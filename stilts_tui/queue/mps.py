@@ -231,12 +231,12 @@ def write_status(root: Path, state: State) -> None:
 
 
 def read_status(root: Path) -> State | None:
-    import json
-
+    data = rundir.read_json(Path(root) / STATUS_FILE)  # a FIFO or a folder there reads as none, never blocks
+    if data is None:
+        return None
     try:
-        data = json.loads((Path(root) / STATUS_FILE).read_text())
         return State(**{k: data.get(k) for k in State.__dataclass_fields__})
-    except (OSError, ValueError, TypeError):
+    except TypeError:
         return None
 
 

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from stilts_tui.contract import ACTIVE, STATUSES, Env
+from stilts_tui.store import rundir
 from stilts_tui.store.view import Folders, RunView, Shown, views
 
 ENV_VAR = Env.ON_FINISH
@@ -44,7 +45,7 @@ def command_from_env() -> list[str] | None:
     if not value:
         return None
     try:
-        cmd = json.loads(value)
+        cmd = rundir.loads(value)  # nested 30,000 deep: a ValueError, never a RecursionError in the daemon
     except ValueError:
         return None
     return cmd if isinstance(cmd, list) and cmd and all(isinstance(x, str) and x for x in cmd) else None

@@ -4,7 +4,6 @@ what needs one (cancelling a running run) is written as a request that the daemo
 from __future__ import annotations
 
 import itertools
-import json
 import shutil
 import subprocess
 import sys
@@ -76,7 +75,7 @@ def add_plan(
             )
             if r.id not in known or refresh or not (d / SPEC_FILE).exists():
                 d.mkdir(parents=True, exist_ok=True)
-                (d / rundir.ADDED_MARK).write_text(r.id + "\n", encoding="utf-8")
+                rundir.write_text_atomic(d / rundir.ADDED_MARK, r.id + "\n")
                 rundir.write_json_atomic(d / SPEC_FILE, plans.spec_for(r, plan, root))
         added = ledger.add_runs([r.record() for r in runs if r.id not in known], priority=priority)
         _update_waits(ledger, rows, runs)
@@ -140,8 +139,8 @@ def _remove_orphans(root: Path, plan_name: str, keep: set[str]) -> None:
         try:
             if sorted(x.name for x in d.iterdir()) != sorted([rundir.ADDED_MARK, SPEC_FILE]):
                 continue  # something ran here, or it is not ours: keep it
-            spec = json.loads((d / SPEC_FILE).read_text(encoding="utf-8"))
-            mark = (d / rundir.ADDED_MARK).read_text(encoding="utf-8").strip()
+            spec = rundir.read_json(d / SPEC_FILE, nofollow=True)
+            mark = (rundir.read_text(d / rundir.ADDED_MARK, 1024, nofollow=True) or "").strip()
             if isinstance(spec, dict) and spec.get("plan") == plan_name and spec.get("run_id") == d.name == mark:
                 shutil.rmtree(d)
         except (OSError, ValueError, RecursionError):
@@ -307,10 +306,7 @@ def start_daemon(root: Path, args: list[str], wait: float = 15.0) -> dict:
 
 def _why_not_started(root: Path, code: int) -> str:
     """The daemon's last error line in daemon.log, or what kept it from writing one."""
-    try:
-        lines = (root / DAEMON_LOG).read_text(errors="replace").strip().splitlines()
-    except OSError:
-        lines = []
+    lines = (rundir.read_tail(root / DAEMON_LOG) or "").strip().splitlines()
     tail = [x for x in lines if x.startswith(PREFIX)][-1:]
     if tail:
         return tail[0].removeprefix(PREFIX)

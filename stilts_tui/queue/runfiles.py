@@ -4,7 +4,6 @@ whose files are damaged is a :class:`BadRun`: the tick fails that run and goes o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,13 +35,13 @@ class RunFiles:
         if run_id not in self._specs:
             path = self.run_path(run_id, SPEC_FILE)
             try:
-                spec = json.loads(path.read_text(encoding="utf-8"))
+                spec = rundir.load_json(path, nofollow=True, shape=None)
             except FileNotFoundError:
                 raise BadRun(
                     run_id,
                     f"{path} is missing (`queue add` of a version of its plan that holds the run writes it again)",
                 ) from None
-            except (OSError, ValueError, RecursionError) as e:
+            except (OSError, rundir.DamagedFile) as e:  # a FIFO, a folder, too large, too deep: never blocks
                 raise BadRun(run_id, f"{path} cannot be read: {first_line(e)}") from None
             problem = checks.spec_problem(spec)
             if not problem and spec.get("run_id", run_id) != run_id:
@@ -68,10 +67,10 @@ class RunFiles:
         """The run's result.json, checked; None while there is none. A damaged one is a :class:`BadRun`."""
         path = self.run_path(run_id, RESULT_FILE)
         try:
-            res = json.loads(path.read_text(encoding="utf-8"))
+            res = rundir.load_json(path, nofollow=True, shape=None)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, RecursionError) as e:
+        except (OSError, rundir.DamagedFile) as e:
             raise BadRun(run_id, f"{path} cannot be read: {first_line(e)}") from None
         problem = checks.result_problem(res)
         if problem:
@@ -102,10 +101,7 @@ class RunFiles:
             else []
         )
         for path in [*paths, self.run_path(run["id"], TRAIN_LOG)]:
-            try:
-                lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
-            except OSError:
-                continue
+            lines = [x for x in (rundir.read_tail(path, nofollow=True) or "").splitlines() if x.strip()]
             if lines:
                 return f": {lines[-1].strip()[:200]}"
         return ""
@@ -113,13 +109,11 @@ class RunFiles:
     def began(self, r: dict) -> bool:
         """Has the run's process begun training it (a start event from that pid in events.jsonl)? A run
         that waits in a worker has none yet; one from an earlier attempt names another pid."""
-        try:
-            lines = self.run_path(r["id"], EVENTS_FILE).read_text(errors="replace").splitlines()
-        except OSError:
-            return False
+        path = self.run_path(r["id"], EVENTS_FILE)  # read whole, as ever (the start event may be far back)
+        lines = (rundir.read_text(path, 1 << 30, nofollow=True) or "").splitlines()
         for line in reversed(lines):
             try:
-                event = json.loads(line)
+                event = rundir.loads(line)  # a line nested 100,000 deep is a ValueError here
             except ValueError:
                 continue
             if isinstance(event, dict) and event.get("event") == Event.START:
@@ -128,5 +122,5 @@ class RunFiles:
 
     def brought_back(self, run_id: str) -> bool:
         """Whether a person retried this run out of pruned (its pruned.json says so)."""
-        record = rundir.read_json(self.run_path(run_id, PRUNED_FILE))
+        record = rundir.read_json(self.run_path(run_id, PRUNED_FILE), nofollow=True)
         return isinstance(record, dict) and record.get("retried") is not None

@@ -67,7 +67,7 @@ def job(point: Start, target: str, task: dict, max_len: int, examples: int, root
 
 def cached(job: dict) -> dict | None:
     """The job's cached record when it is one (method, key, names, a finite score, a count), else None."""
-    data = rundir.read_json(Path(job["cache"]))
+    data = rundir.read_json(Path(job["cache"]), nofollow=True)  # a FIFO or a link there: no record
     if not isinstance(data, dict) or data.get("method") != METHOD or data.get("key") != job["key"]:
         return None
     score, n = data.get("score"), data.get("examples")

@@ -37,6 +37,7 @@ from tinydb.table import Document, Table
 from stilts_tui.contract import EXIT_FAILURE, LEDGER_FILE, STAGES, STATUSES, Env, Status
 from stilts_tui.contract import FINAL as FINAL  # re-exported: older callers read ledger.FINAL / STATUSES
 from stilts_tui.errors import UserError, failure_from_os, first_line
+from stilts_tui.store import files
 from stilts_tui.store.row import INT64 as INT64  # re-exported, as the checks below
 from stilts_tui.store.row import NAME_FIELDS as NAME_FIELDS
 from stilts_tui.store.row import RUN_FIELDS as RUN_FIELDS
@@ -140,12 +141,14 @@ class Ledger:
     def _load(self) -> dict:
         """The whole file, parsed and checked; reused while the file on disk is the same one."""
         try:
-            f = open(self.path, "rb")  # noqa: SIM115
+            f = files.open_regular(self.path)  # a FIFO or a folder: one line, never a blocked open
         except FileNotFoundError:
             self._cache, self._stamp, self._frags = {}, None, None
             return self._cache
         except OSError as e:
             raise _io_error(e, "reading the ledger") from None
+        except files.DamagedFile as e:
+            raise LedgerError(f"{self.path}: not a ledger: {e.what}; {self.recovery()}") from None
         try:
             with f:
                 st = os.fstat(f.fileno())
@@ -437,10 +440,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+MAX_LEDGER_BYTES = 1 << 31  # a backup larger than this is not read back as one
+
+
 def _readable_ledger(path: Path) -> bool:
     try:
-        return shape_problem(orjson.loads(path.read_bytes())) is None
-    except (OSError, orjson.JSONDecodeError):
+        raw = files.read_bytes(path, MAX_LEDGER_BYTES)  # a FIFO as the backup is none, never a hang
+        return raw is not None and shape_problem(orjson.loads(raw)) is None
+    except orjson.JSONDecodeError:
         return False
 
 

@@ -4,7 +4,6 @@ Exit status 0 when done, 1 when it failed (the reason is in ``result.json``)."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import traceback
@@ -20,6 +19,7 @@ from stilts_tui.contract import (
     Result,
     ResultStatus,
 )
+from stilts_tui.store import rundir
 
 
 def cli(params: dict, out: Path) -> int:
@@ -54,7 +54,7 @@ def cli(params: dict, out: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     if len(args) == 3 and args[0] == "--cli":
-        return cli(json.loads(args[1]), Path(args[2]))
+        return cli(rundir.loads(args[1]), Path(args[2]))
     if len(args) != 1:
         print("usage: python -m stilts_tui.synth RUN_DIR", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     log = RunLog(run_dir)
     result = Result().record()  # failed until it is done
     try:
-        spec = json.loads((run_dir / SPEC_FILE).read_text())
+        spec = rundir.load_json(run_dir / SPEC_FILE, nofollow=True)  # a FIFO or a folder: one line, never a hang
         log.event(Event.START, run_id=spec.get("run_id"))
         log.line(f"synthesis {spec.get('name')}: {spec['params']}")
         last = [0.0]

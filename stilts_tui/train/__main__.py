@@ -56,14 +56,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _needs_hub(run_dirs: list[Path]) -> bool:
     """Whether a run reads the Hugging Face Hub: a hub model, or a task with no local files."""
-    import json
-
     from stilts_tui.contract import SPEC_FILE
+    from stilts_tui.store import rundir
     from stilts_tui.tasks import data
 
     for d in run_dirs:
         try:
-            spec = json.loads((d / SPEC_FILE).read_text())
+            spec = rundir.read_json(d / SPEC_FILE, nofollow=True) or {}
             model, task = spec["model"], spec["task"]
             if (model.get("source") == "hub" and not model.get("path")) or (
                 task.get("hub") and data.file_for(task, "train") is None
@@ -93,14 +92,10 @@ def _offline_if_unreachable(run_dirs: list[Path]) -> None:
 
 def _stage(run_dir: Path) -> str | None:
     """The stage a run folder's spec.json names (None where it cannot be read: the trainer says why)."""
-    import json
-
     from stilts_tui.contract import SPEC_FILE
+    from stilts_tui.store import rundir
 
-    try:
-        return json.loads((run_dir / SPEC_FILE).read_text()).get("stage")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return (rundir.read_json(run_dir / SPEC_FILE, nofollow=True) or {}).get("stage")
 
 
 def _rank_runs(dirs: list[Path], device: str) -> list[str]:

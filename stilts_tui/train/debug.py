@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from stilts_tui.store import rundir
+
 DEBUG_KEY = "debug"  # spec.json's table
 KEYS = (
     "sleep_per_step",
@@ -78,7 +80,7 @@ class Debug:
         """Before the first step: a sleeping child in the run's process group (a cancel must stop it too)."""
         if self.spawn_sleeper:
             child = subprocess.Popen(["sleep", "600"])  # noqa: S607 - a test's stand-in for a data loader
-            (run_dir / SLEEPER_PID).write_text(str(child.pid))
+            rundir.write_text_atomic(run_dir / SLEEPER_PID, str(child.pid))
 
     def after_step(self, step: int, run_dir: Path) -> None:
         """After each optimizer step: the asked-for delay, then the asked-for out-of-memory error."""

@@ -9,18 +9,21 @@ inside the first compiled step whatever is compiled (bench/compile_regional.py p
 :func:`settle`, before a process's first CPU compile, tells inductor the sets are good
 (``config.cpp.vec_isa_ok``) when a record in the cache says every set the CPU claims passed with this
 compiler, this torch and this CPU; else it runs inductor's check at once and records it where it passed
-them all. A set that failed is never recorded, so every process checks again, as inductor does.
+them all. A set that failed is never recorded, so every process checks again, as inductor does. The
+record is read and written only through store/files.py: a record that is a FIFO, a directory, a symlink
+or nested too deep is absent, and is written again (never through a planted link).
 ``TORCHINDUCTOR_VEC_ISA_OK`` in the environment wins. Only x86 Linux has the sets this covers.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import platform
 import sys
 from pathlib import Path
+
+from stilts_tui.store import rundir
 
 RECORD = "stilts-vec-isa.json"
 
@@ -56,10 +59,7 @@ def _claimed() -> list[str]:
 
 def _use(cache: Path) -> list[str] | None:
     """The record's sets where it is whole and of this compiler, torch and CPU, else None."""
-    try:
-        rec = json.loads((cache / RECORD).read_text())
-    except (OSError, ValueError):
-        return None
+    rec = rundir.read_json(cache / RECORD, 4096, nofollow=True)  # a FIFO, folder, link or deep nesting: none
     isa = rec.get("isa") if isinstance(rec, dict) else None
     if not (isinstance(isa, list) and isa and all(isinstance(x, str) for x in isa)):
         return None
@@ -73,11 +73,23 @@ def _check(cache: Path) -> list[str] | None:
     passed = [str(isa) for isa in cpu_vec_isa.valid_vec_isa_list()]
     if not passed or passed != _claimed():
         return None
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".{RECORD}.{os.getpid()}"
-    tmp.write_text(json.dumps({"fingerprint": _fingerprint(), "isa": passed}))
-    os.replace(tmp, cache / RECORD)  # another process may be reading it
+    _record(cache / RECORD, {"fingerprint": _fingerprint(), "isa": passed})
     return passed
+
+
+def _record(path: Path, record: dict) -> None:
+    """Write the record whole (the one atomic writer: an unguessable temporary name, replaced over a
+    symlink, never written through one). A record that is a directory is taken away first where it is
+    empty; one that cannot be replaced is left, unrecorded: the next process checks again, never fails."""
+    if path.is_dir() and not path.is_symlink():
+        try:
+            path.rmdir()
+        except OSError:
+            pass
+    try:
+        rundir.write_json_atomic(path, record)  # another process may be reading it
+    except (OSError, rundir.DamagedFile):
+        pass
 
 
 def settle(cache: Path | None = None) -> tuple[list[str] | None, str]:

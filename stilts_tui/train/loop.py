@@ -22,6 +22,7 @@ import torch
 from stilts_tui.contract import CANCEL_FILE, CHECKPOINT_DIR, Event, ResultStatus, Status, optional
 from stilts_tui.errors import UserError, first_line
 from stilts_tui.fmt import duration
+from stilts_tui.store import files
 from stilts_tui.tasks.metrics import compute as compute_metrics
 from stilts_tui.train import data, degenerate, engines
 from stilts_tui.train.debug import Debug
@@ -331,12 +332,15 @@ def _summarise(worker, engine, live, prep, setup: Setup, steplog: StepLog, step:
 
 def save_checkpoint(module: torch.nn.Module, tok, folder: Path, labels: list[str] | None) -> None:
     """safetensors weights + config + tokenizer, written beside and renamed into place."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if labels:
-        module.config.id2label = dict(enumerate(labels))
-        module.config.label2id = {v: k for k, v in module.config.id2label.items()}
-    module.save_pretrained(str(tmp), safe_serialization=True)
-    tok.save_pretrained(str(tmp))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    tmp = files.temp_dir_beside(folder)  # an unguessable name: never a planted link written through
+    try:
+        if labels:
+            module.config.id2label = dict(enumerate(labels))
+            module.config.label2id = {v: k for k, v in module.config.id2label.items()}
+        module.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

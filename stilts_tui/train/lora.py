@@ -24,6 +24,7 @@ import torch
 
 from stilts_tui.contract import is_lora
 from stilts_tui.errors import TaskDataError
+from stilts_tui.store import files
 from stilts_tui.train.worker import Worker
 
 # the plan's target names -> the linear layer of each encoder layer (BERT/RoBERTa naming)
@@ -129,21 +130,25 @@ def save_checkpoint(config, state: dict, adapter: dict, cfg: dict, tok, folder: 
     folder and renamed into place."""
     from safetensors.torch import save_file
 
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if labels:
-        config.id2label = dict(enumerate(labels))
-        config.label2id = {v: k for k, v in config.id2label.items()}
-    config.save_pretrained(str(tmp))
-    save_file(
-        {k: v.cpu().contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"}
-    )
-    save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, str(tmp / ADAPTER_FILE))
-    (tmp / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    tok.save_pretrained(str(tmp))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    tmp = files.temp_dir_beside(folder)  # an unguessable name: never a planted link written through
+    try:
+        if labels:
+            config.id2label = dict(enumerate(labels))
+            config.label2id = {v: k for k, v in config.id2label.items()}
+        config.save_pretrained(str(tmp))
+        save_file(
+            {k: v.cpu().contiguous() for k, v in state.items()},
+            str(tmp / "model.safetensors"),
+            metadata={"format": "pt"},
+        )
+        save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, str(tmp / ADAPTER_FILE))
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        tok.save_pretrained(str(tmp))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def member_state(module: torch.nn.Module, spec: dict) -> dict[str, torch.Tensor]:

@@ -4,7 +4,6 @@ engine share these types; they import nothing of the loop or the engines."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ import torch
 
 from stilts_tui.contract import SPEC_FILE, Event, Result, ResultStatus, is_lora, missing_params, optional
 from stilts_tui.errors import UserError
+from stilts_tui.store import rundir
 from stilts_tui.tasks import labels_for
 from stilts_tui.train import data, debug, lora, transfer
 from stilts_tui.train.events import RunLog, write_result
@@ -30,11 +30,11 @@ def read_spec(run_dir: Path) -> dict:
     """The run's spec.json, checked for what the trainer needs (a :class:`SpecError` says what is wrong)."""
     path = run_dir / SPEC_FILE
     try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
+        spec = rundir.load_json(path, nofollow=True, shape=None)  # a FIFO or a folder: never read
     except FileNotFoundError:
         raise SpecError(f"{path}: no spec.json (queue the run with `stilts-tui queue add`)") from None
-    except (OSError, ValueError) as e:
-        raise SpecError(f"{path}: not a valid spec ({e})") from None
+    except rundir.DamagedFile as e:
+        raise SpecError(f"{path}: not a valid spec ({e.what})") from None
     if not isinstance(spec, dict):
         raise SpecError(f"{path}: a spec is a JSON object, not {type(spec).__name__}")
     for key in ("run_id", "stage", "task", "model", "params", "seed"):

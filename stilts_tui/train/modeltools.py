@@ -18,6 +18,7 @@ from pathlib import Path
 
 from stilts_tui.contract import EXIT_BAD_INPUT, EXIT_OK
 from stilts_tui.errors import UserError, first_line, report
+from stilts_tui.store import rundir
 from stilts_tui.tasks.data import hub_reachable
 
 ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
@@ -179,11 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     try:
         if len(args) == 4 and args[0] == "encode":
-            examples = json.loads(sys.stdin.read())
+            examples = rundir.loads(sys.stdin.read())
             print(json.dumps(encode(args[1], args[2], int(args[3]), examples)))
             return EXIT_OK
         if len(args) == 4 and args[0] == "tiny":
-            out, texts = Path(args[1]), json.loads(Path(args[3]).read_text(encoding="utf-8"))
+            out, texts = Path(args[1]), rundir.load_json(Path(args[3]), shape=list)
             info = build_encoder(out / "encoder", args[2], texts)
             build_generator(out / "generator", texts)
             print(json.dumps(info))

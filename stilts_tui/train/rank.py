@@ -14,7 +14,6 @@ Why written here in numpy: ``hf-dataset-selector`` pins numpy 2.0.0 and needs nu
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 from stilts_tui.contract import EXIT_OK
 from stilts_tui.errors import UserError, first_line, report
+from stilts_tui.store import rundir
 
 PROG = "stilts_tui.train.rank"
 FEATURES = "the frozen encoder's last hidden state at the first token (<s> / [CLS])"
@@ -186,7 +186,7 @@ def rank_run(run_dir: Path, device: str) -> str:
     log.event(Event.START, pid=os.getpid())
     result = Result()
     try:
-        spec = json.loads((run_dir / SPEC_FILE).read_text(encoding="utf-8"))
+        spec = rundir.load_json(run_dir / SPEC_FILE, nofollow=True)
         p = spec["params"]
         jobs, unranked = _jobs(spec, run_dir.resolve().parent)
         log.line(f"rank: {RANK_METHOD} of {len(jobs)} starting points on {spec['name']} ({device})")
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(args) != 1:
             raise UserError("usage: python -m stilts_tui.train.rank JOBS_JSON (written by `stilts-tui rank`)")
         try:
-            request = json.loads(args[0])
+            request = rundir.loads(args[0])
             jobs, device = request["jobs"], request.get("device", "cpu")
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"JOBS_JSON: not a rank request ({first_line(e)})") from None

@@ -12,6 +12,7 @@ from pathlib import Path
 from stilts_tui.contract import Status
 from stilts_tui.fmt import terminal_safe
 from stilts_tui.queue import gpus as gpu_info
+from stilts_tui.store import files
 from stilts_tui.store.ledger import Ledger
 from stilts_tui.store.view import Folders, Progress, RunView, Shown, counts, views
 
@@ -135,7 +136,11 @@ def tail_lines(path: Path, pos: int) -> tuple[list[str], int]:
         pos = 0
     if size == pos:
         return [], pos
-    with open(path, "rb") as f:
+    try:
+        f = files.open_regular(path)  # a FIFO or a folder in the log's place: nothing to show, never a hang
+    except (OSError, files.DamagedFile):
+        return [], pos
+    with f:
         f.seek(pos)
         chunk = f.read(min(size - pos, TAIL_CHUNK))
     end = chunk.rfind(b"\n")

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from stilts_tui.contract import Env
 from stilts_tui.errors import UserError
+from stilts_tui.store import files
 from stilts_tui.tomlio import tomllib
+
+MAX_KEYMAP_BYTES = 1 << 20  # a settings file larger than this is not one
 
 
 def config_dir() -> Path:
@@ -29,16 +33,22 @@ def keymap_path() -> Path:
 def load_keymap(path: Path | None = None) -> dict[str, str]:
     """The keymap file's ``"binding.id" = "key"`` pairs ({} without a file); a bad file is one line."""
     path = path or keymap_path()
-    if not path.is_file():
-        return {}
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = files.load_bytes(path, MAX_KEYMAP_BYTES)  # a FIFO or a folder is one line, never a hang
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the keymap ({e.strerror or e})") from None
+    except files.DamagedFile as e:
+        raise UserError(f"{path}: not a keymap: {e.what}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: TOML syntax error: {e}") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text (a keymap is a TOML file; save it as UTF-8)") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the keymap ({e.strerror or e})") from None
+    except RecursionError:  # tomllib recurses once a level: a keymap nested 100,000 deep
+        raise UserError(f"{path}: not a keymap: nested deeper than a keymap is") from None
     keys = data.get("keys", data)
     if not isinstance(keys, dict):
         raise UserError(f'{path}: \'keys\' is {type(keys).__name__}; expected a table of "binding.id" = "key"')
@@ -53,17 +63,22 @@ def columns_path() -> Path:
     return Path(os.environ.get(Env.COLUMNS) or config_dir() / "columns.json")
 
 
-def load_columns() -> list[str] | None:
-    """The queue columns chosen last time, or None (none chosen yet, or a file that cannot be read)."""
+def load_columns(warn: Callable[[str], None] | None = None) -> list[str] | None:
+    """The queue columns chosen last time, or None (none chosen yet, or a file that cannot be read: a
+    FIFO, a folder, nested 100,000 deep... ``warn`` gets one line saying so; the app starts as ever)."""
+    path = columns_path()
     try:
-        data = json.loads(columns_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = files.load_json(path, MAX_KEYMAP_BYTES, shape=list)
+    except FileNotFoundError:
+        return None
+    except (OSError, files.DamagedFile) as e:
+        if warn is not None:
+            what = e.what if isinstance(e, files.DamagedFile) else (e.strerror or str(e))
+            warn(f"{path}: the remembered columns are not read ({what}); showing them all")
         return None
     return [c for c in data if isinstance(c, str)] if isinstance(data, list) else None
 
 
 def save_columns(columns: list[str]) -> None:
     """Remember the queue's columns for the next session."""
-    path = columns_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(columns) + "\n", encoding="utf-8")
+    files.write_text_atomic(columns_path(), json.dumps(columns) + "\n")

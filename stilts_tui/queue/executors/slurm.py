@@ -27,6 +27,7 @@ from stilts_tui.plan.slurm import (  # the Slurm rules, in one module
 from stilts_tui.queue import checks, placement
 from stilts_tui.queue.executor import Changes, Claim, Context
 from stilts_tui.queue.placement import Launch
+from stilts_tui.store import rundir
 
 ACTIVE = {
     "PENDING",
@@ -111,13 +112,13 @@ def write_script(run_dir: Path, module: str) -> Path:
     """The job's batch script: run the trainer (or the synthesis) on this run folder. Paths are quoted;
     no setting from a plan or the command line is ever written into it (those go to sbatch as arguments)."""
     script = run_dir / "slurm.sh"
-    script.write_text(
+    rundir.write_text_atomic(  # never through a link planted at slurm.sh
+        script,
         "#!/bin/sh\n"
         "# written by stilts-tui's Slurm executor; the same run by hand: python -m "
         f"{module} {shlex.quote(str(run_dir))}\n"
         "export PYTHONUNBUFFERED=1\n"
         f"exec {shlex.quote(sys.executable)} -m {module} {shlex.quote(str(run_dir))}\n",
-        encoding="utf-8",
     )
     return script
 

@@ -22,13 +22,13 @@ batched model is :mod:`stilts_tui.train.engines.array_model`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from stilts_tui.contract import SPEC_FILE, array_key
 from stilts_tui.errors import UserError
+from stilts_tui.store import rundir
 from stilts_tui.train.debug import Debug
 from stilts_tui.train.engines.array_model import FAMILIES, FusedEncoder, MemberStreams, supported
 from stilts_tui.train.members import Member, Prepared
@@ -44,7 +44,7 @@ def can_fuse(run_dir: Path) -> bool:
     from stilts_tui.train import transfer
 
     try:
-        spec = json.loads((Path(run_dir) / SPEC_FILE).read_text())
+        spec = rundir.load_json(Path(run_dir) / SPEC_FILE, nofollow=True)
         return supported(AutoConfig.from_pretrained(transfer.model_location(spec["model"])))
     except Exception:  # noqa: BLE001 - any failure here means: train alone
         return False
@@ -264,10 +264,8 @@ def arrays(run_dirs: list[Path], size: int) -> list[list[Path]]:
     groups: dict[str, list[Path]] = {}
     out: list[list[Path]] = []
     for d in run_dirs:
-        try:
-            key = array_key(json.loads((Path(d) / SPEC_FILE).read_text()))
-        except (OSError, ValueError):
-            key = None
+        spec = rundir.read_json(Path(d) / SPEC_FILE, nofollow=True)
+        key = array_key(spec) if spec is not None else None
         if key is None:
             out.append([d])
             continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from textual.widgets import DataTable
 
+from stilts_tui.errors import UserError, first_line
 from stilts_tui.tui.data import Snapshot
 from stilts_tui.tui.screens.queue.cells import COLUMNS, HIDDEN, WIDTHS, cells
 
@@ -24,7 +25,8 @@ class ColumnChoice:
         """The columns chosen last time (the first time: all but those hidden until chosen)."""
         from stilts_tui.tui.keymap import load_columns
 
-        chosen = load_columns() or [c for c in COLUMNS if c not in HIDDEN]
+        chosen = load_columns(warn=lambda line: self.notify(line, severity="warning", markup=False))
+        chosen = chosen or [c for c in COLUMNS if c not in HIDDEN]
         self.columns = [c for c in COLUMNS if c in chosen or c == "id"]
 
     def shown_cells(self, r: dict, snap: Snapshot) -> list:
@@ -48,8 +50,8 @@ class ColumnChoice:
             self.columns = [c for c in COLUMNS if c in columns or c == "id"]
             try:
                 save_columns(self.columns)
-            except OSError as e:
-                self.notify(f"the columns are not remembered: {e.strerror or e}", severity="warning")
+            except (OSError, UserError) as e:  # UserError: files.DamagedFile, columns.json a folder
+                self.notify(f"the columns are not remembered: {first_line(e)}", severity="warning", markup=False)
             current = self.current_id()  # the cursor stays on its run (cleared columns lose it)
             table = self.query_one(DataTable)
             table.clear(columns=True)
