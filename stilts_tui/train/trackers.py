@@ -38,6 +38,7 @@ from stilts_tui.contract import (
     ResultStatus,
     Status,
 )
+from stilts_tui.store import files
 
 OK = "ok"
 STEP_KEYS = ("loss", "lr", "samples_per_s")  # a step event's metrics, logged as train/<key>
@@ -288,12 +289,12 @@ def open_sink(run_dir: Path, warn: Callable[[str], None]) -> Sink | None:
     """The trackers a trained run's spec.json names, opened; None where it names none (or is unreadable:
     the trainer says so itself)."""
     try:
-        spec = json.loads((run_dir / SPEC_FILE).read_text(encoding="utf-8"))
+        spec = files.load_json(run_dir / SPEC_FILE, nofollow=True)
         names = spec.get(REPORT_TO_KEY) or []
         if not names or spec.get("stage") not in TRAINED_STAGES:
             return None
         info = RunInfo.of(run_dir, spec)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, files.DamagedFile, ValueError, KeyError, TypeError, AttributeError):
         return None
     known = [n for n in names if n in OPENERS]
     sink = Sink(info, known, warn)
@@ -311,12 +312,14 @@ def last_attempt(run_dir: Path) -> list[dict]:
     """The events of the run's last attempt (from its last start event); unreadable lines are skipped."""
     events: list[dict] = []
     try:
-        lines = (run_dir / EVENTS_FILE).read_text(encoding="utf-8").splitlines()
-    except OSError:
+        lines = (
+            (files.load_bytes(run_dir / EVENTS_FILE, 1 << 30, nofollow=True)).decode("utf-8", "replace").splitlines()
+        )
+    except (OSError, files.DamagedFile):
         return []
     for line in lines:
         try:
-            e = json.loads(line)
+            e = files.loads(line)
         except ValueError:
             continue
         if not isinstance(e, dict):
@@ -329,7 +332,7 @@ def last_attempt(run_dir: Path) -> list[dict]:
 
 def replay(run_dir: Path, to: str, grid: dict | None, warn: Callable[[str], None]) -> str:
     """One finished run's last attempt into tracker ``to``: "ok", "skipped: ..." or "failed: ..."."""
-    spec = json.loads((run_dir / SPEC_FILE).read_text(encoding="utf-8"))
+    spec = files.load_json(run_dir / SPEC_FILE, nofollow=True)
     events = last_attempt(run_dir)
     if not any(e.get("event") == Event.STEP for e in events):
         return "skipped: no step logged"
@@ -350,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         d = Path(r["dir"])
         try:
             state = replay(d, to, r.get("grid"), lambda _line: None)
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, files.DamagedFile, ValueError, KeyError, TypeError) as e:
             state = f"failed: {_why(to, e)}"
         failed += state.startswith("failed")
         print(f"{d.name} {state}", flush=True)
