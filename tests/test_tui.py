@@ -421,7 +421,7 @@ async def test_a_failed_worker_is_shown_once_in_place_of_loading_and_the_screen_
         screen = pilot.app.queue_screen
         totals = lambda: str(screen.query_one("#totals").render())  # noqa: E731
         await until(pilot, lambda: len(failed) >= 3, "three failed reads")  # one a second
-        assert totals().startswith(f"error: reading the ledger {ledger}: is a directory")
+        assert totals().startswith(f"error: {ledger}: not a ledger: is a directory, not a regular file")
         assert [n for n in notes if n[0] == "error"] == [("error", totals().removeprefix("error: "))]  # said once
         ledger.rmdir()
         ledger.write_bytes(good)
