@@ -153,8 +153,8 @@ def history(root: Path | None, device: str | None = None) -> Rates:
     out = Rates(runs=past.trained, device=device)
     seen: dict[str, dict[str, list]] = {}
     by_device: dict[object, list[dict]] = {}  # each run is compared with its own device's runs only
-    for r in past.done:
-        by_device.setdefault(r.get("gpu"), []).append(r)
+    for run in past.runs:
+        by_device.setdefault((run.device, run.row.get("gpu")), []).append(run.row)
     for run in past.runs:
         if device is not None and run.device != device:
             if run.device == finished.UNKNOWN_GPU and device != "cpu":
@@ -164,7 +164,7 @@ def history(root: Path | None, device: str | None = None) -> Rates:
             continue
         out.used += 1
         acc = seen.setdefault(run.shape, {"spec": run.spec})
-        out.out_of_range += _observe(acc, run, by_device.get(run.row.get("gpu"), []))
+        out.out_of_range += _observe(acc, run, by_device.get((run.device, run.row.get("gpu")), []))
     _summarise(out, seen)
     return out
 
