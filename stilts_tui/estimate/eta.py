@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from stilts_tui.contract import Status, shape_key
+from stilts_tui.contract import TRAINED_STAGES, Status, shape_key
 from stilts_tui.estimate import figures, walltime
 from stilts_tui.estimate.figures import Phases, Rates
 
@@ -57,9 +57,10 @@ def remaining(
     ``waiting``: ids of runs held by a worker that has not begun them; ``fuse``: the daemon's array size
     (1: off)."""
     now = time.time() if now is None else now
-    todo = [r for r in runs if r.get("status") in (Status.QUEUED, Status.RUNNING) and r.get("stage") != "synth"]
+    live = [r for r in runs if r.get("status") in (Status.QUEUED, Status.RUNNING)]
+    todo = [r for r in live if r.get("stage") in TRAINED_STAGES]  # synthesis and rank runs: no figure of their own
     if not todo:
-        return Eta(None, "", paused)
+        return Eta(None, f"{len(live)} runs of no timed stage (synthesis, rank) not counted" if live else "", paused)
     stages: dict[str, list[tuple[float, float]]] = {}
     queued: dict[str, dict[str, list[Phases]]] = {}
     workers: dict[object, list[float]] = {}  # a running process: [fixed, device] seconds left
@@ -90,7 +91,14 @@ def remaining(
             stages.setdefault(stage, []).extend(procs)
     pack, _ = walltime.packing(rates, box, mps=False)
     seconds = walltime.clamp(walltime.stages_wall(stages, box, pack), [])
-    why = f"{unknown} runs of unknown train size not counted" if unknown else ""
+    why = "; ".join(
+        x
+        for x in (
+            f"{unknown} runs of unknown train size not counted" if unknown else "",
+            f"{len(live) - len(todo)} synthesis or rank runs not counted" if len(live) > len(todo) else "",
+        )
+        if x
+    )
     return Eta(seconds, why, paused, counted)
 
 

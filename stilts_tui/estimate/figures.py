@@ -95,6 +95,7 @@ class Rates:
     other_device: int = 0  # finished runs of other devices, left out
     unknown_gpu: int = 0  # finished GPU runs that do not say which GPU (older results), left out
     out_of_range: int = 0  # figures outside the bounds, left out
+    overall: dict = field(default_factory=dict)  # the device's fixed figures over every shape (a shape's fallback)
 
     @property
     def measured(self) -> bool:
@@ -186,15 +187,26 @@ def _observe(acc: dict, run: Finished, runs: list[dict]) -> int:
             bad += 1
         elif name and _num(v):
             acc.setdefault(name, []).append(float(v))
-    load = [_num(t.get(k)) for k in ("data_s", "model_s")]
-    if None not in load:
-        acc.setdefault("load", []).append(sum(load))
-    elif not t:  # no timings: what lay outside the training loop, from wall and train seconds
-        wall, train = _num(res.get("wall_seconds")), _num(res.get("train_seconds"))
-        if wall is not None and train is not None:
-            acc.setdefault("load", []).append(max(0.0, wall - train))
-        elif res.get("wall_seconds") is not None or res.get("train_seconds") is not None:
-            bad += 1
+    # a run's fixed time outside its steps: its loading (data and model: more for the run that started its
+    # process, which loads cold), with its first step's excess over a steady one; then what follows its
+    # loop (a checkpoint saved, the result written: wall - train - loading), apart for runs that keep one
+    wall, train = _num(res.get("wall_seconds")), _num(res.get("train_seconds"))
+    parts = [_num(t.get(k)) for k in ("data_s", "model_s")]
+    loaded = sum(x for x in parts if x is not None) if t and None not in parts else None
+    end = None
+    if wall is not None and train is not None:
+        outside = max(0.0, wall - train)
+        loaded, end = (outside, None) if loaded is None else (min(loaded, outside), outside - min(loaded, outside))
+    elif res.get("wall_seconds") is not None or res.get("train_seconds") is not None:
+        bad += 1
+    if loaded is not None:
+        first, p = _num(t.get("first_step_s")), spec.get("params") or {}
+        batch = p.get("batch_size") if isinstance(p.get("batch_size"), int) else 0
+        if first is not None and rate:
+            loaded += max(0.0, first - batch / rate)
+        acc.setdefault("load_first" if _num(t.get("process_s")) else "load_warm", []).append(loaded)
+    if end is not None:
+        acc.setdefault("end_keep" if _keeps(spec) else "end", []).append(end)
     dev_n, epochs = count_rows(spec.get("task") or {}, "dev"), (spec.get("params") or {}).get("epochs")
     if _num(t.get("eval_s")) and dev_n and isinstance(epochs, int) and 0 < epochs < 10**6:
         acc.setdefault("eval_per_example", []).append(t["eval_s"] / (dev_n * epochs))
@@ -236,14 +248,16 @@ def _summarise(out: Rates, seen: dict[str, dict]) -> None:
                 fused.setdefault(f, []).append(f * statistics.median(rates) / alone)
             else:
                 packing.setdefault(k, []).append(k * statistics.median(rates) / alone)
-        out.shapes[key] = {
-            "process_s": _median(acc, "process"),
-            "load_s": _median(acc, "load"),
-            "eval_per_example": _median(acc, "eval_per_example"),
-            "samples_per_s": alone,
-            "spec": acc["spec"],
-            "beside": {n: statistics.median(v) for n, v in acc.items() if n.startswith("rate@1f") and n != "rate@1f1"},
+        out.shapes[key] = {**_fixed(acc), "samples_per_s": alone, "spec": acc["spec"]}
+        out.shapes[key]["eval_per_example"] = _median(acc, "eval_per_example")
+        out.shapes[key]["beside"] = {
+            n: statistics.median(v) for n, v in acc.items() if n.startswith("rate@1f") and n != "rate@1f1"
         }
+    merged: dict[str, list] = {}
+    for acc in seen.values():
+        for name in ("process", "load_first", "load_warm", "end", "end_keep"):
+            merged.setdefault(name, []).extend(acc.get(name, []))
+    out.overall = _fixed(merged)
     out.packing = {k: statistics.median(v) for k, v in packing.items()}
     out.fused = {f: statistics.median(v) for f, v in fused.items()}
     for fig in out.shapes.values():  # a shape measured only beside others: its rate alone from the packing
@@ -252,6 +266,25 @@ def _summarise(out: Rates, seen: dict[str, dict]) -> None:
             table = DEFAULT_PACKING["cpu" if out.device == "cpu" else "gpu"]
             pack = factor({1: 1.0, **out.packing} if out.packing else table, k)
             fig["samples_per_s"] = rate * k / pack
+
+
+def _keeps(spec: dict) -> bool:
+    """Whether a run saves its checkpoint (an intermediate's children start from it)."""
+    return spec.get("keep_checkpoint") is True or (spec.get("params") or {}).get("keep_checkpoint") is True
+
+
+def _fixed(acc: dict) -> dict:
+    """A shape's (or the device's) fixed figures: the process's start, the warm loading of a run, the cold
+    loading's excess of a process's first run, and what follows the loop (with and without a checkpoint)."""
+    first, warm = _median(acc, "load_first"), _median(acc, "load_warm")
+    return {
+        "process_s": _median(acc, "process"),
+        "load_s": warm if warm is not None else first,  # what a run loads (warm where known)
+        "load_warm_s": warm,
+        "load_first_s": first,
+        "end_s": _median(acc, "end"),
+        "end_keep_s": _median(acc, "end_keep"),
+    }
 
 
 def factor(table: dict[int, float], k: int) -> float:
@@ -306,11 +339,11 @@ def _scaled(spec: dict, peers: list[dict], level: str) -> dict:
     fields = {
         "samples_per_s": [f["samples_per_s"] * r for f, r in zip(peers, ratio, strict=True)],
         "eval_per_example": [
-            f["eval_per_example"] / r for f, r in zip(peers, ratio, strict=True) if f["eval_per_example"]
+            f["eval_per_example"] / r for f, r in zip(peers, ratio, strict=True) if f.get("eval_per_example")
         ],
-        "process_s": [f["process_s"] for f in peers if f["process_s"] is not None],
-        "load_s": [f["load_s"] for f in peers if f["load_s"] is not None],
     }
+    for key in ("process_s", "load_s", "load_warm_s", "load_first_s", "end_s", "end_keep_s"):
+        fields[key] = [f[key] for f in peers if f.get(key) is not None]
     return {k: statistics.median(v) if v else None for k, v in fields.items()}
 
 
@@ -326,10 +359,22 @@ def spec_phases(spec: dict, n: int, rates: Rates) -> Phases | None:
     rate = fig["samples_per_s"]
     dev_n = count_rows(spec.get("task") or {}, "dev") or min(n, 1000)
     per_example = fig.get("eval_per_example") or 1 / (EVAL_SPEEDUP * rate)
-    load = fig.get("load_s")
+
+    def pick(key: str) -> float | None:  # the shape's (or model's) figure, else the device's
+        v = fig.get(key)
+        return v if v is not None else rates.overall.get(key)
+
+    ends = (pick("end_keep_s"), pick("end_s")) if _keeps(spec) else (pick("end_s"), pick("end_keep_s"))
+    end = next((x for x in ends if x is not None), 0.0)
+    # a run loads warm (a worker's later runs); a process's first run loads cold: its excess is paid once a
+    # process. A shape seen only cold takes the device's warm loading where the device has one.
+    first, warm = pick("load_first_s"), pick("load_warm_s")
+    if warm is None:
+        warm, first = (fig.get("load_s") or 0.0), None
+    cold = max(0.0, first - warm) if first is not None else 0.0
     return Phases(
-        process_s=fig.get("process_s") or 0.0,
-        load_s=load if load is not None else 0.0,
+        process_s=(pick("process_s") or 0.0) + cold,  # paid once a process
+        load_s=warm + end,
         steps_s=n * epochs / rate,
         eval_s=dev_n * epochs * per_example,
         measured=True,
