@@ -9,7 +9,7 @@ The demo plan (`stilts-tui demo`'s: 14 MiniLM runs) is run three times, each in 
    (daemon start to the last run's end) against the queue prediction;
 4. **reference**: the plan again, fresh, one trainer process a run, one at a time in stage order (the
    reference's loop): its elapsed time against the reference prediction.
-Also printed: the prediction before any history (the stated defaults) and the old per-stage estimate.
+Also printed: the prediction before any history (none: nothing measured yet) and the per-stage estimate.
 Goal: each prediction within 25 % of its measured run.
 
     python bench/cost_demo.py [--keep DIR] [--json out.json]
@@ -72,10 +72,10 @@ def main() -> None:
     plan_path = demo.write_demo(work / "plans")
     plan, runs = plans.load_and_expand(plan_path)
     before = walltime.predict(plan, runs, walltime.Rates(), BOX)
-    print(f"{len(runs)} runs; before any history (defaults): " + fmt(before.seconds), flush=True)
+    print(f"{len(runs)} runs; before any history (nothing measured: no number): " + fmt(before.seconds), flush=True)
     history_s = through_daemon(work / "history", plan_path)
     print(f"history: the plan through the daemon in {history_s:.1f} s", flush=True)
-    rates = walltime.history(work / "history")
+    rates = walltime.history(work / "history", "cpu")  # the CPU's runs (the trainer ran with --device cpu)
     pred = walltime.predict(plan, runs, rates, BOX)
     print("predicted from the history: " + fmt(pred.seconds) + f" ({'; '.join(pred.notes)})", flush=True)
     old = cost.estimate(plan, runs, cost.measured(work / "history"))

@@ -6,11 +6,16 @@ import json
 import math
 import re
 
+MAX_DURATION_S = 3600 * 10**6  # a million hours: anything longer (an inf, 1e308 s) is said to be over it
+
 
 def duration(seconds: float | None) -> str:
-    """``H:MM:SS``, or ``M:SS`` under an hour; "" for None (no estimate yet). Negative counts as 0."""
-    if seconds is None:
+    """``H:MM:SS``, or ``M:SS`` under an hour; "" for None or NaN (no estimate). Negative counts as 0; over a
+    million hours (an infinity included) is "over 1000000 h" (never an OverflowError from int(inf))."""
+    if seconds is None or seconds != seconds:
         return ""
+    if seconds > MAX_DURATION_S:
+        return f"over {MAX_DURATION_S // 3600} h"
     h, rem = divmod(max(0, int(seconds)), 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

@@ -158,5 +158,5 @@ def test_plan_show_cost_holds_a_hand_edited_daemon_json_to_the_table(tmp_path, r
     out = cli("plan", "show", str(plan), "--cost", "--json", runs_dir=runs_dir, env=queue_env)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-800:]
     box = json.loads(out.stdout)["cost"]["wall"]["box"]
-    defaults = settings.DEFAULTS  # a fake GPU trains on the CPU: --cpu-slots' default
-    assert box["slots"] == defaults.cpu_slots and box["worker_runs"] == defaults.worker_runs
+    defaults = settings.DEFAULTS  # two fake GPUs train on the CPU, --per-gpu processes each (its default)
+    assert box["slots"] == 2 * defaults.per_gpu and box["worker_runs"] == defaults.worker_runs

@@ -34,17 +34,16 @@ def plan_file(tmp_path):
     )
 
 
-def test_steps_and_hours_from_the_default_by_hand(plan_file):
+def test_steps_by_hand_and_no_hours_before_anything_was_measured(plan_file):
     plan, runs = plans.load_and_expand(plan_file)
-    c = cost.estimate(plan, runs)
+    c = cost.estimate(plan, runs, cost.Rates(device="cpu"))
     t = c.stages["target"]
     # pair: 48 rows (counted in the file), 2 epochs x ceil(48/16) = 6 steps, 96 samples, 2 runs
     # rte (hub, not on disk): 2490 known train examples, 1 epoch x ceil(2490/16) = 156 steps
     assert (t.runs, t.steps, t.samples) == (3, 2 * 6 + 156, 2 * 96 + 2490)
-    # roberta-large: 200 samples/s at max_len 128 (rte) -> 400 at max_len 64 (pair), plus 30 s a run
-    assert t.seconds == pytest.approx(2 * (96 / 400 + 30) + (2490 / 200 + 30))
-    assert (t.default, t.measured) == (3, 0) and c.total.gpu_hours == pytest.approx(t.seconds / 3600)
-    assert any("200 samples/s at max_len 128 for ~355M parameters" in n for n in c.notes)
+    # nothing measured on this CPU: no hours (no GPU default on a CPU box), and it says so
+    assert (t.measured, t.unmeasured) == (0, 3) and t.hours is None and c.total.hours is None
+    assert c.unit == "CPU-hours" and any("nothing measured on the CPU yet" in n for n in c.notes)
 
 
 def test_measured_throughput_of_the_same_shape_replaces_the_default(plan_file, runs_dir):
@@ -67,12 +66,15 @@ def test_measured_throughput_of_the_same_shape_replaces_the_default(plan_file, r
     out = cli("plan", "show", str(plan_file), "--cost", "--json", runs_dir=runs_dir)
     assert out.returncode == 0, out.stderr
     target = json.loads(out.stdout)["cost"]["stages"]["target"]
-    # both pair runs share the measured shape: 96 samples / 50 per s + (20 - 12) s overhead; rte (max_len
-    # 128, another shape): the default
-    assert (target["measured"], target["default"]) == (2, 1)
-    assert target["gpu_hours"] == pytest.approx((2 * (96 / 50 + 8) + 2490 / 200 + 30) / 3600, abs=1e-4)
+    # both pair runs share the measured shape: 96 samples / 50 per s, (20 - 12) s outside the loop, 2 x 16
+    # dev examples at 3 x 50 a second; rte (max_len 128, the same model): 50 x 64/128 = 25 samples/s, its
+    # 1000 dev examples (hub: at most 1000 counted) at 3 x 25. All on this CPU: CPU-hours, no GPU-hours.
+    assert (target["measured"], target["unmeasured"]) == (3, 0)
+    pair = 96 / 50 + 8 + 32 / 150
+    rte = 2490 / 25 + 8 + 1000 / 75
+    assert target["hours"] == pytest.approx((2 * pair + rte) / 3600, abs=1e-4) and target["gpu_hours"] is None
     text = cli("plan", "show", str(plan_file), "--cost", runs_dir=runs_dir, env={"COLUMNS": "150"}).stdout
-    assert "estimated cost" in text and "2 measured, 1 default" in text and "GPU-hours" in text
+    assert "estimated cost" in text and "3 measured" in text and "CPU-hours" in text and "GPU-hours" not in text
 
 
 async def test_the_plan_builder_shows_the_cost(runs_dir, tmp_path, monkeypatch):
@@ -92,4 +94,4 @@ async def test_the_plan_builder_shows_the_cost(runs_dir, tmp_path, monkeypatch):
         text = str(screen.query_one("#count").render())
         # none x rte x 2 seeds x 18 grid points, 3 epochs of 2490 at batch 8/16/32 (6 each)
         steps = 2 * 6 * 3 * sum(-(-2490 // bs) for bs in (8, 16, 32))
-        assert f"cost: {steps:,} steps, ~" in text and "GPU-hours (defaults)" in text
+        assert f"cost: {steps:,} steps; time: nothing measured on the CPU yet" in text

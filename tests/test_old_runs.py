@@ -63,7 +63,8 @@ def test_a_runs_dir_of_the_older_code_reads_retries_and_scores(tmp_path, tiny_mo
     assert sorted(r["status"] for r in listed) == ["cancelled", "done", "done"]
     assert scores(runs_dir)["n"] == 2
     # its results feed the cost estimate under the shape the contract computes from its specs
-    assert [r.runs for r in cost.measured(runs_dir).values()] == [2]
+    rates = cost.measured(runs_dir, "cpu")  # results older than `device`, without GPU memory: the CPU's
+    assert rates.used == 2 and len(rates.shapes) == 1
 
     # the same plan file added again: the resolved defaults hash to the same run ids, so nothing is new
     out = cli("queue", "add", str(tmp_path / "old.toml"), "--no-daemon", runs_dir=runs_dir, env=queue_env)
@@ -125,7 +126,7 @@ def test_a_runs_dir_of_todays_code_reads_every_status_and_field(tmp_path, tiny_m
     }
     ranked = {c["intermediate"]: (c["n"], c["pruned"]) for c in score_doc(runs_dir, "ranked")["cells"]}
     assert ranked == {"none": (1, 0), "learned": (1, 0), "idle": (0, 1)}
-    assert {r.runs for r in cost.measured(runs_dir).values()}
+    assert cost.measured(runs_dir, "cpu").shapes
 
 
 @pytest.mark.slow

@@ -61,12 +61,12 @@ def test_each_mode_adds_up_the_phases_as_it_pays_them(plan_file):
     assert one.seconds["queue"] == pytest.approx((4.0 + run) + (4.0 + 4 * run))
 
 
-def test_without_history_the_defaults_time_every_run_and_say_so(plan_file):
+def test_without_history_on_the_device_no_mode_gets_a_number_and_it_says_so(plan_file):
     plan, runs = plans.load_and_expand(plan_file)
-    got = walltime.predict(plan, runs, walltime.Rates(), walltime.Box(gpu=True, devices=2, slots=4, worker_runs=4))
-    assert got.measured == 0 and all(v and v > 0 for v in got.seconds.values())
-    assert got.seconds["mps"] <= got.seconds["queue"] <= got.seconds["reference"]
-    assert "(default)" in got.notes[1] and "(default)" in got.notes[2]
+    rates = walltime.Rates(device="cuda:NVIDIA H100 80GB HBM3")
+    got = walltime.predict(plan, runs, rates, walltime.Box(gpu=True, devices=2, slots=4, worker_runs=4))
+    assert got.measured == 0 and all(v is None for v in got.seconds.values())
+    assert "nothing measured on NVIDIA H100 80GB HBM3 yet" in got.notes[0]
 
 
 def finished(root, run_id: str, *, worker: str, start: float, end: float, rate: float, process_s: float, fused=None):
@@ -105,13 +105,15 @@ def test_a_damaged_result_is_left_out_of_the_history_not_fatal(plan_file, runs_d
 
 
 def test_plan_show_cost_prints_the_wall_time_of_each_mode_and_its_json(plan_file, runs_dir):
+    _, _, added = ops.add_plan(plan_file, runs_dir)
+    finished(runs_dir, added[0], worker="w1", start=0, end=10, rate=10.0, process_s=3.0)  # a CPU run (no GPU memory)
     out = cli("plan", "show", str(plan_file), "--cost", "--cpu-slots", "2", "--worker-runs", "3", runs_dir=runs_dir)
     assert out.returncode == 0, out.stderr
     assert "predicted wall time on this box (the CPU: 2 processes a device, 3 runs a process)" in out.stdout
     for label in ("reference loop (one process a run, one at a time)", "queue", "fused arrays of 4", "n/a (no GPU)"):
         assert label in out.stdout
     got = json.loads(cli("plan", "show", str(plan_file), "--cost", "--json", runs_dir=runs_dir).stdout)["cost"]["wall"]
-    assert got["box"] == {"gpu": False, "devices": 1, "slots": 1, "worker_runs": 4, "fuse": 4}
+    assert got["box"] == {"device": "cpu", "gpu": False, "devices": 1, "slots": 1, "worker_runs": 4, "fuse": 4}
     assert got["seconds"]["mps"] is None and all(
         math.isfinite(got["seconds"][m]) for m in ("reference", "queue", "fused")
     )
@@ -130,10 +132,11 @@ def test_cost_and_wall_time_learn_from_the_same_finished_runs_a_damaged_array_si
         (runs_dir / run_id / "result.json").write_text(json.dumps(result))
     past = history.read(runs_dir)
     assert sorted(r.row["id"] for r in past.runs) == sorted([a, b, c]) and {r.fused for r in past.runs} == {1}
-    measured = cost.measured(runs_dir)
-    assert set(measured) == set(walltime.history(runs_dir).shapes)  # one shape, seen by both
-    (rate,) = measured.values()
-    assert (rate.samples_per_s, rate.overhead_s, rate.runs) == (40.0, 8.0, 3)  # the median of 50, 30 and 40
+    measured = cost.measured(runs_dir, "cpu")
+    assert set(measured.shapes) == set(walltime.history(runs_dir, "cpu").shapes)  # one shape, seen by both
+    (fig,) = measured.shapes.values()
+    # the three ran side by side on one device: each at 10 samples/s, so one alone at 3 x 10 / packing(3)
+    assert measured.used == 3 and fig["samples_per_s"] == pytest.approx(30.0)
 
 
 def test_the_history_holds_only_done_runs_of_a_trained_stage_with_both_files(plan_file, runs_dir):

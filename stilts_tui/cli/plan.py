@@ -180,11 +180,13 @@ def plan_show(
         from stilts_tui.estimate import cost as costs
         from stilts_tui.estimate import walltime
 
-        estimate = costs.estimate(plan, runs, costs.measured(runs_root(ctx)))
         box = _box(ctx, per_gpu, cpu_slots, worker_runs, fuse)
-        wall = (box, walltime.predict(plan, runs, walltime.history(runs_root(ctx)), box))
+        rates = walltime.history(runs_root(ctx), box.device)  # this device's runs only (cost and wall alike)
+        estimate = costs.estimate(plan, runs, rates)
+        wall = (box, walltime.predict(plan, runs, rates, box))
     if as_json:
         cost_json = {"cost": {**estimate.as_dict(), "wall": _wall_dict(*wall)}} if estimate else {}
+        # strict JSON: every figure is finite (clamped), and a NaN or infinity would be written as null
         typer.echo(json_text(_plan_dict(plan, runs, warnings) | cost_json, indent=2))
         return
     for line in warnings:
@@ -211,33 +213,21 @@ def _plan_dict(plan, runs: list, warnings: list[str]) -> dict:
 
 
 def _box(ctx: typer.Context, per_gpu: int | None, cpu_slots: int | None, worker_runs: int | None, fuse: int):
-    """This box for the wall-time prediction: its GPUs (a fake GPU trains on the CPU: counted as the CPU),
-    and the running daemon's settings where not given, else the defaults."""
+    """This box for the wall-time prediction (walltime.box_for): its GPUs, and the running daemon's settings
+    where not given, else the defaults."""
     from stilts_tui.estimate import walltime
-    from stilts_tui.queue import gpus, ops, settings
+    from stilts_tui.queue import gpus, ops
 
     info = ops.daemon_status(runs_root(ctx)) or {}
     running = info.get("settings") if isinstance(info.get("settings"), dict) else {}
-
-    def setting(given: int | None, name: str) -> int:
-        value = running.get(name)
-        # a hand-edited daemon.json is held to the table of bounds too (10^400 processes would overflow)
-        return given or (value if bounds.BOUNDS[name].ok(value) else getattr(settings.DEFAULTS, name))
-
-    found = [] if gpus.fake_spec() is not None else gpus.probe().usable
-    return walltime.Box(
-        gpu=bool(found),
-        devices=max(1, len(found)),
-        slots=setting(per_gpu, "per_gpu") if found else setting(cpu_slots, "cpu_slots"),
-        worker_runs=setting(worker_runs, "worker_runs"),
-        fuse=fuse,
-    )
+    return walltime.box_for(gpus.probe().gpus, running, per_gpu, cpu_slots, worker_runs, fuse)
 
 
 def _wall_dict(box, pred) -> dict:
     """`plan show --cost --json`'s wall time: the box it was predicted for and each mode's seconds."""
     return {
         "box": {
+            "device": box.device,
             "gpu": box.gpu,
             "devices": box.devices,
             "slots": box.slots,

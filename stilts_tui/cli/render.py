@@ -28,36 +28,46 @@ def print_plan(con, plan, runs: list, counts: dict, matrix: dict) -> None:
 
 
 def print_wall(con, box, pred) -> None:
-    """`plan show --cost`: the predicted wall time on this box, per mode, and its notes."""
+    """`plan show --cost`: the predicted wall time on this box, per mode, and its notes (no number where
+    nothing was measured on the box's device)."""
     from rich.table import Table
     from rich.text import Text
 
-    where = f"{box.devices} GPU{'s' if box.devices > 1 else ''}" if box.gpu else "the CPU"
+    from stilts_tui.estimate.figures import label
+
+    gpu = label(box.device) if box.device and box.device != "cpu" else "GPU"
+    where = f"{box.devices} x {gpu}" if box.gpu else "the CPU"
     how = f"{box.slots} process{'es' if box.slots > 1 else ''} a device, {box.worker_runs} runs a process"
-    table = Table("mode", "wall time", "speed-up", title=f"predicted wall time on this box ({where}: {how})")
+    table = Table("mode", "wall time", "speed-up", title=Text(f"predicted wall time on this box ({where}: {how})"))
     ref = pred.seconds["reference"]
-    for mode, label in WALL_MODES.items():
+    nothing = all(v is None for v in pred.seconds.values())
+    for mode, name in WALL_MODES.items():
         v = pred.seconds[mode]
         if mode == "fused":
-            label = f"fused arrays of {box.fuse}"
+            name = f"fused arrays of {box.fuse}"
         ratio = "" if v is None or not v or not ref else f"{ref / v:.2f}x"
-        table.add_row(label, "n/a (no GPU)" if v is None else duration(v), ratio)
+        shown = "— (nothing measured)" if nothing else "n/a (no GPU)" if v is None else duration(v)
+        table.add_row(name, shown, ratio)
     con.print(table)
     for note in pred.notes:
         con.print(Text(terminal_safe(note), style="dim"))
 
 
 def print_cost(con, estimate) -> None:
-    """`plan show --cost`: steps, samples and GPU-hours per stage, and how each was timed."""
+    """`plan show --cost`: steps, samples and device-hours per stage (GPU-hours on a GPU, CPU-hours on the
+    CPU), and how each was timed."""
     from rich.table import Table
     from rich.text import Text
 
-    table = Table("stage", "runs", "training steps", "samples", "GPU-hours", "timed from", title="estimated cost")
+    table = Table("stage", "runs", "training steps", "samples", estimate.unit, "timed from", title="estimated cost")
     for s in [*(s for s in estimate.stages.values() if s.runs), estimate.total]:
         how = ", ".join(
-            f"{n} {w}" for n, w in ((s.measured, "measured"), (s.default, "default"), (s.unknown, "unknown size")) if n
+            f"{n} {w}"
+            for n, w in ((s.measured, "measured"), (s.unmeasured, "not measured"), (s.unknown, "unknown size"))
+            if n
         )
-        table.add_row(s.stage, str(s.runs), f"{s.steps:,}", f"{s.samples:,}", f"{s.gpu_hours:.2f}", how)
+        hours = "—" if s.hours is None else f"{s.hours:.2f}"
+        table.add_row(s.stage, str(s.runs), f"{s.steps:,}", f"{s.samples:,}", hours, how)
     con.print(table)
     for note in estimate.notes:
         con.print(Text(terminal_safe(note), style="dim"))

@@ -25,6 +25,7 @@ class Finished:
     result: dict
     shape: str
     fused: int  # runs trained in its process's array (1: alone)
+    device: str = "cpu"  # where it trained (:func:`device_of`)
 
 
 @dataclass
@@ -56,6 +57,29 @@ def fused_of(result: dict) -> int:
     return 1
 
 
+UNKNOWN_GPU = "cuda:?"  # a GPU run whose result does not say which GPU (written before results kept it)
+
+
+def device_of(result: dict) -> str:
+    """Where a finished run trained, as a key: ``cpu`` or ``cuda:<GPU name>`` (result.json's ``device``,
+    written by the trainer). A result older than that field: a GPU run when it records peak GPU memory (the
+    trainer records it only on a GPU), of an unknown GPU (:data:`UNKNOWN_GPU`); else the CPU."""
+    d = result.get("device")
+    if isinstance(d, dict) and isinstance(d.get("type"), str) and d["type"]:
+        if d["type"] == "cpu":
+            return "cpu"
+        name = d.get("name")
+        return f"{d['type']}:{name}" if isinstance(name, str) and name else UNKNOWN_GPU
+    return UNKNOWN_GPU if finite(result.get("peak_gpu_mem_gb")) is not None else "cpu"
+
+
+def box_device(gpus: list) -> str:
+    """The device a plan trains on here: the first usable real GPU's (``cuda:<name>``, as the trainer
+    records it), else the CPU (a fake GPU, ``STILTS_FAKE_GPUS``, trains on the CPU)."""
+    real = [g for g in gpus if not getattr(g, "fake", False) and getattr(g, "error", None) is None]
+    return f"cuda:{real[0].name}" if real else "cpu"
+
+
 def read(root: Path | None) -> History:
     """The finished runs of ``root``'s ledger (an empty history without a ledger, or with a damaged one)."""
     if root is None or not (Path(root) / LEDGER_FILE).exists():
@@ -78,5 +102,5 @@ def read(root: Path | None) -> History:
             continue
         res, spec = rundir.read_json(d / RESULT_FILE), rundir.read_json(d / SPEC_FILE)
         if res and spec:
-            out.runs.append(Finished(r, spec, res, shape_key(spec), fused_of(res)))
+            out.runs.append(Finished(r, spec, res, shape_key(spec), fused_of(res), device_of(res)))
     return out

@@ -24,178 +24,77 @@ devices it can fill, and never shorter than its longest process. No torch; reads
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from stilts_tui import bounds
 from stilts_tui import plan as plans
 from stilts_tui.contract import TRAINED_STAGES, shape_key
+from stilts_tui.estimate import figures
 from stilts_tui.estimate import history as finished
-from stilts_tui.estimate.history import Finished, finite
+from stilts_tui.estimate.figures import DEFAULT_PACKING, Phases, Rates, factor, history, phases  # noqa: F401
 
 MODES = ("reference", "queue", "mps", "fused")
-# stated defaults, each replaced by the box's own figure when its history has one
-DEFAULT_PROCESS_S = 10.0  # a trainer's start and imports (torch + transformers): 2.4-10 s measured
-DEFAULT_LOAD_S = 15.0  # data and model loading a run
-EVAL_SPEEDUP = 3.0  # evaluation is a forward pass: about 3x a training step's samples/s
-# aggregate work of K processes on one device over one alone. GPU: 8 fp32 processes gave 360 samples/s
-# against 186-214 alone on an H100 (1.8x), under MPS 444 (2.2x) (the design notes' speed table). CPU: the
-# cores are shared (1.0: packing saves the start-up only, which the phases count apart).
-DEFAULT_PACKING = {
-    "gpu": {1: 1.0, 2: 1.3, 4: 1.6, 8: 1.8},
-    "mps": {1: 1.0, 2: 1.5, 4: 2.0, 8: 2.2},
-    "cpu": {1: 1.0},
-}
 # a fused array of F trains its members' steps this many times faster than in sequence: unmeasured on a GPU
 # (one model at batch 128 gave 5.4x one at batch 16: an upper bound), 1.0 on the CPU (no figure yet)
 DEFAULT_FUSED = {"gpu": 0.5, "cpu": 0.0}  # speedup = 1 + this x (F - 1)
-
-
-@dataclass
-class Phases:
-    """One run's predicted seconds by phase."""
-
-    process_s: float
-    load_s: float
-    steps_s: float
-    eval_s: float
-    measured: bool
+# the most processes a device, runs a process or runs an array a prediction counts (a bigger setting, e.g.
+# --cpu-slots 10^400, is counted as this and said so: no float overflows)
+MAX_COUNT = 4096
+MAX_SECONDS = 1e12  # a prediction above this is said to be over it (about 31,700 years)
 
 
 @dataclass
 class Box:
-    """Where the plan would run: ``devices`` GPUs (``gpu``), else the CPU as one device."""
+    """Where the plan would run: ``devices`` GPUs (``gpu``), else the CPU as one device; ``device`` the
+    key of the device the figures must come from (figures.history)."""
 
     gpu: bool = False
     devices: int = 1
     slots: int = 1
     worker_runs: int = 4
     fuse: int = 4
+    device: str | None = None
+    clamped: list[str] = field(default_factory=list)  # settings counted at MAX_COUNT, one line each
+
+    def __post_init__(self) -> None:
+        for name in ("devices", "slots", "worker_runs", "fuse"):
+            v = getattr(self, name)
+            if v > MAX_COUNT:
+                self.clamped.append(f"{name.replace('_', ' ')} {_big(v)} counted as {MAX_COUNT}")
+                setattr(self, name, MAX_COUNT)
+            elif v < 1:
+                setattr(self, name, 1)
 
 
-@dataclass
-class Rates:
-    """The box's figures by shape (``shapes``), and its packing and fused speed-ups where measured."""
-
-    shapes: dict[str, dict] = field(default_factory=dict)
-    packing: dict[int, float] = field(default_factory=dict)
-    fused: dict[int, float] = field(default_factory=dict)
-    runs: int = 0
+def _big(v: int) -> str:
+    digits = len(str(v)) if v < 10**4300 else 4300
+    return f"{v}" if digits <= 12 else f"of {digits} digits"
 
 
-def _num(v: object) -> float | None:
-    """A finite number at least 0 (a time, a rate), or None."""
-    n = finite(v)
-    return n if n is not None and n >= 0 else None
+def box_for(gpus: list, settings: dict, per_gpu: int | None = None, cpu_slots: int | None = None,
+            worker_runs: int | None = None, fuse: int = 4) -> Box:  # fmt: skip
+    """This box for a prediction: its usable GPUs, ``per_gpu`` processes each; without one the CPU with
+    ``cpu_slots``; fake GPUs (``STILTS_FAKE_GPUS``) train on the CPU, ``per_gpu`` processes each, all on
+    the CPU. A setting not given is the daemon's (``settings``: daemon.json's), else the default."""
 
+    real = [g for g in gpus if not getattr(g, "fake", False) and getattr(g, "error", None) is None]
+    fakes = [g for g in gpus if getattr(g, "fake", False)]
 
-def _rows(task: dict, split: str) -> int | None:
-    from stilts_tui.estimate.cost import count_rows
+    def setting(given: int | None, name: str, default: int) -> int:
+        value = settings.get(name)
+        # a hand-edited daemon.json is held to the table of bounds (10^400 processes would overflow)
+        ok = isinstance(value, int) and bounds.BOUNDS[name].ok(value)  # any size of int: no float made
+        return given or (value if ok else default)
 
-    return count_rows(task, split)
-
-
-def history(root: Path | None) -> Rates:
-    """The box's figures from the finished runs in ``root``'s ledger (nothing without one): per shape, the
-    median process start, loading, steady samples/s alone and seconds of evaluation a dev example; the
-    packing of K processes on a device; the fused speed-up of arrays of F."""
-    past = finished.read(root)
-    seen: dict[str, dict[str, list]] = {}
-    by_device: dict[object, list[dict]] = {}  # each run is compared with its own device's runs only
-    for r in past.done:
-        by_device.setdefault(r.get("gpu"), []).append(r)
-    for run in past.runs:
-        if isinstance(run.result.get("timings"), dict):
-            _observe(seen.setdefault(run.shape, {}), run, by_device[run.row.get("gpu")])
-    return _summarise(seen, past.trained)
-
-
-def _observe(acc: dict[str, list], run: Finished, runs: list[dict]) -> None:
-    """Add one finished run's figures to its shape's lists (``runs``: its device's done runs)."""
-    t, spec = run.result["timings"], run.spec
-    rate = _num(t.get("steady_samples_per_s"))
-    if _num(t.get("process_s")):
-        acc.setdefault("process", []).append(t["process_s"])
-    load = [_num(t.get(k)) for k in ("data_s", "model_s")]
-    if None not in load:
-        acc.setdefault("load", []).append(sum(load))
-    dev_n, epochs = _rows(spec.get("task") or {}, "dev"), (spec.get("params") or {}).get("epochs")
-    if _num(t.get("eval_s")) and dev_n and isinstance(epochs, int) and epochs > 0:
-        acc.setdefault("eval_per_example", []).append(t["eval_s"] / (dev_n * epochs))
-    if rate:
-        beside = _beside(run.row, runs) if run.fused == 1 else 1
-        acc.setdefault(f"rate@{run.fused}f{beside}", []).append(rate)
-
-
-def _beside(r: dict, runs: list[dict]) -> int:
-    """How many processes trained on ``r``'s device while it trained (``r``'s own included): those whose
-    interval covers the middle of ``r``'s."""
-    start, end = _num(r.get("started")), _num(r.get("finished"))
-    if start is None or end is None:
-        return 1
-    mid = (start + end) / 2
-    workers = {
-        x.get("worker")
-        for x in runs
-        if x.get("gpu") == r.get("gpu")
-        and (_num(x.get("started")) or math.inf) <= mid <= (_num(x.get("finished")) or 0)
-    }
-    return max(1, len(workers | {r.get("worker")}))
-
-
-def _summarise(seen: dict[str, dict[str, list]], n: int) -> Rates:
-    out = Rates(runs=n)
-    packing: dict[int, list[float]] = {}
-    fused: dict[int, list[float]] = {}
-    for key, acc in seen.items():
-        alone = statistics.median(acc["rate@1f1"]) if acc.get("rate@1f1") else None
-        out.shapes[key] = {
-            "process_s": statistics.median(acc["process"]) if acc.get("process") else None,
-            "load_s": statistics.median(acc["load"]) if acc.get("load") else None,
-            "eval_per_example": statistics.median(acc["eval_per_example"]) if acc.get("eval_per_example") else None,
-            "samples_per_s": alone,
-        }
-        for name, rates in acc.items():
-            if not name.startswith("rate@") or alone is None or name == "rate@1f1":
-                continue
-            f, k = (int(x) for x in name[5:].split("f"))
-            if f > 1:
-                fused.setdefault(f, []).append(f * statistics.median(rates) / alone)
-            else:
-                packing.setdefault(k, []).append(k * statistics.median(rates) / alone)
-    out.packing = {k: statistics.median(v) for k, v in packing.items()}
-    out.fused = {f: statistics.median(v) for f, v in fused.items()}
-    return out
-
-
-def phases(plan: plans.Plan, run: plans.Run, rates: Rates, synth_n: dict[str, int]) -> Phases | None:
-    """A run's predicted phases: its shape's measured figures where the box has them, else the defaults
-    (:func:`stilts_tui.estimate.cost.default_rate` for the steps). None when its train size is unknown."""
-    from stilts_tui.estimate import cost
-
-    n = cost.train_size(run, synth_n)
-    if not n:
-        return None
-    p = run.params
-    spec = {"stage": run.stage, "model": {"name": plan.model, **run.model}, "params": p, "task": run.task_spec}
-    got = rates.shapes.get(shape_key(spec), {})
-    rate = got.get("samples_per_s") or cost.default_rate(spec)[0]
-    samples = n * int(p["epochs"])
-    dev_n = _rows(run.task_spec, "dev") or min(n, 1000)
-    per_example = got.get("eval_per_example") or 1 / (EVAL_SPEEDUP * cost.default_rate(spec)[0])
-    return Phases(
-        process_s=got.get("process_s") or DEFAULT_PROCESS_S,
-        load_s=got["load_s"] if got.get("load_s") is not None else DEFAULT_LOAD_S,
-        steps_s=samples / rate,
-        eval_s=dev_n * int(p["epochs"]) * per_example,
-        measured=bool(got.get("samples_per_s")),
+    per = setting(per_gpu, "per_gpu", 4)
+    return Box(
+        gpu=bool(real),
+        devices=max(1, len(real)),
+        slots=per if real else min(per, MAX_COUNT) * len(fakes) if fakes else setting(cpu_slots, "cpu_slots", 1),
+        worker_runs=setting(worker_runs, "worker_runs", 4),
+        fuse=fuse,
+        device=finished.box_device(gpus),
     )
-
-
-def _factor(table: dict[int, float], k: int) -> float:
-    """The figure for ``k`` in a table by count: the entry at the largest count not above ``k``."""
-    below = [c for c in table if c <= k]
-    return table[max(below)] if below else 1.0
 
 
 def packing(rates: Rates, box: Box, mps: bool) -> tuple[float, str]:
@@ -204,9 +103,9 @@ def packing(rates: Rates, box: Box, mps: bool) -> tuple[float, str]:
     if k <= 1:
         return 1.0, "one process a device"
     if not mps and rates.packing and max(rates.packing) >= 2:
-        return _factor({1: 1.0, **rates.packing}, k), "measured by this box's runs side by side"
+        return factor({1: 1.0, **rates.packing}, k), "measured by this box's runs side by side"
     table = DEFAULT_PACKING["mps" if mps else "gpu" if box.gpu else "cpu"]
-    return _factor(table, k), "default"
+    return factor(table, k), "default"
 
 
 def fused_speedup(rates: Rates, box: Box) -> tuple[float, str]:
@@ -252,46 +151,76 @@ class Prediction:
     notes: list[str]
     runs: int
     measured: int
+    levels: dict[str, int] = field(default_factory=dict)  # runs timed at each match level (figures.match)
+
+
+def stages_wall(stages: dict[str, list[tuple[float, float]]], box: Box, pack: float) -> float:
+    """The queue's wall time for processes by stage (each ``(fixed, device)`` seconds): stages follow each
+    other (a target waits for its intermediate), each :func:`_stage_wall`. The one packing model of both
+    `plan show --cost` and the app's ETA (:mod:`.eta`)."""
+    return sum(_stage_wall(procs, box, pack) for procs in stages.values())
+
+
+def clamp(seconds: float | None, notes: list[str]) -> float | None:
+    """A prediction as a finite number of at most MAX_SECONDS (said in ``notes`` when it was more)."""
+    if seconds is None:
+        return None
+    if not math.isfinite(seconds) or seconds > MAX_SECONDS:
+        line = f"a prediction over {MAX_SECONDS:.0e} s is shown as that (the history's figures are extreme)"
+        if line not in notes:
+            notes.append(line)
+        return MAX_SECONDS
+    return max(0.0, seconds)
 
 
 def predict(plan: plans.Plan, runs: list[plans.Run], rates: Rates, box: Box) -> Prediction:
-    """The plan's wall time in each mode on ``box`` (None where the mode is not available)."""
+    """The plan's wall time in each mode on ``box`` (None where the mode is not available, or where nothing
+    was measured on the box's device: no number then)."""
     synth_n = {r.id: r.params["n"] for r in runs if r.stage == "synth"}
     by_stage: dict[str, dict[str, list[Phases]]] = {}
-    known = 0
-    measured = 0
+    known = measured = unsized = 0
+    levels: dict[str, int] = {}
     for r in runs:
         if r.stage not in TRAINED_STAGES:
             continue
+        spec = figures.run_spec(plan, r)
+        if not figures.spec_train_size(spec, synth_n):
+            unsized += 1
+            continue
+        known += 1
         ph = phases(plan, r, rates, synth_n)
         if ph is None:
             continue
-        known += 1
-        measured += ph.measured
-        spec = {"model": {"name": plan.model, **r.model}, "params": r.params, "task": r.task_spec}
+        measured += 1
+        levels[ph.match] = levels.get(ph.match, 0) + 1
         by_stage.setdefault(r.stage, {}).setdefault(shape_key(spec), []).append(ph)
+    notes = list(box.clamped)
+    if not measured:  # no number: nothing measured on the device (or no run of a known size)
+        notes.append(figures.nothing_measured(rates.device) if known else "no run of a known train size")
+        notes += figures.notes(rates)
+        return Prediction({m: None for m in MODES}, notes, known, 0, levels)
     pack, pack_why = packing(rates, box, mps=False)
     mps_pack, _ = packing(rates, box, mps=True)
     speed, fused_why = fused_speedup(rates, box)
     seconds: dict[str, float | None] = {m: 0.0 for m in MODES}
-    for shapes in by_stage.values():
-        alone = [x for g in shapes.values() for x in g]
-        seconds["reference"] += sum(x.process_s + x.load_s + x.steps_s + x.eval_s for x in alone)
-        queued = [p for g in shapes.values() for p in _processes(g, box.worker_runs)]
-        seconds["queue"] += _stage_wall(queued, box, pack)
-        seconds["mps"] += _stage_wall(queued, box, mps_pack)
-        arrays = [p for g in shapes.values() for p in _arrays(g, box.fuse, speed)]
-        seconds["fused"] += _stage_wall(arrays, box, pack)
-    if not box.gpu:
-        seconds["mps"] = None
-    notes = [
-        f"{measured} of {known} runs timed from this box's finished runs of their shape ({rates.runs} in its history)",
+    seconds["reference"] = sum(x.total for shapes in by_stage.values() for g in shapes.values() for x in g)
+    queued = {
+        st: [p for g in shapes.values() for p in _processes(g, box.worker_runs)] for st, shapes in by_stage.items()
+    }
+    seconds["queue"] = stages_wall(queued, box, pack)
+    seconds["mps"] = stages_wall(queued, box, mps_pack) if box.gpu else None
+    arrays = {st: [p for g in shapes.values() for p in _arrays(g, box.fuse, speed)] for st, shapes in by_stage.items()}
+    seconds["fused"] = stages_wall(arrays, box, pack)
+    seconds = {m: clamp(v, notes) for m, v in seconds.items()}
+    notes += [
+        f"{measured} of {known} runs {figures.level_line(levels, rates.device)} ({rates.used} runs measured there)",
         f"packing of {box.slots} processes a device: {pack:.2f}x one ({pack_why})",
         f"fused arrays of {box.fuse}: steps {speed:.2f}x faster than in sequence ({fused_why})",
+        *figures.notes(rates),
     ]
-    if known < sum(r.stage in TRAINED_STAGES for r in runs):
+    if unsized:
         notes.append("runs without a known train size are not counted")
-    return Prediction(seconds, notes, known, measured)
+    return Prediction(seconds, notes, known, measured, levels)
 
 
 def _arrays(group: list[Phases], size: int, speed: float) -> list[tuple[float, float]]:

@@ -68,6 +68,7 @@ def finish_run(worker: Worker, run_dir: Path, log: RunLog, result: dict, t0: flo
     """End a run: peak memory, wall time, the end event and the log closed, then ``result.json``."""
     if worker.s.device.type == "cuda":
         result["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    result["device"] = device_record(worker.s.device)  # the cost estimate times a device from its own runs
     result["wall_seconds"] = round(time.time() - t0, 3)
     if result["status"] != ResultStatus.DONE:
         log.line(f"run {result['status']}: {result['error']}")
@@ -77,6 +78,16 @@ def finish_run(worker: Worker, run_dir: Path, log: RunLog, result: dict, t0: flo
         result["trackers"] = log.tracker_states
     write_result(run_dir, result)
     return result
+
+
+def device_record(device: torch.device) -> dict:
+    """Where a run trained: ``{"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}`` (NVML's name too), or the
+    CPU (its architecture)."""
+    if device.type == "cuda":
+        return {"type": "cuda", "name": torch.cuda.get_device_name(device)}
+    import platform
+
+    return {"type": device.type, "name": platform.machine() or None}
 
 
 def fail_run(worker: Worker, run_dir: Path, why: str) -> dict:

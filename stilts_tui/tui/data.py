@@ -8,13 +8,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from stilts_tui.contract import Status
+from stilts_tui.contract import SPEC_FILE, Status
 from stilts_tui.fmt import terminal_safe
 from stilts_tui.queue import gpus as gpu_info
 from stilts_tui.store import files
 from stilts_tui.store.ledger import Ledger
 from stilts_tui.store.view import Folders, Progress, RunView, Shown, counts, views
+
+if TYPE_CHECKING:
+    from stilts_tui.estimate.eta import Eta
 
 __all__ = ["Progress", "QueueReader", "Snapshot", "plural", "snapshot_of", "tail_lines"]
 
@@ -40,6 +44,7 @@ class Snapshot:
     waiting: dict[str, int] = field(default_factory=dict)  # run id -> the worker (1, 2, ...) it waits in
     reasons: dict[str, str] = field(default_factory=dict)  # run id -> why it failed, is blocked or stuck
     views: dict[str, RunView] = field(default_factory=dict)  # run id -> what it shows (store/view.py)
+    eta: Eta | None = None  # the queue's time left (estimate/eta.py): eta_s, or why there is none, or paused
 
 
 class QueueReader:
@@ -56,6 +61,7 @@ class QueueReader:
         self._stamp: tuple | None = None
         self._runs: list[dict] = []
         self._made_of: tuple | None = None
+        self.eta = EtaReader(self.root)
 
     def read(self) -> Snapshot | None:
         """The snapshot, or None when the ledger, the running runs' progress and the GPUs are as they were at
@@ -82,7 +88,15 @@ class QueueReader:
         if made_of == self._made_of:
             return None
         self._made_of = made_of
-        return snapshot_of(runs, every, gpus, bool(self.ledger.meta("paused")), results)
+        snap = snapshot_of(runs, every, gpus, bool(self.ledger.meta("paused")), results)
+        try:
+            snap.eta = self.eta.read(runs, snap, gpus)
+        except Exception as e:  # noqa: BLE001 - a damaged history never takes the queue screen down
+            from stilts_tui.estimate.eta import Eta
+
+            snap.eta = Eta(None, f"no ETA: {type(e).__name__}")
+        snap.eta_s = None if snap.eta.paused else snap.eta.seconds
+        return snap
 
 
 def snapshot_of(
@@ -101,7 +115,7 @@ def snapshot_of(
         gpus,
         counts(shown.values()),
         paused,
-        eta_of(runs, progress, counts(shown.values())),
+        None,  # the ETA: QueueReader's (it keeps what the estimate reads between snapshots)
         problems=stuck_lines(runs),
         waiting=waiting,
         reasons={k: v.reason for k, v in shown.items() if v.reason},
@@ -109,21 +123,46 @@ def snapshot_of(
     )
 
 
-def eta_of(runs: list[dict], progress: dict[str, Progress], c: dict[str, int]) -> float | None:
-    """The queue's time left: the longest running run's ETA, then the mean done run's time for each queued or
-    waiting run, spread over the workers running now."""
-    durations = [
-        r["finished"] - r["started"]
-        for r in runs
-        if r["status"] == Status.DONE and r.get("finished") and r.get("started")
-    ]
-    running = [r for r in runs if r["status"] == Status.RUNNING]
-    if not durations or not (running or c.get(Shown.QUEUED.value)):
-        return None
-    per = sum(durations) / len(durations)
-    slots = max(1, len({r.get("worker") for r in running}))
-    left = max((progress[r["id"]].eta_s or 0 for r in running if r["id"] in progress), default=0)
-    return left + per * (c.get(Shown.QUEUED.value, 0) + c.get(Shown.WAITING.value, 0)) / slots
+class EtaReader:
+    """The queue's ETA for the screen (estimate/eta.py, the model of `plan show --cost`): this device's
+    figures read again only when the set of done runs changes, each run's spec.json read once (a run's id
+    is the hash of its spec), the daemon's settings (slots, runs a process, fusion) from daemon.json."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._done: tuple | None = None
+        self._rates = None
+        self._specs: dict[str, dict] = {}
+
+    def read(self, runs: list[dict], snap: Snapshot, gpus: list) -> Eta:
+        from stilts_tui.estimate import eta, figures, history, walltime
+        from stilts_tui.queue import ops
+        from stilts_tui.store import rundir
+
+        device = history.box_device(gpus)
+        done = (device, tuple(sorted(r["id"] for r in runs if r.get("status") == Status.DONE)))
+        if done != self._done:
+            self._rates, self._done = figures.history(self.root, device), done
+        for r in runs:
+            if r.get("status") in (Status.QUEUED, Status.RUNNING) and r["id"] not in self._specs:
+                try:
+                    spec = rundir.read_json(rundir.run_dir(self.root, r["id"]) / SPEC_FILE)
+                except Exception:  # noqa: BLE001 - a damaged folder: that run is of unknown size
+                    spec = None
+                self._specs[r["id"]] = spec if isinstance(spec, dict) else {}
+        info = ops.daemon_status(self.root) or {}
+        settings = info.get("settings") if isinstance(info.get("settings"), dict) else {}
+        box = walltime.box_for(gpus, settings)
+        return eta.remaining(
+            runs,
+            self._specs,
+            snap.progress,
+            set(snap.waiting),
+            self._rates,
+            box,
+            fuse=eta.fuse_size(settings.get("fuse")),
+            paused=snap.paused,
+        )
 
 
 def tail_lines(path: Path, pos: int) -> tuple[list[str], int]:

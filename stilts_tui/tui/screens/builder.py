@@ -97,7 +97,7 @@ class BuilderScreen(Screen):
                 yield targets
         yield KeyBar()
 
-    rates: dict = {}  # throughput measured by finished runs in the ledger (stilts_tui.estimate.cost)
+    rates = None  # this device's figures (stilts_tui.estimate.figures.Rates), read off the UI thread by measure()
 
     def on_mount(self) -> None:
         # the name field takes the keys at once: typed letters never reach the app's shortcuts
@@ -140,9 +140,10 @@ class BuilderScreen(Screen):
     @work(thread=True, exclusive=True, group="builder-cost", exit_on_error=False)
     def measure(self) -> None:
         """Read the ledger's finished runs once (off the UI thread), then show the cost from them."""
-        from stilts_tui.estimate import cost
+        from stilts_tui.estimate import cost, history
+        from stilts_tui.queue import gpus
 
-        rates = cost.measured(self.app.root)
+        rates = cost.measured(self.app.root, history.box_device(gpus.list_gpus()))  # this device's runs only
         if rates:
             self.rates = rates
             self.app.call_from_thread(self.update_count)

@@ -124,11 +124,7 @@ class TableSync:
 
     def totals_line(self, snap: Snapshot) -> str:
         """The header: runs by status (only what trains counts as running), ETA, pause, sort and filter."""
-        totals = counts_line(snap.counts)
-        if snap.eta_s is not None:
-            totals += f" · ETA {duration(snap.eta_s)}"
-        if snap.paused:
-            totals += " · PAUSED"
+        totals = counts_line(snap.counts) + eta_text(snap)
         totals += f" · sort: {self.sort}{' (reversed)' if self.reverse else ''}"
         return totals + (f" · filter: {self.filter}" if self.filter else "")
 
@@ -150,3 +146,17 @@ class TableSync:
         """A read that failed: its line in place of the totals (the table keeps the last runs read)."""
         self._totals = f"error: {line}"
         self.show_totals()
+
+
+def eta_text(snap: Snapshot) -> str:
+    """The header's ETA (estimate/eta.py): time left; paused: no ETA (nothing launches, so no time of day is
+    promised), the work left said instead; none where this device has measured nothing yet."""
+    eta = snap.eta
+    if snap.paused:
+        left = f" ({duration(eta.seconds)} of work left)" if eta is not None and eta.seconds is not None else ""
+        return f" · PAUSED: no ETA{left}"
+    if eta is None or (eta.seconds is None and not eta.why):
+        return ""
+    if eta.seconds is None:
+        return " · ETA: none until a run of this device finishes" if "nothing measured" in eta.why else ""
+    return f" · ETA {duration(eta.seconds)}"
