@@ -34,7 +34,7 @@ from pathlib import Path
 
 from stilts_tui import plan as plans
 from stilts_tui.contract import SETTLED, shape_key
-from stilts_tui.estimate import walltime
+from stilts_tui.estimate import figures, walltime
 from stilts_tui.queue import ops
 from stilts_tui.store.ledger import Ledger
 from stilts_tui.train import workload
@@ -214,7 +214,7 @@ def rates_for(plan: plans.Plan, runs: list[plans.Run], base: dict, f: dict, b: B
             "samples_per_s": base["rate"] * b.a.max_len / tokens,
             "process_s": base["process"],
             "load_s": base["load"],
-            "eval_per_example": 1 / (walltime.EVAL_SPEEDUP * base["rate"] * b.a.max_len / tokens),
+            "eval_per_example": 1 / (figures.EVAL_SPEEDUP * base["rate"] * b.a.max_len / tokens),
         }
     k = f["k"]
     packing = {k: f["packed"]["rate"] * k / f["eager"]["rate"]}
