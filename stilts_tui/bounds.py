@@ -131,6 +131,14 @@ BOUNDS: dict[str, Bound] = {
     "synth.seed": Bound(0, INT64_MAX),
     "synth.dev": Bound(0, 100_000_000),
     "synth.batch_size": Bound(1, 4096),
+    # the other commands' numbers
+    "priority": Bound(-1_000_000, 1_000_000),  # `queue add --priority`, `queue priority N`
+    "grace": Bound(0, 3600, integer=False),  # `queue cancel --grace`: seconds from SIGTERM to SIGKILL
+    "stop_wait": Bound(0, 3600, integer=False),  # `daemon stop --wait`: seconds for the process to end
+    "max_runs": Bound(1, 100_000_000),  # `queue add`/`tasks check --max-runs`
+    "examples": Bound(1, 1_000_000),  # `plan rehearse --examples`, `tasks show -n`
+    "rehearse_timeout": Bound(1, 7 * 24 * 3600, integer=False),  # `plan rehearse --timeout`: seconds
+    "alpha": Bound(0, 1, integer=False, low_open=True, high_open=True),  # `scores --alpha`: a test's level
 }
 
 

@@ -70,6 +70,36 @@ def test_the_daemon_started_by_hand_reads_the_same_table(flag, value, tmp_path):
     assert not (tmp_path / "daemon.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["queue", "add", "PLAN", "--priority", "1" + "0" * 400], "--priority: expected an integer >= -1000000"),
+        (["queue", "add", "PLAN", "--priority", "\u0663"], "--priority: expected an integer"),
+        (["queue", "add", "PLAN", "--max-runs", "0"], "--max-runs: expected an integer >= 1"),
+        (["queue", "priority", "1" + "0" * 30, "abc"], "PRIORITY: expected an integer"),
+        (["queue", "cancel", "abc", "--grace", "1e400"], "--grace: expected a number >= 0 and <= 3600"),
+        (["queue", "cancel", "abc", "--grace", "-1"], "--grace: expected a number >= 0"),
+        (["daemon", "stop", "--wait", "nan"], "--wait: expected a number >= 0 and <= 3600"),
+        (["plan", "rehearse", "PLAN", "--examples", "\u00b9"], "--examples: expected an integer >= 1"),
+        (["plan", "rehearse", "PLAN", "--timeout", "1e308"], "--timeout: expected a number >= 1"),
+        (["scores", "PLAN", "--alpha", "1"], "--alpha: expected a number > 0 and < 1"),
+        (["rank", "PLAN", "--examples", "1" + "0" * 20], "--examples: expected an integer >= 2"),
+        (["tasks", "show", "rte", "-n", "-3"], "-n: expected an integer >= 1"),
+        (["tasks", "show", "rte", "--max-len", "\u0663\u0663"], "--max-len: expected an integer >= 8"),
+        (["tasks", "check", "PLAN", "--max-runs", "1e9"], "--max-runs: expected an integer >= 1"),
+    ],
+)
+def test_every_other_commands_number_is_read_through_the_table(args, needle, tmp_path, runs_dir):
+    """Issue 38, must-show 3: typer's own int and float took an Arabic-Indic digit, 10^400 or nan; every
+    number on every command line is read through the one table (ASCII digits, finite, in bounds) and a
+    value out of it is one line naming the option, exit 2, with nothing done (no ledger made)."""
+    plan = write_text(tmp_path / "p.toml", PLAN.format(extra=""))
+    out = cli(*[str(plan) if a == "PLAN" else a for a in args], runs_dir=runs_dir)
+    line = assert_one_line(out, needle)
+    assert "\u0663" not in line and "\u00b9" not in line  # the value is shown escaped
+    assert not (runs_dir / "ledger.json").exists()
+
+
 PLAN = """name = "p"
 model = "roberta-large"
 baseline = true

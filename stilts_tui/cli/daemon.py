@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from stilts_tui import bounds
 from stilts_tui.cli.root import JsonFlag, daemon_app, runs_root
 from stilts_tui.cli.slurm import SLURM_OPTIONS, slurm_settings
 from stilts_tui.contract import DAEMON_LOG, Env
@@ -109,7 +110,13 @@ def daemon_stop(
         bool, typer.Option("--force", help="SIGKILL instead of SIGTERM (a stopped or stuck daemon)")
     ] = False,
     wait: Annotated[
-        float, typer.Option("--wait", help="seconds to wait for the daemon's process to end", min=0, max=3600)
+        float,
+        typer.Option(
+            "--wait",
+            help="seconds to wait for the daemon's process to end",
+            parser=bounds.parser("stop_wait", "--wait"),
+            metavar="FLOAT",
+        ),
     ] = 15.0,
 ) -> None:
     """Stop the daemon; says stopped only once its process is gone. Running runs go on; the next daemon

@@ -98,7 +98,12 @@ def _echo_on_finish(plan: plans.Plan) -> None:
 def plan_rehearse(
     ctx: typer.Context,
     path: PlanPath,
-    examples: Annotated[int, typer.Option("--examples", help="the first N examples of each task", min=1)] = 8,
+    examples: Annotated[
+        int,
+        typer.Option(
+            "--examples", help="the first N examples of each task", parser=bounds.parser("examples"), metavar="INTEGER"
+        ),
+    ] = 8,
     data_dir: Annotated[
         Path | None,
         typer.Option(
@@ -110,7 +115,15 @@ def plan_rehearse(
         Path | None, typer.Option("--out", help="the rehearsal's own runs-dir (default: a new temporary folder)")
     ] = None,
     full_grid: Annotated[bool, typer.Option("--full-grid", help="every target run, not one per cell")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for the runs")] = 1800.0,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            help="seconds to wait for the runs",
+            parser=bounds.parser("rehearse_timeout", "--timeout"),
+            metavar="FLOAT",
+        ),
+    ] = 1800.0,
 ) -> None:
     """Run every stage of a plan end to end through the queue on tiny models, on the CPU, first."""
     from stilts_tui.cli import rehearse

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from stilts_tui import bounds
 from stilts_tui.cli.base import NoDaemon
 from stilts_tui.cli.root import PlanOpt, PlanPath, RunIds, queue_app, runs_root
 from stilts_tui.contract import CANCEL_GRACE_S, DAEMON_LOG, Env, Status
@@ -19,12 +20,17 @@ from stilts_tui.store.ledger import Ledger
 def queue_add(
     ctx: typer.Context,
     path: PlanPath,
-    priority: Annotated[int, typer.Option("--priority", help="higher runs first")] = 0,
+    priority: Annotated[
+        int, typer.Option("--priority", help="higher runs first", parser=bounds.parser("priority"), metavar="INTEGER")
+    ] = 0,
     no_daemon: NoDaemon = False,
     max_runs: Annotated[
         int | None,
         typer.Option(
-            "--max-runs", help=f"accept a plan of more runs than the limit (100,000, or ${Env.MAX_RUNS})", min=1
+            "--max-runs",
+            help=f"accept a plan of more runs than the limit (100,000, or ${Env.MAX_RUNS})",
+            parser=bounds.parser("max_runs"),
+            metavar="INTEGER",
         ),
     ] = None,
 ) -> None:
@@ -46,7 +52,10 @@ def queue_cancel(
     ctx: typer.Context,
     run_ids: RunIds = None,
     plan: PlanOpt = None,
-    grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = CANCEL_GRACE_S,
+    grace: Annotated[
+        float,
+        typer.Option(help="seconds between SIGTERM and SIGKILL", parser=bounds.parser("grace"), metavar="FLOAT"),
+    ] = CANCEL_GRACE_S,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="return once the daemon is asked")] = False,
 ) -> None:
     """Cancel runs: queued ones never start; running ones are stopped by the daemon (their whole process
@@ -111,7 +120,9 @@ def queue_retry(
 @queue_app.command("priority")
 def queue_priority(
     ctx: typer.Context,
-    priority: Annotated[int, typer.Argument(help="higher runs first")],
+    priority: Annotated[
+        int, typer.Argument(help="higher runs first", parser=bounds.parser("priority", "PRIORITY"), metavar="PRIORITY")
+    ],
     run_ids: RunIds = None,
     plan: PlanOpt = None,
 ) -> None:

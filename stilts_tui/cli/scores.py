@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from stilts_tui import bounds
 from stilts_tui.cli.root import JsonFlag, app, console, runs_root
 from stilts_tui.errors import UserError
 from stilts_tui.estimate import predicted
@@ -33,7 +34,12 @@ def scores(
     ] = None,
     out: Annotated[Path | None, typer.Option("-o", "--output", help="write to this file")] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing -o file")] = False,
-    alpha: Annotated[float, typer.Option("--alpha", help="level of the paired sign-flip test")] = 0.05,
+    alpha: Annotated[
+        float,
+        typer.Option(
+            "--alpha", help="level of the paired sign-flip test", parser=bounds.parser("alpha"), metavar="FLOAT"
+        ),
+    ] = 0.05,
     without_failed: Annotated[
         bool,
         typer.Option(
@@ -113,7 +119,13 @@ def rank_cmd(
     plan: Annotated[str, typer.Argument(help="a plan file (or a queued plan's name)", show_default=False)],
     target: Annotated[str | None, typer.Option("--target", help="rank for this target only")] = None,
     examples: Annotated[
-        int, typer.Option("--examples", help="the target's first N train examples")
+        int,
+        typer.Option(
+            "--examples",
+            help="the target's first N train examples",
+            parser=bounds.parser("rank.examples", "--examples"),
+            metavar="INTEGER",
+        ),
     ] = ranking.DEFAULT_EXAMPLES,
     device: Annotated[str, typer.Option("--device", help=ranking.DEVICE_HELP)] = "cpu",
     as_json: JsonFlag = False,

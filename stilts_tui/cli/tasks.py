@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
+from stilts_tui import bounds, tasks
 from stilts_tui import plan as plans
-from stilts_tui import tasks
 from stilts_tui.cli import render
 from stilts_tui.cli.root import JsonFlag, console, runs_root, tasks_app
 from stilts_tui.contract import EXIT_FAILURE
@@ -63,9 +63,16 @@ def tasks_show(
     model: Annotated[
         str | None, typer.Option("--model", help="whose tokenizer: hub id or local folder (default roberta-large)")
     ] = None,
-    n: Annotated[int, typer.Option("-n", help="how many examples", min=1)] = 3,
+    n: Annotated[
+        int, typer.Option("-n", help="how many examples", parser=bounds.parser("examples", "-n"), metavar="INTEGER")
+    ] = 3,
     split: Annotated[str, typer.Option("--split", help="train or dev")] = "train",
-    max_len: Annotated[int, typer.Option("--max-len", help="truncate as a run with this max_len", min=8)] = 512,
+    max_len: Annotated[
+        int,
+        typer.Option(
+            "--max-len", help="truncate as a run with this max_len", parser=bounds.parser("max_len"), metavar="INTEGER"
+        ),
+    ] = 512,
     as_json: JsonFlag = False,
 ) -> None:
     """The first N examples of a task as the model receives them: text, label, tokens and ids."""
@@ -116,7 +123,12 @@ def _plan_stage_spec(plan, runs: list, name: str, runs_root: Path) -> tuple[dict
 @tasks_app.command("check")
 def tasks_check(
     plan_path: Annotated[Path, typer.Argument(metavar="PLAN", help="the plan file")],
-    max_runs: Annotated[int | None, typer.Option("--max-runs", help="accept a plan of more runs")] = None,
+    max_runs: Annotated[
+        int | None,
+        typer.Option(
+            "--max-runs", help="accept a plan of more runs", parser=bounds.parser("max_runs"), metavar="INTEGER"
+        ),
+    ] = None,
 ) -> None:
     """Open every stage's data source as its runs will (local files read, the hub's builder and split list at
     the pinned revision, without downloading the data): one line a stage; exit 1 unless every stage will load.
