@@ -12,7 +12,11 @@ from conftest import cli
         (("queue", "ls", "--bogus"), {}, "stilts-tui queue ls: No such option: --bogus"),
         (("scores",), {}, "stilts-tui scores: Missing argument 'plan'"),
         (("daemon", "start", "--per-gpu", "x"), {}, "stilts-tui: error: --per-gpu: expected an integer >= 1"),
-        (("queue", "cancel", "--grace", "soon"), {}, "stilts-tui: error: --grace: expected a number >= 0 and <= 3600, got 'soon'"),
+        (
+            ("queue", "cancel", "--grace", "soon"),
+            {},
+            "stilts-tui: error: --grace: expected a number >= 0 and <= 3600, got 'soon'",
+        ),
         (("--bogus",), {}, "stilts-tui: No such option: --bogus"),
         (("--runs-dir",), {}, "stilts-tui: Option '--runs-dir' requires an argument"),
         (
