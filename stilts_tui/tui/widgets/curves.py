@@ -129,6 +129,7 @@ class CurvesView(Vertical):
         self._built: dict[str, tuple[int, int]] = {}  # plot id -> the size of its frame shown
         self.plots: dict[str, CurvePlot] = {}
         self.lr: list[float] = []  # the learning rates shown (thinned)
+        self._drawn: dict[str, tuple] = {}  # plot id -> what its last frame drew (the reader thread's alone)
 
     def compose(self) -> ComposeResult:
         yield CurvePlot(id="loss")
@@ -178,11 +179,19 @@ class CurvesView(Vertical):
             if xs:
                 plt.xticks(xs)
 
+        # a plot is built again only where what it draws changed: the metric moves once an epoch, the loss
+        # every step (plotext's build is ~10 ms of Python a plot, taken from the UI thread's share of the GIL)
+        what = {
+            "loss": (len(c.steps), c.loss[-1] if c.loss else None),
+            "metric": (metric, len(c.metric(metric)[0]), majority),
+        }
         frames = {}
         for key, draw in (("loss", loss), ("metric", dev)):
             size = sizes.get(key, (0, 0))
-            if key in plots and size[0] > 4 and size[1] > 2:
+            drawn = (what[key], size)
+            if key in plots and size[0] > 4 and size[1] > 2 and self._drawn.get(key) != drawn:
                 frames[key] = plots[key].build(draw, size)
+                self._drawn[key] = drawn
         lr = thin(c.steps, c.lr, LR_POINTS)[1]  # the whole schedule (warmup, decay), at most LR_POINTS of it
         width = max(1, sizes.get("loss", (40, 0))[0] - 12)
         return Built(frames, lr, f"lr {c.lr[-1]:.2g} " if c.lr else "lr ", sparkline(lr, width))

@@ -40,7 +40,7 @@ MAX_LINES = 5000
 FLUSH_S = 0.5  # twice a second: each flush scrolls (repaints) the whole pane
 HISTORY_S = 1.0  # how often the pane looks whether the ledger changed (a cheap stat when it did not)
 HISTORY_SHOWN = 6  # entries shown above the log (the last ones; `logs --history` prints every one)
-CURVES_S = 1.5  # a pane's curves are drawn again at most this often (plotext: a few ms a plot, off the UI thread)
+CURVES_S = 3.0  # a pane's curves are drawn again at most this often (plotext: a few ms a plot, off the UI thread)
 
 
 class ErrorHighlighter(Highlighter):
@@ -195,7 +195,9 @@ class LogPane(Vertical):
                 built = view.build(self.curves, sizes)
             except Exception:  # noqa: BLE001 - a plot that cannot be drawn never stops the log's reader
                 return
-            with self._lock:
+            with self._lock:  # frames not shown yet are kept where this drawing left their plot as it was
+                if self._built is not None:
+                    built.frames = {**self._built.frames, **built.frames}
                 self._built = built
 
     def flush(self) -> None:
