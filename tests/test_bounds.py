@@ -76,7 +76,7 @@ def test_the_daemon_started_by_hand_reads_the_same_table(flag, value, tmp_path):
         (["queue", "add", "PLAN", "--priority", "1" + "0" * 400], "--priority: expected an integer >= -1000000"),
         (["queue", "add", "PLAN", "--priority", "\u0663"], "--priority: expected an integer"),
         (["queue", "add", "PLAN", "--max-runs", "0"], "--max-runs: expected an integer >= 1"),
-        (["queue", "priority", "1" + "0" * 30, "abc"], "PRIORITY: expected an integer"),
+        (["queue", "priority", "1" + "0" * 30, "abc"], "priority: expected an integer"),
         (["queue", "cancel", "abc", "--grace", "1e400"], "--grace: expected a number >= 0 and <= 3600"),
         (["queue", "cancel", "abc", "--grace", "-1"], "--grace: expected a number >= 0"),
         (["daemon", "stop", "--wait", "nan"], "--wait: expected a number >= 0 and <= 3600"),

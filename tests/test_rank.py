@@ -188,7 +188,7 @@ def test_kendall_tau_of_the_predicted_and_measured_orders():
         (["nope"], "unknown plan 'nope'"),
         (["missing.toml"], "plan file not found"),
         (["{plan}", "--target", "x"], "--target: 'x' is not a target of plan 'q'"),
-        (["{plan}", "--examples", "1"], "--examples: LogME needs at least 2 examples"),
+        (["{plan}", "--examples", "1"], "--examples: expected an integer >= 2"),
         (["{plan}", "--device", "tpu"], "--device: expected"),
     ],
 )

@@ -121,7 +121,7 @@ def queue_retry(
 def queue_priority(
     ctx: typer.Context,
     priority: Annotated[
-        int, typer.Argument(help="higher runs first", parser=bounds.parser("priority", "PRIORITY"), metavar="PRIORITY")
+        int, typer.Argument(help="higher runs first", parser=bounds.parser("priority", "priority"), metavar="PRIORITY")
     ],
     run_ids: RunIds = None,
     plan: PlanOpt = None,
