@@ -137,7 +137,8 @@ async def test_the_app_rings_the_bell_when_a_plan_finishes(tmp_path, runs_dir):
             tx.update_run(run["id"], status="done", score=0.5)
         await until(pilot, lambda: app.rings, "the bell", 12)
         assert app.rings == 1
-        assert any("plan 'b' finished" in n.message for n in app._notifications)
+        finished = lambda: any("plan 'b' finished" in n.message for n in app._notifications)  # noqa: E731
+        await until(pilot, finished, "the finished note", 12)  # a message handled after the bell
 
 
 def test_plan_watch_reads_failures_through_the_run_view(runs_dir):
@@ -181,7 +182,10 @@ async def test_the_finished_note_says_errors_apart_from_what_the_score_table_cal
         with Ledger(runs_dir).transaction() as tx:
             tx.update_run(run["id"], status="done", score=0.5)
         await until(pilot, lambda: app.rings, "the bell", 12)
-        (note,) = [n.message for n in app._notifications if "finished" in n.message]
+        # the note is a message the app handles after the bell rings: wait for it, not for the clock
+        finished = lambda: [n.message for n in app._notifications if "finished" in n.message]  # noqa: E731
+        await until(pilot, finished, "the finished note", 12)
+        (note,) = finished()
         assert note == (
             "plan 'f' finished: 1 done, 0 ended with an error, 0 cancelled, 0 blocked, "
             "scores: fail 1/1 (at or below the majority class)"
