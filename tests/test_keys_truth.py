@@ -120,7 +120,8 @@ async def test_the_cpu_views_first_sample_shows_a_training_workers_real_share(tm
             first, history = screen.cpu, list(screen.cpu_history)
             assert len(history) == 1 and history[0] > 0, history
             (proc,) = first.procs
-            assert proc.pid == worker.pid and proc.cpu_percent > 20, proc
+            # measured, not the 0 % of a first sample with nothing to compare (its share of 2 busy cores varies)
+            assert proc.pid == worker.pid and proc.cpu_percent > 0, proc
             assert "busy 0%" not in plain(screen.shown)
     finally:
         psutil.Process(worker.pid).kill()
