@@ -11,10 +11,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import CONSOLE, cli, plan_text, until, write_text
+from conftest import CONSOLE, cli, plan_text, until, wait, write_text
 from filelock import FileLock
 from textual.widgets import DataTable
 
@@ -73,10 +72,12 @@ def test_a_note_stays_a_request_while_the_daemon_serves_then_its_tick_records_it
             stderr=subprocess.PIPE,
             text=True,
         )
-        deadline = time.monotonic() + 60
-        while len((Ledger(queued).meta(requests.KEY) or {}).get("open") or []) < 3:
-            assert waiting.poll() is None and time.monotonic() < deadline, "the third request never came"
-            time.sleep(0.05)
+        wait(
+            lambda: len((Ledger(queued).meta(requests.KEY) or {}).get("open") or []) >= 3,
+            60,
+            "the third request",
+            alive=waiting,
+        )
         assert out.returncode == 0 and plan_out.returncode == 0, out.stderr + plan_out.stderr
         assert "waits for the daemon" in out.stdout
         ledger = Ledger(queued)

@@ -7,10 +7,9 @@ is strict JSON."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
-from conftest import add, cli, make_plan, start, write_jsonl, write_text
+from conftest import add, cli, make_plan, start, until, write_jsonl, write_text
 
 from stilts_tui.contract import TRAIN_LOG
 
@@ -231,13 +230,13 @@ async def test_the_apps_scores_screen_shows_a_saved_rankings_method_escaped(host
     async with app.run_test(size=(200, 50)) as pilot:
         await pilot.pause()
         app.push_screen(ScoresScreen("q"))
-        deadline = time.monotonic() + 30
-        note = ""
-        while "LogME" not in note and time.monotonic() < deadline:
-            await pilot.pause(0.1)
+
+        def shown_note() -> str:
             notes = [s for s in app.screen.query(Static) if s.id == "note"]
-            note = str(notes[0].render()) if notes else ""
-        assert "LogME" in note, note
+            return str(notes[0].render()) if notes else ""
+
+        await until(pilot, lambda: "LogME" in shown_note(), "the ranking's note on the scores screen", 30)
+        note = shown_note()
         assert "\\x1b]0;pwned\\x07" in note
         for c in RAW:
             assert c not in note
@@ -268,9 +267,7 @@ async def test_the_apps_notifications_show_a_hostile_error_line_as_written(tmp_p
     (root / "ledger.json").write_text("{not json")
     app = StiltsApp(root, start_daemon=False, keymap={})
     async with app.run_test(size=(160, 40)) as pilot:
-        deadline = time.monotonic() + 30
-        while not app._notifications and time.monotonic() < deadline:
-            await pilot.pause(0.1)
+        await until(pilot, lambda: app._notifications, "the ledger's error notified", 30)
         notes = [str(n.message) for n in app._notifications]
         assert notes and "ledger" in notes[0] and "r[/]x\\x1b]0;pwned\\x07\\u202e" in notes[0], notes
         for c in RAW:
