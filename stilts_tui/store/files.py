@@ -19,9 +19,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -264,6 +266,20 @@ def temp_dir_beside(path: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp
+
+
+@contextmanager
+def folder_built_beside(folder: Path) -> Iterator[Path]:
+    """Build ``folder`` in a new folder beside it (:func:`temp_dir_beside`), yielded; when the block ends
+    well the old folder goes and the new one is renamed into its place, else the new one is removed."""
+    tmp = temp_dir_beside(folder)
+    try:
+        yield tmp
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def make_parent(path: Path) -> None:

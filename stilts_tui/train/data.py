@@ -11,8 +11,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import numpy as np
 from filelock import FileLock
 
 from stilts_tui import tasks
-from stilts_tui.store.files import temp_dir_beside
+from stilts_tui.store.files import folder_built_beside
 from stilts_tui.store.rundir import read_json, write_json_atomic
 from stilts_tui.tasks.inputs import fill_sep, truncate_pair
 
@@ -209,14 +207,9 @@ def load_split(
                 desc=None,
                 new_fingerprint=key,
             )
-            tmp = temp_dir_beside(folder)  # an unguessable name: never a planted link written through
-            try:
+            with folder_built_beside(folder) as tmp:  # an unguessable name: never a planted link written through
                 ds.save_to_disk(str(tmp))
                 write_json_atomic(tmp / SOURCE_FILE, source)  # what the cached split was built from
-                os.replace(tmp, folder)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
         ds = datasets.load_from_disk(str(folder))
         source = read_json(folder / SOURCE_FILE)  # None for a cache written before sources were kept
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0

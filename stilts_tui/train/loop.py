@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 import traceback
 from pathlib import Path
@@ -332,15 +331,9 @@ def _summarise(worker, engine, live, prep, setup: Setup, steplog: StepLog, step:
 
 def save_checkpoint(module: torch.nn.Module, tok, folder: Path, labels: list[str] | None) -> None:
     """safetensors weights + config + tokenizer, written beside and renamed into place."""
-    tmp = files.temp_dir_beside(folder)  # an unguessable name: never a planted link written through
-    try:
+    with files.folder_built_beside(folder) as tmp:  # an unguessable name: never a planted link written through
         if labels:
             module.config.id2label = dict(enumerate(labels))
             module.config.label2id = {v: k for k, v in module.config.id2label.items()}
         module.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

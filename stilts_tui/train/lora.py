@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -130,8 +128,7 @@ def save_checkpoint(config, state: dict, adapter: dict, cfg: dict, tok, folder: 
     folder and renamed into place."""
     from safetensors.torch import save_file
 
-    tmp = files.temp_dir_beside(folder)  # an unguessable name: never a planted link written through
-    try:
+    with files.folder_built_beside(folder) as tmp:  # an unguessable name: never a planted link written through
         if labels:
             config.id2label = dict(enumerate(labels))
             config.label2id = {v: k for k, v in config.id2label.items()}
@@ -144,11 +141,6 @@ def save_checkpoint(config, state: dict, adapter: dict, cfg: dict, tok, folder: 
         save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, str(tmp / ADAPTER_FILE))
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         tok.save_pretrained(str(tmp))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def member_state(module: torch.nn.Module, spec: dict) -> dict[str, torch.Tensor]:
